@@ -1,0 +1,117 @@
+/*
+ * config.h: pgwarden's configuration: the INI file, its declarative key tables, validation
+ * and reload.
+ *
+ * The file has sections [pgwarden] and [databases] (later issues add [locks], [retry],
+ * [breaker], [chaos] by registering tables of their own).  Each setting is one row of a
+ * declarative table (section, key, type, struct offset, default, range, reloadable, help);
+ * the parser is generic and knows nothing about individual keys.  See
+ * docs/configuration.md for the user-facing reference; a unit test checks that every key in
+ * the tables appears there and in conf/pgwarden.ini.
+ *
+ * Errors are reported as "FILE:LINE: [section] key: what is wrong" in an allocated string
+ * the caller frees with free().
+ */
+#ifndef PGW_PROXY_CONFIG_H
+#define PGW_PROXY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum px_pool_mode { PX_POOL_SESSION = 0, PX_POOL_TRANSACTION = 1 };
+enum px_auth_type { PX_AUTH_TRUST = 0, PX_AUTH_MD5 = 1, PX_AUTH_SCRAM = 2 };
+enum px_client_tls_mode { PX_CTLS_DISABLE = 0, PX_CTLS_ALLOW = 1, PX_CTLS_REQUIRE = 2 };
+enum px_server_tls_mode {
+    PX_STLS_DISABLE = 0,
+    PX_STLS_PREFER = 1,
+    PX_STLS_REQUIRE = 2,
+    PX_STLS_VERIFY_CA = 3,
+    PX_STLS_VERIFY_FULL = 4,
+};
+enum px_log_level { PX_LOG_DEBUG = 0, PX_LOG_INFO = 1, PX_LOG_WARNING = 2, PX_LOG_ERROR = 3 };
+
+/*
+ * One [databases] entry:  name = host=... port=... dbname=... user=... password=...
+ *                                pool_size=... pool_mode=...
+ * Values may be single-quoted as in libpq connection strings ('it''s' or 'it\'s').
+ * The entry named "*" serves every database name not listed (as PgBouncer's).
+ */
+struct px_db_config {
+    char *name;     /* the database name clients ask for; "*" for the fallback entry */
+    char *host;     /* default "127.0.0.1"; a path starting with '/' is a Unix socket dir */
+    int port;       /* default 5432 */
+    char *dbname;   /* default: the name clients asked for */
+    char *user;     /* NULL: connect as the client's user */
+    char *password; /* NULL: take the password from auth_file */
+    int pool_size;  /* -1: use default_pool_size */
+    int pool_mode;  /* -1: use [pgwarden] pool_mode, else enum px_pool_mode */
+};
+
+struct px_config {
+    char *path; /* the file this was loaded from */
+
+    /* [pgwarden] */
+    char *listen_addr; /* default "127.0.0.1" */
+    int listen_port;   /* default 6432 */
+    char *admin_addr;  /* default "127.0.0.1" */
+    int admin_port;    /* default 6480; 0 disables the admin port */
+    char *admin_token; /* NULL or "": no token */
+    char *admin_tls_cert_file;
+    char *admin_tls_key_file;
+    enum px_pool_mode pool_mode; /* default session */
+    int default_pool_size;       /* default 20 */
+    int max_client_conn;         /* default 100 */
+    enum px_auth_type auth_type; /* default scram-sha-256 */
+    char *auth_file;             /* path; NULL: none (only trust works then) */
+    enum px_client_tls_mode client_tls_mode; /* default disable */
+    char *client_tls_cert_file;
+    char *client_tls_key_file;
+    char *client_tls_ca_file;
+    enum px_server_tls_mode server_tls_mode; /* default prefer */
+    char *server_tls_ca_file;
+    char *server_reset_query; /* default "DISCARD ALL"; "" disables */
+    int query_wait_timeout_ms;    /* default 120000; 0 = wait forever */
+    int server_connect_timeout_ms; /* default 15000 */
+    int server_login_retry_ms;    /* default 1000: fast-fail window after a failed login */
+    int server_idle_timeout_ms;   /* default 600000; 0 = never */
+    int server_lifetime_ms;       /* default 3600000; 0 = unlimited */
+    int client_login_timeout_ms;  /* default 60000 */
+    int max_message_bytes;        /* default 1 MiB; range 8 KiB .. 1 GiB */
+    int shutdown_timeout_ms;      /* default 30000 */
+    enum px_log_level log_level;  /* default info */
+    char *logfile;                /* NULL: stderr */
+    char *pidfile;                /* NULL: none */
+
+    /* [databases] */
+    struct px_db_config *dbs;
+    size_t ndbs;
+};
+
+/*
+ * Reads and validates path.  On success returns 0 and *out (free with px_config_free).
+ * On failure returns -1 and *errmsg (free with free()), naming file, line and key.
+ * Unknown sections and keys, bad values, values out of range and duplicate keys are errors.
+ */
+__attribute__((warn_unused_result)) int px_config_load(const char *path, struct px_config **out,
+                                                       char **errmsg);
+void px_config_free(struct px_config *cfg);
+
+/* Finds the [databases] entry for name: exact match first, then "*"; NULL if none. */
+const struct px_db_config *px_config_find_db(const struct px_config *cfg, const char *name);
+
+/*
+ * Reload support: calls cb once for every [pgwarden] key whose value differs between old
+ * and new, telling whether the key can change without a restart.  Returns the number of
+ * changed keys that are not reloadable.
+ */
+typedef void (*px_config_change_cb)(const char *section, const char *key, bool reloadable,
+                                    void *arg);
+int px_config_diff(const struct px_config *old, const struct px_config *new_cfg,
+                   px_config_change_cb cb, void *arg);
+
+/* The key tables, for documentation checks: calls cb(section, key, help) for every key. */
+typedef void (*px_config_key_cb)(const char *section, const char *key, const char *help,
+                                 void *arg);
+void px_config_foreach_key(px_config_key_cb cb, void *arg);
+
+#endif
