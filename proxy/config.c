@@ -9,7 +9,7 @@
  *   - the generic INI reader and value parser, which know nothing about individual keys;
  *   - cross-field checks (validate()), reload diffing and the key iterator.
  * Interface: px_config_load, px_config_free, px_config_find_db, px_config_diff,
- * px_config_foreach_key.
+ * px_config_keep_restart_keys, px_config_foreach_key.
  *
  * Defaults are applied by parsing each row's default text with the same code that parses
  * file values, so a default can never be something the file could not say.  Adding a key
@@ -498,6 +498,49 @@ static int parse_line(struct parser *p, char *line)
 /* ---- [databases] entries --------------------------------------------------------------- */
 
 /*
+ * Unescapes a single-quoted value in place: *sp at the opening quote, *outp where the text
+ * goes.  On return *sp is after the closing quote.  Returns 0, or -1 with why set.
+ */
+static int read_quoted(char **sp, char **outp, const char *key, char *why, size_t whylen)
+{
+    char *s = *sp + 1, *out = *outp;
+    for (;;) {
+        if (*s == '\0') {
+            snprintf(why, whylen, "unterminated quoted value of \"%s\"", key);
+            return -1;
+        }
+        if (*s == '\'' && s[1] != '\'') {
+            s++;
+            break;
+        }
+        if (*s == '\\' || *s == '\'') /* \x or '' */
+            s++;
+        if (*s != '\0')
+            *out++ = *s++;
+    }
+    if (*s != '\0' && !is_space(*s)) {
+        snprintf(why, whylen, "text after the quoted value of \"%s\"", key);
+        return -1;
+    }
+    *sp = s;
+    *outp = out;
+    return 0;
+}
+
+/* Unescapes an unquoted value (up to white space) in place, like read_quoted(). */
+static void read_plain(char **sp, char **outp)
+{
+    char *s = *sp, *out = *outp;
+    while (*s && !is_space(*s)) {
+        if (*s == '\\' && s[1])
+            s++;
+        *out++ = *s++;
+    }
+    *sp = s;
+    *outp = out;
+}
+
+/*
  * Takes the next `key=value` pair off a libpq-style connection string, in place.  Values
  * may be single-quoted ('it''s', 'it\'s'); outside quotes a backslash escapes the next
  * character.  Returns 1 with *key and *value set, 0 at the end, -1 with why set.
@@ -524,36 +567,12 @@ static int next_param(char **sp, char **key, char **value, char *why, size_t why
     *key_end = '\0'; /* after the '=' was consumed: key_end may point at it */
     while (is_space(*s))
         s++;
-    char *out = s;
     *value = s;
-    if (*s == '\'') {
-        s++;
-        for (;;) {
-            if (*s == '\0') {
-                snprintf(why, whylen, "unterminated quoted value of \"%s\"", *key);
-                return -1;
-            }
-            if (*s == '\'' && s[1] != '\'') {
-                s++;
-                break;
-            }
-            if (*s == '\\' || *s == '\'') /* \x or '' */
-                s++;
-            if (*s == '\0')
-                continue;
-            *out++ = *s++;
-        }
-        if (*s != '\0' && !is_space(*s)) {
-            snprintf(why, whylen, "text after the quoted value of \"%s\"", *key);
-            return -1;
-        }
-    } else {
-        while (*s && !is_space(*s)) {
-            if (*s == '\\' && s[1])
-                s++;
-            *out++ = *s++;
-        }
-    }
+    char *out = s;
+    if (*s != '\'')
+        read_plain(&s, &out);
+    else if (read_quoted(&s, &out, *key, why, whylen) < 0)
+        return -1;
     bool more = *s != '\0';
     *out = '\0'; /* may overwrite *s, whose value was saved in more */
     *sp = more ? s + 1 : s;
@@ -780,6 +799,28 @@ int px_config_diff(const struct px_config *old, const struct px_config *new_cfg,
         }
     }
     return restart;
+}
+
+int px_config_keep_restart_keys(struct px_config *new_cfg, const struct px_config *running)
+{
+    for (size_t s = 0; s < ARRAY_LEN(key_sections); s++) {
+        const struct px_cfg_section *sec = &key_sections[s];
+        for (size_t i = 0; i < sec->nkeys; i++) {
+            const struct px_cfg_key *k = &sec->keys[i];
+            if (k->reloadable || value_equal(k, running, new_cfg))
+                continue;
+            if (k->type == PX_CFG_INT || k->type == PX_CFG_ENUM) {
+                *int_field(new_cfg, k) = *int_field_c(running, k);
+                continue;
+            }
+            const char *v = *str_field_c(running, k);
+            char *copy = v ? strdup(v) : NULL;
+            if (v && !copy)
+                return -1;
+            set_str(new_cfg, k, copy);
+        }
+    }
+    return 0;
 }
 
 void px_config_foreach_key(px_config_key_cb cb, void *arg)

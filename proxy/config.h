@@ -109,6 +109,15 @@ typedef void (*px_config_change_cb)(const char *section, const char *key, bool r
 int px_config_diff(const struct px_config *old, const struct px_config *new_cfg,
                    px_config_change_cb cb, void *arg);
 
+/*
+ * Reload support: copies the value of every key that needs a restart from running into
+ * new_cfg, so that after a reload new_cfg describes what is in effect (such keys keep their
+ * running value).  running is borrowed.  Returns 0, or -1 when out of memory (new_cfg is
+ * then partly updated: free it and keep running).
+ */
+__attribute__((warn_unused_result)) int
+px_config_keep_restart_keys(struct px_config *new_cfg, const struct px_config *running);
+
 /* The key tables, for documentation checks: calls cb(section, key, help) for every key. */
 typedef void (*px_config_key_cb)(const char *section, const char *key, const char *help,
                                  void *arg);

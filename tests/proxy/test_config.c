@@ -579,6 +579,31 @@ static void test_diff_restart_keys(void)
         CU_ASSERT_TRUE(ch.reloadable[i]);
 }
 
+/* After keep_restart_keys, only reloadable keys differ from the running config. */
+static void test_keep_restart_keys(void)
+{
+    struct px_config *run = load_ok(TRUST "listen_port = 7000\nlogfile = a.log\n"
+                                          "admin_tls_cert_file = c\nadmin_tls_key_file = k\n");
+    struct px_config *next = load_ok(TRUST "pidfile = p\nmax_message_bytes = 9000\n"
+                                           "default_pool_size = 3\nadmin_token = t\n");
+    struct changes ch;
+    memset(&ch, 0, sizeof(ch));
+    CU_ASSERT_EQUAL(px_config_diff(run, next, NULL, NULL), 6);
+    CU_ASSERT_EQUAL(px_config_keep_restart_keys(next, run), 0);
+    CU_ASSERT_EQUAL(px_config_diff(run, next, record_change, &ch), 0);
+    CU_ASSERT_EQUAL_FATAL(ch.n, 2);
+    CU_ASSERT_STRING_EQUAL(ch.keys[0], "admin_token");
+    CU_ASSERT_STRING_EQUAL(ch.keys[1], "default_pool_size");
+    CU_ASSERT_EQUAL(next->listen_port, 7000);
+    CU_ASSERT_EQUAL(next->max_message_bytes, 1048576);
+    CU_ASSERT_PTR_NULL(next->pidfile);
+    CU_ASSERT_STRING_EQUAL(next->logfile, run->logfile);
+    CU_ASSERT_PTR_NOT_EQUAL(next->logfile, run->logfile); /* a copy, owned by next */
+    CU_ASSERT_EQUAL(next->default_pool_size, 3);
+    px_config_free(run);
+    px_config_free(next);
+}
+
 /* ---- key tables ------------------------------------------------------------------------- */
 
 struct key_list {
@@ -654,6 +679,7 @@ void test_config_register(void)
     static const CU_TestInfo reload[] = {
         {"diff", test_diff},
         {"diff_restart_keys", test_diff_restart_keys},
+        {"keep_restart_keys", test_keep_restart_keys},
         {"foreach_key", test_foreach_key},
         CU_TEST_INFO_NULL,
     };
