@@ -707,7 +707,7 @@ static void fmt_double(double v, char *buf, size_t n)
         snprintf(buf, n, "NaN");
     } else if (isinf(v)) {
         snprintf(buf, n, v > 0 ? "+Inf" : "-Inf");
-    } else if (v == floor(v) && fabs(v) < 1e15) {
+    } else if (v > -1e15 && v < 1e15 && v == (double)(long long)v) { /* no libm */
         snprintf(buf, n, "%.0f", v);
     } else {
         for (int prec = 15; prec <= 17; prec++) {
