@@ -285,7 +285,7 @@ static void test_cardinality_cap(void)
 {
     CU_ASSERT_EQUAL_FATAL(setup_test_tables(), 0); /* pool kind capped at 3 */
     struct px_metrics_set *s[6];
-    char names[6][8];
+    char names[6][16];
     for (int i = 0; i < 6; i++) {
         snprintf(names[i], sizeof names[i], "db%d", i);
         const char *v[] = {names[i], "u"};
@@ -549,7 +549,7 @@ static int parse_labels(struct parsed *p, const char *line, const char **sp, cha
         val[vn] = '\0';
         s++;
         if (strcmp(lname, "le") == 0)
-            snprintf(le, le_size, "%s", val);
+            snprintf(le, le_size, "%.*s", (int)le_size - 1, val);
         else
             o += (size_t)snprintf(canon + o, o < canon_size ? canon_size - o : 0, "%s=%s,",
                                   lname, val);
@@ -573,7 +573,7 @@ static int check_histogram_sample(struct parsed *p, const char *line, const char
         if (strcmp(p->hseries, canon) != 0) {
             if (close_histogram_series(p, line) < 0)
                 return -1;
-            snprintf(p->hseries, sizeof p->hseries, "%s", canon);
+            snprintf(p->hseries, sizeof p->hseries, "%.511s", canon);
         }
         double lev;
         if (!parse_float(le, &lev) || !(lev > p->last_le) || p->saw_inf)
