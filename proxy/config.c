@@ -700,8 +700,8 @@ static int read_lines(struct parser *p, FILE *f)
         else
             rc = parse_line(p, buf);
     }
-    if (rc == 0 && ferror(f))
-        rc = fail_at(p, 0, NULL, NULL, "read error: %s", strerror(errno));
+    if (rc == 0 && !feof(f)) /* getline failed: a read error or out of memory */
+        rc = fail_at(p, p->line + 1, NULL, NULL, "cannot read: %s", strerror(errno));
     free(buf);
     return rc;
 }

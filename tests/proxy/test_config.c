@@ -377,6 +377,12 @@ static void test_error_cannot_open(void)
     snprintf(want, sizeof(want), "%s: cannot open: No such file or directory", path);
     CU_ASSERT_STRING_EQUAL(err, want);
     free(err);
+
+    err = NULL;
+    CU_ASSERT_EQUAL(px_config_load(tmpdir, &cfg, &err), -1); /* a directory */
+    snprintf(want, sizeof(want), "%s:1: cannot read: Is a directory", tmpdir);
+    CU_ASSERT_STRING_EQUAL(err, want);
+    free(err);
 }
 
 /* ---- [databases] ------------------------------------------------------------------------ */
