@@ -340,7 +340,8 @@ int px_userlist_load(const char *path, const struct px_userlist *previous, struc
         return parse_error(&ps, "out of memory");
     if (!path || read_file(&ps, &data, &len) < 0 || parse_lines(&ps, data, len, ul) < 0)
         goto fail;
-    qsort(ul->entries, ul->n, sizeof *ul->entries, entry_cmp);
+    if (ul->n > 1)
+        qsort(ul->entries, ul->n, sizeof *ul->entries, entry_cmp);
     for (size_t i = 1; i < ul->n; i++) {
         const struct ul_entry *a = &ul->entries[i - 1], *b = &ul->entries[i];
         if (strcmp(a->user.name, b->user.name) == 0) {
