@@ -625,9 +625,7 @@ static void collect_key(const char *section, const char *key, const char *help, 
     if (strcmp(section, "pgwarden") == 0)
         l->npgwarden++;
     else if (strcmp(section, "databases") == 0)
-        l->ndatabases++;
-    else
-        l->bad++;
+        l->ndatabases++; /* later sections ([locks], ...) are not counted here */
     int n = l->npgwarden + l->ndatabases;
     if (strcmp(section, "pgwarden") == 0 && n <= 128)
         snprintf(l->names[n - 1], sizeof(l->names[0]), "%s", key);
