@@ -1,0 +1,739 @@
+/*
+ * client.c: client connections (see client.h).
+ *
+ * Login sequence, as PostgreSQL runs it:
+ *   [SSLRequest -> 'S' + TLS handshake | 'N'] [GSSENCRequest -> 'N'] StartupMessage
+ *   -> authentication (trust | md5 | SCRAM-SHA-256) -> AuthenticationOk
+ *   -> (pool links a server) ParameterStatus* BackendKeyData ReadyForQuery
+ * A CancelRequest packet instead of a StartupMessage is handed to cancel.c and the
+ * connection is closed without an answer, as PostgreSQL does.
+ */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "cancel.h"
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "relay.h"
+#include "server.h"
+#include "stats.h"
+
+static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_write_cb(struct bufferevent *bev, void *arg);
+static void client_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* Per-client flags kept out of the struct's hot part. */
+enum { CL_REJECT_FULL = 1, CL_CLOSE_AFTER_FLUSH = 2, CL_FD_IN_TLS_BEV = 4 };
+
+/* The closing-after-flush flag and socket fd live beside the client: one small side table
+ * would be overkill, so they are packed in the struct's spare room via this wrapper. */
+struct px_client_full {
+    struct px_client c;
+    evutil_socket_t fd;
+    unsigned flags;
+    uint64_t close_deadline_ms;
+};
+
+#define FULL(cl) PX_CONTAINER_OF(cl, struct px_client_full, c)
+
+static const char *const state_names[] = {"login", "waiting", "active", "closing"};
+
+void px_client_set_state(struct px_client *c, enum px_client_state st)
+{
+    /* Legal transitions: login->waiting|active|closing, waiting->active|closing,
+     * active->waiting|closing (transaction pooling detaches), closing is final. */
+    static const bool legal[4][4] = {
+        [PX_CL_LOGIN] = {[PX_CL_WAITING] = true, [PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_ACTIVE] = {[PX_CL_WAITING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_CLOSING] = {false},
+    };
+    PX_ASSERT(legal[c->state][st]);
+    if (!legal[c->state][st]) {
+        px_error("client", 'C', c->id, "illegal state change %s -> %s", state_names[c->state],
+                 state_names[st]);
+        return;
+    }
+    px_list_remove(&c->link);
+    if (c->pool) {
+        if (c->state == PX_CL_WAITING)
+            c->pool->n_waiting--;
+        else if (c->state == PX_CL_ACTIVE)
+            c->pool->n_active_clients--;
+    }
+    c->state = st;
+    switch (st) {
+    case PX_CL_WAITING:
+        px_list_append(&c->pool->clients_waiting, &c->link);
+        c->pool->n_waiting++;
+        c->wait_start_ms = px_now_ms();
+        break;
+    case PX_CL_ACTIVE:
+        px_list_append(&c->pool->clients_active, &c->link);
+        c->pool->n_active_clients++;
+        break;
+    case PX_CL_CLOSING:
+        px_list_append(&px.clients_closing, &c->link);
+        event_active(px.reaper, EV_TIMEOUT, 0);
+        break;
+    case PX_CL_LOGIN:
+        break;
+    }
+}
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    } else if (sa->sa_family == AF_UNIX) {
+        snprintf(out, outlen, "unix");
+        return;
+    }
+    snprintf(out, outlen, "%s:%d", host, port);
+}
+
+void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen)
+{
+    (void)socklen;
+    /* Past max_client_conn we still read the startup packet so that the client sees
+     * SQLSTATE 53300 rather than a reset; far past it we just close. */
+    if (px.n_clients >= px.cfg->max_client_conn + 1000 || px.shutting_down) {
+        evutil_closesocket(fd);
+        return;
+    }
+    struct px_client_full *full = calloc(1, sizeof(*full));
+    if (!full) {
+        evutil_closesocket(fd);
+        return;
+    }
+    struct px_client *c = &full->c;
+    full->fd = fd;
+    if (px.n_clients >= px.cfg->max_client_conn)
+        full->flags |= CL_REJECT_FULL;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    evutil_make_socket_nonblocking(fd);
+    c->bev = bufferevent_socket_new(px.base, fd, 0);
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        free(full);
+        return;
+    }
+    c->id = ++px.next_client_id;
+    c->state = PX_CL_LOGIN;
+    c->login_step = PX_LOGIN_STARTUP;
+    c->connect_ms = px_now_ms();
+    format_addr(sa, c->addr, sizeof(c->addr));
+    px_list_init(&c->link);
+    px_list_append(&px.clients_login, &c->link);
+    px.n_clients++;
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    px_debug("client", 'C', c->id, "connection from %s", c->addr);
+}
+
+/* ---- closing -------------------------------------------------------------------------- */
+
+static void unlink_server(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!s)
+        return;
+    c->server = NULL;
+    s->client = NULL;
+    px_server_release(s, c->c2s.remaining != 0);
+}
+
+void px_client_close(struct px_client *c)
+{
+    if (c->state == PX_CL_CLOSING)
+        return;
+    px_debug("client", 'C', c->id, "closing");
+    px_cancel_forget(c);
+    unlink_server(c);
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    px.n_clients--;
+    px_client_set_state(c, PX_CL_CLOSING);
+    if (px.shutting_down)
+        px_pool_check_shutdown();
+}
+
+static void close_after_flush(struct px_client *c)
+{
+    struct px_client_full *full = FULL(c);
+    unlink_server(c);
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        px_client_close(c);
+        return;
+    }
+    full->flags |= CL_CLOSE_AFTER_FLUSH;
+    /* A client that never reads its error must not keep the slot forever. */
+    full->close_deadline_ms = px_now_ms() + 5000;
+}
+
+void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
+{
+    if (c->state == PX_CL_CLOSING)
+        return;
+    if (sqlstate) {
+        px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
+        px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
+    }
+    close_after_flush(c);
+}
+
+void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
+{
+    if (c->state == PX_CL_CLOSING)
+        return;
+    evbuffer_add_buffer_reference(bufferevent_get_output(c->bev), error);
+    close_after_flush(c);
+}
+
+bool px_client_close_overdue(struct px_client *c, uint64_t now)
+{
+    struct px_client_full *full = FULL(c);
+    return (full->flags & CL_CLOSE_AFTER_FLUSH) && now >= full->close_deadline_ms;
+}
+
+void px_client_free(struct px_client *c)
+{
+    struct px_client_full *full = FULL(c);
+    px_list_remove(&c->link);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (!(full->flags & CL_FD_IN_TLS_BEV))
+        evutil_closesocket(full->fd);
+    px_scram_server_free(c->scram);
+    OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
+    free(c->user);
+    free(c->database);
+    free(c->application_name);
+    free(c->param_buf);
+    free(c->params);
+    free(full);
+}
+
+/* ---- login ---------------------------------------------------------------------------- */
+
+static int cmp_param(const void *a, const void *b)
+{
+    return strcmp(((const struct px_startup_param *)a)->name,
+                  ((const struct px_startup_param *)b)->name);
+}
+
+/*
+ * Keeps the parameters that go to servers, sorted by name, in one buffer of
+ * "name\0value\0" pairs.  That buffer is also the client's signature: a server opened with
+ * the same bytes gives exactly the session defaults of a direct connection.
+ */
+static int keep_params(struct px_client *c, const struct px_startup *st)
+{
+    struct px_startup_param kept[PX_MAX_STARTUP_PARAMS];
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; i < st->nparams; i++) {
+        const char *name = st->params[i].name;
+        if (!strcmp(name, "user") || !strcmp(name, "database") ||
+            !strncmp(name, "_pq_.", 5))
+            continue;
+        kept[n++] = st->params[i];
+        bytes += strlen(name) + 1 + strlen(st->params[i].value) + 1;
+    }
+    qsort(kept, n, sizeof(kept[0]), cmp_param);
+    c->param_buf = malloc(bytes + 1);
+    c->params = calloc(n ? n : 1, sizeof(*c->params));
+    if (!c->param_buf || !c->params)
+        return -1;
+    char *p = c->param_buf;
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = strlen(kept[i].name) + 1, vl = strlen(kept[i].value) + 1;
+        memcpy(p, kept[i].name, nl);
+        c->params[i].name = p;
+        p += nl;
+        memcpy(p, kept[i].value, vl);
+        c->params[i].value = p;
+        p += vl;
+    }
+    *p = '\0';
+    c->nparams = n;
+    c->signature = c->param_buf;
+    c->signature_len = bytes;
+    return 0;
+}
+
+static void send_auth_request(struct px_client *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    switch (px.cfg->auth_type) {
+    case PX_AUTH_TRUST:
+        px_client_auth_ok(c);
+        return;
+    case PX_AUTH_MD5:
+        RAND_bytes(c->md5_salt, sizeof(c->md5_salt));
+        px_wire_auth(out, PX_AUTH_MD5_REQ, c->md5_salt, 4);
+        c->login_step = PX_LOGIN_MD5;
+        return;
+    case PX_AUTH_SCRAM:
+        if (u && u->has_scram)
+            c->scram_secret = u->scram;
+        else
+            px_scram_secret_mock(c->user, &c->scram_secret);
+        c->scram = px_scram_server_new(&c->scram_secret);
+        if (!c->scram) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return;
+        }
+        px_wire_auth(out, PX_AUTH_SASL, "SCRAM-SHA-256\0", 15);
+        c->login_step = PX_LOGIN_SCRAM_INITIAL;
+        return;
+    }
+}
+
+static void auth_failed(struct px_client *c)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "password authentication failed for user \"%.64s\"", c->user);
+    px_stats_auth_failure();
+    px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
+}
+
+void px_client_auth_ok(struct px_client *c)
+{
+    c->login_step = PX_LOGIN_DONE;
+    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_OK, NULL, 0);
+    px_scram_server_free(c->scram);
+    c->scram = NULL;
+    if (px_cancel_register(c) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    const struct px_db_config *db = px_config_find_db(px.cfg, c->database);
+    struct px_pool *pool = db ? px_pool_get(c->database, c->user, db) : NULL;
+    if (!pool) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    c->pool = pool;
+    px_pool_request_server(pool, c);
+}
+
+/* Password message of the md5 exchange. */
+static void handle_md5(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    char expected[36];
+    if (len != 36 || body[35] != '\0' || !u || !u->md5) {
+        /* Same work as a right password: compute and compare a dummy. */
+        px_md5_salted("md500000000000000000000000000000000", c->md5_salt, expected);
+        auth_failed(c);
+        return;
+    }
+    px_md5_salted(u->md5, c->md5_salt, expected);
+    if (CRYPTO_memcmp(expected, body, 35) != 0) {
+        auth_failed(c);
+        return;
+    }
+    px_client_auth_ok(c);
+}
+
+static void handle_scram_initial(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const char *mech = (const char *)body;
+    const uint8_t *nul = memchr(body, '\0', len);
+    if (!nul || (size_t)(nul - body) + 5 > len) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse");
+        return;
+    }
+    if (strcmp(mech, "SCRAM-SHA-256") != 0) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                        "client selected an invalid SASL authentication mechanism");
+        return;
+    }
+    const uint8_t *p = nul + 1;
+    int32_t dlen = (int32_t)px_get_u32(p);
+    p += 4;
+    if (dlen < 0 || (size_t)dlen != len - (size_t)(p - body)) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse");
+        return;
+    }
+    char *server_first = NULL;
+    if (px_scram_server_first(c->scram, (const char *)p, (size_t)dlen, &server_first) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        return;
+    }
+    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_CONTINUE, server_first,
+                 strlen(server_first));
+    free(server_first);
+    c->login_step = PX_LOGIN_SCRAM_FINAL;
+}
+
+static void handle_scram_final(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    bool ok = false;
+    char *server_final = NULL;
+    if (px_scram_server_final(c->scram, (const char *)body, len, &ok, &server_final) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        return;
+    }
+    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    if (!ok || !u || !u->has_scram) {
+        free(server_final);
+        auth_failed(c);
+        return;
+    }
+    c->have_client_key = px_scram_server_client_key(c->scram, c->client_key);
+    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_FINAL, server_final,
+                 strlen(server_final));
+    free(server_final);
+    px_client_auth_ok(c);
+}
+
+static void reject(struct px_client *c, const char *sqlstate, const char *fmt, const char *arg)
+{
+    char msg[300];
+    snprintf(msg, sizeof(msg), fmt, arg);
+    px_client_fatal(c, sqlstate, msg);
+}
+
+/* A StartupMessage (protocol 3.x) arrived. */
+static void handle_startup(struct px_client *c, const struct px_startup *st)
+{
+    const char *unsupported[PX_MAX_STARTUP_PARAMS];
+    size_t nunsupported = 0;
+    for (size_t i = 0; i < st->nparams; i++)
+        if (!strncmp(st->params[i].name, "_pq_.", 5))
+            unsupported[nunsupported++] = st->params[i].name;
+    if ((st->code & 0xffff) > 0 || nunsupported)
+        px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
+
+    if (FULL(c)->flags & CL_REJECT_FULL) {
+        px_client_fatal(c, PX_SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+        return;
+    }
+    if (px.shutting_down) {
+        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, "the database system is shutting down");
+        return;
+    }
+    if (px.cfg->client_tls_mode == PX_CTLS_REQUIRE && !c->tls) {
+        px_client_fatal(c, PX_SQLSTATE_INVALID_AUTH_SPEC,
+                        "pgwarden requires TLS: connect with sslmode=require or stronger");
+        return;
+    }
+    const char *user = px_startup_get(st, "user");
+    if (!user || !*user) {
+        px_client_fatal(c, PX_SQLSTATE_INVALID_AUTH_SPEC,
+                        "no PostgreSQL user name specified in startup packet");
+        return;
+    }
+    const char *repl = px_startup_get(st, "replication");
+    if (repl && strcasecmp(repl, "false") != 0 && strcasecmp(repl, "off") != 0 &&
+        strcasecmp(repl, "no") != 0 && strcmp(repl, "0") != 0) {
+        px_client_fatal(c, PX_SQLSTATE_FEATURE_NOT_SUPP,
+                        "replication connections are not supported by pgwarden");
+        return;
+    }
+    const char *db = px_startup_get(st, "database");
+    if (!db || !*db)
+        db = user;
+    const char *app = px_startup_get(st, "application_name");
+    c->user = strdup(user);
+    c->database = strdup(db);
+    c->application_name = strdup(app ? app : "");
+    if (!c->user || !c->database || !c->application_name || keep_params(c, st) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    if (!px_config_find_db(px.cfg, c->database)) {
+        reject(c, PX_SQLSTATE_INVALID_CATALOG, "database \"%.128s\" does not exist", c->database);
+        return;
+    }
+    send_auth_request(c);
+}
+
+/* Switches the connection to TLS: 'S' has been sent on the plain socket. */
+static void start_tls(struct px_client *c)
+{
+    struct px_client_full *full = FULL(c);
+    SSL *ssl = SSL_new(px.client_tls);
+    if (!ssl) {
+        px_client_close(c);
+        return;
+    }
+    bufferevent_free(c->bev);
+    c->bev = bufferevent_openssl_socket_new(px.base, full->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        SSL_free(ssl);
+        px_client_close(c);
+        return;
+    }
+    full->flags |= CL_FD_IN_TLS_BEV;
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->login_step = PX_LOGIN_TLS;
+}
+
+/* Returns false when the connection was closed or changed (stop reading). */
+static bool handle_startup_packet(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(in);
+    if (avail < 4)
+        return false;
+    uint8_t lenbuf[4];
+    evbuffer_copyout(in, lenbuf, 4);
+    uint32_t len = px_get_u32(lenbuf);
+    if (len < 8 || len > PX_MAX_STARTUP_PACKET) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "invalid length of startup packet");
+        return false;
+    }
+    if (avail < len)
+        return false;
+    const char *pkt = (const char *)evbuffer_pullup(in, len);
+    struct px_startup st;
+    const char *err = pkt ? px_wire_parse_startup(pkt + 4, len - 4, &st) : "out of memory";
+    if (err) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, err);
+        return false;
+    }
+    if (st.code == PX_SSL_REQUEST_CODE || st.code == PX_GSSENC_REQUEST_CODE) {
+        evbuffer_drain(in, len);
+        bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls && !c->tls;
+        if (evbuffer_get_length(in) > 0) {
+            /* Bytes after an encryption request, before the answer: a MITM could inject them
+             * into the encrypted session (CVE-2021-23214); refuse. */
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                            "received unencrypted data after encryption request");
+            return false;
+        }
+        if (!tls_ok) {
+            evbuffer_add(bufferevent_get_output(c->bev), "N", 1);
+            return true;
+        }
+        /* Write 'S' straight to the socket: nothing else is queued on it yet. */
+        if (send(FULL(c)->fd, "S", 1, MSG_NOSIGNAL) != 1) {
+            px_client_close(c);
+            return false;
+        }
+        start_tls(c);
+        return false;
+    }
+    if (st.code == PX_CANCEL_REQUEST_CODE) {
+        px_cancel_request(st.cancel_pid, st.cancel_key);
+        px_client_close(c);
+        return false;
+    }
+    if ((st.code >> 16) != 3) {
+        char msg[128];
+        snprintf(msg, sizeof(msg),
+                 "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+                 st.code >> 16, st.code & 0xffff);
+        px_client_fatal(c, PX_SQLSTATE_FEATURE_NOT_SUPP, msg);
+        return false;
+    }
+    handle_startup(c, &st);
+    evbuffer_drain(in, len);
+    return c->state == PX_CL_LOGIN && c->login_step != PX_LOGIN_DONE;
+}
+
+static void login_read(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    for (;;) {
+        if (c->state != PX_CL_LOGIN || FULL(c)->flags & CL_CLOSE_AFTER_FLUSH)
+            return;
+        if (c->login_step == PX_LOGIN_STARTUP) {
+            if (!handle_startup_packet(c))
+                return;
+            continue;
+        }
+        if (c->login_step == PX_LOGIN_TLS || c->login_step == PX_LOGIN_DONE)
+            return;
+        char type;
+        const uint8_t *body;
+        uint32_t len;
+        int r = px_read_message(in, PX_MAX_STARTUP_PACKET, &type, &body, &len);
+        if (r == 0)
+            return;
+        if (r < 0 || type != 'p') {
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                            r < 0 ? "invalid message length during authentication"
+                                  : "expected password response");
+            return;
+        }
+        switch (c->login_step) {
+        case PX_LOGIN_MD5: handle_md5(c, body, len); break;
+        case PX_LOGIN_SCRAM_INITIAL: handle_scram_initial(c, body, len); break;
+        case PX_LOGIN_SCRAM_FINAL: handle_scram_final(c, body, len); break;
+        default: break;
+        }
+        if (c->state != PX_CL_CLOSING)
+            evbuffer_drain(in, (size_t)len + 5);
+    }
+}
+
+/* ---- linked: relaying ----------------------------------------------------------------- */
+
+void px_client_on_linked(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (!c->welcomed) {
+        for (size_t i = 0; i < s->params.n; i++)
+            px_wire_param_status(out, s->params.items[i].name, s->params.items[i].value);
+        px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
+        px_wire_ready(out, s->txn_status ? s->txn_status : 'I');
+        c->welcomed = true;
+    }
+    bufferevent_enable(c->bev, EV_READ);
+    px_client_relay(c);
+}
+
+/* Client -> server message types the relay must see (see relay.h). */
+static const uint8_t c2s_see[256] = {
+    ['Q'] = PX_SEE_TYPE, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_TYPE,
+    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
+    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
+};
+
+static enum px_relay_action c2s_cb(void *ctx, char type, const uint8_t *body, uint32_t len)
+{
+    struct px_client *c = ctx;
+    struct px_server *s = c->server;
+    (void)body;
+    (void)len;
+    switch (type) {
+    case 'Q':
+    case 'F':
+        s->pending_ready++;
+        return PX_RELAY_FORWARD;
+    case 'S':
+        s->pending_ready++;
+        s->unsynced = false;
+        return PX_RELAY_FORWARD;
+    case 'X':
+        return PX_RELAY_CLOSE; /* Terminate: the server stays for the next client */
+    default:
+        s->unsynced = true;
+        return PX_RELAY_FORWARD;
+    }
+}
+
+void px_client_relay(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (c->state != PX_CL_ACTIVE || !s || s->state != PX_SV_ACTIVE)
+        return;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    size_t before = evbuffer_get_length(out);
+    enum px_relay_result r =
+        px_relay(&c->c2s, in, out, c2s_see, c2s_cb, c, (uint32_t)px.cfg->max_message_bytes);
+    px_stats_bytes(c->pool, evbuffer_get_length(out) - before, 0);
+    if (r == PX_RELAY_CLOSED) {
+        px_client_close(c); /* Terminate */
+        return;
+    }
+    if (r == PX_RELAY_TOO_LARGE) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                        "invalid message length: message larger than max_message_bytes");
+        return;
+    }
+    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {
+        bufferevent_disable(c->bev, EV_READ);
+        c->read_paused = true;
+    }
+}
+
+void px_client_resume(struct px_client *c)
+{
+    if (c->read_paused && c->state == PX_CL_ACTIVE) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+        px_client_relay(c);
+    }
+}
+
+bool px_client_is_idle(const struct px_client *c)
+{
+    const struct px_server *s = c->server;
+    if (c->state != PX_CL_ACTIVE)
+        return c->state == PX_CL_LOGIN || c->state == PX_CL_WAITING;
+    if (!s)
+        return true;
+    return s->pending_ready == 0 && !s->unsynced && s->txn_status == 'I' &&
+           c->c2s.remaining == 0 && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+}
+
+/* ---- callbacks ------------------------------------------------------------------------ */
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct px_client *c = arg;
+    (void)bev;
+    switch (c->state) {
+    case PX_CL_LOGIN: login_read(c); break;
+    case PX_CL_ACTIVE: px_client_relay(c); break;
+    case PX_CL_WAITING:
+        /* Session clients have no ReadyForQuery yet; keep their bytes until linked. */
+        bufferevent_disable(c->bev, EV_READ);
+        break;
+    case PX_CL_CLOSING: break;
+    }
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct px_client *c = arg;
+    if (FULL(c)->flags & CL_CLOSE_AFTER_FLUSH) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            px_client_close(c);
+        return;
+    }
+    if (c->server)
+        px_server_resume(c->server);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct px_client *c = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake finished. */
+        c->tls = true;
+        c->login_step = PX_LOGIN_STARTUP;
+        px_stats_tls_handshake(true, true);
+        login_read(c);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (c->login_step == PX_LOGIN_TLS && (what & BEV_EVENT_ERROR))
+            px_stats_tls_handshake(true, false);
+        px_debug("client", 'C', c->id, "connection lost");
+        px_client_close(c);
+    }
+}

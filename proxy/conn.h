@@ -1,0 +1,207 @@
+/*
+ * conn.h: the proxy's object model, shared by client.c, server.c, pool.c, relay.c, cancel.c
+ * and main.c.  It is internal to proxy/: nothing outside proxy/ includes it.
+ *
+ *   px (one per process) ── pools (database, user, startup signature is per server)
+ *        │                     ├── servers: login │ idle │ active │ resetting
+ *        │                     └── clients: waiting │ active
+ *        └── clients in login, closing lists, cancel-key map
+ *
+ * Every connection is on exactly one list, the one of its state; state changes go through
+ * px_client_set_state() / px_server_set_state(), which check the transition and move the
+ * object between lists.  Connections are never freed inside their own callbacks: closing
+ * moves them to a closing list and the reaper event frees them at a safe point of the loop.
+ */
+#ifndef PGW_PROXY_CONN_H
+#define PGW_PROXY_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <event2/bufferevent.h>
+#include <openssl/ssl.h>
+
+#include "config.h"
+#include "list.h"
+#include "scram.h"
+#include "userlist.h"
+#include "wire.h"
+
+struct px_pool_metrics;
+struct px_admin;
+
+/* Output above this many bytes stops reading the other side; below LOW it resumes. */
+#define PX_BACKPRESSURE_HIGH (256 * 1024)
+#define PX_BACKPRESSURE_LOW  (64 * 1024)
+
+/* Parse state of one direction of a relayed stream. */
+struct px_stream {
+    uint32_t remaining; /* bytes of a pass-through message not yet received */
+};
+
+/* ParameterStatus values a server reported (name -> value), small and linear. */
+struct px_params {
+    size_t n, cap;
+    struct px_param {
+        char *name;
+        char *value;
+    } *items;
+};
+
+enum px_client_state {
+    PX_CL_LOGIN,   /* startup packet, TLS, authentication */
+    PX_CL_WAITING, /* authenticated, queued for a server */
+    PX_CL_ACTIVE,  /* linked to a server (session mode: for the whole session) */
+    PX_CL_CLOSING, /* dead: waits for the reaper */
+};
+
+enum px_login_step {
+    PX_LOGIN_STARTUP, /* waiting for SSLRequest / StartupMessage / CancelRequest */
+    PX_LOGIN_TLS,     /* TLS handshake in progress */
+    PX_LOGIN_MD5,     /* sent AuthenticationMD5Password */
+    PX_LOGIN_SCRAM_INITIAL,
+    PX_LOGIN_SCRAM_FINAL,
+    PX_LOGIN_DONE,
+};
+
+struct px_client {
+    struct px_list link; /* on the list of its state */
+    uint64_t id;
+    enum px_client_state state;
+    enum px_login_step login_step;
+    struct bufferevent *bev;
+    bool tls;
+    bool welcomed;         /* got ReadyForQuery from us: the login is over for the client */
+    bool read_paused;      /* reading stopped for backpressure */
+    char addr[64];
+    struct px_pool *pool;
+    struct px_server *server;
+
+    char *user;
+    char *database;
+    char *application_name;
+    /* Startup parameters forwarded to servers (everything but user/database), in one
+     * allocation, and their canonical signature: servers opened with the same signature
+     * have exactly the session defaults this client would get on a direct connection. */
+    char *param_buf;
+    struct px_startup_param *params;
+    size_t nparams;
+    char *signature;
+    size_t signature_len;
+    struct px_server *launching; /* a server being opened for this waiting client */
+
+    struct px_scram_server *scram;
+    uint8_t md5_salt[4];
+    bool have_client_key; /* SCRAM passthrough: ClientKey recovered from the login */
+    uint8_t client_key[PX_SCRAM_KEY_LEN];
+    struct px_scram_secret scram_secret;
+
+    uint32_t cancel_pid, cancel_key;
+    struct px_client *cancel_next; /* cancel-key hash chain */
+
+    uint64_t connect_ms, wait_start_ms;
+    struct px_stream c2s;
+};
+
+enum px_server_state {
+    PX_SV_LOGIN,     /* connect, TLS, startup, authentication, initial parameters */
+    PX_SV_IDLE,      /* ready, in the pool */
+    PX_SV_ACTIVE,    /* linked to a client */
+    PX_SV_RESETTING, /* running server_reset_query before going idle */
+    PX_SV_CLOSING,
+};
+
+enum px_server_login_step {
+    PX_SVL_CONNECT,
+    PX_SVL_TLS_ANSWER, /* sent SSLRequest, waiting for 'S' / 'N' */
+    PX_SVL_TLS,        /* TLS handshake */
+    PX_SVL_AUTH,       /* sent StartupMessage; authentication and parameters */
+};
+
+struct px_server {
+    struct px_list link;
+    uint64_t id;
+    enum px_server_state state;
+    enum px_server_login_step login_step;
+    struct bufferevent *bev;
+    SSL *ssl_pending; /* created for the handshake, owned by bev once it exists */
+    bool tls;
+    struct px_pool *pool;
+    struct px_client *client;
+    char *signature; /* startup-parameter signature it was opened with (owned copy) */
+    size_t signature_len;
+    evutil_socket_t fd;
+    bool fd_in_tls_bev; /* the TLS bufferevent owns fd (and closes it) */
+    struct px_client *opener; /* the client it was opened for (for login errors), or NULL */
+    struct px_params params;
+    uint32_t backend_pid, backend_key;
+    struct px_scram_client *scram;
+
+    uint64_t created_ms, last_used_ms, login_deadline_ms;
+    struct px_stream s2c;
+    int pending_ready;   /* ReadyForQuery replies still expected */
+    bool unsynced;       /* extended-protocol messages sent since the last Sync */
+    char txn_status;     /* last ReadyForQuery status: 'I', 'T' or 'E' */
+    int reset_pending;   /* ReadyForQuery replies still expected while resetting */
+    bool close_needed;   /* never reuse: protocol error, lifetime, config change */
+};
+
+struct px_pool {
+    struct px_list link;
+    char *database; /* as clients name it */
+    char *user;     /* as clients name it */
+    /* Where and how servers connect: copied from the [databases] entry at creation and
+     * refreshed on reload. */
+    char *host;
+    int port;
+    char *dbname;
+    char *server_user;
+    char *server_password; /* NULL: from auth_file or the client's SCRAM keys */
+    int pool_size;
+    enum px_pool_mode mode;
+
+    struct px_list servers_login, servers_idle, servers_active, servers_resetting;
+    int n_login, n_idle, n_active, n_resetting;
+    struct px_list clients_waiting, clients_active;
+    int n_waiting, n_active_clients;
+
+    /* Fast-fail: the last server login failure, sent to new clients until it expires. */
+    struct evbuffer *login_error;
+    uint64_t login_error_until_ms;
+    bool ever_connected;
+
+    struct px_pool_metrics *metrics;
+};
+
+struct px_proxy {
+    struct event_base *base;
+    struct px_config *cfg;
+    struct px_userlist *users;
+    SSL_CTX *client_tls; /* we are the TLS server for clients */
+    SSL_CTX *server_tls; /* we are the TLS client of PostgreSQL */
+    struct evconnlistener *listener;
+    struct event *janitor, *reaper;
+    struct event *sig_term, *sig_int, *sig_hup;
+
+    struct px_list pools;
+    struct px_list clients_login;
+    struct px_list clients_closing, servers_closing;
+    int n_clients;    /* every client connection, any state */
+    int n_pools;
+    uint64_t next_client_id, next_server_id;
+
+    bool shutting_down;
+    uint64_t shutdown_deadline_ms;
+
+    struct px_client **cancel_buckets;
+    size_t cancel_nbuckets, cancel_count;
+
+    struct px_admin *admin;
+};
+
+extern struct px_proxy px;
+
+uint64_t px_now_ms(void);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * pool.h: pools of server connections per (database, user), and the waiting queue of
+ * clients.  The pool decides which server a client gets, when a new server is opened, and
+ * runs the periodic janitor (timeouts, idle servers, shutdown progress).
+ */
+#ifndef PGW_PROXY_POOL_H
+#define PGW_PROXY_POOL_H
+
+#include <sys/socket.h>
+
+#include "conn.h"
+
+/* Finds or creates the pool of (database, user), configured from db.  NULL on ENOMEM. */
+struct px_pool *px_pool_get(const char *database, const char *user,
+                            const struct px_db_config *db);
+
+/* An authenticated client wants a server: link one now or queue the client (FIFO). */
+void px_pool_request_server(struct px_pool *pool, struct px_client *c);
+
+/* s finished logging in or resetting: give it to the first waiting client with the same
+ * startup signature, else park it idle. */
+void px_pool_server_ready(struct px_server *s);
+
+/* s failed to log in.  error (may be NULL) is the server's ErrorResponse message, copied
+ * to the clients that wait for this kind of server; otherwise msg describes the failure
+ * and the pool fast-fails new clients for server_login_retry_ms. */
+void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
+
+/* Opens servers for waiting clients while the pool has room. */
+void px_pool_maintain(struct px_pool *pool);
+
+/* The socket address of the pool's server.  Returns 0, or -1 when it cannot be resolved. */
+int px_pool_address(const struct px_pool *pool, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Periodic work (timeouts, idle servers); now is px_now_ms(). */
+void px_pool_janitor(uint64_t now);
+
+/* After SIGHUP: refresh every pool from the new [databases] entries. */
+void px_pool_reconfigure(void);
+
+/* Shutdown: close what is idle; when no client is left, stop the loop. */
+void px_pool_check_shutdown(void);
+
+/* Frees every pool and server (after the loop has stopped). */
+void px_pool_free_all(void);
+
+#endif

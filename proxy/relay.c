@@ -1,0 +1,127 @@
+/*
+ * relay.c: streaming message forwarder (see relay.h).
+ *
+ * Invariant: st->remaining > 0 means the head of `in` is the continuation of a pass-through
+ * message; otherwise the head of `in` is the start of a message.  `run` counts bytes at the
+ * head of `in` already decided to be forwarded; they are moved in one call before any
+ * callback that may write to `out` itself, so the order of bytes is always preserved.
+ */
+#include "relay.h"
+
+static int peek_header(struct evbuffer *in, size_t offset, char *type, uint32_t *len)
+{
+    uint8_t hdr[5];
+    struct evbuffer_ptr ptr;
+    if (evbuffer_ptr_set(in, &ptr, offset, EVBUFFER_PTR_SET) < 0)
+        return -1;
+    if (evbuffer_copyout_from(in, &ptr, hdr, 5) != 5)
+        return -1;
+    *type = (char)hdr[0];
+    *len = px_get_u32(hdr + 1);
+    return 0;
+}
+
+static void flush_run(struct evbuffer *in, struct evbuffer *out, size_t *run)
+{
+    if (*run) {
+        evbuffer_remove_buffer(in, out, *run);
+        *run = 0;
+    }
+}
+
+enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,
+                              const uint8_t see[256], px_relay_cb cb, void *ctx,
+                              uint32_t max_len)
+{
+    size_t run = 0;
+    size_t avail = evbuffer_get_length(in);
+    enum px_relay_result result = PX_RELAY_OK;
+
+    if (st->remaining) {
+        size_t n = avail < st->remaining ? avail : st->remaining;
+        run = n;
+        st->remaining -= (uint32_t)n;
+        if (st->remaining)
+            goto out;
+    }
+    for (;;) {
+        avail = evbuffer_get_length(in) - run;
+        if (avail < 5)
+            break;
+        char type;
+        uint32_t len;
+        if (peek_header(in, run, &type, &len) < 0)
+            break;
+        if (len < 4 || len > max_len) {
+            result = PX_RELAY_TOO_LARGE;
+            break;
+        }
+        size_t total = (size_t)len + 1;
+        uint8_t mode = see[(uint8_t)type];
+        if (mode == PX_SEE_BODY) {
+            if (avail < total)
+                break;
+            flush_run(in, out, &run);
+            const uint8_t *msg = evbuffer_pullup(in, (ssize_t)total);
+            if (!msg) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            enum px_relay_action act = cb(ctx, type, msg + 5, len - 4);
+            if (act == PX_RELAY_CLOSE) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            if (act == PX_RELAY_DROP) {
+                evbuffer_drain(in, total);
+                continue;
+            }
+            run = total;
+            if (act == PX_RELAY_STOP) {
+                result = PX_RELAY_STOPPED;
+                break;
+            }
+            continue;
+        }
+        if (mode == PX_SEE_TYPE) {
+            enum px_relay_action act = cb(ctx, type, NULL, len - 4);
+            if (act == PX_RELAY_CLOSE) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            /* DROP and STOP make no sense without the body; treat as FORWARD. */
+        }
+        if (avail >= total) {
+            run += total;
+        } else {
+            run += avail;
+            st->remaining = (uint32_t)(total - avail);
+            break;
+        }
+    }
+out:
+    flush_run(in, out, &run);
+    return result;
+}
+
+int px_read_message(struct evbuffer *in, uint32_t max_len, char *type, const uint8_t **body,
+                    uint32_t *len)
+{
+    size_t avail = evbuffer_get_length(in);
+    if (avail < 5)
+        return 0;
+    uint8_t hdr[5];
+    evbuffer_copyout(in, hdr, 5);
+    uint32_t l = px_get_u32(hdr + 1);
+    if (l < 4 || l > max_len)
+        return -1;
+    if (avail < (size_t)l + 1)
+        return 0;
+    const uint8_t *msg = evbuffer_pullup(in, (ssize_t)l + 1);
+    if (!msg)
+        return -1;
+    *type = (char)msg[0];
+    *body = msg + 5;
+    *len = l - 4;
+    return 1;
+}

@@ -1,0 +1,56 @@
+/*
+ * relay.h: streaming message forwarder, the proxy's hot path.
+ *
+ * Moves protocol messages from one evbuffer to another as they arrive, without assembling
+ * them: a 1 GB DataRow or COPY stream passes through in pieces.  A per-direction table says
+ * which message types the caller wants to see:
+ *   PX_SEE_NONE   forwarded blindly (the common case: DataRow, CopyData, ...);
+ *   PX_SEE_TYPE   the callback is told the type and length before the message is forwarded
+ *                 (body NULL), e.g. counting Query/Sync for outstanding replies;
+ *   PX_SEE_BODY   the whole message is buffered (bounded by max_len) and the callback reads
+ *                 its body and decides what happens to it.
+ * Bytes are moved with evbuffer_remove_buffer, which relinks whole chains instead of
+ * copying them where it can.
+ */
+#ifndef PGW_PROXY_RELAY_H
+#define PGW_PROXY_RELAY_H
+
+#include <stdint.h>
+
+#include <event2/buffer.h>
+
+#include "conn.h"
+
+enum px_see { PX_SEE_NONE = 0, PX_SEE_TYPE = 1, PX_SEE_BODY = 2 };
+
+enum px_relay_action {
+    PX_RELAY_FORWARD, /* pass the message on */
+    PX_RELAY_DROP,    /* swallow it */
+    PX_RELAY_STOP,    /* pass it on, then stop relaying (state changed) */
+    PX_RELAY_CLOSE,   /* fatal: stop, the caller closes the connection */
+};
+
+/* body is NULL for PX_SEE_TYPE messages; len is the body length (message length - 4). */
+typedef enum px_relay_action (*px_relay_cb)(void *ctx, char type, const uint8_t *body,
+                                            uint32_t len);
+
+enum px_relay_result {
+    PX_RELAY_OK,        /* everything complete was handled; wait for more input */
+    PX_RELAY_STOPPED,   /* a callback returned STOP; input may remain */
+    PX_RELAY_CLOSED,    /* a callback returned CLOSE */
+    PX_RELAY_TOO_LARGE, /* a message longer than max_len (or shorter than its header) */
+};
+
+enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,
+                              const uint8_t see[256], px_relay_cb cb, void *ctx,
+                              uint32_t max_len);
+
+/*
+ * Reads one complete message (login phases, where everything is small).  Returns 1 with
+ * *type, *body (contiguous, valid until the caller drains 5 + *len bytes) and *len; 0 when
+ * incomplete; -1 when the length is invalid or above max_len.
+ */
+int px_read_message(struct evbuffer *in, uint32_t max_len, char *type, const uint8_t **body,
+                    uint32_t *len);
+
+#endif

@@ -1,0 +1,710 @@
+/*
+ * server.c: server connections (see server.h).
+ *
+ * Login sequence, as libpq runs it:
+ *   connect -> [SSLRequest -> 'S' + TLS handshake | 'N' (prefer only)]
+ *   -> StartupMessage(user, database, the opener's startup parameters)
+ *   -> AuthenticationXXX exchanges (cleartext, md5, SCRAM-SHA-256)
+ *   -> ParameterStatus* BackendKeyData ReadyForQuery  => idle, handed to the pool
+ * An ErrorResponse during login fails the waiting clients that share the opener's
+ * signature with exactly the server's error.
+ */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/bufferevent_ssl.h>
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "relay.h"
+#include "server.h"
+#include "stats.h"
+#include "tls.h"
+
+#define SERVER_MAX_MESSAGE 0x3fffffffu
+#define LOGIN_MAX_MESSAGE  (1u << 20)
+
+static void server_read_cb(struct bufferevent *bev, void *arg);
+static void server_write_cb(struct bufferevent *bev, void *arg);
+static void server_event_cb(struct bufferevent *bev, short what, void *arg);
+
+static struct px_list *list_of(struct px_pool *p, enum px_server_state st, int **count)
+{
+    switch (st) {
+    case PX_SV_LOGIN: *count = &p->n_login; return &p->servers_login;
+    case PX_SV_IDLE: *count = &p->n_idle; return &p->servers_idle;
+    case PX_SV_ACTIVE: *count = &p->n_active; return &p->servers_active;
+    case PX_SV_RESETTING: *count = &p->n_resetting; return &p->servers_resetting;
+    case PX_SV_CLOSING: break;
+    }
+    *count = NULL;
+    return &px.servers_closing;
+}
+
+void px_server_set_state(struct px_server *s, enum px_server_state st)
+{
+    static const bool legal[5][5] = {
+        [PX_SV_LOGIN] = {[PX_SV_IDLE] = true, [PX_SV_ACTIVE] = true, [PX_SV_CLOSING] = true},
+        [PX_SV_IDLE] = {[PX_SV_ACTIVE] = true, [PX_SV_CLOSING] = true},
+        [PX_SV_ACTIVE] = {[PX_SV_IDLE] = true, [PX_SV_RESETTING] = true,
+                          [PX_SV_CLOSING] = true},
+        [PX_SV_RESETTING] = {[PX_SV_IDLE] = true, [PX_SV_ACTIVE] = true,
+                             [PX_SV_CLOSING] = true},
+        [PX_SV_CLOSING] = {false},
+    };
+    PX_ASSERT(legal[s->state][st]);
+    if (!legal[s->state][st]) {
+        px_error("server", 'S', s->id, "illegal state change %d -> %d", s->state, st);
+        return;
+    }
+    int *count;
+    px_list_remove(&s->link);
+    list_of(s->pool, s->state, &count);
+    if (count)
+        (*count)--;
+    struct px_list *l = list_of(s->pool, st, &count);
+    if (count)
+        (*count)++;
+    px_list_append(l, &s->link);
+    s->state = st;
+    if (st == PX_SV_CLOSING)
+        event_active(px.reaper, EV_TIMEOUT, 0);
+}
+
+const char *px_server_param(const struct px_server *s, const char *name)
+{
+    for (size_t i = 0; i < s->params.n; i++)
+        if (!strcmp(s->params.items[i].name, name))
+            return s->params.items[i].value;
+    return NULL;
+}
+
+static int set_param(struct px_params *ps, const char *name, const char *value)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        if (!strcmp(ps->items[i].name, name)) {
+            if (!strcmp(ps->items[i].value, value))
+                return 0;
+            char *v = strdup(value);
+            if (!v)
+                return -1;
+            free(ps->items[i].value);
+            ps->items[i].value = v;
+            return 0;
+        }
+    }
+    if (ps->n == ps->cap) {
+        size_t cap = ps->cap ? ps->cap * 2 : 16;
+        struct px_param *items = realloc(ps->items, cap * sizeof(*items));
+        if (!items)
+            return -1;
+        ps->items = items;
+        ps->cap = cap;
+    }
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return -1;
+    }
+    ps->items[ps->n].name = n;
+    ps->items[ps->n].value = v;
+    ps->n++;
+    return 0;
+}
+
+/* ParameterStatus body: name\0value\0. */
+static int apply_param_status(struct px_server *s, const uint8_t *body, uint32_t len)
+{
+    const char *name = (const char *)body;
+    const char *nul = memchr(body, '\0', len);
+    if (!nul || (size_t)(nul - name) + 1 >= len || body[len - 1] != '\0')
+        return -1;
+    const char *value = nul + 1;
+    if (set_param(&s->params, name, value) < 0)
+        return -1;
+    if (s->client && !strcmp(name, "application_name")) {
+        char *v = strdup(value);
+        if (v) {
+            free(s->client->application_name);
+            s->client->application_name = v;
+        }
+    }
+    return 0;
+}
+
+/* ---- launch and connect --------------------------------------------------------------- */
+
+static int connect_socket(struct px_server *s, struct px_pool *pool)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (px_pool_address(pool, &ss, &sslen) < 0)
+        return -1;
+    evutil_socket_t fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (ss.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    s->fd = fd;
+    s->bev = bufferevent_socket_new(px.base, fd, 0);
+    if (!s->bev)
+        return -1;
+    bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
+    bufferevent_setwatermark(s->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
+    if (bufferevent_socket_connect(s->bev, (struct sockaddr *)&ss, (int)sslen) < 0)
+        return -1;
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opener)
+{
+    struct px_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->fd = -1;
+    s->id = ++px.next_server_id;
+    s->pool = pool;
+    s->state = PX_SV_LOGIN;
+    s->login_step = PX_SVL_CONNECT;
+    s->created_ms = s->last_used_ms = px_now_ms();
+    s->login_deadline_ms = s->created_ms + (uint64_t)px.cfg->server_connect_timeout_ms;
+    s->txn_status = 'I';
+    s->opener = opener;
+    s->signature = malloc(opener->signature_len + 1);
+    if (!s->signature) {
+        free(s);
+        return NULL;
+    }
+    memcpy(s->signature, opener->signature, opener->signature_len + 1);
+    s->signature_len = opener->signature_len;
+    px_list_init(&s->link);
+    px_list_append(&pool->servers_login, &s->link);
+    pool->n_login++;
+    if (connect_socket(s, pool) < 0) {
+        px_warning("server", 'S', s->id, "cannot connect to %s:%d", pool->host, pool->port);
+        s->opener = NULL;
+        px_server_set_state(s, PX_SV_CLOSING);
+        return NULL;
+    }
+    px_debug("server", 'S', s->id, "connecting to %s:%d for %s/%s", pool->host, pool->port,
+             pool->database, pool->user);
+    return s;
+}
+
+static void send_startup(struct px_server *s)
+{
+    struct px_pool *pool = s->pool;
+    struct px_startup_param params[PX_MAX_STARTUP_PARAMS + 2];
+    size_t n = 0;
+    params[n++] = (struct px_startup_param){"user", pool->server_user};
+    params[n++] = (struct px_startup_param){"database", pool->dbname};
+    const char *p = s->signature, *end = s->signature + s->signature_len;
+    while (p < end && n < PX_MAX_STARTUP_PARAMS + 2) {
+        const char *name = p;
+        const char *value = name + strlen(name) + 1;
+        params[n++] = (struct px_startup_param){name, value};
+        p = value + strlen(value) + 1;
+    }
+    px_wire_startup(bufferevent_get_output(s->bev), params, n);
+    s->login_step = PX_SVL_AUTH;
+}
+
+static void start_tls(struct px_server *s)
+{
+    SSL *ssl = px_tls_server_ssl_new(px.server_tls, px.cfg->server_tls_mode, s->pool->host);
+    if (!ssl) {
+        px_pool_server_login_failed(s, NULL, "cannot create TLS connection to server");
+        return;
+    }
+    bufferevent_free(s->bev);
+    s->bev = bufferevent_openssl_socket_new(px.base, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    if (!s->bev) {
+        SSL_free(ssl);
+        px_pool_server_login_failed(s, NULL, "cannot create TLS connection to server");
+        return;
+    }
+    s->fd_in_tls_bev = true;
+    bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+    bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
+    bufferevent_setwatermark(s->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    s->login_step = PX_SVL_TLS;
+}
+
+/* ---- authentication as a client of PostgreSQL ------------------------------------------ */
+
+/* The plaintext password for the server login, or NULL. */
+static const char *server_password(const struct px_server *s)
+{
+    if (s->pool->server_password)
+        return s->pool->server_password;
+    const struct px_user *u = px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
+    return u ? u->password : NULL;
+}
+
+static int auth_md5(struct px_server *s, const uint8_t *salt)
+{
+    const char *pw = server_password(s);
+    const struct px_user *u = px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
+    char hash[36], resp[36];
+    if (pw)
+        px_md5_encrypt(pw, s->pool->server_user, hash);
+    else if (u && u->md5)
+        memcpy(hash, u->md5, 36);
+    else
+        return -1;
+    px_md5_salted(hash, salt, resp);
+    return px_wire_msg(bufferevent_get_output(s->bev), 'p', resp, 36);
+}
+
+static int auth_sasl_start(struct px_server *s, const uint8_t *body, uint32_t len)
+{
+    bool offered = false;
+    for (const char *p = (const char *)body, *end = p + len; p < end && *p;
+         p += strlen(p) + 1) {
+        if (!memchr(p, '\0', (size_t)(end - p)))
+            return -1;
+        if (!strcmp(p, "SCRAM-SHA-256"))
+            offered = true;
+    }
+    if (!offered)
+        return -1;
+    const char *pw = server_password(s);
+    if (pw) {
+        s->scram = px_scram_client_new(pw);
+    } else {
+        /* SCRAM passthrough: keys recovered from the opener's own SCRAM login. */
+        const struct px_client *c = s->opener;
+        const struct px_user *u =
+            px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
+        if (!c || !c->have_client_key || !u || !u->has_scram ||
+            strcmp(c->user, s->pool->server_user) != 0)
+            return -1;
+        s->scram = px_scram_client_new_keys(c->client_key, &u->scram);
+    }
+    char *first = NULL;
+    if (!s->scram || px_scram_client_first(s->scram, &first) < 0)
+        return -1;
+    size_t flen = strlen(first);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    uint8_t l[4];
+    px_put_u32(l, (uint32_t)flen);
+    uint8_t hdr[5] = {'p'};
+    px_put_u32(hdr + 1, (uint32_t)(4 + 14 + 4 + flen));
+    evbuffer_add(out, hdr, 5);
+    evbuffer_add(out, "SCRAM-SHA-256", 14);
+    evbuffer_add(out, l, 4);
+    evbuffer_add(out, first, flen);
+    free(first);
+    return 0;
+}
+
+static int handle_auth(struct px_server *s, const uint8_t *body, uint32_t len)
+{
+    if (len < 4)
+        return -1;
+    uint32_t code = px_get_u32(body);
+    body += 4;
+    len -= 4;
+    switch (code) {
+    case PX_AUTH_OK:
+        return 0;
+    case PX_AUTH_CLEARTEXT: {
+        const char *pw = server_password(s);
+        if (!pw)
+            return -1;
+        return px_wire_msg(bufferevent_get_output(s->bev), 'p', pw, strlen(pw) + 1);
+    }
+    case PX_AUTH_MD5_REQ:
+        return len == 4 ? auth_md5(s, body) : -1;
+    case PX_AUTH_SASL:
+        return auth_sasl_start(s, body, len);
+    case PX_AUTH_SASL_CONTINUE: {
+        char *final = NULL;
+        if (!s->scram || px_scram_client_final(s->scram, (const char *)body, len, &final) < 0)
+            return -1;
+        int rc = px_wire_msg(bufferevent_get_output(s->bev), 'p', final, strlen(final));
+        free(final);
+        return rc;
+    }
+    case PX_AUTH_SASL_FINAL:
+        if (!s->scram || px_scram_client_verify(s->scram, (const char *)body, len) < 0)
+            return -1;
+        px_scram_client_free(s->scram);
+        s->scram = NULL;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+static void login_read(struct px_server *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    if (s->login_step == PX_SVL_TLS_ANSWER) {
+        char answer;
+        if (evbuffer_remove(in, &answer, 1) != 1)
+            return;
+        if (answer == 'S') {
+            start_tls(s);
+        } else if (answer == 'N' && px.cfg->server_tls_mode == PX_STLS_PREFER) {
+            send_startup(s);
+        } else {
+            px_pool_server_login_failed(s, NULL, "server does not support TLS");
+        }
+        return;
+    }
+    while (s->state == PX_SV_LOGIN && s->login_step == PX_SVL_AUTH) {
+        char type;
+        const uint8_t *body;
+        uint32_t len;
+        int r = px_read_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            px_pool_server_login_failed(s, NULL, "invalid message from server during login");
+            return;
+        }
+        switch (type) {
+        case 'R':
+            if (handle_auth(s, body, len) < 0) {
+                px_pool_server_login_failed(s, NULL,
+                                            "pgwarden cannot authenticate to the server: no "
+                                            "usable credentials for this user");
+                return;
+            }
+            break;
+        case 'S':
+            if (apply_param_status(s, body, len) < 0) {
+                px_pool_server_login_failed(s, NULL, "invalid ParameterStatus from server");
+                return;
+            }
+            break;
+        case 'K':
+            if (len != 8) {
+                px_pool_server_login_failed(s, NULL, "invalid BackendKeyData from server");
+                return;
+            }
+            s->backend_pid = px_get_u32(body);
+            s->backend_key = px_get_u32(body + 4);
+            break;
+        case 'Z':
+            evbuffer_drain(in, (size_t)len + 5);
+            s->txn_status = len ? (char)body[0] : 'I';
+            s->pool->ever_connected = true;
+            px_stats_server_connected(s->pool, px_now_ms() - s->created_ms);
+            px_debug("server", 'S', s->id, "logged in (backend pid %u)", s->backend_pid);
+            px_pool_server_ready(s);
+            return;
+        case 'E': {
+            struct evbuffer *err = evbuffer_new();
+            if (err)
+                evbuffer_add(err, body - 5, (size_t)len + 5);
+            const char *msg = px_wire_error_field((const char *)body, len, 'M');
+            px_warning("server", 'S', s->id, "login failed: %s", msg ? msg : "?");
+            evbuffer_drain(in, (size_t)len + 5);
+            px_pool_server_login_failed(s, err, NULL);
+            if (err)
+                evbuffer_free(err);
+            return;
+        }
+        default: /* NoticeResponse, NegotiateProtocolVersion: nothing to do */
+            break;
+        }
+        evbuffer_drain(in, (size_t)len + 5);
+    }
+}
+
+/* ---- active: relaying ----------------------------------------------------------------- */
+
+static const uint8_t s2c_see[256] = {
+    ['Z'] = PX_SEE_BODY,
+    ['S'] = PX_SEE_BODY,
+    ['E'] = PX_SEE_BODY,
+};
+
+static enum px_relay_action s2c_cb(void *ctx, char type, const uint8_t *body, uint32_t len)
+{
+    struct px_server *s = ctx;
+    switch (type) {
+    case 'Z':
+        if (s->pending_ready > 0)
+            s->pending_ready--;
+        s->txn_status = len ? (char)body[0] : 'I';
+        if (s->txn_status == 'I')
+            px_stats_transaction(s->pool);
+        return PX_RELAY_FORWARD;
+    case 'S':
+        if (apply_param_status(s, body, len) < 0)
+            return PX_RELAY_CLOSE;
+        return PX_RELAY_FORWARD;
+    case 'E': {
+        const char *sev = px_wire_error_field((const char *)body, len, 'V');
+        const char *code = px_wire_error_field((const char *)body, len, 'C');
+        px_stats_error_sent(s->pool, code);
+        if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
+            s->close_needed = true;
+        return PX_RELAY_FORWARD;
+    }
+    default:
+        return PX_RELAY_FORWARD;
+    }
+}
+
+void px_server_relay(struct px_server *s)
+{
+    struct px_client *c = s->client;
+    if (s->state != PX_SV_ACTIVE || !c)
+        return;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    enum px_relay_result r = px_relay(&s->s2c, in, out, s2c_see, s2c_cb, s, SERVER_MAX_MESSAGE);
+    px_stats_bytes(s->pool, 0, evbuffer_get_length(out) - before);
+    if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
+        px_server_close(s, "protocol error from server");
+        return;
+    }
+    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
+        bufferevent_disable(s->bev, EV_READ);
+    if (px.shutting_down && px_client_is_idle(c))
+        px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command");
+}
+
+void px_server_resume(struct px_server *s)
+{
+    if (s->state == PX_SV_ACTIVE && !(bufferevent_get_enabled(s->bev) & EV_READ)) {
+        bufferevent_enable(s->bev, EV_READ);
+        px_server_relay(s);
+    }
+}
+
+/* ---- reset, release, close ------------------------------------------------------------ */
+
+static void finish_reset(struct px_server *s)
+{
+    s->last_used_ms = px_now_ms();
+    px_pool_server_ready(s);
+}
+
+/* Reads the replies to the reset queries; they are never shown to anyone. */
+static void reset_read(struct px_server *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    while (s->state == PX_SV_RESETTING) {
+        char type;
+        const uint8_t *body;
+        uint32_t len;
+        int r = px_read_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            px_server_close(s, "invalid message during reset");
+            return;
+        }
+        if (type == 'E') {
+            const char *msg = px_wire_error_field((const char *)body, len, 'M');
+            px_warning("server", 'S', s->id, "server_reset_query failed: %s", msg ? msg : "?");
+            evbuffer_drain(in, (size_t)len + 5);
+            px_server_close(s, "reset failed");
+            return;
+        }
+        if (type == 'S' && apply_param_status(s, body, len) < 0) {
+            px_server_close(s, "out of memory");
+            return;
+        }
+        if (type == 'Z') {
+            s->txn_status = len ? (char)body[0] : 'I';
+            if (--s->reset_pending == 0) {
+                evbuffer_drain(in, (size_t)len + 5);
+                finish_reset(s);
+                return;
+            }
+        }
+        evbuffer_drain(in, (size_t)len + 5);
+    }
+}
+
+void px_server_release(struct px_server *s, bool client_mid_message)
+{
+    if (s->state != PX_SV_ACTIVE)
+        return; /* still logging in: it will go idle for the next client */
+    uint64_t now = px_now_ms();
+    const char *why = NULL;
+    if (s->close_needed)
+        why = "marked for close";
+    else if (client_mid_message || s->s2c.remaining || s->pending_ready > 0 || s->unsynced)
+        why = "client left with a request in progress";
+    else if (px.cfg->server_lifetime_ms > 0 &&
+             now - s->created_ms >= (uint64_t)px.cfg->server_lifetime_ms)
+        why = "server_lifetime_ms reached";
+    else if (px.shutting_down)
+        why = "shutting down";
+    if (why) {
+        px_server_close(s, why);
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    int queries = 0;
+    if (s->txn_status != 'I') {
+        px_wire_query(out, "ROLLBACK");
+        queries++;
+    }
+    const char *reset = px.cfg->server_reset_query;
+    if (reset && *reset) {
+        px_wire_query(out, reset);
+        queries++;
+    }
+    if (!queries) {
+        px_server_set_state(s, PX_SV_RESETTING);
+        finish_reset(s);
+        return;
+    }
+    s->reset_pending = queries;
+    px_server_set_state(s, PX_SV_RESETTING);
+    bufferevent_enable(s->bev, EV_READ);
+    reset_read(s);
+}
+
+void px_server_close(struct px_server *s, const char *reason)
+{
+    if (s->state == PX_SV_CLOSING)
+        return;
+    px_debug("server", 'S', s->id, "closing: %s", reason);
+    struct px_client *c = s->client;
+    if (c) {
+        s->client = NULL;
+        c->server = NULL;
+        px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                        "server closed the connection unexpectedly");
+    }
+    if (s->opener && s->opener->launching == s)
+        s->opener->launching = NULL;
+    s->opener = NULL;
+    if (s->bev) {
+        if (!s->fd_in_tls_bev && s->fd >= 0 && s->state != PX_SV_LOGIN) {
+            /* A polite Terminate keeps PostgreSQL's log free of "unexpected EOF". */
+            static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+            if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+                ssize_t w = send(s->fd, terminate, sizeof(terminate), MSG_NOSIGNAL);
+                (void)w;
+            }
+        }
+        bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+    }
+    struct px_pool *pool = s->pool;
+    px_server_set_state(s, PX_SV_CLOSING);
+    px_pool_maintain(pool);
+}
+
+void px_server_free(struct px_server *s)
+{
+    px_list_remove(&s->link);
+    if (s->bev)
+        bufferevent_free(s->bev);
+    if (!s->fd_in_tls_bev && s->fd >= 0)
+        evutil_closesocket(s->fd);
+    px_scram_client_free(s->scram);
+    for (size_t i = 0; i < s->params.n; i++) {
+        free(s->params.items[i].name);
+        free(s->params.items[i].value);
+    }
+    free(s->params.items);
+    free(s->signature);
+    free(s);
+}
+
+/* ---- callbacks ------------------------------------------------------------------------ */
+
+static void idle_read(struct px_server *s)
+{
+    /* An idle server speaks only to say it is going away (FATAL from an administrator) or
+     * to report a parameter; anything else means it is unusable. */
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    for (;;) {
+        char type;
+        const uint8_t *body;
+        uint32_t len;
+        int r = px_read_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
+        if (r == 0)
+            return;
+        if (r < 0 || type == 'E' || (type == 'S' && apply_param_status(s, body, len) < 0)) {
+            px_server_close(s, "unexpected message from idle server");
+            return;
+        }
+        evbuffer_drain(in, (size_t)len + 5);
+    }
+}
+
+static void server_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct px_server *s = arg;
+    (void)bev;
+    switch (s->state) {
+    case PX_SV_LOGIN: login_read(s); break;
+    case PX_SV_ACTIVE: px_server_relay(s); break;
+    case PX_SV_RESETTING: reset_read(s); break;
+    case PX_SV_IDLE: idle_read(s); break;
+    case PX_SV_CLOSING: break;
+    }
+}
+
+static void server_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct px_server *s = arg;
+    (void)bev;
+    if (s->client)
+        px_client_resume(s->client);
+}
+
+static void server_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct px_server *s = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        if (s->login_step == PX_SVL_CONNECT) {
+            if (px.server_tls && s->pool->host[0] != '/') {
+                px_wire_ssl_request(bufferevent_get_output(s->bev));
+                s->login_step = PX_SVL_TLS_ANSWER;
+            } else {
+                send_startup(s);
+            }
+        } else if (s->login_step == PX_SVL_TLS) {
+            s->tls = true;
+            px_stats_tls_handshake(false, true);
+            send_startup(s);
+        }
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (s->state == PX_SV_LOGIN) {
+            char msg[256];
+            if (s->login_step == PX_SVL_TLS) {
+                px_stats_tls_handshake(false, false);
+                snprintf(msg, sizeof(msg), "TLS handshake with server failed: %s",
+                         px_tls_error());
+            } else {
+                snprintf(msg, sizeof(msg), "could not connect to server %s:%d", s->pool->host,
+                         s->pool->port);
+            }
+            px_pool_server_login_failed(s, NULL, msg);
+            return;
+        }
+        /* Give the client whatever the server said last (e.g. a FATAL) before closing. */
+        if (s->state == PX_SV_ACTIVE)
+            px_server_relay(s);
+        px_server_close(s, "server connection lost");
+    }
+}

@@ -1,0 +1,35 @@
+/*
+ * server.h: server connections: connecting to PostgreSQL, TLS, startup, authentication as
+ * a client of PostgreSQL, relaying the server's messages to the linked client, the reset
+ * before reuse, and closing.  Runs on the event loop thread.
+ */
+#ifndef PGW_PROXY_SERVER_H
+#define PGW_PROXY_SERVER_H
+
+#include "conn.h"
+
+/* Opens a new server connection for pool, with opener's startup parameters.  Returns NULL
+ * when it cannot even start (the caller fails the client). */
+struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opener);
+
+void px_server_set_state(struct px_server *s, enum px_server_state st);
+
+/* Closes s; a linked client gets a FATAL error and is closed too.  reason is logged. */
+void px_server_close(struct px_server *s, const char *reason);
+/* Frees a server on the closing list (reaper only). */
+void px_server_free(struct px_server *s);
+
+/* The client let go of s (it disconnected, or transaction pooling detaches it).  The server
+ * is reset and returned to the pool when its protocol state is clean, else closed.
+ * client_mid_message: the client stream stopped inside a message. */
+void px_server_release(struct px_server *s, bool client_mid_message);
+
+/* Relays what the server has buffered to its client. */
+void px_server_relay(struct px_server *s);
+/* The client's output drained below the low watermark: resume reading from the server. */
+void px_server_resume(struct px_server *s);
+
+/* Reports a parameter value the server announced; NULL when unknown. */
+const char *px_server_param(const struct px_server *s, const char *name);
+
+#endif

@@ -1,0 +1,30 @@
+/*
+ * stats.h: what the proxy reports about its traffic, in the proxy's own terms.  Each call
+ * is a few increments on pre-resolved slots of the metrics registry (metrics.h), so the
+ * hot path never allocates, hashes or locks.  Keeping these calls in one place means the
+ * connection code never knows metric names or labels.
+ */
+#ifndef PGW_PROXY_STATS_H
+#define PGW_PROXY_STATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct px_pool;
+
+/* Pool lifetime: attach and detach the pool's metric series. */
+int px_stats_pool_init(struct px_pool *pool);
+void px_stats_pool_destroy(struct px_pool *pool);
+
+void px_stats_bytes(struct px_pool *pool, size_t to_server, size_t to_client);
+void px_stats_transaction(struct px_pool *pool);
+void px_stats_query(struct px_pool *pool);
+/* sqlstate may be NULL. */
+void px_stats_error_sent(struct px_pool *pool, const char *sqlstate);
+void px_stats_server_connected(struct px_pool *pool, uint64_t connect_ms);
+void px_stats_pool_wait(struct px_pool *pool, uint64_t wait_ms);
+void px_stats_tls_handshake(bool client_side, bool ok);
+void px_stats_auth_failure(void);
+
+#endif

@@ -1,0 +1,122 @@
+/*
+ * wire.h: PostgreSQL protocol v3 framing and message builders.
+ *
+ * Everything here works on libevent evbuffers but needs no event loop, so it is unit-tested
+ * alone (tests/proxy/test_wire.c).  Parsing functions never read past the length they are
+ * given; builders append one complete, well-formed message.
+ */
+#ifndef PGW_PROXY_WIRE_H
+#define PGW_PROXY_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/buffer.h>
+
+#define PX_PROTO_V3            196608u   /* 3.0 */
+#define PX_CANCEL_REQUEST_CODE 80877102u
+#define PX_SSL_REQUEST_CODE    80877103u
+#define PX_GSSENC_REQUEST_CODE 80877104u
+#define PX_MAX_STARTUP_PACKET  10000u /* as PostgreSQL's MAX_STARTUP_PACKET_LENGTH */
+#define PX_MAX_STARTUP_PARAMS  64
+
+/* Authentication request codes (AuthenticationXXX, message 'R'). */
+enum px_auth_code {
+    PX_AUTH_OK = 0,
+    PX_AUTH_CLEARTEXT = 3,
+    PX_AUTH_MD5_REQ = 5,
+    PX_AUTH_SASL = 10,
+    PX_AUTH_SASL_CONTINUE = 11,
+    PX_AUTH_SASL_FINAL = 12,
+};
+
+/* SQLSTATEs pgwarden sends itself. */
+#define PX_SQLSTATE_PROTOCOL_VIOLATION   "08P01"
+#define PX_SQLSTATE_CONNECTION_FAILURE   "08006"
+#define PX_SQLSTATE_CANNOT_CONNECT       "08001"
+#define PX_SQLSTATE_INVALID_PASSWORD     "28P01"
+#define PX_SQLSTATE_INVALID_AUTH_SPEC    "28000"
+#define PX_SQLSTATE_INVALID_CATALOG      "3D000"
+#define PX_SQLSTATE_TOO_MANY_CONNECTIONS "53300"
+#define PX_SQLSTATE_FEATURE_NOT_SUPP     "0A000"
+#define PX_SQLSTATE_ADMIN_SHUTDOWN       "57P01"
+#define PX_SQLSTATE_CANNOT_CONNECT_NOW   "57P03"
+#define PX_SQLSTATE_QUERY_CANCELED       "57014"
+#define PX_SQLSTATE_INTERNAL             "XX000"
+
+struct px_startup_param {
+    const char *name;  /* borrowed from the packet buffer */
+    const char *value;
+};
+
+/* A parsed startup packet.  Strings point into the caller's buffer. */
+struct px_startup {
+    uint32_t code; /* protocol version or one of the *_CODE request codes */
+    /* CancelRequest */
+    uint32_t cancel_pid;
+    uint32_t cancel_key;
+    /* StartupMessage */
+    size_t nparams;
+    struct px_startup_param params[PX_MAX_STARTUP_PARAMS];
+};
+
+/*
+ * Parses the body of a startup-phase packet (everything after the 4-byte length).
+ * Returns NULL on success or a static message naming what is malformed.
+ */
+const char *px_wire_parse_startup(const char *body, size_t len, struct px_startup *out);
+
+/* Looks up a startup parameter; NULL when absent. */
+const char *px_startup_get(const struct px_startup *s, const char *name);
+
+/* Reads a big-endian uint32 / uint16 from p. */
+static inline uint32_t px_get_u32(const void *p)
+{
+    const uint8_t *b = p;
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+}
+static inline uint16_t px_get_u16(const void *p)
+{
+    const uint8_t *b = p;
+    return (uint16_t)(((unsigned)b[0] << 8) | b[1]);
+}
+static inline void px_put_u32(void *p, uint32_t v)
+{
+    uint8_t *b = p;
+    b[0] = (uint8_t)(v >> 24);
+    b[1] = (uint8_t)(v >> 16);
+    b[2] = (uint8_t)(v >> 8);
+    b[3] = (uint8_t)v;
+}
+
+/* ---- Builders: each appends one message to out.  Return 0, or -1 on allocation failure. */
+
+enum px_severity { PX_SEV_ERROR, PX_SEV_FATAL, PX_SEV_NOTICE, PX_SEV_WARNING };
+
+/* ErrorResponse / NoticeResponse with S, V, C, M and optional D (detail) fields. */
+int px_wire_error(struct evbuffer *out, enum px_severity sev, const char *sqlstate,
+                  const char *message, const char *detail);
+int px_wire_ready(struct evbuffer *out, char status);
+int px_wire_auth(struct evbuffer *out, uint32_t code, const void *data, size_t len);
+int px_wire_param_status(struct evbuffer *out, const char *name, const char *value);
+int px_wire_backend_key(struct evbuffer *out, uint32_t pid, uint32_t key);
+/* NegotiateProtocolVersion: newest minor we support plus the unrecognised options. */
+int px_wire_negotiate(struct evbuffer *out, uint32_t minor, const char *const *unsupported,
+                      size_t n);
+/* A simple Query message. */
+int px_wire_query(struct evbuffer *out, const char *sql);
+/* A frontend message of type with a raw body. */
+int px_wire_msg(struct evbuffer *out, char type, const void *body, size_t len);
+/* Startup-phase packets (no type byte). */
+int px_wire_startup(struct evbuffer *out, const struct px_startup_param *params, size_t n);
+int px_wire_cancel(struct evbuffer *out, uint32_t pid, uint32_t key);
+int px_wire_ssl_request(struct evbuffer *out);
+
+/*
+ * Finds field code (e.g. 'C' for SQLSTATE, 'S' for severity) in an ErrorResponse or
+ * NoticeResponse body.  Returns a pointer into body (NUL-terminated inside it) or NULL.
+ */
+const char *px_wire_error_field(const char *body, size_t len, char code);
+
+#endif
