@@ -104,7 +104,10 @@ static void breaker_set_state(struct breaker *b, enum breaker_state to, enum bre
 {
     struct breaker_transition t = {.from = b->state, .to = to, .reason = why, .now_us = now_us};
 
-    RETRY_ASSERT(legal[b->state][to]);
+    if (!legal[b->state][to]) {
+        RETRY_ASSERT(!"illegal breaker transition");
+        return;
+    }
     b->state = to;
     b->probe_running = false;
     switch (to) {
