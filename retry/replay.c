@@ -213,7 +213,7 @@ const void *replay_rec_msg(const struct replay_rec *rec, size_t i, size_t *len)
         return NULL;
     }
     *len = rec->msgs[i].len;
-    return rec->buf + rec->msgs[i].off;
+    return rec->buf ? rec->buf + rec->msgs[i].off : (const void *)"";
 }
 
 uint64_t replay_rec_response_bytes(const struct replay_rec *rec)

@@ -8,6 +8,7 @@
 static void register_all(void)
 {
     register_config_suite();
+    register_window_suite();
     register_classify_suite();
     register_backoff_suite();
     register_budget_suite();

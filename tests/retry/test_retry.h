@@ -15,5 +15,6 @@ void register_budget_suite(void);
 void register_breaker_suite(void);
 void register_replay_suite(void);
 void register_config_suite(void);
+void register_window_suite(void);
 
 #endif
