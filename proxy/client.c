@@ -27,9 +27,11 @@
 #include "pool.h"
 #include "relay.h"
 #include "server.h"
+#include "metrics.h"
 #include "stats.h"
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_auth_ok(struct px_client *c);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 
@@ -146,6 +148,7 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     px_list_init(&c->link);
     px_list_append(&px.clients_login, &c->link);
     px.n_clients++;
+    px_stats_client_accepted();
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
@@ -288,7 +291,7 @@ static void send_auth_request(struct px_client *c)
     const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST:
-        px_client_auth_ok(c);
+        client_auth_ok(c);
         return;
     case PX_AUTH_MD5:
         RAND_bytes(c->md5_salt, sizeof(c->md5_salt));
@@ -315,11 +318,11 @@ static void auth_failed(struct px_client *c)
 {
     char msg[200];
     snprintf(msg, sizeof(msg), "password authentication failed for user \"%.64s\"", c->user);
-    px_stats_auth_failure();
+    px_stats_auth_failure(PX_MAR_PASSWORD);
     px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
 }
 
-void px_client_auth_ok(struct px_client *c)
+static void client_auth_ok(struct px_client *c)
 {
     c->login_step = PX_LOGIN_DONE;
     px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_OK, NULL, 0);
@@ -355,7 +358,7 @@ static void handle_md5(struct px_client *c, const uint8_t *body, uint32_t len)
         auth_failed(c);
         return;
     }
-    px_client_auth_ok(c);
+    client_auth_ok(c);
 }
 
 static void handle_scram_initial(struct px_client *c, const uint8_t *body, uint32_t len)
@@ -407,7 +410,7 @@ static void handle_scram_final(struct px_client *c, const uint8_t *body, uint32_
     px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_FINAL, server_final,
                  strlen(server_final));
     free(server_final);
-    px_client_auth_ok(c);
+    client_auth_ok(c);
 }
 
 static void reject(struct px_client *c, const char *sqlstate, const char *fmt, const char *arg)
@@ -628,10 +631,15 @@ static enum px_relay_action c2s_cb(void *ctx, char type, const uint8_t *body, ui
     (void)len;
     switch (type) {
     case 'Q':
+        px_stats_query(c->pool);
+        s->pending_ready++;
+        return PX_RELAY_FORWARD;
     case 'F':
         s->pending_ready++;
         return PX_RELAY_FORWARD;
     case 'S':
+        if (s->unsynced)
+            px_stats_query(c->pool);
         s->pending_ready++;
         s->unsynced = false;
         return PX_RELAY_FORWARD;

@@ -24,6 +24,8 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error);
 /* Closes at once (the peer is gone). */
 void px_client_close(struct px_client *c);
+/* True when a client closing after an error did not read it in time (janitor). */
+bool px_client_close_overdue(struct px_client *c, uint64_t now);
 /* Frees a client on the closing list (reaper only). */
 void px_client_free(struct px_client *c);
 

@@ -28,7 +28,7 @@
 #include "userlist.h"
 #include "wire.h"
 
-struct px_pool_metrics;
+struct px_metrics_set;
 struct px_admin;
 
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
@@ -171,7 +171,9 @@ struct px_pool {
     uint64_t login_error_until_ms;
     bool ever_connected;
 
-    struct px_pool_metrics *metrics;
+    /* Metric series of this pool and pre-resolved hot counters (stats.c). */
+    struct px_metrics_set *metrics;
+    uint64_t *m_bytes_in, *m_bytes_out, *m_transactions, *m_queries;
 };
 
 struct px_proxy {

@@ -270,6 +270,7 @@ void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, co
         if (own)
             px_wire_error(own, PX_SEV_FATAL, PX_SQLSTATE_CANNOT_CONNECT, msg, NULL);
         px_warning("server", 'S', s->id, "login failed: %s", msg);
+        px_stats_server_connect_failed(pool);
         if (own) {
             if (!pool->login_error)
                 pool->login_error = evbuffer_new();
@@ -353,8 +354,6 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
         }
     }
 }
-
-bool px_client_close_overdue(struct px_client *c, uint64_t now);
 
 static void janitor_clients(struct px_list *list, uint64_t now, bool login)
 {

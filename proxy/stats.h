@@ -24,7 +24,13 @@ void px_stats_query(struct px_pool *pool);
 void px_stats_error_sent(struct px_pool *pool, const char *sqlstate);
 void px_stats_server_connected(struct px_pool *pool, uint64_t connect_ms);
 void px_stats_pool_wait(struct px_pool *pool, uint64_t wait_ms);
+void px_stats_server_connect_failed(struct px_pool *pool);
 void px_stats_tls_handshake(bool client_side, bool ok);
-void px_stats_auth_failure(void);
+/* reason: enum px_metrics_auth_reason. */
+void px_stats_auth_failure(int reason);
+void px_stats_client_accepted(void);
+
+/* Registers the gauge collector; call once after px_metrics_init. */
+int px_stats_init(void);
 
 #endif

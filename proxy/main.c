@@ -1,0 +1,373 @@
+/*
+ * main.c: the pgwarden process: command line, configuration, the listener, signals, the
+ * janitor and reaper events, reload, and orderly shutdown.  Everything runs on one
+ * libevent loop; see docs/architecture.md.
+ *
+ *   pgwarden -c FILE           run in the foreground
+ *   pgwarden -c FILE --check   validate FILE (and the files it names) and exit
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+
+#include "admin.h"
+#include "cancel.h"
+#include "client.h"
+#include "log.h"
+#include "main.h"
+#include "metrics.h"
+#include "pool.h"
+#include "server.h"
+#include "stats.h"
+#include "tls.h"
+
+#define JANITOR_PERIOD_MS 250
+
+struct px_proxy px;
+
+uint64_t px_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: pgwarden -c FILE [--check]\n"
+                 "  -c, --config FILE  configuration file (see docs/configuration.md)\n"
+                 "      --check        validate the configuration and exit\n"
+                 "  -V, --version      print the version and exit\n");
+}
+
+/* Loads the files a config names (auth_file, TLS material) into the given slots. */
+static int load_dependents(const struct px_config *cfg, const struct px_userlist *previous,
+                           struct px_userlist **users, SSL_CTX **client_tls,
+                           SSL_CTX **server_tls, char **errmsg)
+{
+    *users = NULL;
+    *client_tls = *server_tls = NULL;
+    if (cfg->auth_file && px_userlist_load(cfg->auth_file, previous, users, errmsg) < 0)
+        return -1;
+    *client_tls = px_tls_client_side_new(cfg, errmsg);
+    if (!*client_tls && *errmsg)
+        goto fail;
+    *server_tls = px_tls_server_side_new(cfg, errmsg);
+    if (!*server_tls && *errmsg)
+        goto fail;
+    return 0;
+fail:
+    px_userlist_free(*users);
+    SSL_CTX_free(*client_tls);
+    *users = NULL;
+    *client_tls = NULL;
+    return -1;
+}
+
+static void log_restart_key(const char *section, const char *key, bool reloadable, void *arg)
+{
+    (void)arg;
+    if (!reloadable)
+        px_warning("main", 0, 0, "[%s] %s changed: it takes effect after a restart", section,
+                   key);
+}
+
+int px_main_reload(char **errmsg)
+{
+    struct px_config *cfg = NULL;
+    *errmsg = NULL;
+    if (px_config_load(px.cfg->path, &cfg, errmsg) < 0)
+        goto fail;
+    px_config_diff(px.cfg, cfg, log_restart_key, NULL);
+    if (px_config_keep_restart_keys(cfg, px.cfg) < 0) {
+        *errmsg = strdup("out of memory");
+        goto fail;
+    }
+    struct px_userlist *users = NULL;
+    if (cfg->auth_file && px_userlist_load(cfg->auth_file, px.users, &users, errmsg) < 0)
+        goto fail;
+    if (px.admin && px_admin_reconfigure(px.admin, cfg, errmsg) < 0) {
+        px_userlist_free(users);
+        goto fail;
+    }
+    px_userlist_free(px.users);
+    px.users = users;
+    px_config_free(px.cfg);
+    px.cfg = cfg;
+    px_log_set_level(cfg->log_level);
+    px_pool_reconfigure();
+    px_info("main", 0, 0, "configuration reloaded from %s", cfg->path);
+    return 0;
+fail:
+    px_error("main", 0, 0, "reload failed, keeping the running configuration: %s",
+             *errmsg ? *errmsg : "out of memory");
+    px_config_free(cfg);
+    return -1;
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+    (void)l;
+    (void)arg;
+    px_client_accept(fd, sa, socklen);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    /* EMFILE and friends: log and keep going; the janitor frees slots over time. */
+    px_error("main", 0, 0, "accept failed: %s", strerror(errno));
+}
+
+static void begin_shutdown(void)
+{
+    if (px.shutting_down)
+        return;
+    px.shutting_down = true;
+    px.shutdown_deadline_ms = px_now_ms() + (uint64_t)px.cfg->shutdown_timeout_ms;
+    px_info("main", 0, 0, "shutting down: no new connections, waiting up to %d ms for clients",
+            px.cfg->shutdown_timeout_ms);
+    if (px.listener) {
+        evconnlistener_free(px.listener);
+        px.listener = NULL;
+    }
+    px_pool_janitor(px_now_ms());
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    if (sig == SIGHUP) {
+        char *err = NULL;
+        px_main_reload(&err);
+        free(err);
+    } else {
+        begin_shutdown();
+    }
+}
+
+static void on_janitor(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    px_pool_janitor(px_now_ms());
+}
+
+static void reap(void)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.clients_closing)
+    {
+        px_client_free(PX_CONTAINER_OF(it, struct px_client, link));
+    }
+    px_list_for_each_safe(it, tmp, &px.servers_closing)
+    {
+        px_server_free(PX_CONTAINER_OF(it, struct px_server, link));
+    }
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    reap();
+}
+
+static int open_listener(char **errmsg)
+{
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC,
+                                    .ai_socktype = SOCK_STREAM,
+                                    .ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV};
+    struct evutil_addrinfo *res = NULL;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", px.cfg->listen_port);
+    const char *addr = px.cfg->listen_addr;
+    if (!strcmp(addr, "*"))
+        addr = NULL;
+    if (evutil_getaddrinfo(addr, port, &hints, &res) != 0 || !res) {
+        if (asprintf(errmsg, "cannot resolve listen_addr %s", px.cfg->listen_addr) < 0)
+            *errmsg = NULL;
+        return -1;
+    }
+    px.listener = evconnlistener_new_bind(
+        px.base, on_accept, NULL,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 4096, res->ai_addr,
+        (int)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+    if (!px.listener) {
+        if (asprintf(errmsg, "cannot listen on %s:%d: %s", px.cfg->listen_addr,
+                     px.cfg->listen_port, strerror(errno)) < 0)
+            *errmsg = NULL;
+        return -1;
+    }
+    evconnlistener_set_error_cb(px.listener, on_accept_error);
+    return 0;
+}
+
+static int write_pidfile(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "%d\n", (int)getpid());
+    return fclose(f);
+}
+
+static int setup(char **errmsg)
+{
+    if (px_log_open(px.cfg->logfile) < 0) {
+        if (asprintf(errmsg, "cannot open logfile %s: %s", px.cfg->logfile, strerror(errno)) < 0)
+            *errmsg = NULL;
+        return -1;
+    }
+    px_log_set_level(px.cfg->log_level);
+    if (load_dependents(px.cfg, NULL, &px.users, &px.client_tls, &px.server_tls, errmsg) < 0)
+        return -1;
+    if (px_metrics_init(0, errmsg) < 0 || px_stats_init() < 0)
+        return -1;
+    px.base = event_base_new();
+    if (!px.base)
+        return -1;
+    px.janitor = event_new(px.base, -1, EV_PERSIST, on_janitor, NULL);
+    px.reaper = event_new(px.base, -1, 0, on_reap, NULL);
+    px.sig_term = evsignal_new(px.base, SIGTERM, on_signal, NULL);
+    px.sig_int = evsignal_new(px.base, SIGINT, on_signal, NULL);
+    px.sig_hup = evsignal_new(px.base, SIGHUP, on_signal, NULL);
+    if (!px.janitor || !px.reaper || !px.sig_term || !px.sig_int || !px.sig_hup)
+        return -1;
+    struct timeval period = {0, JANITOR_PERIOD_MS * 1000};
+    event_add(px.janitor, &period);
+    event_add(px.sig_term, NULL);
+    event_add(px.sig_int, NULL);
+    event_add(px.sig_hup, NULL);
+    if (open_listener(errmsg) < 0)
+        return -1;
+    px.admin = px_admin_new(px.base, px.cfg, errmsg);
+    if (!px.admin)
+        return -1;
+    if (px.cfg->pidfile && write_pidfile(px.cfg->pidfile) < 0) {
+        if (asprintf(errmsg, "cannot write pidfile %s: %s", px.cfg->pidfile, strerror(errno)) <
+            0)
+            *errmsg = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void teardown(void)
+{
+    if (px.listener)
+        evconnlistener_free(px.listener);
+    px_admin_free(px.admin);
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.clients_login)
+    {
+        px_client_free(PX_CONTAINER_OF(it, struct px_client, link));
+    }
+    px_pool_free_all();
+    reap();
+    px_cancel_destroy();
+    struct event *events[] = {px.janitor, px.reaper, px.sig_term, px.sig_int, px.sig_hup};
+    for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)
+        if (events[i])
+            event_free(events[i]);
+    if (px.base)
+        event_base_free(px.base);
+    if (px.cfg && px.cfg->pidfile)
+        unlink(px.cfg->pidfile);
+    SSL_CTX_free(px.client_tls);
+    SSL_CTX_free(px.server_tls);
+    px_userlist_free(px.users);
+    px_metrics_shutdown();
+    px_config_free(px.cfg);
+    px_log_close();
+}
+
+static int check_config(const char *path)
+{
+    struct px_config *cfg = NULL;
+    char *err = NULL;
+    if (px_config_load(path, &cfg, &err) < 0) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        return 1;
+    }
+    struct px_userlist *users;
+    SSL_CTX *ctls, *stls;
+    if (load_dependents(cfg, NULL, &users, &ctls, &stls, &err) < 0) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        px_config_free(cfg);
+        return 1;
+    }
+    px_userlist_free(users);
+    SSL_CTX_free(ctls);
+    SSL_CTX_free(stls);
+    px_config_free(cfg);
+    printf("pgwarden: configuration file %s is valid\n", path);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check", no_argument, NULL, 'k'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *path = NULL;
+    bool check = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'k': check = true; break;
+        case 'V': printf("pgwarden %s\n", PGW_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (check)
+        return check_config(path);
+
+    signal(SIGPIPE, SIG_IGN);
+    px_list_init(&px.pools);
+    px_list_init(&px.clients_login);
+    px_list_init(&px.clients_closing);
+    px_list_init(&px.servers_closing);
+    char *err = NULL;
+    if (px_config_load(path, &px.cfg, &err) < 0) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        return 1;
+    }
+    if (setup(&err) < 0) {
+        px_error("main", 0, 0, "cannot start: %s", err ? err : "out of memory");
+        free(err);
+        teardown();
+        return 1;
+    }
+    px_info("main", 0, 0, "pgwarden %s listening on %s:%d", PGW_VERSION, px.cfg->listen_addr,
+            px.cfg->listen_port);
+    event_base_dispatch(px.base);
+    px_info("main", 0, 0, "stopped");
+    teardown();
+    return 0;
+}
