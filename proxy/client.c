@@ -500,6 +500,8 @@ static void start_tls(struct px_client *c)
     c->login_step = PX_LOGIN_TLS;
 }
 
+static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32_t len);
+
 /* Returns false when the connection was closed or changed (stop reading). */
 static bool handle_startup_packet(struct px_client *c)
 {
@@ -516,15 +518,28 @@ static bool handle_startup_packet(struct px_client *c)
     }
     if (avail < len)
         return false;
-    const char *pkt = (const char *)evbuffer_pullup(in, len);
+    /* Consume the packet before acting on it (trust auth may link a server at once). */
+    char *pkt = malloc(len);
+    if (!pkt) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return false;
+    }
+    evbuffer_remove(in, pkt, len);
+    bool more = startup_packet_dispatch(c, pkt, len);
+    free(pkt);
+    return more;
+}
+
+static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32_t len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
     struct px_startup st;
-    const char *err = pkt ? px_wire_parse_startup(pkt + 4, len - 4, &st) : "out of memory";
+    const char *err = px_wire_parse_startup(pkt + 4, len - 4, &st);
     if (err) {
         px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, err);
         return false;
     }
     if (st.code == PX_SSL_REQUEST_CODE || st.code == PX_GSSENC_REQUEST_CODE) {
-        evbuffer_drain(in, len);
         bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls && !c->tls;
         if (evbuffer_get_length(in) > 0) {
             /* Bytes after an encryption request, before the answer: a MITM could inject them
@@ -559,7 +574,6 @@ static bool handle_startup_packet(struct px_client *c)
         return false;
     }
     handle_startup(c, &st);
-    evbuffer_drain(in, len);
     return c->state == PX_CL_LOGIN && c->login_step != PX_LOGIN_DONE;
 }
 
@@ -588,14 +602,22 @@ static void login_read(struct px_client *c)
                                   : "expected password response");
             return;
         }
+        /* Consume the message before acting on it: a successful login may link a server
+         * at once and start relaying whatever follows in the buffer. */
+        uint8_t *copy = malloc(len ? len : 1);
+        if (!copy) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return;
+        }
+        memcpy(copy, body, len);
+        evbuffer_drain(in, (size_t)len + 5);
         switch (c->login_step) {
-        case PX_LOGIN_MD5: handle_md5(c, body, len); break;
-        case PX_LOGIN_SCRAM_INITIAL: handle_scram_initial(c, body, len); break;
-        case PX_LOGIN_SCRAM_FINAL: handle_scram_final(c, body, len); break;
+        case PX_LOGIN_MD5: handle_md5(c, copy, len); break;
+        case PX_LOGIN_SCRAM_INITIAL: handle_scram_initial(c, copy, len); break;
+        case PX_LOGIN_SCRAM_FINAL: handle_scram_final(c, copy, len); break;
         default: break;
         }
-        if (c->state != PX_CL_CLOSING)
-            evbuffer_drain(in, (size_t)len + 5);
+        free(copy);
     }
 }
 
