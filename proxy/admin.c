@@ -149,8 +149,8 @@ struct settings {
 };
 
 /* Prepares everything cfg needs without touching a; on failure releases what it made. */
-static int settings_prepare(struct px_admin *a, const struct px_config *cfg,
-                            struct settings *s, char **errmsg)
+static int settings_prepare(struct px_admin *a, const struct px_config *cfg, struct settings *s,
+                            char **errmsg)
 {
     memset(s, 0, sizeof *s);
     if (cfg->admin_token && cfg->admin_token[0]) {
@@ -171,8 +171,8 @@ static int settings_prepare(struct px_admin *a, const struct px_config *cfg,
             return -1;
     }
     const char *addr = cfg->admin_addr && cfg->admin_addr[0] ? cfg->admin_addr : "127.0.0.1";
-    s->rebind = cfg->admin_port != a->port || !str_eq(addr, a->addr) ||
-                (cfg->admin_port > 0 && !a->bound);
+    s->rebind =
+        cfg->admin_port != a->port || !str_eq(addr, a->addr) || (cfg->admin_port > 0 && !a->bound);
     if (s->rebind && cfg->admin_port > 0) {
         s->bound = evhttp_bind_socket_with_handle(a->http, addr, (ev_uint16_t)cfg->admin_port);
         if (!s->bound) {
@@ -224,8 +224,7 @@ static int settings_apply(struct px_admin *a, const struct px_config *cfg, struc
 
 static void dispatch(struct evhttp_request *ev, void *arg);
 
-struct px_admin *px_admin_new(struct event_base *base, const struct px_config *cfg,
-                              char **errmsg)
+struct px_admin *px_admin_new(struct event_base *base, const struct px_config *cfg, char **errmsg)
 {
     *errmsg = NULL;
     struct px_admin *a = calloc(1, sizeof *a);
@@ -302,8 +301,7 @@ void px_admin_free(struct px_admin *a)
 int px_admin_route_add(struct px_admin *a, unsigned methods, const char *path, bool prefix,
                        px_admin_handler_cb handler, void *arg)
 {
-    if (!a || !path || path[0] != '/' || !handler || !methods ||
-        a->nroutes >= PX_ADMIN_MAX_ROUTES)
+    if (!a || !path || path[0] != '/' || !handler || !methods || a->nroutes >= PX_ADMIN_MAX_ROUTES)
         return -1;
     struct route *r = &a->routes[a->nroutes];
     r->path = strdup(path);
@@ -364,8 +362,8 @@ struct json_t *px_admin_routes_json(const struct px_admin *a)
         for (size_t j = 0; m && j < sizeof method_names / sizeof method_names[0]; j++)
             if (r->methods & method_names[j].bit)
                 json_array_append_new(m, json_string(method_names[j].name));
-        json_t *o = json_pack("{s:s, s:b, s:o*}", "path", r->path, "prefix", r->prefix,
-                              "methods", m);
+        json_t *o =
+            json_pack("{s:s, s:b, s:o*}", "path", r->path, "prefix", r->prefix, "methods", m);
         if (!o || json_array_append_new(arr, o) < 0) {
             json_decref(arr);
             return NULL;
@@ -522,11 +520,11 @@ static const struct route *route_find(const struct px_admin *a, const char *path
     const struct route *found = NULL;
     for (size_t i = 0; i < a->nroutes; i++) {
         const struct route *r = &a->routes[i];
-        bool match = r->prefix ? strncmp(path, r->path, r->pathlen) == 0 ||
-                                     (r->path[r->pathlen - 1] == '/' &&
-                                      strlen(path) == r->pathlen - 1 &&
-                                      strncmp(path, r->path, r->pathlen - 1) == 0)
-                               : strcmp(path, r->path) == 0;
+        bool match = r->prefix
+                         ? strncmp(path, r->path, r->pathlen) == 0 ||
+                               (r->path[r->pathlen - 1] == '/' && strlen(path) == r->pathlen - 1 &&
+                                strncmp(path, r->path, r->pathlen - 1) == 0)
+                         : strcmp(path, r->path) == 0;
         if (!match)
             continue;
         *path_methods |= r->methods;
@@ -571,9 +569,9 @@ static void route_request(struct px_admin_req *req)
         px_admin_reply_error(req, 403, "mutating requests are refused: no admin_token is set");
         return;
     }
-    req->subpath = r->prefix ? req->path + (strlen(req->path) >= r->pathlen ? r->pathlen
-                                                                            : strlen(req->path))
-                             : "";
+    req->subpath =
+        r->prefix ? req->path + (strlen(req->path) >= r->pathlen ? r->pathlen : strlen(req->path))
+                  : "";
     r->handler(req, r->arg);
     if (!req->replied) {
         PX_ASSERT(!"admin handler returned without replying");

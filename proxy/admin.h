@@ -90,11 +90,9 @@ void px_admin_free(struct px_admin *admin);
  * the first route whose path matches and has the method wins.  arg is borrowed.
  * Returns 0, or -1 when the table is full or path is not absolute.
  */
-__attribute__((warn_unused_result)) int px_admin_route_add(struct px_admin *admin,
-                                                           unsigned methods, const char *path,
-                                                           bool prefix,
-                                                           px_admin_handler_cb handler,
-                                                           void *arg);
+__attribute__((warn_unused_result)) int px_admin_route_add(struct px_admin *admin, unsigned methods,
+                                                           const char *path, bool prefix,
+                                                           px_admin_handler_cb handler, void *arg);
 
 /* ---- inside a handler ---- */
 

@@ -22,8 +22,7 @@ static void h_index(struct px_admin_req *req, void *arg)
     struct px_admin *a = arg;
     json_t *routes = px_admin_routes_json(a);
     px_admin_reply_json(req, 200,
-                        routes ? json_pack("{s:s, s:o}", "service", "pgwarden", "endpoints",
-                                           routes)
+                        routes ? json_pack("{s:s, s:o}", "service", "pgwarden", "endpoints", routes)
                                : NULL);
 }
 
@@ -34,10 +33,10 @@ static void h_health(struct px_admin_req *req, void *arg)
     bool ok = px_introspect_healthy(&detail);
     if (!detail)
         detail = json_object();
-    px_admin_reply_json(req, ok ? 200 : 503,
-                        detail ? json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable",
-                                           "databases", detail)
-                               : NULL);
+    px_admin_reply_json(
+        req, ok ? 200 : 503,
+        detail ? json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable", "databases", detail)
+               : NULL);
 }
 
 /* GET /pools, /clients, /servers: arg is the introspect function. */
@@ -93,10 +92,8 @@ int px_admin_register_builtin(struct px_admin *a)
     if (px_admin_route_add(a, PX_ADMIN_GET, "/", false, h_index, a) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/health", false, h_health, NULL) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/pools", false, h_view, (void *)&view_pools) < 0 ||
-        px_admin_route_add(a, PX_ADMIN_GET, "/clients", false, h_view, (void *)&view_clients) <
-            0 ||
-        px_admin_route_add(a, PX_ADMIN_GET, "/servers", false, h_view, (void *)&view_servers) <
-            0 ||
+        px_admin_route_add(a, PX_ADMIN_GET, "/clients", false, h_view, (void *)&view_clients) < 0 ||
+        px_admin_route_add(a, PX_ADMIN_GET, "/servers", false, h_view, (void *)&view_servers) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/metrics", false, h_metrics, NULL) < 0 ||
         px_admin_route_add(a, PX_ADMIN_POST, "/reload", false, h_reload, NULL) < 0)
         return -1;

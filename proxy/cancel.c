@@ -76,8 +76,8 @@ void px_cancel_forget(struct px_client *c)
 {
     if (!c->cancel_pid || !px.cancel_nbuckets)
         return;
-    struct px_client **pp = &px.cancel_buckets[bucket_of(c->cancel_pid, c->cancel_key,
-                                                         px.cancel_nbuckets)];
+    struct px_client **pp =
+        &px.cancel_buckets[bucket_of(c->cancel_pid, c->cancel_key, px.cancel_nbuckets)];
     for (; *pp; pp = &(*pp)->cancel_next) {
         if (*pp == c) {
             *pp = c->cancel_next;
@@ -132,6 +132,5 @@ void px_cancel_request(uint32_t pid, uint32_t key)
         return;
     }
     bufferevent_enable(bev, EV_WRITE);
-    px_info("cancel", 'C', c->id, "forwarding cancel to server S-%llu",
-            (unsigned long long)s->id);
+    px_info("cancel", 'C', c->id, "forwarding cancel to server S-%llu", (unsigned long long)s->id);
 }

@@ -89,8 +89,7 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
         px_list_append(&px.clients_closing, &c->link);
         event_active(px.reaper, EV_TIMEOUT, 0);
         break;
-    case PX_CL_LOGIN:
-        break;
+    case PX_CL_LOGIN: break;
     }
 }
 
@@ -210,7 +209,12 @@ void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
 {
     if (c->state == PX_CL_CLOSING)
         return;
-    evbuffer_add_buffer_reference(bufferevent_get_output(c->bev), error);
+    size_t len = evbuffer_get_length(error);
+    const uint8_t *bytes = evbuffer_pullup(error, (ssize_t)len);
+    if (!bytes || evbuffer_add(bufferevent_get_output(c->bev), bytes, len) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
+        return;
+    }
     close_after_flush(c);
 }
 
@@ -257,8 +261,7 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
     size_t n = 0, bytes = 0;
     for (size_t i = 0; i < st->nparams; i++) {
         const char *name = st->params[i].name;
-        if (!strcmp(name, "user") || !strcmp(name, "database") ||
-            !strncmp(name, "_pq_.", 5))
+        if (!strcmp(name, "user") || !strcmp(name, "database") || !strncmp(name, "_pq_.", 5))
             continue;
         kept[n++] = st->params[i];
         bytes += strlen(name) + 1 + strlen(st->params[i].value) + 1;
@@ -290,9 +293,7 @@ static void send_auth_request(struct px_client *c)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
     switch (px.cfg->auth_type) {
-    case PX_AUTH_TRUST:
-        client_auth_ok(c);
-        return;
+    case PX_AUTH_TRUST: client_auth_ok(c); return;
     case PX_AUTH_MD5:
         RAND_bytes(c->md5_salt, sizeof(c->md5_salt));
         px_wire_auth(out, PX_AUTH_MD5_REQ, c->md5_salt, 4);
@@ -568,8 +569,8 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
     if ((st.code >> 16) != 3) {
         char msg[128];
         snprintf(msg, sizeof(msg),
-                 "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
-                 st.code >> 16, st.code & 0xffff);
+                 "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", st.code >> 16,
+                 st.code & 0xffff);
         px_client_fatal(c, PX_SQLSTATE_FEATURE_NOT_SUPP, msg);
         return false;
     }
@@ -656,20 +657,15 @@ static enum px_relay_action c2s_cb(void *ctx, char type, const uint8_t *body, ui
         px_stats_query(c->pool);
         s->pending_ready++;
         return PX_RELAY_FORWARD;
-    case 'F':
-        s->pending_ready++;
-        return PX_RELAY_FORWARD;
+    case 'F': s->pending_ready++; return PX_RELAY_FORWARD;
     case 'S':
         if (s->unsynced)
             px_stats_query(c->pool);
         s->pending_ready++;
         s->unsynced = false;
         return PX_RELAY_FORWARD;
-    case 'X':
-        return PX_RELAY_CLOSE; /* Terminate: the server stays for the next client */
-    default:
-        s->unsynced = true;
-        return PX_RELAY_FORWARD;
+    case 'X': return PX_RELAY_CLOSE; /* Terminate: the server stays for the next client */
+    default: s->unsynced = true; return PX_RELAY_FORWARD;
     }
 }
 
@@ -715,8 +711,8 @@ bool px_client_is_idle(const struct px_client *c)
         return c->state == PX_CL_LOGIN || c->state == PX_CL_WAITING;
     if (!s)
         return true;
-    return s->pending_ready == 0 && !s->unsynced && s->txn_status == 'I' &&
-           c->c2s.remaining == 0 && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+    return s->pending_ready == 0 && !s->unsynced && s->txn_status == 'I' && c->c2s.remaining == 0 &&
+           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
 }
 
 /* ---- callbacks ------------------------------------------------------------------------ */

@@ -20,7 +20,7 @@ void px_client_set_state(struct px_client *c, enum px_client_state st);
 /* Sends a FATAL ErrorResponse (when sqlstate is not NULL), then closes the connection once
  * the error is flushed.  Unlinks the server (which is reset or closed). */
 void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg);
-/* Sends an already built error (e.g. a server's login FATAL), then closes. */
+/* Sends a copy of an already built error (e.g. a server's login FATAL), then closes. */
 void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error);
 /* Closes at once (the peer is gone). */
 void px_client_close(struct px_client *c);

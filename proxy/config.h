@@ -58,29 +58,29 @@ struct px_config {
     char *admin_token; /* NULL or "": no token */
     char *admin_tls_cert_file;
     char *admin_tls_key_file;
-    enum px_pool_mode pool_mode; /* default session */
-    int default_pool_size;       /* default 20 */
-    int max_client_conn;         /* default 100 */
-    enum px_auth_type auth_type; /* default scram-sha-256 */
-    char *auth_file;             /* path; NULL: none (only trust works then) */
+    enum px_pool_mode pool_mode;             /* default session */
+    int default_pool_size;                   /* default 20 */
+    int max_client_conn;                     /* default 100 */
+    enum px_auth_type auth_type;             /* default scram-sha-256 */
+    char *auth_file;                         /* path; NULL: none (only trust works then) */
     enum px_client_tls_mode client_tls_mode; /* default disable */
     char *client_tls_cert_file;
     char *client_tls_key_file;
     char *client_tls_ca_file;
     enum px_server_tls_mode server_tls_mode; /* default prefer */
     char *server_tls_ca_file;
-    char *server_reset_query; /* default "DISCARD ALL"; "" disables */
-    int query_wait_timeout_ms;    /* default 120000; 0 = wait forever */
+    char *server_reset_query;      /* default "DISCARD ALL"; "" disables */
+    int query_wait_timeout_ms;     /* default 120000; 0 = wait forever */
     int server_connect_timeout_ms; /* default 15000 */
-    int server_login_retry_ms;    /* default 1000: fast-fail window after a failed login */
-    int server_idle_timeout_ms;   /* default 600000; 0 = never */
-    int server_lifetime_ms;       /* default 3600000; 0 = unlimited */
-    int client_login_timeout_ms;  /* default 60000 */
-    int max_message_bytes;        /* default 1 MiB; range 8 KiB .. 1 GiB */
-    int shutdown_timeout_ms;      /* default 30000 */
-    enum px_log_level log_level;  /* default info */
-    char *logfile;                /* NULL: stderr */
-    char *pidfile;                /* NULL: none */
+    int server_login_retry_ms;     /* default 1000: fast-fail window after a failed login */
+    int server_idle_timeout_ms;    /* default 600000; 0 = never */
+    int server_lifetime_ms;        /* default 3600000; 0 = unlimited */
+    int client_login_timeout_ms;   /* default 60000 */
+    int max_message_bytes;         /* default 1 MiB; range 8 KiB .. 1 GiB */
+    int shutdown_timeout_ms;       /* default 30000 */
+    enum px_log_level log_level;   /* default info */
+    char *logfile;                 /* NULL: stderr */
+    char *pidfile;                 /* NULL: none */
 
     /* [databases] */
     struct px_db_config *dbs;
@@ -119,8 +119,7 @@ __attribute__((warn_unused_result)) int
 px_config_keep_restart_keys(struct px_config *new_cfg, const struct px_config *running);
 
 /* The key tables, for documentation checks: calls cb(section, key, help) for every key. */
-typedef void (*px_config_key_cb)(const char *section, const char *key, const char *help,
-                                 void *arg);
+typedef void (*px_config_key_cb)(const char *section, const char *key, const char *help, void *arg);
 void px_config_foreach_key(px_config_key_cb cb, void *arg);
 
 #endif

@@ -46,7 +46,7 @@ struct px_params {
     struct px_param {
         char *name;
         char *value;
-    } *items;
+    } * items;
 };
 
 enum px_client_state {
@@ -72,8 +72,8 @@ struct px_client {
     enum px_login_step login_step;
     struct bufferevent *bev;
     bool tls;
-    bool welcomed;         /* got ReadyForQuery from us: the login is over for the client */
-    bool read_paused;      /* reading stopped for backpressure */
+    bool welcomed;    /* got ReadyForQuery from us: the login is over for the client */
+    bool read_paused; /* reading stopped for backpressure */
     char addr[64];
     struct px_pool *pool;
     struct px_server *server;
@@ -132,7 +132,7 @@ struct px_server {
     char *signature; /* startup-parameter signature it was opened with (owned copy) */
     size_t signature_len;
     evutil_socket_t fd;
-    bool fd_in_tls_bev; /* the TLS bufferevent owns fd (and closes it) */
+    bool fd_in_tls_bev;       /* the TLS bufferevent owns fd (and closes it) */
     struct px_client *opener; /* the client it was opened for (for login errors), or NULL */
     struct px_params params;
     uint32_t backend_pid, backend_key;
@@ -140,11 +140,11 @@ struct px_server {
 
     uint64_t created_ms, last_used_ms, login_deadline_ms;
     struct px_stream s2c;
-    int pending_ready;   /* ReadyForQuery replies still expected */
-    bool unsynced;       /* extended-protocol messages sent since the last Sync */
-    char txn_status;     /* last ReadyForQuery status: 'I', 'T' or 'E' */
-    int reset_pending;   /* ReadyForQuery replies still expected while resetting */
-    bool close_needed;   /* never reuse: protocol error, lifetime, config change */
+    int pending_ready; /* ReadyForQuery replies still expected */
+    bool unsynced;     /* extended-protocol messages sent since the last Sync */
+    char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
+    int reset_pending; /* ReadyForQuery replies still expected while resetting */
+    bool close_needed; /* never reuse: protocol error, lifetime, config change */
 };
 
 struct px_pool {
@@ -189,7 +189,7 @@ struct px_proxy {
     struct px_list pools;
     struct px_list clients_login;
     struct px_list clients_closing, servers_closing;
-    int n_clients;    /* every client connection, any state */
+    int n_clients; /* every client connection, any state */
     int n_pools;
     uint64_t next_client_id, next_server_id;
 

@@ -31,13 +31,13 @@ json_t *px_introspect_pools(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        json_t *o = json_pack(
-            "{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
-            px_json_string(p->database), "user", px_json_string(p->user), "mode",
-            p->mode == PX_POOL_SESSION ? "session" : "transaction", "pool_size", p->pool_size,
-            "clients_active", p->n_active_clients, "clients_waiting", p->n_waiting,
-            "servers_active", p->n_active, "servers_idle", p->n_idle, "servers_connecting",
-            p->n_login, "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
+        json_t *o = json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
+                              px_json_string(p->database), "user", px_json_string(p->user), "mode",
+                              p->mode == PX_POOL_SESSION ? "session" : "transaction", "pool_size",
+                              p->pool_size, "clients_active", p->n_active_clients,
+                              "clients_waiting", p->n_waiting, "servers_active", p->n_active,
+                              "servers_idle", p->n_idle, "servers_connecting", p->n_login,
+                              "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
         if (o)
             json_array_append_new(arr, o);
     }
@@ -49,9 +49,9 @@ static json_t *client_json(const struct px_client *c, uint64_t now)
     return json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
                      "database", px_json_string(c->database ? c->database : ""), "user",
                      px_json_string(c->user ? c->user : ""), "application_name",
-                     px_json_string(c->application_name ? c->application_name : ""),
-                     "address", c->addr, "state", client_states[c->state], "tls", c->tls,
-                     "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
+                     px_json_string(c->application_name ? c->application_name : ""), "address",
+                     c->addr, "state", client_states[c->state], "tls", c->tls, "connected_ms",
+                     (json_int_t)(now - c->connect_ms), "server_id",
                      c->server ? json_integer((json_int_t)c->server->id) : json_null());
 }
 
@@ -90,10 +90,9 @@ static void append_servers(json_t *arr, const struct px_list *list, uint64_t now
         char addr[300];
         snprintf(addr, sizeof(addr), "%s:%d", s->pool->host, s->pool->port);
         json_t *o = json_pack(
-            "{s:I, s:o, s:o, s:s, s:o, s:b, s:I, s:o, s:I}", "id", (json_int_t)s->id,
-            "database", px_json_string(s->pool->database), "user",
-            px_json_string(s->pool->user), "state", server_states[s->state], "address",
-            px_json_string(addr), "tls", s->tls, "connected_ms",
+            "{s:I, s:o, s:o, s:s, s:o, s:b, s:I, s:o, s:I}", "id", (json_int_t)s->id, "database",
+            px_json_string(s->pool->database), "user", px_json_string(s->pool->user), "state",
+            server_states[s->state], "address", px_json_string(addr), "tls", s->tls, "connected_ms",
             (json_int_t)(now - s->created_ms), "client_id",
             s->client ? json_integer((json_int_t)s->client->id) : json_null(), "backend_pid",
             (json_int_t)s->backend_pid);

@@ -48,8 +48,8 @@ static inline struct px_list *px_list_first(const struct px_list *head)
 }
 
 /* Iterates safely against removal of the current item. */
-#define px_list_for_each_safe(pos, tmp, head)                                                    \
-    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); (pos) = (tmp),             \
-        (tmp) = (pos)->next)
+#define px_list_for_each_safe(pos, tmp, head)                                                      \
+    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head);                               \
+         (pos) = (tmp), (tmp) = (pos)->next)
 
 #endif

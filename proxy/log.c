@@ -44,8 +44,8 @@ void px_log_close(void)
     log_fd = STDERR_FILENO;
 }
 
-void px_log(enum px_log_level level, const char *subsystem, char kind, uint64_t id,
-            const char *fmt, ...)
+void px_log(enum px_log_level level, const char *subsystem, char kind, uint64_t id, const char *fmt,
+            ...)
 {
     if (level < px_log_min_level)
         return;
@@ -58,8 +58,7 @@ void px_log(enum px_log_level level, const char *subsystem, char kind, uint64_t 
     n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03d %s %s", (int)(tv.tv_usec / 1000),
                   level_names[level], subsystem);
     if (id && kind)
-        n += snprintf(line + n, sizeof(line) - (size_t)n, " %c-%llu", kind,
-                      (unsigned long long)id);
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " %c-%llu", kind, (unsigned long long)id);
     n += snprintf(line + n, sizeof(line) - (size_t)n, ": ");
     va_list ap;
     va_start(ap, fmt);

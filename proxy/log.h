@@ -17,17 +17,17 @@ void px_log_close(void);
 
 /* subsystem: short tag ("client", "server", "pool", "main", "admin").  id: the client 'C'
  * or server 'S' number, or 0 for none. */
-void px_log(enum px_log_level level, const char *subsystem, char kind, uint64_t id,
-            const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void px_log(enum px_log_level level, const char *subsystem, char kind, uint64_t id, const char *fmt,
+            ...) __attribute__((format(printf, 5, 6)));
 
 extern enum px_log_level px_log_min_level;
 
 #define px_log_enabled(level) ((level) >= px_log_min_level)
 
-#define px_debug(sub, kind, id, ...)                                                             \
-    do {                                                                                         \
-        if (px_log_enabled(PX_LOG_DEBUG))                                                        \
-            px_log(PX_LOG_DEBUG, sub, kind, id, __VA_ARGS__);                                    \
+#define px_debug(sub, kind, id, ...)                                                               \
+    do {                                                                                           \
+        if (px_log_enabled(PX_LOG_DEBUG))                                                          \
+            px_log(PX_LOG_DEBUG, sub, kind, id, __VA_ARGS__);                                      \
     } while (0)
 #define px_info(sub, kind, id, ...)    px_log(PX_LOG_INFO, sub, kind, id, __VA_ARGS__)
 #define px_warning(sub, kind, id, ...) px_log(PX_LOG_WARNING, sub, kind, id, __VA_ARGS__)

@@ -50,8 +50,8 @@ static void usage(FILE *out)
 
 /* Loads the files a config names (auth_file, TLS material) into the given slots. */
 static int load_dependents(const struct px_config *cfg, const struct px_userlist *previous,
-                           struct px_userlist **users, SSL_CTX **client_tls,
-                           SSL_CTX **server_tls, char **errmsg)
+                           struct px_userlist **users, SSL_CTX **client_tls, SSL_CTX **server_tls,
+                           char **errmsg)
 {
     *users = NULL;
     *client_tls = *server_tls = NULL;
@@ -76,8 +76,7 @@ static void log_restart_key(const char *section, const char *key, bool reloadabl
 {
     (void)arg;
     if (!reloadable)
-        px_warning("main", 0, 0, "[%s] %s changed: it takes effect after a restart", section,
-                   key);
+        px_warning("main", 0, 0, "[%s] %s changed: it takes effect after a restart", section, key);
 }
 
 int px_main_reload(char **errmsg)
@@ -203,13 +202,12 @@ static int open_listener(char **errmsg)
         return -1;
     }
     px.listener = evconnlistener_new_bind(
-        px.base, on_accept, NULL,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 4096, res->ai_addr,
-        (int)res->ai_addrlen);
+        px.base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+        4096, res->ai_addr, (int)res->ai_addrlen);
     evutil_freeaddrinfo(res);
     if (!px.listener) {
-        if (asprintf(errmsg, "cannot listen on %s:%d: %s", px.cfg->listen_addr,
-                     px.cfg->listen_port, strerror(errno)) < 0)
+        if (asprintf(errmsg, "cannot listen on %s:%d: %s", px.cfg->listen_addr, px.cfg->listen_port,
+                     strerror(errno)) < 0)
             *errmsg = NULL;
         return -1;
     }
@@ -259,8 +257,7 @@ static int setup(char **errmsg)
     if (!px.admin)
         return -1;
     if (px.cfg->pidfile && write_pidfile(px.cfg->pidfile) < 0) {
-        if (asprintf(errmsg, "cannot write pidfile %s: %s", px.cfg->pidfile, strerror(errno)) <
-            0)
+        if (asprintf(errmsg, "cannot write pidfile %s: %s", px.cfg->pidfile, strerror(errno)) < 0)
             *errmsg = NULL;
         return -1;
     }

@@ -58,17 +58,17 @@ static const char *const tls_values[] = {
 
 static const char *const reason_label[] = {"reason"};
 static const char *const auth_reasons[PX_MAR__COUNT] = {
-    [PX_MAR_PASSWORD] = "password",   [PX_MAR_UNKNOWN_USER] = "unknown_user",
-    [PX_MAR_METHOD] = "method",       [PX_MAR_TLS_REQUIRED] = "tls_required",
-    [PX_MAR_PROTOCOL] = "protocol",   [PX_MAR_TIMEOUT] = "timeout",
+    [PX_MAR_PASSWORD] = "password", [PX_MAR_UNKNOWN_USER] = "unknown_user",
+    [PX_MAR_METHOD] = "method",     [PX_MAR_TLS_REQUIRED] = "tls_required",
+    [PX_MAR_PROTOCOL] = "protocol", [PX_MAR_TIMEOUT] = "timeout",
     [PX_MAR_OTHER] = "other",
 };
 
 /* PostgreSQL's SQLSTATE classes (Appendix A of its manual), then "other". */
 static const char *const sqlstate_class_label[] = {"sqlstate_class"};
 static const char *const sqlstate_classes[] = {
-    "00", "01", "02", "03", "08", "09", "0A", "0B", "0F", "0L", "0P", "0Z", "20", "21", "22",
-    "23", "24", "25", "26", "27", "28", "2B", "2D", "2F", "34", "38", "39", "3B", "3D", "3F",
+    "00", "01", "02", "03", "08", "09", "0A", "0B", "0F", "0L", "0P", "0Z", "20", "21",    "22",
+    "23", "24", "25", "26", "27", "28", "2B", "2D", "2F", "34", "38", "39", "3B", "3D",    "3F",
     "40", "42", "44", "53", "54", "55", "57", "58", "72", "F0", "HV", "P0", "XX", "other",
 };
 #define N_SQLSTATE_CLASSES (sizeof(sqlstate_classes) / sizeof(sqlstate_classes[0]))
@@ -76,9 +76,8 @@ static const char *const sqlstate_classes[] = {
 static const char *const kind_label[] = {"kind"};
 static const char *const kind_names[PX_MK__COUNT] = {"global", "pool"};
 
-static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                           0.05,   0.1,   0.25,   0.5,   1,    2.5,
-                                           5,      10,    30,     60};
+static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                           0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double connect_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                          0.25,  0.5,    1,     2.5,  5,     10};
 #define NB(a) (unsigned)(sizeof(a) / sizeof((a)[0]))
@@ -93,9 +92,8 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                 PX_MK_POOL, .buckets = pool_wait_buckets,
                                 .nbuckets = NB(pool_wait_buckets)},
     [PX_M_SERVER_CONNECT_SECONDS] = {"server_connect_seconds", PX_METRIC_HISTOGRAM,
-                                     "Time to open and log in a server connection.",
-                                     PX_MK_POOL, .buckets = connect_buckets,
-                                     .nbuckets = NB(connect_buckets)},
+                                     "Time to open and log in a server connection.", PX_MK_POOL,
+                                     .buckets = connect_buckets, .nbuckets = NB(connect_buckets)},
     [PX_M_SERVER_CONNECT_FAILURES] = {"server_connect_failures", PX_METRIC_COUNTER,
                                       "Server connection attempts that failed.", PX_MK_POOL},
     [PX_M_TRANSACTIONS] = {"transactions", PX_METRIC_COUNTER,
@@ -103,22 +101,21 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
     [PX_M_QUERIES] = {"queries", PX_METRIC_COUNTER,
                       "Queries run (simple Query messages and extended-protocol Syncs).",
                       PX_MK_POOL},
-    [PX_M_BYTES_RECEIVED] = {"bytes_received", PX_METRIC_COUNTER,
-                             "Bytes received from clients.", PX_MK_POOL},
-    [PX_M_BYTES_SENT] = {"bytes_sent", PX_METRIC_COUNTER, "Bytes sent to clients.",
-                         PX_MK_POOL},
+    [PX_M_BYTES_RECEIVED] = {"bytes_received", PX_METRIC_COUNTER, "Bytes received from clients.",
+                             PX_MK_POOL},
+    [PX_M_BYTES_SENT] = {"bytes_sent", PX_METRIC_COUNTER, "Bytes sent to clients.", PX_MK_POOL},
     [PX_M_CLIENT_CONNECTIONS] = {"client_connections", PX_METRIC_COUNTER,
                                  "Client connections accepted.", PX_MK_GLOBAL},
     [PX_M_TLS_HANDSHAKES] = {"tls_handshakes", PX_METRIC_COUNTER,
-                             "TLS handshakes by side (client or server) and outcome.",
-                             PX_MK_GLOBAL, tls_labels, 2, tls_values, 4},
+                             "TLS handshakes by side (client or server) and outcome.", PX_MK_GLOBAL,
+                             tls_labels, 2, tls_values, 4},
     [PX_M_AUTH_FAILURES] = {"auth_failures", PX_METRIC_COUNTER,
-                            "Client authentication failures by reason.", PX_MK_GLOBAL,
-                            reason_label, 1, auth_reasons, PX_MAR__COUNT},
+                            "Client authentication failures by reason.", PX_MK_GLOBAL, reason_label,
+                            1, auth_reasons, PX_MAR__COUNT},
     [PX_M_CLIENT_ERRORS] = {"client_errors", PX_METRIC_COUNTER,
                             "ErrorResponses sent to clients by SQLSTATE class.", PX_MK_GLOBAL,
-                            sqlstate_class_label, 1, sqlstate_classes,
-                            (unsigned)N_SQLSTATE_CLASSES, .flags = PX_MF_SPARSE},
+                            sqlstate_class_label, 1, sqlstate_classes, (unsigned)N_SQLSTATE_CLASSES,
+                            .flags = PX_MF_SPARSE},
     [PX_M_METRICS_OVERFLOW] = {"metrics_overflow", PX_METRIC_COUNTER,
                                "Label sets that hit the cardinality cap and were counted "
                                "in the \"other\" series.",
@@ -274,9 +271,8 @@ static int check_tables(const struct px_metrics_tables *t, char **errmsg)
             bad = check_labels(kd->label_names, kd->nlabels, NULL, 0, false, &arg);
     }
     if (!bad && t->overflow_metric >= 0) {
-        const struct px_metric_def *o = (size_t)t->overflow_metric < t->ndefs
-                                            ? &t->defs[t->overflow_metric]
-                                            : NULL;
+        const struct px_metric_def *o =
+            (size_t)t->overflow_metric < t->ndefs ? &t->defs[t->overflow_metric] : NULL;
         where = "";
         if (!o || o->type != PX_METRIC_COUNTER || o->kind != 0 || o->n_enum_values != t->nkinds)
             bad = "bad overflow metric%s%s";
@@ -322,7 +318,7 @@ int px_metrics_init_tables(const struct px_metrics_tables *t, char **errmsg)
         goto nomem;
     for (size_t k = 0; k < t->nkinds; k++) {
         R.kinds[k].def = &t->kinds[k];
-        R.kinds[k].max_sets = k == 0 ? 1
+        R.kinds[k].max_sets = k == 0                 ? 1
                               : t->kinds[k].max_sets ? t->kinds[k].max_sets
                                                      : PX_METRICS_DEFAULT_MAX_SETS;
     }
@@ -402,8 +398,8 @@ static struct px_metrics_set *set_find(unsigned kind, const char *const *values,
     return NULL;
 }
 
-static struct px_metrics_set *set_create(unsigned kind, const char *const *values,
-                                         size_t *lens, bool overflow)
+static struct px_metrics_set *set_create(unsigned kind, const char *const *values, size_t *lens,
+                                         bool overflow)
 {
     struct kindstate *k = &R.kinds[kind];
     struct px_metrics_set *s = calloc(1, sizeof *s + k->nvals * sizeof(union mval));
@@ -550,8 +546,7 @@ void px_metrics_gauge_set(struct px_metrics_set *set, unsigned metric, unsigned 
         v->d = x;
 }
 
-void px_metrics_gauge_add(struct px_metrics_set *set, unsigned metric, unsigned label,
-                          double delta)
+void px_metrics_gauge_add(struct px_metrics_set *set, unsigned metric, unsigned label, double delta)
 {
     union mval *v = series(set, metric, label, PX_METRIC_GAUGE);
     if (v)
@@ -571,8 +566,7 @@ void px_metrics_observe(struct px_metrics_set *set, unsigned metric, unsigned la
     v[d->nbuckets + 1].d += x;
 }
 
-uint64_t px_metrics_counter_get(const struct px_metrics_set *set, unsigned metric,
-                                unsigned label)
+uint64_t px_metrics_counter_get(const struct px_metrics_set *set, unsigned metric, unsigned label)
 {
     union mval *v = series(set, metric, label, PX_METRIC_COUNTER);
     return v ? v->u : 0;
@@ -599,8 +593,7 @@ uint64_t px_metrics_histogram_count(const struct px_metrics_set *set, unsigned m
     return v ? hist_count(v, R.fams[metric].def->nbuckets) : 0;
 }
 
-double px_metrics_histogram_sum(const struct px_metrics_set *set, unsigned metric,
-                                unsigned label)
+double px_metrics_histogram_sum(const struct px_metrics_set *set, unsigned metric, unsigned label)
 {
     union mval *v = series(set, metric, label, PX_METRIC_HISTOGRAM);
     return v ? v[R.fams[metric].def->nbuckets + 1].d : 0;
@@ -763,8 +756,8 @@ static void w_sample_start(struct writer *w, const struct fam *f, const char *su
     w_str(w, " ");
 }
 
-static void render_histogram(struct writer *w, const struct fam *f,
-                             const struct px_metrics_set *s, unsigned e, const union mval *v)
+static void render_histogram(struct writer *w, const struct fam *f, const struct px_metrics_set *s,
+                             unsigned e, const union mval *v)
 {
     const struct px_metric_def *d = f->def;
     uint64_t cum = 0;

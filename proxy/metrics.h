@@ -62,20 +62,20 @@ enum px_metrics_kind {
 /* Built-in families (rows of the table in metrics.c, same order).  The comment gives the
  * kind and the fixed-enumeration label with its index enum. */
 enum px_metric {
-    PX_M_CLIENTS = 0,              /* gauge, pool, state: enum px_metrics_client_state */
-    PX_M_SERVERS,                  /* gauge, pool, state: enum px_metrics_server_state */
-    PX_M_POOL_WAIT_SECONDS,        /* histogram, pool */
-    PX_M_SERVER_CONNECT_SECONDS,   /* histogram, pool (successful connections + login) */
-    PX_M_SERVER_CONNECT_FAILURES,  /* counter, pool */
-    PX_M_TRANSACTIONS,             /* counter, pool */
-    PX_M_QUERIES,                  /* counter, pool */
-    PX_M_BYTES_RECEIVED,           /* counter, pool: bytes received from clients */
-    PX_M_BYTES_SENT,               /* counter, pool: bytes sent to clients */
-    PX_M_CLIENT_CONNECTIONS,       /* counter, global: accepted client connections */
-    PX_M_TLS_HANDSHAKES,           /* counter, global, {side,outcome}: PX_METRICS_TLS() */
-    PX_M_AUTH_FAILURES,            /* counter, global, reason: enum px_metrics_auth_reason */
-    PX_M_CLIENT_ERRORS,            /* counter, global, sqlstate_class: px_metrics_sqlstate_class */
-    PX_M_METRICS_OVERFLOW,         /* counter, global, kind: enum px_metrics_kind */
+    PX_M_CLIENTS = 0,             /* gauge, pool, state: enum px_metrics_client_state */
+    PX_M_SERVERS,                 /* gauge, pool, state: enum px_metrics_server_state */
+    PX_M_POOL_WAIT_SECONDS,       /* histogram, pool */
+    PX_M_SERVER_CONNECT_SECONDS,  /* histogram, pool (successful connections + login) */
+    PX_M_SERVER_CONNECT_FAILURES, /* counter, pool */
+    PX_M_TRANSACTIONS,            /* counter, pool */
+    PX_M_QUERIES,                 /* counter, pool */
+    PX_M_BYTES_RECEIVED,          /* counter, pool: bytes received from clients */
+    PX_M_BYTES_SENT,              /* counter, pool: bytes sent to clients */
+    PX_M_CLIENT_CONNECTIONS,      /* counter, global: accepted client connections */
+    PX_M_TLS_HANDSHAKES,          /* counter, global, {side,outcome}: PX_METRICS_TLS() */
+    PX_M_AUTH_FAILURES,           /* counter, global, reason: enum px_metrics_auth_reason */
+    PX_M_CLIENT_ERRORS,           /* counter, global, sqlstate_class: px_metrics_sqlstate_class */
+    PX_M_METRICS_OVERFLOW,        /* counter, global, kind: enum px_metrics_kind */
     PX_M__COUNT
 };
 
@@ -100,17 +100,17 @@ enum px_metrics_server_state {
 /* {side,outcome} of PX_M_TLS_HANDSHAKES: label index PX_METRICS_TLS(side, outcome). */
 enum px_metrics_tls_side { PX_MTLS_CLIENT = 0, PX_MTLS_SERVER = 1 };
 enum px_metrics_tls_outcome { PX_MTLS_OK = 0, PX_MTLS_ERROR = 1 };
-#define PX_METRICS_TLS(side, outcome) ((unsigned)(side) * 2u + (unsigned)(outcome))
+#define PX_METRICS_TLS(side, outcome) ((unsigned)(side)*2u + (unsigned)(outcome))
 
 /* reason label of PX_M_AUTH_FAILURES. */
 enum px_metrics_auth_reason {
-    PX_MAR_PASSWORD = 0,  /* "password": wrong password or SCRAM proof */
-    PX_MAR_UNKNOWN_USER,  /* "unknown_user": not in auth_file */
-    PX_MAR_METHOD,        /* "method": client cannot do the required method */
-    PX_MAR_TLS_REQUIRED,  /* "tls_required": plaintext refused by client_tls_mode */
-    PX_MAR_PROTOCOL,      /* "protocol": malformed startup or auth message */
-    PX_MAR_TIMEOUT,       /* "timeout": client_login_timeout_ms expired */
-    PX_MAR_OTHER,         /* "other" */
+    PX_MAR_PASSWORD = 0, /* "password": wrong password or SCRAM proof */
+    PX_MAR_UNKNOWN_USER, /* "unknown_user": not in auth_file */
+    PX_MAR_METHOD,       /* "method": client cannot do the required method */
+    PX_MAR_TLS_REQUIRED, /* "tls_required": plaintext refused by client_tls_mode */
+    PX_MAR_PROTOCOL,     /* "protocol": malformed startup or auth message */
+    PX_MAR_TIMEOUT,      /* "timeout": client_login_timeout_ms expired */
+    PX_MAR_OTHER,        /* "other" */
     PX_MAR__COUNT
 };
 
@@ -206,8 +206,7 @@ void px_metrics_gauge_set(struct px_metrics_set *set, unsigned metric, unsigned 
 void px_metrics_gauge_add(struct px_metrics_set *set, unsigned metric, unsigned label,
                           double delta);
 /* Histograms: value in the family's unit (seconds for *_seconds).  NaN is ignored. */
-void px_metrics_observe(struct px_metrics_set *set, unsigned metric, unsigned label,
-                        double value);
+void px_metrics_observe(struct px_metrics_set *set, unsigned metric, unsigned label, double value);
 /* Microseconds to seconds, for callers that measure time in µs. */
 static inline void px_metrics_observe_us(struct px_metrics_set *set, unsigned metric,
                                          unsigned label, uint64_t us)
@@ -223,13 +222,11 @@ static inline void px_metrics_observe_us(struct px_metrics_set *set, unsigned me
 uint64_t *px_metrics_counter_slot(struct px_metrics_set *set, unsigned metric, unsigned label);
 
 /* Read back (tests, admin JSON): counter value, gauge value, histogram count and sum. */
-uint64_t px_metrics_counter_get(const struct px_metrics_set *set, unsigned metric,
-                                unsigned label);
+uint64_t px_metrics_counter_get(const struct px_metrics_set *set, unsigned metric, unsigned label);
 double px_metrics_gauge_get(const struct px_metrics_set *set, unsigned metric, unsigned label);
 uint64_t px_metrics_histogram_count(const struct px_metrics_set *set, unsigned metric,
                                     unsigned label);
-double px_metrics_histogram_sum(const struct px_metrics_set *set, unsigned metric,
-                                unsigned label);
+double px_metrics_histogram_sum(const struct px_metrics_set *set, unsigned metric, unsigned label);
 
 /* ---- label helpers ---- */
 

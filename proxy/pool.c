@@ -77,8 +77,7 @@ static void pool_free(struct px_pool *pool)
     px.n_pools--;
 }
 
-struct px_pool *px_pool_get(const char *database, const char *user,
-                            const struct px_db_config *db)
+struct px_pool *px_pool_get(const char *database, const char *user, const struct px_db_config *db)
 {
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.pools)
@@ -104,8 +103,8 @@ struct px_pool *px_pool_get(const char *database, const char *user,
         pool_free(p);
         return NULL;
     }
-    px_info("pool", 0, 0, "new pool %s/%s -> %s:%d/%s (%s mode, size %d)", database, user,
-            p->host, p->port, p->dbname, p->mode == PX_POOL_SESSION ? "session" : "transaction",
+    px_info("pool", 0, 0, "new pool %s/%s -> %s:%d/%s (%s mode, size %d)", database, user, p->host,
+            p->port, p->dbname, p->mode == PX_POOL_SESSION ? "session" : "transaction",
             p->pool_size);
     return p;
 }
@@ -167,22 +166,11 @@ static struct px_server *find_idle(struct px_pool *pool, const struct px_client 
     return NULL;
 }
 
-static void fail_fast(struct px_client *c)
-{
-    struct evbuffer *copy = evbuffer_new();
-    if (copy && evbuffer_add_buffer_reference(copy, c->pool->login_error) == 0)
-        px_client_fatal_buffer(c, copy);
-    else
-        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
-    if (copy)
-        evbuffer_free(copy);
-}
-
 void px_pool_request_server(struct px_pool *pool, struct px_client *c)
 {
     if (pool->login_error && px_now_ms() < pool->login_error_until_ms &&
         pool_total_servers(pool) == 0) {
-        fail_fast(c);
+        px_client_fatal_buffer(c, pool->login_error);
         return;
     }
     struct px_server *s = find_idle(pool, c);
@@ -276,7 +264,8 @@ void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, co
                 pool->login_error = evbuffer_new();
             if (pool->login_error) {
                 evbuffer_drain(pool->login_error, evbuffer_get_length(pool->login_error));
-                evbuffer_add_buffer_reference(pool->login_error, own);
+                size_t n = evbuffer_get_length(own);
+                evbuffer_add(pool->login_error, evbuffer_pullup(own, (ssize_t)n), n);
                 pool->login_error_until_ms = px_now_ms() + (uint64_t)px.cfg->server_login_retry_ms;
             }
         }
@@ -289,13 +278,7 @@ void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, co
         if (!error || same_signature(s, c)) {
             c->launching = NULL;
             if (err) {
-                struct evbuffer *copy = evbuffer_new();
-                if (copy && evbuffer_add_buffer_reference(copy, err) == 0)
-                    px_client_fatal_buffer(c, copy);
-                else
-                    px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
-                if (copy)
-                    evbuffer_free(copy);
+                px_client_fatal_buffer(c, err);
             } else {
                 px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
             }
@@ -398,8 +381,8 @@ void px_pool_reconfigure(void)
         if (!changed)
             continue;
         /* Servers connected to the old place: finish their sessions, never reuse. */
-        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle,
-                                   &pool->servers_active, &pool->servers_resetting};
+        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle, &pool->servers_active,
+                                   &pool->servers_resetting};
         for (size_t i = 0; i < 4; i++) {
             struct px_list *sit, *stmp;
             px_list_for_each_safe(sit, stmp, lists[i])
@@ -417,8 +400,7 @@ void px_pool_check_shutdown(void)
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.clients_login)
     {
-        px_client_fatal(PX_CONTAINER_OF(it, struct px_client, link),
-                        PX_SQLSTATE_ADMIN_SHUTDOWN,
+        px_client_fatal(PX_CONTAINER_OF(it, struct px_client, link), PX_SQLSTATE_ADMIN_SHUTDOWN,
                         "terminating connection due to administrator command");
     }
     if (px.n_clients > 0)
@@ -426,8 +408,8 @@ void px_pool_check_shutdown(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
-        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle,
-                                   &pool->servers_active, &pool->servers_resetting};
+        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle, &pool->servers_active,
+                                   &pool->servers_resetting};
         for (size_t i = 0; i < 4; i++) {
             struct px_list *sit, *stmp;
             px_list_for_each_safe(sit, stmp, lists[i])
@@ -445,8 +427,8 @@ void px_pool_free_all(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
-        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle,
-                                   &pool->servers_active, &pool->servers_resetting,
+        struct px_list *lists[] = {&pool->servers_login,   &pool->servers_idle,
+                                   &pool->servers_active,  &pool->servers_resetting,
                                    &pool->clients_waiting, &pool->clients_active};
         for (size_t i = 0; i < 4; i++) {
             struct px_list *sit, *stmp;

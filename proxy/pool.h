@@ -11,8 +11,7 @@
 #include "conn.h"
 
 /* Finds or creates the pool of (database, user), configured from db.  NULL on ENOMEM. */
-struct px_pool *px_pool_get(const char *database, const char *user,
-                            const struct px_db_config *db);
+struct px_pool *px_pool_get(const char *database, const char *user, const struct px_db_config *db);
 
 /* An authenticated client wants a server: link one now or queue the client (FIFO). */
 void px_pool_request_server(struct px_pool *pool, struct px_client *c);

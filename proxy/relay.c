@@ -30,8 +30,7 @@ static void flush_run(struct evbuffer *in, struct evbuffer *out, size_t *run)
 }
 
 enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,
-                              const uint8_t see[256], px_relay_cb cb, void *ctx,
-                              uint32_t max_len)
+                              const uint8_t see[256], px_relay_cb cb, void *ctx, uint32_t max_len)
 {
     size_t run = 0;
     size_t avail = evbuffer_get_length(in);

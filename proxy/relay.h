@@ -42,8 +42,7 @@ enum px_relay_result {
 };
 
 enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,
-                              const uint8_t see[256], px_relay_cb cb, void *ctx,
-                              uint32_t max_len);
+                              const uint8_t see[256], px_relay_cb cb, void *ctx, uint32_t max_len);
 
 /*
  * Reads one complete message (login phases, where everything is small).  Returns 1 with

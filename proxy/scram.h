@@ -58,9 +58,8 @@ void px_scram_server_free(struct px_scram_server *s);
  * produces the server-first-message.  Returns -1 on a malformed message (the caller sends
  * 08P01) or a channel-binding request we do not support.
  */
-__attribute__((warn_unused_result)) int px_scram_server_first(struct px_scram_server *s,
-                                                              const char *msg, size_t len,
-                                                              char **server_first);
+__attribute__((warn_unused_result)) int
+px_scram_server_first(struct px_scram_server *s, const char *msg, size_t len, char **server_first);
 
 /*
  * Takes the client-final-message.  Returns 0 when the message was well formed; *ok tells
@@ -70,8 +69,8 @@ __attribute__((warn_unused_result)) int px_scram_server_first(struct px_scram_se
  * PostgreSQL with the same secret without knowing the password).
  */
 __attribute__((warn_unused_result)) int px_scram_server_final(struct px_scram_server *s,
-                                                              const char *msg, size_t len,
-                                                              bool *ok, char **server_final);
+                                                              const char *msg, size_t len, bool *ok,
+                                                              char **server_final);
 /* After a successful exchange: copies ClientKey into out and returns true. */
 bool px_scram_server_client_key(const struct px_scram_server *s, uint8_t out[PX_SCRAM_KEY_LEN]);
 
@@ -90,9 +89,8 @@ void px_scram_client_free(struct px_scram_client *c);
 __attribute__((warn_unused_result)) int px_scram_client_first(struct px_scram_client *c,
                                                               char **client_first);
 /* Takes the server-first-message, produces the client-final-message. */
-__attribute__((warn_unused_result)) int px_scram_client_final(struct px_scram_client *c,
-                                                              const char *msg, size_t len,
-                                                              char **client_final);
+__attribute__((warn_unused_result)) int
+px_scram_client_final(struct px_scram_client *c, const char *msg, size_t len, char **client_final);
 /* Checks the server-final-message's signature.  Returns 0 only when it verifies. */
 __attribute__((warn_unused_result)) int px_scram_client_verify(struct px_scram_client *c,
                                                                const char *msg, size_t len);

@@ -52,10 +52,8 @@ void px_server_set_state(struct px_server *s, enum px_server_state st)
     static const bool legal[5][5] = {
         [PX_SV_LOGIN] = {[PX_SV_IDLE] = true, [PX_SV_ACTIVE] = true, [PX_SV_CLOSING] = true},
         [PX_SV_IDLE] = {[PX_SV_ACTIVE] = true, [PX_SV_CLOSING] = true},
-        [PX_SV_ACTIVE] = {[PX_SV_IDLE] = true, [PX_SV_RESETTING] = true,
-                          [PX_SV_CLOSING] = true},
-        [PX_SV_RESETTING] = {[PX_SV_IDLE] = true, [PX_SV_ACTIVE] = true,
-                             [PX_SV_CLOSING] = true},
+        [PX_SV_ACTIVE] = {[PX_SV_IDLE] = true, [PX_SV_RESETTING] = true, [PX_SV_CLOSING] = true},
+        [PX_SV_RESETTING] = {[PX_SV_IDLE] = true, [PX_SV_ACTIVE] = true, [PX_SV_CLOSING] = true},
         [PX_SV_CLOSING] = {false},
     };
     PX_ASSERT(legal[s->state][st]);
@@ -271,8 +269,7 @@ static int auth_md5(struct px_server *s, const uint8_t *salt)
 static int auth_sasl_start(struct px_server *s, const uint8_t *body, uint32_t len)
 {
     bool offered = false;
-    for (const char *p = (const char *)body, *end = p + len; p < end && *p;
-         p += strlen(p) + 1) {
+    for (const char *p = (const char *)body, *end = p + len; p < end && *p; p += strlen(p) + 1) {
         if (!memchr(p, '\0', (size_t)(end - p)))
             return -1;
         if (!strcmp(p, "SCRAM-SHA-256"))
@@ -318,18 +315,15 @@ static int handle_auth(struct px_server *s, const uint8_t *body, uint32_t len)
     body += 4;
     len -= 4;
     switch (code) {
-    case PX_AUTH_OK:
-        return 0;
+    case PX_AUTH_OK: return 0;
     case PX_AUTH_CLEARTEXT: {
         const char *pw = server_password(s);
         if (!pw)
             return -1;
         return px_wire_msg(bufferevent_get_output(s->bev), 'p', pw, strlen(pw) + 1);
     }
-    case PX_AUTH_MD5_REQ:
-        return len == 4 ? auth_md5(s, body) : -1;
-    case PX_AUTH_SASL:
-        return auth_sasl_start(s, body, len);
+    case PX_AUTH_MD5_REQ: return len == 4 ? auth_md5(s, body) : -1;
+    case PX_AUTH_SASL: return auth_sasl_start(s, body, len);
     case PX_AUTH_SASL_CONTINUE: {
         char *final = NULL;
         if (!s->scram || px_scram_client_final(s->scram, (const char *)body, len, &final) < 0)
@@ -344,8 +338,7 @@ static int handle_auth(struct px_server *s, const uint8_t *body, uint32_t len)
         px_scram_client_free(s->scram);
         s->scram = NULL;
         return 0;
-    default:
-        return -1;
+    default: return -1;
     }
 }
 
@@ -419,8 +412,7 @@ static void login_read(struct px_server *s)
                 evbuffer_free(err);
             return;
         }
-        default: /* NoticeResponse, NegotiateProtocolVersion: nothing to do */
-            break;
+        default: /* NoticeResponse, NegotiateProtocolVersion: nothing to do */ break;
         }
         evbuffer_drain(in, (size_t)len + 5);
     }
@@ -457,8 +449,7 @@ static enum px_relay_action s2c_cb(void *ctx, char type, const uint8_t *body, ui
             s->close_needed = true;
         return PX_RELAY_FORWARD;
     }
-    default:
-        return PX_RELAY_FORWARD;
+    default: return PX_RELAY_FORWARD;
     }
 }
 
@@ -693,8 +684,7 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
             char msg[256];
             if (s->login_step == PX_SVL_TLS) {
                 px_stats_tls_handshake(false, false);
-                snprintf(msg, sizeof(msg), "TLS handshake with server failed: %s",
-                         px_tls_error());
+                snprintf(msg, sizeof(msg), "TLS handshake with server failed: %s", px_tls_error());
             } else {
                 snprintf(msg, sizeof(msg), "could not connect to server %s:%d", s->pool->host,
                          s->pool->port);

@@ -21,9 +21,9 @@
 
 struct px_user {
     char *name;
-    char *password;  /* plaintext, or NULL when the file holds only a hash */
-    char *md5;       /* "md5<32 hex>", or NULL when not available (SCRAM-only entries) */
-    bool has_scram;  /* always true except for md5-only entries */
+    char *password; /* plaintext, or NULL when the file holds only a hash */
+    char *md5;      /* "md5<32 hex>", or NULL when not available (SCRAM-only entries) */
+    bool has_scram; /* always true except for md5-only entries */
     struct px_scram_secret scram;
 };
 

@@ -14,7 +14,7 @@
 
 #include <event2/buffer.h>
 
-#define PX_PROTO_V3            196608u   /* 3.0 */
+#define PX_PROTO_V3            196608u /* 3.0 */
 #define PX_CANCEL_REQUEST_CODE 80877102u
 #define PX_SSL_REQUEST_CODE    80877103u
 #define PX_GSSENC_REQUEST_CODE 80877104u
@@ -46,7 +46,7 @@ enum px_auth_code {
 #define PX_SQLSTATE_INTERNAL             "XX000"
 
 struct px_startup_param {
-    const char *name;  /* borrowed from the packet buffer */
+    const char *name; /* borrowed from the packet buffer */
     const char *value;
 };
 

@@ -1,0 +1,16 @@
+/* test_proxy: unit tests of the proxy's protocol pieces (wire framing, streaming relay). */
+#include "cunit_main.h"
+
+void test_wire_register(void);
+void test_relay_register(void);
+
+static void register_all(void)
+{
+    test_wire_register();
+    test_relay_register();
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_all);
+}

@@ -1,0 +1,190 @@
+/* test_px_relay.c: tests of proxy/relay.c, the streaming forwarder. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/CUnit.h>
+#include <event2/buffer.h>
+
+#include "cunit_main.h"
+#include "relay.h"
+
+void test_relay_register(void);
+
+struct seen {
+    int count;
+    char types[32];
+    uint32_t lens[32];
+    char last_body[64];
+    enum px_relay_action answer; /* what the callback answers for 'Z' */
+};
+
+static enum px_relay_action record(void *ctx, char type, const uint8_t *body, uint32_t len)
+{
+    struct seen *s = ctx;
+    if (s->count < 32) {
+        s->types[s->count] = type;
+        s->lens[s->count] = len;
+    }
+    s->count++;
+    if (body && len < sizeof(s->last_body)) {
+        memcpy(s->last_body, body, len);
+        s->last_body[len] = '\0';
+    }
+    return type == 'Z' ? s->answer : PX_RELAY_FORWARD;
+}
+
+static void add_msg(struct evbuffer *b, char type, const char *body, size_t len)
+{
+    uint8_t hdr[5] = {(uint8_t)type};
+    px_put_u32(hdr + 1, (uint32_t)(len + 4));
+    evbuffer_add(b, hdr, 5);
+    evbuffer_add(b, body, len);
+}
+
+static const uint8_t see_z_body[256] = {['Z'] = PX_SEE_BODY, ['Q'] = PX_SEE_TYPE};
+
+static void test_passthrough_in_order(void)
+{
+    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new(), *expect = evbuffer_new();
+    add_msg(in, 'T', "abc", 3);
+    add_msg(in, 'D', "row1", 4);
+    add_msg(in, 'Z', "I", 1);
+    add_msg(in, 'D', "row2", 4);
+    evbuffer_add(expect, evbuffer_pullup(in, -1), evbuffer_get_length(in));
+    struct px_stream st = {0};
+    struct seen s = {.answer = PX_RELAY_FORWARD};
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 1000), PX_RELAY_OK);
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 0);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), evbuffer_get_length(expect));
+    CU_ASSERT_EQUAL(
+        memcmp(evbuffer_pullup(out, -1), evbuffer_pullup(expect, -1), evbuffer_get_length(out)), 0);
+    CU_ASSERT_EQUAL(s.count, 1);
+    CU_ASSERT_EQUAL(s.types[0], 'Z');
+    CU_ASSERT_STRING_EQUAL(s.last_body, "I");
+    evbuffer_free(in), evbuffer_free(out), evbuffer_free(expect);
+}
+
+/* A large pass-through message is forwarded as it arrives, byte by byte if need be. */
+static void test_streaming_partial(void)
+{
+    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+    char big[5000];
+    memset(big, 'x', sizeof(big));
+    struct evbuffer *whole = evbuffer_new();
+    add_msg(whole, 'd', big, sizeof(big));
+    add_msg(whole, 'Z', "T", 1);
+    size_t total = evbuffer_get_length(whole);
+    const uint8_t *bytes = evbuffer_pullup(whole, -1);
+    struct px_stream st = {0};
+    struct seen s = {.answer = PX_RELAY_FORWARD};
+    size_t fed = 0, chunk = 7;
+    while (fed < total) {
+        size_t n = total - fed < chunk ? total - fed : chunk;
+        evbuffer_add(in, bytes + fed, n);
+        fed += n;
+        CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 100000), PX_RELAY_OK);
+        /* Nothing of the pass-through message is held back once its header is known. */
+        if (fed >= 5 && fed <= 5 + sizeof(big))
+            CU_ASSERT_EQUAL(evbuffer_get_length(out), fed);
+    }
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), total);
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(out, -1), bytes, total), 0);
+    CU_ASSERT_EQUAL(s.count, 1);
+    CU_ASSERT_EQUAL(st.remaining, 0);
+    evbuffer_free(in), evbuffer_free(out), evbuffer_free(whole);
+}
+
+static void test_body_waits_for_whole_message(void)
+{
+    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+    struct px_stream st = {0};
+    struct seen s = {.answer = PX_RELAY_FORWARD};
+    evbuffer_add(in, "Z\0\0\0\x05", 5);
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 1000), PX_RELAY_OK);
+    CU_ASSERT_EQUAL(s.count, 0);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 0);
+    evbuffer_add(in, "E", 1);
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 1000), PX_RELAY_OK);
+    CU_ASSERT_EQUAL(s.count, 1);
+    CU_ASSERT_STRING_EQUAL(s.last_body, "E");
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 6);
+    evbuffer_free(in), evbuffer_free(out);
+}
+
+static void test_drop_and_stop(void)
+{
+    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+    struct px_stream st = {0};
+    struct seen s = {.answer = PX_RELAY_DROP};
+    add_msg(in, 'C', "SELECT 1", 9);
+    add_msg(in, 'Z', "I", 1);
+    add_msg(in, 'N', "n", 1);
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 1000), PX_RELAY_OK);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 14 + 6); /* C and N, not Z */
+    evbuffer_drain(out, evbuffer_get_length(out));
+    s.answer = PX_RELAY_STOP;
+    add_msg(in, 'Z', "I", 1);
+    add_msg(in, 'D', "after", 5);
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 1000), PX_RELAY_STOPPED);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 6); /* the Z itself went on */
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 10); /* what follows is untouched */
+    evbuffer_free(in), evbuffer_free(out);
+}
+
+static void test_type_callback_and_limits(void)
+{
+    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+    struct px_stream st = {0};
+    struct seen s = {.answer = PX_RELAY_FORWARD};
+    add_msg(in, 'Q', "SELECT 1", 9);
+    add_msg(in, 'Q', "SELECT 2", 9);
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 1000), PX_RELAY_OK);
+    CU_ASSERT_EQUAL(s.count, 2);
+    CU_ASSERT_EQUAL(s.lens[1], 9);
+    size_t forwarded = evbuffer_get_length(out);
+    /* Over max_len: nothing of it is forwarded, earlier messages are. */
+    add_msg(in, 'Q', "x", 1);
+    char big[200];
+    memset(big, 'y', sizeof(big));
+    add_msg(in, 'Q', big, sizeof(big));
+    CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 100), PX_RELAY_TOO_LARGE);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), forwarded + 6);
+    /* A length below 4 is malformed too. */
+    struct evbuffer *bad = evbuffer_new();
+    evbuffer_add(bad, "Q\0\0\0\x02", 5);
+    CU_ASSERT_EQUAL(px_relay(&st, bad, out, see_z_body, record, &s, 100), PX_RELAY_TOO_LARGE);
+    evbuffer_free(in), evbuffer_free(out), evbuffer_free(bad);
+}
+
+static void test_read_message(void)
+{
+    struct evbuffer *in = evbuffer_new();
+    char type;
+    const uint8_t *body;
+    uint32_t len;
+    evbuffer_add(in, "R\0\0\0\x08\0\0", 7);
+    CU_ASSERT_EQUAL(px_read_message(in, 100, &type, &body, &len), 0);
+    evbuffer_add(in, "\0\0", 2);
+    CU_ASSERT_EQUAL(px_read_message(in, 100, &type, &body, &len), 1);
+    CU_ASSERT_EQUAL(type, 'R');
+    CU_ASSERT_EQUAL(len, 4);
+    evbuffer_drain(in, 9);
+    evbuffer_add(in, "R\0\0\x10\0", 5);
+    CU_ASSERT_EQUAL(px_read_message(in, 100, &type, &body, &len), -1);
+    evbuffer_free(in);
+}
+
+static const CU_TestInfo relay_tests[] = {
+    {"passthrough_in_order", test_passthrough_in_order},
+    {"streaming_partial", test_streaming_partial},
+    {"body_waits_for_whole_message", test_body_waits_for_whole_message},
+    {"drop_and_stop", test_drop_and_stop},
+    {"type_callback_and_limits", test_type_callback_and_limits},
+    {"read_message", test_read_message},
+    CU_TEST_INFO_NULL,
+};
+
+void test_relay_register(void)
+{
+    cunit_add_suite("relay", NULL, NULL, relay_tests);
+}

@@ -1,0 +1,173 @@
+/* test_wire.c: tests of proxy/wire.c: startup-packet parsing and message builders. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/CUnit.h>
+#include <event2/buffer.h>
+
+#include "cunit_main.h"
+#include "wire.h"
+
+void test_wire_register(void);
+
+/* Builds a startup packet body (after the length word) from NUL-separated pairs. */
+static size_t startup_body(char *buf, uint32_t code, const char *pairs, size_t pairs_len)
+{
+    px_put_u32(buf, code);
+    memcpy(buf + 4, pairs, pairs_len);
+    return 4 + pairs_len;
+}
+
+static void test_parse_startup_params(void)
+{
+    char buf[256];
+    static const char pairs[] = "user\0alice\0database\0db1\0options\0-c TimeZone=UTC\0";
+    size_t len = startup_body(buf, PX_PROTO_V3, pairs, sizeof(pairs)); /* incl. final NUL */
+    struct px_startup st;
+    CU_ASSERT_PTR_NULL(px_wire_parse_startup(buf, len, &st));
+    CU_ASSERT_EQUAL(st.code, PX_PROTO_V3);
+    CU_ASSERT_EQUAL(st.nparams, 3);
+    CU_ASSERT_STRING_EQUAL(px_startup_get(&st, "user"), "alice");
+    CU_ASSERT_STRING_EQUAL(px_startup_get(&st, "database"), "db1");
+    CU_ASSERT_STRING_EQUAL(px_startup_get(&st, "options"), "-c TimeZone=UTC");
+    CU_ASSERT_PTR_NULL(px_startup_get(&st, "application_name"));
+}
+
+static void test_parse_startup_malformed(void)
+{
+    char buf[256];
+    struct px_startup st;
+    /* No final terminator. */
+    static const char a[] = "user\0alice";
+    size_t len = startup_body(buf, PX_PROTO_V3, a, sizeof(a)); /* ends "alice\0" only */
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, len, &st));
+    /* Name without value. */
+    static const char b[] = "user";
+    len = startup_body(buf, PX_PROTO_V3, b, sizeof(b));
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, len, &st));
+    /* Value without terminator. */
+    len = startup_body(buf, PX_PROTO_V3, "user\0bob", 8);
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, len, &st));
+    /* Too short for a code. */
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, 3, &st));
+    /* Cancel request of the wrong size. */
+    len = startup_body(buf, PX_CANCEL_REQUEST_CODE, "12345678", 6);
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, len, &st));
+    /* SSLRequest with a trailing byte. */
+    len = startup_body(buf, PX_SSL_REQUEST_CODE, "x", 1);
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, len, &st));
+}
+
+static void test_parse_startup_too_many_params(void)
+{
+    char *buf = malloc(8192);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    px_put_u32(buf, PX_PROTO_V3);
+    size_t off = 4;
+    for (int i = 0; i < PX_MAX_STARTUP_PARAMS + 1; i++) {
+        off += (size_t)sprintf(buf + off, "k%d", i) + 1;
+        off += (size_t)sprintf(buf + off, "v") + 1;
+    }
+    buf[off++] = '\0';
+    struct px_startup st;
+    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, off, &st));
+    free(buf);
+}
+
+static void test_parse_special_requests(void)
+{
+    char buf[16];
+    struct px_startup st;
+    size_t len = startup_body(buf, PX_SSL_REQUEST_CODE, "", 0);
+    CU_ASSERT_PTR_NULL(px_wire_parse_startup(buf, len, &st));
+    CU_ASSERT_EQUAL(st.code, PX_SSL_REQUEST_CODE);
+    px_put_u32(buf, PX_CANCEL_REQUEST_CODE);
+    px_put_u32(buf + 4, 1234);
+    px_put_u32(buf + 8, 0xdeadbeef);
+    CU_ASSERT_PTR_NULL(px_wire_parse_startup(buf, 12, &st));
+    CU_ASSERT_EQUAL(st.cancel_pid, 1234);
+    CU_ASSERT_EQUAL(st.cancel_key, 0xdeadbeefu);
+}
+
+static void test_error_bytes(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    CU_ASSERT_EQUAL(px_wire_error(b, PX_SEV_FATAL, "28P01", "bad", "why"), 0);
+    static const char expected[] = "E\0\0\0\x24"
+                                   "SFATAL\0VFATAL\0C28P01\0Mbad\0Dwhy\0";
+    size_t n = evbuffer_get_length(b);
+    CU_ASSERT_EQUAL(n, sizeof(expected)); /* sizeof counts the final terminator */
+    const char *p = (const char *)evbuffer_pullup(b, -1);
+    CU_ASSERT_EQUAL(memcmp(p, expected, sizeof(expected)), 0);
+    CU_ASSERT_EQUAL(px_get_u32(p + 1), n - 1);
+    CU_ASSERT_STRING_EQUAL(px_wire_error_field(p + 5, n - 5, 'C'), "28P01");
+    CU_ASSERT_STRING_EQUAL(px_wire_error_field(p + 5, n - 5, 'D'), "why");
+    CU_ASSERT_PTR_NULL(px_wire_error_field(p + 5, n - 5, 'H'));
+    /* A truncated body never reads past its end. */
+    CU_ASSERT_PTR_NULL(px_wire_error_field(p + 5, 8, 'C'));
+    evbuffer_free(b);
+}
+
+static void test_small_builders(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    px_wire_ready(b, 'T');
+    px_wire_backend_key(b, 7, 9);
+    px_wire_param_status(b, "TimeZone", "UTC");
+    px_wire_auth(b, PX_AUTH_OK, NULL, 0);
+    static const uint8_t expected[] = {
+        'Z', 0,   0,   0, 5,   'T',                                  /* ReadyForQuery */
+        'K', 0,   0,   0, 12,  0,   0,   0,   7,   0,   0,   0,   9, /* BackendKeyData */
+        'S', 0,   0,   0, 17,  'T', 'i', 'm', 'e', 'Z', 'o', 'n', 'e', 0,
+        'U', 'T', 'C', 0, 'R', 0,   0,   0,   8,   0,   0,   0,   0, /* AuthenticationOk */
+    };
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(expected));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), expected, sizeof(expected)), 0);
+    evbuffer_free(b);
+}
+
+static void test_negotiate(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    const char *opts[] = {"_pq_.foo"};
+    px_wire_negotiate(b, 0, opts, 1);
+    const uint8_t *p = evbuffer_pullup(b, -1);
+    CU_ASSERT_EQUAL(p[0], 'v');
+    CU_ASSERT_EQUAL(px_get_u32(p + 1), 4 + 8 + 9);
+    CU_ASSERT_EQUAL(px_get_u32(p + 5), PX_PROTO_V3);
+    CU_ASSERT_EQUAL(px_get_u32(p + 9), 1);
+    CU_ASSERT_STRING_EQUAL((const char *)p + 13, "_pq_.foo");
+    evbuffer_free(b);
+}
+
+static void test_startup_round_trip(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    struct px_startup_param in[] = {{"user", "u"}, {"database", "d"}, {"TimeZone", "UTC"}};
+    px_wire_startup(b, in, 3);
+    size_t n = evbuffer_get_length(b);
+    const char *p = (const char *)evbuffer_pullup(b, -1);
+    CU_ASSERT_EQUAL(px_get_u32(p), n);
+    struct px_startup st;
+    CU_ASSERT_PTR_NULL(px_wire_parse_startup(p + 4, n - 4, &st));
+    CU_ASSERT_EQUAL(st.nparams, 3);
+    CU_ASSERT_STRING_EQUAL(px_startup_get(&st, "TimeZone"), "UTC");
+    evbuffer_free(b);
+}
+
+static const CU_TestInfo wire_tests[] = {
+    {"parse_startup_params", test_parse_startup_params},
+    {"parse_startup_malformed", test_parse_startup_malformed},
+    {"parse_startup_too_many_params", test_parse_startup_too_many_params},
+    {"parse_special_requests", test_parse_special_requests},
+    {"error_bytes", test_error_bytes},
+    {"small_builders", test_small_builders},
+    {"negotiate", test_negotiate},
+    {"startup_round_trip", test_startup_round_trip},
+    CU_TEST_INFO_NULL,
+};
+
+void test_wire_register(void)
+{
+    cunit_add_suite("wire", NULL, NULL, wire_tests);
+}
