@@ -1,0 +1,103 @@
+/*
+ * itest_util.h: small helpers shared by the integration-test programs that drive pgwarden
+ * (test_session.c, test_tls_auth.c, test_streaming.c, test_limits.c, test_admin.c).
+ * Header-only (static functions) because every test_*.c is its own program; the harness
+ * itself is harness.h.
+ */
+#ifndef PGW_TESTS_INTEGRATION_ITEST_UTIL_H
+#define PGW_TESTS_INTEGRATION_ITEST_UTIL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include "harness.h"
+
+/* Monotonic milliseconds. */
+static inline int64_t itu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Suite init: 0 when the cluster runs and the pgwarden binary exists. */
+static inline int itu_suite_init(void)
+{
+    if (!harness_cluster())
+        return 1;
+    if (!harness_have_pgwarden()) {
+        fprintf(stderr, "pgwarden binary not built (%s)\n", harness_pgwarden_path());
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Runs sql and returns the first column of the first row in a static buffer ("" on error
+ * or no row; the error is printed).  Two calls in one expression share the buffer: copy.
+ */
+static inline const char *itu_value(PGconn *conn, const char *sql)
+{
+    static char value[1024];
+    value[0] = '\0';
+    PGresult *res = PQexec(conn, sql);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+        snprintf(value, sizeof(value), "%s", PQgetvalue(res, 0, 0));
+    else
+        fprintf(stderr, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return value;
+}
+
+/* Runs sql; true when it returned COMMAND_OK or TUPLES_OK (the error is printed). */
+static inline bool itu_exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok)
+        fprintf(stderr, "query \"%s\" failed: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return ok;
+}
+
+/* Runs sql expecting an error; returns its SQLSTATE in a static buffer ("" if none). */
+static inline const char *itu_exec_sqlstate(PGconn *conn, const char *sql)
+{
+    static char state[8];
+    state[0] = '\0';
+    PGresult *res = PQexec(conn, sql);
+    const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (s)
+        snprintf(state, sizeof(state), "%s", s);
+    PQclear(res);
+    return state;
+}
+
+/* Connects through px and checks the connection is usable with SELECT 1. */
+static inline bool itu_proxy_serves(const struct harness_proxy *px, const char *extra)
+{
+    PGconn *c = harness_connect(px, extra);
+    bool ok = c && PQstatus(c) == CONNECTION_OK && strcmp(itu_value(c, "SELECT 1"), "1") == 0;
+    if (c && PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "connect through pgwarden failed: %s", PQerrorMessage(c));
+    PQfinish(c);
+    return ok;
+}
+
+/* True when PQerrorMessage(conn) contains needle (printed when it does not). */
+static inline bool itu_error_contains(PGconn *conn, const char *needle)
+{
+    const char *msg = PQerrorMessage(conn);
+    if (msg && strstr(msg, needle))
+        return true;
+    fprintf(stderr, "expected \"%s\" in error: %s\n", needle, msg ? msg : "(null)");
+    return false;
+}
+
+#endif
