@@ -20,7 +20,7 @@
 
 #include "lockmgr/lockmgr.h"
 
-#define X LOCKMGR_EXCLUSIVE
+#define X    LOCKMGR_EXCLUSIVE
 #define SESS LOCKMGR_SESSION
 
 static double scale = 1.0;
@@ -90,9 +90,9 @@ static void bench_memory(void)
         o[i] = lockmgr_owner_new(lm, i, NULL, NULL);
     for (size_t i = 0; i < nlocks; i++) {
         int len = keyfmt(key, i);
-        check(lockmgr_acquire(lm, o[i / per_owner], key, (size_t)len, LOCKMGR_READ, SESS, 0, 1,
-                              &tok),
-              LOCKMGR_OK, "acquire");
+        check(
+            lockmgr_acquire(lm, o[i / per_owner], key, (size_t)len, LOCKMGR_READ, SESS, 0, 1, &tok),
+            LOCKMGR_OK, "acquire");
     }
     struct mallinfo2 after = mallinfo2();
     double per = (double)(after.uordblks - before.uordblks - owner_array) / (double)nlocks;
@@ -116,18 +116,17 @@ static void report(const char *what, uint64_t *s, size_t n)
     qsort(s, n, sizeof(*s), cmp_u64);
     printf("deadlock check, %s: p50 %.1f us, p99 %.1f us, max %.1f us (%zu samples)  "
            "[target p99 <= 100]\n",
-           what, (double)s[n / 2] / 1e3, (double)s[n * 99 / 100] / 1e3, (double)s[n - 1] / 1e3,
-           n);
+           what, (double)s[n / 2] / 1e3, (double)s[n * 99 / 100] / 1e3, (double)s[n - 1] / 1e3, n);
 }
 
 /* Owner i holds c<i> and waits for c<i+1>: n-1 waiters in one chain. */
 static void bench_chain(size_t n, size_t samples)
 {
     struct lockmgr *lm = lockmgr_new(NULL);
-    struct lockmgr_owner **o = malloc((n + 1) * sizeof(*o));
+    struct lockmgr_owner **o = malloc((n + 2) * sizeof(*o));
     char key[32];
     uint64_t tok;
-    for (size_t i = 0; i <= n; i++)
+    for (size_t i = 0; i <= n + 1; i++)
         o[i] = lockmgr_owner_new(lm, i, NULL, NULL);
     for (size_t i = 0; i < n; i++) {
         int len = snprintf(key, sizeof(key), "c%zu", i);
@@ -152,7 +151,17 @@ static void bench_chain(size_t n, size_t samples)
         s[i] = now_ns() - t0;
         check(lockmgr_cancel_wait(lm, o[n], 2), LOCKMGR_OK, "cancel");
     }
-    report("waiting behind a 10^4-owner chain", s, samples);
+    report("waiting behind a 10^4-owner chain (nobody waits for the newcomer)", s, samples);
+    /* the newcomer holds x and o[n+1] waits for it: the search must walk the whole chain */
+    check(lockmgr_acquire(lm, o[n], "x", 1, X, SESS, 0, 1, &tok), LOCKMGR_OK, "x");
+    check(lockmgr_acquire(lm, o[n + 1], "x", 1, X, SESS, 0, 1, &tok), LOCKMGR_WAITING, "x");
+    for (size_t i = 0; i < samples; i++) {
+        uint64_t t0 = now_ns();
+        check(lockmgr_acquire(lm, o[n], "c0", 2, X, SESS, 0, 2, &tok), LOCKMGR_WAITING, "wait");
+        s[i] = now_ns() - t0;
+        check(lockmgr_cancel_wait(lm, o[n], 2), LOCKMGR_OK, "cancel");
+    }
+    report("waiting behind a 10^4-owner chain (full search, no cycle)", s, samples);
     free(s);
     free(o);
     lockmgr_free(lm);
@@ -162,9 +171,9 @@ static void bench_chain(size_t n, size_t samples)
 static void bench_queue(size_t n, size_t samples)
 {
     struct lockmgr *lm = lockmgr_new(NULL);
-    struct lockmgr_owner **o = malloc((n + 2) * sizeof(*o));
+    struct lockmgr_owner **o = malloc((n + 3) * sizeof(*o));
     uint64_t tok;
-    for (size_t i = 0; i <= n + 1; i++)
+    for (size_t i = 0; i <= n + 2; i++)
         o[i] = lockmgr_owner_new(lm, i, NULL, NULL);
     check(lockmgr_acquire(lm, o[0], "q", 1, X, SESS, 0, 1, &tok), LOCKMGR_OK, "");
     check(lockmgr_acquire(lm, o[n], "tail", 4, X, SESS, 0, 1, &tok), LOCKMGR_OK, "");
@@ -173,16 +182,23 @@ static void bench_queue(size_t n, size_t samples)
     uint64_t *s = malloc(samples * sizeof(*s));
     for (size_t i = 0; i < samples; i++) {
         uint64_t t0 = now_ns();
-        check(lockmgr_acquire(lm, o[n + 1], "q", 1, X, SESS, 0, 2, &tok), LOCKMGR_WAITING,
-              "wait");
+        check(lockmgr_acquire(lm, o[n + 1], "q", 1, X, SESS, 0, 2, &tok), LOCKMGR_WAITING, "wait");
         s[i] = now_ns() - t0;
         check(lockmgr_cancel_wait(lm, o[n + 1], 2), LOCKMGR_OK, "cancel");
     }
-    report("joining one queue of 10^4 exclusives", s, samples);
+    report("joining one queue of 10^4 exclusives (nobody waits for the newcomer)", s, samples);
+    check(lockmgr_acquire(lm, o[n + 1], "y", 1, X, SESS, 0, 1, &tok), LOCKMGR_OK, "y");
+    check(lockmgr_acquire(lm, o[n + 2], "y", 1, X, SESS, 0, 1, &tok), LOCKMGR_WAITING, "y");
+    for (size_t i = 0; i < samples; i++) {
+        uint64_t t0 = now_ns();
+        check(lockmgr_acquire(lm, o[n + 1], "q", 1, X, SESS, 0, 2, &tok), LOCKMGR_WAITING, "wait");
+        s[i] = now_ns() - t0;
+        check(lockmgr_cancel_wait(lm, o[n + 1], 2), LOCKMGR_OK, "cancel");
+    }
+    report("joining one queue of 10^4 exclusives (full search, no cycle)", s, samples);
     for (size_t i = 0; i < samples; i++) { /* holder -> tail -> soft edges -> holder */
         uint64_t t0 = now_ns();
-        check(lockmgr_acquire(lm, o[0], "tail", 4, X, SESS, 0, 2, &tok), LOCKMGR_DEADLOCK,
-              "close");
+        check(lockmgr_acquire(lm, o[0], "tail", 4, X, SESS, 0, 2, &tok), LOCKMGR_DEADLOCK, "close");
         s[i] = now_ns() - t0;
     }
     report("closing a cycle through a 10^4 queue", s, samples);

@@ -52,25 +52,28 @@ static void scan_reset(struct lockmgr *lm, struct lm_key *k)
     }
 }
 
-static void frame_init(struct lm_frame *f, struct lockmgr_owner *o)
+static void frame_init(struct lockmgr *lm, struct lm_frame *f, struct lockmgr_owner *o, bool root)
 {
+    const struct lm_wait *w = &o->wait;
     f->owner = o;
-    f->hcur = o->wait.key->holders;
-    f->wcur = o->wait.key->queue->head;
     f->phase = 0;
+    /* A waiter alone in its queue is the only frame that will ever scan its key: it
+     * keeps private cursors and the search never touches the queue. */
+    f->shared = !root && (w->qprev || w->qnext);
+    f->hcur = w->key->holders;
+    f->wcur = w->qprev ? w->key->queue->head : NULL;
+    if (f->shared)
+        scan_reset(lm, w->key);
 }
 
 /* The next owner f's owner waits for (recording the edge in f), NULL when exhausted. */
-static struct lockmgr_owner *frame_next(struct lockmgr *lm, struct lm_frame *f, bool root)
+static struct lockmgr_owner *frame_next(struct lm_frame *f)
 {
     struct lockmgr_owner *o = f->owner;
     struct lm_wait *w = &o->wait;
-    struct lm_queue *q = w->key->queue;
     uint8_t conflicts = lm_conflicts[w->mode];
-    if (!root)
-        scan_reset(lm, w->key);
     if (f->phase == 0) {
-        struct lm_hold **cur = root ? &f->hcur : &q->hscan[w->mode];
+        struct lm_hold **cur = f->shared ? &w->key->queue->hscan[w->mode] : &f->hcur;
         while (*cur) {
             struct lm_hold *h = *cur;
             int hm = lm_hold_mode(h);
@@ -81,10 +84,11 @@ static struct lockmgr_owner *frame_next(struct lockmgr *lm, struct lm_frame *f, 
                 return h->owner;
             }
         }
-        f->phase = w->upgrade ? 2 : 1;
+        /* upgrades have no soft edges; the head of the queue has nobody ahead */
+        f->phase = w->upgrade || !w->qprev ? 2 : 1;
     }
     if (f->phase == 1) {
-        struct lm_wait **cur = root ? &f->wcur : &q->wscan[w->mode];
+        struct lm_wait **cur = f->shared ? &w->key->queue->wscan[w->mode] : &f->wcur;
         while (*cur && (*cur)->ord < w->ord) {
             struct lm_wait *x = *cur;
             *cur = x->qnext;
@@ -123,21 +127,43 @@ static void cycle_build(struct lockmgr *lm, size_t depth)
 }
 
 /*
+ * A cycle through start needs an edge into it: a waiter whose request conflicts with a
+ * mode start holds (hard), or a new request queued behind start's (soft).  Checking that
+ * first costs O(start's holds) and spares the search for the common case of a waiter
+ * nobody waits for.  Conservative: it may say yes when there is no such edge.
+ */
+static bool has_in_edge(const struct lockmgr_owner *start)
+{
+    for (const struct lm_hold *h = start->holds; h; h = h->onext) {
+        const struct lm_queue *q = h->key->queue;
+        if (!q)
+            continue;
+        uint8_t held = (uint8_t)LM_BIT(lm_hold_mode(h));
+        for (int m = 0; m < LOCKMGR_NMODES; m++)
+            if (q->nwait[m] && (lm_conflicts[m] & held))
+                return true;
+    }
+    return start->wait.qnext != NULL;
+}
+
+/*
  * Depth-first search from start over hard and soft edges.  Returns true and fills
  * lm->cycle if start is on a cycle.  Cost O(owners + keys + holders + waiters reached);
  * no allocation; runs on the caller's thread inside lockmgr_acquire.
  */
 bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
 {
+    if (!has_in_edge(start))
+        return false;
     if (++lm->gen == 0)
         gen_wrap(lm);
     uint32_t gen = lm->gen;
     struct lm_frame *stack = lm->stack;
     size_t depth = 0;
     start->visit_gen = gen;
-    frame_init(&stack[0], start);
+    frame_init(lm, &stack[0], start, true);
     for (;;) {
-        struct lockmgr_owner *next = frame_next(lm, &stack[depth], depth == 0);
+        struct lockmgr_owner *next = frame_next(&stack[depth]);
         if (!next) {
             if (depth == 0)
                 return false;
@@ -152,7 +178,7 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
             continue;
         next->visit_gen = gen;
         LM_ASSERT(depth + 1 < lm->ws_cap);
-        frame_init(&stack[++depth], next);
+        frame_init(lm, &stack[++depth], next, false);
     }
 }
 

@@ -23,28 +23,29 @@
 /* lm_conflicts[m]: the modes that may not be held by another owner while m is held. */
 extern const uint8_t lm_conflicts[LOCKMGR_NMODES];
 
-/* One (owner, key) hold; both scopes share it, the stronger mode governs. */
+/* One (owner, key) hold; both scopes share it, the stronger mode governs.  The fields the
+ * deadlock search reads come first (one cache line). */
 struct lm_hold {
-    struct lm_key *key;
-    struct lockmgr_owner *owner;
     struct lm_hold *knext, *kprev; /* key->holders */
+    struct lockmgr_owner *owner;
+    uint8_t smode[2]; /* per scope: 0 = not held, else mode + 1 */
+    struct lm_key *key;
     struct lm_hold *onext, *oprev; /* owner->holds */
     uint64_t token;                /* of the latest grant (first grant or upgrade) */
     uint64_t since_us;
-    uint8_t smode[2]; /* per scope: 0 = not held, else mode + 1 */
 };
 
-/* An owner's one wait; embedded in the owner. */
+/* An owner's one wait; embedded in the owner.  Fields the deadlock search reads first. */
 struct lm_wait {
     struct lm_key *key;
-    struct lm_wait *qprev, *qnext;
-    struct lm_hold *hold; /* upgrade: the existing hold; else preallocated, unlinked */
     uint64_t ord;         /* queue position: upgrades (bit 63 clear) before new requests */
-    uint64_t seq;         /* when the wait began, in lm->seq order */
-    uint64_t since_us, deadline_us;
-    uint32_t heap_idx; /* in lm->heap, LM_NO_HEAP if no deadline */
+    struct lm_hold *hold; /* upgrade: the existing hold; else preallocated, unlinked */
     uint8_t mode, scope;
     bool active, upgrade;
+    uint32_t heap_idx; /* in lm->heap, LM_NO_HEAP if no deadline */
+    struct lm_wait *qprev, *qnext;
+    uint64_t seq; /* when the wait began, in lm->seq order */
+    uint64_t since_us, deadline_us;
 };
 #define LM_NO_HEAP UINT32_MAX
 #define LM_WAIT_OWNER(w)                                                                           \
@@ -54,11 +55,11 @@ struct lm_wait {
 /* Wait queue of one key, allocated while the key has waiters.  The scan fields are the
  * deadlock detector's per-search cursors (see deadlock.c), valid when scan_gen matches. */
 struct lm_queue {
-    struct lm_wait *head, *tail, *upg_last;
-    uint32_t nwait[LOCKMGR_NMODES];
     uint32_t scan_gen;
     struct lm_hold *hscan[LOCKMGR_NMODES];
     struct lm_wait *wscan[LOCKMGR_NMODES];
+    struct lm_wait *head, *tail, *upg_last;
+    uint32_t nwait[LOCKMGR_NMODES];
 };
 
 struct lm_key {
@@ -72,13 +73,13 @@ struct lm_key {
 };
 
 struct lockmgr_owner {
+    uint32_t visit_gen;  /* deadlock search mark */
+    struct lm_wait wait; /* early: the deadlock search reads one cache line per owner */
     uint64_t id;
     void *udata;
     lockmgr_wait_cb cb;
     struct lm_hold *holds;
     size_t nholds;
-    struct lm_wait wait;
-    uint32_t visit_gen; /* deadlock search mark */
     /* undelivered result, linked on lm->ev_head */
     bool ev_pending;
     struct lockmgr_owner *ev_next;
@@ -90,8 +91,9 @@ struct lockmgr_owner {
 /* Deadlock detector stack frame: one waiting owner being expanded. */
 struct lm_frame {
     struct lockmgr_owner *owner;
-    struct lm_hold *hcur; /* root frame only: private cursors */
+    struct lm_hold *hcur; /* private cursors (root, or a key with one waiter) */
     struct lm_wait *wcur;
+    bool shared;    /* use the key's shared cursors instead */
     uint8_t phase;  /* 0: holders (hard edges), 1: earlier waiters (soft), 2: done */
     bool edge_soft; /* the edge to the next frame */
     uint8_t edge_mode;
@@ -125,8 +127,14 @@ struct lm_key *lm_key_find(const struct lockmgr *lm, const void *key, size_t len
 struct lm_key *lm_key_get(struct lockmgr *lm, const void *key, size_t len);
 void lm_key_maybe_free(struct lockmgr *lm, struct lm_key *k);
 struct lm_hold *lm_hold_find(const struct lm_key *k, const struct lockmgr_owner *o);
-int lm_hold_mode(const struct lm_hold *h); /* effective mode, -1 if none */
 uint8_t lm_held_mask(const struct lm_key *k, int except_mode);
+
+/* h's effective mode (the stronger scope), -1 if none. */
+static inline int lm_hold_mode(const struct lm_hold *h)
+{
+    int a = h->smode[0], b = h->smode[1];
+    return (a > b ? a : b) - 1;
+}
 
 /* waits.c */
 bool lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w);

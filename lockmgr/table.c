@@ -239,12 +239,6 @@ struct lm_hold *lm_hold_find(const struct lm_key *k, const struct lockmgr_owner 
     return NULL;
 }
 
-int lm_hold_mode(const struct lm_hold *h)
-{
-    int a = h->smode[0], b = h->smode[1];
-    return (a > b ? a : b) - 1;
-}
-
 /* Modes held on k, counting one hold of except_mode less (-1: none). */
 uint8_t lm_held_mask(const struct lm_key *k, int except_mode)
 {

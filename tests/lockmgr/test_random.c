@@ -54,7 +54,7 @@ static struct model {
 
 static struct lockmgr *lm;
 static struct lockmgr_owner *ow[NO];
-static char keyname[NK][8];
+static char keyname[NK][16];
 static uint64_t rng;
 static long step;
 static char failmsg[256];
