@@ -173,6 +173,12 @@ void px_client_close(struct px_client *c)
     px_debug("client", 'C', c->id, "closing");
     px_cancel_forget(c);
     unlink_server(c);
+    if (c->launching) {
+        /* The server being opened for us logs in anyway and goes idle. */
+        if (c->launching->opener == c)
+            c->launching->opener = NULL;
+        c->launching = NULL;
+    }
     bufferevent_disable(c->bev, EV_READ | EV_WRITE);
     px.n_clients--;
     px_client_set_state(c, PX_CL_CLOSING);

@@ -170,6 +170,7 @@ struct px_pool {
     struct evbuffer *login_error;
     uint64_t login_error_until_ms;
     bool ever_connected;
+    bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
 
     /* Metric series of this pool and pre-resolved hot counters (stats.c). */
     struct px_metrics_set *metrics;

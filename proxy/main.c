@@ -182,6 +182,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
+    px_pool_run_pending();
     reap();
 }
 

@@ -193,14 +193,25 @@ static bool evict_idle(struct px_pool *pool)
     return true;
 }
 
-void px_pool_maintain(struct px_pool *pool)
+/* The first waiting client with no server being opened for it, or NULL. */
+static struct px_client *first_unserved(struct px_pool *pool)
 {
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (c->launching)
-            continue;
+        if (!c->launching)
+            return c;
+    }
+    return NULL;
+}
+
+void px_pool_maintain(struct px_pool *pool)
+{
+    /* Linking runs the client's callbacks, which may close connections and edit these
+     * lists: so rescan from the head after every action instead of holding an iterator. */
+    struct px_client *c;
+    while ((c = first_unserved(pool)) != NULL) {
         struct px_server *s = find_idle(pool, c);
         if (s) {
             link_pair(s, c);
@@ -210,8 +221,6 @@ void px_pool_maintain(struct px_pool *pool)
             return;
         if (pool_total_servers(pool) >= pool->pool_size && !evict_idle(pool))
             return; /* full: the next server to come free goes to the queue */
-        if (pool_total_servers(pool) >= pool->pool_size)
-            return; /* eviction reentered maintain and handled the queue */
         s = px_server_launch(pool, c);
         if (!s) {
             px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
@@ -245,7 +254,26 @@ void px_pool_server_ready(struct px_server *s)
     }
     /* Waiting clients of other signatures: trade this idle server for one of theirs. */
     if (!px_list_empty(&pool->clients_waiting))
-        px_pool_maintain(pool);
+        px_pool_schedule_maintain(pool);
+}
+
+void px_pool_schedule_maintain(struct px_pool *pool)
+{
+    pool->maintain_pending = true;
+    event_active(px.reaper, EV_TIMEOUT, 0);
+}
+
+void px_pool_run_pending(void)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
+        if (pool->maintain_pending) {
+            pool->maintain_pending = false;
+            px_pool_maintain(pool);
+        }
+    }
 }
 
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg)

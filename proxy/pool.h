@@ -27,6 +27,11 @@ void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, co
 
 /* Opens servers for waiting clients while the pool has room. */
 void px_pool_maintain(struct px_pool *pool);
+/* Runs px_pool_maintain(pool) at the next safe point of the loop (from callbacks that may
+ * be inside an iteration over the pool's lists). */
+void px_pool_schedule_maintain(struct px_pool *pool);
+/* The reaper's part: runs the scheduled maintenance. */
+void px_pool_run_pending(void);
 
 /* The socket address of the pool's server.  Returns 0, or -1 when it cannot be resolved. */
 int px_pool_address(const struct px_pool *pool, struct sockaddr_storage *ss, socklen_t *len);

@@ -595,9 +595,8 @@ void px_server_close(struct px_server *s, const char *reason)
         }
         bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     }
-    struct px_pool *pool = s->pool;
     px_server_set_state(s, PX_SV_CLOSING);
-    px_pool_maintain(pool);
+    px_pool_schedule_maintain(s->pool); /* a slot came free */
 }
 
 void px_server_free(struct px_server *s)
