@@ -247,6 +247,7 @@ struct lockmgr_stats {
     uint64_t bypass_reentry, bypass_upgrade; /* grants ahead of earlier waiters */
 };
 
+/* Fills *out; O(keys) for the per-mode counts. */
 void lockmgr_stats_get(const struct lockmgr *lm, struct lockmgr_stats *out);
 
 /* ---- Names ---- */
