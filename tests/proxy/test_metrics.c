@@ -43,14 +43,12 @@ static const struct px_metrics_kind_def t_kind_defs[TK__COUNT] = {
 };
 
 static const struct px_metric_def t_defs[T__COUNT] = {
-    [T_REQUESTS] = {"requests", PX_METRIC_COUNTER, "Requests served.\nSecond \\ line.",
-                    TK_GLOBAL},
-    [T_CONNS] = {"conns", PX_METRIC_GAUGE, "Connections.", TK_POOL, t_state_label, 1, t_states,
-                 2},
+    [T_REQUESTS] = {"requests", PX_METRIC_COUNTER, "Requests served.\nSecond \\ line.", TK_GLOBAL},
+    [T_CONNS] = {"conns", PX_METRIC_GAUGE, "Connections.", TK_POOL, t_state_label, 1, t_states, 2},
     [T_WAIT] = {"wait_seconds", PX_METRIC_HISTOGRAM, "Wait.", TK_POOL, .buckets = t_buckets,
                 .nbuckets = 3},
-    [T_ERRORS] = {"errors", PX_METRIC_COUNTER, "Errors.", TK_GLOBAL, t_class_label, 1,
-                  t_classes, 3, .flags = PX_MF_SPARSE},
+    [T_ERRORS] = {"errors", PX_METRIC_COUNTER, "Errors.", TK_GLOBAL, t_class_label, 1, t_classes, 3,
+                  .flags = PX_MF_SPARSE},
     [T_OVERFLOW] = {"overflow", PX_METRIC_COUNTER, "Overflows.", TK_GLOBAL, t_kind_label, 1,
                     t_kinds, 2},
 };
@@ -91,22 +89,23 @@ static void assert_render(const char *want)
     free(got);
 }
 
-#define HDR_REQUESTS                                                                           \
-    "# HELP pgwarden_requests_total Requests served.\\nSecond \\\\ line.\n"                   \
+#define HDR_REQUESTS                                                                               \
+    "# HELP pgwarden_requests_total Requests served.\\nSecond \\\\ line.\n"                        \
     "# TYPE pgwarden_requests_total counter\n"
-#define HDR_CONNS "# HELP pgwarden_conns Connections.\n# TYPE pgwarden_conns gauge\n"
-#define HDR_WAIT "# HELP pgwarden_wait_seconds Wait.\n# TYPE pgwarden_wait_seconds histogram\n"
+#define HDR_CONNS  "# HELP pgwarden_conns Connections.\n# TYPE pgwarden_conns gauge\n"
+#define HDR_WAIT   "# HELP pgwarden_wait_seconds Wait.\n# TYPE pgwarden_wait_seconds histogram\n"
 #define HDR_ERRORS "# HELP pgwarden_errors_total Errors.\n# TYPE pgwarden_errors_total counter\n"
-#define HDR_OVERFLOW                                                                           \
+#define HDR_OVERFLOW                                                                               \
     "# HELP pgwarden_overflow_total Overflows.\n# TYPE pgwarden_overflow_total counter\n"
-#define OVERFLOW_ZERO                                                                          \
+#define OVERFLOW_ZERO                                                                              \
     "pgwarden_overflow_total{kind=\"global\"} 0\npgwarden_overflow_total{kind=\"pool\"} 0\n"
 
 static void test_render_empty(void)
 {
     CU_ASSERT_EQUAL_FATAL(setup_test_tables(), 0);
-    assert_render(HDR_REQUESTS "pgwarden_requests_total 0\n" HDR_CONNS HDR_WAIT HDR_ERRORS
-                      HDR_OVERFLOW OVERFLOW_ZERO);
+    assert_render(
+        HDR_REQUESTS
+        "pgwarden_requests_total 0\n" HDR_CONNS HDR_WAIT HDR_ERRORS HDR_OVERFLOW OVERFLOW_ZERO);
     teardown();
 }
 
@@ -125,22 +124,21 @@ static void test_render_all_types(void)
     px_metrics_observe(p, T_WAIT, 0, 0.7);
     px_metrics_observe(p, T_WAIT, 0, 5);
     px_metrics_inc(NULL, T_ERRORS, 1);
-    assert_render(HDR_REQUESTS "pgwarden_requests_total 42\n" HDR_CONNS
-                               "pgwarden_conns{database=\"db1\",user=\"alice\",state=\"idle\"} 3\n"
-                               "pgwarden_conns{database=\"db1\",user=\"alice\",state=\"busy\"} "
-                               "1.5\n" HDR_WAIT
-                               "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
-                               "le=\"0.1\"} 1\n"
-                               "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
-                               "le=\"0.5\"} 1\n"
-                               "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
-                               "le=\"1\"} 2\n"
-                               "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
-                               "le=\"+Inf\"} 3\n"
-                               "pgwarden_wait_seconds_sum{database=\"db1\",user=\"alice\"} 5.75\n"
-                               "pgwarden_wait_seconds_count{database=\"db1\",user=\"alice\"} 3\n"
-                                   HDR_ERRORS "pgwarden_errors_total{class=\"40\"} 1\n"
-                                       HDR_OVERFLOW OVERFLOW_ZERO);
+    assert_render(HDR_REQUESTS
+                  "pgwarden_requests_total 42\n" HDR_CONNS
+                  "pgwarden_conns{database=\"db1\",user=\"alice\",state=\"idle\"} 3\n"
+                  "pgwarden_conns{database=\"db1\",user=\"alice\",state=\"busy\"} "
+                  "1.5\n" HDR_WAIT "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
+                  "le=\"0.1\"} 1\n"
+                  "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
+                  "le=\"0.5\"} 1\n"
+                  "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
+                  "le=\"1\"} 2\n"
+                  "pgwarden_wait_seconds_bucket{database=\"db1\",user=\"alice\","
+                  "le=\"+Inf\"} 3\n"
+                  "pgwarden_wait_seconds_sum{database=\"db1\",user=\"alice\"} 5.75\n"
+                  "pgwarden_wait_seconds_count{database=\"db1\",user=\"alice\"} 3\n" HDR_ERRORS
+                  "pgwarden_errors_total{class=\"40\"} 1\n" HDR_OVERFLOW OVERFLOW_ZERO);
     CU_ASSERT_EQUAL(px_metrics_counter_get(NULL, T_REQUESTS, 0), 42);
     CU_ASSERT_EQUAL(px_metrics_histogram_count(p, T_WAIT, 0), 3);
     CU_ASSERT_DOUBLE_EQUAL(px_metrics_histogram_sum(p, T_WAIT, 0), 5.75, 1e-12);
@@ -180,9 +178,9 @@ static void test_escaping(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(p);
     px_metrics_gauge_set(p, T_CONNS, 0, 1);
     char *out = render();
-    CU_ASSERT_PTR_NOT_NULL(
-        strstr(out, "pgwarden_conns{database=\"a\\\"b\\\\c\\nd\",user=\"caf\xc3\xa9 "
-                    "\xef\xbf\xbd\xef\xbf\xbd\",state=\"idle\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out,
+                                  "pgwarden_conns{database=\"a\\\"b\\\\c\\nd\",user=\"caf\xc3\xa9 "
+                                  "\xef\xbf\xbd\xef\xbf\xbd\",state=\"idle\"} 1\n"));
     CU_ASSERT_TRUE(px_utf8_valid(out, strlen(out)));
     free(out);
     px_metrics_set_release(p);
@@ -198,7 +196,7 @@ static void test_number_format(void)
         double x;
         const char *s;
     } cases[] = {
-        {0.1, "0.1"},      {1e20, "1e+20"},   {-2, "-2"},   {1.0 / 3, "0.333333333333333315"},
+        {0.1, "0.1"},       {1e20, "1e+20"},     {-2, "-2"},   {1.0 / 3, "0.333333333333333315"},
         {INFINITY, "+Inf"}, {-INFINITY, "-Inf"}, {NAN, "NaN"}, {123456789, "123456789"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -346,7 +344,10 @@ static void test_bad_tables(void)
     static const char *const one[] = {"x"};
     struct px_metric_def d[2] = {
         {.name = "ok", .type = PX_METRIC_COUNTER, .help = "h"},
-        {.name = "bad", .type = PX_METRIC_HISTOGRAM, .help = "h", .buckets = bad_buckets,
+        {.name = "bad",
+         .type = PX_METRIC_HISTOGRAM,
+         .help = "h",
+         .buckets = bad_buckets,
          .nbuckets = 2},
     };
     struct px_metrics_tables t = {d, 2, t_kind_defs, TK__COUNT, -1};
@@ -354,10 +355,15 @@ static void test_bad_tables(void)
     CU_ASSERT_EQUAL(px_metrics_init_tables(&t, &err), -1);
     CU_ASSERT_PTR_NOT_NULL(err);
     free(err);
-    d[1] = (struct px_metric_def){.name = "bad", .type = PX_METRIC_HISTOGRAM, .help = "h",
-                                  .enum_labels = le_label, .n_enum_labels = 1,
-                                  .enum_values = one, .n_enum_values = 1,
-                                  .buckets = t_buckets, .nbuckets = 3};
+    d[1] = (struct px_metric_def){.name = "bad",
+                                  .type = PX_METRIC_HISTOGRAM,
+                                  .help = "h",
+                                  .enum_labels = le_label,
+                                  .n_enum_labels = 1,
+                                  .enum_values = one,
+                                  .n_enum_values = 1,
+                                  .buckets = t_buckets,
+                                  .nbuckets = 3};
     CU_ASSERT_EQUAL(px_metrics_init_tables(&t, &err), -1);
     free(err);
     d[1] = (struct px_metric_def){.name = "bad-name", .type = PX_METRIC_COUNTER, .help = "h"};
@@ -551,8 +557,8 @@ static int parse_labels(struct parsed *p, const char *line, const char **sp, cha
         if (strcmp(lname, "le") == 0)
             snprintf(le, le_size, "%.*s", (int)le_size - 1, val);
         else
-            o += (size_t)snprintf(canon + o, o < canon_size ? canon_size - o : 0, "%s=%s,",
-                                  lname, val);
+            o += (size_t)snprintf(canon + o, o < canon_size ? canon_size - o : 0, "%s=%s,", lname,
+                                  val);
         if (*s == ',')
             s++;
         else if (*s != '}')
@@ -696,16 +702,16 @@ static long parse_exposition(struct parsed *p, const char *text)
 static void test_parser_rejects(void)
 {
     const char *bad[] = {
-        "pgwarden_x 1\n",                                             /* no TYPE */
-        "# TYPE pgwarden_x gauge\npgwarden_x 1\npgwarden_x 2\n",      /* duplicate */
-        "# TYPE pgwarden_x gauge\npgwarden_x{a=\"\\q\"} 1\n",         /* bad escape */
-        "# TYPE pgwarden_x_total counter\npgwarden_x_total -1\n",     /* negative counter */
-        "# TYPE pgwarden_x counter\npgwarden_x 1\n",                  /* no _total */
+        "pgwarden_x 1\n",                                         /* no TYPE */
+        "# TYPE pgwarden_x gauge\npgwarden_x 1\npgwarden_x 2\n",  /* duplicate */
+        "# TYPE pgwarden_x gauge\npgwarden_x{a=\"\\q\"} 1\n",     /* bad escape */
+        "# TYPE pgwarden_x_total counter\npgwarden_x_total -1\n", /* negative counter */
+        "# TYPE pgwarden_x counter\npgwarden_x 1\n",              /* no _total */
         "# TYPE pgwarden_h histogram\npgwarden_h_bucket{le=\"1\"} 2\n"
         "pgwarden_h_bucket{le=\"+Inf\"} 1\npgwarden_h_sum 1\npgwarden_h_count 1\n",
         "# TYPE pgwarden_h histogram\npgwarden_h_bucket{le=\"1\"} 2\npgwarden_h_sum 1\n",
-        "# TYPE pgwarden_x gauge\npgwarden_x 1",                       /* no final newline */
-        "# TYPE pgwarden_x gauge\npgwarden_x{a=\"1\",} 1\n",          /* trailing comma */
+        "# TYPE pgwarden_x gauge\npgwarden_x 1",             /* no final newline */
+        "# TYPE pgwarden_x gauge\npgwarden_x{a=\"1\",} 1\n", /* trailing comma */
         "# TYPE pgwarden_x gauge\n# TYPE pgwarden_y gauge\n# TYPE pgwarden_x gauge\n",
         "# TYPE pgwarden_x gauge\npgwarden_x \xff\n",
     };
@@ -749,20 +755,19 @@ static void test_builtin_render_parses(void)
     CU_ASSERT(n > 0);
     if (n < 0)
         fprintf(stderr, "parse error: %s\n", p.err);
-    CU_ASSERT_PTR_NOT_NULL(strstr(
-        out, "pgwarden_tls_handshakes_total{side=\"server\",outcome=\"error\"} 1\n"));
     CU_ASSERT_PTR_NOT_NULL(
-        strstr(out, "pgwarden_client_errors_total{sqlstate_class=\"40\"} 1\n"));
+        strstr(out, "pgwarden_tls_handshakes_total{side=\"server\",outcome=\"error\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "pgwarden_client_errors_total{sqlstate_class=\"40\"} 1\n"));
     CU_ASSERT_PTR_NOT_NULL(
         strstr(out, "pgwarden_client_errors_total{sqlstate_class=\"other\"} 1\n"));
     CU_ASSERT_PTR_NULL(strstr(out, "sqlstate_class=\"42\"")); /* sparse */
-    CU_ASSERT_PTR_NOT_NULL(strstr(
-        out, "pgwarden_queries_total{database=\"app\",user=\"alice\"} 10\n"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(
-        out, "pgwarden_bytes_sent_total{database=\"other\",user=\"other\"} 2000\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(out, "pgwarden_queries_total{database=\"app\",user=\"alice\"} 10\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(out, "pgwarden_bytes_sent_total{database=\"other\",user=\"other\"} 2000\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "pgwarden_metrics_overflow_total{kind=\"pool\"} 1\n"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(
-        out, "pgwarden_clients{database=\"app\",user=\"alice\",state=\"active\"} 3\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(out, "pgwarden_clients{database=\"app\",user=\"alice\",state=\"active\"} 3\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "pgwarden_pool_wait_seconds_sum{database=\"app\","
                                        "user=\"alice\"} 0.0015\n"));
     /* Every built-in family has its HELP and TYPE lines. */
@@ -801,9 +806,9 @@ static void test_builtin_enums(void)
     CU_ASSERT_EQUAL(d[PX_M_AUTH_FAILURES].n_enum_values, PX_MAR__COUNT);
     CU_ASSERT_EQUAL(d[PX_M_TLS_HANDSHAKES].n_enum_values,
                     PX_METRICS_TLS(PX_MTLS_SERVER, PX_MTLS_ERROR) + 1);
-    CU_ASSERT_STRING_EQUAL(d[PX_M_TLS_HANDSHAKES].enum_values[2 * PX_METRICS_TLS(
-                                                                      PX_MTLS_SERVER, PX_MTLS_OK)],
-                           "server");
+    CU_ASSERT_STRING_EQUAL(
+        d[PX_M_TLS_HANDSHAKES].enum_values[2 * PX_METRICS_TLS(PX_MTLS_SERVER, PX_MTLS_OK)],
+        "server");
     CU_ASSERT_EQUAL(px_metrics_builtin_tables.ndefs, PX_M__COUNT);
 }
 
@@ -813,8 +818,9 @@ static void test_utf8(void)
 {
     CU_ASSERT_TRUE(px_utf8_valid("", 0));
     CU_ASSERT_TRUE(px_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
-    const char *bad[] = {"\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
-                         "\xf8\x88\x80\x80\x80", "\xc3", "\x80", "\xe2\x82"};
+    const char *bad[] = {
+        "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80",
+        "\xc3",     "\x80",         "\xe2\x82"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CU_ASSERT_FALSE(px_utf8_valid(bad[i], strlen(bad[i])));
     size_t n;
