@@ -1,0 +1,814 @@
+/*
+ * test_admin.c: pgwarden's admin HTTP port (docs/admin-api.md, docs/metrics.md) driven
+ * over plain TCP while libpq clients use the proxy: /health, /clients (including a
+ * non-ASCII and an invalid-UTF-8 application_name; JSON checked with jansson), /pools,
+ * /servers, /metrics checked line by line with a strict exposition-format parser and
+ * counters moving with traffic, admin_token enforcement, and bad requests (400, 404,
+ * 405, 413) answered while queries keep being served.
+ */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_util.h"
+
+#define TOKEN "s3cret-admin-token"
+
+static struct harness_proxy *g_px;     /* no admin_token */
+static struct harness_proxy *g_px_tok; /* admin_token = TOKEN */
+
+static int suite_init(void)
+{
+    if (itu_suite_init() != 0)
+        return 1;
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 5,
+                                   .client_tls_mode = "allow",
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000,
+                                   .admin = true};
+    g_px = harness_proxy_start(&o);
+    o.pgwarden_extra = "admin_token = " TOKEN;
+    g_px_tok = harness_proxy_start(&o);
+    return g_px && g_px_tok ? 0 : 1;
+}
+
+static int suite_cleanup(void)
+{
+    int rc = 0;
+    struct harness_proxy *all[2] = {g_px, g_px_tok};
+    for (int i = 0; i < 2; i++) {
+        if (!all[i])
+            continue;
+        int st = harness_proxy_stop(all[i], 0);
+        if (st != 0) {
+            harness_proxy_dump_log(all[i], 40);
+            rc = 1;
+        }
+        harness_proxy_free(all[i]);
+    }
+    g_px = g_px_tok = NULL;
+    return rc;
+}
+
+/* ---- raw HTTP ---------------------------------------------------------------------- */
+
+struct http_reply {
+    int status;  /* 0 when nothing parsable came back */
+    bool closed; /* the server closed the connection */
+    char *head;  /* status line and headers, NUL-terminated (owned) */
+    char *body;  /* NUL-terminated (owned); chunked encoding removed */
+    size_t body_len;
+};
+
+static void http_reply_free(struct http_reply *r)
+{
+    free(r->head);
+    free(r->body);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Removes chunked transfer encoding in place; returns the new length. */
+static size_t dechunk(char *b, size_t len)
+{
+    size_t in = 0, out = 0;
+    while (in < len) {
+        char *end = NULL;
+        unsigned long n = strtoul(b + in, &end, 16);
+        char *crlf = strstr(b + in, "\r\n");
+        if (!crlf || n == 0)
+            break;
+        in = (size_t)(crlf - b) + 2;
+        if (in + n > len)
+            n = len - in;
+        memmove(b + out, b + in, n);
+        out += n;
+        in += n + 2;
+        (void)end;
+    }
+    b[out] = '\0';
+    return out;
+}
+
+/*
+ * Sends req (len bytes) to the admin port and reads the answer until the server closes
+ * (requests carry "Connection: close") or 5 s without data.
+ */
+static struct http_reply http_raw(int port, const void *req, size_t len)
+{
+    struct http_reply r = {0};
+    size_t cap = 4 << 20;
+    char *buf = malloc(cap + 1);
+    int fd = harness_raw_connect(port, 2000);
+    if (!buf || fd < 0) {
+        free(buf);
+        if (fd >= 0)
+            close(fd);
+        return r;
+    }
+    (void)harness_raw_send(fd, req, len, 3000); /* may fail once the server answered */
+    ssize_t n = harness_raw_recv(fd, buf, cap, 5000, &r.closed);
+    close(fd);
+    if (n <= 0) {
+        free(buf);
+        return r;
+    }
+    buf[n] = '\0';
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (strncmp(buf, "HTTP/1.", 7) != 0 || !sep) {
+        free(buf);
+        return r;
+    }
+    r.status = atoi(buf + 9);
+    *sep = '\0';
+    r.head = strdup(buf);
+    r.body_len = (size_t)n - (size_t)(sep + 4 - buf);
+    r.body = malloc(r.body_len + 1);
+    if (r.body) {
+        memcpy(r.body, sep + 4, r.body_len);
+        r.body[r.body_len] = '\0';
+        if (r.head && strcasestr(r.head, "transfer-encoding: chunked"))
+            r.body_len = dechunk(r.body, r.body_len);
+    }
+    free(buf);
+    return r;
+}
+
+/* method path with an optional Authorization header value. */
+static struct http_reply http(int port, const char *method, const char *path, const char *auth)
+{
+    char req[1024];
+    int n = snprintf(req, sizeof(req),
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s\r\n", method,
+                     path, auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+    return http_raw(port, req, (size_t)n);
+}
+
+/* GET path and parse the body as JSON; NULL (printed) unless 200 with valid JSON. */
+static json_t *get_json(int port, const char *path, const char *auth)
+{
+    struct http_reply r = http(port, "GET", path, auth);
+    json_t *j = NULL;
+    if (r.status == 200 && r.body) {
+        json_error_t err;
+        j = json_loadb(r.body, r.body_len, 0, &err);
+        if (!j)
+            fprintf(stderr, "GET %s: bad JSON (%s): %.300s\n", path, err.text, r.body);
+        if (!r.head || !strcasestr(r.head, "content-type: application/json"))
+            fprintf(stderr, "GET %s: not application/json:\n%s\n", path, r.head);
+    } else
+        fprintf(stderr, "GET %s: status %d: %.300s\n", path, r.status, r.body ? r.body : "");
+    http_reply_free(&r);
+    return j;
+}
+
+/* ---- /health, /clients, /pools, /servers ------------------------------------------- */
+
+static void test_health(void)
+{
+    struct http_reply r = http(g_px->admin_port, "GET", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+    json_t *j = get_json(g_px->admin_port, "/health", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "status")) ?: "", "ok");
+    CU_ASSERT_TRUE(json_is_object(json_object_get(j, "databases")));
+    json_decref(j);
+
+    /* HEAD: same status, no body. */
+    r = http(g_px->admin_port, "HEAD", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_EQUAL(r.body_len, 0);
+    http_reply_free(&r);
+}
+
+/* docs/admin-api.md: "databases":{"<name>":{"ok":true,"servers_idle":N,...}} */
+static void test_health_documented_shape(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
+    json_t *j = get_json(g_px->admin_port, "/health", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    json_t *db = json_object_get(json_object_get(j, "databases"), "pgwarden_test");
+    if (!json_is_object(db)) {
+        char *s = json_dumps(j, JSON_COMPACT);
+        fprintf(stderr, "/health: %s\n", s ? s : "");
+        free(s);
+    }
+    CU_ASSERT_TRUE(json_is_object(db));
+    CU_ASSERT_TRUE(json_is_true(json_object_get(db, "ok")));
+    json_decref(j);
+    PQfinish(c);
+}
+
+/* The element of array whose key has string value want (NULL if none). */
+static json_t *find_by(json_t *array, const char *key, const char *want)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(array, i, e)
+    {
+        const char *v = json_string_value(json_object_get(e, key));
+        if (v && strcmp(v, want) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static void test_clients_and_servers(void)
+{
+    /* application_name "itest-admin-ü" (UTF-8) and one with two invalid bytes. */
+    PGconn *c1 = harness_connect(g_px, "sslmode=require application_name=itest-admin-\xc3\xbc");
+    PGconn *c2 = harness_connect(g_px, "sslmode=disable application_name='bad\xff\xfename'");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c1), CONNECTION_OK);
+    CU_ASSERT_EQUAL(PQstatus(c2), CONNECTION_OK);
+    if (PQstatus(c2) != CONNECTION_OK)
+        fprintf(stderr, "invalid-UTF-8 application_name: %s", PQerrorMessage(c2));
+    char pid1[32];
+    snprintf(pid1, sizeof(pid1), "%s", itu_value(c1, "SELECT pg_backend_pid()"));
+
+    json_t *clients = get_json(g_px->admin_port, "/clients", NULL);
+    CU_ASSERT_TRUE_FATAL(json_is_array(clients));
+    json_t *e1 = find_by(clients, "application_name", "itest-admin-\xc3\xbc");
+    CU_ASSERT_PTR_NOT_NULL(e1);
+    json_int_t id1 = -1;
+    if (e1) {
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(e1, "user")) ?: "",
+                               "pgwarden_test");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(e1, "database")) ?: "",
+                               "pgwarden_test");
+        CU_ASSERT_TRUE(json_is_true(json_object_get(e1, "tls")));
+        CU_ASSERT_TRUE(json_is_integer(json_object_get(e1, "connected_ms")));
+        CU_ASSERT_TRUE(json_is_integer(json_object_get(e1, "server_id")));
+        id1 = json_integer_value(json_object_get(e1, "id"));
+    }
+    /* The invalid bytes come back as U+FFFD each. */
+    json_t *e2 = find_by(clients, "application_name", "bad\xef\xbf\xbd\xef\xbf\xbdname");
+    CU_ASSERT_PTR_NOT_NULL(e2);
+    if (!e2 || !e1) {
+        char *s = json_dumps(clients, JSON_COMPACT);
+        fprintf(stderr, "/clients: %s\n", s ? s : "");
+        free(s);
+    }
+    if (e2)
+        CU_ASSERT_TRUE(json_is_false(json_object_get(e2, "tls")));
+    json_decref(clients);
+
+    /* /servers: the backend serving c1 is linked to that client. */
+    json_t *servers = get_json(g_px->admin_port, "/servers", NULL);
+    CU_ASSERT_TRUE_FATAL(json_is_array(servers));
+    size_t i;
+    json_t *s, *mine = NULL;
+    json_array_foreach(servers, i, s)
+    {
+        if (json_integer_value(json_object_get(s, "backend_pid")) == atoi(pid1))
+            mine = s;
+    }
+    CU_ASSERT_PTR_NOT_NULL(mine);
+    if (mine) {
+        CU_ASSERT_EQUAL(json_integer_value(json_object_get(mine, "client_id")), id1);
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(mine, "state")) ?: "", "active");
+    }
+    json_decref(servers);
+
+    /* /pools: our pool, its size, at least these two servers active. */
+    json_t *pools = get_json(g_px->admin_port, "/pools", NULL);
+    CU_ASSERT_TRUE_FATAL(json_is_array(pools));
+    json_t *p = find_by(pools, "database", "pgwarden_test");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "user")) ?: "", "pgwarden_test");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "mode")) ?: "", "session");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(p, "pool_size")), 5);
+    CU_ASSERT(json_integer_value(json_object_get(p, "servers_active")) >= 2);
+    CU_ASSERT(json_integer_value(json_object_get(p, "clients_active")) >= 2);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(p, "clients_waiting")), 0);
+    json_decref(pools);
+
+    PQfinish(c1);
+    PQfinish(c2);
+
+    /* Gone from /clients once closed (bounded poll: pgwarden notices the close). */
+    bool gone = false;
+    for (int k = 0; k < 100 && !gone; k++) {
+        json_t *cl = get_json(g_px->admin_port, "/clients", NULL);
+        gone = cl && !find_by(cl, "application_name", "itest-admin-\xc3\xbc");
+        json_decref(cl);
+        if (!gone)
+            usleep(20000);
+    }
+    CU_ASSERT_TRUE(gone);
+}
+
+/* ---- /metrics ---------------------------------------------------------------------- */
+
+struct family {
+    char name[128];
+    char type[16];
+};
+
+static bool name_char(int ch, bool first)
+{
+    return isalpha(ch) || ch == '_' || ch == ':' || (!first && isdigit(ch));
+}
+
+/* Parses a metric or label name at *p; copies it into out; false when empty. */
+static bool parse_name(const char **p, char *out, size_t cap, bool colon_ok)
+{
+    size_t n = 0;
+    while (name_char((unsigned char)**p, n == 0) && (colon_ok || **p != ':')) {
+        if (n + 1 < cap)
+            out[n++] = **p;
+        (*p)++;
+    }
+    out[n] = '\0';
+    return n > 0;
+}
+
+static bool parse_value(const char *s, const char **end, double *v)
+{
+    if (strncmp(s, "+Inf", 4) == 0 || strncmp(s, "-Inf", 4) == 0 || strncmp(s, "NaN", 3) == 0) {
+        *v = s[0] == 'N' ? NAN : (s[0] == '-' ? -INFINITY : INFINITY);
+        *end = s + (s[0] == 'N' ? 3 : 4);
+        return true;
+    }
+    char *e;
+    *v = strtod(s, &e);
+    *end = e;
+    return e != s && (isdigit((unsigned char)s[0]) || s[0] == '-' || s[0] == '.' || s[0] == '+');
+}
+
+/*
+ * One sample line "name{l="v",...} value [timestamp]".  Fills name, the canonical label
+ * text (without le) and le; returns false with a reason when the line is malformed.
+ */
+static bool parse_sample(const char *line, char *name, char *labels, size_t lcap, char *le,
+                         double *value, const char **why)
+{
+    const char *p = line;
+    *why = "bad metric name";
+    if (!parse_name(&p, name, 128, true))
+        return false;
+    labels[0] = le[0] = '\0';
+    size_t ln = 0;
+    if (*p == '{') {
+        p++;
+        while (*p != '}') {
+            char lname[128], lval[512];
+            size_t vn = 0;
+            *why = "bad label name";
+            if (!parse_name(&p, lname, sizeof(lname), false))
+                return false;
+            *why = "expected =\"";
+            if (p[0] != '=' || p[1] != '"')
+                return false;
+            p += 2;
+            while (*p && *p != '"') {
+                if (*p == '\\') {
+                    *why = "bad escape in label value";
+                    if (p[1] != '\\' && p[1] != '"' && p[1] != 'n')
+                        return false;
+                    p++;
+                }
+                if (vn + 1 < sizeof(lval))
+                    lval[vn++] = *p;
+                p++;
+            }
+            lval[vn] = '\0';
+            *why = "unterminated label value";
+            if (*p != '"')
+                return false;
+            p++;
+            if (strcmp(lname, "le") == 0)
+                snprintf(le, 64, "%.63s", lval);
+            else
+                ln +=
+                    (size_t)snprintf(labels + ln, lcap > ln ? lcap - ln : 0, "%s=%s,", lname, lval);
+            *why = "expected , or }";
+            if (*p == ',')
+                p++;
+            else if (*p != '}')
+                return false;
+        }
+        p++;
+    }
+    *why = "expected one space before the value";
+    if (*p != ' ')
+        return false;
+    p++;
+    const char *end;
+    *why = "bad value";
+    if (!parse_value(p, &end, value))
+        return false;
+    p = end;
+    if (*p == ' ') { /* optional timestamp: an integer */
+        p++;
+        *why = "bad timestamp";
+        if (*p == '-')
+            p++;
+        if (!isdigit((unsigned char)*p))
+            return false;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    *why = "trailing characters";
+    return *p == '\0';
+}
+
+static struct family *family_of(struct family *fams, int nf, const char *name)
+{
+    for (int i = 0; i < nf; i++)
+        if (strcmp(fams[i].name, name) == 0)
+            return &fams[i];
+    return NULL;
+}
+
+/* The family a sample belongs to, given the TYPE lines seen so far. */
+static struct family *sample_family(struct family *fams, int nf, const char *name,
+                                    const char **suffix)
+{
+    static const char *const sfx[] = {"_bucket", "_sum", "_count"};
+    *suffix = "";
+    struct family *f = family_of(fams, nf, name);
+    if (f)
+        return f;
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(name), s = strlen(sfx[i]);
+        if (n > s && strcmp(name + n - s, sfx[i]) == 0) {
+            char base[128];
+            snprintf(base, sizeof(base), "%.*s", (int)(n - s), name);
+            f = family_of(fams, nf, base);
+            if (f && strcmp(f->type, "histogram") == 0) {
+                *suffix = sfx[i];
+                return f;
+            }
+        }
+    }
+    return NULL;
+}
+
+struct series {
+    char key[720];
+    double value;
+};
+
+/*
+ * Strict check of an exposition-format body.  Returns the number of errors (each
+ * printed).  Fills *out (owned, free()) with every sample as "name|labels|le" -> value.
+ */
+static int check_exposition(const char *text, struct series **out, int *nout)
+{
+    int errors = 0, nf = 0, ns = 0, cap = 4096;
+    struct family *fams = calloc(512, sizeof(*fams));
+    struct series *ser = calloc((size_t)cap, sizeof(*ser));
+    char *copy = strdup(text);
+    if (!fams || !ser || !copy) {
+        free(fams);
+        free(ser);
+        free(copy);
+        return 1;
+    }
+    size_t tl = strlen(text);
+    if (tl == 0 || text[tl - 1] != '\n') {
+        fprintf(stderr, "metrics: body does not end with a newline\n");
+        errors++;
+    }
+    /* Histogram bookkeeping: last bucket value per label set, +Inf per label set. */
+    int lineno = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        lineno++;
+        if (line[0] == '#') {
+            char kw[8], name[128], rest[64];
+            if (sscanf(line, "# %7s %127s %63s", kw, name, rest) >= 2 &&
+                (strcmp(kw, "HELP") == 0 || strcmp(kw, "TYPE") == 0)) {
+                if (strncmp(name, "pgwarden_", 9) != 0) {
+                    fprintf(stderr, "metrics:%d: name without pgwarden_: %s\n", lineno, line);
+                    errors++;
+                }
+                if (strcmp(kw, "TYPE") == 0) {
+                    if (family_of(fams, nf, name) || nf == 512) {
+                        fprintf(stderr, "metrics:%d: second TYPE for %s\n", lineno, name);
+                        errors++;
+                    } else if (strcmp(rest, "counter") && strcmp(rest, "gauge") &&
+                               strcmp(rest, "histogram") && strcmp(rest, "summary") &&
+                               strcmp(rest, "untyped")) {
+                        fprintf(stderr, "metrics:%d: bad type: %s\n", lineno, line);
+                        errors++;
+                    } else {
+                        snprintf(fams[nf].name, sizeof(fams[nf].name), "%s", name);
+                        snprintf(fams[nf].type, sizeof(fams[nf].type), "%.15s", rest);
+                        nf++;
+                    }
+                }
+            }
+            continue;
+        }
+        char name[128], labels[512], le[64];
+        double v;
+        const char *why;
+        if (!parse_sample(line, name, labels, sizeof(labels), le, &v, &why)) {
+            fprintf(stderr, "metrics:%d: %s: %s\n", lineno, why, line);
+            errors++;
+            continue;
+        }
+        const char *suffix;
+        struct family *f = sample_family(fams, nf, name, &suffix);
+        if (!f) {
+            fprintf(stderr, "metrics:%d: sample before/without TYPE: %s\n", lineno, line);
+            errors++;
+        } else if (strcmp(f->type, "counter") == 0 &&
+                   (strlen(name) < 6 || strcmp(name + strlen(name) - 6, "_total") != 0 || v < 0)) {
+            fprintf(stderr, "metrics:%d: counter not _total or negative: %s\n", lineno, line);
+            errors++;
+        } else if (strcmp(suffix, "_bucket") == 0 && le[0] == '\0') {
+            fprintf(stderr, "metrics:%d: bucket without le: %s\n", lineno, line);
+            errors++;
+        }
+        if (ns == cap) {
+            fprintf(stderr, "metrics: too many series\n");
+            errors++;
+            break;
+        }
+        snprintf(ser[ns].key, sizeof(ser[ns].key), "%.127s|%.500s|%.63s", name, labels, le);
+        for (int i = 0; i < ns; i++)
+            if (strcmp(ser[i].key, ser[ns].key) == 0) {
+                fprintf(stderr, "metrics:%d: duplicate series: %s\n", lineno, line);
+                errors++;
+                break;
+            }
+        /* Buckets cumulative: not below the previous bucket of the same label set. */
+        if (strcmp(suffix, "_bucket") == 0 && ns > 0) {
+            const char *prev = ser[ns - 1].key;
+            char pref[700];
+            snprintf(pref, sizeof(pref), "%s|%s|", name, labels);
+            if (strncmp(prev, pref, strlen(pref)) == 0 && v < ser[ns - 1].value) {
+                fprintf(stderr, "metrics:%d: bucket not cumulative: %s\n", lineno, line);
+                errors++;
+            }
+        }
+        ser[ns].value = v;
+        ns++;
+    }
+    /* Each histogram: +Inf bucket equals _count. */
+    for (int i = 0; i < ns; i++) {
+        char *inf = strstr(ser[i].key, "_bucket|");
+        if (!inf || strcmp(ser[i].key + strlen(ser[i].key) - 5, "|+Inf") != 0)
+            continue;
+        char want[700];
+        snprintf(want, sizeof(want), "%.*s_count%.*s|", (int)(inf - ser[i].key), ser[i].key,
+                 (int)(strlen(inf) - strlen("_bucket") - 5), inf + strlen("_bucket"));
+        bool found = false;
+        for (int k = 0; k < ns && !found; k++)
+            if (strcmp(ser[k].key, want) == 0) {
+                found = true;
+                if (ser[k].value != ser[i].value) {
+                    fprintf(stderr, "metrics: %s != %s\n", ser[i].key, want);
+                    errors++;
+                }
+            }
+        if (!found) {
+            fprintf(stderr, "metrics: no %s for %s\n", want, ser[i].key);
+            errors++;
+        }
+    }
+    free(fams);
+    free(copy);
+    *out = ser;
+    *nout = ns;
+    return errors;
+}
+
+static double series_value(const struct series *s, int n, const char *key)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(s[i].key, key) == 0)
+            return s[i].value;
+    return -1;
+}
+
+static bool scrape(int port, struct series **s, int *n)
+{
+    struct http_reply r = http(port, "GET", "/metrics", NULL);
+    bool ok = r.status == 200 && r.body;
+    CU_ASSERT_EQUAL(r.status, 200);
+    if (ok) {
+        CU_ASSERT_PTR_NOT_NULL(r.head ? strcasestr(r.head, "content-type: text/plain") : NULL);
+        int errors = check_exposition(r.body, s, n);
+        CU_ASSERT_EQUAL(errors, 0);
+        ok = errors == 0 || *s;
+    }
+    http_reply_free(&r);
+    return ok;
+}
+
+#define POOL_LABELS "database=pgwarden_test,user=pgwarden_test,"
+
+static void test_metrics(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
+
+    struct series *s0 = NULL, *s1 = NULL;
+    int n0 = 0, n1 = 0;
+    CU_ASSERT_TRUE_FATAL(scrape(g_px->admin_port, &s0, &n0));
+    double q0 = series_value(s0, n0, "pgwarden_queries_total|" POOL_LABELS "|");
+    double t0 = series_value(s0, n0, "pgwarden_transactions_total|" POOL_LABELS "|");
+    double b0 = series_value(s0, n0, "pgwarden_bytes_received_total|" POOL_LABELS "|");
+    double o0 = series_value(s0, n0, "pgwarden_bytes_sent_total|" POOL_LABELS "|");
+    double cc0 = series_value(s0, n0, "pgwarden_client_connections_total||");
+    CU_ASSERT(q0 >= 1);
+    CU_ASSERT(t0 >= 1);
+    CU_ASSERT(cc0 >= 1);
+
+    /* Traffic: 10 simple queries, 5 extended (one Sync each), one explicit transaction. */
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 7"), "7");
+    for (int i = 0; i < 5; i++) {
+        PGresult *r =
+            PQexecParams(c, "SELECT $1::int", 1, NULL, (const char *[]){"3"}, NULL, NULL, 0);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+        PQclear(r);
+    }
+    CU_ASSERT_TRUE(itu_exec_ok(c, "BEGIN"));
+    CU_ASSERT_TRUE(itu_exec_ok(c, "SELECT 1"));
+    CU_ASSERT_TRUE(itu_exec_ok(c, "COMMIT"));
+    PGconn *c2 = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL(PQstatus(c2), CONNECTION_OK);
+    PQfinish(c2);
+
+    CU_ASSERT_TRUE_FATAL(scrape(g_px->admin_port, &s1, &n1));
+    double q1 = series_value(s1, n1, "pgwarden_queries_total|" POOL_LABELS "|");
+    double t1 = series_value(s1, n1, "pgwarden_transactions_total|" POOL_LABELS "|");
+    double b1 = series_value(s1, n1, "pgwarden_bytes_received_total|" POOL_LABELS "|");
+    double o1 = series_value(s1, n1, "pgwarden_bytes_sent_total|" POOL_LABELS "|");
+    double cc1 = series_value(s1, n1, "pgwarden_client_connections_total||");
+    printf("\n    queries %.0f -> %.0f, transactions %.0f -> %.0f ", q0, q1, t0, t1);
+    CU_ASSERT(q1 - q0 >= 18);
+    CU_ASSERT(t1 - t0 >= 16);
+    CU_ASSERT(b1 > b0);
+    CU_ASSERT(o1 > o0);
+    CU_ASSERT(cc1 - cc0 >= 1);
+    /* The clients gauge shows ours as active. */
+    CU_ASSERT(series_value(s1, n1, "pgwarden_clients|" POOL_LABELS "state=active,|") >= 1);
+    free(s0);
+    free(s1);
+    PQfinish(c);
+}
+
+/* ---- admin_token ------------------------------------------------------------------- */
+
+static void test_token_enforced(void)
+{
+    int port = g_px_tok->admin_port;
+    struct http_reply r = http(port, "GET", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 401);
+    CU_ASSERT_PTR_NOT_NULL(r.head ? strcasestr(r.head, "WWW-Authenticate: Bearer") : NULL);
+    http_reply_free(&r);
+    r = http(port, "GET", "/metrics", "Bearer wrong-token");
+    CU_ASSERT_EQUAL(r.status, 401);
+    CU_ASSERT_PTR_NOT_NULL(r.head ? strstr(r.head, "invalid_token") : NULL);
+    http_reply_free(&r);
+    r = http(port, "GET", "/nope", NULL); /* unknown paths need the token too */
+    CU_ASSERT_EQUAL(r.status, 401);
+    http_reply_free(&r);
+    r = http(port, "GET", "/clients", "Basic " TOKEN);
+    CU_ASSERT_EQUAL(r.status, 401);
+    http_reply_free(&r);
+
+    r = http(port, "GET", "/health", "Bearer " TOKEN);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+    r = http(port, "GET", "/metrics", "bearer " TOKEN);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+    json_t *j = get_json(port, "/pools", "Bearer " TOKEN);
+    CU_ASSERT_TRUE(json_is_array(j));
+    json_decref(j);
+
+    /* POST /reload: with the token it reloads; without a configured token it is 403. */
+    r = http(port, "POST", "/reload", "Bearer " TOKEN);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_PTR_NOT_NULL(r.body ? strstr(r.body, "reloaded") : NULL);
+    http_reply_free(&r);
+    r = http(port, "POST", "/reload", NULL);
+    CU_ASSERT_EQUAL(r.status, 401);
+    http_reply_free(&r);
+    r = http(g_px->admin_port, "POST", "/reload", NULL);
+    CU_ASSERT_EQUAL(r.status, 403);
+    http_reply_free(&r);
+    CU_ASSERT_TRUE(itu_proxy_serves(g_px_tok, "sslmode=disable"));
+}
+
+/* ---- bad requests while the proxy serves ------------------------------------------- */
+
+static void test_bad_requests_while_serving(void)
+{
+    int port = g_px->admin_port;
+    PGconn *c = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_TRUE(itu_exec_ok(c, "BEGIN"));
+
+    /* A slow HTTP client holding a half-sent request open the whole time. */
+    int slow = harness_raw_connect(port, 2000);
+    CU_ASSERT_FATAL(slow >= 0);
+    CU_ASSERT_EQUAL(harness_raw_send(slow, "GET /metr", 9, 2000), 0);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'q1'"), "q1");
+
+    static const char garbage[] = "\x16\x03\x01\x02\x00garbage\x01\xff\r\n\r\n";
+    struct http_reply r = http_raw(port, garbage, sizeof(garbage) - 1);
+    CU_ASSERT_TRUE(r.status == 400 || (r.status == 0 && r.closed));
+    if (r.status != 400)
+        fprintf(stderr, "garbage: status %d closed %d\n", r.status, r.closed);
+    http_reply_free(&r);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'q2'"), "q2");
+
+    r = http(port, "GET", "/nope", NULL);
+    CU_ASSERT_EQUAL(r.status, 404);
+    json_error_t err;
+    json_t *j = r.body ? json_loads(r.body, 0, &err) : NULL;
+    CU_ASSERT_TRUE(json_is_string(json_object_get(j, "error")));
+    json_decref(j);
+    http_reply_free(&r);
+
+    r = http(port, "DELETE", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 405);
+    CU_ASSERT_PTR_NOT_NULL(r.head ? strcasestr(r.head, "\r\nAllow: GET") : NULL);
+    http_reply_free(&r);
+    r = http(port, "POST", "/metrics", NULL);
+    CU_ASSERT_EQUAL(r.status, 405);
+    http_reply_free(&r);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'q3'"), "q3");
+
+    /* A body over 64 KiB: 413. */
+    size_t body = 100000;
+    char *req = malloc(body + 256);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req);
+    int h = snprintf(req, 256,
+                     "POST /reload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     body);
+    memset(req + h, 'a', body);
+    r = http_raw(port, req, (size_t)h + body);
+    CU_ASSERT_EQUAL(r.status, 413);
+    http_reply_free(&r);
+    /* Headers over 8 KiB: 400 (or 431). */
+    h = snprintf(req, 256, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(req + h, 'b', 20000);
+    memcpy(req + h + 20000, "\r\nConnection: close\r\n\r\n", 23);
+    r = http_raw(port, req, (size_t)h + 20023);
+    CU_ASSERT_TRUE(r.status == 400 || r.status == 431 || (r.status == 0 && r.closed));
+    http_reply_free(&r);
+    free(req);
+    /* Bad path encoding. */
+    r = http(port, "GET", "/clients%00", NULL);
+    CU_ASSERT_TRUE(r.status == 400 || r.status == 404);
+    http_reply_free(&r);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'q4'"), "q4");
+
+    /* The slow client finishes its request and is answered. */
+    static const char rest[] = "ics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    CU_ASSERT_EQUAL(harness_raw_send(slow, rest, sizeof(rest) - 1, 2000), 0);
+    char buf[256];
+    bool closed = false;
+    ssize_t n = harness_raw_recv(slow, buf, sizeof(buf) - 1, 5000, &closed);
+    CU_ASSERT(n > 12 && strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    close(slow);
+
+    CU_ASSERT_TRUE(itu_exec_ok(c, "COMMIT"));
+    CU_ASSERT_TRUE(harness_proxy_alive(g_px));
+    CU_ASSERT_TRUE(itu_proxy_serves(g_px, "sslmode=require"));
+    json_t *hj = get_json(port, "/health", NULL);
+    CU_ASSERT_PTR_NOT_NULL(hj);
+    json_decref(hj);
+    PQfinish(c);
+}
+
+static void register_suites(void)
+{
+    static const CU_TestInfo tests[] = {
+        {"health", test_health},
+        {"health_documented_shape", test_health_documented_shape},
+        {"clients_servers_pools_json", test_clients_and_servers},
+        {"metrics_parse_and_move", test_metrics},
+        {"admin_token_enforced", test_token_enforced},
+        {"bad_requests_while_serving", test_bad_requests_while_serving},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("admin", suite_init, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}
