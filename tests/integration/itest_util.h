@@ -54,6 +54,17 @@ static inline const char *itu_value(PGconn *conn, const char *sql)
     return value;
 }
 
+/* itu_value() copied into dst (cap bytes, cut if longer). */
+static inline void itu_value_copy(char *dst, size_t cap, PGconn *conn, const char *sql)
+{
+    const char *v = itu_value(conn, sql);
+    size_t n = strlen(v);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, v, n);
+    dst[n] = '\0';
+}
+
 /* Runs sql; true when it returned COMMAND_OK or TUPLES_OK (the error is printed). */
 static inline bool itu_exec_ok(PGconn *conn, const char *sql)
 {

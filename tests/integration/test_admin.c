@@ -235,7 +235,7 @@ static void test_clients_and_servers(void)
     if (PQstatus(c2) != CONNECTION_OK)
         fprintf(stderr, "invalid-UTF-8 application_name: %s", PQerrorMessage(c2));
     char pid1[32];
-    snprintf(pid1, sizeof(pid1), "%s", itu_value(c1, "SELECT pg_backend_pid()"));
+    itu_value_copy(pid1, sizeof(pid1), c1, "SELECT pg_backend_pid()");
 
     json_t *clients = get_json(g_px->admin_port, "/clients", NULL);
     CU_ASSERT_TRUE_FATAL(json_is_array(clients));

@@ -243,7 +243,7 @@ static void test_listen_notify(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(sender), CONNECTION_OK);
     CU_ASSERT_TRUE(itu_exec_ok(listener, "LISTEN itest_chan"));
     char sender_pid[32];
-    snprintf(sender_pid, sizeof(sender_pid), "%s", itu_value(sender, "SELECT pg_backend_pid()"));
+    itu_value_copy(sender_pid, sizeof(sender_pid), sender, "SELECT pg_backend_pid()");
 
     CU_ASSERT_TRUE(itu_exec_ok(sender, "NOTIFY itest_chan, 'payload-1'"));
     PGnotify *n = wait_notify(listener, 5000);
@@ -277,11 +277,6 @@ static void test_listen_notify(void)
 
 /* ---- startup parameters as session defaults ------------------------------------------ */
 
-static void copy_value(char *dst, size_t cap, PGconn *c, const char *sql)
-{
-    snprintf(dst, cap, "%s", itu_value(c, sql));
-}
-
 static void test_startup_params_defaults(void)
 {
     /* A pool of 1 so that the second client reuses the first client's server. */
@@ -296,8 +291,8 @@ static void test_startup_params_defaults(void)
     PGconn *d = harness_connect_info(harness_cluster_conninfo("sslmode=disable"));
     CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
     char server_tz[128], server_ds[128];
-    copy_value(server_tz, sizeof(server_tz), d, "SHOW TimeZone");
-    copy_value(server_ds, sizeof(server_ds), d, "SHOW DateStyle");
+    itu_value_copy(server_tz, sizeof(server_tz), d, "SHOW TimeZone");
+    itu_value_copy(server_ds, sizeof(server_ds), d, "SHOW DateStyle");
     PQfinish(d);
     CU_ASSERT_STRING_NOT_EQUAL(server_tz, "Asia/Tokyo");
 
@@ -314,7 +309,7 @@ static void test_startup_params_defaults(void)
     CU_ASSERT_STRING_EQUAL(itu_value(a, "SHOW extra_float_digits"), "1");
     CU_ASSERT_STRING_EQUAL(itu_value(a, "SHOW application_name"), "itest_tokyo");
     char pid_a[32];
-    copy_value(pid_a, sizeof(pid_a), a, "SELECT pg_backend_pid()");
+    itu_value_copy(pid_a, sizeof(pid_a), a, "SELECT pg_backend_pid()");
 
     /* SET changes it (and ParameterStatus follows), RESET returns to the startup value. */
     CU_ASSERT_TRUE(itu_exec_ok(a, "SET TimeZone = 'UTC'"));

@@ -315,15 +315,11 @@ static void check_cancel(const char *extra)
     PGconn *c = harness_connect(g_px, extra);
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
     char pid[32];
-    snprintf(pid, sizeof(pid), "%s", itu_value(c, "SELECT pg_backend_pid()"));
+    itu_value_copy(pid, sizeof(pid), c, "SELECT pg_backend_pid()");
 
-    /* A cancel while the client is idle is harmless. */
     PGcancel *cancel = PQgetCancel(c);
     CU_ASSERT_PTR_NOT_NULL_FATAL(cancel);
     char errbuf[256];
-    CU_ASSERT_EQUAL(PQcancel(cancel, errbuf, sizeof(errbuf)), 1);
-    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'idle ok'"), "idle ok");
-
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, "SELECT pg_sleep(30)"), 1);
     CU_ASSERT_TRUE(wait_backend_active(pid, 5000));
     int64_t t0 = itu_now_ms();

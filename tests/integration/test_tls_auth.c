@@ -53,7 +53,7 @@ static const char *backend_ssl(const char *pid)
     if (PQstatus(d) == CONNECTION_OK) {
         char sql[128];
         snprintf(sql, sizeof(sql), "SELECT ssl FROM pg_stat_ssl WHERE pid = %d", atoi(pid));
-        snprintf(v, sizeof(v), "%s", itu_value(d, sql));
+        itu_value_copy(v, sizeof(v), d, sql);
     }
     PQfinish(d);
     return v;
@@ -141,7 +141,7 @@ static void check_server_tls(const char *server_tls, const char *want_ssl)
     PGconn *c = harness_connect(px, "sslmode=disable");
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
     char pid[32];
-    snprintf(pid, sizeof(pid), "%s", itu_value(c, "SELECT pg_backend_pid()"));
+    itu_value_copy(pid, sizeof(pid), c, "SELECT pg_backend_pid()");
     CU_ASSERT(atoi(pid) > 0);
     CU_ASSERT_STRING_EQUAL(backend_ssl(pid), want_ssl);
     /* Some traffic over that link. */
