@@ -1,0 +1,256 @@
+# shellcheck shell=bash
+# bench/lib.sh: helpers of bench/run.sh (sourced; uses its variables).
+
+log() { echo "bench: $*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+# Local TCP ports in use (any state), from /proc.
+ports_in_use() {
+    local f sl local_addr rest
+    for f in /proc/net/tcp /proc/net/tcp6; do
+        [[ -r $f ]] || continue
+        while read -r sl local_addr rest; do
+            [[ $sl == sl ]] && continue
+            echo $((16#${local_addr##*:}))
+        done <"$f"
+    done
+}
+
+# A free port below the ephemeral range, not one of the arguments.
+pick_port() {
+    local used port i
+    used=" $(ports_in_use | sort -u | tr '\n' ' ') $* "
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+        [[ $used == *" $port "* ]] || {
+            echo "$port"
+            return 0
+        }
+    done
+    die "no free port found"
+}
+
+# utime + stime of a process (all its threads), in clock ticks.
+proc_cpu_ticks() { # PID
+    local stat rest
+    stat=$(<"/proc/$1/stat") || die "process $1 is gone"
+    rest=${stat##*) } # fields from 3 on; the command name may contain spaces
+    awk '{ print $12 + $13 }' <<<"$rest"
+}
+
+proc_rss_kb() { # PID
+    awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
+}
+
+# One figure from a pgbench (15) report: tps, latency, failed, transactions.
+pgbench_field() { # FIELD FILE
+    case $1 in
+    tps) awk '$1 == "tps" && $2 == "=" { print $3; exit }' "$2" ;;
+    latency) awk '/^latency average = / { print $4; exit }' "$2" ;;
+    failed) awk '/^number of failed transactions: / { print $5; exit }' "$2" ;;
+    transactions) awk -F': ' '/^number of transactions actually processed: / {
+        split($2, a, "/"); print a[1]; exit }' "$2" ;;
+    esac
+}
+
+# Runs one query as the cluster's superuser over its Unix socket; prints the result.
+superuser_sql() { # QUERY
+    local psql=(timeout 10 "$PG_BINDIR/psql" -X -At -h "$DB_SOCKET_DIR" -p "$PG_PORT"
+        -U "$DB_SUPERUSER" -d postgres -c "$1")
+    if [[ $(id -u) -eq 0 ]]; then
+        (cd / && runuser -u postgres -- "${psql[@]}")
+    else
+        "${psql[@]}"
+    fi
+}
+
+# Client backends of the benchmark user now connected to PostgreSQL.
+server_backends() {
+    superuser_sql "SELECT count(*) FROM pg_stat_activity WHERE usename = '$DB_USER' AND backend_type = 'client backend'" 2>/dev/null || echo 0
+}
+
+# Waits until SELECT 1 through PORT succeeds, while PID lives.
+wait_ready() { # NAME PORT PID LOG
+    local deadline=$((SECONDS + PROXY_START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        kill -0 "$3" 2>/dev/null || {
+            tail -n 20 "$4" >&2 || true
+            die "$1 exited at start (log: $4)"
+        }
+        if PGPASSWORD=$DB_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=5 timeout 10 \
+            "$PG_BINDIR/psql" -X -At -h 127.0.0.1 -p "$2" -U "$DB_USER" -d "$DB_NAME" \
+            -c 'SELECT 1' >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    tail -n 20 "$4" >&2 || true
+    die "$1 did not answer on port $2 within ${PROXY_START_TIMEOUT}s (log: $4)"
+}
+
+# Starts PgBouncer and pgwarden (or only the one named) with pool POOL, files in
+# $WORK/{pgbouncer,pgwarden}-TAG.  Both: session or
+# transaction mode, SCRAM for clients from the same userlist (plaintext password), TLS
+# towards clients allowed with the cluster's certificate, server TLS $BENCH_SERVER_TLS.
+start_proxies() { # POOL MAX_CLIENTS TAG [pgbouncer|pgwarden]
+    local pool=$1 maxc=$2 tag=$3 only=${4:-} d
+    stop_proxies
+    if [[ -z $only && " $BENCH_TARGETS " == *" pgbouncer "* ]] || [[ $only == pgbouncer ]]; then
+        d=$WORK/pgbouncer-$tag
+        mkdir -p "$d"
+        PGBOUNCER_PORT=$(pick_port "$PG_PORT")
+        cat >"$d/pgbouncer.ini" <<EOF
+; written by bench/run.sh
+[databases]
+$DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = $BENCH_POOL_MODE
+default_pool_size = $pool
+max_client_conn = $maxc
+max_db_connections = 0
+client_tls_sslmode = allow
+client_tls_cert_file = $WORK/tls/server.crt
+client_tls_key_file = $WORK/tls/server.key
+server_tls_sslmode = $BENCH_SERVER_TLS
+server_reset_query = DISCARD ALL
+query_wait_timeout = 120
+logfile = $d/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+log_stats = 0
+EOF
+        : >"$d/pgbouncer.log"
+        if [[ $(id -u) -eq 0 ]]; then
+            chown -R "$PGBOUNCER_USER": "$d"
+            # setpriv execs PgBouncer in place, so $! is PgBouncer's PID.
+            (cd / && exec setpriv --reuid="$PGBOUNCER_USER" --regid="$PGBOUNCER_USER" \
+                --init-groups "$PGBOUNCER" "$d/pgbouncer.ini") >>"$d/stderr.log" 2>&1 &
+        else
+            "$PGBOUNCER" "$d/pgbouncer.ini" >>"$d/stderr.log" 2>&1 &
+        fi
+        PGBOUNCER_PID=$!
+        wait_ready pgbouncer "$PGBOUNCER_PORT" "$PGBOUNCER_PID" "$d/pgbouncer.log"
+    fi
+    if [[ -z $only && " $BENCH_TARGETS " == *" pgwarden "* ]] || [[ $only == pgwarden ]]; then
+        d=$WORK/pgwarden-$tag
+        mkdir -p "$d"
+        PGWARDEN_PORT=$(pick_port "$PG_PORT" "${PGBOUNCER_PORT:-}")
+        cat >"$d/pgwarden.ini" <<EOF
+; written by bench/run.sh
+[pgwarden]
+listen_addr = 127.0.0.1
+listen_port = $PGWARDEN_PORT
+admin_port = 0
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = $BENCH_POOL_MODE
+default_pool_size = $pool
+max_client_conn = $maxc
+client_tls_mode = allow
+client_tls_cert_file = $WORK/tls/server.crt
+client_tls_key_file = $WORK/tls/server.key
+server_tls_mode = $BENCH_SERVER_TLS
+server_reset_query = DISCARD ALL
+query_wait_timeout_ms = 120000
+shutdown_timeout_ms = 0
+log_level = warning
+
+[databases]
+$DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
+EOF
+        "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
+        PGWARDEN_PID=$!
+        wait_ready pgwarden "$PGWARDEN_PORT" "$PGWARDEN_PID" "$d/pgwarden.log"
+    fi
+}
+
+stop_pid() { # PID NAME
+    local i
+    kill -0 "$1" 2>/dev/null || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    for ((i = 0; i < PROXY_STOP_TIMEOUT * 10; i++)); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$1" 2>/dev/null; then
+        log "$2 (pid $1) ignored SIGTERM for ${PROXY_STOP_TIMEOUT}s: SIGKILL"
+        kill -KILL "$1" 2>/dev/null || true
+    fi
+    wait "$1" 2>/dev/null || true
+}
+
+stop_proxies() {
+    if [[ -n ${PGBOUNCER_PID:-} ]]; then
+        stop_pid "$PGBOUNCER_PID" pgbouncer
+        PGBOUNCER_PID=
+    fi
+    if [[ -n ${PGWARDEN_PID:-} ]]; then
+        stop_pid "$PGWARDEN_PID" pgwarden
+        PGWARDEN_PID=
+    fi
+}
+
+# Tables from the CSV files: per scenario, the mean over rounds of each target and the
+# ratios pgwarden / PgBouncer.
+report() { # RUNS_CSV IDLE_CSV
+    awk -F, -v rounds="$BENCH_ROUNDS" -v secs="$BENCH_SECONDS" \
+        -v setup="userlist $BENCH_USERLIST, server TLS $BENCH_SERVER_TLS" '
+    NR == 1 { next }
+    {
+        s = $1; t = $3
+        if (!(s in seen)) { seen[s] = 1; order[++ns] = s
+            desc[s] = sprintf("%s clients, -j %s, -M %s%s, sslmode=%s, %s pool %s", $4, $5, $6,
+                              ($7 == 1 ? ", -C (tps includes connecting)" : ""), $8, $9, $10) }
+        k = s SUBSEP t
+        if (!(k in runs)) { tord[s, ++nt[s]] = t }
+        runs[k]++
+        if ($12 != "ok") { bad[k]++; next }
+        ok[k]++; tps[k] += $13; lat[k] += $14; fail[k] += $15
+        if (!(k in tmin) || $13 < tmin[k]) tmin[k] = $13
+        if (!(k in tmax) || $13 > tmax[k]) tmax[k] = $13
+        if ($18 != "") { cpu[k] += $18; ncpu[k]++ }
+    }
+    function mean(a, k, n) { return n > 0 ? a[k] / n : "" }
+    function ratio(x, y) { return (x != "" && y != "" && y > 0) ? sprintf("%.2fx", x / y) : "n/a" }
+    END {
+        printf "pgbench -S, %d round(s) x %d s, means over rounds; proxies: %s\n", rounds, secs, setup
+        for (i = 1; i <= ns; i++) {
+            s = order[i]
+            printf "\n== %s: %s\n", s, desc[s]
+            printf "%-10s %11s %21s %11s %7s %12s %5s\n", "target", "tps", "tps min..max",
+                   "latency ms", "failed", "cpu s/1k tx", "runs"
+            for (j = 1; j <= nt[s]; j++) {
+                t = tord[s, j]; k = s SUBSEP t; n = ok[k]
+                mt[t] = mean(tps, k, n); ml[t] = mean(lat, k, n); mc[t] = mean(cpu, k, ncpu[k])
+                printf "%-10s %11s %21s %11s %7s %12s %5s\n", t,
+                       n ? sprintf("%.0f", mt[t]) : "-",
+                       n ? sprintf("%.0f..%.0f", tmin[k], tmax[k]) : "-",
+                       n ? sprintf("%.3f", ml[t]) : "-", n ? fail[k] + 0 : "-",
+                       mc[t] != "" ? sprintf("%.5f", mc[t]) : "-",
+                       (n + 0) "/" runs[k] (bad[k] ? " ERR" : "")
+            }
+            printf "pgwarden/pgbouncer: tps %s, latency %s, cpu per 1k tx %s",
+                   ratio(mt["pgwarden"], mt["pgbouncer"]), ratio(ml["pgwarden"], ml["pgbouncer"]),
+                   ratio(mc["pgwarden"], mc["pgbouncer"])
+            printf "   (pgwarden/direct tps %s, pgbouncer/direct tps %s)\n",
+                   ratio(mt["pgwarden"], mt["direct"]), ratio(mt["pgbouncer"], mt["direct"])
+            delete mt; delete ml; delete mc
+        }
+    }' "$1"
+    awk -F, '
+    NR == 1 { next }
+    { if (!hdr++) { printf "\n== idle memory: %s clients logged in, one SELECT 1 each, then idle (session: one server each)\n", $2
+                    printf "%-10s %14s %14s %14s %8s\n", "target", "RSS before kB", "RSS idle kB", "kB per client", "servers" }
+      printf "%-10s %14s %14s %14s %8s\n", $1, $4, $5, $6, $7; per[$1] = $6 }
+    END { if (hdr && per["pgbouncer"] > 0 && per["pgwarden"] != "")
+              printf "pgwarden/pgbouncer: memory per idle client %.2fx\n", per["pgwarden"] / per["pgbouncer"] }' "$2"
+}
