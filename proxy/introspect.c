@@ -135,7 +135,16 @@ bool px_introspect_healthy(json_t **detail)
         if (dbs) {
             char name[600];
             snprintf(name, sizeof(name), "%s/%s", p->database, p->user);
-            json_object_set_new(dbs, name, json_string(ok ? "ok" : "failing"));
+            json_t *last = json_null();
+            if (failing) {
+                size_t n = evbuffer_get_length(p->login_error);
+                const char *e = (const char *)evbuffer_pullup(p->login_error, (ssize_t)n);
+                const char *m = n > 5 ? px_wire_error_field(e + 5, n - 5, 'M') : NULL;
+                last = m ? px_json_string(m) : json_string("server login failed");
+            }
+            json_object_set_new(dbs, name,
+                                json_pack("{s:b, s:i, s:o}", "ok", ok, "servers_idle", p->n_idle,
+                                          "last_error", last));
         }
     }
     if (detail)

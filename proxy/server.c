@@ -393,8 +393,8 @@ static void login_read(struct px_server *s)
             s->backend_key = px_get_u32(body + 4);
             break;
         case 'Z':
-            evbuffer_drain(in, (size_t)len + 5);
             s->txn_status = len ? (char)body[0] : 'I';
+            evbuffer_drain(in, (size_t)len + 5); /* body is gone after this */
             s->pool->ever_connected = true;
             px_stats_server_connected(s->pool, px_now_ms() - s->created_ms);
             px_debug("server", 'S', s->id, "logged in (backend pid %u)", s->backend_pid);
