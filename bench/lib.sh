@@ -250,7 +250,8 @@ report() { # RUNS_CSV IDLE_CSV
     NR == 1 { next }
     { if (!hdr++) { printf "\n== idle memory: %s clients logged in, one SELECT 1 each, then idle (session: one server each)\n", $2
                     printf "%-10s %14s %14s %14s %8s\n", "target", "RSS before kB", "RSS idle kB", "kB per client", "servers" }
-      printf "%-10s %14s %14s %14s %8s\n", $1, $4, $5, $6, $7; per[$1] = $6 }
+      printf "%-10s %14s %14s %14s %8s%s\n", $1, $4, $5, $6, $7, ($7 < $2 ? " INCOMPLETE (not every client logged in)" : "")
+      if ($7 >= $2) per[$1] = $6 }
     END { if (hdr && per["pgbouncer"] > 0 && per["pgwarden"] != "")
               printf "pgwarden/pgbouncer: memory per idle client %.2fx\n", per["pgwarden"] / per["pgbouncer"] }' "$2"
 }
