@@ -199,7 +199,7 @@ static void test_health_documented_shape(void)
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
     json_t *j = get_json(g_px->admin_port, "/health", NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    json_t *db = json_object_get(json_object_get(j, "databases"), "pgwarden_test");
+    json_t *db = json_object_get(json_object_get(j, "databases"), "pgwarden_test/pgwarden_test");
     if (!json_is_object(db)) {
         char *s = json_dumps(j, JSON_COMPACT);
         fprintf(stderr, "/health: %s\n", s ? s : "");
