@@ -134,6 +134,10 @@ struct px_server {
     evutil_socket_t fd;
     bool fd_in_tls_bev;       /* the TLS bufferevent owns fd (and closes it) */
     struct px_client *opener; /* the client it was opened for (for login errors), or NULL */
+    /* SCRAM passthrough: the opener's ClientKey, copied at launch because the opener may
+     * leave or take another server before this one logs in. */
+    bool have_client_key;
+    uint8_t client_key[PX_SCRAM_KEY_LEN];
     struct px_params params;
     uint32_t backend_pid, backend_key;
     struct px_scram_client *scram;

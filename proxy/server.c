@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <event2/bufferevent_ssl.h>
+#include <openssl/crypto.h>
 
 #include "client.h"
 #include "log.h"
@@ -185,6 +186,10 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     }
     memcpy(s->signature, opener->signature, opener->signature_len + 1);
     s->signature_len = opener->signature_len;
+    if (opener->have_client_key && !strcmp(opener->user, pool->server_user)) {
+        memcpy(s->client_key, opener->client_key, PX_SCRAM_KEY_LEN);
+        s->have_client_key = true;
+    }
     px_list_init(&s->link);
     px_list_append(&pool->servers_login, &s->link);
     pool->n_login++;
@@ -282,13 +287,11 @@ static int auth_sasl_start(struct px_server *s, const uint8_t *body, uint32_t le
         s->scram = px_scram_client_new(pw);
     } else {
         /* SCRAM passthrough: keys recovered from the opener's own SCRAM login. */
-        const struct px_client *c = s->opener;
         const struct px_user *u =
             px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
-        if (!c || !c->have_client_key || !u || !u->has_scram ||
-            strcmp(c->user, s->pool->server_user) != 0)
+        if (!s->have_client_key || !u || !u->has_scram)
             return -1;
-        s->scram = px_scram_client_new_keys(c->client_key, &u->scram);
+        s->scram = px_scram_client_new_keys(s->client_key, &u->scram);
     }
     char *first = NULL;
     if (!s->scram || px_scram_client_first(s->scram, &first) < 0)
@@ -607,6 +610,7 @@ void px_server_free(struct px_server *s)
     if (!s->fd_in_tls_bev && s->fd >= 0)
         evutil_closesocket(s->fd);
     px_scram_client_free(s->scram);
+    OPENSSL_cleanse(s->client_key, sizeof(s->client_key));
     for (size_t i = 0; i < s->params.n; i++) {
         free(s->params.items[i].name);
         free(s->params.items[i].value);
