@@ -200,6 +200,20 @@ static void close_after_flush(struct px_client *c)
     full->close_deadline_ms = px_now_ms() + 5000;
 }
 
+/* The auth-failure label of a login refused with sqlstate (wrong passwords are counted
+ * where they are detected). */
+static int login_failure_reason(const struct px_client *c, const char *sqlstate)
+{
+    if (!strcmp(sqlstate, PX_SQLSTATE_INVALID_AUTH_SPEC))
+        return px.cfg->client_tls_mode == PX_CTLS_REQUIRE && !c->tls ? PX_MAR_TLS_REQUIRED
+                                                                     : PX_MAR_OTHER;
+    if (!strcmp(sqlstate, PX_SQLSTATE_PROTOCOL_VIOLATION))
+        return PX_MAR_PROTOCOL;
+    if (!strcmp(sqlstate, PX_SQLSTATE_QUERY_CANCELED))
+        return PX_MAR_TIMEOUT;
+    return PX_MAR_OTHER;
+}
+
 void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 {
     if (c->state == PX_CL_CLOSING)
@@ -207,6 +221,9 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
     if (sqlstate) {
         px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
         px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
+        px_stats_error_sent(c->pool, sqlstate);
+        if (c->state == PX_CL_LOGIN && strcmp(sqlstate, PX_SQLSTATE_INVALID_PASSWORD) != 0)
+            px_stats_auth_failure(login_failure_reason(c, sqlstate));
     }
     close_after_flush(c);
 }

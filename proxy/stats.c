@@ -45,7 +45,7 @@ void px_stats_query(struct px_pool *pool)
 
 void px_stats_error_sent(struct px_pool *pool, const char *sqlstate)
 {
-    (void)pool;
+    (void)pool; /* may be NULL: errors before a pool is chosen */
     px_metrics_inc(NULL, PX_M_CLIENT_ERRORS, px_metrics_sqlstate_class(sqlstate));
 }
 
