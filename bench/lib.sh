@@ -7,31 +7,8 @@ die() {
     exit 1
 }
 
-# Local TCP ports in use (any state), from /proc.
-ports_in_use() {
-    local f sl local_addr rest
-    for f in /proc/net/tcp /proc/net/tcp6; do
-        [[ -r $f ]] || continue
-        while read -r sl local_addr rest; do
-            [[ $sl == sl ]] && continue
-            echo $((16#${local_addr##*:}))
-        done <"$f"
-    done
-}
-
-# A free port below the ephemeral range, not one of the arguments.
-pick_port() {
-    local used port i
-    used=" $(ports_in_use | sort -u | tr '\n' ' ') $* "
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-        [[ $used == *" $port "* ]] || {
-            echo "$port"
-            return 0
-        }
-    done
-    die "no free port found"
-}
+# shellcheck source=../tests/fixture/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/fixture/ports.sh"
 
 # utime + stime of a process (all its threads), in clock ticks.
 proc_cpu_ticks() { # PID

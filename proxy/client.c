@@ -35,20 +35,6 @@ static void client_auth_ok(struct px_client *c);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 
-/* Per-client flags kept out of the struct's hot part. */
-enum { CL_REJECT_FULL = 1, CL_CLOSE_AFTER_FLUSH = 2, CL_FD_IN_TLS_BEV = 4 };
-
-/* The closing-after-flush flag and socket fd live beside the client: one small side table
- * would be overkill, so they are packed in the struct's spare room via this wrapper. */
-struct px_client_full {
-    struct px_client c;
-    evutil_socket_t fd;
-    unsigned flags;
-    uint64_t close_deadline_ms;
-};
-
-#define FULL(cl) PX_CONTAINER_OF(cl, struct px_client_full, c)
-
 static const char *const state_names[] = {"login", "waiting", "active", "closing"};
 
 void px_client_set_state(struct px_client *c, enum px_client_state st)
@@ -121,22 +107,20 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
         evutil_closesocket(fd);
         return;
     }
-    struct px_client_full *full = calloc(1, sizeof(*full));
-    if (!full) {
+    struct px_client *c = calloc(1, sizeof(*c));
+    if (!c) {
         evutil_closesocket(fd);
         return;
     }
-    struct px_client *c = &full->c;
-    full->fd = fd;
-    if (px.n_clients >= px.cfg->max_client_conn)
-        full->flags |= CL_REJECT_FULL;
+    c->fd = fd;
+    c->reject_full = px.n_clients >= px.cfg->max_client_conn;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     evutil_make_socket_nonblocking(fd);
     c->bev = bufferevent_socket_new(px.base, fd, 0);
     if (!c->bev) {
         evutil_closesocket(fd);
-        free(full);
+        free(c);
         return;
     }
     c->id = ++px.next_client_id;
@@ -188,16 +172,15 @@ void px_client_close(struct px_client *c)
 
 static void close_after_flush(struct px_client *c)
 {
-    struct px_client_full *full = FULL(c);
     unlink_server(c);
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         px_client_close(c);
         return;
     }
-    full->flags |= CL_CLOSE_AFTER_FLUSH;
+    c->close_after_flush = true;
     /* A client that never reads its error must not keep the slot forever. */
-    full->close_deadline_ms = px_now_ms() + 5000;
+    c->close_deadline_ms = px_now_ms() + 5000;
 }
 
 /* The auth-failure label of a login refused with sqlstate (wrong passwords are counted
@@ -243,18 +226,16 @@ void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
 
 bool px_client_close_overdue(struct px_client *c, uint64_t now)
 {
-    struct px_client_full *full = FULL(c);
-    return (full->flags & CL_CLOSE_AFTER_FLUSH) && now >= full->close_deadline_ms;
+    return c->close_after_flush && now >= c->close_deadline_ms;
 }
 
 void px_client_free(struct px_client *c)
 {
-    struct px_client_full *full = FULL(c);
     px_list_remove(&c->link);
     if (c->bev)
         bufferevent_free(c->bev);
-    if (!(full->flags & CL_FD_IN_TLS_BEV))
-        evutil_closesocket(full->fd);
+    if (!c->fd_in_tls_bev)
+        evutil_closesocket(c->fd);
     px_scram_server_free(c->scram);
     OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
     free(c->user);
@@ -262,7 +243,7 @@ void px_client_free(struct px_client *c)
     free(c->application_name);
     free(c->param_buf);
     free(c->params);
-    free(full);
+    free(c);
 }
 
 /* ---- login ---------------------------------------------------------------------------- */
@@ -455,7 +436,7 @@ static void handle_startup(struct px_client *c, const struct px_startup *st)
     if ((st->code & 0xffff) > 0 || nunsupported)
         px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
 
-    if (FULL(c)->flags & CL_REJECT_FULL) {
+    if (c->reject_full) {
         px_client_fatal(c, PX_SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");
         return;
     }
@@ -502,21 +483,20 @@ static void handle_startup(struct px_client *c, const struct px_startup *st)
 /* Switches the connection to TLS: 'S' has been sent on the plain socket. */
 static void start_tls(struct px_client *c)
 {
-    struct px_client_full *full = FULL(c);
     SSL *ssl = SSL_new(px.client_tls);
     if (!ssl) {
         px_client_close(c);
         return;
     }
     bufferevent_free(c->bev);
-    c->bev = bufferevent_openssl_socket_new(px.base, full->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+    c->bev = bufferevent_openssl_socket_new(px.base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                             BEV_OPT_CLOSE_ON_FREE);
     if (!c->bev) {
         SSL_free(ssl);
         px_client_close(c);
         return;
     }
-    full->flags |= CL_FD_IN_TLS_BEV;
+    c->fd_in_tls_bev = true;
     bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
@@ -577,7 +557,7 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
             return true;
         }
         /* Write 'S' straight to the socket: nothing else is queued on it yet. */
-        if (send(FULL(c)->fd, "S", 1, MSG_NOSIGNAL) != 1) {
+        if (send(c->fd, "S", 1, MSG_NOSIGNAL) != 1) {
             px_client_close(c);
             return false;
         }
@@ -605,7 +585,7 @@ static void login_read(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     for (;;) {
-        if (c->state != PX_CL_LOGIN || FULL(c)->flags & CL_CLOSE_AFTER_FLUSH)
+        if (c->state != PX_CL_LOGIN || c->close_after_flush)
             return;
         if (c->login_step == PX_LOGIN_STARTUP) {
             if (!handle_startup_packet(c))
@@ -615,33 +595,26 @@ static void login_read(struct px_client *c)
         if (c->login_step == PX_LOGIN_TLS || c->login_step == PX_LOGIN_DONE)
             return;
         char type;
-        const uint8_t *body;
+        uint8_t *body;
         uint32_t len;
-        int r = px_read_message(in, PX_MAX_STARTUP_PACKET, &type, &body, &len);
+        int r = px_take_message(in, PX_MAX_STARTUP_PACKET, &type, &body, &len);
         if (r == 0)
             return;
         if (r < 0 || type != 'p') {
+            if (r > 0)
+                free(body);
             px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
                             r < 0 ? "invalid message length during authentication"
                                   : "expected password response");
             return;
         }
-        /* Consume the message before acting on it: a successful login may link a server
-         * at once and start relaying whatever follows in the buffer. */
-        uint8_t *copy = malloc(len ? len : 1);
-        if (!copy) {
-            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
-            return;
-        }
-        memcpy(copy, body, len);
-        evbuffer_drain(in, (size_t)len + 5);
         switch (c->login_step) {
-        case PX_LOGIN_MD5: handle_md5(c, copy, len); break;
-        case PX_LOGIN_SCRAM_INITIAL: handle_scram_initial(c, copy, len); break;
-        case PX_LOGIN_SCRAM_FINAL: handle_scram_final(c, copy, len); break;
+        case PX_LOGIN_MD5: handle_md5(c, body, len); break;
+        case PX_LOGIN_SCRAM_INITIAL: handle_scram_initial(c, body, len); break;
+        case PX_LOGIN_SCRAM_FINAL: handle_scram_final(c, body, len); break;
         default: break;
         }
-        free(copy);
+        free(body);
     }
 }
 
@@ -758,7 +731,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
 static void client_write_cb(struct bufferevent *bev, void *arg)
 {
     struct px_client *c = arg;
-    if (FULL(c)->flags & CL_CLOSE_AFTER_FLUSH) {
+    if (c->close_after_flush) {
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             px_client_close(c);
         return;

@@ -71,6 +71,11 @@ struct px_client {
     enum px_client_state state;
     enum px_login_step login_step;
     struct bufferevent *bev;
+    evutil_socket_t fd;
+    bool fd_in_tls_bev;     /* the TLS bufferevent owns fd (and closes it) */
+    bool reject_full;       /* accepted past max_client_conn: answer 53300 after startup */
+    bool close_after_flush; /* closing: waits until its last error is written */
+    uint64_t close_deadline_ms;
     bool tls;
     bool welcomed;    /* got ReadyForQuery from us: the login is over for the client */
     bool read_paused; /* reading stopped for backpressure */
@@ -125,7 +130,6 @@ struct px_server {
     enum px_server_state state;
     enum px_server_login_step login_step;
     struct bufferevent *bev;
-    SSL *ssl_pending; /* created for the handshake, owned by bev once it exists */
     bool tls;
     struct px_pool *pool;
     struct px_client *client;
@@ -173,7 +177,6 @@ struct px_pool {
     /* Fast-fail: the last server login failure, sent to new clients until it expires. */
     struct evbuffer *login_error;
     uint64_t login_error_until_ms;
-    bool ever_connected;
     bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
 
     /* Metric series of this pool and pre-resolved hot counters (stats.c). */

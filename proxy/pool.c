@@ -396,6 +396,32 @@ void px_pool_janitor(uint64_t now)
         px_pool_check_shutdown();
 }
 
+/* Calls fn on every server of pool that is not closing; fn may move, close or free it
+ * (each list is walked safely and a moved server is not visited twice, because closing and
+ * freeing take it off the pool's lists). */
+static void pool_foreach_server(struct px_pool *pool, void (*fn)(struct px_server *))
+{
+    struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle, &pool->servers_active,
+                               &pool->servers_resetting};
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        struct px_list *it, *tmp;
+        px_list_for_each_safe(it, tmp, lists[i])
+        {
+            fn(PX_CONTAINER_OF(it, struct px_server, link));
+        }
+    }
+}
+
+static void mark_close_needed(struct px_server *s)
+{
+    s->close_needed = true;
+}
+
+static void close_for_shutdown(struct px_server *s)
+{
+    px_server_close(s, "shutting down");
+}
+
 void px_pool_reconfigure(void)
 {
     struct px_list *it, *tmp;
@@ -409,15 +435,7 @@ void px_pool_reconfigure(void)
         if (!changed)
             continue;
         /* Servers connected to the old place: finish their sessions, never reuse. */
-        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle, &pool->servers_active,
-                                   &pool->servers_resetting};
-        for (size_t i = 0; i < 4; i++) {
-            struct px_list *sit, *stmp;
-            px_list_for_each_safe(sit, stmp, lists[i])
-            {
-                PX_CONTAINER_OF(sit, struct px_server, link)->close_needed = true;
-            }
-        }
+        pool_foreach_server(pool, mark_close_needed);
     }
 }
 
@@ -436,15 +454,7 @@ void px_pool_check_shutdown(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
-        struct px_list *lists[] = {&pool->servers_login, &pool->servers_idle, &pool->servers_active,
-                                   &pool->servers_resetting};
-        for (size_t i = 0; i < 4; i++) {
-            struct px_list *sit, *stmp;
-            px_list_for_each_safe(sit, stmp, lists[i])
-            {
-                px_server_close(PX_CONTAINER_OF(sit, struct px_server, link), "shutting down");
-            }
-        }
+        pool_foreach_server(pool, close_for_shutdown);
     }
     event_base_loopexit(px.base, NULL);
 }
@@ -455,17 +465,9 @@ void px_pool_free_all(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
-        struct px_list *lists[] = {&pool->servers_login,   &pool->servers_idle,
-                                   &pool->servers_active,  &pool->servers_resetting,
-                                   &pool->clients_waiting, &pool->clients_active};
-        for (size_t i = 0; i < 4; i++) {
-            struct px_list *sit, *stmp;
-            px_list_for_each_safe(sit, stmp, lists[i])
-            {
-                px_server_free(PX_CONTAINER_OF(sit, struct px_server, link));
-            }
-        }
-        for (size_t i = 4; i < 6; i++) {
+        pool_foreach_server(pool, px_server_free);
+        struct px_list *lists[] = {&pool->clients_waiting, &pool->clients_active};
+        for (size_t i = 0; i < 2; i++) {
             struct px_list *cit, *ctmp;
             px_list_for_each_safe(cit, ctmp, lists[i])
             {

@@ -6,6 +6,9 @@
  * head of `in` already decided to be forwarded; they are moved in one call before any
  * callback that may write to `out` itself, so the order of bytes is always preserved.
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "relay.h"
 
 static int peek_header(struct evbuffer *in, size_t offset, char *type, uint32_t *len)
@@ -122,5 +125,20 @@ int px_read_message(struct evbuffer *in, uint32_t max_len, char *type, const uin
     *type = (char)msg[0];
     *body = msg + 5;
     *len = l - 4;
+    return 1;
+}
+
+int px_take_message(struct evbuffer *in, uint32_t max_len, char *type, uint8_t **body,
+                    uint32_t *len)
+{
+    const uint8_t *peek;
+    int r = px_read_message(in, max_len, type, &peek, len);
+    if (r <= 0)
+        return r;
+    *body = malloc(*len ? *len : 1);
+    if (!*body)
+        return -1;
+    memcpy(*body, peek, *len);
+    evbuffer_drain(in, (size_t)*len + 5);
     return 1;
 }

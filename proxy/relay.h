@@ -52,4 +52,13 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
 int px_read_message(struct evbuffer *in, uint32_t max_len, char *type, const uint8_t **body,
                     uint32_t *len);
 
+/*
+ * Like px_read_message, but consumes the message: on 1, *body is a malloc'd copy of the
+ * body (free() it; never NULL, even for an empty body).  Acting on a message may link a
+ * connection and start relaying whatever follows in the buffer, so login-phase code takes
+ * each message out of the buffer before it acts.  Returns -1 also on allocation failure.
+ */
+int px_take_message(struct evbuffer *in, uint32_t max_len, char *type, uint8_t **body,
+                    uint32_t *len);
+
 #endif

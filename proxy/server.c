@@ -76,14 +76,6 @@ void px_server_set_state(struct px_server *s, enum px_server_state st)
         event_active(px.reaper, EV_TIMEOUT, 0);
 }
 
-const char *px_server_param(const struct px_server *s, const char *name)
-{
-    for (size_t i = 0; i < s->params.n; i++)
-        if (!strcmp(s->params.items[i].name, name))
-            return s->params.items[i].value;
-    return NULL;
-}
-
 static int set_param(struct px_params *ps, const char *name, const char *value)
 {
     for (size_t i = 0; i < ps->n; i++) {
@@ -136,6 +128,15 @@ static int apply_param_status(struct px_server *s, const uint8_t *body, uint32_t
         }
     }
     return 0;
+}
+
+/* Fails s in the way its state calls for: a login failure reaches the waiting clients. */
+static void server_fail(struct px_server *s, const char *why)
+{
+    if (s->state == PX_SV_LOGIN)
+        px_pool_server_login_failed(s, NULL, why);
+    else
+        px_server_close(s, why);
 }
 
 /* ---- launch and connect --------------------------------------------------------------- */
@@ -226,7 +227,7 @@ static void start_tls(struct px_server *s)
 {
     SSL *ssl = px_tls_server_ssl_new(px.server_tls, px.cfg->server_tls_mode, s->pool->host);
     if (!ssl) {
-        px_pool_server_login_failed(s, NULL, "cannot create TLS connection to server");
+        server_fail(s, "cannot create TLS connection to server");
         return;
     }
     bufferevent_free(s->bev);
@@ -234,7 +235,7 @@ static void start_tls(struct px_server *s)
                                             BEV_OPT_CLOSE_ON_FREE);
     if (!s->bev) {
         SSL_free(ssl);
-        px_pool_server_login_failed(s, NULL, "cannot create TLS connection to server");
+        server_fail(s, "cannot create TLS connection to server");
         return;
     }
     s->fd_in_tls_bev = true;
@@ -345,80 +346,99 @@ static int handle_auth(struct px_server *s, const uint8_t *body, uint32_t len)
     }
 }
 
-static void login_read(struct px_server *s)
+/* Handles one whole message; returns false once it stopped reading (closed s or moved it
+ * to another state). */
+typedef bool (*server_msg_cb)(struct px_server *s, char type, const uint8_t *body, uint32_t len);
+
+/*
+ * Reads whole messages while s stays in its current state.  Each message is taken out of
+ * the buffer before handle sees it, so a handler may link s to a client and start relaying
+ * whatever follows.  Only for the small messages of login, reset and idle time.
+ */
+static void read_messages(struct px_server *s, server_msg_cb handle)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
-    if (s->login_step == PX_SVL_TLS_ANSWER) {
-        char answer;
-        if (evbuffer_remove(in, &answer, 1) != 1)
-            return;
-        if (answer == 'S') {
-            start_tls(s);
-        } else if (answer == 'N' && px.cfg->server_tls_mode == PX_STLS_PREFER) {
-            send_startup(s);
-        } else {
-            px_pool_server_login_failed(s, NULL, "server does not support TLS");
-        }
-        return;
-    }
-    while (s->state == PX_SV_LOGIN && s->login_step == PX_SVL_AUTH) {
+    enum px_server_state state = s->state;
+    while (s->state == state) {
         char type;
-        const uint8_t *body;
+        uint8_t *body;
         uint32_t len;
-        int r = px_read_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
+        int r = px_take_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
         if (r == 0)
             return;
         if (r < 0) {
-            px_pool_server_login_failed(s, NULL, "invalid message from server during login");
+            server_fail(s, "invalid message from server");
             return;
         }
-        switch (type) {
-        case 'R':
-            if (handle_auth(s, body, len) < 0) {
-                px_pool_server_login_failed(s, NULL,
-                                            "pgwarden cannot authenticate to the server: no "
-                                            "usable credentials for this user");
-                return;
-            }
-            break;
-        case 'S':
-            if (apply_param_status(s, body, len) < 0) {
-                px_pool_server_login_failed(s, NULL, "invalid ParameterStatus from server");
-                return;
-            }
-            break;
-        case 'K':
-            if (len != 8) {
-                px_pool_server_login_failed(s, NULL, "invalid BackendKeyData from server");
-                return;
-            }
-            s->backend_pid = px_get_u32(body);
-            s->backend_key = px_get_u32(body + 4);
-            break;
-        case 'Z':
-            s->txn_status = len ? (char)body[0] : 'I';
-            evbuffer_drain(in, (size_t)len + 5); /* body is gone after this */
-            s->pool->ever_connected = true;
-            px_stats_server_connected(s->pool, px_now_ms() - s->created_ms);
-            px_debug("server", 'S', s->id, "logged in (backend pid %u)", s->backend_pid);
-            px_pool_server_ready(s);
+        bool more = handle(s, type, body, len);
+        free(body);
+        if (!more)
             return;
-        case 'E': {
-            struct evbuffer *err = evbuffer_new();
-            if (err)
-                evbuffer_add(err, body - 5, (size_t)len + 5);
-            const char *msg = px_wire_error_field((const char *)body, len, 'M');
-            px_warning("server", 'S', s->id, "login failed: %s", msg ? msg : "?");
-            evbuffer_drain(in, (size_t)len + 5);
-            px_pool_server_login_failed(s, err, NULL);
-            if (err)
-                evbuffer_free(err);
-            return;
-        }
-        default: /* NoticeResponse, NegotiateProtocolVersion: nothing to do */ break;
-        }
-        evbuffer_drain(in, (size_t)len + 5);
     }
+}
+
+static bool login_message(struct px_server *s, char type, const uint8_t *body, uint32_t len)
+{
+    switch (type) {
+    case 'R':
+        if (handle_auth(s, body, len) < 0) {
+            server_fail(s, "pgwarden cannot authenticate to the server: no usable credentials "
+                           "for this user");
+            return false;
+        }
+        return true;
+    case 'S':
+        if (apply_param_status(s, body, len) < 0) {
+            server_fail(s, "invalid ParameterStatus from server");
+            return false;
+        }
+        return true;
+    case 'K':
+        if (len != 8) {
+            server_fail(s, "invalid BackendKeyData from server");
+            return false;
+        }
+        s->backend_pid = px_get_u32(body);
+        s->backend_key = px_get_u32(body + 4);
+        return true;
+    case 'Z':
+        s->txn_status = len ? (char)body[0] : 'I';
+        px_stats_server_connected(s->pool, px_now_ms() - s->created_ms);
+        px_debug("server", 'S', s->id, "logged in (backend pid %u)", s->backend_pid);
+        px_pool_server_ready(s);
+        return false;
+    case 'E': {
+        /* The clients waiting for this server get PostgreSQL's own error. */
+        struct evbuffer *err = evbuffer_new();
+        if (err)
+            px_wire_msg(err, 'E', body, len);
+        const char *msg = px_wire_error_field((const char *)body, len, 'M');
+        px_warning("server", 'S', s->id, "login failed: %s", msg ? msg : "?");
+        px_pool_server_login_failed(s, err, NULL);
+        if (err)
+            evbuffer_free(err);
+        return false;
+    }
+    default: /* NoticeResponse, NegotiateProtocolVersion: nothing to do */ return true;
+    }
+}
+
+static void login_read(struct px_server *s)
+{
+    if (s->login_step == PX_SVL_TLS_ANSWER) {
+        char answer;
+        if (evbuffer_remove(bufferevent_get_input(s->bev), &answer, 1) != 1)
+            return;
+        if (answer == 'S')
+            start_tls(s);
+        else if (answer == 'N' && px.cfg->server_tls_mode == PX_STLS_PREFER)
+            send_startup(s);
+        else
+            server_fail(s, "server does not support TLS");
+        return;
+    }
+    if (s->login_step == PX_SVL_AUTH)
+        read_messages(s, login_message);
 }
 
 /* ---- active: relaying ----------------------------------------------------------------- */
@@ -493,42 +513,27 @@ static void finish_reset(struct px_server *s)
     px_pool_server_ready(s);
 }
 
-/* Reads the replies to the reset queries; they are never shown to anyone. */
-static void reset_read(struct px_server *s)
+/* The replies to the reset queries; they are never shown to anyone. */
+static bool reset_message(struct px_server *s, char type, const uint8_t *body, uint32_t len)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    while (s->state == PX_SV_RESETTING) {
-        char type;
-        const uint8_t *body;
-        uint32_t len;
-        int r = px_read_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
-        if (r == 0)
-            return;
-        if (r < 0) {
-            px_server_close(s, "invalid message during reset");
-            return;
-        }
-        if (type == 'E') {
-            const char *msg = px_wire_error_field((const char *)body, len, 'M');
-            px_warning("server", 'S', s->id, "server_reset_query failed: %s", msg ? msg : "?");
-            evbuffer_drain(in, (size_t)len + 5);
-            px_server_close(s, "reset failed");
-            return;
-        }
-        if (type == 'S' && apply_param_status(s, body, len) < 0) {
-            px_server_close(s, "out of memory");
-            return;
-        }
-        if (type == 'Z') {
-            s->txn_status = len ? (char)body[0] : 'I';
-            if (--s->reset_pending == 0) {
-                evbuffer_drain(in, (size_t)len + 5);
-                finish_reset(s);
-                return;
-            }
-        }
-        evbuffer_drain(in, (size_t)len + 5);
+    if (type == 'E') {
+        const char *msg = px_wire_error_field((const char *)body, len, 'M');
+        px_warning("server", 'S', s->id, "server_reset_query failed: %s", msg ? msg : "?");
+        px_server_close(s, "reset failed");
+        return false;
     }
+    if (type == 'S' && apply_param_status(s, body, len) < 0) {
+        px_server_close(s, "out of memory");
+        return false;
+    }
+    if (type == 'Z') {
+        s->txn_status = len ? (char)body[0] : 'I';
+        if (--s->reset_pending == 0) {
+            finish_reset(s);
+            return false;
+        }
+    }
+    return true;
 }
 
 void px_server_release(struct px_server *s, bool client_mid_message)
@@ -569,7 +574,7 @@ void px_server_release(struct px_server *s, bool client_mid_message)
     s->reset_pending = queries;
     px_server_set_state(s, PX_SV_RESETTING);
     bufferevent_enable(s->bev, EV_READ);
-    reset_read(s);
+    read_messages(s, reset_message);
 }
 
 void px_server_close(struct px_server *s, const char *reason)
@@ -622,24 +627,15 @@ void px_server_free(struct px_server *s)
 
 /* ---- callbacks ------------------------------------------------------------------------ */
 
-static void idle_read(struct px_server *s)
+/* An idle server speaks only to say it is going away (FATAL from an administrator) or to
+ * report a parameter; anything else means it is unusable. */
+static bool idle_message(struct px_server *s, char type, const uint8_t *body, uint32_t len)
 {
-    /* An idle server speaks only to say it is going away (FATAL from an administrator) or
-     * to report a parameter; anything else means it is unusable. */
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    for (;;) {
-        char type;
-        const uint8_t *body;
-        uint32_t len;
-        int r = px_read_message(in, LOGIN_MAX_MESSAGE, &type, &body, &len);
-        if (r == 0)
-            return;
-        if (r < 0 || type == 'E' || (type == 'S' && apply_param_status(s, body, len) < 0)) {
-            px_server_close(s, "unexpected message from idle server");
-            return;
-        }
-        evbuffer_drain(in, (size_t)len + 5);
+    if (type == 'E' || (type == 'S' && apply_param_status(s, body, len) < 0)) {
+        px_server_close(s, "unexpected message from idle server");
+        return false;
     }
+    return true;
 }
 
 static void server_read_cb(struct bufferevent *bev, void *arg)
@@ -649,8 +645,8 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
     switch (s->state) {
     case PX_SV_LOGIN: login_read(s); break;
     case PX_SV_ACTIVE: px_server_relay(s); break;
-    case PX_SV_RESETTING: reset_read(s); break;
-    case PX_SV_IDLE: idle_read(s); break;
+    case PX_SV_RESETTING: read_messages(s, reset_message); break;
+    case PX_SV_IDLE: read_messages(s, idle_message); break;
     case PX_SV_CLOSING: break;
     }
 }

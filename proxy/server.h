@@ -29,7 +29,4 @@ void px_server_relay(struct px_server *s);
 /* The client's output drained below the low watermark: resume reading from the server. */
 void px_server_resume(struct px_server *s);
 
-/* Reports a parameter value the server announced; NULL when unknown. */
-const char *px_server_param(const struct px_server *s, const char *name);
-
 #endif

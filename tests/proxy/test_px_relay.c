@@ -174,6 +174,38 @@ static void test_read_message(void)
     evbuffer_free(in);
 }
 
+/* px_take_message consumes the message and hands over a copy that outlives the buffer. */
+static void test_take_message(void)
+{
+    struct evbuffer *in = evbuffer_new();
+    char type;
+    uint8_t *body = NULL;
+    uint32_t len;
+    evbuffer_add(in,
+                 "p\0\0\0\x07"
+                 "ab",
+                 7); /* one byte of the body is missing */
+    CU_ASSERT_EQUAL(px_take_message(in, 100, &type, &body, &len), 0);
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 7);
+    evbuffer_add(in, "cZ\0\0\0\x05I", 7);
+    CU_ASSERT_EQUAL_FATAL(px_take_message(in, 100, &type, &body, &len), 1);
+    CU_ASSERT_EQUAL(type, 'p');
+    CU_ASSERT_EQUAL(len, 3);
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 6); /* only the next message is left */
+    evbuffer_drain(in, 6);                       /* the copy survives the buffer moving on */
+    CU_ASSERT_EQUAL(memcmp(body, "abc", 3), 0);
+    free(body);
+    evbuffer_add(in, "E\0\0\0\x04", 5); /* empty body */
+    CU_ASSERT_EQUAL_FATAL(px_take_message(in, 100, &type, &body, &len), 1);
+    CU_ASSERT_EQUAL(len, 0);
+    CU_ASSERT_PTR_NOT_NULL(body);
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 0);
+    free(body);
+    evbuffer_add(in, "E\0\1\0\0", 5); /* longer than max_len */
+    CU_ASSERT_EQUAL(px_take_message(in, 100, &type, &body, &len), -1);
+    evbuffer_free(in);
+}
+
 static const CU_TestInfo relay_tests[] = {
     {"passthrough_in_order", test_passthrough_in_order},
     {"streaming_partial", test_streaming_partial},
@@ -181,6 +213,7 @@ static const CU_TestInfo relay_tests[] = {
     {"drop_and_stop", test_drop_and_stop},
     {"type_callback_and_limits", test_type_callback_and_limits},
     {"read_message", test_read_message},
+    {"take_message", test_take_message},
     CU_TEST_INFO_NULL,
 };
 
