@@ -29,22 +29,29 @@
 #include "server.h"
 #include "metrics.h"
 #include "stats.h"
+#include "txn.h"
+#include "sqlscan.h"
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_auth_ok(struct px_client *c);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 
-static const char *const state_names[] = {"login", "waiting", "active", "closing"};
+static const char *const state_names[] = {"login", "idle", "waiting", "active", "closing"};
 
 void px_client_set_state(struct px_client *c, enum px_client_state st)
 {
-    /* Legal transitions: login->waiting|active|closing, waiting->active|closing,
-     * active->waiting|closing (transaction pooling detaches), closing is final. */
-    static const bool legal[4][4] = {
-        [PX_CL_LOGIN] = {[PX_CL_WAITING] = true, [PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
+    /* Legal transitions: login->idle|waiting|active|closing, idle->waiting|active|closing,
+     * waiting->active|closing, active->idle (transaction pooling detaches)|closing;
+     * closing is final. */
+    static const bool legal[5][5] = {
+        [PX_CL_LOGIN] = {[PX_CL_IDLE] = true,
+                         [PX_CL_WAITING] = true,
+                         [PX_CL_ACTIVE] = true,
+                         [PX_CL_CLOSING] = true},
+        [PX_CL_IDLE] = {[PX_CL_WAITING] = true, [PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
         [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
-        [PX_CL_ACTIVE] = {[PX_CL_WAITING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_ACTIVE] = {[PX_CL_IDLE] = true, [PX_CL_CLOSING] = true},
         [PX_CL_CLOSING] = {false},
     };
     PX_ASSERT(legal[c->state][st]);
@@ -59,9 +66,15 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
             c->pool->n_waiting--;
         else if (c->state == PX_CL_ACTIVE)
             c->pool->n_active_clients--;
+        else if (c->state == PX_CL_IDLE)
+            c->pool->n_idle_clients--;
     }
     c->state = st;
     switch (st) {
+    case PX_CL_IDLE:
+        px_list_append(&c->pool->clients_idle, &c->link);
+        c->pool->n_idle_clients++;
+        break;
     case PX_CL_WAITING:
         px_list_append(&c->pool->clients_waiting, &c->link);
         c->pool->n_waiting++;
@@ -243,6 +256,7 @@ void px_client_free(struct px_client *c)
     free(c->application_name);
     free(c->param_buf);
     free(c->params);
+    px_txn_client_free(c);
     free(c);
 }
 
@@ -271,7 +285,8 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
         bytes += strlen(name) + 1 + strlen(st->params[i].value) + 1;
     }
     qsort(kept, n, sizeof(kept[0]), cmp_param);
-    c->param_buf = malloc(bytes + 1);
+    /* the signature, then the hard signature (at most as long) */
+    c->param_buf = malloc(2 * bytes + 2);
     c->params = calloc(n ? n : 1, sizeof(*c->params));
     if (!c->param_buf || !c->params)
         return -1;
@@ -285,10 +300,20 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
         c->params[i].value = p;
         p += vl;
     }
-    *p = '\0';
+    *p++ = '\0';
     c->nparams = n;
     c->signature = c->param_buf;
     c->signature_len = bytes;
+    c->hard_signature = p;
+    for (size_t i = 0; i < n; i++) {
+        if (px_sql_param_tracked(c->params[i].name, strlen(c->params[i].name)))
+            continue;
+        size_t nl = strlen(c->params[i].name) + 1, vl = strlen(c->params[i].value) + 1;
+        memcpy(p, c->params[i].name, nl + vl); /* name\0value\0 are adjacent */
+        p += nl + vl;
+    }
+    *p = '\0';
+    c->hard_signature_len = (size_t)(p - c->hard_signature);
     return 0;
 }
 
@@ -327,6 +352,19 @@ static void auth_failed(struct px_client *c)
     px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
 }
 
+/* Ends the login: ParameterStatus of w, our BackendKeyData, ReadyForQuery. */
+static void welcome(struct px_client *c, struct px_welcome *w)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    for (size_t i = 0; i < w->params.n; i++)
+        px_wire_param_status(out, w->params.items[i].name, w->params.items[i].value);
+    px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
+    px_wire_ready(out, 'I');
+    c->welcomed = true;
+    c->idle_status = 'I';
+    c->welcome = px_welcome_ref(w);
+}
+
 static void client_auth_ok(struct px_client *c)
 {
     c->login_step = PX_LOGIN_DONE;
@@ -344,6 +382,17 @@ static void client_auth_ok(struct px_client *c)
         return;
     }
     c->pool = pool;
+    /* With a cached welcome the login completes now; a server is linked when the client
+     * needs one (transaction pooling) or as soon as one is free (session pooling). */
+    struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
+    if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
+        welcome(c, w);
+        if (pool->mode == PX_POOL_TRANSACTION) {
+            px_client_set_state(c, PX_CL_IDLE);
+            px_txn_client_idle_read(c);
+            return;
+        }
+    }
     px_pool_request_server(pool, c);
 }
 
@@ -623,15 +672,29 @@ static void login_read(struct px_client *c)
 void px_client_on_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     if (!c->welcomed) {
-        for (size_t i = 0; i < s->params.n; i++)
-            px_wire_param_status(out, s->params.items[i].name, s->params.items[i].value);
-        px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
-        px_wire_ready(out, s->txn_status ? s->txn_status : 'I');
-        c->welcomed = true;
+        if (s->welcome) {
+            welcome(c, s->welcome);
+        } else {
+            struct evbuffer *out = bufferevent_get_output(c->bev);
+            for (size_t i = 0; i < s->params.n; i++)
+                px_wire_param_status(out, s->params.items[i].name, s->params.items[i].value);
+            px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
+            px_wire_ready(out, 'I');
+            c->welcomed = true;
+        }
+    }
+    if (c->read_paused) {
+        c->read_paused = false;
     }
     bufferevent_enable(c->bev, EV_READ);
+    if (s->pool->mode == PX_POOL_TRANSACTION) {
+        px_txn_client_linked(c);
+        px_client_relay(c);
+        if (c->server == s)
+            px_txn_maybe_release(s);
+        return;
+    }
     px_client_relay(c);
 }
 
@@ -642,8 +705,10 @@ static const uint8_t c2s_see[256] = {
     ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
 };
 
-static enum px_relay_action c2s_cb(void *ctx, char type, const uint8_t *body, uint32_t len)
+static enum px_relay_action c2s_cb(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                   uint32_t len)
 {
+    (void)out;
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     (void)body;
@@ -672,10 +737,14 @@ void px_client_relay(struct px_client *c)
         return;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(s->bev);
-    size_t before = evbuffer_get_length(out);
+    uint32_t max = (uint32_t)px.cfg->max_message_bytes;
+    evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
+    size_t moved = 0;
     enum px_relay_result r =
-        px_relay(&c->c2s, in, out, c2s_see, c2s_cb, c, (uint32_t)px.cfg->max_message_bytes);
-    px_stats_bytes(c->pool, evbuffer_get_length(out) - before, 0);
+        s->pool->mode == PX_POOL_TRANSACTION
+            ? px_relay_direct(&c->c2s, in, out, fd, px_txn_c2s_see, px_txn_c2s, c, max, &moved)
+            : px_relay_direct(&c->c2s, in, out, fd, c2s_see, c2s_cb, c, max, &moved);
+    px_stats_bytes(c->pool, moved, 0);
     if (r == PX_RELAY_CLOSED) {
         px_client_close(c); /* Terminate */
         return;
@@ -703,6 +772,8 @@ void px_client_resume(struct px_client *c)
 bool px_client_is_idle(const struct px_client *c)
 {
     const struct px_server *s = c->server;
+    if (c->state == PX_CL_IDLE)
+        return c->idle_status == 'I';
     if (c->state != PX_CL_ACTIVE)
         return c->state == PX_CL_LOGIN || c->state == PX_CL_WAITING;
     if (!s)
@@ -720,9 +791,14 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     switch (c->state) {
     case PX_CL_LOGIN: login_read(c); break;
     case PX_CL_ACTIVE: px_client_relay(c); break;
+    case PX_CL_IDLE: px_txn_client_idle_read(c); break;
     case PX_CL_WAITING:
-        /* Session clients have no ReadyForQuery yet; keep their bytes until linked. */
-        bufferevent_disable(c->bev, EV_READ);
+        /* Keep the bytes until linked, but keep reading (a bounded amount) so that a client
+         * that goes away leaves the queue at once. */
+        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
+            bufferevent_disable(c->bev, EV_READ);
+            c->read_paused = true;
+        }
         break;
     case PX_CL_CLOSING: break;
     }

@@ -134,6 +134,8 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_PATH(server_tls_ca_file, RESTART, "CA bundle to verify PostgreSQL's certificate with"),
     PG_STR(server_reset_query, "DISCARD ALL", 0, RELOAD,
            "query run before a server is reused by another client; empty: none"),
+    PG_INT(max_prepared_statements, "100", 1, 100000, RELOAD,
+           "transaction pooling: named statements kept prepared per server connection"),
     PG_INT(query_wait_timeout_ms, "120000", 0, INT_MAX, RELOAD,
            "how long a client waits for a free server; 0: forever"),
     PG_INT(server_connect_timeout_ms, "15000", 1, INT_MAX, RELOAD,

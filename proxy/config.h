@@ -70,6 +70,7 @@ struct px_config {
     enum px_server_tls_mode server_tls_mode; /* default prefer */
     char *server_tls_ca_file;
     char *server_reset_query;      /* default "DISCARD ALL"; "" disables */
+    int max_prepared_statements;   /* default 100, per server, transaction pooling */
     int query_wait_timeout_ms;     /* default 120000; 0 = wait forever */
     int server_connect_timeout_ms; /* default 15000 */
     int server_login_retry_ms;     /* default 1000: fast-fail window after a failed login */

@@ -4,7 +4,8 @@
  *
  *   px (one per process) ── pools (database, user, startup signature is per server)
  *        │                     ├── servers: login │ idle │ active │ resetting
- *        │                     └── clients: waiting │ active
+ *        │                     ├── clients: idle │ waiting │ active
+ *        │                     └── welcomes: what a fresh server reports, per signature
  *        └── clients in login, closing lists, cancel-key map
  *
  * Every connection is on exactly one list, the one of its state; state changes go through
@@ -24,6 +25,8 @@
 
 #include "config.h"
 #include "list.h"
+#include "params.h"
+#include "prepared.h"
 #include "scram.h"
 #include "userlist.h"
 #include "wire.h"
@@ -40,17 +43,22 @@ struct px_stream {
     uint32_t remaining; /* bytes of a pass-through message not yet received */
 };
 
-/* ParameterStatus values a server reported (name -> value), small and linear. */
-struct px_params {
-    size_t n, cap;
-    struct px_param {
-        char *name;
-        char *value;
-    } * items;
+/*
+ * What a server opened with one startup signature reports at login (ParameterStatus).
+ * The pool caches it so that a client with that signature is welcomed without waiting for
+ * a server; servers and clients keep a reference to the one they were welcomed with.
+ */
+struct px_welcome {
+    struct px_list link; /* on the pool's cache, least recently used first; or unlinked */
+    int refs;            /* the cache's reference counts as one */
+    char *signature;
+    size_t signature_len;
+    struct px_params params;
 };
 
 enum px_client_state {
     PX_CL_LOGIN,   /* startup packet, TLS, authentication */
+    PX_CL_IDLE,    /* welcomed, no server, nothing outstanding (transaction pooling) */
     PX_CL_WAITING, /* authenticated, queued for a server */
     PX_CL_ACTIVE,  /* linked to a server (session mode: for the whole session) */
     PX_CL_CLOSING, /* dead: waits for the reaper */
@@ -94,7 +102,20 @@ struct px_client {
     size_t nparams;
     char *signature;
     size_t signature_len;
+    /* The signature without the parameters transaction pooling re-syncs with SET: servers
+     * with the same hard signature can serve this client in transaction mode. */
+    char *hard_signature;
+    size_t hard_signature_len;
     struct px_server *launching; /* a server being opened for this waiting client */
+
+    /* Transaction pooling (txn.c). */
+    struct px_welcome *welcome; /* what the client was told at login */
+    struct px_params vars;      /* reported parameters changed since the welcome */
+    uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
+    uint32_t held_begin_len;
+    char idle_status;          /* transaction status the client was last told while idle */
+    bool warned_session_state; /* logged the session-feature warning */
+    struct px_stmt_map stmts;  /* named prepared statements */
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -135,6 +156,9 @@ struct px_server {
     struct px_client *client;
     char *signature; /* startup-parameter signature it was opened with (owned copy) */
     size_t signature_len;
+    char *hard_signature; /* points into signature's allocation */
+    size_t hard_signature_len;
+    struct px_welcome *welcome; /* what it reported at login */
     evutil_socket_t fd;
     bool fd_in_tls_bev;       /* the TLS bufferevent owns fd (and closes it) */
     struct px_client *opener; /* the client it was opened for (for login errors), or NULL */
@@ -153,6 +177,22 @@ struct px_server {
     char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
     int reset_pending; /* ReadyForQuery replies still expected while resetting */
     bool close_needed; /* never reuse: protocol error, lifetime, config change */
+
+    /* Transaction pooling (txn.c). */
+    int hidden_queries;       /* replies of queries pgwarden injected, swallowed first */
+    bool dirty;               /* a client left session state: reset before reuse */
+    struct px_expect *expect; /* ring of sent Parse/Close/Sync awaiting their replies */
+    uint32_t expect_head, expect_n, expect_cap;
+    struct px_stmt_set stmts; /* named statements prepared on it */
+};
+
+/* A message sent to a server whose reply transaction pooling tracks (txn.c). */
+struct px_expect {
+    uint8_t kind;         /* PX_EXP_PARSE | PX_EXP_CLOSE | PX_EXP_SYNC */
+    uint8_t hidden;       /* injected by pgwarden: swallow the reply */
+    uint8_t set_op;       /* what sending it did to the server's statement set: PX_SETOP_* */
+    struct px_stmt *stmt; /* referenced when set_op or client_name is used */
+    char *client_name;    /* a client Parse: the client's name, undone if it fails */
 };
 
 struct px_pool {
@@ -167,12 +207,15 @@ struct px_pool {
     char *server_user;
     char *server_password; /* NULL: from auth_file or the client's SCRAM keys */
     int pool_size;
-    enum px_pool_mode mode;
+    enum px_pool_mode mode; /* fixed when the pool is created */
+    bool host_set;          /* configured once (the mode is taken then) */
 
     struct px_list servers_login, servers_idle, servers_active, servers_resetting;
     int n_login, n_idle, n_active, n_resetting;
-    struct px_list clients_waiting, clients_active;
-    int n_waiting, n_active_clients;
+    struct px_list clients_idle, clients_waiting, clients_active;
+    int n_idle_clients, n_waiting, n_active_clients;
+    struct px_list welcomes; /* struct px_welcome, least recently used first */
+    int n_welcomes;
 
     /* Fast-fail: the last server login failure, sent to new clients until it expires. */
     struct evbuffer *login_error;
@@ -203,6 +246,8 @@ struct px_proxy {
 
     bool shutting_down;
     uint64_t shutdown_deadline_ms;
+
+    struct px_stmt_registry *stmt_registry; /* prepared statements by content */
 
     struct px_client **cancel_buckets;
     size_t cancel_nbuckets, cancel_count;

@@ -12,7 +12,7 @@
 #include "json_util.h"
 #include "main.h"
 
-static const char *const client_states[] = {"login", "waiting", "active", "closing"};
+static const char *const client_states[] = {"login", "idle", "waiting", "active", "closing"};
 static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};
 
 static uint64_t longest_wait_ms(const struct px_pool *p, uint64_t now)
@@ -75,6 +75,7 @@ json_t *px_introspect_clients(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
+        append_clients(arr, &p->clients_idle, now);
         append_clients(arr, &p->clients_waiting, now);
         append_clients(arr, &p->clients_active, now);
     }

@@ -25,6 +25,8 @@
 #include "main.h"
 #include "metrics.h"
 #include "pool.h"
+#include "prepared.h"
+#include "relay.h"
 #include "server.h"
 #include "stats.h"
 #include "tls.h"
@@ -48,20 +50,6 @@ static void usage(FILE *out)
                  "  -V, --version      print the version and exit\n");
 }
 
-/* Settings the config accepts but this build cannot honour yet: refuse them rather than
- * silently do something else. */
-static int refuse_unbuilt(const struct px_config *cfg, char **errmsg)
-{
-    bool txn = cfg->pool_mode == PX_POOL_TRANSACTION;
-    for (size_t i = 0; i < cfg->ndbs; i++)
-        txn |= cfg->dbs[i].pool_mode == PX_POOL_TRANSACTION;
-    if (!txn)
-        return 0;
-    *errmsg = strdup("pool_mode = transaction is not available in this version of pgwarden; "
-                     "use pool_mode = session");
-    return -1;
-}
-
 /* Loads the files a config names (auth_file, TLS material) into the given slots. */
 static int load_dependents(const struct px_config *cfg, const struct px_userlist *previous,
                            struct px_userlist **users, SSL_CTX **client_tls, SSL_CTX **server_tls,
@@ -69,8 +57,6 @@ static int load_dependents(const struct px_config *cfg, const struct px_userlist
 {
     *users = NULL;
     *client_tls = *server_tls = NULL;
-    if (refuse_unbuilt(cfg, errmsg) < 0)
-        return -1;
     if (cfg->auth_file && px_userlist_load(cfg->auth_file, previous, users, errmsg) < 0)
         return -1;
     *client_tls = px_tls_client_side_new(cfg, errmsg);
@@ -100,8 +86,6 @@ int px_main_reload(char **errmsg)
     struct px_config *cfg = NULL;
     *errmsg = NULL;
     if (px_config_load(px.cfg->path, &cfg, errmsg) < 0)
-        goto fail;
-    if (refuse_unbuilt(cfg, errmsg) < 0)
         goto fail;
     px_config_diff(px.cfg, cfg, log_restart_key, NULL);
     if (px_config_keep_restart_keys(cfg, px.cfg) < 0) {
@@ -296,6 +280,9 @@ static void teardown(void)
     px_pool_free_all();
     reap();
     px_cancel_destroy();
+    px_stmt_registry_free(px.stmt_registry);
+    px_relay_shutdown();
+    px.stmt_registry = NULL;
     struct event *events[] = {px.janitor, px.reaper, px.sig_term, px.sig_int, px.sig_hup};
     for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)
         if (events[i])

@@ -30,6 +30,20 @@ static bool same_signature(const struct px_server *s, const struct px_client *c)
            memcmp(s->signature, c->signature, c->signature_len) == 0;
 }
 
+/*
+ * Whether s may serve c.  Session mode, and a transaction-mode client not yet welcomed
+ * (its welcome is what a server of its exact signature reports): the same startup
+ * signature.  A welcomed transaction-mode client: the same hard signature, the reported
+ * parameters being re-synced with SET when it is linked.
+ */
+static bool server_fits(const struct px_server *s, const struct px_client *c)
+{
+    if (s->pool->mode == PX_POOL_SESSION || !c->welcome)
+        return same_signature(s, c);
+    return s->hard_signature_len == c->hard_signature_len &&
+           memcmp(s->hard_signature, c->hard_signature, c->hard_signature_len) == 0;
+}
+
 static char *dup_or_null(const char *s)
 {
     return s ? strdup(s) : NULL;
@@ -61,12 +75,94 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
         pool->port = db->port;
     }
     pool->pool_size = db->pool_size >= 0 ? db->pool_size : px.cfg->default_pool_size;
-    pool->mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : px.cfg->pool_mode;
+    /* The mode is fixed for the pool's life: a session-mode client cannot be switched to
+     * transaction pooling mid-session (a changed pool_mode applies after a restart). */
+    if (!pool->host_set) {
+        pool->mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : px.cfg->pool_mode;
+        pool->host_set = true;
+    }
     return changed;
+}
+
+/* ---- welcome cache --------------------------------------------------------------------- */
+
+/* Bound of the cache per pool: distinct startup signatures seen recently. */
+#define WELCOME_CACHE_MAX 32
+
+void px_welcome_unref(struct px_welcome *w)
+{
+    if (!w || --w->refs > 0)
+        return;
+    px_params_clear(&w->params);
+    free(w->signature);
+    free(w);
+}
+
+struct px_welcome *px_welcome_ref(struct px_welcome *w)
+{
+    if (w)
+        w->refs++;
+    return w;
+}
+
+static void welcome_drop(struct px_pool *pool, struct px_welcome *w)
+{
+    px_list_remove(&w->link);
+    px_list_init(&w->link);
+    pool->n_welcomes--;
+    px_welcome_unref(w);
+}
+
+struct px_welcome *px_pool_welcome_find(struct px_pool *pool, const char *sig, size_t len)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &pool->welcomes)
+    {
+        struct px_welcome *w = PX_CONTAINER_OF(it, struct px_welcome, link);
+        if (w->signature_len == len && !memcmp(w->signature, sig, len)) {
+            px_list_remove(&w->link);
+            px_list_append(&pool->welcomes, &w->link); /* most recently used last */
+            return w;
+        }
+    }
+    return NULL;
+}
+
+void px_pool_welcome_store(struct px_server *s)
+{
+    struct px_pool *pool = s->pool;
+    struct px_welcome *w = px_pool_welcome_find(pool, s->signature, s->signature_len);
+    if (w) {
+        /* A newer login of the same signature is the better answer (settings may have
+         * changed with ALTER DATABASE / ROLE ... SET). */
+        welcome_drop(pool, w);
+    }
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return;
+    w->signature = malloc(s->signature_len + 1);
+    if (!w->signature || px_params_copy(&w->params, &s->params) < 0) {
+        free(w->signature);
+        free(w);
+        return;
+    }
+    memcpy(w->signature, s->signature, s->signature_len + 1);
+    w->signature_len = s->signature_len;
+    w->refs = 1;
+    px_list_append(&pool->welcomes, &w->link);
+    pool->n_welcomes++;
+    while (pool->n_welcomes > WELCOME_CACHE_MAX)
+        welcome_drop(pool,
+                     PX_CONTAINER_OF(px_list_first(&pool->welcomes), struct px_welcome, link));
+    px_welcome_unref(s->welcome);
+    s->welcome = px_welcome_ref(w);
 }
 
 static void pool_free(struct px_pool *pool)
 {
+    while (!px_list_empty(&pool->welcomes))
+        welcome_drop(pool,
+                     PX_CONTAINER_OF(px_list_first(&pool->welcomes), struct px_welcome, link));
     px_list_remove(&pool->link);
     px_stats_pool_destroy(pool);
     if (pool->login_error)
@@ -94,7 +190,8 @@ struct px_pool *px_pool_get(const char *database, const char *user, const struct
     px.n_pools++;
     px_list_init(&p->servers_login), px_list_init(&p->servers_idle);
     px_list_init(&p->servers_active), px_list_init(&p->servers_resetting);
-    px_list_init(&p->clients_waiting), px_list_init(&p->clients_active);
+    px_list_init(&p->clients_idle), px_list_init(&p->clients_waiting);
+    px_list_init(&p->clients_active), px_list_init(&p->welcomes);
     p->database = strdup(database);
     p->user = strdup(user);
     bool oom = false;
@@ -154,16 +251,21 @@ static void link_pair(struct px_server *s, struct px_client *c)
     px_client_on_linked(c);
 }
 
+/* An idle server for c: one of its exact signature if any (nothing to re-sync, and RESET
+ * returns to c's own startup values), else any that fits. */
 static struct px_server *find_idle(struct px_pool *pool, const struct px_client *c)
 {
+    struct px_server *fit = NULL;
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &pool->servers_idle)
     {
         struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
         if (same_signature(s, c))
             return s;
+        if (!fit && server_fits(s, c))
+            fit = s;
     }
-    return NULL;
+    return fit;
 }
 
 void px_pool_request_server(struct px_pool *pool, struct px_client *c)
@@ -237,7 +339,7 @@ void px_pool_server_ready(struct px_server *s)
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (same_signature(s, c)) {
+        if (server_fits(s, c)) {
             link_pair(s, c);
             return;
         }
@@ -356,6 +458,13 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
             px_server_close(s, "server_lifetime_ms reached");
     }
     if (px.shutting_down) {
+        px_list_for_each_safe(it, tmp, &pool->clients_idle)
+        {
+            struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
+            if (px_client_is_idle(c) || now >= px.shutdown_deadline_ms)
+                px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
+                                "terminating connection due to administrator command");
+        }
         px_list_for_each_safe(it, tmp, &pool->clients_active)
         {
             struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
@@ -388,6 +497,7 @@ void px_pool_janitor(uint64_t now)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
+        janitor_clients(&pool->clients_idle, now, false);
         janitor_clients(&pool->clients_active, now, false);
         janitor_clients(&pool->clients_waiting, now, false);
         janitor_pool(pool, now);
@@ -466,8 +576,9 @@ void px_pool_free_all(void)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
         pool_foreach_server(pool, px_server_free);
-        struct px_list *lists[] = {&pool->clients_waiting, &pool->clients_active};
-        for (size_t i = 0; i < 2; i++) {
+        struct px_list *lists[] = {&pool->clients_idle, &pool->clients_waiting,
+                                   &pool->clients_active};
+        for (size_t i = 0; i < 3; i++) {
             struct px_list *cit, *ctmp;
             px_list_for_each_safe(cit, ctmp, lists[i])
             {

@@ -25,6 +25,13 @@ void px_pool_server_ready(struct px_server *s);
  * and the pool fast-fails new clients for server_login_retry_ms. */
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
 
+/* The cached welcome of a startup signature (moved to most recently used), or NULL. */
+struct px_welcome *px_pool_welcome_find(struct px_pool *pool, const char *sig, size_t len);
+/* s just logged in: cache what it reported for its signature and keep a reference in s. */
+void px_pool_welcome_store(struct px_server *s);
+struct px_welcome *px_welcome_ref(struct px_welcome *w);
+void px_welcome_unref(struct px_welcome *w); /* NULL is a no-op */
+
 /* Opens servers for waiting clients while the pool has room. */
 void px_pool_maintain(struct px_pool *pool);
 /* Runs px_pool_maintain(pool) at the next safe point of the loop (from callbacks that may

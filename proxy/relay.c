@@ -69,7 +69,7 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
                 result = PX_RELAY_CLOSED;
                 break;
             }
-            enum px_relay_action act = cb(ctx, type, msg + 5, len - 4);
+            enum px_relay_action act = cb(ctx, out, type, msg + 5, len - 4);
             if (act == PX_RELAY_CLOSE) {
                 result = PX_RELAY_CLOSED;
                 break;
@@ -86,7 +86,7 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
             continue;
         }
         if (mode == PX_SEE_TYPE) {
-            enum px_relay_action act = cb(ctx, type, NULL, len - 4);
+            enum px_relay_action act = cb(ctx, out, type, NULL, len - 4);
             if (act == PX_RELAY_CLOSE) {
                 result = PX_RELAY_CLOSED;
                 break;
@@ -104,6 +104,42 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
 out:
     flush_run(in, out, &run);
     return result;
+}
+
+/* Where px_relay_direct assembles what it then writes to the socket in one go.  The proxy
+ * is single-threaded; the buffer is always empty between calls. */
+static struct evbuffer *scratch;
+
+enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
+                                     struct evbuffer *out, evutil_socket_t fd,
+                                     const uint8_t see[256], px_relay_cb cb, void *ctx,
+                                     uint32_t max_len, size_t *moved)
+{
+    if (fd >= 0 && !scratch)
+        scratch = evbuffer_new();
+    if (fd < 0 || !scratch || evbuffer_get_length(out) > 0) {
+        size_t before = evbuffer_get_length(out);
+        enum px_relay_result r = px_relay(st, in, out, see, cb, ctx, max_len);
+        *moved = evbuffer_get_length(out) - before;
+        return r;
+    }
+    enum px_relay_result r = px_relay(st, in, scratch, see, cb, ctx, max_len);
+    *moved = evbuffer_get_length(scratch);
+    if (*moved) {
+        /* Errors (peer gone) are left to the bufferevent, which meets them on its own
+         * write of whatever remains. */
+        evbuffer_write(scratch, fd);
+        if (evbuffer_get_length(scratch) > 0)
+            evbuffer_add_buffer(out, scratch);
+    }
+    return r;
+}
+
+void px_relay_shutdown(void)
+{
+    if (scratch)
+        evbuffer_free(scratch);
+    scratch = NULL;
 }
 
 int px_read_message(struct evbuffer *in, uint32_t max_len, char *type, const uint8_t **body,

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include <event2/buffer.h>
+#include <event2/util.h>
 
 #include "conn.h"
 
@@ -30,9 +31,11 @@ enum px_relay_action {
     PX_RELAY_CLOSE,   /* fatal: stop, the caller closes the connection */
 };
 
-/* body is NULL for PX_SEE_TYPE messages; len is the body length (message length - 4). */
-typedef enum px_relay_action (*px_relay_cb)(void *ctx, char type, const uint8_t *body,
-                                            uint32_t len);
+/* body is NULL for PX_SEE_TYPE messages; len is the body length (message length - 4).
+ * A callback that injects messages appends them to out (everything relayed before the
+ * current message is already there) and returns DROP to replace the current one. */
+typedef enum px_relay_action (*px_relay_cb)(void *ctx, struct evbuffer *out, char type,
+                                            const uint8_t *body, uint32_t len);
 
 enum px_relay_result {
     PX_RELAY_OK,        /* everything complete was handled; wait for more input */
@@ -43,6 +46,21 @@ enum px_relay_result {
 
 enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,
                               const uint8_t see[256], px_relay_cb cb, void *ctx, uint32_t max_len);
+
+/*
+ * px_relay towards a bufferevent whose output buffer is out and, when fd >= 0, whose plain
+ * socket is fd.  When out is empty the relayed bytes are written straight to fd, and only
+ * what the socket does not take is left in out: the bufferevent then never schedules a
+ * write event for the common case (one writev per relay instead of an epoll_ctl pair and a
+ * loop iteration).  fd < 0 (TLS) relays into out.  *moved: bytes relayed (both ways).
+ */
+enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
+                                     struct evbuffer *out, evutil_socket_t fd,
+                                     const uint8_t see[256], px_relay_cb cb, void *ctx,
+                                     uint32_t max_len, size_t *moved);
+
+/* Frees the relay's scratch buffer (at exit). */
+void px_relay_shutdown(void);
 
 /*
  * Reads one complete message (login phases, where everything is small).  Returns 1 with

@@ -27,6 +27,7 @@
 #include "server.h"
 #include "stats.h"
 #include "tls.h"
+#include "txn.h"
 
 #define SERVER_MAX_MESSAGE 0x3fffffffu
 #define LOGIN_MAX_MESSAGE  (1u << 20)
@@ -76,56 +77,24 @@ void px_server_set_state(struct px_server *s, enum px_server_state st)
         event_active(px.reaper, EV_TIMEOUT, 0);
 }
 
-static int set_param(struct px_params *ps, const char *name, const char *value)
-{
-    for (size_t i = 0; i < ps->n; i++) {
-        if (!strcmp(ps->items[i].name, name)) {
-            if (!strcmp(ps->items[i].value, value))
-                return 0;
-            char *v = strdup(value);
-            if (!v)
-                return -1;
-            free(ps->items[i].value);
-            ps->items[i].value = v;
-            return 0;
-        }
-    }
-    if (ps->n == ps->cap) {
-        size_t cap = ps->cap ? ps->cap * 2 : 16;
-        struct px_param *items = realloc(ps->items, cap * sizeof(*items));
-        if (!items)
-            return -1;
-        ps->items = items;
-        ps->cap = cap;
-    }
-    char *n = strdup(name), *v = strdup(value);
-    if (!n || !v) {
-        free(n);
-        free(v);
-        return -1;
-    }
-    ps->items[ps->n].name = n;
-    ps->items[ps->n].value = v;
-    ps->n++;
-    return 0;
-}
-
-/* ParameterStatus body: name\0value\0. */
+/* ParameterStatus body: name\0value\0.  The client linked to s sees the value too. */
 static int apply_param_status(struct px_server *s, const uint8_t *body, uint32_t len)
 {
-    const char *name = (const char *)body;
-    const char *nul = memchr(body, '\0', len);
-    if (!nul || (size_t)(nul - name) + 1 >= len || body[len - 1] != '\0')
+    const char *name, *value;
+    if (px_params_parse_status(body, len, &name, &value) < 0 ||
+        px_params_set(&s->params, name, value) < 0)
         return -1;
-    const char *value = nul + 1;
-    if (set_param(&s->params, name, value) < 0)
-        return -1;
-    if (s->client && !strcmp(name, "application_name")) {
-        char *v = strdup(value);
-        if (v) {
-            free(s->client->application_name);
-            s->client->application_name = v;
+    struct px_client *c = s->client;
+    if (c && s->state == PX_SV_ACTIVE) {
+        if (!strcmp(name, "application_name")) {
+            char *v = strdup(value);
+            if (v) {
+                free(c->application_name);
+                c->application_name = v;
+            }
         }
+        if (s->pool->mode == PX_POOL_TRANSACTION && px_txn_client_param(c, name, value) < 0)
+            return -1;
     }
     return 0;
 }
@@ -180,13 +149,17 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     s->login_deadline_ms = s->created_ms + (uint64_t)px.cfg->server_connect_timeout_ms;
     s->txn_status = 'I';
     s->opener = opener;
-    s->signature = malloc(opener->signature_len + 1);
+    /* signature and hard signature in one allocation */
+    s->signature = malloc(opener->signature_len + 1 + opener->hard_signature_len + 1);
     if (!s->signature) {
         free(s);
         return NULL;
     }
     memcpy(s->signature, opener->signature, opener->signature_len + 1);
     s->signature_len = opener->signature_len;
+    s->hard_signature = s->signature + s->signature_len + 1;
+    memcpy(s->hard_signature, opener->hard_signature, opener->hard_signature_len + 1);
+    s->hard_signature_len = opener->hard_signature_len;
     if (opener->have_client_key && !strcmp(opener->user, pool->server_user)) {
         memcpy(s->client_key, opener->client_key, PX_SCRAM_KEY_LEN);
         s->have_client_key = true;
@@ -403,6 +376,7 @@ static bool login_message(struct px_server *s, char type, const uint8_t *body, u
         return true;
     case 'Z':
         s->txn_status = len ? (char)body[0] : 'I';
+        px_pool_welcome_store(s);
         px_stats_server_connected(s->pool, px_now_ms() - s->created_ms);
         px_debug("server", 'S', s->id, "logged in (backend pid %u)", s->backend_pid);
         px_pool_server_ready(s);
@@ -449,8 +423,10 @@ static const uint8_t s2c_see[256] = {
     ['E'] = PX_SEE_BODY,
 };
 
-static enum px_relay_action s2c_cb(void *ctx, char type, const uint8_t *body, uint32_t len)
+static enum px_relay_action s2c_cb(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                   uint32_t len)
 {
+    (void)out;
     struct px_server *s = ctx;
     switch (type) {
     case 'Z':
@@ -476,22 +452,39 @@ static enum px_relay_action s2c_cb(void *ctx, char type, const uint8_t *body, ui
     }
 }
 
+enum px_relay_action px_server_on_reply(struct px_server *s, char type, const uint8_t *body,
+                                        uint32_t len)
+{
+    return s2c_cb(s, NULL, type, body, len);
+}
+
 void px_server_relay(struct px_server *s)
 {
     struct px_client *c = s->client;
     if (s->state != PX_SV_ACTIVE || !c)
         return;
+    bool txn = s->pool->mode == PX_POOL_TRANSACTION;
+    if (txn && s->hidden_queries > 0 && !px_txn_read_hidden(s))
+        return;
     struct evbuffer *in = bufferevent_get_input(s->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    size_t before = evbuffer_get_length(out);
-    enum px_relay_result r = px_relay(&s->s2c, in, out, s2c_see, s2c_cb, s, SERVER_MAX_MESSAGE);
-    px_stats_bytes(s->pool, 0, evbuffer_get_length(out) - before);
+    evutil_socket_t fd = c->fd_in_tls_bev ? -1 : c->fd;
+    size_t moved = 0;
+    enum px_relay_result r =
+        txn ? px_relay_direct(&s->s2c, in, out, fd, px_txn_s2c_see, px_txn_s2c, s,
+                              SERVER_MAX_MESSAGE, &moved)
+            : px_relay_direct(&s->s2c, in, out, fd, s2c_see, s2c_cb, s, SERVER_MAX_MESSAGE, &moved);
+    px_stats_bytes(s->pool, 0, moved);
     if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
         px_server_close(s, "protocol error from server");
         return;
     }
     if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
         bufferevent_disable(s->bev, EV_READ);
+    if (txn) {
+        px_txn_maybe_release(s); /* last: the server may go to another client */
+        return;
+    }
     if (px.shutting_down && px_client_is_idle(c))
         px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
                         "terminating connection due to administrator command");
@@ -544,7 +537,8 @@ void px_server_release(struct px_server *s, bool client_mid_message)
     const char *why = NULL;
     if (s->close_needed)
         why = "marked for close";
-    else if (client_mid_message || s->s2c.remaining || s->pending_ready > 0 || s->unsynced)
+    else if (client_mid_message || s->s2c.remaining || s->pending_ready > 0 || s->unsynced ||
+             s->hidden_queries > 0 || s->expect_n > 0)
         why = "client left with a request in progress";
     else if (px.cfg->server_lifetime_ms > 0 &&
              now - s->created_ms >= (uint64_t)px.cfg->server_lifetime_ms)
@@ -561,10 +555,14 @@ void px_server_release(struct px_server *s, bool client_mid_message)
         px_wire_query(out, "ROLLBACK");
         queries++;
     }
+    /* Transaction pooling resets only a server a client left session state on: the
+     * reported parameters are re-synced per client anyway. */
     const char *reset = px.cfg->server_reset_query;
-    if (reset && *reset) {
+    if (reset && *reset && (s->pool->mode == PX_POOL_SESSION || s->dirty)) {
         px_wire_query(out, reset);
         queries++;
+        px_txn_server_forget_statements(s);
+        s->dirty = false;
     }
     if (!queries) {
         px_server_set_state(s, PX_SV_RESETTING);
@@ -616,11 +614,9 @@ void px_server_free(struct px_server *s)
         evutil_closesocket(s->fd);
     px_scram_client_free(s->scram);
     OPENSSL_cleanse(s->client_key, sizeof(s->client_key));
-    for (size_t i = 0; i < s->params.n; i++) {
-        free(s->params.items[i].name);
-        free(s->params.items[i].value);
-    }
-    free(s->params.items);
+    px_params_clear(&s->params);
+    px_txn_server_free(s);
+    px_welcome_unref(s->welcome);
     free(s->signature);
     free(s);
 }

@@ -7,6 +7,7 @@
 #define PGW_PROXY_SERVER_H
 
 #include "conn.h"
+#include "relay.h"
 
 /* Opens a new server connection for pool, with opener's startup parameters.  Returns NULL
  * when it cannot even start (the caller fails the client). */
@@ -23,6 +24,11 @@ void px_server_free(struct px_server *s);
  * is reset and returned to the pool when its protocol state is clean, else closed.
  * client_mid_message: the client stream stopped inside a message. */
 void px_server_release(struct px_server *s, bool client_mid_message);
+
+/* The bookkeeping every relayed server reply gets (ReadyForQuery, ParameterStatus,
+ * ErrorResponse); transaction pooling's own reply handler calls it too. */
+enum px_relay_action px_server_on_reply(struct px_server *s, char type, const uint8_t *body,
+                                        uint32_t len);
 
 /* Relays what the server has buffered to its client. */
 void px_server_relay(struct px_server *s);

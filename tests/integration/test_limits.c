@@ -1,6 +1,6 @@
 /*
  * test_limits.c: pgwarden under load and hostile input: 100 clients on a pool of 10 all
- * served (session mode; transaction mode is refused until issue 3 builds it), max_client_conn
+ * served (session and transaction mode), max_client_conn
  * (53300), a client vanishing in the middle of a message, an oversized message (08P01 and
  * disconnect), garbage startup packets, and pgbench -S with no failed transaction.  After each
  * fault the process must be alive and other clients served.
@@ -163,17 +163,9 @@ static void test_100_clients_session(void)
     check_many_clients("session");
 }
 
-/* Transaction pooling is not built yet (issue 3): pgwarden must refuse the setting rather
- * than silently run session pooling.  Issue 3 replaces this with check_many_clients(
- * "transaction"). */
-static void test_transaction_mode_refused(void)
+static void test_100_clients_transaction(void)
 {
-    struct harness_proxy_opts o = {.pool_mode = "transaction", .pool_size = 10};
-    struct harness_proxy *p = harness_proxy_prepare(&o);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
-    CU_ASSERT_EQUAL(harness_proxy_launch(p), -1);
-    CU_ASSERT_FALSE(harness_proxy_alive(p));
-    harness_proxy_free(p);
+    check_many_clients("transaction");
 }
 
 /* ---- max_client_conn --------------------------------------------------------------- */
@@ -443,7 +435,7 @@ static void register_suites(void)
 {
     static const CU_TestInfo tests[] = {
         {"100_clients_pool_10_session", test_100_clients_session},
-        {"transaction_mode_refused_until_built", test_transaction_mode_refused},
+        {"100_clients_pool_10_transaction", test_100_clients_transaction},
         {"max_client_conn_53300", test_max_client_conn},
         {"client_vanishes_mid_message", test_client_vanishes_mid_message},
         {"oversized_message_08P01", test_oversized_message},

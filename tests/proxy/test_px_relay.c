@@ -18,8 +18,10 @@ struct seen {
     enum px_relay_action answer; /* what the callback answers for 'Z' */
 };
 
-static enum px_relay_action record(void *ctx, char type, const uint8_t *body, uint32_t len)
+static enum px_relay_action record(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                   uint32_t len)
 {
+    (void)out;
     struct seen *s = ctx;
     if (s->count < 32) {
         s->types[s->count] = type;

@@ -1,0 +1,83 @@
+/* params.c: parameter sets (see params.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "params.h"
+
+int px_params_set(struct px_params *ps, const char *name, const char *value)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        if (!strcmp(ps->items[i].name, name)) {
+            if (!strcmp(ps->items[i].value, value))
+                return 0;
+            char *v = strdup(value);
+            if (!v)
+                return -1;
+            free(ps->items[i].value);
+            ps->items[i].value = v;
+            return 0;
+        }
+    }
+    if (ps->n == ps->cap) {
+        size_t cap = ps->cap ? ps->cap * 2 : 16;
+        struct px_param *items = realloc(ps->items, cap * sizeof(*items));
+        if (!items)
+            return -1;
+        ps->items = items;
+        ps->cap = cap;
+    }
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return -1;
+    }
+    ps->items[ps->n].name = n;
+    ps->items[ps->n].value = v;
+    ps->n++;
+    return 0;
+}
+
+const char *px_params_get(const struct px_params *ps, const char *name)
+{
+    for (size_t i = 0; i < ps->n; i++)
+        if (!strcmp(ps->items[i].name, name))
+            return ps->items[i].value;
+    return NULL;
+}
+
+int px_params_copy(struct px_params *dst, const struct px_params *src)
+{
+    for (size_t i = 0; i < src->n; i++) {
+        if (px_params_set(dst, src->items[i].name, src->items[i].value) < 0) {
+            px_params_clear(dst);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void px_params_clear(struct px_params *ps)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        free(ps->items[i].name);
+        free(ps->items[i].value);
+    }
+    free(ps->items);
+    ps->items = NULL;
+    ps->n = ps->cap = 0;
+}
+
+int px_params_parse_status(const uint8_t *body, uint32_t len, const char **name, const char **value)
+{
+    const char *nul = memchr(body, '\0', len);
+    if (!nul || (size_t)(nul - (const char *)body) + 1 >= len || body[len - 1] != '\0')
+        return -1;
+    /* exactly two strings */
+    if (memchr(nul + 1, '\0', len - (size_t)(nul - (const char *)body) - 1) !=
+        (const char *)body + len - 1)
+        return -1;
+    *name = (const char *)body;
+    *value = nul + 1;
+    return 0;
+}
