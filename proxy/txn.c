@@ -343,20 +343,23 @@ static void expect_skip_to_sync(struct px_server *s)
         expect_pop(s);
 }
 
-/* Makes room in the server's statement set, closing (hidden) the least recently used. */
+/* Makes room in the server's statement set, closing (hidden) the least recently used
+ * (more than one after a reload lowered max_prepared_statements). */
 static int make_room(struct px_server *s, struct evbuffer *out)
 {
-    struct px_stmt *victim =
-        px_stmt_set_evict_candidate(&s->stmts, px.cfg->max_prepared_statements);
-    if (!victim)
-        return 0;
-    struct px_expect *e = expect_push(s, PX_EXP_CLOSE, true);
-    if (!e)
-        return -1;
-    e->set_op = PX_SETOP_REMOVE;
-    e->stmt = px_stmt_ref(victim);
-    px_stmt_set_remove(&s->stmts, victim);
-    return px_write_target(out, 'C', 'S', px_stmt_server_name(victim));
+    struct px_stmt *victim;
+    uint32_t cap = (uint32_t)px.cfg->max_prepared_statements;
+    while ((victim = px_stmt_set_evict_candidate(&s->stmts, cap)) != NULL) {
+        struct px_expect *e = expect_push(s, PX_EXP_CLOSE, true);
+        if (!e)
+            return -1;
+        e->set_op = PX_SETOP_REMOVE;
+        e->stmt = px_stmt_ref(victim);
+        px_stmt_set_remove(&s->stmts, victim);
+        if (px_write_target(out, 'C', 'S', px_stmt_server_name(e->stmt)) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* Sends a Parse of stmt under its server name.  hidden: pgwarden's own (reply swallowed);

@@ -178,10 +178,9 @@ static bool result_is(const PGresult *r, int nfields, const char *v0, const char
               PQnfields(r) == nfields && strcmp(PQgetvalue(r, 0, 0), v0) == 0 &&
               (!v1 || (nfields > 1 && strcmp(PQgetvalue(r, 0, 1), v1) == 0));
     if (!ok)
-        fprintf(stderr, "expected (%s, %s) in %d columns, got %s %d rows %d columns: %s %s\n",
-                v0, v1 ? v1 : "-", nfields, PQresStatus(PQresultStatus(r)), PQntuples(r),
-                PQnfields(r), PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "",
-                PQresultErrorMessage(r));
+        fprintf(stderr, "expected (%s, %s) in %d columns, got %s %d rows %d columns: %s %s\n", v0,
+                v1 ? v1 : "-", nfields, PQresStatus(PQresultStatus(r)), PQntuples(r), PQnfields(r),
+                PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "", PQresultErrorMessage(r));
     return ok;
 }
 
@@ -987,8 +986,7 @@ static void test_many_clients_small_pool(void)
     }
     printf("\n    %d clients x %d transactions: %d done, %d failed, %d unfinished, %d "
            "transactions in %lld ms; at most %d server connection(s) in %d samples ",
-           n, MANY_TXNS, done, failed, unfinished, txns, (long long)elapsed, max_servers,
-           samples);
+           n, MANY_TXNS, done, failed, unfinished, txns, (long long)elapsed, max_servers, samples);
     CU_ASSERT_EQUAL(done, n);
     CU_ASSERT_EQUAL(failed, 0);
     CU_ASSERT_EQUAL(txns, n * MANY_TXNS);
@@ -1239,8 +1237,8 @@ static void count_notice(void *arg, const PGresult *res)
 static void run_step(PGconn *c, const int *notices, const char *sql, struct seen *s)
 {
     int before = *notices;
-    PGresult *r = sql[0] == '~' ? PQexecParams(c, sql + 1, 0, NULL, NULL, NULL, NULL, 0)
-                                : PQexec(c, sql);
+    PGresult *r =
+        sql[0] == '~' ? PQexecParams(c, sql + 1, 0, NULL, NULL, NULL, NULL, 0) : PQexec(c, sql);
     s->status = PQresultStatus(r);
     if (s->status == PGRES_TUPLES_OK && PQntuples(r) > 0)
         snprintf(s->got, sizeof(s->got), "%s", PQgetvalue(r, 0, 0));
@@ -1249,8 +1247,10 @@ static void run_step(PGconn *c, const int *notices, const char *sql, struct seen
     else
         snprintf(s->got, sizeof(s->got), "!%s", res_sqlstate(r));
     PQclear(r);
-    static const char codes[] = {[PQTRANS_IDLE] = 'I', [PQTRANS_ACTIVE] = 'A',
-                                 [PQTRANS_INTRANS] = 'T', [PQTRANS_INERROR] = 'E',
+    static const char codes[] = {[PQTRANS_IDLE] = 'I',
+                                 [PQTRANS_ACTIVE] = 'A',
+                                 [PQTRANS_INTRANS] = 'T',
+                                 [PQTRANS_INERROR] = 'E',
                                  [PQTRANS_UNKNOWN] = '?'};
     s->txn = codes[PQtransactionStatus(c)];
     s->notices = *notices - before;
@@ -1298,8 +1298,7 @@ static void check_begin_takes_no_server(PGconn *p)
     CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_IDLE);
     PQclear(r);
     int64_t took = itu_now_ms() - t0;
-    printf("\n    BEGIN + COMMIT answered in %lld ms while the server was busy ",
-           (long long)took);
+    printf("\n    BEGIN + COMMIT answered in %lld ms while the server was busy ", (long long)took);
     CU_ASSERT(took < 1000);
     CU_ASSERT_TRUE(itu_exec_ok(h, "COMMIT"));
     conn_close(h);
