@@ -5,137 +5,91 @@
  * wait just began and, if it lies on a cycle, describes one cycle in lm->cycle.
  * lm_victim_default() is the one default victim policy; lm_cycle_copy() makes an owned
  * copy for a victim other than the requester.  See lockmgr/README.md, "Deadlock
- * detection".
+ * detection", for the graph, the two lemmas this file relies on and why it is complete.
  *
- * The graph is never built.  Nodes are owners; a waiting owner O (waiting for mode M on
- * key K) has a hard edge to every other holder of K whose mode conflicts with M, and,
- * unless O is an upgrade, a soft edge to every waiter ahead of it in K's queue whose
- * requested mode conflicts with M.  Those are exactly the conditions under which
- * lm_wakeup() would not grant O, so a cycle is a real deadlock and vice versa.
+ * The graph is never built.  A waiting owner O (mode M on key K) has a hard edge to every
+ * other holder of K whose mode conflicts with M and, unless O is an upgrade, a soft edge
+ * to every request queued ahead of it on K that conflicts with M: exactly the conditions
+ * under which lm_wakeup() leaves O waiting.
  *
- * Only a cycle through the new waiter can be new (every edge added since the last
- * check starts or ends at it), so one depth-first search from it suffices.  The search
- * is iterative over lm->stack, which has a slot per owner (sized by lockmgr_owner_new),
- * so it never allocates and has no depth cap.  Each owner is expanded at most once
- * (visit_gen).  To keep a long queue from costing O(n^2) edge visits, frames other than
- * the root share one cursor per (key, requested mode) over the holders and the queue:
- * whatever lies behind a shared cursor has already been pushed, so skipping it loses
- * nothing.  The root keeps private cursors because its own hold is skipped as a
- * self-edge, which would be an edge to the start for any other frame.
+ * Every out-edge of a waiter stays on its own key, so the search does not walk queues.
+ * It is a depth-first search over "O reaches holder H of K": the holder modes O reaches
+ * through K's queue are reach() of O's mode, its position and the position of the first
+ * exclusive request on K (lemma 1), and whether a waiter on the start's own key reaches
+ * the start is reaches_start() (lemma 2).  A queue of any length costs O(1); each key's
+ * holders are walked at most once per holder-mode set, and the mode sets only grow
+ * ({X} < {W,X} < {R,W,X}), so at most three times.  A key's holders are read from the
+ * dense lm->qhot[] record when there is one holder, so a long chain of waits costs one
+ * cache miss per key.  The stack has a slot per owner (an owner is pushed at most once),
+ * nothing is allocated, and there is no depth limit.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lockmgr_int.h"
 
+#define ALL_MODES (LM_BIT(LOCKMGR_READ) | LM_BIT(LOCKMGR_WRITE) | LM_BIT(LOCKMGR_EXCLUSIVE))
+
+struct search {
+    struct lockmgr *lm;
+    struct lockmgr_owner *start;
+    uint32_t gen, qi0; /* qi0: the start's queue */
+    int start_hm;      /* the start's mode on its key when it upgrades, else -1 */
+};
+
+/* How the search reached the start (cycle_build). */
+enum lm_end { LM_END_HOLDER, LM_END_HARD, LM_END_SOFT };
+
 /* After 2^32 searches the marks could collide: clear them all and start over. */
 static void gen_wrap(struct lockmgr *lm)
 {
-    for (struct lockmgr_owner *o = lm->owners; o; o = o->all_next)
-        o->visit_gen = 0;
-    for (size_t b = 0; b < lm->nbuckets; b++)
-        for (struct lm_key *k = lm->buckets[b]; k; k = k->hnext)
-            if (k->queue)
-                k->queue->scan_gen = 0;
+    for (size_t i = 0; i < lm->ws_cap; i++)
+        lm->qhot[i].gen = 0;
     lm->gen = 1;
 }
 
-static void scan_reset(struct lockmgr *lm, struct lm_key *k)
+/*
+ * Lemma 1: the holder modes a waiter reaches through its own queue.  An upgrade has hard
+ * edges only.  A new request queued behind an exclusive request x (soft edge to x, which
+ * conflicts with every holder) reaches every holder; otherwise only the holders it
+ * conflicts with itself (for an exclusive request that is every holder too).
+ */
+static inline uint8_t reach(uint8_t mode, bool upgrade, uint64_t ord, uint64_t firstx)
 {
-    struct lm_queue *q = k->queue;
-    if (q->scan_gen == lm->gen)
-        return;
-    q->scan_gen = lm->gen;
-    for (int m = 0; m < LOCKMGR_NMODES; m++) {
-        q->hscan[m] = k->holders;
-        q->wscan[m] = q->head;
-    }
+    if (!upgrade && firstx < ord)
+        return ALL_MODES;
+    return lm_conflicts[mode];
 }
 
-static void frame_init(struct lockmgr *lm, struct lm_frame *f, struct lockmgr_owner *o, bool root)
+/*
+ * Lemma 2: does a waiter j (not the start) on the start's own key reach the start without
+ * leaving the queue?  Only if the start upgrades: a new request is last in its queue and
+ * holds nothing there.  LM_END_HARD: j reaches the start's hold (lemma 1).  Otherwise
+ * LM_END_SOFT when j is a new request (behind every upgrade) whose mode conflicts with the
+ * start's: the one case left is a write request behind a read-to-write upgrade, with no
+ * exclusive request ahead of it (any such would make reach() all modes).  -1: neither.
+ */
+static int reaches_start(const struct search *s, uint8_t jmode, bool jupg, uint8_t jreach)
 {
-    const struct lm_wait *w = &o->wait;
-    f->owner = o;
-    f->phase = 0;
-    /* A waiter alone in its queue is the only frame that will ever scan its key: it
-     * keeps private cursors and the search never touches the queue. */
-    f->shared = !root && (w->qprev || w->qnext);
-    f->hcur = w->key->holders;
-    f->wcur = w->qprev ? w->key->queue->head : NULL;
-    if (f->shared)
-        scan_reset(lm, w->key);
-}
-
-/* The next owner f's owner waits for (recording the edge in f), NULL when exhausted. */
-static struct lockmgr_owner *frame_next(struct lm_frame *f)
-{
-    struct lockmgr_owner *o = f->owner;
-    struct lm_wait *w = &o->wait;
-    uint8_t conflicts = lm_conflicts[w->mode];
-    if (f->phase == 0) {
-        struct lm_hold **cur = f->shared ? &w->key->queue->hscan[w->mode] : &f->hcur;
-        while (*cur) {
-            struct lm_hold *h = *cur;
-            int hm = lm_hold_mode(h);
-            *cur = h->knext;
-            if (h->owner != o && (conflicts & LM_BIT(hm))) {
-                f->edge_soft = false;
-                f->edge_mode = (uint8_t)hm;
-                return h->owner;
-            }
-        }
-        /* upgrades have no soft edges; the head of the queue has nobody ahead */
-        f->phase = w->upgrade || !w->qprev ? 2 : 1;
-    }
-    if (f->phase == 1) {
-        struct lm_wait **cur = f->shared ? &w->key->queue->wscan[w->mode] : &f->wcur;
-        while (*cur && (*cur)->ord < w->ord) {
-            struct lm_wait *x = *cur;
-            *cur = x->qnext;
-            if (conflicts & LM_BIT(x->mode)) {
-                f->edge_soft = true;
-                f->edge_mode = x->mode;
-                return LM_WAIT_OWNER(x);
-            }
-        }
-        f->phase = 2;
-    }
-    return NULL;
-}
-
-/* Fills lm->cycle from stack[0..depth], whose last frame's edge leads back to stack[0]. */
-static void cycle_build(struct lockmgr *lm, size_t depth)
-{
-    for (size_t i = 0; i <= depth; i++) {
-        const struct lm_frame *f = &lm->stack[i];
-        const struct lockmgr_owner *blocker = lm->stack[i < depth ? i + 1 : 0].owner;
-        const struct lm_wait *w = &f->owner->wait;
-        struct lockmgr_cycle_edge *e = &lm->cyc_edges[i];
-        e->waiter_id = f->owner->id;
-        e->blocker_id = blocker->id;
-        e->key = w->key->bytes;
-        e->keylen = w->key->len;
-        e->wanted = (enum lockmgr_mode)w->mode;
-        e->blocker_mode = (enum lockmgr_mode)f->edge_mode;
-        e->soft = f->edge_soft;
-        e->wait_seq = w->seq;
-        e->wait_since_us = w->since_us;
-        lm->cyc_owners[i] = f->owner;
-    }
-    lm->cycle.n = depth + 1;
-    lm->cycle.edges = lm->cyc_edges;
+    if (s->start_hm < 0)
+        return -1;
+    if (jreach & LM_BIT(s->start_hm))
+        return LM_END_HARD;
+    if (!jupg && (lm_conflicts[jmode] & LM_BIT(s->start->wait.mode)))
+        return LM_END_SOFT;
+    return -1;
 }
 
 /*
  * A cycle through start needs an edge into it: a waiter whose request conflicts with a
- * mode start holds (hard), or a new request queued behind start's (soft).  Checking that
+ * mode start holds (hard), or a request queued behind start's (soft).  Checking that
  * first costs O(start's holds) and spares the search for the common case of a waiter
  * nobody waits for.  Conservative: it may say yes when there is no such edge.
  */
-static bool has_in_edge(const struct lockmgr_owner *start)
+static bool has_in_edge(const struct lockmgr *lm, const struct lockmgr_owner *start)
 {
     for (const struct lm_hold *h = start->holds; h; h = h->onext) {
-        const struct lm_queue *q = h->key->queue;
+        const struct lm_queue *q = lm_queue_of(lm, h->key);
         if (!q)
             continue;
         uint8_t held = (uint8_t)LM_BIT(lm_hold_mode(h));
@@ -146,39 +100,323 @@ static bool has_in_edge(const struct lockmgr_owner *start)
     return start->wait.qnext != NULL;
 }
 
+#ifdef PGW_ASSERTS
+/* Debug builds: the search's record of k's queue is what lm_qhot_refresh() and the queue
+ * would give now, so a missed refresh fails loudly instead of missing a cycle. */
+static bool qhot_ok(const struct lockmgr *lm, const struct lm_key *k)
+{
+    const struct lm_qhot *hot = &lm->qhot[k->qi];
+    const struct lm_queue *q = &lm->queues[k->qi];
+    if (k->qi == LM_NO_QUEUE || hot->firstx != (q->xhead ? q->xhead->ord : UINT64_MAX))
+        return false;
+    size_t n = 0;
+    const struct lm_hold *one = NULL;
+    for (const struct lm_hold *h = k->holders; h; h = h->knext) {
+        if (lm_hold_mode(h) >= 0) {
+            n++;
+            one = h;
+        }
+    }
+    if (n != 1)
+        return hot->h1 == NULL;
+    const struct lm_wait *w = &one->owner->wait;
+    if (hot->h1 != one->owner || hot->h1mode != lm_hold_mode(one))
+        return false;
+    if (!w->active)
+        return hot->jqi == LM_NO_QUEUE;
+    return hot->jqi == w->qi && hot->jmode == w->mode && hot->jupg == w->upgrade &&
+           hot->jord == w->ord && w->key->qi == w->qi;
+}
+#endif
+
+/* A holder reached from the top frame, and its own wait (jqi LM_NO_QUEUE: not waiting). */
+struct cand {
+    struct lockmgr_owner *j;
+    uint64_t jord;
+    uint32_t jqi;
+    uint8_t hm, jmode;
+    bool jupg;
+};
+
 /*
- * Depth-first search from start over hard and soft edges.  Returns true and fills
- * lm->cycle if start is on a cycle.  Cost O(owners + keys + holders + waiters reached);
- * no allocation; runs on the caller's thread inside lockmgr_acquire.
+ * The next holder of f's key that f's owner reaches (in f->modes, not itself): fills *c
+ * and returns true, or returns false when f is done.  A frame is marked done (phase 2) as
+ * soon as its last candidate is taken, so unwinding skips it without looking at its key.
+ */
+static inline bool frame_next(struct lm_frame *f, const struct lm_qhot *fh, struct cand *c)
+{
+    if (f->phase == 0) {
+        if (fh->h1) {
+            f->phase = 2;
+            if (fh->h1 == f->owner || !(f->modes & LM_BIT(fh->h1mode)))
+                return false;
+            *c = (struct cand){fh->h1, fh->jord, fh->jqi, fh->h1mode, fh->jmode, fh->jupg};
+            return true;
+        }
+        f->phase = 1;
+        f->cur = f->owner->wait.key->holders;
+    }
+    while (f->cur) {
+        struct lm_hold *h = f->cur;
+        int m = lm_hold_mode(h);
+        f->cur = h->knext;
+        LM_ASSERT(m >= 0);
+        if (h->owner != f->owner && (f->modes & LM_BIT(m))) {
+            const struct lm_wait *w = &h->owner->wait;
+            if (!f->cur)
+                f->phase = 2;
+            *c = (struct cand){h->owner,   w->ord,  w->active ? w->qi : LM_NO_QUEUE,
+                               (uint8_t)m, w->mode, w->upgrade};
+            return true;
+        }
+    }
+    f->phase = 2;
+    return false;
+}
+
+/* ---- describing the cycle ---- */
+
+/*
+ * The cycle is written edge by edge as a closed walk from the start is replayed.  An
+ * owner met twice (an exclusive request used to pass through a queue can also be on the
+ * stack) closes a shorter loop, which is cut out by going back to its first position and
+ * keeping the later edge; meeting the start again closes the cycle early.  So the result
+ * is a simple cycle (at most one edge per owner: it fits lm->cyc_edges) of real edges.
+ */
+struct emit {
+    struct lockmgr *lm;
+    size_t n;
+    uint32_t gen;
+    bool marks; /* an owner may come twice: mark positions */
+    bool closed;
+};
+
+static void emit_init(struct emit *em, struct lockmgr *lm, bool marks)
+{
+    *em = (struct emit){.lm = lm, .marks = marks};
+    if (!marks)
+        return;
+    if (++lm->cyc_gen == 0) {
+        for (struct lockmgr_owner *o = lm->owners; o; o = o->all_next)
+            o->cyc_gen = 0;
+        lm->cyc_gen = 1;
+    }
+    em->gen = lm->cyc_gen;
+}
+
+/* Edge: waiter waits for the waiter of the next edge, which holds (or, if soft, wants)
+ * blocker_mode. */
+static inline void emit(struct emit *em, struct lockmgr_owner *waiter, uint8_t blocker_mode,
+                        bool soft)
+{
+    struct lockmgr *lm = em->lm;
+    if (em->closed || (em->n > 0 && waiter == lm->cyc_owners[0])) {
+        em->closed = true;
+        return;
+    }
+    struct lockmgr_cycle_edge *e;
+    if (em->marks && waiter->cyc_gen == em->gen && waiter->cyc_pos < em->n &&
+        lm->cyc_owners[waiter->cyc_pos] == waiter) {
+        em->n = waiter->cyc_pos + 1; /* the previous edge already points at waiter */
+        e = &lm->cyc_edges[waiter->cyc_pos];
+    } else {
+        LM_ASSERT(em->n < lm->ws_cap);
+        const struct lm_wait *w = &waiter->wait;
+        if (em->marks) {
+            waiter->cyc_gen = em->gen;
+            waiter->cyc_pos = (uint32_t)em->n;
+        }
+        if (em->n > 0)
+            lm->cyc_edges[em->n - 1].blocker_id = waiter->id;
+        lm->cyc_owners[em->n] = waiter;
+        e = &lm->cyc_edges[em->n++];
+        e->waiter_id = waiter->id;
+        e->key = w->key->bytes;
+        e->keylen = w->keylen;
+        e->wanted = (enum lockmgr_mode)w->mode;
+        e->wait_seq = w->seq;
+        e->wait_since_us = w->since_us;
+    }
+    e->blocker_mode = (enum lockmgr_mode)blocker_mode;
+    e->soft = soft;
+}
+
+static inline bool direct(uint8_t mode, uint8_t hm)
+{
+    return lm_conflicts[mode] & LM_BIT(hm);
+}
+
+/* Edges for "e (waiting for mode) reaches holder t (mode hm) of its key through its
+ * queue" (lemma 1). */
+static void segment(struct emit *em, struct lockmgr_owner *e, uint8_t mode,
+                    const struct lockmgr_owner *t, uint8_t hm)
+{
+    if (direct(mode, hm)) {
+        emit(em, e, hm, false);
+        return;
+    }
+    /* e is a new request behind an exclusive request x: e -> x soft, x -> t hard */
+    const struct lm_wait *w = &e->wait;
+    const struct lm_wait *x = em->lm->queues[w->qi].xhead;
+    LM_ASSERT(x && x->ord < w->ord && !w->upgrade);
+    struct lockmgr_owner *xo = LM_WAIT_OWNER(x);
+    emit(em, e, LOCKMGR_EXCLUSIVE, true);
+    if (xo != t) /* else x is t's own upgrade */
+        emit(em, xo, hm, false);
+}
+
+/* Edge i of a cycle whose owners are all distinct and all edges hard and direct: frame i
+ * waits for the holder of its key in mode hm (the next owner). */
+static inline void edge_fill(struct lockmgr_cycle_edge *e, const struct lockmgr_owner *o,
+                             uint8_t hm)
+{
+    const struct lm_wait *w = &o->wait;
+    e->waiter_id = o->id;
+    e->key = w->key->bytes;
+    e->keylen = w->keylen;
+    e->wanted = (enum lockmgr_mode)w->mode;
+    e->blocker_mode = (enum lockmgr_mode)hm;
+    e->soft = false;
+    e->wait_seq = w->seq;
+    e->wait_since_us = w->since_us;
+}
+
+/* The common case: every frame waits directly for the next one's hold (no queue to pass
+ * through), so the cycle is the stack plus `last`, no owner twice.  Returns 0 as soon as
+ * an edge is not direct (the caller then takes the general way). */
+static size_t cycle_direct(struct lockmgr *lm, size_t depth, struct lockmgr_owner *last,
+                           uint8_t last_hm)
+{
+    const struct lm_frame *st = lm->stack;
+    struct lockmgr_cycle_edge *edges = lm->cyc_edges;
+    struct lockmgr_owner **owners = lm->cyc_owners;
+    for (size_t i = 0; i <= depth; i++) {
+        struct lockmgr_owner *o = st[i].owner, *next = i < depth ? st[i + 1].owner : last;
+        uint8_t hm = i < depth ? st[i + 1].via : last_hm;
+        if (!direct(st[i].mode, hm))
+            return 0;
+        if (i + 32 < depth) /* the owners are independent misses: overlap them */
+            __builtin_prefetch(st[i + 32].owner);
+        edge_fill(&edges[i], o, hm);
+        edges[i].blocker_id = next->id;
+        owners[i] = o;
+    }
+    return depth + 1;
+}
+
+/*
+ * Fills lm->cycle: the stack frames 0..depth are a path of "reaches" from the start;
+ * `last` (held in mode last_hm on the top frame's key) is the start itself
+ * (LM_END_HOLDER) or a waiter on the start's key, waiting for lmode, that reaches it as
+ * `end` says.  Frame owners are distinct and `last` is none of them (it would have been
+ * found when first reached), so owners can repeat only through an exclusive request
+ * passed on the way; without one the edges are written with no marks.
+ */
+static void cycle_build(const struct search *s, size_t depth, struct lockmgr_owner *last,
+                        uint8_t last_hm, uint8_t lmode, int end)
+{
+    struct lockmgr *lm = s->lm;
+    const struct lm_frame *st = lm->stack;
+    size_t n = end == LM_END_HOLDER ? cycle_direct(lm, depth, last, last_hm) : 0;
+    if (n == 0) {
+        bool simple = true;
+        for (size_t i = 0; simple && i < depth; i++)
+            simple = direct(st[i].mode, st[i + 1].via);
+        simple = simple && direct(st[depth].mode, last_hm);
+        if (end == LM_END_HARD)
+            simple = simple && direct(lmode, (uint8_t)s->start_hm);
+        else if (end == LM_END_SOFT)
+            simple = simple && direct(lmode, s->start->wait.mode);
+        struct emit em;
+        emit_init(&em, lm, !simple);
+        for (size_t i = 0; i < depth; i++)
+            segment(&em, st[i].owner, st[i].mode, st[i + 1].owner, st[i + 1].via);
+        segment(&em, st[depth].owner, st[depth].mode, last, last_hm);
+        if (end == LM_END_HARD)
+            segment(&em, last, lmode, s->start, (uint8_t)s->start_hm);
+        else if (end == LM_END_SOFT) /* j -> start: soft and direct (lemma 2) */
+            emit(&em, last, s->start->wait.mode, true);
+        n = em.n;
+        lm->cyc_edges[n - 1].blocker_id = s->start->id;
+    }
+    LM_ASSERT(n >= 2 && lm->cyc_owners[0] == s->start);
+    lm->cycle.n = n;
+    lm->cycle.edges = lm->cyc_edges;
+}
+
+/* ---- the search ---- */
+
+static void search_init(struct search *s, struct lockmgr *lm, struct lockmgr_owner *start)
+{
+    const struct lm_wait *sw = &start->wait;
+    if (++lm->gen == 0)
+        gen_wrap(lm);
+    s->lm = lm;
+    s->start = start;
+    s->gen = lm->gen;
+    s->qi0 = sw->qi;
+    s->start_hm = sw->upgrade ? lm_hold_mode(sw->hold) : -1;
+}
+
+/*
+ * Depth-first search from start.  Returns true and fills lm->cycle if start is on a
+ * cycle.  Cost O(waiting owners reached + holders of their keys); never allocates; runs
+ * inside lockmgr_acquire on the caller's thread.
  */
 bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
 {
-    if (!has_in_edge(start))
+    if (!has_in_edge(lm, start))
         return false;
-    if (++lm->gen == 0)
-        gen_wrap(lm);
-    uint32_t gen = lm->gen;
-    struct lm_frame *stack = lm->stack;
-    size_t depth = 0;
-    start->visit_gen = gen;
-    frame_init(lm, &stack[0], start, true);
+    struct search s;
+    search_init(&s, lm, start);
+    const struct lm_wait *sw = &start->wait;
+    LM_ASSERT(qhot_ok(lm, sw->key));
+    struct lm_qhot *fh = &lm->qhot[s.qi0];
+    uint8_t r0 = reach(sw->mode, sw->upgrade, sw->ord, fh->firstx);
+    fh->gen = s.gen;
+    fh->done = r0;
+    struct lm_frame *stack = lm->stack, *f = stack;
+    *f = (struct lm_frame){.owner = start, .qi = s.qi0, .modes = r0, .mode = sw->mode};
     for (;;) {
-        struct lockmgr_owner *next = frame_next(&stack[depth]);
-        if (!next) {
-            if (depth == 0)
-                return false;
-            depth--;
+        struct cand c;
+        if (!frame_next(f, fh, &c)) {
+            do { /* unwind past the frames with nothing left */
+                if (f == stack)
+                    return false;
+                f--;
+            } while (f->phase == 2);
+            fh = &lm->qhot[f->qi];
             continue;
         }
-        if (next == start) {
-            cycle_build(lm, depth);
+        if (c.j == start) {
+            cycle_build(&s, (size_t)(f - stack), start, c.hm, 0, LM_END_HOLDER);
             return true;
         }
-        if (next->visit_gen == gen || !next->wait.active)
-            continue;
-        next->visit_gen = gen;
-        LM_ASSERT(depth + 1 < lm->ws_cap);
-        frame_init(lm, &stack[++depth], next, false);
+        if (c.jqi == LM_NO_QUEUE)
+            continue; /* not waiting: no out-edges */
+        /* j holds f's key in mode c.hm and is reached; where does its own wait lead? */
+        LM_ASSERT(qhot_ok(lm, f->owner->wait.key) && qhot_ok(lm, c.j->wait.key));
+        struct lm_qhot *jh = &lm->qhot[c.jqi];
+        if (jh->gen != s.gen) {
+            jh->gen = s.gen;
+            jh->done = 0;
+        }
+        uint8_t r = reach(c.jmode, c.jupg, c.jord, jh->firstx);
+        if (c.jqi == s.qi0) {
+            int end = reaches_start(&s, c.jmode, c.jupg, r);
+            if (end >= 0) {
+                cycle_build(&s, (size_t)(f - stack), c.j, c.hm, c.jmode, end);
+                return true;
+            }
+        }
+        uint8_t fresh = r & (uint8_t)~jh->done;
+        if (!fresh)
+            continue; /* those holders are walked by another frame */
+        jh->done |= fresh;
+        LM_ASSERT((size_t)(f - stack) + 1 < lm->ws_cap);
+        *++f = (struct lm_frame){
+            .owner = c.j, .qi = c.jqi, .modes = fresh, .via = c.hm, .mode = c.jmode};
+        fh = jh;
     }
 }
 
@@ -190,6 +428,7 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
  */
 size_t lm_victim_default(void *arg, const struct lockmgr_cycle *cycle)
 {
+    (void)arg;
     size_t best = 0;
     for (size_t i = 1; i < cycle->n; i++)
         if (cycle->edges[i].wait_seq > cycle->edges[best].wait_seq)

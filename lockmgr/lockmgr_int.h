@@ -35,47 +35,77 @@ struct lm_hold {
     uint64_t since_us;
 };
 
-/* An owner's one wait; embedded in the owner.  Fields the deadlock search reads first. */
+/* An owner's one wait; embedded in the owner.  The fields the deadlock search and the cycle
+ * description read come first: with the owner's id they fill its first cache line. */
 struct lm_wait {
-    struct lm_key *key;
-    uint64_t ord;         /* queue position: upgrades (bit 63 clear) before new requests */
-    struct lm_hold *hold; /* upgrade: the existing hold; else preallocated, unlinked */
+    uint64_t ord; /* queue position: upgrades (bit 63 clear) before new requests */
+    uint32_t qi;  /* the key's queue slot (lm->queues, lm->qhot) */
     uint8_t mode, scope;
     bool active, upgrade;
-    uint32_t heap_idx; /* in lm->heap, LM_NO_HEAP if no deadline */
-    struct lm_wait *qprev, *qnext;
+    struct lm_key *key;
     uint64_t seq; /* when the wait began, in lm->seq order */
-    uint64_t since_us, deadline_us;
+    uint64_t since_us;
+    uint32_t heap_idx; /* in lm->heap, LM_NO_HEAP if no deadline */
+    uint16_t keylen;   /* key->len, so describing a cycle does not touch the keys */
+    uint64_t deadline_us;
+    struct lm_hold *hold; /* upgrade: the existing hold; else preallocated, unlinked */
+    struct lm_wait *qprev, *qnext;
+    struct lm_wait *xprev, *xnext; /* exclusive requests only: the queue's X list */
 };
-#define LM_NO_HEAP UINT32_MAX
+#define LM_NO_HEAP  UINT32_MAX
+#define LM_NO_QUEUE UINT32_MAX
 #define LM_WAIT_OWNER(w)                                                                           \
     ((struct lockmgr_owner *)((char *)(w)-offsetof(struct lockmgr_owner, wait)))
 #define LM_ORD_NEW (UINT64_C(1) << 63)
 
-/* Wait queue of one key, allocated while the key has waiters.  The scan fields are the
- * deadlock detector's per-search cursors (see deadlock.c), valid when scan_gen matches. */
+/*
+ * Wait queue of one key, in slot k->qi of lm->queues while the key has waiters.  Slots
+ * are preallocated (one per owner: every queue has a waiter and an owner waits once), so
+ * queueing never allocates.  Upgrades first, then new requests; the exclusive requests
+ * are also on a second list in the same order, whose head answers "is an exclusive
+ * request queued ahead of position p" for the deadlock search.
+ */
 struct lm_queue {
-    uint32_t scan_gen;
-    struct lm_hold *hscan[LOCKMGR_NMODES];
-    struct lm_wait *wscan[LOCKMGR_NMODES];
     struct lm_wait *head, *tail, *upg_last;
+    struct lm_wait *xhead, *xtail, *xupg_last;
     uint32_t nwait[LOCKMGR_NMODES];
+    uint32_t next_free; /* free-slot chain while unused */
+};
+
+/*
+ * What the deadlock search reads of a queue, in a dense array beside lm->queues so that
+ * a long wait chain costs one cache miss per key (README "Deadlock detection").  Kept
+ * exact by lm_qhot_refresh() on every change to the key's holders and to the waits of
+ * its sole holder.  gen and done are the search's own marks.
+ */
+struct lm_qhot {
+    struct lockmgr_owner *h1; /* the sole holder of the key, NULL if none or several */
+    uint64_t firstx;          /* ord of the first exclusive request queued, or UINT64_MAX */
+    uint64_t jord;            /* h1's wait, when h1 is waiting (jqi != LM_NO_QUEUE) */
+    uint32_t jqi;
+    uint8_t jmode;
+    bool jupg;
+    uint8_t h1mode; /* h1's effective mode */
+    uint8_t done;   /* holder modes already walked (or being walked) by search gen */
+    uint32_t gen;
 };
 
 struct lm_key {
     struct lm_key *hnext;
     struct lm_hold *holders;
-    struct lm_queue *queue;
+    uint32_t qi; /* queue slot, LM_NO_QUEUE while nobody waits */
     uint32_t hash;
     uint32_t nheld[LOCKMGR_NMODES]; /* holds by effective mode */
     uint16_t len;
     uint8_t bytes[];
 };
 
+/* Allocated 64-byte aligned: id, the cycle marks and the hot half of the wait share the
+ * first cache line. */
 struct lockmgr_owner {
-    uint32_t visit_gen;  /* deadlock search mark */
-    struct lm_wait wait; /* early: the deadlock search reads one cache line per owner */
     uint64_t id;
+    uint32_t cyc_gen, cyc_pos; /* position in the cycle being described */
+    struct lm_wait wait;
     void *udata;
     lockmgr_wait_cb cb;
     struct lm_hold *holds;
@@ -88,15 +118,15 @@ struct lockmgr_owner {
     struct lockmgr_owner *all_next, *all_prev; /* lm->owners */
 };
 
-/* Deadlock detector stack frame: one waiting owner being expanded. */
+/* Deadlock search stack frame: one waiting owner whose key's holders are being walked. */
 struct lm_frame {
     struct lockmgr_owner *owner;
-    struct lm_hold *hcur; /* private cursors (root, or a key with one waiter) */
-    struct lm_wait *wcur;
-    bool shared;    /* use the key's shared cursors instead */
-    uint8_t phase;  /* 0: holders (hard edges), 1: earlier waiters (soft), 2: done */
-    bool edge_soft; /* the edge to the next frame */
-    uint8_t edge_mode;
+    struct lm_hold *cur; /* next hold to look at (several holders) */
+    uint32_t qi;         /* owner's wait queue */
+    uint8_t modes;       /* holder modes this frame walks */
+    uint8_t phase;       /* 0: not started, 1: walking cur, 2: done */
+    uint8_t via;         /* owner's mode on the previous frame's key (its edge into here) */
+    uint8_t mode;        /* the mode owner waits for */
 };
 
 struct lockmgr {
@@ -106,9 +136,12 @@ struct lockmgr {
     struct lockmgr_owner *owners;
     size_t nowners, nlocks, nwaiters;
     uint64_t seq, last_token;
-    uint32_t gen;
+    uint32_t gen, cyc_gen;
     /* preallocated workspace, capacity ws_cap >= nowners */
     size_t ws_cap;
+    struct lm_queue *queues; /* queue slots, free ones chained from qfree */
+    struct lm_qhot *qhot;
+    uint32_t qfree;
     struct lm_frame *stack;
     struct lockmgr_owner **cyc_owners;
     struct lockmgr_cycle_edge *cyc_edges;
@@ -121,6 +154,12 @@ struct lockmgr {
     struct lockmgr_stats st;
 };
 
+/* k's queue, NULL if nobody waits.  Valid until the workspace grows (lockmgr_owner_new). */
+static inline struct lm_queue *lm_queue_of(const struct lockmgr *lm, const struct lm_key *k)
+{
+    return k->qi == LM_NO_QUEUE ? NULL : &lm->queues[k->qi];
+}
+
 /* table.c */
 uint32_t lm_hash(const void *key, size_t len);
 struct lm_key *lm_key_find(const struct lockmgr *lm, const void *key, size_t len, uint32_t h);
@@ -128,6 +167,8 @@ struct lm_key *lm_key_get(struct lockmgr *lm, const void *key, size_t len);
 void lm_key_maybe_free(struct lockmgr *lm, struct lm_key *k);
 struct lm_hold *lm_hold_find(const struct lm_key *k, const struct lockmgr_owner *o);
 uint8_t lm_held_mask(const struct lm_key *k, int except_mode);
+void lm_qhot_refresh(struct lockmgr *lm, struct lm_key *k);
+void lm_qhot_refresh_holds(struct lockmgr *lm, struct lockmgr_owner *o);
 
 /* h's effective mode (the stronger scope), -1 if none. */
 static inline int lm_hold_mode(const struct lm_hold *h)
@@ -137,7 +178,7 @@ static inline int lm_hold_mode(const struct lm_hold *h)
 }
 
 /* waits.c */
-bool lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w);
+void lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w);
 void lm_wait_unqueue(struct lockmgr *lm, struct lm_wait *w);
 void lm_wait_remove(struct lockmgr *lm, struct lm_wait *w);
 void lm_event_push(struct lockmgr *lm, struct lockmgr_owner *o, enum lockmgr_status st,

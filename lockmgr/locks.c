@@ -35,7 +35,7 @@ static void hold_link(struct lm_hold *h, struct lm_key *k, struct lockmgr_owner 
     o->nholds++;
 }
 
-static void hold_unlink(struct lm_hold *h)
+static void hold_unlink(struct lockmgr *lm, struct lm_hold *h)
 {
     struct lm_key *k = h->key;
     struct lockmgr_owner *o = h->owner;
@@ -52,11 +52,12 @@ static void hold_unlink(struct lm_hold *h)
     if (h->onext)
         h->onext->oprev = h->oprev;
     o->nholds--;
+    lm_qhot_refresh(lm, k);
 }
 
-/* Sets h's mode in scope (0 = none, else mode + 1), keeping k->nheld in step. Returns
- * true if the effective mode changed. */
-static bool hold_set(struct lm_hold *h, int scope, uint8_t v)
+/* Sets h's mode in scope (0 = none, else mode + 1), keeping k->nheld and the deadlock
+ * search's view of the key in step. Returns true if the effective mode changed. */
+static bool hold_set(struct lockmgr *lm, struct lm_hold *h, int scope, uint8_t v)
 {
     int before = lm_hold_mode(h);
     h->smode[scope] = v;
@@ -67,15 +68,17 @@ static bool hold_set(struct lm_hold *h, int scope, uint8_t v)
         h->key->nheld[before]--;
     if (after >= 0)
         h->key->nheld[after]++;
+    lm_qhot_refresh(lm, h->key);
     return true;
 }
 
-static uint8_t queue_mask(const struct lm_key *k)
+static uint8_t queue_mask(const struct lockmgr *lm, const struct lm_key *k)
 {
     uint8_t mask = 0;
-    if (k->queue)
+    const struct lm_queue *q = lm_queue_of(lm, k);
+    if (q)
         for (int m = 0; m < LOCKMGR_NMODES; m++)
-            if (k->queue->nwait[m])
+            if (q->nwait[m])
                 mask |= LM_BIT(m);
     return mask;
 }
@@ -95,7 +98,7 @@ static void grant_wait(struct lockmgr *lm, struct lm_wait *w, uint64_t now_us)
     lm_wait_unqueue(lm, w);
     if (!w->upgrade)
         hold_link(h, k, o);
-    hold_set(h, w->scope, (uint8_t)(w->mode + 1));
+    hold_set(lm, h, w->scope, (uint8_t)(w->mode + 1));
     h->token = tok;
     h->since_us = now_us;
     lm->st.grants++;
@@ -111,7 +114,8 @@ static void grant_wait(struct lockmgr *lm, struct lm_wait *w, uint64_t now_us)
 void lm_wakeup(struct lockmgr *lm, struct lm_key *k, uint64_t now_us)
 {
     uint8_t waitmask = 0;
-    struct lm_wait *w = k->queue ? k->queue->head : NULL;
+    struct lm_queue *q = lm_queue_of(lm, k);
+    struct lm_wait *w = q ? q->head : NULL;
     while (w) {
         struct lm_wait *next = w->qnext;
         uint8_t conflicts = lm_conflicts[w->mode];
@@ -142,6 +146,7 @@ static enum lockmgr_status start_wait(struct lockmgr *lm, struct lockmgr_owner *
 {
     struct lm_wait *w = &o->wait;
     w->key = k;
+    w->keylen = k->len;
     w->hold = h;
     w->upgrade = upgrade;
     w->mode = (uint8_t)mode;
@@ -150,8 +155,7 @@ static enum lockmgr_status start_wait(struct lockmgr *lm, struct lockmgr_owner *
     w->deadline_us = deadline_us;
     w->seq = ++lm->seq;
     w->ord = upgrade ? w->seq : (LM_ORD_NEW | w->seq);
-    if (!lm_wait_enqueue(lm, w))
-        return LOCKMGR_NOMEM;
+    lm_wait_enqueue(lm, w);
     if (!upgrade)
         lm->nlocks++;
     lm->st.waits++;
@@ -188,7 +192,7 @@ static enum lockmgr_status acquire_held(struct lockmgr *lm, struct lockmgr_owner
         /* Re-request: no stacking, same token; the scope takes the mode too. */
         if (h->smode[scope] < mode + 1)
             h->smode[scope] = (uint8_t)(mode + 1);
-        if (queue_mask(k) & lm_conflicts[mode])
+        if (queue_mask(lm, k) & lm_conflicts[mode])
             lm->st.bypass_reentry++;
         *token = h->token;
         return LOCKMGR_OK;
@@ -197,9 +201,9 @@ static enum lockmgr_status acquire_held(struct lockmgr *lm, struct lockmgr_owner
         uint64_t tok;
         if (!token_next(lm, &tok))
             return LOCKMGR_TOKENS_EXHAUSTED;
-        if (queue_mask(k) & lm_conflicts[mode])
+        if (queue_mask(lm, k) & lm_conflicts[mode])
             lm->st.bypass_upgrade++;
-        hold_set(h, scope, (uint8_t)(mode + 1));
+        hold_set(lm, h, scope, (uint8_t)(mode + 1));
         h->token = tok;
         h->since_us = now_us;
         lm->st.grants++;
@@ -225,7 +229,7 @@ static enum lockmgr_status acquire_new(struct lockmgr *lm, struct lockmgr_owner 
         lm->st.limit_hits++;
         return LOCKMGR_LIMIT;
     }
-    bool grantable = !(lm_conflicts[mode] & (lm_held_mask(k, -1) | queue_mask(k)));
+    bool grantable = !(lm_conflicts[mode] & (lm_held_mask(k, -1) | queue_mask(lm, k)));
     if (!grantable && !wait)
         return LOCKMGR_WOULD_BLOCK;
     if (!grantable && deadline_us && deadline_us <= now_us) {
@@ -235,19 +239,15 @@ static enum lockmgr_status acquire_new(struct lockmgr *lm, struct lockmgr_owner 
     struct lm_hold *h = calloc(1, sizeof(*h));
     if (!h)
         return LOCKMGR_NOMEM;
-    if (!grantable) {
-        enum lockmgr_status st = start_wait(lm, o, k, h, false, mode, scope, deadline_us, now_us);
-        if (st == LOCKMGR_NOMEM)
-            free(h);
-        return st;
-    }
+    if (!grantable)
+        return start_wait(lm, o, k, h, false, mode, scope, deadline_us, now_us);
     uint64_t tok;
     if (!token_next(lm, &tok)) {
         free(h);
         return LOCKMGR_TOKENS_EXHAUSTED;
     }
     hold_link(h, k, o);
-    hold_set(h, scope, (uint8_t)(mode + 1));
+    hold_set(lm, h, scope, (uint8_t)(mode + 1));
     h->token = tok;
     h->since_us = now_us;
     lm->nlocks++;
@@ -327,14 +327,14 @@ static void hold_release(struct lockmgr *lm, struct lm_hold *h, unsigned scope_m
     bool changed = false;
     for (int s = 0; s < 2; s++)
         if (scope_mask & (1u << s))
-            changed |= hold_set(h, s, 0);
+            changed |= hold_set(lm, h, s, 0);
     if (lm_hold_mode(h) < 0) {
         if (o->wait.active && o->wait.hold == h) {
             lm_wait_remove(lm, &o->wait);
             lm_event_push(lm, o, LOCKMGR_CANCELED, 0, NULL);
             lm->st.cancels++;
         }
-        hold_unlink(h);
+        hold_unlink(lm, h);
         free(h);
         lm->nlocks--;
     }

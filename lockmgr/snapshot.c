@@ -11,6 +11,7 @@
 #include "lockmgr_int.h"
 
 struct snap_build {
+    const struct lockmgr *lm;
     const struct lockmgr_owner *owner; /* filter, or NULL */
     size_t nkeys, nholders, nwaiters, keybytes;
     bool fill;
@@ -62,7 +63,8 @@ static void add_key(struct snap_build *b, const struct lm_key *k)
     for (const struct lm_hold *h = k->holders; h; h = h->knext)
         if (!b->owner || h->owner == b->owner)
             add_holder_rows(b, h);
-    for (const struct lm_wait *w = k->queue ? k->queue->head : NULL; w; w = w->qnext)
+    const struct lm_queue *q = lm_queue_of(b->lm, k);
+    for (const struct lm_wait *w = q ? q->head : NULL; w; w = w->qnext)
         if (!b->owner || LM_WAIT_OWNER(w) == b->owner)
             add_waiter_row(b, w);
     if (b->fill) {
@@ -102,7 +104,7 @@ struct lockmgr_snapshot *lockmgr_snapshot(const struct lockmgr *lm,
                                           const struct lockmgr_owner *owner, const void *key,
                                           size_t keylen)
 {
-    struct snap_build b = {.owner = owner};
+    struct snap_build b = {.lm = lm, .owner = owner};
     walk(lm, &b, key, keylen);
     size_t size = sizeof(struct lockmgr_snapshot) + b.nkeys * sizeof(struct lockmgr_snap_key) +
                   b.nholders * sizeof(struct lockmgr_snap_holder) +
@@ -110,7 +112,7 @@ struct lockmgr_snapshot *lockmgr_snapshot(const struct lockmgr *lm,
     struct lockmgr_snapshot *snap = calloc(1, size);
     if (!snap)
         return NULL;
-    struct snap_build f = {.owner = owner, .fill = true, .snap = snap};
+    struct snap_build f = {.lm = lm, .owner = owner, .fill = true, .snap = snap};
     f.keys = (struct lockmgr_snap_key *)(snap + 1);
     f.holders = (struct lockmgr_snap_holder *)(f.keys + b.nkeys);
     f.waiters = (struct lockmgr_snap_waiter *)(f.holders + b.nholders);

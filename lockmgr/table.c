@@ -29,6 +29,7 @@ struct lockmgr *lockmgr_new(const struct lockmgr_config *cfg)
     if (lm->cfg.token_ceiling == 0)
         lm->cfg.token_ceiling = INT64_MAX;
     lm->last_token = lm->cfg.token_floor;
+    lm->qfree = LM_NO_QUEUE;
     lm->nbuckets = LM_BUCKETS_MIN;
     lm->buckets = calloc(lm->nbuckets, sizeof(*lm->buckets));
     if (!lm->buckets) {
@@ -48,10 +49,10 @@ static void key_free_all(struct lockmgr *lm)
                 hn = h->knext;
                 free(h);
             }
-            for (struct lm_wait *w = k->queue ? k->queue->head : NULL; w; w = w->qnext)
+            struct lm_queue *q = lm_queue_of(lm, k);
+            for (struct lm_wait *w = q ? q->head : NULL; w; w = w->qnext)
                 if (!w->upgrade)
                     free(w->hold);
-            free(k->queue);
             free(k);
             k = next;
         }
@@ -69,6 +70,8 @@ void lockmgr_free(struct lockmgr *lm)
         free(o);
     }
     free(lm->buckets);
+    free(lm->queues);
+    free(lm->qhot);
     free(lm->stack);
     free(lm->cyc_owners);
     free(lm->cyc_edges);
@@ -76,7 +79,22 @@ void lockmgr_free(struct lockmgr *lm)
     free(lm);
 }
 
-/* Grows every per-owner workspace array to hold at least n entries. */
+/* realloc that leaves *p alone on failure. */
+static bool grow(void *p, size_t n, size_t size)
+{
+    void *np = realloc(*(void **)p, n * size);
+    if (!np)
+        return false;
+    *(void **)p = np;
+    return true;
+}
+
+/*
+ * Grows every per-owner workspace array to hold at least n entries: the deadlock search's
+ * stack and cycle buffers, the deadline heap and the queue slots (an owner waits for one
+ * key at a time, so there are never more queues than owners).  The only place they grow:
+ * waiting and searching never allocate.
+ */
 static bool workspace_reserve(struct lockmgr *lm, size_t n)
 {
     if (n <= lm->ws_cap)
@@ -84,22 +102,21 @@ static bool workspace_reserve(struct lockmgr *lm, size_t n)
     size_t cap = lm->ws_cap ? lm->ws_cap * 2 : 64;
     while (cap < n)
         cap *= 2;
-    struct lm_frame *st = realloc(lm->stack, cap * sizeof(*st));
-    if (!st)
+    if (cap >= LM_NO_QUEUE / 2)
         return false;
-    lm->stack = st;
-    struct lockmgr_owner **co = realloc(lm->cyc_owners, cap * sizeof(*co));
-    if (!co)
+    if (!grow(&lm->stack, cap, sizeof(*lm->stack)) ||
+        !grow(&lm->cyc_owners, cap, sizeof(*lm->cyc_owners)) ||
+        !grow(&lm->cyc_edges, cap, sizeof(*lm->cyc_edges)) ||
+        !grow(&lm->heap, cap, sizeof(*lm->heap)) || !grow(&lm->qhot, cap, sizeof(*lm->qhot)) ||
+        !grow(&lm->queues, cap, sizeof(*lm->queues)))
         return false;
-    lm->cyc_owners = co;
-    struct lockmgr_cycle_edge *ce = realloc(lm->cyc_edges, cap * sizeof(*ce));
-    if (!ce)
-        return false;
-    lm->cyc_edges = ce;
-    struct lm_wait **hp = realloc(lm->heap, cap * sizeof(*hp));
-    if (!hp)
-        return false;
-    lm->heap = hp;
+    /* chain the new slots in front of the free ones, lowest index first */
+    for (size_t i = cap; i-- > lm->ws_cap;) {
+        memset(&lm->queues[i], 0, sizeof(lm->queues[i]));
+        memset(&lm->qhot[i], 0, sizeof(lm->qhot[i]));
+        lm->queues[i].next_free = lm->qfree;
+        lm->qfree = (uint32_t)i;
+    }
     lm->ws_cap = cap;
     return true;
 }
@@ -109,9 +126,11 @@ struct lockmgr_owner *lockmgr_owner_new(struct lockmgr *lm, uint64_t id, lockmgr
 {
     if (!workspace_reserve(lm, lm->nowners + 1))
         return NULL;
-    struct lockmgr_owner *o = calloc(1, sizeof(*o));
+    size_t size = (sizeof(struct lockmgr_owner) + 63) & ~(size_t)63;
+    struct lockmgr_owner *o = aligned_alloc(64, size);
     if (!o)
         return NULL;
+    memset(o, 0, sizeof(*o));
     o->id = id;
     o->cb = cb;
     o->udata = udata;
@@ -195,6 +214,7 @@ struct lm_key *lm_key_get(struct lockmgr *lm, const void *key, size_t len)
     if (!k)
         return NULL;
     k->hash = h;
+    k->qi = LM_NO_QUEUE;
     k->len = (uint16_t)len;
     memcpy(k->bytes, key, len);
     if (lm->nkeys >= lm->nbuckets)
@@ -209,7 +229,7 @@ struct lm_key *lm_key_get(struct lockmgr *lm, const void *key, size_t len)
 /* Frees k once nobody holds or waits for it.  Tokens live in lm, so nothing is lost. */
 void lm_key_maybe_free(struct lockmgr *lm, struct lm_key *k)
 {
-    if (k->holders || k->queue)
+    if (k->holders || k->qi != LM_NO_QUEUE)
         return;
     struct lm_key **p = &lm->buckets[k->hash & (lm->nbuckets - 1)];
     while (*p != k)
@@ -247,6 +267,41 @@ uint8_t lm_held_mask(const struct lm_key *k, int except_mode)
         if (k->nheld[m] > (uint32_t)(m == except_mode))
             mask |= LM_BIT(m);
     return mask;
+}
+
+/*
+ * Recomputes the search's view of k's holders (struct lm_qhot): the sole holder, its mode
+ * and its own wait.  Called after every change to k's holds or to their modes, and after
+ * an owner's wait begins or ends (lm_qhot_refresh_holds), so the deadlock search can trust
+ * it.  O(1); a no-op when nobody waits for k.  Robust to a hold that is linked but has no
+ * mode yet (or any more): it is not counted in nheld and is skipped.
+ */
+void lm_qhot_refresh(struct lockmgr *lm, struct lm_key *k)
+{
+    if (k->qi == LM_NO_QUEUE)
+        return;
+    struct lm_qhot *hot = &lm->qhot[k->qi];
+    hot->h1 = NULL;
+    if ((size_t)k->nheld[0] + k->nheld[1] + k->nheld[2] != 1)
+        return;
+    const struct lm_hold *h = k->holders;
+    while (lm_hold_mode(h) < 0)
+        h = h->knext;
+    struct lockmgr_owner *o = h->owner;
+    const struct lm_wait *w = &o->wait;
+    hot->h1 = o;
+    hot->h1mode = (uint8_t)lm_hold_mode(h);
+    hot->jqi = w->active ? w->qi : LM_NO_QUEUE;
+    hot->jmode = w->mode;
+    hot->jupg = w->upgrade;
+    hot->jord = w->ord;
+}
+
+/* o's wait began or ended: refresh the keys o holds, where o may be the sole holder. */
+void lm_qhot_refresh_holds(struct lockmgr *lm, struct lockmgr_owner *o)
+{
+    for (struct lm_hold *h = o->holds; h; h = h->onext)
+        lm_qhot_refresh(lm, h->key);
 }
 
 void lockmgr_stats_get(const struct lockmgr *lm, struct lockmgr_stats *out)

@@ -7,6 +7,7 @@
  * public call, so callbacks never see a half-updated table.  See lockmgr/README.md.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "lockmgr_int.h"
 
@@ -72,31 +73,75 @@ uint64_t lockmgr_next_deadline(const struct lockmgr *lm)
 
 /* ---- queues ---- */
 
-/* Links w into its key's queue (allocating the queue if needed) and the deadline heap.
- * The heap never needs to grow: it has room for every owner (table.c). */
-bool lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w)
+/* Takes a free queue slot for k; there is always one (table.c, workspace_reserve). */
+static struct lm_queue *queue_open(struct lockmgr *lm, struct lm_key *k)
+{
+    uint32_t qi = lm->qfree;
+    LM_ASSERT(qi != LM_NO_QUEUE);
+    struct lm_queue *q = &lm->queues[qi];
+    lm->qfree = q->next_free;
+    memset(q, 0, sizeof(*q));
+    struct lm_qhot *hot = &lm->qhot[qi];
+    hot->h1 = NULL;
+    hot->firstx = UINT64_MAX;
+    hot->gen = 0;
+    k->qi = qi;
+    return q;
+}
+
+static void queue_close(struct lockmgr *lm, struct lm_key *k)
+{
+    lm->queues[k->qi].next_free = lm->qfree;
+    lm->qfree = k->qi;
+    k->qi = LM_NO_QUEUE;
+}
+
+/* Links w after `after` (NULL: at the front) on the list given by the field offsets. */
+#define LIST_INSERT(head, tail, after, w, prev, next)                                              \
+    do {                                                                                           \
+        (w)->prev = (after);                                                                       \
+        (w)->next = (after) ? (after)->next : (head);                                              \
+        if ((w)->next)                                                                             \
+            (w)->next->prev = (w);                                                                 \
+        else                                                                                       \
+            (tail) = (w);                                                                          \
+        if (after)                                                                                 \
+            (after)->next = (w);                                                                   \
+        else                                                                                       \
+            (head) = (w);                                                                          \
+    } while (0)
+
+#define LIST_REMOVE(head, tail, w, prev, next)                                                     \
+    do {                                                                                           \
+        if ((w)->prev)                                                                             \
+            (w)->prev->next = (w)->next;                                                           \
+        else                                                                                       \
+            (head) = (w)->next;                                                                    \
+        if ((w)->next)                                                                             \
+            (w)->next->prev = (w)->prev;                                                           \
+        else                                                                                       \
+            (tail) = (w)->prev;                                                                    \
+    } while (0)
+
+/* Links w into its key's queue (opening one if needed) and the deadline heap.  Never
+ * allocates: queue slots and the heap have room for every owner (table.c). */
+void lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w)
 {
     struct lm_key *k = w->key;
-    if (!k->queue) {
-        k->queue = calloc(1, sizeof(*k->queue));
-        if (!k->queue)
-            return false;
-    }
-    struct lm_queue *q = k->queue;
+    struct lm_queue *q = k->qi == LM_NO_QUEUE ? queue_open(lm, k) : &lm->queues[k->qi];
     struct lm_wait *after = w->upgrade ? q->upg_last : q->tail;
-    w->qprev = after;
-    w->qnext = after ? after->qnext : q->head;
-    if (w->qnext)
-        w->qnext->qprev = w;
-    else
-        q->tail = w;
-    if (after)
-        after->qnext = w;
-    else
-        q->head = w;
+    LIST_INSERT(q->head, q->tail, after, w, qprev, qnext);
     if (w->upgrade)
         q->upg_last = w;
+    if (w->mode == LOCKMGR_EXCLUSIVE) {
+        after = w->upgrade ? q->xupg_last : q->xtail;
+        LIST_INSERT(q->xhead, q->xtail, after, w, xprev, xnext);
+        if (w->upgrade)
+            q->xupg_last = w;
+        lm->qhot[k->qi].firstx = q->xhead->ord;
+    }
     q->nwait[w->mode]++;
+    w->qi = k->qi;
     w->active = true;
     lm->nwaiters++;
     if (w->deadline_us) {
@@ -104,35 +149,39 @@ bool lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w)
         heap_set(lm, lm->heap_n++, w);
         heap_up(lm, lm->heap_n - 1);
     }
-    return true;
+    /* the owner is waiting now: the search's view of its keys (and of k) changed */
+    struct lockmgr_owner *o = LM_WAIT_OWNER(w);
+    lm_qhot_refresh_holds(lm, o);
+    if (!w->upgrade)
+        lm_qhot_refresh(lm, k);
 }
 
-/* Takes w off its queue and the heap; frees the queue when it empties.  The hold is
+/* Takes w off its queue and the heap; frees the queue slot when it empties.  The hold is
  * untouched (the caller grants or frees it). */
 void lm_wait_unqueue(struct lockmgr *lm, struct lm_wait *w)
 {
     struct lm_key *k = w->key;
-    struct lm_queue *q = k->queue;
+    struct lm_queue *q = &lm->queues[k->qi];
     if (q->upg_last == w)
         q->upg_last = w->qprev;
-    if (w->qprev)
-        w->qprev->qnext = w->qnext;
-    else
-        q->head = w->qnext;
-    if (w->qnext)
-        w->qnext->qprev = w->qprev;
-    else
-        q->tail = w->qprev;
-    q->nwait[w->mode]--;
-    if (!q->head) {
-        free(q);
-        k->queue = NULL;
+    LIST_REMOVE(q->head, q->tail, w, qprev, qnext);
+    if (w->mode == LOCKMGR_EXCLUSIVE) {
+        if (q->xupg_last == w)
+            q->xupg_last = w->xprev;
+        LIST_REMOVE(q->xhead, q->xtail, w, xprev, xnext);
+        lm->qhot[k->qi].firstx = q->xhead ? q->xhead->ord : UINT64_MAX;
+        w->xprev = w->xnext = NULL;
     }
+    q->nwait[w->mode]--;
+    if (!q->head)
+        queue_close(lm, k);
     if (w->heap_idx != LM_NO_HEAP)
         heap_remove(lm, w);
     w->active = false;
     w->qprev = w->qnext = NULL;
+    w->qi = LM_NO_QUEUE;
     lm->nwaiters--;
+    lm_qhot_refresh_holds(lm, LM_WAIT_OWNER(w));
 }
 
 /* Ends w without a grant; frees a new request's preallocated hold.  The caller wakes the

@@ -1,7 +1,8 @@
 /*
  * test_deadlock.c: lockmgr/deadlock.c: the schedule specs in specs/ (deadlocks of 2, 3
  * and 10 owners, upgrade deadlocks, cycles through soft edges, long chains that are not
- * cycles), the cycle description, a replaced victim policy and a 10^4-deep chain.
+ * cycles, mixed read/write/exclusive queues), the cycle description, a replaced victim
+ * policy and a 10^4-deep chain.
  */
 #include <stdio.h>
 
@@ -38,6 +39,7 @@ SPEC_TEST(soft_cycle)
 SPEC_TEST(chain_no_cycle)
 SPEC_TEST(timeouts)
 SPEC_TEST(scopes)
+SPEC_TEST(mixed_queue)
 
 /* The cycle names every edge: waiter, blocker, key, modes, hard or soft. */
 static void test_cycle_description(void)
@@ -187,6 +189,7 @@ static const CU_TestInfo tests[] = {
     {"spec_chain_no_cycle", test_spec_chain_no_cycle},
     {"spec_timeouts", test_spec_timeouts},
     {"spec_scopes", test_spec_scopes},
+    {"spec_mixed_queue", test_spec_mixed_queue},
     {"cycle_description", test_cycle_description},
     {"victim_policy", test_victim_policy},
     {"victim_other_grants_requester", test_victim_other_grants_requester},

@@ -1,15 +1,22 @@
 /*
  * test_random.c: a randomized test of the whole library against a brute-force model.
  *
- * 50 owners, 20 keys, LOCKMGR_RANDOM_OPS operations (default 10^6; LOCKMGR_RANDOM_SEED
- * picks the seed).  The model keeps a (owner x key) matrix of held modes per scope and
- * one wait per owner, and recomputes everything from the definitions in SPEC section 2:
- * grants by scanning the queue in order, deadlocks by a search over all hard and soft
+ * Three configurations, LOCKMGR_RANDOM_OPS operations each (default 10^6;
+ * LOCKMGR_RANDOM_SEED picks the seed): "model", 50 owners on 20 keys; "crowded", 12
+ * owners on 3 keys, so queues are long, mix all three modes and hold many upgrades (the
+ * cases the deadlock search summarizes instead of walking); "victim", 24 owners on 4 keys
+ * with a victim policy that picks a random edge, so the library has to search again after
+ * aborting another owner.  The model keeps a (owner x key) matrix of held modes per scope
+ * and one wait per owner, and recomputes everything from the definitions in SPEC section
+ * 2: grants by scanning the queue in order, deadlocks by a search over all hard and soft
  * edges.  After every operation the library's return value and the exact set of callbacks
- * must match the model's; tokens must grow per key and re-requests return the held token;
- * every reported cycle must consist of real edges.  Every 1000 steps the whole table is
- * compared through a snapshot and the model's wait-for graph is checked to be acyclic.
- * At the end, holders leave until every waiter has been granted.
+ * must match the model's; tokens must grow per key and re-requests return the held token.
+ * Every cycle reported (or handed to the victim policy) must start at the requester, be
+ * simple, and consist of real edges with the right kind and modes; the model applies the
+ * same victims in the same order, and the requester must be on a cycle exactly as long as
+ * the library keeps choosing.  Every 1000 steps the whole table is compared through a
+ * snapshot and the model's wait-for graph is checked to be acyclic.  At the end, holders
+ * leave until every waiter has been granted.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,10 +26,18 @@
 #include "cunit_main.h"
 #include "lmtest.h"
 
-#define NO        50
-#define NK        20
-#define MAX_LOCKS 60
-#define ORD_NEW   (UINT64_C(1) << 63)
+#define NO_MAX  50 /* array sizes; the configuration uses NO <= NO_MAX owners */
+#define NK_MAX  20
+#define ORD_NEW (UINT64_C(1) << 63)
+
+struct rconfig {
+    int owners, keys;
+    size_t max_locks;
+    bool random_victim;
+};
+static struct rconfig cfg;
+#define NO (cfg.owners)
+#define NK (cfg.keys)
 
 static const uint8_t conf[3] = {4, 6, 7}; /* SPEC table: read-X, write-W/X, X-all */
 
@@ -43,18 +58,30 @@ struct mevent {
 };
 
 static struct model {
-    struct mhold h[NO][NK];
-    struct mwait w[NO];
-    uint64_t maxtok[NK];
+    struct mhold h[NO_MAX][NK_MAX];
+    struct mwait w[NO_MAX];
+    uint64_t maxtok[NK_MAX];
+    uint64_t steptok[NK_MAX]; /* maxtok before the current step */
     uint64_t seq, now;
     size_t nlocks;
-    struct mevent ev[NO * 2];
+    struct mevent ev[NO_MAX * 2];
     int nev;
 } M;
 
+/* A cycle as the library reported it: to the victim policy, or by lockmgr_last_cycle. */
+struct rcycle {
+    size_t n, victim;
+    struct {
+        int waiter, blocker, wanted, blocker_mode;
+        bool soft;
+    } e[NO_MAX];
+};
+static struct rcycle plog[NO_MAX + 1]; /* the victim policy's calls during one step */
+static int nplog;
+
 static struct lockmgr *lm;
-static struct lockmgr_owner *ow[NO];
-static char keyname[NK][16];
+static struct lockmgr_owner *ow[NO_MAX];
+static char keyname[NK_MAX][16];
 static uint64_t rng;
 static long step;
 static char failmsg[256];
@@ -107,7 +134,7 @@ static void remove_wait(int o)
 /* Grants the waiters of k in queue order, as SPEC section 2 says. */
 static void wakeup(int k)
 {
-    int order[NO], n = 0;
+    int order[NO_MAX], n = 0;
     for (int o = 0; o < NO; o++)
         if (M.w[o].active && M.w[o].key == k)
             order[n++] = o;
@@ -148,8 +175,8 @@ static bool edge(int x, int y, bool *hard, bool *soft)
 /* Is s on a cycle of the wait-for graph?  Plain search over the adjacency definition. */
 static bool on_cycle(int s)
 {
-    bool seen[NO] = {false}, h, so;
-    int stack[NO], n = 0;
+    bool seen[NO_MAX] = {false}, h, so;
+    int stack[NO_MAX], n = 0;
     for (int y = 0; y < NO; y++)
         if (edge(s, y, &h, &so) && !seen[y]) {
             seen[y] = true;
@@ -174,20 +201,90 @@ static int fail(const char *fmt, long a, long b)
     return -1;
 }
 
-static int check_cycle(void)
+static void rcycle_copy(struct rcycle *r, const struct lockmgr_cycle *c)
 {
-    const struct lockmgr_cycle *c = lockmgr_last_cycle(lm);
-    if (c->n < 2)
-        return fail("cycle of %ld edges at step %ld", (long)c->n, step);
-    for (size_t i = 0; i < c->n; i++) {
+    r->n = c->n <= NO_MAX ? c->n : NO_MAX + 1;
+    for (size_t i = 0; i < c->n && i < NO_MAX; i++) {
         const struct lockmgr_cycle_edge *e = &c->edges[i];
-        int x = (int)e->waiter_id, y = (int)e->blocker_id;
+        r->e[i].waiter = (int)e->waiter_id;
+        r->e[i].blocker = (int)e->blocker_id;
+        r->e[i].wanted = (int)e->wanted;
+        r->e[i].blocker_mode = (int)e->blocker_mode;
+        r->e[i].soft = e->soft;
+    }
+}
+
+/* A reported cycle must be a simple cycle through the requester o, of real edges. */
+static int check_cycle(const struct rcycle *c, int o)
+{
+    bool seen[NO_MAX] = {false};
+    if (c->n < 2 || c->n > (size_t)NO || c->e[0].waiter != o)
+        return fail("cycle of %ld edges not from the requester at step %ld", (long)c->n, step);
+    for (size_t i = 0; i < c->n; i++) {
+        int x = c->e[i].waiter, y = c->e[i].blocker;
         bool h, s;
-        if (!edge(x, y, &h, &s) || (e->soft ? !s : !h) || (int)e->wanted != M.w[x].mode ||
-            e->blocker_id != c->edges[(i + 1) % c->n].waiter_id)
+        if (x < 0 || x >= NO || seen[x])
+            return fail("owner %ld twice in the cycle at step %ld", x, step);
+        seen[x] = true;
+        int want_bmode = c->e[i].soft ? M.w[y].mode : eff(y, M.w[x].key);
+        if (!edge(x, y, &h, &s) || (c->e[i].soft ? !s : !h) || c->e[i].wanted != M.w[x].mode ||
+            c->e[i].blocker_mode != want_bmode || y != c->e[(i + 1) % c->n].waiter)
             return fail("bad cycle edge %ld at step %ld", (long)i, step);
     }
     return 0;
+}
+
+/* The "victim" configuration's policy: any edge, at random; the model replays the log. */
+static size_t random_victim(void *arg, const struct lockmgr_cycle *c)
+{
+    (void)arg;
+    struct rcycle *r = &plog[nplog < NO_MAX ? nplog++ : NO_MAX];
+    rcycle_copy(r, c);
+    r->victim = (size_t)(rnd() % c->n);
+    return r->victim;
+}
+
+/* Drops o's event of this step (its wait was granted while the library resolved a
+ * deadlock, so the library returns the grant instead of calling back). */
+static void take_event(int o)
+{
+    for (int i = 0; i < M.nev; i++)
+        if (M.ev[i].owner == o) {
+            M.ev[i] = M.ev[--M.nev];
+            return;
+        }
+}
+
+/* Deadlock resolution with a replaced victim policy: each cycle the library handed to the
+ * policy must be a cycle of the model's graph at that point, and the requester must be on
+ * a cycle exactly until the library stops asking. */
+static enum lockmgr_status model_victims(int o, int k, bool *cycle_ok)
+{
+    for (int i = 0;; i++) {
+        if (!on_cycle(o)) {
+            if (i != nplog)
+                *cycle_ok = fail("policy called %ld times, model %ld cycles", nplog, i) == 0;
+            return LOCKMGR_WAITING;
+        }
+        if (i >= nplog || check_cycle(&plog[i], o) < 0) {
+            if (i >= nplog)
+                fail("the library missed a cycle at step %ld (%ld)", step, i);
+            *cycle_ok = false;
+            return LOCKMGR_WAITING;
+        }
+        int v = plog[i].e[plog[i].victim].waiter, vk = M.w[v].key;
+        remove_wait(v);
+        if (v == o) {
+            wakeup(k);
+            return LOCKMGR_DEADLOCK;
+        }
+        push_event(v, vk, LOCKMGR_DEADLOCK);
+        wakeup(vk);
+        if (!M.w[o].active) {
+            take_event(o);
+            return LOCKMGR_OK;
+        }
+    }
 }
 
 /* Starts o's wait in the model; returns the status the library must return. */
@@ -201,9 +298,13 @@ static enum lockmgr_status model_wait(int o, int k, int mode, int scope, bool up
                             M.seq, deadline};
     if (!upgrade)
         M.nlocks++;
+    if (cfg.random_victim)
+        return model_victims(o, k, cycle_ok);
     if (!on_cycle(o))
         return LOCKMGR_WAITING;
-    *cycle_ok = check_cycle() == 0;
+    struct rcycle c;
+    rcycle_copy(&c, lockmgr_last_cycle(lm));
+    *cycle_ok = check_cycle(&c, o) == 0;
     remove_wait(o);
     wakeup(k);
     return LOCKMGR_DEADLOCK;
@@ -224,7 +325,7 @@ static enum lockmgr_status model_acquire(int o, int k, int mode, int scope, uint
     if (e >= 0) {
         grantable = !(conf[mode] & held_mask(k, o));
     } else {
-        if (M.nlocks >= MAX_LOCKS)
+        if (M.nlocks >= cfg.max_locks)
             return LOCKMGR_LIMIT;
         grantable = !(conf[mode] & (held_mask(k, -1) | wait_mask(k, UINT64_MAX)));
     }
@@ -297,8 +398,7 @@ static int check_events(void)
         return fail("%ld events, model %ld", (long)lmt_nevents, M.nev);
     qsort(M.ev, (size_t)M.nev, sizeof(M.ev[0]), cmp_event);
     qsort(lmt_events, lmt_nevents, sizeof(lmt_events[0]), cmp_lmt);
-    uint64_t before[NK]; /* one step may grant a key several times, in any owner order */
-    memcpy(before, M.maxtok, sizeof(before));
+    const uint64_t *before = M.steptok; /* one step may grant a key several times */
     for (int i = 0; i < M.nev; i++) {
         const struct mevent *m = &M.ev[i];
         const struct lmt_event *e = &lmt_events[i];
@@ -319,9 +419,11 @@ static int check_token(int o, int k, bool rerequest, uint64_t token)
 {
     if (rerequest)
         return token == M.h[o][k].token ? 0 : fail("re-request token differs, step %ld", step, 0);
-    if (token <= M.maxtok[k])
+    if (token <= M.steptok[k]) /* the step may also have granted k to others, in any order */
         return fail("token not increasing on key %ld at step %ld", k, step);
-    M.maxtok[k] = M.h[o][k].token = token;
+    if (token > M.maxtok[k])
+        M.maxtok[k] = token;
+    M.h[o][k].token = token;
     return 0;
 }
 
@@ -402,6 +504,8 @@ static int one_step(void)
 {
     int o = (int)(rnd() % NO), r = (int)(rnd() % 100);
     M.nev = 0;
+    nplog = 0;
+    memcpy(M.steptok, M.maxtok, sizeof(M.steptok));
     lmt_reset();
     int rc;
     if (r < 40)
@@ -472,6 +576,7 @@ static int drain(void)
                 continue;
             }
             M.nev = 0;
+            memcpy(M.steptok, M.maxtok, sizeof(M.steptok));
             lmt_reset();
             if (op_release_all(o, true) < 0 || check_events() < 0)
                 return -1;
@@ -482,17 +587,20 @@ static int drain(void)
     return fail("waiters left after draining", 0, 0);
 }
 
-static void test_random_model(void)
+static void run_config(const struct rconfig *c)
 {
     const char *env = getenv("LOCKMGR_RANDOM_OPS");
     long ops = env ? atol(env) : 1000000;
     env = getenv("LOCKMGR_RANDOM_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : 20240601;
     rng = seed ? seed : 1;
+    cfg = *c;
     memset(&M, 0, sizeof(M));
     M.now = 1;
-    struct lockmgr_config cfg = {.max_locks = MAX_LOCKS};
-    lm = lockmgr_new(&cfg);
+    struct lockmgr_config lc = {.max_locks = cfg.max_locks};
+    if (cfg.random_victim)
+        lc.victim = random_victim;
+    lm = lockmgr_new(&lc);
     CU_ASSERT_PTR_NOT_NULL_FATAL(lm);
     for (int o = 0; o < NO; o++)
         ow[o] = lockmgr_owner_new(lm, (uint64_t)o, lmt_record, NULL);
@@ -522,8 +630,25 @@ static void test_random_model(void)
     lockmgr_free(lm);
 }
 
+static void test_random_model(void)
+{
+    run_config(&(struct rconfig){.owners = 50, .keys = 20, .max_locks = 60});
+}
+
+static void test_random_crowded(void)
+{
+    run_config(&(struct rconfig){.owners = 12, .keys = 3, .max_locks = 30});
+}
+
+static void test_random_victim(void)
+{
+    run_config(&(struct rconfig){.owners = 24, .keys = 4, .max_locks = 60, .random_victim = true});
+}
+
 static const CU_TestInfo tests[] = {
     {"model", test_random_model},
+    {"crowded", test_random_crowded},
+    {"victim", test_random_victim},
     CU_TEST_INFO_NULL,
 };
 
