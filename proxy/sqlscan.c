@@ -1,403 +1,795 @@
 /*
- * sqlscan.c: simple-query classifier (see sqlscan.h).
+ * sqlscan.c: the simple-query classifier (see sqlscan.h for what it guarantees).
  *
- * One pass of a lexer over the text.  Each statement keeps its first MAX_TOKENS tokens
- * (words upper-cased, quoted identifiers as written); the statement is classified from
- * them when its ';' or the end of the text is reached.  Calls of session advisory lock
- * functions are looked for in every token of every statement.
+ * Two layers, one pass, no token stored.
+ *
+ *   lexer      lex_next() returns the next token as PostgreSQL's scan.l would split it
+ *              (whitespace and comments skipped, literals and quoted identifiers whole),
+ *              and on the way notices calls of session advisory lock functions: a lock
+ *              function name token followed by a '(' token.
+ *   statements classify_stmt() looks at the first token of a statement and, for the few
+ *              statement forms that matter, pulls further tokens with stmt_next() and
+ *              matches them against the grammar (a little recursive descent).
+ *              stmt_next() never crosses the statement's ';', so a matcher can stop
+ *              anywhere; px_sql_classify() then drains the statement's remaining tokens.
+ *
+ * Every token advances the position by at least one byte and every token is looked at a
+ * bounded number of times, so the whole is linear in the length of the text.  Literal
+ * bodies are skipped with memchr where there are no escapes to look at.
  */
-#include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #include "sqlscan.h"
 
-#define MAX_TOKENS 24
-#define TOKEN_MAX  64
-
-enum tok_kind { TOK_WORD, TOK_QIDENT, TOK_OTHER };
+enum tok_kind {
+    TOK_END,    /* end of the text */
+    TOK_SEMI,   /* ';' */
+    TOK_WORD,   /* identifier or keyword, as written */
+    TOK_QIDENT, /* "quoted identifier": s/n is the text between the quotes, "" not undone */
+    TOK_STRING, /* string constant of any kind, including dollar-quoted */
+    TOK_NUMBER, /* numeric constant or $n parameter */
+    TOK_CHAR,   /* any other byte: punctuation, operator character, junk */
+    TOK_BAD,    /* unterminated literal, identifier or comment: runs to the end */
+};
 
 struct token {
     enum tok_kind kind;
-    char text[TOKEN_MAX]; /* WORD: upper case; QIDENT: unescaped; cut at TOKEN_MAX - 1 */
-    char punct;           /* TOK_OTHER: the character ('(' ',' '.' ...), 0 for literals */
+    const char *s;
+    size_t n;
 };
 
-struct stmt {
-    struct token tok[MAX_TOKENS];
-    int n;                 /* tokens kept */
-    int total;             /* tokens seen */
-    bool pending_advisory; /* last token was an advisory lock function name */
+struct lexer {
+    const char *p, *end;
+    bool stmt_done;      /* the last token ended a statement (TOK_SEMI or TOK_END) */
+    bool after_lock_fn;  /* the last token named a session advisory lock function */
+    const char *feature; /* first session-only feature seen (static string) */
 };
 
-static const char *const tracked_params[] = {
-    "application_name", "client_encoding",
-    "DateStyle",        "default_transaction_read_only",
-    "IntervalStyle",    "standard_conforming_strings",
-    "TimeZone",
-};
+#define GENERIC_SET "SET of a parameter that is not re-synced"
 
-bool px_sql_param_tracked(const char *name, size_t len)
+/* ---- characters ----------------------------------------------------------------------- */
+
+/* PostgreSQL 15's scan.l: space [ \t\n\r\f] (no \v before 16). */
+static bool is_space(unsigned char c)
 {
-    for (size_t i = 0; i < sizeof(tracked_params) / sizeof(tracked_params[0]); i++)
-        if (strlen(tracked_params[i]) == len && !strncasecmp(tracked_params[i], name, len))
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
+}
+
+static bool is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* ident_start [A-Za-z\200-\377_] */
+static bool is_ident_start(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+}
+
+/* ident_cont [A-Za-z\200-\377_0-9\$] */
+static bool is_ident_cont(unsigned char c)
+{
+    return is_ident_start(c) || is_digit(c) || c == '$';
+}
+
+static char fold(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+/* s[0..n) equals the lower-case ASCII word w[0..wn), ignoring ASCII case. */
+static bool fold_eq(const char *s, size_t n, const char *w, size_t wn)
+{
+    if (n != wn)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (fold(s[i]) != w[i])
+            return false;
+    return true;
+}
+
+/* ---- lexer ---------------------------------------------------------------------------- */
+
+/* p is just past the opening slash-star.  Returns just past the matching star-slash
+ * (comments nest), or NULL when the text ends first. */
+static const char *skip_block_comment(const char *p, const char *end)
+{
+    size_t depth = 1;
+    while (p < end) {
+        if (*p == '*' && end - p > 1 && p[1] == '/') {
+            p += 2;
+            if (--depth == 0)
+                return p;
+        } else if (*p == '/' && end - p > 1 && p[1] == '*') {
+            p += 2;
+            depth++;
+        } else {
+            p++;
+        }
+    }
+    return NULL;
+}
+
+/* Skips white space and comments.  Returns the start of the next token (end if none), or
+ * NULL for an unterminated block comment. */
+static const char *skip_blank(const char *p, const char *end)
+{
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (is_space(c)) {
+            p++;
+        } else if (c == '-' && end - p > 1 && p[1] == '-') {
+            p += 2; /* comment ("--"{non_newline}*), non_newline [^\n\r] */
+            while (p < end && *p != '\n' && *p != '\r')
+                p++;
+        } else if (c == '/' && end - p > 1 && p[1] == '*') {
+            p = skip_block_comment(p + 2, end);
+            if (!p)
+                return NULL;
+        } else {
+            break;
+        }
+    }
+    return p;
+}
+
+/* p is just past an opening quote q.  Returns the closing quote, or NULL when the text ends
+ * first.  A doubled quote stands for one; with backslash, a backslash escapes the next
+ * byte (E'' strings: \' and \\ and every other escape start with a backslash). */
+static const char *find_close_quote(const char *p, const char *end, char q, bool backslash)
+{
+    while (p < end) {
+        if (backslash) {
+            while (p < end && *p != q && *p != '\\')
+                p++;
+            if (p < end && *p == '\\') {
+                p += end - p > 1 ? 2 : 1;
+                continue;
+            }
+        } else {
+            p = memchr(p, q, (size_t)(end - p));
+        }
+        if (!p || p >= end)
+            return NULL;
+        if (end - p > 1 && p[1] == q) {
+            p += 2;
+            continue;
+        }
+        return p;
+    }
+    return NULL;
+}
+
+/* p is at '$'.  Returns the length of a dollar-quote delimiter $[tag]$ starting there
+ * (dolqdelim: \$({dolq_start}{dolq_cont}*)?\$ where dolq_cont has no '$'), or 0. */
+static size_t dollar_delim(const char *p, const char *end)
+{
+    const char *q = p + 1;
+    if (q < end && is_ident_start((unsigned char)*q)) {
+        q++;
+        while (q < end && (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q)))
+            q++;
+    }
+    if (q < end && *q == '$')
+        return (size_t)(q - p) + 1;
+    return 0;
+}
+
+/* p is just past the opening delimiter d[0..dn).  Returns just past the closing one, or
+ * NULL.  The tag holds no '$', so each comparison stops by the next '$' of the body:
+ * linear. */
+static const char *skip_dollar_body(const char *p, const char *end, const char *d, size_t dn)
+{
+    while ((size_t)(end - p) >= dn) {
+        const char *hit = memchr(p, '$', (size_t)(end - p) - dn + 1);
+        if (!hit)
+            return NULL;
+        if (!memcmp(hit, d, dn))
+            return hit + dn;
+        p = hit + 1;
+    }
+    return NULL;
+}
+
+/* One token starting at p (not blank, p < end); sets t and returns the position after it. */
+static const char *lex_token(const char *p, const char *end, struct token *t)
+{
+    unsigned char c = (unsigned char)*p;
+    const char *q;
+    t->s = p;
+    if (c == ';') {
+        t->kind = TOK_SEMI;
+        return p + 1;
+    }
+    if (is_ident_start(c)) {
+        if ((c == 'e' || c == 'E') && end - p > 1 && p[1] == '\'') { /* xestart [eE]{quote} */
+            q = find_close_quote(p + 2, end, '\'', true);
+            t->kind = q ? TOK_STRING : TOK_BAD;
+            return q ? q + 1 : end;
+        }
+        q = p + 1;
+        while (q < end && is_ident_cont((unsigned char)*q))
+            q++;
+        t->kind = TOK_WORD;
+        t->n = (size_t)(q - p);
+        return q;
+    }
+    if (c == '\'' || c == '"') {
+        q = find_close_quote(p + 1, end, (char)c, false);
+        if (!q) {
+            t->kind = TOK_BAD;
+            return end;
+        }
+        t->kind = c == '"' ? TOK_QIDENT : TOK_STRING;
+        t->s = p + 1;
+        t->n = (size_t)(q - (p + 1));
+        return q + 1;
+    }
+    if (is_digit(c) || (c == '$' && end - p > 1 && is_digit((unsigned char)p[1]))) {
+        q = p + 1; /* a number, with whatever junk PostgreSQL would reject after it */
+        while (q < end &&
+               (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q) || *q == '.'))
+            q++;
+        t->kind = TOK_NUMBER;
+        return q;
+    }
+    if (c == '$') {
+        size_t dn = dollar_delim(p, end);
+        if (dn) {
+            q = skip_dollar_body(p + dn, end, p, dn);
+            t->kind = q ? TOK_STRING : TOK_BAD;
+            return q ? q : end;
+        }
+    }
+    t->kind = TOK_CHAR;
+    t->n = 1;
+    return p + 1;
+}
+
+static const char *const lock_fns[] = {
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+};
+
+/* t names a session advisory lock function: a word in any case, or exactly "quoted". */
+static bool is_lock_fn(const struct token *t)
+{
+    if ((t->kind != TOK_WORD && t->kind != TOK_QIDENT) || t->n < 16 || (t->s[0] | 0x20) != 'p')
+        return false;
+    for (size_t i = 0; i < sizeof(lock_fns) / sizeof(lock_fns[0]); i++) {
+        size_t n = strlen(lock_fns[i]);
+        if (t->kind == TOK_WORD ? fold_eq(t->s, t->n, lock_fns[i], n)
+                                : t->n == n && !memcmp(t->s, lock_fns[i], n))
             return true;
+    }
     return false;
 }
 
-static bool ident_start(unsigned char ch)
+static void note_feature(struct lexer *lx, const char *feature)
 {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' || ch >= 0x80;
+    if (!lx->feature)
+        lx->feature = feature;
 }
 
-static bool ident_char(unsigned char ch)
+/* The next token of the text (TOK_END, again and again, at the end). */
+static void lex_next(struct lexer *lx, struct token *t)
 {
-    return ident_start(ch) || (ch >= '0' && ch <= '9') || ch == '$';
-}
-
-static bool is_word(const struct stmt *st, int i, const char *w)
-{
-    return i < st->n && st->tok[i].kind == TOK_WORD && !strcmp(st->tok[i].text, w);
-}
-
-static bool is_punct(const struct stmt *st, int i, char p)
-{
-    return i < st->n && st->tok[i].kind == TOK_OTHER && st->tok[i].punct == p;
-}
-
-static void set_feature(struct px_sql_info *out, const char *what, const char *name)
-{
-    if (out->session_feature)
-        return;
-    if (name) {
-        snprintf(out->feature_buf, sizeof(out->feature_buf), "%s %s", what, name);
-        out->session_feature = out->feature_buf;
+    const char *p = skip_blank(lx->p, lx->end);
+    t->n = 0;
+    if (!p) { /* unterminated comment: PostgreSQL rejects the text */
+        t->kind = TOK_BAD;
+        t->s = lx->p;
+        lx->p = lx->end;
+    } else if (p == lx->end) {
+        t->kind = TOK_END;
+        t->s = p;
+        lx->p = p;
     } else {
-        out->session_feature = what;
+        lx->p = lex_token(p, lx->end, t);
     }
+    if (t->kind == TOK_CHAR && *t->s == '(' && lx->after_lock_fn)
+        note_feature(lx, "session advisory lock");
+    lx->after_lock_fn = is_lock_fn(t);
+    lx->stmt_done = t->kind == TOK_SEMI || t->kind == TOK_END;
 }
 
-/* BEGIN/START TRANSACTION modes from token i on: true when every token is a valid mode. */
-static bool valid_modes(const struct stmt *st, int i)
+/* The next token of the current statement: TOK_END once its ';' or the end was read. */
+static void stmt_next(struct lexer *lx, struct token *t)
 {
-    while (i < st->n) {
-        if (is_punct(st, i, ',')) {
-            i++;
-        } else if (is_word(st, i, "ISOLATION") && is_word(st, i + 1, "LEVEL")) {
-            i += 2;
-            if (is_word(st, i, "SERIALIZABLE"))
-                i++;
-            else if (is_word(st, i, "REPEATABLE") && is_word(st, i + 1, "READ"))
-                i += 2;
-            else if (is_word(st, i, "READ") &&
-                     (is_word(st, i + 1, "COMMITTED") || is_word(st, i + 1, "UNCOMMITTED")))
-                i += 2;
-            else
-                return false;
-        } else if (is_word(st, i, "READ") &&
-                   (is_word(st, i + 1, "WRITE") || is_word(st, i + 1, "ONLY"))) {
-            i += 2;
-        } else if (is_word(st, i, "DEFERRABLE")) {
-            i++;
-        } else if (is_word(st, i, "NOT") && is_word(st, i + 1, "DEFERRABLE")) {
-            i += 2;
-        } else {
+    if (lx->stmt_done) {
+        t->kind = TOK_END;
+        t->s = lx->p;
+        t->n = 0;
+        return;
+    }
+    lex_next(lx, t);
+}
+
+/* ---- statement forms ------------------------------------------------------------------ */
+
+#define IS_KW(t, kw) is_kw((t), kw, sizeof(kw) - 1)
+
+static bool is_kw(const struct token *t, const char *kw, size_t n)
+{
+    return t->kind == TOK_WORD && fold_eq(t->s, t->n, kw, n);
+}
+
+static bool is_char(const struct token *t, char c)
+{
+    return t->kind == TOK_CHAR && *t->s == c;
+}
+
+static bool is_stmt_end(const struct token *t)
+{
+    return t->kind == TOK_SEMI || t->kind == TOK_END;
+}
+
+/* One transaction_mode_item starting at t; consumes it.  False when it is not one. */
+static bool mode_item(struct lexer *lx, struct token *t)
+{
+    if (IS_KW(t, "isolation")) {
+        stmt_next(lx, t);
+        if (!IS_KW(t, "level"))
             return false;
+        stmt_next(lx, t);
+        if (IS_KW(t, "serializable"))
+            return true;
+        if (IS_KW(t, "repeatable")) {
+            stmt_next(lx, t);
+            return IS_KW(t, "read");
         }
+        if (!IS_KW(t, "read"))
+            return false;
+        stmt_next(lx, t);
+        return IS_KW(t, "committed") || IS_KW(t, "uncommitted");
     }
-    return true;
+    if (IS_KW(t, "read")) {
+        stmt_next(lx, t);
+        return IS_KW(t, "only") || IS_KW(t, "write");
+    }
+    if (IS_KW(t, "not"))
+        stmt_next(lx, t);
+    return IS_KW(t, "deferrable");
 }
 
-/* COMMIT/ROLLBACK forms: the verb, then nothing or one of WORK/TRANSACTION. */
-static bool bare_verb(const struct stmt *st)
+/* transaction_mode_list_or_empty from t to the end of the statement: items separated by
+ * ',' or nothing (no leading, trailing or doubled comma). */
+static bool rest_is_modes(struct lexer *lx, struct token *t)
 {
-    return st->n == 1 || (st->n == 2 && (is_word(st, 1, "WORK") || is_word(st, 1, "TRANSACTION")));
+    if (is_stmt_end(t))
+        return true;
+    for (;;) {
+        if (!mode_item(lx, t))
+            return false;
+        stmt_next(lx, t);
+        if (is_stmt_end(t))
+            return true;
+        if (is_char(t, ','))
+            stmt_next(lx, t);
+    }
 }
 
-static void copy_name(char *dst, const struct token *t)
+/* BEGIN [WORK | TRANSACTION] modes, or (start) START TRANSACTION modes. */
+static void begin_stmt(struct lexer *lx, bool start, struct px_sql_info *res)
 {
-    /* Unquoted names fold to lower case, as PostgreSQL does. */
-    size_t i = 0;
-    for (; t->text[i] && i < 63; i++) {
-        char ch = t->text[i];
-        dst[i] = t->kind == TOK_WORD && ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
-    }
-    dst[i] = '\0';
-}
-
-static enum px_sql_kind classify_stmt(const struct stmt *st, struct px_sql_info *out)
-{
-    bool complete = st->total == st->n;
-    if (is_word(st, 0, "BEGIN")) {
-        int i = 1;
-        if (is_word(st, 1, "WORK") || is_word(st, 1, "TRANSACTION"))
-            i = 2;
-        if (complete && valid_modes(st, i)) {
-            out->tag = "BEGIN";
-            return PX_SQL_BEGIN;
-        }
-        return PX_SQL_OTHER;
-    }
-    if (is_word(st, 0, "START") && is_word(st, 1, "TRANSACTION")) {
-        if (complete && valid_modes(st, 2)) {
-            out->tag = "START TRANSACTION";
-            return PX_SQL_BEGIN;
-        }
-        return PX_SQL_OTHER;
-    }
-    if ((is_word(st, 0, "COMMIT") || is_word(st, 0, "END")) && complete && bare_verb(st)) {
-        out->tag = "COMMIT";
-        return PX_SQL_COMMIT;
-    }
-    if ((is_word(st, 0, "ROLLBACK") || is_word(st, 0, "ABORT")) && complete && bare_verb(st)) {
-        out->tag = "ROLLBACK";
-        return PX_SQL_ROLLBACK;
-    }
-    if (is_word(st, 0, "DEALLOCATE") && complete) {
-        int i = is_word(st, 1, "PREPARE") ? 2 : 1;
-        if (st->n == i + 1 && is_word(st, i, "ALL"))
-            return PX_SQL_DEALLOCATE_ALL;
-        if (st->n == i + 1 && st->tok[i].kind != TOK_OTHER) {
-            copy_name(out->name, &st->tok[i]);
-            return PX_SQL_DEALLOCATE;
-        }
-        return PX_SQL_OTHER;
-    }
-    if (is_word(st, 0, "DISCARD") && is_word(st, 1, "ALL") && st->n == 2 && complete)
-        return PX_SQL_DISCARD_ALL;
-    return PX_SQL_OTHER;
-}
-
-/* Session-only features named by the first tokens of a statement. */
-static void note_session_state(const struct stmt *st, struct px_sql_info *out)
-{
-    char lower[64];
-    if (is_word(st, 0, "SET")) {
-        int i = 1;
-        if (is_word(st, 1, "LOCAL") || is_word(st, 1, "TRANSACTION") ||
-            is_word(st, 1, "CONSTRAINTS"))
+    struct token t;
+    stmt_next(lx, &t);
+    if (start) {
+        if (!IS_KW(&t, "transaction"))
             return;
-        if (is_word(st, 1, "SESSION")) {
-            if (is_word(st, 2, "CHARACTERISTICS")) {
-                set_feature(out, "SET SESSION CHARACTERISTICS", NULL);
-                return;
-            }
-            if (is_word(st, 2, "AUTHORIZATION")) {
-                set_feature(out, "SET SESSION AUTHORIZATION", NULL);
-                return;
-            }
-            i = 2;
-        }
-        if (is_word(st, i, "ROLE")) {
-            set_feature(out, "SET ROLE", NULL);
+        stmt_next(lx, &t);
+    } else if (IS_KW(&t, "work") || IS_KW(&t, "transaction")) {
+        stmt_next(lx, &t);
+    }
+    if (rest_is_modes(lx, &t)) {
+        res->kind = PX_SQL_BEGIN;
+        res->tag = start ? "START TRANSACTION" : "BEGIN";
+    }
+}
+
+/* COMMIT/END/ROLLBACK/ABORT: [WORK | TRANSACTION] [AND NO CHAIN] and nothing else. */
+static void end_xact_stmt(struct lexer *lx, bool commit, struct px_sql_info *res)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "work") || IS_KW(&t, "transaction"))
+        stmt_next(lx, &t);
+    if (IS_KW(&t, "and")) { /* AND CHAIN starts a new transaction: not ours to answer */
+        stmt_next(lx, &t);
+        if (!IS_KW(&t, "no"))
             return;
-        }
-        if ((is_word(st, i, "TIME") && is_word(st, i + 1, "ZONE")) || is_word(st, i, "NAMES"))
-            return; /* TimeZone, client_encoding: tracked */
-        if (i < st->n && st->tok[i].kind != TOK_OTHER) {
-            const char *name = st->tok[i].text;
-            if (px_sql_param_tracked(name, strlen(name)) && !is_punct(st, i + 1, '.'))
-                return;
-            copy_name(lower, &st->tok[i]);
-            set_feature(out, "SET", lower);
-        }
+        stmt_next(lx, &t);
+        if (!IS_KW(&t, "chain"))
+            return;
+        stmt_next(lx, &t);
+    }
+    if (!is_stmt_end(&t))
         return;
-    }
-    if (is_word(st, 0, "RESET") && st->n >= 2 && !is_word(st, 1, "ALL") &&
-        st->tok[1].kind != TOK_OTHER) {
-        const char *name = st->tok[1].text;
-        if (is_word(st, 1, "TIME") || is_word(st, 1, "SESSION") ||
-            (px_sql_param_tracked(name, strlen(name)) && !is_punct(st, 2, '.')))
-            return;
-        copy_name(lower, &st->tok[1]);
-        set_feature(out, "RESET", lower);
-        return;
-    }
-    if (is_word(st, 0, "LISTEN")) {
-        set_feature(out, "LISTEN", NULL);
-    } else if (is_word(st, 0, "PREPARE") && !is_word(st, 1, "TRANSACTION")) {
-        set_feature(out, "PREPARE", NULL);
-    } else if (is_word(st, 0, "LOAD")) {
-        set_feature(out, "LOAD", NULL);
-    } else if (is_word(st, 0, "DECLARE")) {
-        for (int i = 1; i + 1 < st->n && !is_word(st, i, "FOR"); i++)
-            if (is_word(st, i, "WITH") && is_word(st, i + 1, "HOLD"))
-                set_feature(out, "WITH HOLD cursor", NULL);
-    } else if (is_word(st, 0, "CREATE")) {
-        for (int i = 1; i < 5 && i < st->n; i++)
-            if (is_word(st, i, "TEMP") || is_word(st, i, "TEMPORARY"))
-                set_feature(out, "temporary table", NULL);
-    }
+    res->kind = commit ? PX_SQL_COMMIT : PX_SQL_ROLLBACK;
+    res->tag = commit ? "COMMIT" : "ROLLBACK";
 }
 
-static bool advisory_name(const char *upper)
-{
-    return !strcmp(upper, "PG_ADVISORY_LOCK") || !strcmp(upper, "PG_ADVISORY_LOCK_SHARED") ||
-           !strcmp(upper, "PG_TRY_ADVISORY_LOCK") || !strcmp(upper, "PG_TRY_ADVISORY_LOCK_SHARED");
-}
+/* Keywords that cannot be a ColId (RESERVED_KEYWORD and TYPE_FUNC_NAME_KEYWORD in
+ * PostgreSQL 15's kwlist.h): DEALLOCATE select is a syntax error, not a name. */
+/* clang-format off */
+static const char *const not_colid[] = {
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "authorization",
+    "binary", "both", "case", "cast", "check", "collate", "collation", "column", "concurrently",
+    "constraint", "create", "cross", "current_catalog", "current_date", "current_role",
+    "current_schema", "current_time", "current_timestamp", "current_user", "default", "deferrable",
+    "desc", "distinct", "do", "else", "end", "except", "false", "fetch", "for", "foreign",
+    "freeze", "from", "full", "grant", "group", "having", "ilike", "in", "initially", "inner",
+    "intersect", "into", "is", "isnull", "join", "lateral", "leading", "left", "like", "limit",
+    "localtime", "localtimestamp", "natural", "not", "notnull", "null", "offset", "on", "only",
+    "or", "order", "outer", "overlaps", "placing", "primary", "references", "returning", "right",
+    "select", "session_user", "similar", "some", "symmetric", "table", "tablesample", "then", "to",
+    "trailing", "true", "union", "unique", "user", "using", "variadic", "verbose", "when", "where",
+    "window", "with",
+};
+/* clang-format on */
 
-static void add_token(struct stmt *st, const struct token *t, struct px_sql_info *out)
+/* t can be a statement name: a quoted identifier (not empty, no NUL) or a word that is
+ * not a reserved keyword. */
+static bool is_name(const struct token *t)
 {
-    if (st->pending_advisory && t->kind == TOK_OTHER && t->punct == '(')
-        set_feature(out, "session advisory lock", NULL);
-    st->pending_advisory = t->kind == TOK_WORD && advisory_name(t->text);
-    if (st->n < MAX_TOKENS)
-        st->tok[st->n++] = *t;
-    st->total++;
-}
-
-/* Ends the current statement.  Returns true when it was not empty. */
-static bool end_stmt(struct stmt *st, struct px_sql_info *out, int *count,
-                     enum px_sql_kind *first_kind, struct px_sql_info *first)
-{
-    if (st->total == 0)
+    if (t->kind == TOK_QIDENT)
+        return t->n > 0 && !memchr(t->s, '\0', t->n);
+    if (t->kind != TOK_WORD)
         return false;
-    note_session_state(st, out);
-    if (++*count == 1)
-        *first_kind = classify_stmt(st, first);
-    st->n = st->total = 0;
-    st->pending_advisory = false;
+    for (size_t i = 0; i < sizeof(not_colid) / sizeof(not_colid[0]); i++)
+        if (fold_eq(t->s, t->n, not_colid[i], strlen(not_colid[i])))
+            return false;
     return true;
+}
+
+/* Copies the name t as PostgreSQL reads it: folded or unescaped, cut to 63 bytes without
+ * splitting a UTF-8 character (pg_mbcliplen). */
+static void copy_name(const struct token *t, char out[PX_SQL_NAME_SIZE])
+{
+    char buf[PX_SQL_NAME_SIZE + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < t->n && n < sizeof(buf); i++) {
+        char c = t->s[i];
+        if (t->kind == TOK_WORD)
+            c = fold(c);
+        else if (c == '"')
+            i++; /* "" stands for one quote; the lexer guarantees the second */
+        buf[n++] = c;
+    }
+    if (n >= PX_SQL_NAME_SIZE) {
+        n = PX_SQL_NAME_SIZE - 1;
+        while (n > 0 && ((unsigned char)buf[n] & 0xC0) == 0x80)
+            n--; /* buf[n] is the first byte cut: back up to its character's start */
+    }
+    memcpy(out, buf, n);
+    out[n] = '\0';
+}
+
+/* DEALLOCATE [PREPARE] {name | ALL}. */
+static void deallocate_stmt(struct lexer *lx, struct px_sql_info *res)
+{
+    struct token t, u;
+    stmt_next(lx, &t);
+    stmt_next(lx, &u);
+    if (IS_KW(&t, "prepare") && !is_stmt_end(&u)) {
+        t = u; /* DEALLOCATE PREPARE x; a bare DEALLOCATE PREPARE names "prepare" */
+        stmt_next(lx, &u);
+    }
+    if (!is_stmt_end(&u))
+        return;
+    if (IS_KW(&t, "all")) {
+        res->kind = PX_SQL_DEALLOCATE_ALL;
+    } else if (is_name(&t)) {
+        res->kind = PX_SQL_DEALLOCATE;
+        copy_name(&t, res->name);
+    }
+}
+
+static void discard_stmt(struct lexer *lx, struct px_sql_info *res)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (!IS_KW(&t, "all"))
+        return;
+    stmt_next(lx, &t);
+    if (is_stmt_end(&t))
+        res->kind = PX_SQL_DISCARD_ALL;
+}
+
+/* Untracked parameters worth naming in the warning (the rest get GENERIC_SET). */
+static const struct {
+    const char *name, *feature;
+} set_names[] = {
+    {"search_path", "SET search_path"},
+    {"role", "SET ROLE"},
+    {"session_authorization", "SET SESSION AUTHORIZATION"},
+    {"statement_timeout", "SET statement_timeout"},
+    {"lock_timeout", "SET lock_timeout"},
+    {"idle_in_transaction_session_timeout", "SET idle_in_transaction_session_timeout"},
+    {"work_mem", "SET work_mem"},
+    {"default_transaction_isolation", "SET default_transaction_isolation"},
+};
+
+/* var_name (ColId ['.' ColId ...]) at t, after SET [SESSION] or RESET: flags it unless it
+ * is a tracked parameter.  Parameter names are case-insensitive even when quoted. */
+static void param_name(struct lexer *lx, const struct token *t)
+{
+    struct token u;
+    if (t->kind != TOK_WORD && t->kind != TOK_QIDENT)
+        return; /* a syntax error: nothing is set */
+    stmt_next(lx, &u);
+    if (is_char(&u, '.')) { /* a custom (extension) parameter */
+        note_feature(lx, GENERIC_SET);
+        return;
+    }
+    if (px_sql_param_tracked(t->s, t->n))
+        return;
+    for (size_t i = 0; i < sizeof(set_names) / sizeof(set_names[0]); i++) {
+        if (fold_eq(t->s, t->n, set_names[i].name, strlen(set_names[i].name))) {
+            note_feature(lx, set_names[i].feature);
+            return;
+        }
+    }
+    note_feature(lx, GENERIC_SET);
+}
+
+/* After SET SESSION: SESSION AUTHORIZATION or SESSION CHARACTERISTICS at t? */
+static bool session_special(struct lexer *lx, const struct token *t)
+{
+    if (IS_KW(t, "authorization"))
+        note_feature(lx, "SET SESSION AUTHORIZATION");
+    else if (IS_KW(t, "characteristics"))
+        note_feature(lx, "SET SESSION CHARACTERISTICS");
+    else
+        return false;
+    return true;
+}
+
+/* After TIME: TIME ZONE is TimeZone (tracked); else "time" is some parameter name. */
+static void after_time(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (!IS_KW(&t, "zone"))
+        note_feature(lx, GENERIC_SET);
+}
+
+/* SET [LOCAL | SESSION] set_rest (gram.y VariableSetStmt). */
+static void set_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "local") || IS_KW(&t, "transaction") || IS_KW(&t, "constraints"))
+        return; /* transaction-scoped */
+    if (IS_KW(&t, "session")) {
+        stmt_next(lx, &t);
+        if (session_special(lx, &t) || IS_KW(&t, "transaction"))
+            return;
+        if (IS_KW(&t, "session")) { /* SET SESSION SESSION AUTHORIZATION is valid */
+            stmt_next(lx, &t);
+            if (!session_special(lx, &t))
+                note_feature(lx, GENERIC_SET);
+            return;
+        }
+    }
+    if (IS_KW(&t, "time"))
+        after_time(lx);
+    else if (IS_KW(&t, "names"))
+        return; /* client_encoding */
+    else if (IS_KW(&t, "role"))
+        note_feature(lx, "SET ROLE");
+    else if (IS_KW(&t, "schema"))
+        note_feature(lx, "SET search_path");
+    else
+        param_name(lx, &t);
+}
+
+/* RESET {ALL | TIME ZONE | TRANSACTION ISOLATION LEVEL | SESSION AUTHORIZATION | name}. */
+static void reset_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "all") || IS_KW(&t, "transaction"))
+        return;
+    if (IS_KW(&t, "time")) {
+        after_time(lx);
+    } else if (IS_KW(&t, "session")) {
+        stmt_next(lx, &t);
+        note_feature(lx, IS_KW(&t, "authorization") ? "SET SESSION AUTHORIZATION" : GENERIC_SET);
+    } else {
+        param_name(lx, &t);
+    }
+}
+
+/* PREPARE name ... (not PREPARE TRANSACTION 'gid'; "transaction" can also be a name). */
+static void prepare_stmt(struct lexer *lx)
+{
+    struct token t, u;
+    stmt_next(lx, &t);
+    if (t.kind != TOK_WORD && t.kind != TOK_QIDENT)
+        return;
+    if (IS_KW(&t, "transaction")) {
+        stmt_next(lx, &u);
+        if (!IS_KW(&u, "as") && !is_char(&u, '('))
+            return;
+    }
+    note_feature(lx, "PREPARE");
+}
+
+/* DECLARE name [cursor options] CURSOR {WITH | WITHOUT} HOLD FOR ... */
+static void declare_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (t.kind != TOK_WORD && t.kind != TOK_QIDENT)
+        return;
+    for (;;) {
+        stmt_next(lx, &t);
+        if (IS_KW(&t, "cursor"))
+            break;
+        if (!IS_KW(&t, "no") && !IS_KW(&t, "scroll") && !IS_KW(&t, "binary") &&
+            !IS_KW(&t, "insensitive") && !IS_KW(&t, "asensitive") && !IS_KW(&t, "sensitive"))
+            return;
+    }
+    stmt_next(lx, &t);
+    if (!IS_KW(&t, "with"))
+        return;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "hold"))
+        note_feature(lx, "WITH HOLD cursor");
+}
+
+/* CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} [RECURSIVE] {TABLE | VIEW | ...} */
+static void create_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "or")) {
+        stmt_next(lx, &t);
+        if (!IS_KW(&t, "replace"))
+            return;
+        stmt_next(lx, &t);
+    }
+    if (IS_KW(&t, "global") || IS_KW(&t, "local"))
+        stmt_next(lx, &t);
+    if (!IS_KW(&t, "temp") && !IS_KW(&t, "temporary"))
+        return;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "view") || IS_KW(&t, "recursive"))
+        note_feature(lx, "temporary view");
+    else if (IS_KW(&t, "sequence"))
+        note_feature(lx, "temporary sequence");
+    else
+        note_feature(lx, "temporary table");
+}
+
+/* SELECT ... INTO {TEMP | TEMPORARY} [TABLE] name: reads the whole statement. */
+static void select_stmt(struct lexer *lx)
+{
+    struct token t;
+    bool after_into = false;
+    for (;;) {
+        stmt_next(lx, &t);
+        if (is_stmt_end(&t))
+            return;
+        if (after_into && (IS_KW(&t, "temp") || IS_KW(&t, "temporary"))) {
+            note_feature(lx, "temporary table");
+            return;
+        }
+        after_into = IS_KW(&t, "into");
+    }
+}
+
+/* One statement whose first token is t (not ';', not the end): fills res->kind, tag
+ * and name when it is one of ours, notes session features.  May stop before its end. */
+static void classify_stmt(struct lexer *lx, const struct token *t, struct px_sql_info *res)
+{
+    if (t->kind != TOK_WORD)
+        return;
+    switch (fold(t->s[0])) {
+    case 'a':
+        if (IS_KW(t, "abort"))
+            end_xact_stmt(lx, false, res);
+        break;
+    case 'b':
+        if (IS_KW(t, "begin"))
+            begin_stmt(lx, false, res);
+        break;
+    case 'c':
+        if (IS_KW(t, "commit"))
+            end_xact_stmt(lx, true, res);
+        else if (IS_KW(t, "create"))
+            create_stmt(lx);
+        break;
+    case 'd':
+        if (IS_KW(t, "deallocate"))
+            deallocate_stmt(lx, res);
+        else if (IS_KW(t, "discard"))
+            discard_stmt(lx, res);
+        else if (IS_KW(t, "declare"))
+            declare_stmt(lx);
+        break;
+    case 'e':
+        if (IS_KW(t, "end"))
+            end_xact_stmt(lx, true, res);
+        break;
+    case 'l':
+        if (IS_KW(t, "listen"))
+            note_feature(lx, "LISTEN");
+        else if (IS_KW(t, "load"))
+            note_feature(lx, "LOAD");
+        break;
+    case 'p':
+        if (IS_KW(t, "prepare"))
+            prepare_stmt(lx);
+        break;
+    case 'r':
+        if (IS_KW(t, "rollback"))
+            end_xact_stmt(lx, false, res);
+        else if (IS_KW(t, "reset"))
+            reset_stmt(lx);
+        break;
+    case 's':
+        if (IS_KW(t, "select"))
+            select_stmt(lx);
+        else if (IS_KW(t, "set"))
+            set_stmt(lx);
+        else if (IS_KW(t, "start"))
+            begin_stmt(lx, true, res);
+        break;
+    default: break;
+    }
 }
 
 void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
 {
+    if (!sql) {
+        sql = "";
+        len = 0;
+    }
+    struct lexer lx = {.p = sql, .end = sql + len};
+    struct px_sql_info scratch; /* later statements: only their features count */
+    struct token t;
+    size_t nstmt = 0;
     memset(out, 0, sizeof(*out));
-    static struct stmt st; /* large; the proxy is single-threaded */
-    struct px_sql_info first;
-    memset(&first, 0, sizeof(first));
-    enum px_sql_kind first_kind = PX_SQL_EMPTY;
-    int count = 0;
-    st.n = st.total = 0;
-    st.pending_advisory = false;
-    const unsigned char *p = (const unsigned char *)sql, *end = p + len;
-    while (p < end) {
-        unsigned char ch = *p;
-        struct token t = {.kind = TOK_OTHER};
-        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v') {
-            p++;
-            continue;
-        }
-        if (ch == '-' && p + 1 < end && p[1] == '-') {
-            while (p < end && *p != '\n')
-                p++;
-            continue;
-        }
-        if (ch == '/' && p + 1 < end && p[1] == '*') {
-            int depth = 1;
-            p += 2;
-            while (p < end && depth > 0) {
-                if (*p == '/' && p + 1 < end && p[1] == '*')
-                    depth++, p += 2;
-                else if (*p == '*' && p + 1 < end && p[1] == '/')
-                    depth--, p += 2;
-                else
-                    p++;
-            }
-            continue;
-        }
-        if (ch == ';') {
-            end_stmt(&st, out, &count, &first_kind, &first);
-            p++;
-            continue;
-        }
-        if (ch == '\'' || ((ch == 'E' || ch == 'e') && p + 1 < end && p[1] == '\'')) {
-            bool backslash = ch != '\'';
-            p += backslash ? 2 : 1;
-            while (p < end) {
-                if (backslash && *p == '\\' && p + 1 < end) {
-                    p += 2;
-                } else if (*p == '\'') {
-                    if (p + 1 < end && p[1] == '\'')
-                        p += 2;
-                    else {
-                        p++;
-                        break;
-                    }
-                } else {
-                    p++;
-                }
-            }
-            add_token(&st, &t, out);
-            continue;
-        }
-        if (ch == '"') {
-            size_t n = 0;
-            p++;
-            while (p < end) {
-                if (*p == '"') {
-                    if (p + 1 < end && p[1] == '"')
-                        p++;
-                    else {
-                        p++;
-                        break;
-                    }
-                }
-                if (n < TOKEN_MAX - 1)
-                    t.text[n++] = (char)*p;
-                p++;
-            }
-            t.text[n] = '\0';
-            t.kind = TOK_QIDENT;
-            add_token(&st, &t, out);
-            continue;
-        }
-        if (ch == '$') {
-            /* $tag$ ... $tag$ (tag may be empty); $1 is a parameter. */
-            const unsigned char *q = p + 1;
-            while (q < end && *q != '$' && ident_char(*q))
-                q++;
-            bool tag_ok = q < end && *q == '$' && (q == p + 1 || ident_start(p[1]));
-            if (tag_ok) {
-                size_t tag_len = (size_t)(q - p) + 1; /* "$tag$" */
-                const unsigned char *body = q + 1, *close = NULL;
-                for (const unsigned char *r = body; r + tag_len <= end; r++)
-                    if (*r == '$' && !memcmp(r, p, tag_len)) {
-                        close = r;
-                        break;
-                    }
-                p = close ? close + tag_len : end;
-                add_token(&st, &t, out);
-                continue;
-            }
-            p++;
-            while (p < end && *p >= '0' && *p <= '9')
-                p++;
-            add_token(&st, &t, out);
-            continue;
-        }
-        if (ident_start(ch)) {
-            size_t n = 0;
-            while (p < end && ident_char(*p)) {
-                if (n < TOKEN_MAX - 1) {
-                    char c = (char)*p;
-                    t.text[n++] = c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c;
-                }
-                p++;
-            }
-            t.text[n] = '\0';
-            t.kind = TOK_WORD;
-            add_token(&st, &t, out);
-            continue;
-        }
-        if (ch >= '0' && ch <= '9') {
-            while (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E' ||
-                               *p == '_' || ident_char(*p)))
-                p++;
-            add_token(&st, &t, out);
-            continue;
-        }
-        t.punct = (char)ch;
-        p++;
-        add_token(&st, &t, out);
+    for (;;) {
+        lex_next(&lx, &t);
+        if (t.kind == TOK_END)
+            break;
+        if (t.kind == TOK_SEMI)
+            continue; /* empty statement: PostgreSQL drops it */
+        nstmt++;
+        if (nstmt > 1)
+            memset(&scratch, 0, sizeof(scratch));
+        classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
+        while (!lx.stmt_done)
+            lex_next(&lx, &t);
     }
-    end_stmt(&st, out, &count, &first_kind, &first);
-    out->multi = count > 1;
-    if (count == 1) {
-        out->kind = first_kind;
-        out->tag = first.tag;
-        memcpy(out->name, first.name, sizeof(out->name));
-    } else {
-        out->kind = count == 0 ? PX_SQL_EMPTY : PX_SQL_OTHER;
+    if (nstmt == 0) {
+        out->kind = PX_SQL_EMPTY;
+    } else if (nstmt > 1) {
+        out->kind = PX_SQL_OTHER;
+        out->tag = NULL;
+        out->name[0] = '\0';
+        out->multi = true;
     }
+    out->session_feature = lx.feature;
+}
+
+bool px_sql_param_tracked(const char *name, size_t len)
+{
+    static const char *const tracked[] = {
+        "application_name", "client_encoding",
+        "datestyle",        "default_transaction_read_only",
+        "intervalstyle",    "standard_conforming_strings",
+        "timezone",
+    };
+    if (!name)
+        return false;
+    for (size_t i = 0; i < sizeof(tracked) / sizeof(tracked[0]); i++)
+        if (fold_eq(name, len, tracked[i], strlen(tracked[i])))
+            return true;
+    return false;
 }

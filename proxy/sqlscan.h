@@ -1,18 +1,33 @@
 /*
  * sqlscan.h: a small classifier of simple-query SQL text, for transaction pooling.
  *
- * Why: in transaction mode pgwarden answers or holds back a few statements itself (BEGIN,
- * an empty transaction's COMMIT, DEALLOCATE of statements it renamed) and must notice
- * statements that create session state a later transaction on another server would not
- * see (LISTEN, SET of an unreported parameter, session advisory locks, ...).
+ * Why it exists.  In transaction mode pgwarden answers or holds back a few statements
+ * itself (a BEGIN while the client has no server, the COMMIT/ROLLBACK of such an empty
+ * transaction, DEALLOCATE of statements it renamed), and it must notice statements that
+ * create session state a later transaction on another server would not see (LISTEN, SET of
+ * a parameter it does not re-sync, session advisory locks, WITH HOLD cursors, ...): it
+ * warns once per client and resets that server afterwards.  It looks at every simple query
+ * (and Parse) of a client in transaction mode, so it is cheap: one pass, no allocation.
  *
- * What it guarantees: it is a lexer, not a parser.  It skips comments (nested), string
- * literals (standard, E'' with backslashes), quoted identifiers and dollar quotes
- * correctly, so a keyword inside them never matches and a semicolon inside them never
- * splits statements.  It never reads past len (the text need not be NUL-terminated and may
- * hold any bytes), allocates nothing and runs in linear time.  A statement it does not
- * recognise exactly is PX_SQL_OTHER, which always means "let PostgreSQL answer"; exotic
- * spellings of a session feature may go unnoticed (a missed warning, never a wrong answer).
+ * What it guarantees.  It is a lexer, not a parser.  It splits the text into tokens as
+ * PostgreSQL's scanner does: white space, -- line comments and nested block comments are
+ * skipped; 'strings' ('' escapes), E'strings' (backslash escapes), "quoted identifiers"
+ * and $tag$ dollar quotes $tag$ are single tokens, so a keyword or ';' inside them never
+ * matches or splits ($1 is a parameter, not a dollar quote).  Keywords are ASCII
+ * case-insensitive.  A statement gets a kind other than PX_SQL_OTHER only when its whole
+ * token sequence is one of the forms listed below, exactly as PostgreSQL 15's grammar
+ * accepts it; anything else, including text PostgreSQL would reject (an unterminated
+ * comment, BEGIN ISOLATION LEVEL foo), is PX_SQL_OTHER, which means "let the server
+ * answer".  The session-feature check looks only at the statement forms named below and
+ * at direct calls of the advisory lock functions: exotic SQL can create session state
+ * unnoticed (set_config(..., false), a function that runs SET or takes a lock, SQL inside a
+ * string), a missed warning but never a wrong answer.  The text may hold any bytes and
+ * need not be NUL-terminated: nothing past sql[len - 1] is ever read, and the time taken
+ * is linear in len.  Strings are lexed as with standard_conforming_strings = on (the
+ * default since PostgreSQL 9.1): with it off, a backslash before a quote in a plain
+ * 'string' would end the string elsewhere.
+ *
+ * Pure functions, no state: safe from any thread.  Tests: tests/proxy/test_sqlscan.c.
  */
 #ifndef PGW_PROXY_SQLSCAN_H
 #define PGW_PROXY_SQLSCAN_H
@@ -20,33 +35,68 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* A statement name as PostgreSQL keeps it: NAMEDATALEN - 1 bytes, plus the NUL. */
+#define PX_SQL_NAME_SIZE 64
+
 enum px_sql_kind {
     PX_SQL_OTHER = 0,
     PX_SQL_EMPTY,          /* only white space, comments and semicolons */
-    PX_SQL_BEGIN,          /* BEGIN [WORK | TRANSACTION] / START TRANSACTION [modes] */
-    PX_SQL_COMMIT,         /* COMMIT / END [WORK | TRANSACTION] */
-    PX_SQL_ROLLBACK,       /* ROLLBACK / ABORT [WORK | TRANSACTION] */
+    PX_SQL_BEGIN,          /* BEGIN [WORK | TRANSACTION] [modes] or START TRANSACTION [modes];
+                              modes: ISOLATION LEVEL {SERIALIZABLE | REPEATABLE READ |
+                              READ COMMITTED | READ UNCOMMITTED}, READ WRITE, READ ONLY,
+                              [NOT] DEFERRABLE, separated by commas or white space */
+    PX_SQL_COMMIT,         /* COMMIT / END [WORK | TRANSACTION] [AND NO CHAIN] */
+    PX_SQL_ROLLBACK,       /* ROLLBACK / ABORT [WORK | TRANSACTION] [AND NO CHAIN] */
     PX_SQL_DEALLOCATE,     /* DEALLOCATE [PREPARE] name */
     PX_SQL_DEALLOCATE_ALL, /* DEALLOCATE [PREPARE] ALL */
     PX_SQL_DISCARD_ALL,    /* DISCARD ALL */
 };
 
 struct px_sql_info {
-    enum px_sql_kind kind; /* of a string holding one statement; OTHER when multi */
-    const char *tag;       /* BEGIN/COMMIT/ROLLBACK: PostgreSQL's CommandComplete tag */
-    char name[64];         /* DEALLOCATE: the name as PostgreSQL folds it (63 bytes max) */
-    bool multi;            /* more than one statement */
-    /* NULL, or what session-only feature some statement uses (points into feature_buf or
-     * to a static string). */
+    /* The kind of the one statement the text holds (a trailing ';' and empty statements
+     * are allowed, as PostgreSQL drops them); PX_SQL_OTHER when multi. */
+    enum px_sql_kind kind;
+    /* BEGIN/COMMIT/ROLLBACK: the CommandComplete tag PostgreSQL 15 sends on success:
+     * "BEGIN", "START TRANSACTION", "COMMIT" (also for END; PostgreSQL answers ROLLBACK to
+     * the COMMIT of a failed transaction) or "ROLLBACK" (also for ABORT).  Else NULL.
+     * Static string. */
+    const char *tag;
+    /* DEALLOCATE: the name as PostgreSQL reads it: unquoted folded to lower case (ASCII
+     * only), "quoted" with "" unescaped; cut to 63 bytes at a UTF-8 character boundary (as
+     * PostgreSQL's truncate_identifier in a UTF-8 database).  Else "". */
+    char name[PX_SQL_NAME_SIZE];
+    /* NULL, or a short static string naming the first session-only feature found in any
+     * statement: "LISTEN", "PREPARE", "LOAD", "WITH HOLD cursor", "session advisory lock",
+     * "temporary table" (also "temporary view", "temporary sequence"), "SET ROLE",
+     * "SET SESSION AUTHORIZATION", "SET SESSION CHARACTERISTICS", "SET search_path" (and
+     * "SET <name>" for a few common parameters), else "SET of a parameter that is not
+     * re-synced".  RESET of a parameter counts as its SET. */
     const char *session_feature;
-    char feature_buf[80];
+    bool multi; /* more than one (non-empty) statement */
 };
 
+/*
+ * Classifies sql[0..len) (borrowed, read only, any bytes; sql may be NULL when len is 0)
+ * into *out, which is overwritten entirely.  Session-only features, as PostgreSQL
+ * statements at the start of any statement of the text:
+ *   SET [SESSION] name {TO | =} ... and RESET name, name not px_sql_param_tracked()
+ *     (SET TIME ZONE is TimeZone, SET NAMES is client_encoding, SET SCHEMA is search_path;
+ *     SET LOCAL, SET TRANSACTION, SET CONSTRAINTS, RESET ALL are not flagged);
+ *   SET ROLE, SET SESSION AUTHORIZATION, SET SESSION CHARACTERISTICS AS TRANSACTION;
+ *   LISTEN; PREPARE (not PREPARE TRANSACTION); DECLARE ... CURSOR WITH HOLD; LOAD;
+ *   CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} ...; SELECT ... INTO TEMP;
+ * and anywhere in a statement, a call of pg_advisory_lock, pg_advisory_lock_shared,
+ * pg_try_advisory_lock or pg_try_advisory_lock_shared (an identifier, optionally
+ * schema-qualified or "quoted", followed by '(').
+ */
 void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out);
 
-/* The reported parameters a client may SET that transaction pooling re-syncs
- * (case-insensitive): application_name, client_encoding, DateStyle,
- * default_transaction_read_only, IntervalStyle, standard_conforming_strings, TimeZone. */
+/*
+ * True when name[0..len) is, ignoring ASCII case, one of the parameters PostgreSQL 15
+ * reports with ParameterStatus that a client may SET and that pgwarden re-syncs across
+ * servers: application_name, client_encoding, DateStyle, default_transaction_read_only,
+ * IntervalStyle, standard_conforming_strings, TimeZone.
+ */
 bool px_sql_param_tracked(const char *name, size_t len);
 
 #endif
