@@ -11,8 +11,13 @@
  *    p50/p99 (target p99 <= 100 us): a 10^4-owner chain (closing it, or a new waiter at
  *    its end that closes nothing), and one key with 10^4 queued exclusives (a new
  *    waiter that closes nothing, or the holder closing a cycle through the whole queue).
+ *    Two harder shapes follow: the same chain with owners and keys created in random
+ *    order (in chain order the allocator lays the chain out sequentially, which flatters
+ *    any pointer walk), and one key read by 10^4 owners that each wait for another key
+ *    (the search walks a holder list instead of using the one-holder record).
  */
 #include <malloc.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,24 +124,53 @@ static void report(const char *what, uint64_t *s, size_t n)
            what, (double)s[n / 2] / 1e3, (double)s[n * 99 / 100] / 1e3, (double)s[n - 1] / 1e3, n);
 }
 
-/* Owner i holds c<i> and waits for c<i+1>: n-1 waiters in one chain. */
-static void bench_chain(size_t n, size_t samples)
+/* A fixed-seed shuffle of p[0..n-1] (reproducible runs). */
+static void shuffle(size_t *p, size_t n, uint64_t *rng)
+{
+    for (size_t i = n; i > 1; i--) {
+        *rng = *rng * 6364136223846793005u + 1442695040888963407u;
+        size_t j = (size_t)(*rng >> 33) % i, t = p[i - 1];
+        p[i - 1] = p[j];
+        p[j] = t;
+    }
+}
+
+/* Owner i holds c<i> and waits for c<i+1>: n-1 waiters in one chain.  shuffled: the
+ * chain's owners and keys are created, and its waits begin, in random order. */
+static void bench_chain(size_t n, size_t samples, bool shuffled)
 {
     struct lockmgr *lm = lockmgr_new(NULL);
     struct lockmgr_owner **o = malloc((n + 2) * sizeof(*o));
+    size_t *perm = malloc(n * sizeof(*perm)), *order = malloc(n * sizeof(*order));
     char key[32];
-    uint64_t tok;
-    for (size_t i = 0; i <= n + 1; i++)
-        o[i] = lockmgr_owner_new(lm, i, NULL, NULL);
-    for (size_t i = 0; i < n; i++) {
+    uint64_t tok, rng = 42;
+    for (size_t i = 0; i < n; i++)
+        perm[i] = order[i] = i;
+    if (shuffled) {
+        shuffle(perm, n, &rng);
+        shuffle(order, n, &rng);
+    }
+    for (size_t i = 0; i < n; i++) /* o[perm[i]] is the i-th owner created */
+        o[perm[i]] = lockmgr_owner_new(lm, perm[i], NULL, NULL);
+    o[n] = lockmgr_owner_new(lm, n, NULL, NULL);
+    o[n + 1] = lockmgr_owner_new(lm, n + 1, NULL, NULL);
+    for (size_t j = 0; j < n; j++) {
+        size_t i = order[j];
         int len = snprintf(key, sizeof(key), "c%zu", i);
         check(lockmgr_acquire(lm, o[i], key, (size_t)len, X, SESS, 0, 1, &tok), LOCKMGR_OK, "");
     }
-    for (size_t i = 0; i + 1 < n; i++) {
+    for (size_t j = 0; j < n; j++) {
+        size_t i = order[j];
+        if (i + 1 == n)
+            continue;
         int len = snprintf(key, sizeof(key), "c%zu", i + 1);
         check(lockmgr_acquire(lm, o[i], key, (size_t)len, X, SESS, 0, 1, &tok), LOCKMGR_WAITING,
               "chain");
     }
+    free(perm);
+    free(order);
+    const char *tag = shuffled ? ", random layout" : "";
+    char what[160];
     uint64_t *s = malloc(samples * sizeof(*s));
     for (size_t i = 0; i < samples; i++) { /* the tail closes the ring: refused */
         uint64_t t0 = now_ns();
@@ -144,14 +178,17 @@ static void bench_chain(size_t n, size_t samples)
               "close");
         s[i] = now_ns() - t0;
     }
-    report("closing a 10^4-owner cycle", s, samples);
+    snprintf(what, sizeof(what), "closing a 10^4-owner cycle%s", tag);
+    report(what, s, samples);
     for (size_t i = 0; i < samples; i++) { /* a newcomer waits at the head: no cycle */
         uint64_t t0 = now_ns();
         check(lockmgr_acquire(lm, o[n], "c0", 2, X, SESS, 0, 2, &tok), LOCKMGR_WAITING, "wait");
         s[i] = now_ns() - t0;
         check(lockmgr_cancel_wait(lm, o[n], 2), LOCKMGR_OK, "cancel");
     }
-    report("waiting behind a 10^4-owner chain (nobody waits for the newcomer)", s, samples);
+    snprintf(what, sizeof(what),
+             "waiting behind a 10^4-owner chain (nobody waits for the newcomer)%s", tag);
+    report(what, s, samples);
     /* the newcomer holds x and o[n+1] waits for it: the search must walk the whole chain */
     check(lockmgr_acquire(lm, o[n], "x", 1, X, SESS, 0, 1, &tok), LOCKMGR_OK, "x");
     check(lockmgr_acquire(lm, o[n + 1], "x", 1, X, SESS, 0, 1, &tok), LOCKMGR_WAITING, "x");
@@ -161,7 +198,9 @@ static void bench_chain(size_t n, size_t samples)
         s[i] = now_ns() - t0;
         check(lockmgr_cancel_wait(lm, o[n], 2), LOCKMGR_OK, "cancel");
     }
-    report("waiting behind a 10^4-owner chain (full search, no cycle)", s, samples);
+    snprintf(what, sizeof(what), "waiting behind a 10^4-owner chain (full search, no cycle)%s",
+             tag);
+    report(what, s, samples);
     free(s);
     free(o);
     lockmgr_free(lm);
@@ -207,6 +246,54 @@ static void bench_queue(size_t n, size_t samples)
     lockmgr_free(lm);
 }
 
+/*
+ * r[i] (i < n) holds "fan" in read mode and waits for f<i>, held by h[i].  A newcomer x
+ * that holds z (y waits for it) asks for "fan" exclusive: the search walks the n readers,
+ * each waiting, and finds no cycle.  Then h[0] also waits for z, and x's request closes
+ * x -> r[0] -> h[0] -> x; r[0]'s hold is the oldest, so it is walked last.
+ */
+static void bench_fan(size_t n, size_t samples)
+{
+    struct lockmgr *lm = lockmgr_new(NULL);
+    struct lockmgr_owner **r = malloc(n * sizeof(*r)), **h = malloc(n * sizeof(*h));
+    struct lockmgr_owner *x = lockmgr_owner_new(lm, 2 * n, NULL, NULL);
+    struct lockmgr_owner *y = lockmgr_owner_new(lm, 2 * n + 1, NULL, NULL);
+    char key[32];
+    uint64_t tok;
+    for (size_t i = 0; i < n; i++) {
+        r[i] = lockmgr_owner_new(lm, i, NULL, NULL);
+        h[i] = lockmgr_owner_new(lm, n + i, NULL, NULL);
+        int len = snprintf(key, sizeof(key), "f%zu", i);
+        check(lockmgr_acquire(lm, h[i], key, (size_t)len, X, SESS, 0, 1, &tok), LOCKMGR_OK, "");
+        check(lockmgr_acquire(lm, r[i], "fan", 3, LOCKMGR_READ, SESS, 0, 1, &tok), LOCKMGR_OK,
+              "fan");
+        check(lockmgr_acquire(lm, r[i], key, (size_t)len, X, SESS, 0, 1, &tok), LOCKMGR_WAITING,
+              "fan wait");
+    }
+    check(lockmgr_acquire(lm, x, "z", 1, X, SESS, 0, 1, &tok), LOCKMGR_OK, "z");
+    check(lockmgr_acquire(lm, y, "z", 1, X, SESS, 0, 1, &tok), LOCKMGR_WAITING, "z");
+    uint64_t *s = malloc(samples * sizeof(*s));
+    for (size_t i = 0; i < samples; i++) {
+        uint64_t t0 = now_ns();
+        check(lockmgr_acquire(lm, x, "fan", 3, X, SESS, 0, 2, &tok), LOCKMGR_WAITING, "wait");
+        s[i] = now_ns() - t0;
+        check(lockmgr_cancel_wait(lm, x, 2), LOCKMGR_OK, "cancel");
+    }
+    report("one key read by 10^4 owners that each wait elsewhere (full search, no cycle)", s,
+           samples);
+    check(lockmgr_acquire(lm, h[0], "z", 1, X, SESS, 0, 1, &tok), LOCKMGR_WAITING, "h0");
+    for (size_t i = 0; i < samples; i++) {
+        uint64_t t0 = now_ns();
+        check(lockmgr_acquire(lm, x, "fan", 3, X, SESS, 0, 2, &tok), LOCKMGR_DEADLOCK, "close");
+        s[i] = now_ns() - t0;
+    }
+    report("one key read by 10^4 owners that each wait elsewhere (closing a cycle)", s, samples);
+    free(s);
+    free(r);
+    free(h);
+    lockmgr_free(lm);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -216,7 +303,9 @@ int main(int argc, char **argv)
     bench_uncontended();
     bench_memory();
     size_t n = scaled(10000), samples = scaled(20000);
-    bench_chain(n, samples);
+    bench_chain(n, samples, false);
     bench_queue(n, samples);
+    bench_chain(n, samples, true);
+    bench_fan(n, samples);
     return 0;
 }

@@ -138,32 +138,44 @@ struct cand {
     bool jupg;
 };
 
+/* The holder a frame for e, walking `modes`, gets from a key whose one holder the record
+ * h describes (NULL: none): the only candidate, unless it is e itself or not in modes. */
+static inline struct lockmgr_owner *sole_holder(const struct lm_qhot *h,
+                                                const struct lockmgr_owner *e, uint8_t modes)
+{
+    return h->h1 != e && (modes & LM_BIT(h->h1mode)) ? h->h1 : NULL;
+}
+
 /*
  * The next holder of f's key that f's owner reaches (in f->modes, not itself): fills *c
  * and returns true, or returns false when f is done.  A frame is marked done (phase 2) as
  * soon as its last candidate is taken, so unwinding skips it without looking at its key.
  */
-static inline bool frame_next(struct lm_frame *f, const struct lm_qhot *fh, struct cand *c)
+static inline bool frame_next(struct lm_frame *f, struct lm_hold **cur, const struct lm_qhot *fh,
+                              struct cand *c)
 {
+    if (f->phase == 2)
+        return false;
     if (f->phase == 0) {
         if (fh->h1) {
             f->phase = 2;
-            if (fh->h1 == f->owner || !(f->modes & LM_BIT(fh->h1mode)))
+            struct lockmgr_owner *j = sole_holder(fh, f->owner, f->modes);
+            if (!j)
                 return false;
-            *c = (struct cand){fh->h1, fh->jord, fh->jqi, fh->h1mode, fh->jmode, fh->jupg};
+            *c = (struct cand){j, fh->jord, fh->jqi, fh->h1mode, fh->jmode, fh->jupg};
             return true;
         }
         f->phase = 1;
-        f->cur = f->owner->wait.key->holders;
+        *cur = f->owner->wait.key->holders;
     }
-    while (f->cur) {
-        struct lm_hold *h = f->cur;
+    while (*cur) {
+        struct lm_hold *h = *cur;
         int m = lm_hold_mode(h);
-        f->cur = h->knext;
+        *cur = h->knext;
         LM_ASSERT(m >= 0);
         if (h->owner != f->owner && (f->modes & LM_BIT(m))) {
             const struct lm_wait *w = &h->owner->wait;
-            if (!f->cur)
+            if (!*cur)
                 f->phase = 2;
             *c = (struct cand){h->owner,   w->ord,  w->active ? w->qi : LM_NO_QUEUE,
                                (uint8_t)m, w->mode, w->upgrade};
@@ -289,7 +301,6 @@ static size_t cycle_direct(struct lockmgr *lm, size_t depth, struct lockmgr_owne
 {
     const struct lm_frame *st = lm->stack;
     struct lockmgr_cycle_edge *edges = lm->cyc_edges;
-    struct lockmgr_owner **owners = lm->cyc_owners;
     for (size_t i = 0; i <= depth; i++) {
         struct lockmgr_owner *o = st[i].owner, *next = i < depth ? st[i + 1].owner : last;
         uint8_t hm = i < depth ? st[i + 1].via : last_hm;
@@ -299,7 +310,6 @@ static size_t cycle_direct(struct lockmgr *lm, size_t depth, struct lockmgr_owne
             __builtin_prefetch(st[i + 32].owner);
         edge_fill(&edges[i], o, hm);
         edges[i].blocker_id = next->id;
-        owners[i] = o;
     }
     return depth + 1;
 }
@@ -318,6 +328,7 @@ static void cycle_build(const struct search *s, size_t depth, struct lockmgr_own
     struct lockmgr *lm = s->lm;
     const struct lm_frame *st = lm->stack;
     size_t n = end == LM_END_HOLDER ? cycle_direct(lm, depth, last, last_hm) : 0;
+    lm->cyc_direct = n != 0;
     if (n == 0) {
         bool simple = true;
         for (size_t i = 0; simple && i < depth; i++)
@@ -339,9 +350,16 @@ static void cycle_build(const struct search *s, size_t depth, struct lockmgr_own
         n = em.n;
         lm->cyc_edges[n - 1].blocker_id = s->start->id;
     }
-    LM_ASSERT(n >= 2 && lm->cyc_owners[0] == s->start);
     lm->cycle.n = n;
     lm->cycle.edges = lm->cyc_edges;
+    LM_ASSERT(n >= 2 && lm_cycle_owner(lm, 0) == s->start);
+}
+
+/* The waiter of edge i of lm->cycle (for the victim policy's choice). */
+struct lockmgr_owner *lm_cycle_owner(const struct lockmgr *lm, size_t i)
+{
+    LM_ASSERT(i < lm->cycle.n);
+    return lm->cyc_direct ? lm->stack[i].owner : lm->cyc_owners[i];
 }
 
 /* ---- the search ---- */
@@ -379,7 +397,7 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
     *f = (struct lm_frame){.owner = start, .qi = s.qi0, .modes = r0, .mode = sw->mode};
     for (;;) {
         struct cand c;
-        if (!frame_next(f, fh, &c)) {
+        if (!frame_next(f, &lm->hcur[f - stack], fh, &c)) {
             do { /* unwind past the frames with nothing left */
                 if (f == stack)
                     return false;
@@ -413,6 +431,10 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
         if (!fresh)
             continue; /* those holders are walked by another frame */
         jh->done |= fresh;
+        /* A frame for j on a key with one holder would get sole_holder() and stop there
+         * if that is not waiting (the start always is): then it needs no frame. */
+        if (jh->h1 && (!sole_holder(jh, c.j, fresh) || jh->jqi == LM_NO_QUEUE))
+            continue;
         LM_ASSERT((size_t)(f - stack) + 1 < lm->ws_cap);
         *++f = (struct lm_frame){
             .owner = c.j, .qi = c.jqi, .modes = fresh, .via = c.hm, .mode = c.jmode};
@@ -429,11 +451,11 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
 size_t lm_victim_default(void *arg, const struct lockmgr_cycle *cycle)
 {
     (void)arg;
-    size_t best = 0;
+    /* Edge 0's waiter is the requester, and detection runs as each wait begins, so its
+     * wait is the latest of the cycle: no need to read 10^4 edges to find it. */
     for (size_t i = 1; i < cycle->n; i++)
-        if (cycle->edges[i].wait_seq > cycle->edges[best].wait_seq)
-            best = i;
-    return best;
+        LM_ASSERT(cycle->edges[i].wait_seq < cycle->edges[0].wait_seq);
+    return 0;
 }
 
 /* One owned allocation holding a cycle, its edges and its keys; NULL on OOM. */

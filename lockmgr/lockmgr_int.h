@@ -118,15 +118,15 @@ struct lockmgr_owner {
     struct lockmgr_owner *all_next, *all_prev; /* lm->owners */
 };
 
-/* Deadlock search stack frame: one waiting owner whose key's holders are being walked. */
+/* Deadlock search stack frame: one waiting owner whose key's holders are being walked.
+ * 16 bytes: a 10^4-deep search writes 160 KB of them. */
 struct lm_frame {
     struct lockmgr_owner *owner;
-    struct lm_hold *cur; /* next hold to look at (several holders) */
-    uint32_t qi;         /* owner's wait queue */
-    uint8_t modes;       /* holder modes this frame walks */
-    uint8_t phase;       /* 0: not started, 1: walking cur, 2: done */
-    uint8_t via;         /* owner's mode on the previous frame's key (its edge into here) */
-    uint8_t mode;        /* the mode owner waits for */
+    uint32_t qi;   /* owner's wait queue */
+    uint8_t modes; /* holder modes this frame walks */
+    uint8_t phase; /* 0: not started, 1: walking lm->hcur[depth], 2: done */
+    uint8_t via;   /* owner's mode on the previous frame's key (its edge into here) */
+    uint8_t mode;  /* the mode owner waits for */
 };
 
 struct lockmgr {
@@ -143,9 +143,11 @@ struct lockmgr {
     struct lm_qhot *qhot;
     uint32_t qfree;
     struct lm_frame *stack;
+    struct lm_hold **hcur; /* per stack depth: next hold, for keys with several holders */
     struct lockmgr_owner **cyc_owners;
     struct lockmgr_cycle_edge *cyc_edges;
     struct lockmgr_cycle cycle;
+    bool cyc_direct; /* the cycle's waiters are stack[0..n-1], cyc_owners unused */
     struct lm_wait **heap;
     size_t heap_n;
     /* undelivered results, FIFO */
@@ -191,6 +193,7 @@ void lm_wakeup(struct lockmgr *lm, struct lm_key *k, uint64_t now_us);
 
 /* deadlock.c */
 bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start);
+struct lockmgr_owner *lm_cycle_owner(const struct lockmgr *lm, size_t i);
 size_t lm_victim_default(void *arg, const struct lockmgr_cycle *cycle);
 void *lm_cycle_copy(const struct lockmgr_cycle *c);
 

@@ -166,7 +166,7 @@ static enum lockmgr_status start_wait(struct lockmgr *lm, struct lockmgr_owner *
         size_t vi = pick(lm->cfg.victim_arg, &lm->cycle);
         if (vi >= lm->cycle.n)
             vi = 0;
-        struct lockmgr_owner *v = lm->cyc_owners[vi];
+        struct lockmgr_owner *v = lm_cycle_owner(lm, vi);
         struct lm_key *vk = v->wait.key;
         lm_wait_remove(lm, &v->wait);
         if (v != o)

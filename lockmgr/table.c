@@ -73,6 +73,7 @@ void lockmgr_free(struct lockmgr *lm)
     free(lm->queues);
     free(lm->qhot);
     free(lm->stack);
+    free(lm->hcur);
     free(lm->cyc_owners);
     free(lm->cyc_edges);
     free(lm->heap);
@@ -104,7 +105,7 @@ static bool workspace_reserve(struct lockmgr *lm, size_t n)
         cap *= 2;
     if (cap >= LM_NO_QUEUE / 2)
         return false;
-    if (!grow(&lm->stack, cap, sizeof(*lm->stack)) ||
+    if (!grow(&lm->stack, cap, sizeof(*lm->stack)) || !grow(&lm->hcur, cap, sizeof(*lm->hcur)) ||
         !grow(&lm->cyc_owners, cap, sizeof(*lm->cyc_owners)) ||
         !grow(&lm->cyc_edges, cap, sizeof(*lm->cyc_edges)) ||
         !grow(&lm->heap, cap, sizeof(*lm->heap)) || !grow(&lm->qhot, cap, sizeof(*lm->qhot)) ||
