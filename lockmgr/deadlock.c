@@ -40,11 +40,10 @@ struct search {
 /* How the search reached the start (cycle_build). */
 enum lm_end { LM_END_HOLDER, LM_END_HARD, LM_END_SOFT };
 
-/* After 2^32 searches the marks could collide: clear them all and start over. */
+/* After LM_GEN_MAX searches the marks could collide: clear them all and start over. */
 static void gen_wrap(struct lockmgr *lm)
 {
-    for (size_t i = 0; i < lm->ws_cap; i++)
-        lm->qhot[i].gen = 0;
+    memset(lm->qmark, 0, lm->ws_cap * sizeof(*lm->qmark));
     lm->gen = 1;
 }
 
@@ -367,7 +366,7 @@ struct lockmgr_owner *lm_cycle_owner(const struct lockmgr *lm, size_t i)
 static void search_init(struct search *s, struct lockmgr *lm, struct lockmgr_owner *start)
 {
     const struct lm_wait *sw = &start->wait;
-    if (++lm->gen == 0)
+    if (++lm->gen > LM_GEN_MAX)
         gen_wrap(lm);
     s->lm = lm;
     s->start = start;
@@ -389,10 +388,10 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
     search_init(&s, lm, start);
     const struct lm_wait *sw = &start->wait;
     LM_ASSERT(qhot_ok(lm, sw->key));
-    struct lm_qhot *fh = &lm->qhot[s.qi0];
+    const struct lm_qhot *fh = &lm->qhot[s.qi0];
+    uint32_t *qmark = lm->qmark, genmark = s.gen << LM_MARK_BITS;
     uint8_t r0 = reach(sw->mode, sw->upgrade, sw->ord, fh->firstx);
-    fh->gen = s.gen;
-    fh->done = r0;
+    qmark[s.qi0] = genmark | r0;
     struct lm_frame *stack = lm->stack, *f = stack;
     *f = (struct lm_frame){.owner = start, .qi = s.qi0, .modes = r0, .mode = sw->mode};
     for (;;) {
@@ -414,11 +413,9 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
             continue; /* not waiting: no out-edges */
         /* j holds f's key in mode c.hm and is reached; where does its own wait lead? */
         LM_ASSERT(qhot_ok(lm, f->owner->wait.key) && qhot_ok(lm, c.j->wait.key));
-        struct lm_qhot *jh = &lm->qhot[c.jqi];
-        if (jh->gen != s.gen) {
-            jh->gen = s.gen;
-            jh->done = 0;
-        }
+        const struct lm_qhot *jh = &lm->qhot[c.jqi];
+        uint32_t mark = qmark[c.jqi];
+        uint8_t done = (mark & ~(uint32_t)ALL_MODES) == genmark ? (uint8_t)(mark & ALL_MODES) : 0;
         uint8_t r = reach(c.jmode, c.jupg, c.jord, jh->firstx);
         if (c.jqi == s.qi0) {
             int end = reaches_start(&s, c.jmode, c.jupg, r);
@@ -427,10 +424,10 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
                 return true;
             }
         }
-        uint8_t fresh = r & (uint8_t)~jh->done;
+        uint8_t fresh = r & (uint8_t)~done;
         if (!fresh)
             continue; /* those holders are walked by another frame */
-        jh->done |= fresh;
+        qmark[c.jqi] = genmark | done | fresh;
         /* A frame for j on a key with one holder would get sole_holder() and stop there
          * if that is not waiting (the start always is): then it needs no frame. */
         if (jh->h1 && (!sole_holder(jh, c.j, fresh) || jh->jqi == LM_NO_QUEUE))

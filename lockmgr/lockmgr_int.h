@@ -73,10 +73,10 @@ struct lm_queue {
 };
 
 /*
- * What the deadlock search reads of a queue, in a dense array beside lm->queues so that
- * a long wait chain costs one cache miss per key (README "Deadlock detection").  Kept
- * exact by lm_qhot_refresh() on every change to the key's holders and to the waits of
- * its sole holder.  gen and done are the search's own marks.
+ * What the deadlock search reads of a queue, 32 bytes in a dense array beside lm->queues
+ * so that a long wait chain costs one cache miss per key (README "Deadlock detection").
+ * Kept exact by lm_qhot_refresh() on every change to the key's holders and to the waits
+ * of its sole holder.  The search only reads it; its marks are in lm->qmark.
  */
 struct lm_qhot {
     struct lockmgr_owner *h1; /* the sole holder of the key, NULL if none or several */
@@ -86,9 +86,12 @@ struct lm_qhot {
     uint8_t jmode;
     bool jupg;
     uint8_t h1mode; /* h1's effective mode */
-    uint8_t done;   /* holder modes already walked (or being walked) by search gen */
-    uint32_t gen;
 };
+
+/* lm->qmark[qi]: the search generation << LM_MARK_BITS | the holder modes of the queue's
+ * key already claimed by a frame of that search ("done"). */
+#define LM_MARK_BITS 3
+#define LM_GEN_MAX   (UINT32_MAX >> LM_MARK_BITS)
 
 struct lm_key {
     struct lm_key *hnext;
@@ -141,6 +144,7 @@ struct lockmgr {
     size_t ws_cap;
     struct lm_queue *queues; /* queue slots, free ones chained from qfree */
     struct lm_qhot *qhot;
+    uint32_t *qmark;
     uint32_t qfree;
     struct lm_frame *stack;
     struct lm_hold **hcur; /* per stack depth: next hold, for keys with several holders */

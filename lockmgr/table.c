@@ -72,6 +72,7 @@ void lockmgr_free(struct lockmgr *lm)
     free(lm->buckets);
     free(lm->queues);
     free(lm->qhot);
+    free(lm->qmark);
     free(lm->stack);
     free(lm->hcur);
     free(lm->cyc_owners);
@@ -109,12 +110,13 @@ static bool workspace_reserve(struct lockmgr *lm, size_t n)
         !grow(&lm->cyc_owners, cap, sizeof(*lm->cyc_owners)) ||
         !grow(&lm->cyc_edges, cap, sizeof(*lm->cyc_edges)) ||
         !grow(&lm->heap, cap, sizeof(*lm->heap)) || !grow(&lm->qhot, cap, sizeof(*lm->qhot)) ||
-        !grow(&lm->queues, cap, sizeof(*lm->queues)))
+        !grow(&lm->qmark, cap, sizeof(*lm->qmark)) || !grow(&lm->queues, cap, sizeof(*lm->queues)))
         return false;
     /* chain the new slots in front of the free ones, lowest index first */
     for (size_t i = cap; i-- > lm->ws_cap;) {
         memset(&lm->queues[i], 0, sizeof(lm->queues[i]));
         memset(&lm->qhot[i], 0, sizeof(lm->qhot[i]));
+        lm->qmark[i] = 0;
         lm->queues[i].next_free = lm->qfree;
         lm->qfree = (uint32_t)i;
     }

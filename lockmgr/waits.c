@@ -84,7 +84,6 @@ static struct lm_queue *queue_open(struct lockmgr *lm, struct lm_key *k)
     struct lm_qhot *hot = &lm->qhot[qi];
     hot->h1 = NULL;
     hot->firstx = UINT64_MAX;
-    hot->gen = 0;
     k->qi = qi;
     return q;
 }
