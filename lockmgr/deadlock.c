@@ -414,8 +414,6 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
         /* j holds f's key in mode c.hm and is reached; where does its own wait lead? */
         LM_ASSERT(qhot_ok(lm, f->owner->wait.key) && qhot_ok(lm, c.j->wait.key));
         const struct lm_qhot *jh = &lm->qhot[c.jqi];
-        uint32_t mark = qmark[c.jqi];
-        uint8_t done = (mark & ~(uint32_t)ALL_MODES) == genmark ? (uint8_t)(mark & ALL_MODES) : 0;
         uint8_t r = reach(c.jmode, c.jupg, c.jord, jh->firstx);
         if (c.jqi == s.qi0) {
             int end = reaches_start(&s, c.jmode, c.jupg, r);
@@ -424,14 +422,16 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
                 return true;
             }
         }
+        /* A frame for j on a key with one holder would get sole_holder() and stop there
+         * if that is not waiting (the start always is): no frame, and nothing to claim. */
+        if (jh->h1 && (!sole_holder(jh, c.j, r) || jh->jqi == LM_NO_QUEUE))
+            continue;
+        uint32_t mark = qmark[c.jqi];
+        uint8_t done = (mark & ~(uint32_t)ALL_MODES) == genmark ? (uint8_t)(mark & ALL_MODES) : 0;
         uint8_t fresh = r & (uint8_t)~done;
         if (!fresh)
             continue; /* those holders are walked by another frame */
         qmark[c.jqi] = genmark | done | fresh;
-        /* A frame for j on a key with one holder would get sole_holder() and stop there
-         * if that is not waiting (the start always is): then it needs no frame. */
-        if (jh->h1 && (!sole_holder(jh, c.j, fresh) || jh->jqi == LM_NO_QUEUE))
-            continue;
         LM_ASSERT((size_t)(f - stack) + 1 < lm->ws_cap);
         *++f = (struct lm_frame){
             .owner = c.j, .qi = c.jqi, .modes = fresh, .via = c.hm, .mode = c.jmode};
