@@ -66,7 +66,9 @@ static inline uint8_t reach(uint8_t mode, bool upgrade, uint64_t ord, uint64_t f
  * holds nothing there.  LM_END_HARD: j reaches the start's hold (lemma 1).  Otherwise
  * LM_END_SOFT when j is a new request (behind every upgrade) whose mode conflicts with the
  * start's: the one case left is a write request behind a read-to-write upgrade, with no
- * exclusive request ahead of it (any such would make reach() all modes).  -1: neither.
+ * exclusive request ahead of it (any such would make reach() all modes).  While the graph
+ * is acyclic that case cannot close a cycle (README, lemma 2); it keeps the lemma exact.
+ * -1: neither.
  */
 static int reaches_start(const struct search *s, uint8_t jmode, bool jupg, uint8_t jreach)
 {
@@ -104,9 +106,11 @@ static bool has_in_edge(const struct lockmgr *lm, const struct lockmgr_owner *st
  * would give now, so a missed refresh fails loudly instead of missing a cycle. */
 static bool qhot_ok(const struct lockmgr *lm, const struct lm_key *k)
 {
+    if (k->qi == LM_NO_QUEUE)
+        return false;
     const struct lm_qhot *hot = &lm->qhot[k->qi];
     const struct lm_queue *q = &lm->queues[k->qi];
-    if (k->qi == LM_NO_QUEUE || hot->firstx != (q->xhead ? q->xhead->ord : UINT64_MAX))
+    if (hot->firstx != (q->xhead ? q->xhead->ord : UINT64_MAX))
         return false;
     size_t n = 0;
     const struct lm_hold *one = NULL;
