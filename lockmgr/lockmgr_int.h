@@ -173,8 +173,16 @@ struct lm_key *lm_key_get(struct lockmgr *lm, const void *key, size_t len);
 void lm_key_maybe_free(struct lockmgr *lm, struct lm_key *k);
 struct lm_hold *lm_hold_find(const struct lm_key *k, const struct lockmgr_owner *o);
 uint8_t lm_held_mask(const struct lm_key *k, int except_mode);
-void lm_qhot_refresh(struct lockmgr *lm, struct lm_key *k);
+void lm_qhot_recompute(struct lockmgr *lm, struct lm_key *k);
 void lm_qhot_refresh_holds(struct lockmgr *lm, struct lockmgr_owner *o);
+
+/* After a change to k's holds or to its sole holder's wait: keeps k's queue record exact
+ * (table.c).  Inline so that a key nobody waits for (the common case) costs one test. */
+static inline void lm_qhot_refresh(struct lockmgr *lm, struct lm_key *k)
+{
+    if (k->qi != LM_NO_QUEUE)
+        lm_qhot_recompute(lm, k);
+}
 
 /* h's effective mode (the stronger scope), -1 if none. */
 static inline int lm_hold_mode(const struct lm_hold *h)

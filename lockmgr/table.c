@@ -276,13 +276,12 @@ uint8_t lm_held_mask(const struct lm_key *k, int except_mode)
  * Recomputes the search's view of k's holders (struct lm_qhot): the sole holder, its mode
  * and its own wait.  Called after every change to k's holds or to their modes, and after
  * an owner's wait begins or ends (lm_qhot_refresh_holds), so the deadlock search can trust
- * it.  O(1); a no-op when nobody waits for k.  Robust to a hold that is linked but has no
- * mode yet (or any more): it is not counted in nheld and is skipped.
+ * it.  O(1); only for a key somebody waits for (lm_qhot_refresh tests that).  Robust to a
+ * hold that is linked but has no mode yet (or any more): it is not counted in nheld and is
+ * skipped.
  */
-void lm_qhot_refresh(struct lockmgr *lm, struct lm_key *k)
+void lm_qhot_recompute(struct lockmgr *lm, struct lm_key *k)
 {
-    if (k->qi == LM_NO_QUEUE)
-        return;
     struct lm_qhot *hot = &lm->qhot[k->qi];
     hot->h1 = NULL;
     if ((size_t)k->nheld[0] + k->nheld[1] + k->nheld[2] != 1)
