@@ -16,11 +16,13 @@
  * skipped then, and test 5 uses fewer clients.
  */
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <CUnit/CUnit.h>
 #include <libpq-fe.h>
@@ -39,8 +41,30 @@ static unsigned g_failures_at_start;       /* to dump pgwarden's log when a test
 #define MAX_TRACKED 16
 static PGconn *g_conns[MAX_TRACKED]; /* open connections of the running test */
 
+/* No test takes longer than this: a hang (a statement pgwarden never answers) ends the
+ * program, whose harness guardian then stops pgwarden and the cluster, instead of lasting
+ * until ctest's timeout. */
+#define TEST_LIMIT_S 180
+#define STR_(x)      #x
+#define STR(x)       STR_(x)
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] =
+        "\ntest_txn: a test ran longer than " STR(TEST_LIMIT_S) " s: stopping\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    /* Not async-signal-safe, but the test is stuck in libpq, and this is the end. */
+    if (g_px && g_px != &g_direct_stub)
+        harness_proxy_dump_log(g_px, 40);
+    _exit(3);
+}
+
 static int suite_init(void)
 {
+    struct sigaction sa = {.sa_handler = on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
     const char *env = getenv("ITEST_TXN_DIRECT");
     g_direct = env && *env && strcmp(env, "0") != 0;
     if (g_direct) {
@@ -85,6 +109,7 @@ static void cleanup_leftovers(void)
 
 static int suite_cleanup(void)
 {
+    alarm(0);
     cleanup_leftovers();
     return 0;
 }
@@ -103,6 +128,7 @@ static struct harness_proxy *txn_start(const struct harness_proxy_opts *o)
 {
     cleanup_leftovers();
     g_failures_at_start = CU_get_number_of_failures();
+    alarm(TEST_LIMIT_S);
     g_px = g_direct ? &g_direct_stub : harness_proxy_start(o);
     return g_px;
 }
@@ -124,6 +150,7 @@ static void txn_stop(void)
         harness_proxy_free(g_px);
     }
     g_px = NULL;
+    alarm(0);
 }
 
 /* A client of this test's pgwarden (of PostgreSQL in direct mode); check PQstatus. */
@@ -146,10 +173,12 @@ static void ignore_notice(void *arg, const PGresult *res)
 }
 
 /* A direct connection to PostgreSQL as the test user, for setup and for looking on;
- * notices (DROP TABLE IF EXISTS ...) are not printed. */
+ * notices (DROP TABLE IF EXISTS ...) are not printed, and a lock left behind by a
+ * transaction pgwarden failed to end makes its statements fail instead of wait. */
 static PGconn *direct_conn(void)
 {
-    PGconn *c = harness_connect_info(harness_cluster_conninfo("sslmode=disable"));
+    PGconn *c = harness_connect_info(
+        harness_cluster_conninfo("sslmode=disable options='-c lock_timeout=5s'"));
     if (c && PQstatus(c) != CONNECTION_OK)
         fprintf(stderr, "direct connect failed: %s", PQerrorMessage(c));
     PQsetNoticeReceiver(c, ignore_notice, NULL);
@@ -166,6 +195,13 @@ static const char *res_sqlstate(const PGresult *r)
 {
     const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     return s ? s : "";
+}
+
+/* The command tag of r; "" for none. */
+static const char *cmd_tag(PGresult *r)
+{
+    const char *t = r ? PQcmdStatus(r) : NULL;
+    return t ? t : "";
 }
 
 /*
@@ -237,29 +273,16 @@ static PGresult *wait_result(PGconn *c, int timeout_ms)
     }
 }
 
-/*
- * Server connections of the test user to the test database, seen from the direct
- * connection mon (not counting mon itself); -1 on error.
- */
+/* Server connections of the test user to the test database, seen from a direct connection
+ * (not counting that one itself). */
+#define SERVER_COUNT_SQL                                                                           \
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename "        \
+    "= current_user AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+
 static int server_count(PGconn *mon)
 {
-    const char *v = itu_value(mon, "SELECT count(*) FROM pg_stat_activity "
-                                   "WHERE datname = current_database() AND usename = "
-                                   "current_user AND backend_type = 'client backend' "
-                                   "AND pid <> pg_backend_pid()");
+    const char *v = itu_value(mon, SERVER_COUNT_SQL);
     return v[0] ? atoi(v) : -1;
-}
-
-/* Waits up to timeout_ms for server_count(mon) == want; returns the last count. */
-static int wait_server_count(PGconn *mon, int want, int timeout_ms)
-{
-    int64_t deadline = itu_now_ms() + timeout_ms;
-    int n = server_count(mon);
-    while (n != want && itu_now_ms() < deadline) {
-        sleep_ms(50);
-        n = server_count(mon);
-    }
-    return n;
 }
 
 /* Waits up to timeout_ms until sql returns want on c; true when it did. */
@@ -440,7 +463,8 @@ static void test_two_clients_one_server(void)
     if (!g_direct) {
         /* Both ran on the one server of the pool, and PostgreSQL saw only that one. */
         CU_ASSERT_EQUAL(npids, 1);
-        int n = wait_server_count(d, 1, 3000);
+        (void)wait_value(d, SERVER_COUNT_SQL, "1", 3000);
+        int n = server_count(d);
         printf("\n    %d backend(s) served both clients; %d server connection(s) ", npids, n);
         CU_ASSERT_EQUAL(n, 1);
     }
@@ -494,6 +518,28 @@ static void check_same_name_apart(PGconn *a, PGconn *b)
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
     CU_ASSERT_EQUAL(PQnparams(r), 1);
     CU_ASSERT_EQUAL(PQnfields(r), 2);
+    PQclear(r);
+}
+
+/* A's DISCARD ALL drops A's statements only, and so does the server reset pgwarden runs
+ * after A's LISTEN: B's statement works on that server afterwards. */
+static void check_discard_all(PGconn *a, PGconn *b)
+{
+    CU_ASSERT_TRUE(prep_ok(b, "s2", "SELECT 'b2' || $1::text"));
+    CU_ASSERT_TRUE(itu_exec_ok(a, "DISCARD ALL"));
+    PGresult *r = exec_prep(a, "s1", "x");
+    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    PQclear(r);
+    r = exec_prep(b, "s2", "x");
+    CU_ASSERT_TRUE(result_is(r, 1, "b2x", NULL));
+    PQclear(r);
+    CU_ASSERT_TRUE(prep_ok(a, "s1", "SELECT 'a3' || $1::text"));
+    CU_ASSERT_TRUE(itu_exec_ok(a, "LISTEN txn_reset"));
+    r = exec_prep(b, "s2", "y");
+    CU_ASSERT_TRUE(result_is(r, 1, "b2y", NULL));
+    PQclear(r);
+    r = exec_prep(a, "s1", "y");
+    CU_ASSERT_TRUE(result_is(r, 1, "a3y", NULL));
     PQclear(r);
 }
 
@@ -551,6 +597,7 @@ static void test_prepared_follow_client(void)
     r = exec_prep(a, "s1", "z");
     CU_ASSERT_TRUE(result_is(r, 1, "a2z", NULL));
     PQclear(r);
+    check_discard_all(a, b);
     conn_close(a);
     conn_close(b);
     txn_stop();
@@ -947,7 +994,8 @@ static void test_many_clients_small_pool(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
     PGconn *mon = direct_conn();
     CU_ASSERT_EQUAL_FATAL(PQstatus(mon), CONNECTION_OK);
-    int baseline = wait_server_count(mon, 0, 10000); /* earlier tests' servers are gone */
+    (void)wait_value(mon, SERVER_COUNT_SQL, "0", 10000); /* earlier tests' servers gone */
+    int baseline = server_count(mon);
 
     static struct mc ks[MANY_CLIENTS];
     static struct pollfd pfds[MANY_CLIENTS];
@@ -1243,7 +1291,7 @@ static void run_step(PGconn *c, const int *notices, const char *sql, struct seen
     if (s->status == PGRES_TUPLES_OK && PQntuples(r) > 0)
         snprintf(s->got, sizeof(s->got), "%s", PQgetvalue(r, 0, 0));
     else if (s->status == PGRES_COMMAND_OK)
-        snprintf(s->got, sizeof(s->got), "%s", PQcmdStatus(r));
+        snprintf(s->got, sizeof(s->got), "%s", cmd_tag(r));
     else
         snprintf(s->got, sizeof(s->got), "!%s", res_sqlstate(r));
     PQclear(r);
@@ -1290,11 +1338,11 @@ static void check_begin_takes_no_server(PGconn *p)
     CU_ASSERT_STRING_EQUAL(itu_value(h, "SELECT 'h holds the server'"), "h holds the server");
     int64_t t0 = itu_now_ms();
     PGresult *r = PQexec(p, "BEGIN ISOLATION LEVEL SERIALIZABLE");
-    CU_ASSERT_STRING_EQUAL(PQcmdStatus(r), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(cmd_tag(r), "BEGIN");
     CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_INTRANS);
     PQclear(r);
     r = PQexec(p, "COMMIT");
-    CU_ASSERT_STRING_EQUAL(PQcmdStatus(r), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(cmd_tag(r), "COMMIT");
     CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_IDLE);
     PQclear(r);
     int64_t took = itu_now_ms() - t0;
@@ -1450,13 +1498,11 @@ static void test_client_waits_then_gets_error(void)
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INTRANS);
     CU_ASSERT_TRUE(itu_exec_ok(a, "COMMIT"));
 
-    /* The server is free again: a new client is served at once, and B too if pgwarden
-     * kept it connected. */
+    /* The server is free again: a new client is served (within the 500 ms it may wait),
+     * and B too if pgwarden kept it connected. */
     PGconn *c = px_conn(NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
-    int64_t t0 = itu_now_ms();
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 3"), "3");
-    CU_ASSERT(itu_now_ms() - t0 < 400);
     if (PQstatus(b) == CONNECTION_OK)
         CU_ASSERT_STRING_EQUAL(itu_value(b, "SELECT 4"), "4");
     conn_close(c);
