@@ -352,16 +352,16 @@ static void auth_failed(struct px_client *c)
     px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
 }
 
-/* Ends the login: ParameterStatus of w, our BackendKeyData, ReadyForQuery. */
-static void welcome(struct px_client *c, struct px_welcome *w)
+/* Ends the login: ParameterStatus of params, our BackendKeyData, ReadyForQuery.  w (may be
+ * NULL) is the cached welcome params come from; the client keeps a reference. */
+static void welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    for (size_t i = 0; i < w->params.n; i++)
-        px_wire_param_status(out, w->params.items[i].name, w->params.items[i].value);
+    for (size_t i = 0; i < params->n; i++)
+        px_wire_param_status(out, params->items[i].name, params->items[i].value);
     px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
     px_wire_ready(out, 'I');
     c->welcomed = true;
-    c->idle_status = 'I';
     c->welcome = px_welcome_ref(w);
 }
 
@@ -386,7 +386,7 @@ static void client_auth_ok(struct px_client *c)
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
     if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
-        welcome(c, w);
+        welcome(c, &w->params, w);
         if (pool->mode == PX_POOL_TRANSACTION) {
             px_client_set_state(c, PX_CL_IDLE);
             px_txn_client_idle_read(c);
@@ -672,21 +672,9 @@ static void login_read(struct px_client *c)
 void px_client_on_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
-    if (!c->welcomed) {
-        if (s->welcome) {
-            welcome(c, s->welcome);
-        } else {
-            struct evbuffer *out = bufferevent_get_output(c->bev);
-            for (size_t i = 0; i < s->params.n; i++)
-                px_wire_param_status(out, s->params.items[i].name, s->params.items[i].value);
-            px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
-            px_wire_ready(out, 'I');
-            c->welcomed = true;
-        }
-    }
-    if (c->read_paused) {
-        c->read_paused = false;
-    }
+    if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
+        welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
+    c->read_paused = false; /* a waiting client may have stopped reading */
     bufferevent_enable(c->bev, EV_READ);
     if (s->pool->mode == PX_POOL_TRANSACTION) {
         px_txn_client_linked(c);
@@ -705,8 +693,8 @@ static const uint8_t c2s_see[256] = {
     ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
 };
 
-static enum px_relay_action c2s_cb(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
-                                   uint32_t len)
+enum px_relay_action px_client_on_request(void *ctx, struct evbuffer *out, char type,
+                                          const uint8_t *body, uint32_t len)
 {
     (void)out;
     struct px_client *c = ctx;
@@ -743,7 +731,7 @@ void px_client_relay(struct px_client *c)
     enum px_relay_result r =
         s->pool->mode == PX_POOL_TRANSACTION
             ? px_relay_direct(&c->c2s, in, out, fd, px_txn_c2s_see, px_txn_c2s, c, max, &moved)
-            : px_relay_direct(&c->c2s, in, out, fd, c2s_see, c2s_cb, c, max, &moved);
+            : px_relay_direct(&c->c2s, in, out, fd, c2s_see, px_client_on_request, c, max, &moved);
     px_stats_bytes(c->pool, moved, 0);
     if (r == PX_RELAY_CLOSED) {
         px_client_close(c); /* Terminate */
@@ -773,7 +761,7 @@ bool px_client_is_idle(const struct px_client *c)
 {
     const struct px_server *s = c->server;
     if (c->state == PX_CL_IDLE)
-        return c->idle_status == 'I';
+        return !c->held_begin;
     if (c->state != PX_CL_ACTIVE)
         return c->state == PX_CL_LOGIN || c->state == PX_CL_WAITING;
     if (!s)

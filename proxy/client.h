@@ -10,6 +10,7 @@
 #include <event2/util.h>
 
 #include "conn.h"
+#include "relay.h"
 
 /* Takes over fd (a freshly accepted socket). */
 void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen);
@@ -31,6 +32,12 @@ void px_client_free(struct px_client *c);
 
 /* The pool linked c to a server: welcome the client (first time) and start relaying. */
 void px_client_on_linked(struct px_client *c);
+/* The bookkeeping every relayed client message gets (the session-mode relay callback):
+ * ReadyForQuery replies expected, unsynced extended-protocol messages, query counts;
+ * CLOSE for Terminate.  Transaction pooling's own callback calls it too. */
+enum px_relay_action px_client_on_request(void *ctx, struct evbuffer *out, char type,
+                                          const uint8_t *body, uint32_t len);
+
 /* Relays whatever the client has buffered to its server. */
 void px_client_relay(struct px_client *c);
 /* The server's output drained below the low watermark: resume reading from the client. */

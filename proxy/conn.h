@@ -113,7 +113,6 @@ struct px_client {
     struct px_params vars;      /* reported parameters changed since the welcome */
     uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
     uint32_t held_begin_len;
-    char idle_status;          /* transaction status the client was last told while idle */
     bool warned_session_state; /* logged the session-feature warning */
     struct px_stmt_map stmts;  /* named prepared statements */
 
@@ -208,7 +207,6 @@ struct px_pool {
     char *server_password; /* NULL: from auth_file or the client's SCRAM keys */
     int pool_size;
     enum px_pool_mode mode; /* fixed when the pool is created */
-    bool host_set;          /* configured once (the mode is taken then) */
 
     struct px_list servers_login, servers_idle, servers_active, servers_resetting;
     int n_login, n_idle, n_active, n_resetting;

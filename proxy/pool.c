@@ -56,7 +56,8 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
     const char *host = db->host ? db->host : "127.0.0.1";
     const char *dbname = db->dbname ? db->dbname : pool->database;
     const char *server_user = db->user ? db->user : pool->user;
-    bool changed = !pool->host || strcmp(pool->host, host) || pool->port != db->port ||
+    bool first = !pool->host;
+    bool changed = first || strcmp(pool->host, host) || pool->port != db->port ||
                    strcmp(pool->dbname ? pool->dbname : "", dbname) ||
                    strcmp(pool->server_user ? pool->server_user : "", server_user) ||
                    (pool->server_password == NULL) != (db->password == NULL) ||
@@ -77,10 +78,8 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
     pool->pool_size = db->pool_size >= 0 ? db->pool_size : px.cfg->default_pool_size;
     /* The mode is fixed for the pool's life: a session-mode client cannot be switched to
      * transaction pooling mid-session (a changed pool_mode applies after a restart). */
-    if (!pool->host_set) {
+    if (first)
         pool->mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : px.cfg->pool_mode;
-        pool->host_set = true;
-    }
     return changed;
 }
 
@@ -111,6 +110,11 @@ static void welcome_drop(struct px_pool *pool, struct px_welcome *w)
     px_list_init(&w->link);
     pool->n_welcomes--;
     px_welcome_unref(w);
+}
+
+static void welcome_drop_oldest(struct px_pool *pool)
+{
+    welcome_drop(pool, PX_CONTAINER_OF(px_list_first(&pool->welcomes), struct px_welcome, link));
 }
 
 struct px_welcome *px_pool_welcome_find(struct px_pool *pool, const char *sig, size_t len)
@@ -152,8 +156,7 @@ void px_pool_welcome_store(struct px_server *s)
     px_list_append(&pool->welcomes, &w->link);
     pool->n_welcomes++;
     while (pool->n_welcomes > WELCOME_CACHE_MAX)
-        welcome_drop(pool,
-                     PX_CONTAINER_OF(px_list_first(&pool->welcomes), struct px_welcome, link));
+        welcome_drop_oldest(pool);
     px_welcome_unref(s->welcome);
     s->welcome = px_welcome_ref(w);
 }
@@ -161,8 +164,7 @@ void px_pool_welcome_store(struct px_server *s)
 static void pool_free(struct px_pool *pool)
 {
     while (!px_list_empty(&pool->welcomes))
-        welcome_drop(pool,
-                     PX_CONTAINER_OF(px_list_first(&pool->welcomes), struct px_welcome, link));
+        welcome_drop_oldest(pool);
     px_list_remove(&pool->link);
     px_stats_pool_destroy(pool);
     if (pool->login_error)
@@ -458,19 +460,15 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
             px_server_close(s, "server_lifetime_ms reached");
     }
     if (px.shutting_down) {
-        px_list_for_each_safe(it, tmp, &pool->clients_idle)
-        {
-            struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-            if (px_client_is_idle(c) || now >= px.shutdown_deadline_ms)
-                px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
-                                "terminating connection due to administrator command");
-        }
-        px_list_for_each_safe(it, tmp, &pool->clients_active)
-        {
-            struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-            if (px_client_is_idle(c) || now >= px.shutdown_deadline_ms)
-                px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
-                                "terminating connection due to administrator command");
+        struct px_list *lists[] = {&pool->clients_idle, &pool->clients_active};
+        for (size_t i = 0; i < 2; i++) {
+            px_list_for_each_safe(it, tmp, lists[i])
+            {
+                struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
+                if (px_client_is_idle(c) || now >= px.shutdown_deadline_ms)
+                    px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
+                                    "terminating connection due to administrator command");
+            }
         }
     }
 }

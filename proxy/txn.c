@@ -68,6 +68,12 @@ static void warn_session_state(struct px_client *c, const char *feature)
 
 /* ---- idle client ---------------------------------------------------------------------- */
 
+/* What the client was last told while it has no server: in a (held-back) transaction or not. */
+static char idle_status(const struct px_client *c)
+{
+    return c->held_begin ? 'T' : 'I';
+}
+
 /*
  * Answers a whole simple query (msg: the complete message) without a server when it can.
  * Returns true when the message was consumed.
@@ -85,14 +91,13 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     switch (info.kind) {
     case PX_SQL_BEGIN:
-        if (c->idle_status != 'I')
+        if (c->held_begin)
             return false; /* PostgreSQL warns "already a transaction in progress" */
         c->held_begin = malloc(total);
         if (!c->held_begin)
             return false;
         evbuffer_remove(in, c->held_begin, total);
         c->held_begin_len = total;
-        c->idle_status = 'T';
         send_complete(c, info.tag, 'T');
         px_stats_query(c->pool);
         return true;
@@ -104,7 +109,6 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
         c->held_begin = NULL;
         c->held_begin_len = 0;
         evbuffer_drain(in, total);
-        c->idle_status = 'I';
         send_complete(c, info.tag, 'I');
         px_stats_query(c->pool);
         px_stats_transaction(c->pool);
@@ -114,12 +118,12 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
             return false; /* not ours: PostgreSQL answers (SQL-level PREPARE, or 26000) */
         px_stmt_map_remove(&c->stmts, info.name);
         evbuffer_drain(in, total);
-        send_complete(c, "DEALLOCATE", c->idle_status);
+        send_complete(c, "DEALLOCATE", idle_status(c));
         return true;
     case PX_SQL_DEALLOCATE_ALL:
         px_stmt_map_clear(&c->stmts);
         evbuffer_drain(in, total);
-        send_complete(c, "DEALLOCATE ALL", c->idle_status);
+        send_complete(c, "DEALLOCATE ALL", idle_status(c));
         return true;
     default: return false;
     }
@@ -299,17 +303,11 @@ static struct px_expect *expect_head(struct px_server *s)
     return s->expect_n ? &s->expect[s->expect_head] : NULL;
 }
 
-static void expect_release(struct px_expect *e)
-{
-    px_stmt_unref(e->stmt);
-    free(e->client_name);
-    e->stmt = NULL;
-    e->client_name = NULL;
-}
-
 static void expect_pop(struct px_server *s)
 {
-    expect_release(&s->expect[s->expect_head]);
+    struct px_expect *e = &s->expect[s->expect_head];
+    px_stmt_unref(e->stmt);
+    free(e->client_name);
     s->expect_head = (s->expect_head + 1) % s->expect_cap;
     s->expect_n--;
 }
@@ -416,10 +414,11 @@ static void note_sql(struct px_client *c, struct px_server *s, const struct px_s
     }
 }
 
-static enum px_relay_action c2s_query(struct px_client *c, struct px_server *s, const uint8_t *body,
-                                      uint32_t len)
+/* A simple query: note session state; answer DEALLOCATE of a renamed statement.  True when
+ * answered here (the message is dropped). */
+static bool c2s_query_answered(struct px_client *c, struct px_server *s, const uint8_t *body,
+                               uint32_t len)
 {
-    px_stats_query(c->pool);
     size_t n = len;
     if (n > 0 && body[n - 1] == '\0')
         n--;
@@ -433,14 +432,12 @@ static enum px_relay_action c2s_query(struct px_client *c, struct px_server *s, 
             s->pending_ready == 0 && !s->unsynced && s->expect_n == 0 &&
             px_stmt_map_get(&c->stmts, info.name)) {
             px_stmt_map_remove(&c->stmts, info.name);
+            px_stats_query(c->pool);
             send_complete(c, "DEALLOCATE", s->txn_status);
-            return PX_RELAY_DROP;
+            return true;
         }
     }
-    if (!expect_push(s, PX_EXP_SYNC, false))
-        return PX_RELAY_CLOSE;
-    s->pending_ready++;
-    return PX_RELAY_FORWARD;
+    return false;
 }
 
 static enum px_relay_action c2s_parse(struct px_client *c, struct px_server *s,
@@ -449,7 +446,6 @@ static enum px_relay_action c2s_parse(struct px_client *c, struct px_server *s,
     const char *name;
     const uint8_t *content;
     uint32_t clen;
-    s->unsynced = true;
     if (px_parse_split(body, len, &name, &content, &clen) < 0)
         return PX_RELAY_FORWARD; /* malformed: PostgreSQL says so */
     struct px_sql_info info;
@@ -490,7 +486,6 @@ static enum px_relay_action c2s_bind(struct px_client *c, struct px_server *s, s
     const char *portal, *name;
     const uint8_t *rest;
     uint32_t rlen;
-    s->unsynced = true;
     if (px_bind_split(body, len, &portal, &name, &rest, &rlen) < 0 || !*name)
         return PX_RELAY_FORWARD;
     struct px_stmt *stmt = px_stmt_map_get(&c->stmts, name);
@@ -508,7 +503,6 @@ static enum px_relay_action c2s_target(struct px_client *c, struct px_server *s,
 {
     char kind;
     const char *name;
-    s->unsynced = true;
     bool ok = px_target_split(body, len, &kind, &name) == 0;
     struct px_stmt *stmt = ok && kind == 'S' && *name ? px_stmt_map_get(&c->stmts, name) : NULL;
     if (type == 'C') {
@@ -533,23 +527,20 @@ enum px_relay_action px_txn_c2s(void *ctx, struct evbuffer *out, char type, cons
 {
     struct px_client *c = ctx;
     struct px_server *s = c->server;
+    if (type == 'Q' && body && c2s_query_answered(c, s, body, len))
+        return PX_RELAY_DROP;
+    /* The session relay's bookkeeping first (pending replies, unsynced, stats, Terminate). */
+    if (px_client_on_request(c, out, type, body, len) == PX_RELAY_CLOSE)
+        return PX_RELAY_CLOSE;
     switch (type) {
-    case 'Q': return c2s_query(c, s, body, len);
     case 'P': return c2s_parse(c, s, out, body, len);
     case 'B': return c2s_bind(c, s, out, body, len);
     case 'D':
     case 'C': return c2s_target(c, s, out, type, body, len);
+    case 'Q':
     case 'S':
-        if (s->unsynced)
-            px_stats_query(c->pool);
-        s->unsynced = false;
-        s->pending_ready++;
-        return expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
-    case 'F':
-        s->pending_ready++;
-        return expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
-    case 'X': return PX_RELAY_CLOSE; /* Terminate */
-    default: s->unsynced = true; return PX_RELAY_FORWARD;
+    case 'F': return expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    default: return PX_RELAY_FORWARD;
     }
 }
 
@@ -607,7 +598,6 @@ void px_txn_maybe_release(struct px_server *s)
         return;
     c->server = NULL;
     s->client = NULL;
-    c->idle_status = 'I';
     px_client_set_state(c, PX_CL_IDLE);
     if (px.shutting_down) {
         px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
