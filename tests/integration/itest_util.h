@@ -111,4 +111,15 @@ static inline bool itu_error_contains(PGconn *conn, const char *needle)
     return false;
 }
 
+/* Stops px (SIGTERM, bounded wait), prints the end of its log when it did not exit 0, and
+ * frees it.  Returns the exit status (0 for a clean shutdown). */
+static inline int itu_proxy_stop_free(struct harness_proxy *px)
+{
+    int rc = harness_proxy_stop(px, 0);
+    if (rc != 0)
+        harness_proxy_dump_log(px, 40);
+    harness_proxy_free(px);
+    return rc;
+}
+
 #endif

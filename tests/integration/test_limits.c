@@ -29,11 +29,7 @@ static int suite_init(void)
 
 static void stop(struct harness_proxy *px)
 {
-    int rc = harness_proxy_stop(px, 0);
-    CU_ASSERT_EQUAL(rc, 0);
-    if (rc != 0)
-        harness_proxy_dump_log(px, 40);
-    harness_proxy_free(px);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
 /* ---- 100 clients on a pool of 10 --------------------------------------------------- */

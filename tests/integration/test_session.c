@@ -36,14 +36,8 @@ static int suite_init(void)
 
 static int suite_cleanup(void)
 {
-    int rc = 0;
-    if (g_px) {
-        rc = harness_proxy_stop(g_px, 0);
-        if (rc != 0)
-            harness_proxy_dump_log(g_px, 40);
-        harness_proxy_free(g_px);
-        g_px = NULL;
-    }
+    int rc = g_px ? itu_proxy_stop_free(g_px) : 0;
+    g_px = NULL;
     return rc == 0 ? 0 : 1;
 }
 

@@ -37,11 +37,7 @@ static struct harness_proxy *start(const char *client_tls, const char *server_tl
 
 static void stop(struct harness_proxy *px)
 {
-    int rc = harness_proxy_stop(px, 0);
-    CU_ASSERT_EQUAL(rc, 0);
-    if (rc != 0)
-        harness_proxy_dump_log(px, 40);
-    harness_proxy_free(px);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
 /* Whether the backend with this pid uses TLS, from a direct connection: "t", "f" or "". */
