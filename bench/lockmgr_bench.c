@@ -1,7 +1,9 @@
 /*
  * lockmgr_bench.c: micro-benchmarks of the lock manager (issue 4 targets).
  *
- *   lockmgr_bench [scale]      scale 1 (default) = full size; e.g. 0.1 for a quick run
+ *   lockmgr_bench [scale [group]]   scale 1 (default) = full size; e.g. 0.1 for a quick run;
+ *                                   group: run only uncontended, memory, chain, queue,
+ *                                   random (the random-layout chain) or fan
  *
  * 1. uncontended acquire + release, ns per pair (target <= 200 ns): a new key each time
  *    (key created and freed) and the same key again and again;
@@ -294,18 +296,33 @@ static void bench_fan(size_t n, size_t samples)
     lockmgr_free(lm);
 }
 
+static const char *only; /* run one group (for perf and cachegrind), NULL: all */
+
+static bool run(const char *group)
+{
+    return !only || strcmp(only, group) == 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
         scale = atof(argv[1]);
     if (scale <= 0)
         scale = 1;
-    bench_uncontended();
-    bench_memory();
+    if (argc > 2)
+        only = argv[2];
     size_t n = scaled(10000), samples = scaled(20000);
-    bench_chain(n, samples, false);
-    bench_queue(n, samples);
-    bench_chain(n, samples, true);
-    bench_fan(n, samples);
+    if (run("uncontended"))
+        bench_uncontended();
+    if (run("memory"))
+        bench_memory();
+    if (run("chain"))
+        bench_chain(n, samples, false);
+    if (run("queue"))
+        bench_queue(n, samples);
+    if (run("random"))
+        bench_chain(n, samples, true);
+    if (run("fan"))
+        bench_fan(n, samples);
     return 0;
 }
