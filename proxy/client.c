@@ -131,7 +131,9 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     evutil_make_socket_nonblocking(fd);
     c->bev = bufferevent_socket_new(px.base, fd, 0);
-    if (!c->bev) {
+    if (!c->bev || px_reader_bind(&c->rd, px.base, c->bev, fd) < 0) {
+        if (c->bev)
+            bufferevent_free(c->bev);
         evutil_closesocket(fd);
         free(c);
         return;
@@ -147,7 +149,8 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     px_stats_client_accepted();
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_WRITE);
+    px_reader_enable(&c->rd, true);
     px_debug("client", 'C', c->id, "connection from %s", c->addr);
 }
 
@@ -176,7 +179,8 @@ void px_client_close(struct px_client *c)
             c->launching->opener = NULL;
         c->launching = NULL;
     }
-    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    px_reader_enable(&c->rd, false);
+    bufferevent_disable(c->bev, EV_WRITE);
     px.n_clients--;
     px_client_set_state(c, PX_CL_CLOSING);
     if (px.shutting_down)
@@ -186,7 +190,7 @@ void px_client_close(struct px_client *c)
 static void close_after_flush(struct px_client *c)
 {
     unlink_server(c);
-    bufferevent_disable(c->bev, EV_READ);
+    px_reader_enable(&c->rd, false);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         px_client_close(c);
         return;
@@ -245,6 +249,7 @@ bool px_client_close_overdue(struct px_client *c, uint64_t now)
 void px_client_free(struct px_client *c)
 {
     px_list_remove(&c->link);
+    px_reader_unbind(&c->rd);
     if (c->bev)
         bufferevent_free(c->bev);
     if (!c->fd_in_tls_bev)
@@ -537,6 +542,7 @@ static void start_tls(struct px_client *c)
         px_client_close(c);
         return;
     }
+    px_reader_unbind(&c->rd);
     bufferevent_free(c->bev);
     c->bev = bufferevent_openssl_socket_new(px.base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                             BEV_OPT_CLOSE_ON_FREE);
@@ -546,10 +552,12 @@ static void start_tls(struct px_client *c)
         return;
     }
     c->fd_in_tls_bev = true;
+    px_reader_bind(&c->rd, px.base, c->bev, -1); /* cannot fail without an fd */
     bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_WRITE);
+    px_reader_enable(&c->rd, true);
     c->login_step = PX_LOGIN_TLS;
 }
 
@@ -675,9 +683,12 @@ void px_client_on_linked(struct px_client *c)
     if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
         welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
     c->read_paused = false; /* a waiting client may have stopped reading */
-    bufferevent_enable(c->bev, EV_READ);
+    px_reader_enable(&c->rd, true);
     if (s->pool->mode == PX_POOL_TRANSACTION) {
-        px_txn_client_linked(c);
+        if (!px_txn_client_linked(c)) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return;
+        }
         px_client_relay(c);
         if (c->server == s)
             px_txn_maybe_release(s);
@@ -743,7 +754,7 @@ void px_client_relay(struct px_client *c)
         return;
     }
     if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {
-        bufferevent_disable(c->bev, EV_READ);
+        px_reader_enable(&c->rd, false);
         c->read_paused = true;
     }
 }
@@ -752,7 +763,7 @@ void px_client_resume(struct px_client *c)
 {
     if (c->read_paused && c->state == PX_CL_ACTIVE) {
         c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        px_reader_enable(&c->rd, true);
         px_client_relay(c);
     }
 }
@@ -784,7 +795,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         /* Keep the bytes until linked, but keep reading (a bounded amount) so that a client
          * that goes away leaves the queue at once. */
         if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
-            bufferevent_disable(c->bev, EV_READ);
+            px_reader_enable(&c->rd, false);
             c->read_paused = true;
         }
         break;

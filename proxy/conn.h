@@ -28,6 +28,8 @@
 #include "params.h"
 #include "prepared.h"
 #include "scram.h"
+#include "sqlscan.h"
+#include "sockread.h"
 #include "userlist.h"
 #include "wire.h"
 
@@ -79,6 +81,7 @@ struct px_client {
     enum px_client_state state;
     enum px_login_step login_step;
     struct bufferevent *bev;
+    struct px_reader rd; /* reads fd into bev's input (sockread.h) */
     evutil_socket_t fd;
     bool fd_in_tls_bev;     /* the TLS bufferevent owns fd (and closes it) */
     bool reject_full;       /* accepted past max_client_conn: answer 53300 after startup */
@@ -114,7 +117,11 @@ struct px_client {
     uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
     uint32_t held_begin_len;
     bool warned_session_state; /* logged the session-feature warning */
-    struct px_stmt_map stmts;  /* named prepared statements */
+    /* The Query at the head of the input, classified while idle: reused when that message
+     * is relayed, so a query is scanned once (head_sql_len: its length; 0: none). */
+    uint32_t head_sql_len;
+    struct px_sql_info head_sql;
+    struct px_stmt_map stmts; /* named prepared statements */
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -150,6 +157,7 @@ struct px_server {
     enum px_server_state state;
     enum px_server_login_step login_step;
     struct bufferevent *bev;
+    struct px_reader rd; /* reads fd into bev's input (sockread.h) */
     bool tls;
     struct px_pool *pool;
     struct px_client *client;

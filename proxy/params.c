@@ -1,8 +1,34 @@
 /* params.c: parameter sets (see params.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "params.h"
+
+const char *const px_tracked_params[PX_TRACKED_PARAMS] = {
+    "client_encoding", "application_name",
+    "DateStyle",       "default_transaction_read_only",
+    "IntervalStyle",   "standard_conforming_strings",
+    "TimeZone",
+};
+
+int px_tracked_index(const char *name, size_t len)
+{
+    if (!name)
+        return -1;
+    for (int i = 0; i < PX_TRACKED_PARAMS; i++)
+        if (strlen(px_tracked_params[i]) == len && !strncasecmp(name, px_tracked_params[i], len))
+            return i;
+    return -1;
+}
+
+/* Points name's slot (if it has one) at value. */
+static void track(struct px_params *ps, const char *name, const char *value)
+{
+    int i = px_tracked_index(name, strlen(name));
+    if (i >= 0)
+        ps->tracked[i] = value;
+}
 
 int px_params_set(struct px_params *ps, const char *name, const char *value)
 {
@@ -15,6 +41,7 @@ int px_params_set(struct px_params *ps, const char *name, const char *value)
                 return -1;
             free(ps->items[i].value);
             ps->items[i].value = v;
+            track(ps, name, v);
             return 0;
         }
     }
@@ -35,6 +62,7 @@ int px_params_set(struct px_params *ps, const char *name, const char *value)
     ps->items[ps->n].name = n;
     ps->items[ps->n].value = v;
     ps->n++;
+    track(ps, n, v);
     return 0;
 }
 
@@ -66,6 +94,7 @@ void px_params_clear(struct px_params *ps)
     free(ps->items);
     ps->items = NULL;
     ps->n = ps->cap = 0;
+    memset(ps->tracked, 0, sizeof(ps->tracked));
 }
 
 int px_params_parse_status(const uint8_t *body, uint32_t len, const char **name, const char **value)

@@ -249,7 +249,7 @@ static void link_pair(struct px_server *s, struct px_client *c)
     if (c->state == PX_CL_WAITING)
         px_stats_pool_wait(c->pool, s->last_used_ms - c->wait_start_ms);
     px_client_set_state(c, PX_CL_ACTIVE);
-    bufferevent_enable(s->bev, EV_READ);
+    px_reader_enable(&s->rd, true);
     px_client_on_linked(c);
 }
 
@@ -351,7 +351,7 @@ void px_pool_server_ready(struct px_server *s)
     s->opener = NULL;
     px_server_set_state(s, PX_SV_IDLE);
     s->last_used_ms = px_now_ms();
-    bufferevent_enable(s->bev, EV_READ);
+    px_reader_enable(&s->rd, true);
     if (px.shutting_down) {
         px_server_close(s, "shutting down");
         return;

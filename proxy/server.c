@@ -125,13 +125,13 @@ static int connect_socket(struct px_server *s, struct px_pool *pool)
     }
     s->fd = fd;
     s->bev = bufferevent_socket_new(px.base, fd, 0);
-    if (!s->bev)
+    if (!s->bev || px_reader_bind(&s->rd, px.base, s->bev, fd) < 0)
         return -1;
     bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
     bufferevent_setwatermark(s->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
     if (bufferevent_socket_connect(s->bev, (struct sockaddr *)&ss, (int)sslen) < 0)
         return -1;
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(s->bev, EV_WRITE); /* reading starts once connected */
     return 0;
 }
 
@@ -203,6 +203,7 @@ static void start_tls(struct px_server *s)
         server_fail(s, "cannot create TLS connection to server");
         return;
     }
+    px_reader_unbind(&s->rd);
     bufferevent_free(s->bev);
     s->bev = bufferevent_openssl_socket_new(px.base, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
                                             BEV_OPT_CLOSE_ON_FREE);
@@ -212,10 +213,12 @@ static void start_tls(struct px_server *s)
         return;
     }
     s->fd_in_tls_bev = true;
+    px_reader_bind(&s->rd, px.base, s->bev, -1); /* cannot fail without an fd */
     bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
     bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
     bufferevent_setwatermark(s->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(s->bev, EV_WRITE);
+    px_reader_enable(&s->rd, true);
     s->login_step = PX_SVL_TLS;
 }
 
@@ -403,7 +406,10 @@ static void login_read(struct px_server *s)
         char answer;
         if (evbuffer_remove(bufferevent_get_input(s->bev), &answer, 1) != 1)
             return;
-        if (answer == 'S')
+        if (answer == 'S' && evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+            /* Bytes before the handshake could be injected by a MITM (CVE-2021-23222). */
+            server_fail(s, "received unencrypted data after SSL response");
+        else if (answer == 'S')
             start_tls(s);
         else if (answer == 'N' && px.cfg->server_tls_mode == PX_STLS_PREFER)
             send_startup(s);
@@ -480,7 +486,7 @@ void px_server_relay(struct px_server *s)
         return;
     }
     if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
-        bufferevent_disable(s->bev, EV_READ);
+        px_reader_enable(&s->rd, false);
     if (txn) {
         px_txn_maybe_release(s); /* last: the server may go to another client */
         return;
@@ -492,8 +498,8 @@ void px_server_relay(struct px_server *s)
 
 void px_server_resume(struct px_server *s)
 {
-    if (s->state == PX_SV_ACTIVE && !(bufferevent_get_enabled(s->bev) & EV_READ)) {
-        bufferevent_enable(s->bev, EV_READ);
+    if (s->state == PX_SV_ACTIVE && !px_reader_enabled(&s->rd)) {
+        px_reader_enable(&s->rd, true);
         px_server_relay(s);
     }
 }
@@ -571,7 +577,7 @@ void px_server_release(struct px_server *s, bool client_mid_message)
     }
     s->reset_pending = queries;
     px_server_set_state(s, PX_SV_RESETTING);
-    bufferevent_enable(s->bev, EV_READ);
+    px_reader_enable(&s->rd, true);
     read_messages(s, reset_message);
 }
 
@@ -599,7 +605,8 @@ void px_server_close(struct px_server *s, const char *reason)
                 (void)w;
             }
         }
-        bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+        px_reader_enable(&s->rd, false);
+        bufferevent_disable(s->bev, EV_WRITE);
     }
     px_server_set_state(s, PX_SV_CLOSING);
     px_pool_schedule_maintain(s->pool); /* a slot came free */
@@ -608,6 +615,7 @@ void px_server_close(struct px_server *s, const char *reason)
 void px_server_free(struct px_server *s)
 {
     px_list_remove(&s->link);
+    px_reader_unbind(&s->rd);
     if (s->bev)
         bufferevent_free(s->bev);
     if (!s->fd_in_tls_bev && s->fd >= 0)
@@ -661,6 +669,7 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
         if (s->login_step == PX_SVL_CONNECT) {
+            px_reader_enable(&s->rd, true);
             if (px.server_tls && s->pool->host[0] != '/') {
                 px_wire_ssl_request(bufferevent_get_output(s->bev));
                 s->login_step = PX_SVL_TLS_ANSWER;

@@ -19,6 +19,7 @@
  */
 #include <string.h>
 
+#include "params.h"
 #include "sqlscan.h"
 
 enum tok_kind {
@@ -780,16 +781,5 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
 
 bool px_sql_param_tracked(const char *name, size_t len)
 {
-    static const char *const tracked[] = {
-        "application_name", "client_encoding",
-        "datestyle",        "default_transaction_read_only",
-        "intervalstyle",    "standard_conforming_strings",
-        "timezone",
-    };
-    if (!name)
-        return false;
-    for (size_t i = 0; i < sizeof(tracked) / sizeof(tracked[0]); i++)
-        if (fold_eq(name, len, tracked[i], strlen(tracked[i])))
-            return true;
-    return false;
+    return px_tracked_index(name, len) >= 0;
 }

@@ -86,6 +86,8 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
         len--;
     struct px_sql_info info;
     px_sql_classify(sql, len, &info);
+    c->head_sql = info; /* for c2s_query_answered, unless answered here */
+    c->head_sql_len = total;
     if (info.multi)
         return false;
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -152,8 +154,10 @@ void px_txn_client_idle_read(struct px_client *c)
             if (avail < (size_t)len + 1)
                 return; /* wait for the whole query */
             const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
-            if (msg && answer_idle(c, msg, len + 1))
+            if (msg && answer_idle(c, msg, len + 1)) {
+                c->head_sql_len = 0;
                 continue;
+            }
         }
         /* Real work: the client needs a server. */
         px_pool_request_server(c->pool, c);
@@ -175,46 +179,42 @@ static void append_literal(struct evbuffer *b, const char *s)
     evbuffer_add(b, "'", 1);
 }
 
-/* Adds "SET name TO value;" to sql when the server's value differs from the client's. */
-static void resync_param(struct px_client *c, struct px_server *s, const char *name,
-                         struct evbuffer *sql)
+/* The client's value of tracked slot i: what it changed since its welcome, else what the
+ * welcome said. */
+static const char *client_tracked(const struct px_client *c, int i)
 {
-    if (!px_sql_param_tracked(name, strlen(name)))
-        return;
-    const char *want = client_value(c, name);
-    const char *have = px_params_get(&s->params, name);
-    if (!want || (have && !strcmp(want, have)))
-        return;
-    evbuffer_add_printf(sql, "SET %s TO ", name);
-    append_literal(sql, want);
-    evbuffer_add(sql, ";", 1);
+    const char *v = c->vars.tracked[i];
+    if (!v && c->welcome)
+        v = c->welcome->params.tracked[i];
+    return v;
 }
 
-void px_txn_client_linked(struct px_client *c)
+/* Called at every link: the common case, nothing differs, allocates nothing. */
+bool px_txn_client_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
     struct evbuffer *out = bufferevent_get_output(s->bev);
-    struct evbuffer *sql = evbuffer_new();
-    if (sql && c->welcome) {
-        /* client_encoding first: the other values are text in the client's encoding. */
-        resync_param(c, s, "client_encoding", sql);
-        const struct px_params *sets[2] = {&c->welcome->params, &c->vars};
-        for (int k = 0; k < 2; k++)
-            for (size_t i = 0; i < sets[k]->n; i++) {
-                const char *name = sets[k]->items[i].name;
-                if (strcmp(name, "client_encoding") != 0 &&
-                    (k == 0 || !px_params_get(&c->welcome->params, name)))
-                    resync_param(c, s, name, sql);
-            }
-        size_t n = evbuffer_get_length(sql);
-        if (n) {
-            evbuffer_add(sql, "", 1);
-            px_wire_query(out, (const char *)evbuffer_pullup(sql, -1));
+    struct evbuffer *sql = NULL;
+    for (int i = 0; i < PX_TRACKED_PARAMS; i++) { /* slot order: client_encoding first */
+        const char *want = client_tracked(c, i), *have = s->params.tracked[i];
+        if (!want || (have && !strcmp(want, have)))
+            continue;
+        if (!sql && !(sql = evbuffer_new()))
+            return false;
+        evbuffer_add_printf(sql, "SET %s TO ", px_tracked_params[i]);
+        append_literal(sql, want);
+        evbuffer_add(sql, ";", 1);
+    }
+    if (sql) {
+        const char *text = evbuffer_add(sql, "", 1) == 0 ? (char *)evbuffer_pullup(sql, -1) : NULL;
+        if (text) {
+            px_wire_query(out, text);
             s->hidden_queries++;
         }
-    }
-    if (sql)
         evbuffer_free(sql);
+        if (!text)
+            return false;
+    }
     if (c->held_begin) {
         evbuffer_add(out, c->held_begin, c->held_begin_len);
         s->hidden_queries++;
@@ -222,6 +222,7 @@ void px_txn_client_linked(struct px_client *c)
         c->held_begin = NULL;
         c->held_begin_len = 0;
     }
+    return true;
 }
 
 bool px_txn_read_hidden(struct px_server *s)
@@ -424,7 +425,11 @@ static bool c2s_query_answered(struct px_client *c, struct px_server *s, const u
         n--;
     if (len <= SCAN_MAX) {
         struct px_sql_info info;
-        px_sql_classify((const char *)body, n, &info);
+        if (c->head_sql_len == len + 5)
+            info = c->head_sql; /* classified while idle (the only Query before this one) */
+        else
+            px_sql_classify((const char *)body, n, &info);
+        c->head_sql_len = 0;
         note_sql(c, s, &info);
         /* DEALLOCATE of a statement pgwarden renamed: the server does not know the name,
          * so answer it here when nothing is in flight to keep the replies in order. */
@@ -604,7 +609,7 @@ void px_txn_maybe_release(struct px_server *s)
                         "terminating connection due to administrator command");
     } else if (c->read_paused) {
         c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        px_reader_enable(&c->rd, true);
     }
     px_server_release(s, false);
 }

@@ -28,8 +28,9 @@
 /* The client (state idle) has input: answer it, hold it, or ask for a server. */
 void px_txn_client_idle_read(struct px_client *c);
 
-/* c was just linked to c->server: queue the hidden re-sync and the held BEGIN. */
-void px_txn_client_linked(struct px_client *c);
+/* c was just linked to c->server: queue the hidden re-sync and the held BEGIN.  False when
+ * out of memory (the client cannot be served as it expects). */
+bool px_txn_client_linked(struct px_client *c);
 
 /* Relay tables and callbacks of transaction mode (ctx: the client, resp. the server). */
 extern const uint8_t px_txn_c2s_see[256];

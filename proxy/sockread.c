@@ -1,0 +1,110 @@
+/*
+ * sockread.c: pgwarden's own reading of plain sockets (see sockread.h).
+ */
+#include <errno.h>
+#include <sys/uio.h>
+
+#include <event2/buffer.h>
+
+#include "sockread.h"
+
+/* What one wake-up reads at most.  A bit under 16 KiB so that a fresh chain, header
+ * included, is one 16 KiB allocation; a larger backlog is read on the next wake-up
+ * (epoll is level-triggered), which keeps one busy peer from starving the others. */
+#define PX_READ_CHUNK (16384 - 256)
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct px_reader *r = arg;
+    struct bufferevent *bev = r->bev;
+    bufferevent_data_cb read_cb;
+    bufferevent_event_cb event_cb;
+    void *cbarg;
+    bufferevent_getcb(bev, &read_cb, NULL, &event_cb, &cbarg);
+
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_iovec v[2];
+    /* A bufferevent keeps the end of its input frozen so that only it adds data; we read
+     * in its place, and unfreeze it for as long as bufferevent_readcb would. */
+    evbuffer_unfreeze(in, 0);
+    int n = evbuffer_reserve_space(in, PX_READ_CHUNK, v, 2);
+    ssize_t got = n > 0 ? readv(fd, v, n) : -1;
+    int err = n > 0 ? errno : ENOMEM;
+    size_t left = got > 0 ? (size_t)got : 0;
+    int used = 0;
+    while (left > 0 && used < n) {
+        if (v[used].iov_len > left)
+            v[used].iov_len = left;
+        left -= v[used].iov_len;
+        used++;
+    }
+    if (n > 0)
+        evbuffer_commit_space(in, v, used);
+    evbuffer_freeze(in, 0);
+    if (got <= 0) {
+        if (got < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+            return;
+        px_reader_enable(r, false); /* EOF and errors are reported once */
+        errno = err;
+        if (event_cb)
+            event_cb(bev, (short)(BEV_EVENT_READING | (got == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR)),
+                     cbarg);
+        return;
+    }
+    if (read_cb)
+        read_cb(bev, cbarg);
+}
+
+int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferevent *bev,
+                   evutil_socket_t fd)
+{
+    px_reader_unbind(r);
+    if (fd >= 0) {
+        r->ev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, r);
+        if (!r->ev)
+            return -1;
+        bufferevent_disable(bev, EV_READ);
+    }
+    r->bev = bev;
+    r->enabled = false;
+    return 0;
+}
+
+void px_reader_unbind(struct px_reader *r)
+{
+    if (r->ev)
+        event_free(r->ev);
+    else if (r->bev)
+        bufferevent_disable(r->bev, EV_READ);
+    r->ev = NULL;
+    r->bev = NULL;
+    r->enabled = false;
+}
+
+void px_reader_enable(struct px_reader *r, bool on)
+{
+    if (!r->bev)
+        return;
+    if (!r->ev) { /* the bufferevent may switch its reading off itself (EOF): always ask */
+        if (on)
+            bufferevent_enable(r->bev, EV_READ);
+        else
+            bufferevent_disable(r->bev, EV_READ);
+        return;
+    }
+    if (r->enabled == on)
+        return;
+    r->enabled = on;
+    if (on)
+        event_add(r->ev, NULL);
+    else
+        event_del(r->ev);
+}
+
+bool px_reader_enabled(const struct px_reader *r)
+{
+    if (!r->bev)
+        return false;
+    return r->ev ? r->enabled : (bufferevent_get_enabled(r->bev) & EV_READ) != 0;
+}

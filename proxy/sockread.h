@@ -1,0 +1,45 @@
+/*
+ * sockread.h: who reads a connection's socket into its bufferevent's input buffer.
+ *
+ * libevent 2.1's bufferevent asks the kernel how much is readable (ioctl FIONREAD) before
+ * every read and then reads at most 4 KiB.  On the proxy's hot path, one small message per
+ * wake-up, that ioctl is one system call in three; a large result costs one read per 4 KiB.
+ * On a plain socket a px_reader therefore owns its own EV_READ event, reads up to 16 KiB
+ * per wake-up straight into the bufferevent's input buffer and calls the bufferevent's own
+ * read and event callbacks: the rest of the proxy sees a bufferevent that got data, EOF or
+ * an error, whoever read it.  The bufferevent's own reading stays off; it still does all
+ * the writing.  Under TLS the bufferevent reads (OpenSSL owns the socket's bytes).
+ *
+ * Every switch of reading on or off goes through px_reader_enable(): enabling EV_READ on
+ * the bufferevent directly would make two readers of one socket.
+ */
+#ifndef PGW_PROXY_SOCKREAD_H
+#define PGW_PROXY_SOCKREAD_H
+
+#include <stdbool.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+struct px_reader {
+    struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound */
+    struct event *ev;        /* plain socket: pgwarden's read event; NULL: bev reads */
+    bool enabled;
+};
+
+/*
+ * Binds r to bev, reading off.  fd >= 0: pgwarden reads fd itself; fd < 0: bev reads
+ * (TLS).  bev's callbacks must be set before data arrives.  Returns -1 on allocation
+ * failure (r stays unbound).
+ */
+int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferevent *bev,
+                   evutil_socket_t fd);
+
+/* Stops reading and forgets bev; call before bev is freed or replaced.  Idempotent. */
+void px_reader_unbind(struct px_reader *r);
+
+/* Reading on or off (backpressure, closing, a server parked in the pool ...). */
+void px_reader_enable(struct px_reader *r, bool on);
+bool px_reader_enabled(const struct px_reader *r);
+
+#endif
