@@ -8,6 +8,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "relay.h"
 
@@ -110,6 +112,9 @@ out:
  * is single-threaded; the buffer is always empty between calls. */
 static struct evbuffer *scratch;
 
+/* Extents written per direct write; a longer buffer's rest goes through the bufferevent. */
+#define PX_RELAY_WRITE_IOV 16
+
 enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
                                      struct evbuffer *out, evutil_socket_t fd,
                                      const uint8_t see[256], px_relay_cb cb, void *ctx,
@@ -127,8 +132,14 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
     *moved = evbuffer_get_length(scratch);
     if (*moved) {
         /* Errors (peer gone) are left to the bufferevent, which meets them on its own
-         * write of whatever remains. */
-        evbuffer_write(scratch, fd);
+         * write of whatever remains.  One extent (the usual case) goes out with send(),
+         * which the kernel serves a little faster than writev(). */
+        struct evbuffer_iovec v[PX_RELAY_WRITE_IOV];
+        int n = evbuffer_peek(scratch, -1, NULL, v, PX_RELAY_WRITE_IOV);
+        ssize_t w = n == 1 ? send(fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL)
+                           : writev(fd, v, n < PX_RELAY_WRITE_IOV ? n : PX_RELAY_WRITE_IOV);
+        if (w > 0)
+            evbuffer_drain(scratch, (size_t)w);
         if (evbuffer_get_length(scratch) > 0)
             evbuffer_add_buffer(out, scratch);
     }

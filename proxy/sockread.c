@@ -2,6 +2,7 @@
  * sockread.c: pgwarden's own reading of plain sockets (see sockread.h).
  */
 #include <errno.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <event2/buffer.h>
@@ -29,7 +30,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
      * in its place, and unfreeze it for as long as bufferevent_readcb would. */
     evbuffer_unfreeze(in, 0);
     int n = evbuffer_reserve_space(in, PX_READ_CHUNK, v, 2);
-    ssize_t got = n > 0 ? readv(fd, v, n) : -1;
+    /* recv when one extent will do: the kernel's readv path costs a little more */
+    ssize_t got = n == 1 ? recv(fd, v[0].iov_base, v[0].iov_len, 0) : n > 0 ? readv(fd, v, n) : -1;
     int err = n > 0 ? errno : ENOMEM;
     size_t left = got > 0 ? (size_t)got : 0;
     int used = 0;
