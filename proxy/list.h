@@ -47,6 +47,10 @@ static inline struct px_list *px_list_first(const struct px_list *head)
     return px_list_empty(head) ? NULL : head->next;
 }
 
+/* Newest first: iterates from the tail (no removal while iterating). */
+#define px_list_for_each_reverse(pos, head)                                                        \
+    for ((pos) = (head)->prev; (pos) != (head); (pos) = (pos)->prev)
+
 /* Iterates safely against removal of the current item. */
 #define px_list_for_each_safe(pos, tmp, head)                                                      \
     for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head);                               \
