@@ -132,8 +132,7 @@ static bool qhot_ok(const struct lockmgr *lm, const struct lm_key *k)
 }
 #endif
 
-/* A holder reached from the top frame, and its own wait (jqi LM_NO_QUEUE: not waiting).
- * jord 0 (never a position): not read yet, see cand_ord(). */
+/* A holder reached from the top frame, and its own wait (jqi LM_NO_QUEUE: not waiting). */
 struct cand {
     struct lockmgr_owner *j;
     uint64_t jord;
@@ -141,16 +140,6 @@ struct cand {
     uint8_t hm, jmode;
     bool jupg;
 };
-
-/* c's position in its queue, as far as reach() needs it: a holder found by walking a
- * key's holds comes without it (the hold has no room), and only a new request with an
- * exclusive request on its queue needs it, so only then is the owner read. */
-static inline uint64_t cand_ord(struct cand *c, uint64_t firstx)
-{
-    if (!c->jord && !c->jupg && firstx != UINT64_MAX)
-        c->jord = c->j->wait.ord;
-    return c->jord;
-}
 
 /* The holder a frame for e, walking `modes`, gets from a key whose one holder the record
  * h describes (NULL: none): the only candidate, unless it is e itself or not in modes. */
@@ -188,12 +177,11 @@ static inline bool frame_next(struct lm_frame *f, struct lm_hold **cur, const st
         *cur = h->knext;
         LM_ASSERT(m >= 0);
         if (h->owner != f->owner && (f->modes & LM_BIT(m))) {
-            /* the hold's copy of its owner's wait: the owner itself is not read */
-            LM_ASSERT(h->wqi == (h->owner->wait.active ? h->owner->wait.qi : LM_NO_QUEUE) &&
-                      h->wmode == h->owner->wait.mode && h->wupg == h->owner->wait.upgrade);
+            const struct lm_wait *w = &h->owner->wait;
             if (!*cur)
                 f->phase = 2;
-            *c = (struct cand){h->owner, 0, h->wqi, (uint8_t)m, h->wmode, h->wupg};
+            *c = (struct cand){h->owner,   w->ord,  w->active ? w->qi : LM_NO_QUEUE,
+                               (uint8_t)m, w->mode, w->upgrade};
             return true;
         }
     }
@@ -430,7 +418,7 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
         /* j holds f's key in mode c.hm and is reached; where does its own wait lead? */
         LM_ASSERT(qhot_ok(lm, f->owner->wait.key) && qhot_ok(lm, c.j->wait.key));
         const struct lm_qhot *jh = &lm->qhot[c.jqi];
-        uint8_t r = reach(c.jmode, c.jupg, cand_ord(&c, jh->firstx), jh->firstx);
+        uint8_t r = reach(c.jmode, c.jupg, c.jord, jh->firstx);
         if (c.jqi == s.qi0) {
             int end = reaches_start(&s, c.jmode, c.jupg, r);
             if (end >= 0) {

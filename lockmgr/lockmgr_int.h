@@ -24,16 +24,11 @@
 extern const uint8_t lm_conflicts[LOCKMGR_NMODES];
 
 /* One (owner, key) hold; both scopes share it, the stronger mode governs.  The fields the
- * deadlock search reads come first (one cache line).  wqi/wmode/wupg copy the owner's
- * wait (lm_owner_wait_changed keeps them exact) so that walking a key with many holders
- * reads each hold, not each holder: they fill padding, the hold stays 72 bytes. */
+ * deadlock search reads come first (one cache line). */
 struct lm_hold {
     struct lm_hold *knext, *kprev; /* key->holders */
     struct lockmgr_owner *owner;
     uint8_t smode[2]; /* per scope: 0 = not held, else mode + 1 */
-    uint8_t wmode;    /* the owner's wait: mode, upgrade or not, queue (LM_NO_QUEUE: none) */
-    bool wupg;
-    uint32_t wqi;
     struct lm_key *key;
     struct lm_hold *onext, *oprev; /* owner->holds */
     uint64_t token;                /* of the latest grant (first grant or upgrade) */
@@ -179,7 +174,7 @@ void lm_key_maybe_free(struct lockmgr *lm, struct lm_key *k);
 struct lm_hold *lm_hold_find(const struct lm_key *k, const struct lockmgr_owner *o);
 uint8_t lm_held_mask(const struct lm_key *k, int except_mode);
 void lm_qhot_recompute(struct lockmgr *lm, struct lm_key *k);
-void lm_owner_wait_changed(struct lockmgr *lm, struct lockmgr_owner *o);
+void lm_qhot_refresh_holds(struct lockmgr *lm, struct lockmgr_owner *o);
 
 /* After a change to k's holds or to its sole holder's wait: keeps k's queue record exact
  * (table.c).  Inline so that a key nobody waits for (the common case) costs one test. */
@@ -187,14 +182,6 @@ static inline void lm_qhot_refresh(struct lockmgr *lm, struct lm_key *k)
 {
     if (k->qi != LM_NO_QUEUE)
         lm_qhot_recompute(lm, k);
-}
-
-/* Copies w (its owner's wait) into h, for the search's walk of h's key's holders. */
-static inline void lm_hold_wait_copy(struct lm_hold *h, const struct lm_wait *w)
-{
-    h->wqi = w->active ? w->qi : LM_NO_QUEUE;
-    h->wmode = w->mode;
-    h->wupg = w->upgrade;
 }
 
 /* h's effective mode (the stronger scope), -1 if none. */

@@ -33,7 +33,6 @@ static void hold_link(struct lm_hold *h, struct lm_key *k, struct lockmgr_owner 
         o->holds->oprev = h;
     o->holds = h;
     o->nholds++;
-    lm_hold_wait_copy(h, &o->wait);
 }
 
 static void hold_unlink(struct lockmgr *lm, struct lm_hold *h)

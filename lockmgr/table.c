@@ -275,7 +275,7 @@ uint8_t lm_held_mask(const struct lm_key *k, int except_mode)
 /*
  * Recomputes the search's view of k's holders (struct lm_qhot): the sole holder, its mode
  * and its own wait.  Called after every change to k's holds or to their modes, and after
- * an owner's wait begins or ends (lm_owner_wait_changed), so the deadlock search can trust
+ * an owner's wait begins or ends (lm_qhot_refresh_holds), so the deadlock search can trust
  * it.  O(1); only for a key somebody waits for (lm_qhot_refresh tests that).  Robust to a
  * hold that is linked but has no mode yet (or any more): it is not counted in nheld and is
  * skipped.
@@ -299,15 +299,11 @@ void lm_qhot_recompute(struct lockmgr *lm, struct lm_key *k)
     hot->jord = w->ord;
 }
 
-/* o's wait began or ended: refresh the copy of it in each of o's holds, and the records of
- * the keys o holds, where o may be the sole holder.  O(o's holds), one walk. */
-void lm_owner_wait_changed(struct lockmgr *lm, struct lockmgr_owner *o)
+/* o's wait began or ended: refresh the keys o holds, where o may be the sole holder. */
+void lm_qhot_refresh_holds(struct lockmgr *lm, struct lockmgr_owner *o)
 {
-    const struct lm_wait *w = &o->wait;
-    for (struct lm_hold *h = o->holds; h; h = h->onext) {
-        lm_hold_wait_copy(h, w);
+    for (struct lm_hold *h = o->holds; h; h = h->onext)
         lm_qhot_refresh(lm, h->key);
-    }
 }
 
 void lockmgr_stats_get(const struct lockmgr *lm, struct lockmgr_stats *out)

@@ -150,7 +150,7 @@ void lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w)
     }
     /* the owner is waiting now: the search's view of its keys (and of k) changed */
     struct lockmgr_owner *o = LM_WAIT_OWNER(w);
-    lm_owner_wait_changed(lm, o);
+    lm_qhot_refresh_holds(lm, o);
     if (!w->upgrade)
         lm_qhot_refresh(lm, k);
 }
@@ -180,7 +180,7 @@ void lm_wait_unqueue(struct lockmgr *lm, struct lm_wait *w)
     w->qprev = w->qnext = NULL;
     w->qi = LM_NO_QUEUE;
     lm->nwaiters--;
-    lm_owner_wait_changed(lm, LM_WAIT_OWNER(w));
+    lm_qhot_refresh_holds(lm, LM_WAIT_OWNER(w));
 }
 
 /* Ends w without a grant; frees a new request's preallocated hold.  The caller wakes the
