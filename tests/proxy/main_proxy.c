@@ -1,13 +1,16 @@
-/* test_proxy: unit tests of the proxy's protocol pieces (wire framing, streaming relay). */
+/* test_proxy: unit tests of the proxy's protocol pieces (wire framing, streaming relay,
+ * socket reading). */
 #include "cunit_main.h"
 
 void test_wire_register(void);
 void test_relay_register(void);
+void test_sockread_register(void);
 
 static void register_all(void)
 {
     test_wire_register();
     test_relay_register();
+    test_sockread_register();
 }
 
 int main(int argc, char **argv)
