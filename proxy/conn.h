@@ -28,7 +28,6 @@
 #include "params.h"
 #include "prepared.h"
 #include "scram.h"
-#include "sqlscan.h"
 #include "sockread.h"
 #include "userlist.h"
 #include "wire.h"
@@ -118,9 +117,12 @@ struct px_client {
     uint32_t held_begin_len;
     bool warned_session_state; /* logged the session-feature warning */
     /* The Query at the head of the input, classified while idle: reused when that message
-     * is relayed, so a query is scanned once (head_sql_len: its length; 0: none). */
+     * is relayed, so a query is scanned once (head_sql_len: its length; 0: none).  What
+     * the relay needs of it (a DEALLOCATE, whose name is needed, is scanned again). */
     uint32_t head_sql_len;
-    struct px_sql_info head_sql;
+    uint8_t head_sql_kind; /* enum px_sql_kind */
+    bool head_sql_multi;
+    const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
 
     struct px_scram_server *scram;
@@ -173,6 +175,8 @@ struct px_server {
      * leave or take another server before this one logs in. */
     bool have_client_key;
     uint8_t client_key[PX_SCRAM_KEY_LEN];
+    /* What it reported since its welcome (at login, until the welcome is stored: all of
+     * it); the welcome has the rest, shared by every server of the signature. */
     struct px_params params;
     uint32_t backend_pid, backend_key;
     struct px_scram_client *scram;

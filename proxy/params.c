@@ -74,15 +74,16 @@ const char *px_params_get(const struct px_params *ps, const char *name)
     return NULL;
 }
 
-int px_params_copy(struct px_params *dst, const struct px_params *src)
+bool px_params_equal(const struct px_params *a, const struct px_params *b)
 {
-    for (size_t i = 0; i < src->n; i++) {
-        if (px_params_set(dst, src->items[i].name, src->items[i].value) < 0) {
-            px_params_clear(dst);
-            return -1;
-        }
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++) {
+        const char *v = px_params_get(b, a->items[i].name);
+        if (!v || strcmp(v, a->items[i].value) != 0)
+            return false;
     }
-    return 0;
+    return true;
 }
 
 void px_params_clear(struct px_params *ps)

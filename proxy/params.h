@@ -13,6 +13,7 @@
 #ifndef PGW_PROXY_PARAMS_H
 #define PGW_PROXY_PARAMS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,8 +40,8 @@ struct px_params {
 int px_params_set(struct px_params *ps, const char *name, const char *value);
 /* The value of name, or NULL. */
 const char *px_params_get(const struct px_params *ps, const char *name);
-/* Copies src into an empty dst.  0 or -1 (dst left empty). */
-int px_params_copy(struct px_params *dst, const struct px_params *src);
+/* a and b hold the same names with the same values. */
+bool px_params_equal(const struct px_params *a, const struct px_params *b);
 /* Frees the entries; ps is empty afterwards. */
 void px_params_clear(struct px_params *ps);
 

@@ -136,6 +136,12 @@ void px_pool_welcome_store(struct px_server *s)
 {
     struct px_pool *pool = s->pool;
     struct px_welcome *w = px_pool_welcome_find(pool, s->signature, s->signature_len);
+    if (w && px_params_equal(&w->params, &s->params)) {
+        px_welcome_unref(s->welcome);
+        s->welcome = px_welcome_ref(w);
+        px_params_clear(&s->params); /* the welcome has them */
+        return;
+    }
     if (w) {
         /* A newer login of the same signature is the better answer (settings may have
          * changed with ALTER DATABASE / ROLE ... SET). */
@@ -143,13 +149,14 @@ void px_pool_welcome_store(struct px_server *s)
     }
     w = calloc(1, sizeof(*w));
     if (!w)
-        return;
+        return; /* s keeps its own full set */
     w->signature = malloc(s->signature_len + 1);
-    if (!w->signature || px_params_copy(&w->params, &s->params) < 0) {
-        free(w->signature);
+    if (!w->signature) {
         free(w);
         return;
     }
+    w->params = s->params; /* moved: from now on s->params holds only what changed */
+    memset(&s->params, 0, sizeof(s->params));
     memcpy(w->signature, s->signature, s->signature_len + 1);
     w->signature_len = s->signature_len;
     w->refs = 1;

@@ -86,8 +86,10 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
         len--;
     struct px_sql_info info;
     px_sql_classify(sql, len, &info);
-    c->head_sql = info; /* for c2s_query_answered, unless answered here */
-    c->head_sql_len = total;
+    c->head_sql_len = total; /* for c2s_query_answered, unless answered here */
+    c->head_sql_kind = (uint8_t)info.kind;
+    c->head_sql_multi = info.multi;
+    c->head_sql_feature = info.session_feature;
     if (info.multi)
         return false;
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -189,6 +191,15 @@ static const char *client_tracked(const struct px_client *c, int i)
     return v;
 }
 
+/* The server's current value of tracked slot i. */
+static const char *server_tracked(const struct px_server *s, int i)
+{
+    const char *v = s->params.tracked[i];
+    if (!v && s->welcome)
+        v = s->welcome->params.tracked[i];
+    return v;
+}
+
 /* Called at every link: the common case, nothing differs, allocates nothing. */
 bool px_txn_client_linked(struct px_client *c)
 {
@@ -196,7 +207,7 @@ bool px_txn_client_linked(struct px_client *c)
     struct evbuffer *out = bufferevent_get_output(s->bev);
     struct evbuffer *sql = NULL;
     for (int i = 0; i < PX_TRACKED_PARAMS; i++) { /* slot order: client_encoding first */
-        const char *want = client_tracked(c, i), *have = s->params.tracked[i];
+        const char *want = client_tracked(c, i), *have = server_tracked(s, i);
         if (!want || (have && !strcmp(want, have)))
             continue;
         if (!sql && !(sql = evbuffer_new()))
@@ -425,10 +436,14 @@ static bool c2s_query_answered(struct px_client *c, struct px_server *s, const u
         n--;
     if (len <= SCAN_MAX) {
         struct px_sql_info info;
-        if (c->head_sql_len == len + 5)
-            info = c->head_sql; /* classified while idle (the only Query before this one) */
-        else
+        if (c->head_sql_len == len + 5 && c->head_sql_kind != PX_SQL_DEALLOCATE) {
+            /* classified while idle (the only Query before this one) */
+            info = (struct px_sql_info){.kind = (enum px_sql_kind)c->head_sql_kind,
+                                        .multi = c->head_sql_multi,
+                                        .session_feature = c->head_sql_feature};
+        } else {
             px_sql_classify((const char *)body, n, &info);
+        }
         c->head_sql_len = 0;
         note_sql(c, s, &info);
         /* DEALLOCATE of a statement pgwarden renamed: the server does not know the name,

@@ -5,12 +5,14 @@
 void test_wire_register(void);
 void test_relay_register(void);
 void test_sockread_register(void);
+void test_params_register(void);
 
 static void register_all(void)
 {
     test_wire_register();
     test_relay_register();
     test_sockread_register();
+    test_params_register();
 }
 
 int main(int argc, char **argv)
