@@ -9,10 +9,25 @@
 
 #include "sockread.h"
 
-/* What one wake-up reads at most.  A bit under 16 KiB so that a fresh chain, header
- * included, is one 16 KiB allocation; a larger backlog is read on the next wake-up
- * (epoll is level-triggered), which keeps one busy peer from starving the others. */
-#define PX_READ_CHUNK (16384 - 256)
+/*
+ * What one wake-up reads: PX_READ_MIN at first, doubled after every read that filled it,
+ * up to PX_READ_MAX, and back to PX_READ_MIN after a read that did not.  Small requests
+ * (and a queued client's pending query) then sit in a 2 KiB chain, while a large result
+ * is read 16 KiB at a time.  A larger backlog is read on the next wake-up (epoll is
+ * level-triggered), which keeps one busy peer from starving the others.  Each size is a
+ * bit under a power of two so that a fresh chain, header included, is one allocation of
+ * that power of two.
+ */
+#define PX_READ_MIN (2048 - 128)
+#define PX_READ_MAX (16384 - 128)
+
+static uint32_t next_chunk(uint32_t chunk, bool filled)
+{
+    if (!filled)
+        return PX_READ_MIN;
+    uint32_t bigger = (chunk + 128) * 2 - 128; /* the next power of two, less the room */
+    return bigger < PX_READ_MAX ? bigger : PX_READ_MAX;
+}
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -29,11 +44,16 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     /* A bufferevent keeps the end of its input frozen so that only it adds data; we read
      * in its place, and unfreeze it for as long as bufferevent_readcb would. */
     evbuffer_unfreeze(in, 0);
-    int n = evbuffer_reserve_space(in, PX_READ_CHUNK, v, 2);
+    uint32_t chunk = r->chunk ? r->chunk : PX_READ_MIN;
+    int n = evbuffer_reserve_space(in, chunk, v, 2);
     /* recv when one extent will do: the kernel's readv path costs a little more */
     ssize_t got = n == 1 ? recv(fd, v[0].iov_base, v[0].iov_len, 0) : n > 0 ? readv(fd, v, n) : -1;
     int err = n > 0 ? errno : ENOMEM;
-    size_t left = got > 0 ? (size_t)got : 0;
+    size_t left = got > 0 ? (size_t)got : 0, room = 0;
+    for (int i = 0; i < n; i++)
+        room += v[i].iov_len;
+    if (got > 0)
+        r->chunk = next_chunk(chunk, (size_t)got == room);
     int used = 0;
     while (left > 0 && used < n) {
         if (v[used].iov_len > left)
@@ -70,6 +90,7 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
     }
     r->bev = bev;
     r->enabled = false;
+    r->chunk = 0;
     return 0;
 }
 
