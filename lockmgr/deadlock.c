@@ -1,8 +1,10 @@
 /*
  * deadlock.c: deadlock detection when a wait begins, and the victim policy.
  *
- * Interface: lm_deadlock_find(lm, start) searches the wait-for graph from the owner whose
- * wait just began and, if it lies on a cycle, describes one cycle in lm->cycle.
+ * Interface: lm_deadlock_find(lm, start, describe) searches the wait-for graph from the
+ * owner whose wait just began and, if it lies on a cycle, describes one cycle in lm->cycle
+ * (when !describe and the cycle is the search stack itself, only its first edge: the rest
+ * is written by lm_cycle_describe() when lockmgr_last_cycle[_head]() asks).
  * lm_victim_default() is the one default victim policy; lm_cycle_copy() makes an owned
  * copy for a victim other than the requester.  See lockmgr/README.md, "Deadlock
  * detection", for the graph, the two lemmas this file relies on and why it is complete.
@@ -296,26 +298,50 @@ static inline void edge_fill(struct lockmgr_cycle_edge *e, const struct lockmgr_
     e->wait_since_us = w->since_us;
 }
 
-/* The common case: every frame waits directly for the next one's hold (no queue to pass
- * through), so the cycle is the stack plus `last`, no owner twice.  Returns 0 as soon as
- * an edge is not direct (the caller then takes the general way). */
-static size_t cycle_direct(struct lockmgr *lm, size_t depth, struct lockmgr_owner *last,
-                           uint8_t last_hm)
+/* Edges from..to of a direct cycle of depth + 1 frames whose last frame waits for the
+ * start's hold in mode last_hm. */
+static void direct_edges(struct lockmgr *lm, size_t from, size_t to, size_t depth, uint8_t last_hm)
 {
     const struct lm_frame *st = lm->stack;
     struct lockmgr_cycle_edge *edges = lm->cyc_edges;
-    for (size_t i = 0; i <= depth; i++) {
-        struct lockmgr_owner *o = st[i].owner, *next = i < depth ? st[i + 1].owner : last;
+    for (size_t i = from; i <= to; i++) {
+        struct lockmgr_owner *o = st[i].owner, *next = st[i < depth ? i + 1 : 0].owner;
         uint8_t hm = i < depth ? st[i + 1].via : last_hm;
-        if (!direct(st[i].mode, hm))
-            return 0;
-        if (i + 32 < depth) /* the owners are independent misses: overlap them */
+        if (i + 32 <= to) /* the owners are independent misses: overlap them */
             __builtin_prefetch(st[i + 32].owner);
         edge_fill(&edges[i], o, hm);
         edges[i].blocker_id = next->id;
     }
+}
+
+/* The common case: every frame waits directly for the next one's hold (no queue to pass
+ * through) and the last one for the start's, so the cycle is the stack, no owner twice.
+ * Returns 0 as soon as an edge is not direct (the caller then takes the general way).
+ * Checking reads only the stack; describing reads every owner, so with !describe only
+ * edge 0 (the start's, whose wait is about to go) is written now. */
+static size_t cycle_direct(struct lockmgr *lm, size_t depth, uint8_t last_hm, bool describe)
+{
+    const struct lm_frame *st = lm->stack;
+    for (size_t i = 0; i <= depth; i++)
+        if (!direct(st[i].mode, i < depth ? st[i + 1].via : last_hm))
+            return 0;
+    direct_edges(lm, 0, describe ? depth : 0, depth, last_hm);
+    lm->cyc_last_hm = last_hm;
+    lm->cycle.described = describe ? depth + 1 : 1;
     return depth + 1;
 }
+
+#ifdef PGW_ASSERTS
+/* Detection runs as each wait begins, so the request that closed the cycle (edge 0) began
+ * its wait last: the default victim policy relies on it. */
+static bool latest_first(const struct lockmgr_cycle *c)
+{
+    for (size_t i = 1; i < c->n; i++)
+        if (c->edges[i].wait_seq >= c->edges[0].wait_seq)
+            return false;
+    return true;
+}
+#endif
 
 /*
  * Fills lm->cycle: the stack frames 0..depth are a path of "reaches" from the start;
@@ -326,11 +352,11 @@ static size_t cycle_direct(struct lockmgr *lm, size_t depth, struct lockmgr_owne
  * passed on the way; without one the edges are written with no marks.
  */
 static void cycle_build(const struct search *s, size_t depth, struct lockmgr_owner *last,
-                        uint8_t last_hm, uint8_t lmode, int end)
+                        uint8_t last_hm, uint8_t lmode, int end, bool describe)
 {
     struct lockmgr *lm = s->lm;
     const struct lm_frame *st = lm->stack;
-    size_t n = end == LM_END_HOLDER ? cycle_direct(lm, depth, last, last_hm) : 0;
+    size_t n = end == LM_END_HOLDER ? cycle_direct(lm, depth, last_hm, describe) : 0;
     lm->cyc_direct = n != 0;
     if (n == 0) {
         bool simple = true;
@@ -352,10 +378,31 @@ static void cycle_build(const struct search *s, size_t depth, struct lockmgr_own
             emit(&em, last, s->start->wait.mode, true);
         n = em.n;
         lm->cyc_edges[n - 1].blocker_id = s->start->id;
+        lm->cycle.described = n;
     }
     lm->cycle.n = n;
     lm->cycle.edges = lm->cyc_edges;
     LM_ASSERT(n >= 2 && lm_cycle_owner(lm, 0) == s->start);
+    LM_ASSERT(lm->cycle.described < n || latest_first(&lm->cycle));
+}
+
+void lm_cycle_describe(struct lockmgr *lm, size_t upto)
+{
+    struct lockmgr_cycle *c = &lm->cycle;
+    if (upto > c->n)
+        upto = c->n;
+    if (c->described >= upto)
+        return;
+    LM_ASSERT(lm->cyc_direct); /* only a direct cycle is left undescribed */
+    direct_edges(lm, c->described, upto - 1, c->n - 1, lm->cyc_last_hm);
+    c->described = upto;
+    LM_ASSERT(c->described < c->n || latest_first(c));
+}
+
+void lm_cycle_forget(struct lockmgr *lm)
+{
+    lm->cycle.n = 0;
+    lm->cycle.described = 0;
 }
 
 /* The waiter of edge i of lm->cycle (for the victim policy's choice). */
@@ -384,7 +431,7 @@ static void search_init(struct search *s, struct lockmgr *lm, struct lockmgr_own
  * cycle.  Cost O(waiting owners reached + holders of their keys); never allocates; runs
  * inside lockmgr_acquire on the caller's thread.
  */
-bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
+bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start, bool describe)
 {
     if (!has_in_edge(lm, start))
         return false;
@@ -410,7 +457,7 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
             continue;
         }
         if (c.j == start) {
-            cycle_build(&s, (size_t)(f - stack), start, c.hm, 0, LM_END_HOLDER);
+            cycle_build(&s, (size_t)(f - stack), start, c.hm, 0, LM_END_HOLDER, describe);
             return true;
         }
         if (c.jqi == LM_NO_QUEUE)
@@ -422,7 +469,7 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
         if (c.jqi == s.qi0) {
             int end = reaches_start(&s, c.jmode, c.jupg, r);
             if (end >= 0) {
-                cycle_build(&s, (size_t)(f - stack), c.j, c.hm, c.jmode, end);
+                cycle_build(&s, (size_t)(f - stack), c.j, c.hm, c.jmode, end, describe);
                 return true;
             }
         }
@@ -452,10 +499,10 @@ bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start)
 size_t lm_victim_default(void *arg, const struct lockmgr_cycle *cycle)
 {
     (void)arg;
+    (void)cycle;
     /* Edge 0's waiter is the requester, and detection runs as each wait begins, so its
-     * wait is the latest of the cycle: no need to read 10^4 edges to find it. */
-    for (size_t i = 1; i < cycle->n; i++)
-        LM_ASSERT(cycle->edges[i].wait_seq < cycle->edges[0].wait_seq);
+     * wait is the latest of the cycle (latest_first): no need to read 10^4 edges, which
+     * are not even written yet when the caller has not asked for them. */
     return 0;
 }
 
@@ -477,12 +524,19 @@ void *lm_cycle_copy(const struct lockmgr_cycle *c)
         edges[i].key = kp;
         kp += c->edges[i].keylen;
     }
-    copy->n = c->n;
+    copy->n = copy->described = c->n;
     copy->edges = edges;
     return copy;
 }
 
-const struct lockmgr_cycle *lockmgr_last_cycle(const struct lockmgr *lm)
+const struct lockmgr_cycle *lockmgr_last_cycle(struct lockmgr *lm)
 {
+    lm_cycle_describe(lm, lm->cycle.n);
+    return &lm->cycle;
+}
+
+const struct lockmgr_cycle *lockmgr_last_cycle_head(struct lockmgr *lm, size_t max_edges)
+{
+    lm_cycle_describe(lm, max_edges);
     return &lm->cycle;
 }

@@ -151,7 +151,8 @@ struct lockmgr {
     struct lockmgr_owner **cyc_owners;
     struct lockmgr_cycle_edge *cyc_edges;
     struct lockmgr_cycle cycle;
-    bool cyc_direct; /* the cycle's waiters are stack[0..n-1], cyc_owners unused */
+    bool cyc_direct;     /* the cycle's waiters are stack[0..n-1], cyc_owners unused */
+    uint8_t cyc_last_hm; /* direct cycle: the mode in which the start holds the last key */
     struct lm_wait **heap;
     size_t heap_n;
     /* undelivered results, FIFO */
@@ -204,7 +205,9 @@ void lm_deliver(struct lockmgr *lm);
 void lm_wakeup(struct lockmgr *lm, struct lm_key *k, uint64_t now_us);
 
 /* deadlock.c */
-bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start);
+bool lm_deadlock_find(struct lockmgr *lm, struct lockmgr_owner *start, bool describe);
+void lm_cycle_describe(struct lockmgr *lm, size_t upto);
+void lm_cycle_forget(struct lockmgr *lm);
 struct lockmgr_owner *lm_cycle_owner(const struct lockmgr *lm, size_t i);
 size_t lm_victim_default(void *arg, const struct lockmgr_cycle *cycle);
 void *lm_cycle_copy(const struct lockmgr_cycle *c);

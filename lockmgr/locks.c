@@ -160,7 +160,9 @@ static enum lockmgr_status start_wait(struct lockmgr *lm, struct lockmgr_owner *
         lm->nlocks++;
     lm->st.waits++;
 
-    while (lm_deadlock_find(lm, o)) {
+    /* The default policy needs no edges; a policy of the caller's reads them all. */
+    bool describe = lm->cfg.victim != NULL;
+    while (lm_deadlock_find(lm, o, describe)) {
         lm->st.deadlocks++;
         lockmgr_victim_cb pick = lm->cfg.victim ? lm->cfg.victim : lm_victim_default;
         size_t vi = pick(lm->cfg.victim_arg, &lm->cycle);
@@ -283,7 +285,7 @@ static enum lockmgr_status acquire(struct lockmgr *lm, struct lockmgr_owner *o, 
         return LOCKMGR_INVALID;
     if (o->wait.active || o->ev_pending)
         return LOCKMGR_BUSY;
-    lm->cycle.n = 0;
+    lm_cycle_forget(lm);
     struct lm_key *k = lm_key_get(lm, key, keylen);
     if (!k)
         return LOCKMGR_NOMEM;
@@ -346,6 +348,7 @@ static void hold_release(struct lockmgr *lm, struct lm_hold *h, unsigned scope_m
 enum lockmgr_status lockmgr_release(struct lockmgr *lm, struct lockmgr_owner *o, const void *key,
                                     size_t keylen, enum lockmgr_scope scope, uint64_t now_us)
 {
+    lm_cycle_forget(lm);
     if (!args_valid(key, keylen, LOCKMGR_READ, scope))
         return LOCKMGR_INVALID;
     struct lm_key *k = lm_key_find(lm, key, keylen, lm_hash(key, keylen));
@@ -361,6 +364,7 @@ size_t lockmgr_release_scope(struct lockmgr *lm, struct lockmgr_owner *o, enum l
                              uint64_t now_us)
 {
     size_t n = 0;
+    lm_cycle_forget(lm);
     if (scope != LOCKMGR_SESSION && scope != LOCKMGR_XACT)
         return 0;
     for (struct lm_hold *h = o->holds, *next; h; h = next) {
@@ -377,6 +381,7 @@ size_t lockmgr_release_scope(struct lockmgr *lm, struct lockmgr_owner *o, enum l
 size_t lockmgr_release_owner(struct lockmgr *lm, struct lockmgr_owner *o, uint64_t now_us)
 {
     size_t n = 0;
+    lm_cycle_forget(lm);
     if (o->wait.active) {
         struct lm_key *k = o->wait.key;
         lm_wait_remove(lm, &o->wait);

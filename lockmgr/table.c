@@ -127,6 +127,7 @@ static bool workspace_reserve(struct lockmgr *lm, size_t n)
 struct lockmgr_owner *lockmgr_owner_new(struct lockmgr *lm, uint64_t id, lockmgr_wait_cb cb,
                                         void *udata)
 {
+    lm_cycle_forget(lm); /* the workspace may move */
     if (!workspace_reserve(lm, lm->nowners + 1))
         return NULL;
     size_t size = (sizeof(struct lockmgr_owner) + 63) & ~(size_t)63;

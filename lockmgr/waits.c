@@ -198,6 +198,7 @@ void lm_wait_remove(struct lockmgr *lm, struct lm_wait *w)
 enum lockmgr_status lockmgr_cancel_wait(struct lockmgr *lm, struct lockmgr_owner *o,
                                         uint64_t now_us)
 {
+    lm_cycle_forget(lm);
     if (!o->wait.active)
         return LOCKMGR_NOT_WAITING;
     struct lm_key *k = o->wait.key;
@@ -212,6 +213,7 @@ enum lockmgr_status lockmgr_cancel_wait(struct lockmgr *lm, struct lockmgr_owner
 size_t lockmgr_expire(struct lockmgr *lm, uint64_t now_us)
 {
     size_t n = 0;
+    lm_cycle_forget(lm);
     while (lm->heap_n && lm->heap[0]->deadline_us <= now_us) {
         struct lm_wait *w = lm->heap[0];
         struct lm_key *k = w->key;

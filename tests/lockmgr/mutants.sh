@@ -33,6 +33,9 @@ MUTANTS=(
     "record_any_holder_count @@ lockmgr/table.c @@ k->nheld[2] != 1) @@ k->nheld[2] == 0)"
     "exclusive_list_order @@ lockmgr/waits.c @@         after = w->upgrade ? q->xupg_last : q->xtail; @@         after = q->xtail;"
     "start_soft_dropped @@ lockmgr/deadlock.c @@         return LM_END_SOFT; @@         (void)0;"
+    "describe_nothing @@ lockmgr/deadlock.c @@     direct_edges(lm, c->described, upto - 1, c->n - 1, lm->cyc_last_hm); @@     (void)0;"
+    "describe_from_zero @@ lockmgr/deadlock.c @@     direct_edges(lm, c->described, upto - 1, c->n - 1, lm->cyc_last_hm); @@     direct_edges(lm, 1, upto - 1, c->n - 2, lm->cyc_last_hm);"
+    "cycle_not_forgotten @@ lockmgr/table.c @@     lm_cycle_forget(lm); /* the workspace may move */ @@     (void)0;"
 )
 # Survives by design: lemma 2's soft case cannot close a cycle while the graph is
 # acyclic (lockmgr/README.md); the branch keeps the lemma exact.

@@ -179,6 +179,96 @@ static void test_deep_chain(void)
     lockmgr_free(lm);
 }
 
+/* A ring of n owners: o[i] holds r<i> and waits for r<i+1>; o[n-1]'s request for r0
+ * closes it.  Returns that request's status. */
+static enum lockmgr_status ring(struct lockmgr *lm, struct lockmgr_owner **o, int n)
+{
+    char key[16];
+    uint64_t t;
+    for (int i = 0; i < n; i++) {
+        o[i] = lockmgr_owner_new(lm, (uint64_t)(100 + i), lmt_record, NULL);
+        snprintf(key, sizeof(key), "r%d", i);
+        CU_ASSERT_EQUAL(lockmgr_acquire(lm, o[i], LMT_KEY(key), X, SESS, 0, 1, &t), LOCKMGR_OK);
+    }
+    for (int i = 0; i + 1 < n; i++) {
+        snprintf(key, sizeof(key), "r%d", i + 1);
+        CU_ASSERT_EQUAL(lockmgr_acquire(lm, o[i], LMT_KEY(key), X, SESS, 0, 2, &t),
+                        LOCKMGR_WAITING);
+    }
+    return lockmgr_acquire(lm, o[n - 1], LMT_KEY("r0"), X, SESS, 0, 3, &t);
+}
+
+/* Detection describes edge 0 only; the head and the whole cycle are described on demand
+ * and agree with each other, and the next change to lm ends the chance to ask. */
+static void test_cycle_described_on_demand(void)
+{
+    enum { N = 50 };
+    struct lockmgr *lm = lockmgr_new(NULL);
+    struct lockmgr_owner *o[N];
+    CU_ASSERT_EQUAL_FATAL(ring(lm, o, N), LOCKMGR_DEADLOCK);
+    const struct lockmgr_cycle *head = lockmgr_last_cycle_head(lm, 5);
+    CU_ASSERT_EQUAL_FATAL(head->n, N);
+    CU_ASSERT_TRUE_FATAL(head->described >= 5 && head->described <= N);
+    struct lockmgr_cycle_edge first[5];
+    memcpy(first, head->edges, sizeof(first));
+    /* edge 0: the requester o[N-1] waits for r0, held by o[0] */
+    CU_ASSERT_EQUAL(first[0].waiter_id, 100 + N - 1);
+    CU_ASSERT_EQUAL(first[0].blocker_id, 100);
+    CU_ASSERT_EQUAL(first[0].keylen, 2);
+    CU_ASSERT_EQUAL(memcmp(first[0].key, "r0", 2), 0);
+    for (int i = 1; i < 5; i++) { /* then o[0] -> o[1] -> ... */
+        CU_ASSERT_EQUAL(first[i].waiter_id, 100 + i - 1);
+        CU_ASSERT_EQUAL(first[i].blocker_id, 100 + i);
+        CU_ASSERT_EQUAL(first[i].blocker_mode, X);
+        CU_ASSERT_FALSE(first[i].soft);
+    }
+    const struct lockmgr_cycle *all = lockmgr_last_cycle(lm);
+    CU_ASSERT_EQUAL_FATAL(all->described, N);
+    CU_ASSERT_EQUAL(memcmp(all->edges, first, sizeof(first)), 0); /* the head is unchanged */
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(all->edges[i].blocker_id, all->edges[(i + 1) % N].waiter_id);
+        if (i > 0)
+            CU_ASSERT_TRUE(all->edges[i].wait_seq < all->edges[0].wait_seq);
+    }
+    CU_ASSERT_EQUAL(all->edges[N - 1].waiter_id, 100 + N - 2);
+    CU_ASSERT_EQUAL(all->edges[N - 1].blocker_id, 100 + N - 1);
+    CU_ASSERT_EQUAL(lockmgr_last_cycle_head(lm, 3)->described, N); /* already written */
+    /* Any change to lm forgets it, also one that touches none of the cycle's owners. */
+    struct lockmgr_owner *x = lockmgr_owner_new(lm, 1, lmt_record, NULL);
+    CU_ASSERT_EQUAL(lockmgr_last_cycle(lm)->n, 0);
+    CU_ASSERT_EQUAL(lockmgr_last_cycle_head(lm, 4)->described, 0);
+    lockmgr_owner_free(lm, x, 4);
+    lockmgr_free(lm);
+
+    /* Asked for the head only, then a change: nothing stale is described later. */
+    lm = lockmgr_new(NULL);
+    CU_ASSERT_EQUAL_FATAL(ring(lm, o, N), LOCKMGR_DEADLOCK);
+    CU_ASSERT_EQUAL(lockmgr_last_cycle_head(lm, 2)->n, N);
+    lockmgr_release_owner(lm, o[0], 5);
+    CU_ASSERT_EQUAL(lockmgr_last_cycle(lm)->n, 0);
+    lockmgr_free(lm);
+}
+
+/* A policy of the caller's reads every edge: they are all described before it runs. */
+static size_t check_described(void *arg, const struct lockmgr_cycle *c)
+{
+    (*(int *)arg) += c->described == c->n && c->n == 50;
+    for (size_t i = 0; i < c->n; i++)
+        (*(int *)arg) += c->edges[i].blocker_id != c->edges[(i + 1) % c->n].waiter_id ? 1000 : 0;
+    return 0;
+}
+
+static void test_victim_policy_sees_whole_cycle(void)
+{
+    int ok = 0;
+    struct lockmgr_config cfg = {.victim = check_described, .victim_arg = &ok};
+    struct lockmgr *lm = lockmgr_new(&cfg);
+    struct lockmgr_owner *o[50];
+    CU_ASSERT_EQUAL(ring(lm, o, 50), LOCKMGR_DEADLOCK);
+    CU_ASSERT_EQUAL(ok, 1);
+    lockmgr_free(lm);
+}
+
 static const CU_TestInfo tests[] = {
     {"spec_fifo", test_spec_fifo},
     {"spec_deadlock2", test_spec_deadlock2},
@@ -194,6 +284,8 @@ static const CU_TestInfo tests[] = {
     {"victim_policy", test_victim_policy},
     {"victim_other_grants_requester", test_victim_other_grants_requester},
     {"deep_chain", test_deep_chain},
+    {"cycle_described_on_demand", test_cycle_described_on_demand},
+    {"victim_policy_sees_whole_cycle", test_victim_policy_sees_whole_cycle},
     CU_TEST_INFO_NULL,
 };
 

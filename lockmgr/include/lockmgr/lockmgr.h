@@ -84,8 +84,10 @@ struct lockmgr_cycle_edge {
 };
 
 struct lockmgr_cycle {
-    size_t n;
-    const struct lockmgr_cycle_edge *edges; /* n edges */
+    size_t n;         /* edges in the cycle */
+    size_t described; /* edges[0..described) are written: n, except after
+                         lockmgr_last_cycle_head() */
+    const struct lockmgr_cycle_edge *edges;
 };
 
 /* The outcome of a wait, passed to the owner's callback. */
@@ -186,9 +188,19 @@ size_t lockmgr_expire(struct lockmgr *lm, uint64_t now_us);
 /* The earliest pending deadline, or UINT64_MAX when no wait has one.  Arm one timer. */
 uint64_t lockmgr_next_deadline(const struct lockmgr *lm);
 
-/* The cycle behind the last LOCKMGR_DEADLOCK returned by lockmgr_acquire; borrowed, valid
- * until the next call that changes lm.  n == 0 if none. */
-const struct lockmgr_cycle *lockmgr_last_cycle(const struct lockmgr *lm);
+/*
+ * The cycle behind the last LOCKMGR_DEADLOCK returned by lockmgr_acquire, all n edges
+ * described; borrowed, valid until the next call that changes lm (which also ends the
+ * chance to ask: n == 0 then).  n == 0 if none.
+ *
+ * With the default victim policy detection describes only edge 0: describing a long cycle
+ * reads every owner on it, costs about as much as finding it and evicts the search's data
+ * from the cache.  The edges are written when asked: all of them here, O(n), or only the
+ * first max_edges by lockmgr_last_cycle_head(), O(max_edges), which is what an error
+ * DETAIL of bounded length needs ("... and n - max_edges more").
+ */
+const struct lockmgr_cycle *lockmgr_last_cycle(struct lockmgr *lm);
+const struct lockmgr_cycle *lockmgr_last_cycle_head(struct lockmgr *lm, size_t max_edges);
 
 /* The last token granted (token_floor if none yet): persist it if your scheme needs it. */
 uint64_t lockmgr_token_last(const struct lockmgr *lm);
