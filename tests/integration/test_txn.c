@@ -434,6 +434,40 @@ static void check_own_settings(PGconn *c, const struct own_settings *w, bool blo
     CU_ASSERT_STRING_EQUAL(param_status(c, "application_name"), w->app);
 }
 
+/*
+ * A free server goes to the next transaction most recently used first, as with PgBouncer:
+ * a lone client keeps getting the backend it just used instead of rotating through the
+ * pool, so a few backends stay warm and the rest can idle out.
+ */
+static void test_idle_servers_reused_newest_first(void)
+{
+    if (g_direct)
+        return; /* no pool without pgwarden */
+    struct harness_proxy_opts o = txn_opts(3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
+    PGconn *c[3];
+    char pid[3][32];
+    for (int i = 0; i < 3; i++) { /* three transactions at once: three servers */
+        c[i] = px_conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+        CU_ASSERT_TRUE(itu_exec_ok(c[i], "BEGIN"));
+        itu_value_copy(pid[i], sizeof(pid[i]), c[i], "SELECT pg_backend_pid()");
+    }
+    CU_ASSERT_STRING_NOT_EQUAL(pid[0], pid[1]);
+    CU_ASSERT_STRING_NOT_EQUAL(pid[1], pid[2]);
+    CU_ASSERT_STRING_NOT_EQUAL(pid[0], pid[2]);
+    for (int i = 0; i < 3; i++) /* released in this order: c[2]'s server last */
+        CU_ASSERT_TRUE(itu_exec_ok(c[i], "COMMIT"));
+    PGconn *d = px_conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    for (int i = 0; i < 5; i++) {
+        char got[32];
+        itu_value_copy(got, sizeof(got), d, "SELECT pg_backend_pid()");
+        CU_ASSERT_STRING_EQUAL(got, pid[2]);
+    }
+    txn_stop();
+}
+
 static void test_two_clients_one_server(void)
 {
     struct harness_proxy_opts o = txn_opts(1);
@@ -1577,6 +1611,7 @@ static void register_suites(void)
         {"session_feature_warning", test_session_feature_warning},
         {"client_waits_then_gets_error", test_client_waits_then_gets_error},
         {"reset_returns_to_startup_value", test_reset_to_startup_value},
+        {"idle_servers_reused_newest_first", test_idle_servers_reused_newest_first},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("txn", suite_init, suite_cleanup, tests);
