@@ -4,7 +4,7 @@
  * libevent 2.1's bufferevent asks the kernel how much is readable (ioctl FIONREAD) before
  * every read and then reads at most 4 KiB.  On the proxy's hot path, one small message per
  * wake-up, that ioctl is one system call in three; a large result costs one read per 4 KiB.
- * On a plain socket a px_reader therefore owns its own EV_READ event, reads 2 to 16 KiB
+ * On a plain socket a px_reader therefore owns its own EV_READ event, reads 1 to 16 KiB
  * per wake-up (growing while reads fill it) straight into the bufferevent's input buffer
  * and calls the bufferevent's own read and event callbacks: the rest of the proxy sees a
  * bufferevent that got data, EOF or an error, whoever read it.  The bufferevent's own

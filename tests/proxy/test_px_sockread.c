@@ -152,7 +152,7 @@ static void test_large_input_in_bounded_reads(void)
     CU_ASSERT_TRUE(r.seen.reads >= 6);        /* at most 16 KiB per wake-up ... */
     CU_ASSERT_TRUE(r.seen.max_step <= 16384); /* ... so one peer cannot starve the others */
     CU_ASSERT_TRUE(r.seen.max_step > 8192);   /* and growing past libevent's 4 KiB */
-    /* After the burst a small read starts small again: 2 KiB chains for small requests. */
+    /* After the burst a small read starts small again: 1 KiB chains for small requests. */
     evbuffer_drain(in, total);
     CU_ASSERT_EQUAL(write(r.fds[1], data, 100), 100);
     spin(&r);
