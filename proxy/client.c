@@ -180,7 +180,8 @@ void px_client_close(struct px_client *c)
         c->launching = NULL;
     }
     px_reader_enable(&c->rd, false);
-    bufferevent_disable(c->bev, EV_WRITE);
+    if (c->bev) /* NULL when switching to TLS failed */
+        bufferevent_disable(c->bev, EV_WRITE);
     px.n_clients--;
     px_client_set_state(c, PX_CL_CLOSING);
     if (px.shutting_down)
@@ -216,8 +217,8 @@ static int login_failure_reason(const struct px_client *c, const char *sqlstate)
 
 void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 {
-    if (c->state == PX_CL_CLOSING)
-        return;
+    if (c->state == PX_CL_CLOSING || c->close_after_flush)
+        return; /* one error per client */
     if (sqlstate) {
         px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
         px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
@@ -230,7 +231,7 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 
 void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
 {
-    if (c->state == PX_CL_CLOSING)
+    if (c->state == PX_CL_CLOSING || c->close_after_flush)
         return;
     size_t len = evbuffer_get_length(error);
     const uint8_t *bytes = evbuffer_pullup(error, (ssize_t)len);

@@ -308,14 +308,16 @@ static bool evict_idle(struct px_pool *pool)
     return true;
 }
 
-/* The first waiting client with no server being opened for it, or NULL. */
+/* The first waiting client with no server being opened for it, or NULL.  A client that
+ * was already failed (it waits only for its error to be written) is not served: serving it
+ * again would launch a server, fail it again, and, when the launch fails at once, loop. */
 static struct px_client *first_unserved(struct px_pool *pool)
 {
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (!c->launching)
+        if (!c->launching && !c->close_after_flush)
             return c;
     }
     return NULL;
@@ -352,7 +354,7 @@ void px_pool_server_ready(struct px_server *s)
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (server_fits(s, c)) {
+        if (!c->close_after_flush && server_fits(s, c)) {
             link_pair(s, c);
             return;
         }

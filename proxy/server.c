@@ -168,9 +168,12 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     px_list_append(&pool->servers_login, &s->link);
     pool->n_login++;
     if (connect_socket(s, pool) < 0) {
+        /* libevent may already have reported the failure through server_event_cb (a Unix
+         * socket that does not exist fails inside connect()): then s is closed already. */
         px_warning("server", 'S', s->id, "cannot connect to %s:%d", pool->host, pool->port);
         s->opener = NULL;
-        px_server_set_state(s, PX_SV_CLOSING);
+        if (s->state != PX_SV_CLOSING)
+            px_server_set_state(s, PX_SV_CLOSING);
         return NULL;
     }
     px_debug("server", 'S', s->id, "connecting to %s:%d for %s/%s", pool->host, pool->port,

@@ -169,16 +169,17 @@ void px_txn_client_idle_read(struct px_client *c)
 
 /* ---- linking: re-sync and the held BEGIN ---------------------------------------------- */
 
-/* Appends s as an E'' literal (valid whatever standard_conforming_strings says). */
-static void append_literal(struct evbuffer *b, const char *s)
+/* Appends "SET name TO E'value';" (an E'' literal is valid whatever
+ * standard_conforming_strings says).  0, or -1 when out of memory. */
+static int append_set(struct evbuffer *b, const char *name, const char *s)
 {
-    evbuffer_add(b, "E'", 2);
-    for (; *s; s++) {
+    int rc = evbuffer_add_printf(b, "SET %s TO E'", name) < 0 ? -1 : 0;
+    for (; *s && rc == 0; s++) {
         if (*s == '\'' || *s == '\\')
-            evbuffer_add(b, s, 1);
-        evbuffer_add(b, s, 1);
+            rc |= evbuffer_add(b, s, 1);
+        rc |= evbuffer_add(b, s, 1);
     }
-    evbuffer_add(b, "'", 1);
+    return rc == 0 && evbuffer_add(b, "';", 2) == 0 ? 0 : -1;
 }
 
 /* The client's value of tracked slot i: what it changed since its welcome, else what the
@@ -212,9 +213,10 @@ bool px_txn_client_linked(struct px_client *c)
             continue;
         if (!sql && !(sql = evbuffer_new()))
             return false;
-        evbuffer_add_printf(sql, "SET %s TO ", px_tracked_params[i]);
-        append_literal(sql, want);
-        evbuffer_add(sql, ";", 1);
+        if (append_set(sql, px_tracked_params[i], want) < 0) {
+            evbuffer_free(sql); /* a partial re-sync would show the client wrong settings */
+            return false;
+        }
     }
     if (sql) {
         const char *text = evbuffer_add(sql, "", 1) == 0 ? (char *)evbuffer_pullup(sql, -1) : NULL;

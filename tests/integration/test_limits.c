@@ -246,6 +246,36 @@ static void test_client_vanishes_mid_message(void)
     stop(px);
 }
 
+/* ---- a server that cannot be reached ---------------------------------------------- */
+
+/*
+ * A database whose server's Unix socket does not exist: connect() fails at once, inside
+ * the launch.  Each client gets 08001 (not a hang), pgwarden keeps serving the other
+ * database and stops on SIGTERM.  (It used to relaunch for the already failed client in
+ * a loop that never returned to the event loop.)
+ */
+static void test_unreachable_server(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 5000,
+                                   .databases_extra =
+                                       "nowhere = host=/nonexistent/pgwarden-itest port=5432 "
+                                       "dbname=pgwarden_test"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    for (int round = 0; round < 3; round++) {
+        PGconn *c = harness_connect(px, "sslmode=disable dbname=nowhere");
+        CU_ASSERT_NOT_EQUAL(PQstatus(c), CONNECTION_OK);
+        CU_ASSERT_STRING_EQUAL(harness_conn_sqlstate(c), "08001");
+        PQfinish(c);
+        CU_ASSERT_TRUE(harness_proxy_alive(px));
+    }
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    stop(px);
+}
+
 /* ---- an oversized message ---------------------------------------------------------- */
 
 static void test_oversized_message(void)
@@ -434,6 +464,7 @@ static void register_suites(void)
         {"100_clients_pool_10_transaction", test_100_clients_transaction},
         {"max_client_conn_53300", test_max_client_conn},
         {"client_vanishes_mid_message", test_client_vanishes_mid_message},
+        {"unreachable_server_08001", test_unreachable_server},
         {"oversized_message_08P01", test_oversized_message},
         {"garbage_startup", test_garbage_startup},
         {"pgbench_select_only", test_pgbench_select_only},
