@@ -37,21 +37,32 @@ static void client_auth_ok(struct px_client *c);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 
-static const char *const state_names[] = {"login", "idle", "waiting", "active", "closing"};
+static const char *const state_names[] = {"login",  "idle",    "waiting",
+                                          "active", "failing", "closing"};
+
+const char *px_client_state_name(enum px_client_state st)
+{
+    return state_names[st];
+}
 
 void px_client_set_state(struct px_client *c, enum px_client_state st)
 {
-    /* Legal transitions: login->idle|waiting|active|closing, idle->waiting|active|closing,
-     * waiting->active|closing, active->idle (transaction pooling detaches)|closing;
-     * closing is final. */
-    static const bool legal[5][5] = {
+    /* Legal transitions: login->idle|waiting|active, idle->waiting|active,
+     * waiting->active, active->idle (transaction pooling detaches); any of these ->failing
+     * (an error is on its way) or ->closing; failing->closing; closing is final. */
+    static const bool legal[6][6] = {
         [PX_CL_LOGIN] = {[PX_CL_IDLE] = true,
                          [PX_CL_WAITING] = true,
                          [PX_CL_ACTIVE] = true,
+                         [PX_CL_FAILING] = true,
                          [PX_CL_CLOSING] = true},
-        [PX_CL_IDLE] = {[PX_CL_WAITING] = true, [PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
-        [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true, [PX_CL_CLOSING] = true},
-        [PX_CL_ACTIVE] = {[PX_CL_IDLE] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_IDLE] = {[PX_CL_WAITING] = true,
+                        [PX_CL_ACTIVE] = true,
+                        [PX_CL_FAILING] = true,
+                        [PX_CL_CLOSING] = true},
+        [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_ACTIVE] = {[PX_CL_IDLE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_FAILING] = {[PX_CL_CLOSING] = true},
         [PX_CL_CLOSING] = {false},
     };
     PX_ASSERT(legal[c->state][st]);
@@ -84,6 +95,7 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
         px_list_append(&c->pool->clients_active, &c->link);
         c->pool->n_active_clients++;
         break;
+    case PX_CL_FAILING: px_list_append(&px.clients_failing, &c->link); break;
     case PX_CL_CLOSING:
         px_list_append(&px.clients_closing, &c->link);
         event_active(px.reaper, EV_TIMEOUT, 0);
@@ -196,8 +208,9 @@ static void close_after_flush(struct px_client *c)
         px_client_close(c);
         return;
     }
-    c->close_after_flush = true;
-    /* A client that never reads its error must not keep the slot forever. */
+    /* Off its pool's lists: nothing serves or fails it again.  A client that never reads
+     * its error must not keep the slot forever. */
+    px_client_set_state(c, PX_CL_FAILING);
     c->close_deadline_ms = px_now_ms() + 5000;
 }
 
@@ -217,7 +230,7 @@ static int login_failure_reason(const struct px_client *c, const char *sqlstate)
 
 void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 {
-    if (c->state == PX_CL_CLOSING || c->close_after_flush)
+    if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
         return; /* one error per client */
     if (sqlstate) {
         px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
@@ -231,7 +244,7 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 
 void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
 {
-    if (c->state == PX_CL_CLOSING || c->close_after_flush)
+    if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
         return;
     size_t len = evbuffer_get_length(error);
     const uint8_t *bytes = evbuffer_pullup(error, (ssize_t)len);
@@ -244,7 +257,7 @@ void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
 
 bool px_client_close_overdue(struct px_client *c, uint64_t now)
 {
-    return c->close_after_flush && now >= c->close_deadline_ms;
+    return c->state == PX_CL_FAILING && now >= c->close_deadline_ms;
 }
 
 void px_client_free(struct px_client *c)
@@ -643,7 +656,7 @@ static void login_read(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     for (;;) {
-        if (c->state != PX_CL_LOGIN || c->close_after_flush)
+        if (c->state != PX_CL_LOGIN)
             return;
         if (c->login_step == PX_LOGIN_STARTUP) {
             if (!handle_startup_packet(c))
@@ -800,6 +813,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
             c->read_paused = true;
         }
         break;
+    case PX_CL_FAILING: /* reading is off: input that was already read is ignored */
     case PX_CL_CLOSING: break;
     }
 }
@@ -807,7 +821,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
 static void client_write_cb(struct bufferevent *bev, void *arg)
 {
     struct px_client *c = arg;
-    if (c->close_after_flush) {
+    if (c->state == PX_CL_FAILING) {
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             px_client_close(c);
         return;

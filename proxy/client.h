@@ -27,6 +27,8 @@ void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error);
 void px_client_close(struct px_client *c);
 /* True when a client closing after an error did not read it in time (janitor). */
 bool px_client_close_overdue(struct px_client *c, uint64_t now);
+/* "login", "idle", "waiting", "active", "failing", "closing" (admin views). */
+const char *px_client_state_name(enum px_client_state st);
 /* Frees a client on the closing list (reaper only). */
 void px_client_free(struct px_client *c);
 

@@ -6,7 +6,7 @@
  *        │                     ├── servers: login │ idle │ active │ resetting
  *        │                     ├── clients: idle │ waiting │ active
  *        │                     └── welcomes: what a fresh server reports, per signature
- *        └── clients in login, closing lists, cancel-key map
+ *        └── clients in login, failing and closing lists, cancel-key map
  *
  * Every connection is on exactly one list, the one of its state; state changes go through
  * px_client_set_state() / px_server_set_state(), which check the transition and move the
@@ -62,6 +62,7 @@ enum px_client_state {
     PX_CL_IDLE,    /* welcomed, no server, nothing outstanding (transaction pooling) */
     PX_CL_WAITING, /* authenticated, queued for a server */
     PX_CL_ACTIVE,  /* linked to a server (session mode: for the whole session) */
+    PX_CL_FAILING, /* got its error: closes once that is written (at most 5 s later) */
     PX_CL_CLOSING, /* dead: waits for the reaper */
 };
 
@@ -82,10 +83,9 @@ struct px_client {
     struct bufferevent *bev;
     struct px_reader rd; /* reads fd into bev's input (sockread.h) */
     evutil_socket_t fd;
-    bool fd_in_tls_bev;     /* the TLS bufferevent owns fd (and closes it) */
-    bool reject_full;       /* accepted past max_client_conn: answer 53300 after startup */
-    bool close_after_flush; /* closing: waits until its last error is written */
-    uint64_t close_deadline_ms;
+    bool fd_in_tls_bev;         /* the TLS bufferevent owns fd (and closes it) */
+    bool reject_full;           /* accepted past max_client_conn: answer 53300 after startup */
+    uint64_t close_deadline_ms; /* failing: closed then even if the error is not written */
     bool tls;
     bool welcomed;    /* got ReadyForQuery from us: the login is over for the client */
     bool read_paused; /* reading stopped for backpressure */
@@ -249,6 +249,7 @@ struct px_proxy {
 
     struct px_list pools;
     struct px_list clients_login;
+    struct px_list clients_failing; /* no pool serves them any more */
     struct px_list clients_closing, servers_closing;
     int n_clients; /* every client connection, any state */
     int n_pools;

@@ -7,12 +7,12 @@
 
 #include <jansson.h>
 
+#include "client.h"
 #include "conn.h"
 #include "introspect.h"
 #include "json_util.h"
 #include "main.h"
 
-static const char *const client_states[] = {"login", "idle", "waiting", "active", "closing"};
 static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};
 
 static uint64_t longest_wait_ms(const struct px_pool *p, uint64_t now)
@@ -50,8 +50,8 @@ static json_t *client_json(const struct px_client *c, uint64_t now)
                      "database", px_json_string(c->database ? c->database : ""), "user",
                      px_json_string(c->user ? c->user : ""), "application_name",
                      px_json_string(c->application_name ? c->application_name : ""), "address",
-                     c->addr, "state", client_states[c->state], "tls", c->tls, "connected_ms",
-                     (json_int_t)(now - c->connect_ms), "server_id",
+                     c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
+                     "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
                      c->server ? json_integer((json_int_t)c->server->id) : json_null());
 }
 
@@ -71,6 +71,7 @@ json_t *px_introspect_clients(void)
     json_t *arr = json_array();
     uint64_t now = px_now_ms();
     append_clients(arr, &px.clients_login, now);
+    append_clients(arr, &px.clients_failing, now);
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.pools)
     {

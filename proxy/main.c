@@ -273,9 +273,12 @@ static void teardown(void)
         evconnlistener_free(px.listener);
     px_admin_free(px.admin);
     struct px_list *it, *tmp;
-    px_list_for_each_safe(it, tmp, &px.clients_login)
-    {
-        px_client_free(PX_CONTAINER_OF(it, struct px_client, link));
+    struct px_list *lists[] = {&px.clients_login, &px.clients_failing};
+    for (size_t i = 0; i < 2; i++) {
+        px_list_for_each_safe(it, tmp, lists[i])
+        {
+            px_client_free(PX_CONTAINER_OF(it, struct px_client, link));
+        }
     }
     px_pool_free_all();
     reap();
@@ -353,6 +356,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     px_list_init(&px.pools);
     px_list_init(&px.clients_login);
+    px_list_init(&px.clients_failing);
     px_list_init(&px.clients_closing);
     px_list_init(&px.servers_closing);
     char *err = NULL;

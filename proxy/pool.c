@@ -308,16 +308,14 @@ static bool evict_idle(struct px_pool *pool)
     return true;
 }
 
-/* The first waiting client with no server being opened for it, or NULL.  A client that
- * was already failed (it waits only for its error to be written) is not served: serving it
- * again would launch a server, fail it again, and, when the launch fails at once, loop. */
+/* The first waiting client with no server being opened for it, or NULL. */
 static struct px_client *first_unserved(struct px_pool *pool)
 {
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (!c->launching && !c->close_after_flush)
+        if (!c->launching)
             return c;
     }
     return NULL;
@@ -354,7 +352,7 @@ void px_pool_server_ready(struct px_server *s)
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (!c->close_after_flush && server_fits(s, c)) {
+        if (server_fits(s, c)) {
             link_pair(s, c);
             return;
         }
@@ -486,32 +484,26 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
     }
 }
 
-static void janitor_clients(struct px_list *list, uint64_t now, bool login)
+void px_pool_janitor(uint64_t now)
 {
     struct px_list *it, *tmp;
-    px_list_for_each_safe(it, tmp, list)
+    px_list_for_each_safe(it, tmp, &px.clients_failing)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
         if (px_client_close_overdue(c, now))
             px_client_close(c);
-        else if (login && px.cfg->client_login_timeout_ms > 0 &&
-                 now - c->connect_ms >= (uint64_t)px.cfg->client_login_timeout_ms)
+    }
+    px_list_for_each_safe(it, tmp, &px.clients_login)
+    {
+        struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
+        if (px.cfg->client_login_timeout_ms > 0 &&
+            now - c->connect_ms >= (uint64_t)px.cfg->client_login_timeout_ms)
             px_client_fatal(c, PX_SQLSTATE_QUERY_CANCELED,
                             "canceling authentication due to timeout");
     }
-}
-
-void px_pool_janitor(uint64_t now)
-{
-    janitor_clients(&px.clients_login, now, true);
-    struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.pools)
     {
-        struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
-        janitor_clients(&pool->clients_idle, now, false);
-        janitor_clients(&pool->clients_active, now, false);
-        janitor_clients(&pool->clients_waiting, now, false);
-        janitor_pool(pool, now);
+        janitor_pool(PX_CONTAINER_OF(it, struct px_pool, link), now);
     }
     if (px.shutting_down)
         px_pool_check_shutdown();

@@ -136,7 +136,7 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
 void px_txn_client_idle_read(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == PX_CL_IDLE && !c->close_after_flush) {
+    while (c->state == PX_CL_IDLE) {
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;
