@@ -556,22 +556,12 @@ static void start_tls(struct px_client *c)
         px_client_close(c);
         return;
     }
-    px_reader_unbind(&c->rd);
-    bufferevent_free(c->bev);
-    c->bev = bufferevent_openssl_socket_new(px.base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        SSL_free(ssl);
+    if (px_reader_switch_to_tls(&c->rd, px.base, &c->bev, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING) <
+        0) {
         px_client_close(c);
         return;
     }
     c->fd_in_tls_bev = true;
-    px_reader_bind(&c->rd, px.base, c->bev, -1); /* cannot fail without an fd */
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    bufferevent_enable(c->bev, EV_WRITE);
-    px_reader_enable(&c->rd, true);
     c->login_step = PX_LOGIN_TLS;
 }
 

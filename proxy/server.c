@@ -206,22 +206,12 @@ static void start_tls(struct px_server *s)
         server_fail(s, "cannot create TLS connection to server");
         return;
     }
-    px_reader_unbind(&s->rd);
-    bufferevent_free(s->bev);
-    s->bev = bufferevent_openssl_socket_new(px.base, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
-    if (!s->bev) {
-        SSL_free(ssl);
+    if (px_reader_switch_to_tls(&s->rd, px.base, &s->bev, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING) <
+        0) {
         server_fail(s, "cannot create TLS connection to server");
         return;
     }
     s->fd_in_tls_bev = true;
-    px_reader_bind(&s->rd, px.base, s->bev, -1); /* cannot fail without an fd */
-    bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-    bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
-    bufferevent_setwatermark(s->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    bufferevent_enable(s->bev, EV_WRITE);
-    px_reader_enable(&s->rd, true);
     s->login_step = PX_SVL_TLS;
 }
 

@@ -95,6 +95,31 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
     return 0;
 }
 
+int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct bufferevent **bev,
+                            evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state)
+{
+    bufferevent_data_cb read_cb, write_cb;
+    bufferevent_event_cb event_cb;
+    void *arg;
+    size_t low, high;
+    bufferevent_getcb(*bev, &read_cb, &write_cb, &event_cb, &arg);
+    bufferevent_getwatermark(*bev, EV_WRITE, &low, &high);
+    px_reader_unbind(r);
+    bufferevent_free(*bev);
+    *bev = bufferevent_openssl_socket_new(base, fd, ssl, state, BEV_OPT_CLOSE_ON_FREE);
+    if (!*bev) {
+        SSL_free(ssl);
+        return -1;
+    }
+    px_reader_bind(r, base, *bev, -1); /* cannot fail without an fd */
+    bufferevent_openssl_set_allow_dirty_shutdown(*bev, 1);
+    bufferevent_setcb(*bev, read_cb, write_cb, event_cb, arg);
+    bufferevent_setwatermark(*bev, EV_WRITE, low, high);
+    bufferevent_enable(*bev, EV_WRITE);
+    px_reader_enable(r, true);
+    return 0;
+}
+
 void px_reader_unbind(struct px_reader *r)
 {
     if (r->ev)

@@ -20,7 +20,9 @@
 #include <stdbool.h>
 
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
 struct px_reader {
     struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound */
@@ -39,6 +41,15 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
 
 /* Stops reading and forgets bev; call before bev is freed or replaced.  Idempotent. */
 void px_reader_unbind(struct px_reader *r);
+
+/*
+ * Switches a plain connection to TLS: *bev (bound to r) is freed and replaced by an
+ * OpenSSL bufferevent on fd, in state (accepting or connecting), which owns ssl and fd,
+ * keeps the old one's callbacks and write watermark, writes, and reads (through r).
+ * 0, or -1 with ssl freed and *bev NULL.
+ */
+int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct bufferevent **bev,
+                            evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state);
 
 /* Reading on or off (backpressure, closing, a server parked in the pool ...). */
 void px_reader_enable(struct px_reader *r, bool on);
