@@ -15,12 +15,19 @@
 
 static int peek_header(struct evbuffer *in, size_t offset, char *type, uint32_t *len)
 {
-    uint8_t hdr[5];
-    struct evbuffer_ptr ptr;
-    if (evbuffer_ptr_set(in, &ptr, offset, EVBUFFER_PTR_SET) < 0)
-        return -1;
-    if (evbuffer_copyout_from(in, &ptr, hdr, 5) != 5)
-        return -1;
+    uint8_t copy[5];
+    const uint8_t *hdr = copy;
+    struct evbuffer_iovec first;
+    /* Once per message: read the header in place when it lies in the first chain (small
+     * messages, the hot path); otherwise search for it and copy it out. */
+    if (evbuffer_peek(in, -1, NULL, &first, 1) == 1 && offset + 5 <= first.iov_len) {
+        hdr = (const uint8_t *)first.iov_base + offset;
+    } else {
+        struct evbuffer_ptr ptr;
+        if (evbuffer_ptr_set(in, &ptr, offset, EVBUFFER_PTR_SET) < 0 ||
+            evbuffer_copyout_from(in, &ptr, copy, 5) != 5)
+            return -1;
+    }
     *type = (char)hdr[0];
     *len = px_get_u32(hdr + 1);
     return 0;
