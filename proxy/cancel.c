@@ -117,6 +117,17 @@ void px_cancel_request(uint32_t pid, uint32_t key)
         px_debug("cancel", 0, 0, "cancel request for no running query: dropped");
         return;
     }
+    if (c->state == PX_CL_BATCHED) {
+        /* Its server runs another client's query now: cancel once its own runs. */
+        c->cancel_pending = true;
+        px_info("cancel", 'C', c->id, "cancel held until its batched query runs");
+        return;
+    }
+    px_cancel_forward(c);
+}
+
+void px_cancel_forward(struct px_client *c)
+{
     struct px_server *s = c->server;
     struct sockaddr_storage ss;
     socklen_t sslen;

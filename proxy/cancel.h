@@ -17,6 +17,8 @@ int px_cancel_register(struct px_client *c);
 void px_cancel_forget(struct px_client *c);
 /* Handles a CancelRequest packet. */
 void px_cancel_request(uint32_t pid, uint32_t key);
+/* Sends a cancel for the query c's server runs now (c->server must be set and active). */
+void px_cancel_forward(struct px_client *c);
 /* Frees the index (shutdown). */
 void px_cancel_destroy(void);
 

@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "batch.h"
 #include "cancel.h"
 #include "client.h"
 #include "log.h"
@@ -37,8 +38,8 @@ static void client_auth_ok(struct px_client *c);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 
-static const char *const state_names[] = {"login",  "idle",    "waiting",
-                                          "active", "failing", "closing"};
+static const char *const state_names[] = {"login",   "idle",    "waiting", "active",
+                                          "batched", "failing", "closing"};
 
 const char *px_client_state_name(enum px_client_state st)
 {
@@ -47,10 +48,11 @@ const char *px_client_state_name(enum px_client_state st)
 
 void px_client_set_state(struct px_client *c, enum px_client_state st)
 {
-    /* Legal transitions: login->idle|waiting|active, idle->waiting|active,
-     * waiting->active, active->idle (transaction pooling detaches); any of these ->failing
-     * (an error is on its way) or ->closing; failing->closing; closing is final. */
-    static const bool legal[6][6] = {
+    /* Legal transitions: login->idle|waiting|active, idle->waiting|active|batched,
+     * waiting->active|batched, batched->active, active->idle (transaction pooling
+     * detaches); any of these ->failing (an error is on its way) or ->closing;
+     * failing->closing; closing is final. */
+    static const bool legal[7][7] = {
         [PX_CL_LOGIN] = {[PX_CL_IDLE] = true,
                          [PX_CL_WAITING] = true,
                          [PX_CL_ACTIVE] = true,
@@ -58,9 +60,14 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
                          [PX_CL_CLOSING] = true},
         [PX_CL_IDLE] = {[PX_CL_WAITING] = true,
                         [PX_CL_ACTIVE] = true,
+                        [PX_CL_BATCHED] = true,
                         [PX_CL_FAILING] = true,
                         [PX_CL_CLOSING] = true},
-        [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true,
+                           [PX_CL_BATCHED] = true,
+                           [PX_CL_FAILING] = true,
+                           [PX_CL_CLOSING] = true},
+        [PX_CL_BATCHED] = {[PX_CL_ACTIVE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
         [PX_CL_ACTIVE] = {[PX_CL_IDLE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
         [PX_CL_FAILING] = {[PX_CL_CLOSING] = true},
         [PX_CL_CLOSING] = {false},
@@ -75,7 +82,7 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
     if (c->pool) {
         if (c->state == PX_CL_WAITING)
             c->pool->n_waiting--;
-        else if (c->state == PX_CL_ACTIVE)
+        else if (c->state == PX_CL_ACTIVE || c->state == PX_CL_BATCHED)
             c->pool->n_active_clients--;
         else if (c->state == PX_CL_IDLE)
             c->pool->n_idle_clients--;
@@ -92,6 +99,7 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
         c->wait_start_ms = px_now_ms();
         break;
     case PX_CL_ACTIVE:
+    case PX_CL_BATCHED: /* counted as active: it has a server */
         px_list_append(&c->pool->clients_active, &c->link);
         c->pool->n_active_clients++;
         break;
@@ -171,7 +179,7 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
 static void unlink_server(struct px_client *c)
 {
     struct px_server *s = c->server;
-    if (!s)
+    if (!s || px_batch_leave(c))
         return;
     c->server = NULL;
     s->client = NULL;
@@ -693,7 +701,8 @@ void px_client_on_linked(struct px_client *c)
             px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
             return;
         }
-        px_client_relay(c);
+        if (!px_batch_open(c))
+            px_client_relay(c);
         if (c->server == s)
             px_txn_maybe_release(s);
         return;
@@ -733,12 +742,29 @@ enum px_relay_action px_client_on_request(void *ctx, struct evbuffer *out, char 
     }
 }
 
+/* Keeps what c sent until it may be relayed, but keeps reading (a bounded amount) so that
+ * a client that goes away is noticed at once. */
+static void hold_input(struct px_client *c)
+{
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
+        px_reader_enable(&c->rd, false);
+        c->read_paused = true;
+    }
+}
+
 void px_client_relay(struct px_client *c)
 {
     struct px_server *s = c->server;
     if (c->state != PX_CL_ACTIVE || !s || s->state != PX_SV_ACTIVE)
         return;
     struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (evbuffer_get_length(in) == 0)
+        return;
+    if (px_batch_holds(c)) { /* other clients' queries follow its one: the rest waits */
+        hold_input(c);
+        return;
+    }
+    s->batch_ok = false; /* more than one query of this client: no one may join */
     struct evbuffer *out = bufferevent_get_output(s->bev);
     uint32_t max = (uint32_t)px.cfg->max_message_bytes;
     evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
@@ -796,13 +822,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     case PX_CL_ACTIVE: px_client_relay(c); break;
     case PX_CL_IDLE: px_txn_client_idle_read(c); break;
     case PX_CL_WAITING:
-        /* Keep the bytes until linked, but keep reading (a bounded amount) so that a client
-         * that goes away leaves the queue at once. */
-        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
-            px_reader_enable(&c->rd, false);
-            c->read_paused = true;
-        }
-        break;
+    case PX_CL_BATCHED: hold_input(c); break;
     case PX_CL_FAILING: /* reading is off: input that was already read is ignored */
     case PX_CL_CLOSING: break;
     }

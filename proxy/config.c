@@ -136,6 +136,9 @@ static const struct px_cfg_key pgwarden_keys[] = {
            "query run before a server is reused by another client; empty: none"),
     PG_INT(max_prepared_statements, "100", 1, 100000, RELOAD,
            "transaction pooling: named statements kept prepared per server connection"),
+    PG_INT(server_query_batch, "1", 1, PX_QUERY_BATCH_MAX, RELOAD,
+           "transaction pooling: single-statement autocommit queries of different clients "
+           "sent to one server in one write; 1: off"),
     PG_INT(query_wait_timeout_ms, "120000", 0, INT_MAX, RELOAD,
            "how long a client waits for a free server; 0: forever"),
     PG_INT(server_connect_timeout_ms, "15000", 1, INT_MAX, RELOAD,

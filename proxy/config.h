@@ -18,6 +18,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Upper bound of server_query_batch (the per-server queue of batched clients is this big). */
+#define PX_QUERY_BATCH_MAX 8
+
 enum px_pool_mode { PX_POOL_SESSION = 0, PX_POOL_TRANSACTION = 1 };
 enum px_auth_type { PX_AUTH_TRUST = 0, PX_AUTH_MD5 = 1, PX_AUTH_SCRAM = 2 };
 enum px_client_tls_mode { PX_CTLS_DISABLE = 0, PX_CTLS_ALLOW = 1, PX_CTLS_REQUIRE = 2 };
@@ -71,6 +74,7 @@ struct px_config {
     char *server_tls_ca_file;
     char *server_reset_query;      /* default "DISCARD ALL"; "" disables */
     int max_prepared_statements;   /* default 100, per server, transaction pooling */
+    int server_query_batch;        /* default 1 (off): autocommit queries per server write */
     int query_wait_timeout_ms;     /* default 120000; 0 = wait forever */
     int server_connect_timeout_ms; /* default 15000 */
     int server_login_retry_ms;     /* default 1000: fast-fail window after a failed login */

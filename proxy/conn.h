@@ -62,6 +62,8 @@ enum px_client_state {
     PX_CL_IDLE,    /* welcomed, no server, nothing outstanding (transaction pooling) */
     PX_CL_WAITING, /* authenticated, queued for a server */
     PX_CL_ACTIVE,  /* linked to a server (session mode: for the whole session) */
+    PX_CL_BATCHED, /* its one query was sent to c->server behind other clients' queries
+                      (server_query_batch, batch.h); active when its reply comes */
     PX_CL_FAILING, /* got its error: closes once that is written (at most 5 s later) */
     PX_CL_CLOSING, /* dead: waits for the reaper */
 };
@@ -122,6 +124,7 @@ struct px_client {
     uint32_t head_sql_len;
     uint8_t head_sql_kind; /* enum px_sql_kind */
     bool head_sql_multi;
+    bool head_sql_dml;
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
 
@@ -132,6 +135,7 @@ struct px_client {
     struct px_scram_secret scram_secret;
 
     uint32_t cancel_pid, cancel_key;
+    bool cancel_pending; /* batched: cancel its query once it is the server's client */
     struct px_client *cancel_next; /* cancel-key hash chain */
 
     uint64_t connect_ms, wait_start_ms;
@@ -195,6 +199,13 @@ struct px_server {
     struct px_expect *expect; /* ring of sent Parse/Close/Sync awaiting their replies */
     uint32_t expect_head, expect_n, expect_cap;
     struct px_stmt_set stmts; /* named statements prepared on it */
+
+    /* Query batching (batch.h): clients whose one query was sent after the current
+     * client's, in order; a NULL entry is a client that left (its reply is discarded). */
+    struct px_client *batched[PX_QUERY_BATCH_MAX];
+    uint8_t batched_head, batched_n;
+    bool batch_ok;      /* every client on it has exactly one autocommit query in flight */
+    bool orphan_client; /* the current client left: its reply is discarded */
 };
 
 /* A message sent to a server whose reply transaction pooling tracks (txn.c). */
@@ -231,6 +242,7 @@ struct px_pool {
     struct evbuffer *login_error;
     uint64_t login_error_until_ms;
     bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
+    struct px_server *batch_server; /* the server whose query batch may still grow (batch.h) */
 
     /* Metric series of this pool and pre-resolved hot counters (stats.c). */
     struct px_metrics_set *metrics;

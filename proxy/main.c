@@ -19,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "admin.h"
+#include "batch.h"
 #include "cancel.h"
 #include "client.h"
 #include "log.h"
@@ -285,6 +286,7 @@ static void teardown(void)
     px_cancel_destroy();
     px_stmt_registry_free(px.stmt_registry);
     px_relay_shutdown();
+    px_batch_shutdown();
     px.stmt_registry = NULL;
     struct event *events[] = {px.janitor, px.reaper, px.sig_term, px.sig_int, px.sig_hup};
     for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)

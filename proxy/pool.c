@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "batch.h"
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -354,6 +355,7 @@ void px_pool_server_ready(struct px_server *s)
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
         if (server_fits(s, c)) {
             link_pair(s, c);
+            px_batch_take_waiting(s);
             return;
         }
     }

@@ -20,6 +20,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <openssl/crypto.h>
 
+#include "batch.h"
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -457,22 +458,57 @@ enum px_relay_action px_server_on_reply(struct px_server *s, char type, const ui
     return s2c_cb(s, NULL, type, body, len);
 }
 
+/* Transaction pooling: relays replies to s's client, and with a batch on s (batch.h) to
+ * each batched client in turn. */
+static void relay_txn(struct px_server *s)
+{
+    for (;;) {
+        struct px_client *c = s->client;
+        if (s->state != PX_SV_ACTIVE || (!c && !s->orphan_client))
+            return;
+        if (s->hidden_queries > 0 && !px_txn_read_hidden(s))
+            return;
+        struct evbuffer *in = bufferevent_get_input(s->bev);
+        struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
+        evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
+        size_t moved = 0;
+        enum px_relay_result r = px_relay_direct(&s->s2c, in, out, fd, px_txn_s2c_see, px_txn_s2c,
+                                                 s, SERVER_MAX_MESSAGE, &moved);
+        if (c)
+            px_stats_bytes(s->pool, 0, moved);
+        else
+            evbuffer_drain(out, evbuffer_get_length(out)); /* the client left */
+        if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
+            px_server_close(s, "protocol error from server");
+            return;
+        }
+        if (r == PX_RELAY_STOPPED) { /* a batched query's reply is complete */
+            if (!px_batch_next(s))
+                return;
+            continue;
+        }
+        if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
+            px_reader_enable(&s->rd, false);
+        px_txn_maybe_release(s); /* last: the server may go to another client */
+        return;
+    }
+}
+
 void px_server_relay(struct px_server *s)
 {
+    if (s->pool->mode == PX_POOL_TRANSACTION) {
+        relay_txn(s);
+        return;
+    }
     struct px_client *c = s->client;
     if (s->state != PX_SV_ACTIVE || !c)
-        return;
-    bool txn = s->pool->mode == PX_POOL_TRANSACTION;
-    if (txn && s->hidden_queries > 0 && !px_txn_read_hidden(s))
         return;
     struct evbuffer *in = bufferevent_get_input(s->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     evutil_socket_t fd = c->fd_in_tls_bev ? -1 : c->fd;
     size_t moved = 0;
     enum px_relay_result r =
-        txn ? px_relay_direct(&s->s2c, in, out, fd, px_txn_s2c_see, px_txn_s2c, s,
-                              SERVER_MAX_MESSAGE, &moved)
-            : px_relay_direct(&s->s2c, in, out, fd, s2c_see, s2c_cb, s, SERVER_MAX_MESSAGE, &moved);
+        px_relay_direct(&s->s2c, in, out, fd, s2c_see, s2c_cb, s, SERVER_MAX_MESSAGE, &moved);
     px_stats_bytes(s->pool, 0, moved);
     if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
         px_server_close(s, "protocol error from server");
@@ -480,10 +516,6 @@ void px_server_relay(struct px_server *s)
     }
     if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
         px_reader_enable(&s->rd, false);
-    if (txn) {
-        px_txn_maybe_release(s); /* last: the server may go to another client */
-        return;
-    }
     if (px.shutting_down && px_client_is_idle(c))
         px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
                         "terminating connection due to administrator command");
@@ -586,6 +618,7 @@ void px_server_close(struct px_server *s, const char *reason)
         px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
                         "server closed the connection unexpectedly");
     }
+    px_batch_fail(s);
     if (s->opener && s->opener->launching == s)
         s->opener->launching = NULL;
     s->opener = NULL;
@@ -608,6 +641,8 @@ void px_server_close(struct px_server *s, const char *reason)
 void px_server_free(struct px_server *s)
 {
     px_list_remove(&s->link);
+    if (s->pool && s->pool->batch_server == s)
+        s->pool->batch_server = NULL;
     px_reader_unbind(&s->rd);
     if (s->bev)
         bufferevent_free(s->bev);

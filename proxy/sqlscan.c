@@ -683,12 +683,29 @@ static void select_stmt(struct lexer *lx)
     }
 }
 
+/* A query or data change starts with one of these (sqlscan.h, dml). */
+static bool is_dml_keyword(const struct token *t)
+{
+    switch (fold(t->s[0])) {
+    case 's': return IS_KW(t, "select");
+    case 'v': return IS_KW(t, "values");
+    case 't': return IS_KW(t, "table");
+    case 'w': return IS_KW(t, "with");
+    case 'i': return IS_KW(t, "insert");
+    case 'u': return IS_KW(t, "update");
+    case 'd': return IS_KW(t, "delete");
+    case 'm': return IS_KW(t, "merge");
+    default: return false;
+    }
+}
+
 /* One statement whose first token is t (not ';', not the end): fills res->kind, tag
  * and name when it is one of ours, notes session features.  May stop before its end. */
 static void classify_stmt(struct lexer *lx, const struct token *t, struct px_sql_info *res)
 {
     if (t->kind != TOK_WORD)
         return;
+    res->dml = is_dml_keyword(t);
     switch (fold(t->s[0])) {
     case 'a':
         if (IS_KW(t, "abort"))
@@ -775,6 +792,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         out->tag = NULL;
         out->name[0] = '\0';
         out->multi = true;
+        out->dml = false;
     }
     out->session_feature = lx.feature;
 }

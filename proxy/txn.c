@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batch.h"
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -89,6 +90,7 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
     c->head_sql_len = total; /* for c2s_query_answered, unless answered here */
     c->head_sql_kind = (uint8_t)info.kind;
     c->head_sql_multi = info.multi;
+    c->head_sql_dml = info.dml;
     c->head_sql_feature = info.session_feature;
     if (info.multi)
         return false;
@@ -161,8 +163,9 @@ void px_txn_client_idle_read(struct px_client *c)
                 continue;
             }
         }
-        /* Real work: the client needs a server. */
-        px_pool_request_server(c->pool, c);
+        /* Real work: the client needs a server (or a place in a batch). */
+        if (!px_batch_join(c))
+            px_pool_request_server(c->pool, c);
         return;
     }
 }
@@ -199,6 +202,16 @@ static const char *server_tracked(const struct px_server *s, int i)
     if (!v && s->welcome)
         v = s->welcome->params.tracked[i];
     return v;
+}
+
+bool px_txn_same_params(const struct px_client *a, const struct px_client *b)
+{
+    for (int i = 0; i < PX_TRACKED_PARAMS; i++) {
+        const char *va = client_tracked(a, i), *vb = client_tracked(b, i);
+        if (va != vb && (!va || !vb || strcmp(va, vb) != 0))
+            return false;
+    }
+    return true;
 }
 
 /* Called at every link: the common case, nothing differs, allocates nothing. */
@@ -601,7 +614,10 @@ enum px_relay_action px_txn_s2c(void *ctx, struct evbuffer *out, char type, cons
             return PX_RELAY_CLOSE;
         }
         expect_pop(s);
-        return px_server_on_reply(s, type, body, len);
+        if (px_server_on_reply(s, type, body, len) != PX_RELAY_FORWARD)
+            return PX_RELAY_CLOSE;
+        /* A batch on s: the next bytes are another client's reply. */
+        return px_batch_stops(s) ? PX_RELAY_STOP : PX_RELAY_FORWARD;
     default: return px_server_on_reply(s, type, body, len);
     }
 }
@@ -620,15 +636,25 @@ void px_txn_maybe_release(struct px_server *s)
         return;
     c->server = NULL;
     s->client = NULL;
+    s->batch_ok = false;
+    px_txn_client_detached(c);
+    px_server_release(s, false);
+}
+
+void px_txn_client_detached(struct px_client *c)
+{
     px_client_set_state(c, PX_CL_IDLE);
     if (px.shutting_down) {
         px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
                         "terminating connection due to administrator command");
-    } else if (c->read_paused) {
+        return;
+    }
+    if (c->read_paused) {
         c->read_paused = false;
         px_reader_enable(&c->rd, true);
     }
-    px_server_release(s, false);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        px_txn_client_idle_read(c); /* what it sent while its batched query ran */
 }
 
 /* ---- freeing -------------------------------------------------------------------------- */

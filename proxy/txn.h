@@ -43,6 +43,13 @@ enum px_relay_action px_txn_s2c(void *ctx, struct evbuffer *out, char type, cons
 /* Swallows the replies to hidden queries.  True when none is left (relaying may go on). */
 bool px_txn_read_hidden(struct px_server *s);
 
+/* c's server was taken away at a transaction boundary: c becomes idle, and what it has
+ * buffered is handled as an idle client's input. */
+void px_txn_client_detached(struct px_client *c);
+
+/* Whether a and b see the same values of the re-synced parameters. */
+bool px_txn_same_params(const struct px_client *a, const struct px_client *b);
+
 /* Returns s to the pool when its client is at a transaction boundary with nothing in
  * flight.  Call last: s may be linked to another client on return. */
 void px_txn_maybe_release(struct px_server *s);

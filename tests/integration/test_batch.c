@@ -1,0 +1,441 @@
+/*
+ * test_batch.c: query batching in transaction pooling (server_query_batch, proxy/batch.h)
+ * with libpq clients on a real PostgreSQL.
+ *
+ * The batches are made deterministic with a pool of one server: a blocker holds it while
+ * the other clients send their queries in a fixed order and wait; when the blocker's query
+ * ends, the first waiting client gets the server and the ones behind it join its batch.
+ * What is checked is what the clients see: every client gets its own reply (rows, errors,
+ * settings), a client that vanishes mid-batch costs the others nothing, a cancel reaches
+ * the batched client's own query and not the one running before it, and many clients on
+ * a small pool all get correct answers.  pgwarden runs with log_level = debug so that each
+ * test can also check that batching happened at all ("query batched behind").
+ */
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_util.h"
+
+#define TEST_LIMIT_S 120
+#define BATCH        4
+
+static struct harness_proxy *g_px;
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\ntest_batch: a test ran too long: stopping\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    if (g_px)
+        harness_proxy_dump_log(g_px, 40);
+    _exit(3);
+}
+
+static int suite_init(void)
+{
+    struct sigaction sa = {.sa_handler = on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
+    return itu_suite_init();
+}
+
+static int suite_cleanup(void)
+{
+    alarm(0);
+    harness_proxy_free(g_px);
+    g_px = NULL;
+    return 0;
+}
+
+static bool start(int pool_size, int max_client_conn)
+{
+    harness_proxy_free(g_px);
+    alarm(TEST_LIMIT_S);
+    char extra[128];
+    snprintf(extra, sizeof(extra), "server_query_batch = %d\n", BATCH);
+    struct harness_proxy_opts o = {.pool_mode = "transaction",
+                                   .pool_size = pool_size,
+                                   .auth_type = "scram-sha-256",
+                                   .max_client_conn = max_client_conn,
+                                   .query_wait_timeout_ms = 30000,
+                                   .log_level = "debug",
+                                   .pgwarden_extra = extra};
+    g_px = harness_proxy_start(&o);
+    return g_px != NULL;
+}
+
+static void stop(void)
+{
+    CU_ASSERT_EQUAL(harness_proxy_stop(g_px, 0), 0);
+    harness_proxy_free(g_px);
+    g_px = NULL;
+    alarm(0);
+}
+
+static PGconn *conn(const char *extra)
+{
+    char ci[256];
+    snprintf(ci, sizeof(ci), "sslmode=disable %s", extra ? extra : "");
+    PGconn *c = harness_connect(g_px, ci);
+    if (c && PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "connect failed: %s", PQerrorMessage(c));
+    return c;
+}
+
+static void sleep_ms(int ms)
+{
+    poll(NULL, 0, ms);
+}
+
+/* The first result of c's pending query (the rest consumed); NULL after timeout_ms. */
+static PGresult *wait_result(PGconn *c, int timeout_ms)
+{
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    PGresult *first = NULL;
+    for (;;) {
+        while (PQisBusy(c)) {
+            int64_t left = deadline - itu_now_ms();
+            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c)) {
+                fprintf(stderr, "no result within %d ms: %s", timeout_ms, PQerrorMessage(c));
+                PQclear(first);
+                return NULL;
+            }
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            return first;
+        if (!first)
+            first = r;
+        else
+            PQclear(r);
+    }
+}
+
+static const char *sqlstate(const PGresult *r)
+{
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return s ? s : "";
+}
+
+/* True when r is a one-row result whose column col is want. */
+static bool value_is(const PGresult *r, int col, const char *want)
+{
+    if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) <= col) {
+        fprintf(stderr, "unexpected result: %s %s", r ? PQresStatus(PQresultStatus(r)) : "none",
+                r ? PQresultErrorMessage(r) : "\n");
+        return false;
+    }
+    if (strcmp(PQgetvalue(r, 0, col), want) != 0) {
+        fprintf(stderr, "got \"%s\", want \"%s\"\n", PQgetvalue(r, 0, col), want);
+        return false;
+    }
+    return true;
+}
+
+static bool send_cancel(PGconn *c)
+{
+    PGcancel *cn = PQgetCancel(c);
+    char err[256] = "";
+    bool ok = cn && PQcancel(cn, err, sizeof(err)) == 1;
+    if (!ok)
+        fprintf(stderr, "cancel failed: %s\n", err);
+    PQfreeCancel(cn);
+    return ok;
+}
+
+/* Sends sql on c and lets it reach pgwarden before the next client's (queue order). */
+static void send_in_order(PGconn *c, const char *sql)
+{
+    CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, sql), 1);
+    sleep_ms(30);
+}
+
+/* ---- 1. every batched client gets its own reply ----------------------------------------- */
+
+static void test_own_replies(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *blocker = conn(NULL), *c[6];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    for (int i = 0; i < 6; i++) {
+        c[i] = conn(i == 3 ? "options='-c TimeZone=Asia/Tokyo'" : NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+    }
+    char tz[64];
+    itu_value_copy(tz, sizeof(tz), c[0], "SHOW TimeZone");
+    CU_ASSERT_STRING_NOT_EQUAL(tz, "Asia/Tokyo");
+    CU_ASSERT_TRUE(itu_exec_ok(c[5], "SET TimeZone = 'America/Lima'"));
+
+    /* The blocker holds the one server; the others queue in this order.  c[0] gets the
+     * server next and c[1], c[2] join its batch; c[3] (another TimeZone) does not, and c[4]
+     * waits behind it; c[5] changed its TimeZone with SET. */
+    send_in_order(blocker, "SELECT pg_sleep(0.5)");
+    send_in_order(c[0], "SELECT 0, current_setting('TimeZone')");
+    send_in_order(c[1], "SELECT 1/0");
+    send_in_order(c[2], "SELECT g FROM generate_series(1, 5000) g");
+    send_in_order(c[3], "SELECT 3, current_setting('TimeZone')");
+    send_in_order(c[4], "SELECT 4, current_setting('TimeZone')");
+    send_in_order(c[5], "SELECT 5, current_setting('TimeZone')");
+
+    PGresult *r = wait_result(blocker, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    r = wait_result(c[0], 10000);
+    CU_ASSERT_TRUE(value_is(r, 0, "0") && value_is(r, 1, tz));
+    PQclear(r);
+    r = wait_result(c[1], 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
+    CU_ASSERT_STRING_EQUAL(sqlstate(r), "22012");
+    PQclear(r);
+    r = wait_result(c[2], 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_EQUAL(PQntuples(r), 5000);
+    if (PQntuples(r) == 5000)
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 4999, 0), "5000");
+    PQclear(r);
+    r = wait_result(c[3], 10000);
+    CU_ASSERT_TRUE(value_is(r, 0, "3") && value_is(r, 1, "Asia/Tokyo"));
+    PQclear(r);
+    r = wait_result(c[4], 10000);
+    CU_ASSERT_TRUE(value_is(r, 0, "4") && value_is(r, 1, tz));
+    PQclear(r);
+    r = wait_result(c[5], 10000);
+    CU_ASSERT_TRUE(value_is(r, 0, "5") && value_is(r, 1, "America/Lima"));
+    PQclear(r);
+
+    /* Each goes on as usual: the failed one is not in a failed transaction. */
+    for (int i = 0; i < 6; i++)
+        CU_ASSERT_EQUAL(PQtransactionStatus(c[i]), PQTRANS_IDLE);
+    CU_ASSERT_STRING_EQUAL(itu_value(c[1], "SELECT 'after the error'"), "after the error");
+    CU_ASSERT_STRING_EQUAL(itu_value(c[3], "SHOW TimeZone"), "Asia/Tokyo");
+    CU_ASSERT_STRING_EQUAL(itu_value(c[0], "SHOW TimeZone"), tz);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "query batched behind"));
+
+    PQfinish(blocker);
+    for (int i = 0; i < 6; i++)
+        PQfinish(c[i]);
+    stop();
+}
+
+/* ---- 2. clients that vanish from a batch ------------------------------------------------ */
+
+static void vanish(PGconn *c)
+{
+    shutdown(PQsocket(c), SHUT_RDWR);
+    PQfinish(c);
+}
+
+static void test_clients_vanish(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *blocker = conn(NULL), *head = conn(NULL), *r[3];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(head), CONNECTION_OK);
+    for (int i = 0; i < 3; i++) {
+        r[i] = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(r[i]), CONNECTION_OK);
+    }
+    send_in_order(blocker, "SELECT pg_sleep(0.4)");
+    send_in_order(head, "SELECT pg_sleep(0.8), 'head'");
+    send_in_order(r[0], "SELECT 'r0'");
+    send_in_order(r[1], "SELECT 'r1'");
+    send_in_order(r[2], "SELECT 'r2'");
+    PGresult *res = wait_result(blocker, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+    /* head's query runs now, r0..r2 are batched behind it: head and r1 vanish. */
+    sleep_ms(200);
+    vanish(head);
+    vanish(r[1]);
+    int64_t t0 = itu_now_ms();
+    res = wait_result(r[0], 10000);
+    CU_ASSERT_TRUE(value_is(res, 0, "r0"));
+    PQclear(res);
+    res = wait_result(r[2], 10000);
+    CU_ASSERT_TRUE(value_is(res, 0, "r2"));
+    PQclear(res);
+    printf("\n    the batch's other clients answered %lld ms after two left ",
+           (long long)(itu_now_ms() - t0));
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "query batched behind"));
+
+    /* The server is clean and serves the next clients; still one server connection. */
+    CU_ASSERT_EQUAL(PQtransactionStatus(r[0]), PQTRANS_IDLE);
+    CU_ASSERT_STRING_EQUAL(itu_value(r[0], "SELECT txid_current_if_assigned() IS NULL"), "t");
+    PGconn *late = conn(NULL);
+    CU_ASSERT_STRING_EQUAL(itu_value(late, "SELECT 'late'"), "late");
+    PGconn *mon = harness_connect_info(harness_cluster_conninfo("sslmode=disable"));
+    CU_ASSERT_STRING_EQUAL(
+        itu_value(mon, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                       "current_database() AND backend_type = 'client backend' AND pid <> "
+                       "pg_backend_pid()"),
+        "1");
+    PQfinish(mon);
+    PQfinish(late);
+    PQfinish(blocker);
+    PQfinish(r[0]);
+    PQfinish(r[2]);
+    stop();
+}
+
+/* ---- 3. a batched client's cancel hits its own query ------------------------------------ */
+
+static void test_cancel_batched(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *blocker = conn(NULL), *head = conn(NULL), *c = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(head), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    send_in_order(blocker, "SELECT pg_sleep(0.3)");
+    send_in_order(head, "SELECT pg_sleep(1), 'head not canceled'");
+    send_in_order(c, "SELECT pg_sleep(20)");
+    PGresult *r = wait_result(blocker, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    /* head's query runs, c's is batched behind it: c cancels. */
+    sleep_ms(200);
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_TRUE(send_cancel(c));
+    r = wait_result(head, 10000);
+    CU_ASSERT_TRUE(value_is(r, 1, "head not canceled"));
+    PQclear(r);
+    r = wait_result(c, 10000);
+    int64_t took = itu_now_ms() - t0;
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
+    CU_ASSERT_STRING_EQUAL(sqlstate(r), "57014");
+    PQclear(r);
+    printf("\n    batched query canceled %lld ms after the cancel request ", (long long)took);
+    CU_ASSERT(took < 5000);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'c again'"), "c again");
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "query batched behind"));
+    PQfinish(blocker);
+    PQfinish(head);
+    PQfinish(c);
+    stop();
+}
+
+/* ---- 4. many clients, a small pool ------------------------------------------------------ */
+
+#define MANY      200
+#define MANY_POOL 4
+#define MANY_Q    20
+
+struct mc {
+    PGconn *conn;
+    int id, done;
+    bool busy, failed;
+};
+
+static void test_many_clients(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 2 * MANY + 100 &&
+        rl.rlim_max >= 2 * MANY + 100) {
+        rl.rlim_cur = 2 * MANY + 100;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    CU_ASSERT_TRUE_FATAL(start(MANY_POOL, MANY + 20));
+    static struct mc k[MANY];
+    int connected = 0;
+    for (int i = 0; i < MANY; i++) {
+        k[i] = (struct mc){.conn = conn(NULL), .id = i + 1};
+        connected += PQstatus(k[i].conn) == CONNECTION_OK;
+    }
+    CU_ASSERT_EQUAL_FATAL(connected, MANY);
+    int64_t deadline = itu_now_ms() + 60000;
+    int finished = 0, failures = 0;
+    static struct pollfd pfd[MANY];
+    while (finished < MANY && itu_now_ms() < deadline) {
+        for (int i = 0; i < MANY; i++) {
+            struct mc *m = &k[i];
+            if (m->busy || m->failed || m->done == MANY_Q)
+                continue;
+            char sql[64];
+            snprintf(sql, sizeof(sql), "SELECT %d * 1000 + %d", m->id, m->done);
+            if (!PQsendQuery(m->conn, sql)) {
+                m->failed = true;
+                failures++;
+                finished++;
+                continue;
+            }
+            m->busy = true;
+        }
+        int n = 0;
+        for (int i = 0; i < MANY; i++)
+            pfd[n++] = (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1,
+                                       .events = POLLIN};
+        if (poll(pfd, (nfds_t)n, 100) < 0)
+            break;
+        for (int i = 0; i < MANY; i++) {
+            struct mc *m = &k[i];
+            if (!m->busy || !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
+                continue;
+            if (!PQconsumeInput(m->conn)) {
+                m->busy = false;
+                m->failed = true;
+                failures++;
+                finished++;
+                continue;
+            }
+            if (PQisBusy(m->conn))
+                continue;
+            PGresult *r;
+            bool ok = false;
+            char want[32];
+            snprintf(want, sizeof(want), "%d", m->id * 1000 + m->done);
+            while ((r = PQgetResult(m->conn)) != NULL) {
+                ok = ok || (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                            !strcmp(PQgetvalue(r, 0, 0), want));
+                PQclear(r);
+            }
+            m->busy = false;
+            if (!ok) {
+                m->failed = true;
+                failures++;
+                finished++;
+            } else if (++m->done == MANY_Q) {
+                finished++;
+            }
+        }
+    }
+    int queries = 0;
+    for (int i = 0; i < MANY; i++) {
+        queries += k[i].done;
+        PQfinish(k[i].conn);
+    }
+    printf("\n    %d clients x %d queries on a pool of %d: %d answered right, %d failed ", MANY,
+           MANY_Q, MANY_POOL, queries, failures);
+    CU_ASSERT_EQUAL(failures, 0);
+    CU_ASSERT_EQUAL(queries, MANY * MANY_Q);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "query batched behind"));
+    stop();
+}
+
+static void register_suites(void)
+{
+    static const CU_TestInfo tests[] = {
+        {"batched_clients_get_their_own_replies", test_own_replies},
+        {"clients_vanish_from_a_batch", test_clients_vanish},
+        {"cancel_of_a_batched_client", test_cancel_batched},
+        {"many_clients_small_pool_batched", test_many_clients},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("batch", suite_init, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}
