@@ -118,14 +118,27 @@ EOF
         wait_ready pgbouncer "$PGBOUNCER_PORT" "$PGBOUNCER_PID" "$d/pgbouncer.log"
     fi
     if [[ -z $only && " $BENCH_TARGETS " == *" pgwarden "* ]] || [[ $only == pgwarden ]]; then
-        d=$WORK/pgwarden-$tag
-        mkdir -p "$d"
-        PGWARDEN_PORT=$(pick_port "$PG_PORT" "${PGBOUNCER_PORT:-}")
-        cat >"$d/pgwarden.ini" <<EOF
+        start_pgwarden "$pool" "$maxc" "$tag" pgwarden 1
+        PGWARDEN_PORT=$STARTED_PORT PGWARDEN_PID=$STARTED_PID
+    fi
+    if [[ -z $only && " $BENCH_TARGETS " == *" pgw-batch "* ]] || [[ $only == pgw-batch ]]; then
+        start_pgwarden "$pool" "$maxc" "$tag" pgw-batch "$BENCH_QUERY_BATCH"
+        PGW_BATCH_PORT=$STARTED_PORT PGW_BATCH_PID=$STARTED_PID
+    fi
+}
+
+# Starts one pgwarden (files in $WORK/NAME-TAG) with server_query_batch BATCH; sets
+# STARTED_PORT and STARTED_PID.
+start_pgwarden() { # POOL MAX_CLIENTS TAG NAME BATCH
+    local pool=$1 maxc=$2 tag=$3 name=$4 batch=$5 d
+    d=$WORK/$name-$tag
+    mkdir -p "$d"
+    STARTED_PORT=$(pick_port "$PG_PORT" "${PGBOUNCER_PORT:-}" "${PGWARDEN_PORT:-}")
+    cat >"$d/pgwarden.ini" <<EOF
 ; written by bench/run.sh
 [pgwarden]
 listen_addr = 127.0.0.1
-listen_port = $PGWARDEN_PORT
+listen_port = $STARTED_PORT
 admin_port = 0
 auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
@@ -137,6 +150,7 @@ client_tls_cert_file = $WORK/tls/server.crt
 client_tls_key_file = $WORK/tls/server.key
 server_tls_mode = $BENCH_SERVER_TLS
 server_reset_query = DISCARD ALL
+server_query_batch = $batch
 query_wait_timeout_ms = 120000
 shutdown_timeout_ms = 0
 log_level = warning
@@ -144,10 +158,9 @@ log_level = warning
 [databases]
 $DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
 EOF
-        "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
-        PGWARDEN_PID=$!
-        wait_ready pgwarden "$PGWARDEN_PORT" "$PGWARDEN_PID" "$d/pgwarden.log"
-    fi
+    "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
+    STARTED_PID=$!
+    wait_ready "$name" "$STARTED_PORT" "$STARTED_PID" "$d/pgwarden.log"
 }
 
 stop_pid() { # PID NAME
@@ -173,6 +186,10 @@ stop_proxies() {
     if [[ -n ${PGWARDEN_PID:-} ]]; then
         stop_pid "$PGWARDEN_PID" pgwarden
         PGWARDEN_PID=
+    fi
+    if [[ -n ${PGW_BATCH_PID:-} ]]; then
+        stop_pid "$PGW_BATCH_PID" pgw-batch
+        PGW_BATCH_PID=
     fi
 }
 
@@ -220,6 +237,10 @@ report() { # RUNS_CSV IDLE_CSV
                    ratio(mc["pgwarden"], mc["pgbouncer"])
             printf "   (pgwarden/direct tps %s, pgbouncer/direct tps %s)\n",
                    ratio(mt["pgwarden"], mt["direct"]), ratio(mt["pgbouncer"], mt["direct"])
+            if ("pgw-batch" in mt)
+                printf "pgw-batch/pgbouncer: tps %s, latency %s, cpu per 1k tx %s   (pgw-batch/pgwarden tps %s)\n",
+                       ratio(mt["pgw-batch"], mt["pgbouncer"]), ratio(ml["pgw-batch"], ml["pgbouncer"]),
+                       ratio(mc["pgw-batch"], mc["pgbouncer"]), ratio(mt["pgw-batch"], mt["pgwarden"])
             delete mt; delete ml; delete mc
         }
     }' "$1"

@@ -25,7 +25,9 @@
 #   BENCH_SERVER_TLS [disable]  server_tls_mode / server_tls_sslmode of both proxies
 #   BENCH_USERLIST [plain]   the proxies' auth_file holds the plaintext password (plain) or
 #                            PostgreSQL's SCRAM verifier (scram: server login by passthrough)
-#   BENCH_TARGETS [direct pgbouncer pgwarden]
+#   BENCH_TARGETS [direct pgbouncer pgwarden]; add pgw-batch for a second pgwarden with
+#                            server_query_batch = BENCH_QUERY_BATCH (transaction mode)
+#   BENCH_QUERY_BATCH [8]    server_query_batch of the pgw-batch target
 #   BENCH_SCENARIOS          space-separated NAME:CLIENTS:JOBS:PROTOCOL:CONNECT:SSLMODE
 #                            [select-16:16:2:simple:0:disable select-64:64:2:simple:0:disable
 #                             connect-tls-16:16:2:simple:1:require]
@@ -48,6 +50,7 @@ BENCH_POOL_MODE=${BENCH_POOL_MODE:-session}
 BENCH_SESSION_FIT=${BENCH_SESSION_FIT:-1}
 BENCH_SERVER_TLS=${BENCH_SERVER_TLS:-disable}
 BENCH_USERLIST=${BENCH_USERLIST:-plain}
+BENCH_QUERY_BATCH=${BENCH_QUERY_BATCH:-8}
 BENCH_TARGETS=${BENCH_TARGETS:-direct pgbouncer pgwarden}
 BENCH_SCENARIOS=${BENCH_SCENARIOS:-select-16:16:2:simple:0:disable select-64:64:2:simple:0:disable connect-tls-16:16:2:simple:1:require}
 BENCH_IDLE_CLIENTS=${BENCH_IDLE_CLIENTS:-200}
@@ -62,7 +65,7 @@ PROXY_STOP_TIMEOUT=10  # seconds after SIGTERM before SIGKILL
 PGBENCH_SLACK=90       # seconds a pgbench run may take beyond its -T
 
 for v in BENCH_SECONDS BENCH_ROUNDS BENCH_WARMUP BENCH_SCALE BENCH_POOL_SIZE \
-    BENCH_SESSION_FIT BENCH_IDLE_CLIENTS BENCH_IDLE_SECONDS; do
+    BENCH_SESSION_FIT BENCH_IDLE_CLIENTS BENCH_IDLE_SECONDS BENCH_QUERY_BATCH; do
     [[ ${!v} =~ ^[0-9]+$ ]] || {
         echo "bench: $v must be a non-negative integer" >&2
         exit 2
@@ -88,6 +91,7 @@ IDLE_CSV=$BENCH_OUT/idle_memory.csv
 SUMMARY=$BENCH_OUT/summary.txt
 PGBOUNCER_PID=
 PGWARDEN_PID=
+PGW_BATCH_PID=
 CLUSTER_STARTED=0
 
 cleanup() {
@@ -180,6 +184,7 @@ run_one() {
     direct) port=$PG_PORT pid= ;;
     pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
     pgwarden) port=$PGWARDEN_PORT pid=$PGWARDEN_PID ;;
+    pgw-batch) port=$PGW_BATCH_PORT pid=$PGW_BATCH_PID ;;
     *) die "unknown target $target" ;;
     esac
     out=$WORK/pgbench-$scen-$round-$target.log

@@ -853,6 +853,44 @@ static void test_large_inputs(void)
     CU_ASSERT(secs < 5.0); /* linear: tens of ms; quadratic: hours */
 }
 
+/* dml: the one statement is a query or data change (what query batching may send). */
+static void test_dml(void)
+{
+    static const char *const yes[] = {
+        "SELECT 1",
+        "select abalance from pgbench_accounts where aid = 7;",
+        "  /* c */ -- x\n VALUES (1)",
+        "TABLE t",
+        "WITH a AS (SELECT 1) SELECT * FROM a",
+        "INSERT INTO t VALUES (1) RETURNING a",
+        "UPDATE t SET a = 1",
+        "DELETE FROM t",
+        "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+        "SELECT 1;;",
+        "SELECT pg_sleep(1)",
+    };
+    static const char *const no[] = {
+        "", ";", "BEGIN", "COMMIT", "SET TimeZone = 'UTC'", "SHOW TimeZone",
+        "COPY t FROM STDIN", "COPY (SELECT 1) TO STDOUT", "VACUUM", "CREATE TABLE t (a int)",
+        "DO $$ BEGIN END $$", "CALL p()", "EXPLAIN SELECT 1", "PREPARE p AS SELECT 1",
+        "EXECUTE p", "FETCH 1 FROM c", "LISTEN x", "DISCARD ALL", "SELECT 1; SELECT 2",
+        "BEGIN; SELECT 1; COMMIT", "selectx 1", "\"select\" 1", "'select'", "(SELECT 1)",
+    };
+    struct px_sql_info info;
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        classify_exact(yes[i], strlen(yes[i]), &info);
+        if (!info.dml || info.multi)
+            fprintf(stderr, "\n  not dml: \"%s\"", yes[i]);
+        CU_ASSERT_TRUE(info.dml && !info.multi);
+    }
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        classify_exact(no[i], strlen(no[i]), &info);
+        if (info.dml)
+            fprintf(stderr, "\n  dml: \"%s\"", no[i]);
+        CU_ASSERT_FALSE(info.dml);
+    }
+}
+
 void test_sqlscan_register(void)
 {
     static CU_TestInfo tests[] = {
@@ -870,6 +908,7 @@ void test_sqlscan_register(void)
         {"every_prefix", test_every_prefix},
         {"random_texts", test_random_texts},
         {"large_inputs", test_large_inputs},
+        {"dml", test_dml},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("sqlscan", NULL, NULL, tests);
