@@ -90,6 +90,9 @@ bool px_batch_join(struct px_client *c)
     uint8_t slot = (uint8_t)((s->batched_head + s->batched_n) % PX_QUERY_BATCH_MAX);
     s->batched[slot] = c;
     s->batched_n++;
+    if (c->launching && c->launching->opener == c)
+        c->launching->opener = NULL; /* it logs in and goes idle for someone else */
+    c->launching = NULL;
     c->server = s;
     if (c->state == PX_CL_WAITING)
         px_stats_pool_wait(pool, px_now_ms() - c->wait_start_ms);

@@ -135,7 +135,7 @@ struct px_client {
     struct px_scram_secret scram_secret;
 
     uint32_t cancel_pid, cancel_key;
-    bool cancel_pending; /* batched: cancel its query once it is the server's client */
+    bool cancel_pending;           /* batched: cancel its query once it is the server's client */
     struct px_client *cancel_next; /* cancel-key hash chain */
 
     uint64_t connect_ms, wait_start_ms;
@@ -241,7 +241,7 @@ struct px_pool {
     /* Fast-fail: the last server login failure, sent to new clients until it expires. */
     struct evbuffer *login_error;
     uint64_t login_error_until_ms;
-    bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
+    bool maintain_pending;          /* px_pool_maintain() runs at the next safe point */
     struct px_server *batch_server; /* the server whose query batch may still grow (batch.h) */
 
     /* Metric series of this pool and pre-resolved hot counters (stats.c). */

@@ -7,6 +7,7 @@
 #ifndef PGW_TESTS_INTEGRATION_ITEST_UTIL_H
 #define PGW_TESTS_INTEGRATION_ITEST_UTIL_H
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -120,6 +121,51 @@ static inline int itu_proxy_stop_free(struct harness_proxy *px)
         harness_proxy_dump_log(px, 40);
     harness_proxy_free(px);
     return rc;
+}
+
+/* The first result of c's pending query (the others are consumed and freed); NULL (printed)
+ * when none is complete within timeout_ms. */
+static inline PGresult *itu_wait_result(PGconn *c, int timeout_ms)
+{
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    PGresult *first = NULL;
+    for (;;) {
+        while (PQisBusy(c)) {
+            int64_t left = deadline - itu_now_ms();
+            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c)) {
+                fprintf(stderr, "no result within %d ms: %s", timeout_ms, PQerrorMessage(c));
+                PQclear(first);
+                return NULL;
+            }
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            return first;
+        if (!first)
+            first = r;
+        else
+            PQclear(r);
+    }
+}
+
+/* The SQLSTATE of r; "" for none. */
+static inline const char *itu_sqlstate(const PGresult *r)
+{
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return s ? s : "";
+}
+
+/* Sends a CancelRequest with c's key; true when it went out (else printed). */
+static inline bool itu_send_cancel(PGconn *c)
+{
+    PGcancel *cn = PQgetCancel(c);
+    char err[256] = "";
+    bool ok = cn && PQcancel(cn, err, sizeof(err)) == 1;
+    if (!ok)
+        fprintf(stderr, "cancel failed: %s\n", err);
+    PQfreeCancel(cn);
+    return ok;
 }
 
 #endif

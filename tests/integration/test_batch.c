@@ -98,37 +98,6 @@ static void sleep_ms(int ms)
     poll(NULL, 0, ms);
 }
 
-/* The first result of c's pending query (the rest consumed); NULL after timeout_ms. */
-static PGresult *wait_result(PGconn *c, int timeout_ms)
-{
-    int64_t deadline = itu_now_ms() + timeout_ms;
-    PGresult *first = NULL;
-    for (;;) {
-        while (PQisBusy(c)) {
-            int64_t left = deadline - itu_now_ms();
-            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c)) {
-                fprintf(stderr, "no result within %d ms: %s", timeout_ms, PQerrorMessage(c));
-                PQclear(first);
-                return NULL;
-            }
-        }
-        PGresult *r = PQgetResult(c);
-        if (!r)
-            return first;
-        if (!first)
-            first = r;
-        else
-            PQclear(r);
-    }
-}
-
-static const char *sqlstate(const PGresult *r)
-{
-    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    return s ? s : "";
-}
-
 /* True when r is a one-row result whose column col is want. */
 static bool value_is(const PGresult *r, int col, const char *want)
 {
@@ -142,17 +111,6 @@ static bool value_is(const PGresult *r, int col, const char *want)
         return false;
     }
     return true;
-}
-
-static bool send_cancel(PGconn *c)
-{
-    PGcancel *cn = PQgetCancel(c);
-    char err[256] = "";
-    bool ok = cn && PQcancel(cn, err, sizeof(err)) == 1;
-    if (!ok)
-        fprintf(stderr, "cancel failed: %s\n", err);
-    PQfreeCancel(cn);
-    return ok;
 }
 
 /* Sends sql on c and lets it reach pgwarden before the next client's (queue order). */
@@ -189,29 +147,29 @@ static void test_own_replies(void)
     send_in_order(c[4], "SELECT 4, current_setting('TimeZone')");
     send_in_order(c[5], "SELECT 5, current_setting('TimeZone')");
 
-    PGresult *r = wait_result(blocker, 10000);
+    PGresult *r = itu_wait_result(blocker, 10000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
-    r = wait_result(c[0], 10000);
+    r = itu_wait_result(c[0], 10000);
     CU_ASSERT_TRUE(value_is(r, 0, "0") && value_is(r, 1, tz));
     PQclear(r);
-    r = wait_result(c[1], 10000);
+    r = itu_wait_result(c[1], 10000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
-    CU_ASSERT_STRING_EQUAL(sqlstate(r), "22012");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "22012");
     PQclear(r);
-    r = wait_result(c[2], 10000);
+    r = itu_wait_result(c[2], 10000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     CU_ASSERT_EQUAL(PQntuples(r), 5000);
     if (PQntuples(r) == 5000)
         CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 4999, 0), "5000");
     PQclear(r);
-    r = wait_result(c[3], 10000);
+    r = itu_wait_result(c[3], 10000);
     CU_ASSERT_TRUE(value_is(r, 0, "3") && value_is(r, 1, "Asia/Tokyo"));
     PQclear(r);
-    r = wait_result(c[4], 10000);
+    r = itu_wait_result(c[4], 10000);
     CU_ASSERT_TRUE(value_is(r, 0, "4") && value_is(r, 1, tz));
     PQclear(r);
-    r = wait_result(c[5], 10000);
+    r = itu_wait_result(c[5], 10000);
     CU_ASSERT_TRUE(value_is(r, 0, "5") && value_is(r, 1, "America/Lima"));
     PQclear(r);
 
@@ -252,7 +210,7 @@ static void test_clients_vanish(void)
     send_in_order(r[0], "SELECT 'r0'");
     send_in_order(r[1], "SELECT 'r1'");
     send_in_order(r[2], "SELECT 'r2'");
-    PGresult *res = wait_result(blocker, 10000);
+    PGresult *res = itu_wait_result(blocker, 10000);
     CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_TUPLES_OK);
     PQclear(res);
     /* head's query runs now, r0..r2 are batched behind it: head and r1 vanish. */
@@ -260,10 +218,10 @@ static void test_clients_vanish(void)
     vanish(head);
     vanish(r[1]);
     int64_t t0 = itu_now_ms();
-    res = wait_result(r[0], 10000);
+    res = itu_wait_result(r[0], 10000);
     CU_ASSERT_TRUE(value_is(res, 0, "r0"));
     PQclear(res);
-    res = wait_result(r[2], 10000);
+    res = itu_wait_result(r[2], 10000);
     CU_ASSERT_TRUE(value_is(res, 0, "r2"));
     PQclear(res);
     printf("\n    the batch's other clients answered %lld ms after two left ",
@@ -301,20 +259,20 @@ static void test_cancel_batched(void)
     send_in_order(blocker, "SELECT pg_sleep(0.3)");
     send_in_order(head, "SELECT pg_sleep(1), 'head not canceled'");
     send_in_order(c, "SELECT pg_sleep(20)");
-    PGresult *r = wait_result(blocker, 10000);
+    PGresult *r = itu_wait_result(blocker, 10000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
     /* head's query runs, c's is batched behind it: c cancels. */
     sleep_ms(200);
     int64_t t0 = itu_now_ms();
-    CU_ASSERT_TRUE(send_cancel(c));
-    r = wait_result(head, 10000);
+    CU_ASSERT_TRUE(itu_send_cancel(c));
+    r = itu_wait_result(head, 10000);
     CU_ASSERT_TRUE(value_is(r, 1, "head not canceled"));
     PQclear(r);
-    r = wait_result(c, 10000);
+    r = itu_wait_result(c, 10000);
     int64_t took = itu_now_ms() - t0;
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
-    CU_ASSERT_STRING_EQUAL(sqlstate(r), "57014");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57014");
     PQclear(r);
     printf("\n    batched query canceled %lld ms after the cancel request ", (long long)took);
     CU_ASSERT(took < 5000);
@@ -374,8 +332,8 @@ static void test_many_clients(void)
         }
         int n = 0;
         for (int i = 0; i < MANY; i++)
-            pfd[n++] = (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1,
-                                       .events = POLLIN};
+            pfd[n++] =
+                (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1, .events = POLLIN};
         if (poll(pfd, (nfds_t)n, 100) < 0)
             break;
         for (int i = 0; i < MANY; i++) {

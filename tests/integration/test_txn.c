@@ -191,12 +191,6 @@ static void sleep_ms(int ms)
     poll(NULL, 0, ms);
 }
 
-static const char *res_sqlstate(const PGresult *r)
-{
-    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    return s ? s : "";
-}
-
 /* The command tag of r; "" for none. */
 static const char *cmd_tag(PGresult *r)
 {
@@ -243,34 +237,6 @@ static const char *param_status(PGconn *c, const char *name)
 {
     const char *v = PQparameterStatus(c, name);
     return v ? v : "";
-}
-
-/*
- * Waits up to timeout_ms for the query sent on c to finish.  Returns its first result
- * (owned; later ones are cleared), or NULL on timeout or a lost connection.
- */
-static PGresult *wait_result(PGconn *c, int timeout_ms)
-{
-    int64_t deadline = itu_now_ms() + timeout_ms;
-    PGresult *first = NULL;
-    for (;;) {
-        while (PQisBusy(c)) {
-            int64_t left = deadline - itu_now_ms();
-            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c)) {
-                fprintf(stderr, "no result within %d ms: %s", timeout_ms, PQerrorMessage(c));
-                PQclear(first);
-                return NULL;
-            }
-        }
-        PGresult *r = PQgetResult(c);
-        if (!r)
-            return first;
-        if (!first)
-            first = r;
-        else
-            PQclear(r);
-    }
 }
 
 /* Server connections of the test user to the test database, seen from a direct connection
@@ -562,7 +528,7 @@ static void check_discard_all(PGconn *a, PGconn *b)
     CU_ASSERT_TRUE(prep_ok(b, "s2", "SELECT 'b2' || $1::text"));
     CU_ASSERT_TRUE(itu_exec_ok(a, "DISCARD ALL"));
     PGresult *r = exec_prep(a, "s1", "x");
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     r = exec_prep(b, "s2", "x");
     CU_ASSERT_TRUE(result_is(r, 1, "b2x", NULL));
@@ -591,7 +557,7 @@ static void test_prepared_follow_client(void)
     /* DEALLOCATE drops A's s1 only. */
     CU_ASSERT_TRUE(itu_exec_ok(a, "DEALLOCATE s1"));
     PGresult *r = exec_prep(a, "s1", "x");
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     r = exec_prep(b, "s1", "x");
     CU_ASSERT_TRUE(result_is(r, 2, "bx", "2"));
@@ -607,15 +573,15 @@ static void test_prepared_follow_client(void)
     CU_ASSERT_TRUE(result_is(r, 1, "only a", NULL));
     PQclear(r);
     r = exec_prep(b, "only_a", NULL);
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     r = PQdescribePrepared(b, "only_a");
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     /* Also inside a transaction block, which the error then aborts. */
     CU_ASSERT_TRUE(itu_exec_ok(b, "BEGIN"));
     r = exec_prep(b, "only_a", NULL);
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(b), PQTRANS_INERROR);
     CU_ASSERT_TRUE(itu_exec_ok(b, "ROLLBACK"));
@@ -626,7 +592,7 @@ static void test_prepared_follow_client(void)
     /* DEALLOCATE ALL on B leaves A's statements alone. */
     CU_ASSERT_TRUE(itu_exec_ok(b, "DEALLOCATE ALL"));
     r = exec_prep(b, "s1", "z");
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "26000");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     r = exec_prep(a, "s1", "z");
     CU_ASSERT_TRUE(result_is(r, 1, "a2z", NULL));
@@ -698,7 +664,7 @@ static void across_run_sync(struct across *k, int n)
 {
     for (int q = 0; q < 3; q++) {
         CU_ASSERT_TRUE_FATAL(across_send(k, q, n));
-        PGresult *r = wait_result(k->conn, 20000);
+        PGresult *r = itu_wait_result(k->conn, 20000);
         CU_ASSERT_TRUE(across_result_ok(k, q, n, r));
         PQclear(r);
     }
@@ -828,7 +794,7 @@ static void test_pipeline_error_recovers(void)
     CU_ASSERT_EQUAL_FATAL(p.nres, 3);
     CU_ASSERT_EQUAL(PQresultStatus(p.res[0]), PGRES_COMMAND_OK);
     CU_ASSERT_EQUAL(PQresultStatus(p.res[1]), PGRES_FATAL_ERROR);
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(p.res[1]), "22012");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(p.res[1]), "22012");
     CU_ASSERT_EQUAL(PQresultStatus(p.res[2]), PGRES_PIPELINE_ABORTED);
     pipe_clear(&p);
 
@@ -1154,18 +1120,6 @@ static void test_killed_client_mid_transaction(void)
 
 /* ---- 7. cancel --------------------------------------------------------------------------- */
 
-/* Sends a CancelRequest with c's key (through pgwarden); true when it went out. */
-static bool send_cancel(PGconn *c)
-{
-    PGcancel *cn = PQgetCancel(c);
-    char err[256] = "";
-    bool ok = cn && PQcancel(cn, err, sizeof(err)) == 1;
-    if (!ok)
-        fprintf(stderr, "cancel failed: %s\n", err);
-    PQfreeCancel(cn);
-    return ok;
-}
-
 /* c runs a long statement and cancels it 300 ms later: 57014 within 2 s of the cancel.
  * Ends the test (closing c) when the statement keeps running. */
 static void check_cancel(PGconn *c)
@@ -1173,15 +1127,15 @@ static void check_cancel(PGconn *c)
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, "SELECT pg_sleep(30)"), 1);
     sleep_ms(300);
     int64_t t0 = itu_now_ms();
-    CU_ASSERT_TRUE(send_cancel(c));
-    PGresult *r = wait_result(c, 2000);
+    CU_ASSERT_TRUE(itu_send_cancel(c));
+    PGresult *r = itu_wait_result(c, 2000);
     int64_t took = itu_now_ms() - t0;
     if (!r) {
         conn_close(c);
         CU_FAIL_FATAL("the cancel did not end the statement within 2 s");
     }
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
-    CU_ASSERT_STRING_EQUAL(res_sqlstate(r), "57014");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57014");
     PQclear(r);
     printf("\n    canceled %lld ms after the cancel request ", (long long)took);
 }
@@ -1193,8 +1147,8 @@ static void check_cancel_without_server(PGconn *a, PGconn *c)
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'c'"), "c");
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(a, "SELECT pg_sleep(1), 'not canceled'"), 1);
     sleep_ms(200);
-    CU_ASSERT_TRUE(send_cancel(c));
-    PGresult *r = wait_result(a, 5000);
+    CU_ASSERT_TRUE(itu_send_cancel(c));
+    PGresult *r = itu_wait_result(a, 5000);
     CU_ASSERT_TRUE(result_is(r, 2, "", "not canceled"));
     PQclear(r);
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
@@ -1203,10 +1157,10 @@ static void check_cancel_without_server(PGconn *a, PGconn *c)
     CU_ASSERT_STRING_EQUAL(itu_value(a, "SELECT 'a holds the server'"), "a holds the server");
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, "SELECT 'queued'"), 1);
     sleep_ms(200);
-    CU_ASSERT_TRUE(send_cancel(c));
+    CU_ASSERT_TRUE(itu_send_cancel(c));
     sleep_ms(200);
     CU_ASSERT_TRUE(itu_exec_ok(a, "COMMIT"));
-    r = wait_result(c, 5000);
+    r = itu_wait_result(c, 5000);
     CU_ASSERT_TRUE(result_is(r, 1, "queued", NULL));
     PQclear(r);
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 2"), "2");
@@ -1327,7 +1281,7 @@ static void run_step(PGconn *c, const int *notices, const char *sql, struct seen
     else if (s->status == PGRES_COMMAND_OK)
         snprintf(s->got, sizeof(s->got), "%s", cmd_tag(r));
     else
-        snprintf(s->got, sizeof(s->got), "!%s", res_sqlstate(r));
+        snprintf(s->got, sizeof(s->got), "!%s", itu_sqlstate(r));
     PQclear(r);
     static const char codes[] = {[PQTRANS_IDLE] = 'I',
                                  [PQTRANS_ACTIVE] = 'A',
