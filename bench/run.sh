@@ -26,8 +26,9 @@
 #   BENCH_USERLIST [plain]   the proxies' auth_file holds the plaintext password (plain) or
 #                            PostgreSQL's SCRAM verifier (scram: server login by passthrough)
 #   BENCH_TARGETS [direct pgbouncer pgwarden]; add pgw-batch for a second pgwarden with
-#                            server_query_batch = BENCH_QUERY_BATCH (transaction mode)
-#   BENCH_QUERY_BATCH [8]    server_query_batch of the pgw-batch target
+#                            server_query_batch = BENCH_QUERY_BATCH (batching acts only
+#                            with BENCH_POOL_MODE=transaction)
+#   BENCH_QUERY_BATCH [8]    server_query_batch of the pgw-batch target, 1..8
 #   BENCH_SCENARIOS          space-separated NAME:CLIENTS:JOBS:PROTOCOL:CONNECT:SSLMODE
 #                            [select-16:16:2:simple:0:disable select-64:64:2:simple:0:disable
 #                             connect-tls-16:16:2:simple:1:require]
@@ -71,6 +72,10 @@ for v in BENCH_SECONDS BENCH_ROUNDS BENCH_WARMUP BENCH_SCALE BENCH_POOL_SIZE \
         exit 2
     }
 done
+((BENCH_QUERY_BATCH >= 1 && BENCH_QUERY_BATCH <= 8)) || {
+    echo "bench: BENCH_QUERY_BATCH must be 1..8 (server_query_batch)" >&2
+    exit 2
+}
 ((BENCH_SECONDS > 0 && BENCH_ROUNDS > 0 && BENCH_POOL_SIZE > 0)) || {
     echo "bench: BENCH_SECONDS, BENCH_ROUNDS and BENCH_POOL_SIZE must be positive" >&2
     exit 2

@@ -182,8 +182,7 @@ static inline bool frame_next(struct lm_frame *f, struct lm_hold **cur, const st
             const struct lm_wait *w = &h->owner->wait;
             if (!*cur)
                 f->phase = 2;
-            *c = (struct cand){h->owner,   w->ord,  w->active ? w->qi : LM_NO_QUEUE,
-                               (uint8_t)m, w->mode, w->upgrade};
+            *c = (struct cand){h->owner, w->ord, w->qi, (uint8_t)m, w->mode, w->upgrade};
             return true;
         }
     }
@@ -221,6 +220,22 @@ static void emit_init(struct emit *em, struct lockmgr *lm, bool marks)
     em->gen = lm->cyc_gen;
 }
 
+/* Edge i of a cycle whose owners are all distinct and all edges hard and direct: frame i
+ * waits for the holder of its key in mode hm (the next owner). */
+static inline void edge_fill(struct lockmgr_cycle_edge *e, const struct lockmgr_owner *o,
+                             uint8_t hm)
+{
+    const struct lm_wait *w = &o->wait;
+    e->waiter_id = o->id;
+    e->key = w->key->bytes;
+    e->keylen = w->keylen;
+    e->wanted = (enum lockmgr_mode)w->mode;
+    e->blocker_mode = (enum lockmgr_mode)hm;
+    e->soft = false;
+    e->wait_seq = w->seq;
+    e->wait_since_us = w->since_us;
+}
+
 /* Edge: waiter waits for the waiter of the next edge, which holds (or, if soft, wants)
  * blocker_mode. */
 static inline void emit(struct emit *em, struct lockmgr_owner *waiter, uint8_t blocker_mode,
@@ -238,7 +253,6 @@ static inline void emit(struct emit *em, struct lockmgr_owner *waiter, uint8_t b
         e = &lm->cyc_edges[waiter->cyc_pos];
     } else {
         LM_ASSERT(em->n < lm->ws_cap);
-        const struct lm_wait *w = &waiter->wait;
         if (em->marks) {
             waiter->cyc_gen = em->gen;
             waiter->cyc_pos = (uint32_t)em->n;
@@ -247,12 +261,7 @@ static inline void emit(struct emit *em, struct lockmgr_owner *waiter, uint8_t b
             lm->cyc_edges[em->n - 1].blocker_id = waiter->id;
         lm->cyc_owners[em->n] = waiter;
         e = &lm->cyc_edges[em->n++];
-        e->waiter_id = waiter->id;
-        e->key = w->key->bytes;
-        e->keylen = w->keylen;
-        e->wanted = (enum lockmgr_mode)w->mode;
-        e->wait_seq = w->seq;
-        e->wait_since_us = w->since_us;
+        edge_fill(e, waiter, blocker_mode);
     }
     e->blocker_mode = (enum lockmgr_mode)blocker_mode;
     e->soft = soft;
@@ -282,22 +291,6 @@ static void segment(struct emit *em, struct lockmgr_owner *e, uint8_t mode,
         emit(em, xo, hm, false);
 }
 
-/* Edge i of a cycle whose owners are all distinct and all edges hard and direct: frame i
- * waits for the holder of its key in mode hm (the next owner). */
-static inline void edge_fill(struct lockmgr_cycle_edge *e, const struct lockmgr_owner *o,
-                             uint8_t hm)
-{
-    const struct lm_wait *w = &o->wait;
-    e->waiter_id = o->id;
-    e->key = w->key->bytes;
-    e->keylen = w->keylen;
-    e->wanted = (enum lockmgr_mode)w->mode;
-    e->blocker_mode = (enum lockmgr_mode)hm;
-    e->soft = false;
-    e->wait_seq = w->seq;
-    e->wait_since_us = w->since_us;
-}
-
 /* Edges from..to of a direct cycle of depth + 1 frames whose last frame waits for the
  * start's hold in mode last_hm. */
 static void direct_edges(struct lockmgr *lm, size_t from, size_t to, size_t depth, uint8_t last_hm)
@@ -321,10 +314,6 @@ static void direct_edges(struct lockmgr *lm, size_t from, size_t to, size_t dept
  * edge 0 (the start's, whose wait is about to go) is written now. */
 static size_t cycle_direct(struct lockmgr *lm, size_t depth, uint8_t last_hm, bool describe)
 {
-    const struct lm_frame *st = lm->stack;
-    for (size_t i = 0; i <= depth; i++)
-        if (!direct(st[i].mode, i < depth ? st[i + 1].via : last_hm))
-            return 0;
     direct_edges(lm, 0, describe ? depth : 0, depth, last_hm);
     lm->cyc_last_hm = last_hm;
     lm->cycle.described = describe ? depth + 1 : 1;
@@ -356,13 +345,12 @@ static void cycle_build(const struct search *s, size_t depth, struct lockmgr_own
 {
     struct lockmgr *lm = s->lm;
     const struct lm_frame *st = lm->stack;
-    size_t n = end == LM_END_HOLDER ? cycle_direct(lm, depth, last_hm, describe) : 0;
-    lm->cyc_direct = n != 0;
+    bool simple = true;
+    for (size_t i = 0; simple && i <= depth; i++)
+        simple = direct(st[i].mode, i < depth ? st[i + 1].via : last_hm);
+    lm->cyc_direct = simple && end == LM_END_HOLDER;
+    size_t n = lm->cyc_direct ? cycle_direct(lm, depth, last_hm, describe) : 0;
     if (n == 0) {
-        bool simple = true;
-        for (size_t i = 0; simple && i < depth; i++)
-            simple = direct(st[i].mode, st[i + 1].via);
-        simple = simple && direct(st[depth].mode, last_hm);
         if (end == LM_END_HARD)
             simple = simple && direct(lmode, (uint8_t)s->start_hm);
         else if (end == LM_END_SOFT)

@@ -114,8 +114,6 @@ static bool workspace_reserve(struct lockmgr *lm, size_t n)
         return false;
     /* chain the new slots in front of the free ones, lowest index first */
     for (size_t i = cap; i-- > lm->ws_cap;) {
-        memset(&lm->queues[i], 0, sizeof(lm->queues[i]));
-        memset(&lm->qhot[i], 0, sizeof(lm->qhot[i]));
         lm->qmark[i] = 0;
         lm->queues[i].next_free = lm->qfree;
         lm->qfree = (uint32_t)i;
@@ -139,6 +137,7 @@ struct lockmgr_owner *lockmgr_owner_new(struct lockmgr *lm, uint64_t id, lockmgr
     o->cb = cb;
     o->udata = udata;
     o->wait.heap_idx = LM_NO_HEAP;
+    o->wait.qi = LM_NO_QUEUE;
     o->all_next = lm->owners;
     if (lm->owners)
         lm->owners->all_prev = o;
@@ -285,7 +284,7 @@ void lm_qhot_recompute(struct lockmgr *lm, struct lm_key *k)
 {
     struct lm_qhot *hot = &lm->qhot[k->qi];
     hot->h1 = NULL;
-    if ((size_t)k->nheld[0] + k->nheld[1] + k->nheld[2] != 1)
+    if (key_nholds(k) != 1)
         return;
     const struct lm_hold *h = k->holders;
     while (lm_hold_mode(h) < 0)
@@ -294,7 +293,7 @@ void lm_qhot_recompute(struct lockmgr *lm, struct lm_key *k)
     const struct lm_wait *w = &o->wait;
     hot->h1 = o;
     hot->h1mode = (uint8_t)lm_hold_mode(h);
-    hot->jqi = w->active ? w->qi : LM_NO_QUEUE;
+    hot->jqi = w->qi;
     hot->jmode = w->mode;
     hot->jupg = w->upgrade;
     hot->jord = w->ord;

@@ -81,10 +81,9 @@ static struct lm_queue *queue_open(struct lockmgr *lm, struct lm_key *k)
     struct lm_queue *q = &lm->queues[qi];
     lm->qfree = q->next_free;
     memset(q, 0, sizeof(*q));
-    struct lm_qhot *hot = &lm->qhot[qi];
-    hot->h1 = NULL;
-    hot->firstx = UINT64_MAX;
+    lm->qhot[qi].firstx = UINT64_MAX;
     k->qi = qi;
+    lm_qhot_recompute(lm, k);
     return q;
 }
 
@@ -151,8 +150,6 @@ void lm_wait_enqueue(struct lockmgr *lm, struct lm_wait *w)
     /* the owner is waiting now: the search's view of its keys (and of k) changed */
     struct lockmgr_owner *o = LM_WAIT_OWNER(w);
     lm_qhot_refresh_holds(lm, o);
-    if (!w->upgrade)
-        lm_qhot_refresh(lm, k);
 }
 
 /* Takes w off its queue and the heap; frees the queue slot when it empties.  The hold is
@@ -169,7 +166,6 @@ void lm_wait_unqueue(struct lockmgr *lm, struct lm_wait *w)
             q->xupg_last = w->xprev;
         LIST_REMOVE(q->xhead, q->xtail, w, xprev, xnext);
         lm->qhot[k->qi].firstx = q->xhead ? q->xhead->ord : UINT64_MAX;
-        w->xprev = w->xnext = NULL;
     }
     q->nwait[w->mode]--;
     if (!q->head)

@@ -1,12 +1,11 @@
 /*
  * batch.c: query batching in transaction pooling (see batch.h).
  */
-#include <string.h>
-
 #include "batch.h"
 #include "cancel.h"
 #include "client.h"
 #include "log.h"
+#include "pool.h"
 #include "relay.h"
 #include "server.h"
 #include "sqlscan.h"
@@ -62,11 +61,9 @@ bool px_batch_open(struct px_client *c)
     struct px_server *s = c->server;
     if (!batchable(c))
         return false;
-    if (!queue_query(c, s))
-        return true; /* c got its error with the server's close */
-    s->batch_ok = true;
-    c->pool->batch_server = s;
-    return true;
+    if (queue_query(c, s))
+        c->pool->batch_server = s;
+    return true; /* on failure c got its error with the server's close */
 }
 
 bool px_batch_join(struct px_client *c)
@@ -75,17 +72,14 @@ bool px_batch_join(struct px_client *c)
     struct px_server *s = pool->batch_server;
     if (!s || !batchable(c))
         return false;
-    if (s->state != PX_SV_ACTIVE || !s->batch_ok || !s->client ||
-        s->batched_n + 1 >= px.cfg->server_query_batch ||
+    if (!s->client || s->batched_n + 1 >= px.cfg->server_query_batch ||
         evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
         pool->batch_server = NULL; /* written, full or over: the next one opens a batch */
         return false;
     }
     if (c->state == PX_CL_IDLE && !px_list_empty(&pool->clients_waiting))
         return false; /* no overtaking the queue */
-    if (s->hard_signature_len != c->hard_signature_len ||
-        memcmp(s->hard_signature, c->hard_signature, c->hard_signature_len) != 0 ||
-        !px_txn_same_params(c, s->client))
+    if (!px_pool_server_fits(s, c) || !px_txn_same_params(c, s->client))
         return false;
     uint8_t slot = (uint8_t)((s->batched_head + s->batched_n) % PX_QUERY_BATCH_MAX);
     s->batched[slot] = c;
@@ -121,7 +115,6 @@ bool px_batch_next(struct px_server *s)
     }
     if (s->batched_n == 0) { /* the client that left was the last: s is free */
         s->orphan_client = false;
-        s->batch_ok = false;
         px_server_release(s, false);
         return false;
     }
@@ -191,7 +184,5 @@ void px_batch_fail(struct px_server *s)
         }
     }
     s->orphan_client = false;
-    s->batch_ok = false;
-    if (s->pool->batch_server == s)
-        s->pool->batch_server = NULL;
+    px_batch_close(s);
 }

@@ -60,6 +60,14 @@ void px_batch_take_waiting(struct px_server *s);
  * relaying s may go on. */
 bool px_batch_next(struct px_server *s);
 
+/* No query may join s's batch any more (its server is released, closed, or its client
+ * sent more than its one query).  The pool's batch_server is the one open batch. */
+static inline void px_batch_close(struct px_server *s)
+{
+    if (s->pool->batch_server == s)
+        s->pool->batch_server = NULL;
+}
+
 /* Whether the relay must stop after the ReadyForQuery it is forwarding on s. */
 static inline bool px_batch_stops(const struct px_server *s)
 {

@@ -31,7 +31,6 @@
 #include "metrics.h"
 #include "stats.h"
 #include "txn.h"
-#include "sqlscan.h"
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_auth_ok(struct px_client *c);
@@ -333,7 +332,7 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
     c->signature_len = bytes;
     c->hard_signature = p;
     for (size_t i = 0; i < n; i++) {
-        if (px_sql_param_tracked(c->params[i].name, strlen(c->params[i].name)))
+        if (px_tracked_index(c->params[i].name, strlen(c->params[i].name)) >= 0)
             continue;
         size_t nl = strlen(c->params[i].name) + 1, vl = strlen(c->params[i].value) + 1;
         memcpy(p, c->params[i].name, nl + vl); /* name\0value\0 are adjacent */
@@ -764,7 +763,7 @@ void px_client_relay(struct px_client *c)
         hold_input(c);
         return;
     }
-    s->batch_ok = false; /* more than one query of this client: no one may join */
+    px_batch_close(s); /* more than one query of this client: no one may join */
     struct evbuffer *out = bufferevent_get_output(s->bev);
     uint32_t max = (uint32_t)px.cfg->max_message_bytes;
     evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;

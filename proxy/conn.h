@@ -204,7 +204,6 @@ struct px_server {
      * client's, in order; a NULL entry is a client that left (its reply is discarded). */
     struct px_client *batched[PX_QUERY_BATCH_MAX];
     uint8_t batched_head, batched_n;
-    bool batch_ok;      /* every client on it has exactly one autocommit query in flight */
     bool orphan_client; /* the current client left: its reply is discarded */
 };
 
@@ -241,8 +240,10 @@ struct px_pool {
     /* Fast-fail: the last server login failure, sent to new clients until it expires. */
     struct evbuffer *login_error;
     uint64_t login_error_until_ms;
-    bool maintain_pending;          /* px_pool_maintain() runs at the next safe point */
-    struct px_server *batch_server; /* the server whose query batch may still grow (batch.h) */
+    bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
+    /* The server whose query batch may still grow (batch.h): its clients have exactly one
+     * autocommit query each in flight, the last one not written yet. */
+    struct px_server *batch_server;
 
     /* Metric series of this pool and pre-resolved hot counters (stats.c). */
     struct px_metrics_set *metrics;

@@ -31,13 +31,11 @@ static bool same_signature(const struct px_server *s, const struct px_client *c)
            memcmp(s->signature, c->signature, c->signature_len) == 0;
 }
 
-/*
- * Whether s may serve c.  Session mode, and a transaction-mode client not yet welcomed
- * (its welcome is what a server of its exact signature reports): the same startup
- * signature.  A welcomed transaction-mode client: the same hard signature, the reported
- * parameters being re-synced with SET when it is linked.
- */
-static bool server_fits(const struct px_server *s, const struct px_client *c)
+/* Session mode, and a transaction-mode client not yet welcomed (its welcome is what a
+ * server of its exact signature reports): the same startup signature.  A welcomed
+ * transaction-mode client: the same hard signature, the reported parameters being
+ * re-synced with SET when it is linked. */
+bool px_pool_server_fits(const struct px_server *s, const struct px_client *c)
 {
     if (s->pool->mode == PX_POOL_SESSION || !c->welcome)
         return same_signature(s, c);
@@ -276,7 +274,7 @@ static struct px_server *find_idle(struct px_pool *pool, const struct px_client 
         struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
         if (same_signature(s, c))
             return s;
-        if (!fit && server_fits(s, c))
+        if (!fit && px_pool_server_fits(s, c))
             fit = s;
     }
     return fit;
@@ -353,7 +351,7 @@ void px_pool_server_ready(struct px_server *s)
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (server_fits(s, c)) {
+        if (px_pool_server_fits(s, c)) {
             link_pair(s, c);
             px_batch_take_waiting(s);
             return;

@@ -16,6 +16,9 @@ struct px_pool *px_pool_get(const char *database, const char *user, const struct
 /* An authenticated client wants a server: link one now or queue the client (FIFO). */
 void px_pool_request_server(struct px_pool *pool, struct px_client *c);
 
+/* Whether s may serve c (startup signatures; see pool.c). */
+bool px_pool_server_fits(const struct px_server *s, const struct px_client *c);
+
 /* s finished logging in or resetting: give it to the first waiting client with the same
  * startup signature, else park it idle. */
 void px_pool_server_ready(struct px_server *s);

@@ -562,6 +562,7 @@ static bool reset_message(struct px_server *s, char type, const uint8_t *body, u
 
 void px_server_release(struct px_server *s, bool client_mid_message)
 {
+    px_batch_close(s);
     if (s->state != PX_SV_ACTIVE)
         return; /* still logging in: it will go idle for the next client */
     uint64_t now = px_now_ms();
@@ -641,8 +642,8 @@ void px_server_close(struct px_server *s, const char *reason)
 void px_server_free(struct px_server *s)
 {
     px_list_remove(&s->link);
-    if (s->pool && s->pool->batch_server == s)
-        s->pool->batch_server = NULL;
+    if (s->pool)
+        px_batch_close(s);
     px_reader_unbind(&s->rd);
     if (s->bev)
         bufferevent_free(s->bev);

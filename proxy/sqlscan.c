@@ -525,7 +525,7 @@ static void param_name(struct lexer *lx, const struct token *t)
         note_feature(lx, GENERIC_SET);
         return;
     }
-    if (px_sql_param_tracked(t->s, t->n))
+    if (px_tracked_index(t->s, t->n) >= 0)
         return;
     for (size_t i = 0; i < sizeof(set_names) / sizeof(set_names[0]); i++) {
         if (fold_eq(t->s, t->n, set_names[i].name, strlen(set_names[i].name))) {
@@ -768,7 +768,8 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         len = 0;
     }
     struct lexer lx = {.p = sql, .end = sql + len};
-    struct px_sql_info scratch; /* later statements: only their features count */
+    struct px_sql_info scratch; /* later statements: written, never read (only their
+                                   session features count, which the lexer keeps) */
     struct token t;
     size_t nstmt = 0;
     memset(out, 0, sizeof(*out));
@@ -779,8 +780,6 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         if (t.kind == TOK_SEMI)
             continue; /* empty statement: PostgreSQL drops it */
         nstmt++;
-        if (nstmt > 1)
-            memset(&scratch, 0, sizeof(scratch));
         classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
         while (!lx.stmt_done)
             lex_next(&lx, &t);
@@ -788,11 +787,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     if (nstmt == 0) {
         out->kind = PX_SQL_EMPTY;
     } else if (nstmt > 1) {
-        out->kind = PX_SQL_OTHER;
-        out->tag = NULL;
-        out->name[0] = '\0';
-        out->multi = true;
-        out->dml = false;
+        *out = (struct px_sql_info){.kind = PX_SQL_OTHER, .multi = true};
     }
     out->session_feature = lx.feature;
 }

@@ -95,12 +95,7 @@ struct px_sql_info {
  */
 void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out);
 
-/*
- * True when name[0..len) is, ignoring ASCII case, one of the parameters PostgreSQL 15
- * reports with ParameterStatus that a client may SET and that pgwarden re-syncs across
- * servers: application_name, client_encoding, DateStyle, default_transaction_read_only,
- * IntervalStyle, standard_conforming_strings, TimeZone.
- */
+/* px_tracked_index(name, len) >= 0 (params.h): a reported parameter pgwarden re-syncs. */
 bool px_sql_param_tracked(const char *name, size_t len);
 
 #endif

@@ -19,6 +19,10 @@
  * DEALLOCATE, session-state statements); larger ones go through unread. */
 #define SCAN_MAX (64 * 1024)
 
+/* A DEALLOCATE's name (sqlscan) is looked up in the client's statement map (prepared):
+ * both cut names at PostgreSQL's NAMEDATALEN. */
+_Static_assert(PX_SQL_NAME_SIZE == PX_STMT_NAME_MAX + 1, "one NAMEDATALEN");
+
 enum { PX_EXP_PARSE = 1, PX_EXP_CLOSE, PX_EXP_SYNC };
 enum { PX_SETOP_NONE = 0, PX_SETOP_ADD, PX_SETOP_REMOVE };
 
@@ -120,9 +124,8 @@ static bool answer_idle(struct px_client *c, const uint8_t *msg, uint32_t total)
         px_stats_transaction(c->pool);
         return true;
     case PX_SQL_DEALLOCATE:
-        if (!px_stmt_map_get(&c->stmts, info.name))
+        if (!px_stmt_map_remove(&c->stmts, info.name))
             return false; /* not ours: PostgreSQL answers (SQL-level PREPARE, or 26000) */
-        px_stmt_map_remove(&c->stmts, info.name);
         evbuffer_drain(in, total);
         send_complete(c, "DEALLOCATE", idle_status(c));
         return true;
@@ -465,8 +468,7 @@ static bool c2s_query_answered(struct px_client *c, struct px_server *s, const u
          * so answer it here when nothing is in flight to keep the replies in order. */
         if (!info.multi && info.kind == PX_SQL_DEALLOCATE && s->txn_status != 'E' &&
             s->pending_ready == 0 && !s->unsynced && s->expect_n == 0 &&
-            px_stmt_map_get(&c->stmts, info.name)) {
-            px_stmt_map_remove(&c->stmts, info.name);
+            px_stmt_map_remove(&c->stmts, info.name)) {
             px_stats_query(c->pool);
             send_complete(c, "DEALLOCATE", s->txn_status);
             return true;
@@ -538,17 +540,17 @@ static enum px_relay_action c2s_target(struct px_client *c, struct px_server *s,
 {
     char kind;
     const char *name;
-    bool ok = px_target_split(body, len, &kind, &name) == 0;
-    struct px_stmt *stmt = ok && kind == 'S' && *name ? px_stmt_map_get(&c->stmts, name) : NULL;
+    bool named = px_target_split(body, len, &kind, &name) == 0 && kind == 'S' && *name;
     if (type == 'C') {
         /* Close is forwarded as it is: closing a name the server does not have is not an
          * error, and it still answers CloseComplete in order. */
-        if (stmt)
+        if (named)
             px_stmt_map_remove(&c->stmts, name);
         if (!expect_push(s, PX_EXP_CLOSE, false))
             return PX_RELAY_CLOSE;
         return PX_RELAY_FORWARD;
     }
+    struct px_stmt *stmt = named ? px_stmt_map_get(&c->stmts, name) : NULL;
     if (!stmt)
         return PX_RELAY_FORWARD;
     if (ensure_prepared(s, stmt, out) < 0 ||
@@ -636,7 +638,6 @@ void px_txn_maybe_release(struct px_server *s)
         return;
     c->server = NULL;
     s->client = NULL;
-    s->batch_ok = false;
     px_txn_client_detached(c);
     px_server_release(s, false);
 }

@@ -1,6 +1,7 @@
 /*
  * itest_util.h: small helpers shared by the integration-test programs that drive pgwarden
- * (test_session.c, test_tls_auth.c, test_streaming.c, test_limits.c, test_admin.c).
+ * (test_session.c, test_tls_auth.c, test_streaming.c, test_limits.c, test_admin.c,
+ * test_txn.c, test_batch.c).
  * Header-only (static functions) because every test_*.c is its own program; the harness
  * itself is harness.h.
  */
@@ -12,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <libpq-fe.h>
@@ -24,6 +26,26 @@ static inline int64_t itu_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void itu_sleep_ms(int ms)
+{
+    poll(NULL, 0, ms);
+}
+
+/* Raises the soft limit on open files to want (or as far as the hard limit allows); true
+ * when the limit is at least want. */
+static inline bool itu_raise_nofile(rlim_t want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return false;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            perror("setrlimit");
+    }
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want;
 }
 
 /* Suite init: 0 when the cluster runs and the pgwarden binary exists. */

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -77,8 +76,7 @@ static bool start(int pool_size, int max_client_conn)
 
 static void stop(void)
 {
-    CU_ASSERT_EQUAL(harness_proxy_stop(g_px, 0), 0);
-    harness_proxy_free(g_px);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(g_px), 0);
     g_px = NULL;
     alarm(0);
 }
@@ -91,11 +89,6 @@ static PGconn *conn(const char *extra)
     if (c && PQstatus(c) != CONNECTION_OK)
         fprintf(stderr, "connect failed: %s", PQerrorMessage(c));
     return c;
-}
-
-static void sleep_ms(int ms)
-{
-    poll(NULL, 0, ms);
 }
 
 /* True when r is a one-row result whose column col is want. */
@@ -117,7 +110,7 @@ static bool value_is(const PGresult *r, int col, const char *want)
 static void send_in_order(PGconn *c, const char *sql)
 {
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, sql), 1);
-    sleep_ms(30);
+    itu_sleep_ms(30);
 }
 
 /* ---- 1. every batched client gets its own reply ----------------------------------------- */
@@ -214,7 +207,7 @@ static void test_clients_vanish(void)
     CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_TUPLES_OK);
     PQclear(res);
     /* head's query runs now, r0..r2 are batched behind it: head and r1 vanish. */
-    sleep_ms(200);
+    itu_sleep_ms(200);
     vanish(head);
     vanish(r[1]);
     int64_t t0 = itu_now_ms();
@@ -263,7 +256,7 @@ static void test_cancel_batched(void)
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
     /* head's query runs, c's is batched behind it: c cancels. */
-    sleep_ms(200);
+    itu_sleep_ms(200);
     int64_t t0 = itu_now_ms();
     CU_ASSERT_TRUE(itu_send_cancel(c));
     r = itu_wait_result(head, 10000);
@@ -298,12 +291,7 @@ struct mc {
 
 static void test_many_clients(void)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 2 * MANY + 100 &&
-        rl.rlim_max >= 2 * MANY + 100) {
-        rl.rlim_cur = 2 * MANY + 100;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    (void)itu_raise_nofile(2 * MANY + 100);
     CU_ASSERT_TRUE_FATAL(start(MANY_POOL, MANY + 20));
     static struct mc k[MANY];
     int connected = 0;

@@ -93,13 +93,18 @@ static void conn_close(PGconn *c)
     PQfinish(c);
 }
 
-/* Closes what a test that ended at a fatal assertion left open. */
-static void cleanup_leftovers(void)
+static void close_tracked(void)
 {
     for (int i = 0; i < MAX_TRACKED; i++) {
         PQfinish(g_conns[i]);
         g_conns[i] = NULL;
     }
+}
+
+/* Closes what a test that ended at a fatal assertion left open. */
+static void cleanup_leftovers(void)
+{
+    close_tracked();
     if (g_px && g_px != &g_direct_stub) {
         harness_proxy_dump_log(g_px, 30);
         harness_proxy_free(g_px);
@@ -136,18 +141,11 @@ static struct harness_proxy *txn_start(const struct harness_proxy_opts *o)
 /* Stops this test's pgwarden: SIGTERM must end it with exit status 0. */
 static void txn_stop(void)
 {
-    for (int i = 0; i < MAX_TRACKED; i++) {
-        PQfinish(g_conns[i]);
-        g_conns[i] = NULL;
-    }
+    close_tracked();
     if (g_px && g_px != &g_direct_stub) {
         if (CU_get_number_of_failures() != g_failures_at_start)
             harness_proxy_dump_log(g_px, 40);
-        int rc = harness_proxy_stop(g_px, 0);
-        CU_ASSERT_EQUAL(rc, 0);
-        if (rc != 0)
-            harness_proxy_dump_log(g_px, 20);
-        harness_proxy_free(g_px);
+        CU_ASSERT_EQUAL(itu_proxy_stop_free(g_px), 0);
     }
     g_px = NULL;
     alarm(0);
@@ -184,11 +182,6 @@ static PGconn *direct_conn(void)
     PQsetNoticeReceiver(c, ignore_notice, NULL);
     track(c);
     return c;
-}
-
-static void sleep_ms(int ms)
-{
-    poll(NULL, 0, ms);
 }
 
 /* The command tag of r; "" for none. */
@@ -257,7 +250,7 @@ static bool wait_value(PGconn *c, const char *sql, const char *want, int timeout
     int64_t deadline = itu_now_ms() + timeout_ms;
     bool ok = strcmp(itu_value(c, sql), want) == 0;
     while (!ok && itu_now_ms() < deadline) {
-        sleep_ms(50);
+        itu_sleep_ms(50);
         ok = strcmp(itu_value(c, sql), want) == 0;
     }
     if (!ok)
@@ -971,23 +964,10 @@ static bool mc_poll(struct mc *ks, int n, struct pollfd *pfds, int *map, int wai
 
 /* Raises the soft limit on open files to at least want (this process and pgwarden, which
  * inherits it); true when it is high enough. */
-static bool raise_nofile(rlim_t want)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return false;
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            perror("setrlimit");
-    }
-    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want;
-}
-
 static void test_many_clients_small_pool(void)
 {
     int n = g_direct ? MANY_CLIENTS_DIRECT : MANY_CLIENTS;
-    CU_ASSERT_TRUE_FATAL(raise_nofile(2 * MANY_CLIENTS + 200));
+    CU_ASSERT_TRUE_FATAL(itu_raise_nofile(2 * MANY_CLIENTS + 200));
     struct harness_proxy_opts o = txn_opts(MANY_POOL);
     o.max_client_conn = 2 * MANY_CLIENTS;
     o.query_wait_timeout_ms = MANY_TIMEOUT_MS;
@@ -1101,7 +1081,7 @@ static void test_killed_client_mid_transaction(void)
     CU_ASSERT_TRUE(itu_exec_ok(a2, "BEGIN"));
     CU_ASSERT_TRUE(itu_exec_ok(a2, "INSERT INTO txn_killed VALUES (3)"));
     CU_ASSERT_EQUAL(PQsendQuery(a2, "SELECT pg_sleep(3)"), 1);
-    sleep_ms(200);
+    itu_sleep_ms(200);
     kill_client(a2);
     check_clean_server(b, "SELECT count(*) FROM txn_killed WHERE a = 3", 5000);
     CU_ASSERT_STRING_EQUAL(itu_value(b, "SELECT string_agg(a::text, ',') FROM txn_killed"), "2");
@@ -1125,7 +1105,7 @@ static void test_killed_client_mid_transaction(void)
 static void check_cancel(PGconn *c)
 {
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, "SELECT pg_sleep(30)"), 1);
-    sleep_ms(300);
+    itu_sleep_ms(300);
     int64_t t0 = itu_now_ms();
     CU_ASSERT_TRUE(itu_send_cancel(c));
     PGresult *r = itu_wait_result(c, 2000);
@@ -1146,7 +1126,7 @@ static void check_cancel_without_server(PGconn *a, PGconn *c)
 {
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'c'"), "c");
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(a, "SELECT pg_sleep(1), 'not canceled'"), 1);
-    sleep_ms(200);
+    itu_sleep_ms(200);
     CU_ASSERT_TRUE(itu_send_cancel(c));
     PGresult *r = itu_wait_result(a, 5000);
     CU_ASSERT_TRUE(result_is(r, 2, "", "not canceled"));
@@ -1156,9 +1136,9 @@ static void check_cancel_without_server(PGconn *a, PGconn *c)
     CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
     CU_ASSERT_STRING_EQUAL(itu_value(a, "SELECT 'a holds the server'"), "a holds the server");
     CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, "SELECT 'queued'"), 1);
-    sleep_ms(200);
+    itu_sleep_ms(200);
     CU_ASSERT_TRUE(itu_send_cancel(c));
-    sleep_ms(200);
+    itu_sleep_ms(200);
     CU_ASSERT_TRUE(itu_exec_ok(a, "COMMIT"));
     r = itu_wait_result(c, 5000);
     CU_ASSERT_TRUE(result_is(r, 1, "queued", NULL));
@@ -1383,7 +1363,7 @@ static int wait_log_lines_with(const char *a, const char *b, const char *c, int 
     int64_t deadline = itu_now_ms() + timeout_ms;
     int n = log_lines_with(a, b, c);
     while (n < 1 && itu_now_ms() < deadline) {
-        sleep_ms(50);
+        itu_sleep_ms(50);
         n = log_lines_with(a, b, c);
     }
     return n;
@@ -1428,7 +1408,7 @@ static void test_session_feature_warning(void)
     CU_ASSERT_TRUE(itu_exec_ok(a, "LISTEN txn_other"));
     if (!g_direct) {
         (void)wait_log_lines_with("WARNING", "itest_listener", "LISTEN", 2000);
-        sleep_ms(200);
+        itu_sleep_ms(200);
         int n = log_lines_with("WARNING", "itest_listener", "LISTEN");
         printf("\n    %d warning(s) about LISTEN ", n);
         CU_ASSERT_EQUAL(n, 1);
@@ -1442,7 +1422,7 @@ static void test_session_feature_warning(void)
     CU_ASSERT_TRUE(itu_exec_ok(l, "COMMIT"));
     CU_ASSERT_STRING_EQUAL(itu_value(l, "SHOW search_path"), "\"$user\", public");
     if (!g_direct) {
-        sleep_ms(200);
+        itu_sleep_ms(200);
         CU_ASSERT_EQUAL(log_lines_with("WARNING", "itest_setlocal", ""), 0);
         CU_ASSERT_EQUAL(log_lines_with("WARNING", "itest_other", ""), 0);
     }
@@ -1475,8 +1455,8 @@ static void test_client_waits_then_gets_error(void)
         int64_t waited = itu_now_ms() - t0;
         printf("\n    waiting client got an error after %lld ms ", (long long)waited);
         CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
-        const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-        CU_ASSERT_STRING_EQUAL(st ? st : harness_conn_sqlstate(b), "57014");
+        const char *st = itu_sqlstate(r);
+        CU_ASSERT_STRING_EQUAL(st[0] ? st : harness_conn_sqlstate(b), "57014");
         CU_ASSERT(waited >= 400 && waited < 3000);
         PQclear(r);
     }

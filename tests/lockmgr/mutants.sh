@@ -30,7 +30,7 @@ MUTANTS=(
     "record_not_refreshed_on_mode @@ lockmgr/locks.c @@         h->key->nheld[after]++;\n    lm_qhot_refresh(lm, h->key); @@         h->key->nheld[after]++;"
     "record_not_refreshed_on_wait @@ lockmgr/waits.c @@     lm_qhot_refresh_holds(lm, o); @@     (void)o;"
     "record_stale_firstx @@ lockmgr/waits.c @@         lm->qhot[k->qi].firstx = q->xhead ? q->xhead->ord : UINT64_MAX; @@ "
-    "record_any_holder_count @@ lockmgr/table.c @@ k->nheld[2] != 1) @@ k->nheld[2] == 0)"
+    "record_any_holder_count @@ lockmgr/table.c @@ key_nholds(k) != 1) @@ key_nholds(k) == 0)"
     "exclusive_list_order @@ lockmgr/waits.c @@         after = w->upgrade ? q->xupg_last : q->xtail; @@         after = q->xtail;"
     "start_soft_dropped @@ lockmgr/deadlock.c @@         return LM_END_SOFT; @@         (void)0;"
     "describe_nothing @@ lockmgr/deadlock.c @@     direct_edges(lm, c->described, upto - 1, c->n - 1, lm->cyc_last_hm); @@     (void)0;"

@@ -40,6 +40,15 @@ static uint32_t make_parse(uint8_t *buf, const char *name, const char *query, in
     return (uint32_t)l + make_content(buf + l, query, n, oids);
 }
 
+/* Interns the parameterless statement "SELECT <i>" (a reference the caller owns). */
+static struct px_stmt *intern_select(struct px_stmt_registry *reg, int i)
+{
+    uint8_t buf[64];
+    char q[32];
+    snprintf(q, sizeof(q), "SELECT %d", i);
+    return px_stmt_intern(reg, buf, make_content(buf, q, 0, NULL));
+}
+
 /* Copies the evbuffer's single message out: checks type and length word, returns the body
  * in buf (caller's, large enough) and its length. */
 static uint32_t take_msg(struct evbuffer *out, char type, uint8_t *buf, size_t cap)
@@ -203,19 +212,14 @@ static void test_intern_many_grows(void)
     enum { N = 3000 };
     struct px_stmt **s = calloc(N, sizeof(*s));
     CU_ASSERT_FATAL(s != NULL);
-    uint8_t buf[64];
     for (int i = 0; i < N; i++) {
-        char q[32];
-        snprintf(q, sizeof(q), "SELECT %d", i);
-        s[i] = px_stmt_intern(reg, buf, make_content(buf, q, 0, NULL));
+        s[i] = intern_select(reg, i);
         CU_ASSERT_FATAL(s[i] != NULL);
     }
     CU_ASSERT_EQUAL(px_stmt_registry_count(reg), N);
     int found = 0;
     for (int i = 0; i < N; i++) {
-        char q[32];
-        snprintf(q, sizeof(q), "SELECT %d", i);
-        struct px_stmt *again = px_stmt_intern(reg, buf, make_content(buf, q, 0, NULL));
+        struct px_stmt *again = intern_select(reg, i);
         found += again == s[i];
         px_stmt_unref(again);
     }
@@ -355,10 +359,7 @@ static void test_map_many(void)
     enum { NS = 100, NN = 5000 };
     struct px_stmt *s[NS];
     for (int i = 0; i < NS; i++) {
-        uint8_t buf[64];
-        char q[32];
-        snprintf(q, sizeof(q), "SELECT %d", i);
-        s[i] = px_stmt_intern(reg, buf, make_content(buf, q, 0, NULL));
+        s[i] = intern_select(reg, i);
         CU_ASSERT_FATAL(s[i] != NULL);
     }
     struct px_stmt_map m = {0};
@@ -517,10 +518,7 @@ static void test_set_grow_and_shrink_capacity(void)
     enum { N = 150 };
     struct px_stmt *s[N];
     for (int i = 0; i < N; i++) {
-        uint8_t buf[64];
-        char q[32];
-        snprintf(q, sizeof(q), "SELECT %d", i);
-        s[i] = px_stmt_intern(reg, buf, make_content(buf, q, 0, NULL));
+        s[i] = intern_select(reg, i);
         CU_ASSERT_FATAL(s[i] != NULL);
     }
     struct px_stmt_set set = {0};

@@ -500,10 +500,6 @@ static void test_near_misses(void)
 
 /* ---- lexing and statement splitting --------------------------------------------------- */
 
-#define ONE(sql)                                                                                   \
-    {                                                                                              \
-        sql, PX_SQL_OTHER, NULL, NULL, NULL, false                                                 \
-    }
 #define MULTI(sql)                                                                                 \
     {                                                                                              \
         sql, PX_SQL_OTHER, NULL, NULL, NULL, true                                                  \
@@ -512,48 +508,48 @@ static void test_near_misses(void)
 static const struct sq_case lexing_cases[] = {
     MULTI("SELECT 1; SELECT 2"),
     MULTI("SELECT 1;;SELECT 2"),
-    ONE("SELECT 1 ;"),
-    ONE("SELECT 1 /* ; */ ; ; "),
-    ONE("SELECT 'a;b'"),
-    ONE("SELECT 'it''s; here'"),
+    OTHER("SELECT 1 ;"),
+    OTHER("SELECT 1 /* ; */ ; ; "),
+    OTHER("SELECT 'a;b'"),
+    OTHER("SELECT 'it''s; here'"),
     MULTI("SELECT 'a\\'; SELECT 2"), /* standard strings: a backslash is just a byte */
-    ONE("SELECT E'\\'; BEGIN'"),
-    ONE("SELECT e'\\\\\\'; x'"),
+    OTHER("SELECT E'\\'; BEGIN'"),
+    OTHER("SELECT e'\\\\\\'; x'"),
     MULTI("SELECT e'\\\\'; SELECT 2"),
-    ONE("SELECT E'a''; b'"),
+    OTHER("SELECT E'a''; b'"),
     MULTI("SELECT fooe'x\\'; SELECT 2"), /* fooe is an identifier: a standard string */
-    ONE("SELECT N'a;b', B'01', X'ff;'"),
-    ONE("SELECT U&'d\\0061t;a'"),
-    ONE("SELECT \"a;b\""),
-    ONE("SELECT \"a\"\";b\""),
-    ONE("SELECT $$ ; $$"),
-    ONE("SELECT $$$$; "),
-    ONE("SELECT $a$ ; $b$ ; $a$"),
-    ONE("SELECT $a$ $A$ ; $a$"), /* tags are case-sensitive */
-    ONE("SELECT $_1$ ; $_1$"),
-    ONE("SELECT $a$ $a ; a$ $a$"),
-    ONE("SELECT $a$ $$ ; $a$"),
-    ONE("SELECT $abc$ $ab$ $abc ; $abc$"),
+    OTHER("SELECT N'a;b', B'01', X'ff;'"),
+    OTHER("SELECT U&'d\\0061t;a'"),
+    OTHER("SELECT \"a;b\""),
+    OTHER("SELECT \"a\"\";b\""),
+    OTHER("SELECT $$ ; $$"),
+    OTHER("SELECT $$$$; "),
+    OTHER("SELECT $a$ ; $b$ ; $a$"),
+    OTHER("SELECT $a$ $A$ ; $a$"), /* tags are case-sensitive */
+    OTHER("SELECT $_1$ ; $_1$"),
+    OTHER("SELECT $a$ $a ; a$ $a$"),
+    OTHER("SELECT $a$ $$ ; $a$"),
+    OTHER("SELECT $abc$ $ab$ $abc ; $abc$"),
     MULTI("SELECT $a$ x $a$; SELECT 2"),
     MULTI("SELECT $1; SELECT 2"),
     MULTI("SELECT $1$ ; $1$"),        /* $1 is a parameter, not a dollar quote */
     MULTI("SELECT a$b$c ; SELECT 2"), /* $ inside an identifier starts nothing */
-    ONE("SELECT 1$$;$$"),             /* a number, then a dollar quote */
-    ONE("SELECT 1 -- ; BEGIN\n"),
+    OTHER("SELECT 1$$;$$"),           /* a number, then a dollar quote */
+    OTHER("SELECT 1 -- ; BEGIN\n"),
     MULTI("SELECT 1 -- x\r; SELECT 2"),
     MULTI("SELECT 1-- x\n;SELECT 2"),
-    ONE("SELECT 1 /* a /* b */ ; */"),
+    OTHER("SELECT 1 /* a /* b */ ; */"),
     MULTI("SELECT 1 /* a */ ; SELECT 2"),
-    ONE("SELECT 1 +/* ; */ 2"),
-    ONE("SELECT 1 */ 2"),
+    OTHER("SELECT 1 +/* ; */ 2"),
+    OTHER("SELECT 1 */ 2"),
     /* An unterminated literal or comment runs to the end: one (bad) statement. */
-    ONE("SELECT 'unterminated; SELECT 2"),
-    ONE("SELECT $q$ unterminated ; SELECT 2"),
-    ONE("SELECT \"unterminated ; SELECT 2"),
-    ONE("SELECT E'\\"),
-    ONE("SELECT E'\\'"),
-    ONE("SELECT 1 /* unterminated ; SELECT 2"),
-    ONE("SELECT 1 /* /* */ ; SELECT 2"),
+    OTHER("SELECT 'unterminated; SELECT 2"),
+    OTHER("SELECT $q$ unterminated ; SELECT 2"),
+    OTHER("SELECT \"unterminated ; SELECT 2"),
+    OTHER("SELECT E'\\"),
+    OTHER("SELECT E'\\'"),
+    OTHER("SELECT 1 /* unterminated ; SELECT 2"),
+    OTHER("SELECT 1 /* /* */ ; SELECT 2"),
     {"BEGIN; /* unterminated", PX_SQL_OTHER, NULL, NULL, NULL, true},
 };
 
