@@ -17,8 +17,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "scram.h"
-#include "scram_int.h"
+#include "auth/scram.h"
+#include "auth/scram_int.h"
 
 #define N 20000
 

@@ -23,14 +23,15 @@
 #include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 
-#include "config.h"
-#include "list.h"
-#include "params.h"
-#include "prepared.h"
-#include "scram.h"
-#include "sockread.h"
-#include "userlist.h"
-#include "wire.h"
+#include "auth/scram.h"
+#include "auth/userlist.h"
+#include "base/config.h"
+#include "base/list.h"
+#include "net/sockread.h"
+#include "path/prepared.h"
+#include "proto/params.h"
+#include "proto/relay.h"
+#include "proto/wire.h"
 
 struct px_metrics_set;
 struct px_admin;
@@ -38,11 +39,6 @@ struct px_admin;
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
 #define PX_BACKPRESSURE_HIGH (256 * 1024)
 #define PX_BACKPRESSURE_LOW  (64 * 1024)
-
-/* Parse state of one direction of a relayed stream. */
-struct px_stream {
-    uint32_t remaining; /* bytes of a pass-through message not yet received */
-};
 
 /*
  * What a server opened with one startup signature reports at login (ParameterStatus).

@@ -18,19 +18,19 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
-#include "admin.h"
-#include "batch.h"
-#include "cancel.h"
-#include "client.h"
-#include "log.h"
+#include "admin/admin.h"
+#include "path/batch.h"
+#include "net/cancel.h"
+#include "net/client.h"
+#include "base/log.h"
 #include "main.h"
-#include "metrics.h"
-#include "pool.h"
-#include "prepared.h"
-#include "relay.h"
-#include "server.h"
-#include "stats.h"
-#include "tls.h"
+#include "metrics/metrics.h"
+#include "pool/pool.h"
+#include "path/prepared.h"
+#include "proto/relay.h"
+#include "net/server.h"
+#include "metrics/stats.h"
+#include "net/tls.h"
 
 #define JANITOR_PERIOD_MS 250
 

@@ -14,7 +14,7 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "config.h"
+#include "base/config.h"
 
 static char tmpdir[PATH_MAX];         /* realpath of the private directory */
 static char conf_path[PATH_MAX + 16]; /* tmpdir/t.ini */

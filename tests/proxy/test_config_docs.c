@@ -12,7 +12,7 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "config.h"
+#include "base/config.h"
 
 #ifndef PGW_SOURCE_DIR
 #error "PGW_SOURCE_DIR must name the repository root"

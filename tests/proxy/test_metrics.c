@@ -18,8 +18,8 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "json_util.h"
-#include "metrics.h"
+#include "admin/json_util.h"
+#include "metrics/metrics.h"
 
 void test_metrics_register(void);
 

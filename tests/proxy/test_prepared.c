@@ -7,8 +7,8 @@
 #include <event2/buffer.h>
 
 #include "cunit_main.h"
-#include "prepared.h"
-#include "wire.h"
+#include "path/prepared.h"
+#include "proto/wire.h"
 
 void test_prepared_register(void);
 

@@ -5,7 +5,7 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "params.h"
+#include "proto/params.h"
 
 void test_params_register(void);
 

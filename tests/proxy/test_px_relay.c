@@ -6,7 +6,8 @@
 #include <event2/buffer.h>
 
 #include "cunit_main.h"
-#include "relay.h"
+#include "proto/relay.h"
+#include "proto/wire.h"
 
 void test_relay_register(void);
 

@@ -11,8 +11,8 @@
 #include <event2/event.h>
 
 #include "cunit_main.h"
-#include "relay.h"
-#include "sockread.h"
+#include "proto/relay.h"
+#include "net/sockread.h"
 
 void test_sockread_register(void);
 

@@ -15,8 +15,8 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "scram.h"
-#include "scram_int.h"
+#include "auth/scram.h"
+#include "auth/scram_int.h"
 
 void test_scram_register(void);
 

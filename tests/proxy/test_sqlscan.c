@@ -16,7 +16,7 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "sqlscan.h"
+#include "path/sqlscan.h"
 
 void test_sqlscan_register(void);
 

@@ -13,9 +13,9 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "scram.h"
-#include "scram_int.h"
-#include "userlist.h"
+#include "auth/scram.h"
+#include "auth/scram_int.h"
+#include "auth/userlist.h"
 
 void test_userlist_register(void);
 

@@ -6,7 +6,7 @@
 #include <event2/buffer.h>
 
 #include "cunit_main.h"
-#include "wire.h"
+#include "proto/wire.h"
 
 void test_wire_register(void);
 

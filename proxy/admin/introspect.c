@@ -1,0 +1,160 @@
+/*
+ * introspect.c: JSON views of pools, clients and servers for the admin port (see
+ * introspect.h).  Client-supplied strings go through px_json_string, which repairs
+ * invalid UTF-8, so the answers are always valid JSON.
+ */
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "net/client.h"
+#include "conn.h"
+#include "admin/introspect.h"
+#include "admin/json_util.h"
+#include "main.h"
+
+static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};
+
+static uint64_t longest_wait_ms(const struct px_pool *p, uint64_t now)
+{
+    struct px_list *first = px_list_first(&p->clients_waiting);
+    if (!first)
+        return 0;
+    return now - PX_CONTAINER_OF(first, struct px_client, link)->wait_start_ms;
+}
+
+json_t *px_introspect_pools(void)
+{
+    json_t *arr = json_array();
+    uint64_t now = px_now_ms();
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
+        json_t *o = json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
+                              px_json_string(p->database), "user", px_json_string(p->user), "mode",
+                              p->mode == PX_POOL_SESSION ? "session" : "transaction", "pool_size",
+                              p->pool_size, "clients_active", p->n_active_clients,
+                              "clients_waiting", p->n_waiting, "servers_active", p->n_active,
+                              "servers_idle", p->n_idle, "servers_connecting", p->n_login,
+                              "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
+        if (o)
+            json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
+static json_t *client_json(const struct px_client *c, uint64_t now)
+{
+    return json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
+                     "database", px_json_string(c->database ? c->database : ""), "user",
+                     px_json_string(c->user ? c->user : ""), "application_name",
+                     px_json_string(c->application_name ? c->application_name : ""), "address",
+                     c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
+                     "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
+                     c->server ? json_integer((json_int_t)c->server->id) : json_null());
+}
+
+static void append_clients(json_t *arr, const struct px_list *list, uint64_t now)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, list)
+    {
+        json_t *o = client_json(PX_CONTAINER_OF(it, struct px_client, link), now);
+        if (o)
+            json_array_append_new(arr, o);
+    }
+}
+
+json_t *px_introspect_clients(void)
+{
+    json_t *arr = json_array();
+    uint64_t now = px_now_ms();
+    append_clients(arr, &px.clients_login, now);
+    append_clients(arr, &px.clients_failing, now);
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
+        append_clients(arr, &p->clients_idle, now);
+        append_clients(arr, &p->clients_waiting, now);
+        append_clients(arr, &p->clients_active, now);
+    }
+    return arr;
+}
+
+static void append_servers(json_t *arr, const struct px_list *list, uint64_t now)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, list)
+    {
+        const struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s:%d", s->pool->host, s->pool->port);
+        json_t *o = json_pack(
+            "{s:I, s:o, s:o, s:s, s:o, s:b, s:I, s:o, s:I}", "id", (json_int_t)s->id, "database",
+            px_json_string(s->pool->database), "user", px_json_string(s->pool->user), "state",
+            server_states[s->state], "address", px_json_string(addr), "tls", s->tls, "connected_ms",
+            (json_int_t)(now - s->created_ms), "client_id",
+            s->client ? json_integer((json_int_t)s->client->id) : json_null(), "backend_pid",
+            (json_int_t)s->backend_pid);
+        if (o)
+            json_array_append_new(arr, o);
+    }
+}
+
+json_t *px_introspect_servers(void)
+{
+    json_t *arr = json_array();
+    uint64_t now = px_now_ms();
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
+        append_servers(arr, &p->servers_login, now);
+        append_servers(arr, &p->servers_idle, now);
+        append_servers(arr, &p->servers_active, now);
+        append_servers(arr, &p->servers_resetting, now);
+    }
+    return arr;
+}
+
+bool px_introspect_healthy(json_t **detail)
+{
+    /* A database can serve when its pool has a logged-in server, or when it is not in
+     * its fast-fail window after a failed server login.  With no pool yet, pgwarden
+     * itself is up and would try: healthy. */
+    bool any = px.n_pools == 0, ok_any = false;
+    uint64_t now = px_now_ms();
+    json_t *dbs = detail ? json_object() : NULL;
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
+        bool failing = p->login_error && now < p->login_error_until_ms;
+        bool ok = (p->n_idle + p->n_active + p->n_resetting) > 0 || !failing;
+        ok_any |= ok;
+        if (dbs) {
+            char name[600];
+            snprintf(name, sizeof(name), "%s/%s", p->database, p->user);
+            json_t *last = json_null();
+            if (failing) {
+                size_t n = evbuffer_get_length(p->login_error);
+                const char *e = (const char *)evbuffer_pullup(p->login_error, (ssize_t)n);
+                const char *m = n > 5 ? px_wire_error_field(e + 5, n - 5, 'M') : NULL;
+                last = m ? px_json_string(m) : json_string("server login failed");
+            }
+            json_object_set_new(dbs, name,
+                                json_pack("{s:b, s:i, s:o}", "ok", ok, "servers_idle", p->n_idle,
+                                          "last_error", last));
+        }
+    }
+    if (detail)
+        *detail = dbs;
+    return (any || ok_any) && !px.shutting_down;
+}
+
+int px_introspect_reload(char **errmsg)
+{
+    return px_main_reload(errmsg);
+}

@@ -1,0 +1,860 @@
+/*
+ * client.c: client connections (see client.h).
+ *
+ * Login sequence, as PostgreSQL runs it:
+ *   [SSLRequest -> 'S' + TLS handshake | 'N'] [GSSENCRequest -> 'N'] StartupMessage
+ *   -> authentication (trust | md5 | SCRAM-SHA-256) -> AuthenticationOk
+ *   -> (pool links a server) ParameterStatus* BackendKeyData ReadyForQuery
+ * A CancelRequest packet instead of a StartupMessage is handed to cancel.c and the
+ * connection is closed without an answer, as PostgreSQL does.
+ */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "path/batch.h"
+#include "net/cancel.h"
+#include "net/client.h"
+#include "base/log.h"
+#include "pool/pool.h"
+#include "proto/relay.h"
+#include "net/server.h"
+#include "metrics/metrics.h"
+#include "metrics/stats.h"
+#include "path/txn.h"
+
+static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_auth_ok(struct px_client *c);
+static void client_write_cb(struct bufferevent *bev, void *arg);
+static void client_event_cb(struct bufferevent *bev, short what, void *arg);
+
+static const char *const state_names[] = {"login",   "idle",    "waiting", "active",
+                                          "batched", "failing", "closing"};
+
+const char *px_client_state_name(enum px_client_state st)
+{
+    return state_names[st];
+}
+
+void px_client_set_state(struct px_client *c, enum px_client_state st)
+{
+    /* Legal transitions: login->idle|waiting|active, idle->waiting|active|batched,
+     * waiting->active|batched, batched->active, active->idle (transaction pooling
+     * detaches); any of these ->failing (an error is on its way) or ->closing;
+     * failing->closing; closing is final. */
+    static const bool legal[7][7] = {
+        [PX_CL_LOGIN] = {[PX_CL_IDLE] = true,
+                         [PX_CL_WAITING] = true,
+                         [PX_CL_ACTIVE] = true,
+                         [PX_CL_FAILING] = true,
+                         [PX_CL_CLOSING] = true},
+        [PX_CL_IDLE] = {[PX_CL_WAITING] = true,
+                        [PX_CL_ACTIVE] = true,
+                        [PX_CL_BATCHED] = true,
+                        [PX_CL_FAILING] = true,
+                        [PX_CL_CLOSING] = true},
+        [PX_CL_WAITING] = {[PX_CL_ACTIVE] = true,
+                           [PX_CL_BATCHED] = true,
+                           [PX_CL_FAILING] = true,
+                           [PX_CL_CLOSING] = true},
+        [PX_CL_BATCHED] = {[PX_CL_ACTIVE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_ACTIVE] = {[PX_CL_IDLE] = true, [PX_CL_FAILING] = true, [PX_CL_CLOSING] = true},
+        [PX_CL_FAILING] = {[PX_CL_CLOSING] = true},
+        [PX_CL_CLOSING] = {false},
+    };
+    PX_ASSERT(legal[c->state][st]);
+    if (!legal[c->state][st]) {
+        px_error("client", 'C', c->id, "illegal state change %s -> %s", state_names[c->state],
+                 state_names[st]);
+        return;
+    }
+    px_list_remove(&c->link);
+    if (c->pool) {
+        if (c->state == PX_CL_WAITING)
+            c->pool->n_waiting--;
+        else if (c->state == PX_CL_ACTIVE || c->state == PX_CL_BATCHED)
+            c->pool->n_active_clients--;
+        else if (c->state == PX_CL_IDLE)
+            c->pool->n_idle_clients--;
+    }
+    c->state = st;
+    switch (st) {
+    case PX_CL_IDLE:
+        px_list_append(&c->pool->clients_idle, &c->link);
+        c->pool->n_idle_clients++;
+        break;
+    case PX_CL_WAITING:
+        px_list_append(&c->pool->clients_waiting, &c->link);
+        c->pool->n_waiting++;
+        c->wait_start_ms = px_now_ms();
+        break;
+    case PX_CL_ACTIVE:
+    case PX_CL_BATCHED: /* counted as active: it has a server */
+        px_list_append(&c->pool->clients_active, &c->link);
+        c->pool->n_active_clients++;
+        break;
+    case PX_CL_FAILING: px_list_append(&px.clients_failing, &c->link); break;
+    case PX_CL_CLOSING:
+        px_list_append(&px.clients_closing, &c->link);
+        event_active(px.reaper, EV_TIMEOUT, 0);
+        break;
+    case PX_CL_LOGIN: break;
+    }
+}
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    } else if (sa->sa_family == AF_UNIX) {
+        snprintf(out, outlen, "unix");
+        return;
+    }
+    snprintf(out, outlen, "%s:%d", host, port);
+}
+
+void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen)
+{
+    (void)socklen;
+    /* Past max_client_conn we still read the startup packet so that the client sees
+     * SQLSTATE 53300 rather than a reset; far past it we just close. */
+    if (px.n_clients >= px.cfg->max_client_conn + 1000 || px.shutting_down) {
+        evutil_closesocket(fd);
+        return;
+    }
+    struct px_client *c = calloc(1, sizeof(*c));
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->fd = fd;
+    c->reject_full = px.n_clients >= px.cfg->max_client_conn;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    evutil_make_socket_nonblocking(fd);
+    c->bev = bufferevent_socket_new(px.base, fd, 0);
+    if (!c->bev || px_reader_bind(&c->rd, px.base, c->bev, fd) < 0) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    c->id = ++px.next_client_id;
+    c->state = PX_CL_LOGIN;
+    c->login_step = PX_LOGIN_STARTUP;
+    c->connect_ms = px_now_ms();
+    format_addr(sa, c->addr, sizeof(c->addr));
+    px_list_init(&c->link);
+    px_list_append(&px.clients_login, &c->link);
+    px.n_clients++;
+    px_stats_client_accepted();
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
+    bufferevent_enable(c->bev, EV_WRITE);
+    px_reader_enable(&c->rd, true);
+    px_debug("client", 'C', c->id, "connection from %s", c->addr);
+}
+
+/* ---- closing -------------------------------------------------------------------------- */
+
+static void unlink_server(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!s || px_batch_leave(c))
+        return;
+    c->server = NULL;
+    s->client = NULL;
+    px_server_release(s, c->c2s.remaining != 0);
+}
+
+void px_client_close(struct px_client *c)
+{
+    if (c->state == PX_CL_CLOSING)
+        return;
+    px_debug("client", 'C', c->id, "closing");
+    px_cancel_forget(c);
+    unlink_server(c);
+    if (c->launching) {
+        /* The server being opened for us logs in anyway and goes idle. */
+        if (c->launching->opener == c)
+            c->launching->opener = NULL;
+        c->launching = NULL;
+    }
+    px_reader_enable(&c->rd, false);
+    if (c->bev) /* NULL when switching to TLS failed */
+        bufferevent_disable(c->bev, EV_WRITE);
+    px.n_clients--;
+    px_client_set_state(c, PX_CL_CLOSING);
+    if (px.shutting_down)
+        px_pool_check_shutdown();
+}
+
+static void close_after_flush(struct px_client *c)
+{
+    unlink_server(c);
+    px_reader_enable(&c->rd, false);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        px_client_close(c);
+        return;
+    }
+    /* Off its pool's lists: nothing serves or fails it again.  A client that never reads
+     * its error must not keep the slot forever. */
+    px_client_set_state(c, PX_CL_FAILING);
+    c->close_deadline_ms = px_now_ms() + 5000;
+}
+
+/* The auth-failure label of a login refused with sqlstate (wrong passwords are counted
+ * where they are detected). */
+static int login_failure_reason(const struct px_client *c, const char *sqlstate)
+{
+    if (!strcmp(sqlstate, PX_SQLSTATE_INVALID_AUTH_SPEC))
+        return px.cfg->client_tls_mode == PX_CTLS_REQUIRE && !c->tls ? PX_MAR_TLS_REQUIRED
+                                                                     : PX_MAR_OTHER;
+    if (!strcmp(sqlstate, PX_SQLSTATE_PROTOCOL_VIOLATION))
+        return PX_MAR_PROTOCOL;
+    if (!strcmp(sqlstate, PX_SQLSTATE_QUERY_CANCELED))
+        return PX_MAR_TIMEOUT;
+    return PX_MAR_OTHER;
+}
+
+void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
+{
+    if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
+        return; /* one error per client */
+    if (sqlstate) {
+        px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
+        px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
+        px_stats_error_sent(c->pool, sqlstate);
+        if (c->state == PX_CL_LOGIN && strcmp(sqlstate, PX_SQLSTATE_INVALID_PASSWORD) != 0)
+            px_stats_auth_failure(login_failure_reason(c, sqlstate));
+    }
+    close_after_flush(c);
+}
+
+void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
+{
+    if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
+        return;
+    size_t len = evbuffer_get_length(error);
+    const uint8_t *bytes = evbuffer_pullup(error, (ssize_t)len);
+    if (!bytes || evbuffer_add(bufferevent_get_output(c->bev), bytes, len) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
+        return;
+    }
+    close_after_flush(c);
+}
+
+bool px_client_close_overdue(struct px_client *c, uint64_t now)
+{
+    return c->state == PX_CL_FAILING && now >= c->close_deadline_ms;
+}
+
+void px_client_free(struct px_client *c)
+{
+    px_list_remove(&c->link);
+    px_reader_unbind(&c->rd);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (!c->fd_in_tls_bev)
+        evutil_closesocket(c->fd);
+    px_scram_server_free(c->scram);
+    OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
+    free(c->user);
+    free(c->database);
+    free(c->application_name);
+    free(c->param_buf);
+    free(c->params);
+    px_txn_client_free(c);
+    free(c);
+}
+
+/* ---- login ---------------------------------------------------------------------------- */
+
+static int cmp_param(const void *a, const void *b)
+{
+    return strcmp(((const struct px_startup_param *)a)->name,
+                  ((const struct px_startup_param *)b)->name);
+}
+
+/*
+ * Keeps the parameters that go to servers, sorted by name, in one buffer of
+ * "name\0value\0" pairs.  That buffer is also the client's signature: a server opened with
+ * the same bytes gives exactly the session defaults of a direct connection.
+ */
+static int keep_params(struct px_client *c, const struct px_startup *st)
+{
+    struct px_startup_param kept[PX_MAX_STARTUP_PARAMS];
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; i < st->nparams; i++) {
+        const char *name = st->params[i].name;
+        if (!strcmp(name, "user") || !strcmp(name, "database") || !strncmp(name, "_pq_.", 5))
+            continue;
+        kept[n++] = st->params[i];
+        bytes += strlen(name) + 1 + strlen(st->params[i].value) + 1;
+    }
+    qsort(kept, n, sizeof(kept[0]), cmp_param);
+    /* the signature, then the hard signature (at most as long) */
+    c->param_buf = malloc(2 * bytes + 2);
+    c->params = calloc(n ? n : 1, sizeof(*c->params));
+    if (!c->param_buf || !c->params)
+        return -1;
+    char *p = c->param_buf;
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = strlen(kept[i].name) + 1, vl = strlen(kept[i].value) + 1;
+        memcpy(p, kept[i].name, nl);
+        c->params[i].name = p;
+        p += nl;
+        memcpy(p, kept[i].value, vl);
+        c->params[i].value = p;
+        p += vl;
+    }
+    *p++ = '\0';
+    c->nparams = n;
+    c->signature = c->param_buf;
+    c->signature_len = bytes;
+    c->hard_signature = p;
+    for (size_t i = 0; i < n; i++) {
+        if (px_tracked_index(c->params[i].name, strlen(c->params[i].name)) >= 0)
+            continue;
+        size_t nl = strlen(c->params[i].name) + 1, vl = strlen(c->params[i].value) + 1;
+        memcpy(p, c->params[i].name, nl + vl); /* name\0value\0 are adjacent */
+        p += nl + vl;
+    }
+    *p = '\0';
+    c->hard_signature_len = (size_t)(p - c->hard_signature);
+    return 0;
+}
+
+static void send_auth_request(struct px_client *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    switch (px.cfg->auth_type) {
+    case PX_AUTH_TRUST: client_auth_ok(c); return;
+    case PX_AUTH_MD5:
+        RAND_bytes(c->md5_salt, sizeof(c->md5_salt));
+        px_wire_auth(out, PX_AUTH_MD5_REQ, c->md5_salt, 4);
+        c->login_step = PX_LOGIN_MD5;
+        return;
+    case PX_AUTH_SCRAM:
+        if (u && u->has_scram)
+            c->scram_secret = u->scram;
+        else
+            px_scram_secret_mock(c->user, &c->scram_secret);
+        c->scram = px_scram_server_new(&c->scram_secret);
+        if (!c->scram) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return;
+        }
+        px_wire_auth(out, PX_AUTH_SASL, "SCRAM-SHA-256\0", 15);
+        c->login_step = PX_LOGIN_SCRAM_INITIAL;
+        return;
+    }
+}
+
+static void auth_failed(struct px_client *c)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "password authentication failed for user \"%.64s\"", c->user);
+    px_stats_auth_failure(PX_MAR_PASSWORD);
+    px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
+}
+
+/* Ends the login: ParameterStatus of params, our BackendKeyData, ReadyForQuery.  w (may be
+ * NULL) is the cached welcome params come from; the client keeps a reference. */
+static void welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    for (size_t i = 0; i < params->n; i++)
+        px_wire_param_status(out, params->items[i].name, params->items[i].value);
+    px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
+    px_wire_ready(out, 'I');
+    c->welcomed = true;
+    c->welcome = px_welcome_ref(w);
+}
+
+static void client_auth_ok(struct px_client *c)
+{
+    c->login_step = PX_LOGIN_DONE;
+    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_OK, NULL, 0);
+    px_scram_server_free(c->scram);
+    c->scram = NULL;
+    if (px_cancel_register(c) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    const struct px_db_config *db = px_config_find_db(px.cfg, c->database);
+    struct px_pool *pool = db ? px_pool_get(c->database, c->user, db) : NULL;
+    if (!pool) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    c->pool = pool;
+    /* With a cached welcome the login completes now; a server is linked when the client
+     * needs one (transaction pooling) or as soon as one is free (session pooling). */
+    struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
+    if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
+        welcome(c, &w->params, w);
+        if (pool->mode == PX_POOL_TRANSACTION) {
+            px_client_set_state(c, PX_CL_IDLE);
+            px_txn_client_idle_read(c);
+            return;
+        }
+    }
+    px_pool_request_server(pool, c);
+}
+
+/* Password message of the md5 exchange. */
+static void handle_md5(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    char expected[36];
+    if (len != 36 || body[35] != '\0' || !u || !u->md5) {
+        /* Same work as a right password: compute and compare a dummy. */
+        px_md5_salted("md500000000000000000000000000000000", c->md5_salt, expected);
+        auth_failed(c);
+        return;
+    }
+    px_md5_salted(u->md5, c->md5_salt, expected);
+    if (CRYPTO_memcmp(expected, body, 35) != 0) {
+        auth_failed(c);
+        return;
+    }
+    client_auth_ok(c);
+}
+
+static void handle_scram_initial(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const char *mech = (const char *)body;
+    const uint8_t *nul = memchr(body, '\0', len);
+    if (!nul || (size_t)(nul - body) + 5 > len) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse");
+        return;
+    }
+    if (strcmp(mech, "SCRAM-SHA-256") != 0) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                        "client selected an invalid SASL authentication mechanism");
+        return;
+    }
+    const uint8_t *p = nul + 1;
+    int32_t dlen = (int32_t)px_get_u32(p);
+    p += 4;
+    if (dlen < 0 || (size_t)dlen != len - (size_t)(p - body)) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse");
+        return;
+    }
+    char *server_first = NULL;
+    if (px_scram_server_first(c->scram, (const char *)p, (size_t)dlen, &server_first) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        return;
+    }
+    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_CONTINUE, server_first,
+                 strlen(server_first));
+    free(server_first);
+    c->login_step = PX_LOGIN_SCRAM_FINAL;
+}
+
+static void handle_scram_final(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    bool ok = false;
+    char *server_final = NULL;
+    if (px_scram_server_final(c->scram, (const char *)body, len, &ok, &server_final) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        return;
+    }
+    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    if (!ok || !u || !u->has_scram) {
+        free(server_final);
+        auth_failed(c);
+        return;
+    }
+    c->have_client_key = px_scram_server_client_key(c->scram, c->client_key);
+    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_FINAL, server_final,
+                 strlen(server_final));
+    free(server_final);
+    client_auth_ok(c);
+}
+
+static void reject(struct px_client *c, const char *sqlstate, const char *fmt, const char *arg)
+{
+    char msg[300];
+    snprintf(msg, sizeof(msg), fmt, arg);
+    px_client_fatal(c, sqlstate, msg);
+}
+
+/* A StartupMessage (protocol 3.x) arrived. */
+static void handle_startup(struct px_client *c, const struct px_startup *st)
+{
+    const char *unsupported[PX_MAX_STARTUP_PARAMS];
+    size_t nunsupported = 0;
+    for (size_t i = 0; i < st->nparams; i++)
+        if (!strncmp(st->params[i].name, "_pq_.", 5))
+            unsupported[nunsupported++] = st->params[i].name;
+    if ((st->code & 0xffff) > 0 || nunsupported)
+        px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
+
+    if (c->reject_full) {
+        px_client_fatal(c, PX_SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+        return;
+    }
+    if (px.shutting_down) {
+        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, "the database system is shutting down");
+        return;
+    }
+    if (px.cfg->client_tls_mode == PX_CTLS_REQUIRE && !c->tls) {
+        px_client_fatal(c, PX_SQLSTATE_INVALID_AUTH_SPEC,
+                        "pgwarden requires TLS: connect with sslmode=require or stronger");
+        return;
+    }
+    const char *user = px_startup_get(st, "user");
+    if (!user || !*user) {
+        px_client_fatal(c, PX_SQLSTATE_INVALID_AUTH_SPEC,
+                        "no PostgreSQL user name specified in startup packet");
+        return;
+    }
+    const char *repl = px_startup_get(st, "replication");
+    if (repl && strcasecmp(repl, "false") != 0 && strcasecmp(repl, "off") != 0 &&
+        strcasecmp(repl, "no") != 0 && strcmp(repl, "0") != 0) {
+        px_client_fatal(c, PX_SQLSTATE_FEATURE_NOT_SUPP,
+                        "replication connections are not supported by pgwarden");
+        return;
+    }
+    const char *db = px_startup_get(st, "database");
+    if (!db || !*db)
+        db = user;
+    const char *app = px_startup_get(st, "application_name");
+    c->user = strdup(user);
+    c->database = strdup(db);
+    c->application_name = strdup(app ? app : "");
+    if (!c->user || !c->database || !c->application_name || keep_params(c, st) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    if (!px_config_find_db(px.cfg, c->database)) {
+        reject(c, PX_SQLSTATE_INVALID_CATALOG, "database \"%.128s\" does not exist", c->database);
+        return;
+    }
+    send_auth_request(c);
+}
+
+/* Switches the connection to TLS: 'S' has been sent on the plain socket. */
+static void start_tls(struct px_client *c)
+{
+    SSL *ssl = SSL_new(px.client_tls);
+    if (!ssl) {
+        px_client_close(c);
+        return;
+    }
+    if (px_reader_switch_to_tls(&c->rd, px.base, &c->bev, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING) <
+        0) {
+        px_client_close(c);
+        return;
+    }
+    c->fd_in_tls_bev = true;
+    c->login_step = PX_LOGIN_TLS;
+}
+
+static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32_t len);
+
+/* Returns false when the connection was closed or changed (stop reading). */
+static bool handle_startup_packet(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(in);
+    if (avail < 4)
+        return false;
+    uint8_t lenbuf[4];
+    evbuffer_copyout(in, lenbuf, 4);
+    uint32_t len = px_get_u32(lenbuf);
+    if (len < 8 || len > PX_MAX_STARTUP_PACKET) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "invalid length of startup packet");
+        return false;
+    }
+    if (avail < len)
+        return false;
+    /* Consume the packet before acting on it (trust auth may link a server at once). */
+    char *pkt = malloc(len);
+    if (!pkt) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return false;
+    }
+    evbuffer_remove(in, pkt, len);
+    bool more = startup_packet_dispatch(c, pkt, len);
+    free(pkt);
+    return more;
+}
+
+static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32_t len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct px_startup st;
+    const char *err = px_wire_parse_startup(pkt + 4, len - 4, &st);
+    if (err) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, err);
+        return false;
+    }
+    if (st.code == PX_SSL_REQUEST_CODE || st.code == PX_GSSENC_REQUEST_CODE) {
+        bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls && !c->tls;
+        if (evbuffer_get_length(in) > 0) {
+            /* Bytes after an encryption request, before the answer: a MITM could inject them
+             * into the encrypted session (CVE-2021-23214); refuse. */
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                            "received unencrypted data after encryption request");
+            return false;
+        }
+        if (!tls_ok) {
+            evbuffer_add(bufferevent_get_output(c->bev), "N", 1);
+            return true;
+        }
+        /* Write 'S' straight to the socket: nothing else is queued on it yet. */
+        if (send(c->fd, "S", 1, MSG_NOSIGNAL) != 1) {
+            px_client_close(c);
+            return false;
+        }
+        start_tls(c);
+        return false;
+    }
+    if (st.code == PX_CANCEL_REQUEST_CODE) {
+        px_cancel_request(st.cancel_pid, st.cancel_key);
+        px_client_close(c);
+        return false;
+    }
+    if ((st.code >> 16) != 3) {
+        char msg[128];
+        snprintf(msg, sizeof(msg),
+                 "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", st.code >> 16,
+                 st.code & 0xffff);
+        px_client_fatal(c, PX_SQLSTATE_FEATURE_NOT_SUPP, msg);
+        return false;
+    }
+    handle_startup(c, &st);
+    return c->state == PX_CL_LOGIN && c->login_step != PX_LOGIN_DONE;
+}
+
+static void login_read(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    for (;;) {
+        if (c->state != PX_CL_LOGIN)
+            return;
+        if (c->login_step == PX_LOGIN_STARTUP) {
+            if (!handle_startup_packet(c))
+                return;
+            continue;
+        }
+        if (c->login_step == PX_LOGIN_TLS || c->login_step == PX_LOGIN_DONE)
+            return;
+        char type;
+        uint8_t *body;
+        uint32_t len;
+        int r = px_take_message(in, PX_MAX_STARTUP_PACKET, &type, &body, &len);
+        if (r == 0)
+            return;
+        if (r < 0 || type != 'p') {
+            if (r > 0)
+                free(body);
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                            r < 0 ? "invalid message length during authentication"
+                                  : "expected password response");
+            return;
+        }
+        switch (c->login_step) {
+        case PX_LOGIN_MD5: handle_md5(c, body, len); break;
+        case PX_LOGIN_SCRAM_INITIAL: handle_scram_initial(c, body, len); break;
+        case PX_LOGIN_SCRAM_FINAL: handle_scram_final(c, body, len); break;
+        default: break;
+        }
+        free(body);
+    }
+}
+
+/* ---- linked: relaying ----------------------------------------------------------------- */
+
+void px_client_on_linked(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
+        welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
+    c->read_paused = false; /* a waiting client may have stopped reading */
+    px_reader_enable(&c->rd, true);
+    if (s->pool->mode == PX_POOL_TRANSACTION) {
+        if (!px_txn_client_linked(c)) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return;
+        }
+        if (!px_batch_open(c))
+            px_client_relay(c);
+        if (c->server == s)
+            px_txn_maybe_release(s);
+        return;
+    }
+    px_client_relay(c);
+}
+
+/* Client -> server message types the relay must see (see relay.h). */
+static const uint8_t c2s_see[256] = {
+    ['Q'] = PX_SEE_TYPE, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_TYPE,
+    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
+    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
+};
+
+enum px_relay_action px_client_on_request(void *ctx, struct evbuffer *out, char type,
+                                          const uint8_t *body, uint32_t len)
+{
+    (void)out;
+    struct px_client *c = ctx;
+    struct px_server *s = c->server;
+    (void)body;
+    (void)len;
+    switch (type) {
+    case 'Q':
+        px_stats_query(c->pool);
+        s->pending_ready++;
+        return PX_RELAY_FORWARD;
+    case 'F': s->pending_ready++; return PX_RELAY_FORWARD;
+    case 'S':
+        if (s->unsynced)
+            px_stats_query(c->pool);
+        s->pending_ready++;
+        s->unsynced = false;
+        return PX_RELAY_FORWARD;
+    case 'X': return PX_RELAY_CLOSE; /* Terminate: the server stays for the next client */
+    default: s->unsynced = true; return PX_RELAY_FORWARD;
+    }
+}
+
+/* Keeps what c sent until it may be relayed, but keeps reading (a bounded amount) so that
+ * a client that goes away is noticed at once. */
+static void hold_input(struct px_client *c)
+{
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
+        px_reader_enable(&c->rd, false);
+        c->read_paused = true;
+    }
+}
+
+void px_client_relay(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (c->state != PX_CL_ACTIVE || !s || s->state != PX_SV_ACTIVE)
+        return;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (evbuffer_get_length(in) == 0)
+        return;
+    if (px_batch_holds(c)) { /* other clients' queries follow its one: the rest waits */
+        hold_input(c);
+        return;
+    }
+    px_batch_close(s); /* more than one query of this client: no one may join */
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    uint32_t max = (uint32_t)px.cfg->max_message_bytes;
+    evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
+    size_t moved = 0;
+    enum px_relay_result r =
+        s->pool->mode == PX_POOL_TRANSACTION
+            ? px_relay_direct(&c->c2s, in, out, fd, px_txn_c2s_see, px_txn_c2s, c, max, &moved)
+            : px_relay_direct(&c->c2s, in, out, fd, c2s_see, px_client_on_request, c, max, &moved);
+    px_stats_bytes(c->pool, moved, 0);
+    if (r == PX_RELAY_CLOSED) {
+        px_client_close(c); /* Terminate */
+        return;
+    }
+    if (r == PX_RELAY_TOO_LARGE) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                        "invalid message length: message larger than max_message_bytes");
+        return;
+    }
+    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {
+        px_reader_enable(&c->rd, false);
+        c->read_paused = true;
+    }
+}
+
+void px_client_resume(struct px_client *c)
+{
+    if (c->read_paused && c->state == PX_CL_ACTIVE) {
+        c->read_paused = false;
+        px_reader_enable(&c->rd, true);
+        px_client_relay(c);
+    }
+}
+
+bool px_client_is_idle(const struct px_client *c)
+{
+    const struct px_server *s = c->server;
+    if (c->state == PX_CL_IDLE)
+        return !c->held_begin;
+    if (c->state != PX_CL_ACTIVE)
+        return c->state == PX_CL_LOGIN || c->state == PX_CL_WAITING;
+    if (!s)
+        return true;
+    return s->pending_ready == 0 && !s->unsynced && s->txn_status == 'I' && c->c2s.remaining == 0 &&
+           evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+}
+
+/* ---- callbacks ------------------------------------------------------------------------ */
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct px_client *c = arg;
+    (void)bev;
+    switch (c->state) {
+    case PX_CL_LOGIN: login_read(c); break;
+    case PX_CL_ACTIVE: px_client_relay(c); break;
+    case PX_CL_IDLE: px_txn_client_idle_read(c); break;
+    case PX_CL_WAITING:
+    case PX_CL_BATCHED: hold_input(c); break;
+    case PX_CL_FAILING: /* reading is off: input that was already read is ignored */
+    case PX_CL_CLOSING: break;
+    }
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct px_client *c = arg;
+    if (c->state == PX_CL_FAILING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            px_client_close(c);
+        return;
+    }
+    if (c->server)
+        px_server_resume(c->server);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct px_client *c = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake finished. */
+        c->tls = true;
+        c->login_step = PX_LOGIN_STARTUP;
+        px_stats_tls_handshake(true, true);
+        login_read(c);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (c->login_step == PX_LOGIN_TLS && (what & BEV_EVENT_ERROR))
+            px_stats_tls_handshake(true, false);
+        px_debug("client", 'C', c->id, "connection lost");
+        px_client_close(c);
+    }
+}

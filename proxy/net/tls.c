@@ -1,0 +1,116 @@
+/*
+ * tls.c: OpenSSL contexts (see tls.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "net/tls.h"
+
+const char *px_tls_error(void)
+{
+    static char buf[256];
+    unsigned long e = ERR_get_error();
+    if (!e)
+        return "unknown TLS error";
+    ERR_error_string_n(e, buf, sizeof(buf));
+    ERR_clear_error();
+    return buf;
+}
+
+static char *errf(const char *what, const char *file)
+{
+    char *msg = NULL;
+    if (asprintf(&msg, "%s %s: %s", what, file ? file : "", px_tls_error()) < 0)
+        return NULL;
+    return msg;
+}
+
+SSL_CTX *px_tls_client_side_new(const struct px_config *cfg, char **errmsg)
+{
+    *errmsg = NULL;
+    if (cfg->client_tls_mode == PX_CTLS_DISABLE)
+        return NULL;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        *errmsg = errf("cannot create TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    /* PostgreSQL clients do not resume sessions; tickets would only cost CPU. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->client_tls_cert_file) != 1) {
+        *errmsg = errf("cannot load client_tls_cert_file", cfg->client_tls_cert_file);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->client_tls_key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        *errmsg = errf("cannot load client_tls_key_file", cfg->client_tls_key_file);
+        goto fail;
+    }
+    if (cfg->client_tls_ca_file && *cfg->client_tls_ca_file) {
+        if (SSL_CTX_load_verify_locations(ctx, cfg->client_tls_ca_file, NULL) != 1) {
+            *errmsg = errf("cannot load client_tls_ca_file", cfg->client_tls_ca_file);
+            goto fail;
+        }
+        /* Ask for a client certificate and verify it when one is sent. */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    }
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+SSL_CTX *px_tls_server_side_new(const struct px_config *cfg, char **errmsg)
+{
+    *errmsg = NULL;
+    if (cfg->server_tls_mode == PX_STLS_DISABLE)
+        return NULL;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        *errmsg = errf("cannot create TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (cfg->server_tls_ca_file && *cfg->server_tls_ca_file) {
+        if (SSL_CTX_load_verify_locations(ctx, cfg->server_tls_ca_file, NULL) != 1) {
+            *errmsg = errf("cannot load server_tls_ca_file", cfg->server_tls_ca_file);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    }
+    if (cfg->server_tls_mode >= PX_STLS_VERIFY_CA)
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    else
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    return ctx;
+}
+
+SSL *px_tls_server_ssl_new(SSL_CTX *ctx, enum px_server_tls_mode mode, const char *host)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return NULL;
+    unsigned char addr[16];
+    bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
+    if (!is_ip)
+        SSL_set_tlsext_host_name(ssl, host);
+    if (mode == PX_STLS_VERIFY_FULL) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host)
+                       : X509_VERIFY_PARAM_set1_host(param, host, 0);
+        if (ok != 1) {
+            SSL_free(ssl);
+            return NULL;
+        }
+    }
+    return ssl;
+}

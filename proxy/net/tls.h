@@ -1,0 +1,26 @@
+/*
+ * tls.h: OpenSSL contexts for both sides.  pgwarden is the TLS server for clients
+ * (client_tls_mode) and a TLS client of PostgreSQL (server_tls_mode, libpq's sslmode
+ * semantics).  Connections get their SSL objects from here and hand them to libevent's
+ * OpenSSL bufferevents, which own them afterwards (BEV_OPT_CLOSE_ON_FREE).
+ */
+#ifndef PGW_PROXY_TLS_H
+#define PGW_PROXY_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "base/config.h"
+
+/* Builds the context for client connections; NULL (and *errmsg, free()) on failure.
+ * Returns NULL with *errmsg == NULL when client TLS is disabled. */
+SSL_CTX *px_tls_client_side_new(const struct px_config *cfg, char **errmsg);
+/* Builds the context for server connections (verification per server_tls_mode). */
+SSL_CTX *px_tls_server_side_new(const struct px_config *cfg, char **errmsg);
+
+/* A new SSL for a server connection to host: SNI and, for verify-full, host-name checks. */
+SSL *px_tls_server_ssl_new(SSL_CTX *ctx, enum px_server_tls_mode mode, const char *host);
+
+/* The last OpenSSL error as text (static buffer). */
+const char *px_tls_error(void);
+
+#endif

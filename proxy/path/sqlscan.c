@@ -1,0 +1,798 @@
+/*
+ * sqlscan.c: the simple-query classifier (see sqlscan.h for what it guarantees).
+ *
+ * Two layers, one pass, no token stored.
+ *
+ *   lexer      lex_next() returns the next token as PostgreSQL's scan.l would split it
+ *              (whitespace and comments skipped, literals and quoted identifiers whole),
+ *              and on the way notices calls of session advisory lock functions: a lock
+ *              function name token followed by a '(' token.
+ *   statements classify_stmt() looks at the first token of a statement and, for the few
+ *              statement forms that matter, pulls further tokens with stmt_next() and
+ *              matches them against the grammar (a little recursive descent).
+ *              stmt_next() never crosses the statement's ';', so a matcher can stop
+ *              anywhere; px_sql_classify() then drains the statement's remaining tokens.
+ *
+ * Every token advances the position by at least one byte and every token is looked at a
+ * bounded number of times, so the whole is linear in the length of the text.  Literal
+ * bodies are skipped with memchr where there are no escapes to look at.
+ */
+#include <string.h>
+
+#include "proto/params.h"
+#include "path/sqlscan.h"
+
+enum tok_kind {
+    TOK_END,    /* end of the text */
+    TOK_SEMI,   /* ';' */
+    TOK_WORD,   /* identifier or keyword, as written */
+    TOK_QIDENT, /* "quoted identifier": s/n is the text between the quotes, "" not undone */
+    TOK_STRING, /* string constant of any kind, including dollar-quoted */
+    TOK_NUMBER, /* numeric constant or $n parameter */
+    TOK_CHAR,   /* any other byte: punctuation, operator character, junk */
+    TOK_BAD,    /* unterminated literal, identifier or comment: runs to the end */
+};
+
+struct token {
+    enum tok_kind kind;
+    const char *s;
+    size_t n;
+};
+
+struct lexer {
+    const char *p, *end;
+    bool stmt_done;      /* the last token ended a statement (TOK_SEMI or TOK_END) */
+    bool after_lock_fn;  /* the last token named a session advisory lock function */
+    const char *feature; /* first session-only feature seen (static string) */
+};
+
+#define GENERIC_SET "SET of a parameter that is not re-synced"
+
+/* ---- characters ----------------------------------------------------------------------- */
+
+/* PostgreSQL 15's scan.l: space [ \t\n\r\f] (no \v before 16). */
+static bool is_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
+}
+
+static bool is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* ident_start [A-Za-z\200-\377_] */
+static bool is_ident_start(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+}
+
+/* ident_cont [A-Za-z\200-\377_0-9\$] */
+static bool is_ident_cont(unsigned char c)
+{
+    return is_ident_start(c) || is_digit(c) || c == '$';
+}
+
+static char fold(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+/* s[0..n) equals the lower-case ASCII word w[0..wn), ignoring ASCII case. */
+static bool fold_eq(const char *s, size_t n, const char *w, size_t wn)
+{
+    if (n != wn)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (fold(s[i]) != w[i])
+            return false;
+    return true;
+}
+
+/* ---- lexer ---------------------------------------------------------------------------- */
+
+/* p is just past the opening slash-star.  Returns just past the matching star-slash
+ * (comments nest), or NULL when the text ends first. */
+static const char *skip_block_comment(const char *p, const char *end)
+{
+    size_t depth = 1;
+    while (p < end) {
+        if (*p == '*' && end - p > 1 && p[1] == '/') {
+            p += 2;
+            if (--depth == 0)
+                return p;
+        } else if (*p == '/' && end - p > 1 && p[1] == '*') {
+            p += 2;
+            depth++;
+        } else {
+            p++;
+        }
+    }
+    return NULL;
+}
+
+/* Skips white space and comments.  Returns the start of the next token (end if none), or
+ * NULL for an unterminated block comment. */
+static const char *skip_blank(const char *p, const char *end)
+{
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (is_space(c)) {
+            p++;
+        } else if (c == '-' && end - p > 1 && p[1] == '-') {
+            p += 2; /* comment ("--"{non_newline}*), non_newline [^\n\r] */
+            while (p < end && *p != '\n' && *p != '\r')
+                p++;
+        } else if (c == '/' && end - p > 1 && p[1] == '*') {
+            p = skip_block_comment(p + 2, end);
+            if (!p)
+                return NULL;
+        } else {
+            break;
+        }
+    }
+    return p;
+}
+
+/* p is just past an opening quote q.  Returns the closing quote, or NULL when the text ends
+ * first.  A doubled quote stands for one; with backslash, a backslash escapes the next
+ * byte (E'' strings: \' and \\ and every other escape start with a backslash). */
+static const char *find_close_quote(const char *p, const char *end, char q, bool backslash)
+{
+    while (p < end) {
+        if (backslash) {
+            while (p < end && *p != q && *p != '\\')
+                p++;
+            if (p < end && *p == '\\') {
+                p += end - p > 1 ? 2 : 1;
+                continue;
+            }
+        } else {
+            p = memchr(p, q, (size_t)(end - p));
+        }
+        if (!p || p >= end)
+            return NULL;
+        if (end - p > 1 && p[1] == q) {
+            p += 2;
+            continue;
+        }
+        return p;
+    }
+    return NULL;
+}
+
+/* p is at '$'.  Returns the length of a dollar-quote delimiter $[tag]$ starting there
+ * (dolqdelim: \$({dolq_start}{dolq_cont}*)?\$ where dolq_cont has no '$'), or 0. */
+static size_t dollar_delim(const char *p, const char *end)
+{
+    const char *q = p + 1;
+    if (q < end && is_ident_start((unsigned char)*q)) {
+        q++;
+        while (q < end && (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q)))
+            q++;
+    }
+    if (q < end && *q == '$')
+        return (size_t)(q - p) + 1;
+    return 0;
+}
+
+/* p is just past the opening delimiter d[0..dn).  Returns just past the closing one, or
+ * NULL.  The tag holds no '$', so each comparison stops by the next '$' of the body:
+ * linear. */
+static const char *skip_dollar_body(const char *p, const char *end, const char *d, size_t dn)
+{
+    while ((size_t)(end - p) >= dn) {
+        const char *hit = memchr(p, '$', (size_t)(end - p) - dn + 1);
+        if (!hit)
+            return NULL;
+        if (!memcmp(hit, d, dn))
+            return hit + dn;
+        p = hit + 1;
+    }
+    return NULL;
+}
+
+/* One token starting at p (not blank, p < end); sets t and returns the position after it. */
+static const char *lex_token(const char *p, const char *end, struct token *t)
+{
+    unsigned char c = (unsigned char)*p;
+    const char *q;
+    t->s = p;
+    if (c == ';') {
+        t->kind = TOK_SEMI;
+        return p + 1;
+    }
+    if (is_ident_start(c)) {
+        if ((c == 'e' || c == 'E') && end - p > 1 && p[1] == '\'') { /* xestart [eE]{quote} */
+            q = find_close_quote(p + 2, end, '\'', true);
+            t->kind = q ? TOK_STRING : TOK_BAD;
+            return q ? q + 1 : end;
+        }
+        q = p + 1;
+        while (q < end && is_ident_cont((unsigned char)*q))
+            q++;
+        t->kind = TOK_WORD;
+        t->n = (size_t)(q - p);
+        return q;
+    }
+    if (c == '\'' || c == '"') {
+        q = find_close_quote(p + 1, end, (char)c, false);
+        if (!q) {
+            t->kind = TOK_BAD;
+            return end;
+        }
+        t->kind = c == '"' ? TOK_QIDENT : TOK_STRING;
+        t->s = p + 1;
+        t->n = (size_t)(q - (p + 1));
+        return q + 1;
+    }
+    if (is_digit(c) || (c == '$' && end - p > 1 && is_digit((unsigned char)p[1]))) {
+        q = p + 1; /* a number, with whatever junk PostgreSQL would reject after it */
+        while (q < end &&
+               (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q) || *q == '.'))
+            q++;
+        t->kind = TOK_NUMBER;
+        return q;
+    }
+    if (c == '$') {
+        size_t dn = dollar_delim(p, end);
+        if (dn) {
+            q = skip_dollar_body(p + dn, end, p, dn);
+            t->kind = q ? TOK_STRING : TOK_BAD;
+            return q ? q : end;
+        }
+    }
+    t->kind = TOK_CHAR;
+    t->n = 1;
+    return p + 1;
+}
+
+static const char *const lock_fns[] = {
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+};
+
+/* t names a session advisory lock function: a word in any case, or exactly "quoted". */
+static bool is_lock_fn(const struct token *t)
+{
+    if ((t->kind != TOK_WORD && t->kind != TOK_QIDENT) || t->n < 16 || (t->s[0] | 0x20) != 'p')
+        return false;
+    for (size_t i = 0; i < sizeof(lock_fns) / sizeof(lock_fns[0]); i++) {
+        size_t n = strlen(lock_fns[i]);
+        if (t->kind == TOK_WORD ? fold_eq(t->s, t->n, lock_fns[i], n)
+                                : t->n == n && !memcmp(t->s, lock_fns[i], n))
+            return true;
+    }
+    return false;
+}
+
+static void note_feature(struct lexer *lx, const char *feature)
+{
+    if (!lx->feature)
+        lx->feature = feature;
+}
+
+/* The next token of the text (TOK_END, again and again, at the end). */
+static void lex_next(struct lexer *lx, struct token *t)
+{
+    const char *p = skip_blank(lx->p, lx->end);
+    t->n = 0;
+    if (!p) { /* unterminated comment: PostgreSQL rejects the text */
+        t->kind = TOK_BAD;
+        t->s = lx->p;
+        lx->p = lx->end;
+    } else if (p == lx->end) {
+        t->kind = TOK_END;
+        t->s = p;
+        lx->p = p;
+    } else {
+        lx->p = lex_token(p, lx->end, t);
+    }
+    if (t->kind == TOK_CHAR && *t->s == '(' && lx->after_lock_fn)
+        note_feature(lx, "session advisory lock");
+    lx->after_lock_fn = is_lock_fn(t);
+    lx->stmt_done = t->kind == TOK_SEMI || t->kind == TOK_END;
+}
+
+/* The next token of the current statement: TOK_END once its ';' or the end was read. */
+static void stmt_next(struct lexer *lx, struct token *t)
+{
+    if (lx->stmt_done) {
+        t->kind = TOK_END;
+        t->s = lx->p;
+        t->n = 0;
+        return;
+    }
+    lex_next(lx, t);
+}
+
+/* ---- statement forms ------------------------------------------------------------------ */
+
+#define IS_KW(t, kw) is_kw((t), kw, sizeof(kw) - 1)
+
+static bool is_kw(const struct token *t, const char *kw, size_t n)
+{
+    return t->kind == TOK_WORD && fold_eq(t->s, t->n, kw, n);
+}
+
+static bool is_char(const struct token *t, char c)
+{
+    return t->kind == TOK_CHAR && *t->s == c;
+}
+
+static bool is_stmt_end(const struct token *t)
+{
+    return t->kind == TOK_SEMI || t->kind == TOK_END;
+}
+
+/* One transaction_mode_item starting at t; consumes it.  False when it is not one. */
+static bool mode_item(struct lexer *lx, struct token *t)
+{
+    if (IS_KW(t, "isolation")) {
+        stmt_next(lx, t);
+        if (!IS_KW(t, "level"))
+            return false;
+        stmt_next(lx, t);
+        if (IS_KW(t, "serializable"))
+            return true;
+        if (IS_KW(t, "repeatable")) {
+            stmt_next(lx, t);
+            return IS_KW(t, "read");
+        }
+        if (!IS_KW(t, "read"))
+            return false;
+        stmt_next(lx, t);
+        return IS_KW(t, "committed") || IS_KW(t, "uncommitted");
+    }
+    if (IS_KW(t, "read")) {
+        stmt_next(lx, t);
+        return IS_KW(t, "only") || IS_KW(t, "write");
+    }
+    if (IS_KW(t, "not"))
+        stmt_next(lx, t);
+    return IS_KW(t, "deferrable");
+}
+
+/* transaction_mode_list_or_empty from t to the end of the statement: items separated by
+ * ',' or nothing (no leading, trailing or doubled comma). */
+static bool rest_is_modes(struct lexer *lx, struct token *t)
+{
+    if (is_stmt_end(t))
+        return true;
+    for (;;) {
+        if (!mode_item(lx, t))
+            return false;
+        stmt_next(lx, t);
+        if (is_stmt_end(t))
+            return true;
+        if (is_char(t, ','))
+            stmt_next(lx, t);
+    }
+}
+
+/* BEGIN [WORK | TRANSACTION] modes, or (start) START TRANSACTION modes. */
+static void begin_stmt(struct lexer *lx, bool start, struct px_sql_info *res)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (start) {
+        if (!IS_KW(&t, "transaction"))
+            return;
+        stmt_next(lx, &t);
+    } else if (IS_KW(&t, "work") || IS_KW(&t, "transaction")) {
+        stmt_next(lx, &t);
+    }
+    if (rest_is_modes(lx, &t)) {
+        res->kind = PX_SQL_BEGIN;
+        res->tag = start ? "START TRANSACTION" : "BEGIN";
+    }
+}
+
+/* COMMIT/END/ROLLBACK/ABORT: [WORK | TRANSACTION] [AND NO CHAIN] and nothing else. */
+static void end_xact_stmt(struct lexer *lx, bool commit, struct px_sql_info *res)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "work") || IS_KW(&t, "transaction"))
+        stmt_next(lx, &t);
+    if (IS_KW(&t, "and")) { /* AND CHAIN starts a new transaction: not ours to answer */
+        stmt_next(lx, &t);
+        if (!IS_KW(&t, "no"))
+            return;
+        stmt_next(lx, &t);
+        if (!IS_KW(&t, "chain"))
+            return;
+        stmt_next(lx, &t);
+    }
+    if (!is_stmt_end(&t))
+        return;
+    res->kind = commit ? PX_SQL_COMMIT : PX_SQL_ROLLBACK;
+    res->tag = commit ? "COMMIT" : "ROLLBACK";
+}
+
+/* Keywords that cannot be a ColId (RESERVED_KEYWORD and TYPE_FUNC_NAME_KEYWORD in
+ * PostgreSQL 15's kwlist.h): DEALLOCATE select is a syntax error, not a name. */
+/* clang-format off */
+static const char *const not_colid[] = {
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "authorization",
+    "binary", "both", "case", "cast", "check", "collate", "collation", "column", "concurrently",
+    "constraint", "create", "cross", "current_catalog", "current_date", "current_role",
+    "current_schema", "current_time", "current_timestamp", "current_user", "default", "deferrable",
+    "desc", "distinct", "do", "else", "end", "except", "false", "fetch", "for", "foreign",
+    "freeze", "from", "full", "grant", "group", "having", "ilike", "in", "initially", "inner",
+    "intersect", "into", "is", "isnull", "join", "lateral", "leading", "left", "like", "limit",
+    "localtime", "localtimestamp", "natural", "not", "notnull", "null", "offset", "on", "only",
+    "or", "order", "outer", "overlaps", "placing", "primary", "references", "returning", "right",
+    "select", "session_user", "similar", "some", "symmetric", "table", "tablesample", "then", "to",
+    "trailing", "true", "union", "unique", "user", "using", "variadic", "verbose", "when", "where",
+    "window", "with",
+};
+/* clang-format on */
+
+/* t can be a statement name: a quoted identifier (not empty, no NUL) or a word that is
+ * not a reserved keyword. */
+static bool is_name(const struct token *t)
+{
+    if (t->kind == TOK_QIDENT)
+        return t->n > 0 && !memchr(t->s, '\0', t->n);
+    if (t->kind != TOK_WORD)
+        return false;
+    for (size_t i = 0; i < sizeof(not_colid) / sizeof(not_colid[0]); i++)
+        if (fold_eq(t->s, t->n, not_colid[i], strlen(not_colid[i])))
+            return false;
+    return true;
+}
+
+/* Copies the name t as PostgreSQL reads it: folded or unescaped, cut to 63 bytes without
+ * splitting a UTF-8 character (pg_mbcliplen). */
+static void copy_name(const struct token *t, char out[PX_SQL_NAME_SIZE])
+{
+    char buf[PX_SQL_NAME_SIZE + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < t->n && n < sizeof(buf); i++) {
+        char c = t->s[i];
+        if (t->kind == TOK_WORD)
+            c = fold(c);
+        else if (c == '"')
+            i++; /* "" stands for one quote; the lexer guarantees the second */
+        buf[n++] = c;
+    }
+    if (n >= PX_SQL_NAME_SIZE) {
+        n = PX_SQL_NAME_SIZE - 1;
+        while (n > 0 && ((unsigned char)buf[n] & 0xC0) == 0x80)
+            n--; /* buf[n] is the first byte cut: back up to its character's start */
+    }
+    memcpy(out, buf, n);
+    out[n] = '\0';
+}
+
+/* DEALLOCATE [PREPARE] {name | ALL}. */
+static void deallocate_stmt(struct lexer *lx, struct px_sql_info *res)
+{
+    struct token t, u;
+    stmt_next(lx, &t);
+    stmt_next(lx, &u);
+    if (IS_KW(&t, "prepare") && !is_stmt_end(&u)) {
+        t = u; /* DEALLOCATE PREPARE x; a bare DEALLOCATE PREPARE names "prepare" */
+        stmt_next(lx, &u);
+    }
+    if (!is_stmt_end(&u))
+        return;
+    if (IS_KW(&t, "all")) {
+        res->kind = PX_SQL_DEALLOCATE_ALL;
+    } else if (is_name(&t)) {
+        res->kind = PX_SQL_DEALLOCATE;
+        copy_name(&t, res->name);
+    }
+}
+
+static void discard_stmt(struct lexer *lx, struct px_sql_info *res)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (!IS_KW(&t, "all"))
+        return;
+    stmt_next(lx, &t);
+    if (is_stmt_end(&t))
+        res->kind = PX_SQL_DISCARD_ALL;
+}
+
+/* Untracked parameters worth naming in the warning (the rest get GENERIC_SET). */
+static const struct {
+    const char *name, *feature;
+} set_names[] = {
+    {"search_path", "SET search_path"},
+    {"role", "SET ROLE"},
+    {"session_authorization", "SET SESSION AUTHORIZATION"},
+    {"statement_timeout", "SET statement_timeout"},
+    {"lock_timeout", "SET lock_timeout"},
+    {"idle_in_transaction_session_timeout", "SET idle_in_transaction_session_timeout"},
+    {"work_mem", "SET work_mem"},
+    {"default_transaction_isolation", "SET default_transaction_isolation"},
+};
+
+/* var_name (ColId ['.' ColId ...]) at t, after SET [SESSION] or RESET: flags it unless it
+ * is a tracked parameter.  Parameter names are case-insensitive even when quoted. */
+static void param_name(struct lexer *lx, const struct token *t)
+{
+    struct token u;
+    if (t->kind != TOK_WORD && t->kind != TOK_QIDENT)
+        return; /* a syntax error: nothing is set */
+    stmt_next(lx, &u);
+    if (is_char(&u, '.')) { /* a custom (extension) parameter */
+        note_feature(lx, GENERIC_SET);
+        return;
+    }
+    if (px_tracked_index(t->s, t->n) >= 0)
+        return;
+    for (size_t i = 0; i < sizeof(set_names) / sizeof(set_names[0]); i++) {
+        if (fold_eq(t->s, t->n, set_names[i].name, strlen(set_names[i].name))) {
+            note_feature(lx, set_names[i].feature);
+            return;
+        }
+    }
+    note_feature(lx, GENERIC_SET);
+}
+
+/* After SET SESSION: SESSION AUTHORIZATION or SESSION CHARACTERISTICS at t? */
+static bool session_special(struct lexer *lx, const struct token *t)
+{
+    if (IS_KW(t, "authorization"))
+        note_feature(lx, "SET SESSION AUTHORIZATION");
+    else if (IS_KW(t, "characteristics"))
+        note_feature(lx, "SET SESSION CHARACTERISTICS");
+    else
+        return false;
+    return true;
+}
+
+/* After TIME: TIME ZONE is TimeZone (tracked); else "time" is some parameter name. */
+static void after_time(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (!IS_KW(&t, "zone"))
+        note_feature(lx, GENERIC_SET);
+}
+
+/* SET [LOCAL | SESSION] set_rest (gram.y VariableSetStmt). */
+static void set_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "local") || IS_KW(&t, "transaction") || IS_KW(&t, "constraints"))
+        return; /* transaction-scoped */
+    if (IS_KW(&t, "session")) {
+        stmt_next(lx, &t);
+        if (session_special(lx, &t) || IS_KW(&t, "transaction"))
+            return;
+        if (IS_KW(&t, "session")) { /* SET SESSION SESSION AUTHORIZATION is valid */
+            stmt_next(lx, &t);
+            if (!session_special(lx, &t))
+                note_feature(lx, GENERIC_SET);
+            return;
+        }
+    }
+    if (IS_KW(&t, "time"))
+        after_time(lx);
+    else if (IS_KW(&t, "names"))
+        return; /* client_encoding */
+    else if (IS_KW(&t, "role"))
+        note_feature(lx, "SET ROLE");
+    else if (IS_KW(&t, "schema"))
+        note_feature(lx, "SET search_path");
+    else
+        param_name(lx, &t);
+}
+
+/* RESET {ALL | TIME ZONE | TRANSACTION ISOLATION LEVEL | SESSION AUTHORIZATION | name}. */
+static void reset_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "all") || IS_KW(&t, "transaction"))
+        return;
+    if (IS_KW(&t, "time")) {
+        after_time(lx);
+    } else if (IS_KW(&t, "session")) {
+        stmt_next(lx, &t);
+        note_feature(lx, IS_KW(&t, "authorization") ? "SET SESSION AUTHORIZATION" : GENERIC_SET);
+    } else {
+        param_name(lx, &t);
+    }
+}
+
+/* PREPARE name ... (not PREPARE TRANSACTION 'gid'; "transaction" can also be a name). */
+static void prepare_stmt(struct lexer *lx)
+{
+    struct token t, u;
+    stmt_next(lx, &t);
+    if (t.kind != TOK_WORD && t.kind != TOK_QIDENT)
+        return;
+    if (IS_KW(&t, "transaction")) {
+        stmt_next(lx, &u);
+        if (!IS_KW(&u, "as") && !is_char(&u, '('))
+            return;
+    }
+    note_feature(lx, "PREPARE");
+}
+
+/* DECLARE name [cursor options] CURSOR {WITH | WITHOUT} HOLD FOR ... */
+static void declare_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (t.kind != TOK_WORD && t.kind != TOK_QIDENT)
+        return;
+    for (;;) {
+        stmt_next(lx, &t);
+        if (IS_KW(&t, "cursor"))
+            break;
+        if (!IS_KW(&t, "no") && !IS_KW(&t, "scroll") && !IS_KW(&t, "binary") &&
+            !IS_KW(&t, "insensitive") && !IS_KW(&t, "asensitive") && !IS_KW(&t, "sensitive"))
+            return;
+    }
+    stmt_next(lx, &t);
+    if (!IS_KW(&t, "with"))
+        return;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "hold"))
+        note_feature(lx, "WITH HOLD cursor");
+}
+
+/* CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} [RECURSIVE] {TABLE | VIEW | ...} */
+static void create_stmt(struct lexer *lx)
+{
+    struct token t;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "or")) {
+        stmt_next(lx, &t);
+        if (!IS_KW(&t, "replace"))
+            return;
+        stmt_next(lx, &t);
+    }
+    if (IS_KW(&t, "global") || IS_KW(&t, "local"))
+        stmt_next(lx, &t);
+    if (!IS_KW(&t, "temp") && !IS_KW(&t, "temporary"))
+        return;
+    stmt_next(lx, &t);
+    if (IS_KW(&t, "view") || IS_KW(&t, "recursive"))
+        note_feature(lx, "temporary view");
+    else if (IS_KW(&t, "sequence"))
+        note_feature(lx, "temporary sequence");
+    else
+        note_feature(lx, "temporary table");
+}
+
+/* SELECT ... INTO {TEMP | TEMPORARY} [TABLE] name: reads the whole statement. */
+static void select_stmt(struct lexer *lx)
+{
+    struct token t;
+    bool after_into = false;
+    for (;;) {
+        stmt_next(lx, &t);
+        if (is_stmt_end(&t))
+            return;
+        if (after_into && (IS_KW(&t, "temp") || IS_KW(&t, "temporary"))) {
+            note_feature(lx, "temporary table");
+            return;
+        }
+        after_into = IS_KW(&t, "into");
+    }
+}
+
+/* A query or data change starts with one of these (sqlscan.h, dml). */
+static bool is_dml_keyword(const struct token *t)
+{
+    switch (fold(t->s[0])) {
+    case 's': return IS_KW(t, "select");
+    case 'v': return IS_KW(t, "values");
+    case 't': return IS_KW(t, "table");
+    case 'w': return IS_KW(t, "with");
+    case 'i': return IS_KW(t, "insert");
+    case 'u': return IS_KW(t, "update");
+    case 'd': return IS_KW(t, "delete");
+    case 'm': return IS_KW(t, "merge");
+    default: return false;
+    }
+}
+
+/* One statement whose first token is t (not ';', not the end): fills res->kind, tag
+ * and name when it is one of ours, notes session features.  May stop before its end. */
+static void classify_stmt(struct lexer *lx, const struct token *t, struct px_sql_info *res)
+{
+    if (t->kind != TOK_WORD)
+        return;
+    res->dml = is_dml_keyword(t);
+    switch (fold(t->s[0])) {
+    case 'a':
+        if (IS_KW(t, "abort"))
+            end_xact_stmt(lx, false, res);
+        break;
+    case 'b':
+        if (IS_KW(t, "begin"))
+            begin_stmt(lx, false, res);
+        break;
+    case 'c':
+        if (IS_KW(t, "commit"))
+            end_xact_stmt(lx, true, res);
+        else if (IS_KW(t, "create"))
+            create_stmt(lx);
+        break;
+    case 'd':
+        if (IS_KW(t, "deallocate"))
+            deallocate_stmt(lx, res);
+        else if (IS_KW(t, "discard"))
+            discard_stmt(lx, res);
+        else if (IS_KW(t, "declare"))
+            declare_stmt(lx);
+        break;
+    case 'e':
+        if (IS_KW(t, "end"))
+            end_xact_stmt(lx, true, res);
+        break;
+    case 'l':
+        if (IS_KW(t, "listen"))
+            note_feature(lx, "LISTEN");
+        else if (IS_KW(t, "load"))
+            note_feature(lx, "LOAD");
+        break;
+    case 'p':
+        if (IS_KW(t, "prepare"))
+            prepare_stmt(lx);
+        break;
+    case 'r':
+        if (IS_KW(t, "rollback"))
+            end_xact_stmt(lx, false, res);
+        else if (IS_KW(t, "reset"))
+            reset_stmt(lx);
+        break;
+    case 's':
+        if (IS_KW(t, "select"))
+            select_stmt(lx);
+        else if (IS_KW(t, "set"))
+            set_stmt(lx);
+        else if (IS_KW(t, "start"))
+            begin_stmt(lx, true, res);
+        break;
+    default: break;
+    }
+}
+
+void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
+{
+    if (!sql) {
+        sql = "";
+        len = 0;
+    }
+    struct lexer lx = {.p = sql, .end = sql + len};
+    struct px_sql_info scratch; /* later statements: written, never read (only their
+                                   session features count, which the lexer keeps) */
+    struct token t;
+    size_t nstmt = 0;
+    memset(out, 0, sizeof(*out));
+    for (;;) {
+        lex_next(&lx, &t);
+        if (t.kind == TOK_END)
+            break;
+        if (t.kind == TOK_SEMI)
+            continue; /* empty statement: PostgreSQL drops it */
+        nstmt++;
+        classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
+        while (!lx.stmt_done)
+            lex_next(&lx, &t);
+    }
+    if (nstmt == 0) {
+        out->kind = PX_SQL_EMPTY;
+    } else if (nstmt > 1) {
+        *out = (struct px_sql_info){.kind = PX_SQL_OTHER, .multi = true};
+    }
+    out->session_feature = lx.feature;
+}
+
+bool px_sql_param_tracked(const char *name, size_t len)
+{
+    return px_tracked_index(name, len) >= 0;
+}

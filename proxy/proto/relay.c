@@ -1,0 +1,199 @@
+/*
+ * relay.c: streaming message forwarder (see relay.h).
+ *
+ * Invariant: st->remaining > 0 means the head of `in` is the continuation of a pass-through
+ * message; otherwise the head of `in` is the start of a message.  `run` counts bytes at the
+ * head of `in` already decided to be forwarded; they are moved in one call before any
+ * callback that may write to `out` itself, so the order of bytes is always preserved.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "proto/relay.h"
+#include "proto/wire.h"
+
+static int peek_header(struct evbuffer *in, size_t offset, char *type, uint32_t *len)
+{
+    uint8_t copy[5];
+    const uint8_t *hdr = copy;
+    struct evbuffer_iovec first;
+    /* Once per message: read the header in place when it lies in the first chain (small
+     * messages, the hot path); otherwise search for it and copy it out. */
+    if (evbuffer_peek(in, -1, NULL, &first, 1) == 1 && offset + 5 <= first.iov_len) {
+        hdr = (const uint8_t *)first.iov_base + offset;
+    } else {
+        struct evbuffer_ptr ptr;
+        if (evbuffer_ptr_set(in, &ptr, offset, EVBUFFER_PTR_SET) < 0 ||
+            evbuffer_copyout_from(in, &ptr, copy, 5) != 5)
+            return -1;
+    }
+    *type = (char)hdr[0];
+    *len = px_get_u32(hdr + 1);
+    return 0;
+}
+
+static void flush_run(struct evbuffer *in, struct evbuffer *out, size_t *run)
+{
+    if (*run) {
+        evbuffer_remove_buffer(in, out, *run);
+        *run = 0;
+    }
+}
+
+enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,
+                              const uint8_t see[256], px_relay_cb cb, void *ctx, uint32_t max_len)
+{
+    size_t run = 0;
+    size_t avail = evbuffer_get_length(in);
+    enum px_relay_result result = PX_RELAY_OK;
+
+    if (st->remaining) {
+        size_t n = avail < st->remaining ? avail : st->remaining;
+        run = n;
+        st->remaining -= (uint32_t)n;
+        if (st->remaining)
+            goto out;
+    }
+    for (;;) {
+        avail = evbuffer_get_length(in) - run;
+        if (avail < 5)
+            break;
+        char type;
+        uint32_t len;
+        if (peek_header(in, run, &type, &len) < 0)
+            break;
+        if (len < 4 || len > max_len) {
+            result = PX_RELAY_TOO_LARGE;
+            break;
+        }
+        size_t total = (size_t)len + 1;
+        uint8_t mode = see[(uint8_t)type];
+        if (mode == PX_SEE_BODY) {
+            if (avail < total)
+                break;
+            flush_run(in, out, &run);
+            const uint8_t *msg = evbuffer_pullup(in, (ssize_t)total);
+            if (!msg) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            enum px_relay_action act = cb(ctx, out, type, msg + 5, len - 4);
+            if (act == PX_RELAY_CLOSE) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            if (act == PX_RELAY_DROP) {
+                evbuffer_drain(in, total);
+                continue;
+            }
+            run = total;
+            if (act == PX_RELAY_STOP) {
+                result = PX_RELAY_STOPPED;
+                break;
+            }
+            continue;
+        }
+        if (mode == PX_SEE_TYPE) {
+            enum px_relay_action act = cb(ctx, out, type, NULL, len - 4);
+            if (act == PX_RELAY_CLOSE) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            /* DROP and STOP make no sense without the body; treat as FORWARD. */
+        }
+        if (avail >= total) {
+            run += total;
+        } else {
+            run += avail;
+            st->remaining = (uint32_t)(total - avail);
+            break;
+        }
+    }
+out:
+    flush_run(in, out, &run);
+    return result;
+}
+
+/* Where px_relay_direct assembles what it then writes to the socket in one go.  The proxy
+ * is single-threaded; the buffer is always empty between calls. */
+static struct evbuffer *scratch;
+
+/* Extents written per direct write; a longer buffer's rest goes through the bufferevent. */
+#define PX_RELAY_WRITE_IOV 16
+
+enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
+                                     struct evbuffer *out, evutil_socket_t fd,
+                                     const uint8_t see[256], px_relay_cb cb, void *ctx,
+                                     uint32_t max_len, size_t *moved)
+{
+    if (fd >= 0 && !scratch)
+        scratch = evbuffer_new();
+    if (fd < 0 || !scratch || evbuffer_get_length(out) > 0) {
+        size_t before = evbuffer_get_length(out);
+        enum px_relay_result r = px_relay(st, in, out, see, cb, ctx, max_len);
+        *moved = evbuffer_get_length(out) - before;
+        return r;
+    }
+    enum px_relay_result r = px_relay(st, in, scratch, see, cb, ctx, max_len);
+    *moved = evbuffer_get_length(scratch);
+    if (*moved) {
+        /* Errors (peer gone) are left to the bufferevent, which meets them on its own
+         * write of whatever remains.  One extent (the usual case) goes out with send(),
+         * which the kernel serves a little faster than writev(). */
+        struct evbuffer_iovec v[PX_RELAY_WRITE_IOV];
+        int n = evbuffer_peek(scratch, -1, NULL, v, PX_RELAY_WRITE_IOV);
+        ssize_t w = n == 1 ? send(fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL)
+                           : writev(fd, v, n < PX_RELAY_WRITE_IOV ? n : PX_RELAY_WRITE_IOV);
+        if (w > 0)
+            evbuffer_drain(scratch, (size_t)w);
+        if (evbuffer_get_length(scratch) > 0)
+            evbuffer_add_buffer(out, scratch);
+    }
+    return r;
+}
+
+void px_relay_shutdown(void)
+{
+    if (scratch)
+        evbuffer_free(scratch);
+    scratch = NULL;
+}
+
+int px_read_message(struct evbuffer *in, uint32_t max_len, char *type, const uint8_t **body,
+                    uint32_t *len)
+{
+    size_t avail = evbuffer_get_length(in);
+    if (avail < 5)
+        return 0;
+    uint8_t hdr[5];
+    evbuffer_copyout(in, hdr, 5);
+    uint32_t l = px_get_u32(hdr + 1);
+    if (l < 4 || l > max_len)
+        return -1;
+    if (avail < (size_t)l + 1)
+        return 0;
+    const uint8_t *msg = evbuffer_pullup(in, (ssize_t)l + 1);
+    if (!msg)
+        return -1;
+    *type = (char)msg[0];
+    *body = msg + 5;
+    *len = l - 4;
+    return 1;
+}
+
+int px_take_message(struct evbuffer *in, uint32_t max_len, char *type, uint8_t **body,
+                    uint32_t *len)
+{
+    const uint8_t *peek;
+    int r = px_read_message(in, max_len, type, &peek, len);
+    if (r <= 0)
+        return r;
+    *body = malloc(*len ? *len : 1);
+    if (!*body)
+        return -1;
+    memcpy(*body, peek, *len);
+    evbuffer_drain(in, (size_t)*len + 5);
+    return 1;
+}

@@ -1,0 +1,203 @@
+/*
+ * wire.c: protocol v3 parsing and builders (see wire.h).
+ */
+#include <string.h>
+
+#include "proto/wire.h"
+
+static const char *cstr_in(const char *p, const char *end)
+{
+    const char *nul = memchr(p, '\0', (size_t)(end - p));
+    return nul;
+}
+
+const char *px_wire_parse_startup(const char *body, size_t len, struct px_startup *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len < 4)
+        return "invalid length of startup packet";
+    out->code = px_get_u32(body);
+    if (out->code == PX_CANCEL_REQUEST_CODE) {
+        if (len != 12)
+            return "invalid length of cancel request";
+        out->cancel_pid = px_get_u32(body + 4);
+        out->cancel_key = px_get_u32(body + 8);
+        return NULL;
+    }
+    if (out->code == PX_SSL_REQUEST_CODE || out->code == PX_GSSENC_REQUEST_CODE)
+        return len == 4 ? NULL : "invalid length of encryption request";
+    if ((out->code >> 16) != 3)
+        return NULL; /* caller rejects the version with its own message */
+    const char *p = body + 4, *end = body + len;
+    while (p < end && *p) {
+        const char *name_end = cstr_in(p, end);
+        if (!name_end || name_end + 1 >= end)
+            return "invalid startup packet layout: expected terminator as last byte";
+        const char *value = name_end + 1;
+        const char *value_end = cstr_in(value, end);
+        if (!value_end)
+            return "invalid startup packet layout: expected terminator as last byte";
+        if (out->nparams == PX_MAX_STARTUP_PARAMS)
+            return "too many startup parameters";
+        out->params[out->nparams].name = p;
+        out->params[out->nparams].value = value;
+        out->nparams++;
+        p = value_end + 1;
+    }
+    if (p != end - 1)
+        return "invalid startup packet layout: expected terminator as last byte";
+    return NULL;
+}
+
+const char *px_startup_get(const struct px_startup *s, const char *name)
+{
+    for (size_t i = 0; i < s->nparams; i++)
+        if (strcmp(s->params[i].name, name) == 0)
+            return s->params[i].value;
+    return NULL;
+}
+
+static int add_header(struct evbuffer *out, char type, size_t body_len)
+{
+    uint8_t hdr[5];
+    hdr[0] = (uint8_t)type;
+    px_put_u32(hdr + 1, (uint32_t)(body_len + 4));
+    return evbuffer_add(out, hdr, 5);
+}
+
+int px_wire_msg(struct evbuffer *out, char type, const void *body, size_t len)
+{
+    if (add_header(out, type, len) < 0)
+        return -1;
+    return len ? evbuffer_add(out, body, len) : 0;
+}
+
+int px_wire_error(struct evbuffer *out, enum px_severity sev, const char *sqlstate,
+                  const char *message, const char *detail)
+{
+    static const char *const names[] = {"ERROR", "FATAL", "NOTICE", "WARNING"};
+    const char *s = names[sev];
+    size_t len = 0;
+    len += 1 + strlen(s) + 1;        /* S */
+    len += 1 + strlen(s) + 1;        /* V */
+    len += 1 + strlen(sqlstate) + 1; /* C */
+    len += 1 + strlen(message) + 1;  /* M */
+    if (detail)
+        len += 1 + strlen(detail) + 1;
+    len += 1; /* terminator */
+    if (add_header(out, sev == PX_SEV_NOTICE || sev == PX_SEV_WARNING ? 'N' : 'E', len) < 0)
+        return -1;
+    int rc = 0;
+    rc |= evbuffer_add(out, "S", 1) | evbuffer_add(out, s, strlen(s) + 1);
+    rc |= evbuffer_add(out, "V", 1) | evbuffer_add(out, s, strlen(s) + 1);
+    rc |= evbuffer_add(out, "C", 1) | evbuffer_add(out, sqlstate, strlen(sqlstate) + 1);
+    rc |= evbuffer_add(out, "M", 1) | evbuffer_add(out, message, strlen(message) + 1);
+    if (detail)
+        rc |= evbuffer_add(out, "D", 1) | evbuffer_add(out, detail, strlen(detail) + 1);
+    rc |= evbuffer_add(out, "", 1);
+    return rc ? -1 : 0;
+}
+
+int px_wire_ready(struct evbuffer *out, char status)
+{
+    uint8_t msg[6] = {'Z', 0, 0, 0, 5, (uint8_t)status};
+    return evbuffer_add(out, msg, sizeof(msg));
+}
+
+int px_wire_auth(struct evbuffer *out, uint32_t code, const void *data, size_t len)
+{
+    uint8_t c[4];
+    px_put_u32(c, code);
+    if (add_header(out, 'R', 4 + len) < 0 || evbuffer_add(out, c, 4) < 0)
+        return -1;
+    return len ? evbuffer_add(out, data, len) : 0;
+}
+
+int px_wire_param_status(struct evbuffer *out, const char *name, const char *value)
+{
+    size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
+    if (add_header(out, 'S', nl + vl) < 0)
+        return -1;
+    return evbuffer_add(out, name, nl) | evbuffer_add(out, value, vl);
+}
+
+int px_wire_backend_key(struct evbuffer *out, uint32_t pid, uint32_t key)
+{
+    uint8_t msg[13] = {'K', 0, 0, 0, 12};
+    px_put_u32(msg + 5, pid);
+    px_put_u32(msg + 9, key);
+    return evbuffer_add(out, msg, sizeof(msg));
+}
+
+int px_wire_negotiate(struct evbuffer *out, uint32_t minor, const char *const *unsupported,
+                      size_t n)
+{
+    size_t len = 8;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(unsupported[i]) + 1;
+    uint8_t head[8];
+    px_put_u32(head, PX_PROTO_V3 | minor);
+    px_put_u32(head + 4, (uint32_t)n);
+    if (add_header(out, 'v', len) < 0 || evbuffer_add(out, head, 8) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (evbuffer_add(out, unsupported[i], strlen(unsupported[i]) + 1) < 0)
+            return -1;
+    return 0;
+}
+
+int px_wire_query(struct evbuffer *out, const char *sql)
+{
+    return px_wire_msg(out, 'Q', sql, strlen(sql) + 1);
+}
+
+int px_wire_startup(struct evbuffer *out, const struct px_startup_param *params, size_t n)
+{
+    size_t len = 4 + 4 + 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(params[i].name) + 1 + strlen(params[i].value) + 1;
+    uint8_t head[8];
+    px_put_u32(head, (uint32_t)len);
+    px_put_u32(head + 4, PX_PROTO_V3);
+    if (evbuffer_add(out, head, 8) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (evbuffer_add(out, params[i].name, strlen(params[i].name) + 1) < 0 ||
+            evbuffer_add(out, params[i].value, strlen(params[i].value) + 1) < 0)
+            return -1;
+    }
+    return evbuffer_add(out, "", 1);
+}
+
+int px_wire_cancel(struct evbuffer *out, uint32_t pid, uint32_t key)
+{
+    uint8_t msg[16];
+    px_put_u32(msg, 16);
+    px_put_u32(msg + 4, PX_CANCEL_REQUEST_CODE);
+    px_put_u32(msg + 8, pid);
+    px_put_u32(msg + 12, key);
+    return evbuffer_add(out, msg, sizeof(msg));
+}
+
+int px_wire_ssl_request(struct evbuffer *out)
+{
+    uint8_t msg[8];
+    px_put_u32(msg, 8);
+    px_put_u32(msg + 4, PX_SSL_REQUEST_CODE);
+    return evbuffer_add(out, msg, sizeof(msg));
+}
+
+const char *px_wire_error_field(const char *body, size_t len, char code)
+{
+    const char *p = body, *end = body + len;
+    while (p < end && *p) {
+        char field = *p++;
+        const char *nul = memchr(p, '\0', (size_t)(end - p));
+        if (!nul)
+            return NULL;
+        if (field == code)
+            return p;
+        p = nul + 1;
+    }
+    return NULL;
+}
