@@ -18,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <event2/event.h>
 #include <event2/bufferevent.h>
@@ -52,6 +53,23 @@ struct px_welcome {
     size_t signature_len;
     struct px_params params;
 };
+
+static inline struct px_welcome *px_welcome_ref(struct px_welcome *w)
+{
+    if (w)
+        w->refs++;
+    return w;
+}
+
+/* Drops a reference; the last one frees w.  NULL is a no-op. */
+static inline void px_welcome_unref(struct px_welcome *w)
+{
+    if (!w || --w->refs > 0)
+        return;
+    px_params_clear(&w->params);
+    free(w->signature);
+    free(w);
+}
 
 enum px_client_state {
     PX_CL_LOGIN,   /* startup packet, TLS, authentication */

@@ -187,6 +187,8 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     (void)arg;
     px_pool_run_pending();
     reap();
+    if (px.shutting_down)
+        px_pool_check_shutdown(); /* the last client may just have gone */
 }
 
 static int open_listener(char **errmsg)

@@ -30,7 +30,7 @@
 
 #include "admin/admin.h"
 #include "base/config.h"
-#include "admin/json_util.h"
+#include "base/json_util.h"
 #include "base/log.h"
 
 #define TOKEN_DIGEST_LEN 32 /* SHA-256 */

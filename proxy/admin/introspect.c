@@ -10,7 +10,7 @@
 #include "net/client.h"
 #include "conn.h"
 #include "admin/introspect.h"
-#include "admin/json_util.h"
+#include "base/json_util.h"
 #include "main.h"
 
 static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "admin/json_util.h"
+#include "base/json_util.h"
 #include "metrics/metrics.h"
 
 /* ---- built-in tables ---- */

@@ -10,9 +10,9 @@
 
 #include <openssl/rand.h>
 
-#include "net/cancel.h"
 #include "base/log.h"
-#include "pool/pool.h"
+#include "net/cancel.h"
+#include "net/server.h"
 
 static size_t bucket_of(uint32_t pid, uint32_t key, size_t nbuckets)
 {
@@ -131,7 +131,7 @@ void px_cancel_forward(struct px_client *c)
     struct px_server *s = c->server;
     struct sockaddr_storage ss;
     socklen_t sslen;
-    if (px_pool_address(s->pool, &ss, &sslen) < 0)
+    if (px_server_address(s->pool, &ss, &sslen) < 0)
         return;
     struct bufferevent *bev = bufferevent_socket_new(px.base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (!bev)

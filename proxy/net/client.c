@@ -21,16 +21,11 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "path/batch.h"
-#include "net/cancel.h"
-#include "net/client.h"
 #include "base/log.h"
-#include "pool/pool.h"
-#include "proto/relay.h"
-#include "net/server.h"
 #include "metrics/metrics.h"
 #include "metrics/stats.h"
-#include "path/txn.h"
+#include "net/cancel.h"
+#include "net/client.h"
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_auth_ok(struct px_client *c);
@@ -175,23 +170,13 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
 
 /* ---- closing -------------------------------------------------------------------------- */
 
-static void unlink_server(struct px_client *c)
-{
-    struct px_server *s = c->server;
-    if (!s || px_batch_leave(c))
-        return;
-    c->server = NULL;
-    s->client = NULL;
-    px_server_release(s, c->c2s.remaining != 0);
-}
-
 void px_client_close(struct px_client *c)
 {
     if (c->state == PX_CL_CLOSING)
         return;
     px_debug("client", 'C', c->id, "closing");
     px_cancel_forget(c);
-    unlink_server(c);
+    px_path_client_leaving(c);
     if (c->launching) {
         /* The server being opened for us logs in anyway and goes idle. */
         if (c->launching->opener == c)
@@ -202,14 +187,12 @@ void px_client_close(struct px_client *c)
     if (c->bev) /* NULL when switching to TLS failed */
         bufferevent_disable(c->bev, EV_WRITE);
     px.n_clients--;
-    px_client_set_state(c, PX_CL_CLOSING);
-    if (px.shutting_down)
-        px_pool_check_shutdown();
+    px_client_set_state(c, PX_CL_CLOSING); /* the reaper checks shutdown progress */
 }
 
 static void close_after_flush(struct px_client *c)
 {
-    unlink_server(c);
+    px_path_client_leaving(c);
     px_reader_enable(&c->rd, false);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         px_client_close(c);
@@ -282,7 +265,7 @@ void px_client_free(struct px_client *c)
     free(c->application_name);
     free(c->param_buf);
     free(c->params);
-    px_txn_client_free(c);
+    px_path_client_free(c);
     free(c);
 }
 
@@ -378,9 +361,7 @@ static void auth_failed(struct px_client *c)
     px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
 }
 
-/* Ends the login: ParameterStatus of params, our BackendKeyData, ReadyForQuery.  w (may be
- * NULL) is the cached welcome params come from; the client keeps a reference. */
-static void welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w)
+void px_client_welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     for (size_t i = 0; i < params->n; i++)
@@ -401,25 +382,7 @@ static void client_auth_ok(struct px_client *c)
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }
-    const struct px_db_config *db = px_config_find_db(px.cfg, c->database);
-    struct px_pool *pool = db ? px_pool_get(c->database, c->user, db) : NULL;
-    if (!pool) {
-        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
-        return;
-    }
-    c->pool = pool;
-    /* With a cached welcome the login completes now; a server is linked when the client
-     * needs one (transaction pooling) or as soon as one is free (session pooling). */
-    struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
-    if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
-        welcome(c, &w->params, w);
-        if (pool->mode == PX_POOL_TRANSACTION) {
-            px_client_set_state(c, PX_CL_IDLE);
-            px_txn_client_idle_read(c);
-            return;
-        }
-    }
-    px_pool_request_server(pool, c);
+    px_path_client_authenticated(c);
 }
 
 /* Password message of the md5 exchange. */
@@ -686,116 +649,7 @@ static void login_read(struct px_client *c)
     }
 }
 
-/* ---- linked: relaying ----------------------------------------------------------------- */
-
-void px_client_on_linked(struct px_client *c)
-{
-    struct px_server *s = c->server;
-    if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
-        welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
-    c->read_paused = false; /* a waiting client may have stopped reading */
-    px_reader_enable(&c->rd, true);
-    if (s->pool->mode == PX_POOL_TRANSACTION) {
-        if (!px_txn_client_linked(c)) {
-            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
-            return;
-        }
-        if (!px_batch_open(c))
-            px_client_relay(c);
-        if (c->server == s)
-            px_txn_maybe_release(s);
-        return;
-    }
-    px_client_relay(c);
-}
-
-/* Client -> server message types the relay must see (see relay.h). */
-static const uint8_t c2s_see[256] = {
-    ['Q'] = PX_SEE_TYPE, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_TYPE,
-    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-
-enum px_relay_action px_client_on_request(void *ctx, struct evbuffer *out, char type,
-                                          const uint8_t *body, uint32_t len)
-{
-    (void)out;
-    struct px_client *c = ctx;
-    struct px_server *s = c->server;
-    (void)body;
-    (void)len;
-    switch (type) {
-    case 'Q':
-        px_stats_query(c->pool);
-        s->pending_ready++;
-        return PX_RELAY_FORWARD;
-    case 'F': s->pending_ready++; return PX_RELAY_FORWARD;
-    case 'S':
-        if (s->unsynced)
-            px_stats_query(c->pool);
-        s->pending_ready++;
-        s->unsynced = false;
-        return PX_RELAY_FORWARD;
-    case 'X': return PX_RELAY_CLOSE; /* Terminate: the server stays for the next client */
-    default: s->unsynced = true; return PX_RELAY_FORWARD;
-    }
-}
-
-/* Keeps what c sent until it may be relayed, but keeps reading (a bounded amount) so that
- * a client that goes away is noticed at once. */
-static void hold_input(struct px_client *c)
-{
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
-        px_reader_enable(&c->rd, false);
-        c->read_paused = true;
-    }
-}
-
-void px_client_relay(struct px_client *c)
-{
-    struct px_server *s = c->server;
-    if (c->state != PX_CL_ACTIVE || !s || s->state != PX_SV_ACTIVE)
-        return;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (evbuffer_get_length(in) == 0)
-        return;
-    if (px_batch_holds(c)) { /* other clients' queries follow its one: the rest waits */
-        hold_input(c);
-        return;
-    }
-    px_batch_close(s); /* more than one query of this client: no one may join */
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    uint32_t max = (uint32_t)px.cfg->max_message_bytes;
-    evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
-    size_t moved = 0;
-    enum px_relay_result r =
-        s->pool->mode == PX_POOL_TRANSACTION
-            ? px_relay_direct(&c->c2s, in, out, fd, px_txn_c2s_see, px_txn_c2s, c, max, &moved)
-            : px_relay_direct(&c->c2s, in, out, fd, c2s_see, px_client_on_request, c, max, &moved);
-    px_stats_bytes(c->pool, moved, 0);
-    if (r == PX_RELAY_CLOSED) {
-        px_client_close(c); /* Terminate */
-        return;
-    }
-    if (r == PX_RELAY_TOO_LARGE) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
-                        "invalid message length: message larger than max_message_bytes");
-        return;
-    }
-    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {
-        px_reader_enable(&c->rd, false);
-        c->read_paused = true;
-    }
-}
-
-void px_client_resume(struct px_client *c)
-{
-    if (c->read_paused && c->state == PX_CL_ACTIVE) {
-        c->read_paused = false;
-        px_reader_enable(&c->rd, true);
-        px_client_relay(c);
-    }
-}
+/* ---- state queries ------------------------------------------------------------------- */
 
 bool px_client_is_idle(const struct px_client *c)
 {
@@ -818,10 +672,10 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     switch (c->state) {
     case PX_CL_LOGIN: login_read(c); break;
-    case PX_CL_ACTIVE: px_client_relay(c); break;
-    case PX_CL_IDLE: px_txn_client_idle_read(c); break;
+    case PX_CL_IDLE:
     case PX_CL_WAITING:
-    case PX_CL_BATCHED: hold_input(c); break;
+    case PX_CL_ACTIVE:
+    case PX_CL_BATCHED: px_path_client_input(c); break;
     case PX_CL_FAILING: /* reading is off: input that was already read is ignored */
     case PX_CL_CLOSING: break;
     }
@@ -835,8 +689,7 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
             px_client_close(c);
         return;
     }
-    if (c->server)
-        px_server_resume(c->server);
+    px_path_client_drained(c);
 }
 
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)

@@ -9,29 +9,26 @@
  * An ErrorResponse during login fails the waiting clients that share the opener's
  * signature with exactly the server's error.
  */
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <event2/bufferevent_ssl.h>
 #include <openssl/crypto.h>
 
-#include "path/batch.h"
-#include "net/client.h"
 #include "base/log.h"
-#include "pool/pool.h"
-#include "proto/relay.h"
-#include "net/server.h"
 #include "metrics/stats.h"
+#include "net/client.h"
+#include "net/server.h"
 #include "net/tls.h"
-#include "path/txn.h"
 
-#define SERVER_MAX_MESSAGE 0x3fffffffu
-#define LOGIN_MAX_MESSAGE  (1u << 20)
+#define LOGIN_MAX_MESSAGE (1u << 20)
 
 static void server_read_cb(struct bufferevent *bev, void *arg);
 static void server_write_cb(struct bufferevent *bev, void *arg);
@@ -78,26 +75,20 @@ void px_server_set_state(struct px_server *s, enum px_server_state st)
         event_active(px.reaper, EV_TIMEOUT, 0);
 }
 
-/* ParameterStatus body: name\0value\0.  The client linked to s sees the value too. */
+int px_server_param_status(struct px_server *s, const uint8_t *body, uint32_t len,
+                           const char **name, const char **value)
+{
+    if (px_params_parse_status(body, len, name, value) < 0 ||
+        px_params_set(&s->params, *name, *value) < 0)
+        return -1;
+    return 0;
+}
+
+/* ParameterStatus outside relaying (login, reset, idle): the server's own view. */
 static int apply_param_status(struct px_server *s, const uint8_t *body, uint32_t len)
 {
     const char *name, *value;
-    if (px_params_parse_status(body, len, &name, &value) < 0 ||
-        px_params_set(&s->params, name, value) < 0)
-        return -1;
-    struct px_client *c = s->client;
-    if (c && s->state == PX_SV_ACTIVE) {
-        if (!strcmp(name, "application_name")) {
-            char *v = strdup(value);
-            if (v) {
-                free(c->application_name);
-                c->application_name = v;
-            }
-        }
-        if (s->pool->mode == PX_POOL_TRANSACTION && px_txn_client_param(c, name, value) < 0)
-            return -1;
-    }
-    return 0;
+    return px_server_param_status(s, body, len, &name, &value);
 }
 
 /* Fails s in the way its state calls for: a login failure reaches the waiting clients. */
@@ -111,11 +102,35 @@ static void server_fail(struct px_server *s, const char *why)
 
 /* ---- launch and connect --------------------------------------------------------------- */
 
+int px_server_address(const struct px_pool *pool, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (pool->host[0] == '/') {
+        struct sockaddr_un *un = (struct sockaddr_un *)ss;
+        un->sun_family = AF_UNIX;
+        if ((size_t)snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d", pool->host,
+                             pool->port) >= sizeof(un->sun_path))
+            return -1;
+        *len = sizeof(*un);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", pool->port);
+    if (getaddrinfo(pool->host, port, &hints, &res) != 0 || !res)
+        return -1;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
 static int connect_socket(struct px_server *s, struct px_pool *pool)
 {
     struct sockaddr_storage ss;
     socklen_t sslen;
-    if (px_pool_address(pool, &ss, &sslen) < 0)
+    if (px_server_address(pool, &ss, &sslen) < 0)
         return -1;
     evutil_socket_t fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -373,10 +388,9 @@ static bool login_message(struct px_server *s, char type, const uint8_t *body, u
         return true;
     case 'Z':
         s->txn_status = len ? (char)body[0] : 'I';
-        px_pool_welcome_store(s);
         px_stats_server_connected(s->pool, px_now_ms() - s->created_ms);
         px_debug("server", 'S', s->id, "logged in (backend pid %u)", s->backend_pid);
-        px_pool_server_ready(s);
+        px_pool_server_logged_in(s);
         return false;
     case 'E': {
         /* The clients waiting for this server get PostgreSQL's own error. */
@@ -415,120 +429,6 @@ static void login_read(struct px_server *s)
         read_messages(s, login_message);
 }
 
-/* ---- active: relaying ----------------------------------------------------------------- */
-
-static const uint8_t s2c_see[256] = {
-    ['Z'] = PX_SEE_BODY,
-    ['S'] = PX_SEE_BODY,
-    ['E'] = PX_SEE_BODY,
-};
-
-static enum px_relay_action s2c_cb(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
-                                   uint32_t len)
-{
-    (void)out;
-    struct px_server *s = ctx;
-    switch (type) {
-    case 'Z':
-        if (s->pending_ready > 0)
-            s->pending_ready--;
-        s->txn_status = len ? (char)body[0] : 'I';
-        if (s->txn_status == 'I')
-            px_stats_transaction(s->pool);
-        return PX_RELAY_FORWARD;
-    case 'S':
-        if (apply_param_status(s, body, len) < 0)
-            return PX_RELAY_CLOSE;
-        return PX_RELAY_FORWARD;
-    case 'E': {
-        const char *sev = px_wire_error_field((const char *)body, len, 'V');
-        const char *code = px_wire_error_field((const char *)body, len, 'C');
-        px_stats_error_sent(s->pool, code);
-        if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
-            s->close_needed = true;
-        return PX_RELAY_FORWARD;
-    }
-    default: return PX_RELAY_FORWARD;
-    }
-}
-
-enum px_relay_action px_server_on_reply(struct px_server *s, char type, const uint8_t *body,
-                                        uint32_t len)
-{
-    return s2c_cb(s, NULL, type, body, len);
-}
-
-/* Transaction pooling: relays replies to s's client, and with a batch on s (batch.h) to
- * each batched client in turn. */
-static void relay_txn(struct px_server *s)
-{
-    for (;;) {
-        struct px_client *c = s->client;
-        if (s->state != PX_SV_ACTIVE || (!c && !s->orphan_client))
-            return;
-        if (s->hidden_queries > 0 && !px_txn_read_hidden(s))
-            return;
-        struct evbuffer *in = bufferevent_get_input(s->bev);
-        struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
-        evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
-        size_t moved = 0;
-        enum px_relay_result r = px_relay_direct(&s->s2c, in, out, fd, px_txn_s2c_see, px_txn_s2c,
-                                                 s, SERVER_MAX_MESSAGE, &moved);
-        if (c)
-            px_stats_bytes(s->pool, 0, moved);
-        else
-            evbuffer_drain(out, evbuffer_get_length(out)); /* the client left */
-        if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
-            px_server_close(s, "protocol error from server");
-            return;
-        }
-        if (r == PX_RELAY_STOPPED) { /* a batched query's reply is complete */
-            if (!px_batch_next(s))
-                return;
-            continue;
-        }
-        if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
-            px_reader_enable(&s->rd, false);
-        px_txn_maybe_release(s); /* last: the server may go to another client */
-        return;
-    }
-}
-
-void px_server_relay(struct px_server *s)
-{
-    if (s->pool->mode == PX_POOL_TRANSACTION) {
-        relay_txn(s);
-        return;
-    }
-    struct px_client *c = s->client;
-    if (s->state != PX_SV_ACTIVE || !c)
-        return;
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evutil_socket_t fd = c->fd_in_tls_bev ? -1 : c->fd;
-    size_t moved = 0;
-    enum px_relay_result r =
-        px_relay_direct(&s->s2c, in, out, fd, s2c_see, s2c_cb, s, SERVER_MAX_MESSAGE, &moved);
-    px_stats_bytes(s->pool, 0, moved);
-    if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
-        px_server_close(s, "protocol error from server");
-        return;
-    }
-    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
-        px_reader_enable(&s->rd, false);
-    if (px.shutting_down && px_client_is_idle(c))
-        px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
-                        "terminating connection due to administrator command");
-}
-
-void px_server_resume(struct px_server *s)
-{
-    if (s->state == PX_SV_ACTIVE && !px_reader_enabled(&s->rd)) {
-        px_reader_enable(&s->rd, true);
-        px_server_relay(s);
-    }
-}
-
 /* ---- reset, release, close ------------------------------------------------------------ */
 
 static void finish_reset(struct px_server *s)
@@ -562,7 +462,6 @@ static bool reset_message(struct px_server *s, char type, const uint8_t *body, u
 
 void px_server_release(struct px_server *s, bool client_mid_message)
 {
-    px_batch_close(s);
     if (s->state != PX_SV_ACTIVE)
         return; /* still logging in: it will go idle for the next client */
     uint64_t now = px_now_ms();
@@ -593,7 +492,7 @@ void px_server_release(struct px_server *s, bool client_mid_message)
     if (reset && *reset && (s->pool->mode == PX_POOL_SESSION || s->dirty)) {
         px_wire_query(out, reset);
         queries++;
-        px_txn_server_forget_statements(s);
+        px_stmt_set_clear(&s->stmts); /* DISCARD ALL dropped them */
         s->dirty = false;
     }
     if (!queries) {
@@ -619,7 +518,7 @@ void px_server_close(struct px_server *s, const char *reason)
         px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
                         "server closed the connection unexpectedly");
     }
-    px_batch_fail(s);
+    px_path_server_closing(s);
     if (s->opener && s->opener->launching == s)
         s->opener->launching = NULL;
     s->opener = NULL;
@@ -636,14 +535,12 @@ void px_server_close(struct px_server *s, const char *reason)
         bufferevent_disable(s->bev, EV_WRITE);
     }
     px_server_set_state(s, PX_SV_CLOSING);
-    px_pool_schedule_maintain(s->pool); /* a slot came free */
+    px_pool_server_closed(s); /* a slot came free */
 }
 
 void px_server_free(struct px_server *s)
 {
     px_list_remove(&s->link);
-    if (s->pool)
-        px_batch_close(s);
     px_reader_unbind(&s->rd);
     if (s->bev)
         bufferevent_free(s->bev);
@@ -652,7 +549,7 @@ void px_server_free(struct px_server *s)
     px_scram_client_free(s->scram);
     OPENSSL_cleanse(s->client_key, sizeof(s->client_key));
     px_params_clear(&s->params);
-    px_txn_server_free(s);
+    px_path_server_free(s);
     px_welcome_unref(s->welcome);
     free(s->signature);
     free(s);
@@ -677,7 +574,7 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     switch (s->state) {
     case PX_SV_LOGIN: login_read(s); break;
-    case PX_SV_ACTIVE: px_server_relay(s); break;
+    case PX_SV_ACTIVE: px_path_server_input(s); break;
     case PX_SV_RESETTING: read_messages(s, reset_message); break;
     case PX_SV_IDLE: read_messages(s, idle_message); break;
     case PX_SV_CLOSING: break;
@@ -688,8 +585,7 @@ static void server_write_cb(struct bufferevent *bev, void *arg)
 {
     struct px_server *s = arg;
     (void)bev;
-    if (s->client)
-        px_client_resume(s->client);
+    px_path_server_drained(s);
 }
 
 static void server_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -727,7 +623,7 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
         }
         /* Give the client whatever the server said last (e.g. a FATAL) before closing. */
         if (s->state == PX_SV_ACTIVE)
-            px_server_relay(s);
+            px_path_server_input(s);
         px_server_close(s, "server connection lost");
     }
 }

@@ -1,13 +1,15 @@
 /*
- * server.h: server connections: connecting to PostgreSQL, TLS, startup, authentication as
- * a client of PostgreSQL, relaying the server's messages to the linked client, the reset
- * before reuse, and closing.  Runs on the event loop thread.
+ * server.h: server connections, the transport side: connecting to PostgreSQL, TLS,
+ * startup, authentication as a client of PostgreSQL, the reset before reuse, and closing.
+ * Relaying an active server's replies is the statement path's business (path/path.h):
+ * this module reports events upward (the declarations at the end).  Event loop thread.
  */
-#ifndef PGW_PROXY_SERVER_H
-#define PGW_PROXY_SERVER_H
+#ifndef PGW_PROXY_NET_SERVER_H
+#define PGW_PROXY_NET_SERVER_H
+
+#include <sys/socket.h>
 
 #include "conn.h"
-#include "proto/relay.h"
 
 /* Opens a new server connection for pool, with opener's startup parameters.  Returns NULL
  * when it cannot even start (the caller fails the client). */
@@ -25,14 +27,36 @@ void px_server_free(struct px_server *s);
  * client_mid_message: the client stream stopped inside a message. */
 void px_server_release(struct px_server *s, bool client_mid_message);
 
-/* The bookkeeping every relayed server reply gets (ReadyForQuery, ParameterStatus,
- * ErrorResponse); transaction pooling's own reply handler calls it too. */
-enum px_relay_action px_server_on_reply(struct px_server *s, char type, const uint8_t *body,
-                                        uint32_t len);
+/* A ParameterStatus from s (body: name\0value\0): s's own view follows it.  *name and
+ * *value point into body.  0, or -1 when malformed or out of memory. */
+int px_server_param_status(struct px_server *s, const uint8_t *body, uint32_t len,
+                           const char **name, const char **value);
 
-/* Relays what the server has buffered to its client. */
-void px_server_relay(struct px_server *s);
-/* The client's output drained below the low watermark: resume reading from the server. */
-void px_server_resume(struct px_server *s);
+/* The socket address of pool's PostgreSQL.  0, or -1 when it cannot be resolved. */
+int px_server_address(const struct px_pool *pool, struct sockaddr_storage *ss, socklen_t *len);
+
+/* ---- Events reported upward ------------------------------------------------------------ */
+
+/* Implemented by the pool (pool/pool.c): */
+/* s logged in (its welcome is cached by the pool, then it is handed out or parked idle). */
+void px_pool_server_logged_in(struct px_server *s);
+/* s finished resetting: hand it out or park it idle. */
+void px_pool_server_ready(struct px_server *s);
+/* s failed to log in.  error (may be NULL) is the server's ErrorResponse message, copied
+ * to the clients that wait for this kind of server; otherwise msg describes the failure
+ * and the pool fast-fails new clients for server_login_retry_ms. */
+void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
+/* s is closing: its slot in the pool comes free. */
+void px_pool_server_closed(struct px_server *s);
+
+/* Implemented by the statement path (path/path.c): */
+/* An active server has new input (also once more when its connection is lost). */
+void px_path_server_input(struct px_server *s);
+/* s's output drained below the low watermark: its client may be read again. */
+void px_path_server_drained(struct px_server *s);
+/* s is closing: clients whose queries were batched on it get their error. */
+void px_path_server_closing(struct px_server *s);
+/* s is being freed: release what the statement path keeps for it. */
+void px_path_server_free(struct px_server *s);
 
 #endif

@@ -1,16 +1,16 @@
 /*
  * batch.c: query batching in transaction pooling (see batch.h).
  */
-#include "path/batch.h"
+#include "base/log.h"
+#include "metrics/stats.h"
 #include "net/cancel.h"
 #include "net/client.h"
-#include "base/log.h"
-#include "pool/pool.h"
-#include "proto/relay.h"
 #include "net/server.h"
-#include "path/sqlscan.h"
-#include "metrics/stats.h"
+#include "path/batch.h"
+#include "path/path.h"
+#include "path/session.h"
 #include "path/txn.h"
+#include "pool/pool.h"
 
 static struct evbuffer *sink;
 
@@ -43,11 +43,9 @@ static bool batchable(const struct px_client *c)
 static bool queue_query(struct px_client *c, struct px_server *s)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    size_t before = evbuffer_get_length(out);
-    enum px_relay_result r = px_relay(&c->c2s, in, out, px_txn_c2s_see, px_txn_c2s, c,
-                                      (uint32_t)px.cfg->max_message_bytes);
-    px_stats_bytes(c->pool, evbuffer_get_length(out) - before, 0);
+    size_t moved = 0;
+    enum px_relay_result r = px_path_relay_into(c, bufferevent_get_output(s->bev), &moved);
+    px_stats_bytes(c->pool, moved, 0);
     if (r != PX_RELAY_OK || evbuffer_get_length(in) != 0 || c->c2s.remaining) {
         /* Not the one Query batchable() saw: cannot happen; never route by a wrong order. */
         px_server_close(s, "batched query was not relayed whole");
@@ -79,7 +77,7 @@ bool px_batch_join(struct px_client *c)
     }
     if (c->state == PX_CL_IDLE && !px_list_empty(&pool->clients_waiting))
         return false; /* no overtaking the queue */
-    if (!px_pool_server_fits(s, c) || !px_txn_same_params(c, s->client))
+    if (!px_pool_server_fits(s, c) || !px_session_same_params(c, s->client))
         return false;
     uint8_t slot = (uint8_t)((s->batched_head + s->batched_n) % PX_QUERY_BATCH_MAX);
     s->batched[slot] = c;
@@ -115,6 +113,7 @@ bool px_batch_next(struct px_server *s)
     }
     if (s->batched_n == 0) { /* the client that left was the last: s is free */
         s->orphan_client = false;
+        px_batch_close(s);
         px_server_release(s, false);
         return false;
     }
@@ -135,7 +134,7 @@ bool px_batch_next(struct px_server *s)
     }
     if (done) {
         done->server = NULL;
-        px_txn_client_detached(done); /* may take a server, even s again */
+        px_txn_detached(done); /* may take a server, even s again */
     }
     if (s->state != PX_SV_ACTIVE)
         return false;
@@ -145,7 +144,7 @@ bool px_batch_next(struct px_server *s)
             next->read_paused = false;
             px_reader_enable(&next->rd, true);
         }
-        px_client_relay(next);
+        px_path_relay_client(next);
     }
     return s->state == PX_SV_ACTIVE;
 }

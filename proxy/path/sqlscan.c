@@ -19,8 +19,8 @@
  */
 #include <string.h>
 
-#include "proto/params.h"
 #include "path/sqlscan.h"
+#include "proto/params.h"
 
 enum tok_kind {
     TOK_END,    /* end of the text */

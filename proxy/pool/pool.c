@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/un.h>
 
-#include "path/batch.h"
 #include "net/client.h"
 #include "base/log.h"
 #include "pool/pool.h"
@@ -86,22 +85,6 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
 
 /* Bound of the cache per pool: distinct startup signatures seen recently. */
 #define WELCOME_CACHE_MAX 32
-
-void px_welcome_unref(struct px_welcome *w)
-{
-    if (!w || --w->refs > 0)
-        return;
-    px_params_clear(&w->params);
-    free(w->signature);
-    free(w);
-}
-
-struct px_welcome *px_welcome_ref(struct px_welcome *w)
-{
-    if (w)
-        w->refs++;
-    return w;
-}
 
 static void welcome_drop(struct px_pool *pool, struct px_welcome *w)
 {
@@ -214,33 +197,11 @@ struct px_pool *px_pool_get(const char *database, const char *user, const struct
     return p;
 }
 
-int px_pool_address(const struct px_pool *pool, struct sockaddr_storage *ss, socklen_t *len)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (pool->host[0] == '/') {
-        struct sockaddr_un *un = (struct sockaddr_un *)ss;
-        un->sun_family = AF_UNIX;
-        if ((size_t)snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d", pool->host,
-                             pool->port) >= sizeof(un->sun_path))
-            return -1;
-        *len = sizeof(*un);
-        return 0;
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", pool->port);
-    if (getaddrinfo(pool->host, port, &hints, &res) != 0 || !res)
-        return -1;
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
 /* ---- linking -------------------------------------------------------------------------- */
 
-static void link_pair(struct px_server *s, struct px_client *c)
+/* Links s to c and tells the statement path.  queued: s was freed for c, the first
+ * waiting client (the path may let the clients behind it share s: path/batch.h). */
+static void link_pair(struct px_server *s, struct px_client *c, bool queued)
 {
     if (c->launching && c->launching->opener == c)
         c->launching->opener = NULL;
@@ -256,7 +217,7 @@ static void link_pair(struct px_server *s, struct px_client *c)
         px_stats_pool_wait(c->pool, s->last_used_ms - c->wait_start_ms);
     px_client_set_state(c, PX_CL_ACTIVE);
     px_reader_enable(&s->rd, true);
-    px_client_on_linked(c);
+    px_path_client_linked(c, queued);
 }
 
 /* An idle server for c: one of its exact signature if any (nothing to re-sync, and RESET
@@ -289,7 +250,7 @@ void px_pool_request_server(struct px_pool *pool, struct px_client *c)
     }
     struct px_server *s = find_idle(pool, c);
     if (s && px_list_empty(&pool->clients_waiting)) {
-        link_pair(s, c);
+        link_pair(s, c, false);
         return;
     }
     px_client_set_state(c, PX_CL_WAITING);
@@ -328,7 +289,7 @@ void px_pool_maintain(struct px_pool *pool)
     while ((c = first_unserved(pool)) != NULL) {
         struct px_server *s = find_idle(pool, c);
         if (s) {
-            link_pair(s, c);
+            link_pair(s, c, false);
             continue;
         }
         if (px.shutting_down)
@@ -352,8 +313,7 @@ void px_pool_server_ready(struct px_server *s)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
         if (px_pool_server_fits(s, c)) {
-            link_pair(s, c);
-            px_batch_take_waiting(s);
+            link_pair(s, c, true);
             return;
         }
     }
@@ -370,6 +330,17 @@ void px_pool_server_ready(struct px_server *s)
     /* Waiting clients of other signatures: trade this idle server for one of theirs. */
     if (!px_list_empty(&pool->clients_waiting))
         px_pool_schedule_maintain(pool);
+}
+
+void px_pool_server_logged_in(struct px_server *s)
+{
+    px_pool_welcome_store(s);
+    px_pool_server_ready(s);
+}
+
+void px_pool_server_closed(struct px_server *s)
+{
+    px_pool_schedule_maintain(s->pool);
 }
 
 void px_pool_schedule_maintain(struct px_pool *pool)

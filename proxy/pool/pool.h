@@ -19,21 +19,13 @@ void px_pool_request_server(struct px_pool *pool, struct px_client *c);
 /* Whether s may serve c (startup signatures; see pool.c). */
 bool px_pool_server_fits(const struct px_server *s, const struct px_client *c);
 
-/* s finished logging in or resetting: give it to the first waiting client with the same
- * startup signature, else park it idle. */
-void px_pool_server_ready(struct px_server *s);
-
-/* s failed to log in.  error (may be NULL) is the server's ErrorResponse message, copied
- * to the clients that wait for this kind of server; otherwise msg describes the failure
- * and the pool fast-fails new clients for server_login_retry_ms. */
-void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
+/* px_pool_server_logged_in, px_pool_server_ready, px_pool_server_login_failed and
+ * px_pool_server_closed are the transport's events (declared in net/server.h). */
 
 /* The cached welcome of a startup signature (moved to most recently used), or NULL. */
 struct px_welcome *px_pool_welcome_find(struct px_pool *pool, const char *sig, size_t len);
 /* s just logged in: cache what it reported for its signature and keep a reference in s. */
 void px_pool_welcome_store(struct px_server *s);
-struct px_welcome *px_welcome_ref(struct px_welcome *w);
-void px_welcome_unref(struct px_welcome *w); /* NULL is a no-op */
 
 /* Opens servers for waiting clients while the pool has room. */
 void px_pool_maintain(struct px_pool *pool);
@@ -42,9 +34,6 @@ void px_pool_maintain(struct px_pool *pool);
 void px_pool_schedule_maintain(struct px_pool *pool);
 /* The reaper's part: runs the scheduled maintenance. */
 void px_pool_run_pending(void);
-
-/* The socket address of the pool's server.  Returns 0, or -1 when it cannot be resolved. */
-int px_pool_address(const struct px_pool *pool, struct sockaddr_storage *ss, socklen_t *len);
 
 /* Periodic work (timeouts, idle servers); now is px_now_ms(). */
 void px_pool_janitor(uint64_t now);
@@ -57,5 +46,11 @@ void px_pool_check_shutdown(void);
 
 /* Frees every pool and server (after the loop has stopped). */
 void px_pool_free_all(void);
+
+/* ---- Events reported upward: implemented by the statement path (path/path.c) ---------- */
+
+/* c was just linked to c->server.  queued: the server was freed for c, the first client
+ * waiting in the queue. */
+void px_path_client_linked(struct px_client *c, bool queued);
 
 #endif

@@ -18,7 +18,7 @@
 #include <CUnit/CUnit.h>
 
 #include "cunit_main.h"
-#include "admin/json_util.h"
+#include "base/json_util.h"
 #include "metrics/metrics.h"
 
 void test_metrics_register(void);

@@ -4,7 +4,7 @@
  *
  * The UTF-8 functions are header-only (static inline, libc only) so that px_metrics, which
  * is built alone without jansson, can use them too.  px_json_* are implemented in
- * admin_json.c (library pxcore) and need jansson; this header only forward-declares
+ * base/json_util.c (library pxcore) and need jansson; this header only forward-declares
  * jansson's json_t so that it compiles on its own without jansson's headers.
  */
 #ifndef PGW_PROXY_JSON_UTIL_H
@@ -113,7 +113,7 @@ static inline size_t px_utf8_truncate(const char *s, size_t len, size_t max)
     return n;
 }
 
-/* ---- jansson helpers (admin_json.c, library pxcore) ---- */
+/* ---- jansson helpers (json_util.c, library pxcore) ---- */
 
 struct json_t;
 

@@ -1,5 +1,5 @@
 /*
- * admin_json.c: jansson helpers for strings that came from clients (json_util.h).
+ * json_util.c: jansson helpers for strings that came from clients (json_util.h).
  *
  * jansson refuses invalid UTF-8 in json_string(); client input (application_name, user,
  * database, lock keys) may contain anything, so it is sanitized first (U+FFFD for bad
@@ -10,7 +10,7 @@
 
 #include <jansson.h>
 
-#include "admin/json_util.h"
+#include "base/json_util.h"
 
 json_t *px_json_stringn(const char *s, size_t len)
 {

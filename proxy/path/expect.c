@@ -1,0 +1,131 @@
+/*
+ * expect.c: the replies a server owes (see expect.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "base/log.h"
+#include "net/client.h"
+#include "net/server.h"
+#include "path/expect.h"
+
+struct px_expect *px_expect_push(struct px_server *s, enum px_expect_kind kind, bool hidden)
+{
+    if (s->expect_n == s->expect_cap) {
+        uint32_t cap = s->expect_cap ? s->expect_cap * 2 : 8;
+        struct px_expect *e = malloc(cap * sizeof(*e));
+        if (!e)
+            return NULL;
+        for (uint32_t i = 0; i < s->expect_n; i++)
+            e[i] = s->expect[(s->expect_head + i) % s->expect_cap];
+        free(s->expect);
+        s->expect = e;
+        s->expect_cap = cap;
+        s->expect_head = 0;
+    }
+    struct px_expect *e = &s->expect[(s->expect_head + s->expect_n++) % s->expect_cap];
+    *e = (struct px_expect){.kind = (uint8_t)kind, .hidden = hidden};
+    return e;
+}
+
+struct px_expect *px_expect_head(struct px_server *s)
+{
+    return s->expect_n ? &s->expect[s->expect_head] : NULL;
+}
+
+void px_expect_pop(struct px_server *s)
+{
+    struct px_expect *e = &s->expect[s->expect_head];
+    px_stmt_unref(e->stmt);
+    free(e->client_name);
+    s->expect_head = (s->expect_head + 1) % s->expect_cap;
+    s->expect_n--;
+}
+
+void px_expect_skip_to_sync(struct px_server *s)
+{
+    uint32_t n = 0;
+    while (n < s->expect_n && s->expect[(s->expect_head + n) % s->expect_cap].kind != PX_EXP_SYNC)
+        n++;
+    for (uint32_t i = n; i-- > 0;) {
+        struct px_expect *e = &s->expect[(s->expect_head + i) % s->expect_cap];
+        if (e->set_op == PX_SETOP_ADD) {
+            px_stmt_set_remove(&s->stmts, e->stmt);
+        } else if (e->set_op == PX_SETOP_REMOVE) {
+            struct px_stmt *evicted = NULL;
+            if (px_stmt_set_add(&s->stmts, e->stmt, px.cfg->max_prepared_statements, &evicted) <
+                    0 ||
+                evicted) {
+                /* The set cannot say the truth any more: never reuse this server. */
+                px_stmt_unref(evicted);
+                s->close_needed = true;
+            }
+        }
+        if (e->client_name && s->client &&
+            px_stmt_map_get(&s->client->stmts, e->client_name) == e->stmt)
+            px_stmt_map_remove(&s->client->stmts, e->client_name);
+    }
+    while (n-- > 0)
+        px_expect_pop(s);
+}
+
+bool px_expect_read_hidden(struct px_server *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    while (s->hidden_queries > 0) {
+        char type;
+        uint8_t *body;
+        uint32_t len;
+        int r = px_take_message(in, 1u << 20, &type, &body, &len);
+        if (r == 0)
+            return false;
+        if (r < 0) {
+            px_server_close(s, "invalid message from server");
+            return false;
+        }
+        bool ok = true;
+        switch (type) {
+        case 'Z':
+            s->txn_status = len ? (char)body[0] : 'I';
+            s->hidden_queries--;
+            break;
+        case 'S': {
+            const char *name, *value;
+            ok = px_server_param_status(s, body, len, &name, &value) == 0;
+            break;
+        }
+        case 'E': {
+            const char *msg = px_wire_error_field((const char *)body, len, 'M');
+            px_warning("server", 'S', s->id, "restoring a client's session failed: %s",
+                       msg ? msg : "?");
+            struct px_client *c = s->client;
+            free(body);
+            if (c) {
+                char text[300];
+                snprintf(text, sizeof(text), "pgwarden could not restore the session: %s",
+                         msg ? msg : "error");
+                px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE, text);
+            }
+            return false;
+        }
+        case 'C':
+        case 'N': break;
+        default: ok = false; break;
+        }
+        free(body);
+        if (!ok) {
+            px_server_close(s, "unexpected reply to a query pgwarden sent");
+            return false;
+        }
+    }
+    return true;
+}
+
+void px_expect_free(struct px_server *s)
+{
+    while (s->expect_n)
+        px_expect_pop(s);
+    free(s->expect);
+    s->expect = NULL;
+    s->expect_cap = 0;
+}

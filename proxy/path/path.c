@@ -1,0 +1,435 @@
+/*
+ * path.c: the statement path: stages composed in order, the relays in both directions, and
+ * the events reported by the transport and the pool (see path.h).
+ */
+#include <string.h>
+
+#include "base/log.h"
+#include "metrics/stats.h"
+#include "net/client.h"
+#include "net/server.h"
+#include "path/batch.h"
+#include "path/classify.h"
+#include "path/expect.h"
+#include "path/local.h"
+#include "path/path.h"
+#include "path/rename.h"
+#include "path/session.h"
+#include "path/txn.h"
+#include "pool/pool.h"
+
+#define SERVER_MAX_MESSAGE 0x3fffffffu
+
+/* ==== client -> server ================================================================== */
+
+/* The bookkeeping every relayed client message gets, in both pool modes: ReadyForQuery
+ * replies expected, unsynced extended-protocol messages, query counts; CLOSE for
+ * Terminate (the server stays for the next client). */
+static enum px_relay_action c2s_bookkeeping(struct px_client *c, char type)
+{
+    struct px_server *s = c->server;
+    switch (type) {
+    case 'Q':
+        px_stats_query(c->pool);
+        s->pending_ready++;
+        return PX_RELAY_FORWARD;
+    case 'F': s->pending_ready++; return PX_RELAY_FORWARD;
+    case 'S':
+        if (s->unsynced)
+            px_stats_query(c->pool);
+        s->pending_ready++;
+        s->unsynced = false;
+        return PX_RELAY_FORWARD;
+    case 'X': return PX_RELAY_CLOSE;
+    default: s->unsynced = true; return PX_RELAY_FORWARD;
+    }
+}
+
+/* Session mode: the server is the client's for the whole session; messages are only
+ * counted. */
+static const uint8_t c2s_session_see[256] = {
+    ['Q'] = PX_SEE_TYPE, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_TYPE,
+    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
+    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
+};
+
+static enum px_relay_action c2s_session(void *ctx, struct evbuffer *out, char type,
+                                        const uint8_t *body, uint32_t len)
+{
+    (void)out, (void)body, (void)len;
+    return c2s_bookkeeping(ctx, type);
+}
+
+/* Transaction mode: every stage. */
+static const uint8_t c2s_txn_see[256] = {
+    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
+    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE,
+    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
+};
+
+/* A Parse's statement text, classified for the session stage. */
+static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const char *name;
+    const uint8_t *content;
+    uint32_t clen;
+    if (px_parse_split(body, len, &name, &content, &clen) < 0)
+        return; /* malformed: PostgreSQL says so */
+    struct px_sql_info info;
+    const char *q = (const char *)content;
+    px_sql_classify(q, strnlen(q, clen), &info);
+    px_session_note_sql(c, &info);
+}
+
+static enum px_relay_action c2s_txn(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                    uint32_t len)
+{
+    struct px_client *c = ctx;
+    struct px_server *s = c->server;
+    /* classify, then statements answered by pgwarden, then session state */
+    if (type == 'Q') {
+        struct px_sql_info info;
+        px_classify_relayed(c, body, len, &info);
+        if (px_local_answer_linked(c, &info))
+            return PX_RELAY_DROP;
+        px_session_note_sql(c, &info);
+    } else if (type == 'P') {
+        note_parse(c, body, len);
+    }
+    if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
+        return PX_RELAY_CLOSE;
+    /* statement renaming, and the replies the server will owe */
+    switch (type) {
+    case 'P': return px_rename_parse(c, out, body, len);
+    case 'B': return px_rename_bind(c, out, body, len);
+    case 'D':
+    case 'C': return px_rename_target(c, out, type, body, len);
+    case 'Q':
+    case 'S':
+    case 'F': return px_expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    default: return PX_RELAY_FORWARD;
+    }
+}
+
+/* Keeps what c sent until it may be relayed, but keeps reading (a bounded amount) so that
+ * a client that goes away is noticed at once. */
+static void hold_input(struct px_client *c)
+{
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > PX_BACKPRESSURE_HIGH) {
+        px_reader_enable(&c->rd, false);
+        c->read_paused = true;
+    }
+}
+
+void px_path_relay_client(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (c->state != PX_CL_ACTIVE || !s || s->state != PX_SV_ACTIVE)
+        return;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (evbuffer_get_length(in) == 0)
+        return;
+    if (px_batch_holds(c)) { /* other clients' queries follow its one: the rest waits */
+        hold_input(c);
+        return;
+    }
+    px_batch_close(s); /* more than one query of this client: no one may join */
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    uint32_t max = (uint32_t)px.cfg->max_message_bytes;
+    evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
+    size_t moved = 0;
+    enum px_relay_result r =
+        s->pool->mode == PX_POOL_TRANSACTION
+            ? px_relay_direct(&c->c2s, in, out, fd, c2s_txn_see, c2s_txn, c, max, &moved)
+            : px_relay_direct(&c->c2s, in, out, fd, c2s_session_see, c2s_session, c, max, &moved);
+    px_stats_bytes(c->pool, moved, 0);
+    if (r == PX_RELAY_CLOSED) {
+        px_client_close(c); /* Terminate */
+        return;
+    }
+    if (r == PX_RELAY_TOO_LARGE) {
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
+                        "invalid message length: message larger than max_message_bytes");
+        return;
+    }
+    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {
+        px_reader_enable(&c->rd, false);
+        c->read_paused = true;
+    }
+}
+
+enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved)
+{
+    size_t before = evbuffer_get_length(out);
+    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, c2s_txn_see,
+                                      c2s_txn, c, (uint32_t)px.cfg->max_message_bytes);
+    *moved = evbuffer_get_length(out) - before;
+    return r;
+}
+
+/* ==== server -> client ================================================================== */
+
+/* The bookkeeping every relayed server reply gets, in both pool modes. */
+static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, const uint8_t *body,
+                                            uint32_t len)
+{
+    switch (type) {
+    case 'Z':
+        if (s->pending_ready > 0)
+            s->pending_ready--;
+        s->txn_status = len ? (char)body[0] : 'I';
+        if (s->txn_status == 'I')
+            px_stats_transaction(s->pool);
+        return PX_RELAY_FORWARD;
+    case 'S': {
+        const char *name, *value;
+        if (px_server_param_status(s, body, len, &name, &value) < 0)
+            return PX_RELAY_CLOSE;
+        if (s->client && px_session_reported(s->client, name, value) < 0)
+            return PX_RELAY_CLOSE;
+        return PX_RELAY_FORWARD;
+    }
+    case 'E': {
+        const char *sev = px_wire_error_field((const char *)body, len, 'V');
+        const char *code = px_wire_error_field((const char *)body, len, 'C');
+        px_stats_error_sent(s->pool, code);
+        if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
+            s->close_needed = true;
+        return PX_RELAY_FORWARD;
+    }
+    default: return PX_RELAY_FORWARD;
+    }
+}
+
+static const uint8_t s2c_session_see[256] = {
+    ['Z'] = PX_SEE_BODY,
+    ['S'] = PX_SEE_BODY,
+    ['E'] = PX_SEE_BODY,
+};
+
+static enum px_relay_action s2c_session(void *ctx, struct evbuffer *out, char type,
+                                        const uint8_t *body, uint32_t len)
+{
+    (void)out;
+    return s2c_bookkeeping(ctx, type, body, len);
+}
+
+static const uint8_t s2c_txn_see[256] = {
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
+    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY,
+};
+
+static enum px_relay_action s2c_txn(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                    uint32_t len)
+{
+    struct px_server *s = ctx;
+    (void)out;
+    struct px_expect *head = px_expect_head(s);
+    switch (type) {
+    case '1':
+    case '3': {
+        uint8_t want = type == '1' ? PX_EXP_PARSE : PX_EXP_CLOSE;
+        if (!head || head->kind != want) {
+            px_error("server", 'S', s->id, "reply '%c' does not match what was sent", type);
+            return PX_RELAY_CLOSE;
+        }
+        bool hidden = head->hidden;
+        px_expect_pop(s);
+        return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
+    }
+    case 'E':
+        if (head && head->kind != PX_EXP_SYNC)
+            px_expect_skip_to_sync(s);
+        return s2c_bookkeeping(s, type, body, len);
+    case 'Z':
+        if (!head || head->kind != PX_EXP_SYNC) {
+            px_error("server", 'S', s->id, "ReadyForQuery does not match what was sent");
+            return PX_RELAY_CLOSE;
+        }
+        px_expect_pop(s);
+        if (s2c_bookkeeping(s, type, body, len) != PX_RELAY_FORWARD)
+            return PX_RELAY_CLOSE;
+        /* A batch on s: the next bytes are another client's reply. */
+        return px_batch_stops(s) ? PX_RELAY_STOP : PX_RELAY_FORWARD;
+    default: return s2c_bookkeeping(s, type, body, len);
+    }
+}
+
+/* Transaction pooling: relays replies to s's client, and with a batch on s (batch.h) to
+ * each batched client in turn. */
+static void relay_server_txn(struct px_server *s)
+{
+    for (;;) {
+        struct px_client *c = s->client;
+        if (s->state != PX_SV_ACTIVE || (!c && !s->orphan_client))
+            return;
+        if (s->hidden_queries > 0 && !px_expect_read_hidden(s))
+            return;
+        struct evbuffer *in = bufferevent_get_input(s->bev);
+        struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
+        evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
+        size_t moved = 0;
+        enum px_relay_result r = px_relay_direct(&s->s2c, in, out, fd, s2c_txn_see, s2c_txn, s,
+                                                 SERVER_MAX_MESSAGE, &moved);
+        if (c)
+            px_stats_bytes(s->pool, 0, moved);
+        else
+            evbuffer_drain(out, evbuffer_get_length(out)); /* the client left */
+        if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
+            px_server_close(s, "protocol error from server");
+            return;
+        }
+        if (r == PX_RELAY_STOPPED) { /* a batched query's reply is complete */
+            if (!px_batch_next(s))
+                return;
+            continue;
+        }
+        if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
+            px_reader_enable(&s->rd, false);
+        px_txn_maybe_release(s); /* last: the server may go to another client */
+        return;
+    }
+}
+
+void px_path_relay_server(struct px_server *s)
+{
+    if (s->pool->mode == PX_POOL_TRANSACTION) {
+        relay_server_txn(s);
+        return;
+    }
+    struct px_client *c = s->client;
+    if (s->state != PX_SV_ACTIVE || !c)
+        return;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evutil_socket_t fd = c->fd_in_tls_bev ? -1 : c->fd;
+    size_t moved = 0;
+    enum px_relay_result r = px_relay_direct(&s->s2c, in, out, fd, s2c_session_see, s2c_session, s,
+                                             SERVER_MAX_MESSAGE, &moved);
+    px_stats_bytes(s->pool, 0, moved);
+    if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
+        px_server_close(s, "protocol error from server");
+        return;
+    }
+    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
+        px_reader_enable(&s->rd, false);
+    if (px.shutting_down && px_client_is_idle(c))
+        px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command");
+}
+
+/* ==== events reported by the transport (net/client.h, net/server.h) ===================== */
+
+void px_path_client_authenticated(struct px_client *c)
+{
+    const struct px_db_config *db = px_config_find_db(px.cfg, c->database);
+    struct px_pool *pool = db ? px_pool_get(c->database, c->user, db) : NULL;
+    if (!pool) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    c->pool = pool;
+    /* With a cached welcome the login completes now; a server is linked when the client
+     * needs one (transaction pooling) or as soon as one is free (session pooling). */
+    struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
+    if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
+        px_client_welcome(c, &w->params, w);
+        if (pool->mode == PX_POOL_TRANSACTION) {
+            px_client_set_state(c, PX_CL_IDLE);
+            px_txn_idle_input(c);
+            return;
+        }
+    }
+    px_pool_request_server(pool, c);
+}
+
+void px_path_client_input(struct px_client *c)
+{
+    switch (c->state) {
+    case PX_CL_ACTIVE: px_path_relay_client(c); break;
+    case PX_CL_IDLE: px_txn_idle_input(c); break;
+    case PX_CL_WAITING:
+    case PX_CL_BATCHED: hold_input(c); break;
+    default: break;
+    }
+}
+
+void px_path_client_drained(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (s && s->state == PX_SV_ACTIVE && !px_reader_enabled(&s->rd)) {
+        px_reader_enable(&s->rd, true);
+        px_path_relay_server(s);
+    }
+}
+
+void px_path_client_leaving(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!s || px_batch_leave(c))
+        return;
+    c->server = NULL;
+    s->client = NULL;
+    px_batch_close(s);
+    px_server_release(s, c->c2s.remaining != 0);
+}
+
+void px_path_client_free(struct px_client *c)
+{
+    px_txn_client_free(c);
+    px_session_client_free(c);
+    px_stmt_map_clear(&c->stmts);
+}
+
+void px_path_server_input(struct px_server *s)
+{
+    px_path_relay_server(s);
+}
+
+void px_path_server_drained(struct px_server *s)
+{
+    struct px_client *c = s->client;
+    if (c && c->read_paused && c->state == PX_CL_ACTIVE) {
+        c->read_paused = false;
+        px_reader_enable(&c->rd, true);
+        px_path_relay_client(c);
+    }
+}
+
+void px_path_server_closing(struct px_server *s)
+{
+    px_batch_fail(s);
+}
+
+void px_path_server_free(struct px_server *s)
+{
+    if (s->pool)
+        px_batch_close(s);
+    px_expect_free(s);
+    px_stmt_set_clear(&s->stmts);
+}
+
+/* ==== events reported by the pool (pool/pool.h) ========================================= */
+
+void px_path_client_linked(struct px_client *c, bool queued)
+{
+    struct px_server *s = c->server;
+    if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
+        px_client_welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
+    c->read_paused = false; /* a waiting client may have stopped reading */
+    px_reader_enable(&c->rd, true);
+    if (s->pool->mode != PX_POOL_TRANSACTION) {
+        px_path_relay_client(c);
+        return;
+    }
+    if (!px_txn_linked(c)) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    if (!px_batch_open(c))
+        px_path_relay_client(c);
+    if (c->server == s)
+        px_txn_maybe_release(s);
+    if (queued) /* a freed server takes the clients waiting behind c along (batch.h) */
+        px_batch_take_waiting(s);
+}

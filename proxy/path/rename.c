@@ -1,0 +1,144 @@
+/*
+ * rename.c: the statement-renaming stage (see rename.h).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "path/expect.h"
+#include "path/rename.h"
+
+struct px_stmt_registry *px_rename_registry(void)
+{
+    if (!px.stmt_registry)
+        px.stmt_registry = px_stmt_registry_new();
+    return px.stmt_registry;
+}
+
+/* Makes room in the server's statement set, closing (hidden) the least recently used
+ * (more than one after a reload lowered max_prepared_statements). */
+static int make_room(struct px_server *s, struct evbuffer *out)
+{
+    struct px_stmt *victim;
+    uint32_t cap = (uint32_t)px.cfg->max_prepared_statements;
+    while ((victim = px_stmt_set_evict_candidate(&s->stmts, cap)) != NULL) {
+        struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
+        if (!e)
+            return -1;
+        e->set_op = PX_SETOP_REMOVE;
+        e->stmt = px_stmt_ref(victim);
+        px_stmt_set_remove(&s->stmts, victim);
+        if (px_write_target(out, 'C', 'S', px_stmt_server_name(e->stmt)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Sends a Parse of stmt under its server name.  hidden: pgwarden's own (reply swallowed);
+ * otherwise the client's, client_name is undone if it fails. */
+static int send_parse(struct px_server *s, struct px_stmt *stmt, bool hidden,
+                      const char *client_name, struct evbuffer *out)
+{
+    if (make_room(s, out) < 0)
+        return -1;
+    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, hidden);
+    if (!e)
+        return -1;
+    e->set_op = PX_SETOP_ADD;
+    e->stmt = px_stmt_ref(stmt);
+    if (client_name && !(e->client_name = strdup(client_name)))
+        return -1;
+    struct px_stmt *evicted = NULL;
+    if (px_stmt_set_add(&s->stmts, stmt, px.cfg->max_prepared_statements, &evicted) < 0)
+        return -1;
+    px_stmt_unref(evicted); /* make_room left space: nothing is evicted here */
+    uint32_t clen;
+    const uint8_t *content = px_stmt_content(stmt, &clen);
+    return px_write_parse(out, px_stmt_server_name(stmt), content, clen);
+}
+
+/* The server must have stmt before a Bind or Describe uses it. */
+static int ensure_prepared(struct px_server *s, struct px_stmt *stmt, struct evbuffer *out)
+{
+    if (px_stmt_set_has(&s->stmts, stmt))
+        return 0;
+    return send_parse(s, stmt, true, NULL, out);
+}
+
+enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, const uint8_t *body,
+                                     uint32_t len)
+{
+    struct px_server *s = c->server;
+    const char *name;
+    const uint8_t *content;
+    uint32_t clen;
+    if (px_parse_split(body, len, &name, &content, &clen) < 0)
+        return PX_RELAY_FORWARD; /* malformed: PostgreSQL says so */
+    if (!*name) {
+        if (!px_expect_push(s, PX_EXP_PARSE, false))
+            return PX_RELAY_CLOSE;
+        return PX_RELAY_FORWARD; /* the unnamed statement lives only until the next Parse */
+    }
+    struct px_stmt *stmt = px_stmt_intern(px_rename_registry(), content, clen);
+    if (!stmt || px_stmt_map_put(&c->stmts, name, stmt) < 0) {
+        px_stmt_unref(stmt);
+        return PX_RELAY_CLOSE;
+    }
+    if (px_stmt_set_has(&s->stmts, stmt)) {
+        /* The server has it (another client's): drop and re-prepare it so that the client
+         * gets the ParseComplete (or error) of its own Parse, in order. */
+        struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
+        if (!e) {
+            px_stmt_unref(stmt);
+            return PX_RELAY_CLOSE;
+        }
+        e->set_op = PX_SETOP_REMOVE;
+        e->stmt = px_stmt_ref(stmt);
+        px_stmt_set_remove(&s->stmts, stmt);
+        px_write_target(out, 'C', 'S', px_stmt_server_name(stmt));
+    }
+    int rc = send_parse(s, stmt, false, name, out);
+    px_stmt_unref(stmt);
+    return rc < 0 ? PX_RELAY_CLOSE : PX_RELAY_DROP;
+}
+
+enum px_relay_action px_rename_bind(struct px_client *c, struct evbuffer *out, const uint8_t *body,
+                                    uint32_t len)
+{
+    const char *portal, *name;
+    const uint8_t *rest;
+    uint32_t rlen;
+    if (px_bind_split(body, len, &portal, &name, &rest, &rlen) < 0 || !*name)
+        return PX_RELAY_FORWARD;
+    struct px_stmt *stmt = px_stmt_map_get(&c->stmts, name);
+    if (!stmt)
+        return PX_RELAY_FORWARD; /* unknown to pgwarden: PostgreSQL answers 26000 */
+    if (ensure_prepared(c->server, stmt, out) < 0 ||
+        px_write_bind(out, portal, px_stmt_server_name(stmt), rest, rlen) < 0)
+        return PX_RELAY_CLOSE;
+    return PX_RELAY_DROP;
+}
+
+enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out, char type,
+                                      const uint8_t *body, uint32_t len)
+{
+    struct px_server *s = c->server;
+    char kind;
+    const char *name;
+    bool named = px_target_split(body, len, &kind, &name) == 0 && kind == 'S' && *name;
+    if (type == 'C') {
+        /* Close is forwarded as it is: closing a name the server does not have is not an
+         * error, and it still answers CloseComplete in order. */
+        if (named)
+            px_stmt_map_remove(&c->stmts, name);
+        if (!px_expect_push(s, PX_EXP_CLOSE, false))
+            return PX_RELAY_CLOSE;
+        return PX_RELAY_FORWARD;
+    }
+    struct px_stmt *stmt = named ? px_stmt_map_get(&c->stmts, name) : NULL;
+    if (!stmt)
+        return PX_RELAY_FORWARD;
+    if (ensure_prepared(s, stmt, out) < 0 ||
+        px_write_target(out, 'D', 'S', px_stmt_server_name(stmt)) < 0)
+        return PX_RELAY_CLOSE;
+    return PX_RELAY_DROP;
+}
