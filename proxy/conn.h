@@ -197,6 +197,10 @@ struct px_server {
      * it); the welcome has the rest, shared by every server of the signature. */
     struct px_params params;
     uint32_t backend_pid, backend_key;
+    /* A CancelRequest on its way to this backend (cancel.c): until PostgreSQL has closed
+     * that connection (the signal is sent) the server is not given to another client, so a
+     * late cancel can only hit the query it was meant for, or nothing. */
+    struct px_cancel_req *cancel;
     struct px_scram_client *scram;
 
     uint64_t created_ms, last_used_ms, login_deadline_ms;
@@ -208,7 +212,13 @@ struct px_server {
     bool close_needed; /* never reuse: protocol error, lifetime, config change */
 
     /* Transaction pooling (txn.c). */
-    int hidden_queries;       /* replies of queries pgwarden injected, swallowed first */
+    int hidden_queries; /* replies of queries pgwarden injected, swallowed first */
+    /* The prelude (hidden re-sync SETs and held BEGIN sent at link, see txn.h) got an
+     * error: it is sent again once its last reply is in.  prelude_tries counts attempts,
+     * prelude_error keeps the last error's message (owned) for the client if all fail. */
+    bool prelude_failed;
+    uint8_t prelude_tries;
+    char *prelude_error;
     bool dirty;               /* a client left session state: reset before reuse */
     struct px_expect *expect; /* ring of sent Parse/Close/Sync awaiting their replies */
     uint32_t expect_head, expect_n, expect_cap;
@@ -289,6 +299,7 @@ struct px_proxy {
 
     struct px_client **cancel_buckets;
     size_t cancel_nbuckets, cancel_count;
+    struct px_list cancels; /* struct px_cancel_req in flight (cancel.c) */
 
     struct px_admin *admin;
 };

@@ -363,6 +363,7 @@ int main(int argc, char **argv)
     px_list_init(&px.clients_failing);
     px_list_init(&px.clients_closing);
     px_list_init(&px.servers_closing);
+    px_list_init(&px.cancels);
     char *err = NULL;
     if (px_config_load(path, &px.cfg, &err) < 0) {
         fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");

@@ -89,25 +89,42 @@ void px_cancel_forget(struct px_client *c)
     c->cancel_next = NULL;
 }
 
-void px_cancel_destroy(void)
+/* One forwarded CancelRequest: its connection to PostgreSQL and the server it is for
+ * (NULL once that server is gone). */
+struct px_cancel_req {
+    struct px_list link; /* on px.cancels */
+    struct bufferevent *bev;
+    struct px_server *server;
+};
+
+/* PostgreSQL closes a cancel connection once it has signalled the backend; a connection
+ * that does not end within this time is given up. */
+#define CANCEL_TIMEOUT_S 10
+
+static void cancel_finish(struct px_cancel_req *req)
 {
-    free(px.cancel_buckets);
-    px.cancel_buckets = NULL;
-    px.cancel_nbuckets = px.cancel_count = 0;
+    struct px_server *s = req->server;
+    px_list_remove(&req->link);
+    bufferevent_free(req->bev);
+    free(req);
+    if (s) {
+        s->cancel = NULL;
+        px_path_server_cancel_done(s);
+    }
 }
 
 static void cancel_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    (void)arg;
-    if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF))
-        bufferevent_free(bev);
+    (void)bev;
+    if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF | BEV_EVENT_TIMEOUT))
+        cancel_finish(arg);
 }
 
-static void cancel_write_cb(struct bufferevent *bev, void *arg)
+static void cancel_read_cb(struct bufferevent *bev, void *arg)
 {
     (void)arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        bufferevent_free(bev);
+    /* PostgreSQL answers nothing; anything else is ignored until the end. */
+    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
 }
 
 void px_cancel_request(uint32_t pid, uint32_t key)
@@ -129,19 +146,72 @@ void px_cancel_request(uint32_t pid, uint32_t key)
 void px_cancel_forward(struct px_client *c)
 {
     struct px_server *s = c->server;
+    if (s->cancel) {
+        px_debug("cancel", 'C', c->id, "a cancel is already on its way to S-%llu: dropped",
+                 (unsigned long long)s->id);
+        return;
+    }
+    if (s->batched_n > 0) {
+        /* Other clients' queries are queued behind c's on s (query batching): the signal
+         * could land on one of them.  A lost cancel is better than a wrong one. */
+        px_info("cancel", 'C', c->id,
+                "cancel dropped: other clients' queries are batched behind it on S-%llu",
+                (unsigned long long)s->id);
+        return;
+    }
     struct sockaddr_storage ss;
     socklen_t sslen;
     if (px_server_address(s->pool, &ss, &sslen) < 0)
         return;
-    struct bufferevent *bev = bufferevent_socket_new(px.base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev)
+    struct px_cancel_req *req = calloc(1, sizeof(*req));
+    if (!req)
         return;
-    bufferevent_setcb(bev, NULL, cancel_write_cb, cancel_event_cb, NULL);
-    px_wire_cancel(bufferevent_get_output(bev), s->backend_pid, s->backend_key);
-    if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss, (int)sslen) < 0) {
-        bufferevent_free(bev);
+    /* Deferred callbacks: a connect() that fails at once reports later, never from inside
+     * bufferevent_socket_connect(). */
+    req->bev = bufferevent_socket_new(px.base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!req->bev) {
+        free(req);
         return;
     }
-    bufferevent_enable(bev, EV_WRITE);
+    req->server = s;
+    px_list_init(&req->link);
+    px_list_append(&px.cancels, &req->link);
+    bufferevent_setcb(req->bev, cancel_read_cb, NULL, cancel_event_cb, req);
+    struct timeval tv = {CANCEL_TIMEOUT_S, 0};
+    bufferevent_set_timeouts(req->bev, &tv, &tv);
+    px_wire_cancel(bufferevent_get_output(req->bev), s->backend_pid, s->backend_key);
+    if (bufferevent_socket_connect(req->bev, (struct sockaddr *)&ss, (int)sslen) < 0) {
+        px_list_remove(&req->link);
+        bufferevent_free(req->bev);
+        free(req);
+        return;
+    }
+    s->cancel = req;
+    bufferevent_enable(req->bev, EV_READ | EV_WRITE);
     px_info("cancel", 'C', c->id, "forwarding cancel to server S-%llu", (unsigned long long)s->id);
+}
+
+void px_cancel_server_gone(struct px_server *s)
+{
+    if (s->cancel) {
+        s->cancel->server = NULL;
+        s->cancel = NULL;
+    }
+}
+
+void px_cancel_destroy(void)
+{
+    free(px.cancel_buckets);
+    px.cancel_buckets = NULL;
+    px.cancel_nbuckets = px.cancel_count = 0;
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.cancels)
+    {
+        struct px_cancel_req *req = PX_CONTAINER_OF(it, struct px_cancel_req, link);
+        if (req->server)
+            req->server->cancel = NULL;
+        px_list_remove(&req->link);
+        bufferevent_free(req->bev);
+        free(req);
+    }
 }

@@ -24,6 +24,7 @@
 
 #include "base/log.h"
 #include "metrics/stats.h"
+#include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "net/tls.h"
@@ -541,6 +542,7 @@ void px_server_close(struct px_server *s, const char *reason)
 void px_server_free(struct px_server *s)
 {
     px_list_remove(&s->link);
+    px_cancel_server_gone(s);
     px_reader_unbind(&s->rd);
     if (s->bev)
         bufferevent_free(s->bev);

@@ -57,8 +57,8 @@ static bool queue_query(struct px_client *c, struct px_server *s)
 bool px_batch_open(struct px_client *c)
 {
     struct px_server *s = c->server;
-    if (!batchable(c))
-        return false;
+    if (!batchable(c) || s->hidden_queries > 0)
+        return false; /* a prelude runs first: the query waits for it (txn.h) */
     if (queue_query(c, s))
         c->pool->batch_server = s;
     return true; /* on failure c got its error with the server's close */

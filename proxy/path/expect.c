@@ -3,6 +3,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/log.h"
 #include "net/client.h"
@@ -69,7 +70,38 @@ void px_expect_skip_to_sync(struct px_server *s)
         px_expect_pop(s);
 }
 
-bool px_expect_read_hidden(struct px_server *s)
+/* An ErrorResponse to a hidden query.  Returns false when s was closed. */
+static bool hidden_error(struct px_server *s, const uint8_t *body, uint32_t len)
+{
+    const char *sev = px_wire_error_field((const char *)body, len, 'V');
+    const char *msg = px_wire_error_field((const char *)body, len, 'M');
+    if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC"))) {
+        /* The backend is going away: that is the client's answer, in PostgreSQL's words. */
+        struct px_client *c = s->client;
+        struct evbuffer *err = c ? evbuffer_new() : NULL;
+        if (c) {
+            s->client = NULL;
+            c->server = NULL;
+            if (err && px_wire_msg(err, 'E', body, len) == 0)
+                px_client_fatal_buffer(c, err);
+            else
+                px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                                "server closed the connection unexpectedly");
+        }
+        if (err)
+            evbuffer_free(err);
+        px_server_close(s, "terminated while restoring a client's session");
+        return false;
+    }
+    px_info("server", 'S', s->id, "restoring a client's session failed, trying again: %s",
+            msg ? msg : "?");
+    s->prelude_failed = true;
+    free(s->prelude_error);
+    s->prelude_error = strdup(msg ? msg : "error");
+    return true;
+}
+
+enum px_hidden_result px_expect_read_hidden(struct px_server *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     while (s->hidden_queries > 0) {
@@ -78,10 +110,10 @@ bool px_expect_read_hidden(struct px_server *s)
         uint32_t len;
         int r = px_take_message(in, 1u << 20, &type, &body, &len);
         if (r == 0)
-            return false;
+            return PX_HIDDEN_MORE;
         if (r < 0) {
             px_server_close(s, "invalid message from server");
-            return false;
+            return PX_HIDDEN_CLOSED;
         }
         bool ok = true;
         switch (type) {
@@ -94,20 +126,12 @@ bool px_expect_read_hidden(struct px_server *s)
             ok = px_server_param_status(s, body, len, &name, &value) == 0;
             break;
         }
-        case 'E': {
-            const char *msg = px_wire_error_field((const char *)body, len, 'M');
-            px_warning("server", 'S', s->id, "restoring a client's session failed: %s",
-                       msg ? msg : "?");
-            struct px_client *c = s->client;
-            free(body);
-            if (c) {
-                char text[300];
-                snprintf(text, sizeof(text), "pgwarden could not restore the session: %s",
-                         msg ? msg : "error");
-                px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE, text);
+        case 'E':
+            if (!hidden_error(s, body, len)) {
+                free(body);
+                return PX_HIDDEN_CLOSED;
             }
-            return false;
-        }
+            break;
         case 'C':
         case 'N': break;
         default: ok = false; break;
@@ -115,10 +139,10 @@ bool px_expect_read_hidden(struct px_server *s)
         free(body);
         if (!ok) {
             px_server_close(s, "unexpected reply to a query pgwarden sent");
-            return false;
+            return PX_HIDDEN_CLOSED;
         }
     }
-    return true;
+    return PX_HIDDEN_DONE;
 }
 
 void px_expect_free(struct px_server *s)
@@ -128,4 +152,6 @@ void px_expect_free(struct px_server *s)
     free(s->expect);
     s->expect = NULL;
     s->expect_cap = 0;
+    free(s->prelude_error);
+    s->prelude_error = NULL;
 }

@@ -35,13 +35,20 @@ void px_expect_pop(struct px_server *s);
  * names, and drops them. */
 void px_expect_skip_to_sync(struct px_server *s);
 
+enum px_hidden_result {
+    PX_HIDDEN_DONE,   /* no hidden reply is owed any more: relaying may go on */
+    PX_HIDDEN_MORE,   /* more input is needed */
+    PX_HIDDEN_CLOSED, /* s was closed (and its client failed) */
+};
+
 /*
- * Swallows the replies to hidden queries at the head of s's input.  True when none is left
- * (relaying may go on).  False when more input is needed, or when s or its client was
- * closed: an error reply to a hidden query means the client's session could not be
- * restored, and the client gets an error (the server is closed).
+ * Swallows the replies to hidden queries at the head of s's input.  An ERROR reply (a
+ * cancel that hit a hidden SET, say) sets s->prelude_failed and keeps its message in
+ * s->prelude_error: the caller sends the prelude again once DONE.  A FATAL reply (the
+ * backend was terminated) is the client's answer: it gets PostgreSQL's own error and s is
+ * closed.
  */
-bool px_expect_read_hidden(struct px_server *s);
+enum px_hidden_result px_expect_read_hidden(struct px_server *s);
 
 /* Frees the FIFO (server teardown). */
 void px_expect_free(struct px_server *s);

@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "metrics/stats.h"
+#include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/batch.h"
@@ -129,7 +130,9 @@ void px_path_relay_client(struct px_client *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     if (evbuffer_get_length(in) == 0)
         return;
-    if (px_batch_holds(c)) { /* other clients' queries follow its one: the rest waits */
+    /* Other clients' queries follow its one on s, or the prelude's replies are not all in
+     * (txn.h): the rest waits. */
+    if (px_batch_holds(c) || s->hidden_queries > 0) {
         hold_input(c);
         return;
     }
@@ -263,8 +266,13 @@ static void relay_server_txn(struct px_server *s)
         struct px_client *c = s->client;
         if (s->state != PX_SV_ACTIVE || (!c && !s->orphan_client))
             return;
-        if (s->hidden_queries > 0 && !px_expect_read_hidden(s))
-            return;
+        if (s->hidden_queries > 0) {
+            if (px_expect_read_hidden(s) != PX_HIDDEN_DONE || !c || !px_txn_prelude_done(c))
+                return;
+            px_path_relay_client(c); /* what it sent behind the prelude */
+            if (s->client != c || s->state != PX_SV_ACTIVE)
+                return;
+        }
         struct evbuffer *in = bufferevent_get_input(s->bev);
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
         evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
@@ -394,6 +402,12 @@ void px_path_server_drained(struct px_server *s)
         px_reader_enable(&c->rd, true);
         px_path_relay_client(c);
     }
+}
+
+void px_path_server_cancel_done(struct px_server *s)
+{
+    if (s->state == PX_SV_ACTIVE && s->pool->mode == PX_POOL_TRANSACTION)
+        px_txn_maybe_release(s); /* it waited for the cancel */
 }
 
 void px_path_server_closing(struct px_server *s)

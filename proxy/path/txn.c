@@ -1,8 +1,10 @@
 /*
  * txn.c: transaction pooling's client lifecycle and transaction state (see txn.h).
  */
+#include <stdio.h>
 #include <stdlib.h>
 
+#include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/batch.h"
@@ -89,17 +91,60 @@ void px_txn_idle_input(struct px_client *c)
 
 /* ---- linking and release --------------------------------------------------------------- */
 
-bool px_txn_linked(struct px_client *c)
+/* Sends the prelude: the re-sync SETs, and the held BEGIN unless the server is in a block
+ * already (a second attempt after the SETs failed but the BEGIN did not). */
+static bool send_prelude(struct px_client *c)
 {
     struct px_server *s = c->server;
     if (!px_session_resync(c))
         return false;
-    if (c->held_begin) {
-        evbuffer_add(bufferevent_get_output(s->bev), c->held_begin, c->held_begin_len);
+    if (c->held_begin && s->txn_status == 'I') {
+        if (evbuffer_add(bufferevent_get_output(s->bev), c->held_begin, c->held_begin_len) < 0)
+            return false;
         s->hidden_queries++;
-        px_txn_drop_begin(c);
     }
     return true;
+}
+
+bool px_txn_linked(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    s->prelude_failed = false;
+    s->prelude_tries = 1;
+    if (!send_prelude(c))
+        return false;
+    if (s->hidden_queries == 0)
+        px_txn_drop_begin(c); /* nothing to wait for */
+    return true;
+}
+
+/* Attempts of a prelude before the client is told its session cannot be restored. */
+#define PRELUDE_TRIES 3
+
+bool px_txn_prelude_done(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!s->prelude_failed) {
+        px_txn_drop_begin(c);
+        return true;
+    }
+    s->prelude_failed = false;
+    if (s->prelude_tries < PRELUDE_TRIES) {
+        s->prelude_tries++;
+        if (!send_prelude(c)) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return false;
+        }
+        if (s->hidden_queries > 0)
+            return false; /* wait for the new prelude's replies */
+        px_txn_drop_begin(c);
+        return true;
+    }
+    char text[300];
+    snprintf(text, sizeof(text), "pgwarden could not restore the session: %s",
+             s->prelude_error ? s->prelude_error : "error");
+    px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE, text);
+    return false;
 }
 
 void px_txn_maybe_release(struct px_server *s)
@@ -108,7 +153,7 @@ void px_txn_maybe_release(struct px_server *s)
     if (!c || s->state != PX_SV_ACTIVE || c->state != PX_CL_ACTIVE)
         return;
     if (s->txn_status != 'I' || s->hidden_queries > 0 || s->pending_ready > 0 || s->unsynced ||
-        s->expect_n > 0 || s->s2c.remaining || c->c2s.remaining ||
+        s->expect_n > 0 || s->s2c.remaining || c->c2s.remaining || px_server_cancel_busy(s) ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
         return;

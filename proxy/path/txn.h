@@ -26,9 +26,19 @@
 /* The client (state idle) has input: answer it, hold it, or ask for a server. */
 void px_txn_idle_input(struct px_client *c);
 
-/* c was just linked to c->server: queue the hidden re-sync and the held BEGIN.  False when
- * out of memory (the client cannot be served as it expects). */
+/*
+ * c was just linked to c->server: sends the prelude, hidden: the SETs that re-sync the
+ * server's reported parameters, then the held BEGIN.  The client's own messages wait until
+ * every reply of the prelude is in (px_txn_prelude_done), so that a prelude that fails
+ * (a cancel hit it) never leaves the client's statement running in the wrong session or
+ * outside its transaction block.  False when out of memory.
+ */
 bool px_txn_linked(struct px_client *c);
+
+/* Every reply of c's prelude is in.  True when it succeeded: the client's messages may go.
+ * False when it was sent again (after an error; at most three attempts) or when the client
+ * was failed (it cannot be restored). */
+bool px_txn_prelude_done(struct px_client *c);
 
 /* Returns s to the pool when its client is at a transaction boundary with nothing in
  * flight.  Call last: s may be linked to another client on return. */

