@@ -751,12 +751,22 @@ static bool primary(struct lexer *lx, struct token *t, struct arg *a)
     case TK_WORD:
         if (neg)
             return false;
-        if (fold_eq(t->s, t->n, "null"))
+        if (fold_eq(t->s, t->n, "null")) {
             a->src = SRC_NULL;
-        else if (fold_eq(t->s, t->n, "true") || fold_eq(t->s, t->n, "false"))
+        } else if (fold_eq(t->s, t->n, "true") || fold_eq(t->s, t->n, "false")) {
             a->src = SRC_BOOL;
-        else
+        } else if (fold_eq(t->s, t->n, "n")) { /* N'national': a bpchar constant */
+            struct token u;
+            lex_next(lx, &u);
+            if (u.kind != TK_STRING || u.str != STR_STD || u.s != t->s + 1)
+                return false;
+            *t = u;
+            a->str = u;
+            a->src = SRC_STRING;
+            a->casts[a->ncasts++] = PX_LT_BPCHAR;
+        } else {
             return false;
+        }
         return true;
     default: return false;
     }
@@ -792,14 +802,29 @@ static bool parse_arg_at(struct lexer *lx, struct token *t, struct arg *a, int d
     return true;
 }
 
-/* Argument i of the shape.  False: not a form pgwarden evaluates (0A000). */
-static bool parse_arg(const struct shape *sh, size_t i, struct arg *a)
+static bool is_constant(const struct token *t)
+{
+    return t->kind == TK_STRING || t->kind == TK_INT || t->kind == TK_NUM || t->kind == TK_PARAM;
+}
+
+enum arg_form {
+    ARG_OK,          /* read into *a */
+    ARG_UNSUPPORTED, /* well formed, perhaps, but not a form pgwarden evaluates (0A000) */
+    ARG_SYNTAX,      /* two constants in a row: a syntax error PostgreSQL reports */
+};
+
+/* Argument i of the shape. */
+static enum arg_form parse_arg(const struct shape *sh, size_t i, struct arg *a)
 {
     struct lexer lx = {sh->arg_start[i], sh->arg_end[i]};
     struct token t;
     memset(a, 0, sizeof(*a));
     lex_next(&lx, &t);
-    return parse_arg_at(&lx, &t, a, 0) && t.kind == TK_END;
+    if (!parse_arg_at(&lx, &t, a, 0))
+        return ARG_UNSUPPORTED;
+    if (t.kind == TK_END)
+        return ARG_OK;
+    return is_constant(&t) ? ARG_SYNTAX : ARG_UNSUPPORTED;
 }
 
 /* ---- analysis -------------------------------------------------------------------------- */
@@ -1093,19 +1118,18 @@ static void store_arg(struct px_lockarg *pa, const struct arg *a, const struct c
     }
 }
 
-/* Parse analysis of the recognised call sh (see the file comment).  Fills out, with
- * out->error set at the first error. */
-static void analyze(struct an *an, const struct shape *sh)
+/* Parse analysis of the recognised call sh whose arguments read as args[] (forms[]: how
+ * each read).  Fills out, with out->error set at the first error. */
+static void analyze(struct an *an, const struct shape *sh, const struct arg *args,
+                    const uint8_t *forms)
 {
     struct px_lockcall *out = an->out;
-    struct arg args[PX_LOCKCALL_MAX_ARGS];
     struct cur cs[PX_LOCKCALL_MAX_ARGS];
     struct lc_val vals[3], scratch;
     uint8_t want[3];
     for (size_t i = 0; i < sh->nargs; i++) {
-        if (!parse_arg(sh, i, &args[i])) {
-            unsupported(an, sh->arg_start[i] + (skip_blank(sh->arg_start[i], sh->arg_end[i]) -
-                                                sh->arg_start[i]),
+        if (forms[i] != ARG_OK) {
+            unsupported(an, skip_blank(sh->arg_start[i], sh->arg_end[i]),
                         "an expression, or a form of constant it does not read");
             return;
         }
@@ -1139,12 +1163,17 @@ static bool parse_call(const char *sql, size_t len, bool extended, const uint8_t
                        uint16_t ntypes, struct px_lockcall *out)
 {
     struct shape sh;
+    struct arg args[PX_LOCKCALL_MAX_ARGS];
+    uint8_t forms[PX_LOCKCALL_MAX_ARGS];
     if (!sql) {
         sql = "";
         len = 0;
     }
     if (!recognise(sql, len, &sh) || lc_utf8_check(sql, len) < len || !strings_decode(&sh))
         return false;
+    for (size_t i = 0; i < sh.nargs; i++)
+        if ((forms[i] = (uint8_t)parse_arg(&sh, i, &args[i])) == ARG_SYNTAX)
+            return false;
     memset(out, 0, sizeof(*out));
     out->fn = (enum px_lockfn)sh.fn;
     out->from_clause = sh.from;
@@ -1160,7 +1189,7 @@ static bool parse_call(const char *sql, size_t len, bool extended, const uint8_t
         an.ptype[i] = lt_of_oid(an.poid[i]);
     }
     an.nparams = ntypes;
-    analyze(&an, &sh);
+    analyze(&an, &sh, args, forms);
     return true;
 }
 

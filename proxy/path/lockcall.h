@@ -40,17 +40,19 @@
  *
  * Arguments.  Each argument is a constant or a parameter, optionally cast:
  *   'string' ('' for a quote; standard_conforming_strings = on, the default since 9.1),
- *   E'string' (backslash escapes, \u and \U included), $tag$dollar quoted$tag$, strings
- *   continued across a newline, integers (optionally negative: int4, else int8, else
- *   numeric, as PostgreSQL types them), NULL, TRUE, FALSE, $n;
- *   casts x::type and CAST(x AS type) to text, varchar (character varying), bpchar,
- *   integer (int, int4), smallint (int2) and bigint (int8), any number of them.
+ *   E'string' (backslash escapes, \u and \U included), N'string' (bpchar),
+ *   $tag$dollar quoted$tag$, strings continued across a newline, integers (optionally
+ *   negative: int4, else int8, else numeric, as PostgreSQL types them), NULL, TRUE,
+ *   FALSE, $n; casts x::type and CAST(x AS type) to text, varchar (character varying),
+ *   bpchar, integer (int, int4), smallint (int2) and bigint (int8), up to
+ *   PX_LOCKCALL_MAX_CASTS of them.
  * Other argument forms (expressions, function calls, named arguments, other types,
- * U&'' and B'' strings, numeric constants that are cast, typmods such as varchar(10))
- * are a lock call with error 0A000: pgwarden cannot evaluate them, and sending them to
- * PostgreSQL would only produce a misleading "function does not exist".  So does a
- * parameter of a type pgwarden does not convert (name, "char"), or a statement with more
- * than PX_LOCKCALL_MAX_PARAMS parameters.
+ * U&'' and B'' strings, numeric constants that are cast, typmods such as varchar(10),
+ * qualified type names) are a lock call with error 0A000: pgwarden cannot evaluate them,
+ * and sending them to PostgreSQL would only produce a misleading "function does not
+ * exist".  So does a parameter of a type pgwarden does not convert (name, "char"), or a
+ * statement with more than PX_LOCKCALL_MAX_PARAMS parameters.  (Two constants in a row,
+ * 'a' 'b', are a syntax error: not a lock call, PostgreSQL answers it.)
  *
  * Types and errors, as PostgreSQL 15 resolves the call: explicit casts of string
  * constants run at parse analysis (22P02, 22003 with the constant's position); a call

@@ -257,9 +257,10 @@ int lc_convert(struct lc_val *v, uint8_t to, uint32_t position, struct px_lockca
         return 0;
     }
     if (from_text && is_textish(to)) {
-        if (from == PX_LT_BPCHAR && to != PX_LT_BPCHAR)
-            v->len -= v->trail; /* rtrim; the integer reading ignores trailing blanks */
-        v->trail = 0;
+        if (from == PX_LT_BPCHAR) { /* rtrim; the integer reading ignores trailing blanks */
+            v->len -= v->trail;
+            v->trail = 0;
+        }
         v->type = to;
         return 0;
     }
