@@ -30,9 +30,9 @@
 #include "path/lockcall_int.h"
 
 enum tok_kind {
-    TK_END,   /* end of the text (or of the range being lexed) */
-    TK_SEMI,  /* ';' */
-    TK_WORD,  /* identifier or keyword as written */
+    TK_END,    /* end of the text (or of the range being lexed) */
+    TK_SEMI,   /* ';' */
+    TK_WORD,   /* identifier or keyword as written */
     TK_QIDENT, /* "quoted identifier": s/n is the body, "" not undone */
     TK_STRING, /* 'std', E'esc' or $$dollar$$ string, continuations included */
     TK_INT,    /* digits */
@@ -417,10 +417,10 @@ static size_t esc_escape(const char *p, const char *end, struct sink *k)
         if (n == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
             return 0;
         if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair: the second must follow */
-            size_t m = end - p > (ptrdiff_t)n + 1 && p[n] == '\\' &&
-                               (p[n + 1] == 'u' || p[n + 1] == 'U')
-                           ? unicode_escape(p + n, end, &lo)
-                           : 0;
+            size_t m =
+                end - p > (ptrdiff_t)n + 1 && p[n] == '\\' && (p[n + 1] == 'u' || p[n + 1] == 'U')
+                    ? unicode_escape(p + n, end, &lo)
+                    : 0;
             if (m == 0 || lo < 0xDC00 || lo > 0xDFFF)
                 return 0;
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
@@ -662,12 +662,12 @@ enum src { SRC_STRING, SRC_INT, SRC_NUM, SRC_NULL, SRC_BOOL, SRC_PARAM };
 
 /* One argument as written: a constant or parameter and its casts. */
 struct arg {
-    uint8_t src;        /* enum src */
-    const char *loc;    /* where the constant or parameter starts (positions) */
-    struct token str;   /* SRC_STRING */
-    uint8_t itype;      /* SRC_INT: PX_LT_INT4, PX_LT_INT8 or PX_LT_NUMERIC */
-    int64_t ival;       /* SRC_INT */
-    uint32_t param;     /* SRC_PARAM: n of $n */
+    uint8_t src;      /* enum src */
+    const char *loc;  /* where the constant or parameter starts (positions) */
+    struct token str; /* SRC_STRING */
+    uint8_t itype;    /* SRC_INT: PX_LT_INT4, PX_LT_INT8 or PX_LT_NUMERIC */
+    int64_t ival;     /* SRC_INT */
+    uint32_t param;   /* SRC_PARAM: n of $n */
     uint8_t ncasts;
     uint8_t casts[PX_LOCKCALL_MAX_CASTS]; /* enum px_locktype, innermost first */
 };
@@ -680,11 +680,11 @@ static int cast_type(struct lexer *lx, const struct token *t)
         uint8_t type;
         bool quoted_ok; /* also as a "quoted" name: the real pg_type name */
     } names[] = {
-        {"text", PX_LT_TEXT, true},        {"varchar", PX_LT_VARCHAR, true},
-        {"bpchar", PX_LT_BPCHAR, true},    {"int4", PX_LT_INT4, true},
-        {"int2", PX_LT_INT2, true},        {"int8", PX_LT_INT8, true},
-        {"int", PX_LT_INT4, false},        {"integer", PX_LT_INT4, false},
-        {"smallint", PX_LT_INT2, false},   {"bigint", PX_LT_INT8, false},
+        {"text", PX_LT_TEXT, true},      {"varchar", PX_LT_VARCHAR, true},
+        {"bpchar", PX_LT_BPCHAR, true},  {"int4", PX_LT_INT4, true},
+        {"int2", PX_LT_INT2, true},      {"int8", PX_LT_INT8, true},
+        {"int", PX_LT_INT4, false},      {"integer", PX_LT_INT4, false},
+        {"smallint", PX_LT_INT2, false}, {"bigint", PX_LT_INT8, false},
     };
     if (t->kind == TK_WORD && (fold_eq(t->s, t->n, "character") || fold_eq(t->s, t->n, "char"))) {
         struct token u;
@@ -741,7 +741,10 @@ static bool primary(struct lexer *lx, struct token *t, struct arg *a)
         int_const(t, neg, a);
         return true;
     case TK_NUM: a->src = SRC_NUM; return true;
-    case TK_STRING: a->str = *t; a->src = SRC_STRING; return !neg;
+    case TK_STRING:
+        a->str = *t;
+        a->src = SRC_STRING;
+        return !neg;
     case TK_PARAM:
         a->src = SRC_PARAM;
         a->param = 0;
@@ -781,8 +784,7 @@ static bool parse_arg_at(struct lexer *lx, struct token *t, struct arg *a, int d
         if (depth > PX_LOCKCALL_MAX_CASTS || t->kind != TK_CHAR || *t->s != '(')
             return false;
         lex_next(lx, t);
-        if (!parse_arg_at(lx, t, a, depth + 1) || t->kind != TK_WORD ||
-            !fold_eq(t->s, t->n, "as"))
+        if (!parse_arg_at(lx, t, a, depth + 1) || t->kind != TK_WORD || !fold_eq(t->s, t->n, "as"))
             return false;
         lex_next(lx, t);
         if (!add_cast(a, cast_type(lx, t)))
@@ -867,8 +869,8 @@ struct an {
     const char *sql;
     bool extended;
     uint16_t nparams;
-    uint8_t ptype[PX_LOCKCALL_MAX_PARAMS];  /* enum px_locktype */
-    uint32_t poid[PX_LOCKCALL_MAX_PARAMS];  /* the OID given for PX_LT_OTHER */
+    uint8_t ptype[PX_LOCKCALL_MAX_PARAMS]; /* enum px_locktype */
+    uint32_t poid[PX_LOCKCALL_MAX_PARAMS]; /* the OID given for PX_LT_OTHER */
     struct px_lockcall *out;
 };
 
@@ -1008,7 +1010,10 @@ static bool transform(struct an *an, const struct arg *a, struct cur *c)
         c->unknown_node = true;
         break;
     }
-    case SRC_INT: lc_val_int(c->v, a->itype, a->ival); c->type = a->itype; break;
+    case SRC_INT:
+        lc_val_int(c->v, a->itype, a->ival);
+        c->type = a->itype;
+        break;
     case SRC_NUM: c->type = PX_LT_NUMERIC; break;
     case SRC_NULL:
         c->v->isnull = true;

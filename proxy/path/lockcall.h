@@ -91,13 +91,13 @@
 #include "proto/wire.h"
 
 enum px_lockfn {
-    PX_LOCKFN_LOCK = 0,       /* pgwarden_lock(key, mode [, timeout_ms]) -> bigint */
-    PX_LOCKFN_XACT_LOCK,      /* pgwarden_xact_lock(key, mode [, timeout_ms]) -> bigint */
-    PX_LOCKFN_TRY_LOCK,       /* pgwarden_try_lock(key, mode) -> bigint or NULL */
-    PX_LOCKFN_TRY_XACT_LOCK,  /* pgwarden_try_xact_lock(key, mode) -> bigint or NULL */
-    PX_LOCKFN_UNLOCK,         /* pgwarden_unlock(key) -> boolean */
-    PX_LOCKFN_UNLOCK_ALL,     /* pgwarden_unlock_all() -> integer */
-    PX_LOCKFN_LOCKS,          /* pgwarden_locks() -> (key, mode, scope, token) rows */
+    PX_LOCKFN_LOCK = 0,      /* pgwarden_lock(key, mode [, timeout_ms]) -> bigint */
+    PX_LOCKFN_XACT_LOCK,     /* pgwarden_xact_lock(key, mode [, timeout_ms]) -> bigint */
+    PX_LOCKFN_TRY_LOCK,      /* pgwarden_try_lock(key, mode) -> bigint or NULL */
+    PX_LOCKFN_TRY_XACT_LOCK, /* pgwarden_try_xact_lock(key, mode) -> bigint or NULL */
+    PX_LOCKFN_UNLOCK,        /* pgwarden_unlock(key) -> boolean */
+    PX_LOCKFN_UNLOCK_ALL,    /* pgwarden_unlock_all() -> integer */
+    PX_LOCKFN_LOCKS,         /* pgwarden_locks() -> (key, mode, scope, token) rows */
 };
 #define PX_LOCKFN_COUNT 7
 
@@ -115,11 +115,11 @@ enum px_locktype {
     PX_LT_OTHER,   /* a parameter type given by OID in Parse; never converted */
 };
 
-#define PX_LOCKCALL_MAX_ARGS   16  /* arguments looked at; more: not a lock call */
-#define PX_LOCKCALL_MAX_PARAMS 16  /* $n parameters of a lock call; more: 0A000 */
-#define PX_LOCKCALL_MAX_CASTS  4   /* casts of one argument; more: 0A000 */
+#define PX_LOCKCALL_MAX_ARGS   16              /* arguments looked at; more: not a lock call */
+#define PX_LOCKCALL_MAX_PARAMS 16              /* $n parameters of a lock call; more: 0A000 */
+#define PX_LOCKCALL_MAX_CASTS  4               /* casts of one argument; more: 0A000 */
 #define PX_LOCKCALL_TEXT_MAX   LOCKMGR_KEY_MAX /* bytes of a text argument kept */
-#define PX_LOCKCALL_NAME_SIZE  64  /* a column name: NAMEDATALEN - 1 bytes and a NUL */
+#define PX_LOCKCALL_NAME_SIZE  64              /* a column name: NAMEDATALEN - 1 bytes and a NUL */
 
 /*
  * An error as PostgreSQL would send it.  sqlstate[0] == '\0' means none.  Strings are
@@ -154,7 +154,7 @@ struct px_lockarg {
     uint8_t nconv;
     uint8_t conv[PX_LOCKCALL_MAX_CASTS + 2]; /* enum px_locktype */
     int64_t ival;
-    size_t len;                       /* TEXT: the whole value's length */
+    size_t len;                      /* TEXT: the whole value's length */
     char text[PX_LOCKCALL_TEXT_MAX]; /* TEXT: its first min(len, PX_LOCKCALL_TEXT_MAX) bytes */
 };
 
@@ -165,10 +165,10 @@ struct px_lockcall {
     /* Set: PostgreSQL would reject the statement at parse analysis (the simple query's
      * reply, or the Parse's).  The fields below are then meaningless. */
     struct px_lockcall_error error;
-    char column[PX_LOCKCALL_NAME_SIZE]; /* the result column (one-column results) */
-    uint16_t nargs;                     /* 0..3: the function's arguments */
-    struct px_lockarg args[3];          /* key, mode, timeout_ms (as the function has) */
-    uint16_t nparams;                   /* the statement's parameters */
+    char column[PX_LOCKCALL_NAME_SIZE];           /* the result column (one-column results) */
+    uint16_t nargs;                               /* 0..3: the function's arguments */
+    struct px_lockarg args[3];                    /* key, mode, timeout_ms (as the function has) */
+    uint16_t nparams;                             /* the statement's parameters */
     uint32_t param_types[PX_LOCKCALL_MAX_PARAMS]; /* their type OIDs (ParameterDescription) */
     uint8_t param_lt[PX_LOCKCALL_MAX_PARAMS];     /* the same as enum px_locktype */
     struct px_lockcall_error deferred;            /* for PX_LOCKARG_ERROR */
@@ -216,14 +216,13 @@ struct px_lockcall_values {
  * *err set (count mismatches 08P01, value errors 22P02 22003 22P03 22021 08P01 22023).
  */
 __attribute__((warn_unused_result)) int
-px_lockcall_bind(const struct px_lockcall *call, const struct px_wire_bind *bind,
-                 const char *stmt, const char *portal, struct px_lockcall_values *out,
-                 struct px_lockcall_error *err);
+px_lockcall_bind(const struct px_lockcall *call, const struct px_wire_bind *bind, const char *stmt,
+                 const char *portal, struct px_lockcall_values *out, struct px_lockcall_error *err);
 
 /* What an execution asks pgwarden to do. */
 struct px_lockreq {
     enum px_lockfn fn;
-    bool null_result; /* a NULL argument of a STRICT function: reply one NULL, do nothing */
+    bool null_result;         /* a NULL argument of a STRICT function: reply one NULL, do nothing */
     enum lockmgr_scope scope; /* LOCK, TRY_LOCK, UNLOCK: SESSION; the XACT ones: XACT */
     enum lockmgr_mode mode;   /* the lock functions */
     bool has_timeout;         /* pgwarden_lock / pgwarden_xact_lock with timeout_ms */
@@ -279,8 +278,7 @@ int px_lockcall_write_value(struct evbuffer *out, const struct px_lockcall *call
  * binary record).  key is borrowed. */
 int px_lockcall_write_locks_row(struct evbuffer *out, const struct px_lockcall *call,
                                 const int16_t *formats, const char *key, size_t keylen,
-                                enum lockmgr_mode mode, enum lockmgr_scope scope,
-                                uint64_t token);
+                                enum lockmgr_mode mode, enum lockmgr_scope scope, uint64_t token);
 
 /* CommandComplete "SELECT <rows>". */
 int px_lockcall_write_complete(struct evbuffer *out, uint64_t rows);

@@ -193,9 +193,15 @@ static bool is_int(uint8_t t)
 const char *lc_type_name(uint8_t t)
 {
     static const char *const names[] = {
-        [PX_LT_UNKNOWN] = "unknown",   [PX_LT_TEXT] = "text",    [PX_LT_VARCHAR] = "character varying",
-        [PX_LT_BPCHAR] = "character",  [PX_LT_INT2] = "smallint", [PX_LT_INT4] = "integer",
-        [PX_LT_INT8] = "bigint",       [PX_LT_NUMERIC] = "numeric", [PX_LT_BOOL] = "boolean",
+        [PX_LT_UNKNOWN] = "unknown",
+        [PX_LT_TEXT] = "text",
+        [PX_LT_VARCHAR] = "character varying",
+        [PX_LT_BPCHAR] = "character",
+        [PX_LT_INT2] = "smallint",
+        [PX_LT_INT4] = "integer",
+        [PX_LT_INT8] = "bigint",
+        [PX_LT_NUMERIC] = "numeric",
+        [PX_LT_BOOL] = "boolean",
         [PX_LT_OTHER] = "?",
     };
     return t <= PX_LT_OTHER ? names[t] : "?";
@@ -204,8 +210,8 @@ const char *lc_type_name(uint8_t t)
 uint32_t px_locktype_oid(enum px_locktype t)
 {
     static const uint32_t oids[] = {
-        [PX_LT_UNKNOWN] = 705, [PX_LT_TEXT] = 25,     [PX_LT_VARCHAR] = 1043, [PX_LT_BPCHAR] = 1042,
-        [PX_LT_INT2] = 21,     [PX_LT_INT4] = 23,     [PX_LT_INT8] = 20,      [PX_LT_NUMERIC] = 1700,
+        [PX_LT_UNKNOWN] = 705, [PX_LT_TEXT] = 25, [PX_LT_VARCHAR] = 1043, [PX_LT_BPCHAR] = 1042,
+        [PX_LT_INT2] = 21,     [PX_LT_INT4] = 23, [PX_LT_INT8] = 20,      [PX_LT_NUMERIC] = 1700,
         [PX_LT_BOOL] = 16,     [PX_LT_OTHER] = 0,
     };
     return (unsigned)t <= PX_LT_OTHER ? oids[t] : 0;
@@ -293,8 +299,7 @@ static void bind_context(struct px_lockcall_error *err, const char *portal, unsi
     if (portal && *portal) {
         char name[PX_LOCKCALL_NAME_SIZE];
         lc_copy_cut(name, sizeof(name), portal, strlen(portal));
-        snprintf(err->context, sizeof(err->context), "portal \"%s\" parameter $%u%s", name, n,
-                 val);
+        snprintf(err->context, sizeof(err->context), "portal \"%s\" parameter $%u%s", name, n, val);
     } else {
         snprintf(err->context, sizeof(err->context), "unnamed portal parameter $%u%s", n, val);
     }
@@ -452,8 +457,8 @@ int px_lockcall_check_key(const char *s, size_t len, struct px_lockcall_error *e
     }
     if (len > LOCKMGR_KEY_MAX) {
         lc_err(err, "22023", "lock key is too long");
-        snprintf(err->detail, sizeof(err->detail), "The key has %zu bytes; the limit is %d.",
-                 len, LOCKMGR_KEY_MAX);
+        snprintf(err->detail, sizeof(err->detail), "The key has %zu bytes; the limit is %d.", len,
+                 LOCKMGR_KEY_MAX);
         return -1;
     }
     return 0;
@@ -549,10 +554,10 @@ uint16_t px_lockcall_ncolumns(const struct px_lockcall *call)
 static void result_type(enum px_lockfn fn, uint32_t *oid, int16_t *typlen)
 {
     switch (fn) {
-    case PX_LOCKFN_UNLOCK: *oid = 16, *typlen = 1; break;      /* boolean */
-    case PX_LOCKFN_UNLOCK_ALL: *oid = 23, *typlen = 4; break;  /* integer */
-    case PX_LOCKFN_LOCKS: *oid = 2249, *typlen = -1; break;    /* record */
-    default: *oid = 20, *typlen = 8; break;                    /* bigint */
+    case PX_LOCKFN_UNLOCK: *oid = 16, *typlen = 1; break;     /* boolean */
+    case PX_LOCKFN_UNLOCK_ALL: *oid = 23, *typlen = 4; break; /* integer */
+    case PX_LOCKFN_LOCKS: *oid = 2249, *typlen = -1; break;   /* record */
+    default: *oid = 20, *typlen = 8; break;                   /* bigint */
     }
 }
 
@@ -620,8 +625,8 @@ static int record_text_col(struct evbuffer *b, const char *s, size_t n)
 }
 
 /* The one record column of SELECT pgwarden_locks(), in format fmt, into b. */
-static int record_value(struct evbuffer *b, int16_t fmt, const char *const *s,
-                        const size_t *n, const char *token, int32_t toklen)
+static int record_value(struct evbuffer *b, int16_t fmt, const char *const *s, const size_t *n,
+                        const char *token, int32_t toklen)
 {
     int rc = 0;
     if (fmt == 1) { /* record_send: count, then (type OID, length, bytes) per column */
@@ -645,8 +650,7 @@ static int record_value(struct evbuffer *b, int16_t fmt, const char *const *s,
 
 int px_lockcall_write_locks_row(struct evbuffer *out, const struct px_lockcall *call,
                                 const int16_t *formats, const char *key, size_t keylen,
-                                enum lockmgr_mode mode, enum lockmgr_scope scope,
-                                uint64_t token)
+                                enum lockmgr_mode mode, enum lockmgr_scope scope, uint64_t token)
 {
     const char *s[3] = {key, lockmgr_mode_name(mode), lockmgr_scope_name(scope)};
     size_t n[3] = {keylen, strlen(s[1]), strlen(s[2])};

@@ -40,7 +40,7 @@ struct lc_val {
 
 /* Incremental UTF-8 validation (PostgreSQL's pg_utf8_islegal, NUL is invalid). */
 struct lc_utf8 {
-    uint8_t need; /* continuation bytes still expected */
+    uint8_t need;   /* continuation bytes still expected */
     uint8_t lo, hi; /* the range of the next continuation byte */
     bool bad;
 };

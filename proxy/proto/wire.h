@@ -133,9 +133,9 @@ struct px_wire_column {
     uint32_t table_oid; /* 0 when the column is not a table's */
     int16_t attnum;     /* 0 likewise */
     uint32_t type_oid;
-    int16_t typlen;    /* pg_type.typlen: 8 int8, 4 int4, 1 bool, -1 varlena */
-    int32_t typmod;    /* -1 when none */
-    int16_t format;    /* 0 text, 1 binary (0 in the answer to Describe of a statement) */
+    int16_t typlen; /* pg_type.typlen: 8 int8, 4 int4, 1 bool, -1 varlena */
+    int32_t typmod; /* -1 when none */
+    int16_t format; /* 0 text, 1 binary (0 in the answer to Describe of a statement) */
 };
 int px_wire_row_description(struct evbuffer *out, const struct px_wire_column *cols, size_t n);
 

@@ -9,8 +9,8 @@
  * Output, one JSON object per line:
  *   {"lock": false}  or
  *   {"lock": true, "err": {"stage": "parse"|"bind"|"exec", "C":..., "M":..., "D":...,
- *    "H":..., "P": n, "W":...}, "t": hex, "T": hex, "args": [null | {"text": hex} |
- *    {"int": n}], "null_result": bool}
+ *    "H":..., "P": n, "W":...}, "t": hex, "T": hex, "args": [null | {"text": hex of the
+ *    first bytes kept, "len": n} | {"int": n}], "null_result": bool}
  * where t and T are the ParameterDescription and RowDescription messages (the portal's
  * after Bind, with its result formats), as hex.
  */
@@ -89,7 +89,7 @@ static size_t bind_rest(json_t *c, uint8_t *buf)
 {
     size_t n = 0, i;
     json_t *x, *fmts = json_object_get(c, "fmts"), *vals = json_object_get(c, "vals"),
-              *rfmts = json_object_get(c, "rfmts");
+               *rfmts = json_object_get(c, "rfmts");
     n += put16(buf + n, (int)json_array_size(fmts));
     json_array_foreach(fmts, i, x) n += put16(buf + n, (int)json_integer_value(x));
     n += put16(buf + n, (int)json_array_size(vals));
@@ -152,13 +152,14 @@ static json_t *run(json_t *c)
     json_object_set_new(out, "T", drain(b));
     json_t *args = json_array();
     for (int k = 0; k < call.nargs; k++) {
-        json_t *a = json_object();
-        if (v.isnull[k])
-            a = json_null();
-        else if (k == 2)
+        json_t *a = v.isnull[k] ? json_null() : json_object();
+        if (!v.isnull[k] && k == 2) {
             json_object_set_new(a, "int", json_integer(v.ival[k]));
-        else
-            json_object_set_new(a, "text", hex_of(v.text[k], v.len[k]));
+        } else if (!v.isnull[k]) {
+            size_t keep = v.len[k] < PX_LOCKCALL_TEXT_MAX ? v.len[k] : PX_LOCKCALL_TEXT_MAX;
+            json_object_set_new(a, "text", hex_of(v.text[k], keep));
+            json_object_set_new(a, "len", json_integer((json_int_t)v.len[k]));
+        }
         json_array_append_new(args, a);
     }
     json_object_set_new(out, "args", args);
