@@ -975,15 +975,15 @@ static bool convert(struct an *an, const struct arg *a, struct cur *c, uint8_t t
             return unsupported(an, a->loc, "a cast pgwarden does not make");
     } else {
         struct px_lockcall_error err;
-        int rc = lc_convert(c->v, to, position(an, a->loc), &err);
+        int rc = lc_convert(c->v, to, 0, &err);
         if (rc == -2)
             return unsupported(an, a->loc, "a cast pgwarden does not make");
         if (rc < 0 && c->type == PX_LT_UNKNOWN) { /* input of a string constant: now */
             an->out->error = err;
+            an->out->error.position = position(an, a->loc);
             return false;
         }
         if (rc < 0) { /* a cast of a typed value: when the plan is made, at Bind */
-            err.position = 0;
             if (!an->out->deferred.sqlstate[0])
                 an->out->deferred = err;
             c->deferred = true;
