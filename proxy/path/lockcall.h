@@ -71,12 +71,24 @@
  * than about 400 bytes quote its beginning only.  Text is assumed to be UTF-8 (the
  * client_encoding of every current driver).
  *
+ * Use.  Simple query: px_lockcall_maybe, px_lockcall_parse; error set: send it; else
+ * px_lockcall_bind(call, NULL, ...) and px_lockcall_request, then (after lockmgr)
+ * RowDescription, the DataRow(s) and CommandComplete.  Extended protocol: at Parse,
+ * px_lockcall_maybe and px_lockcall_parse_prepared (error set: the reply to Parse) and
+ * keep the call with the statement; Describe S: px_lockcall_write_param_description and
+ * px_lockcall_write_row_description(..., NULL); Bind: px_wire_bind_parse and
+ * px_lockcall_bind, keeping the values with the portal; Describe P: the row description
+ * with the values' formats; Execute: px_lockcall_request and the rows (a row limit and
+ * PortalSuspended for pgwarden_locks() are the caller's).
+ *
  * What it is not: a SQL parser.  It never evaluates expressions, and pgwarden_locks()
  * cannot be filtered or ordered in SQL (WHERE, ORDER BY, a column list: not lock calls).
  *
  * The text may hold any bytes and need not be NUL-terminated: nothing past sql[len - 1] is
- * read and the time is linear in len.  Pure functions, no allocation, no state: safe from
- * any thread.  Tests: tests/proxy/test_lockcall.c.
+ * read and the time is linear in len.  No state: safe from any thread.  Recognition,
+ * analysis, Bind and execution allocate nothing (the structs are the caller's); the
+ * writers append to the caller's evbuffer.  Tests: tests/proxy/test_lockcall.c, whose
+ * expected answers were recorded from PostgreSQL 15 by tests/proxy/lockcall_oracle.py.
  */
 #ifndef PGW_PROXY_LOCKCALL_H
 #define PGW_PROXY_LOCKCALL_H
