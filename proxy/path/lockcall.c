@@ -176,7 +176,7 @@ static const char *string_end(const char *p, const char *end, bool esc)
 {
     for (;;) {
         while (p < end && *p != '\'') {
-            if (esc && *p == '\\')
+            if (esc && *p == '\\' && end - p > 1)
                 p++; /* the next byte is escaped, whatever it is */
             p++;
         }
