@@ -331,15 +331,15 @@ static void lex_next(struct lexer *lx, struct token *t)
 /* ---- decoding string constants --------------------------------------------------------- */
 
 struct sink {
-    struct lc_val *v;
-    struct lc_utf8 u;
+    struct px_lc_val *v;
+    struct px_lc_utf8 u;
 };
 
 static void sink_put(struct sink *k, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        lc_utf8_feed(&k->u, (unsigned char)s[i]);
-    lc_val_put(k->v, s, n);
+        px_lc_utf8_feed(&k->u, (unsigned char)s[i]);
+    px_lc_val_put(k->v, s, n);
 }
 
 /* addunicode(): code point c as UTF-8; false for PostgreSQL's "invalid Unicode escape
@@ -442,12 +442,12 @@ static size_t esc_escape(const char *p, const char *end, struct sink *k)
 static bool decode_string(const struct token *t, struct sink *k)
 {
     const char *p = t->s, *end = t->s + t->n;
-    lc_val_text(k->v, PX_LT_UNKNOWN);
-    k->u = (struct lc_utf8){0};
+    px_lc_val_text(k->v, PX_LT_UNKNOWN);
+    k->u = (struct px_lc_utf8){0};
     if (t->str == STR_DOLLAR) {
         size_t dn = dollar_delim(p, end);
         sink_put(k, p + dn, t->n - 2 * dn);
-        return lc_utf8_ok(&k->u);
+        return px_lc_utf8_ok(&k->u);
     }
     bool esc = t->str == STR_ESC;
     p += esc ? 2 : 1;
@@ -472,7 +472,7 @@ static bool decode_string(const struct token *t, struct sink *k)
                 break;
         }
     }
-    return lc_utf8_ok(&k->u);
+    return px_lc_utf8_ok(&k->u);
 }
 
 /* ---- shape ----------------------------------------------------------------------------- */
@@ -644,7 +644,7 @@ static bool recognise(const char *sql, size_t len, struct shape *sh)
 /* Every string constant of the arguments decodes (PostgreSQL's lexer accepts it). */
 static bool strings_decode(const struct shape *sh)
 {
-    struct lc_val v;
+    struct px_lc_val v;
     struct sink k = {.v = &v};
     for (size_t i = 0; i < sh->nargs; i++) {
         struct lexer lx = {sh->arg_start[i], sh->arg_end[i]};
@@ -895,7 +895,7 @@ static uint8_t lt_of_oid(uint32_t oid)
 static const char *type_name(uint8_t t, uint32_t oid, char *buf)
 {
     if (t != PX_LT_OTHER)
-        return lc_type_name(t);
+        return px_lc_type_name(t);
     for (size_t i = 0; i < sizeof(other_types) / sizeof(other_types[0]); i++)
         if (other_types[i].oid == oid)
             return other_types[i].name;
@@ -911,7 +911,7 @@ static bool fail(struct an *an, const char *sqlstate, const char *loc, const cha
 {
     struct px_lockcall_error *e = &an->out->error;
     va_list ap;
-    lc_err(e, sqlstate, "%s", "");
+    px_lc_err(e, sqlstate, "%s", "");
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof(e->message), fmt, ap);
     va_end(ap);
@@ -931,11 +931,11 @@ static bool unsupported(struct an *an, const char *loc, const char *what)
 /* An argument being analysed: its current type and, for constants, value. */
 struct cur {
     uint8_t type;
-    uint32_t oid;      /* PX_LT_OTHER: the parameter's type OID */
-    bool unknown_node; /* an untyped parameter or string/NULL constant not yet coerced */
-    bool deferred;     /* a constant whose evaluation fails at Bind */
-    struct lc_val *v;  /* constants */
-    uint8_t nconv;     /* parameters: types passed through, conv[0] the parameter's */
+    uint32_t oid;        /* PX_LT_OTHER: the parameter's type OID */
+    bool unknown_node;   /* an untyped parameter or string/NULL constant not yet coerced */
+    bool deferred;       /* a constant whose evaluation fails at Bind */
+    struct px_lc_val *v; /* constants */
+    uint8_t nconv;       /* parameters: types passed through, conv[0] the parameter's */
     uint8_t conv[PX_LOCKCALL_MAX_CASTS + 2];
 };
 
@@ -947,7 +947,7 @@ static bool infer_param(struct an *an, const struct arg *a, uint8_t to)
     if (*pt != PX_LT_UNKNOWN && *pt != to) {
         fail(an, "42P08", a->loc, "inconsistent types deduced for parameter $%u", a->param);
         snprintf(an->out->error.detail, sizeof(an->out->error.detail), "%s versus %s",
-                 lc_type_name(*pt), lc_type_name(to));
+                 px_lc_type_name(*pt), px_lc_type_name(to));
         return false;
     }
     *pt = to;
@@ -963,19 +963,19 @@ static bool convert(struct an *an, const struct arg *a, struct cur *c, uint8_t t
                 return false;
             c->nconv = 0;
         } else if (c->type != to) {
-            struct lc_val probe = {.isnull = true, .type = c->type};
-            if (lc_convert(&probe, to, 0, NULL) == -2)
+            struct px_lc_val probe = {.isnull = true, .type = c->type};
+            if (px_lc_convert(&probe, to, 0, NULL) == -2)
                 return unsupported(an, a->loc, "a parameter of a type pgwarden does not convert");
         }
         if (c->nconv == 0 || c->conv[c->nconv - 1] != to)
             c->conv[c->nconv++] = to;
     } else if (c->deferred) {
-        struct lc_val probe = {.isnull = true, .type = c->type};
-        if (c->type != to && lc_convert(&probe, to, 0, NULL) == -2)
+        struct px_lc_val probe = {.isnull = true, .type = c->type};
+        if (c->type != to && px_lc_convert(&probe, to, 0, NULL) == -2)
             return unsupported(an, a->loc, "a cast pgwarden does not make");
     } else {
         struct px_lockcall_error err;
-        int rc = lc_convert(c->v, to, 0, &err);
+        int rc = px_lc_convert(c->v, to, 0, &err);
         if (rc == -2)
             return unsupported(an, a->loc, "a cast pgwarden does not make");
         if (rc < 0 && c->type == PX_LT_UNKNOWN) { /* input of a string constant: now */
@@ -1011,7 +1011,7 @@ static bool transform(struct an *an, const struct arg *a, struct cur *c)
         break;
     }
     case SRC_INT:
-        lc_val_int(c->v, a->itype, a->ival);
+        px_lc_val_int(c->v, a->itype, a->ival);
         c->type = a->itype;
         break;
     case SRC_NUM: c->type = PX_LT_NUMERIC; break;
@@ -1130,7 +1130,7 @@ static void analyze(struct an *an, const struct shape *sh, const struct arg *arg
 {
     struct px_lockcall *out = an->out;
     struct cur cs[PX_LOCKCALL_MAX_ARGS];
-    struct lc_val vals[3], scratch;
+    struct px_lc_val vals[3], scratch;
     uint8_t want[3];
     for (size_t i = 0; i < sh->nargs; i++) {
         if (forms[i] != ARG_OK) {
@@ -1174,7 +1174,7 @@ static bool parse_call(const char *sql, size_t len, bool extended, const uint8_t
         sql = "";
         len = 0;
     }
-    if (!recognise(sql, len, &sh) || lc_utf8_check(sql, len) < len || !strings_decode(&sh))
+    if (!recognise(sql, len, &sh) || px_lc_utf8_check(sql, len) < len || !strings_decode(&sh))
         return false;
     for (size_t i = 0; i < sh.nargs; i++)
         if ((forms[i] = (uint8_t)parse_arg(&sh, i, &args[i])) == ARG_SYNTAX)

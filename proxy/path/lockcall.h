@@ -256,10 +256,13 @@ __attribute__((warn_unused_result)) int px_lockcall_request(const struct px_lock
 /* Validation helpers (22023, PostgreSQL style messages), also used by px_lockcall_request:
  * 0, or -1 with *err set.  len is the value's full length; s holds at least its first
  * min(len, PX_LOCKCALL_TEXT_MAX) bytes. */
-int px_lockcall_check_key(const char *s, size_t len, struct px_lockcall_error *err);
-int px_lockcall_check_mode(const char *s, size_t len, enum lockmgr_mode *mode,
-                           struct px_lockcall_error *err);
-int px_lockcall_check_timeout(int64_t ms, struct px_lockcall_error *err);
+__attribute__((warn_unused_result)) int px_lockcall_check_key(const char *s, size_t len,
+                                                              struct px_lockcall_error *err);
+__attribute__((warn_unused_result)) int px_lockcall_check_mode(const char *s, size_t len,
+                                                               enum lockmgr_mode *mode,
+                                                               struct px_lockcall_error *err);
+__attribute__((warn_unused_result)) int px_lockcall_check_timeout(int64_t ms,
+                                                                  struct px_lockcall_error *err);
 
 /* ---- Replies: each appends one message.  0, or -1 on allocation failure. ----------- */
 

@@ -20,7 +20,7 @@
 
 /* ---- errors --------------------------------------------------------------------------- */
 
-void lc_err(struct px_lockcall_error *err, const char *sqlstate, const char *fmt, ...)
+void px_lc_err(struct px_lockcall_error *err, const char *sqlstate, const char *fmt, ...)
 {
     va_list ap;
     memset(err, 0, sizeof(*err));
@@ -30,7 +30,7 @@ void lc_err(struct px_lockcall_error *err, const char *sqlstate, const char *fmt
     va_end(ap);
 }
 
-void lc_copy_cut(char *dst, size_t size, const char *s, size_t n)
+void px_lc_copy_cut(char *dst, size_t size, const char *s, size_t n)
 {
     if (n >= size) {
         n = size - 1;
@@ -43,7 +43,7 @@ void lc_copy_cut(char *dst, size_t size, const char *s, size_t n)
 
 /* ---- UTF-8 ---------------------------------------------------------------------------- */
 
-void lc_utf8_feed(struct lc_utf8 *u, unsigned char c)
+void px_lc_utf8_feed(struct px_lc_utf8 *u, unsigned char c)
 {
     if (u->need) {
         if (c < u->lo || c > u->hi)
@@ -72,14 +72,14 @@ void lc_utf8_feed(struct lc_utf8 *u, unsigned char c)
     }
 }
 
-size_t lc_utf8_check(const char *s, size_t n)
+size_t px_lc_utf8_check(const char *s, size_t n)
 {
     size_t start = 0;
-    struct lc_utf8 u = {0};
+    struct px_lc_utf8 u = {0};
     for (size_t i = 0; i < n; i++) {
         if (u.need == 0)
             start = i;
-        lc_utf8_feed(&u, (unsigned char)s[i]);
+        px_lc_utf8_feed(&u, (unsigned char)s[i]);
         if (u.bad)
             return start;
     }
@@ -101,14 +101,14 @@ static size_t utf8_mblen(unsigned char c)
 }
 
 /* report_invalid_encoding(): the announced bytes, as far as the value goes. */
-void lc_err_encoding(struct px_lockcall_error *err, const char *s, size_t n)
+void px_lc_err_encoding(struct px_lockcall_error *err, const char *s, size_t n)
 {
     char hex[5 * 4 + 1] = "";
     size_t l = utf8_mblen((unsigned char)s[0]), at = 0;
     for (size_t j = 0; j < l && j < n; j++)
         at += (size_t)snprintf(hex + at, sizeof(hex) - at, "%s0x%02x", j ? " " : "",
                                (unsigned char)s[j]);
-    lc_err(err, "22021", "invalid byte sequence for encoding \"UTF8\": %s", hex);
+    px_lc_err(err, "22021", "invalid byte sequence for encoding \"UTF8\": %s", hex);
 }
 
 /* ---- values --------------------------------------------------------------------------- */
@@ -118,32 +118,32 @@ static bool is_c_space(unsigned char c)
     return c == ' ' || (c >= '\t' && c <= '\r'); /* isspace() in the C locale */
 }
 
-static void scan_feed(struct lc_intscan *s, unsigned char c)
+static void scan_feed(struct px_lc_intscan *s, unsigned char c)
 {
     bool digit = c >= '0' && c <= '9';
     switch (s->state) {
-    case LC_SCAN_LEAD:
+    case PX_LC_SCAN_LEAD:
         if (is_c_space(c))
             break;
         if (c == '-' || c == '+') {
             s->neg = c == '-';
-            s->state = LC_SCAN_SIGN;
+            s->state = PX_LC_SCAN_SIGN;
             break;
         }
         /* fall through */
-    case LC_SCAN_SIGN:
-        s->state = digit ? LC_SCAN_DIGITS : LC_SCAN_BAD;
+    case PX_LC_SCAN_SIGN:
+        s->state = digit ? PX_LC_SCAN_DIGITS : PX_LC_SCAN_BAD;
         s->mag = digit ? (uint64_t)(c - '0') : 0;
         break;
-    case LC_SCAN_DIGITS:
+    case PX_LC_SCAN_DIGITS:
         if (digit && !s->junk) {
             if (s->mag <= (UINT64_C(1) << 63))
                 s->mag = s->mag * 10 + (uint64_t)(c - '0'); /* stays above 2^63 once there */
             break;
         }
-        s->state = LC_SCAN_TRAIL;
+        s->state = PX_LC_SCAN_TRAIL;
         /* fall through */
-    case LC_SCAN_TRAIL:
+    case PX_LC_SCAN_TRAIL:
         if (!is_c_space(c))
             s->junk = true;
         break;
@@ -151,21 +151,21 @@ static void scan_feed(struct lc_intscan *s, unsigned char c)
     }
 }
 
-void lc_val_text(struct lc_val *v, uint8_t t)
+void px_lc_val_text(struct px_lc_val *v, uint8_t t)
 {
     v->isnull = false;
     v->type = t;
     v->ival = 0;
     v->len = 0;
     v->trail = 0;
-    v->scan = (struct lc_intscan){0};
+    v->scan = (struct px_lc_intscan){0};
 }
 
-void lc_val_put(struct lc_val *v, const char *s, size_t n)
+void px_lc_val_put(struct px_lc_val *v, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (v->len < LC_PREFIX)
+        if (v->len < PX_LC_PREFIX)
             v->text[v->len] = (char)c;
         v->len++;
         v->trail = c == ' ' ? v->trail + 1 : 0;
@@ -173,7 +173,7 @@ void lc_val_put(struct lc_val *v, const char *s, size_t n)
     }
 }
 
-void lc_val_int(struct lc_val *v, uint8_t t, int64_t i)
+void px_lc_val_int(struct px_lc_val *v, uint8_t t, int64_t i)
 {
     v->isnull = false;
     v->type = t;
@@ -190,7 +190,7 @@ static bool is_int(uint8_t t)
     return t == PX_LT_INT2 || t == PX_LT_INT4 || t == PX_LT_INT8;
 }
 
-const char *lc_type_name(uint8_t t)
+const char *px_lc_type_name(uint8_t t)
 {
     static const char *const names[] = {
         [PX_LT_UNKNOWN] = "unknown",
@@ -218,39 +218,39 @@ uint32_t px_locktype_oid(enum px_locktype t)
 }
 
 /* The value's text for a message: its first bytes, cut at a character boundary. */
-static void quoted_value(const struct lc_val *v, char *buf, size_t size)
+static void quoted_value(const struct px_lc_val *v, char *buf, size_t size)
 {
-    lc_copy_cut(buf, size, v->text, v->len < LC_PREFIX ? v->len : LC_PREFIX);
+    px_lc_copy_cut(buf, size, v->text, v->len < PX_LC_PREFIX ? v->len : PX_LC_PREFIX);
 }
 
 /* Text to integer type to (the type's input function). */
-static int text_to_int(struct lc_val *v, uint8_t to, uint32_t position,
+static int text_to_int(struct px_lc_val *v, uint8_t to, uint32_t position,
                        struct px_lockcall_error *err)
 {
-    const char *name = lc_type_name(to);
+    const char *name = px_lc_type_name(to);
     uint64_t limit = to == PX_LT_INT2   ? UINT64_C(1) << 15
                      : to == PX_LT_INT4 ? UINT64_C(1) << 31
                                         : UINT64_C(1) << 63; /* |minimum| */
-    const struct lc_intscan *s = &v->scan;
-    char shown[LC_PREFIX + 1];
+    const struct px_lc_intscan *s = &v->scan;
+    char shown[PX_LC_PREFIX + 1];
     quoted_value(v, shown, sizeof(shown));
-    if (s->state == LC_SCAN_LEAD || s->state == LC_SCAN_SIGN || s->state == LC_SCAN_BAD) {
-        lc_err(err, "22P02", "invalid input syntax for type %s: \"%s\"", name, shown);
+    if (s->state == PX_LC_SCAN_LEAD || s->state == PX_LC_SCAN_SIGN || s->state == PX_LC_SCAN_BAD) {
+        px_lc_err(err, "22P02", "invalid input syntax for type %s: \"%s\"", name, shown);
     } else if (s->mag > limit) {
-        lc_err(err, "22003", "value \"%s\" is out of range for type %s", shown, name);
+        px_lc_err(err, "22003", "value \"%s\" is out of range for type %s", shown, name);
     } else if (s->junk) {
-        lc_err(err, "22P02", "invalid input syntax for type %s: \"%s\"", name, shown);
+        px_lc_err(err, "22P02", "invalid input syntax for type %s: \"%s\"", name, shown);
     } else if (!s->neg && s->mag == limit) {
-        lc_err(err, "22003", "value \"%s\" is out of range for type %s", shown, name);
+        px_lc_err(err, "22003", "value \"%s\" is out of range for type %s", shown, name);
     } else {
-        lc_val_int(v, to, s->neg ? (int64_t)(0 - s->mag) : (int64_t)s->mag);
+        px_lc_val_int(v, to, s->neg ? (int64_t)(0 - s->mag) : (int64_t)s->mag);
         return 0;
     }
     err->position = position;
     return -1;
 }
 
-int lc_convert(struct lc_val *v, uint8_t to, uint32_t position, struct px_lockcall_error *err)
+int px_lc_convert(struct px_lc_val *v, uint8_t to, uint32_t position, struct px_lockcall_error *err)
 {
     uint8_t from = v->type;
     if (from == to)
@@ -275,13 +275,13 @@ int lc_convert(struct lc_val *v, uint8_t to, uint32_t position, struct px_lockca
     if (is_textish(to)) {
         char buf[24];
         int n = snprintf(buf, sizeof(buf), "%" PRId64, v->ival);
-        lc_val_text(v, to);
-        lc_val_put(v, buf, (size_t)n);
+        px_lc_val_text(v, to);
+        px_lc_val_put(v, buf, (size_t)n);
         return 0;
     }
     if ((to == PX_LT_INT2 && (v->ival < INT16_MIN || v->ival > INT16_MAX)) ||
         (to == PX_LT_INT4 && (v->ival < INT32_MIN || v->ival > INT32_MAX))) {
-        lc_err(err, "22003", "%s out of range", to == PX_LT_INT2 ? "smallint" : "integer");
+        px_lc_err(err, "22003", "%s out of range", to == PX_LT_INT2 ? "smallint" : "integer");
         return -1;
     }
     v->type = to;
@@ -298,7 +298,7 @@ static void bind_context(struct px_lockcall_error *err, const char *portal, unsi
     const char *val = with_value ? " = '...'" : "";
     if (portal && *portal) {
         char name[PX_LOCKCALL_NAME_SIZE];
-        lc_copy_cut(name, sizeof(name), portal, strlen(portal));
+        px_lc_copy_cut(name, sizeof(name), portal, strlen(portal));
         snprintf(err->context, sizeof(err->context), "portal \"%s\" parameter $%u%s", name, n, val);
     } else {
         snprintf(err->context, sizeof(err->context), "unnamed portal parameter $%u%s", n, val);
@@ -307,7 +307,7 @@ static void bind_context(struct px_lockcall_error *err, const char *portal, unsi
 
 /* Decodes parameter i's value (format fmt, type t) into *v, as exec_bind_message does. */
 static int decode_param(const struct px_wire_bind *b, uint16_t i, uint8_t t, const char *portal,
-                        struct lc_val *v, struct px_lockcall_error *err)
+                        struct px_lc_val *v, struct px_lockcall_error *err)
 {
     const uint8_t *p;
     int32_t len = px_wire_bind_param(b, i, &p);
@@ -316,21 +316,21 @@ static int decode_param(const struct px_wire_bind *b, uint16_t i, uint8_t t, con
     v->isnull = len < 0;
     v->type = t;
     if (fmt != 0 && fmt != 1) {
-        lc_err(err, "22023", "unsupported format code: %d", fmt);
+        px_lc_err(err, "22023", "unsupported format code: %d", fmt);
         bind_context(err, portal, i + 1u, false);
         return -1;
     }
     if (len < 0)
         return 0;
     size_t n = (size_t)len, bad;
-    if ((fmt == 0 || is_textish(t)) && (bad = lc_utf8_check(s, n)) < n) {
-        lc_err_encoding(err, s + bad, n - bad);
+    if ((fmt == 0 || is_textish(t)) && (bad = px_lc_utf8_check(s, n)) < n) {
+        px_lc_err_encoding(err, s + bad, n - bad);
         bind_context(err, portal, i + 1u, false);
         return -1;
     }
     if (fmt == 0 || is_textish(t)) {
-        lc_val_text(v, PX_LT_TEXT);
-        lc_val_put(v, s, n);
+        px_lc_val_text(v, PX_LT_TEXT);
+        px_lc_val_put(v, s, n);
         if (is_textish(t)) {
             v->type = t;
             return 0;
@@ -343,15 +343,15 @@ static int decode_param(const struct px_wire_bind *b, uint16_t i, uint8_t t, con
     }
     size_t want = t == PX_LT_INT2 ? 2 : t == PX_LT_INT4 ? 4 : 8;
     if (n < want) {
-        lc_err(err, "08P01", "insufficient data left in message");
+        px_lc_err(err, "08P01", "insufficient data left in message");
     } else if (n > want) {
-        lc_err(err, "22P03", "incorrect binary data format in bind parameter %u", i + 1u);
+        px_lc_err(err, "22P03", "incorrect binary data format in bind parameter %u", i + 1u);
     } else {
         uint64_t u = 0;
         for (size_t k = 0; k < n; k++)
             u = u << 8 | p[k];
         int64_t x = want == 2 ? (int16_t)u : want == 4 ? (int32_t)u : (int64_t)u;
-        lc_val_int(v, t, x);
+        px_lc_val_int(v, t, x);
         return 0;
     }
     bind_context(err, portal, i + 1u, false);
@@ -359,7 +359,7 @@ static int decode_param(const struct px_wire_bind *b, uint16_t i, uint8_t t, con
 }
 
 /* Stores the final value of argument k. */
-static void store_value(struct px_lockcall_values *out, int k, const struct lc_val *v)
+static void store_value(struct px_lockcall_values *out, int k, const struct px_lc_val *v)
 {
     out->isnull[k] = v->isnull;
     out->ival[k] = v->ival;
@@ -369,26 +369,26 @@ static void store_value(struct px_lockcall_values *out, int k, const struct lc_v
 }
 
 /* Argument k: its constant, or its parameter's value (params[]) through its casts. */
-static int eval_arg(const struct px_lockcall *call, int k, const struct lc_val *params,
+static int eval_arg(const struct px_lockcall *call, int k, const struct px_lc_val *params,
                     struct px_lockcall_values *out, struct px_lockcall_error *err)
 {
     const struct px_lockarg *a = &call->args[k];
-    struct lc_val v;
+    struct px_lc_val v;
     switch (a->kind) {
     case PX_LOCKARG_TEXT:
-        lc_val_text(&v, PX_LT_TEXT);
+        px_lc_val_text(&v, PX_LT_TEXT);
         memcpy(v.text, a->text, a->len < PX_LOCKCALL_TEXT_MAX ? a->len : PX_LOCKCALL_TEXT_MAX);
         v.len = a->len;
         break;
-    case PX_LOCKARG_INT: lc_val_int(&v, PX_LT_INT4, a->ival); break;
+    case PX_LOCKARG_INT: px_lc_val_int(&v, PX_LT_INT4, a->ival); break;
     case PX_LOCKARG_NULL: v.isnull = true; break;
     case PX_LOCKARG_ERROR: *err = call->deferred; return -1;
     case PX_LOCKARG_PARAM:
         v = params[a->param - 1];
         for (int c = 1; c < a->nconv; c++) {
-            int rc = lc_convert(&v, a->conv[c], 0, err);
+            int rc = px_lc_convert(&v, a->conv[c], 0, err);
             if (rc == -2) /* analysis admits only conversions we make */
-                lc_err(err, "XX000", "pgwarden: unexpected conversion");
+                px_lc_err(err, "XX000", "pgwarden: unexpected conversion");
             if (rc < 0)
                 return -1;
         }
@@ -403,22 +403,22 @@ int px_lockcall_bind(const struct px_lockcall *call, const struct px_wire_bind *
                      struct px_lockcall_error *err)
 {
     static const struct px_wire_bind none = {0};
-    struct lc_val params[PX_LOCKCALL_MAX_PARAMS];
+    struct px_lc_val params[PX_LOCKCALL_MAX_PARAMS];
     char name[PX_LOCKCALL_NAME_SIZE];
     if (!bind)
         bind = &none;
     memset(out, 0, sizeof(*out));
     memset(err, 0, sizeof(*err));
     if (bind->nformats > 1 && bind->nformats != bind->nparams) {
-        lc_err(err, "08P01", "bind message has %u parameter formats but %u parameters",
-               bind->nformats, bind->nparams);
+        px_lc_err(err, "08P01", "bind message has %u parameter formats but %u parameters",
+                  bind->nformats, bind->nparams);
         return -1;
     }
     if (bind->nparams != call->nparams) {
-        lc_copy_cut(name, sizeof(name), stmt ? stmt : "", stmt ? strlen(stmt) : 0);
-        lc_err(err, "08P01",
-               "bind message supplies %u parameters, but prepared statement \"%s\" requires %u",
-               bind->nparams, name, call->nparams);
+        px_lc_copy_cut(name, sizeof(name), stmt ? stmt : "", stmt ? strlen(stmt) : 0);
+        px_lc_err(err, "08P01",
+                  "bind message supplies %u parameters, but prepared statement \"%s\" requires %u",
+                  bind->nparams, name, call->nparams);
         return -1;
     }
     for (uint16_t i = 0; i < call->nparams; i++) {
@@ -435,8 +435,8 @@ int px_lockcall_bind(const struct px_lockcall *call, const struct px_wire_bind *
             return -1;
     out->ncolumns = px_lockcall_ncolumns(call);
     if (bind->nresults > 1 && bind->nresults != out->ncolumns) {
-        lc_err(err, "08P01", "bind message has %u result formats but query has %u columns",
-               bind->nresults, out->ncolumns);
+        px_lc_err(err, "08P01", "bind message has %u result formats but query has %u columns",
+                  bind->nresults, out->ncolumns);
         return -1;
     }
     for (uint16_t c = 0; c < out->ncolumns; c++)
@@ -450,13 +450,13 @@ int px_lockcall_check_key(const char *s, size_t len, struct px_lockcall_error *e
 {
     (void)s;
     if (len == 0) {
-        lc_err(err, "22023", "lock key must not be empty");
+        px_lc_err(err, "22023", "lock key must not be empty");
         snprintf(err->hint, sizeof(err->hint), "A lock key is 1 to %d bytes of text.",
                  LOCKMGR_KEY_MAX);
         return -1;
     }
     if (len > LOCKMGR_KEY_MAX) {
-        lc_err(err, "22023", "lock key is too long");
+        px_lc_err(err, "22023", "lock key is too long");
         snprintf(err->detail, sizeof(err->detail), "The key has %zu bytes; the limit is %d.", len,
                  LOCKMGR_KEY_MAX);
         return -1;
@@ -471,8 +471,9 @@ int px_lockcall_check_mode(const char *s, size_t len, enum lockmgr_mode *mode,
         return 0;
     char shown[65];
     size_t keep = len < PX_LOCKCALL_TEXT_MAX ? len : PX_LOCKCALL_TEXT_MAX;
-    lc_copy_cut(shown, sizeof(shown), s, keep);
-    lc_err(err, "22023", "invalid lock mode: \"%s%s\"", shown, keep >= sizeof(shown) ? "..." : "");
+    px_lc_copy_cut(shown, sizeof(shown), s, keep);
+    px_lc_err(err, "22023", "invalid lock mode: \"%s%s\"", shown,
+              keep >= sizeof(shown) ? "..." : "");
     snprintf(err->hint, sizeof(err->hint), "Valid modes are read, write and exclusive.");
     return -1;
 }
@@ -481,7 +482,7 @@ int px_lockcall_check_timeout(int64_t ms, struct px_lockcall_error *err)
 {
     if (ms >= 0)
         return 0;
-    lc_err(err, "22023", "timeout_ms must not be negative: %" PRId64, ms);
+    px_lc_err(err, "22023", "timeout_ms must not be negative: %" PRId64, ms);
     snprintf(err->hint, sizeof(err->hint), "Use 0 to wait without a time limit.");
     return -1;
 }
@@ -497,7 +498,7 @@ int px_lockcall_request(const struct px_lockcall *call, const struct px_lockcall
                      : LOCKMGR_SESSION;
     for (uint16_t c = 0; c < v->ncolumns; c++) {
         if (v->formats[c] != 0 && v->formats[c] != 1) {
-            lc_err(err, "22023", "unsupported format code: %d", v->formats[c]);
+            px_lc_err(err, "22023", "unsupported format code: %d", v->formats[c]);
             return -1;
         }
     }
