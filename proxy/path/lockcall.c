@@ -732,9 +732,13 @@ static void int_const(const struct token *t, bool neg, struct arg *a)
 static bool primary(struct lexer *lx, struct token *t, struct arg *a)
 {
     bool neg = t->kind == TK_CHAR && *t->s == '-';
+    bool sign = neg || (t->kind == TK_CHAR && *t->s == '+'); /* +5 is 5, of the same type */
     a->loc = t->s;
-    if (neg)
+    if (sign) {
         lex_next(lx, t);
+        if (t->kind != TK_INT && t->kind != TK_NUM)
+            return false;
+    }
     switch (t->kind) {
     case TK_INT:
         a->src = SRC_INT;
@@ -744,16 +748,14 @@ static bool primary(struct lexer *lx, struct token *t, struct arg *a)
     case TK_STRING:
         a->str = *t;
         a->src = SRC_STRING;
-        return !neg;
+        return true;
     case TK_PARAM:
         a->src = SRC_PARAM;
         a->param = 0;
         for (size_t i = 1; i < t->n && a->param <= 1000000; i++)
             a->param = a->param * 10 + (uint32_t)(t->s[i] - '0');
-        return !neg;
+        return true;
     case TK_WORD:
-        if (neg)
-            return false;
         if (fold_eq(t->s, t->n, "null")) {
             a->src = SRC_NULL;
         } else if (fold_eq(t->s, t->n, "true") || fold_eq(t->s, t->n, "false")) {
@@ -795,10 +797,10 @@ static bool parse_arg_at(struct lexer *lx, struct token *t, struct arg *a, int d
     } else if (!primary(lx, t, a)) {
         return false;
     }
-    bool neg = *a->loc == '-';
+    bool sign = *a->loc == '-' || *a->loc == '+';
     for (lex_next(lx, t); t->kind == TK_CAST; lex_next(lx, t)) {
         lex_next(lx, t);
-        if (neg || !add_cast(a, cast_type(lx, t)))
+        if (sign || !add_cast(a, cast_type(lx, t)))
             return false; /* -5::int is -(5::int): an operator, not a constant */
     }
     return true;

@@ -41,8 +41,8 @@
  * Arguments.  Each argument is a constant or a parameter, optionally cast:
  *   'string' ('' for a quote; standard_conforming_strings = on, the default since 9.1),
  *   E'string' (backslash escapes, \u and \U included), N'string' (bpchar),
- *   $tag$dollar quoted$tag$, strings continued across a newline, integers (optionally
- *   negative: int4, else int8, else numeric, as PostgreSQL types them), NULL, TRUE,
+ *   $tag$dollar quoted$tag$, strings continued across a newline, integers (with an
+ *   optional sign: int4, else int8, else numeric, as PostgreSQL types them), NULL, TRUE,
  *   FALSE, $n; casts x::type and CAST(x AS type) to text, varchar (character varying),
  *   bpchar, integer (int, int4), smallint (int2) and bigint (int8), up to
  *   PX_LOCKCALL_MAX_CASTS of them.

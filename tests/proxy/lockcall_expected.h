@@ -687,5 +687,43 @@ static const struct lc_case expected_cases[] = {
     {.sql = "SELECT pgwarden_locks()", .ext = true, .nrfmts = 1, .rfmts = {0}, .lock = true, .t = "74000000060000", .T = "54000000270001706777617264656e5f6c6f636b7300000000000000000008c9ffffffffffff0000"},
     /* PostgreSQL agrees */
     {.sql = "SELECT * FROM pgwarden_unlock_all()", .ext = true, .nrfmts = 1, .rfmts = {1}, .lock = true, .t = "74000000060000", .T = "540000002c0001706777617264656e5f756e6c6f636b5f616c6c00000000000000000000170004ffffffff0001"},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a','read') \303\211t\303\251", .ext = false, .lock = true, .T = "540000001e0001c38974c3a900000000000000000000140008ffffffff0000", .nargs = 2, .args = {"text:1:61", "text:4:72656164"}},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a','read') AS \"\303\211t\303\251\"", .ext = false, .lock = true, .T = "540000001e0001c38974c3a900000000000000000000140008ffffffff0000", .nargs = 2, .args = {"text:1:61", "text:4:72656164"}},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT\013pgwarden_lock('a','read')", .ext = false, .lock = false},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a',\014'read')", .ext = false, .lock = true, .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 2, .args = {"text:1:61", "text:4:72656164"}},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a', 'read', +5)", .ext = false, .lock = true, .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:1:61", "text:4:72656164", "int:5"}},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a', Null, TRUE)", .ext = false, .lock = true, .stage = 'p', .C = "42883", .M = "function pgwarden_lock(unknown, unknown, boolean) does not exist", .H = "No function matches the given name and argument types. You might need " "to add explicit type casts.", .P = 8},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a', 'read', NULL::int2)", .ext = false, .lock = true, .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:1:61", "text:4:72656164", "null"}, .null_result = true},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock(CAST(NULL AS text), 'read')", .ext = false, .lock = true, .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 2, .args = {"null", "text:4:72656164"}, .null_result = true},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a', 'read', '5'::int4 :: int8 :: int)", .ext = false, .lock = true, .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:1:61", "text:4:72656164", "int:5"}},
+    /* review: 0A000 (PostgreSQL: {"C": "42601", "M": "syntax error at or near \":\"", "P": 38, "stage": "simple"}) */
+    {.sql = "SELECT pgwarden_lock('a', 'read', '5': :int)", .ext = false, .lock = true, .stage = 'p', .C = "0A000", .M = "pgwarden cannot evaluate this argument of pgwarden_lock: an expression" ", or a form of constant it does not read", .H = "Pass constants or $n parameters, cast only to text, varchar or an inte" "ger type.", .P = 35},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock('a', 'read', 5::\"int4\")", .ext = false, .lock = true, .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:1:61", "text:4:72656164", "int:5"}},
+    /* review: 0A000 (PostgreSQL: {"C": "42704", "M": "type \"int\" does not exist", "P": 38, "stage": "simple"}) */
+    {.sql = "SELECT pgwarden_lock('a', 'read', 5::\"int\")", .ext = false, .lock = true, .stage = 'p', .C = "0A000", .M = "pgwarden cannot evaluate this argument of pgwarden_lock: an expression" ", or a form of constant it does not read", .H = "Pass constants or $n parameters, cast only to text, varchar or an inte" "ger type.", .P = 35},
+    /* review: 0A000 (PostgreSQL: {"C": "42883", "M": "function pgwarden_lock(unknown, unknown, character) does not exist", "H": "No function matches the given name and argument types. You might need to add explicit type casts.", "P": 8, "stage": "simple"}) */
+    {.sql = "SELECT pgwarden_lock('a', 'read', 5::character)", .ext = false, .lock = true, .stage = 'p', .C = "0A000", .M = "pgwarden cannot evaluate this argument of pgwarden_lock: an expression" ", or a form of constant it does not read", .H = "Pass constants or $n parameters, cast only to text, varchar or an inte" "ger type.", .P = 35},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock(CAST($1 AS varchar), 'read', CAST($2 AS int))", .ext = true, .nvals = 2, .vals = {"6b", "39"}, .lock = true, .t = "740000000e00020000041300000017", .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:1:6b", "text:4:72656164", "int:9"}},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock($1, 'read', CAST($2 AS int8))", .ext = true, .nvals = 2, .vals = {"6b", "39"}, .lock = true, .stage = 'p', .C = "42883", .M = "function pgwarden_lock(unknown, unknown, bigint) does not exist", .H = "No function matches the given name and argument types. You might need " "to add explicit type casts.", .P = 8},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock($1, $2, $3)", .ext = true, .noids = 4, .oids = {25, 25, 23, 25}, .nvals = 4, .vals = {"6b", "72656164", "31", "7a"}, .lock = true, .t = "7400000016000400000019000000190000001700000019", .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:1:6b", "text:4:72656164", "int:1"}},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock($1, $2, $3)", .ext = true, .noids = 4, .oids = {25, 25, 23, 23}, .nvals = 4, .vals = {"6b", "72656164", "31", "7a"}, .lock = true, .stage = 'b', .C = "22P02", .M = "invalid input syntax for type integer: \"z\"", .W = "unnamed portal parameter $4 = '...'", .t = "7400000016000400000019000000190000001700000017"},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock($1, $2, $3)", .ext = true, .nfmts = 1, .fmts = {1}, .nvals = 3, .vals = {NULL, NULL, NULL}, .lock = true, .t = "74000000120003000000190000001900000017", .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"null", "null", "null"}, .null_result = true},
+    /* PostgreSQL agrees */
+    {.sql = "SELECT pgwarden_lock($1, $2, $3)", .ext = true, .nfmts = 1, .fmts = {1}, .nvals = 3, .vals = {"", "", "00000000"}, .lock = true, .stage = 'e', .C = "22023", .M = "lock key must not be empty", .H = "A lock key is 1 to 256 bytes of text.", .t = "74000000120003000000190000001900000017", .T = "54000000260001706777617264656e5f6c6f636b00000000000000000000140008ffffffff0000", .nargs = 3, .args = {"text:0:", "text:0:", "int:0"}},
 };
 /* clang-format on */
