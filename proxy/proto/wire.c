@@ -1,6 +1,7 @@
 /*
  * wire.c: protocol v3 parsing and builders (see wire.h).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "proto/wire.h"
@@ -200,4 +201,165 @@ const char *px_wire_error_field(const char *body, size_t len, char code)
         p = nul + 1;
     }
     return NULL;
+}
+
+/* Appends field code and the NUL-terminated s; the length it adds to *len. */
+static int add_field(struct evbuffer *out, char code, const char *s)
+{
+    return evbuffer_add(out, &code, 1) | evbuffer_add(out, s, strlen(s) + 1);
+}
+
+int px_wire_error_fields(struct evbuffer *out, const struct px_wire_errfields *e)
+{
+    static const char *const names[] = {"ERROR", "FATAL", "NOTICE", "WARNING"};
+    const char *s = names[e->sev];
+    char pos[16] = "";
+    if (e->position)
+        snprintf(pos, sizeof(pos), "%u", (unsigned)e->position);
+    const char *opt[4] = {e->detail, e->hint, e->position ? pos : NULL, e->context};
+    static const char codes[4] = {'D', 'H', 'P', 'W'};
+    size_t len = 2 * (2 + strlen(s)) + 2 + strlen(e->sqlstate) + 2 + strlen(e->message) + 1;
+    for (int i = 0; i < 4; i++)
+        if (opt[i])
+            len += 2 + strlen(opt[i]);
+    if (add_header(out, e->sev == PX_SEV_NOTICE || e->sev == PX_SEV_WARNING ? 'N' : 'E', len) < 0)
+        return -1;
+    int rc = add_field(out, 'S', s) | add_field(out, 'V', s) | add_field(out, 'C', e->sqlstate) |
+             add_field(out, 'M', e->message);
+    for (int i = 0; i < 4; i++)
+        if (opt[i])
+            rc |= add_field(out, codes[i], opt[i]);
+    rc |= evbuffer_add(out, "", 1);
+    return rc ? -1 : 0;
+}
+
+static void put_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+int px_wire_row_description(struct evbuffer *out, const struct px_wire_column *cols, size_t n)
+{
+    size_t len = 2;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(cols[i].name) + 1 + 18;
+    uint8_t cnt[2];
+    put_u16(cnt, (uint16_t)n);
+    if (add_header(out, 'T', len) < 0 || evbuffer_add(out, cnt, 2) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t f[18];
+        px_put_u32(f, cols[i].table_oid);
+        put_u16(f + 4, (uint16_t)cols[i].attnum);
+        px_put_u32(f + 6, cols[i].type_oid);
+        put_u16(f + 10, (uint16_t)cols[i].typlen);
+        px_put_u32(f + 12, (uint32_t)cols[i].typmod);
+        put_u16(f + 16, (uint16_t)cols[i].format);
+        if (evbuffer_add(out, cols[i].name, strlen(cols[i].name) + 1) < 0 ||
+            evbuffer_add(out, f, sizeof(f)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int px_wire_data_row(struct evbuffer *out, const struct px_wire_field *fields, size_t n)
+{
+    size_t len = 2;
+    for (size_t i = 0; i < n; i++)
+        len += 4 + (fields[i].len > 0 ? (size_t)fields[i].len : 0);
+    uint8_t cnt[2];
+    put_u16(cnt, (uint16_t)n);
+    if (add_header(out, 'D', len) < 0 || evbuffer_add(out, cnt, 2) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t l[4];
+        px_put_u32(l, (uint32_t)fields[i].len);
+        if (evbuffer_add(out, l, 4) < 0)
+            return -1;
+        if (fields[i].len > 0 && evbuffer_add(out, fields[i].data, (size_t)fields[i].len) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int px_wire_param_description(struct evbuffer *out, const uint32_t *oids, size_t n)
+{
+    uint8_t cnt[2];
+    put_u16(cnt, (uint16_t)n);
+    if (add_header(out, 't', 2 + 4 * n) < 0 || evbuffer_add(out, cnt, 2) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t o[4];
+        px_put_u32(o, oids[i]);
+        if (evbuffer_add(out, o, 4) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int px_wire_command_complete(struct evbuffer *out, const char *tag)
+{
+    return px_wire_msg(out, 'C', tag, strlen(tag) + 1);
+}
+
+#define BIND_SHORT "insufficient data left in message"
+
+const char *px_wire_bind_parse(const uint8_t *rest, size_t len, struct px_wire_bind *out)
+{
+    const uint8_t *p = rest, *end = rest + len;
+    memset(out, 0, sizeof(*out));
+    if (end - p < 2)
+        return BIND_SHORT;
+    out->nformats = px_get_u16(p);
+    out->formats = p + 2;
+    p += 2;
+    if ((size_t)(end - p) < 2 * (size_t)out->nformats + 2)
+        return BIND_SHORT;
+    p += 2 * (size_t)out->nformats;
+    out->nparams = px_get_u16(p);
+    p += 2;
+    out->params = p;
+    for (uint16_t i = 0; i < out->nparams; i++) {
+        if (end - p < 4)
+            return BIND_SHORT;
+        int32_t l = (int32_t)px_get_u32(p);
+        p += 4;
+        if (l == -1)
+            continue;
+        if (l < 0 || end - p < l)
+            return BIND_SHORT;
+        p += l;
+    }
+    if (end - p < 2)
+        return BIND_SHORT;
+    out->nresults = px_get_u16(p);
+    out->results = p + 2;
+    p += 2;
+    if ((size_t)(end - p) < 2 * (size_t)out->nresults)
+        return BIND_SHORT;
+    p += 2 * (size_t)out->nresults;
+    return p == end ? NULL : "invalid message format";
+}
+
+int16_t px_wire_format_code(const uint8_t *codes, uint16_t ncodes, uint16_t i)
+{
+    if (ncodes == 0)
+        return 0;
+    return (int16_t)px_get_u16(codes + 2 * (ncodes == 1 ? 0 : i));
+}
+
+int32_t px_wire_bind_param(const struct px_wire_bind *b, uint16_t i, const uint8_t **val)
+{
+    const uint8_t *p = b->params;
+    for (uint16_t k = 0;; k++) {
+        int32_t l = (int32_t)px_get_u32(p);
+        p += 4;
+        if (k == i) {
+            *val = l >= 0 ? p : NULL;
+            return l;
+        }
+        if (l > 0)
+            p += l;
+    }
 }

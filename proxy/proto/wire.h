@@ -113,6 +113,70 @@ int px_wire_startup(struct evbuffer *out, const struct px_startup_param *params,
 int px_wire_cancel(struct evbuffer *out, uint32_t pid, uint32_t key);
 int px_wire_ssl_request(struct evbuffer *out);
 
+/* ErrorResponse / NoticeResponse with every field PostgreSQL's clients show: S, V, C, M
+ * and, when not NULL (or position not 0), D (detail), H (hint), P (position: 1-based
+ * character offset in the query) and W (context). */
+struct px_wire_errfields {
+    enum px_severity sev;
+    const char *sqlstate;
+    const char *message;
+    const char *detail;
+    const char *hint;
+    uint32_t position;
+    const char *context;
+};
+int px_wire_error_fields(struct evbuffer *out, const struct px_wire_errfields *e);
+
+/* One column of a RowDescription, as PostgreSQL describes it. */
+struct px_wire_column {
+    const char *name;
+    uint32_t table_oid; /* 0 when the column is not a table's */
+    int16_t attnum;     /* 0 likewise */
+    uint32_t type_oid;
+    int16_t typlen; /* pg_type.typlen: 8 int8, 4 int4, 1 bool, -1 varlena */
+    int32_t typmod; /* -1 when none */
+    int16_t format; /* 0 text, 1 binary (0 in the answer to Describe of a statement) */
+};
+int px_wire_row_description(struct evbuffer *out, const struct px_wire_column *cols, size_t n);
+
+/* One field of a DataRow: len bytes at data, or NULL when len is -1. */
+struct px_wire_field {
+    const void *data;
+    int32_t len;
+};
+int px_wire_data_row(struct evbuffer *out, const struct px_wire_field *fields, size_t n);
+
+/* ParameterDescription: n type OIDs. */
+int px_wire_param_description(struct evbuffer *out, const uint32_t *oids, size_t n);
+
+/* CommandComplete with tag ("SELECT 1"). */
+int px_wire_command_complete(struct evbuffer *out, const char *tag);
+
+/*
+ * The part of a Bind body after the portal and statement names: parameter format codes,
+ * parameter values, result format codes.  Pointers into the caller's buffer.
+ */
+struct px_wire_bind {
+    uint16_t nformats;
+    const uint8_t *formats; /* nformats big-endian int16 */
+    uint16_t nparams;
+    const uint8_t *params; /* nparams x (int32 length or -1 for NULL, bytes) */
+    uint16_t nresults;
+    const uint8_t *results; /* nresults big-endian int16 */
+};
+
+/* Splits rest[0..len) into *out.  NULL on success, else PostgreSQL's message for the
+ * malformed Bind (08P01): "insufficient data left in message" or "invalid message
+ * format".  Never reads past len. */
+const char *px_wire_bind_parse(const uint8_t *rest, size_t len, struct px_wire_bind *out);
+
+/* The format code of item i of n given ncodes codes (Bind's rule: none = 0 (text), one =
+ * for all, else one each; i < ncodes when ncodes > 1). */
+int16_t px_wire_format_code(const uint8_t *codes, uint16_t ncodes, uint16_t i);
+
+/* Value of parameter i (< b->nparams): *val and its length, or -1 for NULL.  O(i). */
+int32_t px_wire_bind_param(const struct px_wire_bind *b, uint16_t i, const uint8_t **val);
+
 /*
  * Finds field code (e.g. 'C' for SQLSTATE, 'S' for severity) in an ErrorResponse or
  * NoticeResponse body.  Returns a pointer into body (NUL-terminated inside it) or NULL.

@@ -1,4 +1,5 @@
-/* test_wire.c: tests of proxy/wire.c: startup-packet parsing and message builders. */
+/* test_wire.c: tests of proxy/proto/wire.c: startup-packet parsing, message builders and the
+ * Bind splitter. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,6 +156,112 @@ static void test_startup_round_trip(void)
     evbuffer_free(b);
 }
 
+/* ErrorResponse with every field, in PostgreSQL's order S V C M D H P W. */
+static void test_error_fields(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    struct px_wire_errfields e = {.sev = PX_SEV_ERROR,
+                                  .sqlstate = "42883",
+                                  .message = "m",
+                                  .detail = "d",
+                                  .hint = "h",
+                                  .position = 12,
+                                  .context = "w"};
+    CU_ASSERT_EQUAL(px_wire_error_fields(b, &e), 0);
+    static const char expected[] = "E\0\0\0\x2a"
+                                   "SERROR\0VERROR\0C42883\0Mm\0Dd\0Hh\0P12\0Ww\0";
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(expected));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), expected, sizeof(expected)), 0);
+    evbuffer_drain(b, sizeof(expected));
+    struct px_wire_errfields n = {.sev = PX_SEV_NOTICE, .sqlstate = "00000", .message = "x"};
+    CU_ASSERT_EQUAL(px_wire_error_fields(b, &n), 0); /* absent fields are left out */
+    static const char notice[] = "N\0\0\0\x1f"
+                                 "SNOTICE\0VNOTICE\0C00000\0Mx\0";
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(notice));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), notice, sizeof(notice)), 0);
+    evbuffer_free(b);
+}
+
+/* RowDescription, DataRow, ParameterDescription, CommandComplete: bytes PostgreSQL 15
+ * sends for SELECT 1::int8 AS pgwarden_lock (captured with a raw protocol client). */
+static void test_result_builders(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    struct px_wire_column col = {
+        .name = "pgwarden_lock", .type_oid = 20, .typlen = 8, .typmod = -1, .format = 1};
+    static const uint8_t rd[] = {'T',  0,   0,   0,    0x26, 0,    1,    'p', 'g', 'w',
+                                 'a',  'r', 'd', 'e',  'n',  '_',  'l',  'o', 'c', 'k',
+                                 0,    0,   0,   0,    0,    0,    0,    0,   0,   0,
+                                 0x14, 0,   8,   0xff, 0xff, 0xff, 0xff, 0,   1};
+    CU_ASSERT_EQUAL(px_wire_row_description(b, &col, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(rd));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), rd, sizeof(rd)), 0);
+    evbuffer_drain(b, sizeof(rd));
+    struct px_wire_field f[3] = {{"1", 1}, {NULL, -1}, {"", 0}};
+    static const uint8_t dr[] = {'D', 0,   0,    0,    0x13, 0,    3, 0, 0, 0,
+                                 1,   '1', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0};
+    CU_ASSERT_EQUAL(px_wire_data_row(b, f, 3), 0);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(dr));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), dr, sizeof(dr)), 0);
+    evbuffer_drain(b, sizeof(dr));
+    static const uint32_t oids[] = {25, 25, 23};
+    static const uint8_t pd[] = {'t',  0, 0, 0, 0x12, 0, 3, 0, 0,   0,
+                                 0x19, 0, 0, 0, 0x19, 0, 0, 0, 0x17};
+    CU_ASSERT_EQUAL(px_wire_param_description(b, oids, 3), 0);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(pd));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), pd, sizeof(pd)), 0);
+    evbuffer_drain(b, sizeof(pd));
+    CU_ASSERT_EQUAL(px_wire_command_complete(b, "SELECT 1"), 0);
+    static const char cc[] = "C\0\0\0\x0dSELECT 1";
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(cc));
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), cc, sizeof(cc)), 0);
+    evbuffer_free(b);
+}
+
+/* Bind bodies after the names: well formed, and every way of being malformed. */
+static void test_bind_parse(void)
+{
+    /* formats [0, 1]; params "ab", NULL, ""; results [1] */
+    static const uint8_t ok[] = {0,   2,    0,    0,    0,    1, 0, 3, 0, 0, 0, 2, 'a',
+                                 'b', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1, 0, 1};
+    struct px_wire_bind b;
+    const uint8_t *v;
+    CU_ASSERT_PTR_NULL_FATAL(px_wire_bind_parse(ok, sizeof(ok), &b));
+    CU_ASSERT_EQUAL(b.nformats, 2);
+    CU_ASSERT_EQUAL(b.nparams, 3);
+    CU_ASSERT_EQUAL(b.nresults, 1);
+    CU_ASSERT_EQUAL(px_wire_format_code(b.formats, b.nformats, 0), 0);
+    CU_ASSERT_EQUAL(px_wire_format_code(b.formats, b.nformats, 1), 1);
+    CU_ASSERT_EQUAL(px_wire_format_code(b.results, b.nresults, 5), 1); /* one for all */
+    CU_ASSERT_EQUAL(px_wire_format_code(NULL, 0, 3), 0);               /* none: text */
+    CU_ASSERT_EQUAL(px_wire_bind_param(&b, 0, &v), 2);
+    CU_ASSERT_EQUAL(memcmp(v, "ab", 2), 0);
+    CU_ASSERT_EQUAL(px_wire_bind_param(&b, 1, &v), -1);
+    CU_ASSERT_PTR_NULL(v);
+    CU_ASSERT_EQUAL(px_wire_bind_param(&b, 2, &v), 0);
+    /* every truncation is short; a byte more is "invalid message format" */
+    for (size_t n = 0; n < sizeof(ok); n++) {
+        uint8_t *cut = malloc(n ? n : 1);
+        memcpy(cut, ok, n);
+        CU_ASSERT_STRING_EQUAL(px_wire_bind_parse(cut, n, &b), "insufficient data left in message");
+        free(cut);
+    }
+    uint8_t more[sizeof(ok) + 1];
+    memcpy(more, ok, sizeof(ok));
+    more[sizeof(ok)] = 0;
+    CU_ASSERT_STRING_EQUAL(px_wire_bind_parse(more, sizeof(more), &b), "invalid message format");
+    /* a negative length other than -1, and a length past the end */
+    static const uint8_t neg[] = {0, 0, 0, 1, 0xff, 0xff, 0xff, 0xfe, 0, 0};
+    CU_ASSERT_STRING_EQUAL(px_wire_bind_parse(neg, sizeof(neg), &b),
+                           "insufficient data left in message");
+    static const uint8_t past[] = {0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff, 0, 0};
+    CU_ASSERT_STRING_EQUAL(px_wire_bind_parse(past, sizeof(past), &b),
+                           "insufficient data left in message");
+    static const uint8_t empty[] = {0, 0, 0, 0, 0, 0};
+    CU_ASSERT_PTR_NULL(px_wire_bind_parse(empty, sizeof(empty), &b));
+    CU_ASSERT_EQUAL(b.nparams, 0);
+}
+
 static const CU_TestInfo wire_tests[] = {
     {"parse_startup_params", test_parse_startup_params},
     {"parse_startup_malformed", test_parse_startup_malformed},
@@ -164,6 +271,9 @@ static const CU_TestInfo wire_tests[] = {
     {"small_builders", test_small_builders},
     {"negotiate", test_negotiate},
     {"startup_round_trip", test_startup_round_trip},
+    {"error_fields", test_error_fields},
+    {"result_builders", test_result_builders},
+    {"bind_parse", test_bind_parse},
     CU_TEST_INFO_NULL,
 };
 
