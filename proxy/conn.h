@@ -141,6 +141,15 @@ struct px_client {
     bool head_sql_dml;
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
+    bool held_failed;         /* the held block failed (a lock error): its server-side
+                                 transaction must be aborted when it gets a server */
+
+    /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
+    struct px_client_locks *locks;
+    bool lock_waiting; /* parked until its lock wait ends: its input waits */
+    /* Its relay stopped before a message pgwarden answers itself, until the server has
+     * answered everything sent before it (path.c). */
+    bool reply_hold;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -219,6 +228,11 @@ struct px_server {
     bool prelude_failed;
     uint8_t prelude_tries;
     char *prelude_error;
+    bool hidden_abort;        /* the last hidden query is a deliberate failure (path/locks.c) */
+    bool last_untracked;      /* the last message sent has no reply the FIFO tracks: only a
+                                 barrier or a ReadyForQuery proves everything was answered */
+    bool group_failed;        /* an error in the current extended-protocol group: the server
+                                 skips everything until the client's next Sync */
     bool dirty;               /* a client left session state: reset before reuse */
     struct px_expect *expect; /* ring of sent Parse/Close/Sync awaiting their replies */
     uint32_t expect_head, expect_n, expect_cap;
@@ -235,6 +249,7 @@ struct px_server {
 struct px_expect {
     uint8_t kind;         /* PX_EXP_PARSE | PX_EXP_CLOSE | PX_EXP_SYNC */
     uint8_t hidden;       /* injected by pgwarden: swallow the reply */
+    uint8_t abort;        /* hidden Parse that fails on purpose: its error is swallowed */
     uint8_t set_op;       /* what sending it did to the server's statement set: PX_SETOP_* */
     struct px_stmt *stmt; /* referenced when set_op or client_name is used */
     char *client_name;    /* a client Parse: the client's name, undone if it fails */

@@ -20,6 +20,7 @@
 
 #include "admin/admin.h"
 #include "path/batch.h"
+#include "path/locks.h"
 #include "net/cancel.h"
 #include "net/client.h"
 #include "base/log.h"
@@ -45,9 +46,10 @@ uint64_t px_now_ms(void)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: pgwarden -c FILE [--check]\n"
+    fprintf(out, "usage: pgwarden -c FILE [--check | --init-lock-state]\n"
                  "  -c, --config FILE  configuration file (see docs/configuration.md)\n"
                  "      --check        validate the configuration and exit\n"
+                 "      --init-lock-state  create the [locks] state_file and exit\n"
                  "  -V, --version      print the version and exit\n");
 }
 
@@ -245,6 +247,8 @@ static int setup(char **errmsg)
     px.base = event_base_new();
     if (!px.base)
         return -1;
+    if (px_locks_init(px.cfg, errmsg) < 0)
+        return -1;
     px.janitor = event_new(px.base, -1, EV_PERSIST, on_janitor, NULL);
     px.reaper = event_new(px.base, -1, 0, on_reap, NULL);
     px.sig_term = evsignal_new(px.base, SIGTERM, on_signal, NULL);
@@ -285,6 +289,7 @@ static void teardown(void)
     }
     px_pool_free_all();
     reap();
+    px_locks_shutdown();
     px_cancel_destroy();
     px_stmt_registry_free(px.stmt_registry);
     px_relay_shutdown();
@@ -326,8 +331,32 @@ static int check_config(const char *path)
     px_userlist_free(users);
     SSL_CTX_free(ctls);
     SSL_CTX_free(stls);
+    if (cfg->state_file && px_locks_check_state_file(cfg->state_file, &err) < 0) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        px_config_free(cfg);
+        return 1;
+    }
     px_config_free(cfg);
     printf("pgwarden: configuration file %s is valid\n", path);
+    return 0;
+}
+
+/* --init-lock-state: creates the [locks] state_file the configuration names. */
+static int init_lock_state(const char *path)
+{
+    struct px_config *cfg = NULL;
+    char *err = NULL;
+    if (px_config_load(path, &cfg, &err) < 0 ||
+        (!cfg->state_file && !(err = strdup("[locks] state_file is not set"))) ||
+        px_locks_init_state_file(cfg->state_file, &err) < 0) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        px_config_free(cfg);
+        return 1;
+    }
+    printf("pgwarden: created %s\n", cfg->state_file);
+    px_config_free(cfg);
     return 0;
 }
 
@@ -335,16 +364,18 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"check", no_argument, NULL, 'k'},
+                                         {"init-lock-state", no_argument, NULL, 'L'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *path = NULL;
-    bool check = false;
+    bool check = false, init_state = false;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 'k': check = true; break;
+        case 'L': init_state = true; break;
         case 'V': printf("pgwarden %s\n", PGW_VERSION); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -356,6 +387,8 @@ int main(int argc, char **argv)
     }
     if (check)
         return check_config(path);
+    if (init_state)
+        return init_lock_state(path);
 
     signal(SIGPIPE, SIG_IGN);
     px_list_init(&px.pools);

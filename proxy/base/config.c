@@ -161,9 +161,26 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_PATH(pidfile, RESTART, "file to write the process id to; unset: none"),
 };
 
+/*
+ * [locks]: pgwarden's named locks (docs/locks.md).  The timeouts apply to waits that begin
+ * after a reload; the lock table's limit and the token state are set up once at start.
+ */
+static const struct px_cfg_key locks_keys[] = {
+    PG_INT(lock_timeout_ms, "0", 0, INT_MAX, RELOAD,
+           "how long a lock call waits when it names no timeout_ms; 0: without a limit"),
+    PG_INT(deadlock_timeout_ms, "1000", 1, INT_MAX, RELOAD,
+           "a deadlock is reported no later than this after it forms"),
+    PG_INT(max_locks, "100000", 0, INT_MAX, RESTART,
+           "held locks and queued requests, all clients together; beyond it 53200; 0: no "
+           "limit"),
+    PG_PATH(state_file, RESTART,
+            "file keeping the fencing-token epoch across restarts; unset: tokens from the clock"),
+};
+
 /* Sections with fixed keys; [databases] is parsed apart (its keys are database names). */
 static const struct px_cfg_section key_sections[] = {
     {"pgwarden", pgwarden_keys, ARRAY_LEN(pgwarden_keys)},
+    {"locks", locks_keys, ARRAY_LEN(locks_keys)},
 };
 
 #define DB_SECTION "databases"

@@ -2,7 +2,7 @@
  * config.h: pgwarden's configuration: the INI file, its declarative key tables, validation
  * and reload.
  *
- * The file has sections [pgwarden] and [databases] (later issues add [locks], [retry],
+ * The file has sections [pgwarden], [locks] and [databases] (later issues add [retry],
  * [breaker], [chaos] by registering tables of their own).  Each setting is one row of a
  * declarative table (section, key, type, struct offset, default, range, reloadable, help);
  * the parser is generic and knows nothing about individual keys.  See
@@ -86,6 +86,12 @@ struct px_config {
     enum px_log_level log_level;   /* default info */
     char *logfile;                 /* NULL: stderr */
     char *pidfile;                 /* NULL: none */
+
+    /* [locks] */
+    int lock_timeout_ms;     /* default 0: wait without a limit */
+    int deadlock_timeout_ms; /* default 1000: bound on finding a deadlock */
+    int max_locks;           /* default 100000; 0: no limit */
+    char *state_file;        /* NULL: fencing tokens from the clock (see docs/locks.md) */
 
     /* [databases] */
     struct px_db_config *dbs;

@@ -130,17 +130,11 @@ static void cancel_read_cb(struct bufferevent *bev, void *arg)
 void px_cancel_request(uint32_t pid, uint32_t key)
 {
     struct px_client *c = lookup(pid, key);
-    if (!c || !c->server || c->server->state != PX_SV_ACTIVE) {
-        px_debug("cancel", 0, 0, "cancel request for no running query: dropped");
+    if (!c || c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING) {
+        px_debug("cancel", 0, 0, "cancel request for no client: dropped");
         return;
     }
-    if (c->state == PX_CL_BATCHED) {
-        /* Its server runs another client's query now: cancel once its own runs. */
-        c->cancel_pending = true;
-        px_info("cancel", 'C', c->id, "cancel held until its batched query runs");
-        return;
-    }
-    px_cancel_forward(c);
+    px_path_cancel_request(c);
 }
 
 void px_cancel_forward(struct px_client *c)

@@ -36,8 +36,11 @@ void px_cancel_server_gone(struct px_server *s);
 /* Frees the index and the cancels still in flight (shutdown). */
 void px_cancel_destroy(void);
 
-/* Event reported upward, implemented by the statement path (path/path.c): the cancel on
- * its way to s is done (sent and closed by PostgreSQL, or failed). */
+/* Events reported upward, implemented by the statement path (path/path.c): */
+/* A CancelRequest for c: the path decides what it cancels (a lock wait, a query, or
+ * nothing). */
+void px_path_cancel_request(struct px_client *c);
+/* The cancel on its way to s is done (sent and closed by PostgreSQL, or failed). */
 void px_path_server_cancel_done(struct px_server *s);
 
 #endif

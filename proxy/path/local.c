@@ -6,6 +6,7 @@
 
 #include "metrics/stats.h"
 #include "path/local.h"
+#include "path/locks.h"
 #include "path/txn.h"
 
 void px_local_complete(struct px_client *c, const char *tag, char status)
@@ -19,6 +20,8 @@ bool px_local_answer_unlinked(struct px_client *c, const struct px_sql_info *inf
 {
     if (info->multi)
         return false;
+    if (c->held_failed && info->kind != PX_SQL_COMMIT && info->kind != PX_SQL_ROLLBACK)
+        return false; /* the server's aborted transaction answers 25P02 */
     struct evbuffer *in = bufferevent_get_input(c->bev);
     switch (info->kind) {
     case PX_SQL_BEGIN:
@@ -28,15 +31,19 @@ bool px_local_answer_unlinked(struct px_client *c, const struct px_sql_info *inf
         px_stats_query(c->pool);
         return true;
     case PX_SQL_COMMIT:
-    case PX_SQL_ROLLBACK:
+    case PX_SQL_ROLLBACK: {
         if (!px_txn_in_block(c))
             return false; /* outside a transaction PostgreSQL warns; let it */
+        /* COMMIT of a failed block answers ROLLBACK, as PostgreSQL does */
+        const char *tag = c->held_failed ? "ROLLBACK" : info->tag;
         px_txn_drop_begin(c);
         evbuffer_drain(in, total);
-        px_local_complete(c, info->tag, 'I');
+        px_locks_txn_end(c); /* the block never reached a server: it ends here */
+        px_local_complete(c, tag, 'I');
         px_stats_query(c->pool);
         px_stats_transaction(c->pool);
         return true;
+    }
     case PX_SQL_DEALLOCATE:
         if (!px_stmt_map_remove(&c->stmts, info->name))
             return false; /* not ours: PostgreSQL answers (SQL-level PREPARE, or 26000) */

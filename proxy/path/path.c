@@ -13,6 +13,7 @@
 #include "path/classify.h"
 #include "path/expect.h"
 #include "path/local.h"
+#include "path/locks.h"
 #include "path/path.h"
 #include "path/rename.h"
 #include "path/session.h"
@@ -21,11 +22,41 @@
 
 #define SERVER_MAX_MESSAGE 0x3fffffffu
 
+/* ==== ordering of pgwarden's own replies ============================================== */
+
+/* Everything sent to s has been answered: a reply pgwarden writes to the client now comes
+ * after the server's replies to everything the client sent before. */
+static bool server_quiescent(const struct px_server *s)
+{
+    return s->pending_ready == 0 && s->expect_n == 0 && s->hidden_queries == 0 &&
+           !s->last_untracked && s->s2c.remaining == 0;
+}
+
+/* The client's relay stops before a message pgwarden answers itself until s has answered
+ * what was sent before it.  When the last message sent has no tracked reply (Bind,
+ * Execute, ...), a barrier makes the server say when it is done: a Close of a statement
+ * name that cannot exist (answered CloseComplete, which the FIFO swallows, or skipped after
+ * an error) and a Flush. */
+static bool hold_for_reply(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    c->reply_hold = true;
+    if (!s->last_untracked)
+        return true;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
+    static const uint8_t flush[5] = {'H', 0, 0, 0, 4};
+    if (!e || px_write_target(out, 'C', 'S', "_pgw_") < 0 || evbuffer_add(out, flush, 5) < 0)
+        return false;
+    s->last_untracked = false;
+    return true;
+}
+
 /* ==== client -> server ================================================================== */
 
 /* The bookkeeping every relayed client message gets, in both pool modes: ReadyForQuery
- * replies expected, unsynced extended-protocol messages, query counts; CLOSE for
- * Terminate (the server stays for the next client). */
+ * replies expected, unsynced extended-protocol messages, what the FIFO tracks, query
+ * counts; CLOSE for Terminate (the server stays for the next client). */
 static enum px_relay_action c2s_bookkeeping(struct px_client *c, char type)
 {
     struct px_server *s = c->server;
@@ -33,40 +64,57 @@ static enum px_relay_action c2s_bookkeeping(struct px_client *c, char type)
     case 'Q':
         px_stats_query(c->pool);
         s->pending_ready++;
+        s->last_untracked = false;
         return PX_RELAY_FORWARD;
-    case 'F': s->pending_ready++; return PX_RELAY_FORWARD;
+    case 'F':
+        s->pending_ready++;
+        s->last_untracked = false;
+        return PX_RELAY_FORWARD;
     case 'S':
         if (s->unsynced)
             px_stats_query(c->pool);
         s->pending_ready++;
         s->unsynced = false;
+        s->group_failed = false;
+        s->last_untracked = false;
+        if (c->locks)
+            px_locks_sync(c);
         return PX_RELAY_FORWARD;
     case 'X': return PX_RELAY_CLOSE;
-    default: s->unsynced = true; return PX_RELAY_FORWARD;
+    case 'P':
+    case 'C': s->unsynced = true; return PX_RELAY_FORWARD; /* tracked by the FIFO */
+    default:
+        s->unsynced = true;
+        s->last_untracked = true;
+        return PX_RELAY_FORWARD;
     }
 }
 
-/* Session mode: the server is the client's for the whole session; messages are only
- * counted. */
+/* Message types each relay table shows to c2s (proto/relay.h).  Query and Parse are read
+ * in both modes (lock calls); transaction mode reads Bind, Describe and Close (statement
+ * renaming); a client with lock-call statements or portals has them all read. */
 static const uint8_t c2s_session_see[256] = {
-    ['Q'] = PX_SEE_TYPE, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_TYPE,
+    ['Q'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_BODY,
     ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
     ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
 };
-
-static enum px_relay_action c2s_session(void *ctx, struct evbuffer *out, char type,
-                                        const uint8_t *body, uint32_t len)
-{
-    (void)out, (void)body, (void)len;
-    return c2s_bookkeeping(ctx, type);
-}
-
-/* Transaction mode: every stage. */
 static const uint8_t c2s_txn_see[256] = {
     ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
     ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE,
     ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
 };
+static const uint8_t c2s_locks_see[256] = {
+    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
+    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_BODY,
+    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
+};
+
+static const uint8_t *c2s_table(const struct px_client *c)
+{
+    if (c->locks)
+        return c2s_locks_see;
+    return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
+}
 
 /* A Parse's statement text, classified for the session stage. */
 static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
@@ -82,29 +130,54 @@ static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     px_session_note_sql(c, &info);
 }
 
-static enum px_relay_action c2s_txn(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
-                                    uint32_t len)
+static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                uint32_t len)
 {
     struct px_client *c = ctx;
     struct px_server *s = c->server;
-    /* classify, then statements answered by pgwarden, then session state */
-    if (type == 'Q') {
-        struct px_sql_info info;
-        px_classify_relayed(c, body, len, &info);
-        if (px_local_answer_linked(c, &info))
-            return PX_RELAY_DROP;
-        px_session_note_sql(c, &info);
-    } else if (type == 'P') {
-        note_parse(c, body, len);
+    bool txn = s->pool->mode == PX_POOL_TRANSACTION;
+    if (s->group_failed && type != 'S' && type != 'X') {
+        /* An error earlier in this extended-protocol group: the server skips everything
+         * until Sync, so the message is neither answered nor tracked (dropped when its body
+         * was read, else passed on for the server to skip). */
+        return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
+    }
+    /* answered by pgwarden: lock calls, in order behind the server's replies */
+    if (body && type != 'X') {
+        switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
+        case PX_LOCKS_ANSWERED:
+            return c->lock_waiting || c->reply_hold ? PX_RELAY_DROP_STOP : PX_RELAY_DROP;
+        case PX_LOCKS_HOLD: return hold_for_reply(c) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
+        case PX_LOCKS_NOT_MINE: break;
+        }
+    }
+    if (txn) {
+        /* classify, then statements answered by pgwarden, then session state */
+        if (type == 'Q') {
+            struct px_sql_info info;
+            px_classify_relayed(c, body, len, &info);
+            if (px_local_answer_linked(c, &info))
+                return PX_RELAY_DROP;
+            px_session_note_sql(c, &info);
+        } else if (type == 'P') {
+            note_parse(c, body, len);
+        }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
-    /* statement renaming, and the replies the server will owe */
+    /* statement renaming (transaction mode), and the replies the server will owe */
     switch (type) {
-    case 'P': return px_rename_parse(c, out, body, len);
-    case 'B': return px_rename_bind(c, out, body, len);
-    case 'D':
-    case 'C': return px_rename_target(c, out, type, body, len);
+    case 'P':
+        if (txn)
+            return px_rename_parse(c, out, body, len);
+        return px_expect_push(s, PX_EXP_PARSE, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    case 'B': return txn ? px_rename_bind(c, out, body, len) : PX_RELAY_FORWARD;
+    case 'D': return txn ? px_rename_target(c, out, type, body, len) : PX_RELAY_FORWARD;
+    case 'C':
+        if (txn)
+            return px_rename_target(c, out, type, body, len);
+        return px_expect_push(s, PX_EXP_CLOSE, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
     case 'Q':
     case 'S':
     case 'F': return px_expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
@@ -130,9 +203,10 @@ void px_path_relay_client(struct px_client *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     if (evbuffer_get_length(in) == 0)
         return;
-    /* Other clients' queries follow its one on s, or the prelude's replies are not all in
-     * (txn.h): the rest waits. */
-    if (px_batch_holds(c) || s->hidden_queries > 0) {
+    /* Other clients' queries follow its one on s, the prelude's replies are not all in
+     * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
+     * the rest waits. */
+    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold) {
         hold_input(c);
         return;
     }
@@ -142,9 +216,7 @@ void px_path_relay_client(struct px_client *c)
     evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
     size_t moved = 0;
     enum px_relay_result r =
-        s->pool->mode == PX_POOL_TRANSACTION
-            ? px_relay_direct(&c->c2s, in, out, fd, c2s_txn_see, c2s_txn, c, max, &moved)
-            : px_relay_direct(&c->c2s, in, out, fd, c2s_session_see, c2s_session, c, max, &moved);
+        px_relay_direct(&c->c2s, in, out, fd, c2s_table(c), c2s, c, max, &moved);
     px_stats_bytes(c->pool, moved, 0);
     if (r == PX_RELAY_CLOSED) {
         px_client_close(c); /* Terminate */
@@ -159,13 +231,15 @@ void px_path_relay_client(struct px_client *c)
         px_reader_enable(&c->rd, false);
         c->read_paused = true;
     }
+    if (c->server == s && s->pool->mode == PX_POOL_TRANSACTION)
+        px_txn_maybe_release(s); /* a lock call answered here may have ended its work */
 }
 
 enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved)
 {
     size_t before = evbuffer_get_length(out);
-    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, c2s_txn_see,
-                                      c2s_txn, c, (uint32_t)px.cfg->max_message_bytes);
+    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, c2s_table(c),
+                                      c2s, c, (uint32_t)px.cfg->max_message_bytes);
     *moved = evbuffer_get_length(out) - before;
     return r;
 }
@@ -181,8 +255,12 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         if (s->pending_ready > 0)
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
-        if (s->txn_status == 'I')
+        s->group_failed = false;
+        if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
+            if (s->client && s->client->locks)
+                px_locks_txn_end(s->client); /* the transaction really ended */
+        }
         return PX_RELAY_FORWARD;
     case 'S': {
         const char *name, *value;
@@ -204,26 +282,32 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
     }
 }
 
-static const uint8_t s2c_session_see[256] = {
-    ['Z'] = PX_SEE_BODY,
-    ['S'] = PX_SEE_BODY,
-    ['E'] = PX_SEE_BODY,
-};
-
-static enum px_relay_action s2c_session(void *ctx, struct evbuffer *out, char type,
-                                        const uint8_t *body, uint32_t len)
-{
-    (void)out;
-    return s2c_bookkeeping(ctx, type, body, len);
-}
-
-static const uint8_t s2c_txn_see[256] = {
+/* Replies s2c reads.  Inside an extended-protocol group (s->unsynced) CommandComplete is
+ * read too: a BEGIN or COMMIT executed in the group changes the transaction state before
+ * the ReadyForQuery that would report it. */
+static const uint8_t s2c_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
     ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY,
 };
+static const uint8_t s2c_group_see[256] = {
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
+    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
+};
 
-static enum px_relay_action s2c_txn(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
-                                    uint32_t len)
+/* A CommandComplete inside an extended-protocol group. */
+static void note_complete(struct px_server *s, const uint8_t *body, uint32_t len)
+{
+    const char *tag = (const char *)body;
+    if (!len || !memchr(body, '\0', len))
+        return;
+    if (!strcmp(tag, "BEGIN") || !strcmp(tag, "START TRANSACTION"))
+        s->txn_status = 'T';
+    else if (!strcmp(tag, "COMMIT") || !strcmp(tag, "ROLLBACK"))
+        s->txn_status = 'I';
+}
+
+static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                uint32_t len)
 {
     struct px_server *s = ctx;
     (void)out;
@@ -240,10 +324,19 @@ static enum px_relay_action s2c_txn(void *ctx, struct evbuffer *out, char type, 
         px_expect_pop(s);
         return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
-    case 'E':
+    case 'C': note_complete(s, body, len); return PX_RELAY_FORWARD;
+    case 'E': {
+        bool mine = head && head->abort; /* the failure pgwarden asked for */
+        /* In the current extended-protocol group (no Sync owed before it), the server now
+         * skips everything until the client's Sync. */
+        if (mine || (s->pending_ready == 0 && s->unsynced))
+            s->group_failed = true;
         if (head && head->kind != PX_EXP_SYNC)
             px_expect_skip_to_sync(s);
+        if (mine)
+            return PX_RELAY_DROP;
         return s2c_bookkeeping(s, type, body, len);
+    }
     case 'Z':
         if (!head || head->kind != PX_EXP_SYNC) {
             px_error("server", 'S', s->id, "ReadyForQuery does not match what was sent");
@@ -258,10 +351,22 @@ static enum px_relay_action s2c_txn(void *ctx, struct evbuffer *out, char type, 
     }
 }
 
-/* Transaction pooling: relays replies to s's client, and with a batch on s (batch.h) to
- * each batched client in turn. */
-static void relay_server_txn(struct px_server *s)
+/* The client's relay waited for the server's replies before one of pgwarden's own: they
+ * are all in, so it goes on. */
+static void resume_held(struct px_server *s)
 {
+    struct px_client *c = s->client;
+    if (c && c->reply_hold && s->state == PX_SV_ACTIVE && server_quiescent(s)) {
+        c->reply_hold = false;
+        px_path_relay_client(c);
+    }
+}
+
+/* Relays the server's replies to its client, and with a batch on s (batch.h) to each
+ * batched client in turn. */
+void px_path_relay_server(struct px_server *s)
+{
+    bool txn = s->pool->mode == PX_POOL_TRANSACTION;
     for (;;) {
         struct px_client *c = s->client;
         if (s->state != PX_SV_ACTIVE || (!c && !s->orphan_client))
@@ -277,8 +382,9 @@ static void relay_server_txn(struct px_server *s)
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
         evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
         size_t moved = 0;
-        enum px_relay_result r = px_relay_direct(&s->s2c, in, out, fd, s2c_txn_see, s2c_txn, s,
-                                                 SERVER_MAX_MESSAGE, &moved);
+        enum px_relay_result r =
+            px_relay_direct(&s->s2c, in, out, fd, s->unsynced ? s2c_group_see : s2c_see, s2c, s,
+                            SERVER_MAX_MESSAGE, &moved);
         if (c)
             px_stats_bytes(s->pool, 0, moved);
         else
@@ -294,36 +400,17 @@ static void relay_server_txn(struct px_server *s)
         }
         if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
             px_reader_enable(&s->rd, false);
-        px_txn_maybe_release(s); /* last: the server may go to another client */
+        resume_held(s);
+        if (s->state != PX_SV_ACTIVE || s->client != c || !c)
+            return;
+        if (txn) {
+            px_txn_maybe_release(s); /* last: the server may go to another client */
+        } else if (px.shutting_down && px_client_is_idle(c)) {
+            px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
+                            "terminating connection due to administrator command");
+        }
         return;
     }
-}
-
-void px_path_relay_server(struct px_server *s)
-{
-    if (s->pool->mode == PX_POOL_TRANSACTION) {
-        relay_server_txn(s);
-        return;
-    }
-    struct px_client *c = s->client;
-    if (s->state != PX_SV_ACTIVE || !c)
-        return;
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evutil_socket_t fd = c->fd_in_tls_bev ? -1 : c->fd;
-    size_t moved = 0;
-    enum px_relay_result r = px_relay_direct(&s->s2c, in, out, fd, s2c_session_see, s2c_session, s,
-                                             SERVER_MAX_MESSAGE, &moved);
-    px_stats_bytes(s->pool, 0, moved);
-    if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
-        px_server_close(s, "protocol error from server");
-        return;
-    }
-    if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
-        px_reader_enable(&s->rd, false);
-    if (px.shutting_down && px_client_is_idle(c))
-        px_client_fatal(c, PX_SQLSTATE_ADMIN_SHUTDOWN,
-                        "terminating connection due to administrator command");
 }
 
 /* ==== events reported by the transport (net/client.h, net/server.h) ===================== */
@@ -351,8 +438,30 @@ void px_path_client_authenticated(struct px_client *c)
     px_pool_request_server(pool, c);
 }
 
+void px_path_cancel_request(struct px_client *c)
+{
+    if (px_locks_cancel(c))
+        return; /* it waited for a lock: that wait ends with 57014 */
+    struct px_server *s = c->server;
+    if (!s || s->state != PX_SV_ACTIVE) {
+        px_debug("cancel", 'C', c->id, "cancel request for no running query: dropped");
+        return;
+    }
+    if (c->state == PX_CL_BATCHED) {
+        /* Its server runs another client's query now: cancel once its own runs. */
+        c->cancel_pending = true;
+        px_info("cancel", 'C', c->id, "cancel held until its batched query runs");
+        return;
+    }
+    px_cancel_forward(c);
+}
+
 void px_path_client_input(struct px_client *c)
 {
+    if (c->lock_waiting) {
+        hold_input(c);
+        return;
+    }
     switch (c->state) {
     case PX_CL_ACTIVE: px_path_relay_client(c); break;
     case PX_CL_IDLE: px_txn_idle_input(c); break;
@@ -373,6 +482,7 @@ void px_path_client_drained(struct px_client *c)
 
 void px_path_client_leaving(struct px_client *c)
 {
+    px_locks_client_free(c); /* its locks go at once, the next waiters are granted */
     struct px_server *s = c->server;
     if (!s || px_batch_leave(c))
         return;
@@ -384,6 +494,7 @@ void px_path_client_leaving(struct px_client *c)
 
 void px_path_client_free(struct px_client *c)
 {
+    px_locks_client_free(c);
     px_txn_client_free(c);
     px_session_client_free(c);
     px_stmt_map_clear(&c->stmts);

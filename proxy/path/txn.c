@@ -10,6 +10,7 @@
 #include "path/batch.h"
 #include "path/classify.h"
 #include "path/local.h"
+#include "path/locks.h"
 #include "path/session.h"
 #include "path/txn.h"
 #include "pool/pool.h"
@@ -23,7 +24,13 @@ bool px_txn_in_block(const struct px_client *c)
 
 char px_txn_unlinked_status(const struct px_client *c)
 {
-    return c->held_begin ? 'T' : 'I';
+    return c->held_begin ? (c->held_failed ? 'E' : 'T') : 'I';
+}
+
+void px_txn_fail_block(struct px_client *c)
+{
+    if (c->held_begin)
+        c->held_failed = true;
 }
 
 bool px_txn_hold_begin(struct px_client *c, uint32_t total)
@@ -41,6 +48,7 @@ void px_txn_drop_begin(struct px_client *c)
     free(c->held_begin);
     c->held_begin = NULL;
     c->held_begin_len = 0;
+    c->held_failed = false;
 }
 
 /* ---- idle: answered, or a server is needed --------------------------------------------- */
@@ -52,10 +60,34 @@ static void need_server(struct px_client *c)
         px_pool_request_server(c->pool, c);
 }
 
+/* The head of c's input is a message of a group px_locks_group_is_local() accepted: answers
+ * it.  False when the client was failed. */
+static bool answer_local_message(struct px_client *c, uint32_t len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
+    if (!msg) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return false;
+    }
+    char type = (char)msg[0];
+    if (type == 'S') {
+        px_locks_sync(c);
+    } else if (type != 'H') {
+        enum px_locks_verdict v = px_locks_message(c, type, msg + 5, len - 4, true);
+        if (v != PX_LOCKS_ANSWERED) { /* the group was checked: cannot happen */
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "lock call group changed while answered");
+            return false;
+        }
+    }
+    evbuffer_drain(in, (size_t)len + 1);
+    return true;
+}
+
 void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == PX_CL_IDLE) {
+    while (c->state == PX_CL_IDLE && !px_locks_waiting(c)) {
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;
@@ -76,6 +108,15 @@ void px_txn_idle_input(struct px_client *c)
                 return; /* wait for the whole query */
             const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
             if (msg) {
+                enum px_locks_verdict v = px_locks_message(c, 'Q', msg + 5, len - 4, true);
+                if (v == PX_LOCKS_CLOSE) {
+                    px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+                    return;
+                }
+                if (v == PX_LOCKS_ANSWERED) {
+                    evbuffer_drain(in, (size_t)len + 1);
+                    continue;
+                }
                 struct px_sql_info info;
                 px_classify_head(c, msg + 5, len - 4, &info);
                 if (px_local_answer_unlinked(c, &info, len + 1)) {
@@ -83,6 +124,16 @@ void px_txn_idle_input(struct px_client *c)
                     continue;
                 }
             }
+        } else if (hdr[0] != 'Q') {
+            /* Extended protocol: a group made only of lock calls needs no server. */
+            bool incomplete = false;
+            if (px_locks_group_is_local(c, &incomplete)) {
+                if (!answer_local_message(c, len))
+                    return;
+                continue;
+            }
+            if (incomplete)
+                return; /* wait for the rest of the group */
         }
         need_server(c);
         return;
@@ -98,10 +149,20 @@ static bool send_prelude(struct px_client *c)
     struct px_server *s = c->server;
     if (!px_session_resync(c))
         return false;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
     if (c->held_begin && s->txn_status == 'I') {
-        if (evbuffer_add(bufferevent_get_output(s->bev), c->held_begin, c->held_begin_len) < 0)
+        if (evbuffer_add(out, c->held_begin, c->held_begin_len) < 0)
             return false;
         s->hidden_queries++;
+    }
+    if (c->held_begin && c->held_failed && s->txn_status != 'E') {
+        /* The held block failed (a lock error): the server's must fail too, so that the
+         * client's statements get 25P02 and its COMMIT rolls back, as on PostgreSQL. */
+        if (px_wire_query(out, "SELECT 'pgwarden: a lock call failed in this transaction'"
+                               "::pg_catalog.int4") < 0)
+            return false;
+        s->hidden_queries++;
+        s->hidden_abort = true;
     }
     return true;
 }

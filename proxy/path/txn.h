@@ -52,8 +52,12 @@ void px_txn_detached(struct px_client *c);
 
 /* Inside a transaction block pgwarden answered (a held BEGIN). */
 bool px_txn_in_block(const struct px_client *c);
-/* The ReadyForQuery status to send to an unlinked client: 'T' in a held block, else 'I'. */
+/* The ReadyForQuery status to send to an unlinked client: 'T' in a held block, 'E' when
+ * that block failed, else 'I'. */
 char px_txn_unlinked_status(const struct px_client *c);
+/* A statement of the held block failed (a lock error): later statements get 25P02 (from
+ * the server, whose transaction is aborted when it is linked) and COMMIT rolls back. */
+void px_txn_fail_block(struct px_client *c);
 /* Takes the BEGIN (total bytes, the whole message at the head of c's input) out of the
  * input and keeps it to send with the first real statement.  False when out of memory
  * (nothing changed). */

@@ -88,6 +88,15 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
                 evbuffer_drain(in, total);
                 continue;
             }
+            if (act == PX_RELAY_HOLD) {
+                result = PX_RELAY_STOPPED;
+                break;
+            }
+            if (act == PX_RELAY_DROP_STOP) {
+                evbuffer_drain(in, total);
+                result = PX_RELAY_STOPPED;
+                break;
+            }
             run = total;
             if (act == PX_RELAY_STOP) {
                 result = PX_RELAY_STOPPED;

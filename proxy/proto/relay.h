@@ -28,10 +28,12 @@ struct px_stream {
 enum px_see { PX_SEE_NONE = 0, PX_SEE_TYPE = 1, PX_SEE_BODY = 2 };
 
 enum px_relay_action {
-    PX_RELAY_FORWARD, /* pass the message on */
-    PX_RELAY_DROP,    /* swallow it */
-    PX_RELAY_STOP,    /* pass it on, then stop relaying (state changed) */
-    PX_RELAY_CLOSE,   /* fatal: stop, the caller closes the connection */
+    PX_RELAY_FORWARD,   /* pass the message on */
+    PX_RELAY_DROP,      /* swallow it */
+    PX_RELAY_STOP,      /* pass it on, then stop relaying (state changed) */
+    PX_RELAY_HOLD,      /* stop before it: it stays at the head of the input (PX_SEE_BODY only) */
+    PX_RELAY_DROP_STOP, /* swallow it, then stop relaying (PX_SEE_BODY only) */
+    PX_RELAY_CLOSE,     /* fatal: stop, the caller closes the connection */
 };
 
 /* body is NULL for PX_SEE_TYPE messages; len is the body length (message length - 4).
@@ -42,7 +44,7 @@ typedef enum px_relay_action (*px_relay_cb)(void *ctx, struct evbuffer *out, cha
 
 enum px_relay_result {
     PX_RELAY_OK,        /* everything complete was handled; wait for more input */
-    PX_RELAY_STOPPED,   /* a callback returned STOP; input may remain */
+    PX_RELAY_STOPPED,   /* a callback returned STOP or HOLD; input may remain */
     PX_RELAY_CLOSED,    /* a callback returned CLOSE */
     PX_RELAY_TOO_LARGE, /* a message longer than max_len (or shorter than its header) */
 };

@@ -1,0 +1,102 @@
+/*
+ * locks.h: the lock stage of the statement path: pgwarden_lock() and the other lock
+ * functions of SPEC section 2, answered by pgwarden on top of lockmgr/ (docs/locks.md).
+ *
+ * Where it sits.  Part of stage 3, "answered by pgwarden" (proxy/README.md): a simple Query
+ * or a Parse whose text is a lock call (lockcall.h), and the Bind, Describe, Execute and
+ * Close of such statements and their portals, never reach a server.  This module keeps,
+ * per client, the lock-call statements and portals of the extended protocol, its lockmgr
+ * owner, and its wait.
+ *
+ * Ordering.  A reply pgwarden writes must follow every reply the server owes for what the
+ * client sent before.  The caller (path.c) says whether that holds (may_answer); when it
+ * does not, a lock message gets PX_LOCKS_HOLD and the caller stops the relay before it
+ * until the server has answered everything.
+ *
+ * Waiting.  A lock that is not granted at once parks the client: its further input waits
+ * (px_locks_waiting) and it holds no server unless it already had one (a client inside a
+ * transaction that did work keeps it).  The outcome is delivered at a safe point of the
+ * loop (never inside another client's callback): the reply is written and the client's
+ * input is handled again (px_path_client_input).
+ *
+ * Errors behave as PostgreSQL errors: inside a transaction block the block fails on both
+ * sides (a client without a server gets its held block marked failed, txn.h; a client with
+ * one has the server's transaction aborted by a hidden statement that fails on purpose);
+ * in the extended protocol everything up to the next Sync is skipped, on both sides.
+ * Transaction-scoped locks are released when the transaction has ended on the server
+ * (px_locks_txn_end at ReadyForQuery 'I', or when pgwarden answered the COMMIT / ROLLBACK of
+ * a block that never reached a server); everything a client holds when it goes away.
+ *
+ * Event loop thread only.
+ */
+#ifndef PGW_PROXY_PATH_LOCKS_H
+#define PGW_PROXY_PATH_LOCKS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "lockmgr/lockmgr.h"
+
+/* Sets up the lock manager: fencing tokens from [locks] state_file (or the clock), the
+ * deadline timer.  0, or -1 with *errmsg (free()). */
+int px_locks_init(const struct px_config *cfg, char **errmsg);
+/* Frees the lock manager (after the loop stopped, every client freed). */
+void px_locks_shutdown(void);
+/* Creates the state file with its first epoch (pgwarden --init-lock-state).  0 or -1 with
+ * *errmsg. */
+int px_locks_init_state_file(const char *path, char **errmsg);
+/* Reads the state file and checks it (--check).  0 or -1 with *errmsg. */
+int px_locks_check_state_file(const char *path, char **errmsg);
+
+enum px_locks_verdict {
+    PX_LOCKS_NOT_MINE = 0, /* not a lock message: the other stages go on */
+    PX_LOCKS_ANSWERED,     /* consumed: answered, skipped, or the client now waits */
+    PX_LOCKS_HOLD,         /* a lock message, but a server reply is owed before it */
+    PX_LOCKS_CLOSE,        /* out of memory: the client cannot be served */
+};
+
+/*
+ * A client message (type, body of len bytes) on its way to a server, or from a client
+ * without one (c->server NULL).  may_answer: nothing is owed to the client before a reply
+ * to this message.  The caller removes the message from the input when ANSWERED.
+ * Query, Parse, Bind, Describe, Execute and Close are looked at; Sync ends a skipped
+ * group (the caller forwards it, or, without a server, px_locks_sync answers it).
+ */
+enum px_locks_verdict px_locks_message(struct px_client *c, char type, const uint8_t *body,
+                                       uint32_t len, bool may_answer);
+
+/* c has no server and its input starts with extended-protocol messages: true when they
+ * form a complete group (up to Sync) made only of lock messages, which can be answered
+ * without a server; false when a server is needed (or more input: *incomplete). */
+bool px_locks_group_is_local(struct px_client *c, bool *incomplete);
+
+/* A Sync from c: the end of a group skipped after an error.  Without a server, writes the
+ * ReadyForQuery (with one, the caller forwards the Sync). */
+void px_locks_sync(struct px_client *c);
+
+/* c waits for a lock: its input must not be handled. */
+static inline bool px_locks_waiting(const struct px_client *c)
+{
+    return c->lock_waiting;
+}
+
+/* c's transaction ended (ReadyForQuery 'I' after a block, or a block pgwarden answered):
+ * its transaction-scoped locks go, and the next waiters are granted. */
+void px_locks_txn_end(struct px_client *c);
+
+/* A CancelRequest for c: ends its lock wait with 57014.  False when c does not wait. */
+bool px_locks_cancel(struct px_client *c);
+
+/* c is going away: releases everything it holds and waits for, forgets its statements. */
+void px_locks_client_free(struct px_client *c);
+
+/* The lock manager, for the admin views (NULL before px_locks_init). */
+struct lockmgr *px_locks_manager(void);
+/* The client of a lock owner id (for the admin views), or NULL. */
+struct px_client *px_locks_client(uint64_t id);
+/* How long c has waited (ms), 0 when not waiting; the key and mode it waits for. */
+uint64_t px_locks_wait_info(const struct px_client *c, const char **key, size_t *keylen,
+                            const char **mode);
+
+#endif
