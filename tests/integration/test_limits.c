@@ -2,7 +2,8 @@
  * test_limits.c: pgwarden under load and hostile input: 100 clients on a pool of 10 all
  * served (session and transaction mode), max_client_conn
  * (53300), a client vanishing in the middle of a message, an oversized message (08P01 and
- * disconnect), garbage startup packets, and pgbench -S with no failed transaction.  After each
+ * disconnect), garbage startup packets, client bytes that would forge log lines, and
+ * pgbench -S with no failed transaction.  After each
  * fault the process must be alive and other clients served.
  */
 #include <poll.h>
@@ -411,6 +412,39 @@ static void test_garbage_startup(void)
     stop(px);
 }
 
+/* ---- log injection ----------------------------------------------------------------- */
+
+/*
+ * A database name with a newline, sent before any authentication, is logged with the
+ * refusal: it must stay one escaped line, never a second line the client wrote.
+ */
+static void test_log_injection(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    uint8_t buf[512], reply[1024];
+    size_t n = harness_build_startup(buf, sizeof(buf), "pgwarden_test",
+                                     "nodb\n2030-01-01 00:00:00.000 ERROR main: FORGED\x1b[2J");
+    int fd = harness_raw_connect(px->port, 2000);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_EQUAL(harness_raw_send(fd, buf, n, 2000), 0);
+    bool closed = false;
+    ssize_t got = harness_raw_recv(fd, reply, sizeof(reply), 5000, &closed);
+    char state[6] = "";
+    CU_ASSERT_TRUE(got > 0 && harness_reply_sqlstate(reply, (size_t)got, state));
+    CU_ASSERT_STRING_EQUAL(state, "3D000");
+    close(fd);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "nodb\\n2030-01-01 00:00:00.000 ERROR main: "
+                                                  "FORGED\\x1b[2J"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "\n2030-01-01 00:00:00.000 ERROR main: FORGED"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "\x1b"));
+    stop(px);
+}
+
 /* ---- pgbench ----------------------------------------------------------------------- */
 
 static void test_pgbench_select_only(void)
@@ -467,6 +501,7 @@ static void register_suites(void)
         {"unreachable_server_08001", test_unreachable_server},
         {"oversized_message_08P01", test_oversized_message},
         {"garbage_startup", test_garbage_startup},
+        {"log_injection_escaped", test_log_injection},
         {"pgbench_select_only", test_pgbench_select_only},
         CU_TEST_INFO_NULL,
     };
