@@ -778,8 +778,7 @@ void px_client_relay(struct px_client *c)
         return;
     }
     if (r == PX_RELAY_TOO_LARGE) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
-                        "invalid message length: message larger than max_message_bytes");
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(c->c2s.bad_len));
         return;
     }
     if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {

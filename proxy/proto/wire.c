@@ -49,6 +49,12 @@ const char *px_wire_parse_startup(const char *body, size_t len, struct px_startu
     return NULL;
 }
 
+const char *px_wire_length_error(uint32_t len)
+{
+    return len < 4 ? "invalid message length"
+                   : "invalid message length: message larger than max_message_bytes";
+}
+
 const char *px_startup_get(const struct px_startup *s, const char *name)
 {
     for (size_t i = 0; i < s->nparams; i++)

@@ -67,6 +67,10 @@ struct px_startup {
  */
 const char *px_wire_parse_startup(const char *body, size_t len, struct px_startup *out);
 
+/* The text of the 08P01 error for a message whose length field is len and was refused:
+ * PostgreSQL's "invalid message length", saying so when len is above max_message_bytes. */
+const char *px_wire_length_error(uint32_t len);
+
 /* Looks up a startup parameter; NULL when absent. */
 const char *px_startup_get(const struct px_startup *s, const char *name);
 
