@@ -97,8 +97,7 @@ static inline const uint8_t *itw_find(const uint8_t *buf, size_t len, char type,
 
 /* Field code ('C', 'M', 'S', ...) of the first ErrorResponse in buf, copied into out
  * ("" when there is none). */
-static inline void itw_error_field(const uint8_t *buf, size_t len, char code, char *out,
-                                   size_t cap)
+static inline void itw_error_field(const uint8_t *buf, size_t len, char code, char *out, size_t cap)
 {
     size_t blen = 0;
     const uint8_t *b = itw_find(buf, len, 'E', &blen);
