@@ -301,20 +301,26 @@ static int cmp_param(const void *a, const void *b)
  */
 static int keep_params(struct px_client *c, const struct px_startup *st)
 {
-    struct px_startup_param kept[PX_MAX_STARTUP_PARAMS];
+    /* One array serves twice: the packet's pairs to keep (sorted), then the same pairs in
+     * param_buf (element i is read before it is overwritten). */
+    struct px_startup_param *kept = calloc(st->nparams ? st->nparams : 1, sizeof(*kept));
+    if (!kept)
+        return -1;
+    c->params = kept;
     size_t n = 0, bytes = 0;
-    for (size_t i = 0; i < st->nparams; i++) {
-        const char *name = st->params[i].name;
-        if (!strcmp(name, "user") || !strcmp(name, "database") || !strncmp(name, "_pq_.", 5))
+    const char *pos = NULL;
+    struct px_startup_param prm;
+    while (px_startup_next(st, &pos, &prm)) {
+        if (!strcmp(prm.name, "user") || !strcmp(prm.name, "database") ||
+            !strncmp(prm.name, "_pq_.", 5))
             continue;
-        kept[n++] = st->params[i];
-        bytes += strlen(name) + 1 + strlen(st->params[i].value) + 1;
+        kept[n++] = prm;
+        bytes += strlen(prm.name) + 1 + strlen(prm.value) + 1;
     }
     qsort(kept, n, sizeof(kept[0]), cmp_param);
     /* the signature, then the hard signature (at most as long) */
     c->param_buf = malloc(2 * bytes + 2);
-    c->params = calloc(n ? n : 1, sizeof(*c->params));
-    if (!c->param_buf || !c->params)
+    if (!c->param_buf)
         return -1;
     char *p = c->param_buf;
     for (size_t i = 0; i < n; i++) {
@@ -503,13 +509,20 @@ static void reject(struct px_client *c, const char *sqlstate, const char *fmt, c
 /* A StartupMessage (protocol 3.x) arrived. */
 static void handle_startup(struct px_client *c, const struct px_startup *st)
 {
-    const char *unsupported[PX_MAX_STARTUP_PARAMS];
+    const char **unsupported = calloc(st->nparams ? st->nparams : 1, sizeof(*unsupported));
     size_t nunsupported = 0;
-    for (size_t i = 0; i < st->nparams; i++)
-        if (!strncmp(st->params[i].name, "_pq_.", 5))
-            unsupported[nunsupported++] = st->params[i].name;
-    if ((st->code & 0xffff) > 0 || nunsupported)
+    const char *pos = NULL;
+    struct px_startup_param prm;
+    while (unsupported && px_startup_next(st, &pos, &prm))
+        if (!strncmp(prm.name, "_pq_.", 5))
+            unsupported[nunsupported++] = prm.name;
+    if (unsupported && ((st->code & 0xffff) > 0 || nunsupported))
         px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
+    free(unsupported);
+    if (!unsupported) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
 
     if (c->reject_full) {
         px_client_fatal(c, PX_SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");

@@ -182,21 +182,35 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     return s;
 }
 
+/* The StartupMessage: the pool's user and database, then the opener's parameters (as many
+ * as the client sent: PostgreSQL takes any number within its packet limit). */
 static void send_startup(struct px_server *s)
 {
     struct px_pool *pool = s->pool;
-    struct px_startup_param params[PX_MAX_STARTUP_PARAMS + 2];
-    size_t n = 0;
+    const char *p, *end = s->signature + s->signature_len;
+    size_t n = 2;
+    for (p = s->signature; p < end; p += strlen(p) + 1) /* names and values */
+        n++;
+    struct px_startup_param *params = calloc(n / 2 + 2, sizeof(*params));
+    if (!params) {
+        server_fail(s, "out of memory");
+        return;
+    }
+    n = 0;
     params[n++] = (struct px_startup_param){"user", pool->server_user};
     params[n++] = (struct px_startup_param){"database", pool->dbname};
-    const char *p = s->signature, *end = s->signature + s->signature_len;
-    while (p < end && n < PX_MAX_STARTUP_PARAMS + 2) {
+    for (p = s->signature; p < end;) {
         const char *name = p;
         const char *value = name + strlen(name) + 1;
         params[n++] = (struct px_startup_param){name, value};
         p = value + strlen(value) + 1;
     }
-    px_wire_startup(bufferevent_get_output(s->bev), params, n);
+    int rc = px_wire_startup(bufferevent_get_output(s->bev), params, n);
+    free(params);
+    if (rc < 0) {
+        server_fail(s, "out of memory");
+        return;
+    }
     s->login_step = PX_SVL_AUTH;
 }
 
