@@ -85,6 +85,9 @@ struct px_client {
     bool reject_full;           /* accepted past max_client_conn: answer 53300 after startup */
     uint64_t close_deadline_ms; /* failing: closed then even if the error is not written */
     bool tls;
+    /* An SSLRequest / GSSENCRequest was answered (TLS up counts as both): each is answered
+     * once per connection, as PostgreSQL does; a repeat is an unknown protocol version. */
+    bool ssl_done, gss_done;
     bool welcomed;    /* got ReadyForQuery from us: the login is over for the client */
     bool read_paused; /* reading stopped for backpressure */
     char addr[64];

@@ -624,8 +624,15 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
         px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, err);
         return false;
     }
-    if (st.code == PX_SSL_REQUEST_CODE || st.code == PX_GSSENC_REQUEST_CODE) {
-        bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls && !c->tls;
+    /* A request already answered falls through to the version check below, which refuses
+     * it with FATAL 0A000 (code 1234.5679 or 1234.5680) exactly as PostgreSQL does. */
+    if ((st.code == PX_SSL_REQUEST_CODE && !c->ssl_done) ||
+        (st.code == PX_GSSENC_REQUEST_CODE && !c->gss_done)) {
+        bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls;
+        if (st.code == PX_SSL_REQUEST_CODE)
+            c->ssl_done = true;
+        else
+            c->gss_done = true;
         if (evbuffer_get_length(in) > 0) {
             /* Bytes after an encryption request, before the answer: a MITM could inject them
              * into the encrypted session (CVE-2021-23214); refuse. */
@@ -638,6 +645,7 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
             return true;
         }
         /* Write 'S' straight to the socket: nothing else is queued on it yet. */
+        c->gss_done = true; /* no GSS encryption inside TLS */
         if (send(c->fd, "S", 1, MSG_NOSIGNAL) != 1) {
             px_client_close(c);
             return false;
