@@ -376,12 +376,23 @@ static void send_auth_request(struct px_client *c)
     }
 }
 
-static void auth_failed(struct px_client *c)
+/* reason: enum px_metrics_auth_reason (a wrong password, or a protocol error that
+ * PostgreSQL answers the same way). */
+static void auth_failed(struct px_client *c, int reason)
 {
     char msg[200];
     snprintf(msg, sizeof(msg), "password authentication failed for user \"%.64s\"", c->user);
-    px_stats_auth_failure(PX_MAR_PASSWORD);
+    px_stats_auth_failure(reason);
     px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
+}
+
+/* A SCRAM message refused by scram.c: 0A000 for what is not supported, else 08P01. */
+static void scram_refused(struct px_client *c)
+{
+    bool unsupported = false;
+    const char *why = px_scram_server_error(c->scram, &unsupported);
+    px_client_fatal(c, unsupported ? PX_SQLSTATE_FEATURE_NOT_SUPP : PX_SQLSTATE_PROTOCOL_VIOLATION,
+                    why);
 }
 
 /* Ends the login: ParameterStatus of params, our BackendKeyData, ReadyForQuery.  w (may be
@@ -436,12 +447,12 @@ static void handle_md5(struct px_client *c, const uint8_t *body, uint32_t len)
     if (len != 36 || body[35] != '\0' || !u || !u->md5) {
         /* Same work as a right password: compute and compare a dummy. */
         px_md5_salted("md500000000000000000000000000000000", c->md5_salt, expected);
-        auth_failed(c);
+        auth_failed(c, PX_MAR_PASSWORD);
         return;
     }
     px_md5_salted(u->md5, c->md5_salt, expected);
     if (CRYPTO_memcmp(expected, body, 35) != 0) {
-        auth_failed(c);
+        auth_failed(c, PX_MAR_PASSWORD);
         return;
     }
     client_auth_ok(c);
@@ -469,7 +480,7 @@ static void handle_scram_initial(struct px_client *c, const uint8_t *body, uint3
     }
     char *server_first = NULL;
     if (px_scram_server_first(c->scram, (const char *)p, (size_t)dlen, &server_first) < 0) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        scram_refused(c);
         return;
     }
     px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_CONTINUE, server_first,
@@ -483,13 +494,13 @@ static void handle_scram_final(struct px_client *c, const uint8_t *body, uint32_
     bool ok = false;
     char *server_final = NULL;
     if (px_scram_server_final(c->scram, (const char *)body, len, &ok, &server_final) < 0) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        scram_refused(c);
         return;
     }
     const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
     if (!ok || !u || !u->has_scram) {
         free(server_final);
-        auth_failed(c);
+        auth_failed(c, PX_MAR_PASSWORD);
         return;
     }
     c->have_client_key = px_scram_server_client_key(c->scram, c->client_key);
@@ -686,9 +697,18 @@ static void login_read(struct px_client *c)
         char type;
         uint8_t *body;
         uint32_t len;
-        int r = px_take_message(in, PX_MAX_STARTUP_PACKET, &type, &body, &len);
+        bool sasl = c->login_step != PX_LOGIN_MD5;
+        int r = px_take_message(in, sasl ? PX_SCRAM_MAX_CLIENT_MESSAGE : PX_MAX_STARTUP_PACKET,
+                                &type, &body, &len);
         if (r == 0)
             return;
+        if (r < 0 && sasl) {
+            /* PostgreSQL reads SASL messages of at most 1024 bytes, logs "invalid message
+             * length" and fails the login as it fails a wrong password. */
+            px_info("client", 'C', c->id, "invalid message length in SASL exchange");
+            auth_failed(c, PX_MAR_PROTOCOL);
+            return;
+        }
         if (r < 0 || type != 'p') {
             if (r > 0)
                 free(body);
