@@ -115,6 +115,11 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_STR(admin_token, NULL, 0, RELOAD, "bearer token the admin port requires; empty: none"),
     PG_PATH(admin_tls_cert_file, RESTART, "certificate for HTTPS on the admin port"),
     PG_PATH(admin_tls_key_file, RESTART, "private key for HTTPS on the admin port"),
+    PG_INT(admin_max_connections, "64", 1, 100000, RELOAD,
+           "admin connections open at once; more are closed as soon as they are accepted"),
+    PG_INT(admin_request_timeout_ms, "10000", 100, INT_MAX, RELOAD,
+           "an admin request (headers and body) must arrive within this time of the "
+           "connection or of the previous request, however slowly its bytes come"),
     PG_ENUM(pool_mode, "session", pool_mode_names, RESTART,
             "when a server is returned to the pool: session | transaction"),
     PG_INT(default_pool_size, "20", 1, 100000, RELOAD,

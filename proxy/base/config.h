@@ -61,6 +61,8 @@ struct px_config {
     char *admin_token; /* NULL or "": no token */
     char *admin_tls_cert_file;
     char *admin_tls_key_file;
+    int admin_max_connections;               /* default 64: more are closed at once */
+    int admin_request_timeout_ms;            /* default 10000: a request must be in by then */
     enum px_pool_mode pool_mode;             /* default session */
     int default_pool_size;                   /* default 20 */
     int max_client_conn;                     /* default 100 */
