@@ -5,7 +5,8 @@
  *
  * Cost model: PBKDF2 with 4096 iterations costs ~5 ms of CPU.  It is never run per login:
  *  - server side (we verify a client), a secret is derived once per user from a plaintext
- *    password (px_scram_secret_from_password, cached by the caller in the user entry) or
+ *    password (px_scram_secret_from_password, at the user's first login, cached in the
+ *    user entry: px_userlist_scram) or
  *    parsed from a stored "SCRAM-SHA-256$iter:salt$StoredKey:ServerKey" verifier;
  *  - client side (we log in to PostgreSQL), the SaltedPassword for a (password, salt,
  *    iterations) triple is kept in a small bounded process-wide cache.

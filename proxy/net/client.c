@@ -352,7 +352,7 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
 static void send_auth_request(struct px_client *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    const struct px_scram_secret *secret;
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST: client_auth_ok(c); return;
     case PX_AUTH_MD5:
@@ -361,8 +361,11 @@ static void send_auth_request(struct px_client *c)
         c->login_step = PX_LOGIN_MD5;
         return;
     case PX_AUTH_SCRAM:
-        if (u && u->has_scram)
-            c->scram_secret = u->scram;
+        /* A plaintext password's secret is derived here at the user's first login (one
+         * PBKDF2), not when the auth_file is loaded. */
+        secret = px.users ? px_userlist_scram(px.users, c->user) : NULL;
+        if (secret)
+            c->scram_secret = *secret;
         else
             px_scram_secret_mock(c->user, &c->scram_secret);
         c->scram = px_scram_server_new(&c->scram_secret);

@@ -272,11 +272,11 @@ static int auth_sasl_start(struct px_server *s, const uint8_t *body, uint32_t le
         s->scram = px_scram_client_new(pw);
     } else {
         /* SCRAM passthrough: keys recovered from the opener's own SCRAM login. */
-        const struct px_user *u =
-            px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
-        if (!s->have_client_key || !u || !u->has_scram)
+        const struct px_scram_secret *secret =
+            px.users ? px_userlist_scram(px.users, s->pool->server_user) : NULL;
+        if (!s->have_client_key || !secret)
             return -1;
-        s->scram = px_scram_client_new_keys(s->client_key, &u->scram);
+        s->scram = px_scram_client_new_keys(s->client_key, secret);
     }
     char *first = NULL;
     if (!s->scram || px_scram_client_first(s->scram, &first) < 0)
