@@ -217,8 +217,16 @@ struct px_expect {
 
 struct px_pool {
     struct px_list link;
+    struct px_pool *hash_next; /* chain of its bucket in pool.c's index by (database, user) */
+    uint64_t hash;
     char *database; /* as clients name it */
     char *user;     /* as clients name it */
+    /* Lifetime: clients and servers whose ->pool is this one (px_pool_ref/unref).  A pool
+     * made for the "*" entry (or whose entry is gone) is freed by the janitor once it has
+     * had none for autodb_idle_timeout_ms; other pools live as long as the process. */
+    int refs;
+    bool auto_created;
+    uint64_t unused_since_ms; /* when refs last dropped to 0 */
     /* Where and how servers connect: copied from the [databases] entry at creation and
      * refreshed on reload. */
     char *host;

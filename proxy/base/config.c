@@ -154,6 +154,9 @@ static const struct px_cfg_key pgwarden_keys[] = {
            "close servers idle in the pool this long; 0: never"),
     PG_INT(server_lifetime_ms, "3600000", 0, INT_MAX, RELOAD,
            "close servers this old when they are next idle; 0: unlimited"),
+    PG_INT(autodb_idle_timeout_ms, "3600000", 0, INT_MAX, RELOAD,
+           "free a pool made for the \"*\" database entry once it has had no client and no "
+           "server this long"),
     PG_INT(client_login_timeout_ms, "60000", 1, INT_MAX, RELOAD,
            "limit on a client's startup and authentication"),
     PG_INT(max_message_bytes, "1048576", 8192, 1073741824, RESTART,

@@ -82,6 +82,7 @@ struct px_config {
     int server_login_retry_ms;     /* default 1000: fast-fail window after a failed login */
     int server_idle_timeout_ms;    /* default 600000; 0 = never */
     int server_lifetime_ms;        /* default 3600000; 0 = unlimited */
+    int autodb_idle_timeout_ms;    /* default 3600000: free unused pools of the "*" entry */
     int client_login_timeout_ms;   /* default 60000 */
     int max_message_bytes;         /* default 1 MiB; range 8 KiB .. 1 GiB */
     int shutdown_timeout_ms;       /* default 30000 */

@@ -283,6 +283,8 @@ void px_client_free(struct px_client *c)
     free(c->param_buf);
     free(c->params);
     px_txn_client_free(c);
+    if (c->pool)
+        px_pool_unref(c->pool);
     free(c);
 }
 
@@ -428,6 +430,7 @@ static void client_auth_ok(struct px_client *c)
         return;
     }
     c->pool = pool;
+    px_pool_ref(pool);
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);

@@ -144,6 +144,7 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     s->fd = -1;
     s->id = ++px.next_server_id;
     s->pool = pool;
+    px_pool_ref(pool);
     s->state = PX_SV_LOGIN;
     s->login_step = PX_SVL_CONNECT;
     s->created_ms = s->last_used_ms = px_now_ms();
@@ -669,6 +670,8 @@ void px_server_free(struct px_server *s)
     px_txn_server_free(s);
     px_welcome_unref(s->welcome);
     free(s->signature);
+    if (s->pool)
+        px_pool_unref(s->pool);
     free(s);
 }
 

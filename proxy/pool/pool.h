@@ -10,8 +10,14 @@
 
 #include "conn.h"
 
-/* Finds or creates the pool of (database, user), configured from db.  NULL on ENOMEM. */
+/* Finds (by hash) or creates the pool of (database, user), configured from db.  NULL on
+ * ENOMEM.  The caller takes a reference with px_pool_ref for the object that keeps it. */
 struct px_pool *px_pool_get(const char *database, const char *user, const struct px_db_config *db);
+
+/* A client or server points at pool from now on (c->pool / s->pool). */
+void px_pool_ref(struct px_pool *pool);
+/* ... and no longer: the last one gone starts the pool's unused time (see conn.h). */
+void px_pool_unref(struct px_pool *pool);
 
 /* An authenticated client wants a server: link one now or queue the client (FIFO). */
 void px_pool_request_server(struct px_pool *pool, struct px_client *c);

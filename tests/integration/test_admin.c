@@ -876,6 +876,71 @@ static void test_slowloris(void)
     CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
+/* ---- pools of the "*" entry are freed when unused ----------------------------------- */
+
+/* The number of pools /pools lists, and whether one is (database, user). */
+static int pools_listed(int port, const char *database, bool *found)
+{
+    json_t *j = get_json(port, "/pools", NULL);
+    int n = json_is_array(j) ? (int)json_array_size(j) : -1;
+    *found = false;
+    for (int i = 0; i < n; i++) {
+        const char *d =
+            json_string_value(json_object_get(json_array_get(j, (size_t)i), "database"));
+        *found = *found || (d && strcmp(d, database) == 0);
+    }
+    json_decref(j);
+    return n;
+}
+
+static void test_auto_pools_reaped(void)
+{
+    const struct harness_cluster *cl = harness_cluster();
+    char star[256];
+    snprintf(star, sizeof(star), "* = host=127.0.0.1 port=%d dbname=%s", cl->port, cl->dbname);
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000,
+                                   .admin = true,
+                                   .databases_extra = star,
+                                   .pgwarden_extra = "autodb_idle_timeout_ms = 500\n"
+                                                     "server_idle_timeout_ms = 1000"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    /* Held: a client of one auto pool; the configured database is used and left. */
+    PGconn *keep = harness_connect(px, "sslmode=disable dbname=kept_db");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(keep), CONNECTION_OK);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    for (int i = 0; i < 40; i++) {
+        char extra[64];
+        snprintf(extra, sizeof(extra), "sslmode=disable dbname=auto_%d", i);
+        PGconn *c = harness_connect(px, extra);
+        CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_OK);
+        PQfinish(c);
+    }
+    bool found = false;
+    CU_ASSERT(pools_listed(px->admin_port, "auto_39", &found) > 2);
+    CU_ASSERT_TRUE(found); /* its server is still idle */
+    /* Servers idle out (1 s), then the unused auto pools go (0.5 s later). */
+    int n = -1;
+    int64_t t0 = itu_now_ms();
+    while (itu_now_ms() - t0 < 8000 && (n = pools_listed(px->admin_port, "x", &found)) > 2)
+        itu_sleep_ms(100);
+    printf("\n    pools listed after the auto pools went unused: %d ", n);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT(pools_listed(px->admin_port, "kept_db", &found) == 2 && found);
+    CU_ASSERT(pools_listed(px->admin_port, cl->dbname, &found) == 2 && found);
+    /* A freed pool's name works again (a new pool). */
+    PGconn *c = harness_connect(px, "sslmode=disable dbname=auto_7");
+    CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 7"), "7");
+    PQfinish(c);
+    CU_ASSERT_STRING_EQUAL(itu_value(keep, "SELECT 8"), "8");
+    PQfinish(keep);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
 /* ---- reload keeps the admin port --------------------------------------------------- */
 
 /* admin_addr and admin_port need a restart (docs/configuration.md, docs/admin-api.md): a
@@ -938,6 +1003,7 @@ static void register_suites(void)
         {"bad_requests_while_serving", test_bad_requests_while_serving},
         {"slowloris_cap_and_deadline", test_slowloris},
         {"reload_keeps_admin_port", test_reload_keeps_admin_port},
+        {"auto_pools_reaped", test_auto_pools_reaped},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("admin", suite_init, suite_cleanup, tests);
