@@ -526,20 +526,24 @@ static void reject(struct px_client *c, const char *sqlstate, const char *fmt, c
 /* A StartupMessage (protocol 3.x) arrived. */
 static void handle_startup(struct px_client *c, const struct px_startup *st)
 {
-    const char **unsupported = calloc(st->nparams ? st->nparams : 1, sizeof(*unsupported));
+    /* Protocol options (_pq_.*) we do not know, for NegotiateProtocolVersion. */
     size_t nunsupported = 0;
     const char *pos = NULL;
     struct px_startup_param prm;
-    while (unsupported && px_startup_next(st, &pos, &prm))
-        if (!strncmp(prm.name, "_pq_.", 5))
-            unsupported[nunsupported++] = prm.name;
-    if (unsupported && ((st->code & 0xffff) > 0 || nunsupported))
-        px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
-    free(unsupported);
-    if (!unsupported) {
+    while (px_startup_next(st, &pos, &prm))
+        nunsupported += !strncmp(prm.name, "_pq_.", 5);
+    const char **unsupported = nunsupported ? calloc(nunsupported, sizeof(*unsupported)) : NULL;
+    if (nunsupported && !unsupported) {
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }
+    size_t i = 0;
+    for (pos = NULL; unsupported && px_startup_next(st, &pos, &prm);)
+        if (!strncmp(prm.name, "_pq_.", 5))
+            unsupported[i++] = prm.name;
+    if ((st->code & 0xffff) > 0 || nunsupported)
+        px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
+    free(unsupported);
 
     if (c->reject_full) {
         px_client_fatal(c, PX_SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");

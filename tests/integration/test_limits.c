@@ -394,7 +394,8 @@ static void test_message_length_below_4(void)
 
 /*
  * PostgreSQL takes any number of startup parameters up to its 10000-byte packet limit; 100
- * custom settings must reach the server (SHOW reports the last one).
+ * custom settings must reach the server (SHOW reports the last one).  A protocol option
+ * among them is named in NegotiateProtocolVersion and not sent on.
  */
 static void test_many_startup_params(void)
 {
@@ -414,6 +415,8 @@ static void test_many_startup_params(void)
         off += (size_t)sprintf((char *)pkt + off, "pgw.p%d", i) + 1;
         off += (size_t)sprintf((char *)pkt + off, "v%d", i) + 1;
     }
+    off += (size_t)sprintf((char *)pkt + off, "_pq_.pgw_unknown") + 1; /* a protocol option */
+    off += (size_t)sprintf((char *)pkt + off, "1") + 1;
     pkt[off++] = 0;
     itw_put32(pkt, (uint32_t)off);
     itw_put32(pkt + 4, 196608);
@@ -427,6 +430,10 @@ static void test_many_startup_params(void)
         fprintf(stderr, "startup refused: %s\n", msg);
     size_t blen = 0;
     CU_ASSERT_PTR_NOT_NULL(itw_find(reply, n > 0 ? (size_t)n : 0, 'Z', &blen));
+    /* NegotiateProtocolVersion: minor 0, one unrecognised option, named */
+    const uint8_t *v = itw_find(reply, n > 0 ? (size_t)n : 0, 'v', &blen);
+    CU_ASSERT(v != NULL && blen == 8 + 17 && itw_get32(v + 4) == 1 &&
+              memcmp(v + 8, "_pq_.pgw_unknown", 17) == 0);
     size_t qlen = 0;
     CU_ASSERT_FATAL(itw_msg(pkt, sizeof(pkt), &qlen, 'Q', "SHOW pgw.p99", 13));
     CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, qlen, 2000), 0);
