@@ -28,6 +28,7 @@
 #include "auth/userlist.h"
 #include "base/config.h"
 #include "base/list.h"
+#include "base/log.h"
 #include "net/sockread.h"
 #include "path/prepared.h"
 #include "proto/params.h"
@@ -103,6 +104,9 @@ struct px_client {
     bool reject_full;           /* accepted past max_client_conn: answer 53300 after startup */
     uint64_t close_deadline_ms; /* failing: closed then even if the error is not written */
     bool tls;
+    /* An SSLRequest / GSSENCRequest was answered (TLS up counts as both): each is answered
+     * once per connection, as PostgreSQL does; a repeat is an unknown protocol version. */
+    bool ssl_done, gss_done;
     bool welcomed;    /* got ReadyForQuery from us: the login is over for the client */
     bool read_paused; /* reading stopped for backpressure */
     char addr[64];
@@ -257,8 +261,16 @@ struct px_expect {
 
 struct px_pool {
     struct px_list link;
+    struct px_pool *hash_next; /* chain of its bucket in pool.c's index by (database, user) */
+    uint64_t hash;
     char *database; /* as clients name it */
     char *user;     /* as clients name it */
+    /* Lifetime: clients and servers whose ->pool is this one (px_pool_ref/unref).  A pool
+     * made for the "*" entry (or whose entry is gone) is freed by the janitor once it has
+     * had none for autodb_idle_timeout_ms; other pools live as long as the process. */
+    int refs;
+    bool auto_created;
+    uint64_t unused_since_ms; /* when refs last dropped to 0 */
     /* Where and how servers connect: copied from the [databases] entry at creation and
      * refreshed on reload. */
     char *host;
@@ -322,5 +334,20 @@ struct px_proxy {
 extern struct px_proxy px;
 
 uint64_t px_now_ms(void);
+
+/* A client or server points at pool from now on (c->pool / s->pool). */
+static inline void px_pool_ref(struct px_pool *pool)
+{
+    pool->refs++;
+}
+
+/* ... and no longer: the last one gone starts the pool's unused time (pool.c frees unused
+ * pools of the "*" entry). */
+static inline void px_pool_unref(struct px_pool *pool)
+{
+    PX_ASSERT(pool->refs > 0);
+    if (--pool->refs == 0)
+        pool->unused_since_ms = px_now_ms();
+}
 
 #endif

@@ -8,6 +8,17 @@
  *
  * Everything runs on the proxy's event loop.  Requests are answered synchronously from
  * the evhttp callback, so a px_admin_req lives on the stack of dispatch().
+ *
+ * Connections (slowloris defences): evhttp 2.1 counts no connections and its timeout
+ * restarts with every byte read, so each connection gets a struct admin_conn of ours.  It
+ * is made where evhttp asks for the connection's bufferevent (our bevcb, plain or TLS), is
+ * attached to the evhttp_connection one loop turn later (evhttp gives no accept hook; the
+ * connection is the argument of the callbacks it sets on that bufferevent), and is freed
+ * by the connection's close callback.  Over admin_max_connections, the connection is freed
+ * when it is attached; otherwise a deadline timer closes it unless a complete request
+ * arrives within admin_request_timeout_ms (rearmed at each request).  We hold a reference
+ * on the bufferevent for the connection's life, so the timer can always tell whether
+ * evhttp has freed the connection behind our back (its callbacks are then cleared).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -15,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -31,6 +43,7 @@
 #include "admin/admin.h"
 #include "base/config.h"
 #include "base/json_util.h"
+#include "base/list.h"
 #include "base/log.h"
 
 #define TOKEN_DIGEST_LEN 32 /* SHA-256 */
@@ -44,9 +57,25 @@ struct route {
     void *arg;
 };
 
+/* One accepted admin connection (see the header comment). */
+struct admin_conn {
+    struct px_list link; /* on px_admin.conns */
+    struct px_admin *admin;
+    struct bufferevent *bev;         /* referenced by us until the connection is gone */
+    struct evhttp_connection *evcon; /* NULL until attached */
+    struct event *timer;             /* attach (at once), then the request deadline */
+    bool refused;                    /* over admin_max_connections when accepted */
+};
+
 struct px_admin {
     struct event_base *base;
     struct evhttp *http;
+    struct px_list conns; /* struct admin_conn */
+    int nconns;
+    int max_connections;               /* admin_max_connections */
+    struct timeval deadline;           /* admin_request_timeout_ms */
+    uint64_t refused;                  /* connections refused since the last warning */
+    time_t refused_logged;             /* when that warning was last written */
     struct evhttp_bound_socket *bound; /* NULL when admin_port is 0 */
     char *addr;
     int port;
@@ -124,18 +153,128 @@ fail:
     return NULL;
 }
 
-/* evhttp calls this for every accepted connection when TLS is on. */
-static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
+/* ---- connections ---- */
+
+static void conn_free(struct admin_conn *ac)
+{
+    px_list_remove(&ac->link);
+    ac->admin->nconns--;
+    event_free(ac->timer);
+    bufferevent_decref(ac->bev); /* evhttp's own reference may still hold it */
+    free(ac);
+}
+
+/* evhttp is freeing the connection (its bufferevent goes right after). */
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    conn_free(arg);
+}
+
+/* Whether evhttp still has ac's connection: freeing it clears the bufferevent's callbacks. */
+static bool conn_alive(const struct admin_conn *ac)
+{
+    bufferevent_event_cb eventcb = NULL;
+    bufferevent_getcb(ac->bev, NULL, NULL, &eventcb, NULL);
+    return eventcb != NULL;
+}
+
+static void refusal_note(struct px_admin *a)
+{
+    time_t now = time(NULL);
+    a->refused++;
+    if (now - a->refused_logged < 10)
+        return; /* at most one line per 10 s, however hard the port is hit */
+    px_warning("admin", 0, 0,
+               "refused %llu admin connection(s): admin_max_connections (%d) are open",
+               (unsigned long long)a->refused, a->max_connections);
+    a->refused = 0;
+    a->refused_logged = now;
+}
+
+/* The timer: first the attach step (right after the accept), then the request deadline. */
+static void conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct admin_conn *ac = arg;
+    if (!conn_alive(ac)) {
+        conn_free(ac); /* gone without its close callback (setup failed inside evhttp) */
+        return;
+    }
+    if (!ac->evcon) {
+        void *cbarg = NULL;
+        bufferevent_getcb(ac->bev, NULL, NULL, NULL, &cbarg);
+        struct evhttp_connection *evcon = cbarg;
+        PX_ASSERT(evhttp_connection_get_bufferevent(evcon) == ac->bev);
+        ac->evcon = evcon;
+        evhttp_connection_set_closecb(evcon, conn_closed, ac);
+        if (ac->refused) {
+            refusal_note(ac->admin);
+            evhttp_connection_free(evcon); /* calls conn_closed */
+            return;
+        }
+        evtimer_add(ac->timer, &ac->admin->deadline);
+        return;
+    }
+    px_debug("admin", 0, 0, "closing an admin connection: no complete request within %ld ms",
+             (long)(ac->admin->deadline.tv_sec * 1000 + ac->admin->deadline.tv_usec / 1000));
+    evhttp_connection_free(ac->evcon); /* calls conn_closed */
+}
+
+/* evhttp calls this for every accepted connection: we make its bufferevent (TLS or plain)
+ * and start tracking it. */
+static struct bufferevent *conn_bevcb(struct event_base *base, void *arg)
 {
     struct px_admin *a = arg;
-    SSL *ssl = a->ssl_ctx ? SSL_new(a->ssl_ctx) : NULL;
-    if (!ssl)
-        return NULL; /* evhttp makes a plain one; the TLS client fails its handshake */
-    struct bufferevent *bev = bufferevent_openssl_socket_new(
-        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev)
-        SSL_free(ssl);
+    struct admin_conn *ac = calloc(1, sizeof(*ac));
+    SSL *ssl = NULL;
+    struct bufferevent *bev = NULL;
+    if (!ac)
+        goto fail;
+    if (a->ssl_ctx) {
+        ssl = SSL_new(a->ssl_ctx);
+        bev = ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                   BEV_OPT_CLOSE_ON_FREE)
+                  : NULL;
+        if (!bev)
+            SSL_free(ssl);
+    } else {
+        bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    ac->timer = bev ? evtimer_new(base, conn_timer, ac) : NULL;
+    if (!ac->timer)
+        goto fail;
+    ac->admin = a;
+    ac->bev = bev;
+    bufferevent_incref(bev);
+    ac->refused = a->nconns >= a->max_connections;
+    px_list_append(&a->conns, &ac->link);
+    a->nconns++;
+    event_active(ac->timer, EV_TIMEOUT, 0); /* attach once evhttp has set the bev up */
     return bev;
+fail:
+    /* evhttp then makes a plain bufferevent itself: a TLS client fails its handshake, a
+     * plain one is served without our limits (only when memory ran out). */
+    px_error("admin", 0, 0, "out of memory accepting an admin connection");
+    if (bev)
+        bufferevent_free(bev);
+    free(ac);
+    return NULL;
+}
+
+/* A complete request arrived on evcon: the next one has a new deadline. */
+static void conn_request_seen(struct px_admin *a, struct evhttp_connection *evcon)
+{
+    struct px_list *it;
+    px_list_for_each_reverse(it, &a->conns)
+    {
+        struct admin_conn *ac = PX_CONTAINER_OF(it, struct admin_conn, link);
+        if (ac->evcon == evcon) {
+            evtimer_add(ac->timer, &a->deadline);
+            return;
+        }
+    }
 }
 
 /* ---- settings that can change on reload ---- */
@@ -204,7 +343,9 @@ static int settings_apply(struct px_admin *a, const struct px_config *cfg, struc
     memcpy(a->token_digest, s->digest, sizeof a->token_digest);
     SSL_CTX_free(a->ssl_ctx); /* live SSL objects keep their own reference */
     a->ssl_ctx = s->ssl_ctx;
-    evhttp_set_bevcb(a->http, a->ssl_ctx ? tls_bevcb : NULL, a->ssl_ctx ? a : NULL);
+    a->max_connections = cfg->admin_max_connections;
+    a->deadline.tv_sec = cfg->admin_request_timeout_ms / 1000;
+    a->deadline.tv_usec = (cfg->admin_request_timeout_ms % 1000) * 1000;
     if (s->rebind) {
         if (a->bound)
             evhttp_del_accept_socket(a->http, a->bound);
@@ -233,6 +374,7 @@ struct px_admin *px_admin_new(struct event_base *base, const struct px_config *c
         return NULL;
     }
     a->base = base;
+    px_list_init(&a->conns);
     a->http = evhttp_new(base);
     if (!a->http) {
         *errmsg = errf("admin: cannot create the HTTP server");
@@ -248,6 +390,7 @@ struct px_admin *px_admin_new(struct event_base *base, const struct px_config *c
                                             EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     evhttp_set_default_content_type(a->http, "application/json");
     evhttp_set_gencb(a->http, dispatch, a);
+    evhttp_set_bevcb(a->http, conn_bevcb, a);
     if (px_admin_register_builtin(a) < 0) {
         *errmsg = errf("admin: cannot register the built-in routes");
         goto fail;
@@ -288,7 +431,9 @@ void px_admin_free(struct px_admin *a)
     if (!a)
         return;
     if (a->http)
-        evhttp_free(a->http); /* closes the listener and the connections */
+        evhttp_free(a->http);         /* closes the listener and the connections (conn_closed) */
+    while (!px_list_empty(&a->conns)) /* not yet attached, or missed by conn_closed */
+        conn_free(PX_CONTAINER_OF(px_list_first(&a->conns), struct admin_conn, link));
     SSL_CTX_free(a->ssl_ctx);
     for (size_t i = 0; i < a->nroutes; i++)
         free(a->routes[i].path);
@@ -589,6 +734,7 @@ static void route_request(struct px_admin_req *req)
 static void dispatch(struct evhttp_request *ev, void *arg)
 {
     struct px_admin_req req = {.admin = arg, .ev = ev};
+    conn_request_seen(req.admin, evhttp_request_get_connection(ev));
     req.method = method_bit(evhttp_request_get_command(ev));
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
     const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;

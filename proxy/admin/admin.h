@@ -5,9 +5,13 @@
  * control requests.  Everything runs on the event loop thread; handlers must not block.
  * User-facing reference: docs/admin-api.md.
  *
+ * Connections: at most admin_max_connections are open (more are closed when accepted), and
+ * each request must be complete within admin_request_timeout_ms of the connection or of
+ * the previous request, however slowly its bytes come (see admin.c).
+ *
  * Request pipeline (admin.c), in this order:
- *   1. evhttp limits: headers over 8 KiB, bodies over 64 KiB (413), idle or slow clients
- *      (10 s timeout), unparsable requests (400) never reach the router.
+ *   1. evhttp limits: headers over 8 KiB, bodies over 64 KiB (413), idle clients (10 s
+ *      without a byte), unparsable requests (400) never reach the router.
  *   2. Auth: when admin_token is set, every request needs "Authorization: Bearer <token>";
  *      missing or wrong gives 401 with "WWW-Authenticate: Bearer realm="pgwarden"".  The
  *      token is compared in constant time (SHA-256 of both, then CRYPTO_memcmp).
@@ -52,7 +56,7 @@ enum px_admin_method {
 /* Limits (see docs/admin-api.md). */
 #define PX_ADMIN_MAX_HEADERS_BYTES 8192
 #define PX_ADMIN_MAX_BODY_BYTES    65536
-#define PX_ADMIN_TIMEOUT_SECS      10
+#define PX_ADMIN_TIMEOUT_SECS      10 /* without a byte read or written */
 #define PX_ADMIN_MAX_ROUTES        64
 
 /* A route handler: runs on the event loop; must reply once with px_admin_reply_*. */
@@ -70,8 +74,10 @@ __attribute__((warn_unused_result)) struct px_admin *
 px_admin_new(struct event_base *base, const struct px_config *cfg, char **errmsg);
 
 /*
- * Applies a reloaded config: a new admin_token takes effect for the next request; new TLS
- * files are loaded; a new admin_addr/admin_port is bound before the old one is closed.
+ * Applies a reloaded config: a new admin_token takes effect for the next request, new
+ * connection limits for new connections; the TLS files are loaded again; a new
+ * admin_addr/admin_port is bound before the old one is closed (main.c's reload passes the
+ * running address and TLS paths, which need a restart, so there the port never moves).
  * Returns 0, or -1 with *errmsg (free()) and the admin unchanged (token included) when
  * the new address cannot be bound or the TLS files cannot be loaded.  Safe to call from
  * inside a handler (POST /reload does so through px_introspect_reload).

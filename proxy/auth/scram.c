@@ -459,6 +459,8 @@ enum scram_state {
 
 struct px_scram_server {
     enum scram_state state;
+    const char *error;      /* why the last call failed (static), NULL: malformed */
+    bool error_unsupported; /* ... because of a feature we do not support */
     struct px_scram_secret secret;
     char cbind_flag;         /* 'n' or 'y' */
     char *client_first_bare; /* "n=...,r=..." */
@@ -491,6 +493,14 @@ void px_scram_server_free(struct px_scram_server *s)
     free(s);
 }
 
+/* Records why s refuses a message (PostgreSQL's wording) and returns -1. */
+static int refuse(struct px_scram_server *s, const char *why, bool unsupported)
+{
+    s->error = why;
+    s->error_unsupported = unsupported;
+    return -1;
+}
+
 /*
  * client-first-message = gs2-header client-first-message-bare
  *   gs2-header = ("n" | "y") "," "," (an authzid "a=" is refused, as PostgreSQL does;
@@ -505,13 +515,21 @@ static int parse_client_first(struct px_scram_server *s, const char *msg, size_t
     const char *v;
     size_t vlen;
     char attr;
-    if (len < 3 || (msg[0] != 'n' && msg[0] != 'y') || msg[1] != ',' || msg[2] != ',')
+    if (len < 3 || (msg[0] != 'n' && msg[0] != 'y') || msg[1] != ',')
+        return -1;
+    if (msg[2] == 'a')
+        return refuse(s, "client uses authorization identity, but it is not supported", true);
+    if (msg[2] != ',')
         return -1;
     c.p += 3;
     const char *bare = c.p;
+    if (c.p < c.end && *c.p == 'm')
+        return refuse(s, "client requires an unsupported SCRAM extension", true);
     if (cur_attr(&c, 'n', NULL, &v, &vlen) < 0 || cur_comma(&c) < 0 ||
-        cur_attr(&c, 'r', NULL, cnonce, cnonce_len) < 0 || !nonce_printable(*cnonce, *cnonce_len))
+        cur_attr(&c, 'r', NULL, cnonce, cnonce_len) < 0)
         return -1;
+    if (!nonce_printable(*cnonce, *cnonce_len))
+        return refuse(s, "non-printable characters in SCRAM nonce", false);
     while (!cur_at_end(&c))
         if (cur_comma(&c) < 0 || cur_attr(&c, 0, &attr, &v, &vlen) < 0)
             return -1;
@@ -527,7 +545,8 @@ int px_scram_server_first(struct px_scram_server *s, const char *msg, size_t len
     size_t cnlen;
     char *snonce = NULL, *salt64 = NULL;
     *server_first = NULL;
-    if (!s || s->state != SCRAM_INIT || !msg_acceptable(msg, len))
+    if (!s || s->state != SCRAM_INIT || !msg_acceptable(msg, len) ||
+        len > PX_SCRAM_MAX_CLIENT_MESSAGE)
         goto fail;
     if (parse_client_first(s, msg, len, &cnonce, &cnlen) < 0)
         goto fail;
@@ -602,7 +621,7 @@ int px_scram_server_final(struct px_scram_server *s, const char *msg, size_t len
     *ok = false;
     *server_final = NULL;
     if (!s || s->state != SCRAM_FIRST || !msg_acceptable(msg, len) ||
-        parse_client_final(s, msg, len, proof, &wo_len) < 0)
+        len > PX_SCRAM_MAX_CLIENT_MESSAGE || parse_client_final(s, msg, len, proof, &wo_len) < 0)
         goto out;
     am = auth_message(s->client_first_bare, s->server_first, strlen(s->server_first), msg, wo_len,
                       &am_len);
@@ -633,6 +652,12 @@ out:
     OPENSSL_cleanse(client_key, sizeof client_key);
     OPENSSL_cleanse(sig, sizeof sig);
     return rc;
+}
+
+const char *px_scram_server_error(const struct px_scram_server *s, bool *unsupported)
+{
+    *unsupported = s && s->error && s->error_unsupported;
+    return s && s->error ? s->error : "malformed SCRAM message";
 }
 
 bool px_scram_server_client_key(const struct px_scram_server *s, uint8_t out[PX_SCRAM_KEY_LEN])

@@ -5,7 +5,8 @@
  *
  * Cost model: PBKDF2 with 4096 iterations costs ~5 ms of CPU.  It is never run per login:
  *  - server side (we verify a client), a secret is derived once per user from a plaintext
- *    password (px_scram_secret_from_password, cached by the caller in the user entry) or
+ *    password (px_scram_secret_from_password, at the user's first login, cached in the
+ *    user entry: px_userlist_scram) or
  *    parsed from a stored "SCRAM-SHA-256$iter:salt$StoredKey:ServerKey" verifier;
  *  - client side (we log in to PostgreSQL), the SaltedPassword for a (password, salt,
  *    iterations) triple is kept in a small bounded process-wide cache.
@@ -25,6 +26,10 @@
 #define PX_SCRAM_KEY_LEN      32 /* SHA-256 */
 #define PX_SCRAM_MAX_SALT     64
 #define PX_SCRAM_DEFAULT_ITER 4096
+/* Longest SASL message accepted from a client (its length field, which counts itself):
+ * PostgreSQL's PG_MAX_SASL_MESSAGE_LENGTH; real client messages are about 100 bytes.  The
+ * server functions below refuse SCRAM data longer than this too. */
+#define PX_SCRAM_MAX_CLIENT_MESSAGE 1024
 
 struct px_scram_secret {
     int iterations;
@@ -54,9 +59,10 @@ struct px_scram_server *px_scram_server_new(const struct px_scram_secret *secret
 void px_scram_server_free(struct px_scram_server *s);
 
 /*
- * Takes the client-first-message (the SASLInitialResponse data, not NUL-terminated) and
- * produces the server-first-message.  Returns -1 on a malformed message (the caller sends
- * 08P01) or a channel-binding request we do not support.
+ * Takes the client-first-message (the SASLInitialResponse data, not NUL-terminated, at most
+ * PX_SCRAM_MAX_CLIENT_MESSAGE bytes) and produces the server-first-message.  Returns -1 on
+ * a malformed message or one asking for what we do not support (an authorization
+ * identity, a mandatory extension, channel binding): px_scram_server_error says which.
  */
 __attribute__((warn_unused_result)) int
 px_scram_server_first(struct px_scram_server *s, const char *msg, size_t len, char **server_first);
@@ -71,6 +77,11 @@ px_scram_server_first(struct px_scram_server *s, const char *msg, size_t len, ch
 __attribute__((warn_unused_result)) int px_scram_server_final(struct px_scram_server *s,
                                                               const char *msg, size_t len, bool *ok,
                                                               char **server_final);
+/* Why the last call on s failed, worded as PostgreSQL's auth-scram.c (a static string);
+ * *unsupported tells a feature we do not support (SQLSTATE 0A000) from a malformed message
+ * (08P01). */
+const char *px_scram_server_error(const struct px_scram_server *s, bool *unsupported);
+
 /* After a successful exchange: copies ClientKey into out and returns true. */
 bool px_scram_server_client_key(const struct px_scram_server *s, uint8_t out[PX_SCRAM_KEY_LEN]);
 

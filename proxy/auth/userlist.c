@@ -3,9 +3,12 @@
  *
  * Interface: userlist.h.  Format and cost model: docs/authentication.md.
  * Loading reads the whole file, parses every line strictly (errors are "FILE:LINE: what"),
- * sorts the users by name for bsearch lookups and rejects duplicates, and only then derives
- * SCRAM secrets for plaintext passwords, so that a syntax error costs no PBKDF2.  On reload,
- * a user whose plaintext password is unchanged takes its secret from the previous list.
+ * sorts the users by name for bsearch lookups and rejects duplicates, and computes the md5
+ * form of plaintext passwords (cheap).  SCRAM secrets of plaintext passwords cost a PBKDF2
+ * each (~1-5 ms), so they are derived only when the user first logs in
+ * (px_userlist_scram): a reload of a file with thousands of users must not stall the event
+ * loop for seconds.  On reload, a user whose plaintext password is unchanged takes a secret
+ * already derived from the previous list.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -191,13 +194,14 @@ static int entry_set_password(struct ul_parse *ps, struct ul_entry *e, char *pw)
                                e->user.name);
         e->kind = PW_SCRAM;
         e->user.has_scram = true;
+        e->user.scram_ready = true;
     } else if (is_md5_hash(pw)) {
         e->kind = PW_MD5;
         e->user.md5 = pw;
     } else {
         e->kind = PW_PLAIN;
         e->user.password = pw;
-        e->user.has_scram = true; /* the secret is derived after parsing */
+        e->user.has_scram = true; /* the secret is derived on first use */
     }
     return 0;
 }
@@ -302,8 +306,9 @@ static int parse_lines(struct ul_parse *ps, const char *data, size_t len, struct
     return 0;
 }
 
-/* Derives what plaintext entries need: md5 always, the SCRAM secret from previous when the
- * same user had the same plaintext password there, else by PBKDF2. */
+/* Derives what plaintext entries need now: md5 always; the SCRAM secret only when previous
+ * has it derived for the same user and plaintext password (else px_userlist_scram derives
+ * it on first use). */
 static int derive_secrets(struct ul_parse *ps, struct px_userlist *ul,
                           const struct px_userlist *previous)
 {
@@ -317,11 +322,11 @@ static int derive_secrets(struct ul_parse *ps, struct px_userlist *ul,
         if (md5[0] == '\0' || !(e->user.md5 = strdup(md5)))
             return parse_error(ps, "cannot compute the md5 hash of user \"%s\"", e->user.name);
         const struct px_user *old = previous ? px_userlist_find(previous, e->user.name) : NULL;
-        if (old && old->password && old->has_scram && strcmp(old->password, e->user.password) == 0)
+        if (old && old->password && old->scram_ready &&
+            strcmp(old->password, e->user.password) == 0) {
             e->user.scram = old->scram;
-        else if (px_scram_secret_from_password(e->user.password, PX_SCRAM_DEFAULT_ITER,
-                                               &e->user.scram) < 0)
-            return parse_error(ps, "cannot derive the SCRAM secret of user \"%s\"", e->user.name);
+            e->user.scram_ready = true;
+        }
     }
     return 0;
 }
@@ -376,12 +381,31 @@ void px_userlist_free(struct px_userlist *ul)
     free(ul);
 }
 
-const struct px_user *px_userlist_find(const struct px_userlist *ul, const char *name)
+static struct ul_entry *find_entry(const struct px_userlist *ul, const char *name)
 {
     if (!ul || !name || ul->n == 0)
         return NULL;
     struct ul_entry key;
     key.user.name = (char *)name;
-    const struct ul_entry *e = bsearch(&key, ul->entries, ul->n, sizeof *ul->entries, entry_cmp);
+    return bsearch(&key, ul->entries, ul->n, sizeof *ul->entries, entry_cmp);
+}
+
+const struct px_user *px_userlist_find(const struct px_userlist *ul, const char *name)
+{
+    const struct ul_entry *e = find_entry(ul, name);
     return e ? &e->user : NULL;
+}
+
+const struct px_scram_secret *px_userlist_scram(struct px_userlist *ul, const char *name)
+{
+    struct ul_entry *e = find_entry(ul, name);
+    if (!e || !e->user.has_scram)
+        return NULL;
+    if (!e->user.scram_ready) {
+        if (px_scram_secret_from_password(e->user.password, PX_SCRAM_DEFAULT_ITER, &e->user.scram) <
+            0)
+            return NULL; /* tried again at the next login */
+        e->user.scram_ready = true;
+    }
+    return &e->user.scram;
 }

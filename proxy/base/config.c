@@ -115,6 +115,11 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_STR(admin_token, NULL, 0, RELOAD, "bearer token the admin port requires; empty: none"),
     PG_PATH(admin_tls_cert_file, RESTART, "certificate for HTTPS on the admin port"),
     PG_PATH(admin_tls_key_file, RESTART, "private key for HTTPS on the admin port"),
+    PG_INT(admin_max_connections, "64", 1, 100000, RELOAD,
+           "admin connections open at once; more are closed as soon as they are accepted"),
+    PG_INT(admin_request_timeout_ms, "10000", 100, INT_MAX, RELOAD,
+           "an admin request (headers and body) must arrive within this time of the "
+           "connection or of the previous request, however slowly its bytes come"),
     PG_ENUM(pool_mode, "session", pool_mode_names, RESTART,
             "when a server is returned to the pool: session | transaction"),
     PG_INT(default_pool_size, "20", 1, 100000, RELOAD,
@@ -149,6 +154,9 @@ static const struct px_cfg_key pgwarden_keys[] = {
            "close servers idle in the pool this long; 0: never"),
     PG_INT(server_lifetime_ms, "3600000", 0, INT_MAX, RELOAD,
            "close servers this old when they are next idle; 0: unlimited"),
+    PG_INT(autodb_idle_timeout_ms, "3600000", 0, INT_MAX, RELOAD,
+           "free a pool made for the \"*\" database entry once it has had no client and no "
+           "server this long"),
     PG_INT(client_login_timeout_ms, "60000", 1, INT_MAX, RELOAD,
            "limit on a client's startup and authentication"),
     PG_INT(max_message_bytes, "1048576", 8192, 1073741824, RESTART,

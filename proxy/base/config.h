@@ -61,6 +61,8 @@ struct px_config {
     char *admin_token; /* NULL or "": no token */
     char *admin_tls_cert_file;
     char *admin_tls_key_file;
+    int admin_max_connections;               /* default 64: more are closed at once */
+    int admin_request_timeout_ms;            /* default 10000: a request must be in by then */
     enum px_pool_mode pool_mode;             /* default session */
     int default_pool_size;                   /* default 20 */
     int max_client_conn;                     /* default 100 */
@@ -80,6 +82,7 @@ struct px_config {
     int server_login_retry_ms;     /* default 1000: fast-fail window after a failed login */
     int server_idle_timeout_ms;    /* default 600000; 0 = never */
     int server_lifetime_ms;        /* default 3600000; 0 = unlimited */
+    int autodb_idle_timeout_ms;    /* default 3600000: free unused pools of the "*" entry */
     int client_login_timeout_ms;   /* default 60000 */
     int max_message_bytes;         /* default 1 MiB; range 8 KiB .. 1 GiB */
     int shutdown_timeout_ms;       /* default 30000 */

@@ -266,6 +266,8 @@ void px_client_free(struct px_client *c)
     free(c->param_buf);
     free(c->params);
     px_path_client_free(c);
+    if (c->pool)
+        px_pool_unref(c->pool);
     free(c);
 }
 
@@ -284,20 +286,26 @@ static int cmp_param(const void *a, const void *b)
  */
 static int keep_params(struct px_client *c, const struct px_startup *st)
 {
-    struct px_startup_param kept[PX_MAX_STARTUP_PARAMS];
+    /* One array serves twice: the packet's pairs to keep (sorted), then the same pairs in
+     * param_buf (element i is read before it is overwritten). */
+    struct px_startup_param *kept = calloc(st->nparams ? st->nparams : 1, sizeof(*kept));
+    if (!kept)
+        return -1;
+    c->params = kept;
     size_t n = 0, bytes = 0;
-    for (size_t i = 0; i < st->nparams; i++) {
-        const char *name = st->params[i].name;
-        if (!strcmp(name, "user") || !strcmp(name, "database") || !strncmp(name, "_pq_.", 5))
+    const char *pos = NULL;
+    struct px_startup_param prm;
+    while (px_startup_next(st, &pos, &prm)) {
+        if (!strcmp(prm.name, "user") || !strcmp(prm.name, "database") ||
+            !strncmp(prm.name, "_pq_.", 5))
             continue;
-        kept[n++] = st->params[i];
-        bytes += strlen(name) + 1 + strlen(st->params[i].value) + 1;
+        kept[n++] = prm;
+        bytes += strlen(prm.name) + 1 + strlen(prm.value) + 1;
     }
     qsort(kept, n, sizeof(kept[0]), cmp_param);
     /* the signature, then the hard signature (at most as long) */
     c->param_buf = malloc(2 * bytes + 2);
-    c->params = calloc(n ? n : 1, sizeof(*c->params));
-    if (!c->param_buf || !c->params)
+    if (!c->param_buf)
         return -1;
     char *p = c->param_buf;
     for (size_t i = 0; i < n; i++) {
@@ -329,7 +337,7 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
 static void send_auth_request(struct px_client *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
+    const struct px_scram_secret *secret;
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST: client_auth_ok(c); return;
     case PX_AUTH_MD5:
@@ -338,8 +346,11 @@ static void send_auth_request(struct px_client *c)
         c->login_step = PX_LOGIN_MD5;
         return;
     case PX_AUTH_SCRAM:
-        if (u && u->has_scram)
-            c->scram_secret = u->scram;
+        /* A plaintext password's secret is derived here at the user's first login (one
+         * PBKDF2), not when the auth_file is loaded. */
+        secret = px.users ? px_userlist_scram(px.users, c->user) : NULL;
+        if (secret)
+            c->scram_secret = *secret;
         else
             px_scram_secret_mock(c->user, &c->scram_secret);
         c->scram = px_scram_server_new(&c->scram_secret);
@@ -353,12 +364,23 @@ static void send_auth_request(struct px_client *c)
     }
 }
 
-static void auth_failed(struct px_client *c)
+/* reason: enum px_metrics_auth_reason (a wrong password, or a protocol error that
+ * PostgreSQL answers the same way). */
+static void auth_failed(struct px_client *c, int reason)
 {
     char msg[200];
     snprintf(msg, sizeof(msg), "password authentication failed for user \"%.64s\"", c->user);
-    px_stats_auth_failure(PX_MAR_PASSWORD);
+    px_stats_auth_failure(reason);
     px_client_fatal(c, PX_SQLSTATE_INVALID_PASSWORD, msg);
+}
+
+/* A SCRAM message refused by scram.c: 0A000 for what is not supported, else 08P01. */
+static void scram_refused(struct px_client *c)
+{
+    bool unsupported = false;
+    const char *why = px_scram_server_error(c->scram, &unsupported);
+    px_client_fatal(c, unsupported ? PX_SQLSTATE_FEATURE_NOT_SUPP : PX_SQLSTATE_PROTOCOL_VIOLATION,
+                    why);
 }
 
 void px_client_welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w)
@@ -393,12 +415,12 @@ static void handle_md5(struct px_client *c, const uint8_t *body, uint32_t len)
     if (len != 36 || body[35] != '\0' || !u || !u->md5) {
         /* Same work as a right password: compute and compare a dummy. */
         px_md5_salted("md500000000000000000000000000000000", c->md5_salt, expected);
-        auth_failed(c);
+        auth_failed(c, PX_MAR_PASSWORD);
         return;
     }
     px_md5_salted(u->md5, c->md5_salt, expected);
     if (CRYPTO_memcmp(expected, body, 35) != 0) {
-        auth_failed(c);
+        auth_failed(c, PX_MAR_PASSWORD);
         return;
     }
     client_auth_ok(c);
@@ -426,7 +448,7 @@ static void handle_scram_initial(struct px_client *c, const uint8_t *body, uint3
     }
     char *server_first = NULL;
     if (px_scram_server_first(c->scram, (const char *)p, (size_t)dlen, &server_first) < 0) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        scram_refused(c);
         return;
     }
     px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_CONTINUE, server_first,
@@ -440,13 +462,13 @@ static void handle_scram_final(struct px_client *c, const uint8_t *body, uint32_
     bool ok = false;
     char *server_final = NULL;
     if (px_scram_server_final(c->scram, (const char *)body, len, &ok, &server_final) < 0) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+        scram_refused(c);
         return;
     }
     const struct px_user *u = px.users ? px_userlist_find(px.users, c->user) : NULL;
     if (!ok || !u || !u->has_scram) {
         free(server_final);
-        auth_failed(c);
+        auth_failed(c, PX_MAR_PASSWORD);
         return;
     }
     c->have_client_key = px_scram_server_client_key(c->scram, c->client_key);
@@ -466,13 +488,24 @@ static void reject(struct px_client *c, const char *sqlstate, const char *fmt, c
 /* A StartupMessage (protocol 3.x) arrived. */
 static void handle_startup(struct px_client *c, const struct px_startup *st)
 {
-    const char *unsupported[PX_MAX_STARTUP_PARAMS];
+    /* Protocol options (_pq_.*) we do not know, for NegotiateProtocolVersion. */
     size_t nunsupported = 0;
-    for (size_t i = 0; i < st->nparams; i++)
-        if (!strncmp(st->params[i].name, "_pq_.", 5))
-            unsupported[nunsupported++] = st->params[i].name;
+    const char *pos = NULL;
+    struct px_startup_param prm;
+    while (px_startup_next(st, &pos, &prm))
+        nunsupported += !strncmp(prm.name, "_pq_.", 5);
+    const char **unsupported = nunsupported ? calloc(nunsupported, sizeof(*unsupported)) : NULL;
+    if (nunsupported && !unsupported) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    size_t i = 0;
+    for (pos = NULL; unsupported && px_startup_next(st, &pos, &prm);)
+        if (!strncmp(prm.name, "_pq_.", 5))
+            unsupported[i++] = prm.name;
     if ((st->code & 0xffff) > 0 || nunsupported)
         px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
+    free(unsupported);
 
     if (c->reject_full) {
         px_client_fatal(c, PX_SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");
@@ -574,8 +607,15 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
         px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, err);
         return false;
     }
-    if (st.code == PX_SSL_REQUEST_CODE || st.code == PX_GSSENC_REQUEST_CODE) {
-        bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls && !c->tls;
+    /* A request already answered falls through to the version check below, which refuses
+     * it with FATAL 0A000 (code 1234.5679 or 1234.5680) exactly as PostgreSQL does. */
+    if ((st.code == PX_SSL_REQUEST_CODE && !c->ssl_done) ||
+        (st.code == PX_GSSENC_REQUEST_CODE && !c->gss_done)) {
+        bool tls_ok = st.code == PX_SSL_REQUEST_CODE && px.client_tls;
+        if (st.code == PX_SSL_REQUEST_CODE)
+            c->ssl_done = true;
+        else
+            c->gss_done = true;
         if (evbuffer_get_length(in) > 0) {
             /* Bytes after an encryption request, before the answer: a MITM could inject them
              * into the encrypted session (CVE-2021-23214); refuse. */
@@ -588,6 +628,7 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
             return true;
         }
         /* Write 'S' straight to the socket: nothing else is queued on it yet. */
+        c->gss_done = true; /* no GSS encryption inside TLS */
         if (send(c->fd, "S", 1, MSG_NOSIGNAL) != 1) {
             px_client_close(c);
             return false;
@@ -628,9 +669,18 @@ static void login_read(struct px_client *c)
         char type;
         uint8_t *body;
         uint32_t len;
-        int r = px_take_message(in, PX_MAX_STARTUP_PACKET, &type, &body, &len);
+        bool sasl = c->login_step != PX_LOGIN_MD5;
+        int r = px_take_message(in, sasl ? PX_SCRAM_MAX_CLIENT_MESSAGE : PX_MAX_STARTUP_PACKET,
+                                &type, &body, &len);
         if (r == 0)
             return;
+        if (r < 0 && sasl) {
+            /* PostgreSQL reads SASL messages of at most 1024 bytes, logs "invalid message
+             * length" and fails the login as it fails a wrong password. */
+            px_info("client", 'C', c->id, "invalid message length in SASL exchange");
+            auth_failed(c, PX_MAR_PROTOCOL);
+            return;
+        }
         if (r < 0 || type != 'p') {
             if (r > 0)
                 free(body);

@@ -160,6 +160,7 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     s->fd = -1;
     s->id = ++px.next_server_id;
     s->pool = pool;
+    px_pool_ref(pool);
     s->state = PX_SV_LOGIN;
     s->login_step = PX_SVL_CONNECT;
     s->created_ms = s->last_used_ms = px_now_ms();
@@ -198,21 +199,35 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     return s;
 }
 
+/* The StartupMessage: the pool's user and database, then the opener's parameters (as many
+ * as the client sent: PostgreSQL takes any number within its packet limit). */
 static void send_startup(struct px_server *s)
 {
     struct px_pool *pool = s->pool;
-    struct px_startup_param params[PX_MAX_STARTUP_PARAMS + 2];
-    size_t n = 0;
+    const char *p, *end = s->signature + s->signature_len;
+    size_t n = 2;
+    for (p = s->signature; p < end; p += strlen(p) + 1) /* names and values */
+        n++;
+    struct px_startup_param *params = calloc(n / 2 + 2, sizeof(*params));
+    if (!params) {
+        server_fail(s, "out of memory");
+        return;
+    }
+    n = 0;
     params[n++] = (struct px_startup_param){"user", pool->server_user};
     params[n++] = (struct px_startup_param){"database", pool->dbname};
-    const char *p = s->signature, *end = s->signature + s->signature_len;
-    while (p < end && n < PX_MAX_STARTUP_PARAMS + 2) {
+    for (p = s->signature; p < end;) {
         const char *name = p;
         const char *value = name + strlen(name) + 1;
         params[n++] = (struct px_startup_param){name, value};
         p = value + strlen(value) + 1;
     }
-    px_wire_startup(bufferevent_get_output(s->bev), params, n);
+    int rc = px_wire_startup(bufferevent_get_output(s->bev), params, n);
+    free(params);
+    if (rc < 0) {
+        server_fail(s, "out of memory");
+        return;
+    }
     s->login_step = PX_SVL_AUTH;
 }
 
@@ -274,11 +289,11 @@ static int auth_sasl_start(struct px_server *s, const uint8_t *body, uint32_t le
         s->scram = px_scram_client_new(pw);
     } else {
         /* SCRAM passthrough: keys recovered from the opener's own SCRAM login. */
-        const struct px_user *u =
-            px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
-        if (!s->have_client_key || !u || !u->has_scram)
+        const struct px_scram_secret *secret =
+            px.users ? px_userlist_scram(px.users, s->pool->server_user) : NULL;
+        if (!s->have_client_key || !secret)
             return -1;
-        s->scram = px_scram_client_new_keys(s->client_key, &u->scram);
+        s->scram = px_scram_client_new_keys(s->client_key, secret);
     }
     char *first = NULL;
     if (!s->scram || px_scram_client_first(s->scram, &first) < 0)
@@ -554,6 +569,8 @@ void px_server_free(struct px_server *s)
     px_path_server_free(s);
     px_welcome_unref(s->welcome);
     free(s->signature);
+    if (s->pool)
+        px_pool_unref(s->pool);
     free(s);
 }
 

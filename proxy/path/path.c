@@ -223,8 +223,7 @@ void px_path_relay_client(struct px_client *c)
         return;
     }
     if (r == PX_RELAY_TOO_LARGE) {
-        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION,
-                        "invalid message length: message larger than max_message_bytes");
+        px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(c->c2s.bad_len));
         return;
     }
     if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH) {
@@ -424,6 +423,7 @@ void px_path_client_authenticated(struct px_client *c)
         return;
     }
     c->pool = pool;
+    px_pool_ref(pool);
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);

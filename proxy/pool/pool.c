@@ -6,6 +6,11 @@
  * idle and the pool has room, a server is opened for it; when the pool is full of idle
  * servers of other signatures, the oldest idle one is closed to make room.  Waiting
  * clients are served strictly first come, first served among those a server fits.
+ *
+ * Pools are found by (database, user) in a chained hash table keyed with SipHash (names are
+ * chosen by clients).  With the "*" entry every name a client tries makes a pool, so such
+ * pools are counted references (clients and servers pointing at them) and the janitor frees
+ * one that has had none for autodb_idle_timeout_ms.
  */
 #include <netdb.h>
 #include <stdio.h>
@@ -14,10 +19,85 @@
 #include <sys/un.h>
 
 #include "net/client.h"
+#include "base/hash.h"
 #include "base/log.h"
 #include "pool/pool.h"
 #include "net/server.h"
 #include "metrics/stats.h"
+
+/* ---- index by (database, user) ------------------------------------------------------ */
+
+#define POOL_INDEX_MIN 64
+
+static struct {
+    struct px_pool **buckets;
+    size_t nbuckets; /* a power of two, or 0 before the first pool */
+    struct px_hash_key key;
+} pool_index;
+
+/* The user is hashed under a key that the database's hash changes, so the pair is hashed
+ * as a whole without copying the names together. */
+static uint64_t pool_hash(const char *database, const char *user)
+{
+    struct px_hash_key k = pool_index.key;
+    k.k0 ^= px_siphash13(&pool_index.key, database, strlen(database));
+    return px_siphash13(&k, user, strlen(user));
+}
+
+/* Doubles the table when it holds more pools than buckets.  Returns -1 when out of memory
+ * (the table keeps working, with longer chains). */
+static int pool_index_grow(void)
+{
+    if (pool_index.nbuckets && (size_t)px.n_pools <= pool_index.nbuckets)
+        return 0;
+    if (!pool_index.nbuckets)
+        px_hash_key_init(&pool_index.key);
+    size_t n = pool_index.nbuckets ? pool_index.nbuckets * 2 : POOL_INDEX_MIN;
+    struct px_pool **b = calloc(n, sizeof(*b));
+    if (!b)
+        return pool_index.nbuckets ? 0 : -1;
+    for (size_t i = 0; i < pool_index.nbuckets; i++) {
+        struct px_pool *p = pool_index.buckets[i], *next;
+        for (; p; p = next) {
+            next = p->hash_next;
+            p->hash_next = b[p->hash & (n - 1)];
+            b[p->hash & (n - 1)] = p;
+        }
+    }
+    free(pool_index.buckets);
+    pool_index.buckets = b;
+    pool_index.nbuckets = n;
+    return 0;
+}
+
+static void pool_index_remove(struct px_pool *pool)
+{
+    if (!pool_index.nbuckets)
+        return;
+    struct px_pool **pp = &pool_index.buckets[pool->hash & (pool_index.nbuckets - 1)];
+    while (*pp && *pp != pool)
+        pp = &(*pp)->hash_next;
+    if (*pp)
+        *pp = pool->hash_next;
+    pool->hash_next = NULL;
+}
+
+static struct px_pool *pool_index_find(const char *database, const char *user, uint64_t h)
+{
+    if (!pool_index.nbuckets)
+        return NULL;
+    struct px_pool *p = pool_index.buckets[h & (pool_index.nbuckets - 1)];
+    for (; p; p = p->hash_next)
+        if (p->hash == h && !strcmp(p->database, database) && !strcmp(p->user, user))
+            return p;
+    return NULL;
+}
+
+/* Whether pool was made for the "*" entry (or its entry is gone): freed when unused. */
+static bool auto_entry(const struct px_db_config *db)
+{
+    return !db || strcmp(db->name, "*") == 0;
+}
 
 static int pool_total_servers(const struct px_pool *p)
 {
@@ -154,6 +234,7 @@ static void pool_free(struct px_pool *pool)
 {
     while (!px_list_empty(&pool->welcomes))
         welcome_drop_oldest(pool);
+    pool_index_remove(pool);
     px_list_remove(&pool->link);
     px_stats_pool_destroy(pool);
     if (pool->login_error)
@@ -166,19 +247,23 @@ static void pool_free(struct px_pool *pool)
 
 struct px_pool *px_pool_get(const char *database, const char *user, const struct px_db_config *db)
 {
-    struct px_list *it, *tmp;
-    px_list_for_each_safe(it, tmp, &px.pools)
-    {
-        struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        if (!strcmp(p->database, database) && !strcmp(p->user, user))
-            return p;
-    }
-    struct px_pool *p = calloc(1, sizeof(*p));
+    if (pool_index_grow() < 0)
+        return NULL;
+    uint64_t h = pool_hash(database, user);
+    struct px_pool *p = pool_index_find(database, user, h);
+    if (p)
+        return p;
+    p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     px_list_init(&p->link);
     px_list_append(&px.pools, &p->link);
     px.n_pools++;
+    p->hash = h;
+    p->hash_next = pool_index.buckets[h & (pool_index.nbuckets - 1)];
+    pool_index.buckets[h & (pool_index.nbuckets - 1)] = p;
+    p->auto_created = auto_entry(db);
+    p->unused_since_ms = px_now_ms();
     px_list_init(&p->servers_login), px_list_init(&p->servers_idle);
     px_list_init(&p->servers_active), px_list_init(&p->servers_resetting);
     px_list_init(&p->clients_idle), px_list_init(&p->clients_waiting);
@@ -191,9 +276,9 @@ struct px_pool *px_pool_get(const char *database, const char *user, const struct
         pool_free(p);
         return NULL;
     }
-    px_info("pool", 0, 0, "new pool %s/%s -> %s:%d/%s (%s mode, size %d)", database, user, p->host,
-            p->port, p->dbname, p->mode == PX_POOL_SESSION ? "session" : "transaction",
-            p->pool_size);
+    px_info("pool", 0, 0, "new pool %s/%s -> %s:%d/%s (%s mode, size %d)%s", database, user,
+            p->host, p->port, p->dbname, p->mode == PX_POOL_SESSION ? "session" : "transaction",
+            p->pool_size, p->auto_created ? ", freed when unused" : "");
     return p;
 }
 
@@ -455,6 +540,19 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
     }
 }
 
+/* Frees pool when it is one that goes when unused and has been unused long enough. */
+static void reap_unused(struct px_pool *pool, uint64_t now)
+{
+    if (!pool->auto_created || pool->refs > 0 || px.shutting_down ||
+        now - pool->unused_since_ms < (uint64_t)px.cfg->autodb_idle_timeout_ms)
+        return;
+    PX_ASSERT(pool_total_servers(pool) == 0 && px_list_empty(&pool->clients_idle) &&
+              px_list_empty(&pool->clients_waiting) && px_list_empty(&pool->clients_active));
+    px_debug("pool", 0, 0, "freeing pool %s/%s: unused for autodb_idle_timeout_ms", pool->database,
+             pool->user);
+    pool_free(pool);
+}
+
 void px_pool_janitor(uint64_t now)
 {
     struct px_list *it, *tmp;
@@ -474,7 +572,9 @@ void px_pool_janitor(uint64_t now)
     }
     px_list_for_each_safe(it, tmp, &px.pools)
     {
-        janitor_pool(PX_CONTAINER_OF(it, struct px_pool, link), now);
+        struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
+        janitor_pool(pool, now);
+        reap_unused(pool, now);
     }
     if (px.shutting_down)
         px_pool_check_shutdown();
@@ -514,6 +614,7 @@ void px_pool_reconfigure(void)
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
         const struct px_db_config *db = px_config_find_db(px.cfg, pool->database);
         bool oom = false, changed = true;
+        pool->auto_created = auto_entry(db);
         if (db)
             changed = pool_configure(pool, db, &oom);
         if (!changed)
@@ -561,4 +662,7 @@ void px_pool_free_all(void)
         }
         pool_free(pool);
     }
+    free(pool_index.buckets);
+    pool_index.buckets = NULL;
+    pool_index.nbuckets = 0;
 }

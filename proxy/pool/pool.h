@@ -10,7 +10,9 @@
 
 #include "conn.h"
 
-/* Finds or creates the pool of (database, user), configured from db.  NULL on ENOMEM. */
+/* Finds (by hash) or creates the pool of (database, user), configured from db.  NULL on
+ * ENOMEM.  The caller takes a reference with px_pool_ref (conn.h) for the object that keeps
+ * it. */
 struct px_pool *px_pool_get(const char *database, const char *user, const struct px_db_config *db);
 
 /* An authenticated client wants a server: link one now or queue the client (FIFO). */

@@ -65,6 +65,7 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
         if (peek_header(in, run, &type, &len) < 0)
             break;
         if (len < 4 || len > max_len) {
+            st->bad_len = len;
             result = PX_RELAY_TOO_LARGE;
             break;
         }

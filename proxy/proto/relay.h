@@ -23,6 +23,7 @@
 /* Parse state of one direction of a relayed stream. */
 struct px_stream {
     uint32_t remaining; /* bytes of a pass-through message not yet received */
+    uint32_t bad_len;   /* the length px_relay refused with PX_RELAY_TOO_LARGE */
 };
 
 enum px_see { PX_SEE_NONE = 0, PX_SEE_TYPE = 1, PX_SEE_BODY = 2 };
@@ -46,7 +47,8 @@ enum px_relay_result {
     PX_RELAY_OK,        /* everything complete was handled; wait for more input */
     PX_RELAY_STOPPED,   /* a callback returned STOP or HOLD; input may remain */
     PX_RELAY_CLOSED,    /* a callback returned CLOSE */
-    PX_RELAY_TOO_LARGE, /* a message longer than max_len (or shorter than its header) */
+    PX_RELAY_TOO_LARGE, /* a message longer than max_len (or shorter than its header):
+                           st->bad_len says which; px_wire_length_error() words it */
 };
 
 enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct evbuffer *out,

@@ -30,6 +30,7 @@ const char *px_wire_parse_startup(const char *body, size_t len, struct px_startu
     if ((out->code >> 16) != 3)
         return NULL; /* caller rejects the version with its own message */
     const char *p = body + 4, *end = body + len;
+    out->params = p;
     while (p < end && *p) {
         const char *name_end = cstr_in(p, end);
         if (!name_end || name_end + 1 >= end)
@@ -38,10 +39,6 @@ const char *px_wire_parse_startup(const char *body, size_t len, struct px_startu
         const char *value_end = cstr_in(value, end);
         if (!value_end)
             return "invalid startup packet layout: expected terminator as last byte";
-        if (out->nparams == PX_MAX_STARTUP_PARAMS)
-            return "too many startup parameters";
-        out->params[out->nparams].name = p;
-        out->params[out->nparams].value = value;
         out->nparams++;
         p = value_end + 1;
     }
@@ -50,11 +47,30 @@ const char *px_wire_parse_startup(const char *body, size_t len, struct px_startu
     return NULL;
 }
 
+const char *px_wire_length_error(uint32_t len)
+{
+    return len < 4 ? "invalid message length"
+                   : "invalid message length: message larger than max_message_bytes";
+}
+
+bool px_startup_next(const struct px_startup *s, const char **pos, struct px_startup_param *param)
+{
+    const char *p = *pos ? *pos : s->params;
+    if (!s->nparams || !*p)
+        return false;
+    param->name = p;
+    param->value = p + strlen(p) + 1;
+    *pos = param->value + strlen(param->value) + 1;
+    return true;
+}
+
 const char *px_startup_get(const struct px_startup *s, const char *name)
 {
-    for (size_t i = 0; i < s->nparams; i++)
-        if (strcmp(s->params[i].name, name) == 0)
-            return s->params[i].value;
+    const char *pos = NULL;
+    struct px_startup_param prm;
+    while (px_startup_next(s, &pos, &prm))
+        if (strcmp(prm.name, name) == 0)
+            return prm.value;
     return NULL;
 }
 

@@ -19,7 +19,6 @@
 #define PX_SSL_REQUEST_CODE    80877103u
 #define PX_GSSENC_REQUEST_CODE 80877104u
 #define PX_MAX_STARTUP_PACKET  10000u /* as PostgreSQL's MAX_STARTUP_PACKET_LENGTH */
-#define PX_MAX_STARTUP_PARAMS  64
 
 /* Authentication request codes (AuthenticationXXX, message 'R'). */
 enum px_auth_code {
@@ -50,15 +49,20 @@ struct px_startup_param {
     const char *value;
 };
 
-/* A parsed startup packet.  Strings point into the caller's buffer. */
+/*
+ * A parsed startup packet.  Strings point into the caller's buffer.  As PostgreSQL, any
+ * number of parameters is accepted within the packet limit (PX_MAX_STARTUP_PACKET): they
+ * stay where they are in the packet and are walked with px_startup_next, so parsing
+ * allocates nothing.
+ */
 struct px_startup {
     uint32_t code; /* protocol version or one of the *_CODE request codes */
     /* CancelRequest */
     uint32_t cancel_pid;
     uint32_t cancel_key;
-    /* StartupMessage */
+    /* StartupMessage: nparams "name\0value\0" pairs (names non-empty) from params on */
     size_t nparams;
-    struct px_startup_param params[PX_MAX_STARTUP_PARAMS];
+    const char *params;
 };
 
 /*
@@ -66,6 +70,14 @@ struct px_startup {
  * Returns NULL on success or a static message naming what is malformed.
  */
 const char *px_wire_parse_startup(const char *body, size_t len, struct px_startup *out);
+
+/* The text of the 08P01 error for a message whose length field is len and was refused:
+ * PostgreSQL's "invalid message length", saying so when len is above max_message_bytes. */
+const char *px_wire_length_error(uint32_t len);
+
+/* Walks the parameters of a parsed StartupMessage in packet order: *pos starts NULL; fills
+ * *param and returns true, or returns false after the last one. */
+bool px_startup_next(const struct px_startup *s, const char **pos, struct px_startup_param *param);
 
 /* Looks up a startup parameter; NULL when absent. */
 const char *px_startup_get(const struct px_startup *s, const char *name);

@@ -3,11 +3,14 @@
  * over plain TCP while libpq clients use the proxy: /health, /clients (including a
  * non-ASCII and an invalid-UTF-8 application_name; JSON checked with jansson), /pools,
  * /servers, /metrics checked line by line with a strict exposition-format parser and
- * counters moving with traffic, admin_token enforcement, and bad requests (400, 404,
- * 405, 413) answered while queries keep being served.
+ * counters moving with traffic, admin_token enforcement, bad requests (400, 404,
+ * 405, 413) answered while queries keep being served, the slowloris defences
+ * (admin_max_connections, the absolute admin_request_timeout_ms), and a reload that does
+ * not move the admin port.
  */
 #include <ctype.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -794,6 +797,201 @@ static void test_bad_requests_while_serving(void)
     PQfinish(c);
 }
 
+/* ---- slowloris: a cap on connections and an absolute request deadline -------------- */
+
+/* True when the peer closes fd within ms (reading and discarding whatever it sends). */
+static bool closed_within(int fd, int ms)
+{
+    char buf[512];
+    int64_t deadline = itu_now_ms() + ms;
+    for (;;) {
+        int64_t left = deadline - itu_now_ms();
+        if (left <= 0)
+            return false;
+        bool closed = false;
+        ssize_t n = harness_raw_recv(fd, buf, sizeof(buf), (int)left, &closed);
+        if (closed || n < 0)
+            return true;
+    }
+}
+
+static void test_slowloris(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000,
+                                   .admin = true,
+                                   .pgwarden_extra = "admin_max_connections = 4\n"
+                                                     "admin_request_timeout_ms = 1500"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    CU_ASSERT_EQUAL_FATAL(harness_wait_port(px->admin_port, 5000), 0);
+    itu_sleep_ms(50); /* the probe's connection is gone */
+    int held[4];
+    for (int i = 0; i < 4; i++) {
+        held[i] = harness_raw_connect(px->admin_port, 2000);
+        CU_ASSERT_FATAL(held[i] >= 0);
+    }
+    itu_sleep_ms(100); /* accepted */
+    /* A fifth connection is refused at once, long before any timeout. */
+    int extra = harness_raw_connect(px->admin_port, 2000);
+    CU_ASSERT_FATAL(extra >= 0);
+    CU_ASSERT_TRUE(closed_within(extra, 700));
+    close(extra);
+    /* One leaves: there is room again. */
+    close(held[0]);
+    itu_sleep_ms(100);
+    struct http_reply r = http(px->admin_port, "GET", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+    /* A client dripping header bytes is closed at the deadline, not kept alive by each
+     * byte (evhttp's own timeout restarts with every read). */
+    int drip = harness_raw_connect(px->admin_port, 2000);
+    CU_ASSERT_FATAL(drip >= 0);
+    int64_t t0 = itu_now_ms();
+    static const char line1[] = "GET /health HTTP/1.1\r\n", more[] = "X-A: b\r\n";
+    CU_ASSERT_EQUAL(harness_raw_send(drip, line1, strlen(line1), 2000), 0);
+    bool closed = false;
+    while (!closed && itu_now_ms() - t0 < 4000) {
+        closed = closed_within(drip, 200);
+        if (!closed)
+            (void)harness_raw_send(drip, more, strlen(more), 1000);
+    }
+    int64_t took = itu_now_ms() - t0;
+    printf("\n    dripping client %s after %lld ms (deadline 1500) ",
+           closed ? "closed" : "still open", (long long)took);
+    CU_ASSERT_TRUE(closed);
+    CU_ASSERT(took >= 1000);
+    close(drip);
+    /* The idle ones met the same deadline; the port serves. */
+    for (int i = 1; i < 4; i++) {
+        CU_ASSERT_TRUE(closed_within(held[i], 2000));
+        close(held[i]);
+    }
+    r = http(px->admin_port, "GET", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
+/* ---- pools of the "*" entry are freed when unused ----------------------------------- */
+
+/* The number of pools /pools lists, and whether one is (database, user). */
+static int pools_listed(int port, const char *database, bool *found)
+{
+    json_t *j = get_json(port, "/pools", NULL);
+    int n = json_is_array(j) ? (int)json_array_size(j) : -1;
+    *found = false;
+    for (int i = 0; i < n; i++) {
+        const char *d =
+            json_string_value(json_object_get(json_array_get(j, (size_t)i), "database"));
+        *found = *found || (d && strcmp(d, database) == 0);
+    }
+    json_decref(j);
+    return n;
+}
+
+static void test_auto_pools_reaped(void)
+{
+    const struct harness_cluster *cl = harness_cluster();
+    char star[256];
+    snprintf(star, sizeof(star), "* = host=127.0.0.1 port=%d dbname=%s", cl->port, cl->dbname);
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000,
+                                   .admin = true,
+                                   .databases_extra = star,
+                                   .pgwarden_extra = "autodb_idle_timeout_ms = 500\n"
+                                                     "server_idle_timeout_ms = 1000"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    /* Held: a client of one auto pool; the configured database is used and left. */
+    PGconn *keep = harness_connect(px, "sslmode=disable dbname=kept_db");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(keep), CONNECTION_OK);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    for (int i = 0; i < 40; i++) {
+        char extra[64];
+        snprintf(extra, sizeof(extra), "sslmode=disable dbname=auto_%d", i);
+        PGconn *c = harness_connect(px, extra);
+        CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_OK);
+        PQfinish(c);
+    }
+    bool found = false;
+    CU_ASSERT(pools_listed(px->admin_port, "auto_39", &found) > 2);
+    CU_ASSERT_TRUE(found); /* its server is still idle */
+    /* Servers idle out (1 s), then the unused auto pools go (0.5 s later). */
+    int n = -1;
+    int64_t t0 = itu_now_ms();
+    while (itu_now_ms() - t0 < 8000 && (n = pools_listed(px->admin_port, "x", &found)) > 2)
+        itu_sleep_ms(100);
+    printf("\n    pools listed after the auto pools went unused: %d ", n);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT(pools_listed(px->admin_port, "kept_db", &found) == 2 && found);
+    CU_ASSERT(pools_listed(px->admin_port, cl->dbname, &found) == 2 && found);
+    /* A freed pool's name works again (a new pool). */
+    PGconn *c = harness_connect(px, "sslmode=disable dbname=auto_7");
+    CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 7"), "7");
+    PQfinish(c);
+    CU_ASSERT_STRING_EQUAL(itu_value(keep, "SELECT 8"), "8");
+    PQfinish(keep);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
+/* ---- reload keeps the admin port --------------------------------------------------- */
+
+/* admin_addr and admin_port need a restart (docs/configuration.md, docs/admin-api.md): a
+ * reload with another admin_port logs that and keeps serving on the old one. */
+static void test_reload_keeps_admin_port(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000,
+                                   .admin = true};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    CU_ASSERT_EQUAL_FATAL(harness_wait_port(px->admin_port, 5000), 0);
+    int other = harness_free_port();
+    CU_ASSERT_FATAL(other > 0);
+    /* Rewrite "admin_port = N" in the config file. */
+    FILE *f = fopen(px->config_path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    static char text[65536], out[65536];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char key[64];
+    snprintf(key, sizeof(key), "admin_port = %d", px->admin_port);
+    char *at = strstr(text, key);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    snprintf(out, sizeof(out), "%.*sadmin_port = %d%s", (int)(at - text), text, other,
+             at + strlen(key));
+    f = fopen(px->config_path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(out, f);
+    fclose(f);
+    CU_ASSERT_EQUAL(harness_proxy_signal(px, SIGHUP), 0);
+    bool logged = false;
+    for (int i = 0; i < 50 && !logged; i++) {
+        itu_sleep_ms(50);
+        logged = harness_proxy_log_contains(px, "admin_port changed: it takes effect after a "
+                                                "restart");
+    }
+    CU_ASSERT_TRUE(logged);
+    struct http_reply r = http(px->admin_port, "GET", "/health", NULL);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+    int fd = harness_raw_connect(other, 500);
+    CU_ASSERT(fd < 0);
+    if (fd >= 0)
+        close(fd);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tests[] = {
@@ -803,6 +1001,9 @@ static void register_suites(void)
         {"metrics_parse_and_move", test_metrics},
         {"admin_token_enforced", test_token_enforced},
         {"bad_requests_while_serving", test_bad_requests_while_serving},
+        {"slowloris_cap_and_deadline", test_slowloris},
+        {"reload_keeps_admin_port", test_reload_keeps_admin_port},
+        {"auto_pools_reaped", test_auto_pools_reaped},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("admin", suite_init, suite_cleanup, tests);

@@ -2,7 +2,9 @@
  * test_limits.c: pgwarden under load and hostile input: 100 clients on a pool of 10 all
  * served (session and transaction mode), max_client_conn
  * (53300), a client vanishing in the middle of a message, an oversized message (08P01 and
- * disconnect), garbage startup packets, and pgbench -S with no failed transaction.  After each
+ * disconnect), a message length below 4 ("invalid message length"), 100 startup parameters,
+ * garbage startup packets, client bytes that would forge log lines, and
+ * pgbench -S with no failed transaction.  After each
  * fault the process must be alive and other clients served.
  */
 #include <poll.h>
@@ -18,6 +20,7 @@
 #include "cunit_main.h"
 #include "harness.h"
 #include "itest_util.h"
+#include "itest_wire.h"
 
 #define NCLIENTS 100
 #define POOL     10
@@ -339,6 +342,110 @@ static void test_oversized_message(void)
     stop(px);
 }
 
+/* ---- a message length below 4 ------------------------------------------------------ */
+
+/* Sends a Query header whose length (3) cannot even hold itself on c's socket: the answer is
+ * PostgreSQL's "invalid message length", not a complaint about max_message_bytes. */
+static void check_length_below_4(PGconn *c, const char *where)
+{
+    static const uint8_t bad[] = {'Q', 0, 0, 0, 3};
+    uint8_t reply[2048];
+    int fd = PQsocket(c);
+    CU_ASSERT_EQUAL_FATAL(harness_raw_send(fd, bad, sizeof(bad), 2000), 0);
+    ssize_t n = itw_recv_until(fd, reply, sizeof(reply), "E", 5000);
+    char state[8], msg[256];
+    itw_error_field(reply, n > 0 ? (size_t)n : 0, 'C', state, sizeof(state));
+    itw_error_field(reply, n > 0 ? (size_t)n : 0, 'M', msg, sizeof(msg));
+    if (strcmp(msg, "invalid message length") != 0)
+        fprintf(stderr, "%s: got %s \"%s\"\n", where, state, msg);
+    CU_ASSERT_STRING_EQUAL(state, "08P01");
+    CU_ASSERT_STRING_EQUAL(msg, "invalid message length");
+}
+
+static void test_message_length_below_4(void)
+{
+    static const char *const modes[] = {"session", "transaction"};
+    for (int m = 0; m < 2; m++) {
+        struct harness_proxy_opts o = {.pool_mode = modes[m],
+                                       .pool_size = 2,
+                                       .auth_type = "scram-sha-256",
+                                       .query_wait_timeout_ms = 10000};
+        struct harness_proxy *px = harness_proxy_start(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+        PGconn *c = harness_connect(px, "sslmode=disable");
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+        CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
+        check_length_below_4(c, modes[m]); /* linked (session) or idle (transaction) */
+        PQfinish(c);
+        if (m == 1) { /* transaction mode, inside a transaction block: linked */
+            c = harness_connect(px, "sslmode=disable");
+            CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+            CU_ASSERT_TRUE(itu_exec_ok(c, "BEGIN"));
+            CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 2"), "2");
+            check_length_below_4(c, "transaction block");
+            PQfinish(c);
+        }
+        CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+        stop(px);
+    }
+}
+
+/* ---- many startup parameters ------------------------------------------------------- */
+
+/*
+ * PostgreSQL takes any number of startup parameters up to its 10000-byte packet limit; 100
+ * custom settings must reach the server (SHOW reports the last one).  A protocol option
+ * among them is named in NegotiateProtocolVersion and not sent on.
+ */
+static void test_many_startup_params(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "trust",
+                                   .query_wait_timeout_ms = 10000};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    static uint8_t pkt[10000], reply[16384];
+    size_t off = 8;
+    off += (size_t)sprintf((char *)pkt + off, "user") + 1;
+    off += (size_t)sprintf((char *)pkt + off, "pgwarden_test") + 1;
+    off += (size_t)sprintf((char *)pkt + off, "database") + 1;
+    off += (size_t)sprintf((char *)pkt + off, "pgwarden_test") + 1;
+    for (int i = 0; i < 100; i++) {
+        off += (size_t)sprintf((char *)pkt + off, "pgw.p%d", i) + 1;
+        off += (size_t)sprintf((char *)pkt + off, "v%d", i) + 1;
+    }
+    off += (size_t)sprintf((char *)pkt + off, "_pq_.pgw_unknown") + 1; /* a protocol option */
+    off += (size_t)sprintf((char *)pkt + off, "1") + 1;
+    pkt[off++] = 0;
+    itw_put32(pkt, (uint32_t)off);
+    itw_put32(pkt + 4, 196608);
+    int fd = harness_raw_connect(px->port, 2000);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, off, 2000), 0);
+    ssize_t n = itw_recv_until(fd, reply, sizeof(reply), "ZE", 10000);
+    char msg[256];
+    itw_error_field(reply, n > 0 ? (size_t)n : 0, 'M', msg, sizeof(msg));
+    if (msg[0])
+        fprintf(stderr, "startup refused: %s\n", msg);
+    size_t blen = 0;
+    CU_ASSERT_PTR_NOT_NULL(itw_find(reply, n > 0 ? (size_t)n : 0, 'Z', &blen));
+    /* NegotiateProtocolVersion: minor 0, one unrecognised option, named */
+    const uint8_t *v = itw_find(reply, n > 0 ? (size_t)n : 0, 'v', &blen);
+    CU_ASSERT(v != NULL && blen == 8 + 17 && itw_get32(v + 4) == 1 &&
+              memcmp(v + 8, "_pq_.pgw_unknown", 17) == 0);
+    size_t qlen = 0;
+    CU_ASSERT_FATAL(itw_msg(pkt, sizeof(pkt), &qlen, 'Q', "SHOW pgw.p99", 13));
+    CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, qlen, 2000), 0);
+    n = itw_recv_until(fd, reply, sizeof(reply), "ZE", 10000);
+    const uint8_t *row = itw_find(reply, n > 0 ? (size_t)n : 0, 'D', &blen);
+    /* DataRow: int16 columns, int32 length, value */
+    CU_ASSERT_FATAL(row != NULL && blen == 2 + 4 + 3);
+    CU_ASSERT_EQUAL(memcmp(row + 6, "v99", 3), 0);
+    close(fd);
+    stop(px);
+}
+
 /* ---- garbage startup packets ------------------------------------------------------- */
 
 struct garbage {
@@ -411,6 +518,39 @@ static void test_garbage_startup(void)
     stop(px);
 }
 
+/* ---- log injection ----------------------------------------------------------------- */
+
+/*
+ * A database name with a newline, sent before any authentication, is logged with the
+ * refusal: it must stay one escaped line, never a second line the client wrote.
+ */
+static void test_log_injection(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    uint8_t buf[512], reply[1024];
+    size_t n = harness_build_startup(buf, sizeof(buf), "pgwarden_test",
+                                     "nodb\n2030-01-01 00:00:00.000 ERROR main: FORGED\x1b[2J");
+    int fd = harness_raw_connect(px->port, 2000);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_EQUAL(harness_raw_send(fd, buf, n, 2000), 0);
+    bool closed = false;
+    ssize_t got = harness_raw_recv(fd, reply, sizeof(reply), 5000, &closed);
+    char state[6] = "";
+    CU_ASSERT_TRUE(got > 0 && harness_reply_sqlstate(reply, (size_t)got, state));
+    CU_ASSERT_STRING_EQUAL(state, "3D000");
+    close(fd);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "nodb\\n2030-01-01 00:00:00.000 ERROR main: "
+                                                  "FORGED\\x1b[2J"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "\n2030-01-01 00:00:00.000 ERROR main: FORGED"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "\x1b"));
+    stop(px);
+}
+
 /* ---- pgbench ----------------------------------------------------------------------- */
 
 static void test_pgbench_select_only(void)
@@ -466,7 +606,10 @@ static void register_suites(void)
         {"client_vanishes_mid_message", test_client_vanishes_mid_message},
         {"unreachable_server_08001", test_unreachable_server},
         {"oversized_message_08P01", test_oversized_message},
+        {"message_length_below_4", test_message_length_below_4},
+        {"startup_params_beyond_64", test_many_startup_params},
         {"garbage_startup", test_garbage_startup},
+        {"log_injection_escaped", test_log_injection},
         {"pgbench_select_only", test_pgbench_select_only},
         CU_TEST_INFO_NULL,
     };

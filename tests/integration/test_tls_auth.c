@@ -5,18 +5,26 @@
  *   server side: server_tls_mode disable / require / verify-full, checked in pg_stat_ssl
  *   for the backend that served the client;
  *   auth: SCRAM right and wrong password (28P01), unknown user (same answer), md5
- *   auth_type, trust, unknown database (3D000).
+ *   auth_type, trust, unknown database (3D000);
+ *   as PostgreSQL answers them, compared with the cluster itself over raw sockets: an
+ *   SSLRequest or GSSENCRequest inside TLS or repeated (FATAL 0A000), and SCRAM
+ *   client-first messages with an authzid, a mandatory extension or an oversized nonce.
  */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <CUnit/CUnit.h>
 #include <libpq-fe.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "cunit_main.h"
 #include "harness.h"
 #include "itest_util.h"
+#include "itest_wire.h"
 
 static int suite_init(void)
 {
@@ -252,6 +260,296 @@ static void test_unknown_database(void)
     stop(px);
 }
 
+/* ---- raw negotiation and SCRAM, compared with PostgreSQL --------------------------- */
+
+#define SSL_REQUEST 80877103u
+#define GSS_REQUEST 80877104u
+
+/* A raw client connection, plain or TLS (after SSLRequest and 'S'). */
+struct rawc {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+};
+
+static void rawc_close(struct rawc *r)
+{
+    if (r->ssl)
+        SSL_free(r->ssl);
+    if (r->ctx)
+        SSL_CTX_free(r->ctx);
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+    r->ssl = NULL;
+    r->ctx = NULL;
+}
+
+/* Waits for what an SSL call asked for; false on timeout. */
+static bool rawc_wait(struct rawc *r, int err, int64_t deadline)
+{
+    int64_t left = deadline - itu_now_ms();
+    struct pollfd p = {r->fd, err == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN, 0};
+    return left > 0 && poll(&p, 1, (int)left) == 1;
+}
+
+static void request_packet(uint8_t pkt[8], uint32_t code)
+{
+    itw_put32(pkt, 8);
+    itw_put32(pkt + 4, code);
+}
+
+static bool rawc_send(struct rawc *r, const void *buf, size_t len)
+{
+    if (!r->ssl)
+        return harness_raw_send(r->fd, buf, len, 2000) == 0;
+    int64_t deadline = itu_now_ms() + 2000;
+    for (;;) {
+        int n = SSL_write(r->ssl, buf, (int)len);
+        if (n == (int)len)
+            return true;
+        if (n > 0 || !rawc_wait(r, SSL_get_error(r->ssl, n), deadline))
+            return false;
+    }
+}
+
+/* Reads messages until one of a type in stop is complete, the peer closed or 5 s passed. */
+static ssize_t rawc_recv(struct rawc *r, uint8_t *buf, size_t cap, const char *stop)
+{
+    if (!r->ssl)
+        return itw_recv_until(r->fd, buf, cap, stop, 5000);
+    size_t len = 0, end;
+    int64_t deadline = itu_now_ms() + 5000;
+    while (len < cap && !itw_complete(buf, len, stop, &end)) {
+        int n = SSL_read(r->ssl, buf + len, (int)(cap - len));
+        if (n > 0) {
+            len += (size_t)n;
+            continue;
+        }
+        int err = SSL_get_error(r->ssl, n);
+        if ((err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) ||
+            !rawc_wait(r, err, deadline))
+            break; /* closed, reset or quiet */
+    }
+    ERR_clear_error();
+    return (ssize_t)len;
+}
+
+/* Connects to port; with tls, negotiates TLS (no certificate check: only the protocol
+ * inside matters here). */
+static bool rawc_open(struct rawc *r, int port, bool tls)
+{
+    *r = (struct rawc){.fd = harness_raw_connect(port, 2000)};
+    if (r->fd < 0 || !tls)
+        return r->fd >= 0;
+    uint8_t pkt[8], answer = 0;
+    request_packet(pkt, SSL_REQUEST);
+    bool closed;
+    if (harness_raw_send(r->fd, pkt, 8, 2000) != 0 ||
+        harness_raw_recv(r->fd, &answer, 1, 5000, &closed) != 1 || answer != 'S')
+        return false;
+    r->ctx = SSL_CTX_new(TLS_client_method());
+    r->ssl = r->ctx ? SSL_new(r->ctx) : NULL;
+    if (!r->ssl || SSL_set_fd(r->ssl, r->fd) != 1)
+        return false;
+    int64_t deadline = itu_now_ms() + 5000;
+    for (;;) {
+        int rc = SSL_connect(r->ssl);
+        if (rc == 1)
+            return true;
+        if (!rawc_wait(r, SSL_get_error(r->ssl, rc), deadline))
+            return false;
+    }
+}
+
+/* SQLSTATE and message of the answer in buf ("" and "" when it is no ErrorResponse). */
+struct answer {
+    char state[8];
+    char msg[256];
+    char first; /* first byte: 'S', 'N', 'E', 'R', ... (0: nothing) */
+};
+
+static struct answer answer_of(const uint8_t *buf, ssize_t n)
+{
+    struct answer a = {.first = n > 0 ? (char)buf[0] : 0};
+    itw_error_field(buf, n > 0 ? (size_t)n : 0, 'C', a.state, sizeof(a.state));
+    itw_error_field(buf, n > 0 ? (size_t)n : 0, 'M', a.msg, sizeof(a.msg));
+    return a;
+}
+
+/* Inside TLS, sends an SSLRequest or GSSENCRequest (code) and returns the answer. */
+static struct answer request_inside_tls(int port, uint32_t code)
+{
+    struct rawc r;
+    struct answer a = {0};
+    uint8_t pkt[8], buf[1024];
+    if (!rawc_open(&r, port, true)) {
+        fprintf(stderr, "TLS to port %d failed\n", port);
+        rawc_close(&r);
+        return a;
+    }
+    request_packet(pkt, code);
+    if (rawc_send(&r, pkt, 8))
+        a = answer_of(buf, rawc_recv(&r, buf, sizeof(buf), "E"));
+    rawc_close(&r);
+    return a;
+}
+
+static void check_same(const struct answer *proxy, const struct answer *pg, const char *state,
+                       const char *msg, const char *what)
+{
+    if (strcmp(proxy->state, pg->state) || strcmp(proxy->msg, pg->msg))
+        fprintf(stderr, "%s: pgwarden %s \"%s\" ('%c'), PostgreSQL %s \"%s\"\n", what, proxy->state,
+                proxy->msg, proxy->first ? proxy->first : '0', pg->state, pg->msg);
+    CU_ASSERT_STRING_EQUAL(pg->state, state);
+    CU_ASSERT_STRING_EQUAL(pg->msg, msg);
+    CU_ASSERT_STRING_EQUAL(proxy->state, state);
+    CU_ASSERT_STRING_EQUAL(proxy->msg, msg);
+}
+
+/* PostgreSQL: a second SSLRequest (or a GSSENCRequest) once TLS is up is no known request
+ * code, so it is refused as an unsupported protocol version, FATAL 0A000. */
+static void test_encryption_request_inside_tls(void)
+{
+    struct harness_proxy *px = start("allow", "prefer", "scram-sha-256");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    int pg_port = harness_cluster()->port;
+    struct answer p = request_inside_tls(px->port, SSL_REQUEST);
+    struct answer d = request_inside_tls(pg_port, SSL_REQUEST);
+    check_same(&p, &d, "0A000",
+               "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
+               "SSLRequest inside TLS");
+    p = request_inside_tls(px->port, GSS_REQUEST);
+    d = request_inside_tls(pg_port, GSS_REQUEST);
+    check_same(&p, &d, "0A000",
+               "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0",
+               "GSSENCRequest inside TLS");
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=require"));
+    stop(px);
+}
+
+/* Sends the request packets of codes in order on one plain connection; returns what came
+ * back for the last one. */
+static struct answer plain_requests(int port, const uint32_t *codes, int n)
+{
+    struct rawc r;
+    struct answer a = {0};
+    uint8_t pkt[8], buf[1024];
+    if (!rawc_open(&r, port, false))
+        return a;
+    for (int i = 0; i < n; i++) {
+        request_packet(pkt, codes[i]);
+        if (!rawc_send(&r, pkt, 8))
+            break;
+        ssize_t got = i + 1 < n ? harness_raw_recv(r.fd, buf, 1, 5000, NULL)
+                                : rawc_recv(&r, buf, sizeof(buf), "E");
+        a = answer_of(buf, got);
+    }
+    rawc_close(&r);
+    return a;
+}
+
+/* Each encryption request once per connection, as PostgreSQL (whose refusals of SSL then
+ * GSS in either order are allowed); a repeated one is FATAL 0A000 instead of another 'N'. */
+static void test_encryption_request_repeated(void)
+{
+    struct harness_proxy *px = start("disable", "prefer", "scram-sha-256");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    static const uint32_t ssl2[] = {SSL_REQUEST, SSL_REQUEST};
+    static const uint32_t gss2[] = {GSS_REQUEST, GSS_REQUEST};
+    static const uint32_t ssl_gss_ssl[] = {SSL_REQUEST, GSS_REQUEST, SSL_REQUEST};
+    static const uint32_t gss_ssl_gss[] = {GSS_REQUEST, SSL_REQUEST, GSS_REQUEST};
+    struct answer a = plain_requests(px->port, ssl2, 2);
+    CU_ASSERT_STRING_EQUAL(a.state, "0A000");
+    CU_ASSERT_STRING_EQUAL(a.msg,
+                           "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0");
+    a = plain_requests(px->port, gss2, 2);
+    CU_ASSERT_STRING_EQUAL(a.state, "0A000");
+    CU_ASSERT_STRING_EQUAL(a.msg,
+                           "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0");
+    a = plain_requests(px->port, ssl_gss_ssl, 3);
+    CU_ASSERT_STRING_EQUAL(a.state, "0A000");
+    a = plain_requests(px->port, gss_ssl_gss, 3);
+    CU_ASSERT_STRING_EQUAL(a.state, "0A000");
+    a = plain_requests(px->port, gss_ssl_gss, 2); /* both refused once: 'N' each */
+    CU_ASSERT_EQUAL(a.first, 'N');
+    /* Refused once each, then a StartupMessage: the login goes on. */
+    struct rawc r;
+    CU_ASSERT_FATAL(rawc_open(&r, px->port, false));
+    uint8_t pkt[512], buf[1024];
+    for (int i = 0; i < 2; i++) {
+        request_packet(pkt, i ? SSL_REQUEST : GSS_REQUEST);
+        CU_ASSERT(rawc_send(&r, pkt, 8));
+        CU_ASSERT_EQUAL(harness_raw_recv(r.fd, buf, 1, 5000, NULL), 1);
+        CU_ASSERT_EQUAL(buf[0], 'N');
+    }
+    size_t n = harness_build_startup(pkt, sizeof(pkt), "pgwarden_test", "pgwarden_test");
+    CU_ASSERT(rawc_send(&r, pkt, n));
+    ssize_t got = rawc_recv(&r, buf, sizeof(buf), "RE");
+    size_t blen = 0;
+    const uint8_t *auth = itw_find(buf, got > 0 ? (size_t)got : 0, 'R', &blen);
+    CU_ASSERT(auth != NULL && blen >= 4 && itw_get32(auth) == 10); /* AuthenticationSASL */
+    rawc_close(&r);
+    stop(px);
+}
+
+/* Starts a SCRAM login on port and sends client_first as the SASLInitialResponse. */
+static struct answer scram_first(int port, const char *client_first)
+{
+    struct rawc r;
+    struct answer a = {0};
+    static uint8_t pkt[8192], buf[4096];
+    if (!rawc_open(&r, port, false))
+        return a;
+    size_t n = harness_build_startup(pkt, sizeof(pkt), "pgwarden_test", "pgwarden_test");
+    ssize_t got = rawc_send(&r, pkt, n) ? rawc_recv(&r, buf, sizeof(buf), "RE") : -1;
+    size_t blen = 0, dlen = strlen(client_first);
+    const uint8_t *auth = itw_find(buf, got > 0 ? (size_t)got : 0, 'R', &blen);
+    if (!auth || blen < 4 || itw_get32(auth) != 10) {
+        a = answer_of(buf, got);
+        rawc_close(&r);
+        return a;
+    }
+    uint8_t body[8192];
+    memcpy(body, "SCRAM-SHA-256", 14);
+    itw_put32(body + 14, (uint32_t)dlen);
+    memcpy(body + 18, client_first, dlen);
+    n = 0;
+    if (itw_msg(pkt, sizeof(pkt), &n, 'p', body, 18 + dlen) && rawc_send(&r, pkt, n))
+        a = answer_of(buf, rawc_recv(&r, buf, sizeof(buf), "RE"));
+    rawc_close(&r);
+    return a;
+}
+
+/* SCRAM client-first messages PostgreSQL refuses, refused by pgwarden with the same
+ * SQLSTATE and message (auth-scram.c, and the 1024-byte limit on SASL messages). */
+static void test_scram_errors_as_postgresql(void)
+{
+    struct harness_proxy *px = start("disable", "prefer", "scram-sha-256");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    int pg_port = harness_cluster()->port;
+    static char big[2100];
+    memcpy(big, "n,,n=,r=", 8);
+    memset(big + 8, 'x', 2000);
+    static const struct {
+        const char *what, *client_first, *state, *msg;
+    } cases[] = {
+        {"authzid", "n,a=someone,n=,r=abcdefghijkl", "0A000",
+         "client uses authorization identity, but it is not supported"},
+        {"mandatory extension", "n,,m=ext,n=,r=abcdefghijkl", "0A000",
+         "client requires an unsupported SCRAM extension"},
+        {"oversized nonce", big, "28P01",
+         "password authentication failed for user \"pgwarden_test\""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct answer p = scram_first(px->port, cases[i].client_first);
+        struct answer d = scram_first(pg_port, cases[i].client_first);
+        check_same(&p, &d, cases[i].state, cases[i].msg, cases[i].what);
+    }
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    stop(px);
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tls_tests[] = {
@@ -261,6 +559,8 @@ static void register_suites(void)
         {"server_tls_disable", test_server_tls_disable},
         {"server_tls_require", test_server_tls_require},
         {"server_tls_verify_full", test_server_tls_verify_full},
+        {"encryption_request_inside_tls", test_encryption_request_inside_tls},
+        {"encryption_request_repeated", test_encryption_request_repeated},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo auth_tests[] = {
@@ -268,6 +568,7 @@ static void register_suites(void)
         {"md5_auth", test_md5_auth},
         {"trust_auth", test_trust_auth},
         {"unknown_database_3D000", test_unknown_database},
+        {"scram_errors_as_postgresql", test_scram_errors_as_postgresql},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("tls", suite_init, NULL, tls_tests);

@@ -638,7 +638,7 @@ static void test_foreach_key(void)
     memset(&l, 0, sizeof(l));
     px_config_foreach_key(collect_key, &l);
     CU_ASSERT_EQUAL(l.bad, 0);
-    CU_ASSERT_EQUAL(l.npgwarden, 32);
+    CU_ASSERT_EQUAL(l.npgwarden, 35);
     CU_ASSERT_EQUAL(l.ndatabases, 7);
     for (int i = 0; i < l.npgwarden && i < 128; i++) {
         char text[256], *err = NULL, unknown[128];

@@ -152,10 +152,15 @@ static void test_type_callback_and_limits(void)
     add_msg(in, 'Q', big, sizeof(big));
     CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 100), PX_RELAY_TOO_LARGE);
     CU_ASSERT_EQUAL(evbuffer_get_length(out), forwarded + 6);
-    /* A length below 4 is malformed too. */
+    CU_ASSERT_EQUAL(st.bad_len, 204);
+    CU_ASSERT_STRING_EQUAL(px_wire_length_error(st.bad_len),
+                           "invalid message length: message larger than max_message_bytes");
+    /* A length below 4 is malformed too, and said to be (as PostgreSQL words it). */
     struct evbuffer *bad = evbuffer_new();
     evbuffer_add(bad, "Q\0\0\0\x02", 5);
     CU_ASSERT_EQUAL(px_relay(&st, bad, out, see_z_body, record, &s, 100), PX_RELAY_TOO_LARGE);
+    CU_ASSERT_EQUAL(st.bad_len, 2);
+    CU_ASSERT_STRING_EQUAL(px_wire_length_error(st.bad_len), "invalid message length");
     evbuffer_free(in), evbuffer_free(out), evbuffer_free(bad);
 }
 

@@ -566,6 +566,48 @@ static void test_client_first_malformed(void)
     px_scram_server_free(s);
 }
 
+/* The reason of a refusal, worded and classified as PostgreSQL's auth-scram.c (0A000 for
+ * what it does not support, 08P01 for the rest), and PostgreSQL's 1024-byte limit on the
+ * messages a client sends (PG_MAX_SASL_MESSAGE_LENGTH). */
+static void test_client_first_errors_as_postgresql(void)
+{
+    static const struct {
+        const char *msg;
+        bool unsupported;
+        const char *why;
+    } cases[] = {
+        {"n,a=admin,n=,r=abc", true, "client uses authorization identity, but it is not supported"},
+        {"y,a=,n=,r=abc", true, "client uses authorization identity, but it is not supported"},
+        {"n,,m=ext,n=,r=abc", true, "client requires an unsupported SCRAM extension"},
+        {"n,,n=,r=a b", false, "non-printable characters in SCRAM nonce"},
+        {"n,x,n=,r=abc", false, "malformed SCRAM message"},
+        {"n,,n=,r=abc,", false, "malformed SCRAM message"},
+    };
+    struct px_scram_secret sec;
+    rfc_secret(&sec);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct px_scram_server *s = px_scram_server_new(&sec);
+        char *out = NULL;
+        bool unsupported = !cases[i].unsupported;
+        CU_ASSERT(px_scram_server_first(s, cases[i].msg, strlen(cases[i].msg), &out) == -1);
+        CU_ASSERT_STRING_EQUAL(px_scram_server_error(s, &unsupported), cases[i].why);
+        CU_ASSERT_EQUAL(unsupported, cases[i].unsupported);
+        px_scram_server_free(s);
+    }
+    /* the limit: a client-first of 1024 bytes is taken, 1025 is refused */
+    for (size_t n = 1024; n <= 1025; n++) {
+        char *m = huge(n, "n,,n=,r=");
+        struct px_scram_server *s = px_scram_server_new(&sec);
+        char *out = NULL;
+        int rc = px_scram_server_first(s, m, n, &out);
+        CU_ASSERT_EQUAL(rc, n <= PX_SCRAM_MAX_CLIENT_MESSAGE ? 0 : -1);
+        free(out);
+        free(m);
+        px_scram_server_free(s);
+    }
+    CU_ASSERT_EQUAL(PX_SCRAM_MAX_CLIENT_MESSAGE, 1024);
+}
+
 static void test_client_final_malformed(void)
 {
     static const struct msg bad[] = {
@@ -841,6 +883,7 @@ void test_scram_register(void)
         {"pbkdf2_counts", test_pbkdf2_counts},
         {"cache_bounded_lru", test_cache_bounded_lru},
         {"client_first_malformed", test_client_first_malformed},
+        {"client_first_errors_as_postgresql", test_client_first_errors_as_postgresql},
         {"client_final_malformed", test_client_final_malformed},
         {"server_first_malformed", test_server_first_malformed},
         {"server_final_malformed", test_server_final_malformed},

@@ -59,19 +59,33 @@ static void test_parse_startup_malformed(void)
     CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, len, &st));
 }
 
-static void test_parse_startup_too_many_params(void)
+/* As PostgreSQL: any number of parameters within the packet limit (here 1200 in 8499
+ * bytes), walked in packet order. */
+static void test_parse_startup_many_params(void)
 {
-    char *buf = malloc(8192);
+    char *buf = malloc(PX_MAX_STARTUP_PACKET);
     CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
     px_put_u32(buf, PX_PROTO_V3);
     size_t off = 4;
-    for (int i = 0; i < PX_MAX_STARTUP_PARAMS + 1; i++) {
+    for (int i = 0; i < 1200; i++) {
         off += (size_t)sprintf(buf + off, "k%d", i) + 1;
         off += (size_t)sprintf(buf + off, "v") + 1;
     }
     buf[off++] = '\0';
+    CU_ASSERT_EQUAL(off + 4, 8499);
     struct px_startup st;
-    CU_ASSERT_PTR_NOT_NULL(px_wire_parse_startup(buf, off, &st));
+    CU_ASSERT_PTR_NULL(px_wire_parse_startup(buf, off, &st));
+    CU_ASSERT_EQUAL(st.nparams, 1200);
+    CU_ASSERT_STRING_EQUAL(px_startup_get(&st, "k1199"), "v");
+    const char *pos = NULL;
+    struct px_startup_param prm;
+    int n = 0;
+    while (px_startup_next(&st, &pos, &prm)) {
+        char want[16];
+        snprintf(want, sizeof want, "k%d", n++);
+        CU_ASSERT_STRING_EQUAL(prm.name, want);
+    }
+    CU_ASSERT_EQUAL(n, 1200);
     free(buf);
 }
 
@@ -265,7 +279,7 @@ static void test_bind_parse(void)
 static const CU_TestInfo wire_tests[] = {
     {"parse_startup_params", test_parse_startup_params},
     {"parse_startup_malformed", test_parse_startup_malformed},
-    {"parse_startup_too_many_params", test_parse_startup_too_many_params},
+    {"parse_startup_many_params", test_parse_startup_many_params},
     {"parse_special_requests", test_parse_special_requests},
     {"error_bytes", test_error_bytes},
     {"small_builders", test_small_builders},
