@@ -252,8 +252,9 @@ static void link_pair(struct px_server *s, struct px_client *c)
     s->client = c;
     c->server = s;
     s->last_used_ms = px_now_ms();
-    if (c->state == PX_CL_WAITING)
-        px_stats_pool_wait(c->pool, s->last_used_ms - c->wait_start_ms);
+    /* Every assignment is observed, waits of zero included, so that the quantiles describe
+     * what clients experience and not only the clients that queued. */
+    px_stats_pool_wait(c->pool, c->state == PX_CL_WAITING ? s->last_used_ms - c->wait_start_ms : 0);
     px_client_set_state(c, PX_CL_ACTIVE);
     px_reader_enable(&s->rd, true);
     px_client_on_linked(c);
