@@ -4,6 +4,7 @@
  * invalid UTF-8, so the answers are always valid JSON.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -23,6 +24,35 @@ static uint64_t longest_wait_ms(const struct px_pool *p, uint64_t now)
     return now - PX_CONTAINER_OF(first, struct px_client, link)->wait_start_ms;
 }
 
+static bool has_pool(const char *database)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        if (!strcmp(PX_CONTAINER_OF(it, struct px_pool, link)->database, database))
+            return true;
+    }
+    return false;
+}
+
+static const char *mode_name(enum px_pool_mode mode)
+{
+    return mode == PX_POOL_SESSION ? "session" : "transaction";
+}
+
+/* A configured database no client has used yet: the pool it would get, empty.  Its user
+ * is null because pools are per (database, user) and no user has asked. */
+static json_t *unused_db_json(const struct px_db_config *db)
+{
+    const struct px_config *cfg = px.cfg;
+    enum px_pool_mode mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : cfg->pool_mode;
+    int size = db->pool_size >= 0 ? db->pool_size : cfg->default_pool_size;
+    return json_pack("{s:o, s:n, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "database",
+                     px_json_string(db->name), "user", "mode", mode_name(mode), "pool_size", size,
+                     "clients_active", 0, "clients_waiting", 0, "servers_active", 0, "servers_idle",
+                     0, "servers_connecting", 0, "longest_wait_ms", 0);
+}
+
 json_t *px_introspect_pools(void)
 {
     json_t *arr = json_array();
@@ -31,15 +61,24 @@ json_t *px_introspect_pools(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        json_t *o = json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
-                              px_json_string(p->database), "user", px_json_string(p->user), "mode",
-                              p->mode == PX_POOL_SESSION ? "session" : "transaction", "pool_size",
-                              p->pool_size, "clients_active", p->n_active_clients,
-                              "clients_waiting", p->n_waiting, "servers_active", p->n_active,
-                              "servers_idle", p->n_idle, "servers_connecting", p->n_login,
-                              "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
+        json_t *o =
+            json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
+                      px_json_string(p->database), "user", px_json_string(p->user), "mode",
+                      mode_name(p->mode), "pool_size", p->pool_size, "clients_active",
+                      p->n_active_clients, "clients_waiting", p->n_waiting, "servers_active",
+                      p->n_active, "servers_idle", p->n_idle, "servers_connecting", p->n_login,
+                      "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
         if (o)
             json_array_append_new(arr, o);
+    }
+    /* Every configured database is listed, used or not ("*" only through its pools). */
+    for (size_t i = 0; px.cfg && i < px.cfg->ndbs; i++) {
+        const struct px_db_config *db = &px.cfg->dbs[i];
+        if (strcmp(db->name, "*") != 0 && !has_pool(db->name)) {
+            json_t *o = unused_db_json(db);
+            if (o)
+                json_array_append_new(arr, o);
+        }
     }
     return arr;
 }
