@@ -13,6 +13,7 @@
 #include "admin/introspect.h"
 #include "admin/json_util.h"
 #include "main.h"
+#include "pool/pool.h"
 
 static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};
 
@@ -160,9 +161,9 @@ json_t *px_introspect_servers(void)
 
 bool px_introspect_healthy(json_t **detail)
 {
-    /* A database can serve when its pool has a logged-in server, or when it is not in
-     * its fast-fail window after a failed server login.  With no pool yet, pgwarden
-     * itself is up and would try: healthy. */
+    /* A database can serve as px_pool_can_serve() says (pool.c: a logged-in server, or no
+     * recent failed connect attempt; the circuit breaker will refine it).  With no pool
+     * yet nothing has been tried and pgwarden itself is up: healthy. */
     bool any = px.n_pools == 0, ok_any = false;
     uint64_t now = px_now_ms();
     json_t *dbs = detail ? json_object() : NULL;
@@ -170,19 +171,12 @@ bool px_introspect_healthy(json_t **detail)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        bool failing = p->login_error && now < p->login_error_until_ms;
-        bool ok = (p->n_idle + p->n_active + p->n_resetting) > 0 || !failing;
+        bool ok = px_pool_can_serve(p, now);
         ok_any |= ok;
         if (dbs) {
             char name[600];
             snprintf(name, sizeof(name), "%s/%s", p->database, p->user);
-            json_t *last = json_null();
-            if (failing) {
-                size_t n = evbuffer_get_length(p->login_error);
-                const char *e = (const char *)evbuffer_pullup(p->login_error, (ssize_t)n);
-                const char *m = n > 5 ? px_wire_error_field(e + 5, n - 5, 'M') : NULL;
-                last = m ? px_json_string(m) : json_string("server login failed");
-            }
+            json_t *last = !ok ? px_json_string(p->connect_error) : json_null();
             json_object_set_new(dbs, name,
                                 json_pack("{s:b, s:i, s:o}", "ok", ok, "servers_idle", p->n_idle,
                                           "last_error", last));

@@ -28,6 +28,10 @@ void px_pool_server_ready(struct px_server *s);
  * and the pool fast-fails new clients for server_login_retry_ms. */
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
 
+/* Whether pool's database can serve now (GET /health): it has a logged-in server, or its
+ * last server connect attempt did not fail recently.  See pool.c for the exact rule. */
+bool px_pool_can_serve(const struct px_pool *pool, uint64_t now);
+
 /* The cached welcome of a startup signature (moved to most recently used), or NULL. */
 struct px_welcome *px_pool_welcome_find(struct px_pool *pool, const char *sig, size_t len);
 /* s just logged in: cache what it reported for its signature and keep a reference in s. */
