@@ -258,7 +258,6 @@ struct px_proxy {
     struct px_userlist *users;
     SSL_CTX *client_tls; /* we are the TLS server for clients */
     SSL_CTX *server_tls; /* we are the TLS client of PostgreSQL */
-    struct evconnlistener *listener;
     struct event *janitor, *reaper;
     struct event *sig_term, *sig_int, *sig_hup;
 

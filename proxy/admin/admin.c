@@ -22,6 +22,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -32,6 +33,7 @@
 #include "base/config.h"
 #include "admin/json_util.h"
 #include "base/log.h"
+#include "net/listen.h"
 
 #define TOKEN_DIGEST_LEN 32 /* SHA-256 */
 
@@ -206,10 +208,19 @@ static int settings_apply(struct px_admin *a, const struct px_config *cfg, struc
     a->ssl_ctx = s->ssl_ctx;
     evhttp_set_bevcb(a->http, a->ssl_ctx ? tls_bevcb : NULL, a->ssl_ctx ? a : NULL);
     if (s->rebind) {
-        if (a->bound)
+        if (a->bound) {
+            px_listen_unguard(evhttp_bound_socket_get_listener(a->bound));
             evhttp_del_accept_socket(a->http, a->bound);
+        }
         a->bound = s->bound;
         a->port = cfg->admin_port;
+        if (a->bound) {
+            /* Out of descriptors: back off instead of spinning (listen.h).  Without the
+             * guard (no memory) the port still works. */
+            char name[300];
+            snprintf(name, sizeof(name), "admin %s:%d", addr, a->port);
+            (void)px_listen_guard(evhttp_bound_socket_get_listener(a->bound), name);
+        }
     }
     free(a->addr);
     a->addr = addr_copy;
@@ -283,10 +294,22 @@ int px_admin_reconfigure(struct px_admin *a, const struct px_config *cfg, char *
     return 0;
 }
 
+int px_admin_check(const struct px_config *cfg, char **errmsg)
+{
+    *errmsg = NULL;
+    if (!cfg->admin_tls_cert_file || !cfg->admin_tls_cert_file[0])
+        return 0;
+    SSL_CTX *ctx = tls_ctx_new(cfg->admin_tls_cert_file, cfg->admin_tls_key_file, errmsg);
+    SSL_CTX_free(ctx);
+    return ctx ? 0 : -1;
+}
+
 void px_admin_free(struct px_admin *a)
 {
     if (!a)
         return;
+    if (a->bound)
+        px_listen_unguard(evhttp_bound_socket_get_listener(a->bound));
     if (a->http)
         evhttp_free(a->http); /* closes the listener and the connections */
     SSL_CTX_free(a->ssl_ctx);
