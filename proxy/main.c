@@ -88,6 +88,12 @@ int px_main_reload(char **errmsg)
 {
     struct px_config *cfg = NULL;
     *errmsg = NULL;
+    /* Log rotation (rename, then SIGHUP): a new file at the running path (logfile needs a
+     * restart to change), whether or not the new config is valid.  On failure the old
+     * file stays in use. */
+    if (px.cfg->logfile && px.cfg->logfile[0] && px_log_open(px.cfg->logfile) < 0)
+        px_error("main", 0, 0, "cannot reopen logfile %s: %s; still writing to the old file",
+                 px.cfg->logfile, strerror(errno));
     if (px_config_load(px.cfg->path, &cfg, errmsg) < 0)
         goto fail;
     px_config_diff(px.cfg, cfg, log_restart_key, NULL);

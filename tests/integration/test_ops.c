@@ -2,12 +2,14 @@
  * test_ops.c: what an operator meets when running pgwarden: --check catching what start
  * would fail on (logfile or pidfile in a missing directory, listen addresses that cannot be
  * resolved or bound, a port another program holds), several listen addresses served at
- * once, running out of file descriptors (pgwarden backs off instead of spinning and
- * flooding its log, and serves again once descriptors are free), and /health answering 503
- * while PostgreSQL is stopped and 200 again once it is back.
+ * once, the log file reopened on SIGHUP (rotation), running out of file descriptors
+ * (pgwarden backs off instead of spinning and flooding its log, and serves again once
+ * descriptors are free), and /health answering 503 while PostgreSQL is stopped and 200
+ * again once it is back.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,12 @@
 static int suite_init(void)
 {
     return itu_suite_init();
+}
+
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
 /* pgwarden -c px's config --check; returns its exit status, output in *out (owned). */
@@ -162,6 +170,34 @@ static void test_several_listen_addresses(void)
     CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
+/* ---- log rotation -------------------------------------------------------------------- */
+
+/* logrotate's default way: rename the file, then SIGHUP; pgwarden must write to a new file
+ * at the old path (docs/operations.md). */
+static void test_sighup_reopens_logfile(void)
+{
+    struct harness_proxy_opts o = {.pgwarden_extra = "logfile = pgwarden-file.log"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    char path[700], rotated[710];
+    snprintf(path, sizeof(path), "%s/pgwarden-file.log", px->dir);
+    snprintf(rotated, sizeof(rotated), "%s.1", path);
+    CU_ASSERT_TRUE(file_size(path) > 0);
+    CU_ASSERT_EQUAL_FATAL(rename(path, rotated), 0);
+    long rotated_size = file_size(rotated);
+    CU_ASSERT_EQUAL(harness_proxy_signal(px, SIGHUP), 0);
+    bool reopened = false;
+    for (int64_t end = itu_now_ms() + 5000; !reopened && itu_now_ms() < end;) {
+        reopened = file_size(path) > 0;
+        if (!reopened)
+            itu_sleep_ms(50);
+    }
+    CU_ASSERT_TRUE(reopened);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    CU_ASSERT_EQUAL(file_size(rotated), rotated_size); /* nothing more went to the old file */
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
 /* ---- out of file descriptors -------------------------------------------------------- */
 
 /* Open descriptors of pid, or -1. */
@@ -198,12 +234,6 @@ static double cpu_seconds(pid_t pid)
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
 #define EXTRA_CONNS 40
@@ -375,6 +405,7 @@ static void register_suites(void)
     };
     static const CU_TestInfo run_tests[] = {
         {"several_listen_addresses", test_several_listen_addresses},
+        {"sighup_reopens_logfile", test_sighup_reopens_logfile},
         {"out_of_fds_backs_off", test_out_of_fds_backs_off},
         /* Last: it stops and restarts the program's PostgreSQL. */
         {"health_503_when_postgresql_stopped", test_health_503_when_postgresql_stopped},
