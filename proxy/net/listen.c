@@ -29,6 +29,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
 #define LOG_EVERY_MS   10000
+#define ENTRY_MAX      128 /* one address or host name of the list, with its NUL */
 
 struct px_listener {
     struct evconnlistener *lev;
@@ -54,7 +55,7 @@ struct listen_addr {
     struct sockaddr_storage ss;
     socklen_t len;
     bool wildcard; /* from "*": a family this machine lacks is skipped, not an error */
-    char entry[128];
+    char entry[ENTRY_MAX];
     char name[INET6_ADDRSTRLEN + 16];
 };
 
@@ -77,7 +78,7 @@ static void format_name(const struct sockaddr *sa, char *out, size_t cap)
 static int resolve_entry(const char *what, const char *entry, int port, struct listen_addr *addrs,
                          size_t *n, char **errmsg)
 {
-    char host[128];
+    char host[ENTRY_MAX];
     size_t len = strlen(entry);
     if (len >= sizeof(host)) {
         if (asprintf(errmsg, "%s: address too long: \"%.40s...\"", what, entry) < 0)
@@ -124,7 +125,7 @@ static int resolve_entry(const char *what, const char *entry, int port, struct l
         memcpy(&a->ss, ai->ai_addr, ai->ai_addrlen);
         a->len = ai->ai_addrlen;
         a->wildcard = wildcard;
-        snprintf(a->entry, sizeof(a->entry), "%s", entry);
+        memcpy(a->entry, entry, len + 1); /* len < ENTRY_MAX, checked above */
         format_name(ai->ai_addr, a->name, sizeof(a->name));
     }
     freeaddrinfo(res);
