@@ -291,6 +291,12 @@ struct px_pool {
     /* Fast-fail: the last server login failure, sent to new clients until it expires. */
     struct evbuffer *login_error;
     uint64_t login_error_until_ms;
+    /* Health (px_pool_can_serve): the last server connect attempt failed in a way that says
+     * the database is unreachable or refuses connections, at connect_failed_ms, with this
+     * message; cleared by the next server that logs in. */
+    bool connect_failed;
+    uint64_t connect_failed_ms;
+    char connect_error[160];
     bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
     /* The server whose query batch may still grow (batch.h): its clients have exactly one
      * autocommit query each in flight, the last one not written yet. */
@@ -307,7 +313,6 @@ struct px_proxy {
     struct px_userlist *users;
     SSL_CTX *client_tls; /* we are the TLS server for clients */
     SSL_CTX *server_tls; /* we are the TLS client of PostgreSQL */
-    struct evconnlistener *listener;
     struct event *janitor, *reaper;
     struct event *sig_term, *sig_int, *sig_hup;
 

@@ -1,12 +1,14 @@
 /*
- * main.c: the pgwarden process: command line, configuration, the listener, signals, the
+ * main.c: the pgwarden process: command line, configuration, the listeners, signals, the
  * janitor and reaper events, reload, and orderly shutdown.  Everything runs on one
  * libevent loop; see docs/architecture.md.
  *
  *   pgwarden -c FILE           run in the foreground
- *   pgwarden -c FILE --check   validate FILE (and the files it names) and exit
+ *   pgwarden -c FILE --check   validate FILE, the files it names, the log and pid files and
+ *                              the listen addresses (test-bound, nothing kept), and exit
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,7 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <event2/listener.h>
 #include <openssl/ssl.h>
 
 #include "admin/admin.h"
@@ -23,6 +24,7 @@
 #include "path/locks.h"
 #include "net/cancel.h"
 #include "net/client.h"
+#include "net/listen.h"
 #include "base/log.h"
 #include "main.h"
 #include "metrics/metrics.h"
@@ -88,6 +90,12 @@ int px_main_reload(char **errmsg)
 {
     struct px_config *cfg = NULL;
     *errmsg = NULL;
+    /* Log rotation (rename, then SIGHUP): a new file at the running path (logfile needs a
+     * restart to change), whether or not the new config is valid.  On failure the old
+     * file stays in use. */
+    if (px.cfg->logfile && px.cfg->logfile[0] && px_log_open(px.cfg->logfile) < 0)
+        px_error("main", 0, 0, "cannot reopen logfile %s: %s; still writing to the old file",
+                 px.cfg->logfile, strerror(errno));
     if (px_config_load(px.cfg->path, &cfg, errmsg) < 0)
         goto fail;
     px_config_diff(px.cfg, cfg, log_restart_key, NULL);
@@ -117,22 +125,6 @@ fail:
     return -1;
 }
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                      int socklen, void *arg)
-{
-    (void)l;
-    (void)arg;
-    px_client_accept(fd, sa, socklen);
-}
-
-static void on_accept_error(struct evconnlistener *l, void *arg)
-{
-    (void)l;
-    (void)arg;
-    /* EMFILE and friends: log and keep going; the janitor frees slots over time. */
-    px_error("main", 0, 0, "accept failed: %s", strerror(errno));
-}
-
 static void begin_shutdown(void)
 {
     if (px.shutting_down)
@@ -141,10 +133,7 @@ static void begin_shutdown(void)
     px.shutdown_deadline_ms = px_now_ms() + (uint64_t)px.cfg->shutdown_timeout_ms;
     px_info("main", 0, 0, "shutting down: no new connections, waiting up to %d ms for clients",
             px.cfg->shutdown_timeout_ms);
-    if (px.listener) {
-        evconnlistener_free(px.listener);
-        px.listener = NULL;
-    }
+    px_listen_close();
     px_pool_janitor(px_now_ms());
 }
 
@@ -193,36 +182,6 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
         px_pool_check_shutdown(); /* the last client may just have gone */
 }
 
-static int open_listener(char **errmsg)
-{
-    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC,
-                                    .ai_socktype = SOCK_STREAM,
-                                    .ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV};
-    struct evutil_addrinfo *res = NULL;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", px.cfg->listen_port);
-    const char *addr = px.cfg->listen_addr;
-    if (!strcmp(addr, "*"))
-        addr = NULL;
-    if (evutil_getaddrinfo(addr, port, &hints, &res) != 0 || !res) {
-        if (asprintf(errmsg, "cannot resolve listen_addr %s", px.cfg->listen_addr) < 0)
-            *errmsg = NULL;
-        return -1;
-    }
-    px.listener = evconnlistener_new_bind(
-        px.base, on_accept, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-        4096, res->ai_addr, (int)res->ai_addrlen);
-    evutil_freeaddrinfo(res);
-    if (!px.listener) {
-        if (asprintf(errmsg, "cannot listen on %s:%d: %s", px.cfg->listen_addr, px.cfg->listen_port,
-                     strerror(errno)) < 0)
-            *errmsg = NULL;
-        return -1;
-    }
-    evconnlistener_set_error_cb(px.listener, on_accept_error);
-    return 0;
-}
-
 static int write_pidfile(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -261,7 +220,8 @@ static int setup(char **errmsg)
     event_add(px.sig_term, NULL);
     event_add(px.sig_int, NULL);
     event_add(px.sig_hup, NULL);
-    if (open_listener(errmsg) < 0)
+    if (px_listen_open(px.base, px.cfg->listen_addr, px.cfg->listen_port, px_client_accept,
+                       errmsg) < 0)
         return -1;
     px.admin = px_admin_new(px.base, px.cfg, errmsg);
     if (!px.admin)
@@ -276,8 +236,7 @@ static int setup(char **errmsg)
 
 static void teardown(void)
 {
-    if (px.listener)
-        evconnlistener_free(px.listener);
+    px_listen_close();
     px_admin_free(px.admin);
     struct px_list *it, *tmp;
     struct px_list *lists[] = {&px.clients_login, &px.clients_failing};
@@ -311,6 +270,60 @@ static void teardown(void)
     px_log_close();
 }
 
+/*
+ * --check: can path be opened for appending (logfile), or written (pidfile)?  Nothing is
+ * truncated, and a file that did not exist is removed again.  Returns 0, or -1 with
+ * *errmsg naming key.
+ */
+static int check_writable(const char *key, const char *path, char **errmsg)
+{
+    if (!path || !*path)
+        return 0;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    bool created = false;
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        created = fd >= 0;
+    }
+    if (fd < 0) {
+        if (asprintf(errmsg, "%s: cannot open %s: %s", key, path, strerror(errno)) < 0)
+            *errmsg = NULL;
+        return -1;
+    }
+    close(fd);
+    if (created)
+        unlink(path);
+    return 0;
+}
+
+/* --check: what setup() would open or bind, tried without keeping anything. */
+static int check_startup(const struct px_config *cfg, char **errmsg)
+{
+    char *warning = NULL;
+    if (check_writable("logfile", cfg->logfile, errmsg) < 0 ||
+        check_writable("pidfile", cfg->pidfile, errmsg) < 0 ||
+        px_listen_check("listen_addr", cfg->listen_addr, cfg->listen_port, errmsg, &warning) < 0)
+        return -1;
+    if (warning)
+        fprintf(stderr, "pgwarden: warning: %s\n", warning);
+    free(warning);
+    warning = NULL;
+    if (cfg->admin_port == 0)
+        return 0;
+    if (strchr(cfg->admin_addr, ',') || !strcmp(cfg->admin_addr, "*")) {
+        *errmsg = strdup("admin_addr: one address (not a list, not *: use 0.0.0.0 or ::)");
+        return -1;
+    }
+    if (px_listen_check("admin_addr", cfg->admin_addr, cfg->admin_port, errmsg, &warning) < 0 ||
+        px_admin_check(cfg, errmsg) < 0)
+        return -1;
+    if (warning)
+        fprintf(stderr, "pgwarden: warning: %s\n", warning);
+    free(warning);
+    return 0;
+}
+
+/* --check: the file and everything start would load, open or bind.  Exit status. */
 static int check_config(const char *path)
 {
     struct px_config *cfg = NULL;
@@ -331,8 +344,9 @@ static int check_config(const char *path)
     px_userlist_free(users);
     SSL_CTX_free(ctls);
     SSL_CTX_free(stls);
-    if (cfg->state_file && px_locks_check_state_file(cfg->state_file, &err) < 0) {
-        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+    if (check_startup(cfg, &err) < 0 ||
+        (cfg->state_file && px_locks_check_state_file(cfg->state_file, &err) < 0)) {
+        fprintf(stderr, "pgwarden: %s: %s\n", path, err ? err : "out of memory");
         free(err);
         px_config_free(cfg);
         return 1;
@@ -409,8 +423,7 @@ int main(int argc, char **argv)
         teardown();
         return 1;
     }
-    px_info("main", 0, 0, "pgwarden %s listening on %s:%d", PGW_VERSION, px.cfg->listen_addr,
-            px.cfg->listen_port);
+    px_info("main", 0, 0, "pgwarden %s started (pid %d)", PGW_VERSION, (int)getpid());
     event_base_dispatch(px.base);
     px_info("main", 0, 0, "stopped");
     teardown();

@@ -34,6 +34,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -45,6 +46,7 @@
 #include "base/json_util.h"
 #include "base/list.h"
 #include "base/log.h"
+#include "net/listen.h"
 
 #define TOKEN_DIGEST_LEN 32 /* SHA-256 */
 
@@ -347,10 +349,19 @@ static int settings_apply(struct px_admin *a, const struct px_config *cfg, struc
     a->deadline.tv_sec = cfg->admin_request_timeout_ms / 1000;
     a->deadline.tv_usec = (cfg->admin_request_timeout_ms % 1000) * 1000;
     if (s->rebind) {
-        if (a->bound)
+        if (a->bound) {
+            px_listen_unguard(evhttp_bound_socket_get_listener(a->bound));
             evhttp_del_accept_socket(a->http, a->bound);
+        }
         a->bound = s->bound;
         a->port = cfg->admin_port;
+        if (a->bound) {
+            /* Out of descriptors: back off instead of spinning (listen.h).  Without the
+             * guard (no memory) the port still works. */
+            char name[300];
+            snprintf(name, sizeof(name), "admin %s:%d", addr, a->port);
+            (void)px_listen_guard(evhttp_bound_socket_get_listener(a->bound), name);
+        }
     }
     free(a->addr);
     a->addr = addr_copy;
@@ -426,10 +437,22 @@ int px_admin_reconfigure(struct px_admin *a, const struct px_config *cfg, char *
     return 0;
 }
 
+int px_admin_check(const struct px_config *cfg, char **errmsg)
+{
+    *errmsg = NULL;
+    if (!cfg->admin_tls_cert_file || !cfg->admin_tls_cert_file[0])
+        return 0;
+    SSL_CTX *ctx = tls_ctx_new(cfg->admin_tls_cert_file, cfg->admin_tls_key_file, errmsg);
+    SSL_CTX_free(ctx);
+    return ctx ? 0 : -1;
+}
+
 void px_admin_free(struct px_admin *a)
 {
     if (!a)
         return;
+    if (a->bound)
+        px_listen_unguard(evhttp_bound_socket_get_listener(a->bound));
     if (a->http)
         evhttp_free(a->http);         /* closes the listener and the connections (conn_closed) */
     while (!px_list_empty(&a->conns)) /* not yet attached, or missed by conn_closed */

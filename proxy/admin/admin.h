@@ -88,6 +88,10 @@ px_admin_reconfigure(struct px_admin *admin, const struct px_config *cfg, char *
 /* Closes the listener and every admin connection.  NULL is a no-op. */
 void px_admin_free(struct px_admin *admin);
 
+/* For --check: loads the admin TLS files cfg names (if any) and frees them again.  Returns
+ * 0, or -1 with *errmsg (free()).  The address is checked with px_listen_check(). */
+__attribute__((warn_unused_result)) int px_admin_check(const struct px_config *cfg, char **errmsg);
+
 /*
  * Adds a route: methods is a mask of enum px_admin_method; path starts with '/'.  With
  * prefix, the route serves path itself and everything below it (path "/locks/" serves

@@ -4,6 +4,7 @@
  * invalid UTF-8, so the answers are always valid JSON.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -12,6 +13,7 @@
 #include "admin/introspect.h"
 #include "base/json_util.h"
 #include "main.h"
+#include "pool/pool.h"
 
 static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};
 
@@ -23,6 +25,35 @@ static uint64_t longest_wait_ms(const struct px_pool *p, uint64_t now)
     return now - PX_CONTAINER_OF(first, struct px_client, link)->wait_start_ms;
 }
 
+static bool has_pool(const char *database)
+{
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        if (!strcmp(PX_CONTAINER_OF(it, struct px_pool, link)->database, database))
+            return true;
+    }
+    return false;
+}
+
+static const char *mode_name(enum px_pool_mode mode)
+{
+    return mode == PX_POOL_SESSION ? "session" : "transaction";
+}
+
+/* A configured database no client has used yet: the pool it would get, empty.  Its user
+ * is null because pools are per (database, user) and no user has asked. */
+static json_t *unused_db_json(const struct px_db_config *db)
+{
+    const struct px_config *cfg = px.cfg;
+    enum px_pool_mode mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : cfg->pool_mode;
+    int size = db->pool_size >= 0 ? db->pool_size : cfg->default_pool_size;
+    return json_pack("{s:o, s:n, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "database",
+                     px_json_string(db->name), "user", "mode", mode_name(mode), "pool_size", size,
+                     "clients_active", 0, "clients_waiting", 0, "servers_active", 0, "servers_idle",
+                     0, "servers_connecting", 0, "longest_wait_ms", 0);
+}
+
 json_t *px_introspect_pools(void)
 {
     json_t *arr = json_array();
@@ -31,15 +62,24 @@ json_t *px_introspect_pools(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        json_t *o = json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
-                              px_json_string(p->database), "user", px_json_string(p->user), "mode",
-                              p->mode == PX_POOL_SESSION ? "session" : "transaction", "pool_size",
-                              p->pool_size, "clients_active", p->n_active_clients,
-                              "clients_waiting", p->n_waiting, "servers_active", p->n_active,
-                              "servers_idle", p->n_idle, "servers_connecting", p->n_login,
-                              "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
+        json_t *o =
+            json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
+                      px_json_string(p->database), "user", px_json_string(p->user), "mode",
+                      mode_name(p->mode), "pool_size", p->pool_size, "clients_active",
+                      p->n_active_clients, "clients_waiting", p->n_waiting, "servers_active",
+                      p->n_active, "servers_idle", p->n_idle, "servers_connecting", p->n_login,
+                      "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
         if (o)
             json_array_append_new(arr, o);
+    }
+    /* Every configured database is listed, used or not ("*" only through its pools). */
+    for (size_t i = 0; px.cfg && i < px.cfg->ndbs; i++) {
+        const struct px_db_config *db = &px.cfg->dbs[i];
+        if (strcmp(db->name, "*") != 0 && !has_pool(db->name)) {
+            json_t *o = unused_db_json(db);
+            if (o)
+                json_array_append_new(arr, o);
+        }
     }
     return arr;
 }
@@ -121,9 +161,9 @@ json_t *px_introspect_servers(void)
 
 bool px_introspect_healthy(json_t **detail)
 {
-    /* A database can serve when its pool has a logged-in server, or when it is not in
-     * its fast-fail window after a failed server login.  With no pool yet, pgwarden
-     * itself is up and would try: healthy. */
+    /* A database can serve as px_pool_can_serve() says (pool.c: a logged-in server, or no
+     * recent failed connect attempt; the circuit breaker will refine it).  With no pool
+     * yet nothing has been tried and pgwarden itself is up: healthy. */
     bool any = px.n_pools == 0, ok_any = false;
     uint64_t now = px_now_ms();
     json_t *dbs = detail ? json_object() : NULL;
@@ -131,19 +171,12 @@ bool px_introspect_healthy(json_t **detail)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        bool failing = p->login_error && now < p->login_error_until_ms;
-        bool ok = (p->n_idle + p->n_active + p->n_resetting) > 0 || !failing;
+        bool ok = px_pool_can_serve(p, now);
         ok_any |= ok;
         if (dbs) {
             char name[600];
             snprintf(name, sizeof(name), "%s/%s", p->database, p->user);
-            json_t *last = json_null();
-            if (failing) {
-                size_t n = evbuffer_get_length(p->login_error);
-                const char *e = (const char *)evbuffer_pullup(p->login_error, (ssize_t)n);
-                const char *m = n > 5 ? px_wire_error_field(e + 5, n - 5, 'M') : NULL;
-                last = m ? px_json_string(m) : json_string("server login failed");
-            }
+            json_t *last = !ok ? px_json_string(p->connect_error) : json_null();
             json_object_set_new(dbs, name,
                                 json_pack("{s:b, s:i, s:o}", "ok", ok, "servers_idle", p->n_idle,
                                           "last_error", last));

@@ -16,7 +16,8 @@
 #include <jansson.h>
 
 /* [{"database","user","mode","pool_size","clients_active","clients_waiting",
- *   "servers_active","servers_idle","servers_connecting","longest_wait_ms"}, ...] */
+ *   "servers_active","servers_idle","servers_connecting","longest_wait_ms"}, ...]: every
+ * pool, then every [databases] entry but "*" that has no pool yet (user null, zeros). */
 json_t *px_introspect_pools(void);
 /* [{"id","database","user","application_name","address","state","tls","connected_ms",
  *   "server_id"}, ...] */

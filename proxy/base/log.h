@@ -10,7 +10,8 @@
 
 #include "base/config.h"
 
-/* Opens path for appending (NULL: stderr).  Returns 0, or -1 with errno. */
+/* Opens path for appending (NULL: stderr), replacing the file in use (reload reopens the
+ * same path, for rotation).  Returns 0, or -1 with errno and the previous file kept. */
 int px_log_open(const char *path);
 void px_log_set_level(enum px_log_level level);
 void px_log_close(void);

@@ -86,8 +86,7 @@ bool px_batch_join(struct px_client *c)
         c->launching->opener = NULL; /* it logs in and goes idle for someone else */
     c->launching = NULL;
     c->server = s;
-    if (c->state == PX_CL_WAITING)
-        px_stats_pool_wait(pool, px_now_ms() - c->wait_start_ms);
+    px_stats_pool_wait(pool, c->state == PX_CL_WAITING ? px_now_ms() - c->wait_start_ms : 0);
     px_client_set_state(c, PX_CL_BATCHED);
     px_debug("client", 'C', c->id, "query batched behind C-%llu on S-%llu (%u queued)",
              (unsigned long long)s->client->id, (unsigned long long)s->id, s->batched_n);

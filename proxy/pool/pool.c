@@ -298,8 +298,9 @@ static void link_pair(struct px_server *s, struct px_client *c, bool queued)
     s->client = c;
     c->server = s;
     s->last_used_ms = px_now_ms();
-    if (c->state == PX_CL_WAITING)
-        px_stats_pool_wait(c->pool, s->last_used_ms - c->wait_start_ms);
+    /* Every assignment is observed, waits of zero included, so that the quantiles describe
+     * what clients experience and not only the clients that queued. */
+    px_stats_pool_wait(c->pool, c->state == PX_CL_WAITING ? s->last_used_ms - c->wait_start_ms : 0);
     px_client_set_state(c, PX_CL_ACTIVE);
     px_reader_enable(&s->rd, true);
     px_path_client_linked(c, queued);
@@ -393,6 +394,8 @@ void px_pool_maintain(struct px_pool *pool)
 void px_pool_server_ready(struct px_server *s)
 {
     struct px_pool *pool = s->pool;
+    if (s->state == PX_SV_LOGIN)
+        pool->connect_failed = false; /* the database takes connections again */
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
@@ -447,11 +450,79 @@ void px_pool_run_pending(void)
     }
 }
 
+/* ---- health ---------------------------------------------------------------------------- */
+
+/* How long a failed server connect attempt makes a database count as unable to serve,
+ * unless a server logs in meanwhile (at least server_login_retry_ms, the fast-fail window,
+ * during which new clients do not even try). */
+#define HEALTH_FAILURE_MS 30000
+
+/* Login errors from PostgreSQL that say the database takes no connections (the breaker's
+ * classes, SPEC section 6), as opposed to one client's problem (password, database name):
+ * SQLSTATE prefixes. */
+static const char *const unavailable_sqlstates[] = {"08", "53", "57P01", "57P02", "57P03"};
+
+/* Whether a failed login says the database is unavailable.  error: the server's
+ * ErrorResponse message (type byte and length included), or NULL when the connection never
+ * got that far (refused, unreachable, TLS, timeout): unavailable. */
+static bool login_failure_unavailable(struct evbuffer *error)
+{
+    if (!error)
+        return true;
+    size_t n = evbuffer_get_length(error);
+    const char *m = (const char *)evbuffer_pullup(error, (ssize_t)n);
+    const char *code = m && n > 5 ? px_wire_error_field(m + 5, n - 5, 'C') : NULL;
+    for (size_t i = 0; code && i < sizeof(unavailable_sqlstates) / sizeof(*unavailable_sqlstates);
+         i++)
+        if (!strncmp(code, unavailable_sqlstates[i], strlen(unavailable_sqlstates[i])))
+            return true;
+    return false;
+}
+
+static void note_connect_failure(struct px_pool *pool, struct evbuffer *error, const char *msg)
+{
+    if (!login_failure_unavailable(error))
+        return;
+    if (error) {
+        size_t n = evbuffer_get_length(error);
+        const char *m = (const char *)evbuffer_pullup(error, (ssize_t)n);
+        msg = m && n > 5 ? px_wire_error_field(m + 5, n - 5, 'M') : NULL;
+    }
+    pool->connect_failed = true;
+    pool->connect_failed_ms = px_now_ms();
+    snprintf(pool->connect_error, sizeof(pool->connect_error), "%s",
+             msg ? msg : "server login failed");
+}
+
+/*
+ * A database can serve when its pool has a logged-in server (idle, active or resetting),
+ * or when its last server connect attempt did not fail within HEALTH_FAILURE_MS: it
+ * succeeded, none was made yet, or the failure is old enough that the next client makes a
+ * new attempt.  Only failures that say the database is unavailable count (connection
+ * refused or timed out, TLS, FATAL of class 08 or 53, 57P01-57P03), never one user's wrong
+ * password.  Without client traffic nothing is attempted, so a database that went down
+ * while no client needed a new server still counts as able to serve.
+ *
+ * Circuit breaker (SPEC section 6): when it lands, its state replaces this rule (open:
+ * cannot serve; half-open: the probe decides), and its probes make the answer independent
+ * of client traffic.
+ */
+bool px_pool_can_serve(const struct px_pool *pool, uint64_t now)
+{
+    if (pool->n_idle + pool->n_active + pool->n_resetting > 0 || !pool->connect_failed)
+        return true;
+    uint64_t window = HEALTH_FAILURE_MS;
+    if ((uint64_t)px.cfg->server_login_retry_ms > window)
+        window = (uint64_t)px.cfg->server_login_retry_ms;
+    return now - pool->connect_failed_ms >= window;
+}
+
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg)
 {
     struct px_pool *pool = s->pool;
     struct evbuffer *err = error;
     struct evbuffer *own = NULL;
+    note_connect_failure(pool, error, msg);
     if (!err) {
         own = err = evbuffer_new();
         if (own)

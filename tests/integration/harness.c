@@ -778,7 +778,8 @@ static char *render_config(const struct harness_proxy *px, const struct harness_
 {
     const struct harness_proxy_opts *o = &px->opts;
     struct strbuf b = {0};
-    sb_add(&b, "[pgwarden]\nlisten_addr = 127.0.0.1\nlisten_port = %d\n", px->port);
+    sb_add(&b, "[pgwarden]\nlisten_addr = %s\nlisten_port = %d\n",
+           o->listen_addr ? o->listen_addr : "127.0.0.1", px->port);
     sb_add(&b, "admin_addr = 127.0.0.1\nadmin_port = %d\n", px->admin_port);
     if (o->pool_mode)
         sb_add(&b, "pool_mode = %s\n", o->pool_mode);

@@ -85,6 +85,7 @@ const char *harness_pgwarden_path(void);
  * key" (pgwarden's default applies), except where noted.  Strings are borrowed.
  */
 struct harness_proxy_opts {
+    const char *listen_addr;     /* NULL: "127.0.0.1" (the harness waits on 127.0.0.1) */
     const char *pool_mode;       /* "session" | "transaction" */
     int pool_size;               /* pool_size= of the [databases] entry */
     const char *auth_type;       /* "scram-sha-256" | "md5" | "trust" */

@@ -28,6 +28,12 @@
 
 static struct harness_proxy *g_px;     /* no admin_token */
 static struct harness_proxy *g_px_tok; /* admin_token = TOKEN */
+static struct harness_proxy *g_px_txn; /* transaction mode */
+
+/* [databases] entries nobody connects to: listed by /pools all the same (not "*"). */
+#define UNUSED_DATABASES                                                                           \
+    "unused_db = host=127.0.0.1 port=5432 dbname=nothing pool_size=3 pool_mode=transaction\n"      \
+    "* = host=127.0.0.1 port=5432"
 
 static int suite_init(void)
 {
@@ -38,18 +44,23 @@ static int suite_init(void)
                                    .client_tls_mode = "allow",
                                    .auth_type = "scram-sha-256",
                                    .query_wait_timeout_ms = 10000,
-                                   .admin = true};
+                                   .admin = true,
+                                   .databases_extra = UNUSED_DATABASES};
     g_px = harness_proxy_start(&o);
+    o.databases_extra = NULL;
     o.pgwarden_extra = "admin_token = " TOKEN;
     g_px_tok = harness_proxy_start(&o);
-    return g_px && g_px_tok ? 0 : 1;
+    o.pgwarden_extra = NULL;
+    o.pool_mode = "transaction";
+    g_px_txn = harness_proxy_start(&o);
+    return g_px && g_px_tok && g_px_txn ? 0 : 1;
 }
 
 static int suite_cleanup(void)
 {
     int rc = 0;
-    struct harness_proxy *all[2] = {g_px, g_px_tok};
-    for (int i = 0; i < 2; i++) {
+    struct harness_proxy *all[3] = {g_px, g_px_tok, g_px_txn};
+    for (int i = 0; i < 3; i++) {
         if (!all[i])
             continue;
         int st = harness_proxy_stop(all[i], 0);
@@ -59,7 +70,7 @@ static int suite_cleanup(void)
         }
         harness_proxy_free(all[i]);
     }
-    g_px = g_px_tok = NULL;
+    g_px = g_px_tok = g_px_txn = NULL;
     return rc;
 }
 
@@ -310,6 +321,32 @@ static void test_clients_and_servers(void)
             usleep(20000);
     }
     CU_ASSERT_TRUE(gone);
+}
+
+/* /pools lists every configured database, also those nobody used yet (zero counts, user
+ * null), but not the "*" entry itself (its pools appear once opened). */
+static void test_pools_lists_configured_databases(void)
+{
+    json_t *pools = get_json(g_px->admin_port, "/pools", NULL);
+    CU_ASSERT_TRUE_FATAL(json_is_array(pools));
+    json_t *p = find_by(pools, "database", "unused_db");
+    if (!p) {
+        char *s = json_dumps(pools, JSON_COMPACT);
+        fprintf(stderr, "/pools: %s\n", s ? s : "");
+        free(s);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_TRUE(json_is_null(json_object_get(p, "user")));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "mode")) ?: "", "transaction");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(p, "pool_size")), 3);
+    static const char *const zero[] = {"clients_active", "clients_waiting",    "servers_active",
+                                       "servers_idle",   "servers_connecting", "longest_wait_ms"};
+    for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++) {
+        json_t *v = json_object_get(p, zero[i]);
+        CU_ASSERT_TRUE(json_is_integer(v) && json_integer_value(v) == 0);
+    }
+    CU_ASSERT_PTR_NULL(find_by(pools, "database", "*"));
+    json_decref(pools);
 }
 
 /* ---- /metrics ---------------------------------------------------------------------- */
@@ -669,6 +706,31 @@ static void test_metrics(void)
     PQfinish(c);
 }
 
+/* Every assignment of a server is one pool-wait observation, waits of zero included: in
+ * transaction mode each of 10 queries gets a server (idle in the pool: no wait). */
+static void test_pool_wait_counts_every_assignment(void)
+{
+    PGconn *c = harness_connect(g_px_txn, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
+    struct series *s0 = NULL, *s1 = NULL;
+    int n0 = 0, n1 = 0;
+    CU_ASSERT_TRUE_FATAL(scrape(g_px_txn->admin_port, &s0, &n0));
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 2"), "2");
+    CU_ASSERT_TRUE_FATAL(scrape(g_px_txn->admin_port, &s1, &n1));
+    const char *count = "pgwarden_pool_wait_seconds_count|" POOL_LABELS "|";
+    const char *fast = "pgwarden_pool_wait_seconds_bucket|" POOL_LABELS "|0.0005";
+    double c0 = series_value(s0, n0, count), c1 = series_value(s1, n1, count);
+    double f0 = series_value(s0, n0, fast), f1 = series_value(s1, n1, fast);
+    printf("\n    pool waits observed %.0f -> %.0f (under 0.5 ms: %.0f -> %.0f) ", c0, c1, f0, f1);
+    CU_ASSERT_EQUAL(c1 - c0, 10);
+    CU_ASSERT_EQUAL(f1 - f0, 10); /* a server was idle every time */
+    free(s0);
+    free(s1);
+    PQfinish(c);
+}
+
 /* ---- admin_token ------------------------------------------------------------------- */
 
 static void test_token_enforced(void)
@@ -998,7 +1060,9 @@ static void register_suites(void)
         {"health", test_health},
         {"health_documented_shape", test_health_documented_shape},
         {"clients_servers_pools_json", test_clients_and_servers},
+        {"pools_lists_configured_databases", test_pools_lists_configured_databases},
         {"metrics_parse_and_move", test_metrics},
+        {"pool_wait_counts_every_assignment", test_pool_wait_counts_every_assignment},
         {"admin_token_enforced", test_token_enforced},
         {"bad_requests_while_serving", test_bad_requests_while_serving},
         {"slowloris_cap_and_deadline", test_slowloris},
