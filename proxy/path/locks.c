@@ -27,6 +27,7 @@
 #include "path/lockcall.h"
 #include "path/locks.h"
 #include "path/prepared.h"
+#include "path/sqlscan.h"
 #include "path/tokenstate.h"
 #include "path/txn.h"
 
@@ -748,13 +749,40 @@ static bool parse_content(const uint8_t *content, uint32_t clen, const char **sq
     return (size_t)(nul - content) + 3 + 4u * *ntypes <= clen;
 }
 
+/* DEALLOCATE of a lock-call statement (which no server has): answered here.  DEALLOCATE
+ * ALL drops them and goes on to the server for its own. */
+static enum px_locks_verdict on_deallocate(struct px_client *c, const uint8_t *body, size_t n,
+                                           bool may_answer)
+{
+    struct px_client_locks *cl = c->locks;
+    struct px_sql_info info;
+    px_sql_classify((const char *)body, n, &info);
+    if (info.multi)
+        return PX_LOCKS_NOT_MINE;
+    if (info.kind == PX_SQL_DEALLOCATE_ALL) {
+        while (cl->stmts)
+            drop_stmt(cl, cl->stmts->name);
+        return PX_LOCKS_NOT_MINE;
+    }
+    if (info.kind != PX_SQL_DEALLOCATE || !find_stmt(cl, info.name))
+        return PX_LOCKS_NOT_MINE;
+    if (!may_answer)
+        return PX_LOCKS_HOLD;
+    drop_stmt(cl, info.name);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    px_wire_msg(out, 'C', "DEALLOCATE", sizeof("DEALLOCATE"));
+    px_wire_ready(out, txn_status(c));
+    return PX_LOCKS_ANSWERED;
+}
+
 /* A simple query: SELECT of a lock function, or not mine. */
 static enum px_locks_verdict on_query(struct px_client *c, const uint8_t *body, uint32_t len,
                                       bool may_answer)
 {
     size_t n = len > 0 && body[len - 1] == '\0' ? len - 1 : len;
     if (!px_lockcall_maybe((const char *)body, n))
-        return PX_LOCKS_NOT_MINE;
+        return c->locks && c->locks->stmts ? on_deallocate(c, body, n, may_answer)
+                                           : PX_LOCKS_NOT_MINE;
     struct px_lockcall *call = malloc(sizeof(*call));
     if (!call)
         return PX_LOCKS_CLOSE;
@@ -979,8 +1007,24 @@ static enum px_locks_verdict on_close(struct px_client *c, const uint8_t *body, 
     return PX_LOCKS_ANSWERED;
 }
 
+static enum px_locks_verdict message(struct px_client *c, char type, const uint8_t *body,
+                                     uint32_t len, bool may_answer);
+
 enum px_locks_verdict px_locks_message(struct px_client *c, char type, const uint8_t *body,
                                        uint32_t len, bool may_answer)
+{
+    enum px_locks_verdict v = message(c, type, body, len, may_answer);
+    if (v != PX_LOCKS_NOT_MINE)
+        px_debug("locks", 'C', c->id, "'%c' %s%s", type,
+                 v == PX_LOCKS_ANSWERED ? "answered"
+                 : v == PX_LOCKS_HOLD   ? "held"
+                                        : "close",
+                 c->locks && c->locks->skip ? " (skipping)" : "");
+    return v;
+}
+
+static enum px_locks_verdict message(struct px_client *c, char type, const uint8_t *body,
+                                     uint32_t len, bool may_answer)
 {
     switch (type) {
     case 'Q': return on_query(c, body, len, may_answer);

@@ -116,6 +116,11 @@ static const uint8_t *c2s_table(const struct px_client *c)
     return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
 }
 
+/* The table of the relay running now (one relay at a time: the loop is single-threaded).
+ * A client whose first lock call creates its lock state needs the locks table from the
+ * next message on: c2s then stops the relay, which restarts with it. */
+static const uint8_t *relaying_table;
+
 /* A Parse's statement text, classified for the session stage. */
 static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
 {
@@ -146,7 +151,9 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
         case PX_LOCKS_ANSWERED:
-            return c->lock_waiting || c->reply_hold ? PX_RELAY_DROP_STOP : PX_RELAY_DROP;
+            return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
+                       ? PX_RELAY_DROP_STOP
+                       : PX_RELAY_DROP;
         case PX_LOCKS_HOLD: return hold_for_reply(c) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
         case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
         case PX_LOCKS_NOT_MINE: break;
@@ -214,10 +221,14 @@ void px_path_relay_client(struct px_client *c)
     struct evbuffer *out = bufferevent_get_output(s->bev);
     uint32_t max = (uint32_t)px.cfg->max_message_bytes;
     evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
-    size_t moved = 0;
-    enum px_relay_result r =
-        px_relay_direct(&c->c2s, in, out, fd, c2s_table(c), c2s, c, max, &moved);
-    px_stats_bytes(c->pool, moved, 0);
+    enum px_relay_result r;
+    do { /* again when the table changed (see relaying_table) */
+        size_t moved = 0;
+        relaying_table = c2s_table(c);
+        r = px_relay_direct(&c->c2s, in, out, fd, relaying_table, c2s, c, max, &moved);
+        px_stats_bytes(c->pool, moved, 0);
+    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
+             s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
         px_client_close(c); /* Terminate */
         return;
@@ -237,7 +248,8 @@ void px_path_relay_client(struct px_client *c)
 enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved)
 {
     size_t before = evbuffer_get_length(out);
-    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, c2s_table(c),
+    relaying_table = c2s_table(c);
+    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, relaying_table,
                                       c2s, c, (uint32_t)px.cfg->max_message_bytes);
     *moved = evbuffer_get_length(out) - before;
     return r;
