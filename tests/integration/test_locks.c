@@ -434,7 +434,7 @@ static bool ready_within(PGconn *c, int ms)
     while (PQisBusy(c)) {
         int64_t left = deadline - itu_now_ms();
         struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+        if (poll(&pfd, 1, left > 0 ? (int)left : 0) <= 0)
             return !PQisBusy(c);
         if (!PQconsumeInput(c))
             return true;
@@ -588,6 +588,188 @@ static void test_deadlocks(void)
     stop();
 }
 
+/* ---- 6. waiting holds no server (transaction mode) ------------------------------------- */
+
+/* The pool's servers in use, from pg_stat_activity on a direct connection. */
+static int backends(PGconn *d)
+{
+    return atoi(q(d, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgwarden_test' "
+                     "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                     "AND application_name <> 'direct'"));
+}
+
+#define WAITERS 50
+
+static void test_waiters_hold_no_server(void)
+{
+    if (strcmp(g_mode, "transaction") != 0)
+        return; /* session mode: a client keeps its own server, as expected */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(5));
+    PGconn *holder = conn(NULL),
+           *d = PQconnectdb(harness_cluster_conninfo("sslmode=disable application_name=direct"));
+    CU_ASSERT_EQUAL_FATAL(PQstatus(holder), CONNECTION_OK);
+    CU_ASSERT(tok(holder, "SELECT pgwarden_lock('hot', 'exclusive')") > 0);
+    static PGconn *w[WAITERS];
+    int sent = 0;
+    for (int i = 0; i < WAITERS; i++) {
+        w[i] = conn(NULL);
+        if (PQstatus(w[i]) != CONNECTION_OK)
+            continue;
+        /* a transaction: BEGIN (held back), then the lock call, by both protocols */
+        if (strcmp(q(w[i], "BEGIN"), "BEGIN") != 0)
+            continue;
+        const char *v[1] = {"hot"};
+        if (i % 2 ? PQsendQuery(w[i], "SELECT pgwarden_xact_lock('hot', 'write')")
+                  : PQsendQueryParams(w[i], "SELECT pgwarden_xact_lock($1, 'write')", 1, NULL, v,
+                                      NULL, NULL, 0))
+            sent++;
+    }
+    CU_ASSERT_EQUAL(sent, WAITERS);
+    itu_sleep_ms(300);
+    /* everybody else still gets servers: the pool of 5 is free */
+    PGconn *other = conn(NULL);
+    int64_t t0 = itu_now_ms();
+    for (int i = 0; i < 20; i++)
+        CU_ASSERT_STRING_EQUAL(q(other, "SELECT 1"), "1");
+    CU_ASSERT(itu_now_ms() - t0 < 3000);
+    int busy = backends(d);
+    printf("\n    %d waiters, %d backends in use ", sent, busy);
+    CU_ASSERT(busy <= 5);
+    /* release: the waiters are granted one after another (write excludes write) and each
+     * commits its empty block */
+    CU_ASSERT_STRING_EQUAL(q(holder, "SELECT pgwarden_unlock('hot')"), "t");
+    int granted = 0;
+    for (int round = 0; round < WAITERS && granted < WAITERS; round++) {
+        for (int i = 0; i < WAITERS; i++) {
+            if (!w[i] || !ready_within(w[i], 0))
+                continue;
+            PGresult *r = itu_wait_result(w[i], 1000);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK)
+                granted++;
+            PQclear(r);
+            CU_ASSERT_STRING_EQUAL(q(w[i], "COMMIT"), "COMMIT");
+            PQfinish(w[i]);
+            w[i] = NULL;
+        }
+        itu_sleep_ms(10);
+    }
+    CU_ASSERT_EQUAL(granted, WAITERS);
+    for (int i = 0; i < WAITERS; i++)
+        PQfinish(w[i]);
+    PQfinish(other);
+    PQfinish(holder);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- 7. read-modify-write under a lock: no lost update ---------------------------------- */
+
+#define RMW_CLIENTS 100
+
+static void test_read_modify_write(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(strcmp(g_mode, "transaction") ? RMW_CLIENTS + 2 : 5));
+    PGconn *d = direct();
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lk_acct"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lk_acct(id int primary key, balance int)"),
+                           "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lk_acct VALUES (1, 0)"), "INSERT 0 1");
+    static PGconn *cs[RMW_CLIENTS];
+    int ok = 0;
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        cs[i] = conn(NULL);
+    /* each client: BEGIN; lock; read; write read+1; COMMIT -- all at once, interleaved
+     * step by step (the lock serialises them) */
+    enum { S_BEGIN, S_LOCK, S_READ, S_WRITE, S_COMMIT, S_DONE } st[RMW_CLIENTS] = {0};
+    int value[RMW_CLIENTS] = {0};
+    int64_t until = itu_now_ms() + 60000;
+    int done = 0;
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        if (PQstatus(cs[i]) != CONNECTION_OK || !qsend(cs[i], "BEGIN"))
+            st[i] = S_DONE, done++;
+    while (done < RMW_CLIENTS && itu_now_ms() < until) {
+        for (int i = 0; i < RMW_CLIENTS; i++) {
+            if (st[i] == S_DONE || !ready_within(cs[i], 0))
+                continue;
+            PGresult *r = itu_wait_result(cs[i], 1000);
+            ExecStatusType rs = PQresultStatus(r);
+            bool good = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
+            if (st[i] == S_READ && good)
+                value[i] = atoi(PQgetvalue(r, 0, 0));
+            PQclear(r);
+            if (!good) {
+                fprintf(stderr, "client %d step %d: %s", i, st[i], PQerrorMessage(cs[i]));
+                st[i] = S_DONE;
+                done++;
+                continue;
+            }
+            char sql[128];
+            switch (st[i]) {
+            case S_BEGIN: qsend(cs[i], "SELECT pgwarden_xact_lock('acct:1', 'write')"); break;
+            case S_LOCK: qsend(cs[i], "SELECT balance FROM lk_acct WHERE id = 1"); break;
+            case S_READ:
+                snprintf(sql, sizeof(sql), "UPDATE lk_acct SET balance = %d WHERE id = 1",
+                         value[i] + 1);
+                qsend(cs[i], sql);
+                break;
+            case S_WRITE: qsend(cs[i], "COMMIT"); break;
+            case S_COMMIT: ok++, done++; break;
+            default: break;
+            }
+            st[i]++;
+        }
+        itu_sleep_ms(1);
+    }
+    CU_ASSERT_EQUAL(ok, RMW_CLIENTS);
+    CU_ASSERT_EQUAL(atoi(q(d, "SELECT balance FROM lk_acct WHERE id = 1")), ok);
+    printf("\n    %d read-modify-writes, balance %s ", ok,
+           q(d, "SELECT balance FROM lk_acct WHERE id = 1"));
+    q(d, "DROP TABLE lk_acct");
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        PQfinish(cs[i]);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- 8. fencing tokens across a restart, and the lock table's limit ---------------------- */
+
+static void test_tokens_across_restart(void)
+{
+    char dir[] = "/tmp/pgw-lockstate-XXXXXX", path[256], tail[400];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/lockstate", dir);
+    snprintf(tail, sizeof(tail), "[locks]\nstate_file = %s\nmax_locks = 3\n", path);
+    /* a missing state file is an error at start, never silently new tokens */
+    alarm(TEST_LIMIT_S);
+    struct harness_proxy_opts o = {
+        .pool_mode = g_mode, .pool_size = 2, .client_tls_mode = "disable", .tail_extra = tail};
+    struct harness_proxy *px = harness_proxy_prepare(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    CU_ASSERT_NOT_EQUAL(harness_proxy_launch(px), 0);
+    const char *init[] = {harness_pgwarden_path(), "-c", px->config_path, "--init-lock-state",
+                          NULL};
+    CU_ASSERT_EQUAL(harness_run(init, 10000, NULL), 0);
+    harness_proxy_free(px);
+    long long last = 0;
+    for (int run = 0; run < 2; run++) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(start_opts(2, tail));
+        PGconn *a = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+        long long t = tok(a, "SELECT pgwarden_lock('fence', 'write')");
+        CU_ASSERT(t > last);
+        last = t;
+        /* max_locks = 3: the fourth lock is refused with 53200 */
+        CU_ASSERT(tok(a, "SELECT pgwarden_lock('k2', 'read')") > t);
+        CU_ASSERT(tok(a, "SELECT pgwarden_lock('k3', 'read')") > t);
+        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k4', 'read')"), "!53200");
+        PQfinish(a);
+        stop();
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -597,6 +779,9 @@ static void register_suites(void)
         {"errors_in_blocks", test_errors_in_blocks},
         {"wait_release_cancel", test_wait_release_cancel},
         {"deadlocks", test_deadlocks},
+        {"waiters_hold_no_server", test_waiters_hold_no_server},
+        {"read_modify_write", test_read_modify_write},
+        {"tokens_across_restart", test_tokens_across_restart},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("locks_session", suite_init_session, suite_cleanup, tests);
