@@ -143,8 +143,11 @@ struct px_client {
     uint8_t head_sql_kind; /* enum px_sql_kind */
     bool head_sql_multi;
     bool head_sql_dml;
+    bool head_sql_drops;
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
+    bool unnamed_parsed;      /* it sent a Parse of the unnamed statement to its server since
+                                 it got it (rename.c) */
     bool held_failed;         /* the held block failed (a lock error): its server-side
                                  transaction must be aborted when it gets a server */
 
@@ -222,7 +225,16 @@ struct px_server {
     bool unsynced;     /* extended-protocol messages sent since the last Sync */
     char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
     int reset_pending; /* ReadyForQuery replies still expected while resetting */
-    bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    /* Draining after its client left mid-request (server.c): ReadyForQuery replies the
+     * abandoned work still owes, bytes of a message already half relayed, and the time by
+     * which it must be done. */
+    int drain_ready;
+    uint32_t drain_skip;
+    uint64_t drain_deadline_ms;
+    bool copy_in;         /* the server waits for COPY data (CopyInResponse seen) */
+    bool stmts_uncertain; /* statements may exist on it that the set does not list:
+                             every Parse is preceded by a Close (rename.c) */
+    bool close_needed;    /* never reuse: protocol error, lifetime, config change */
 
     /* Transaction pooling (txn.c). */
     int hidden_queries; /* replies of queries pgwarden injected, swallowed first */

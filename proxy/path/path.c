@@ -2,6 +2,7 @@
  * path.c: the statement path: stages composed in order, the relays in both directions, and
  * the events reported by the transport and the pool (see path.h).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "base/log.h"
@@ -92,25 +93,33 @@ static enum px_relay_action c2s_bookkeeping(struct px_client *c, char type)
 
 /* Message types each relay table shows to c2s (proto/relay.h).  Query and Parse are read
  * in both modes (lock calls); transaction mode reads Bind, Describe and Close (statement
- * renaming); a client with lock-call statements or portals has them all read. */
-static const uint8_t c2s_session_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_BODY,
-    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-static const uint8_t c2s_txn_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
-    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-static const uint8_t c2s_locks_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
-    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_BODY,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
+ * renaming); a client with lock-call statements or portals has them all read.  Types a
+ * frontend may not send are shown too, to be refused. */
+static uint8_t c2s_session_see[256], c2s_txn_see[256], c2s_locks_see[256];
+
+static void build_tables(void)
+{
+    for (int t = 0; t < 256; t++) {
+        uint8_t see = px_wire_frontend_type((char)t) ? PX_SEE_NONE : PX_SEE_TYPE;
+        c2s_session_see[t] = c2s_txn_see[t] = c2s_locks_see[t] = see;
+    }
+    static const char typed[] = "SFBDECH", read_session[] = "QPX", read_txn[] = "QPBDCX",
+                      read_locks[] = "QPBDCEX";
+    for (const char *p = typed; *p; p++)
+        c2s_session_see[(uint8_t)*p] = c2s_txn_see[(uint8_t)*p] = c2s_locks_see[(uint8_t)*p] =
+            PX_SEE_TYPE;
+    for (const char *p = read_session; *p; p++)
+        c2s_session_see[(uint8_t)*p] = PX_SEE_BODY;
+    for (const char *p = read_txn; *p; p++)
+        c2s_txn_see[(uint8_t)*p] = PX_SEE_BODY;
+    for (const char *p = read_locks; *p; p++)
+        c2s_locks_see[(uint8_t)*p] = PX_SEE_BODY;
+}
 
 static const uint8_t *c2s_table(const struct px_client *c)
 {
+    if (!c2s_session_see['Q'])
+        build_tables();
     if (c->locks)
         return c2s_locks_see;
     return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
@@ -135,12 +144,24 @@ static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     px_session_note_sql(c, &info);
 }
 
+/* FATAL for a message type a frontend may not send (never forwarded: PostgreSQL would end
+ * the backend, and with it the next client's session). */
+static enum px_relay_action refuse_type(struct px_client *c, char type)
+{
+    char msg[64];
+    snprintf(msg, sizeof(msg), "invalid frontend message type %d", (int)(unsigned char)type);
+    px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, msg);
+    return PX_RELAY_CLOSE;
+}
+
 static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
                                 uint32_t len)
 {
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
+    if (!px_wire_frontend_type(type))
+        return refuse_type(c, type);
     if (s->group_failed && type != 'S' && type != 'X') {
         /* An error earlier in this extended-protocol group: the server skips everything
          * until Sync, so the message is neither answered nor tracked (dropped when its body
@@ -230,7 +251,8 @@ void px_path_relay_client(struct px_client *c)
     } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
              s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
-        px_client_close(c); /* Terminate */
+        if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
+            px_client_close(c); /* Terminate (an invalid message has failed it already) */
         return;
     }
     if (r == PX_RELAY_TOO_LARGE) {
@@ -267,6 +289,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
         s->group_failed = false;
+        s->copy_in = false;
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
             if (s->client && s->client->locks)
@@ -298,11 +321,11 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
  * the ReadyForQuery that would report it. */
 static const uint8_t s2c_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY,
+    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
 static const uint8_t s2c_group_see[256] = {
-    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
+    ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
 
 /* A CommandComplete inside an extended-protocol group. */
@@ -336,6 +359,7 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
         return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
     case 'C': note_complete(s, body, len); return PX_RELAY_FORWARD;
+    case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
         /* In the current extended-protocol group (no Sync owed before it), the server now
@@ -501,6 +525,13 @@ void px_path_client_leaving(struct px_client *c)
     c->server = NULL;
     s->client = NULL;
     px_batch_close(s);
+    if (s->expect_n > 0) {
+        /* Nobody waits for these replies; what the Parse/Close in flight did is unknown, so
+         * the server's statement set is rebuilt with a Close before every Parse. */
+        px_expect_free(s);
+        px_stmt_set_clear(&s->stmts);
+        s->stmts_uncertain = true;
+    }
     px_server_release(s, c->c2s.remaining != 0);
 }
 

@@ -102,6 +102,19 @@ void px_txn_idle_input(struct px_client *c)
             px_client_close(c); /* Terminate while idle: nothing to clean up */
             return;
         }
+        if (!px_wire_frontend_type((char)hdr[0])) {
+            char msg[64];
+            snprintf(msg, sizeof(msg), "invalid frontend message type %d", hdr[0]);
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, msg);
+            return;
+        }
+        if (hdr[0] == 'd' || hdr[0] == 'c' || hdr[0] == 'f') {
+            /* COPY data outside COPY: PostgreSQL ignores it (the rest of a failed COPY) */
+            if (avail < (size_t)len + 1)
+                return;
+            evbuffer_drain(in, (size_t)len + 1);
+            continue;
+        }
         if (hdr[0] == 'Q' && len <= PX_CLASSIFY_MAX) {
             if (avail < (size_t)len + 1)
                 return; /* wait for the whole query */
@@ -169,6 +182,7 @@ static bool send_prelude(struct px_client *c)
 bool px_txn_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
+    c->unnamed_parsed = false; /* the server's unnamed statement is not this client's */
     s->prelude_failed = false;
     s->prelude_tries = 1;
     if (!send_prelude(c))

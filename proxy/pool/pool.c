@@ -585,6 +585,12 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
         if (now >= s->login_deadline_ms)
             px_pool_server_login_failed(s, NULL, "timeout connecting to server");
     }
+    px_list_for_each_safe(it, tmp, &pool->servers_resetting)
+    {
+        struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
+        if (s->drain_ready > 0 && now >= s->drain_deadline_ms)
+            px_server_close(s, "did not finish the work its client left in time");
+    }
     px_list_for_each_safe(it, tmp, &pool->servers_idle)
     {
         struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
