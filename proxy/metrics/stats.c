@@ -118,6 +118,11 @@ void px_stats_lock_wait(enum lockmgr_status status, uint64_t waited_us)
     px_metrics_observe_us(NULL, PX_M_LOCK_WAIT_SECONDS, outcome, waited_us);
 }
 
+/* The mode label's values are lockmgr's modes, in lockmgr's order. */
+_Static_assert(PX_MLM__COUNT == LOCKMGR_NMODES && PX_MLM_READ == (int)LOCKMGR_READ &&
+                   PX_MLM_WRITE == (int)LOCKMGR_WRITE && PX_MLM_EXCLUSIVE == (int)LOCKMGR_EXCLUSIVE,
+               "lock mode labels follow enum lockmgr_mode");
+
 /* lockmgr's counters are monotonic for the life of the lock manager (the process), so
  * they are copied into the counter slots as they are. */
 static void collect_locks(void *arg)
@@ -125,7 +130,7 @@ static void collect_locks(void *arg)
     const struct lockmgr *lm = arg;
     struct lockmgr_stats st;
     lockmgr_stats_get(lm, &st);
-    for (unsigned m = 0; m < LOCKMGR_NMODES && m < PX_MLM__COUNT; m++)
+    for (unsigned m = 0; m < PX_MLM__COUNT; m++)
         px_metrics_gauge_set(NULL, PX_M_LOCKS_HELD, m, (double)st.held_by_mode[m]);
     px_metrics_gauge_set(NULL, PX_M_LOCK_WAITERS, 0, (double)st.waiters);
     px_metrics_gauge_set(NULL, PX_M_LOCK_KEYS, 0, (double)st.keys);
