@@ -21,6 +21,7 @@
 #include <event2/event.h>
 
 #include "base/log.h"
+#include "metrics/stats.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/expect.h"
@@ -682,6 +683,7 @@ static void deliver_one(struct px_client *c)
     px_list_init(&cl->pending_link);
     cl->have_result = false;
     c->lock_waiting = false;
+    px_stats_lock_wait(cl->result.status, now_us() - cl->wait_since_us);
     struct px_lockcall *call = cl->wait_call;
     cl->wait_call = NULL;
     const int16_t *formats = cl->wait_simple ? NULL : cl->formats;
