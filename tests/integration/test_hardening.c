@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -492,6 +494,121 @@ static void test_vanishing_clients_session(void)
     check_vanishing_clients("session");
 }
 
+/* ---- 6. PostgreSQL restarted and backends terminated under pgbench ---------------------- */
+
+/* Lines of pgbench output that are neither progress nor a PostgreSQL-like error. */
+static int strange_lines(const char *out)
+{
+    int n = 0;
+    for (const char *p = out; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        char line[512];
+        snprintf(line, sizeof(line), "%.*s", (int)(len < 511 ? len : 511), p);
+        bool ok = !strstr(line, "ERROR") && !strstr(line, "FATAL") && !strstr(line, "PANIC") &&
+                  !strstr(line, "server closed the connection unexpectedly");
+        /* A PostgreSQL-like error names the reason as PostgreSQL words it. */
+        if (strstr(line, "terminating connection due to administrator command") ||
+            strstr(line, "server closed the connection unexpectedly") ||
+            strstr(line, "the database system is") || strstr(line, "cannot connect") ||
+            strstr(line, "could not connect") || strstr(line, "connection to server") ||
+            strstr(line, "Connection refused") || strstr(line, "no server connection") ||
+            strstr(line, "is unavailable"))
+            ok = true;
+        if (!ok) {
+            fprintf(stderr, "pgbench: %s\n", line);
+            n++;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return n;
+}
+
+/* pgbench through pgwarden while every backend is terminated, then PostgreSQL restarted:
+ * pgwarden stays up, clients see PostgreSQL-like errors only, and new transactions work
+ * within 2 s of PostgreSQL being back. */
+static void check_restart_under_load(const char *mode)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 10, NULL));
+    char dir[] = "/tmp/pgw-fault-XXXXXX", script[300];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(script, sizeof(script), "%s/load.sql", dir);
+    FILE *f = fopen(script, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("BEGIN;\nSELECT count(*) FROM pg_class;\nSELECT pg_sleep(0.001);\nCOMMIT;\n", f);
+    fclose(f);
+    char pgbench[600], port[16];
+    snprintf(pgbench, sizeof(pgbench), "%s/pgbench", harness_cluster()->bindir);
+    snprintf(port, sizeof(port), "%d", g_px->port);
+    setenv("PGPASSWORD", "test-password", 1);
+    setenv("PGSSLMODE", "disable", 1);
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *argv[] = {
+            pgbench, "-n", "-h", "127.0.0.1", "-p", port, "-U",   "pgwarden_test", "-c",
+            "8",     "-j", "2",  "-T",        "8",  "-f", script, "pgwarden_test", NULL};
+        char out[300];
+        snprintf(out, sizeof(out), "%s/pgbench.out", dir);
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(pgbench, (char *const *)argv);
+        _exit(127);
+    }
+    CU_ASSERT_FATAL(pid > 0);
+    itu_sleep_ms(2000);
+    CU_ASSERT_EQUAL(harness_cluster_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                         "WHERE usename = 'pgwarden_test'"),
+                    0);
+    itu_sleep_ms(1500);
+    CU_ASSERT_EQUAL(harness_cluster_ctl("restart"), 0);
+    int64_t back = itu_now_ms();
+    /* new transactions work within 2 s of PostgreSQL being back */
+    int64_t served = -1;
+    while (itu_now_ms() - back < 10000) {
+        PGconn *c = conn("connect_timeout=2");
+        if (PQstatus(c) == CONNECTION_OK && !strcmp(itu_value(c, "SELECT 1"), "1")) {
+            served = itu_now_ms() - back;
+            PQfinish(c);
+            break;
+        }
+        PQfinish(c);
+        itu_sleep_ms(100);
+    }
+    printf("\n    %s mode: first transaction %lld ms after PostgreSQL was back ", mode,
+           (long long)served);
+    CU_ASSERT(served >= 0 && served <= 2000);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    char path[300];
+    snprintf(path, sizeof(path), "%s/pgbench.out", dir);
+    char *out = NULL;
+    FILE *o = fopen(path, "r");
+    if (o) {
+        out = calloc(1, 1 << 20);
+        if (out)
+            (void)fread(out, 1, (1 << 20) - 1, o);
+        fclose(o);
+    }
+    CU_ASSERT_PTR_NOT_NULL(out);
+    CU_ASSERT_EQUAL(out ? strange_lines(out) : -1, 0);
+    free(out);
+    unlink(path);
+    unlink(script);
+    rmdir(dir);
+    stop(); /* alive, and it shuts down cleanly */
+}
+
+static void test_restart_under_load_transaction(void)
+{
+    check_restart_under_load("transaction");
+}
+
+static void test_restart_under_load_session(void)
+{
+    check_restart_under_load("session");
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -503,6 +620,8 @@ static void register_suites(void)
         {"other_clients_statements", test_other_clients_statements},
         {"vanishing_clients_transaction", test_vanishing_clients_transaction},
         {"vanishing_clients_session", test_vanishing_clients_session},
+        {"restart_under_load_transaction", test_restart_under_load_transaction},
+        {"restart_under_load_session", test_restart_under_load_session},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("hardening", suite_init, suite_cleanup, tests);
