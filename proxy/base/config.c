@@ -64,6 +64,7 @@ static const char *const client_tls_names[] = {"disable", "allow", "require", NU
 static const char *const server_tls_names[] = {"disable",   "prefer",      "require",
                                                "verify-ca", "verify-full", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
+static const char *const unmovable_names[] = {"pin", "reset", NULL};
 
 _Static_assert(PX_POOL_TRANSACTION == 1, "pool_mode_names order");
 _Static_assert(PX_AUTH_TRUST == 0 && PX_AUTH_MD5 == 1 && PX_AUTH_SCRAM == 2,
@@ -71,11 +72,13 @@ _Static_assert(PX_AUTH_TRUST == 0 && PX_AUTH_MD5 == 1 && PX_AUTH_SCRAM == 2,
 _Static_assert(PX_CTLS_REQUIRE == 2, "client_tls_names order");
 _Static_assert(PX_STLS_PREFER == 1 && PX_STLS_VERIFY_FULL == 4, "server_tls_names order");
 _Static_assert(PX_LOG_ERROR == 3, "log_level_names order");
+_Static_assert(PX_UNMOVABLE_RESET == 1, "unmovable_names order");
 _Static_assert(sizeof(enum px_pool_mode) == sizeof(int) &&
                    sizeof(enum px_auth_type) == sizeof(int) &&
                    sizeof(enum px_client_tls_mode) == sizeof(int) &&
                    sizeof(enum px_server_tls_mode) == sizeof(int) &&
-                   sizeof(enum px_log_level) == sizeof(int),
+                   sizeof(enum px_log_level) == sizeof(int) &&
+                   sizeof(enum px_unmovable) == sizeof(int),
                "enum fields are stored through int *");
 
 /* Row builders: #f makes the key name and the field name the same by construction. */
@@ -144,6 +147,9 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_INT(server_query_batch, "1", 1, PX_QUERY_BATCH_MAX, RELOAD,
            "transaction pooling: single-statement autocommit queries of different clients "
            "sent to one server in one write; 1: off"),
+    PG_ENUM(unmovable_state, "pin", unmovable_names, RELOAD,
+            "transaction pooling: session state that cannot move to another server (LISTEN, "
+            "temporary tables, ...): pin (the client keeps its server) | reset"),
     PG_INT(query_wait_timeout_ms, "120000", 0, INT_MAX, RELOAD,
            "how long a client waits for a free server; 0: forever"),
     PG_INT(server_connect_timeout_ms, "15000", 1, INT_MAX, RELOAD,
@@ -215,6 +221,8 @@ static const struct px_cfg_key db_keys[] = {
     DB_INT(pool_size, NULL, 1, 100000, "pool size; default: default_pool_size"),
     {"pool_mode", PX_CFG_ENUM, offsetof(struct px_db_config, pool_mode), NULL, 0, 0,
      pool_mode_names, RELOAD, "session | transaction; default: [pgwarden] pool_mode"},
+    {"unmovable_state", PX_CFG_ENUM, offsetof(struct px_db_config, unmovable_state), NULL, 0, 0,
+     unmovable_names, RELOAD, "pin | reset; default: [pgwarden] unmovable_state"},
 };
 _Static_assert(ARRAY_LEN(db_keys) <= 32, "db entries track seen keys in a 32-bit mask");
 

@@ -638,8 +638,8 @@ static void test_foreach_key(void)
     memset(&l, 0, sizeof(l));
     px_config_foreach_key(collect_key, &l);
     CU_ASSERT_EQUAL(l.bad, 0);
-    CU_ASSERT_EQUAL(l.npgwarden, 35);
-    CU_ASSERT_EQUAL(l.ndatabases, 7);
+    CU_ASSERT_EQUAL(l.npgwarden, 36);
+    CU_ASSERT_EQUAL(l.ndatabases, 8);
     for (int i = 0; i < l.npgwarden && i < 128; i++) {
         char text[256], *err = NULL, unknown[128];
         snprintf(text, sizeof(text), "[pgwarden]\n%s = @@\n", l.names[i]);
