@@ -312,6 +312,7 @@ struct px_pool {
     int n_login, n_idle, n_active, n_resetting;
     struct px_list clients_idle, clients_waiting, clients_active;
     int n_idle_clients, n_waiting, n_active_clients;
+    int n_pinned; /* clients whose state pins their server (session.c) */
     struct px_list welcomes; /* struct px_welcome, least recently used first */
     int n_welcomes;
 

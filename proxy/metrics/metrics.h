@@ -86,6 +86,7 @@ enum px_metric {
     PX_M_LOCK_DEADLOCKS,          /* counter, global */
     PX_M_LOCK_CANCELS,            /* counter, global */
     PX_M_LOCK_LIMIT_REFUSALS,     /* counter, global */
+    PX_M_CLIENTS_PINNED,          /* gauge, pool */
     PX_M__COUNT
 };
 

@@ -205,6 +205,15 @@ static struct px_sstate_change *change_new(uint8_t kind, bool reset, const char 
     return ch;
 }
 
+/* c's pins become pins: the pool's count of pinned clients follows. */
+static void set_pins(struct px_client *c, uint8_t pins)
+{
+    struct px_sstate *st = c->sstate;
+    if (!st->pins != !pins && c->pool)
+        c->pool->n_pinned += pins ? 1 : -1;
+    st->pins = pins;
+}
+
 /* Whether applied entry e is one that change ch replaces or removes. */
 static bool same_slot(const struct px_sstate_change *e, const struct px_sstate_change *ch)
 {
@@ -231,7 +240,7 @@ static void apply(struct px_client *c, struct px_sstate_change *ch)
         }
     }
     if (ch->kind == CH_DISCARD)
-        st->pins = 0;
+        set_pins(c, 0);
     bool keep = ch->sql && !ch->reset && ch->kind != PX_STATE_RESET_ALL && ch->kind < CH_DEALLOCATE;
     if (keep)
         append(&st->entries, ch);
@@ -267,7 +276,7 @@ static void pin(struct px_client *c, uint8_t bits, const char *why)
                 "it keeps its server until that is gone",
                 c->addr, c->application_name ? c->application_name : "", why);
     }
-    st->pins |= bits;
+    set_pins(c, st->pins | bits);
 }
 
 /* A state change of c's statement goes to its server: it counts once the statement's
@@ -422,8 +431,8 @@ void px_session_note_sql(struct px_client *c, const struct px_sql_info *info, co
             pin(c, pins, info->session_feature ? info->session_feature : "session state");
         }
     }
-    if (info->unpins && c->sstate)
-        c->sstate->pins &= (uint8_t)~info->unpins; /* e.g. UNLISTEN *, DISCARD TEMP */
+    if (info->unpins && c->sstate) /* e.g. UNLISTEN *, DISCARD TEMP */
+        set_pins(c, (uint8_t)(c->sstate->pins & ~info->unpins));
     if (info->kind == PX_SQL_DISCARD_ALL || info->kind == PX_SQL_DEALLOCATE_ALL) {
         /* Every statement of the server goes, and the client's too (as on a direct
          * connection).  Parse/Close still in flight keep their FIFO entries. */
@@ -496,6 +505,7 @@ void px_session_note_execute(struct px_client *c)
 void px_session_client_free(struct px_client *c)
 {
     if (c->sstate) {
+        set_pins(c, 0);
         list_free(&c->sstate->entries);
         list_free(&c->sstate->pending);
         list_free(&c->sstate->block);

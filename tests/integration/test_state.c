@@ -21,6 +21,7 @@
 
 #include "cunit_main.h"
 #include "harness.h"
+#include "itest_http.h"
 #include "itest_util.h"
 
 #define TEST_LIMIT_S 120
@@ -315,6 +316,20 @@ static void test_pins(void)
     /* LISTEN: a keeps its server, and gets notifications between its transactions */
     CU_ASSERT_STRING_EQUAL(v(a, "LISTEN state_chan"), "LISTEN");
     int pid = atoi(v(a, "SELECT pg_backend_pid()"));
+    /* the admin port shows it */
+    json_t *pools = get_json(g_px->admin_port, "/pools", NULL);
+    json_t *pool = pools ? json_array_get(pools, 0) : NULL;
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(pool, "clients_pinned")), 1);
+    json_decref(pools);
+    json_t *clients = get_json(g_px->admin_port, "/clients", NULL);
+    int pinned = 0;
+    for (size_t i = 0; clients && i < json_array_size(clients); i++) {
+        const char *why = json_string_value(json_object_get(json_array_get(clients, i), "pinned"));
+        if (why && !strcmp(why, "LISTEN"))
+            pinned++;
+    }
+    CU_ASSERT_EQUAL(pinned, 1);
+    json_decref(clients);
     for (int i = 0; i < 3; i++) {
         CU_ASSERT_STRING_EQUAL(v(b, "NOTIFY state_chan"), "NOTIFY");
         CU_ASSERT_TRUE(notified(a, 2000));
@@ -323,6 +338,10 @@ static void test_pins(void)
     }
     /* UNLISTEN * ends the pin: a's server goes back to the pool */
     CU_ASSERT_STRING_EQUAL(v(a, "UNLISTEN *"), "UNLISTEN");
+    pools = get_json(g_px->admin_port, "/pools", NULL);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(pools, 0), "clients_pinned")),
+                    0);
+    json_decref(pools);
     PQclear(PQexec(b, "BEGIN"));
     PQclear(PQexec(x, "BEGIN"));
     CU_ASSERT_STRING_EQUAL(v(b, "SELECT 1"), "1");
