@@ -15,7 +15,7 @@ import uuid
 # The recipes of docs/locks.md live in tests/drivers/recipes/.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
 
-CASE_TIMEOUT_S = 60
+CASE_TIMEOUT_S = 20
 
 # PostgreSQL type OIDs the lock functions return.
 INT8, BOOL, INT4, TEXT = 20, 16, 23, 25

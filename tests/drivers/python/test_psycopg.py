@@ -315,6 +315,52 @@ def case_pipeline(mode):
         check(one(a, "SELECT pgwarden_unlock(%s)", (k,)) is True, "unlock")
 
 
+WAITERS = 8  # more than the transaction pool's 4 servers
+
+
+def case_waiters_hold_no_server(mode):
+    """Transaction mode: clients waiting for a lock in a transaction that sent nothing else
+    (psycopg: BEGIN, then the lock call) hold no server, so a pool of 4 serves others while
+    8 wait.  Session mode: each client has its own server, nothing to check."""
+    if mode != "transaction":
+        return
+    k = unique("hot")
+    conns = [connect(mode, autocommit=(i % 2 == 0)) for i in range(WAITERS)]
+    got, errs = [], []
+    try:
+        with connect(mode) as holder, connect(mode) as other:
+            check_token(one(holder, "SELECT pgwarden_lock(%s, 'exclusive')", (k,)))
+
+            def waiter(c):
+                try:
+                    with pgwarden_lock(c, k) as token:
+                        got.append(token)
+                except Exception as e:
+                    errs.append(e)
+            threads = [threading.Thread(target=waiter, args=(c,)) for c in conns]
+            for th in threads:
+                th.start()
+            time.sleep(0.5)
+            try:
+                check(not got and not errs, "waiters did not wait", got, errs)
+                done = []
+                th = threading.Thread(
+                    target=lambda: done.extend(one(other, "SELECT 1") for _ in range(10)))
+                th.start()
+                th.join(5)
+                check(len(done) == 10, "the pool was busy for 5 s while %d clients waited for "
+                      "a lock: waiters hold servers" % WAITERS)
+            finally:
+                check(one(holder, "SELECT pgwarden_unlock(%s)", (k,)) is True, "unlock")
+            for th in threads:
+                th.join(20)
+            check(not errs, "waiter errors", errs)
+            check(len(got) == WAITERS, "not every waiter was granted", got)
+    finally:
+        for c in conns:
+            c.close()
+
+
 RMW_CONNS = 6
 RMW_ROUNDS = 15
 
@@ -386,6 +432,7 @@ CASES = [
     case_xact_lock_released_at_commit,
     case_deadlock,
     case_pipeline,
+    case_waiters_hold_no_server,
     case_recipe_read_modify_write,
     case_recipe_session_lock,
 ]
