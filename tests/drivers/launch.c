@@ -34,10 +34,10 @@
 
 extern char **environ;
 
-#define MAX_MODES            2
-#define POOL_SIZE_SESSION    40 /* session mode: one server per client connection */
-#define POOL_SIZE_TRANSACTION 4 /* small on purpose: servers are shared */
-#define DEFAULT_TIMEOUT_S    300
+#define MAX_MODES             2
+#define POOL_SIZE_SESSION     40 /* session mode: one server per client connection */
+#define POOL_SIZE_TRANSACTION 4  /* small on purpose: servers are shared */
+#define DEFAULT_TIMEOUT_S     300
 
 struct target {
     const char *mode;
@@ -125,7 +125,8 @@ int main(int argc, char **argv)
     bool debug = getenv("DRIVERS_DEBUG") && strcmp(getenv("DRIVERS_DEBUG"), "1") == 0;
     const char *modes_env = getenv("DRIVERS_MODES");
     char modes[64];
-    snprintf(modes, sizeof(modes), "%s", modes_env && *modes_env ? modes_env : "session transaction");
+    snprintf(modes, sizeof(modes), "%s",
+             modes_env && *modes_env ? modes_env : "session transaction");
     int timeout_s = getenv("DRIVERS_TIMEOUT_S") ? atoi(getenv("DRIVERS_TIMEOUT_S")) : 0;
     if (timeout_s <= 0)
         timeout_s = DEFAULT_TIMEOUT_S;
