@@ -54,6 +54,14 @@ def types_of(seq):
     return [(t.oid, t.name) for t in seq]
 
 
+async def answered(coro, what, seconds=5):
+    """coro's result; an AssertionError naming what when no answer comes within seconds."""
+    try:
+        return await asyncio.wait_for(coro, seconds)
+    except asyncio.TimeoutError:
+        raise AssertionError("no answer within %d s to %s" % (seconds, what)) from None
+
+
 async def waits(task, seconds=0.3):
     """True when task is still running after seconds (it waits for a lock)."""
     await asyncio.sleep(seconds)
@@ -103,7 +111,7 @@ async def case_tokens_and_types(mode):
         t4 = check_token(await a.fetchval("SELECT pgwarden_lock($1, 'write')", k1), t3)
         check(await a.fetchval("SELECT pgwarden_unlock($1)", k1) is True, "unlock", t4)
     finally:
-        await a.close()
+        a.terminate()
 
 
 async def case_no_statement_cache(mode):
@@ -114,8 +122,9 @@ async def case_no_statement_cache(mode):
     try:
         last = 0
         for i in range(3):
-            last = check_token(await a.fetchval("SELECT pgwarden_lock($1, $2)", k + str(i),
-                                                "write"), last)
+            last = check_token(await answered(
+                a.fetchval("SELECT pgwarden_lock($1, $2)", k + str(i), "write"),
+                "pgwarden_lock as an unnamed statement (Parse, Describe, Flush)"), last)
         check(await b.fetchval("SELECT pgwarden_try_lock($1, $2)", k + "0", "read") is not None,
               "read with write")
         check(await b.fetchval("SELECT pgwarden_try_lock($1, $2)", k + "0", "write") is None,
@@ -124,8 +133,8 @@ async def case_no_statement_cache(mode):
         check(len(rows) == 3 and all(r["token"] > 0 for r in rows), "locks", rows)
         check(await a.fetchval("SELECT pgwarden_unlock_all()") == 3, "unlock_all")
     finally:
-        await a.close()
-        await b.close()
+        a.terminate()
+        b.terminate()
 
 
 async def case_try_lock_taken(mode):
@@ -140,8 +149,8 @@ async def case_try_lock_taken(mode):
             check(await b.fetchval("SELECT pgwarden_try_xact_lock($1, 'write')", k) is None,
                   "try_xact_lock")
     finally:
-        await a.close()
-        await b.close()
+        a.terminate()
+        b.terminate()
 
 
 async def case_errors(mode):
@@ -167,8 +176,8 @@ async def case_errors(mode):
         check(not b.is_in_transaction(), "in a transaction after errors")
         check(await b.fetchval("SELECT 1") == 1, "unusable after errors")
     finally:
-        await a.close()
-        await b.close()
+        a.terminate()
+        b.terminate()
 
 
 async def case_failed_transaction(mode):
@@ -207,7 +216,7 @@ async def case_failed_transaction(mode):
         await d.execute("DROP TABLE %s" % table)
     finally:
         for c in (a, b, d):
-            await c.close()
+            c.terminate()
 
 
 async def case_xact_lock_released_at_commit(mode):
@@ -229,8 +238,8 @@ async def case_xact_lock_released_at_commit(mode):
         await tr.rollback()
         check_token(await b.fetchval("SELECT pgwarden_try_lock($1, 'write')", k), t2)
     finally:
-        await a.close()
-        await b.close()
+        a.terminate()
+        b.terminate()
 
 
 async def case_deadlock(mode):
@@ -265,8 +274,8 @@ async def case_deadlock(mode):
         check_token(await asyncio.wait_for(wait_a, 10))
         check(await a.execute("COMMIT") == "COMMIT", "a commits")
     finally:
-        await a.close()
-        await b.close()
+        a.terminate()
+        b.terminate()
 
 
 WAITERS = 8  # more than the transaction pool's 4 servers
@@ -282,6 +291,7 @@ async def case_waiters_hold_no_server(mode):
     holder = await connect(mode)
     other = await connect(mode)
     conns = [await connect(mode) for _ in range(WAITERS)]
+    tasks = []
     try:
         check_token(await holder.fetchval("SELECT pgwarden_lock($1, 'exclusive')", k))
         got = []
@@ -289,18 +299,37 @@ async def case_waiters_hold_no_server(mode):
         async def waiter(c):
             async with pgwarden_lock(c, k, "write") as token:
                 got.append(token)
-        tasks = [asyncio.ensure_future(waiter(c)) for c in conns]
-        check(await waits(asyncio.gather(*tasks), 0.5), "waiters did not wait")
-        t0 = now()
-        for _ in range(10):
-            check(await asyncio.wait_for(other.fetchval("SELECT 1"), 5) == 1, "other")
-        check(now() - t0 < 3, "the pool was busy while clients waited for a lock", now() - t0)
-        check(await holder.fetchval("SELECT pgwarden_unlock($1)", k) is True, "unlock")
-        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        tasks += [asyncio.ensure_future(waiter(c)) for c in conns]
+        gathered = asyncio.gather(*tasks, return_exceptions=True)
+        check(await waits(gathered, 0.5), "waiters did not wait")
+
+        async def others():
+            for _ in range(10):
+                await other.fetchval("SELECT 1")
+        busy = None
+        try:
+            await answered(others(), "10 queries of another client while %d clients waited "
+                           "for a lock: the pool was busy, waiters hold servers" % WAITERS)
+        except AssertionError as e:
+            busy = e
+        try:
+            unlocked = await answered(holder.fetchval("SELECT pgwarden_unlock($1)", k),
+                                      "pgwarden_unlock")
+        except AssertionError:
+            if busy:
+                raise busy from None
+            raise
+        if busy:
+            raise busy
+        check(unlocked is True, "unlock")
+        results = await asyncio.wait_for(gathered, 10)
+        check(not [r for r in results if r is not None], "waiter errors", results)
         check(len(got) == WAITERS and got == sorted(got), "tokens in grant order", got)
     finally:
+        for t in tasks:
+            t.cancel()
         for c in [holder, other] + conns:
-            await c.close()
+            c.terminate()
 
 
 RMW_CONNS = 6
@@ -312,14 +341,14 @@ async def make_account(table):
     await d.execute("CREATE TABLE %s (id int PRIMARY KEY, balance int NOT NULL, "
                     "token bigint NOT NULL DEFAULT 0)" % table)
     await d.execute("INSERT INTO %s VALUES (1, 0)" % table)
-    await d.close()
+    d.terminate()
 
 
 async def final_balance(table):
     d = await connect("direct")
     balance = await d.fetchval("SELECT balance FROM %s WHERE id = 1" % table)
     await d.execute("DROP TABLE %s" % table)
-    await d.close()
+    d.terminate()
     return balance
 
 
@@ -345,7 +374,7 @@ async def case_recipe_read_modify_write(mode):
                         check(status == "UPDATE 1", "fenced write refused", token)
         await asyncio.gather(*[worker() for _ in range(RMW_CONNS)])
     finally:
-        await pool.close()
+        pool.terminate()
     balance = await final_balance(table)
     check(balance == RMW_CONNS * RMW_ROUNDS, "lost updates", balance)
 
@@ -420,8 +449,13 @@ async def main():
             if only and name not in only:
                 continue
             t0 = time.monotonic()
+            task = asyncio.ensure_future(case(mode))
+            done, _ = await asyncio.wait({task}, timeout=CASE_TIMEOUT_S)
             try:
-                await asyncio.wait_for(case(mode), CASE_TIMEOUT_S)
+                if not done:
+                    task.cancel()  # not awaited: a stuck case must not stop the others
+                    raise AssertionError("case ran longer than %d s" % CASE_TIMEOUT_S)
+                task.result()
                 runner.ok(mode, name, time.monotonic() - t0)
             except Exception as e:  # every failure is reported
                 runner.fail(mode, name, e)
