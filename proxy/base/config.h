@@ -2,7 +2,7 @@
  * config.h: pgwarden's configuration: the INI file, its declarative key tables, validation
  * and reload.
  *
- * The file has sections [pgwarden], [locks] and [databases] (later issues add [retry],
+ * The file has sections [pgwarden], [locks], [retry] and [databases] (later issues add
  * [breaker], [chaos] by registering tables of their own).  Each setting is one row of a
  * declarative table (section, key, type, struct offset, default, range, reloadable, help);
  * the parser is generic and knows nothing about individual keys.  See
@@ -17,6 +17,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "retry/retry.h"
 
 /* Upper bound of server_query_batch (the per-server queue of batched clients is this big). */
 #define PX_QUERY_BATCH_MAX 8
@@ -99,6 +101,20 @@ struct px_config {
     int deadlock_timeout_ms; /* default 1000: bound on finding a deadlock */
     int max_locks;           /* default 100000; 0: no limit */
     char *state_file;        /* NULL: fencing tokens from the clock (see docs/locks.md) */
+
+    /* [retry] (docs/retry.md): the keys as read; validation fills retry below */
+    char *retryable_sqlstates;  /* default "40001, 40P01" */
+    int max_attempts;           /* default 5; 1: no retry */
+    int base_ms;                /* default 5 */
+    int cap_ms;                 /* default 1000 */
+    char *multiplier;           /* default "2" */
+    enum backoff_jitter jitter; /* default full */
+    int budget_pct;             /* default 10 */
+    int budget_window_ms;       /* default 10000 */
+    int budget_min_retries;     /* default 10 */
+    int retry_buffer_bytes;     /* default 1 MiB */
+    int retry_checkpoint_bytes; /* default 8192 */
+    struct retry_config retry;  /* the section in retry/'s form (parsed, checked) */
 
     /* [databases] */
     struct px_db_config *dbs;
