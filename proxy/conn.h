@@ -165,6 +165,9 @@ struct px_client {
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;
+    /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
+     * retry is off. */
+    struct px_retry *retry;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];

@@ -18,6 +18,7 @@
 #include "path/locks.h"
 #include "path/path.h"
 #include "path/rename.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
 #include "pool/pool.h"
@@ -133,6 +134,11 @@ static const uint8_t *c2s_table(const struct px_client *c)
 static struct px_client *relaying_client;
 static struct evbuffer *relaying_out;
 
+struct evbuffer *px_path_client_out(struct px_client *c)
+{
+    return px_retry_client_out(c);
+}
+
 struct evbuffer *px_path_server_out(struct px_client *c)
 {
     if (c == relaying_client && relaying_out)
@@ -157,6 +163,9 @@ static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     const char *q = (const char *)content;
     size_t qlen = strnlen(q, clen);
     px_sql_classify(q, qlen, &info);
+    px_retry_note_sql(c, &info);
+    if (c->pool->mode != PX_POOL_TRANSACTION)
+        return; /* the rest follows state for transaction pooling */
     px_session_note_parse(c, name, &info, q, qlen);
     if (info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) {
         px_stmt_set_clear(&c->server->stmts); /* see px_session_note_sql */
@@ -190,6 +199,7 @@ static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, c
                                     const uint8_t *head, uint32_t len)
 {
     struct px_server *s = c->server;
+    px_retry_note_streamed(c);
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     if (type == 'Q') {
@@ -250,6 +260,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         if (type == 'Q') {
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
+            px_retry_note_sql(c, &info);
             if (px_local_answer_linked(c, &info))
                 return PX_RELAY_DROP;
             px_session_note_sql(c, &info, (const char *)body, len);
@@ -259,6 +270,15 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             note_bind(c, body, len);
         } else if (type == 'E') {
             px_session_note_execute(c);
+        }
+    } else if (c->retry && body && (type == 'Q' || type == 'P')) {
+        /* session state a replay would create twice makes a transaction not replayable */
+        if (type == 'Q') {
+            struct px_sql_info info;
+            px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
+            px_retry_note_sql(c, &info);
+        } else {
+            note_parse(c, body, len);
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
@@ -306,7 +326,7 @@ void px_path_relay_client(struct px_client *c)
      * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
      * the rest waits. */
     if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold ||
-        c->fault_waiting) {
+        c->fault_waiting || px_retry_holds_input(c)) {
         hold_input(c);
         return;
     }
@@ -373,7 +393,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
             px_session_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
-            if (s->client && s->client->locks)
+            if (s->client && s->client->locks && !px_retry_owns_txn_end(s->client))
                 px_locks_txn_end(s->client); /* the transaction really ended */
         }
         return PX_RELAY_FORWARD;
@@ -425,7 +445,6 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
                                 uint32_t len)
 {
     struct px_server *s = ctx;
-    (void)out;
     struct px_expect *head = px_expect_head(s);
     switch (type) {
     case '1':
@@ -453,6 +472,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             px_expect_skip_to_sync(s);
         if (mine)
             return PX_RELAY_DROP;
+        if (s->client && s->client->retry && px_retry_server_error(s->client, out, body, len))
+            return PX_RELAY_DROP; /* held back: the transaction may be replayed */
         return s2c_bookkeeping(s, type, body, len);
     }
     case 'Z':
@@ -499,10 +520,15 @@ void px_path_relay_server(struct px_server *s)
         struct evbuffer *in = bufferevent_get_input(s->bev);
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
         evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
+        /* a client whose transaction may be replayed: through the retry stage */
+        struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
         enum px_relay_result r =
-            px_relay_direct(&s->s2c, in, out, fd, s->unsynced ? s2c_group_see : s2c_see, s2c, s,
-                            SERVER_MAX_MESSAGE, &moved);
+            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
+                            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE,
+                            &moved);
+        if (target)
+            px_retry_relayed(c, fd);
         if (c)
             px_stats_bytes(s->pool, 0, moved);
         else
@@ -518,6 +544,10 @@ void px_path_relay_server(struct px_server *s)
         }
         if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
             px_reader_enable(&s->rd, false);
+        if (c)
+            px_retry_after_relay(c); /* a held attempt may be over: retry or not */
+        if (s->state != PX_SV_ACTIVE || s->client != c || !c)
+            return;
         resume_held(s);
         if (s->state != PX_SV_ACTIVE || s->client != c || !c)
             return;
@@ -543,6 +573,10 @@ void px_path_client_authenticated(struct px_client *c)
     }
     c->pool = pool;
     px_pool_ref(pool);
+    if (!px_retry_client_start(c)) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
@@ -561,6 +595,8 @@ void px_path_cancel_request(struct px_client *c)
 {
     if (px_locks_cancel(c))
         return; /* it waited for a lock: that wait ends with 57014 */
+    if (px_retry_cancel(c))
+        return; /* it waited for a replay: it gets the original error */
     struct px_server *s = c->server;
     if (!s || s->state != PX_SV_ACTIVE) {
         px_debug("cancel", 'C', c->id, "cancel request for no running query: dropped");
@@ -577,6 +613,8 @@ void px_path_cancel_request(struct px_client *c)
 
 void px_path_client_input(struct px_client *c)
 {
+    if (px_retry_holds_input(c))
+        return; /* the retry stage resumes it */
     if (c->lock_waiting || (c->fault_waiting && c->state != PX_CL_ACTIVE)) {
         hold_input(c);
         return;
@@ -601,6 +639,7 @@ void px_path_client_drained(struct px_client *c)
 
 void px_path_client_leaving(struct px_client *c)
 {
+    px_retry_client_free(c); /* what it gets from now on (an error) goes straight out */
     px_locks_client_free(c); /* its locks go at once, the next waiters are granted */
     struct px_server *s = c->server;
     if (!s || px_batch_leave(c))
@@ -622,6 +661,7 @@ void px_path_client_leaving(struct px_client *c)
 
 void px_path_client_free(struct px_client *c)
 {
+    px_retry_client_free(c);
     px_locks_client_free(c);
     px_fault_client_free(c);
     px_txn_client_free(c);

@@ -14,6 +14,7 @@
 #include "path/local.h"
 #include "path/path.h"
 #include "path/locks.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
 #include "pool/pool.h"
@@ -43,6 +44,23 @@ bool px_txn_hold_begin(struct px_client *c, uint32_t total)
         return false;
     evbuffer_remove(bufferevent_get_input(c->bev), c->held_begin, total);
     c->held_begin_len = total;
+    return true;
+}
+
+bool px_txn_hold_failed_block(struct px_client *c)
+{
+    static const char begin[] = "BEGIN";
+    uint32_t total = 1 + 4 + (uint32_t)sizeof(begin);
+    uint8_t *m = malloc(total);
+    if (!m)
+        return false;
+    m[0] = 'Q';
+    px_put_u32(m + 1, total - 1);
+    memcpy(m + 5, begin, sizeof(begin));
+    free(c->held_begin);
+    c->held_begin = m;
+    c->held_begin_len = total;
+    c->held_failed = true;
     return true;
 }
 
@@ -145,7 +163,7 @@ static bool answer_local_message(struct px_client *c, uint32_t len)
 void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == PX_CL_IDLE && !px_locks_waiting(c)) {
+    while (c->state == PX_CL_IDLE && !px_locks_waiting(c) && !px_retry_holds_input(c)) {
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;

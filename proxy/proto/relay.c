@@ -198,20 +198,28 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
     }
     enum px_relay_result r = px_relay(st, in, scratch, see, cb, ctx, max_len);
     *moved = evbuffer_get_length(scratch);
-    if (*moved) {
+    if (*moved)
+        px_relay_write(scratch, out, fd);
+    return r;
+}
+
+void px_relay_write(struct evbuffer *from, struct evbuffer *out, evutil_socket_t fd)
+{
+    if (evbuffer_get_length(from) == 0)
+        return;
+    if (fd >= 0 && evbuffer_get_length(out) == 0) {
         /* Errors (peer gone) are left to the bufferevent, which meets them on its own
          * write of whatever remains.  One extent (the usual case) goes out with send(),
          * which the kernel serves a little faster than writev(). */
         struct evbuffer_iovec v[PX_RELAY_WRITE_IOV];
-        int n = evbuffer_peek(scratch, -1, NULL, v, PX_RELAY_WRITE_IOV);
+        int n = evbuffer_peek(from, -1, NULL, v, PX_RELAY_WRITE_IOV);
         ssize_t w = n == 1 ? send(fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL)
                            : writev(fd, v, n < PX_RELAY_WRITE_IOV ? n : PX_RELAY_WRITE_IOV);
         if (w > 0)
-            evbuffer_drain(scratch, (size_t)w);
-        if (evbuffer_get_length(scratch) > 0)
-            evbuffer_add_buffer(out, scratch);
+            evbuffer_drain(from, (size_t)w);
     }
-    return r;
+    if (evbuffer_get_length(from) > 0)
+        evbuffer_add_buffer(out, from);
 }
 
 void px_relay_shutdown(void)

@@ -82,6 +82,11 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
                                      const uint8_t see[256], px_relay_cb cb, void *ctx,
                                      uint32_t max_len, size_t *moved);
 
+/* Moves everything in from to a bufferevent whose output buffer is out and, when fd >= 0,
+ * whose plain socket is fd: written straight to fd when out is empty (as px_relay_direct
+ * does), the rest appended to out. */
+void px_relay_write(struct evbuffer *from, struct evbuffer *out, evutil_socket_t fd);
+
 /* Frees the relay's scratch buffer (at exit). */
 void px_relay_shutdown(void);
 
