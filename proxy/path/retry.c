@@ -700,6 +700,9 @@ static void replay(struct px_retry *rt)
         }
         rt->mode = RT_VERIFY;
     }
+    px_debug("retry", 'C', c->id, "replay of %zu bytes starts (%s, client state %d, server %s)",
+             total, rt->mode == RT_VERIFY ? "verifying" : "nothing seen", (int)c->state,
+             c->server ? "linked" : "none");
     input_append(rt, p);
     evbuffer_free(p);
     px_path_client_input(c);
@@ -708,6 +711,7 @@ static void replay(struct px_retry *rt)
 /* Everything the client had seen was reproduced: the rest is new. */
 static void matched(struct px_retry *rt)
 {
+    px_debug("retry", 'C', rt->c->id, "the replay matched what the client saw");
     rt->mode = RT_RECORD;
     if (rt->held)
         evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
@@ -730,19 +734,21 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct px_retry *rt = arg;
     struct px_client *c = rt->c;
+    if (rt->mode == RT_BACKOFF) { /* the backoff is over (a step scheduled before it is moot) */
+        rt->kick = rt->wind = false;
+        replay(rt);
+        return;
+    }
     if (rt->wind) {
         rt->wind = false;
         px_retry_after_relay(c);
-        if (c->retry != rt)
+        if (c->retry != rt || rt->mode == RT_BACKOFF)
             return;
     }
     if (rt->kick) {
         rt->kick = false;
         px_path_client_input(c); /* last: c may be gone after it */
-        return;
     }
-    if (rt->mode == RT_BACKOFF)
-        replay(rt);
 }
 
 /* ==== the stage's entry points ========================================================== */
@@ -849,7 +855,8 @@ bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint
         rt->orig_known = false;
     }
     /* A replay that fails again before it matched keeps the original error (held_done). */
-    px_debug("retry", 'C', c->id, "%s: holding it back", code);
+    px_debug("retry", 'C', c->id, "%s: holding it back (%s)", code,
+             rt->mode == RT_VERIFY ? "the replay failed before it matched" : "first attempt");
     rt->mode = RT_HOLD;
     px_reader_block(&c->rd, true);
     return true;
