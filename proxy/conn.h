@@ -37,6 +37,7 @@
 
 struct px_metrics_set;
 struct px_admin;
+struct px_breaker;
 
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
 #define PX_BACKPRESSURE_HIGH (256 * 1024)
@@ -154,6 +155,9 @@ struct px_client {
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;
+    /* pgwarden failed an extended-protocol group it had no server for (the circuit
+     * breaker refused it): the rest of the group is dropped up to its Sync (local.h). */
+    bool skip_to_sync;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -223,6 +227,13 @@ struct px_server {
     char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
     int reset_pending; /* ReadyForQuery replies still expected while resetting */
     bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
+     * failure of this connection was counted already (a FATAL, then the lost connection,
+     * count once); its login stopped because pgwarden has no credentials the server's
+     * method accepts (the database answered: not its failure). */
+    uint64_t probe_id;
+    bool breaker_counted;
+    bool login_no_credentials;
 
     /* Transaction pooling (txn.c). */
     int hidden_queries; /* replies of queries pgwarden injected, swallowed first */
@@ -279,7 +290,9 @@ struct px_pool {
     char *server_user;
     char *server_password; /* NULL: from auth_file or the client's SCRAM keys */
     int pool_size;
-    enum px_pool_mode mode; /* fixed when the pool is created */
+    enum px_pool_mode mode;     /* fixed when the pool is created */
+    struct px_breaker *breaker; /* its database's, shared by the pools of that name; a
+                                   reference (NULL only when out of memory: admits all) */
 
     struct px_list servers_login, servers_idle, servers_active, servers_resetting;
     int n_login, n_idle, n_active, n_resetting;

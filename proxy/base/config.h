@@ -2,8 +2,8 @@
  * config.h: pgwarden's configuration: the INI file, its declarative key tables, validation
  * and reload.
  *
- * The file has sections [pgwarden], [locks] and [databases] (later issues add [retry],
- * [breaker], [chaos] by registering tables of their own).  Each setting is one row of a
+ * The file has sections [pgwarden], [locks], [breaker] and [databases] (later issues add
+ * [retry], [chaos] by registering tables of their own).  Each setting is one row of a
  * declarative table (section, key, type, struct offset, default, range, reloadable, help);
  * the parser is generic and knows nothing about individual keys.  See
  * docs/configuration.md for the user-facing reference; a unit test checks that every key in
@@ -95,6 +95,15 @@ struct px_config {
     int deadlock_timeout_ms; /* default 1000: bound on finding a deadlock */
     int max_locks;           /* default 100000; 0: no limit */
     char *state_file;        /* NULL: fencing tokens from the clock (see docs/locks.md) */
+
+    /* [breaker]: the circuit breaker of each database (pool/breaker.h, docs/breaker.md) */
+    int failure_rate_pct;     /* default 50: share of failures in the window that opens it */
+    int min_requests;         /* default 20: calls in the window before the rate counts */
+    int window_ms;            /* default 10000: sliding window, 10 buckets */
+    int consecutive_failures; /* default 5; 0: only the rate opens it */
+    int open_ms;              /* default 5000: first open period */
+    int open_max_ms;          /* default 60000: cap of the doubling open period */
+    int probe_timeout_ms;     /* default 1000: a probe not done by then failed */
 
     /* [databases] */
     struct px_db_config *dbs;

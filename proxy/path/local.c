@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "metrics/stats.h"
+#include "net/client.h"
 #include "path/local.h"
 #include "path/locks.h"
 #include "path/txn.h"
@@ -70,6 +71,63 @@ bool px_local_answer_linked(struct px_client *c, const struct px_sql_info *info)
         px_stats_query(c->pool);
         px_local_complete(c, "DEALLOCATE", s->txn_status);
         return true;
+    }
+    return false;
+}
+
+bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const char *message,
+                            const char *detail)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    uint8_t hdr[5];
+    if (evbuffer_copyout(in, hdr, 5) != 5)
+        return false;
+    uint32_t total = px_get_u32(hdr + 1) + 1;
+    bool simple = hdr[0] == 'Q' || hdr[0] == 'F';
+    if (simple && evbuffer_get_length(in) < total)
+        return false; /* answered once it is all in: the reply must follow the message */
+    struct px_wire_errfields e = {
+        .sev = PX_SEV_ERROR, .sqlstate = sqlstate, .message = message, .detail = detail};
+    if (px_wire_error_fields(out, &e) < 0) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return false;
+    }
+    px_stats_error_sent(c->pool, sqlstate);
+    px_txn_fail_block(c); /* an error inside a block fails the block, as on PostgreSQL */
+    if (!simple) {
+        c->skip_to_sync = true;
+        return true;
+    }
+    evbuffer_drain(in, total);
+    c->head_sql_len = 0; /* its classification went with it */
+    px_wire_ready(out, px_txn_unlinked_status(c));
+    return true;
+}
+
+bool px_local_skip_group(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    uint8_t hdr[5];
+    while (evbuffer_copyout(in, hdr, 5) == 5) {
+        uint32_t len = px_get_u32(hdr + 1);
+        if (len < 4 || len > (uint32_t)px.cfg->max_message_bytes) {
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(len));
+            return false;
+        }
+        if (hdr[0] == 'X') {
+            px_client_close(c);
+            return false;
+        }
+        if (evbuffer_get_length(in) < (size_t)len + 1)
+            return false; /* the rest of the message */
+        evbuffer_drain(in, (size_t)len + 1);
+        if (hdr[0] == 'S') {
+            c->skip_to_sync = false;
+            c->head_sql_len = 0;
+            px_wire_ready(bufferevent_get_output(c->bev), px_txn_unlinked_status(c));
+            return true;
+        }
     }
     return false;
 }

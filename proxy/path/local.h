@@ -9,7 +9,9 @@
  *     statement pgwarden renamed, and DEALLOCATE ALL;
  *   - while linked: DEALLOCATE of a renamed statement (the server does not know the
  *     client's name), when nothing is in flight so that the reply stays in order.
- * The pgwarden lock functions (SPEC section 2) are answered here too once they land.
+ * The pgwarden lock functions (SPEC section 2) are answered here too once they land.  A
+ * statement refused before it reaches a server (the circuit breaker, pool/breaker.h) fails
+ * here as it would on PostgreSQL.
  *
  * Input is a simple Query already classified by the path (sqlscan.h); the message is
  * consumed only when answered.  Event loop thread only.
@@ -32,5 +34,25 @@ bool px_local_answer_linked(struct px_client *c, const struct px_sql_info *info)
 
 /* Writes CommandComplete tag and ReadyForQuery status to the client. */
 void px_local_complete(struct px_client *c, const char *tag, char status);
+
+/*
+ * c has no server and the statement at the head of its input fails with ERROR sqlstate,
+ * message and detail (may be NULL; e.g. the circuit breaker refused it), answered as
+ * PostgreSQL answers a failed statement: a Query or FunctionCall gets the ErrorResponse and
+ * a ReadyForQuery with c's transaction status, and is removed from the input; any other
+ * message starts an extended-protocol group, which gets the ErrorResponse now and whose
+ * messages are dropped up to its Sync (c->skip_to_sync, px_local_skip_group).  Inside a
+ * transaction block the block fails (txn.h).  True when answered (the rest of the input
+ * is handled as usual); false when the Query is not all in yet (nothing was written: call
+ * again with more input) or the client was failed (out of memory).
+ */
+bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const char *message,
+                            const char *detail);
+
+/* c->skip_to_sync: drops c's input up to and including the Sync that ends the failed
+ * group, answers the Sync with ReadyForQuery and clears the flag.  True when the group
+ * ended; false when its Sync is not in yet or the client was closed (Terminate, bad
+ * length). */
+bool px_local_skip_group(struct px_client *c);
 
 #endif
