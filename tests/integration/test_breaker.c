@@ -210,13 +210,20 @@ static const char *db_line(char *buf, size_t cap, const char *name, int port, co
 
 static void test_contention_never_opens(void)
 {
-    struct harness_proxy_opts o = {.pool_mode = "transaction",
-                                   .pool_size = 2,
-                                   .admin = true,
-                                   .tail_extra = "[breaker]\nconsecutive_failures = 3\n"
-                                                 "min_requests = 5\nfailure_rate_pct = 10"};
+    char unused[300];
+    struct harness_proxy_opts o = {
+        .pool_mode = "transaction",
+        .pool_size = 2,
+        .admin = true,
+        .databases_extra =
+            db_line(unused, sizeof(unused), "unused", harness_cluster()->port, "dbname=postgres"),
+        .tail_extra = "[breaker]\nconsecutive_failures = 3\nmin_requests = 5\n"
+                      "failure_rate_pct = 10"};
     struct harness_proxy *px = harness_proxy_start(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    /* A configured database nobody has used has its breaker from the start. */
+    CU_ASSERT_STRING_EQUAL(breaker_state(px->admin_port, "unused"), "closed");
+    CU_ASSERT_EQUAL(metric(px->admin_port, "pgwarden_breaker_state{database=\"unused\"}"), 0);
     PGconn *c = harness_connect(px, "sslmode=disable");
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
     static const char *const errors[] = {"40001", "40P01", "55P03", "22012",
@@ -771,12 +778,57 @@ static void test_restart_under_pgbench(void)
     CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
+/* ---- reload ------------------------------------------------------------------------- */
+
+static void test_reload(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "transaction",
+                                   .pool_size = 2,
+                                   .admin = true,
+                                   .tail_extra = "[breaker]\nopen_ms = 60000"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    CU_ASSERT_STRING_EQUAL(breaker_state(px->admin_port, "later"), "");
+    char later[300];
+    o.databases_extra =
+        db_line(later, sizeof(later), "later", harness_cluster()->port, "dbname=postgres");
+    o.tail_extra = "[breaker]\nopen_ms = 2000\nconsecutive_failures = 2";
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_rewrite_config(px, &o), 0);
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(px, SIGHUP), 0);
+    /* The new entry gets its breaker at once, before any client uses it. */
+    CU_ASSERT(wait_breaker(px->admin_port, "later", "closed", 5000) > 0);
+    CU_ASSERT_EQUAL(metric(px->admin_port, "pgwarden_breaker_state{database=\"later\"}"), 0);
+    /* The new settings apply: two terminated backends open it, for 2 s. */
+    PGconn *cs[2];
+    for (int i = 0; i < 2; i++) {
+        cs[i] = harness_connect(px, "sslmode=disable");
+        CU_ASSERT_EQUAL_FATAL(PQstatus(cs[i]), CONNECTION_OK);
+        CU_ASSERT_TRUE(itu_exec_ok(cs[i], "BEGIN"));
+        CU_ASSERT_STRING_EQUAL(itu_value(cs[i], "SELECT 1"), "1");
+    }
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = PQexec(cs[i], "SELECT pg_terminate_backend(pg_backend_pid())");
+        PQclear(r);
+        PQfinish(cs[i]);
+    }
+    json_t *b = pool_breaker(px->admin_port, "pgwarden_test");
+    CU_ASSERT_STRING_EQUAL(b ? json_string_value(json_object_get(b, "state")) : "", "open");
+    json_int_t next = json_integer_value(json_object_get(b, "next_probe_ms"));
+    CU_ASSERT(next > 1000 && next <= 2000);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(json_string_value(json_object_get(b, "last_failure")) ?: "", "57P01"));
+    json_decref(b);
+    CU_ASSERT(wait_breaker(px->admin_port, "pgwarden_test", "closed", 8000) > 0);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tests[] = {
         {"contention_never_opens", test_contention_never_opens},
         {"terminated_backends_open_probe_closes", test_terminated_backends_open_probe_closes},
         {"blackhole_relay", test_blackhole_relay},
+        {"reload", test_reload},
         /* These stop and start the program's PostgreSQL. */
         {"postgresql_stopped", test_postgresql_stopped},
         {"restart_under_pgbench", test_restart_under_pgbench},

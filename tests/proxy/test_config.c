@@ -367,6 +367,49 @@ static void test_error_cross_field(void)
                                               "listen_addr:listen_port");
 }
 
+/* [breaker]: defaults, every key, ranges, open_max_ms >= open_ms (with its line), reload. */
+static void test_breaker_section(void)
+{
+    struct px_config *c = load_ok(TRUST);
+    CU_ASSERT_EQUAL(c->failure_rate_pct, 50);
+    CU_ASSERT_EQUAL(c->min_requests, 20);
+    CU_ASSERT_EQUAL(c->window_ms, 10000);
+    CU_ASSERT_EQUAL(c->consecutive_failures, 5);
+    CU_ASSERT_EQUAL(c->open_ms, 5000);
+    CU_ASSERT_EQUAL(c->open_max_ms, 60000);
+    CU_ASSERT_EQUAL(c->probe_timeout_ms, 1000);
+    px_config_free(c);
+    c = load_ok(TRUST "[breaker]\nfailure_rate_pct = 100\nmin_requests = 1\nwindow_ms = 100\n"
+                      "consecutive_failures = 0\nopen_ms = 1\nopen_max_ms = 1\n"
+                      "probe_timeout_ms = 3600000\n");
+    CU_ASSERT_EQUAL(c->failure_rate_pct, 100);
+    CU_ASSERT_EQUAL(c->min_requests, 1);
+    CU_ASSERT_EQUAL(c->window_ms, 100);
+    CU_ASSERT_EQUAL(c->consecutive_failures, 0);
+    CU_ASSERT_EQUAL(c->open_ms, 1);
+    CU_ASSERT_EQUAL(c->open_max_ms, 1);
+    CU_ASSERT_EQUAL(c->probe_timeout_ms, 3600000);
+    px_config_free(c);
+    expect_error(TRUST "[breaker]\nfailure_rate_pct = 0\n",
+                 ":4: [breaker] failure_rate_pct: 0 out of range 1..100");
+    expect_error(TRUST "[breaker]\nwindow_ms = 99\n",
+                 ":4: [breaker] window_ms: 99 out of range 100..3600000");
+    expect_error(TRUST "[breaker]\nopen_ms = 0\n",
+                 ":4: [breaker] open_ms: 0 out of range 1..3600000");
+    expect_error(TRUST "[breaker]\nopen_ms = 5000\nopen_max_ms = 4000\n",
+                 ":5: [breaker] open_max_ms: 4000 is less than open_ms (5000)");
+    expect_error(TRUST "[breaker]\nopen_ms = 70000\n",
+                 ": [breaker] open_max_ms: 60000 is less than open_ms (70000)");
+    expect_error(TRUST "[breaker]\nprobe_timeout = 1\n",
+                 ":4: [breaker] probe_timeout: unknown key");
+    /* Every key reloads. */
+    struct px_config *run = load_ok(TRUST);
+    struct px_config *next = load_ok(TRUST "[breaker]\nopen_ms = 100\nmin_requests = 7\n");
+    CU_ASSERT_EQUAL(px_config_diff(run, next, NULL, NULL), 0);
+    px_config_free(run);
+    px_config_free(next);
+}
+
 static void test_error_cannot_open(void)
 {
     char *err = NULL, path[PATH_MAX + 16], want[PATH_MAX + 64];
@@ -671,6 +714,7 @@ void test_config_register(void)
         {"bad_enum", test_error_bad_enum},
         {"syntax", test_error_syntax},
         {"cross_field", test_error_cross_field},
+        {"breaker_section", test_breaker_section},
         {"cannot_open", test_error_cannot_open},
         CU_TEST_INFO_NULL,
     };
