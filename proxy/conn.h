@@ -144,14 +144,23 @@ struct px_client {
     uint8_t head_sql_kind; /* enum px_sql_kind */
     bool head_sql_multi;
     bool head_sql_dml;
+    bool head_sql_drops;
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
+    bool unnamed_parsed;      /* it sent a Parse of the unnamed statement to its server since
+                                 it got it (rename.c) */
     bool held_failed;         /* the held block failed (a lock error): its server-side
                                  transaction must be aborted when it gets a server */
 
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
     struct px_client_locks *locks;
     bool lock_waiting; /* parked until its lock wait ends: its input waits */
+    /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
+     * fault_timer; fault_passed lets it through once; unnamed_commit: the unnamed
+     * statement is a COMMIT (an Execute of it counts as commit). */
+    struct event *fault_timer;
+    bool fault_waiting, fault_passed, unnamed_commit;
+    bool fault_disconnect; /* close the server once this message is sent */
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;
@@ -226,7 +235,16 @@ struct px_server {
     bool unsynced;     /* extended-protocol messages sent since the last Sync */
     char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
     int reset_pending; /* ReadyForQuery replies still expected while resetting */
-    bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    /* Draining after its client left mid-request (server.c): ReadyForQuery replies the
+     * abandoned work still owes, bytes of a message already half relayed, and the time by
+     * which it must be done. */
+    int drain_ready;
+    uint32_t drain_skip;
+    uint64_t drain_deadline_ms;
+    bool copy_in;         /* the server waits for COPY data (CopyInResponse seen) */
+    bool stmts_uncertain; /* statements may exist on it that the set does not list:
+                             every Parse is preceded by a Close (rename.c) */
+    bool close_needed;    /* never reuse: protocol error, lifetime, config change */
     /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
      * failure of this connection was counted already (a FATAL, then the lost connection,
      * count once); its login stopped because pgwarden has no credentials the server's

@@ -207,7 +207,7 @@ static int setup(char **errmsg)
     px.base = event_base_new();
     if (!px.base)
         return -1;
-    if (px_locks_init(px.cfg, errmsg) < 0)
+    if (px_locks_init(px.cfg, errmsg) < 0 || px_stats_locks_init(px_locks_manager()) < 0)
         return -1;
     px.janitor = event_new(px.base, -1, EV_PERSIST, on_janitor, NULL);
     px.reaper = event_new(px.base, -1, 0, on_reap, NULL);

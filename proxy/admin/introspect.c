@@ -1,7 +1,8 @@
 /*
  * introspect.c: JSON views of pools, clients and servers for the admin port (see
- * introspect.h).  Client-supplied strings go through px_json_string, which repairs
- * invalid UTF-8, so the answers are always valid JSON.
+ * introspect.h; the lock views and each client's locks are in introspect_locks.c).
+ * Client-supplied strings go through px_json_string, which repairs invalid UTF-8, so the
+ * answers are always valid JSON.
  */
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "net/client.h"
 #include "conn.h"
 #include "admin/introspect.h"
+#include "admin/introspect_locks.h"
 #include "base/json_util.h"
 #include "main.h"
 #include "pool/breaker.h"
@@ -99,23 +101,31 @@ json_t *px_introspect_pools(void)
     return arr;
 }
 
-static json_t *client_json(const struct px_client *c, uint64_t now)
+static json_t *client_json(const struct px_client *c, uint64_t now,
+                           const struct px_lock_index *locks)
 {
-    return json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
-                     "database", px_json_string(c->database ? c->database : ""), "user",
-                     px_json_string(c->user ? c->user : ""), "application_name",
-                     px_json_string(c->application_name ? c->application_name : ""), "address",
-                     c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
-                     "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
-                     c->server ? json_integer((json_int_t)c->server->id) : json_null());
+    json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
+                          "database", px_json_string(c->database ? c->database : ""), "user",
+                          px_json_string(c->user ? c->user : ""), "application_name",
+                          px_json_string(c->application_name ? c->application_name : ""), "address",
+                          c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
+                          "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
+                          c->server ? json_integer((json_int_t)c->server->id) : json_null());
+    /* What it holds and waits for: only when there is something (introspect_locks.h). */
+    if (o && px_introspect_client_locks(locks, c, o) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
-static void append_clients(json_t *arr, const struct px_list *list, uint64_t now)
+static void append_clients(json_t *arr, const struct px_list *list, uint64_t now,
+                           const struct px_lock_index *locks)
 {
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, list)
     {
-        json_t *o = client_json(PX_CONTAINER_OF(it, struct px_client, link), now);
+        json_t *o = client_json(PX_CONTAINER_OF(it, struct px_client, link), now, locks);
         if (o)
             json_array_append_new(arr, o);
     }
@@ -123,18 +133,22 @@ static void append_clients(json_t *arr, const struct px_list *list, uint64_t now
 
 json_t *px_introspect_clients(void)
 {
+    struct px_lock_index *locks;
+    if (px_introspect_lock_index_new(&locks) < 0)
+        return NULL;
     json_t *arr = json_array();
     uint64_t now = px_now_ms();
-    append_clients(arr, &px.clients_login, now);
-    append_clients(arr, &px.clients_failing, now);
+    append_clients(arr, &px.clients_login, now, locks);
+    append_clients(arr, &px.clients_failing, now, locks);
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        append_clients(arr, &p->clients_idle, now);
-        append_clients(arr, &p->clients_waiting, now);
-        append_clients(arr, &p->clients_active, now);
+        append_clients(arr, &p->clients_idle, now, locks);
+        append_clients(arr, &p->clients_waiting, now, locks);
+        append_clients(arr, &p->clients_active, now, locks);
     }
+    px_introspect_lock_index_free(locks);
     return arr;
 }
 

@@ -86,10 +86,24 @@ static const char *const breaker_moves[2 * PX_MBM__COUNT] = {
     "half-open", "open",      /* PX_MBM_HALF_OPEN_OPEN */
 };
 
+static const char *const mode_label[] = {"mode"};
+static const char *const lock_modes[PX_MLM__COUNT] = {
+    [PX_MLM_READ] = "read",
+    [PX_MLM_WRITE] = "write",
+    [PX_MLM_EXCLUSIVE] = "exclusive",
+};
+static const char *const outcome_label[] = {"outcome"};
+static const char *const lock_outcomes[PX_MLO__COUNT] = {
+    [PX_MLO_GRANTED] = "granted",   [PX_MLO_TIMEOUT] = "timeout", [PX_MLO_DEADLOCK] = "deadlock",
+    [PX_MLO_CANCELED] = "canceled", [PX_MLO_ERROR] = "error",
+};
+
 static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double connect_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                          0.25,  0.5,    1,     2.5,  5,     10};
+static const double lock_wait_buckets[] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 #define NB(a) (unsigned)(sizeof(a) / sizeof((a)[0]))
 
 static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
@@ -130,6 +144,36 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                "Label sets that hit the cardinality cap and were counted "
                                "in the \"other\" series.",
                                PX_MK_GLOBAL, kind_label, 1, kind_names, PX_MK__COUNT},
+    /* Locks (docs/locks.md): gauges and counters copied from lockmgr at render time
+     * (stats.c), the wait histogram observed when a wait's outcome is delivered. */
+    [PX_M_LOCKS_HELD] = {"locks_held", PX_METRIC_GAUGE,
+                         "Locks held (one per client and key) by the strongest mode held.",
+                         PX_MK_GLOBAL, mode_label, 1, lock_modes, PX_MLM__COUNT},
+    [PX_M_LOCK_WAITERS] = {"lock_waiters", PX_METRIC_GAUGE, "Clients waiting for a lock.",
+                           PX_MK_GLOBAL},
+    [PX_M_LOCK_KEYS] = {"lock_keys", PX_METRIC_GAUGE, "Lock keys with a holder or a waiter.",
+                        PX_MK_GLOBAL},
+    [PX_M_LOCK_WAIT_SECONDS] = {"lock_wait_seconds", PX_METRIC_HISTOGRAM,
+                                "Time clients waited for a lock, by how the wait ended.",
+                                PX_MK_GLOBAL, outcome_label, 1, lock_outcomes, PX_MLO__COUNT,
+                                lock_wait_buckets, NB(lock_wait_buckets)},
+    [PX_M_LOCK_GRANTS] = {"lock_grants", PX_METRIC_COUNTER,
+                          "Locks granted (at once or after a wait; upgrades included).",
+                          PX_MK_GLOBAL},
+    [PX_M_LOCK_WAITS] = {"lock_waits", PX_METRIC_COUNTER,
+                         "Lock requests that had to wait (deadlock victims included).",
+                         PX_MK_GLOBAL},
+    [PX_M_LOCK_TIMEOUTS] = {"lock_timeouts", PX_METRIC_COUNTER,
+                            "Lock waits that ended by timeout (55P03).", PX_MK_GLOBAL},
+    [PX_M_LOCK_DEADLOCKS] = {"lock_deadlocks", PX_METRIC_COUNTER,
+                             "Deadlocks among lock waiters (one victim each, 40P01).",
+                             PX_MK_GLOBAL},
+    [PX_M_LOCK_CANCELS] = {"lock_cancels", PX_METRIC_COUNTER,
+                           "Lock waits canceled (CancelRequest, or the upgraded lock released).",
+                           PX_MK_GLOBAL},
+    [PX_M_LOCK_LIMIT_REFUSALS] = {"lock_limit_refusals", PX_METRIC_COUNTER,
+                                  "Lock requests refused because max_locks was reached (53200).",
+                                  PX_MK_GLOBAL},
     [PX_M_BREAKER_STATE] = {"breaker_state", PX_METRIC_GAUGE,
                             "Circuit breaker state per database: 0 closed, 1 open, 2 half-open.",
                             PX_MK_DATABASE},

@@ -77,6 +77,16 @@ enum px_metric {
     PX_M_AUTH_FAILURES,           /* counter, global, reason: enum px_metrics_auth_reason */
     PX_M_CLIENT_ERRORS,           /* counter, global, sqlstate_class: px_metrics_sqlstate_class */
     PX_M_METRICS_OVERFLOW,        /* counter, global, kind: enum px_metrics_kind */
+    PX_M_LOCKS_HELD,              /* gauge, global, mode: enum px_metrics_lock_mode */
+    PX_M_LOCK_WAITERS,            /* gauge, global */
+    PX_M_LOCK_KEYS,               /* gauge, global */
+    PX_M_LOCK_WAIT_SECONDS,       /* histogram, global, outcome: px_metrics_lock_outcome */
+    PX_M_LOCK_GRANTS,             /* counter, global */
+    PX_M_LOCK_WAITS,              /* counter, global */
+    PX_M_LOCK_TIMEOUTS,           /* counter, global */
+    PX_M_LOCK_DEADLOCKS,          /* counter, global */
+    PX_M_LOCK_CANCELS,            /* counter, global */
+    PX_M_LOCK_LIMIT_REFUSALS,     /* counter, global */
     PX_M_BREAKER_STATE,           /* gauge, database: 0 closed, 1 open, 2 half-open */
     PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
     PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */
@@ -126,6 +136,19 @@ enum px_metrics_auth_reason {
     PX_MAR_TIMEOUT,      /* "timeout": client_login_timeout_ms expired */
     PX_MAR_OTHER,        /* "other" */
     PX_MAR__COUNT
+};
+
+/* mode label of PX_M_LOCKS_HELD: "read", "write", "exclusive" (lockmgr's order). */
+enum px_metrics_lock_mode { PX_MLM_READ = 0, PX_MLM_WRITE, PX_MLM_EXCLUSIVE, PX_MLM__COUNT };
+
+/* outcome label of PX_M_LOCK_WAIT_SECONDS: how a lock wait ended. */
+enum px_metrics_lock_outcome {
+    PX_MLO_GRANTED = 0, /* "granted" */
+    PX_MLO_TIMEOUT,     /* "timeout": lock_timeout_ms or the call's timeout_ms (55P03) */
+    PX_MLO_DEADLOCK,    /* "deadlock": chosen as deadlock victim (40P01) */
+    PX_MLO_CANCELED,    /* "canceled": CancelRequest (57014), or the upgraded lock went */
+    PX_MLO_ERROR,       /* "error": any other end (fencing tokens used up) */
+    PX_MLO__COUNT
 };
 
 /* One dynamic label-set kind. */

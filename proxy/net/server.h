@@ -24,8 +24,10 @@ void px_server_close(struct px_server *s, const char *reason);
 void px_server_free(struct px_server *s);
 
 /* The client let go of s (it disconnected, or transaction pooling detaches it).  The server
- * is reset and returned to the pool when its protocol state is clean, else closed.
- * client_mid_message: the client stream stopped inside a message. */
+ * is reset and returned to the pool.  Work the client left in flight is cancelled and its
+ * replies are drained first (the caller has emptied the expected-reply FIFO); s is closed
+ * when that cannot be done (client_mid_message: the client stream stopped inside a message;
+ * marked for close; shutting down). */
 void px_server_release(struct px_server *s, bool client_mid_message);
 
 /* A ParameterStatus from s (body: name\0value\0): s's own view follows it.  *name and

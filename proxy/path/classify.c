@@ -17,6 +17,7 @@ void px_classify_head(struct px_client *c, const uint8_t *body, uint32_t len,
     c->head_sql_multi = info->multi;
     c->head_sql_dml = info->dml;
     c->head_sql_feature = info->session_feature;
+    c->head_sql_drops = info->drops_prepared;
 }
 
 void px_classify_relayed(struct px_client *c, const uint8_t *body, uint32_t len,
@@ -28,6 +29,7 @@ void px_classify_relayed(struct px_client *c, const uint8_t *body, uint32_t len,
         /* classified while idle (the only Query before this one) */
         *info = (struct px_sql_info){.kind = (enum px_sql_kind)c->head_sql_kind,
                                      .multi = c->head_sql_multi,
+                                     .drops_prepared = c->head_sql_drops,
                                      .session_feature = c->head_sql_feature};
     } else {
         px_sql_classify((const char *)body, text_len(body, len), info);

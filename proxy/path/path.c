@@ -2,6 +2,7 @@
  * path.c: the statement path: stages composed in order, the relays in both directions, and
  * the events reported by the transport and the pool (see path.h).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "base/log.h"
@@ -12,6 +13,7 @@
 #include "path/batch.h"
 #include "path/classify.h"
 #include "path/expect.h"
+#include "path/fault.h"
 #include "path/local.h"
 #include "path/locks.h"
 #include "path/path.h"
@@ -38,13 +40,12 @@ static bool server_quiescent(const struct px_server *s)
  * Execute, ...), a barrier makes the server say when it is done: a Close of a statement
  * name that cannot exist (answered CloseComplete, which the FIFO swallows, or skipped after
  * an error) and a Flush. */
-static bool hold_for_reply(struct px_client *c)
+static bool hold_for_reply(struct px_client *c, struct evbuffer *out)
 {
     struct px_server *s = c->server;
     c->reply_hold = true;
     if (!s->last_untracked)
         return true;
-    struct evbuffer *out = bufferevent_get_output(s->bev);
     struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
     static const uint8_t flush[5] = {'H', 0, 0, 0, 4};
     if (!e || px_write_target(out, 'C', 'S', "_pgw_") < 0 || evbuffer_add(out, flush, 5) < 0)
@@ -93,29 +94,54 @@ static enum px_relay_action c2s_bookkeeping(struct px_client *c, char type)
 
 /* Message types each relay table shows to c2s (proto/relay.h).  Query and Parse are read
  * in both modes (lock calls); transaction mode reads Bind, Describe and Close (statement
- * renaming); a client with lock-call statements or portals has them all read. */
-static const uint8_t c2s_session_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_BODY,
-    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-static const uint8_t c2s_txn_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
-    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-static const uint8_t c2s_locks_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
-    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_BODY,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
+ * renaming); a client with lock-call statements or portals has them all read.  Types a
+ * frontend may not send are shown too, to be refused. */
+static uint8_t c2s_session_see[256], c2s_txn_see[256], c2s_locks_see[256];
+
+static void build_tables(void)
+{
+    for (int t = 0; t < 256; t++) {
+        uint8_t see = px_wire_frontend_type((char)t) ? PX_SEE_NONE : PX_SEE_TYPE;
+        c2s_session_see[t] = c2s_txn_see[t] = c2s_locks_see[t] = see;
+    }
+    static const char typed[] = "SFBDECH", read_session[] = "QPX", read_txn[] = "QPBDCX",
+                      read_locks[] = "QPBDCEX";
+    for (const char *p = typed; *p; p++)
+        c2s_session_see[(uint8_t)*p] = c2s_txn_see[(uint8_t)*p] = c2s_locks_see[(uint8_t)*p] =
+            PX_SEE_TYPE;
+    for (const char *p = read_session; *p; p++)
+        c2s_session_see[(uint8_t)*p] = PX_SEE_BODY;
+    for (const char *p = read_txn; *p; p++)
+        c2s_txn_see[(uint8_t)*p] = PX_SEE_BODY;
+    for (const char *p = read_locks; *p; p++)
+        c2s_locks_see[(uint8_t)*p] = PX_SEE_BODY;
+}
 
 static const uint8_t *c2s_table(const struct px_client *c)
 {
-    if (c->locks)
+    if (!c2s_session_see['Q'])
+        build_tables();
+    if (c->locks || px_chaos_active()) /* Execute is read too */
         return c2s_locks_see;
     return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
 }
+
+/* The relay running now (one at a time: the loop is single-threaded): its client and the
+ * buffer it relays into (see px_path_server_out). */
+static struct px_client *relaying_client;
+static struct evbuffer *relaying_out;
+
+struct evbuffer *px_path_server_out(struct px_client *c)
+{
+    if (c == relaying_client && relaying_out)
+        return relaying_out;
+    return bufferevent_get_output(c->server->bev);
+}
+
+/* The table of the relay running now (one relay at a time: the loop is single-threaded).
+ * A client whose first lock call creates its lock state needs the locks table from the
+ * next message on: c2s then stops the relay, which restarts with it. */
+static const uint8_t *relaying_table;
 
 /* A Parse's statement text, classified for the session stage. */
 static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
@@ -131,12 +157,25 @@ static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     px_session_note_sql(c, &info);
 }
 
+/* FATAL for a message type a frontend may not send (never forwarded: PostgreSQL would end
+ * the backend, and with it the next client's session). */
+static enum px_relay_action refuse_type(struct px_client *c, char type)
+{
+    char msg[64];
+    snprintf(msg, sizeof(msg), "invalid frontend message type %d", (int)(unsigned char)type);
+    px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, msg);
+    return PX_RELAY_CLOSE;
+}
+
 static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
                                 uint32_t len)
 {
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
+    relaying_out = out; /* the relay's destination: scratch or the server's output */
+    if (!px_wire_frontend_type(type))
+        return refuse_type(c, type);
     if (s->group_failed && type != 'S' && type != 'X') {
         /* An error earlier in this extended-protocol group: the server skips everything
          * until Sync, so the message is neither answered nor tracked (dropped when its body
@@ -147,12 +186,29 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
         case PX_LOCKS_ANSWERED:
-            return c->lock_waiting || c->reply_hold ? PX_RELAY_DROP_STOP : PX_RELAY_DROP;
-        case PX_LOCKS_HOLD: return hold_for_reply(c) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+            return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
+                       ? PX_RELAY_DROP_STOP
+                       : PX_RELAY_DROP;
+        case PX_LOCKS_HOLD: return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
         case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
         case PX_LOCKS_NOT_MINE: break;
         }
     }
+    /* fault injection, for what reaches the server */
+    if (px_chaos_active() && body && (type == 'Q' || type == 'E')) {
+        switch (px_fault_message(c, type, body, len, server_quiescent(s))) {
+        case PX_FAULT_ANSWERED: return PX_RELAY_DROP_STOP;
+        case PX_FAULT_HOLD:
+            if (c->fault_waiting)
+                return PX_RELAY_HOLD; /* latency: its timer resumes the relay */
+            return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_FAULT_CLOSED: return PX_RELAY_CLOSE;
+        case PX_FAULT_DISCONNECT: c->fault_disconnect = true; break;
+        case PX_FAULT_NONE: break;
+        }
+    }
+    if (type == 'P' && px_chaos_active())
+        px_fault_note_parse(c, body, len);
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
@@ -167,6 +223,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
+    if (c->fault_disconnect)
+        return PX_RELAY_STOP; /* sent; then the server is closed (px_path_relay_client) */
     /* statement renaming (transaction mode), and the replies the server will owe */
     switch (type) {
     case 'P':
@@ -207,7 +265,8 @@ void px_path_relay_client(struct px_client *c)
     /* Other clients' queries follow its one on s, the prelude's replies are not all in
      * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
      * the rest waits. */
-    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold) {
+    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold ||
+        c->fault_waiting) {
         hold_input(c);
         return;
     }
@@ -215,12 +274,20 @@ void px_path_relay_client(struct px_client *c)
     struct evbuffer *out = bufferevent_get_output(s->bev);
     uint32_t max = (uint32_t)px.cfg->max_message_bytes;
     evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
-    size_t moved = 0;
-    enum px_relay_result r =
-        px_relay_direct(&c->c2s, in, out, fd, c2s_table(c), c2s, c, max, &moved);
-    px_stats_bytes(c->pool, moved, 0);
+    enum px_relay_result r;
+    do { /* again when the table changed (see relaying_table) */
+        size_t moved = 0;
+        relaying_table = c2s_table(c);
+        relaying_client = c;
+        r = px_relay_direct(&c->c2s, in, out, fd, relaying_table, c2s, c, max, &moved);
+        relaying_client = NULL;
+        relaying_out = NULL;
+        px_stats_bytes(c->pool, moved, 0);
+    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
+             s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
-        px_client_close(c); /* Terminate */
+        if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
+            px_client_close(c); /* Terminate (an invalid message has failed it already) */
         return;
     }
     if (r == PX_RELAY_TOO_LARGE) {
@@ -238,8 +305,13 @@ void px_path_relay_client(struct px_client *c)
 enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved)
 {
     size_t before = evbuffer_get_length(out);
-    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, c2s_table(c),
+    relaying_table = c2s_table(c);
+    relaying_client = c;
+    relaying_out = out;
+    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, relaying_table,
                                       c2s, c, (uint32_t)px.cfg->max_message_bytes);
+    relaying_client = NULL;
+    relaying_out = NULL;
     *moved = evbuffer_get_length(out) - before;
     return r;
 }
@@ -256,6 +328,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
         s->group_failed = false;
+        s->copy_in = false;
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
             px_breaker_txn_done(s->pool);
@@ -289,11 +362,11 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
  * the ReadyForQuery that would report it. */
 static const uint8_t s2c_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY,
+    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
 static const uint8_t s2c_group_see[256] = {
-    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
+    ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
 
 /* A CommandComplete inside an extended-protocol group. */
@@ -327,6 +400,7 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
         return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
     case 'C': note_complete(s, body, len); return PX_RELAY_FORWARD;
+    case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
         /* In the current extended-protocol group (no Sync owed before it), the server now
@@ -469,7 +543,7 @@ void px_path_cancel_request(struct px_client *c)
 
 void px_path_client_input(struct px_client *c)
 {
-    if (c->lock_waiting) {
+    if (c->lock_waiting || (c->fault_waiting && c->state != PX_CL_ACTIVE)) {
         hold_input(c);
         return;
     }
@@ -500,12 +574,20 @@ void px_path_client_leaving(struct px_client *c)
     c->server = NULL;
     s->client = NULL;
     px_batch_close(s);
+    if (s->expect_n > 0) {
+        /* Nobody waits for these replies; what the Parse/Close in flight did is unknown, so
+         * the server's statement set is rebuilt with a Close before every Parse. */
+        px_expect_free(s);
+        px_stmt_set_clear(&s->stmts);
+        s->stmts_uncertain = true;
+    }
     px_server_release(s, c->c2s.remaining != 0);
 }
 
 void px_path_client_free(struct px_client *c)
 {
     px_locks_client_free(c);
+    px_fault_client_free(c);
     px_txn_client_free(c);
     px_session_client_free(c);
     px_stmt_map_clear(&c->stmts);

@@ -125,6 +125,13 @@ void px_session_note_sql(struct px_client *c, const struct px_sql_info *info)
          * connection).  Parse/Close still in flight keep their FIFO entries. */
         px_stmt_set_clear(&s->stmts);
         px_stmt_map_clear(&c->stmts);
+    } else if (info->drops_prepared) {
+        /* A DEALLOCATE or DISCARD pgwarden cannot follow (inside a longer text, or of a
+         * name that is not the client's: pgwarden's own names are visible in
+         * pg_prepared_statements): statements may be gone from the server.  From now on
+         * every Parse sent to it is preceded by a Close, so none is ever missing. */
+        px_stmt_set_clear(&s->stmts);
+        s->stmts_uncertain = true;
     }
 }
 

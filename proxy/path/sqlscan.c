@@ -44,6 +44,7 @@ struct lexer {
     bool stmt_done;      /* the last token ended a statement (TOK_SEMI or TOK_END) */
     bool after_lock_fn;  /* the last token named a session advisory lock function */
     const char *feature; /* first session-only feature seen (static string) */
+    bool drops_prepared; /* a statement starts with DEALLOCATE or DISCARD */
 };
 
 #define GENERIC_SET "SET of a parameter that is not re-synced"
@@ -722,11 +723,13 @@ static void classify_stmt(struct lexer *lx, const struct token *t, struct px_sql
             create_stmt(lx);
         break;
     case 'd':
-        if (IS_KW(t, "deallocate"))
+        if (IS_KW(t, "deallocate")) {
+            lx->drops_prepared = true;
             deallocate_stmt(lx, res);
-        else if (IS_KW(t, "discard"))
+        } else if (IS_KW(t, "discard")) {
+            lx->drops_prepared = true;
             discard_stmt(lx, res);
-        else if (IS_KW(t, "declare"))
+        } else if (IS_KW(t, "declare"))
             declare_stmt(lx);
         break;
     case 'e':
@@ -790,6 +793,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         *out = (struct px_sql_info){.kind = PX_SQL_OTHER, .multi = true};
     }
     out->session_feature = lx.feature;
+    out->drops_prepared = lx.drops_prepared;
 }
 
 bool px_sql_param_tracked(const char *name, size_t len)

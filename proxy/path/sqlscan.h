@@ -73,6 +73,9 @@ struct px_sql_info {
      * re-synced".  RESET of a parameter counts as its SET. */
     const char *session_feature;
     bool multi; /* more than one (non-empty) statement */
+    /* Some statement of the text starts with DEALLOCATE or DISCARD: prepared statements
+     * of the session may go. */
+    bool drops_prepared;
     /* The one statement is a query or a data change: its first keyword is SELECT, VALUES,
      * TABLE, WITH, INSERT, UPDATE, DELETE or MERGE (so it is never transaction control,
      * COPY, or a utility statement).  False when multi. */
