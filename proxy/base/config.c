@@ -189,7 +189,10 @@ static const struct px_cfg_key locks_keys[] = {
  * [breaker]: the circuit breaker of each database (docs/breaker.md, SPEC section 6).  All
  * reloadable: a closed breaker takes new settings at once (its window starts empty), an
  * open or half-open one when it next closes.  Ranges are those of retry/'s
- * breaker_config_check(); open_max_ms >= open_ms is checked in validate().
+ * breaker_config_check(); open_max_ms >= open_ms is checked in validate().  open_ms and
+ * open_max_ms default lower than retry/'s 5 s and 60 s: a probe is one server login, so
+ * probing often costs PostgreSQL nothing, and a database that comes back is served within
+ * open_max_ms (docs/breaker.md, "Tuning").
  */
 static const struct px_cfg_key breaker_keys[] = {
     PG_INT(failure_rate_pct, "50", 1, 100, RELOAD,
@@ -200,9 +203,11 @@ static const struct px_cfg_key breaker_keys[] = {
            "sliding window of the failure rate (10 buckets)"),
     PG_INT(consecutive_failures, "5", 0, 1000000, RELOAD,
            "open after this many failures in a row; 0: only the rate opens it"),
-    PG_INT(open_ms, "5000", 1, 3600000, RELOAD,
+    PG_INT(open_ms, "1000", 1, 3600000, RELOAD,
            "first open period before a probe; doubles with each trip in a series"),
-    PG_INT(open_max_ms, "60000", 1, 86400000, RELOAD, "cap of the growing open period"),
+    PG_INT(open_max_ms, "4000", 1, 86400000, RELOAD,
+           "cap of the growing open period: the longest a database that is back waits for "
+           "its probe"),
     PG_INT(probe_timeout_ms, "1000", 1, 3600000, RELOAD,
            "a probe (a server login) not done by then has failed"),
 };

@@ -101,8 +101,8 @@ struct px_config {
     int min_requests;         /* default 20: calls in the window before the rate counts */
     int window_ms;            /* default 10000: sliding window, 10 buckets */
     int consecutive_failures; /* default 5; 0: only the rate opens it */
-    int open_ms;              /* default 5000: first open period */
-    int open_max_ms;          /* default 60000: cap of the doubling open period */
+    int open_ms;              /* default 1000: first open period */
+    int open_max_ms;          /* default 4000: cap of the doubling open period */
     int probe_timeout_ms;     /* default 1000: a probe not done by then failed */
 
     /* [databases] */

@@ -722,11 +722,9 @@ static void print_file(const char *path)
 
 static void test_restart_under_pgbench(void)
 {
-    /* More clients than servers: some wait in the pool's queue when PostgreSQL goes. */
-    struct harness_proxy_opts o = {.pool_mode = "transaction",
-                                   .pool_size = 4,
-                                   .admin = true,
-                                   .tail_extra = "[breaker]\nopen_ms = 1000\nopen_max_ms = 4000"};
+    /* More clients than servers: some wait in the pool's queue when PostgreSQL goes.  The
+     * [breaker] defaults (open_ms 1000, open_max_ms 4000). */
+    struct harness_proxy_opts o = {.pool_mode = "transaction", .pool_size = 4, .admin = true};
     struct harness_proxy *px = harness_proxy_start(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
     char script[700], out[700];
@@ -785,7 +783,7 @@ static void test_reload(void)
     struct harness_proxy_opts o = {.pool_mode = "transaction",
                                    .pool_size = 2,
                                    .admin = true,
-                                   .tail_extra = "[breaker]\nopen_ms = 60000"};
+                                   .tail_extra = "[breaker]\nopen_ms = 60000\nopen_max_ms = 60000"};
     struct harness_proxy *px = harness_proxy_start(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
     CU_ASSERT_STRING_EQUAL(breaker_state(px->admin_port, "later"), "");

@@ -308,7 +308,7 @@ static void trip(struct fixture *fx)
 static void test_refusal_message(void)
 {
     struct fixture fx;
-    fixture_init(&fx, "open_ms = 5000\n" ONLY_CONSECUTIVE);
+    fixture_init(&fx, "open_ms = 5000\nopen_max_ms = 60000\n" ONLY_CONSECUTIVE);
     struct px_breaker_refusal why;
     CU_ASSERT_TRUE(px_breaker_admit(fx.pool.breaker, &why));
     CU_ASSERT_TRUE(px_breaker_admit(NULL, &why)); /* no breaker (out of memory): admitted */

@@ -375,8 +375,8 @@ static void test_breaker_section(void)
     CU_ASSERT_EQUAL(c->min_requests, 20);
     CU_ASSERT_EQUAL(c->window_ms, 10000);
     CU_ASSERT_EQUAL(c->consecutive_failures, 5);
-    CU_ASSERT_EQUAL(c->open_ms, 5000);
-    CU_ASSERT_EQUAL(c->open_max_ms, 60000);
+    CU_ASSERT_EQUAL(c->open_ms, 1000);
+    CU_ASSERT_EQUAL(c->open_max_ms, 4000);
     CU_ASSERT_EQUAL(c->probe_timeout_ms, 1000);
     px_config_free(c);
     c = load_ok(TRUST "[breaker]\nfailure_rate_pct = 100\nmin_requests = 1\nwindow_ms = 100\n"
@@ -399,7 +399,7 @@ static void test_breaker_section(void)
     expect_error(TRUST "[breaker]\nopen_ms = 5000\nopen_max_ms = 4000\n",
                  ":5: [breaker] open_max_ms: 4000 is less than open_ms (5000)");
     expect_error(TRUST "[breaker]\nopen_ms = 70000\n",
-                 ": [breaker] open_max_ms: 60000 is less than open_ms (70000)");
+                 ": [breaker] open_max_ms: 4000 is less than open_ms (70000)");
     expect_error(TRUST "[breaker]\nprobe_timeout = 1\n",
                  ":4: [breaker] probe_timeout: unknown key");
     /* Every key reloads. */
