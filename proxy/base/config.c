@@ -160,7 +160,7 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_INT(client_login_timeout_ms, "60000", 1, INT_MAX, RELOAD,
            "limit on a client's startup and authentication"),
     PG_INT(max_message_bytes, "1048576", 8192, 1073741824, RESTART,
-           "largest protocol message accepted from a client"),
+           "largest Parse message accepted from a client (other messages stream)"),
     PG_INT(shutdown_timeout_ms, "30000", 0, INT_MAX, RELOAD,
            "on SIGTERM, how long clients may finish before being closed"),
     PG_ENUM(log_level, "info", log_level_names, RELOAD,

@@ -104,17 +104,20 @@ static void build_tables(void)
         uint8_t see = px_wire_frontend_type((char)t) ? PX_SEE_NONE : PX_SEE_TYPE;
         c2s_session_see[t] = c2s_txn_see[t] = c2s_locks_see[t] = see;
     }
-    static const char typed[] = "SFBDECH", read_session[] = "QPX", read_txn[] = "QPBDCX",
-                      read_locks[] = "QPBDCEX";
+    /* Parse is assembled (transaction mode keeps a statement's text to prepare it again);
+     * the other messages read are looked at by their head: a big Query or Bind streams. */
+    static const char typed[] = "SFBDECH", read_session[] = "QX", read_txn[] = "QBDCX",
+                      read_locks[] = "QBDCEX";
     for (const char *p = typed; *p; p++)
         c2s_session_see[(uint8_t)*p] = c2s_txn_see[(uint8_t)*p] = c2s_locks_see[(uint8_t)*p] =
             PX_SEE_TYPE;
     for (const char *p = read_session; *p; p++)
-        c2s_session_see[(uint8_t)*p] = PX_SEE_BODY;
+        c2s_session_see[(uint8_t)*p] = PX_SEE_HEAD;
     for (const char *p = read_txn; *p; p++)
-        c2s_txn_see[(uint8_t)*p] = PX_SEE_BODY;
+        c2s_txn_see[(uint8_t)*p] = PX_SEE_HEAD;
     for (const char *p = read_locks; *p; p++)
-        c2s_locks_see[(uint8_t)*p] = PX_SEE_BODY;
+        c2s_locks_see[(uint8_t)*p] = PX_SEE_HEAD;
+    c2s_session_see['P'] = c2s_txn_see['P'] = c2s_locks_see['P'] = PX_SEE_BODY;
 }
 
 static const uint8_t *c2s_table(const struct px_client *c)
@@ -167,6 +170,24 @@ static enum px_relay_action refuse_type(struct px_client *c, char type)
     return PX_RELAY_CLOSE;
 }
 
+/* A message too big to be held whole (a query or Bind over PX_RELAY_HEAD_MAX): only its
+ * head was read.  It is no lock call, no fault is injected into it and its text is not
+ * classified; the bookkeeping and, in transaction mode, the statement renaming apply. */
+static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, char type,
+                                    const uint8_t *head, uint32_t len)
+{
+    struct px_server *s = c->server;
+    if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
+        return PX_RELAY_CLOSE;
+    if (type == 'Q') {
+        c->head_sql_len = 0;
+        return px_expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    }
+    if (type == 'B' && s->pool->mode == PX_POOL_TRANSACTION)
+        return px_rename_bind_head(c, out, head, len);
+    return PX_RELAY_FORWARD;
+}
+
 static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
                                 uint32_t len)
 {
@@ -182,6 +203,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
          * was read, else passed on for the server to skip). */
         return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
+    if (body && len > PX_RELAY_HEAD_MAX)
+        return c2s_big(c, out, type, body, len);
     /* answered by pgwarden: lock calls, in order behind the server's replies */
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {

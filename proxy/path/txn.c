@@ -161,7 +161,8 @@ void px_txn_idle_input(struct px_client *c)
         uint8_t hdr[5];
         evbuffer_copyout(in, hdr, 5);
         uint32_t len = px_get_u32(hdr + 1);
-        if (len < 4 || len > (uint32_t)px.cfg->max_message_bytes) {
+        if (len < 4 || len > PX_WIRE_MAX_LEN ||
+            (hdr[0] == 'P' && len > (uint32_t)px.cfg->max_message_bytes)) {
             px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(len));
             return;
         }
