@@ -164,9 +164,11 @@ struct px_client {
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;
-    /* pgwarden failed an extended-protocol group it had no server for (the circuit
-     * breaker refused it): the rest of the group is dropped up to its Sync (local.h). */
+    /* pgwarden failed a statement it had no server for (the circuit breaker refused it):
+     * the rest of its message is dropped as it arrives (skip_bytes) and, for an
+     * extended-protocol group, every message up to its Sync (local.h). */
     bool skip_to_sync;
+    uint32_t skip_bytes;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];

@@ -83,35 +83,44 @@ bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const cha
     uint8_t hdr[5];
     if (evbuffer_copyout(in, hdr, 5) != 5)
         return false;
-    uint32_t total = px_get_u32(hdr + 1) + 1;
     bool simple = hdr[0] == 'Q' || hdr[0] == 'F';
-    if (simple && evbuffer_get_length(in) < total)
-        return false; /* answered once it is all in: the reply must follow the message */
+    px_txn_fail_block(c); /* an error inside a block fails the block, as on PostgreSQL */
     struct px_wire_errfields e = {
         .sev = PX_SEV_ERROR, .sqlstate = sqlstate, .message = message, .detail = detail};
-    if (px_wire_error_fields(out, &e) < 0) {
+    if (px_wire_error_fields(out, &e) < 0 ||
+        (simple && px_wire_ready(out, px_txn_unlinked_status(c)) < 0)) {
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return false;
     }
     px_stats_error_sent(c->pool, sqlstate);
-    px_txn_fail_block(c); /* an error inside a block fails the block, as on PostgreSQL */
-    if (!simple) {
-        c->skip_to_sync = true;
-        return true;
-    }
-    evbuffer_drain(in, total);
-    c->head_sql_len = 0; /* its classification went with it */
-    px_wire_ready(out, px_txn_unlinked_status(c));
+    c->head_sql_len = 0; /* its classification goes with it */
+    /* The message (and the rest of its group) is dropped as it arrives: answering before
+     * it is all in changes nothing for the client, which reads after sending. */
+    c->skip_bytes = px_get_u32(hdr + 1) + 1;
+    c->skip_to_sync = !simple;
     return true;
 }
 
-bool px_local_skip_group(struct px_client *c)
+bool px_local_skip(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    uint8_t hdr[5];
-    while (evbuffer_copyout(in, hdr, 5) == 5) {
+    for (;;) {
+        if (c->skip_bytes) {
+            size_t n = evbuffer_get_length(in);
+            if (n > c->skip_bytes)
+                n = c->skip_bytes;
+            evbuffer_drain(in, n);
+            c->skip_bytes -= (uint32_t)n;
+            if (c->skip_bytes)
+                return false; /* the rest of the message is not in yet */
+        }
+        if (!c->skip_to_sync)
+            return true;
+        uint8_t hdr[5];
+        if (evbuffer_copyout(in, hdr, 5) != 5)
+            return false;
         uint32_t len = px_get_u32(hdr + 1);
-        if (len < 4 || len > (uint32_t)px.cfg->max_message_bytes) {
+        if (len < 4 || len > PX_WIRE_MAX_LEN) {
             px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(len));
             return false;
         }
@@ -119,15 +128,14 @@ bool px_local_skip_group(struct px_client *c)
             px_client_close(c);
             return false;
         }
-        if (evbuffer_get_length(in) < (size_t)len + 1)
-            return false; /* the rest of the message */
-        evbuffer_drain(in, (size_t)len + 1);
         if (hdr[0] == 'S') {
+            if (evbuffer_get_length(in) < (size_t)len + 1)
+                return false;
+            evbuffer_drain(in, (size_t)len + 1);
             c->skip_to_sync = false;
-            c->head_sql_len = 0;
             px_wire_ready(bufferevent_get_output(c->bev), px_txn_unlinked_status(c));
             return true;
         }
+        c->skip_bytes = len + 1;
     }
-    return false;
 }

@@ -39,20 +39,26 @@ void px_local_complete(struct px_client *c, const char *tag, char status);
  * c has no server and the statement at the head of its input fails with ERROR sqlstate,
  * message and detail (may be NULL; e.g. the circuit breaker refused it), answered as
  * PostgreSQL answers a failed statement: a Query or FunctionCall gets the ErrorResponse and
- * a ReadyForQuery with c's transaction status, and is removed from the input; any other
- * message starts an extended-protocol group, which gets the ErrorResponse now and whose
- * messages are dropped up to its Sync (c->skip_to_sync, px_local_skip_group).  Inside a
- * transaction block the block fails (txn.h).  True when answered (the rest of the input
- * is handled as usual); false when the Query is not all in yet (nothing was written: call
- * again with more input) or the client was failed (out of memory).
+ * a ReadyForQuery with c's transaction status; any other message starts an
+ * extended-protocol group, which gets the ErrorResponse and whose messages are dropped up
+ * to its Sync, answered with ReadyForQuery.  The failed messages are dropped as they
+ * arrive, never held whole (px_local_skipping, px_local_skip).  Inside a transaction block
+ * the block fails (txn.h).  True when answered (the rest of the input is handled as
+ * usual, after px_local_skip); false when the client was failed (out of memory).
  */
 bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const char *message,
                             const char *detail);
 
-/* c->skip_to_sync: drops c's input up to and including the Sync that ends the failed
- * group, answers the Sync with ReadyForQuery and clears the flag.  True when the group
- * ended; false when its Sync is not in yet or the client was closed (Terminate, bad
- * length). */
-bool px_local_skip_group(struct px_client *c);
+/* Whether c's input starts with what a failed statement left to drop. */
+static inline bool px_local_skipping(const struct px_client *c)
+{
+    return c->skip_bytes > 0 || c->skip_to_sync;
+}
+
+/* Drops what a failed statement left: the rest of its message and, for a failed group,
+ * every message up to and including its Sync (answered with ReadyForQuery).  True when
+ * done (the input that follows is new); false when more input is needed or the client was
+ * closed (Terminate, bad length). */
+bool px_local_skip(struct px_client *c);
 
 #endif

@@ -153,8 +153,8 @@ void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while (c->state == PX_CL_IDLE && !px_locks_waiting(c)) {
-        if (c->skip_to_sync && !px_local_skip_group(c))
-            return; /* the rest of a group pgwarden failed: its Sync is not in yet */
+        if (px_local_skipping(c) && !px_local_skip(c))
+            return; /* the rest of a statement pgwarden failed is not in yet */
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;

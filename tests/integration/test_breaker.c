@@ -363,6 +363,23 @@ static void test_postgresql_stopped(void)
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57P03");
     PQclear(r);
     CU_ASSERT_EQUAL(PQstatus(a), CONNECTION_OK);
+    /* Messages over 64 KiB are dropped as they arrive, never held whole: a 1 MiB Query, a
+     * 1 MiB Bind parameter. */
+    size_t big = 1 << 20;
+    char *sql = malloc(big + 32), *param = malloc(big + 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sql);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(param);
+    memset(param, 'x', big);
+    param[big] = '\0';
+    snprintf(sql, big + 32, "SELECT length('%s')", param);
+    CU_ASSERT_STRING_EQUAL(timed_exec(a, sql, &ms, NULL, 0), "57P03");
+    const char *bigp[] = {param};
+    r = PQexecParams(a, "SELECT length($1)", 1, NULL, bigp, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57P03");
+    PQclear(r);
+    free(sql);
+    free(param);
+    CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 1", &ms, NULL, 0), "57P03");
     /* A pipeline flushed before its Sync: the error comes at once, the rest of the group is
      * skipped up to the Sync, which gets ReadyForQuery. */
     CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(a), 1);
