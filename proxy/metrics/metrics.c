@@ -174,6 +174,10 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
     [PX_M_LOCK_LIMIT_REFUSALS] = {"lock_limit_refusals", PX_METRIC_COUNTER,
                                   "Lock requests refused because max_locks was reached (53200).",
                                   PX_MK_GLOBAL},
+    [PX_M_CLIENTS_PINNED] = {"clients_pinned", PX_METRIC_GAUGE,
+                             "Transaction pooling: clients that keep their server because of "
+                             "session state that cannot move (LISTEN, temporary tables, ...).",
+                             PX_MK_POOL},
     [PX_M_BREAKER_STATE] = {"breaker_state", PX_METRIC_GAUGE,
                             "Circuit breaker state per database: 0 closed, 1 open, 2 half-open.",
                             PX_MK_DATABASE},

@@ -87,6 +87,7 @@ enum px_metric {
     PX_M_LOCK_DEADLOCKS,          /* counter, global */
     PX_M_LOCK_CANCELS,            /* counter, global */
     PX_M_LOCK_LIMIT_REFUSALS,     /* counter, global */
+    PX_M_CLIENTS_PINNED,          /* gauge, pool */
     PX_M_BREAKER_STATE,           /* gauge, database: 0 closed, 1 open, 2 half-open */
     PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
     PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */

@@ -156,8 +156,22 @@ static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
         return; /* malformed: PostgreSQL says so */
     struct px_sql_info info;
     const char *q = (const char *)content;
-    px_sql_classify(q, strnlen(q, clen), &info);
-    px_session_note_sql(c, &info);
+    size_t qlen = strnlen(q, clen);
+    px_sql_classify(q, qlen, &info);
+    px_session_note_parse(c, name, &info, q, qlen);
+    if (info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) {
+        px_stmt_set_clear(&c->server->stmts); /* see px_session_note_sql */
+        c->server->stmts_uncertain = true;
+    }
+}
+
+/* A Bind's statement name (the session stage follows changes made through the unnamed
+ * statement). */
+static void note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const uint8_t *p = memchr(body, '\0', len);
+    if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body)))
+        px_session_note_bind(c, (const char *)p + 1);
 }
 
 /* FATAL for a message type a frontend may not send (never forwarded: PostgreSQL would end
@@ -239,9 +253,13 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             px_classify_relayed(c, body, len, &info);
             if (px_local_answer_linked(c, &info))
                 return PX_RELAY_DROP;
-            px_session_note_sql(c, &info);
+            px_session_note_sql(c, &info, (const char *)body, len);
         } else if (type == 'P') {
             note_parse(c, body, len);
+        } else if (type == 'B') {
+            note_bind(c, body, len);
+        } else if (type == 'E') {
+            px_session_note_execute(c);
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
@@ -352,6 +370,8 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         s->txn_status = len ? (char)body[0] : 'I';
         s->group_failed = false;
         s->copy_in = false;
+        if (s->client)
+            px_session_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
             px_breaker_txn_done(s->pool);
@@ -426,6 +446,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
     case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
+        if (!mine && s->client)
+            px_session_error(s->client);
         /* In the current extended-protocol group (no Sync owed before it), the server now
          * skips everything until the client's Sync. */
         if (mine || (s->pending_ready == 0 && s->unsynced))
@@ -597,6 +619,8 @@ void px_path_client_leaving(struct px_client *c)
     c->server = NULL;
     s->client = NULL;
     px_batch_close(s);
+    if (px_session_pinned(c))
+        s->dirty = true; /* its state that could not move goes with a reset */
     if (s->expect_n > 0) {
         /* Nobody waits for these replies; what the Parse/Close in flight did is unknown, so
          * the server's statement set is rebuilt with a Close before every Parse. */

@@ -272,6 +272,7 @@ bool px_txn_prelude_done(struct px_client *c)
         return true;
     }
     s->prelude_failed = false;
+    s->sstate_owner = UINT64_MAX; /* what of the state applied is unknown: reset, replay */
     if (s->prelude_tries < PRELUDE_TRIES) {
         s->prelude_tries++;
         if (!send_prelude(c)) {
@@ -295,6 +296,8 @@ void px_txn_maybe_release(struct px_server *s)
     struct px_client *c = s->client;
     if (!c || s->state != PX_SV_ACTIVE || c->state != PX_CL_ACTIVE)
         return;
+    if (px_session_pinned(c))
+        return; /* state that cannot move: the client keeps its server */
     if (s->txn_status != 'I' || s->hidden_queries > 0 || s->pending_ready > 0 || s->unsynced ||
         s->expect_n > 0 || s->s2c.remaining || c->c2s.remaining || px_server_cancel_busy(s) ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
