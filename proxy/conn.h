@@ -37,6 +37,7 @@
 
 struct px_metrics_set;
 struct px_admin;
+struct px_breaker;
 
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
 #define PX_BACKPRESSURE_HIGH (256 * 1024)
@@ -168,6 +169,11 @@ struct px_client {
     /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
      * retry is off. */
     struct px_retry *retry;
+    /* pgwarden failed a statement it had no server for (the circuit breaker refused it):
+     * the rest of its message is dropped as it arrives (skip_bytes) and, for an
+     * extended-protocol group, every message up to its Sync (local.h). */
+    bool skip_to_sync;
+    uint32_t skip_bytes;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -252,6 +258,13 @@ struct px_server {
     uint32_t sstate_version;
     bool sstate_prepared;
     bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
+     * failure of this connection was counted already (a FATAL, then the lost connection,
+     * count once); its login stopped because pgwarden has no credentials the server's
+     * method accepts (the database answered: not its failure). */
+    uint64_t probe_id;
+    bool breaker_counted;
+    bool login_no_credentials;
 
     /* Transaction pooling (txn.c). */
     int hidden_queries; /* replies of queries pgwarden injected, swallowed first */
@@ -310,12 +323,14 @@ struct px_pool {
     int pool_size;
     enum px_pool_mode mode; /* fixed when the pool is created */
     enum px_unmovable unmovable_state;
+    struct px_breaker *breaker; /* its database's, shared by the pools of that name; a
+                                   reference (NULL only when out of memory: admits all) */
 
     struct px_list servers_login, servers_idle, servers_active, servers_resetting;
     int n_login, n_idle, n_active, n_resetting;
     struct px_list clients_idle, clients_waiting, clients_active;
     int n_idle_clients, n_waiting, n_active_clients;
-    int n_pinned; /* clients whose state pins their server (session.c) */
+    int n_pinned;            /* clients whose state pins their server (session.c) */
     struct px_list welcomes; /* struct px_welcome, least recently used first */
     int n_welcomes;
 

@@ -29,6 +29,7 @@
 #include "base/log.h"
 #include "main.h"
 #include "metrics/metrics.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 #include "path/prepared.h"
 #include "proto/relay.h"
@@ -203,7 +204,7 @@ static int setup(char **errmsg)
     px_log_set_level(px.cfg->log_level);
     if (load_dependents(px.cfg, NULL, &px.users, &px.client_tls, &px.server_tls, errmsg) < 0)
         return -1;
-    if (px_metrics_init(0, errmsg) < 0 || px_stats_init() < 0)
+    if (px_metrics_init(0, errmsg) < 0 || px_stats_init() < 0 || px_breaker_configure() < 0)
         return -1;
     px.base = event_base_new();
     if (!px.base)
@@ -251,6 +252,7 @@ static void teardown(void)
     }
     px_pool_free_all();
     reap();
+    px_breaker_free_all();
     px_locks_shutdown();
     px_retry_shutdown();
     px_cancel_destroy();

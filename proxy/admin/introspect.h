@@ -17,8 +17,9 @@
 #include <jansson.h>
 
 /* [{"database","user","mode","pool_size","clients_active","clients_waiting",
- *   "servers_active","servers_idle","servers_connecting","longest_wait_ms"}, ...]: every
- * pool, then every [databases] entry but "*" that has no pool yet (user null, zeros). */
+ *   "servers_active","servers_idle","servers_connecting","longest_wait_ms",
+ *   "breaker":{"state","next_probe_ms","last_failure","failures"}}, ...]: every pool, then
+ * every [databases] entry but "*" that has no pool yet (user null, zeros). */
 json_t *px_introspect_pools(void);
 /* [{"id","database","user","application_name","address","state","tls","connected_ms",
  *   "server_id"[, "locks"][, "lock_wait"]}, ...]: "locks" ([{"key","mode","scope",

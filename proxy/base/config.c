@@ -199,6 +199,33 @@ static const struct px_cfg_key locks_keys[] = {
 };
 
 /*
+ * [breaker]: the circuit breaker of each database (docs/breaker.md, SPEC section 6).  All
+ * reloadable: a closed breaker takes new settings at once (its window starts empty), an
+ * open or half-open one when it next closes.  Ranges are those of retry/'s
+ * breaker_config_check(); open_max_ms >= open_ms is checked in validate().  open_ms and
+ * open_max_ms default lower than retry/'s 5 s and 60 s: a probe is one server login, so
+ * probing often costs PostgreSQL nothing, and a database that comes back is served within
+ * open_max_ms (docs/breaker.md, "Tuning").
+ */
+static const struct px_cfg_key breaker_keys[] = {
+    PG_INT(failure_rate_pct, "50", 1, 100, RELOAD,
+           "open when failures reach this share of calls in the window (with min_requests)"),
+    PG_INT(min_requests, "20", 1, 1000000, RELOAD,
+           "calls in the window before failure_rate_pct is considered"),
+    PG_INT(window_ms, "10000", 100, 3600000, RELOAD,
+           "sliding window of the failure rate (10 buckets)"),
+    PG_INT(consecutive_failures, "5", 0, 1000000, RELOAD,
+           "open after this many failures in a row; 0: only the rate opens it"),
+    PG_INT(open_ms, "1000", 1, 3600000, RELOAD,
+           "first open period before a probe; doubles with each trip in a series"),
+    PG_INT(open_max_ms, "4000", 1, 86400000, RELOAD,
+           "cap of the growing open period: the longest a database that is back waits for "
+           "its probe"),
+    PG_INT(probe_timeout_ms, "1000", 1, 3600000, RELOAD,
+           "a probe (a server login) not done by then has failed"),
+};
+
+/*
  * [retry]: transparent retry of serialization failures and deadlocks (docs/retry.md, SPEC
  * section 5).  Ranges are those of retry/'s retry_config_check(), which validate() runs on
  * the whole section (cap_ms >= base_ms); retryable_sqlstates and multiplier are parsed
@@ -231,6 +258,7 @@ static const struct px_cfg_section key_sections[] = {
     {"pgwarden", pgwarden_keys, ARRAY_LEN(pgwarden_keys)},
     {"locks", locks_keys, ARRAY_LEN(locks_keys)},
     {"retry", retry_keys, ARRAY_LEN(retry_keys)},
+    {"breaker", breaker_keys, ARRAY_LEN(breaker_keys)},
 };
 
 #define DB_SECTION "databases"
@@ -711,20 +739,26 @@ static int parse_db_entry(struct parser *p, const char *name, char *conninfo)
 
 /* ---- cross-field checks ---------------------------------------------------------------- */
 
-/* Line on which a [pgwarden] key was set; 0 when it has its default. */
-static int line_of(const struct parser *p, const char *key)
+/* Line on which key of section was set; 0 when it has its default. */
+static int line_in(const struct parser *p, const char *section, const char *key)
 {
-    const struct px_cfg_key *k = find_key(pgwarden_keys, ARRAY_LEN(pgwarden_keys), key);
-    return k ? p->seen[0][k - pgwarden_keys] : 0;
+    for (size_t i = 0; i < ARRAY_LEN(key_sections); i++) {
+        const struct px_cfg_section *t = &key_sections[i];
+        const struct px_cfg_key *k =
+            strcmp(t->name, section) ? NULL : find_key(t->keys, t->nkeys, key);
+        if (k)
+            return p->seen[i][k - t->keys];
+    }
+    return 0;
 }
 
-#define fail_key(p, key, ...) fail_at((p), line_of((p), (key)), "pgwarden", (key), __VA_ARGS__)
+#define fail_key(p, key, ...)                                                                      \
+    fail_at((p), line_in((p), "pgwarden", (key)), "pgwarden", (key), __VA_ARGS__)
 
 /* Line on which a [retry] key was set; 0 when it has its default. */
 static int retry_line(const struct parser *p, const char *key)
 {
-    const struct px_cfg_key *k = find_key(retry_keys, ARRAY_LEN(retry_keys), key);
-    return k ? p->seen[2][k - retry_keys] : 0;
+    return line_in(p, "retry", key);
 }
 
 #define fail_retry(p, key, ...) fail_at((p), retry_line((p), (key)), "retry", (key), __VA_ARGS__)
@@ -788,6 +822,9 @@ static int validate(struct parser *p)
     if (c->admin_port != 0 && c->admin_port == c->listen_port &&
         strcmp(c->admin_addr, c->listen_addr) == 0)
         return fail_key(p, "admin_port", "same address and port as listen_addr:listen_port");
+    if (c->open_max_ms < c->open_ms)
+        return fail_at(p, line_in(p, "breaker", "open_max_ms"), "breaker", "open_max_ms",
+                       "%d is less than open_ms (%d)", c->open_max_ms, c->open_ms);
     return validate_retry(p);
 }
 

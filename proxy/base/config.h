@@ -2,8 +2,8 @@
  * config.h: pgwarden's configuration: the INI file, its declarative key tables, validation
  * and reload.
  *
- * The file has sections [pgwarden], [locks], [retry] and [databases] (later issues add
- * [breaker], [chaos] by registering tables of their own).  Each setting is one row of a
+ * The file has sections [pgwarden], [locks], [retry], [breaker] and [databases] (later
+ * issues add [chaos] by registering a table of its own).  Each setting is one row of a
  * declarative table (section, key, type, struct offset, default, range, reloadable, help);
  * the parser is generic and knows nothing about individual keys.  See
  * docs/configuration.md for the user-facing reference; a unit test checks that every key in
@@ -115,6 +115,15 @@ struct px_config {
     int retry_buffer_bytes;     /* default 1 MiB */
     int retry_checkpoint_bytes; /* default 8192 */
     struct retry_config retry;  /* the section in retry/'s form (parsed, checked) */
+
+    /* [breaker]: the circuit breaker of each database (pool/breaker.h, docs/breaker.md) */
+    int failure_rate_pct;     /* default 50: share of failures in the window that opens it */
+    int min_requests;         /* default 20: calls in the window before the rate counts */
+    int window_ms;            /* default 10000: sliding window, 10 buckets */
+    int consecutive_failures; /* default 5; 0: only the rate opens it */
+    int open_ms;              /* default 1000: first open period */
+    int open_max_ms;          /* default 4000: cap of the doubling open period */
+    int probe_timeout_ms;     /* default 1000: a probe not done by then failed */
 
     /* [databases] */
     struct px_db_config *dbs;

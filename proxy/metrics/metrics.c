@@ -30,10 +30,12 @@
 /* ---- built-in tables ---- */
 
 static const char *const pool_labels[] = {"database", "user"};
+static const char *const database_labels[] = {"database"};
 
 static struct px_metrics_kind_def builtin_kinds[PX_MK__COUNT] = {
     [PX_MK_GLOBAL] = {"global", NULL, 0, 1},
     [PX_MK_POOL] = {"pool", pool_labels, 2, PX_METRICS_DEFAULT_MAX_SETS},
+    [PX_MK_DATABASE] = {"database", database_labels, 1, PX_METRICS_DEFAULT_MAX_SETS},
 };
 
 static const char *const state_label[] = {"state"};
@@ -74,7 +76,15 @@ static const char *const sqlstate_classes[] = {
 #define N_SQLSTATE_CLASSES (sizeof(sqlstate_classes) / sizeof(sqlstate_classes[0]))
 
 static const char *const kind_label[] = {"kind"};
-static const char *const kind_names[PX_MK__COUNT] = {"global", "pool"};
+static const char *const kind_names[PX_MK__COUNT] = {"global", "pool", "database"};
+
+static const char *const move_labels[] = {"from", "to"};
+static const char *const breaker_moves[2 * PX_MBM__COUNT] = {
+    "closed",    "open",      /* PX_MBM_CLOSED_OPEN */
+    "open",      "half-open", /* PX_MBM_OPEN_HALF_OPEN */
+    "half-open", "closed",    /* PX_MBM_HALF_OPEN_CLOSED */
+    "half-open", "open",      /* PX_MBM_HALF_OPEN_OPEN */
+};
 
 static const char *const mode_label[] = {"mode"};
 static const char *const lock_modes[PX_MLM__COUNT] = {
@@ -192,6 +202,21 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                  "Bytes kept to replay transactions (client messages and "
                                  "response digests), all clients together.",
                                  PX_MK_GLOBAL},
+    [PX_M_BREAKER_STATE] = {"breaker_state", PX_METRIC_GAUGE,
+                            "Circuit breaker state per database: 0 closed, 1 open, 2 half-open.",
+                            PX_MK_DATABASE},
+    [PX_M_BREAKER_TRANSITIONS] = {"breaker_transitions", PX_METRIC_COUNTER,
+                                  "Circuit breaker state changes per database, by from and to.",
+                                  PX_MK_DATABASE, move_labels, 2, breaker_moves, PX_MBM__COUNT},
+    [PX_M_BREAKER_FAILURES] = {"breaker_failures", PX_METRIC_COUNTER,
+                               "Failures counted by the circuit breaker of each database "
+                               "(connect, login, timeouts, SQLSTATE classes 08 and 53, "
+                               "57P01-57P03, connections lost mid-use).",
+                               PX_MK_DATABASE},
+    [PX_M_BREAKER_REFUSED] = {"breaker_refused", PX_METRIC_COUNTER,
+                              "Transactions and logins refused with 57P03 while the "
+                              "database's circuit breaker was not closed.",
+                              PX_MK_DATABASE},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

@@ -56,6 +56,7 @@ enum {
 enum px_metrics_kind {
     PX_MK_GLOBAL = 0, /* no dynamic labels: exactly one set, always present */
     PX_MK_POOL = 1,   /* {database, user}: one set per pool */
+    PX_MK_DATABASE,   /* {database}: one set per circuit breaker (pool/breaker.h) */
     PX_MK__COUNT
 };
 
@@ -90,6 +91,10 @@ enum px_metric {
     PX_M_RETRIES,                 /* counter, pool, {sqlstate,outcome}: PX_METRICS_RETRY() */
     PX_M_RETRY_ATTEMPTS,          /* counter, pool, sqlstate: enum px_metrics_retry_sqlstate */
     PX_M_RETRY_BUFFER_BYTES,      /* gauge, global */
+    PX_M_BREAKER_STATE,           /* gauge, database: 0 closed, 1 open, 2 half-open */
+    PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
+    PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */
+    PX_M_BREAKER_REFUSED,         /* counter, database: transactions and logins refused */
     PX_M__COUNT
 };
 
@@ -115,6 +120,15 @@ enum px_metrics_server_state {
 enum px_metrics_tls_side { PX_MTLS_CLIENT = 0, PX_MTLS_SERVER = 1 };
 enum px_metrics_tls_outcome { PX_MTLS_OK = 0, PX_MTLS_ERROR = 1 };
 #define PX_METRICS_TLS(side, outcome) ((unsigned)(side)*2u + (unsigned)(outcome))
+
+/* {from,to} of PX_M_BREAKER_TRANSITIONS: the legal moves of a breaker. */
+enum px_metrics_breaker_move {
+    PX_MBM_CLOSED_OPEN = 0,  /* tripped */
+    PX_MBM_OPEN_HALF_OPEN,   /* open period over: a probe runs */
+    PX_MBM_HALF_OPEN_CLOSED, /* the probe succeeded */
+    PX_MBM_HALF_OPEN_OPEN,   /* the probe failed or timed out */
+    PX_MBM__COUNT
+};
 
 /* reason label of PX_M_AUTH_FAILURES. */
 enum px_metrics_auth_reason {
@@ -229,6 +243,13 @@ struct px_metrics_set *px_metrics_set_get(unsigned kind, const char *const *valu
 void px_metrics_set_release(struct px_metrics_set *set);
 /* True when set is the overflow set of its kind. */
 bool px_metrics_set_is_overflow(const struct px_metrics_set *set);
+
+/* The database label set of a circuit breaker; release with px_metrics_set_release. */
+static inline struct px_metrics_set *px_metrics_database_new(const char *database)
+{
+    const char *values[1] = {database ? database : ""};
+    return px_metrics_set_get(PX_MK_DATABASE, values);
+}
 
 /* The pool label set: call when a pool is created, release with px_metrics_pool_free. */
 static inline struct px_metrics_set *px_metrics_pool_new(const char *database, const char *user)

@@ -167,18 +167,21 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     s->login_deadline_ms = s->created_ms + (uint64_t)px.cfg->server_connect_timeout_ms;
     s->txn_status = 'I';
     s->opener = opener;
-    /* signature and hard signature in one allocation */
-    s->signature = malloc(opener->signature_len + 1 + opener->hard_signature_len + 1);
+    /* signature and hard signature in one allocation (no opener: both empty) */
+    const char *sig = opener ? opener->signature : "", *hard = opener ? opener->hard_signature : "";
+    size_t sig_len = opener ? opener->signature_len : 0;
+    size_t hard_len = opener ? opener->hard_signature_len : 0;
+    s->signature = malloc(sig_len + 1 + hard_len + 1);
     if (!s->signature) {
         free(s);
         return NULL;
     }
-    memcpy(s->signature, opener->signature, opener->signature_len + 1);
-    s->signature_len = opener->signature_len;
+    memcpy(s->signature, sig, sig_len + 1);
+    s->signature_len = sig_len;
     s->hard_signature = s->signature + s->signature_len + 1;
-    memcpy(s->hard_signature, opener->hard_signature, opener->hard_signature_len + 1);
-    s->hard_signature_len = opener->hard_signature_len;
-    if (opener->have_client_key && !strcmp(opener->user, pool->server_user)) {
+    memcpy(s->hard_signature, hard, hard_len + 1);
+    s->hard_signature_len = hard_len;
+    if (opener && opener->have_client_key && !strcmp(opener->user, pool->server_user)) {
         memcpy(s->client_key, opener->client_key, PX_SCRAM_KEY_LEN);
         s->have_client_key = true;
     }
@@ -383,6 +386,7 @@ static bool login_message(struct px_server *s, char type, const uint8_t *body, u
     switch (type) {
     case 'R':
         if (handle_auth(s, body, len) < 0) {
+            s->login_no_credentials = true; /* the database answered: not its failure */
             server_fail(s, "pgwarden cannot authenticate to the server: no usable credentials "
                            "for this user");
             return false;
@@ -737,8 +741,11 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         /* Give the client whatever the server said last (e.g. a FATAL) before closing. */
-        if (s->state == PX_SV_ACTIVE)
+        if (s->state == PX_SV_ACTIVE) {
             px_path_server_input(s);
+            if (s->state == PX_SV_ACTIVE)
+                px_pool_server_lost(s);
+        }
         px_server_close(s, "server connection lost");
     }
 }

@@ -11,8 +11,9 @@
 
 #include "conn.h"
 
-/* Opens a new server connection for pool, with opener's startup parameters.  Returns NULL
- * when it cannot even start (the caller fails the client). */
+/* Opens a new server connection for pool, with opener's startup parameters (opener NULL:
+ * none, for a connection pgwarden opens itself, e.g. a circuit-breaker probe).  Returns
+ * NULL when it cannot even start (the caller fails the client). */
 struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opener);
 
 void px_server_set_state(struct px_server *s, enum px_server_state st);
@@ -50,6 +51,9 @@ void px_pool_server_ready(struct px_server *s);
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
 /* s is closing: its slot in the pool comes free. */
 void px_pool_server_closed(struct px_server *s);
+/* An active server's connection was lost (before px_server_close): the database's health
+ * (implemented by pool/breaker.c). */
+void px_pool_server_lost(struct px_server *s);
 
 /* Implemented by the statement path (path/path.c): */
 /* An active server has new input (also once more when its connection is lost). */

@@ -21,6 +21,7 @@
 #include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 
 #define SERVER_MAX_MESSAGE 0x3fffffffu
@@ -393,6 +394,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
             px_session_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
+            px_breaker_txn_done(s->pool);
             if (s->client && s->client->locks && !px_retry_owns_txn_end(s->client))
                 px_locks_txn_end(s->client); /* the transaction really ended */
         }
@@ -409,6 +411,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         const char *sev = px_wire_error_field((const char *)body, len, 'V');
         const char *code = px_wire_error_field((const char *)body, len, 'C');
         px_stats_error_sent(s->pool, code);
+        px_breaker_server_error(s, code);
         if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
             s->close_needed = true;
         return PX_RELAY_FORWARD;
@@ -580,7 +583,15 @@ void px_path_client_authenticated(struct px_client *c)
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
-    if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
+    bool welcome = w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms);
+    /* Admission of a client that needs a server now (session pooling, or no cached welcome);
+     * a welcomed transaction-pooling client is admitted per transaction (txn.c). */
+    struct px_breaker_refusal why;
+    if ((!welcome || pool->mode != PX_POOL_TRANSACTION) && !px_breaker_admit(pool->breaker, &why)) {
+        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, why.message);
+        return;
+    }
+    if (welcome) {
         px_client_welcome(c, &w->params, w);
         if (pool->mode == PX_POOL_TRANSACTION) {
             px_client_set_state(c, PX_CL_IDLE);

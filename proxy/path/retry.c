@@ -34,6 +34,7 @@
 #include "path/path.h"
 #include "path/retry.h"
 #include "path/txn.h"
+#include "pool/breaker.h"
 #include "retry/retry.h"
 
 enum rt_mode {
@@ -639,6 +640,10 @@ static void decide(struct px_retry *rt)
     }
     if (backoff_next(&rt->bo, &rng, &delay) != RETRY_OK) {
         give_up(rt, PX_MRO_EXHAUSTED);
+        return;
+    }
+    if (!px_breaker_closed(c->pool->breaker)) {
+        give_up(rt, PX_MRO_BREAKER_OPEN); /* no retries while the database is unwell */
         return;
     }
     switch (budget_try_retry(rt->db->budget, NULL, now_us())) {

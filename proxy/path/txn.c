@@ -17,6 +17,7 @@
 #include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 
 /* ---- the transaction state of a client without a server -------------------------------- */
@@ -129,11 +130,17 @@ void px_txn_commit_failed(struct px_client *c)
 
 /* ---- idle: answered, or a server is needed --------------------------------------------- */
 
-/* The one place an idle client asks for a server (or a place in another client's batch). */
-static void need_server(struct px_client *c)
+/* The one place an idle client asks for a server (or a place in another client's batch),
+ * if the circuit breaker admits it; else its statement fails with 57P03 (local.h).  True
+ * when its input is to be handled further (the statement was answered). */
+static bool need_server(struct px_client *c)
 {
+    struct px_breaker_refusal why;
+    if (!px_breaker_admit(c->pool->breaker, &why))
+        return px_local_fail_unlinked(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, why.message, why.detail);
     if (!px_batch_join(c))
         px_pool_request_server(c->pool, c);
+    return false;
 }
 
 /* The head of c's input is a message of a group px_locks_group_is_local() accepted: answers
@@ -164,6 +171,8 @@ void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while (c->state == PX_CL_IDLE && !px_locks_waiting(c) && !px_retry_holds_input(c)) {
+        if (px_local_skipping(c) && !px_local_skip(c))
+            return; /* the rest of a statement pgwarden failed is not in yet */
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;
@@ -224,7 +233,8 @@ void px_txn_idle_input(struct px_client *c)
             if (incomplete)
                 return; /* wait for the rest of the group */
         }
-        need_server(c);
+        if (need_server(c))
+            continue;
         return;
     }
 }

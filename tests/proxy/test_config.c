@@ -350,8 +350,7 @@ static void test_retry_section(void)
                  "2-character classes of 0-9 and A-Z, separated by commas, at most 16)");
     expect_error(TRUST "[retry]\n\nmultiplier = two\n",
                  ":5: [retry] multiplier: bad number \"two\"");
-    expect_error(TRUST "[retry]\nmultiplier = 0.5\n",
-                 ":4: [retry] multiplier: must be 1..100");
+    expect_error(TRUST "[retry]\nmultiplier = 0.5\n", ":4: [retry] multiplier: must be 1..100");
     expect_error(TRUST "[retry]\nbase_ms = 50\ncap_ms = 10\n",
                  ":5: [retry] cap_ms: must be base_ms..3600000");
     expect_error(TRUST "[retry]\nmax_attempts = 0\n",
@@ -404,6 +403,49 @@ static void test_error_cross_field(void)
                  "admin_tls_key_file go together");
     expect_error(TRUST "admin_port = 6432\n", ":3: [pgwarden] admin_port: same address and port as "
                                               "listen_addr:listen_port");
+}
+
+/* [breaker]: defaults, every key, ranges, open_max_ms >= open_ms (with its line), reload. */
+static void test_breaker_section(void)
+{
+    struct px_config *c = load_ok(TRUST);
+    CU_ASSERT_EQUAL(c->failure_rate_pct, 50);
+    CU_ASSERT_EQUAL(c->min_requests, 20);
+    CU_ASSERT_EQUAL(c->window_ms, 10000);
+    CU_ASSERT_EQUAL(c->consecutive_failures, 5);
+    CU_ASSERT_EQUAL(c->open_ms, 1000);
+    CU_ASSERT_EQUAL(c->open_max_ms, 4000);
+    CU_ASSERT_EQUAL(c->probe_timeout_ms, 1000);
+    px_config_free(c);
+    c = load_ok(TRUST "[breaker]\nfailure_rate_pct = 100\nmin_requests = 1\nwindow_ms = 100\n"
+                      "consecutive_failures = 0\nopen_ms = 1\nopen_max_ms = 1\n"
+                      "probe_timeout_ms = 3600000\n");
+    CU_ASSERT_EQUAL(c->failure_rate_pct, 100);
+    CU_ASSERT_EQUAL(c->min_requests, 1);
+    CU_ASSERT_EQUAL(c->window_ms, 100);
+    CU_ASSERT_EQUAL(c->consecutive_failures, 0);
+    CU_ASSERT_EQUAL(c->open_ms, 1);
+    CU_ASSERT_EQUAL(c->open_max_ms, 1);
+    CU_ASSERT_EQUAL(c->probe_timeout_ms, 3600000);
+    px_config_free(c);
+    expect_error(TRUST "[breaker]\nfailure_rate_pct = 0\n",
+                 ":4: [breaker] failure_rate_pct: 0 out of range 1..100");
+    expect_error(TRUST "[breaker]\nwindow_ms = 99\n",
+                 ":4: [breaker] window_ms: 99 out of range 100..3600000");
+    expect_error(TRUST "[breaker]\nopen_ms = 0\n",
+                 ":4: [breaker] open_ms: 0 out of range 1..3600000");
+    expect_error(TRUST "[breaker]\nopen_ms = 5000\nopen_max_ms = 4000\n",
+                 ":5: [breaker] open_max_ms: 4000 is less than open_ms (5000)");
+    expect_error(TRUST "[breaker]\nopen_ms = 70000\n",
+                 ": [breaker] open_max_ms: 4000 is less than open_ms (70000)");
+    expect_error(TRUST "[breaker]\nprobe_timeout = 1\n",
+                 ":4: [breaker] probe_timeout: unknown key");
+    /* Every key reloads. */
+    struct px_config *run = load_ok(TRUST);
+    struct px_config *next = load_ok(TRUST "[breaker]\nopen_ms = 100\nmin_requests = 7\n");
+    CU_ASSERT_EQUAL(px_config_diff(run, next, NULL, NULL), 0);
+    px_config_free(run);
+    px_config_free(next);
 }
 
 static void test_error_cannot_open(void)
@@ -711,6 +753,7 @@ void test_config_register(void)
         {"syntax", test_error_syntax},
         {"cross_field", test_error_cross_field},
         {"retry_section", test_retry_section},
+        {"breaker_section", test_breaker_section},
         {"cannot_open", test_error_cannot_open},
         CU_TEST_INFO_NULL,
     };
