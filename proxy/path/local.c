@@ -80,7 +80,7 @@ bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const cha
                             const char *detail)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     uint8_t hdr[5];
     if (evbuffer_copyout(in, hdr, 5) != 5)
         return false;
@@ -134,7 +134,7 @@ bool px_local_skip(struct px_client *c)
                 return false;
             evbuffer_drain(in, (size_t)len + 1);
             c->skip_to_sync = false;
-            px_wire_ready(bufferevent_get_output(c->bev), px_txn_unlinked_status(c));
+            px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
             return true;
         }
         c->skip_bytes = len + 1;
