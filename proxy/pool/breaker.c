@@ -359,7 +359,10 @@ void px_breaker_txn_done(struct px_pool *pool)
 void px_breaker_server_error(struct px_server *s, const char *sqlstate)
 {
     struct px_breaker *b = s->pool->breaker;
-    if (!b || !is_breaker_failure(sqlstate))
+    /* 08P01 from a server in use answers the client's own malformed message (a Bind with
+     * the wrong number of parameters, say): one buggy client must not take the database
+     * away from the others. */
+    if (!b || !is_breaker_failure(sqlstate) || (sqlstate && !strcmp(sqlstate, "08P01")))
         return;
     char what[80];
     snprintf(what, sizeof(what), "ErrorResponse %.5s from a server in use", sqlstate);

@@ -164,10 +164,22 @@ static void test_contention_never_counts(void)
     fixture_done(&fx);
 }
 
+/* 08P01 from a server in use answers the client's own malformed message. */
+static void test_breaker_client_protocol_errors(void)
+{
+    struct fixture fx;
+    fixture_init(&fx, "consecutive_failures = 3\n" ONLY_CONSECUTIVE);
+    for (int i = 0; i < 10; i++)
+        px_breaker_server_error(server(&fx), "08P01");
+    CU_ASSERT_STRING_EQUAL(state(&fx), "closed");
+    CU_ASSERT_EQUAL(failures(&fx), 0);
+    fixture_done(&fx);
+}
+
 static void test_breaker_classes_count(void)
 {
-    static const char *const codes[] = {"08006", "08001", "08P01", "53300",
-                                        "53100", "57P01", "57P02", "57P03"};
+    static const char *const codes[] = {"08006", "08001", "53300", "53100",
+                                        "57P01", "57P02", "57P03"};
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
         struct fixture fx;
         fixture_init(&fx, "consecutive_failures = 3\n" ONLY_CONSECUTIVE);
@@ -495,6 +507,7 @@ void test_breaker_register(void)
     static const CU_TestInfo tests[] = {
         {"contention_never_counts", test_contention_never_counts},
         {"breaker_classes_count", test_breaker_classes_count},
+        {"breaker_client_protocol_errors", test_breaker_client_protocol_errors},
         {"success_breaks_run", test_success_breaks_run},
         {"failure_rate", test_failure_rate},
         {"lost_after_fatal_counts_once", test_lost_after_fatal_counts_once},
