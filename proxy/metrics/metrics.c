@@ -110,6 +110,10 @@ static const char *const retry_values[PX_MRS__COUNT * PX_MRO__COUNT * 2] = {
 _Static_assert(PX_MRO_SUCCEEDED == 0 && PX_MRO_BUFFER_EXCEEDED == 6 && PX_MRO__COUNT == 8,
                "RETRY_ROW order");
 
+static const char *const commit_outcomes[PX_MCO__COUNT] = {
+    [PX_MCO_COMMITTED] = "committed", [PX_MCO_ABORTED] = "aborted",
+    [PX_MCO_READ_ONLY] = "read_only", [PX_MCO_UNKNOWN] = "unknown"};
+
 static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double connect_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -202,6 +206,10 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                  "Bytes kept to replay transactions (client messages and "
                                  "response digests), all clients together.",
                                  PX_MK_GLOBAL},
+    [PX_M_COMMIT_OUTCOMES] = {"commit_outcomes", PX_METRIC_COUNTER,
+                              "COMMITs whose server connection was lost after they were "
+                              "sent, by what the client was told.",
+                              PX_MK_GLOBAL, outcome_label, 1, commit_outcomes, PX_MCO__COUNT},
     [PX_M_BREAKER_STATE] = {"breaker_state", PX_METRIC_GAUGE,
                             "Circuit breaker state per database: 0 closed, 1 open, 2 half-open.",
                             PX_MK_DATABASE},

@@ -91,6 +91,7 @@ enum px_metric {
     PX_M_RETRIES,                 /* counter, pool, {sqlstate,outcome}: PX_METRICS_RETRY() */
     PX_M_RETRY_ATTEMPTS,          /* counter, pool, sqlstate: enum px_metrics_retry_sqlstate */
     PX_M_RETRY_BUFFER_BYTES,      /* gauge, global */
+    PX_M_COMMIT_OUTCOMES,         /* counter, global, outcome: enum px_metrics_commit_outcome */
     PX_M_BREAKER_STATE,           /* gauge, database: 0 closed, 1 open, 2 half-open */
     PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
     PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */
@@ -176,6 +177,16 @@ enum px_metrics_retry_outcome {
 };
 #define PX_METRICS_RETRY(sqlstate, outcome)                                                        \
     ((unsigned)(sqlstate) * (unsigned)PX_MRO__COUNT + (unsigned)(outcome))
+
+/* outcome label of PX_M_COMMIT_OUTCOMES: what a client whose COMMIT lost its server was
+ * told (path/outcome.h). */
+enum px_metrics_commit_outcome {
+    PX_MCO_COMMITTED = 0, /* "committed": PostgreSQL said committed */
+    PX_MCO_ABORTED,       /* "aborted": it said aborted (40000) */
+    PX_MCO_READ_ONLY,     /* "read_only": no transaction id: nothing was written */
+    PX_MCO_UNKNOWN,       /* "unknown": 40003 */
+    PX_MCO__COUNT
+};
 
 /* One dynamic label-set kind. */
 struct px_metrics_kind_def {
