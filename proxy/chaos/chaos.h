@@ -34,10 +34,12 @@
 enum px_chaos_when { PX_CHAOS_STATEMENT = 0, PX_CHAOS_COMMIT = 1, PX_CHAOS_CONNECT = 2 };
 enum px_chaos_kind { PX_CHAOS_NONE = 0, PX_CHAOS_ERROR, PX_CHAOS_LATENCY, PX_CHAOS_DISCONNECT };
 
-/* What the traffic is: borrowed strings, valid for the call. */
+/* What the traffic is: borrowed strings, valid for the call (NULL reads as ""). */
 struct px_chaos_ctx {
     enum px_chaos_when when;
     const char *database, *user, *application_name;
+    /* The client's id, for the log line of an injection ("C-17"); 0: none. */
+    uint64_t client_id;
     /* Whether the client holds the pgwarden lock key (rules with lock_key); NULL: holds
      * none. */
     bool (*holds_lock)(void *arg, const char *key, size_t keylen);
@@ -86,7 +88,33 @@ char *px_chaos_list_json(void);
 bool px_chaos_remove(uint64_t id);
 /* DELETE /chaos: removes every rule; returns how many. */
 size_t px_chaos_clear(void);
-/* Frees everything (exit). */
+/* Frees everything (exit; tests): the next rule gets id 1 again.  Call before
+ * px_metrics_shutdown(). */
 void px_chaos_shutdown(void);
+
+/* At most this many rules at once: POST /chaos and px_chaos_add_* refuse more. */
+#define PX_CHAOS_MAX_RULES 1000
+
+/* ---- [chaos] rules of the config file (main.c: start, --check, reload) ---------------- */
+
+struct px_config;
+/* A parsed, validated set of [chaos] lines, not in effect yet. */
+struct px_chaos_rules;
+
+/*
+ * Parses and validates every [chaos] line of cfg (borrowed), touching no rule in effect.
+ * Returns the set (owned: px_chaos_config_install or px_chaos_rules_free; empty when cfg
+ * has no [chaos] line), or NULL with *errmsg (owned) "FILE:LINE: [chaos] NAME: why".
+ */
+struct px_chaos_rules *px_chaos_config_parse(const struct px_config *cfg, char **errmsg);
+/*
+ * Makes rules (taken over) the config rules; cannot fail.  A config rule whose name and
+ * fields are unchanged keeps its id, counters and PRNG state; the other config rules in
+ * effect are removed and the new ones appended with new ids.  Rules added over the admin
+ * port stay.
+ */
+void px_chaos_config_install(struct px_chaos_rules *rules);
+/* NULL is a no-op. */
+void px_chaos_rules_free(struct px_chaos_rules *rules);
 
 #endif

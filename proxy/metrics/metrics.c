@@ -30,10 +30,13 @@
 /* ---- built-in tables ---- */
 
 static const char *const pool_labels[] = {"database", "user"};
+static const char *const chaos_rule_labels[] = {"rule", "kind", "sqlstate"};
 
 static struct px_metrics_kind_def builtin_kinds[PX_MK__COUNT] = {
     [PX_MK_GLOBAL] = {"global", NULL, 0, 1},
     [PX_MK_POOL] = {"pool", pool_labels, 2, PX_METRICS_DEFAULT_MAX_SETS},
+    /* chaos.h caps rules at PX_CHAOS_MAX_RULES (1000) */
+    [PX_MK_CHAOS_RULE] = {"chaos_rule", chaos_rule_labels, 3, 1000},
 };
 
 static const char *const state_label[] = {"state"};
@@ -74,7 +77,7 @@ static const char *const sqlstate_classes[] = {
 #define N_SQLSTATE_CLASSES (sizeof(sqlstate_classes) / sizeof(sqlstate_classes[0]))
 
 static const char *const kind_label[] = {"kind"};
-static const char *const kind_names[PX_MK__COUNT] = {"global", "pool"};
+static const char *const kind_names[PX_MK__COUNT] = {"global", "pool", "chaos_rule"};
 
 static const char *const mode_label[] = {"mode"};
 static const char *const lock_modes[PX_MLM__COUNT] = {
@@ -164,6 +167,14 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
     [PX_M_LOCK_LIMIT_REFUSALS] = {"lock_limit_refusals", PX_METRIC_COUNTER,
                                   "Lock requests refused because max_locks was reached (53200).",
                                   PX_MK_GLOBAL},
+    /* Fault injection (docs/chaos.md): apart from client_errors, which counts every
+     * ErrorResponse sent, injected or real. */
+    [PX_M_CHAOS_INJECTED] = {"chaos_injected", PX_METRIC_COUNTER,
+                             "Faults injected by fault-injection rules, by rule id, kind and "
+                             "SQLSTATE (kind error).",
+                             PX_MK_CHAOS_RULE},
+    [PX_M_CHAOS_RULES] = {"chaos_rules", PX_METRIC_GAUGE, "Fault-injection rules in effect.",
+                          PX_MK_GLOBAL},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

@@ -56,6 +56,7 @@ enum {
 enum px_metrics_kind {
     PX_MK_GLOBAL = 0, /* no dynamic labels: exactly one set, always present */
     PX_MK_POOL = 1,   /* {database, user}: one set per pool */
+    PX_MK_CHAOS_RULE, /* {rule, kind, sqlstate}: one set per fault-injection rule */
     PX_MK__COUNT
 };
 
@@ -86,6 +87,8 @@ enum px_metric {
     PX_M_LOCK_DEADLOCKS,          /* counter, global */
     PX_M_LOCK_CANCELS,            /* counter, global */
     PX_M_LOCK_LIMIT_REFUSALS,     /* counter, global */
+    PX_M_CHAOS_INJECTED,          /* counter, chaos_rule: faults injected (chaos/chaos.c) */
+    PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
     PX_M__COUNT
 };
 
