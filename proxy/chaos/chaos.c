@@ -345,7 +345,7 @@ static int json_field(struct def *d, const char *key, json_t *val, char *why)
 static int def_from_json(struct def *d, const char *json, size_t len, char *why)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root)
         return err(why, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
     int rc = 0;
@@ -374,10 +374,14 @@ static int text_field(struct def *d, const char *key, const char *text, char *wh
     struct fval v = {.s = text, .len = strlen(text)};
     char *end;
     if (f->type == FT_UINT) {
+        const char *digits = text[0] == '-' ? text + 1 : text;
         errno = 0;
-        v.u = strtoull(text, &end, 10);
-        if (text[0] < '0' || text[0] > '9' || *end != '\0' || errno == ERANGE)
+        v.u = strtoull(digits, &end, 10);
+        if (digits[0] < '0' || digits[0] > '9' || *end != '\0' || errno == ERANGE)
             return err(why, "%s: must be an integer (got \"%.40s\")", f->name, text);
+        if (digits != text) /* negative: out of every range */
+            return err(why, "%s: must be %" PRIu64 " to %" PRIu64 " (got %.40s)", f->name, f->min,
+                       f->max, text);
     } else if (f->type == FT_PROB) {
         errno = 0;
         v.d = strtod(text, &end);
