@@ -2,7 +2,7 @@
  * admin_chaos.c: the fault-injection endpoints (SPEC section 7; the rule engine is
  * chaos/chaos.h; answers are documented with examples in docs/admin-api.md):
  *
- *   GET    /chaos        {"rules": [rule, ...]}: every rule with its id and counters
+ *   GET    /chaos        [rule, ...]: every rule with its id and counters
  *   POST   /chaos        adds the rule in the body (a JSON object): 201 with the rule and
  *                        its id; 400 {"error"} naming the field on any problem
  *   DELETE /chaos        removes every rule: {"removed": n}
@@ -93,7 +93,7 @@ static char *rule_text(uint64_t id, bool *found)
     free(list);
     size_t i;
     json_t *r, *hit = NULL;
-    json_array_foreach(json_object_get(root, "rules"), i, r)
+    json_array_foreach(root, i, r)
     {
         if ((uint64_t)json_integer_value(json_object_get(r, "id")) == id)
             hit = r;

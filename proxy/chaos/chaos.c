@@ -515,46 +515,47 @@ static bool def_equal(const struct def *a, const struct def *b)
 
 /* ---- JSON of a rule ------------------------------------------------------------------------ */
 
+/* Sets key to s, or to null when s is NULL. */
 static int set_str(json_t *o, const char *key, const char *s)
 {
-    return s ? json_object_set_new(o, key, json_string(s)) : 0;
+    return json_object_set_new(o, key, s ? json_string(s) : json_null());
 }
 
-static int set_uint(json_t *o, const char *key, uint64_t v)
+/* Sets key to v, or to null when !given. */
+static int set_uint(json_t *o, const char *key, bool given, uint64_t v)
 {
-    return json_object_set_new(o, key, json_integer((json_int_t)v));
+    return json_object_set_new(o, key, given ? json_integer((json_int_t)v) : json_null());
 }
 
-/* {"id", ["name"], "source", "inject", ..., "matched", "injected"}: a new reference. */
+/*
+ * Every field of a rule, always in this order, null where it does not apply or was not
+ * given (the admin API's convention): id, name (config rules), source, inject, sqlstate,
+ * message, latency_ms, when, probability, seed, every_n, max_count, database, user,
+ * application_name, lock_key, matched, injected.  A new reference, NULL when out of memory.
+ */
 static json_t *rule_json(const struct rule *r)
 {
     const struct def *d = &r->d;
+    bool error = d->kind == PX_CHAOS_ERROR, prob = d->set & BIT(F_PROBABILITY);
     json_t *o = json_object();
     if (!o)
         return NULL;
-    int rc = set_uint(o, "id", r->id);
+    int rc = set_uint(o, "id", true, r->id);
     rc |= set_str(o, "name", r->name);
     rc |= set_str(o, "source", r->name ? "config" : "api");
     rc |= set_str(o, "inject", inject_names[d->kind]);
-    if (d->kind == PX_CHAOS_ERROR) {
-        rc |= set_str(o, "sqlstate", d->sqlstate);
-        rc |= set_str(o, "message", d->message);
-    }
-    if (d->kind == PX_CHAOS_LATENCY)
-        rc |= set_uint(o, "latency_ms", d->latency_ms);
+    rc |= set_str(o, "sqlstate", error ? d->sqlstate : NULL);
+    rc |= set_str(o, "message", error ? d->message : NULL);
+    rc |= set_uint(o, "latency_ms", d->kind == PX_CHAOS_LATENCY, d->latency_ms);
     rc |= set_str(o, "when", when_names[d->when]);
-    if (d->set & BIT(F_PROBABILITY)) {
-        rc |= json_object_set_new(o, "probability", json_real(d->probability));
-        rc |= set_uint(o, "seed", d->seed);
-    }
-    if (d->set & BIT(F_EVERY_N))
-        rc |= set_uint(o, "every_n", d->every_n);
-    if (d->set & BIT(F_MAX_COUNT))
-        rc |= set_uint(o, "max_count", d->max_count);
+    rc |= json_object_set_new(o, "probability", prob ? json_real(d->probability) : json_null());
+    rc |= set_uint(o, "seed", prob, d->seed);
+    rc |= set_uint(o, "every_n", d->set & BIT(F_EVERY_N), d->every_n);
+    rc |= set_uint(o, "max_count", d->set & BIT(F_MAX_COUNT), d->max_count);
     for (size_t i = 0; i < ARRAY_LEN(d->text); i++)
         rc |= set_str(o, fields[F_DATABASE + i].name, d->text[i]);
-    rc |= set_uint(o, "matched", r->matched);
-    rc |= set_uint(o, "injected", r->injected);
+    rc |= set_uint(o, "matched", true, r->matched);
+    rc |= set_uint(o, "injected", true, r->injected);
     if (rc) {
         json_decref(o);
         return NULL;
@@ -648,7 +649,7 @@ char *px_chaos_list_json(void)
             return NULL;
         }
     }
-    return arr ? dump(json_pack("{s:o}", "rules", arr)) : NULL;
+    return dump(arr);
 }
 
 bool px_chaos_remove(uint64_t id)

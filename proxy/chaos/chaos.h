@@ -64,9 +64,11 @@ static inline bool px_chaos_active(void)
 }
 
 /*
- * The first rule that matches ctx and fires (its probability / every_n / max_count say so)
- * decides; that rule's counters move and the injection is counted in the metrics and
- * logged at info.  Returns false (out->kind NONE) when nothing is injected.
+ * Rules are looked at in id order.  The first rule that matches ctx and fires (its
+ * probability / every_n / max_count say so) decides; that rule's counters move and the
+ * injection is counted in the metrics and logged at info.  A rule that matches counts the
+ * statement in "matched" whether or not it fires; rules after the one that decides do not
+ * see the statement.  Returns false (out->kind NONE) when nothing is injected.
  */
 bool px_chaos_decide(const struct px_chaos_ctx *ctx, struct px_chaos_action *out);
 
@@ -81,8 +83,10 @@ char *px_chaos_add_json(const char *json, size_t len, char **errmsg);
 /* Adds a rule from the parameters of a [chaos] line: name = inject=error sqlstate=40001 ...
  * (libpq-style key=value, values may be single-quoted).  0, or -1 with *errmsg (owned). */
 int px_chaos_add_config(const char *name, const char *params, char **errmsg);
-/* GET /chaos: every rule with its id, name (config rules), fields, and counters "matched"
- * (statements the rule looked at) and "injected".  Owned JSON text. */
+/* GET /chaos: an array of every rule in id order, each with its id, name (config rules),
+ * source ("config" | "api"), every field (null where not given or not applying), and the
+ * counters "matched" (statements the rule looked at) and "injected".  Owned JSON text;
+ * NULL when out of memory. */
 char *px_chaos_list_json(void);
 /* DELETE /chaos/<id>: true when there was such a rule. */
 bool px_chaos_remove(uint64_t id);

@@ -128,8 +128,7 @@ static json_t *list(json_t **rules)
     json_t *j = json_loads(text, 0, NULL);
     free(text);
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    CU_ASSERT_EQUAL(json_object_size(j), 1);
-    *rules = json_object_get(j, "rules");
+    *rules = j;
     CU_ASSERT_FATAL(json_is_array(*rules));
     return j;
 }
@@ -768,40 +767,62 @@ static void test_list_shape(void)
            "\"when\":\"commit\",\"database\":\"d\",\"user\":\"u\",\"lock_key\":\"k\"}");
     char *text = px_chaos_list_json();
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    /* Numbers as written, not 0.29999999999999999. */
+    /* Numbers as written, not 0.29999999999999999; a top-level array. */
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\"probability\":0.3,"));
-    CU_ASSERT_EQUAL(text[strlen(text) - 1], '}');
+    CU_ASSERT_EQUAL(text[0], '[');
+    CU_ASSERT_EQUAL(text[strlen(text) - 1], ']');
     free(text);
 
+    /* Every rule has every key, in this order, null where it does not apply. */
+    static const char *const keys[] = {
+        "id",         "name", "source",           "inject",   "sqlstate", "message",
+        "latency_ms", "when", "probability",      "seed",     "every_n",  "max_count",
+        "database",   "user", "application_name", "lock_key", "matched",  "injected"};
+    enum { NKEYS = sizeof keys / sizeof *keys };
     j = list(&rules);
     CU_ASSERT_EQUAL_FATAL(json_array_size(rules), 2);
+    for (size_t k = 0; k < 2; k++) {
+        json_t *r = json_array_get(rules, k);
+        CU_ASSERT_EQUAL(json_object_size(r), NKEYS);
+        size_t i = 0;
+        const char *key;
+        json_t *v;
+        json_object_foreach(r, key, v)
+        {
+            CU_ASSERT_STRING_EQUAL(key, i < NKEYS ? keys[i] : "");
+            i++;
+        }
+    }
     json_t *r = json_array_get(rules, 0);
-    const char *keys1[] = {"id",      "name",    "source",      "inject", "sqlstate",
-                           "message", "when",    "probability", "seed",   "application_name",
-                           "matched", "injected"};
-    CU_ASSERT_EQUAL(json_object_size(r), sizeof keys1 / sizeof *keys1);
-    for (size_t i = 0; i < sizeof keys1 / sizeof *keys1; i++)
-        CU_ASSERT_PTR_NOT_NULL(json_object_get(r, keys1[i]));
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "id")), 1);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "name")), "ser");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "source")), "config");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "inject")), "error");
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "when")), "statement");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "sqlstate")), "40001");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "message")),
                            "could not serialize access due to concurrent update");
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "latency_ms")));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "when")), "statement");
     CU_ASSERT_DOUBLE_EQUAL(json_real_value(json_object_get(r, "probability")), 0.3, 1e-12);
-    CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "seed")), 1);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "seed")), 1); /* the default */
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "every_n")));
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "max_count")));
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "database")));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "application_name")), "svc");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "matched")), 0);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "injected")), 0);
 
     r = json_array_get(rules, 1);
-    const char *keys2[] = {"id",        "source",   "inject", "latency_ms", "when",    "every_n",
-                           "max_count", "database", "user",   "lock_key",   "matched", "injected"};
-    CU_ASSERT_EQUAL(json_object_size(r), sizeof keys2 / sizeof *keys2);
-    for (size_t i = 0; i < sizeof keys2 / sizeof *keys2; i++)
-        CU_ASSERT_PTR_NOT_NULL(json_object_get(r, keys2[i]));
-    CU_ASSERT_PTR_NULL(json_object_get(r, "name"));
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "name")));
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "source")), "api");
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "sqlstate")));
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "message")));
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "latency_ms")), 250);
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "probability")));
+    CU_ASSERT_TRUE(json_is_null(json_object_get(r, "seed")));
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "every_n")), 4);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "max_count")), 9);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "lock_key")), "k");
     json_decref(j);
 
     /* The answer to an add is the rule, as listed. */
@@ -809,8 +830,12 @@ static void test_list_shape(void)
     const char *in = "{\"inject\":\"disconnect\",\"when\":\"connect\",\"user\":\"x\"}";
     char *out = px_chaos_add_json(in, strlen(in), &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
-    CU_ASSERT_STRING_EQUAL(out, "{\"id\":3,\"source\":\"api\",\"inject\":\"disconnect\",\"when\":"
-                                "\"connect\",\"user\":\"x\",\"matched\":0,\"injected\":0}");
+    CU_ASSERT_STRING_EQUAL(out, "{\"id\":3,\"name\":null,\"source\":\"api\",\"inject\":"
+                                "\"disconnect\",\"sqlstate\":null,\"message\":null,"
+                                "\"latency_ms\":null,\"when\":\"connect\",\"probability\":null,"
+                                "\"seed\":null,\"every_n\":null,\"max_count\":null,"
+                                "\"database\":null,\"user\":\"x\",\"application_name\":null,"
+                                "\"lock_key\":null,\"matched\":0,\"injected\":0}");
     free(out);
 }
 
