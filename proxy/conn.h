@@ -154,6 +154,12 @@ struct px_client {
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
     struct px_client_locks *locks;
     bool lock_waiting; /* parked until its lock wait ends: its input waits */
+    /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
+     * fault_timer; fault_passed lets it through once; unnamed_commit: the unnamed
+     * statement is a COMMIT (an Execute of it counts as commit). */
+    struct event *fault_timer;
+    bool fault_waiting, fault_passed, unnamed_commit;
+    bool fault_disconnect; /* close the server once this message is sent */
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;

@@ -153,6 +153,11 @@ struct px_client *px_locks_client(uint64_t id)
     return NULL;
 }
 
+struct lockmgr_owner *px_locks_owner(const struct px_client *c)
+{
+    return c->locks ? c->locks->owner : NULL;
+}
+
 struct lockmgr *px_locks_manager(void)
 {
     return L.lm;
@@ -363,50 +368,6 @@ static char txn_status(const struct px_client *c)
     return c->server ? c->server->txn_status : px_txn_unlinked_status(c);
 }
 
-/* The statement this error answers failed: inside a block the block fails on both sides;
- * in the extended protocol (simple false) the rest of the group is skipped, on both sides,
- * and the implicit transaction of the group is rolled back. */
-static void statement_failed(struct px_client *c, bool simple)
-{
-    struct px_server *s = c->server;
-    struct px_client_locks *cl = c->locks;
-    if (!simple && cl)
-        cl->skip = true;
-    if (!s) {
-        if (px_txn_in_block(c))
-            px_txn_fail_block(c);
-        return;
-    }
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    if (simple) {
-        if (s->txn_status != 'T')
-            return; /* outside a block nothing was begun; in a failed one nothing changes */
-        /* A statement that fails on purpose aborts the server's transaction; its error
-         * and ReadyForQuery are swallowed (expect.c). */
-        px_wire_query(out, "SELECT 'pgwarden: a lock call failed in this transaction'"
-                           "::pg_catalog.int4");
-        s->hidden_queries++;
-        s->hidden_abort = true;
-        s->txn_status = 'E';
-        return;
-    }
-    /* A Parse that fails at parse analysis puts the server into skip-to-Sync: the client's
-     * Sync then ends the group as PostgreSQL would after an error. */
-    static const char abort_sql[] =
-        "SELECT 'pgwarden: a lock call failed in this group'::pg_catalog.int4";
-    uint8_t content[sizeof(abort_sql) + 2] = {0}; /* query\0, int16 0 parameter types */
-    memcpy(content, abort_sql, sizeof(abort_sql));
-    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, true);
-    if (!e || px_write_parse(out, "_pgw_abort", content, sizeof(content)) < 0) {
-        px_server_close(s, "out of memory");
-        return;
-    }
-    e->abort = 1;
-    s->unsynced = true;
-    s->group_failed = true;
-    s->last_untracked = false;
-}
-
 /* Writes err as the answer to the current message (with long_detail, when not NULL, as
  * its DETAIL) and fails the statement. */
 static void answer_error_detail(struct px_client *c, const struct px_lockcall_error *err,
@@ -423,7 +384,9 @@ static void answer_error_detail(struct px_client *c, const struct px_lockcall_er
     } else {
         px_lockcall_write_error(out, err);
     }
-    statement_failed(c, simple);
+    if (!simple && c->locks)
+        c->locks->skip = true;
+    px_txn_statement_failed(c, simple);
     if (simple)
         px_wire_ready(out, txn_status(c));
 }

@@ -13,6 +13,7 @@
 #include "path/batch.h"
 #include "path/classify.h"
 #include "path/expect.h"
+#include "path/fault.h"
 #include "path/local.h"
 #include "path/locks.h"
 #include "path/path.h"
@@ -38,13 +39,12 @@ static bool server_quiescent(const struct px_server *s)
  * Execute, ...), a barrier makes the server say when it is done: a Close of a statement
  * name that cannot exist (answered CloseComplete, which the FIFO swallows, or skipped after
  * an error) and a Flush. */
-static bool hold_for_reply(struct px_client *c)
+static bool hold_for_reply(struct px_client *c, struct evbuffer *out)
 {
     struct px_server *s = c->server;
     c->reply_hold = true;
     if (!s->last_untracked)
         return true;
-    struct evbuffer *out = bufferevent_get_output(s->bev);
     struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
     static const uint8_t flush[5] = {'H', 0, 0, 0, 4};
     if (!e || px_write_target(out, 'C', 'S', "_pgw_") < 0 || evbuffer_add(out, flush, 5) < 0)
@@ -120,9 +120,21 @@ static const uint8_t *c2s_table(const struct px_client *c)
 {
     if (!c2s_session_see['Q'])
         build_tables();
-    if (c->locks)
+    if (c->locks || px_chaos_active()) /* Execute is read too */
         return c2s_locks_see;
     return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
+}
+
+/* The relay running now (one at a time: the loop is single-threaded): its client and the
+ * buffer it relays into (see px_path_server_out). */
+static struct px_client *relaying_client;
+static struct evbuffer *relaying_out;
+
+struct evbuffer *px_path_server_out(struct px_client *c)
+{
+    if (c == relaying_client && relaying_out)
+        return relaying_out;
+    return bufferevent_get_output(c->server->bev);
 }
 
 /* The table of the relay running now (one relay at a time: the loop is single-threaded).
@@ -160,6 +172,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
+    relaying_out = out; /* the relay's destination: scratch or the server's output */
     if (!px_wire_frontend_type(type))
         return refuse_type(c, type);
     if (s->group_failed && type != 'S' && type != 'X') {
@@ -175,11 +188,26 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
                        ? PX_RELAY_DROP_STOP
                        : PX_RELAY_DROP;
-        case PX_LOCKS_HOLD: return hold_for_reply(c) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_LOCKS_HOLD: return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
         case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
         case PX_LOCKS_NOT_MINE: break;
         }
     }
+    /* fault injection, for what reaches the server */
+    if (px_chaos_active() && body && (type == 'Q' || type == 'E')) {
+        switch (px_fault_message(c, type, body, len, server_quiescent(s))) {
+        case PX_FAULT_ANSWERED: return PX_RELAY_DROP_STOP;
+        case PX_FAULT_HOLD:
+            if (c->fault_waiting)
+                return PX_RELAY_HOLD; /* latency: its timer resumes the relay */
+            return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_FAULT_CLOSED: return PX_RELAY_CLOSE;
+        case PX_FAULT_DISCONNECT: c->fault_disconnect = true; break;
+        case PX_FAULT_NONE: break;
+        }
+    }
+    if (type == 'P' && px_chaos_active())
+        px_fault_note_parse(c, body, len);
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
@@ -194,6 +222,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
+    if (c->fault_disconnect)
+        return PX_RELAY_STOP; /* sent; then the server is closed (px_path_relay_client) */
     /* statement renaming (transaction mode), and the replies the server will owe */
     switch (type) {
     case 'P':
@@ -234,7 +264,8 @@ void px_path_relay_client(struct px_client *c)
     /* Other clients' queries follow its one on s, the prelude's replies are not all in
      * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
      * the rest waits. */
-    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold) {
+    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold ||
+        c->fault_waiting) {
         hold_input(c);
         return;
     }
@@ -246,7 +277,10 @@ void px_path_relay_client(struct px_client *c)
     do { /* again when the table changed (see relaying_table) */
         size_t moved = 0;
         relaying_table = c2s_table(c);
+        relaying_client = c;
         r = px_relay_direct(&c->c2s, in, out, fd, relaying_table, c2s, c, max, &moved);
+        relaying_client = NULL;
+        relaying_out = NULL;
         px_stats_bytes(c->pool, moved, 0);
     } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
              s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
@@ -271,8 +305,12 @@ enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *ou
 {
     size_t before = evbuffer_get_length(out);
     relaying_table = c2s_table(c);
+    relaying_client = c;
+    relaying_out = out;
     enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, relaying_table,
                                       c2s, c, (uint32_t)px.cfg->max_message_bytes);
+    relaying_client = NULL;
+    relaying_out = NULL;
     *moved = evbuffer_get_length(out) - before;
     return r;
 }
@@ -494,7 +532,7 @@ void px_path_cancel_request(struct px_client *c)
 
 void px_path_client_input(struct px_client *c)
 {
-    if (c->lock_waiting) {
+    if (c->lock_waiting || (c->fault_waiting && c->state != PX_CL_ACTIVE)) {
         hold_input(c);
         return;
     }
@@ -538,6 +576,7 @@ void px_path_client_leaving(struct px_client *c)
 void px_path_client_free(struct px_client *c)
 {
     px_locks_client_free(c);
+    px_fault_client_free(c);
     px_txn_client_free(c);
     px_session_client_free(c);
     px_stmt_map_clear(&c->stmts);

@@ -34,4 +34,12 @@ void px_path_relay_server(struct px_server *s);
  * one write).  Returns the relay's result; *moved: bytes appended to out. */
 enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved);
 
+/*
+ * Where a stage writes messages of its own for c's server: while c's messages are being
+ * relayed, the relay's destination (the bytes relayed before the current message are
+ * there, those after it follow), else the server's output buffer.  Writing anywhere else
+ * could put pgwarden's message behind client messages relayed after it.
+ */
+struct evbuffer *px_path_server_out(struct px_client *c);
+
 #endif

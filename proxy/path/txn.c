@@ -3,13 +3,16 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/batch.h"
 #include "path/classify.h"
+#include "path/expect.h"
 #include "path/local.h"
+#include "path/path.h"
 #include "path/locks.h"
 #include "path/session.h"
 #include "path/txn.h"
@@ -49,6 +52,61 @@ void px_txn_drop_begin(struct px_client *c)
     c->held_begin = NULL;
     c->held_begin_len = 0;
     c->held_failed = false;
+}
+
+/* ---- statements pgwarden fails ------------------------------------------------------- */
+
+/* The text of the statement pgwarden sends to make a server's transaction fail on purpose
+ * (its error is swallowed): a constant that is not an integer fails at parse analysis. */
+#define ABORT_SQL "SELECT 'pgwarden: a statement failed in this transaction'::pg_catalog.int4"
+
+void px_txn_statement_failed(struct px_client *c, bool simple)
+{
+    struct px_server *s = c->server;
+    if (!s) {
+        if (px_txn_in_block(c))
+            px_txn_fail_block(c);
+        return;
+    }
+    struct evbuffer *out = px_path_server_out(c);
+    if (simple) {
+        if (s->txn_status != 'T')
+            return; /* outside a block nothing was begun; in a failed one nothing changes */
+        px_wire_query(out, ABORT_SQL);
+        s->hidden_queries++;
+        s->hidden_abort = true;
+        s->txn_status = 'E';
+        return;
+    }
+    /* A Parse that fails at parse analysis puts the server into skip-to-Sync: the client's
+     * Sync then ends the group as PostgreSQL would after an error (an implicit transaction
+     * rolls back, a block is failed). */
+    uint8_t content[sizeof(ABORT_SQL) + 2] = {0}; /* query\0, int16 0 parameter types */
+    memcpy(content, ABORT_SQL, sizeof(ABORT_SQL));
+    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, true);
+    if (!e || px_write_parse(out, "_pgw_abort", content, sizeof(content)) < 0) {
+        px_server_close(s, "out of memory");
+        return;
+    }
+    e->abort = 1;
+    s->unsynced = true;
+    s->group_failed = true;
+    s->last_untracked = false;
+}
+
+void px_txn_commit_failed(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!s) {
+        px_txn_drop_begin(c);
+        return;
+    }
+    if (s->txn_status == 'I')
+        return;
+    /* A COMMIT that fails ends the transaction: it is rolled back. */
+    px_wire_query(px_path_server_out(c), "ROLLBACK");
+    s->hidden_queries++;
+    s->txn_status = 'I';
 }
 
 /* ---- idle: answered, or a server is needed --------------------------------------------- */

@@ -21,6 +21,7 @@
 #include "net/client.h"
 #include "base/hash.h"
 #include "base/log.h"
+#include "chaos/chaos.h"
 #include "pool/pool.h"
 #include "net/server.h"
 #include "metrics/stats.h"
@@ -354,6 +355,27 @@ static bool evict_idle(struct px_pool *pool)
     return true;
 }
 
+/* A [chaos] rule with when = connect fails the connection attempt for c: c gets the error a
+ * failed server login gives (FATAL with the rule's SQLSTATE). */
+static bool chaos_connect_fails(struct px_pool *pool, struct px_client *c)
+{
+    struct px_chaos_ctx ctx = {.when = PX_CHAOS_CONNECT,
+                               .database = pool->database,
+                               .user = pool->user,
+                               .application_name = c->application_name};
+    struct px_chaos_action a;
+    if (!px_chaos_decide(&ctx, &a) || a.kind == PX_CHAOS_LATENCY)
+        return false;
+    px_info("chaos", 'C', c->id, "rule %llu fails a server connection attempt",
+            (unsigned long long)a.rule_id);
+    if (a.kind == PX_CHAOS_DISCONNECT)
+        px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                        "server closed the connection unexpectedly");
+    else
+        px_client_fatal(c, a.sqlstate, a.message);
+    return true;
+}
+
 /* The first waiting client with no server being opened for it, or NULL. */
 static struct px_client *first_unserved(struct px_pool *pool)
 {
@@ -382,6 +404,8 @@ void px_pool_maintain(struct px_pool *pool)
             return;
         if (pool_total_servers(pool) >= pool->pool_size && !evict_idle(pool))
             return; /* full: the next server to come free goes to the queue */
+        if (px_chaos_active() && chaos_connect_fails(pool, c))
+            continue; /* an injected connection failure: c got its error */
         s = px_server_launch(pool, c);
         if (!s) {
             px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
