@@ -90,6 +90,7 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
                                .database = c->database,
                                .user = c->user,
                                .application_name = c->application_name,
+                               .client_id = c->id,
                                .holds_lock = holds_lock,
                                .arg = c};
     struct px_chaos_action a;
@@ -98,13 +99,8 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
          * everything is answered (the draw is made then, once). */
         return PX_FAULT_HOLD;
     }
-    if (!px_chaos_decide(&ctx, &a))
+    if (!px_chaos_decide(&ctx, &a)) /* logs the injection */
         return PX_FAULT_NONE;
-    px_info("chaos", 'C', c->id, "rule %llu injects %s into this %s", (unsigned long long)a.rule_id,
-            a.kind == PX_CHAOS_ERROR     ? a.sqlstate
-            : a.kind == PX_CHAOS_LATENCY ? "latency"
-                                         : "disconnect",
-            when == PX_CHAOS_COMMIT ? "commit" : "statement");
     switch (a.kind) {
     case PX_CHAOS_ERROR:
         inject_error(c, &a, type == 'Q', when == PX_CHAOS_COMMIT);
