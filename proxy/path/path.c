@@ -282,8 +282,9 @@ void px_path_relay_client(struct px_client *c)
         relaying_client = NULL;
         relaying_out = NULL;
         px_stats_bytes(c->pool, moved, 0);
-    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
-             s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
+    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && !c->fault_waiting &&
+             c->server == s && s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE &&
+             evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
         if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
             px_client_close(c); /* Terminate (an invalid message has failed it already) */
