@@ -84,8 +84,12 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
     enum px_chaos_when when = PX_CHAOS_STATEMENT;
     if (type == 'Q' && !query_when(body, len, &when))
         return PX_FAULT_NONE;
-    if (type == 'E' && c->unnamed_commit && len > 0 && body[0] == '\0')
-        when = PX_CHAOS_COMMIT;
+    if (type == 'E' && len > 0 && body[0] == '\0') {
+        if (c->unnamed_txn_control) /* BEGIN, ROLLBACK through the extended protocol */
+            return PX_FAULT_NONE;
+        if (c->unnamed_commit)
+            when = PX_CHAOS_COMMIT;
+    }
     struct px_chaos_ctx ctx = {.when = when,
                                .database = c->database,
                                .user = c->user,
@@ -135,6 +139,8 @@ void px_fault_note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     const char *q = (const char *)content;
     px_sql_classify(q, strnlen(q, clen), &info);
     c->unnamed_commit = info.kind == PX_SQL_COMMIT;
+    c->unnamed_txn_control =
+        info.kind == PX_SQL_BEGIN || info.kind == PX_SQL_ROLLBACK || info.kind == PX_SQL_EMPTY;
 }
 
 void px_fault_client_free(struct px_client *c)
