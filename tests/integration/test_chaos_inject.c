@@ -258,6 +258,29 @@ static void test_error_extended(void)
     PQfinish(c);
 }
 
+/* Transaction control through the extended protocol (as psycopg 3 sends it) is never hit;
+ * the statements between are. */
+static void test_extended_txn_control(void)
+{
+    long long id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"40001\","
+                                   "\"application_name\":\"e2e_xtc\"}");
+    PGconn *c = client(g_txn, "e2e_xtc");
+    static const char *const sql[] = {"BEGIN", "SELECT 1", "ROLLBACK", "BEGIN", "ROLLBACK"};
+    static const ExecStatusType want[] = {PGRES_COMMAND_OK, PGRES_FATAL_ERROR, PGRES_COMMAND_OK,
+                                          PGRES_COMMAND_OK, PGRES_COMMAND_OK};
+    for (size_t i = 0; i < sizeof sql / sizeof *sql; i++) {
+        PGresult *res = PQexecParams(c, sql[i], 0, NULL, NULL, NULL, NULL, 0);
+        if (PQresultStatus(res) != want[i])
+            fprintf(stderr, "%s: %s", sql[i], PQerrorMessage(c));
+        CU_ASSERT_EQUAL(PQresultStatus(res), want[i]);
+        PQclear(res);
+    }
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(rule_counter(g_txn, id, "injected"), 1);
+    remove_rule(g_txn, id);
+    PQfinish(c);
+}
+
 /* when=commit: the client gets the error at COMMIT; the server rolled back. */
 static void commit_error(struct harness_proxy *px, const char *app, int key)
 {
@@ -475,6 +498,7 @@ static void register_suites(void)
         {"error_in_block", test_error_in_block},
         {"error_autocommit", test_error_autocommit},
         {"error_extended", test_error_extended},
+        {"extended_txn_control", test_extended_txn_control},
         {"error_at_commit", test_error_at_commit},
         {"latency", test_latency},
         {"disconnect_statement", test_disconnect_statement},
