@@ -208,6 +208,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     }
     if (type == 'P' && px_chaos_active())
         px_fault_note_parse(c, body, len);
+    else if (type == 'B' && px_chaos_active() && body)
+        px_fault_note_bind(c, body, len);
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
