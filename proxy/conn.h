@@ -143,13 +143,15 @@ struct px_client {
     uint8_t head_sql_kind; /* enum px_sql_kind */
     bool head_sql_multi;
     bool head_sql_dml;
-    bool head_sql_drops;
+    bool head_sql_plain; /* nothing but kind, multi and dml to know: no rescan needed */
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
-    bool unnamed_parsed;      /* it sent a Parse of the unnamed statement to its server since
-                                 it got it (rename.c) */
-    bool held_failed;         /* the held block failed (a lock error): its server-side
-                                 transaction must be aborted when it gets a server */
+    /* Session state that follows it to every server (session.c); NULL: none yet. */
+    struct px_sstate *sstate;
+    bool unnamed_parsed; /* it sent a Parse of the unnamed statement to its server since
+                            it got it (rename.c) */
+    bool held_failed;    /* the held block failed (a lock error): its server-side
+                            transaction must be aborted when it gets a server */
 
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
     struct px_client_locks *locks;
@@ -166,6 +168,9 @@ struct px_client {
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;
+    /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
+     * retry is off. */
+    struct px_retry *retry;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -243,7 +248,13 @@ struct px_server {
     bool copy_in;         /* the server waits for COPY data (CopyInResponse seen) */
     bool stmts_uncertain; /* statements may exist on it that the set does not list:
                              every Parse is preceded by a Close (rename.c) */
-    bool close_needed;    /* never reuse: protocol error, lifetime, config change */
+    /* Whose session state it carries (session.c): the client id and that client's state
+     * version; 0: the state of a fresh session; UINT64_MAX: unknown.  sstate_prepared: it
+     * has SQL-level prepared statements of that client. */
+    uint64_t sstate_owner;
+    uint32_t sstate_version;
+    bool sstate_prepared;
+    bool close_needed; /* never reuse: protocol error, lifetime, config change */
 
     /* Transaction pooling (txn.c). */
     int hidden_queries; /* replies of queries pgwarden injected, swallowed first */
@@ -301,11 +312,13 @@ struct px_pool {
     char *server_password; /* NULL: from auth_file or the client's SCRAM keys */
     int pool_size;
     enum px_pool_mode mode; /* fixed when the pool is created */
+    enum px_unmovable unmovable_state;
 
     struct px_list servers_login, servers_idle, servers_active, servers_resetting;
     int n_login, n_idle, n_active, n_resetting;
     struct px_list clients_idle, clients_waiting, clients_active;
     int n_idle_clients, n_waiting, n_active_clients;
+    int n_pinned; /* clients whose state pins their server (session.c) */
     struct px_list welcomes; /* struct px_welcome, least recently used first */
     int n_welcomes;
 

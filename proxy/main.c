@@ -23,6 +23,7 @@
 #include "chaos/chaos.h"
 #include "path/batch.h"
 #include "path/locks.h"
+#include "path/retry.h"
 #include "net/cancel.h"
 #include "net/client.h"
 #include "net/listen.h"
@@ -119,6 +120,7 @@ int px_main_reload(char **errmsg)
     px.cfg = cfg;
     px_log_set_level(cfg->log_level);
     px_pool_reconfigure();
+    px_retry_configure();
     px_chaos_config_install(chaos); /* config rules replaced, those added over HTTP stay */
     px_info("main", 0, 0, "configuration reloaded from %s", cfg->path);
     return 0;
@@ -217,6 +219,7 @@ static int setup(char **errmsg)
         return -1;
     if (px_locks_init(px.cfg, errmsg) < 0 || px_stats_locks_init(px_locks_manager()) < 0)
         return -1;
+    px_retry_configure();
     px.janitor = event_new(px.base, -1, EV_PERSIST, on_janitor, NULL);
     px.reaper = event_new(px.base, -1, 0, on_reap, NULL);
     px.sig_term = evsignal_new(px.base, SIGTERM, on_signal, NULL);
@@ -258,6 +261,7 @@ static void teardown(void)
     px_pool_free_all();
     reap();
     px_locks_shutdown();
+    px_retry_shutdown();
     px_cancel_destroy();
     px_stmt_registry_free(px.stmt_registry);
     px_relay_shutdown();

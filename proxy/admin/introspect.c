@@ -11,6 +11,7 @@
 
 #include "net/client.h"
 #include "conn.h"
+#include "path/session.h"
 #include "admin/introspect.h"
 #include "admin/introspect_locks.h"
 #include "base/json_util.h"
@@ -71,6 +72,8 @@ json_t *px_introspect_pools(void)
                       p->n_active_clients, "clients_waiting", p->n_waiting, "servers_active",
                       p->n_active, "servers_idle", p->n_idle, "servers_connecting", p->n_login,
                       "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
+        if (o && p->mode == PX_POOL_TRANSACTION)
+            json_object_set_new(o, "clients_pinned", json_integer(p->n_pinned));
         if (o)
             json_array_append_new(arr, o);
     }
@@ -96,6 +99,9 @@ static json_t *client_json(const struct px_client *c, uint64_t now,
                           c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
                           "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
                           c->server ? json_integer((json_int_t)c->server->id) : json_null());
+    const char *pinned = px_session_pin_reason(c);
+    if (o && pinned) /* session state that keeps its server (transaction pooling) */
+        json_object_set_new(o, "pinned", json_string(pinned));
     /* What it holds and waits for: only when there is something (introspect_locks.h). */
     if (o && px_introspect_client_locks(locks, c, o) < 0) {
         json_decref(o);

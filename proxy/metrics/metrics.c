@@ -91,6 +91,18 @@ static const char *const lock_outcomes[PX_MLO__COUNT] = {
     [PX_MLO_CANCELED] = "canceled", [PX_MLO_ERROR] = "error",
 };
 
+static const char *const sqlstate_label[] = {"sqlstate"};
+static const char *const retry_sqlstates[PX_MRS__COUNT] = {
+    [PX_MRS_40001] = "40001", [PX_MRS_40P01] = "40P01", [PX_MRS_OTHER] = "other"};
+static const char *const retry_labels[] = {"sqlstate", "outcome"};
+#define RETRY_ROW(st)                                                                              \
+    st, "succeeded", st, "diverged", st, "exhausted", st, "over_budget", st, "breaker_open", st,   \
+        "not_replayable", st, "buffer_exceeded", st, "canceled"
+static const char *const retry_values[PX_MRS__COUNT * PX_MRO__COUNT * 2] = {
+    RETRY_ROW("40001"), RETRY_ROW("40P01"), RETRY_ROW("other")};
+_Static_assert(PX_MRO_SUCCEEDED == 0 && PX_MRO_BUFFER_EXCEEDED == 6 && PX_MRO__COUNT == 8,
+               "RETRY_ROW order");
+
 static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double connect_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -167,6 +179,22 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
     [PX_M_LOCK_LIMIT_REFUSALS] = {"lock_limit_refusals", PX_METRIC_COUNTER,
                                   "Lock requests refused because max_locks was reached (53200).",
                                   PX_MK_GLOBAL},
+    [PX_M_CLIENTS_PINNED] = {"clients_pinned", PX_METRIC_GAUGE,
+                             "Transaction pooling: clients that keep their server because of "
+                             "session state that cannot move (LISTEN, temporary tables, ...).",
+                             PX_MK_POOL},
+    [PX_M_RETRIES] = {"retries", PX_METRIC_COUNTER,
+                      "Client transactions that met a retryable error, by the error and how "
+                      "their retry ended.",
+                      PX_MK_POOL, retry_labels, 2, retry_values, PX_MRS__COUNT * PX_MRO__COUNT,
+                      NULL, 0, PX_MF_SPARSE},
+    [PX_M_RETRY_ATTEMPTS] = {"retry_attempts", PX_METRIC_COUNTER,
+                             "Replays started (each one is an attempt after the first).",
+                             PX_MK_POOL, sqlstate_label, 1, retry_sqlstates, PX_MRS__COUNT},
+    [PX_M_RETRY_BUFFER_BYTES] = {"retry_buffer_bytes", PX_METRIC_GAUGE,
+                                 "Bytes kept to replay transactions (client messages and "
+                                 "response digests), all clients together.",
+                                 PX_MK_GLOBAL},
     /* Fault injection (docs/chaos.md): apart from client_errors, which counts every
      * ErrorResponse sent, injected or real. */
     [PX_M_CHAOS_INJECTED] = {"chaos_injected", PX_METRIC_COUNTER,

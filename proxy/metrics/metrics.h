@@ -87,6 +87,10 @@ enum px_metric {
     PX_M_LOCK_DEADLOCKS,          /* counter, global */
     PX_M_LOCK_CANCELS,            /* counter, global */
     PX_M_LOCK_LIMIT_REFUSALS,     /* counter, global */
+    PX_M_CLIENTS_PINNED,          /* gauge, pool */
+    PX_M_RETRIES,                 /* counter, pool, {sqlstate,outcome}: PX_METRICS_RETRY() */
+    PX_M_RETRY_ATTEMPTS,          /* counter, pool, sqlstate: enum px_metrics_retry_sqlstate */
+    PX_M_RETRY_BUFFER_BYTES,      /* gauge, global */
     PX_M_CHAOS_INJECTED,          /* counter, chaos_rule: faults injected (chaos/chaos.c) */
     PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
     PX_M__COUNT
@@ -139,6 +143,28 @@ enum px_metrics_lock_outcome {
     PX_MLO_ERROR,       /* "error": any other end (fencing tokens used up) */
     PX_MLO__COUNT
 };
+
+/* sqlstate label of PX_M_RETRIES and PX_M_RETRY_ATTEMPTS: the error that was retried. */
+enum px_metrics_retry_sqlstate {
+    PX_MRS_40001 = 0, /* "40001" serialization_failure */
+    PX_MRS_40P01,     /* "40P01" deadlock_detected */
+    PX_MRS_OTHER,     /* "other": another configured retryable SQLSTATE */
+    PX_MRS__COUNT
+};
+/* outcome label of PX_M_RETRIES: how the retry of one client transaction ended. */
+enum px_metrics_retry_outcome {
+    PX_MRO_SUCCEEDED = 0,   /* "succeeded": replayed, the client saw no error */
+    PX_MRO_DIVERGED,        /* "diverged": the replay differed from what the client saw */
+    PX_MRO_EXHAUSTED,       /* "exhausted": max_attempts reached */
+    PX_MRO_OVER_BUDGET,     /* "over_budget": the database's retry budget was used up */
+    PX_MRO_BREAKER_OPEN,    /* "breaker_open": the database's circuit breaker is not closed */
+    PX_MRO_NOT_REPLAYABLE,  /* "not_replayable": the transaction cannot be replayed safely */
+    PX_MRO_BUFFER_EXCEEDED, /* "buffer_exceeded": it needed more than retry_buffer_bytes */
+    PX_MRO_CANCELED,        /* "canceled": the client canceled it during the backoff */
+    PX_MRO__COUNT
+};
+#define PX_METRICS_RETRY(sqlstate, outcome)                                                        \
+    ((unsigned)(sqlstate) * (unsigned)PX_MRO__COUNT + (unsigned)(outcome))
 
 /* One dynamic label-set kind. */
 struct px_metrics_kind_def {

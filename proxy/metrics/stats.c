@@ -97,6 +97,7 @@ static void collect_pool_gauges(void *arg)
         px_metrics_gauge_set(m, PX_M_SERVERS, PX_MSS_IDLE, p->n_idle);
         px_metrics_gauge_set(m, PX_M_SERVERS, PX_MSS_ACTIVE, p->n_active);
         px_metrics_gauge_set(m, PX_M_SERVERS, PX_MSS_RESETTING, p->n_resetting);
+        px_metrics_gauge_set(m, PX_M_CLIENTS_PINNED, 0, p->n_pinned);
     }
 }
 

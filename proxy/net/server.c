@@ -604,6 +604,9 @@ static void send_reset_queries(struct px_server *s)
         px_wire_query(out, reset);
         queries++;
         px_stmt_set_clear(&s->stmts); /* DISCARD ALL dropped them */
+        s->stmts_uncertain = false;
+        s->sstate_owner = 0; /* ... and every session state */
+        s->sstate_prepared = false;
         s->dirty = false;
     }
     if (!queries) {

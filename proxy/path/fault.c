@@ -60,7 +60,7 @@ static bool query_when(const uint8_t *body, uint32_t len, enum px_chaos_when *wh
 static void inject_error(struct px_client *c, const struct px_chaos_action *a, bool simple,
                          bool commit)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     px_wire_error(out, PX_SEV_ERROR, a->sqlstate, a->message, NULL);
     if (commit && simple) {
         px_txn_commit_failed(c);

@@ -6,12 +6,13 @@
 
 #include "metrics/stats.h"
 #include "path/local.h"
+#include "path/path.h"
 #include "path/locks.h"
 #include "path/txn.h"
 
 void px_local_complete(struct px_client *c, const char *tag, char status)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     px_wire_msg(out, 'C', tag, strlen(tag) + 1);
     px_wire_ready(out, status);
 }

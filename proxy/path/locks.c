@@ -27,6 +27,7 @@
 #include "path/expect.h"
 #include "path/lockcall.h"
 #include "path/locks.h"
+#include "path/path.h"
 #include "path/prepared.h"
 #include "path/sqlscan.h"
 #include "path/tokenstate.h"
@@ -373,7 +374,7 @@ static char txn_status(const struct px_client *c)
 static void answer_error_detail(struct px_client *c, const struct px_lockcall_error *err,
                                 bool simple, const char *long_detail)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (long_detail && *long_detail) {
         struct px_wire_errfields e = {.sev = PX_SEV_ERROR,
                                       .sqlstate = err->sqlstate,
@@ -402,7 +403,7 @@ static void answer_error(struct px_client *c, const struct px_lockcall_error *er
 static int write_locks_rows(struct px_client *c, const struct px_lockcall *call,
                             const int16_t *formats, uint64_t *rows)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     *rows = 0;
     struct px_client_locks *cl = c->locks;
     if (!cl || !cl->owner)
@@ -427,7 +428,7 @@ static int write_locks_rows(struct px_client *c, const struct px_lockcall *call,
 static void answer_value(struct px_client *c, const struct px_lockcall *call,
                          const int16_t *formats, bool simple, bool is_null, int64_t value)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (simple)
         px_lockcall_write_row_description(out, call, NULL);
     px_lockcall_write_value(out, call, formats ? formats[0] : 0, is_null, value);
@@ -439,7 +440,7 @@ static void answer_value(struct px_client *c, const struct px_lockcall *call,
 static void answer_locks(struct px_client *c, const struct px_lockcall *call,
                          const int16_t *formats, bool simple)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (simple)
         px_lockcall_write_row_description(out, call, NULL);
     uint64_t rows = 0;
@@ -734,7 +735,7 @@ static enum px_locks_verdict on_deallocate(struct px_client *c, const uint8_t *b
     if (!may_answer)
         return PX_LOCKS_HOLD;
     drop_stmt(cl, info.name);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     px_wire_msg(out, 'C', "DEALLOCATE", sizeof("DEALLOCATE"));
     px_wire_ready(out, txn_status(c));
     return PX_LOCKS_ANSWERED;
@@ -842,7 +843,7 @@ static enum px_locks_verdict on_parse(struct px_client *c, const uint8_t *body, 
     snprintf(st->name, sizeof(st->name), "%s", name);
     st->next = cl->stmts;
     cl->stmts = st;
-    px_wire_msg(bufferevent_get_output(c->bev), '1', NULL, 0);
+    px_wire_msg(px_path_client_out(c), '1', NULL, 0);
     return PX_LOCKS_ANSWERED;
 }
 
@@ -894,7 +895,7 @@ static enum px_locks_verdict on_bind(struct px_client *c, const uint8_t *body, u
     snprintf(p->name, sizeof(p->name), "%s", portal);
     p->next = cl->portals;
     cl->portals = p;
-    px_wire_msg(bufferevent_get_output(c->bev), '2', NULL, 0);
+    px_wire_msg(px_path_client_out(c), '2', NULL, 0);
     return PX_LOCKS_ANSWERED;
 }
 
@@ -914,7 +915,7 @@ static enum px_locks_verdict on_describe(struct px_client *c, const uint8_t *bod
         return PX_LOCKS_HOLD;
     if (cl->skip)
         return PX_LOCKS_ANSWERED;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (st) {
         px_lockcall_write_param_description(out, &st->call);
         px_lockcall_write_row_description(out, &st->call, NULL);
@@ -968,7 +969,7 @@ static enum px_locks_verdict on_close(struct px_client *c, const uint8_t *body, 
         drop_stmt(cl, name);
     else
         drop_portal(cl, name);
-    px_wire_msg(bufferevent_get_output(c->bev), '3', NULL, 0);
+    px_wire_msg(px_path_client_out(c), '3', NULL, 0);
     return PX_LOCKS_ANSWERED;
 }
 
@@ -1007,7 +1008,7 @@ void px_locks_sync(struct px_client *c)
     if (c->locks)
         c->locks->skip = false;
     if (!c->server)
-        px_wire_ready(bufferevent_get_output(c->bev), px_txn_unlinked_status(c));
+        px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
 }
 
 /* What an all-lock group has created so far, for the messages that refer to it. */

@@ -18,6 +18,7 @@
 #include "path/locks.h"
 #include "path/path.h"
 #include "path/rename.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
 #include "pool/pool.h"
@@ -103,17 +104,20 @@ static void build_tables(void)
         uint8_t see = px_wire_frontend_type((char)t) ? PX_SEE_NONE : PX_SEE_TYPE;
         c2s_session_see[t] = c2s_txn_see[t] = c2s_locks_see[t] = see;
     }
-    static const char typed[] = "SFBDECH", read_session[] = "QPX", read_txn[] = "QPBDCX",
-                      read_locks[] = "QPBDCEX";
+    /* Parse is assembled (transaction mode keeps a statement's text to prepare it again);
+     * the other messages read are looked at by their head: a big Query or Bind streams. */
+    static const char typed[] = "SFBDECH", read_session[] = "QX", read_txn[] = "QBDCX",
+                      read_locks[] = "QBDCEX";
     for (const char *p = typed; *p; p++)
         c2s_session_see[(uint8_t)*p] = c2s_txn_see[(uint8_t)*p] = c2s_locks_see[(uint8_t)*p] =
             PX_SEE_TYPE;
     for (const char *p = read_session; *p; p++)
-        c2s_session_see[(uint8_t)*p] = PX_SEE_BODY;
+        c2s_session_see[(uint8_t)*p] = PX_SEE_HEAD;
     for (const char *p = read_txn; *p; p++)
-        c2s_txn_see[(uint8_t)*p] = PX_SEE_BODY;
+        c2s_txn_see[(uint8_t)*p] = PX_SEE_HEAD;
     for (const char *p = read_locks; *p; p++)
-        c2s_locks_see[(uint8_t)*p] = PX_SEE_BODY;
+        c2s_locks_see[(uint8_t)*p] = PX_SEE_HEAD;
+    c2s_session_see['P'] = c2s_txn_see['P'] = c2s_locks_see['P'] = PX_SEE_BODY;
 }
 
 static const uint8_t *c2s_table(const struct px_client *c)
@@ -129,6 +133,11 @@ static const uint8_t *c2s_table(const struct px_client *c)
  * buffer it relays into (see px_path_server_out). */
 static struct px_client *relaying_client;
 static struct evbuffer *relaying_out;
+
+struct evbuffer *px_path_client_out(struct px_client *c)
+{
+    return px_retry_client_out(c);
+}
 
 struct evbuffer *px_path_server_out(struct px_client *c)
 {
@@ -152,8 +161,25 @@ static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
         return; /* malformed: PostgreSQL says so */
     struct px_sql_info info;
     const char *q = (const char *)content;
-    px_sql_classify(q, strnlen(q, clen), &info);
-    px_session_note_sql(c, &info);
+    size_t qlen = strnlen(q, clen);
+    px_sql_classify(q, qlen, &info);
+    px_retry_note_sql(c, &info);
+    if (c->pool->mode != PX_POOL_TRANSACTION)
+        return; /* the rest follows state for transaction pooling */
+    px_session_note_parse(c, name, &info, q, qlen);
+    if (info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) {
+        px_stmt_set_clear(&c->server->stmts); /* see px_session_note_sql */
+        c->server->stmts_uncertain = true;
+    }
+}
+
+/* A Bind's statement name (the session stage follows changes made through the unnamed
+ * statement). */
+static void note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const uint8_t *p = memchr(body, '\0', len);
+    if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body)))
+        px_session_note_bind(c, (const char *)p + 1);
 }
 
 /* FATAL for a message type a frontend may not send (never forwarded: PostgreSQL would end
@@ -164,6 +190,25 @@ static enum px_relay_action refuse_type(struct px_client *c, char type)
     snprintf(msg, sizeof(msg), "invalid frontend message type %d", (int)(unsigned char)type);
     px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, msg);
     return PX_RELAY_CLOSE;
+}
+
+/* A message too big to be held whole (a query or Bind over PX_RELAY_HEAD_MAX): only its
+ * head was read.  It is no lock call, no fault is injected into it and its text is not
+ * classified; the bookkeeping and, in transaction mode, the statement renaming apply. */
+static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, char type,
+                                    const uint8_t *head, uint32_t len)
+{
+    struct px_server *s = c->server;
+    px_retry_note_streamed(c);
+    if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
+        return PX_RELAY_CLOSE;
+    if (type == 'Q') {
+        c->head_sql_len = 0;
+        return px_expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    }
+    if (type == 'B' && s->pool->mode == PX_POOL_TRANSACTION)
+        return px_rename_bind_head(c, out, head, len);
+    return PX_RELAY_FORWARD;
 }
 
 static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
@@ -181,6 +226,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
          * was read, else passed on for the server to skip). */
         return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
+    if (body && len > PX_RELAY_HEAD_MAX)
+        return c2s_big(c, out, type, body, len);
     /* answered by pgwarden: lock calls, in order behind the server's replies */
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
@@ -215,10 +262,24 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         if (type == 'Q') {
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
+            px_retry_note_sql(c, &info);
             if (px_local_answer_linked(c, &info))
                 return PX_RELAY_DROP;
-            px_session_note_sql(c, &info);
+            px_session_note_sql(c, &info, (const char *)body, len);
         } else if (type == 'P') {
+            note_parse(c, body, len);
+        } else if (type == 'B') {
+            note_bind(c, body, len);
+        } else if (type == 'E') {
+            px_session_note_execute(c);
+        }
+    } else if (c->retry && body && (type == 'Q' || type == 'P')) {
+        /* session state a replay would create twice makes a transaction not replayable */
+        if (type == 'Q') {
+            struct px_sql_info info;
+            px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
+            px_retry_note_sql(c, &info);
+        } else {
             note_parse(c, body, len);
         }
     }
@@ -267,7 +328,7 @@ void px_path_relay_client(struct px_client *c)
      * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
      * the rest waits. */
     if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold ||
-        c->fault_waiting) {
+        c->fault_waiting || px_retry_holds_input(c)) {
         hold_input(c);
         return;
     }
@@ -331,9 +392,11 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         s->txn_status = len ? (char)body[0] : 'I';
         s->group_failed = false;
         s->copy_in = false;
+        if (s->client)
+            px_session_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
-            if (s->client && s->client->locks)
+            if (s->client && s->client->locks && !px_retry_owns_txn_end(s->client))
                 px_locks_txn_end(s->client); /* the transaction really ended */
         }
         return PX_RELAY_FORWARD;
@@ -385,7 +448,6 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
                                 uint32_t len)
 {
     struct px_server *s = ctx;
-    (void)out;
     struct px_expect *head = px_expect_head(s);
     switch (type) {
     case '1':
@@ -403,6 +465,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
     case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
+        if (!mine && s->client)
+            px_session_error(s->client);
         /* In the current extended-protocol group (no Sync owed before it), the server now
          * skips everything until the client's Sync. */
         if (mine || (s->pending_ready == 0 && s->unsynced))
@@ -411,6 +475,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             px_expect_skip_to_sync(s);
         if (mine)
             return PX_RELAY_DROP;
+        if (s->client && s->client->retry && px_retry_server_error(s->client, out, body, len))
+            return PX_RELAY_DROP; /* held back: the transaction may be replayed */
         return s2c_bookkeeping(s, type, body, len);
     }
     case 'Z':
@@ -457,10 +523,15 @@ void px_path_relay_server(struct px_server *s)
         struct evbuffer *in = bufferevent_get_input(s->bev);
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
         evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
+        /* a client whose transaction may be replayed: through the retry stage */
+        struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
         enum px_relay_result r =
-            px_relay_direct(&s->s2c, in, out, fd, s->unsynced ? s2c_group_see : s2c_see, s2c, s,
-                            SERVER_MAX_MESSAGE, &moved);
+            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
+                            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE,
+                            &moved);
+        if (target)
+            px_retry_relayed(c, fd);
         if (c)
             px_stats_bytes(s->pool, 0, moved);
         else
@@ -476,6 +547,10 @@ void px_path_relay_server(struct px_server *s)
         }
         if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
             px_reader_enable(&s->rd, false);
+        if (c)
+            px_retry_after_relay(c); /* a held attempt may be over: retry or not */
+        if (s->state != PX_SV_ACTIVE || s->client != c || !c)
+            return;
         resume_held(s);
         if (s->state != PX_SV_ACTIVE || s->client != c || !c)
             return;
@@ -501,6 +576,10 @@ void px_path_client_authenticated(struct px_client *c)
     }
     c->pool = pool;
     px_pool_ref(pool);
+    if (!px_retry_client_start(c)) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
@@ -519,6 +598,8 @@ void px_path_cancel_request(struct px_client *c)
 {
     if (px_locks_cancel(c))
         return; /* it waited for a lock: that wait ends with 57014 */
+    if (px_retry_cancel(c))
+        return; /* it waited for a replay: it gets the original error */
     struct px_server *s = c->server;
     if (!s || s->state != PX_SV_ACTIVE) {
         px_debug("cancel", 'C', c->id, "cancel request for no running query: dropped");
@@ -535,6 +616,8 @@ void px_path_cancel_request(struct px_client *c)
 
 void px_path_client_input(struct px_client *c)
 {
+    if (px_retry_holds_input(c))
+        return; /* the retry stage resumes it */
     if (c->lock_waiting || (c->fault_waiting && c->state != PX_CL_ACTIVE)) {
         hold_input(c);
         return;
@@ -559,6 +642,7 @@ void px_path_client_drained(struct px_client *c)
 
 void px_path_client_leaving(struct px_client *c)
 {
+    px_retry_client_free(c); /* what it gets from now on (an error) goes straight out */
     px_locks_client_free(c); /* its locks go at once, the next waiters are granted */
     struct px_server *s = c->server;
     if (!s || px_batch_leave(c))
@@ -566,6 +650,8 @@ void px_path_client_leaving(struct px_client *c)
     c->server = NULL;
     s->client = NULL;
     px_batch_close(s);
+    if (px_session_pinned(c))
+        s->dirty = true; /* its state that could not move goes with a reset */
     if (s->expect_n > 0) {
         /* Nobody waits for these replies; what the Parse/Close in flight did is unknown, so
          * the server's statement set is rebuilt with a Close before every Parse. */
@@ -578,6 +664,7 @@ void px_path_client_leaving(struct px_client *c)
 
 void px_path_client_free(struct px_client *c)
 {
+    px_retry_client_free(c);
     px_locks_client_free(c);
     px_fault_client_free(c);
     px_txn_client_free(c);

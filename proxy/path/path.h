@@ -42,4 +42,9 @@ enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *ou
  */
 struct evbuffer *px_path_server_out(struct px_client *c);
 
+/* Where a stage writes messages of its own for client c (its replies, errors,
+ * ReadyForQuery): through the retry stage (retry.h), which sees every byte the client
+ * gets.  Never c's output buffer directly. */
+struct evbuffer *px_path_client_out(struct px_client *c);
+
 #endif

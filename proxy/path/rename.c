@@ -158,6 +158,36 @@ enum px_relay_action px_rename_bind(struct px_client *c, struct evbuffer *out, c
     return PX_RELAY_DROP;
 }
 
+enum px_relay_action px_rename_bind_head(struct px_client *c, struct evbuffer *out,
+                                         const uint8_t *head, uint32_t len)
+{
+    uint32_t visible = len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len;
+    const uint8_t *p1 = memchr(head, '\0', visible);
+    const uint8_t *p2 = p1 ? memchr(p1 + 1, '\0', visible - (uint32_t)(p1 + 1 - head)) : NULL;
+    if (!p2)
+        return PX_RELAY_FORWARD; /* malformed (names do not fit the head): PostgreSQL says so */
+    const char *portal = (const char *)head, *name = (const char *)p1 + 1;
+    if (!*name)
+        return unnamed_check(c, out) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    struct px_stmt *stmt = px_stmt_map_get(&c->stmts, name);
+    const char *server_name = stmt ? px_stmt_server_name(stmt) : foreign_name(name);
+    if (server_name == name)
+        return PX_RELAY_FORWARD; /* unknown to pgwarden: PostgreSQL answers 26000 */
+    if (stmt && ensure_prepared(c->server, stmt, out) < 0)
+        return PX_RELAY_CLOSE;
+    /* 'B', the new length, the portal and the server name replace the old head */
+    size_t old_names = strlen(portal) + 1 + strlen(name) + 1;
+    size_t plen = strlen(portal) + 1, slen = strlen(server_name) + 1;
+    uint8_t hdr[5];
+    hdr[0] = 'B';
+    px_put_u32(hdr + 1, (uint32_t)(len + 4 - old_names + plen + slen));
+    if (evbuffer_add(out, hdr, 5) < 0 || evbuffer_add(out, portal, plen) < 0 ||
+        evbuffer_add(out, server_name, slen) < 0)
+        return PX_RELAY_CLOSE;
+    c->c2s.skip = (uint32_t)(5 + old_names);
+    return PX_RELAY_REPLACE_HEAD;
+}
+
 enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out, char type,
                                       const uint8_t *body, uint32_t len)
 {

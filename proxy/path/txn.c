@@ -14,6 +14,7 @@
 #include "path/local.h"
 #include "path/path.h"
 #include "path/locks.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
 #include "pool/pool.h"
@@ -43,6 +44,23 @@ bool px_txn_hold_begin(struct px_client *c, uint32_t total)
         return false;
     evbuffer_remove(bufferevent_get_input(c->bev), c->held_begin, total);
     c->held_begin_len = total;
+    return true;
+}
+
+bool px_txn_hold_failed_block(struct px_client *c)
+{
+    static const char begin[] = "BEGIN";
+    uint32_t total = 1 + 4 + (uint32_t)sizeof(begin);
+    uint8_t *m = malloc(total);
+    if (!m)
+        return false;
+    m[0] = 'Q';
+    px_put_u32(m + 1, total - 1);
+    memcpy(m + 5, begin, sizeof(begin));
+    free(c->held_begin);
+    c->held_begin = m;
+    c->held_begin_len = total;
+    c->held_failed = true;
     return true;
 }
 
@@ -145,14 +163,15 @@ static bool answer_local_message(struct px_client *c, uint32_t len)
 void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == PX_CL_IDLE && !px_locks_waiting(c)) {
+    while (c->state == PX_CL_IDLE && !px_locks_waiting(c) && !px_retry_holds_input(c)) {
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;
         uint8_t hdr[5];
         evbuffer_copyout(in, hdr, 5);
         uint32_t len = px_get_u32(hdr + 1);
-        if (len < 4 || len > (uint32_t)px.cfg->max_message_bytes) {
+        if (len < 4 || len > PX_WIRE_MAX_LEN ||
+            (hdr[0] == 'P' && len > (uint32_t)px.cfg->max_message_bytes)) {
             px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(len));
             return;
         }
@@ -261,6 +280,7 @@ bool px_txn_prelude_done(struct px_client *c)
         return true;
     }
     s->prelude_failed = false;
+    s->sstate_owner = UINT64_MAX; /* what of the state applied is unknown: reset, replay */
     if (s->prelude_tries < PRELUDE_TRIES) {
         s->prelude_tries++;
         if (!send_prelude(c)) {
@@ -284,6 +304,8 @@ void px_txn_maybe_release(struct px_server *s)
     struct px_client *c = s->client;
     if (!c || s->state != PX_SV_ACTIVE || c->state != PX_CL_ACTIVE)
         return;
+    if (px_session_pinned(c))
+        return; /* state that cannot move: the client keeps its server */
     if (s->txn_status != 'I' || s->hidden_queries > 0 || s->pending_ready > 0 || s->unsynced ||
         s->expect_n > 0 || s->s2c.remaining || c->c2s.remaining || px_server_cancel_busy(s) ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||

@@ -62,6 +62,10 @@ void px_txn_fail_block(struct px_client *c);
  * input and keeps it to send with the first real statement.  False when out of memory
  * (nothing changed). */
 bool px_txn_hold_begin(struct px_client *c, uint32_t total);
+/* Puts c (without a server) in a failed held block, as if its BEGIN had been held and a
+ * statement had failed: a transparent retry gave up and the client was told 'E'.  False
+ * when out of memory. */
+bool px_txn_hold_failed_block(struct px_client *c);
 /* The held block ended without real work (COMMIT/ROLLBACK answered by pgwarden). */
 void px_txn_drop_begin(struct px_client *c);
 

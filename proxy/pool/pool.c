@@ -155,6 +155,8 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
         pool->port = db->port;
     }
     pool->pool_size = db->pool_size >= 0 ? db->pool_size : px.cfg->default_pool_size;
+    pool->unmovable_state =
+        db->unmovable_state >= 0 ? (enum px_unmovable)db->unmovable_state : px.cfg->unmovable_state;
     /* The mode is fixed for the pool's life: a session-mode client cannot be switched to
      * transaction pooling mid-session (a changed pool_mode applies after a restart). */
     if (first)

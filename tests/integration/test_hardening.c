@@ -609,6 +609,62 @@ static void test_restart_under_load_session(void)
     check_restart_under_load("session");
 }
 
+/* ---- 7. a pipeline whose early statement fails (issue 17) -------------------------------- */
+
+/*
+ * The client sends a failing statement with a Flush, reads its error, and only then sends
+ * more of the same pipeline and the Sync: PostgreSQL skips those, and so must pgwarden's
+ * bookkeeping (it used to expect replies to them and close the client at the
+ * ReadyForQuery: "ReadyForQuery does not match what was sent").
+ */
+static void check_pipeline_error_then_more(const char *mode)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 1, NULL));
+    PGconn *c = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    for (int round = 0; round < 3; round++) {
+        CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);
+        CU_ASSERT_EQUAL(PQsendQueryParams(c, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
+        CU_ASSERT_EQUAL(PQsendFlushRequest(c), 1);
+        CU_ASSERT_EQUAL(PQflush(c), 0);
+        PGresult *r = itu_wait_result(c, 5000);
+        CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "22012");
+        PQclear(r);
+        /* more of the same pipeline, after the error came back */
+        CU_ASSERT_EQUAL(PQsendPrepare(c, "p_after", "SELECT 2", 0, NULL), 1);
+        CU_ASSERT_EQUAL(PQsendQueryParams(c, "SELECT 3", 0, NULL, NULL, NULL, NULL, 0), 1);
+        CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
+        r = itu_wait_result(c, 5000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
+        PQclear(r);
+        r = itu_wait_result(c, 5000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
+        PQclear(r);
+        r = itu_wait_result(c, 5000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+        PQclear(r);
+        CU_ASSERT_EQUAL(PQexitPipelineMode(c), 1);
+        CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 4"), "4");
+        /* the skipped Parse did not create the statement */
+        r = PQexecPrepared(c, "p_after", 0, NULL, NULL, NULL, 0);
+        CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
+        PQclear(r);
+    }
+    CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_OK);
+    PQfinish(c);
+    stop();
+}
+
+static void test_pipeline_error_then_more_transaction(void)
+{
+    check_pipeline_error_then_more("transaction");
+}
+
+static void test_pipeline_error_then_more_session(void)
+{
+    check_pipeline_error_then_more("session");
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -620,6 +676,8 @@ static void register_suites(void)
         {"other_clients_statements", test_other_clients_statements},
         {"vanishing_clients_transaction", test_vanishing_clients_transaction},
         {"vanishing_clients_session", test_vanishing_clients_session},
+        {"pipeline_error_then_more_transaction", test_pipeline_error_then_more_transaction},
+        {"pipeline_error_then_more_session", test_pipeline_error_then_more_session},
         {"restart_under_load_transaction", test_restart_under_load_transaction},
         {"restart_under_load_session", test_restart_under_load_session},
         CU_TEST_INFO_NULL,

@@ -322,6 +322,45 @@ static void test_error_bad_enum(void)
                                              "(expected debug | info | warning | error)");
 }
 
+/* [retry]: defaults in retry/'s form, values parsed, and the section's own checks named by
+ * key and line. */
+static void test_retry_section(void)
+{
+    struct px_config *cfg = load_ok(TRUST);
+    CU_ASSERT_EQUAL(cfg->retry.max_attempts, 5);
+    CU_ASSERT_EQUAL(cfg->retry.retryable_sqlstates.n, 2);
+    CU_ASSERT_STRING_EQUAL(cfg->retry.retryable_sqlstates.codes[1], "40P01");
+    CU_ASSERT_DOUBLE_EQUAL(cfg->retry.multiplier, 2.0, 1e-9);
+    CU_ASSERT_EQUAL(cfg->retry.jitter, BACKOFF_JITTER_FULL);
+    CU_ASSERT_EQUAL(cfg->retry.retry_buffer_bytes, 1048576);
+    px_config_free(cfg);
+    cfg = load_ok(TRUST "[retry]\nretryable_sqlstates = 40001 55P03, 08\nmultiplier = 1.5\n"
+                        "jitter = decorrelated\nmax_attempts = 1\n");
+    CU_ASSERT_EQUAL(cfg->retry.retryable_sqlstates.n, 3);
+    CU_ASSERT_STRING_EQUAL(cfg->retry.retryable_sqlstates.codes[2], "08");
+    CU_ASSERT_DOUBLE_EQUAL(cfg->retry.multiplier, 1.5, 1e-9);
+    CU_ASSERT_EQUAL(cfg->retry.jitter, BACKOFF_JITTER_DECORRELATED);
+    CU_ASSERT_EQUAL(cfg->retry.max_attempts, 1);
+    px_config_free(cfg);
+    cfg = load_ok(TRUST "[retry]\nretryable_sqlstates =\n");
+    CU_ASSERT_EQUAL(cfg->retry.retryable_sqlstates.n, 0);
+    px_config_free(cfg);
+    expect_error(TRUST "[retry]\nretryable_sqlstates = 4000\n",
+                 ":4: [retry] retryable_sqlstates: bad list \"4000\" (5-character SQLSTATEs or "
+                 "2-character classes of 0-9 and A-Z, separated by commas, at most 16)");
+    expect_error(TRUST "[retry]\n\nmultiplier = two\n",
+                 ":5: [retry] multiplier: bad number \"two\"");
+    expect_error(TRUST "[retry]\nmultiplier = 0.5\n",
+                 ":4: [retry] multiplier: must be 1..100");
+    expect_error(TRUST "[retry]\nbase_ms = 50\ncap_ms = 10\n",
+                 ":5: [retry] cap_ms: must be base_ms..3600000");
+    expect_error(TRUST "[retry]\nmax_attempts = 0\n",
+                 ":4: [retry] max_attempts: 0 out of range 1..100");
+    expect_error(TRUST "[retry]\njitter = random\n",
+                 ":4: [retry] jitter: bad value \"random\" (expected full | equal | "
+                 "decorrelated | none)");
+}
+
 static void test_error_syntax(void)
 {
     expect_error(TRUST "listen_port 6432\n",
@@ -697,8 +736,8 @@ static void test_foreach_key(void)
     memset(&l, 0, sizeof(l));
     px_config_foreach_key(collect_key, &l);
     CU_ASSERT_EQUAL(l.bad, 0);
-    CU_ASSERT_EQUAL(l.npgwarden, 35);
-    CU_ASSERT_EQUAL(l.ndatabases, 7);
+    CU_ASSERT_EQUAL(l.npgwarden, 36);
+    CU_ASSERT_EQUAL(l.ndatabases, 8);
     for (int i = 0; i < l.npgwarden && i < 128; i++) {
         char text[256], *err = NULL, unknown[128];
         snprintf(text, sizeof(text), "[pgwarden]\n%s = @@\n", l.names[i]);
@@ -730,6 +769,7 @@ void test_config_register(void)
         {"bad_enum", test_error_bad_enum},
         {"syntax", test_error_syntax},
         {"cross_field", test_error_cross_field},
+        {"retry_section", test_retry_section},
         {"cannot_open", test_error_cannot_open},
         CU_TEST_INFO_NULL,
     };
