@@ -158,10 +158,13 @@ struct px_client {
     struct px_client_locks *locks;
     bool lock_waiting; /* parked until its lock wait ends: its input waits */
     /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
-     * fault_timer; fault_passed lets it through once; unnamed_commit: the unnamed
-     * statement is a COMMIT (an Execute of it counts as commit). */
+     * fault_timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
+     * unnamed statement is, fault_unnamed_portal: what the unnamed portal runs (enum
+     * px_fault_stmt of path/fault.h: an Execute of it is a statement, a commit, or
+     * transaction control, never injected into). */
     struct event *fault_timer;
-    bool fault_waiting, fault_passed, unnamed_commit;
+    bool fault_waiting, fault_passed;
+    uint8_t fault_unnamed_stmt, fault_unnamed_portal;
     bool fault_disconnect; /* close the server once this message is sent */
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */

@@ -57,6 +57,7 @@ enum px_metrics_kind {
     PX_MK_GLOBAL = 0, /* no dynamic labels: exactly one set, always present */
     PX_MK_POOL = 1,   /* {database, user}: one set per pool */
     PX_MK_DATABASE,   /* {database}: one set per circuit breaker (pool/breaker.h) */
+    PX_MK_CHAOS_RULE, /* {rule, kind, sqlstate}: one set per fault-injection rule */
     PX_MK__COUNT
 };
 
@@ -96,6 +97,8 @@ enum px_metric {
     PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
     PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */
     PX_M_BREAKER_REFUSED,         /* counter, database: transactions and logins refused */
+    PX_M_CHAOS_INJECTED,          /* counter, chaos_rule: faults injected (chaos/chaos.c) */
+    PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
     PX_M__COUNT
 };
 

@@ -258,6 +258,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     }
     if (type == 'P' && px_chaos_active())
         px_fault_note_parse(c, body, len);
+    else if (type == 'B' && px_chaos_active() && body)
+        px_fault_note_bind(c, body, len);
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
@@ -351,8 +353,9 @@ void px_path_relay_client(struct px_client *c)
         relaying_client = NULL;
         relaying_out = NULL;
         px_stats_bytes(c->pool, moved, 0);
-    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
-             s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
+    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && !c->fault_waiting &&
+             c->server == s && s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE &&
+             evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
         if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
             px_client_close(c); /* Terminate (an invalid message has failed it already) */
