@@ -190,6 +190,7 @@ static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, c
                                     const uint8_t *head, uint32_t len)
 {
     struct px_server *s = c->server;
+    px_locks_big_message(c, type, head, len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len);
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     if (type == 'Q') {

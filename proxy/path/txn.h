@@ -62,6 +62,9 @@ void px_txn_fail_block(struct px_client *c);
  * input and keeps it to send with the first real statement.  False when out of memory
  * (nothing changed). */
 bool px_txn_hold_begin(struct px_client *c, uint32_t total);
+/* The same for a BEGIN of the extended protocol (its statement text, len bytes): kept as
+ * the simple Query of that text. */
+bool px_txn_hold_begin_sql(struct px_client *c, const char *sql, size_t len);
 /* The held block ended without real work (COMMIT/ROLLBACK answered by pgwarden). */
 void px_txn_drop_begin(struct px_client *c);
 
