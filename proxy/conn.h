@@ -136,6 +136,9 @@ struct px_client {
     struct px_params vars;      /* reported parameters changed since the welcome */
     uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
     uint32_t held_begin_len;
+    /* While it has no server: its unnamed statement and unnamed portal when they are
+     * transaction control answered by pgwarden (local.c), referenced; else NULL. */
+    struct px_stmt *local_unnamed, *local_portal;
     bool warned_session_state; /* logged the session-feature warning */
     /* The Query at the head of the input, classified while idle: reused when that message
      * is relayed, so a query is scanned once (head_sql_len: its length; 0: none).  What

@@ -203,6 +203,7 @@ static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, c
 {
     struct px_server *s = c->server;
     px_retry_note_streamed(c);
+    px_locks_big_message(c, type, head, len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len);
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     if (type == 'Q') {
