@@ -265,7 +265,8 @@ struct px_server {
     uint64_t sstate_owner;
     uint32_t sstate_version;
     bool sstate_prepared;
-    bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    bool close_needed;  /* never reuse: protocol error, lifetime, config change */
+    bool cut_when_sent; /* chaos: closed before its next reply is relayed (path.c) */
     /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
      * failure of this connection was counted already (a FATAL, then the lost connection,
      * count once); its login stopped because pgwarden has no credentials the server's
@@ -282,7 +283,7 @@ struct px_server {
     bool prelude_failed;
     uint8_t prelude_tries;
     char *prelude_error;
-    bool hidden_abort;        /* the last hidden query is a deliberate failure (path/locks.c) */
+    bool hidden_abort; /* the last hidden query is a deliberate failure (path/locks.c) */
     /* The outcome of a lost COMMIT (path/outcome.h): a client's COMMIT is in flight (until
      * the next ReadyForQuery); the transaction id learned before it (0: none assigned);
      * the hidden query whose first value is kept (PX_CAPTURE_*), and that value. */
@@ -290,6 +291,7 @@ struct px_server {
     bool xid_known;
     uint64_t xid;
     uint8_t capture;
+    int capture_skip; /* hidden queries before the captured one, whose replies come first */
     bool captured_null;
     char captured[24];
     bool last_untracked;      /* the last message sent has no reply the FIFO tracks: only a

@@ -212,8 +212,7 @@ static bool on_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     const uint8_t *content;
     uint32_t clen;
     struct px_sql_info info;
-    if (px_parse_split(body, len, &name, &content, &clen) < 0 ||
-        !txn_control(content, clen, &info))
+    if (px_parse_split(body, len, &name, &content, &clen) < 0 || !txn_control(content, clen, &info))
         return false;
     if (info.kind == PX_SQL_BEGIN && c->held_failed)
         return false; /* 25P02 at Parse: the server's aborted transaction says it */
@@ -285,8 +284,8 @@ static bool on_execute(struct px_client *c, const uint8_t *body, uint32_t len)
         if (c->held_failed)
             return false; /* cannot happen: its Bind was left to a server */
         if (px_txn_in_block(c)) {
-            px_wire_error(out, PX_SEV_WARNING, "25001", "there is already a transaction in progress",
-                          NULL);
+            px_wire_error(out, PX_SEV_WARNING, "25001",
+                          "there is already a transaction in progress", NULL);
         } else {
             uint32_t clen;
             const char *sql = (const char *)px_stmt_content(c->local_portal, &clen);
@@ -332,8 +331,7 @@ static bool on_close(struct px_client *c, const uint8_t *body, uint32_t len)
     return true;
 }
 
-bool px_local_answer_unlinked_ext(struct px_client *c, char type, const uint8_t *body,
-                                  uint32_t len)
+bool px_local_answer_unlinked_ext(struct px_client *c, char type, const uint8_t *body, uint32_t len)
 {
     bool answered;
     switch (type) {

@@ -75,13 +75,13 @@ struct px_retry {
     bool held_done;   /* held has the whole tail of the original attempt */
     bool orig_known;  /* orig_end is set (the original attempt ended) */
     bool after_commit;
-    bool retried;     /* this unit was replayed at least once */
-    char orig_end;    /* transaction status the original error left */
-    char last_z;      /* status of the last ReadyForQuery of this attempt */
-    uint8_t sqlstate; /* enum px_metrics_retry_sqlstate of the original error */
-    bool open_group;  /* extended-protocol messages consumed since the last request */
-    uint32_t reqs;    /* requests consumed in this attempt */
-    uint32_t zs;      /* ReadyForQuery messages of this attempt */
+    bool retried;         /* this unit was replayed at least once */
+    char orig_end;        /* transaction status the original error left */
+    char last_z;          /* status of the last ReadyForQuery of this attempt */
+    uint8_t sqlstate;     /* enum px_metrics_retry_sqlstate of the original error */
+    bool open_group;      /* extended-protocol messages consumed since the last request */
+    uint32_t reqs;        /* requests consumed in this attempt */
+    uint32_t zs;          /* ReadyForQuery messages of this attempt */
     uint64_t replay_left; /* replayed bytes not consumed again yet */
     size_t kept;          /* bytes last reported to the buffer gauge */
     /* response walker: the message under way */
@@ -775,10 +775,9 @@ bool px_retry_client_start(struct px_client *c)
     rt->later = evbuffer_new();
     rt->ev = evtimer_new(px.base, on_timer, rt);
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->mirror || !rt->held ||
-        !rt->later || !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
-        copy_all(rt->mirror, in) < 0 ||
-        !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
+    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->mirror || !rt->held || !rt->later ||
+        !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
+        copy_all(rt->mirror, in) < 0 || !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
         c->retry = rt;
         px_retry_client_free(c);
         return false;

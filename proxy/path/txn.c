@@ -193,7 +193,7 @@ static enum unlinked_verdict answer_unlinked(struct px_client *c, uint32_t len)
     uint32_t blen = len - 4;
     if (type == 'S') {
         px_local_note_unlinked(c, type, body, blen);
-        px_locks_sync(c); /* ReadyForQuery; the end of a skipped group */
+        px_locks_sync(c);     /* ReadyForQuery; the end of a skipped group */
     } else if (type != 'H') { /* a Flush: every reply owed is written already */
         px_local_note_unlinked(c, type, body, blen);
         enum px_locks_verdict v = px_locks_message(c, type, body, blen, true);

@@ -749,8 +749,8 @@ static void test_extended_answered_at_once(void)
     static char big[100 * 1000];
     memset(big, 'x', sizeof(big) - 1);
     const char *bad[2] = {"flush:2", "sideways"}, *bigv[1] = {big};
-    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT pgwarden_lock($1, $2)", 2, NULL, bad, NULL, NULL, 0),
-                    1);
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT pgwarden_lock($1, $2)", 2, NULL, bad, NULL, NULL, 0), 1);
     CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0), 1);
     CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT length($1)", 1, NULL, bigv, NULL, NULL, 0), 1);
     CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT pgwarden_lock('flush:3', 'read')", 0, NULL, NULL,
@@ -764,9 +764,8 @@ static void test_extended_answered_at_once(void)
     CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "S");
     /* and then everything goes on: ordinary SQL and the lock calls */
     CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT length($1)", 1, NULL, bigv, NULL, NULL, 0), 1);
-    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT * FROM pgwarden_locks()", 0, NULL, NULL, NULL,
-                                      NULL, 0),
-                    1);
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT * FROM pgwarden_locks()", 0, NULL, NULL, NULL, NULL, 0), 1);
     CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
     CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "T:99999");
     CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "T:flush:1"); /* flush:3 never ran */
@@ -809,7 +808,8 @@ static const char *const style_names[STYLES] = {"EXT_BEGIN",   "BEGIN_GROUP",   
 static bool start_waiter(PGconn *w, enum begin_style st, const char *key)
 {
     const char *v[1] = {key};
-    const char *sql = st == NAMED_NOBLOCK ? LOCK_SQL("pgwarden_lock") : LOCK_SQL("pgwarden_xact_lock");
+    const char *sql =
+        st == NAMED_NOBLOCK ? LOCK_SQL("pgwarden_lock") : LOCK_SQL("pgwarden_xact_lock");
     PGresult *r;
     bool ok = true;
     switch (st) {
@@ -935,8 +935,8 @@ static void test_waiters_extended_hold_no_server(void)
         for (int i = 0; i < STYLE_WAITERS; i++) {
             bool ok = finish_waiter(w[i], (enum begin_style)st, key);
             if (!ok)
-                fprintf(stderr, "\n    %s: waiter %d did not finish as expected\n",
-                        style_names[st], i);
+                fprintf(stderr, "\n    %s: waiter %d did not finish as expected\n", style_names[st],
+                        i);
             CU_ASSERT_TRUE(ok);
             PQfinish(w[i]);
         }

@@ -917,8 +917,8 @@ static void test_multi_state(void)
         enum px_sql_state state;
         const char *key;
     } cases[] = {
-        {"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;", PX_STATE_RESET_ALL,
-         ""},
+        {"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+         PX_STATE_RESET_ALL, ""},
         {"SELECT 1; RESET work_mem", PX_STATE_SET, "work_mem"},
         {"RESET ROLE; SELECT 1", PX_STATE_ROLE, ""},
         {"RESET ALL; SET work_mem = '1MB'", PX_STATE_UNTRACKED, ""},
@@ -933,9 +933,9 @@ static void test_multi_state(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct px_sql_info info;
         classify_exact(cases[i].sql, strlen(cases[i].sql), &info);
-        bool ok = info.state == cases[i].state && !strcmp(info.state_key, cases[i].key) &&
-                  (info.state == PX_STATE_NONE || info.state == PX_STATE_UNTRACKED ||
-                   info.state_reset);
+        bool ok =
+            info.state == cases[i].state && !strcmp(info.state_key, cases[i].key) &&
+            (info.state == PX_STATE_NONE || info.state == PX_STATE_UNTRACKED || info.state_reset);
         if (!ok)
             fprintf(stderr, "\n    [%s]: state %d key \"%s\" reset %d", cases[i].sql,
                     (int)info.state, info.state_key, (int)info.state_reset);
