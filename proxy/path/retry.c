@@ -35,6 +35,7 @@
 #include "path/retry.h"
 #include "path/txn.h"
 #include "pool/breaker.h"
+#include "proto/relay.h"
 #include "retry/retry.h"
 
 enum rt_mode {
@@ -245,6 +246,11 @@ static void consumed(struct px_retry *rt, size_t n)
                 return;
             }
             rt->in_left = px_get_u32(hdr + 1) + 1;
+            /* Whatever the relay makes of it (a CopyData, a Bind in session mode are not
+             * read), a message over PX_RELAY_HEAD_MAX is not copied in part up to
+             * retry_buffer_bytes only to be thrown away. */
+            if (rt->in_left - 5 > PX_RELAY_HEAD_MAX)
+                taint(rt, "a message too big to keep");
             switch (hdr[0]) {
             case 'Q':
             case 'S':
