@@ -6,7 +6,11 @@
  * extended protocol), at COMMIT (rolled back); latency; a disconnect before a statement
  * and just after COMMIT (ambiguous); a failed server connection (when=connect);
  * every_n, max_count, a seeded probability giving the same injections twice, filters by
- * application_name, the counters of GET /chaos, the metrics and the log line.
+ * application_name, the counters of GET /chaos, the metrics and the log line.  Drivers'
+ * shapes: transaction control as named prepared statements (never hit; a named COMMIT is a
+ * commit), more of them than session pooling remembers, the named BEGIN in one group with
+ * the first statement (pgJDBC), COMMIT through the unnamed statement (psycopg 3), each in
+ * both pool modes, with no reply out of step in pgwarden's log.
  *
  * Every test uses its own application_name and removes its rules, so the tests are
  * independent of each other.
@@ -422,6 +426,40 @@ static void test_named_txn_control(void)
     named_txn_control(g_sess, "e2e_ntc_sess", 61);
 }
 
+/* More named transaction-control statements than pgwarden remembers per client in session
+ * pooling (16): a driver that prepares its BEGIN again under new names (psycopg does after
+ * each DEALLOCATE ALL) leaves names behind; those not bound lately are forgotten first, so
+ * the BEGIN and ROLLBACK the client keeps using are never hit. */
+static void named_txn_control_many(struct harness_proxy *px, const char *app)
+{
+    PGconn *c = client(px, app);
+    prepare(c, "b", "BEGIN");
+    prepare(c, "r", "ROLLBACK");
+    char rule[256];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"application_name\":\"%s\"}", app);
+    long long id = add_rule(px, rule);
+    for (int i = 0; i < 40; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "old%d", i);
+        prepare(c, name, i % 2 ? "BEGIN" : "COMMIT");
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
+        CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "40001");
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "r", NULL, NULL, 0), "");
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    }
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 40);
+    remove_rule(px, id);
+    no_desync(px);
+    PQfinish(c);
+}
+
+static void test_named_txn_control_many(void)
+{
+    named_txn_control_many(g_sess, "e2e_ntcm_sess");
+    named_txn_control_many(g_txn, "e2e_ntcm_txn");
+}
+
 /* when=commit through a named COMMIT statement: the client gets the error, the transaction
  * is rolled back (the client is idle, not in a failed block), nothing is committed, and the
  * next named BEGIN works. */
@@ -812,6 +850,7 @@ static void register_suites(void)
         {"extended_txn_control", test_extended_txn_control},
         {"error_at_commit", test_error_at_commit},
         {"named_txn_control", test_named_txn_control},
+        {"named_txn_control_many", test_named_txn_control_many},
         {"named_commit", test_named_commit},
         {"commit_extended", test_commit_extended},
         {"named_begin_in_group", test_named_begin_in_group},
