@@ -20,7 +20,7 @@
 #   BENCH_ROUNDS [3]      rounds; each runs both rule sets once
 #   BENCH_WARMUP [3]      unrecorded warm-up per workload and rule set, seconds (0: none)
 #   BENCH_SCALE [10]      pgbench -i scale factor
-#   BENCH_CLIENTS [8], BENCH_JOBS [2], BENCH_POOL_SIZE [4]
+#   BENCH_CLIENTS [8], BENCH_JOBS [2] (-M prepared: one per client), BENCH_POOL_SIZE [4]
 #   BENCH_RULES [10]      rules in the "rules" set
 #   BENCH_WORKLOADS       space-separated NAME:SCRIPT:PROTOCOL, SCRIPT a pgbench builtin
 #                         [select:select-only:simple tpcb:tpcb-like:simple
@@ -182,14 +182,14 @@ set_rules() { # none|rules
 }
 
 # One pgbench run; appends a CSV row (ROUND "warmup": not recorded).
-run_one() { # WORKLOAD SCRIPT PROTOCOL RULESET ROUND SECONDS
-    local name=$1 script=$2 proto=$3 set=$4 round=$5 secs=$6 out status=ok cpu0 cpu1
+run_one() { # WORKLOAD SCRIPT PROTOCOL JOBS RULESET ROUND SECONDS
+    local name=$1 script=$2 proto=$3 jobs=$4 set=$5 round=$6 secs=$7 out status=ok cpu0 cpu1
     local tps tx cpu_us
     out=$WORK/pgbench-$name-$set-$round.log
     cpu0=$(proc_cpu_ticks "$PGWARDEN_PID")
     if ! PGPASSWORD=$DB_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=30 \
         timeout -k 5 $((secs + BENCH_SLACK)) "$PG_BINDIR/pgbench" -n -b "$script" \
-        -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" -T "$secs" -h 127.0.0.1 \
+        -M "$proto" -c "$BENCH_CLIENTS" -j "$jobs" -T "$secs" -h 127.0.0.1 \
         -p "$PGWARDEN_PORT" -U "$DB_USER" "$DB_NAME" >"$out" 2>&1; then
         status=error
         log "  pgbench failed (see $out):"
@@ -203,22 +203,27 @@ run_one() { # WORKLOAD SCRIPT PROTOCOL RULESET ROUND SECONDS
     cpu_us=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v t="${tx:-0}" \
         'BEGIN { if (t > 0) printf "%.2f", d / hz * 1e6 / t }')
     log "  $(printf '%-14s %-5s' "$name" "$set") tps ${tps:-?}  pgwarden cpu ${cpu_us:-?} us/tx"
-    echo "$name,$script,$proto,$set,$RULES_NOW,$round,$secs,$status,$tps,$tx,$((cpu1 - cpu0)),$cpu_us" >>"$RAW_CSV"
+    echo "$name,$script,$proto,$jobs,$set,$RULES_NOW,$round,$secs,$status,$tps,$tx,$((cpu1 - cpu0)),$cpu_us" >>"$RAW_CSV"
 }
 
 CLK_TCK=$(getconf CLK_TCK)
-echo "workload,script,protocol,ruleset,rules,round,seconds,status,tps,transactions,cpu_ticks,cpu_us_per_tx" >"$RAW_CSV"
+echo "workload,script,protocol,jobs,ruleset,rules,round,seconds,status,tps,transactions,cpu_ticks,cpu_us_per_tx" >"$RAW_CSV"
 
 # ---- runs -----------------------------------------------------------------------------------
 
 for spec in $BENCH_WORKLOADS; do
     IFS=: read -r name script proto <<<"$spec"
     [[ -n $name && -n $script && -n $proto ]] || die "bad workload \"$spec\" (NAME:SCRIPT:PROTOCOL)"
-    log "workload $name: pgbench -b $script -M $proto -c $BENCH_CLIENTS -j $BENCH_JOBS, pool $BENCH_POOL_SIZE"
+    # pgbench prepares a statement with a blocking PQprepare at its first use: a thread
+    # whose client waits for a server there stops its other clients, whose transactions
+    # hold the servers.  So with -M prepared every client gets its own thread.
+    jobs=$BENCH_JOBS
+    [[ $proto == prepared ]] && jobs=$BENCH_CLIENTS
+    log "workload $name: pgbench -b $script -M $proto -c $BENCH_CLIENTS -j $jobs, pool $BENCH_POOL_SIZE"
     if ((BENCH_WARMUP > 0)); then
         for set in none rules; do
             set_rules "$set"
-            run_one "$name" "$script" "$proto" "$set" warmup "$BENCH_WARMUP"
+            run_one "$name" "$script" "$proto" "$jobs" "$set" warmup "$BENCH_WARMUP"
         done
     fi
     for ((r = 1; r <= BENCH_ROUNDS; r++)); do
@@ -226,7 +231,7 @@ for spec in $BENCH_WORKLOADS; do
         ((r % 2 == 0)) && order=(rules none)
         for set in "${order[@]}"; do
             set_rules "$set"
-            run_one "$name" "$script" "$proto" "$set" "$r" "$BENCH_SECONDS"
+            run_one "$name" "$script" "$proto" "$jobs" "$set" "$r" "$BENCH_SECONDS"
         done
     done
 done
@@ -236,19 +241,19 @@ grep -q 'chaos C-' "$PLOG" && die "a rule matched a pgbench client (log: $PLOG)"
 # ---- report ---------------------------------------------------------------------------------
 
 awk -F, -v rules="$BENCH_RULES" -v secs="$BENCH_SECONDS" -v rounds="$BENCH_ROUNDS" \
-    -v setup="$BENCH_CLIENTS clients, -j $BENCH_JOBS, transaction pool $BENCH_POOL_SIZE" '
+    -v setup="$BENCH_CLIENTS clients, transaction pool $BENCH_POOL_SIZE" '
 NR == 1 { next }
-$8 != "ok" { bad[$1]++; next }
+$9 != "ok" { bad[$1]++; next }
 {
-    w = $1; s = $4; r = $6
-    if (!(w in seen)) { seen[w] = 1; order[++nw] = w; desc[w] = "-b " $2 " -M " $3 }
+    w = $1; s = $5; r = $7
+    if (!(w in seen)) { seen[w] = 1; order[++nw] = w; desc[w] = "-b " $2 " -M " $3 " -j " $4 }
     k = w SUBSEP s
-    n[k]++; tps[k] += $9; cpu[k] += $12
-    if (!(k in tmin) || $9 < tmin[k]) tmin[k] = $9
-    if (!(k in tmax) || $9 > tmax[k]) tmax[k] = $9
-    if (!(k in cmin) || $12 < cmin[k]) cmin[k] = $12
-    if (!(k in cmax) || $12 > cmax[k]) cmax[k] = $12
-    rt[w, s, r] = $9; rc[w, s, r] = $12
+    n[k]++; tps[k] += $10; cpu[k] += $13
+    if (!(k in tmin) || $10 < tmin[k]) tmin[k] = $10
+    if (!(k in tmax) || $10 > tmax[k]) tmax[k] = $10
+    if (!(k in cmin) || $13 < cmin[k]) cmin[k] = $13
+    if (!(k in cmax) || $13 > cmax[k]) cmax[k] = $13
+    rt[w, s, r] = $10; rc[w, s, r] = $13
 }
 END {
     printf "chaos rules that match nothing: %d rules vs none, pgwarden transaction pooling, %s;\n", rules, setup
