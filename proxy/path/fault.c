@@ -31,6 +31,19 @@ static bool holds_lock(void *arg, const char *key, size_t keylen)
     return held;
 }
 
+/* What the rules see of c's statement. */
+static struct px_chaos_ctx ctx_of(struct px_client *c, enum px_chaos_when when)
+{
+    struct px_chaos_ctx ctx = {.when = when,
+                               .database = c->database,
+                               .user = c->user,
+                               .application_name = c->application_name,
+                               .client_id = c->id,
+                               .holds_lock = holds_lock,
+                               .arg = c};
+    return ctx;
+}
+
 static void on_latency_done(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -126,13 +139,7 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
         if (c->fault_unnamed_portal == PX_FAULT_STMT_COMMIT)
             when = PX_CHAOS_COMMIT;
     }
-    struct px_chaos_ctx ctx = {.when = when,
-                               .database = c->database,
-                               .user = c->user,
-                               .application_name = c->application_name,
-                               .client_id = c->id,
-                               .holds_lock = holds_lock,
-                               .arg = c};
+    struct px_chaos_ctx ctx = ctx_of(c, when);
     struct px_chaos_action a;
     if (!may_answer) {
         /* An error must follow the server's replies to what was sent before: decide once
@@ -280,7 +287,10 @@ bool px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
         *stmt ? named_kind(c, stmt) : (enum px_fault_stmt)c->fault_unnamed_stmt;
     if (n == 0)
         c->fault_unnamed_portal = (uint8_t)kind; /* a named portal's Executes are statements */
-    return *stmt && kind == PX_FAULT_STMT_COMMIT;
+    if (!*stmt || kind != PX_FAULT_STMT_COMMIT)
+        return false;
+    struct px_chaos_ctx ctx = ctx_of(c, PX_CHAOS_COMMIT);
+    return px_chaos_matches(&ctx);
 }
 
 void px_fault_client_free(struct px_client *c)

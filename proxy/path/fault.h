@@ -68,8 +68,11 @@ void px_fault_note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
 
 /* A Bind of c's goes to its server (while rules exist; body whole, or the head of a long
  * one: len bytes of it): remembers what the unnamed portal runs.  True when it binds a
- * named statement that is COMMIT: the caller counts the COMMIT as being sent from here
- * (outcome.h), as it does at the Parse of an unnamed COMMIT. */
+ * named statement that is COMMIT and a rule is for c's commits: the caller counts the
+ * COMMIT as being sent from here (outcome.h), as it does at the Parse of an unnamed
+ * COMMIT, so that a disconnect injected at it is answered the same way (without such a
+ * rule nothing more is sent: the outcome stage learns a transaction's id only for an
+ * unnamed COMMIT). */
 bool px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len);
 
 /* The head (len bytes) of a Parse too long to be read whole: a statement (while rules

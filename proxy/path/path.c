@@ -266,7 +266,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         case PX_FAULT_NONE: break;
         }
     }
-    if (type == 'P') {
+    if (type == 'P' && body) {
         px_fault_note_parse(c, body, len);
     } else if (type == 'B' && px_chaos_active() && body && px_fault_note_bind(c, body, len) &&
                (txn || c->retry)) {
