@@ -2,6 +2,7 @@
 # bench/chaos_cost.sh: what chaos rules that match nothing cost (docs/chaos.md, "Cost").
 #
 #   bench/chaos_cost.sh                          3 rounds x 10 s per workload and rule set
+#   BENCH_SECONDS=15 BENCH_ROUNDS=5 bench/chaos_cost.sh     (bench/README.md's figures)
 #   BENCH_SECONDS=5 BENCH_ROUNDS=5 bench/chaos_cost.sh
 #
 # One PostgreSQL 15 cluster (tests/fixture/pgcluster.sh) and one pgwarden in transaction
@@ -24,7 +25,7 @@
 #   BENCH_RULES [10]      rules in the "rules" set
 #   BENCH_WORKLOADS       space-separated NAME:SCRIPT:PROTOCOL, SCRIPT a pgbench builtin
 #                         [select:select-only:simple tpcb:tpcb-like:simple
-#                          tpcb-prepared:tpcb-like:prepared]
+#                          select-prepared:select-only:prepared tpcb-prepared:tpcb-like:prepared]
 #   WARDEN_BINARY         a pgwarden to measure; default: built (Release) in BUILD_DIR
 #   BUILD_DIR [build-bench], BENCH_OUT [BUILD_DIR/chaos-cost-YYYYmmdd-HHMMSS]
 #   PG_BINDIR [/usr/lib/postgresql/15/bin]
@@ -42,7 +43,7 @@ BENCH_CLIENTS=${BENCH_CLIENTS:-8}
 BENCH_JOBS=${BENCH_JOBS:-2}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-4}
 BENCH_RULES=${BENCH_RULES:-10}
-BENCH_WORKLOADS=${BENCH_WORKLOADS:-select:select-only:simple tpcb:tpcb-like:simple tpcb-prepared:tpcb-like:prepared}
+BENCH_WORKLOADS=${BENCH_WORKLOADS:-select:select-only:simple tpcb:tpcb-like:simple select-prepared:select-only:prepared tpcb-prepared:tpcb-like:prepared}
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 BUILD_DIR=${BUILD_DIR:-$root/build-bench}
 BENCH_OUT=${BENCH_OUT:-$BUILD_DIR/chaos-cost-$(date +%Y%m%d-%H%M%S)}
