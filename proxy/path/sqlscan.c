@@ -19,6 +19,7 @@
  */
 #include <string.h>
 
+#include "base/json_util.h"
 #include "path/sqlscan.h"
 #include "proto/params.h"
 
@@ -788,6 +789,13 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         out->kind = PX_SQL_EMPTY;
     } else if (nstmt > 1) {
         *out = (struct px_sql_info){.kind = PX_SQL_OTHER, .multi = true};
+    }
+    /* A kind means pgwarden may answer or hold the text itself: only when PostgreSQL
+     * would accept it.  It rejects invalid UTF-8 and NUL bytes before parsing anything
+     * (22021; a NUL ends the Query string early: 08P01).  Such texts are rare and short
+     * when they get a kind, so the check costs nothing on the common path. */
+    if (out->kind != PX_SQL_OTHER && (memchr(sql, '\0', len) || !px_utf8_valid(sql, len))) {
+        *out = (struct px_sql_info){.kind = PX_SQL_OTHER};
     }
     out->session_feature = lx.feature;
 }
