@@ -81,7 +81,7 @@ char *fuzz_strdup(const uint8_t *p, size_t n)
     return d;
 }
 
-size_t fuzz_check_messages(struct evbuffer *b)
+FUZZ_NO_COVERAGE size_t fuzz_check_messages(struct evbuffer *b)
 {
     size_t len = evbuffer_get_length(b), off = 0, count = 0;
     const uint8_t *m = len ? evbuffer_pullup(b, -1) : NULL;
@@ -128,7 +128,7 @@ const char *fuzz_file(const uint8_t *data, size_t size)
     return path;
 }
 
-bool fuzz_utf8_ok(const char *s, size_t n)
+FUZZ_NO_COVERAGE bool fuzz_utf8_ok(const char *s, size_t n)
 {
     return !memchr(s, '\0', n) && px_utf8_valid(s, n);
 }

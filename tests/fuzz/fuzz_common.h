@@ -19,6 +19,10 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
+/* For the harness's own checking code: not instrumented for coverage, which would only
+ * slow it down (libFuzzer needs the coverage of the code under test). */
+#define FUZZ_NO_COVERAGE __attribute__((no_sanitize("coverage")))
+
 /* A property of the code under test that does not hold: prints what and aborts, so that
  * libFuzzer saves the input as a crash. */
 #define FUZZ_CHECK(cond)                                                                           \
