@@ -37,6 +37,7 @@
 
 struct px_metrics_set;
 struct px_admin;
+struct px_breaker;
 
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
 #define PX_BACKPRESSURE_HIGH (256 * 1024)
@@ -143,17 +144,41 @@ struct px_client {
     uint8_t head_sql_kind; /* enum px_sql_kind */
     bool head_sql_multi;
     bool head_sql_dml;
+    bool head_sql_plain; /* nothing but kind, multi and dml to know: no rescan needed */
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
-    bool held_failed;         /* the held block failed (a lock error): its server-side
-                                 transaction must be aborted when it gets a server */
+    /* Session state that follows it to every server (session.c); NULL: none yet. */
+    struct px_sstate *sstate;
+    bool unnamed_parsed; /* it sent a Parse of the unnamed statement to its server since
+                            it got it (rename.c) */
+    bool held_failed;    /* the held block failed (a lock error): its server-side
+                            transaction must be aborted when it gets a server */
 
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
     struct px_client_locks *locks;
     bool lock_waiting; /* parked until its lock wait ends: its input waits */
+    /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
+     * fault_timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
+     * unnamed statement is, fault_unnamed_portal: what the unnamed portal runs (enum
+     * px_fault_stmt of path/fault.h: an Execute of it is a statement, a commit, or
+     * transaction control, never injected into). */
+    struct event *fault_timer;
+    bool fault_waiting, fault_passed;
+    uint8_t fault_unnamed_stmt, fault_unnamed_portal;
+    bool fault_disconnect; /* close the server once this message is sent */
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
     bool reply_hold;
+    /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
+     * retry is off. */
+    struct px_retry *retry;
+    /* The answer to a COMMIT whose server was lost, being looked for (path/outcome.h). */
+    struct px_outcome *outcome;
+    /* pgwarden failed a statement it had no server for (the circuit breaker refused it):
+     * the rest of its message is dropped as it arrives (skip_bytes) and, for an
+     * extended-protocol group, every message up to its Sync (local.h). */
+    bool skip_to_sync;
+    uint32_t skip_bytes;
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
@@ -222,7 +247,29 @@ struct px_server {
     bool unsynced;     /* extended-protocol messages sent since the last Sync */
     char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
     int reset_pending; /* ReadyForQuery replies still expected while resetting */
+    /* Draining after its client left mid-request (server.c): ReadyForQuery replies the
+     * abandoned work still owes, bytes of a message already half relayed, and the time by
+     * which it must be done. */
+    int drain_ready;
+    uint32_t drain_skip;
+    uint64_t drain_deadline_ms;
+    bool copy_in;         /* the server waits for COPY data (CopyInResponse seen) */
+    bool stmts_uncertain; /* statements may exist on it that the set does not list:
+                             every Parse is preceded by a Close (rename.c) */
+    /* Whose session state it carries (session.c): the client id and that client's state
+     * version; 0: the state of a fresh session; UINT64_MAX: unknown.  sstate_prepared: it
+     * has SQL-level prepared statements of that client. */
+    uint64_t sstate_owner;
+    uint32_t sstate_version;
+    bool sstate_prepared;
     bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
+     * failure of this connection was counted already (a FATAL, then the lost connection,
+     * count once); its login stopped because pgwarden has no credentials the server's
+     * method accepts (the database answered: not its failure). */
+    uint64_t probe_id;
+    bool breaker_counted;
+    bool login_no_credentials;
 
     /* Transaction pooling (txn.c). */
     int hidden_queries; /* replies of queries pgwarden injected, swallowed first */
@@ -233,6 +280,15 @@ struct px_server {
     uint8_t prelude_tries;
     char *prelude_error;
     bool hidden_abort;        /* the last hidden query is a deliberate failure (path/locks.c) */
+    /* The outcome of a lost COMMIT (path/outcome.h): a client's COMMIT is in flight (until
+     * the next ReadyForQuery); the transaction id learned before it (0: none assigned);
+     * the hidden query whose first value is kept (PX_CAPTURE_*), and that value. */
+    bool commit_inflight;
+    bool xid_known;
+    uint64_t xid;
+    uint8_t capture;
+    bool captured_null;
+    char captured[24];
     bool last_untracked;      /* the last message sent has no reply the FIFO tracks: only a
                                  barrier or a ReadyForQuery proves everything was answered */
     bool group_failed;        /* an error in the current extended-protocol group: the server
@@ -248,6 +304,9 @@ struct px_server {
     uint8_t batched_head, batched_n;
     bool orphan_client; /* the current client left: its reply is discarded */
 };
+
+/* What a hidden query's DataRow is (struct px_server capture). */
+enum px_capture { PX_CAPTURE_NONE = 0, PX_CAPTURE_XID, PX_CAPTURE_STATUS };
 
 /* A message sent to a server whose reply transaction pooling tracks (txn.c). */
 struct px_expect {
@@ -280,11 +339,15 @@ struct px_pool {
     char *server_password; /* NULL: from auth_file or the client's SCRAM keys */
     int pool_size;
     enum px_pool_mode mode; /* fixed when the pool is created */
+    enum px_unmovable unmovable_state;
+    struct px_breaker *breaker; /* its database's, shared by the pools of that name; a
+                                   reference (NULL only when out of memory: admits all) */
 
     struct px_list servers_login, servers_idle, servers_active, servers_resetting;
     int n_login, n_idle, n_active, n_resetting;
     struct px_list clients_idle, clients_waiting, clients_active;
     int n_idle_clients, n_waiting, n_active_clients;
+    int n_pinned;            /* clients whose state pins their server (session.c) */
     struct px_list welcomes; /* struct px_welcome, least recently used first */
     int n_welcomes;
 

@@ -20,14 +20,17 @@
 #include <openssl/ssl.h>
 
 #include "admin/admin.h"
+#include "chaos/chaos.h"
 #include "path/batch.h"
 #include "path/locks.h"
+#include "path/retry.h"
 #include "net/cancel.h"
 #include "net/client.h"
 #include "net/listen.h"
 #include "base/log.h"
 #include "main.h"
 #include "metrics/metrics.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 #include "path/prepared.h"
 #include "proto/relay.h"
@@ -89,6 +92,7 @@ static void log_restart_key(const char *section, const char *key, bool reloadabl
 int px_main_reload(char **errmsg)
 {
     struct px_config *cfg = NULL;
+    struct px_chaos_rules *chaos = NULL;
     *errmsg = NULL;
     /* Log rotation (rename, then SIGHUP): a new file at the running path (logfile needs a
      * restart to change), whether or not the new config is valid.  On failure the old
@@ -96,7 +100,8 @@ int px_main_reload(char **errmsg)
     if (px.cfg->logfile && px.cfg->logfile[0] && px_log_open(px.cfg->logfile) < 0)
         px_error("main", 0, 0, "cannot reopen logfile %s: %s; still writing to the old file",
                  px.cfg->logfile, strerror(errno));
-    if (px_config_load(px.cfg->path, &cfg, errmsg) < 0)
+    if (px_config_load(px.cfg->path, &cfg, errmsg) < 0 ||
+        !(chaos = px_chaos_config_parse(cfg, errmsg)))
         goto fail;
     px_config_diff(px.cfg, cfg, log_restart_key, NULL);
     if (px_config_keep_restart_keys(cfg, px.cfg) < 0) {
@@ -116,11 +121,14 @@ int px_main_reload(char **errmsg)
     px.cfg = cfg;
     px_log_set_level(cfg->log_level);
     px_pool_reconfigure();
+    px_retry_configure();
+    px_chaos_config_install(chaos); /* config rules replaced, those added over HTTP stay */
     px_info("main", 0, 0, "configuration reloaded from %s", cfg->path);
     return 0;
 fail:
     px_error("main", 0, 0, "reload failed, keeping the running configuration: %s",
              *errmsg ? *errmsg : "out of memory");
+    px_chaos_rules_free(chaos);
     px_config_free(cfg);
     return -1;
 }
@@ -201,13 +209,18 @@ static int setup(char **errmsg)
     px_log_set_level(px.cfg->log_level);
     if (load_dependents(px.cfg, NULL, &px.users, &px.client_tls, &px.server_tls, errmsg) < 0)
         return -1;
-    if (px_metrics_init(0, errmsg) < 0 || px_stats_init() < 0)
+    if (px_metrics_init(0, errmsg) < 0 || px_stats_init() < 0 || px_breaker_configure() < 0)
         return -1;
+    struct px_chaos_rules *chaos = px_chaos_config_parse(px.cfg, errmsg);
+    if (!chaos)
+        return -1;
+    px_chaos_config_install(chaos);
     px.base = event_base_new();
     if (!px.base)
         return -1;
-    if (px_locks_init(px.cfg, errmsg) < 0)
+    if (px_locks_init(px.cfg, errmsg) < 0 || px_stats_locks_init(px_locks_manager()) < 0)
         return -1;
+    px_retry_configure();
     px.janitor = event_new(px.base, -1, EV_PERSIST, on_janitor, NULL);
     px.reaper = event_new(px.base, -1, 0, on_reap, NULL);
     px.sig_term = evsignal_new(px.base, SIGTERM, on_signal, NULL);
@@ -248,7 +261,9 @@ static void teardown(void)
     }
     px_pool_free_all();
     reap();
+    px_breaker_free_all();
     px_locks_shutdown();
+    px_retry_shutdown();
     px_cancel_destroy();
     px_stmt_registry_free(px.stmt_registry);
     px_relay_shutdown();
@@ -265,6 +280,7 @@ static void teardown(void)
     SSL_CTX_free(px.client_tls);
     SSL_CTX_free(px.server_tls);
     px_userlist_free(px.users);
+    px_chaos_shutdown(); /* releases its metric series */
     px_metrics_shutdown();
     px_config_free(px.cfg);
     px_log_close();
@@ -344,6 +360,14 @@ static int check_config(const char *path)
     px_userlist_free(users);
     SSL_CTX_free(ctls);
     SSL_CTX_free(stls);
+    struct px_chaos_rules *chaos = px_chaos_config_parse(cfg, &err);
+    if (!chaos) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        px_config_free(cfg);
+        return 1;
+    }
+    px_chaos_rules_free(chaos);
     if (check_startup(cfg, &err) < 0 ||
         (cfg->state_file && px_locks_check_state_file(cfg->state_file, &err) < 0)) {
         fprintf(stderr, "pgwarden: %s: %s\n", path, err ? err : "out of memory");

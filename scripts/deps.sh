@@ -23,13 +23,30 @@ PACKAGES=(
     postgresql-15 postgresql-client-15 openssl util-linux procps
     # benchmark
     pgbouncer
+    # driver tests (tests/drivers/): psycopg 3, asyncpg, SQLAlchemy, pgJDBC and a JDK,
+    # Node.js and npm (npm installs node-postgres from the npm registry at test time)
+    python3-psycopg python3-asyncpg python3-sqlalchemy
+    libpostgresql-jdbc-java openjdk-17-jdk-headless
+    nodejs npm
+)
+
+# A package that another one already provides under the same command counts as present:
+# Node.js from NodeSource ships npm inside its nodejs package and conflicts with Debian's
+# npm, and another JDK than Debian's 17 serves as well.
+declare -A SATISFIED_BY_COMMAND=(
+    [nodejs]=node
+    [npm]=npm
+    [openjdk-17-jdk-headless]=javac
 )
 
 missing_packages() {
     local p status
     for p in "${PACKAGES[@]}"; do
         status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-        [[ $status == "install ok installed" ]] || echo "$p"
+        [[ $status == "install ok installed" ]] && continue
+        [[ -n ${SATISFIED_BY_COMMAND[$p]:-} ]] && command -v "${SATISFIED_BY_COMMAND[$p]}" \
+            >/dev/null && continue
+        echo "$p"
     done
 }
 

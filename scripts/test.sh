@@ -4,7 +4,8 @@
 #   1. installs what is missing (scripts/deps.sh)
 #   2. builds Release into build/ and ASan+UBSan into build-san/ (-DPGW_SANITIZE=ON)
 #   3. runs `ctest --output-on-failure` in both (unit and integration test programs; the
-#      integration tests start their own throwaway PostgreSQL 15)
+#      integration tests start their own throwaway PostgreSQL 15; the driver tests of
+#      tests/drivers/ run in the sanitizer tree only)
 #   4. builds the libFuzzer targets with clang into build-fuzz/ (-DPGW_FUZZ=ON) and runs
 #      each for PGW_FUZZ_TIME seconds from its committed seed corpus (tests/fuzz/, one
 #      ctest test per target: a crash, leak, timeout or failed check fails it)
@@ -119,8 +120,11 @@ build_and_test() { # NAME DIR CMAKE-ARGS...
     fi
 }
 
-build_and_test Release "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
-build_and_test sanitizer "$SAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DPGW_SANITIZE=ON
+# The driver tests (tests/drivers/: psycopg, asyncpg, pgJDBC, node-postgres) run once, in
+# the sanitizer tree, where they also check pgwarden's memory.
+build_and_test Release "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DPGW_DRIVER_TESTS=OFF
+build_and_test sanitizer "$SAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DPGW_SANITIZE=ON \
+    -DPGW_DRIVER_TESTS=ON
 
 # The fuzz targets: only they are built in this tree (clang, libFuzzer, ASan + UBSan), and
 # run in parallel, each for FUZZ_TIME seconds (ctest label "fuzz").

@@ -642,6 +642,13 @@ const char *px_admin_req_query(struct px_admin_req *req, const char *key)
     return evhttp_find_header(&req->query, key);
 }
 
+const char *px_admin_req_body(struct px_admin_req *req, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);
+    *len = evbuffer_get_length(in);
+    return *len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+}
+
 struct json_t *px_admin_req_json(struct px_admin_req *req)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);
@@ -754,6 +761,49 @@ static void route_request(struct px_admin_req *req)
     }
 }
 
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * The percent-decoded copy of a request path (owned, free()), its length in *len; NULL
+ * when a '%' is not followed by two hex digits (evhttp_uridecode would keep such bytes
+ * as they are, so "/locks/a%2" would name the key "a%2") or when out of memory.  '+' is
+ * not a space in a path.
+ */
+static char *path_decode(const char *raw, size_t *len)
+{
+    size_t n = strlen(raw), o = 0;
+    char *out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (raw[i] != '%') {
+            out[o++] = raw[i];
+            continue;
+        }
+        /* raw is NUL-terminated: raw[i + 2] is read only when raw[i + 1] is a digit. */
+        int hi = hex_value(raw[i + 1]);
+        int lo = hi >= 0 ? hex_value(raw[i + 2]) : -1;
+        if (lo < 0) {
+            free(out);
+            return NULL;
+        }
+        out[o++] = (char)(hi << 4 | lo);
+        i += 2;
+    }
+    out[o] = '\0';
+    *len = o;
+    return out;
+}
+
 static void dispatch(struct evhttp_request *ev, void *arg)
 {
     struct px_admin_req req = {.admin = arg, .ev = ev};
@@ -762,7 +812,7 @@ static void dispatch(struct evhttp_request *ev, void *arg)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
     const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
     size_t dlen = 0;
-    req.path = raw ? evhttp_uridecode(raw, 0, &dlen) : NULL;
+    req.path = raw ? path_decode(raw, &dlen) : NULL;
     if (!req.path || dlen != strlen(req.path) || req.path[0] != '/' ||
         !px_utf8_valid(req.path, dlen)) {
         free(req.path);

@@ -1,12 +1,13 @@
 /*
  * admin_handlers.c: the built-in admin endpoints: GET /, /health, /pools, /clients,
- * /servers, /metrics and POST /reload.
+ * /servers, /locks, /locks/<key>, /metrics and POST /reload (/chaos: admin_chaos.c).
  *
  * Interface: px_admin_register_builtin (admin.h), called by px_admin_new.  The JSON views
  * come from introspect.h (implemented by the proxy core), the metrics from metrics.h.
  * Answers are documented with examples in docs/admin-api.md.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include <event2/buffer.h>
 #include <jansson.h>
@@ -14,6 +15,7 @@
 #include "admin/admin.h"
 #include "admin/introspect.h"
 #include "base/log.h"
+#include "lockmgr/lockmgr.h"
 #include "metrics/metrics.h"
 
 /* GET /: what this port serves. */
@@ -52,6 +54,34 @@ static void h_view(struct px_admin_req *req, void *arg)
 {
     const struct view *v = arg;
     px_admin_reply_json(req, 200, v->fn()); /* NULL answers 500 */
+}
+
+/* GET /locks: every key with its holders and waiters, and totals. */
+static void h_locks(struct px_admin_req *req, void *arg)
+{
+    (void)arg;
+    px_admin_reply_json(req, 200, px_introspect_locks()); /* NULL answers 500 */
+}
+
+/* GET /locks/<key>: one key (percent-decoded by the router, which answers 400 for a
+ * malformed escape); 404 when nobody holds or waits for it. */
+static void h_lock_key(struct px_admin_req *req, void *arg)
+{
+    (void)arg;
+    const char *key = px_admin_req_subpath(req);
+    size_t len = strlen(key);
+    if (len == 0 || len > LOCKMGR_KEY_MAX) {
+        px_admin_reply_error(req, 400, "a lock key is 1 to %d bytes (this one has %zu)",
+                             LOCKMGR_KEY_MAX, len);
+        return;
+    }
+    bool found;
+    json_t *j = px_introspect_lock_key(key, len, &found);
+    if (!found) {
+        px_admin_reply_error(req, 404, "no lock on key \"%s\": nobody holds or waits for it", key);
+        return;
+    }
+    px_admin_reply_json(req, 200, j); /* NULL answers 500 */
 }
 
 static int evbuffer_sink(void *arg, const char *data, size_t len)
@@ -94,8 +124,11 @@ int px_admin_register_builtin(struct px_admin *a)
         px_admin_route_add(a, PX_ADMIN_GET, "/pools", false, h_view, (void *)&view_pools) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/clients", false, h_view, (void *)&view_clients) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/servers", false, h_view, (void *)&view_servers) < 0 ||
+        px_admin_route_add(a, PX_ADMIN_GET, "/locks", false, h_locks, NULL) < 0 ||
+        px_admin_route_add(a, PX_ADMIN_GET, "/locks/", true, h_lock_key, NULL) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/metrics", false, h_metrics, NULL) < 0 ||
-        px_admin_route_add(a, PX_ADMIN_POST, "/reload", false, h_reload, NULL) < 0)
+        px_admin_route_add(a, PX_ADMIN_POST, "/reload", false, h_reload, NULL) < 0 ||
+        px_admin_register_chaos(a) < 0)
         return -1;
     return 0;
 }

@@ -1,7 +1,8 @@
 /*
  * introspect.c: JSON views of pools, clients and servers for the admin port (see
- * introspect.h).  Client-supplied strings go through px_json_string, which repairs
- * invalid UTF-8, so the answers are always valid JSON.
+ * introspect.h; the lock views and each client's locks are in introspect_locks.c).
+ * Client-supplied strings go through px_json_string, which repairs invalid UTF-8, so the
+ * answers are always valid JSON.
  */
 #include <stdio.h>
 #include <string.h>
@@ -10,9 +11,13 @@
 
 #include "net/client.h"
 #include "conn.h"
+#include "path/retry.h"
+#include "path/session.h"
 #include "admin/introspect.h"
+#include "admin/introspect_locks.h"
 #include "base/json_util.h"
 #include "main.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 
 static const char *const server_states[] = {"login", "idle", "active", "resetting", "closing"};
@@ -36,6 +41,19 @@ static bool has_pool(const char *database)
     return false;
 }
 
+/* {"state","next_probe_ms","last_failure","failures"} of a database's circuit breaker (b
+ * may be NULL: closed, nothing counted). */
+static json_t *breaker_json(const struct px_breaker *b)
+{
+    struct px_breaker_info i;
+    px_breaker_info(b, &i);
+    return json_pack("{s:s, s:o, s:o, s:I}", "state", i.state, "next_probe_ms",
+                     i.next_probe_ms < 0 ? json_null() : json_integer((json_int_t)i.next_probe_ms),
+                     "last_failure",
+                     i.last_failure[0] ? px_json_string(i.last_failure) : json_null(), "failures",
+                     (json_int_t)i.failures);
+}
+
 static const char *mode_name(enum px_pool_mode mode)
 {
     return mode == PX_POOL_SESSION ? "session" : "transaction";
@@ -48,10 +66,11 @@ static json_t *unused_db_json(const struct px_db_config *db)
     const struct px_config *cfg = px.cfg;
     enum px_pool_mode mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : cfg->pool_mode;
     int size = db->pool_size >= 0 ? db->pool_size : cfg->default_pool_size;
-    return json_pack("{s:o, s:n, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "database",
+    return json_pack("{s:o, s:n, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o}", "database",
                      px_json_string(db->name), "user", "mode", mode_name(mode), "pool_size", size,
                      "clients_active", 0, "clients_waiting", 0, "servers_active", 0, "servers_idle",
-                     0, "servers_connecting", 0, "longest_wait_ms", 0);
+                     0, "servers_connecting", 0, "longest_wait_ms", 0, "breaker",
+                     breaker_json(px_breaker_find(db->name)));
 }
 
 json_t *px_introspect_pools(void)
@@ -62,13 +81,15 @@ json_t *px_introspect_pools(void)
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        json_t *o =
-            json_pack("{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "database",
-                      px_json_string(p->database), "user", px_json_string(p->user), "mode",
-                      mode_name(p->mode), "pool_size", p->pool_size, "clients_active",
-                      p->n_active_clients, "clients_waiting", p->n_waiting, "servers_active",
-                      p->n_active, "servers_idle", p->n_idle, "servers_connecting", p->n_login,
-                      "longest_wait_ms", (json_int_t)longest_wait_ms(p, now));
+        json_t *o = json_pack(
+            "{s:o, s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:o}", "database",
+            px_json_string(p->database), "user", px_json_string(p->user), "mode",
+            mode_name(p->mode), "pool_size", p->pool_size, "clients_active", p->n_active_clients,
+            "clients_waiting", p->n_waiting, "servers_active", p->n_active, "servers_idle",
+            p->n_idle, "servers_connecting", p->n_login, "longest_wait_ms",
+            (json_int_t)longest_wait_ms(p, now), "breaker", breaker_json(p->breaker));
+        if (o && p->mode == PX_POOL_TRANSACTION)
+            json_object_set_new(o, "clients_pinned", json_integer(p->n_pinned));
         if (o)
             json_array_append_new(arr, o);
     }
@@ -84,23 +105,37 @@ json_t *px_introspect_pools(void)
     return arr;
 }
 
-static json_t *client_json(const struct px_client *c, uint64_t now)
+static json_t *client_json(const struct px_client *c, uint64_t now,
+                           const struct px_lock_index *locks)
 {
-    return json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
-                     "database", px_json_string(c->database ? c->database : ""), "user",
-                     px_json_string(c->user ? c->user : ""), "application_name",
-                     px_json_string(c->application_name ? c->application_name : ""), "address",
-                     c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
-                     "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
-                     c->server ? json_integer((json_int_t)c->server->id) : json_null());
+    json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
+                          "database", px_json_string(c->database ? c->database : ""), "user",
+                          px_json_string(c->user ? c->user : ""), "application_name",
+                          px_json_string(c->application_name ? c->application_name : ""), "address",
+                          c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
+                          "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
+                          c->server ? json_integer((json_int_t)c->server->id) : json_null());
+    const char *pinned = px_session_pin_reason(c);
+    if (o && pinned) /* session state that keeps its server (transaction pooling) */
+        json_object_set_new(o, "pinned", json_string(pinned));
+    unsigned attempt = px_retry_attempt(c);
+    if (o && attempt) /* its transaction is being retried (path/retry.h) */
+        json_object_set_new(o, "retry_attempt", json_integer(attempt));
+    /* What it holds and waits for: only when there is something (introspect_locks.h). */
+    if (o && px_introspect_client_locks(locks, c, o) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
-static void append_clients(json_t *arr, const struct px_list *list, uint64_t now)
+static void append_clients(json_t *arr, const struct px_list *list, uint64_t now,
+                           const struct px_lock_index *locks)
 {
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, list)
     {
-        json_t *o = client_json(PX_CONTAINER_OF(it, struct px_client, link), now);
+        json_t *o = client_json(PX_CONTAINER_OF(it, struct px_client, link), now, locks);
         if (o)
             json_array_append_new(arr, o);
     }
@@ -108,18 +143,22 @@ static void append_clients(json_t *arr, const struct px_list *list, uint64_t now
 
 json_t *px_introspect_clients(void)
 {
+    struct px_lock_index *locks;
+    if (px_introspect_lock_index_new(&locks) < 0)
+        return NULL;
     json_t *arr = json_array();
     uint64_t now = px_now_ms();
-    append_clients(arr, &px.clients_login, now);
-    append_clients(arr, &px.clients_failing, now);
+    append_clients(arr, &px.clients_login, now, locks);
+    append_clients(arr, &px.clients_failing, now, locks);
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        append_clients(arr, &p->clients_idle, now);
-        append_clients(arr, &p->clients_waiting, now);
-        append_clients(arr, &p->clients_active, now);
+        append_clients(arr, &p->clients_idle, now, locks);
+        append_clients(arr, &p->clients_waiting, now, locks);
+        append_clients(arr, &p->clients_active, now, locks);
     }
+    px_introspect_lock_index_free(locks);
     return arr;
 }
 
@@ -161,8 +200,8 @@ json_t *px_introspect_servers(void)
 
 bool px_introspect_healthy(json_t **detail)
 {
-    /* A database can serve as px_pool_can_serve() says (pool.c: a logged-in server, or no
-     * recent failed connect attempt; the circuit breaker will refine it).  With no pool
+    /* A database can serve as px_pool_can_serve() says (pool.c: its circuit breaker is
+     * closed, and a logged-in server or no recent failed connect attempt).  With no pool
      * yet nothing has been tried and pgwarden itself is up: healthy. */
     bool any = px.n_pools == 0, ok_any = false;
     uint64_t now = px_now_ms();
@@ -176,10 +215,13 @@ bool px_introspect_healthy(json_t **detail)
         if (dbs) {
             char name[600];
             snprintf(name, sizeof(name), "%s/%s", p->database, p->user);
-            json_t *last = !ok ? px_json_string(p->connect_error) : json_null();
+            struct px_breaker_info bi;
+            px_breaker_info(p->breaker, &bi);
+            const char *why = strcmp(bi.state, "closed") ? bi.last_failure : p->connect_error;
+            json_t *last = !ok ? px_json_string(why) : json_null();
             json_object_set_new(dbs, name,
-                                json_pack("{s:b, s:i, s:o}", "ok", ok, "servers_idle", p->n_idle,
-                                          "last_error", last));
+                                json_pack("{s:b, s:i, s:o, s:s}", "ok", ok, "servers_idle",
+                                          p->n_idle, "last_error", last, "breaker", bi.state));
         }
     }
     if (detail)

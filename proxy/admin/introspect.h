@@ -12,19 +12,30 @@
 #define PGW_PROXY_INTROSPECT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <jansson.h>
 
 /* [{"database","user","mode","pool_size","clients_active","clients_waiting",
- *   "servers_active","servers_idle","servers_connecting","longest_wait_ms"}, ...]: every
- * pool, then every [databases] entry but "*" that has no pool yet (user null, zeros). */
+ *   "servers_active","servers_idle","servers_connecting","longest_wait_ms",
+ *   "breaker":{"state","next_probe_ms","last_failure","failures"}}, ...]: every pool, then
+ * every [databases] entry but "*" that has no pool yet (user null, zeros). */
 json_t *px_introspect_pools(void);
 /* [{"id","database","user","application_name","address","state","tls","connected_ms",
- *   "server_id"}, ...] */
+ *   "server_id"[, "locks"][, "lock_wait"]}, ...]: "locks" ([{"key","mode","scope",
+ *   "token"}, ...]) when the client holds locks, "lock_wait" ({"key","mode","waited_ms"})
+ *   while it waits for one. */
 json_t *px_introspect_clients(void);
 /* [{"id","database","user","state","address","tls","connected_ms","client_id",
  *   "backend_pid"}, ...] */
 json_t *px_introspect_servers(void);
+/* {"keys": [{"key", "holders": [...], "waiters": [...]}, ...], "totals": {"keys",
+ *  "holders", "waiters"}}: every lock key (introspect_locks.c, docs/admin-api.md); keys in
+ *  byte order, holders oldest grant first, waiters in queue order. */
+json_t *px_introspect_locks(void);
+/* One key's {"key", "holders", "waiters"}.  NULL with *found false when nobody holds or
+ * waits for key (or keylen is not 1 to 256); NULL with *found true when out of memory. */
+json_t *px_introspect_lock_key(const char *key, size_t keylen, bool *found);
 /* true when at least one database can serve (a pool has a usable server or can open one
  * and its last connection attempt did not fail); *detail gets a JSON object describing
  * each database (owned by the caller, may be set to NULL). */

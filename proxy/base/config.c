@@ -3,13 +3,16 @@
  * reference in docs/configuration.md, every key commented in conf/pgwarden.ini).
  *
  * Owns:
- *   - the declarative key tables: [pgwarden] (pgwarden_keys[]) and the connection
- *     parameters of a [databases] entry (db_keys[]).  One row per key: name (always the
+ *   - the declarative key tables: [pgwarden] (pgwarden_keys[]), [locks] (locks_keys[]) and
+ *     the connection parameters of a [databases] entry (db_keys[]);
+ *   - the [chaos] lines, kept as written (name, parameters, line) for the rule engine,
+ *     which validates them when pgwarden applies the config (chaos/chaos.h): this library
+ *     stays free of it;  One row per key: name (always the
  *     struct field's name), type, offset, default as text, range, reloadable, help;
  *   - the generic INI reader and value parser, which know nothing about individual keys;
  *   - cross-field checks (validate()), reload diffing and the key iterator.
  * Interface: px_config_load, px_config_free, px_config_find_db, px_config_diff,
- * px_config_keep_restart_keys, px_config_foreach_key.
+ * px_config_keep_restart_keys, px_config_foreach_key, px_config_next_param.
  *
  * Defaults are applied by parsing each row's default text with the same code that parses
  * file values, so a default can never be something the file could not say.  Adding a key
@@ -29,6 +32,7 @@
 #include <string.h>
 
 #include "base/config.h"
+#include "retry/retry.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -64,6 +68,9 @@ static const char *const client_tls_names[] = {"disable", "allow", "require", NU
 static const char *const server_tls_names[] = {"disable",   "prefer",      "require",
                                                "verify-ca", "verify-full", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
+static const char *const unmovable_names[] = {"pin", "reset", NULL};
+/* Index == enum backoff_jitter (retry/backoff.h). */
+static const char *const jitter_names[] = {"full", "equal", "decorrelated", "none", NULL};
 
 _Static_assert(PX_POOL_TRANSACTION == 1, "pool_mode_names order");
 _Static_assert(PX_AUTH_TRUST == 0 && PX_AUTH_MD5 == 1 && PX_AUTH_SCRAM == 2,
@@ -71,11 +78,17 @@ _Static_assert(PX_AUTH_TRUST == 0 && PX_AUTH_MD5 == 1 && PX_AUTH_SCRAM == 2,
 _Static_assert(PX_CTLS_REQUIRE == 2, "client_tls_names order");
 _Static_assert(PX_STLS_PREFER == 1 && PX_STLS_VERIFY_FULL == 4, "server_tls_names order");
 _Static_assert(PX_LOG_ERROR == 3, "log_level_names order");
+_Static_assert(PX_UNMOVABLE_RESET == 1, "unmovable_names order");
+_Static_assert(BACKOFF_JITTER_FULL == 0 && BACKOFF_JITTER_EQUAL == 1 &&
+                   BACKOFF_JITTER_DECORRELATED == 2 && BACKOFF_JITTER_NONE == 3,
+               "jitter_names order");
 _Static_assert(sizeof(enum px_pool_mode) == sizeof(int) &&
                    sizeof(enum px_auth_type) == sizeof(int) &&
                    sizeof(enum px_client_tls_mode) == sizeof(int) &&
                    sizeof(enum px_server_tls_mode) == sizeof(int) &&
-                   sizeof(enum px_log_level) == sizeof(int),
+                   sizeof(enum px_log_level) == sizeof(int) &&
+                   sizeof(enum px_unmovable) == sizeof(int) &&
+                   sizeof(enum backoff_jitter) == sizeof(int),
                "enum fields are stored through int *");
 
 /* Row builders: #f makes the key name and the field name the same by construction. */
@@ -144,6 +157,9 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_INT(server_query_batch, "1", 1, PX_QUERY_BATCH_MAX, RELOAD,
            "transaction pooling: single-statement autocommit queries of different clients "
            "sent to one server in one write; 1: off"),
+    PG_ENUM(unmovable_state, "pin", unmovable_names, RELOAD,
+            "transaction pooling: session state that cannot move to another server (LISTEN, "
+            "temporary tables, ...): pin (the client keeps its server) | reset"),
     PG_INT(query_wait_timeout_ms, "120000", 0, INT_MAX, RELOAD,
            "how long a client waits for a free server; 0: forever"),
     PG_INT(server_connect_timeout_ms, "15000", 1, INT_MAX, RELOAD,
@@ -160,7 +176,7 @@ static const struct px_cfg_key pgwarden_keys[] = {
     PG_INT(client_login_timeout_ms, "60000", 1, INT_MAX, RELOAD,
            "limit on a client's startup and authentication"),
     PG_INT(max_message_bytes, "1048576", 8192, 1073741824, RESTART,
-           "largest protocol message accepted from a client"),
+           "largest Parse message accepted from a client (other messages stream)"),
     PG_INT(shutdown_timeout_ms, "30000", 0, INT_MAX, RELOAD,
            "on SIGTERM, how long clients may finish before being closed"),
     PG_ENUM(log_level, "info", log_level_names, RELOAD,
@@ -185,14 +201,73 @@ static const struct px_cfg_key locks_keys[] = {
             "file keeping the fencing-token epoch across restarts; unset: tokens from the clock"),
 };
 
+/*
+ * [breaker]: the circuit breaker of each database (docs/breaker.md, SPEC section 6).  All
+ * reloadable: a closed breaker takes new settings at once (its window starts empty), an
+ * open or half-open one when it next closes.  Ranges are those of retry/'s
+ * breaker_config_check(); open_max_ms >= open_ms is checked in validate().  open_ms and
+ * open_max_ms default lower than retry/'s 5 s and 60 s: a probe is one server login, so
+ * probing often costs PostgreSQL nothing, and a database that comes back is served within
+ * open_max_ms (docs/breaker.md, "Tuning").
+ */
+static const struct px_cfg_key breaker_keys[] = {
+    PG_INT(failure_rate_pct, "50", 1, 100, RELOAD,
+           "open when failures reach this share of calls in the window (with min_requests)"),
+    PG_INT(min_requests, "20", 1, 1000000, RELOAD,
+           "calls in the window before failure_rate_pct is considered"),
+    PG_INT(window_ms, "10000", 100, 3600000, RELOAD,
+           "sliding window of the failure rate (10 buckets)"),
+    PG_INT(consecutive_failures, "5", 0, 1000000, RELOAD,
+           "open after this many failures in a row; 0: only the rate opens it"),
+    PG_INT(open_ms, "1000", 1, 3600000, RELOAD,
+           "first open period before a probe; doubles with each trip in a series"),
+    PG_INT(open_max_ms, "4000", 1, 86400000, RELOAD,
+           "cap of the growing open period: the longest a database that is back waits for "
+           "its probe"),
+    PG_INT(probe_timeout_ms, "1000", 1, 3600000, RELOAD,
+           "a probe (a server login) not done by then has failed"),
+};
+
+/*
+ * [retry]: transparent retry of serialization failures and deadlocks (docs/retry.md, SPEC
+ * section 5).  Ranges are those of retry/'s retry_config_check(), which validate() runs on
+ * the whole section (cap_ms >= base_ms); retryable_sqlstates and multiplier are parsed
+ * there too.  All reloadable: a transaction takes the settings in effect when it starts.
+ */
+static const struct px_cfg_key retry_keys[] = {
+    PG_STR(retryable_sqlstates, "40001, 40P01", 0, RELOAD,
+           "SQLSTATEs (5 characters) or classes (2) replayed transparently; empty: none"),
+    PG_INT(max_attempts, "5", 1, 100, RELOAD,
+           "attempts of a transaction in all, the first included; 1: never retry"),
+    PG_INT(base_ms, "5", 1, 3600000, RELOAD, "backoff ceiling before the first retry"),
+    PG_INT(cap_ms, "1000", 1, 3600000, RELOAD, "largest backoff ceiling"),
+    PG_STR(multiplier, "2", 1, RELOAD, "growth of the backoff ceiling per retry (1..100)"),
+    PG_ENUM(jitter, "full", jitter_names, RELOAD,
+            "full | equal | decorrelated | none: how the delay is drawn under the ceiling"),
+    PG_INT(budget_pct, "10", 0, 100, RELOAD,
+           "retries allowed per 100 first attempts of the database over budget_window_ms"),
+    PG_INT(budget_window_ms, "10000", 100, 3600000, RELOAD, "window of the retry budget"),
+    PG_INT(budget_min_retries, "10", 0, 1000000, RELOAD,
+           "retries per window always allowed (a quiet database can still retry)"),
+    PG_INT(retry_buffer_bytes, "1048576", 0, 1073741824, RELOAD,
+           "client messages and response digests kept per transaction; beyond: not replayed"),
+    PG_INT(retry_checkpoint_bytes, "8192", 64, 1073741824, RELOAD,
+           "response bytes between digest checkpoints (a replay's divergence is found "
+           "within this)"),
+};
+
 /* Sections with fixed keys; [databases] is parsed apart (its keys are database names). */
 static const struct px_cfg_section key_sections[] = {
     {"pgwarden", pgwarden_keys, ARRAY_LEN(pgwarden_keys)},
     {"locks", locks_keys, ARRAY_LEN(locks_keys)},
+    {"retry", retry_keys, ARRAY_LEN(retry_keys)},
+    {"breaker", breaker_keys, ARRAY_LEN(breaker_keys)},
 };
 
-#define DB_SECTION "databases"
-#define MAX_KEYS   64 /* per section, for duplicate detection */
+#define DB_SECTION    "databases"
+#define CHAOS_SECTION "chaos"
+static const char db_section[] = DB_SECTION, chaos_section[] = CHAOS_SECTION;
+#define MAX_KEYS 64 /* per section, for duplicate detection */
 _Static_assert(ARRAY_LEN(pgwarden_keys) <= MAX_KEYS, "raise MAX_KEYS");
 
 #define DB_INT(f, def, lo, hi, help)                                                               \
@@ -215,6 +290,8 @@ static const struct px_cfg_key db_keys[] = {
     DB_INT(pool_size, NULL, 1, 100000, "pool size; default: default_pool_size"),
     {"pool_mode", PX_CFG_ENUM, offsetof(struct px_db_config, pool_mode), NULL, 0, 0,
      pool_mode_names, RELOAD, "session | transaction; default: [pgwarden] pool_mode"},
+    {"unmovable_state", PX_CFG_ENUM, offsetof(struct px_db_config, unmovable_state), NULL, 0, 0,
+     unmovable_names, RELOAD, "pin | reset; default: [pgwarden] unmovable_state"},
 };
 _Static_assert(ARRAY_LEN(db_keys) <= 32, "db entries track seen keys in a 32-bit mask");
 
@@ -225,10 +302,11 @@ struct parser {
     char *dir;                                   /* absolute directory of file */
     int line;                                    /* current line, 1-based; 0: not at a line */
     const char *section;                         /* current section name, NULL before any */
-    const struct px_cfg_section *table;          /* its key table; NULL for [databases] */
+    const struct px_cfg_section *table;          /* its key table; NULL: [databases], [chaos] */
     int seen[ARRAY_LEN(key_sections)][MAX_KEYS]; /* line each key was set on, 0: unset */
     struct px_config *cfg;                       /* being built, owned */
     size_t dbcap;                                /* allocated entries of cfg->dbs */
+    size_t chaoscap;                             /* allocated entries of cfg->chaos */
     char **errmsg;                               /* where the one error goes */
 };
 
@@ -464,8 +542,8 @@ static int parse_section(struct parser *p, char *s)
         return fail_at(p, p->line, NULL, NULL, "text after ']' in section header");
     *close = '\0';
     char *name = trim(s + 1);
-    if (strcmp(name, DB_SECTION) == 0) {
-        p->section = DB_SECTION;
+    if (strcmp(name, DB_SECTION) == 0 || strcmp(name, CHAOS_SECTION) == 0) {
+        p->section = name[0] == 'd' ? db_section : chaos_section;
         p->table = NULL;
         return 0;
     }
@@ -498,6 +576,7 @@ static int parse_key(struct parser *p, const char *key, const char *value)
 }
 
 static int parse_db_entry(struct parser *p, const char *name, char *conninfo);
+static int parse_chaos_line(struct parser *p, const char *name, const char *params);
 
 /* One line of the file, without its newline. */
 static int parse_line(struct parser *p, char *line)
@@ -520,6 +599,8 @@ static int parse_line(struct parser *p, char *line)
     char *value = unquote(trim(eq + 1), why, sizeof(why));
     if (!value)
         return fail(p, key, "%s", why);
+    if (!p->table && p->section == chaos_section)
+        return parse_chaos_line(p, key, value);
     if (!p->table)
         return parse_db_entry(p, key, value);
     return parse_key(p, key, value);
@@ -665,16 +746,105 @@ static int parse_db_entry(struct parser *p, const char *name, char *conninfo)
     return 0;
 }
 
-/* ---- cross-field checks ---------------------------------------------------------------- */
-
-/* Line on which a [pgwarden] key was set; 0 when it has its default. */
-static int line_of(const struct parser *p, const char *key)
+int px_config_next_param(char **sp, char **key, char **value, char *why, size_t whylen)
 {
-    const struct px_cfg_key *k = find_key(pgwarden_keys, ARRAY_LEN(pgwarden_keys), key);
-    return k ? p->seen[0][k - pgwarden_keys] : 0;
+    return next_param(sp, key, value, why, whylen);
 }
 
-#define fail_key(p, key, ...) fail_at((p), line_of((p), (key)), "pgwarden", (key), __VA_ARGS__)
+/* ---- [chaos] lines --------------------------------------------------------------------- */
+
+/* One line of [chaos]: name = inject=... (kept as written; see struct px_chaos_line). */
+static int parse_chaos_line(struct parser *p, const char *name, const char *params)
+{
+    struct px_config *cfg = p->cfg;
+    for (size_t i = 0; i < cfg->nchaos; i++) {
+        if (strcmp(cfg->chaos[i].name, name) == 0)
+            return fail(p, name, "duplicate rule name (first on line %d)", cfg->chaos[i].line);
+    }
+    if (cfg->nchaos == p->chaoscap) {
+        size_t cap = p->chaoscap ? 2 * p->chaoscap : 8;
+        struct px_chaos_line *lines = realloc(cfg->chaos, cap * sizeof(*lines));
+        if (!lines)
+            return fail(p, name, "out of memory");
+        cfg->chaos = lines;
+        p->chaoscap = cap;
+    }
+    struct px_chaos_line *l = &cfg->chaos[cfg->nchaos];
+    l->name = strdup(name);
+    l->params = strdup(params);
+    l->line = p->line;
+    if (!l->name || !l->params) {
+        free(l->name);
+        free(l->params);
+        return fail(p, name, "out of memory");
+    }
+    cfg->nchaos++;
+    return 0;
+}
+
+/* ---- cross-field checks ---------------------------------------------------------------- */
+
+/* Line on which key of section was set; 0 when it has its default. */
+static int line_in(const struct parser *p, const char *section, const char *key)
+{
+    for (size_t i = 0; i < ARRAY_LEN(key_sections); i++) {
+        const struct px_cfg_section *t = &key_sections[i];
+        const struct px_cfg_key *k =
+            strcmp(t->name, section) ? NULL : find_key(t->keys, t->nkeys, key);
+        if (k)
+            return p->seen[i][k - t->keys];
+    }
+    return 0;
+}
+
+#define fail_key(p, key, ...)                                                                      \
+    fail_at((p), line_in((p), "pgwarden", (key)), "pgwarden", (key), __VA_ARGS__)
+
+/* Line on which a [retry] key was set; 0 when it has its default. */
+static int retry_line(const struct parser *p, const char *key)
+{
+    return line_in(p, "retry", key);
+}
+
+#define fail_retry(p, key, ...) fail_at((p), retry_line((p), (key)), "retry", (key), __VA_ARGS__)
+
+/* [retry] as a whole: the two values with a syntax of their own, then retry/'s checks;
+ * fills cfg->retry, the form the retry stage uses. */
+static int validate_retry(struct parser *p)
+{
+    struct px_config *c = p->cfg;
+    struct retry_config *r = &c->retry;
+    retry_config_defaults(r);
+    if (retry_sqlstates_parse(&r->retryable_sqlstates, c->retryable_sqlstates) != RETRY_OK)
+        return fail_retry(p, "retryable_sqlstates",
+                          "bad list \"%.100s\" (5-character SQLSTATEs or 2-character classes "
+                          "of 0-9 and A-Z, separated by commas, at most %d)",
+                          c->retryable_sqlstates, RETRY_SQLSTATES_MAX);
+    char *end;
+    errno = 0;
+    r->multiplier = strtod(c->multiplier, &end);
+    if (end == c->multiplier || *end != '\0' || errno == ERANGE)
+        return fail_retry(p, "multiplier", "bad number \"%.64s\"", c->multiplier);
+    r->max_attempts = (unsigned)c->max_attempts;
+    r->base_ms = (unsigned)c->base_ms;
+    r->cap_ms = (unsigned)c->cap_ms;
+    r->jitter = c->jitter;
+    r->budget_pct = (unsigned)c->budget_pct;
+    r->budget_window_ms = (unsigned)c->budget_window_ms;
+    r->budget_min_retries = (unsigned)c->budget_min_retries;
+    r->retry_buffer_bytes = (size_t)c->retry_buffer_bytes;
+    r->retry_checkpoint_bytes = (size_t)c->retry_checkpoint_bytes;
+    const char *why = NULL;
+    if (retry_config_check(r, &why) != RETRY_OK) {
+        /* why is "key: what" */
+        char key[40] = "";
+        const char *colon = why ? strchr(why, ':') : NULL;
+        if (colon && (size_t)(colon - why) < sizeof(key))
+            memcpy(key, why, (size_t)(colon - why));
+        return fail_retry(p, key[0] ? key : NULL, "%s", colon ? colon + 2 : "invalid");
+    }
+    return 0;
+}
 
 static int validate(struct parser *p)
 {
@@ -697,7 +867,10 @@ static int validate(struct parser *p)
     if (c->admin_port != 0 && c->admin_port == c->listen_port &&
         strcmp(c->admin_addr, c->listen_addr) == 0)
         return fail_key(p, "admin_port", "same address and port as listen_addr:listen_port");
-    return 0;
+    if (c->open_max_ms < c->open_ms)
+        return fail_at(p, line_in(p, "breaker", "open_max_ms"), "breaker", "open_max_ms",
+                       "%d is less than open_ms (%d)", c->open_max_ms, c->open_ms);
+    return validate_retry(p);
 }
 
 /* ---- loading --------------------------------------------------------------------------- */
@@ -786,6 +959,11 @@ void px_config_free(struct px_config *cfg)
         free_fields(db_keys, ARRAY_LEN(db_keys), &cfg->dbs[i]);
     }
     free(cfg->dbs);
+    for (size_t i = 0; i < cfg->nchaos; i++) {
+        free(cfg->chaos[i].name);
+        free(cfg->chaos[i].params);
+    }
+    free(cfg->chaos);
     free(cfg->path);
     free(cfg);
 }

@@ -30,10 +30,15 @@
 /* ---- built-in tables ---- */
 
 static const char *const pool_labels[] = {"database", "user"};
+static const char *const database_labels[] = {"database"};
+static const char *const chaos_rule_labels[] = {"rule", "kind", "sqlstate"};
 
 static struct px_metrics_kind_def builtin_kinds[PX_MK__COUNT] = {
     [PX_MK_GLOBAL] = {"global", NULL, 0, 1},
     [PX_MK_POOL] = {"pool", pool_labels, 2, PX_METRICS_DEFAULT_MAX_SETS},
+    [PX_MK_DATABASE] = {"database", database_labels, 1, PX_METRICS_DEFAULT_MAX_SETS},
+    /* chaos.h caps rules at PX_CHAOS_MAX_RULES (1000) */
+    [PX_MK_CHAOS_RULE] = {"chaos_rule", chaos_rule_labels, 3, 1000},
 };
 
 static const char *const state_label[] = {"state"};
@@ -74,12 +79,51 @@ static const char *const sqlstate_classes[] = {
 #define N_SQLSTATE_CLASSES (sizeof(sqlstate_classes) / sizeof(sqlstate_classes[0]))
 
 static const char *const kind_label[] = {"kind"};
-static const char *const kind_names[PX_MK__COUNT] = {"global", "pool"};
+static const char *const kind_names[PX_MK__COUNT] = {"global", "pool", "database", "chaos_rule"};
+
+static const char *const move_labels[] = {"from", "to"};
+static const char *const breaker_moves[2 * PX_MBM__COUNT] = {
+    "closed",    "open",      /* PX_MBM_CLOSED_OPEN */
+    "open",      "half-open", /* PX_MBM_OPEN_HALF_OPEN */
+    "half-open", "closed",    /* PX_MBM_HALF_OPEN_CLOSED */
+    "half-open", "open",      /* PX_MBM_HALF_OPEN_OPEN */
+};
+
+
+static const char *const mode_label[] = {"mode"};
+static const char *const lock_modes[PX_MLM__COUNT] = {
+    [PX_MLM_READ] = "read",
+    [PX_MLM_WRITE] = "write",
+    [PX_MLM_EXCLUSIVE] = "exclusive",
+};
+static const char *const outcome_label[] = {"outcome"};
+static const char *const lock_outcomes[PX_MLO__COUNT] = {
+    [PX_MLO_GRANTED] = "granted",   [PX_MLO_TIMEOUT] = "timeout", [PX_MLO_DEADLOCK] = "deadlock",
+    [PX_MLO_CANCELED] = "canceled", [PX_MLO_ERROR] = "error",
+};
+
+static const char *const sqlstate_label[] = {"sqlstate"};
+static const char *const retry_sqlstates[PX_MRS__COUNT] = {
+    [PX_MRS_40001] = "40001", [PX_MRS_40P01] = "40P01", [PX_MRS_OTHER] = "other"};
+static const char *const retry_labels[] = {"sqlstate", "outcome"};
+#define RETRY_ROW(st)                                                                              \
+    st, "succeeded", st, "diverged", st, "exhausted", st, "over_budget", st, "breaker_open", st,   \
+        "not_replayable", st, "buffer_exceeded", st, "canceled"
+static const char *const retry_values[PX_MRS__COUNT * PX_MRO__COUNT * 2] = {
+    RETRY_ROW("40001"), RETRY_ROW("40P01"), RETRY_ROW("other")};
+_Static_assert(PX_MRO_SUCCEEDED == 0 && PX_MRO_BUFFER_EXCEEDED == 6 && PX_MRO__COUNT == 8,
+               "RETRY_ROW order");
+
+static const char *const commit_outcomes[PX_MCO__COUNT] = {
+    [PX_MCO_COMMITTED] = "committed", [PX_MCO_ABORTED] = "aborted",
+    [PX_MCO_READ_ONLY] = "read_only", [PX_MCO_UNKNOWN] = "unknown"};
 
 static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double connect_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                          0.25,  0.5,    1,     2.5,  5,     10};
+static const double lock_wait_buckets[] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 #define NB(a) (unsigned)(sizeof(a) / sizeof((a)[0]))
 
 static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
@@ -120,6 +164,79 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                "Label sets that hit the cardinality cap and were counted "
                                "in the \"other\" series.",
                                PX_MK_GLOBAL, kind_label, 1, kind_names, PX_MK__COUNT},
+    /* Locks (docs/locks.md): gauges and counters copied from lockmgr at render time
+     * (stats.c), the wait histogram observed when a wait's outcome is delivered. */
+    [PX_M_LOCKS_HELD] = {"locks_held", PX_METRIC_GAUGE,
+                         "Locks held (one per client and key) by the strongest mode held.",
+                         PX_MK_GLOBAL, mode_label, 1, lock_modes, PX_MLM__COUNT},
+    [PX_M_LOCK_WAITERS] = {"lock_waiters", PX_METRIC_GAUGE, "Clients waiting for a lock.",
+                           PX_MK_GLOBAL},
+    [PX_M_LOCK_KEYS] = {"lock_keys", PX_METRIC_GAUGE, "Lock keys with a holder or a waiter.",
+                        PX_MK_GLOBAL},
+    [PX_M_LOCK_WAIT_SECONDS] = {"lock_wait_seconds", PX_METRIC_HISTOGRAM,
+                                "Time clients waited for a lock, by how the wait ended.",
+                                PX_MK_GLOBAL, outcome_label, 1, lock_outcomes, PX_MLO__COUNT,
+                                lock_wait_buckets, NB(lock_wait_buckets)},
+    [PX_M_LOCK_GRANTS] = {"lock_grants", PX_METRIC_COUNTER,
+                          "Locks granted (at once or after a wait; upgrades included).",
+                          PX_MK_GLOBAL},
+    [PX_M_LOCK_WAITS] = {"lock_waits", PX_METRIC_COUNTER,
+                         "Lock requests that had to wait (deadlock victims included).",
+                         PX_MK_GLOBAL},
+    [PX_M_LOCK_TIMEOUTS] = {"lock_timeouts", PX_METRIC_COUNTER,
+                            "Lock waits that ended by timeout (55P03).", PX_MK_GLOBAL},
+    [PX_M_LOCK_DEADLOCKS] = {"lock_deadlocks", PX_METRIC_COUNTER,
+                             "Deadlocks among lock waiters (one victim each, 40P01).",
+                             PX_MK_GLOBAL},
+    [PX_M_LOCK_CANCELS] = {"lock_cancels", PX_METRIC_COUNTER,
+                           "Lock waits canceled (CancelRequest, or the upgraded lock released).",
+                           PX_MK_GLOBAL},
+    [PX_M_LOCK_LIMIT_REFUSALS] = {"lock_limit_refusals", PX_METRIC_COUNTER,
+                                  "Lock requests refused because max_locks was reached (53200).",
+                                  PX_MK_GLOBAL},
+    [PX_M_CLIENTS_PINNED] = {"clients_pinned", PX_METRIC_GAUGE,
+                             "Transaction pooling: clients that keep their server because of "
+                             "session state that cannot move (LISTEN, temporary tables, ...).",
+                             PX_MK_POOL},
+    [PX_M_RETRIES] = {"retries", PX_METRIC_COUNTER,
+                      "Client transactions that met a retryable error, by the error and how "
+                      "their retry ended.",
+                      PX_MK_POOL, retry_labels, 2, retry_values, PX_MRS__COUNT * PX_MRO__COUNT,
+                      NULL, 0, PX_MF_SPARSE},
+    [PX_M_RETRY_ATTEMPTS] = {"retry_attempts", PX_METRIC_COUNTER,
+                             "Replays started (each one is an attempt after the first).",
+                             PX_MK_POOL, sqlstate_label, 1, retry_sqlstates, PX_MRS__COUNT},
+    [PX_M_RETRY_BUFFER_BYTES] = {"retry_buffer_bytes", PX_METRIC_GAUGE,
+                                 "Bytes kept to replay transactions (client messages and "
+                                 "response digests), all clients together.",
+                                 PX_MK_GLOBAL},
+    [PX_M_COMMIT_OUTCOMES] = {"commit_outcomes", PX_METRIC_COUNTER,
+                              "COMMITs whose server connection was lost after they were "
+                              "sent, by what the client was told.",
+                              PX_MK_GLOBAL, outcome_label, 1, commit_outcomes, PX_MCO__COUNT},
+    [PX_M_BREAKER_STATE] = {"breaker_state", PX_METRIC_GAUGE,
+                            "Circuit breaker state per database: 0 closed, 1 open, 2 half-open.",
+                            PX_MK_DATABASE},
+    [PX_M_BREAKER_TRANSITIONS] = {"breaker_transitions", PX_METRIC_COUNTER,
+                                  "Circuit breaker state changes per database, by from and to.",
+                                  PX_MK_DATABASE, move_labels, 2, breaker_moves, PX_MBM__COUNT},
+    [PX_M_BREAKER_FAILURES] = {"breaker_failures", PX_METRIC_COUNTER,
+                               "Failures counted by the circuit breaker of each database "
+                               "(connect, login, timeouts, SQLSTATE classes 08 and 53, "
+                               "57P01-57P03, connections lost mid-use).",
+                               PX_MK_DATABASE},
+    [PX_M_BREAKER_REFUSED] = {"breaker_refused", PX_METRIC_COUNTER,
+                              "Transactions and logins refused with 57P03 while the "
+                              "database's circuit breaker was not closed.",
+                              PX_MK_DATABASE},
+    /* Fault injection (docs/chaos.md): apart from client_errors, which counts every
+     * ErrorResponse sent, injected or real. */
+    [PX_M_CHAOS_INJECTED] = {"chaos_injected", PX_METRIC_COUNTER,
+                             "Faults injected by fault-injection rules, by rule id, kind and "
+                             "SQLSTATE (kind error).",
+                             PX_MK_CHAOS_RULE},
+    [PX_M_CHAOS_RULES] = {"chaos_rules", PX_METRIC_GAUGE, "Fault-injection rules in effect.",
+                          PX_MK_GLOBAL},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

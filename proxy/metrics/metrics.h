@@ -56,6 +56,8 @@ enum {
 enum px_metrics_kind {
     PX_MK_GLOBAL = 0, /* no dynamic labels: exactly one set, always present */
     PX_MK_POOL = 1,   /* {database, user}: one set per pool */
+    PX_MK_DATABASE,   /* {database}: one set per circuit breaker (pool/breaker.h) */
+    PX_MK_CHAOS_RULE, /* {rule, kind, sqlstate}: one set per fault-injection rule */
     PX_MK__COUNT
 };
 
@@ -76,6 +78,27 @@ enum px_metric {
     PX_M_AUTH_FAILURES,           /* counter, global, reason: enum px_metrics_auth_reason */
     PX_M_CLIENT_ERRORS,           /* counter, global, sqlstate_class: px_metrics_sqlstate_class */
     PX_M_METRICS_OVERFLOW,        /* counter, global, kind: enum px_metrics_kind */
+    PX_M_LOCKS_HELD,              /* gauge, global, mode: enum px_metrics_lock_mode */
+    PX_M_LOCK_WAITERS,            /* gauge, global */
+    PX_M_LOCK_KEYS,               /* gauge, global */
+    PX_M_LOCK_WAIT_SECONDS,       /* histogram, global, outcome: px_metrics_lock_outcome */
+    PX_M_LOCK_GRANTS,             /* counter, global */
+    PX_M_LOCK_WAITS,              /* counter, global */
+    PX_M_LOCK_TIMEOUTS,           /* counter, global */
+    PX_M_LOCK_DEADLOCKS,          /* counter, global */
+    PX_M_LOCK_CANCELS,            /* counter, global */
+    PX_M_LOCK_LIMIT_REFUSALS,     /* counter, global */
+    PX_M_CLIENTS_PINNED,          /* gauge, pool */
+    PX_M_RETRIES,                 /* counter, pool, {sqlstate,outcome}: PX_METRICS_RETRY() */
+    PX_M_RETRY_ATTEMPTS,          /* counter, pool, sqlstate: enum px_metrics_retry_sqlstate */
+    PX_M_RETRY_BUFFER_BYTES,      /* gauge, global */
+    PX_M_COMMIT_OUTCOMES,         /* counter, global, outcome: enum px_metrics_commit_outcome */
+    PX_M_BREAKER_STATE,           /* gauge, database: 0 closed, 1 open, 2 half-open */
+    PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
+    PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */
+    PX_M_BREAKER_REFUSED,         /* counter, database: transactions and logins refused */
+    PX_M_CHAOS_INJECTED,          /* counter, chaos_rule: faults injected (chaos/chaos.c) */
+    PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
     PX_M__COUNT
 };
 
@@ -102,6 +125,15 @@ enum px_metrics_tls_side { PX_MTLS_CLIENT = 0, PX_MTLS_SERVER = 1 };
 enum px_metrics_tls_outcome { PX_MTLS_OK = 0, PX_MTLS_ERROR = 1 };
 #define PX_METRICS_TLS(side, outcome) ((unsigned)(side)*2u + (unsigned)(outcome))
 
+/* {from,to} of PX_M_BREAKER_TRANSITIONS: the legal moves of a breaker. */
+enum px_metrics_breaker_move {
+    PX_MBM_CLOSED_OPEN = 0,  /* tripped */
+    PX_MBM_OPEN_HALF_OPEN,   /* open period over: a probe runs */
+    PX_MBM_HALF_OPEN_CLOSED, /* the probe succeeded */
+    PX_MBM_HALF_OPEN_OPEN,   /* the probe failed or timed out */
+    PX_MBM__COUNT
+};
+
 /* reason label of PX_M_AUTH_FAILURES. */
 enum px_metrics_auth_reason {
     PX_MAR_PASSWORD = 0, /* "password": wrong password or SCRAM proof */
@@ -112,6 +144,51 @@ enum px_metrics_auth_reason {
     PX_MAR_TIMEOUT,      /* "timeout": client_login_timeout_ms expired */
     PX_MAR_OTHER,        /* "other" */
     PX_MAR__COUNT
+};
+
+/* mode label of PX_M_LOCKS_HELD: "read", "write", "exclusive" (lockmgr's order). */
+enum px_metrics_lock_mode { PX_MLM_READ = 0, PX_MLM_WRITE, PX_MLM_EXCLUSIVE, PX_MLM__COUNT };
+
+/* outcome label of PX_M_LOCK_WAIT_SECONDS: how a lock wait ended. */
+enum px_metrics_lock_outcome {
+    PX_MLO_GRANTED = 0, /* "granted" */
+    PX_MLO_TIMEOUT,     /* "timeout": lock_timeout_ms or the call's timeout_ms (55P03) */
+    PX_MLO_DEADLOCK,    /* "deadlock": chosen as deadlock victim (40P01) */
+    PX_MLO_CANCELED,    /* "canceled": CancelRequest (57014), or the upgraded lock went */
+    PX_MLO_ERROR,       /* "error": any other end (fencing tokens used up) */
+    PX_MLO__COUNT
+};
+
+/* sqlstate label of PX_M_RETRIES and PX_M_RETRY_ATTEMPTS: the error that was retried. */
+enum px_metrics_retry_sqlstate {
+    PX_MRS_40001 = 0, /* "40001" serialization_failure */
+    PX_MRS_40P01,     /* "40P01" deadlock_detected */
+    PX_MRS_OTHER,     /* "other": another configured retryable SQLSTATE */
+    PX_MRS__COUNT
+};
+/* outcome label of PX_M_RETRIES: how the retry of one client transaction ended. */
+enum px_metrics_retry_outcome {
+    PX_MRO_SUCCEEDED = 0,   /* "succeeded": replayed, the client saw no error */
+    PX_MRO_DIVERGED,        /* "diverged": the replay differed from what the client saw */
+    PX_MRO_EXHAUSTED,       /* "exhausted": max_attempts reached */
+    PX_MRO_OVER_BUDGET,     /* "over_budget": the database's retry budget was used up */
+    PX_MRO_BREAKER_OPEN,    /* "breaker_open": the database's circuit breaker is not closed */
+    PX_MRO_NOT_REPLAYABLE,  /* "not_replayable": the transaction cannot be replayed safely */
+    PX_MRO_BUFFER_EXCEEDED, /* "buffer_exceeded": it needed more than retry_buffer_bytes */
+    PX_MRO_CANCELED,        /* "canceled": the client canceled it during the backoff */
+    PX_MRO__COUNT
+};
+#define PX_METRICS_RETRY(sqlstate, outcome)                                                        \
+    ((unsigned)(sqlstate) * (unsigned)PX_MRO__COUNT + (unsigned)(outcome))
+
+/* outcome label of PX_M_COMMIT_OUTCOMES: what a client whose COMMIT lost its server was
+ * told (path/outcome.h). */
+enum px_metrics_commit_outcome {
+    PX_MCO_COMMITTED = 0, /* "committed": PostgreSQL said committed */
+    PX_MCO_ABORTED,       /* "aborted": it said aborted (40000) */
+    PX_MCO_READ_ONLY,     /* "read_only": no transaction id: nothing was written */
+    PX_MCO_UNKNOWN,       /* "unknown": 40003 */
+    PX_MCO__COUNT
 };
 
 /* One dynamic label-set kind. */
@@ -180,6 +257,13 @@ struct px_metrics_set *px_metrics_set_get(unsigned kind, const char *const *valu
 void px_metrics_set_release(struct px_metrics_set *set);
 /* True when set is the overflow set of its kind. */
 bool px_metrics_set_is_overflow(const struct px_metrics_set *set);
+
+/* The database label set of a circuit breaker; release with px_metrics_set_release. */
+static inline struct px_metrics_set *px_metrics_database_new(const char *database)
+{
+    const char *values[1] = {database ? database : ""};
+    return px_metrics_set_get(PX_MK_DATABASE, values);
+}
 
 /* The pool label set: call when a pool is created, release with px_metrics_pool_free. */
 static inline struct px_metrics_set *px_metrics_pool_new(const char *database, const char *user)

@@ -1,7 +1,9 @@
 /*
  * stats.c: the proxy's traffic reports mapped onto the metrics registry (see stats.h).
  * Gauges of clients and servers per pool and state are filled by a collector at render
- * time from the pool counters, so the state machines never touch them.
+ * time from the pool counters, so the state machines never touch them.  The lock gauges
+ * and counters are copied from lockmgr's own statistics the same way (lockmgr counts them
+ * anyway); only the lock wait histogram is observed as waits end.
  */
 #include "conn.h"
 #include "metrics/metrics.h"
@@ -95,10 +97,56 @@ static void collect_pool_gauges(void *arg)
         px_metrics_gauge_set(m, PX_M_SERVERS, PX_MSS_IDLE, p->n_idle);
         px_metrics_gauge_set(m, PX_M_SERVERS, PX_MSS_ACTIVE, p->n_active);
         px_metrics_gauge_set(m, PX_M_SERVERS, PX_MSS_RESETTING, p->n_resetting);
+        px_metrics_gauge_set(m, PX_M_CLIENTS_PINNED, 0, p->n_pinned);
     }
 }
 
 int px_stats_init(void)
 {
     return px_metrics_add_collector(collect_pool_gauges, NULL);
+}
+
+void px_stats_lock_wait(enum lockmgr_status status, uint64_t waited_us)
+{
+    unsigned outcome;
+    switch (status) {
+    case LOCKMGR_OK: outcome = PX_MLO_GRANTED; break;
+    case LOCKMGR_TIMEOUT: outcome = PX_MLO_TIMEOUT; break;
+    case LOCKMGR_DEADLOCK: outcome = PX_MLO_DEADLOCK; break;
+    case LOCKMGR_CANCELED: outcome = PX_MLO_CANCELED; break;
+    default: outcome = PX_MLO_ERROR; break;
+    }
+    px_metrics_observe_us(NULL, PX_M_LOCK_WAIT_SECONDS, outcome, waited_us);
+}
+
+/* The mode label's values are lockmgr's modes, in lockmgr's order. */
+_Static_assert(PX_MLM__COUNT == LOCKMGR_NMODES && PX_MLM_READ == (int)LOCKMGR_READ &&
+                   PX_MLM_WRITE == (int)LOCKMGR_WRITE && PX_MLM_EXCLUSIVE == (int)LOCKMGR_EXCLUSIVE,
+               "lock mode labels follow enum lockmgr_mode");
+
+/* lockmgr's counters are monotonic for the life of the lock manager (the process), so
+ * they are copied into the counter slots as they are. */
+static void collect_locks(void *arg)
+{
+    const struct lockmgr *lm = arg;
+    struct lockmgr_stats st;
+    lockmgr_stats_get(lm, &st);
+    for (unsigned m = 0; m < PX_MLM__COUNT; m++)
+        px_metrics_gauge_set(NULL, PX_M_LOCKS_HELD, m, (double)st.held_by_mode[m]);
+    px_metrics_gauge_set(NULL, PX_M_LOCK_WAITERS, 0, (double)st.waiters);
+    px_metrics_gauge_set(NULL, PX_M_LOCK_KEYS, 0, (double)st.keys);
+    *px_metrics_counter_slot(NULL, PX_M_LOCK_GRANTS, 0) = st.grants;
+    *px_metrics_counter_slot(NULL, PX_M_LOCK_WAITS, 0) = st.waits;
+    *px_metrics_counter_slot(NULL, PX_M_LOCK_TIMEOUTS, 0) = st.timeouts;
+    *px_metrics_counter_slot(NULL, PX_M_LOCK_DEADLOCKS, 0) = st.deadlocks;
+    *px_metrics_counter_slot(NULL, PX_M_LOCK_CANCELS, 0) = st.cancels;
+    *px_metrics_counter_slot(NULL, PX_M_LOCK_LIMIT_REFUSALS, 0) = st.limit_hits;
+}
+
+int px_stats_locks_init(const struct lockmgr *lm)
+{
+    if (!lm)
+        return 0;
+    /* The registry passes arg back unchanged; the collector only reads. */
+    return px_metrics_add_collector(collect_locks, (void *)lm);
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lockmgr/lockmgr.h"
+
 struct px_pool;
 
 /* Pool lifetime: attach and detach the pool's metric series. */
@@ -30,7 +32,16 @@ void px_stats_tls_handshake(bool client_side, bool ok);
 void px_stats_auth_failure(int reason);
 void px_stats_client_accepted(void);
 
+/* A lock wait ended and its outcome reached the client (path/locks.c): status is what
+ * lockmgr delivered (LOCKMGR_OK: granted; TIMEOUT, DEADLOCK, CANCELED; anything else is
+ * counted as "error"), waited_us how long the client waited. */
+void px_stats_lock_wait(enum lockmgr_status status, uint64_t waited_us);
+
 /* Registers the gauge collector; call once after px_metrics_init. */
 int px_stats_init(void);
+/* Registers the collector that copies lm's gauges and counters (lockmgr_stats_get) into
+ * the registry before each render.  lm is borrowed: it must outlive every render (main.c
+ * frees the admin port before the lock manager).  0, or -1 when the collectors are full. */
+int px_stats_locks_init(const struct lockmgr *lm);
 
 #endif

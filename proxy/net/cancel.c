@@ -153,19 +153,28 @@ void px_cancel_forward(struct px_client *c)
                 (unsigned long long)s->id);
         return;
     }
+    if (px_cancel_server(s))
+        px_info("cancel", 'C', c->id, "forwarding cancel to server S-%llu",
+                (unsigned long long)s->id);
+}
+
+bool px_cancel_server(struct px_server *s)
+{
+    if (s->cancel)
+        return false;
     struct sockaddr_storage ss;
     socklen_t sslen;
     if (px_server_address(s->pool, &ss, &sslen) < 0)
-        return;
+        return false;
     struct px_cancel_req *req = calloc(1, sizeof(*req));
     if (!req)
-        return;
+        return false;
     /* Deferred callbacks: a connect() that fails at once reports later, never from inside
      * bufferevent_socket_connect(). */
     req->bev = bufferevent_socket_new(px.base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (!req->bev) {
         free(req);
-        return;
+        return false;
     }
     req->server = s;
     px_list_init(&req->link);
@@ -178,11 +187,11 @@ void px_cancel_forward(struct px_client *c)
         px_list_remove(&req->link);
         bufferevent_free(req->bev);
         free(req);
-        return;
+        return false;
     }
     s->cancel = req;
     bufferevent_enable(req->bev, EV_READ | EV_WRITE);
-    px_info("cancel", 'C', c->id, "forwarding cancel to server S-%llu", (unsigned long long)s->id);
+    return true;
 }
 
 void px_cancel_server_gone(struct px_server *s)

@@ -26,6 +26,9 @@ void px_cancel_request(uint32_t pid, uint32_t key);
 /* Sends a cancel for the query c's server runs now (c->server must be set and active);
  * dropped when one is already on its way to that server. */
 void px_cancel_forward(struct px_client *c);
+/* Sends a cancel for whatever s's backend runs (a client left it mid-query).  False when
+ * one is already on its way or it cannot be sent. */
+bool px_cancel_server(struct px_server *s);
 /* Whether a cancel is on its way to s (s must not go to another client yet). */
 static inline bool px_server_cancel_busy(const struct px_server *s)
 {

@@ -253,6 +253,7 @@ bool px_client_close_overdue(struct px_client *c, uint64_t now)
 void px_client_free(struct px_client *c)
 {
     px_list_remove(&c->link);
+    px_path_client_free(c); /* first: its stages may have callbacks on c's buffers */
     px_reader_unbind(&c->rd);
     if (c->bev)
         bufferevent_free(c->bev);
@@ -265,7 +266,6 @@ void px_client_free(struct px_client *c)
     free(c->application_name);
     free(c->param_buf);
     free(c->params);
-    px_path_client_free(c);
     if (c->pool)
         px_pool_unref(c->pool);
     free(c);

@@ -167,18 +167,21 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     s->login_deadline_ms = s->created_ms + (uint64_t)px.cfg->server_connect_timeout_ms;
     s->txn_status = 'I';
     s->opener = opener;
-    /* signature and hard signature in one allocation */
-    s->signature = malloc(opener->signature_len + 1 + opener->hard_signature_len + 1);
+    /* signature and hard signature in one allocation (no opener: both empty) */
+    const char *sig = opener ? opener->signature : "", *hard = opener ? opener->hard_signature : "";
+    size_t sig_len = opener ? opener->signature_len : 0;
+    size_t hard_len = opener ? opener->hard_signature_len : 0;
+    s->signature = malloc(sig_len + 1 + hard_len + 1);
     if (!s->signature) {
         free(s);
         return NULL;
     }
-    memcpy(s->signature, opener->signature, opener->signature_len + 1);
-    s->signature_len = opener->signature_len;
+    memcpy(s->signature, sig, sig_len + 1);
+    s->signature_len = sig_len;
     s->hard_signature = s->signature + s->signature_len + 1;
-    memcpy(s->hard_signature, opener->hard_signature, opener->hard_signature_len + 1);
-    s->hard_signature_len = opener->hard_signature_len;
-    if (opener->have_client_key && !strcmp(opener->user, pool->server_user)) {
+    memcpy(s->hard_signature, hard, hard_len + 1);
+    s->hard_signature_len = hard_len;
+    if (opener && opener->have_client_key && !strcmp(opener->user, pool->server_user)) {
         memcpy(s->client_key, opener->client_key, PX_SCRAM_KEY_LEN);
         s->have_client_key = true;
     }
@@ -383,6 +386,7 @@ static bool login_message(struct px_server *s, char type, const uint8_t *body, u
     switch (type) {
     case 'R':
         if (handle_auth(s, body, len) < 0) {
+            s->login_no_credentials = true; /* the database answered: not its failure */
             server_fail(s, "pgwarden cannot authenticate to the server: no usable credentials "
                            "for this user");
             return false;
@@ -454,8 +458,36 @@ static void finish_reset(struct px_server *s)
 }
 
 /* The replies to the reset queries; they are never shown to anyone. */
+/* How long a server may drain the work its client abandoned before it is closed. */
+#define DRAIN_TIMEOUT_MS 10000
+
+static void send_reset_queries(struct px_server *s);
+
+/* A reply to work the client abandoned: read and dropped; errors (the cancel's) expected. */
+static bool drain_message(struct px_server *s, char type, const uint8_t *body, uint32_t len)
+{
+    if (type == 'S' && apply_param_status(s, body, len) < 0) {
+        px_server_close(s, "out of memory");
+        return false;
+    }
+    if (type == 'G') /* COPY FROM STDIN of the abandoned query: end it */
+        px_wire_msg(bufferevent_get_output(s->bev), 'f', "client went away",
+                    sizeof("client went away"));
+    if (type == 'Z') {
+        s->txn_status = len ? (char)body[0] : 'I';
+        if (--s->drain_ready == 0) {
+            px_debug("server", 'S', s->id, "drained what its client left");
+            send_reset_queries(s);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool reset_message(struct px_server *s, char type, const uint8_t *body, uint32_t len)
 {
+    if (s->drain_ready > 0)
+        return drain_message(s, type, body, len);
     if (type == 'E') {
         const char *msg = px_wire_error_field((const char *)body, len, 'M');
         px_warning("server", 'S', s->id, "server_reset_query failed: %s", msg ? msg : "?");
@@ -476,26 +508,93 @@ static bool reset_message(struct px_server *s, char type, const uint8_t *body, u
     return true;
 }
 
+/* Reads the server's replies while it resets or drains (RESETTING): first the rest of a
+ * message its client's relay had started, then whole messages. */
+static void reset_read(struct px_server *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    if (s->drain_skip) {
+        size_t n = evbuffer_get_length(in);
+        if (n > s->drain_skip)
+            n = s->drain_skip;
+        evbuffer_drain(in, n);
+        s->drain_skip -= (uint32_t)n;
+        if (s->drain_skip)
+            return;
+    }
+    read_messages(s, reset_message);
+}
+
+/*
+ * The client left with work in flight on s.  Rather than closing s (PostgreSQL would run
+ * the abandoned query on, and the pool would open another backend beside it), pgwarden
+ * cancels that work, ends an unsynced group and a COPY, reads and drops every reply it
+ * owes, then resets s as usual: the backend is reused and pool_size keeps bounding them.
+ */
+static void drain(struct px_server *s)
+{
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    if (s->pending_ready > 0 || s->unsynced || s->hidden_queries > 0)
+        px_cancel_server(s);
+    if (s->copy_in)
+        px_wire_msg(out, 'f', "client went away", sizeof("client went away"));
+    if (s->unsynced) {
+        static const uint8_t sync[5] = {'S', 0, 0, 0, 4};
+        evbuffer_add(out, sync, sizeof(sync));
+        s->pending_ready++;
+    }
+    s->drain_ready = s->pending_ready + s->hidden_queries;
+    s->drain_skip = s->s2c.remaining;
+    s->drain_deadline_ms = px_now_ms() + DRAIN_TIMEOUT_MS;
+    s->pending_ready = s->hidden_queries = 0;
+    s->unsynced = s->copy_in = s->group_failed = s->hidden_abort = s->last_untracked = false;
+    s->s2c.remaining = 0;
+    px_server_set_state(s, PX_SV_RESETTING);
+    px_reader_enable(&s->rd, true);
+    px_debug("server", 'S', s->id, "its client left mid-request: draining %d replies",
+             s->drain_ready);
+    if (s->drain_ready == 0) {
+        send_reset_queries(s);
+        return;
+    }
+    reset_read(s);
+}
+
 void px_server_release(struct px_server *s, bool client_mid_message)
 {
     if (s->state != PX_SV_ACTIVE)
         return; /* still logging in: it will go idle for the next client */
     uint64_t now = px_now_ms();
     const char *why = NULL;
+    bool work = s->s2c.remaining || s->pending_ready > 0 || s->unsynced || s->hidden_queries > 0 ||
+                s->expect_n > 0;
     if (s->close_needed)
         why = "marked for close";
-    else if (client_mid_message || s->s2c.remaining || s->pending_ready > 0 || s->unsynced ||
-             s->hidden_queries > 0 || s->expect_n > 0)
-        why = "client left with a request in progress";
-    else if (px.cfg->server_lifetime_ms > 0 &&
-             now - s->created_ms >= (uint64_t)px.cfg->server_lifetime_ms)
-        why = "server_lifetime_ms reached";
+    else if (client_mid_message)
+        why = "client left in the middle of a message";
     else if (px.shutting_down)
         why = "shutting down";
+    else if (!work && px.cfg->server_lifetime_ms > 0 &&
+             now - s->created_ms >= (uint64_t)px.cfg->server_lifetime_ms)
+        why = "server_lifetime_ms reached";
     if (why) {
+        if (work)
+            px_cancel_server(s); /* the backend must not run on what nobody waits for */
         px_server_close(s, why);
         return;
     }
+    if (work) {
+        drain(s);
+        return;
+    }
+    px_server_set_state(s, PX_SV_RESETTING);
+    send_reset_queries(s);
+}
+
+/* ROLLBACK if a transaction is open and server_reset_query where needed, then idle (s is
+ * RESETTING). */
+static void send_reset_queries(struct px_server *s)
+{
     struct evbuffer *out = bufferevent_get_output(s->bev);
     int queries = 0;
     if (s->txn_status != 'I') {
@@ -509,17 +608,18 @@ void px_server_release(struct px_server *s, bool client_mid_message)
         px_wire_query(out, reset);
         queries++;
         px_stmt_set_clear(&s->stmts); /* DISCARD ALL dropped them */
+        s->stmts_uncertain = false;
+        s->sstate_owner = 0; /* ... and every session state */
+        s->sstate_prepared = false;
         s->dirty = false;
     }
     if (!queries) {
-        px_server_set_state(s, PX_SV_RESETTING);
         finish_reset(s);
         return;
     }
     s->reset_pending = queries;
-    px_server_set_state(s, PX_SV_RESETTING);
     px_reader_enable(&s->rd, true);
-    read_messages(s, reset_message);
+    reset_read(s);
 }
 
 void px_server_close(struct px_server *s, const char *reason)
@@ -531,8 +631,9 @@ void px_server_close(struct px_server *s, const char *reason)
     if (c) {
         s->client = NULL;
         c->server = NULL;
-        px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
-                        "server closed the connection unexpectedly");
+        if (!px_path_server_lost(c, s))
+            px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                            "server closed the connection unexpectedly");
     }
     px_path_server_closing(s);
     if (s->opener && s->opener->launching == s)
@@ -594,7 +695,7 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
     switch (s->state) {
     case PX_SV_LOGIN: login_read(s); break;
     case PX_SV_ACTIVE: px_path_server_input(s); break;
-    case PX_SV_RESETTING: read_messages(s, reset_message); break;
+    case PX_SV_RESETTING: reset_read(s); break;
     case PX_SV_IDLE: read_messages(s, idle_message); break;
     case PX_SV_CLOSING: break;
     }
@@ -641,8 +742,11 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         /* Give the client whatever the server said last (e.g. a FATAL) before closing. */
-        if (s->state == PX_SV_ACTIVE)
+        if (s->state == PX_SV_ACTIVE) {
             px_path_server_input(s);
+            if (s->state == PX_SV_ACTIVE)
+                px_pool_server_lost(s);
+        }
         px_server_close(s, "server connection lost");
     }
 }

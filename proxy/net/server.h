@@ -11,8 +11,9 @@
 
 #include "conn.h"
 
-/* Opens a new server connection for pool, with opener's startup parameters.  Returns NULL
- * when it cannot even start (the caller fails the client). */
+/* Opens a new server connection for pool, with opener's startup parameters (opener NULL:
+ * none, for a connection pgwarden opens itself, e.g. a circuit-breaker probe).  Returns
+ * NULL when it cannot even start (the caller fails the client). */
 struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opener);
 
 void px_server_set_state(struct px_server *s, enum px_server_state st);
@@ -23,8 +24,10 @@ void px_server_close(struct px_server *s, const char *reason);
 void px_server_free(struct px_server *s);
 
 /* The client let go of s (it disconnected, or transaction pooling detaches it).  The server
- * is reset and returned to the pool when its protocol state is clean, else closed.
- * client_mid_message: the client stream stopped inside a message. */
+ * is reset and returned to the pool.  Work the client left in flight is cancelled and its
+ * replies are drained first (the caller has emptied the expected-reply FIFO); s is closed
+ * when that cannot be done (client_mid_message: the client stream stopped inside a message;
+ * marked for close; shutting down). */
 void px_server_release(struct px_server *s, bool client_mid_message);
 
 /* A ParameterStatus from s (body: name\0value\0): s's own view follows it.  *name and
@@ -48,6 +51,9 @@ void px_pool_server_ready(struct px_server *s);
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg);
 /* s is closing: its slot in the pool comes free. */
 void px_pool_server_closed(struct px_server *s);
+/* An active server's connection was lost (before px_server_close): the database's health
+ * (implemented by pool/breaker.c). */
+void px_pool_server_lost(struct px_server *s);
 
 /* Implemented by the statement path (path/path.c): */
 /* An active server has new input (also once more when its connection is lost). */
@@ -56,6 +62,9 @@ void px_path_server_input(struct px_server *s);
 void px_path_server_drained(struct px_server *s);
 /* s is closing: clients whose queries were batched on it get their error. */
 void px_path_server_closing(struct px_server *s);
+/* s was lost while linked to c (already unlinked): true when the statement path answers c
+ * itself (a COMMIT in flight, path/outcome.h); false: c gets the connection error. */
+bool px_path_server_lost(struct px_client *c, struct px_server *s);
 /* s is being freed: release what the statement path keeps for it. */
 void px_path_server_free(struct px_server *s);
 

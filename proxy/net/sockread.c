@@ -91,6 +91,7 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
     }
     r->bev = bev;
     r->enabled = false;
+    r->wanted = false;
     r->chunk = 0;
     return 0;
 }
@@ -131,7 +132,21 @@ void px_reader_unbind(struct px_reader *r)
     r->enabled = false;
 }
 
+static void apply(struct px_reader *r, bool on);
+
 void px_reader_enable(struct px_reader *r, bool on)
+{
+    r->wanted = on;
+    apply(r, on && !r->blocked);
+}
+
+void px_reader_block(struct px_reader *r, bool blocked)
+{
+    r->blocked = blocked;
+    apply(r, r->wanted && !blocked);
+}
+
+static void apply(struct px_reader *r, bool on)
 {
     if (!r->bev)
         return;

@@ -28,6 +28,8 @@ struct px_reader {
     struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound */
     struct event *ev;        /* plain socket: pgwarden's read event; NULL: bev reads */
     bool enabled;
+    bool blocked; /* px_reader_block: off whatever px_reader_enable asks */
+    bool wanted;  /* what px_reader_enable last asked (applied when unblocked) */
     uint32_t chunk; /* bytes the next read asks for (0: the smallest) */
 };
 
@@ -53,6 +55,10 @@ int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct
 
 /* Reading on or off (backpressure, closing, a server parked in the pool ...). */
 void px_reader_enable(struct px_reader *r, bool on);
+/* Blocks reading regardless of px_reader_enable (a transparent retry keeps the client's
+ * next messages in its socket until the replay is verified); unblocking applies what
+ * px_reader_enable asked meanwhile. */
+void px_reader_block(struct px_reader *r, bool blocked);
 bool px_reader_enabled(const struct px_reader *r);
 
 #endif

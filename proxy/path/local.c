@@ -5,13 +5,15 @@
 #include <string.h>
 
 #include "metrics/stats.h"
+#include "net/client.h"
 #include "path/local.h"
+#include "path/path.h"
 #include "path/locks.h"
 #include "path/txn.h"
 
 void px_local_complete(struct px_client *c, const char *tag, char status)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     px_wire_msg(out, 'C', tag, strlen(tag) + 1);
     px_wire_ready(out, status);
 }
@@ -72,4 +74,69 @@ bool px_local_answer_linked(struct px_client *c, const struct px_sql_info *info)
         return true;
     }
     return false;
+}
+
+bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const char *message,
+                            const char *detail)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
+    uint8_t hdr[5];
+    if (evbuffer_copyout(in, hdr, 5) != 5)
+        return false;
+    bool simple = hdr[0] == 'Q' || hdr[0] == 'F';
+    px_txn_fail_block(c); /* an error inside a block fails the block, as on PostgreSQL */
+    struct px_wire_errfields e = {
+        .sev = PX_SEV_ERROR, .sqlstate = sqlstate, .message = message, .detail = detail};
+    if (px_wire_error_fields(out, &e) < 0 ||
+        (simple && px_wire_ready(out, px_txn_unlinked_status(c)) < 0)) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return false;
+    }
+    px_stats_error_sent(c->pool, sqlstate);
+    c->head_sql_len = 0; /* its classification goes with it */
+    /* The message (and the rest of its group) is dropped as it arrives: answering before
+     * it is all in changes nothing for the client, which reads after sending. */
+    c->skip_bytes = px_get_u32(hdr + 1) + 1;
+    c->skip_to_sync = !simple;
+    return true;
+}
+
+bool px_local_skip(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    for (;;) {
+        if (c->skip_bytes) {
+            size_t n = evbuffer_get_length(in);
+            if (n > c->skip_bytes)
+                n = c->skip_bytes;
+            evbuffer_drain(in, n);
+            c->skip_bytes -= (uint32_t)n;
+            if (c->skip_bytes)
+                return false; /* the rest of the message is not in yet */
+        }
+        if (!c->skip_to_sync)
+            return true;
+        uint8_t hdr[5];
+        if (evbuffer_copyout(in, hdr, 5) != 5)
+            return false;
+        uint32_t len = px_get_u32(hdr + 1);
+        if (len < 4 || len > PX_WIRE_MAX_LEN) {
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(len));
+            return false;
+        }
+        if (hdr[0] == 'X') {
+            px_client_close(c);
+            return false;
+        }
+        if (hdr[0] == 'S') {
+            if (evbuffer_get_length(in) < (size_t)len + 1)
+                return false;
+            evbuffer_drain(in, (size_t)len + 1);
+            c->skip_to_sync = false;
+            px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
+            return true;
+        }
+        c->skip_bytes = len + 1;
+    }
 }

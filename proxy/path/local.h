@@ -9,7 +9,9 @@
  *     statement pgwarden renamed, and DEALLOCATE ALL;
  *   - while linked: DEALLOCATE of a renamed statement (the server does not know the
  *     client's name), when nothing is in flight so that the reply stays in order.
- * The pgwarden lock functions (SPEC section 2) are answered here too once they land.
+ * The pgwarden lock functions (SPEC section 2) are answered here too once they land.  A
+ * statement refused before it reaches a server (the circuit breaker, pool/breaker.h) fails
+ * here as it would on PostgreSQL.
  *
  * Input is a simple Query already classified by the path (sqlscan.h); the message is
  * consumed only when answered.  Event loop thread only.
@@ -32,5 +34,31 @@ bool px_local_answer_linked(struct px_client *c, const struct px_sql_info *info)
 
 /* Writes CommandComplete tag and ReadyForQuery status to the client. */
 void px_local_complete(struct px_client *c, const char *tag, char status);
+
+/*
+ * c has no server and the statement at the head of its input fails with ERROR sqlstate,
+ * message and detail (may be NULL; e.g. the circuit breaker refused it), answered as
+ * PostgreSQL answers a failed statement: a Query or FunctionCall gets the ErrorResponse and
+ * a ReadyForQuery with c's transaction status; any other message starts an
+ * extended-protocol group, which gets the ErrorResponse and whose messages are dropped up
+ * to its Sync, answered with ReadyForQuery.  The failed messages are dropped as they
+ * arrive, never held whole (px_local_skipping, px_local_skip).  Inside a transaction block
+ * the block fails (txn.h).  True when answered (the rest of the input is handled as
+ * usual, after px_local_skip); false when the client was failed (out of memory).
+ */
+bool px_local_fail_unlinked(struct px_client *c, const char *sqlstate, const char *message,
+                            const char *detail);
+
+/* Whether c's input starts with what a failed statement left to drop. */
+static inline bool px_local_skipping(const struct px_client *c)
+{
+    return c->skip_bytes > 0 || c->skip_to_sync;
+}
+
+/* Drops what a failed statement left: the rest of its message and, for a failed group,
+ * every message up to and including its Sync (answered with ReadyForQuery).  True when
+ * done (the input that follows is new); false when more input is needed or the client was
+ * closed (Terminate, bad length). */
+bool px_local_skip(struct px_client *c);
 
 #endif

@@ -21,12 +21,15 @@
 #include <event2/event.h>
 
 #include "base/log.h"
+#include "metrics/stats.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/expect.h"
 #include "path/lockcall.h"
 #include "path/locks.h"
+#include "path/path.h"
 #include "path/prepared.h"
+#include "path/sqlscan.h"
 #include "path/tokenstate.h"
 #include "path/txn.h"
 
@@ -149,6 +152,11 @@ struct px_client *px_locks_client(uint64_t id)
         if (e->client->id == id)
             return e->client;
     return NULL;
+}
+
+struct lockmgr_owner *px_locks_owner(const struct px_client *c)
+{
+    return c->locks ? c->locks->owner : NULL;
 }
 
 struct lockmgr *px_locks_manager(void)
@@ -361,56 +369,12 @@ static char txn_status(const struct px_client *c)
     return c->server ? c->server->txn_status : px_txn_unlinked_status(c);
 }
 
-/* The statement this error answers failed: inside a block the block fails on both sides;
- * in the extended protocol (simple false) the rest of the group is skipped, on both sides,
- * and the implicit transaction of the group is rolled back. */
-static void statement_failed(struct px_client *c, bool simple)
-{
-    struct px_server *s = c->server;
-    struct px_client_locks *cl = c->locks;
-    if (!simple && cl)
-        cl->skip = true;
-    if (!s) {
-        if (px_txn_in_block(c))
-            px_txn_fail_block(c);
-        return;
-    }
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    if (simple) {
-        if (s->txn_status != 'T')
-            return; /* outside a block nothing was begun; in a failed one nothing changes */
-        /* A statement that fails on purpose aborts the server's transaction; its error
-         * and ReadyForQuery are swallowed (expect.c). */
-        px_wire_query(out, "SELECT 'pgwarden: a lock call failed in this transaction'"
-                           "::pg_catalog.int4");
-        s->hidden_queries++;
-        s->hidden_abort = true;
-        s->txn_status = 'E';
-        return;
-    }
-    /* A Parse that fails at parse analysis puts the server into skip-to-Sync: the client's
-     * Sync then ends the group as PostgreSQL would after an error. */
-    static const char abort_sql[] =
-        "SELECT 'pgwarden: a lock call failed in this group'::pg_catalog.int4";
-    uint8_t content[sizeof(abort_sql) + 2] = {0}; /* query\0, int16 0 parameter types */
-    memcpy(content, abort_sql, sizeof(abort_sql));
-    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, true);
-    if (!e || px_write_parse(out, "_pgw_abort", content, sizeof(content)) < 0) {
-        px_server_close(s, "out of memory");
-        return;
-    }
-    e->abort = 1;
-    s->unsynced = true;
-    s->group_failed = true;
-    s->last_untracked = false;
-}
-
 /* Writes err as the answer to the current message (with long_detail, when not NULL, as
  * its DETAIL) and fails the statement. */
 static void answer_error_detail(struct px_client *c, const struct px_lockcall_error *err,
                                 bool simple, const char *long_detail)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (long_detail && *long_detail) {
         struct px_wire_errfields e = {.sev = PX_SEV_ERROR,
                                       .sqlstate = err->sqlstate,
@@ -421,7 +385,9 @@ static void answer_error_detail(struct px_client *c, const struct px_lockcall_er
     } else {
         px_lockcall_write_error(out, err);
     }
-    statement_failed(c, simple);
+    if (!simple && c->locks)
+        c->locks->skip = true;
+    px_txn_statement_failed(c, simple);
     if (simple)
         px_wire_ready(out, txn_status(c));
 }
@@ -437,7 +403,7 @@ static void answer_error(struct px_client *c, const struct px_lockcall_error *er
 static int write_locks_rows(struct px_client *c, const struct px_lockcall *call,
                             const int16_t *formats, uint64_t *rows)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     *rows = 0;
     struct px_client_locks *cl = c->locks;
     if (!cl || !cl->owner)
@@ -462,7 +428,7 @@ static int write_locks_rows(struct px_client *c, const struct px_lockcall *call,
 static void answer_value(struct px_client *c, const struct px_lockcall *call,
                          const int16_t *formats, bool simple, bool is_null, int64_t value)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (simple)
         px_lockcall_write_row_description(out, call, NULL);
     px_lockcall_write_value(out, call, formats ? formats[0] : 0, is_null, value);
@@ -474,7 +440,7 @@ static void answer_value(struct px_client *c, const struct px_lockcall *call,
 static void answer_locks(struct px_client *c, const struct px_lockcall *call,
                          const int16_t *formats, bool simple)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (simple)
         px_lockcall_write_row_description(out, call, NULL);
     uint64_t rows = 0;
@@ -681,6 +647,7 @@ static void deliver_one(struct px_client *c)
     px_list_init(&cl->pending_link);
     cl->have_result = false;
     c->lock_waiting = false;
+    px_stats_lock_wait(cl->result.status, now_us() - cl->wait_since_us);
     struct px_lockcall *call = cl->wait_call;
     cl->wait_call = NULL;
     const int16_t *formats = cl->wait_simple ? NULL : cl->formats;
@@ -748,13 +715,40 @@ static bool parse_content(const uint8_t *content, uint32_t clen, const char **sq
     return (size_t)(nul - content) + 3 + 4u * *ntypes <= clen;
 }
 
+/* DEALLOCATE of a lock-call statement (which no server has): answered here.  DEALLOCATE
+ * ALL drops them and goes on to the server for its own. */
+static enum px_locks_verdict on_deallocate(struct px_client *c, const uint8_t *body, size_t n,
+                                           bool may_answer)
+{
+    struct px_client_locks *cl = c->locks;
+    struct px_sql_info info;
+    px_sql_classify((const char *)body, n, &info);
+    if (info.multi)
+        return PX_LOCKS_NOT_MINE;
+    if (info.kind == PX_SQL_DEALLOCATE_ALL) {
+        while (cl->stmts)
+            drop_stmt(cl, cl->stmts->name);
+        return PX_LOCKS_NOT_MINE;
+    }
+    if (info.kind != PX_SQL_DEALLOCATE || !find_stmt(cl, info.name))
+        return PX_LOCKS_NOT_MINE;
+    if (!may_answer)
+        return PX_LOCKS_HOLD;
+    drop_stmt(cl, info.name);
+    struct evbuffer *out = px_path_client_out(c);
+    px_wire_msg(out, 'C', "DEALLOCATE", sizeof("DEALLOCATE"));
+    px_wire_ready(out, txn_status(c));
+    return PX_LOCKS_ANSWERED;
+}
+
 /* A simple query: SELECT of a lock function, or not mine. */
 static enum px_locks_verdict on_query(struct px_client *c, const uint8_t *body, uint32_t len,
                                       bool may_answer)
 {
     size_t n = len > 0 && body[len - 1] == '\0' ? len - 1 : len;
     if (!px_lockcall_maybe((const char *)body, n))
-        return PX_LOCKS_NOT_MINE;
+        return c->locks && c->locks->stmts ? on_deallocate(c, body, n, may_answer)
+                                           : PX_LOCKS_NOT_MINE;
     struct px_lockcall *call = malloc(sizeof(*call));
     if (!call)
         return PX_LOCKS_CLOSE;
@@ -849,7 +843,7 @@ static enum px_locks_verdict on_parse(struct px_client *c, const uint8_t *body, 
     snprintf(st->name, sizeof(st->name), "%s", name);
     st->next = cl->stmts;
     cl->stmts = st;
-    px_wire_msg(bufferevent_get_output(c->bev), '1', NULL, 0);
+    px_wire_msg(px_path_client_out(c), '1', NULL, 0);
     return PX_LOCKS_ANSWERED;
 }
 
@@ -901,7 +895,7 @@ static enum px_locks_verdict on_bind(struct px_client *c, const uint8_t *body, u
     snprintf(p->name, sizeof(p->name), "%s", portal);
     p->next = cl->portals;
     cl->portals = p;
-    px_wire_msg(bufferevent_get_output(c->bev), '2', NULL, 0);
+    px_wire_msg(px_path_client_out(c), '2', NULL, 0);
     return PX_LOCKS_ANSWERED;
 }
 
@@ -921,7 +915,7 @@ static enum px_locks_verdict on_describe(struct px_client *c, const uint8_t *bod
         return PX_LOCKS_HOLD;
     if (cl->skip)
         return PX_LOCKS_ANSWERED;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = px_path_client_out(c);
     if (st) {
         px_lockcall_write_param_description(out, &st->call);
         px_lockcall_write_row_description(out, &st->call, NULL);
@@ -975,12 +969,28 @@ static enum px_locks_verdict on_close(struct px_client *c, const uint8_t *body, 
         drop_stmt(cl, name);
     else
         drop_portal(cl, name);
-    px_wire_msg(bufferevent_get_output(c->bev), '3', NULL, 0);
+    px_wire_msg(px_path_client_out(c), '3', NULL, 0);
     return PX_LOCKS_ANSWERED;
 }
 
+static enum px_locks_verdict message(struct px_client *c, char type, const uint8_t *body,
+                                     uint32_t len, bool may_answer);
+
 enum px_locks_verdict px_locks_message(struct px_client *c, char type, const uint8_t *body,
                                        uint32_t len, bool may_answer)
+{
+    enum px_locks_verdict v = message(c, type, body, len, may_answer);
+    if (v != PX_LOCKS_NOT_MINE)
+        px_debug("locks", 'C', c->id, "'%c' %s%s", type,
+                 v == PX_LOCKS_ANSWERED ? "answered"
+                 : v == PX_LOCKS_HOLD   ? "held"
+                                        : "close",
+                 c->locks && c->locks->skip ? " (skipping)" : "");
+    return v;
+}
+
+static enum px_locks_verdict message(struct px_client *c, char type, const uint8_t *body,
+                                     uint32_t len, bool may_answer)
 {
     switch (type) {
     case 'Q': return on_query(c, body, len, may_answer);
@@ -998,7 +1008,7 @@ void px_locks_sync(struct px_client *c)
     if (c->locks)
         c->locks->skip = false;
     if (!c->server)
-        px_wire_ready(bufferevent_get_output(c->bev), px_txn_unlinked_status(c));
+        px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
 }
 
 /* What an all-lock group has created so far, for the messages that refer to it. */

@@ -93,6 +93,8 @@ void px_locks_client_free(struct px_client *c);
 
 /* The lock manager, for the admin views (NULL before px_locks_init). */
 struct lockmgr *px_locks_manager(void);
+/* c's lock owner, or NULL when it never ran a lock function. */
+struct lockmgr_owner *px_locks_owner(const struct px_client *c);
 /* The client of a lock owner id (for the admin views), or NULL. */
 struct px_client *px_locks_client(uint64_t id);
 /* How long c has waited (ms), 0 when not waiting; the key and mode it waits for. */

@@ -2,6 +2,7 @@
  * path.c: the statement path: stages composed in order, the relays in both directions, and
  * the events reported by the transport and the pool (see path.h).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "base/log.h"
@@ -12,12 +13,16 @@
 #include "path/batch.h"
 #include "path/classify.h"
 #include "path/expect.h"
+#include "path/fault.h"
 #include "path/local.h"
 #include "path/locks.h"
+#include "path/outcome.h"
 #include "path/path.h"
 #include "path/rename.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 
 #define SERVER_MAX_MESSAGE 0x3fffffffu
@@ -37,13 +42,12 @@ static bool server_quiescent(const struct px_server *s)
  * Execute, ...), a barrier makes the server say when it is done: a Close of a statement
  * name that cannot exist (answered CloseComplete, which the FIFO swallows, or skipped after
  * an error) and a Flush. */
-static bool hold_for_reply(struct px_client *c)
+static bool hold_for_reply(struct px_client *c, struct evbuffer *out)
 {
     struct px_server *s = c->server;
     c->reply_hold = true;
     if (!s->last_untracked)
         return true;
-    struct evbuffer *out = bufferevent_get_output(s->bev);
     struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
     static const uint8_t flush[5] = {'H', 0, 0, 0, 4};
     if (!e || px_write_target(out, 'C', 'S', "_pgw_") < 0 || evbuffer_add(out, flush, 5) < 0)
@@ -92,42 +96,122 @@ static enum px_relay_action c2s_bookkeeping(struct px_client *c, char type)
 
 /* Message types each relay table shows to c2s (proto/relay.h).  Query and Parse are read
  * in both modes (lock calls); transaction mode reads Bind, Describe and Close (statement
- * renaming); a client with lock-call statements or portals has them all read. */
-static const uint8_t c2s_session_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['P'] = PX_SEE_BODY,
-    ['B'] = PX_SEE_TYPE, ['D'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE, ['C'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-static const uint8_t c2s_txn_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
-    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_TYPE,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
-static const uint8_t c2s_locks_see[256] = {
-    ['Q'] = PX_SEE_BODY, ['P'] = PX_SEE_BODY, ['B'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
-    ['C'] = PX_SEE_BODY, ['S'] = PX_SEE_TYPE, ['F'] = PX_SEE_TYPE, ['E'] = PX_SEE_BODY,
-    ['H'] = PX_SEE_TYPE, ['X'] = PX_SEE_BODY,
-};
+ * renaming); a client with lock-call statements or portals has them all read.  Types a
+ * frontend may not send are shown too, to be refused. */
+static uint8_t c2s_session_see[256], c2s_txn_see[256], c2s_locks_see[256];
+
+static void build_tables(void)
+{
+    for (int t = 0; t < 256; t++) {
+        uint8_t see = px_wire_frontend_type((char)t) ? PX_SEE_NONE : PX_SEE_TYPE;
+        c2s_session_see[t] = c2s_txn_see[t] = c2s_locks_see[t] = see;
+    }
+    /* Parse is assembled (transaction mode keeps a statement's text to prepare it again);
+     * the other messages read are looked at by their head: a big Query or Bind streams. */
+    static const char typed[] = "SFBDECH", read_session[] = "QX", read_txn[] = "QBDCX",
+                      read_locks[] = "QBDCEX";
+    for (const char *p = typed; *p; p++)
+        c2s_session_see[(uint8_t)*p] = c2s_txn_see[(uint8_t)*p] = c2s_locks_see[(uint8_t)*p] =
+            PX_SEE_TYPE;
+    for (const char *p = read_session; *p; p++)
+        c2s_session_see[(uint8_t)*p] = PX_SEE_HEAD;
+    for (const char *p = read_txn; *p; p++)
+        c2s_txn_see[(uint8_t)*p] = PX_SEE_HEAD;
+    for (const char *p = read_locks; *p; p++)
+        c2s_locks_see[(uint8_t)*p] = PX_SEE_HEAD;
+    c2s_session_see['P'] = c2s_txn_see['P'] = c2s_locks_see['P'] = PX_SEE_BODY;
+}
 
 static const uint8_t *c2s_table(const struct px_client *c)
 {
-    if (c->locks)
+    if (!c2s_session_see['Q'])
+        build_tables();
+    if (c->locks || px_chaos_active()) /* Execute is read too */
         return c2s_locks_see;
     return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
 }
 
-/* A Parse's statement text, classified for the session stage. */
-static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
+/* The relay running now (one at a time: the loop is single-threaded): its client and the
+ * buffer it relays into (see px_path_server_out). */
+static struct px_client *relaying_client;
+static struct evbuffer *relaying_out;
+
+struct evbuffer *px_path_client_out(struct px_client *c)
+{
+    return px_retry_client_out(c);
+}
+
+struct evbuffer *px_path_server_out(struct px_client *c)
+{
+    if (c == relaying_client && relaying_out)
+        return relaying_out;
+    return bufferevent_get_output(c->server->bev);
+}
+
+/* The table of the relay running now (one relay at a time: the loop is single-threaded).
+ * A client whose first lock call creates its lock state needs the locks table from the
+ * next message on: c2s then stops the relay, which restarts with it. */
+static const uint8_t *relaying_table;
+
+/* A Parse's statement text, classified for the session and retry stages; its kind. */
+static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
 {
     const char *name;
     const uint8_t *content;
     uint32_t clen;
     if (px_parse_split(body, len, &name, &content, &clen) < 0)
-        return; /* malformed: PostgreSQL says so */
+        return PX_SQL_OTHER; /* malformed: PostgreSQL says so */
     struct px_sql_info info;
     const char *q = (const char *)content;
-    px_sql_classify(q, strnlen(q, clen), &info);
-    px_session_note_sql(c, &info);
+    size_t qlen = strnlen(q, clen);
+    px_sql_classify(q, qlen, &info);
+    px_retry_note_sql(c, &info);
+    if (c->pool->mode != PX_POOL_TRANSACTION)
+        return info.kind; /* the rest follows state for transaction pooling */
+    px_session_note_parse(c, name, &info, q, qlen);
+    if (info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) {
+        px_stmt_set_clear(&c->server->stmts); /* see px_session_note_sql */
+        c->server->stmts_uncertain = true;
+    }
+    return info.kind;
+}
+
+/* A Bind's statement name (the session stage follows changes made through the unnamed
+ * statement). */
+static void note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    const uint8_t *p = memchr(body, '\0', len);
+    if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body)))
+        px_session_note_bind(c, (const char *)p + 1);
+}
+
+/* FATAL for a message type a frontend may not send (never forwarded: PostgreSQL would end
+ * the backend, and with it the next client's session). */
+static enum px_relay_action refuse_type(struct px_client *c, char type)
+{
+    char msg[64];
+    snprintf(msg, sizeof(msg), "invalid frontend message type %d", (int)(unsigned char)type);
+    px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, msg);
+    return PX_RELAY_CLOSE;
+}
+
+/* A message too big to be held whole (a query or Bind over PX_RELAY_HEAD_MAX): only its
+ * head was read.  It is no lock call, no fault is injected into it and its text is not
+ * classified; the bookkeeping and, in transaction mode, the statement renaming apply. */
+static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, char type,
+                                    const uint8_t *head, uint32_t len)
+{
+    struct px_server *s = c->server;
+    px_retry_note_streamed(c);
+    if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
+        return PX_RELAY_CLOSE;
+    if (type == 'Q') {
+        c->head_sql_len = 0;
+        return px_expect_push(s, PX_EXP_SYNC, false) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    }
+    if (type == 'B' && s->pool->mode == PX_POOL_TRANSACTION)
+        return px_rename_bind_head(c, out, head, len);
+    return PX_RELAY_FORWARD;
 }
 
 static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
@@ -136,36 +220,81 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
+    relaying_out = out; /* the relay's destination: scratch or the server's output */
+    if (!px_wire_frontend_type(type))
+        return refuse_type(c, type);
     if (s->group_failed && type != 'S' && type != 'X') {
         /* An error earlier in this extended-protocol group: the server skips everything
          * until Sync, so the message is neither answered nor tracked (dropped when its body
          * was read, else passed on for the server to skip). */
         return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
+    if (body && len > PX_RELAY_HEAD_MAX)
+        return c2s_big(c, out, type, body, len);
     /* answered by pgwarden: lock calls, in order behind the server's replies */
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
         case PX_LOCKS_ANSWERED:
-            return c->lock_waiting || c->reply_hold ? PX_RELAY_DROP_STOP : PX_RELAY_DROP;
-        case PX_LOCKS_HOLD: return hold_for_reply(c) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+            return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
+                       ? PX_RELAY_DROP_STOP
+                       : PX_RELAY_DROP;
+        case PX_LOCKS_HOLD: return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
         case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
         case PX_LOCKS_NOT_MINE: break;
         }
     }
+    /* fault injection, for what reaches the server */
+    if (px_chaos_active() && body && (type == 'Q' || type == 'E')) {
+        switch (px_fault_message(c, type, body, len, server_quiescent(s))) {
+        case PX_FAULT_ANSWERED: return PX_RELAY_DROP_STOP;
+        case PX_FAULT_HOLD:
+            if (c->fault_waiting)
+                return PX_RELAY_HOLD; /* latency: its timer resumes the relay */
+            return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_FAULT_CLOSED: return PX_RELAY_CLOSE;
+        case PX_FAULT_DISCONNECT: c->fault_disconnect = true; break;
+        case PX_FAULT_NONE: break;
+        }
+    }
+    if (type == 'P' && px_chaos_active())
+        px_fault_note_parse(c, body, len);
+    else if (type == 'B' && px_chaos_active() && body)
+        px_fault_note_bind(c, body, len);
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
+            px_retry_note_sql(c, &info);
             if (px_local_answer_linked(c, &info))
                 return PX_RELAY_DROP;
-            px_session_note_sql(c, &info);
+            px_session_note_sql(c, &info, (const char *)body, len);
+            if (info.kind == PX_SQL_COMMIT)
+                px_outcome_commit_sent(c, out, server_quiescent(s));
         } else if (type == 'P') {
-            note_parse(c, body, len);
+            if (note_parse(c, body, len) == PX_SQL_COMMIT)
+                px_outcome_commit_sent(c, out, server_quiescent(s));
+        } else if (type == 'B') {
+            note_bind(c, body, len);
+        } else if (type == 'E') {
+            px_session_note_execute(c);
+        }
+    } else if (c->retry && body && (type == 'Q' || type == 'P')) {
+        /* session state a replay would create twice makes a transaction not replayable */
+        if (type == 'Q') {
+            struct px_sql_info info;
+            px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
+            px_retry_note_sql(c, &info);
+            if (info.kind == PX_SQL_COMMIT)
+                px_outcome_commit_sent(c, out, server_quiescent(s));
+        } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
+            px_outcome_commit_sent(c, out, server_quiescent(s));
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
+    if (c->fault_disconnect)
+        return PX_RELAY_STOP; /* sent; then the server is closed (px_path_relay_client) */
     /* statement renaming (transaction mode), and the replies the server will owe */
     switch (type) {
     case 'P':
@@ -206,7 +335,8 @@ void px_path_relay_client(struct px_client *c)
     /* Other clients' queries follow its one on s, the prelude's replies are not all in
      * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
      * the rest waits. */
-    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold) {
+    if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold ||
+        c->fault_waiting || px_retry_holds_input(c) || px_outcome_pending(c)) {
         hold_input(c);
         return;
     }
@@ -214,12 +344,21 @@ void px_path_relay_client(struct px_client *c)
     struct evbuffer *out = bufferevent_get_output(s->bev);
     uint32_t max = (uint32_t)px.cfg->max_message_bytes;
     evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
-    size_t moved = 0;
-    enum px_relay_result r =
-        px_relay_direct(&c->c2s, in, out, fd, c2s_table(c), c2s, c, max, &moved);
-    px_stats_bytes(c->pool, moved, 0);
+    enum px_relay_result r;
+    do { /* again when the table changed (see relaying_table) */
+        size_t moved = 0;
+        relaying_table = c2s_table(c);
+        relaying_client = c;
+        r = px_relay_direct(&c->c2s, in, out, fd, relaying_table, c2s, c, max, &moved);
+        relaying_client = NULL;
+        relaying_out = NULL;
+        px_stats_bytes(c->pool, moved, 0);
+    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && !c->fault_waiting &&
+             c->server == s && s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE &&
+             evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
-        px_client_close(c); /* Terminate */
+        if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
+            px_client_close(c); /* Terminate (an invalid message has failed it already) */
         return;
     }
     if (r == PX_RELAY_TOO_LARGE) {
@@ -237,8 +376,13 @@ void px_path_relay_client(struct px_client *c)
 enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved)
 {
     size_t before = evbuffer_get_length(out);
-    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, c2s_table(c),
+    relaying_table = c2s_table(c);
+    relaying_client = c;
+    relaying_out = out;
+    enum px_relay_result r = px_relay(&c->c2s, bufferevent_get_input(c->bev), out, relaying_table,
                                       c2s, c, (uint32_t)px.cfg->max_message_bytes);
+    relaying_client = NULL;
+    relaying_out = NULL;
     *moved = evbuffer_get_length(out) - before;
     return r;
 }
@@ -254,10 +398,15 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         if (s->pending_ready > 0)
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
+        s->commit_inflight = false;
         s->group_failed = false;
+        s->copy_in = false;
+        if (s->client)
+            px_session_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
-            if (s->client && s->client->locks)
+            px_breaker_txn_done(s->pool);
+            if (s->client && s->client->locks && !px_retry_owns_txn_end(s->client))
                 px_locks_txn_end(s->client); /* the transaction really ended */
         }
         return PX_RELAY_FORWARD;
@@ -273,6 +422,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         const char *sev = px_wire_error_field((const char *)body, len, 'V');
         const char *code = px_wire_error_field((const char *)body, len, 'C');
         px_stats_error_sent(s->pool, code);
+        px_breaker_server_error(s, code);
         if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
             s->close_needed = true;
         return PX_RELAY_FORWARD;
@@ -286,11 +436,11 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
  * the ReadyForQuery that would report it. */
 static const uint8_t s2c_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY,
+    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
 static const uint8_t s2c_group_see[256] = {
-    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
+    ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
 
 /* A CommandComplete inside an extended-protocol group. */
@@ -309,7 +459,6 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
                                 uint32_t len)
 {
     struct px_server *s = ctx;
-    (void)out;
     struct px_expect *head = px_expect_head(s);
     switch (type) {
     case '1':
@@ -324,8 +473,11 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
         return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
     case 'C': note_complete(s, body, len); return PX_RELAY_FORWARD;
+    case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
+        if (!mine && s->client)
+            px_session_error(s->client);
         /* In the current extended-protocol group (no Sync owed before it), the server now
          * skips everything until the client's Sync. */
         if (mine || (s->pending_ready == 0 && s->unsynced))
@@ -334,6 +486,17 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             px_expect_skip_to_sync(s);
         if (mine)
             return PX_RELAY_DROP;
+        if (s->client && s->client->retry && px_retry_server_error(s->client, out, body, len))
+            return PX_RELAY_DROP; /* held back: the transaction may be replayed */
+        if (s->commit_inflight && s->client && s->client->retry) {
+            const char *sev = px_wire_error_field((const char *)body, len, 'V');
+            if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC"))) {
+                /* the backend goes away with the COMMIT's outcome unsaid: it is asked for
+                 * once the connection is gone (outcome.h) */
+                s->close_needed = true;
+                return PX_RELAY_DROP;
+            }
+        }
         return s2c_bookkeeping(s, type, body, len);
     }
     case 'Z':
@@ -373,6 +536,8 @@ void px_path_relay_server(struct px_server *s)
         if (s->hidden_queries > 0) {
             if (px_expect_read_hidden(s) != PX_HIDDEN_DONE || !c || !px_txn_prelude_done(c))
                 return;
+            if (!px_outcome_hidden_done(c))
+                return; /* c was failed */
             px_path_relay_client(c); /* what it sent behind the prelude */
             if (s->client != c || s->state != PX_SV_ACTIVE)
                 return;
@@ -380,10 +545,15 @@ void px_path_relay_server(struct px_server *s)
         struct evbuffer *in = bufferevent_get_input(s->bev);
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
         evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
+        /* a client whose transaction may be replayed: through the retry stage */
+        struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
         enum px_relay_result r =
-            px_relay_direct(&s->s2c, in, out, fd, s->unsynced ? s2c_group_see : s2c_see, s2c, s,
-                            SERVER_MAX_MESSAGE, &moved);
+            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
+                            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE,
+                            &moved);
+        if (target)
+            px_retry_relayed(c, fd);
         if (c)
             px_stats_bytes(s->pool, 0, moved);
         else
@@ -399,6 +569,10 @@ void px_path_relay_server(struct px_server *s)
         }
         if (evbuffer_get_length(out) > PX_BACKPRESSURE_HIGH)
             px_reader_enable(&s->rd, false);
+        if (c)
+            px_retry_after_relay(c); /* a held attempt may be over: retry or not */
+        if (s->state != PX_SV_ACTIVE || s->client != c || !c)
+            return;
         resume_held(s);
         if (s->state != PX_SV_ACTIVE || s->client != c || !c)
             return;
@@ -424,10 +598,22 @@ void px_path_client_authenticated(struct px_client *c)
     }
     c->pool = pool;
     px_pool_ref(pool);
+    if (!px_retry_client_start(c)) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
-    if (w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms)) {
+    bool welcome = w && !(pool->login_error && px_now_ms() < pool->login_error_until_ms);
+    /* Admission of a client that needs a server now (session pooling, or no cached welcome);
+     * a welcomed transaction-pooling client is admitted per transaction (txn.c). */
+    struct px_breaker_refusal why;
+    if ((!welcome || pool->mode != PX_POOL_TRANSACTION) && !px_breaker_admit(pool->breaker, &why)) {
+        px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, why.message);
+        return;
+    }
+    if (welcome) {
         px_client_welcome(c, &w->params, w);
         if (pool->mode == PX_POOL_TRANSACTION) {
             px_client_set_state(c, PX_CL_IDLE);
@@ -442,6 +628,8 @@ void px_path_cancel_request(struct px_client *c)
 {
     if (px_locks_cancel(c))
         return; /* it waited for a lock: that wait ends with 57014 */
+    if (px_retry_cancel(c))
+        return; /* it waited for a replay: it gets the original error */
     struct px_server *s = c->server;
     if (!s || s->state != PX_SV_ACTIVE) {
         px_debug("cancel", 'C', c->id, "cancel request for no running query: dropped");
@@ -458,7 +646,13 @@ void px_path_cancel_request(struct px_client *c)
 
 void px_path_client_input(struct px_client *c)
 {
-    if (c->lock_waiting) {
+    if (px_retry_holds_input(c))
+        return; /* the retry stage resumes it */
+    if (px_outcome_pending(c)) {
+        hold_input(c); /* the answer to its COMMIT comes first */
+        return;
+    }
+    if (c->lock_waiting || (c->fault_waiting && c->state != PX_CL_ACTIVE)) {
         hold_input(c);
         return;
     }
@@ -482,6 +676,7 @@ void px_path_client_drained(struct px_client *c)
 
 void px_path_client_leaving(struct px_client *c)
 {
+    px_retry_client_free(c); /* what it gets from now on (an error) goes straight out */
     px_locks_client_free(c); /* its locks go at once, the next waiters are granted */
     struct px_server *s = c->server;
     if (!s || px_batch_leave(c))
@@ -489,12 +684,24 @@ void px_path_client_leaving(struct px_client *c)
     c->server = NULL;
     s->client = NULL;
     px_batch_close(s);
+    if (px_session_pinned(c))
+        s->dirty = true; /* its state that could not move goes with a reset */
+    if (s->expect_n > 0) {
+        /* Nobody waits for these replies; what the Parse/Close in flight did is unknown, so
+         * the server's statement set is rebuilt with a Close before every Parse. */
+        px_expect_free(s);
+        px_stmt_set_clear(&s->stmts);
+        s->stmts_uncertain = true;
+    }
     px_server_release(s, c->c2s.remaining != 0);
 }
 
 void px_path_client_free(struct px_client *c)
 {
+    px_retry_client_free(c);
+    px_outcome_client_free(c);
     px_locks_client_free(c);
+    px_fault_client_free(c);
     px_txn_client_free(c);
     px_session_client_free(c);
     px_stmt_map_clear(&c->stmts);
@@ -521,6 +728,11 @@ void px_path_server_cancel_done(struct px_server *s)
         px_txn_maybe_release(s); /* it waited for the cancel */
 }
 
+bool px_path_server_lost(struct px_client *c, struct px_server *s)
+{
+    return px_outcome_server_lost(c, s);
+}
+
 void px_path_server_closing(struct px_server *s)
 {
     px_batch_fail(s);
@@ -544,6 +756,7 @@ void px_path_client_linked(struct px_client *c, bool queued)
     c->read_paused = false; /* a waiting client may have stopped reading */
     px_reader_enable(&c->rd, true);
     if (s->pool->mode != PX_POOL_TRANSACTION) {
+        px_outcome_linked(c); /* a server to ask what became of a lost COMMIT */
         px_path_relay_client(c);
         return;
     }
@@ -551,6 +764,7 @@ void px_path_client_linked(struct px_client *c, bool queued)
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }
+    px_outcome_linked(c);
     if (!px_batch_open(c))
         px_path_relay_client(c);
     if (c->server == s)

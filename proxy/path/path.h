@@ -34,4 +34,17 @@ void px_path_relay_server(struct px_server *s);
  * one write).  Returns the relay's result; *moved: bytes appended to out. */
 enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *out, size_t *moved);
 
+/*
+ * Where a stage writes messages of its own for c's server: while c's messages are being
+ * relayed, the relay's destination (the bytes relayed before the current message are
+ * there, those after it follow), else the server's output buffer.  Writing anywhere else
+ * could put pgwarden's message behind client messages relayed after it.
+ */
+struct evbuffer *px_path_server_out(struct px_client *c);
+
+/* Where a stage writes messages of its own for client c (its replies, errors,
+ * ReadyForQuery): through the retry stage (retry.h), which sees every byte the client
+ * gets.  Never c's output buffer directly. */
+struct evbuffer *px_path_client_out(struct px_client *c);
+
 #endif

@@ -206,7 +206,8 @@ struct px_stmt *px_stmt_intern(struct px_stmt_registry *reg, const uint8_t *cont
     s->id = reg->next_id++;
     s->refcount = 1;
     s->len = len;
-    snprintf(s->server_name, sizeof(s->server_name), "_pgw_%llu", (unsigned long long)s->id);
+    snprintf(s->server_name, sizeof(s->server_name), PX_STMT_PREFIX "%llu",
+             (unsigned long long)s->id);
     if (len)
         memcpy(s->content, content, len);
     s->hnext = *head;

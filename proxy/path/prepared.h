@@ -39,6 +39,10 @@
 
 #include <event2/buffer.h>
 
+/* The prefix of pgwarden's server-side statement names ("_pgw_<id>"); "_pgw_" alone is
+ * never a statement. */
+#define PX_STMT_PREFIX "_pgw_"
+
 /* PostgreSQL keeps NAMEDATALEN - 1 = 63 bytes of a statement name; so do we. */
 #define PX_STMT_NAME_MAX 63
 

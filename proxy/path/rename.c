@@ -14,6 +14,14 @@ struct px_stmt_registry *px_rename_registry(void)
     return px.stmt_registry;
 }
 
+/* Closes (hidden) the server's statement of stmt's name, which may or may not exist (a
+ * Close of a name that does not exist is no error). */
+static bool close_hidden(struct px_server *s, struct px_stmt *stmt, struct evbuffer *out)
+{
+    struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
+    return e && px_write_target(out, 'C', 'S', px_stmt_server_name(stmt)) == 0;
+}
+
 /* Makes room in the server's statement set, closing (hidden) the least recently used
  * (more than one after a reload lowered max_prepared_statements). */
 static int make_room(struct px_server *s, struct evbuffer *out)
@@ -40,6 +48,8 @@ static int send_parse(struct px_server *s, struct px_stmt *stmt, bool hidden,
 {
     if (make_room(s, out) < 0)
         return -1;
+    if (s->stmts_uncertain && !close_hidden(s, stmt, out))
+        return -1;
     struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, hidden);
     if (!e)
         return -1;
@@ -64,6 +74,28 @@ static int ensure_prepared(struct px_server *s, struct px_stmt *stmt, struct evb
     return send_parse(s, stmt, true, NULL, out);
 }
 
+/* pgwarden's server-side names ("_pgw_<id>") are not the client's to use: a name in that
+ * namespace the client did not prepare is sent as "_pgw_", which never exists, so the
+ * server answers as for any unknown name and no other client's statement is touched. */
+static const char *foreign_name(const char *name)
+{
+    return strncmp(name, PX_STMT_PREFIX, strlen(PX_STMT_PREFIX)) == 0 ? PX_STMT_PREFIX : name;
+}
+
+/* The unnamed statement on the server is another client's unless this client parsed it
+ * since it got the server: it is closed first, so that a Bind or Describe of it gets
+ * PostgreSQL's 26000 instead of someone else's statement. */
+static bool unnamed_check(struct px_client *c, struct evbuffer *out)
+{
+    if (c->unnamed_parsed)
+        return true;
+    struct px_expect *e = px_expect_push(c->server, PX_EXP_CLOSE, true);
+    if (!e || px_write_target(out, 'C', 'S', "") < 0)
+        return false;
+    c->unnamed_parsed = true; /* closed: the client's own view from now on */
+    return true;
+}
+
 enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                                      uint32_t len)
 {
@@ -76,6 +108,7 @@ enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, 
     if (!*name) {
         if (!px_expect_push(s, PX_EXP_PARSE, false))
             return PX_RELAY_CLOSE;
+        c->unnamed_parsed = true;
         return PX_RELAY_FORWARD; /* the unnamed statement lives only until the next Parse */
     }
     struct px_stmt *stmt = px_stmt_intern(px_rename_registry(), content, clen);
@@ -107,15 +140,52 @@ enum px_relay_action px_rename_bind(struct px_client *c, struct evbuffer *out, c
     const char *portal, *name;
     const uint8_t *rest;
     uint32_t rlen;
-    if (px_bind_split(body, len, &portal, &name, &rest, &rlen) < 0 || !*name)
+    if (px_bind_split(body, len, &portal, &name, &rest, &rlen) < 0)
         return PX_RELAY_FORWARD;
+    if (!*name)
+        return unnamed_check(c, out) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
     struct px_stmt *stmt = px_stmt_map_get(&c->stmts, name);
-    if (!stmt)
-        return PX_RELAY_FORWARD; /* unknown to pgwarden: PostgreSQL answers 26000 */
+    if (!stmt) {
+        /* unknown to pgwarden: PostgreSQL answers 26000 */
+        if (foreign_name(name) == name)
+            return PX_RELAY_FORWARD;
+        return px_write_bind(out, portal, foreign_name(name), rest, rlen) < 0 ? PX_RELAY_CLOSE
+                                                                              : PX_RELAY_DROP;
+    }
     if (ensure_prepared(c->server, stmt, out) < 0 ||
         px_write_bind(out, portal, px_stmt_server_name(stmt), rest, rlen) < 0)
         return PX_RELAY_CLOSE;
     return PX_RELAY_DROP;
+}
+
+enum px_relay_action px_rename_bind_head(struct px_client *c, struct evbuffer *out,
+                                         const uint8_t *head, uint32_t len)
+{
+    uint32_t visible = len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len;
+    const uint8_t *p1 = memchr(head, '\0', visible);
+    const uint8_t *p2 = p1 ? memchr(p1 + 1, '\0', visible - (uint32_t)(p1 + 1 - head)) : NULL;
+    if (!p2)
+        return PX_RELAY_FORWARD; /* malformed (names do not fit the head): PostgreSQL says so */
+    const char *portal = (const char *)head, *name = (const char *)p1 + 1;
+    if (!*name)
+        return unnamed_check(c, out) ? PX_RELAY_FORWARD : PX_RELAY_CLOSE;
+    struct px_stmt *stmt = px_stmt_map_get(&c->stmts, name);
+    const char *server_name = stmt ? px_stmt_server_name(stmt) : foreign_name(name);
+    if (server_name == name)
+        return PX_RELAY_FORWARD; /* unknown to pgwarden: PostgreSQL answers 26000 */
+    if (stmt && ensure_prepared(c->server, stmt, out) < 0)
+        return PX_RELAY_CLOSE;
+    /* 'B', the new length, the portal and the server name replace the old head */
+    size_t old_names = strlen(portal) + 1 + strlen(name) + 1;
+    size_t plen = strlen(portal) + 1, slen = strlen(server_name) + 1;
+    uint8_t hdr[5];
+    hdr[0] = 'B';
+    px_put_u32(hdr + 1, (uint32_t)(len + 4 - old_names + plen + slen));
+    if (evbuffer_add(out, hdr, 5) < 0 || evbuffer_add(out, portal, plen) < 0 ||
+        evbuffer_add(out, server_name, slen) < 0)
+        return PX_RELAY_CLOSE;
+    c->c2s.skip = (uint32_t)(5 + old_names);
+    return PX_RELAY_REPLACE_HEAD;
 }
 
 enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out, char type,
@@ -126,17 +196,25 @@ enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out,
     const char *name;
     bool named = px_target_split(body, len, &kind, &name) == 0 && kind == 'S' && *name;
     if (type == 'C') {
-        /* Close is forwarded as it is: closing a name the server does not have is not an
-         * error, and it still answers CloseComplete in order. */
-        if (named)
-            px_stmt_map_remove(&c->stmts, name);
+        /* Close is forwarded (a name the server does not have is no error, and it still
+         * answers CloseComplete in order): the client's own names are pgwarden's to drop,
+         * a name of pgwarden's namespace is made one that does not exist. */
         if (!px_expect_push(s, PX_EXP_CLOSE, false))
             return PX_RELAY_CLOSE;
+        if (named && !px_stmt_map_remove(&c->stmts, name) && foreign_name(name) != name)
+            return px_write_target(out, 'C', 'S', foreign_name(name)) < 0 ? PX_RELAY_CLOSE
+                                                                          : PX_RELAY_DROP;
         return PX_RELAY_FORWARD;
     }
+    if (kind == 'S' && !*name && !unnamed_check(c, out))
+        return PX_RELAY_CLOSE;
     struct px_stmt *stmt = named ? px_stmt_map_get(&c->stmts, name) : NULL;
-    if (!stmt)
-        return PX_RELAY_FORWARD;
+    if (!stmt) {
+        if (!named || foreign_name(name) == name)
+            return PX_RELAY_FORWARD;
+        return px_write_target(out, 'D', 'S', foreign_name(name)) < 0 ? PX_RELAY_CLOSE
+                                                                      : PX_RELAY_DROP;
+    }
     if (ensure_prepared(s, stmt, out) < 0 ||
         px_write_target(out, 'D', 'S', px_stmt_server_name(stmt)) < 0)
         return PX_RELAY_CLOSE;

@@ -22,6 +22,11 @@ enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, 
                                      uint32_t len);
 enum px_relay_action px_rename_bind(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                                     uint32_t len);
+/* A Bind too big to be held whole: head has its first PX_RELAY_HEAD_MAX bytes (len is the
+ * whole body's length).  The statement name is rewritten in place (PX_RELAY_REPLACE_HEAD,
+ * c->c2s.skip set) and the parameters stream through. */
+enum px_relay_action px_rename_bind_head(struct px_client *c, struct evbuffer *out,
+                                         const uint8_t *head, uint32_t len);
 /* Describe ('D') or Close ('C'). */
 enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out, char type,
                                       const uint8_t *body, uint32_t len);

@@ -1,6 +1,7 @@
 /*
  * session.c: session state that follows a client (see session.h).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,10 +77,22 @@ bool px_session_same_params(const struct px_client *a, const struct px_client *b
     return true;
 }
 
+static bool state_prelude(struct px_client *c, struct px_server *s, struct evbuffer *sql, int *rc);
+
 bool px_session_resync(struct px_client *c)
 {
     struct px_server *s = c->server;
     struct evbuffer *sql = NULL;
+    int rc = 0;
+    if (s->pool->mode == PX_POOL_TRANSACTION && (c->sstate || s->sstate_owner)) {
+        if (!(sql = evbuffer_new()))
+            return false;
+        state_prelude(c, s, sql, &rc);
+        if (rc) {
+            evbuffer_free(sql);
+            return false;
+        }
+    }
     for (int i = 0; i < PX_TRACKED_PARAMS; i++) { /* slot order: client_encoding first */
         const char *want = client_tracked(c, i), *have = server_tracked(s, i);
         if (!want || (have && !strcmp(want, have)))
@@ -93,6 +106,10 @@ bool px_session_resync(struct px_client *c)
     }
     if (!sql)
         return true;
+    if (evbuffer_get_length(sql) == 0) {
+        evbuffer_free(sql);
+        return true;
+    }
     const char *text = evbuffer_add(sql, "", 1) == 0 ? (char *)evbuffer_pullup(sql, -1) : NULL;
     if (text) {
         px_wire_query(bufferevent_get_output(s->bev), text);
@@ -100,6 +117,282 @@ bool px_session_resync(struct px_client *c)
     }
     evbuffer_free(sql);
     return text != NULL;
+}
+
+/* ---- session state that follows the client ------------------------------------------- */
+
+/* One change of session state: while pending, waiting for its statement's ReadyForQuery
+ * (remaining of them still to come) or for the end of its transaction block; once applied,
+ * an entry of the client's state, replayed on every server the client gets. */
+struct px_sstate_change {
+    struct px_sstate_change *next;
+    uint8_t kind; /* enum px_sql_state, or CH_DEALLOCATE / CH_DEALLOCATE_ALL / CH_DISCARD */
+    bool reset;   /* RESET (the entry goes) rather than SET */
+    bool failed;  /* its statement got an error */
+    uint32_t remaining;
+    char key[PX_SQL_NAME_SIZE];
+    char *sql; /* the statement's text (owned), replayed as it is */
+};
+
+enum { CH_DEALLOCATE = 100, CH_DEALLOCATE_ALL, CH_DISCARD };
+
+struct px_sstate {
+    struct px_sstate_change *entries; /* applied, oldest change first */
+    struct px_sstate_change *pending; /* waiting for their ReadyForQuery */
+    struct px_sstate_change *block;   /* done inside the open transaction block */
+    uint32_t version;                 /* bumped at every change of entries */
+    uint8_t pins;                     /* PX_SQL_PIN_*: state that cannot move */
+    const char *pin_reason;           /* static: what pinned it first */
+    bool block_failed;                /* the open block had an error */
+    uint8_t last_end;                 /* the last COMMIT / ROLLBACK it sent (px_sql_kind) */
+    struct px_sstate_change *unnamed; /* the change its unnamed statement would make */
+    bool unnamed_end;                 /* ... or the COMMIT/ROLLBACK it is */
+    uint8_t unnamed_end_kind;
+    bool bound_unnamed; /* its last Bind was of the unnamed statement */
+};
+
+static struct px_sstate *sstate_of(struct px_client *c)
+{
+    if (!c->sstate)
+        c->sstate = calloc(1, sizeof(*c->sstate));
+    return c->sstate;
+}
+
+static void change_free(struct px_sstate_change *ch)
+{
+    if (ch)
+        free(ch->sql);
+    free(ch);
+}
+
+static void list_free(struct px_sstate_change **l)
+{
+    while (*l) {
+        struct px_sstate_change *ch = *l;
+        *l = ch->next;
+        change_free(ch);
+    }
+}
+
+static void append(struct px_sstate_change **l, struct px_sstate_change *ch)
+{
+    while (*l)
+        l = &(*l)->next;
+    ch->next = NULL;
+    *l = ch;
+}
+
+/* A change for the statement text[0..len) of kind and key; NULL when out of memory. */
+static struct px_sstate_change *change_new(uint8_t kind, bool reset, const char *key,
+                                           const char *text, size_t len)
+{
+    struct px_sstate_change *ch = calloc(1, sizeof(*ch));
+    if (!ch)
+        return NULL;
+    ch->kind = kind;
+    ch->reset = reset;
+    snprintf(ch->key, sizeof(ch->key), "%s", key ? key : "");
+    if (text) {
+        while (len > 0 && (text[len - 1] == '\0' || text[len - 1] == ';' || text[len - 1] == ' ' ||
+                           text[len - 1] == '\n' || text[len - 1] == '\t' || text[len - 1] == '\r'))
+            len--;
+        ch->sql = strndup(text, len);
+        if (!ch->sql) {
+            free(ch);
+            return NULL;
+        }
+    }
+    return ch;
+}
+
+/* c's pins become pins: the pool's count of pinned clients follows. */
+static void set_pins(struct px_client *c, uint8_t pins)
+{
+    struct px_sstate *st = c->sstate;
+    if (!st->pins != !pins && c->pool)
+        c->pool->n_pinned += pins ? 1 : -1;
+    st->pins = pins;
+}
+
+/* Whether applied entry e is one that change ch replaces or removes. */
+static bool same_slot(const struct px_sstate_change *e, const struct px_sstate_change *ch)
+{
+    switch (ch->kind) {
+    case PX_STATE_RESET_ALL: return e->kind == PX_STATE_SET || e->kind == PX_STATE_CHARACTERISTICS;
+    case CH_DEALLOCATE: return e->kind == PX_STATE_PREPARE && !strcmp(e->key, ch->key);
+    case CH_DEALLOCATE_ALL: return e->kind == PX_STATE_PREPARE;
+    case CH_DISCARD: return true;
+    default: return e->kind == ch->kind && !strcmp(e->key, ch->key);
+    }
+}
+
+/* ch took effect on c's server: c's state follows (ch is taken over). */
+static void apply(struct px_client *c, struct px_sstate_change *ch)
+{
+    struct px_sstate *st = c->sstate;
+    for (struct px_sstate_change **pp = &st->entries; *pp;) {
+        if (same_slot(*pp, ch)) {
+            struct px_sstate_change *e = *pp;
+            *pp = e->next;
+            change_free(e);
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+    if (ch->kind == CH_DISCARD)
+        set_pins(c, 0);
+    bool keep = ch->sql && !ch->reset && ch->kind != PX_STATE_RESET_ALL && ch->kind < CH_DEALLOCATE;
+    if (keep)
+        append(&st->entries, ch);
+    else
+        change_free(ch);
+    st->version++;
+    struct px_server *s = c->server;
+    if (s) { /* the server has exactly the client's state now */
+        s->sstate_owner = st->entries ? c->id : 0;
+        s->sstate_version = st->version;
+        for (struct px_sstate_change *e = st->entries; e; e = e->next)
+            s->sstate_prepared |= e->kind == PX_STATE_PREPARE;
+    }
+}
+
+/* Non-transactional changes (prepared statements) count once their statement succeeded;
+ * the others when their transaction commits. */
+static bool transactional(const struct px_sstate_change *ch)
+{
+    return ch->kind != PX_STATE_PREPARE && ch->kind != CH_DEALLOCATE &&
+           ch->kind != CH_DEALLOCATE_ALL && ch->kind != CH_DISCARD;
+}
+
+static void pin(struct px_client *c, uint8_t bits, const char *why)
+{
+    struct px_sstate *st = sstate_of(c);
+    if (!st)
+        return;
+    if (!st->pins && bits) {
+        st->pin_reason = why;
+        px_info("client", 'C', c->id,
+                "%s (application_name \"%.64s\") uses %s, which cannot move to another server: "
+                "it keeps its server until that is gone",
+                c->addr, c->application_name ? c->application_name : "", why);
+    }
+    set_pins(c, st->pins | bits);
+}
+
+/* A state change of c's statement goes to its server: it counts once the statement's
+ * ReadyForQuery says it succeeded (and, if transactional, its transaction committed). */
+static void queue_change(struct px_client *c, struct px_sstate_change *ch)
+{
+    struct px_sstate *st = sstate_of(c);
+    if (!st || !ch) {
+        change_free(ch);
+        pin(c, PX_SQL_PIN_OTHER, "session state pgwarden could not record");
+        return;
+    }
+    ch->remaining = (uint32_t)c->server->pending_ready + 1;
+    append(&st->pending, ch);
+}
+
+static struct px_sstate_change *change_of(const struct px_sql_info *info, const char *text,
+                                          size_t len)
+{
+    switch (info->kind) {
+    case PX_SQL_DEALLOCATE: return change_new(CH_DEALLOCATE, false, info->name, NULL, 0);
+    case PX_SQL_DEALLOCATE_ALL: return change_new(CH_DEALLOCATE_ALL, false, NULL, NULL, 0);
+    case PX_SQL_DISCARD_ALL: return change_new(CH_DISCARD, false, NULL, NULL, 0);
+    default: break;
+    }
+    if (info->state == PX_STATE_NONE || info->state == PX_STATE_UNTRACKED)
+        return NULL;
+    return change_new((uint8_t)info->state, info->state_reset, info->state_key, text, len);
+}
+
+bool px_session_pinned(const struct px_client *c)
+{
+    return c->sstate && c->sstate->pins;
+}
+
+const char *px_session_pin_reason(const struct px_client *c)
+{
+    return px_session_pinned(c) ? c->sstate->pin_reason : NULL;
+}
+
+void px_session_error(struct px_client *c)
+{
+    struct px_sstate *st = c->sstate;
+    if (!st)
+        return;
+    for (struct px_sstate_change *ch = st->pending; ch; ch = ch->next)
+        if (ch->remaining == 1) /* the statement whose ReadyForQuery comes next */
+            ch->failed = true;
+}
+
+void px_session_ready(struct px_client *c, char status)
+{
+    struct px_sstate *st = c->sstate;
+    if (!st)
+        return;
+    for (struct px_sstate_change **pp = &st->pending; *pp;) {
+        struct px_sstate_change *ch = *pp;
+        if (--ch->remaining > 0) {
+            pp = &ch->next;
+            continue;
+        }
+        *pp = ch->next;
+        if (ch->failed)
+            change_free(ch);
+        else if (status == 'I' || !transactional(ch))
+            apply(c, ch);
+        else
+            append(&st->block, ch); /* counts if the block commits */
+    }
+    if (status == 'E')
+        st->block_failed = true;
+    if (status == 'I') {
+        bool committed = !st->block_failed && st->last_end == PX_SQL_COMMIT;
+        while (st->block) {
+            struct px_sstate_change *ch = st->block;
+            st->block = ch->next;
+            if (committed)
+                apply(c, ch);
+            else
+                change_free(ch);
+        }
+        st->block_failed = false;
+        st->last_end = 0;
+    }
+}
+
+/* ---- the state text a server needs before the client's first byte ------------------- */
+
+/* Appends to sql what makes s's session state c's: a reset when s carries another state,
+ * then c's entries.  True when s's tracked parameters were reset (RESET ALL). */
+static bool state_prelude(struct px_client *c, struct px_server *s, struct evbuffer *sql, int *rc)
+{
+    const struct px_sstate *st = c->sstate;
+    bool mine = st && st->entries;
+    bool in_sync =
+        s->sstate_owner == (mine ? c->id : 0) && (!mine || s->sstate_version == st->version);
+    if (in_sync)
+        return false;
+    bool reset = s->sstate_owner != 0;
+    if (reset) {
+        *rc |= evbuffer_add_printf(sql, "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;") < 0;
+        if (s->sstate_prepared) {
+            *rc |= evbuffer_add_printf(sql, "DEALLOCATE ALL;") < 0;
+            px_stmt_set_clear(&s->stmts); /* pgwarden's statements went too */
+            s->stmts_uncertain = false;
+        }
+        px_params_clear(&s->params); /* RESET ALL: its reported values are its welcome's */
+    }
+    s->sstate_prepared = false;
+    for (const struct px_sstate_change *e = mine ? st->entries : NULL; e; e = e->next) {
+        *rc |= evbuffer_add(sql, e->sql, strlen(e->sql)) < 0 || evbuffer_add(sql, ";", 1) < 0;
+        s->sstate_prepared |= e->kind == PX_STATE_PREPARE;
+    }
+    s->sstate_owner = mine ? c->id : 0;
+    s->sstate_version = mine ? st->version : 0;
+    return reset;
 }
 
 static void warn_session_state(struct px_client *c, const char *feature)
@@ -113,23 +406,113 @@ static void warn_session_state(struct px_client *c, const char *feature)
                c->addr, c->application_name ? c->application_name : "", feature);
 }
 
-void px_session_note_sql(struct px_client *c, const struct px_sql_info *info)
+void px_session_note_sql(struct px_client *c, const struct px_sql_info *info, const char *text,
+                         size_t len)
 {
     struct px_server *s = c->server;
-    if (info->session_feature) {
-        warn_session_state(c, info->session_feature);
-        s->dirty = true;
+    if (info->kind == PX_SQL_COMMIT || info->kind == PX_SQL_ROLLBACK) {
+        if (c->sstate)
+            c->sstate->last_end = (uint8_t)info->kind;
+        return;
     }
+    struct px_sstate_change *ch = change_of(info, text, len);
+    if (ch)
+        queue_change(c, ch);
+    uint8_t pins = info->pins;
+    if (info->state == PX_STATE_UNTRACKED)
+        pins |= PX_SQL_PIN_OTHER;
+    if (info->rollback_to && c->sstate && c->sstate->block)
+        pins |= PX_SQL_PIN_OTHER; /* what it undoes of the block's changes is unknown */
+    if (pins) {
+        if (s->pool->unmovable_state == PX_UNMOVABLE_RESET) {
+            warn_session_state(c, info->session_feature ? info->session_feature : "session state");
+            s->dirty = true;
+        } else {
+            pin(c, pins, info->session_feature ? info->session_feature : "session state");
+        }
+    }
+    if (info->unpins && c->sstate) /* e.g. UNLISTEN *, DISCARD TEMP */
+        set_pins(c, (uint8_t)(c->sstate->pins & ~info->unpins));
     if (info->kind == PX_SQL_DISCARD_ALL || info->kind == PX_SQL_DEALLOCATE_ALL) {
         /* Every statement of the server goes, and the client's too (as on a direct
          * connection).  Parse/Close still in flight keep their FIFO entries. */
         px_stmt_set_clear(&s->stmts);
         px_stmt_map_clear(&c->stmts);
+    } else if (info->drops_prepared) {
+        /* A DEALLOCATE or DISCARD pgwarden cannot follow (inside a longer text, or of a
+         * name that is not the client's: pgwarden's own names are visible in
+         * pg_prepared_statements): statements may be gone from the server.  From now on
+         * every Parse sent to it is preceded by a Close, so none is ever missing. */
+        px_stmt_set_clear(&s->stmts);
+        s->stmts_uncertain = true;
     }
+}
+
+void px_session_note_parse(struct px_client *c, const char *name, const struct px_sql_info *info,
+                           const char *text, size_t len)
+{
+    struct px_sstate *st = c->sstate;
+    bool ends = info->kind == PX_SQL_COMMIT || info->kind == PX_SQL_ROLLBACK;
+    struct px_sstate_change *ch = ends ? NULL : change_of(info, text, len);
+    if (!*name) {
+        if (st) {
+            change_free(st->unnamed);
+            st->unnamed = NULL;
+            st->unnamed_end = false;
+        }
+        if ((ch || ends) && (st = sstate_of(c)) != NULL) {
+            st->unnamed = ch;
+            st->unnamed_end = ends;
+            st->unnamed_end_kind = (uint8_t)info->kind;
+            ch = NULL;
+        }
+    }
+    uint8_t pins = info->pins;
+    if (ch || info->state == PX_STATE_UNTRACKED)
+        pins |= PX_SQL_PIN_OTHER; /* a named statement that changes state: cannot follow it */
+    change_free(ch);
+    if (pins) {
+        if (c->pool->unmovable_state == PX_UNMOVABLE_RESET) {
+            warn_session_state(c, info->session_feature ? info->session_feature : "session state");
+            c->server->dirty = true;
+        } else {
+            pin(c, pins, info->session_feature ? info->session_feature : "session state");
+        }
+    }
+}
+
+void px_session_note_bind(struct px_client *c, const char *statement)
+{
+    if (c->sstate)
+        c->sstate->bound_unnamed = !*statement;
+}
+
+void px_session_note_execute(struct px_client *c)
+{
+    struct px_sstate *st = c->sstate;
+    if (!st || !st->bound_unnamed)
+        return;
+    if (st->unnamed_end) {
+        st->last_end = st->unnamed_end_kind;
+        return;
+    }
+    if (!st->unnamed)
+        return;
+    const struct px_sstate_change *u = st->unnamed;
+    queue_change(c, change_new(u->kind, u->reset, u->key, u->sql, strlen(u->sql)));
 }
 
 void px_session_client_free(struct px_client *c)
 {
+    if (c->sstate) {
+        set_pins(c, 0);
+        list_free(&c->sstate->entries);
+        list_free(&c->sstate->pending);
+        list_free(&c->sstate->block);
+        change_free(c->sstate->unnamed);
+        free(c->sstate);
+        c->sstate = NULL;
+    }
     px_params_clear(&c->vars);
     px_welcome_unref(c->welcome);
 }

@@ -30,8 +30,32 @@ int px_session_reported(struct px_client *c, const char *name, const char *value
 /* Whether a and b see the same values of the re-synced parameters. */
 bool px_session_same_params(const struct px_client *a, const struct px_client *b);
 
-/* A statement c sends to c->server, as classified: remembers session state it creates. */
-void px_session_note_sql(struct px_client *c, const struct px_sql_info *info);
+/*
+ * A simple query c sends to c->server (text[0..len), classified as info): a change of
+ * session state it makes (SET, RESET, SET ROLE, SET SESSION AUTHORIZATION / CHARACTERISTICS,
+ * PREPARE, DEALLOCATE, DISCARD ALL) is recorded once its ReadyForQuery says it succeeded,
+ * and, for a transactional one, once its transaction committed; state that cannot move
+ * (LISTEN, temporary objects, WITH HOLD cursors, session advisory locks, LOAD, set_config,
+ * several statements that change state in one text) pins the server to c, or, with
+ * unmovable_state = reset, is reset after the transaction (the client is warned once).
+ */
+void px_session_note_sql(struct px_client *c, const struct px_sql_info *info, const char *text,
+                         size_t len);
+/* The extended protocol: a Parse of statement name (text classified as info), a Bind of
+ * statement, an Execute (of the portal last bound): a change made through the unnamed
+ * statement counts like a simple query's; through a named one it pins. */
+void px_session_note_parse(struct px_client *c, const char *name, const struct px_sql_info *info,
+                           const char *text, size_t len);
+void px_session_note_bind(struct px_client *c, const char *statement);
+void px_session_note_execute(struct px_client *c);
+
+/* Replies: an ErrorResponse relayed to c; a ReadyForQuery with status. */
+void px_session_error(struct px_client *c);
+void px_session_ready(struct px_client *c, char status);
+
+/* c's server must stay with it (state that cannot move), and why (static), or NULL. */
+bool px_session_pinned(const struct px_client *c);
+const char *px_session_pin_reason(const struct px_client *c);
 
 /* Frees what the client's session view owns (client teardown). */
 void px_session_client_free(struct px_client *c);

@@ -42,9 +42,19 @@ struct token {
 
 struct lexer {
     const char *p, *end;
-    bool stmt_done;      /* the last token ended a statement (TOK_SEMI or TOK_END) */
-    bool after_lock_fn;  /* the last token named a session advisory lock function */
-    const char *feature; /* first session-only feature seen (static string) */
+    bool stmt_done;        /* the last token ended a statement (TOK_SEMI or TOK_END) */
+    bool after_lock_fn;    /* the last token named a session advisory lock function */
+    const char *feature;   /* first session-only feature seen (static string) */
+    bool drops_prepared;   /* a statement starts with DEALLOCATE or DISCARD */
+    bool rollback_to;      /* ROLLBACK [WORK | TRANSACTION] TO ... */
+    bool after_set_config; /* the last token named set_config */
+    bool after_unlock_all; /* the last token named pg_advisory_unlock_all */
+    uint8_t pins, unpins;  /* PX_SQL_PIN_* */
+    /* The session state of the current statement, and whether an earlier one had one. */
+    enum px_sql_state state;
+    bool state_reset;
+    char state_key[PX_SQL_NAME_SIZE];
+    int stmts_with_state;
 };
 
 #define GENERIC_SET "SET of a parameter that is not re-synced"
@@ -255,6 +265,15 @@ static const char *const lock_fns[] = {
     "pg_try_advisory_lock_shared",
 };
 
+/* t names the function fn: a word in any case, or exactly "quoted". */
+static bool is_fn(const struct token *t, const char *fn)
+{
+    size_t n = strlen(fn);
+    if ((t->kind != TOK_WORD && t->kind != TOK_QIDENT) || t->n != n || (t->s[0] | 0x20) != fn[0])
+        return false;
+    return t->kind == TOK_WORD ? fold_eq(t->s, t->n, fn, n) : !memcmp(t->s, fn, n);
+}
+
 /* t names a session advisory lock function: a word in any case, or exactly "quoted". */
 static bool is_lock_fn(const struct token *t)
 {
@@ -275,6 +294,24 @@ static void note_feature(struct lexer *lx, const char *feature)
         lx->feature = feature;
 }
 
+static void copy_name(const struct token *t, char out[PX_SQL_NAME_SIZE]);
+
+/* The statement changes session state; key (may be NULL) names what, as copy_name reads a
+ * name; fold_all: a parameter name, case-insensitive even when quoted. */
+static void note_state(struct lexer *lx, enum px_sql_state st, const struct token *key,
+                       bool fold_all)
+{
+    if (lx->state == PX_STATE_NONE)
+        lx->stmts_with_state++;
+    lx->state = st;
+    lx->state_key[0] = '\0';
+    if (!key)
+        return;
+    copy_name(key, lx->state_key);
+    for (char *p = lx->state_key; fold_all && *p; p++)
+        *p = fold(*p);
+}
+
 /* The next token of the text (TOK_END, again and again, at the end). */
 static void lex_next(struct lexer *lx, struct token *t)
 {
@@ -291,9 +328,20 @@ static void lex_next(struct lexer *lx, struct token *t)
     } else {
         lx->p = lex_token(p, lx->end, t);
     }
-    if (t->kind == TOK_CHAR && *t->s == '(' && lx->after_lock_fn)
-        note_feature(lx, "session advisory lock");
+    if (t->kind == TOK_CHAR && *t->s == '(') {
+        if (lx->after_lock_fn) {
+            note_feature(lx, "session advisory lock");
+            lx->pins |= PX_SQL_PIN_ADVISORY;
+        } else if (lx->after_set_config) {
+            note_feature(lx, "set_config()");
+            lx->pins |= PX_SQL_PIN_OTHER;
+        } else if (lx->after_unlock_all) {
+            lx->unpins |= PX_SQL_PIN_ADVISORY;
+        }
+    }
     lx->after_lock_fn = is_lock_fn(t);
+    lx->after_set_config = is_fn(t, "set_config");
+    lx->after_unlock_all = is_fn(t, "pg_advisory_unlock_all");
     lx->stmt_done = t->kind == TOK_SEMI || t->kind == TOK_END;
 }
 
@@ -398,6 +446,8 @@ static void end_xact_stmt(struct lexer *lx, bool commit, struct px_sql_info *res
     stmt_next(lx, &t);
     if (IS_KW(&t, "work") || IS_KW(&t, "transaction"))
         stmt_next(lx, &t);
+    if (!commit && IS_KW(&t, "to"))
+        lx->rollback_to = true;
     if (IS_KW(&t, "and")) { /* AND CHAIN starts a new transaction: not ours to answer */
         stmt_next(lx, &t);
         if (!IS_KW(&t, "no"))
@@ -491,13 +541,37 @@ static void deallocate_stmt(struct lexer *lx, struct px_sql_info *res)
 
 static void discard_stmt(struct lexer *lx, struct px_sql_info *res)
 {
-    struct token t;
+    struct token t, u;
     stmt_next(lx, &t);
-    if (!IS_KW(&t, "all"))
+    stmt_next(lx, &u);
+    if (!is_stmt_end(&u))
         return;
-    stmt_next(lx, &t);
-    if (is_stmt_end(&t))
+    if (IS_KW(&t, "all")) {
         res->kind = PX_SQL_DISCARD_ALL;
+        lx->unpins = 0xff;
+    } else if (IS_KW(&t, "temp") || IS_KW(&t, "temporary")) {
+        lx->unpins |= PX_SQL_PIN_TEMP;
+    }
+}
+
+/* UNLISTEN *: no channel is listened to any more. */
+static void unlisten_stmt(struct lexer *lx)
+{
+    struct token t, u;
+    stmt_next(lx, &t);
+    stmt_next(lx, &u);
+    if (is_char(&t, '*') && is_stmt_end(&u))
+        lx->unpins |= PX_SQL_PIN_LISTEN;
+}
+
+/* CLOSE ALL: every cursor goes. */
+static void close_stmt(struct lexer *lx)
+{
+    struct token t, u;
+    stmt_next(lx, &t);
+    stmt_next(lx, &u);
+    if (IS_KW(&t, "all") && is_stmt_end(&u))
+        lx->unpins |= PX_SQL_PIN_CURSOR;
 }
 
 /* Untracked parameters worth naming in the warning (the rest get GENERIC_SET). */
@@ -522,12 +596,28 @@ static void param_name(struct lexer *lx, const struct token *t)
     if (t->kind != TOK_WORD && t->kind != TOK_QIDENT)
         return; /* a syntax error: nothing is set */
     stmt_next(lx, &u);
-    if (is_char(&u, '.')) { /* a custom (extension) parameter */
+    if (is_char(&u, '.')) { /* a custom (extension) parameter: the key is the dotted name */
+        struct token whole = *t;
+        while (is_char(&u, '.')) {
+            stmt_next(lx, &u);
+            if (u.kind != TOK_WORD && u.kind != TOK_QIDENT)
+                return;
+            whole.n = (size_t)(u.s + u.n - whole.s);
+            whole.kind = TOK_WORD;
+            stmt_next(lx, &u);
+        }
         note_feature(lx, GENERIC_SET);
+        note_state(lx, PX_STATE_SET, &whole, true);
         return;
     }
     if (px_tracked_index(t->s, t->n) >= 0)
         return;
+    if (fold_eq(t->s, t->n, "role", 4))
+        note_state(lx, PX_STATE_ROLE, NULL, false);
+    else if (fold_eq(t->s, t->n, "session_authorization", 21))
+        note_state(lx, PX_STATE_SESSION_AUTH, NULL, false);
+    else
+        note_state(lx, PX_STATE_SET, t, true);
     for (size_t i = 0; i < sizeof(set_names) / sizeof(set_names[0]); i++) {
         if (fold_eq(t->s, t->n, set_names[i].name, strlen(set_names[i].name))) {
             note_feature(lx, set_names[i].feature);
@@ -540,22 +630,27 @@ static void param_name(struct lexer *lx, const struct token *t)
 /* After SET SESSION: SESSION AUTHORIZATION or SESSION CHARACTERISTICS at t? */
 static bool session_special(struct lexer *lx, const struct token *t)
 {
-    if (IS_KW(t, "authorization"))
+    if (IS_KW(t, "authorization")) {
         note_feature(lx, "SET SESSION AUTHORIZATION");
-    else if (IS_KW(t, "characteristics"))
+        note_state(lx, PX_STATE_SESSION_AUTH, NULL, false);
+    } else if (IS_KW(t, "characteristics")) {
         note_feature(lx, "SET SESSION CHARACTERISTICS");
-    else
+        note_state(lx, PX_STATE_CHARACTERISTICS, NULL, false);
+    } else {
         return false;
+    }
     return true;
 }
 
 /* After TIME: TIME ZONE is TimeZone (tracked); else "time" is some parameter name. */
-static void after_time(struct lexer *lx)
+static void after_time(struct lexer *lx, const struct token *time)
 {
     struct token t;
     stmt_next(lx, &t);
-    if (!IS_KW(&t, "zone"))
+    if (!IS_KW(&t, "zone")) {
         note_feature(lx, GENERIC_SET);
+        note_state(lx, PX_STATE_SET, time, true);
+    }
 }
 
 /* SET [LOCAL | SESSION] set_rest (gram.y VariableSetStmt). */
@@ -576,30 +671,41 @@ static void set_stmt(struct lexer *lx)
             return;
         }
     }
-    if (IS_KW(&t, "time"))
-        after_time(lx);
-    else if (IS_KW(&t, "names"))
+    if (IS_KW(&t, "time")) {
+        after_time(lx, &t);
+    } else if (IS_KW(&t, "names")) {
         return; /* client_encoding */
-    else if (IS_KW(&t, "role"))
+    } else if (IS_KW(&t, "role")) {
         note_feature(lx, "SET ROLE");
-    else if (IS_KW(&t, "schema"))
+        note_state(lx, PX_STATE_ROLE, NULL, false);
+    } else if (IS_KW(&t, "schema")) {
+        static const struct token search_path = {.kind = TOK_WORD, .s = "search_path", .n = 11};
         note_feature(lx, "SET search_path");
-    else
+        note_state(lx, PX_STATE_SET, &search_path, true);
+    } else {
         param_name(lx, &t);
+    }
 }
 
 /* RESET {ALL | TIME ZONE | TRANSACTION ISOLATION LEVEL | SESSION AUTHORIZATION | name}. */
 static void reset_stmt(struct lexer *lx)
 {
     struct token t;
+    lx->state_reset = true;
     stmt_next(lx, &t);
-    if (IS_KW(&t, "all") || IS_KW(&t, "transaction"))
+    if (IS_KW(&t, "all")) {
+        note_state(lx, PX_STATE_RESET_ALL, NULL, false);
+        return;
+    }
+    if (IS_KW(&t, "transaction"))
         return;
     if (IS_KW(&t, "time")) {
-        after_time(lx);
+        after_time(lx, &t);
     } else if (IS_KW(&t, "session")) {
         stmt_next(lx, &t);
-        note_feature(lx, IS_KW(&t, "authorization") ? "SET SESSION AUTHORIZATION" : GENERIC_SET);
+        bool auth = IS_KW(&t, "authorization");
+        note_feature(lx, auth ? "SET SESSION AUTHORIZATION" : GENERIC_SET);
+        note_state(lx, auth ? PX_STATE_SESSION_AUTH : PX_STATE_UNTRACKED, NULL, false);
     } else {
         param_name(lx, &t);
     }
@@ -618,6 +724,7 @@ static void prepare_stmt(struct lexer *lx)
             return;
     }
     note_feature(lx, "PREPARE");
+    note_state(lx, PX_STATE_PREPARE, &t, false);
 }
 
 /* DECLARE name [cursor options] CURSOR {WITH | WITHOUT} HOLD FOR ... */
@@ -639,8 +746,10 @@ static void declare_stmt(struct lexer *lx)
     if (!IS_KW(&t, "with"))
         return;
     stmt_next(lx, &t);
-    if (IS_KW(&t, "hold"))
+    if (IS_KW(&t, "hold")) {
         note_feature(lx, "WITH HOLD cursor");
+        lx->pins |= PX_SQL_PIN_CURSOR;
+    }
 }
 
 /* CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} [RECURSIVE] {TABLE | VIEW | ...} */
@@ -665,6 +774,7 @@ static void create_stmt(struct lexer *lx)
         note_feature(lx, "temporary sequence");
     else
         note_feature(lx, "temporary table");
+    lx->pins |= PX_SQL_PIN_TEMP;
 }
 
 /* SELECT ... INTO {TEMP | TEMPORARY} [TABLE] name: reads the whole statement. */
@@ -678,6 +788,7 @@ static void select_stmt(struct lexer *lx)
             return;
         if (after_into && (IS_KW(&t, "temp") || IS_KW(&t, "temporary"))) {
             note_feature(lx, "temporary table");
+            lx->pins |= PX_SQL_PIN_TEMP;
             return;
         }
         after_into = IS_KW(&t, "into");
@@ -721,24 +832,36 @@ static void classify_stmt(struct lexer *lx, const struct token *t, struct px_sql
             end_xact_stmt(lx, true, res);
         else if (IS_KW(t, "create"))
             create_stmt(lx);
+        else if (IS_KW(t, "close"))
+            close_stmt(lx);
         break;
     case 'd':
-        if (IS_KW(t, "deallocate"))
+        if (IS_KW(t, "deallocate")) {
+            lx->drops_prepared = true;
             deallocate_stmt(lx, res);
-        else if (IS_KW(t, "discard"))
+        } else if (IS_KW(t, "discard")) {
+            lx->drops_prepared = true;
             discard_stmt(lx, res);
-        else if (IS_KW(t, "declare"))
+        } else if (IS_KW(t, "declare")) {
             declare_stmt(lx);
+        }
         break;
     case 'e':
         if (IS_KW(t, "end"))
             end_xact_stmt(lx, true, res);
         break;
     case 'l':
-        if (IS_KW(t, "listen"))
+        if (IS_KW(t, "listen")) {
             note_feature(lx, "LISTEN");
-        else if (IS_KW(t, "load"))
+            lx->pins |= PX_SQL_PIN_LISTEN;
+        } else if (IS_KW(t, "load")) {
             note_feature(lx, "LOAD");
+            lx->pins |= PX_SQL_PIN_OTHER;
+        }
+        break;
+    case 'u':
+        if (IS_KW(t, "unlisten"))
+            unlisten_stmt(lx);
         break;
     case 'p':
         if (IS_KW(t, "prepare"))
@@ -781,7 +904,14 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         if (t.kind == TOK_SEMI)
             continue; /* empty statement: PostgreSQL drops it */
         nstmt++;
+        lx.state = PX_STATE_NONE;
+        lx.state_reset = false;
         classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
+        if (nstmt == 1) {
+            out->state = lx.state;
+            out->state_reset = lx.state_reset && lx.state != PX_STATE_NONE;
+            memcpy(out->state_key, lx.state_key, sizeof(out->state_key));
+        }
         while (!lx.stmt_done)
             lex_next(&lx, &t);
     }
@@ -798,6 +928,14 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         *out = (struct px_sql_info){.kind = PX_SQL_OTHER};
     }
     out->session_feature = lx.feature;
+    out->drops_prepared = lx.drops_prepared;
+    out->rollback_to = lx.rollback_to;
+    out->pins = lx.pins;
+    out->unpins = lx.unpins;
+    if (nstmt > 1 && lx.stmts_with_state > 0) {
+        out->state = PX_STATE_UNTRACKED;
+        out->state_key[0] = '\0';
+    }
 }
 
 bool px_sql_param_tracked(const char *name, size_t len)

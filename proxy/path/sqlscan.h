@@ -17,15 +17,15 @@
  * case-insensitive.  A statement gets a kind other than PX_SQL_OTHER only when its whole
  * token sequence is one of the forms listed below, exactly as PostgreSQL 15's grammar
  * accepts it; anything else, including text PostgreSQL would reject (an unterminated
- * comment, BEGIN ISOLATION LEVEL foo, invalid UTF-8 or a NUL byte anywhere in the text), is
- * PX_SQL_OTHER, which means "let the server answer".  The session-feature check looks only at the
- * statement forms named below and at direct calls of the advisory lock functions: exotic SQL can
- * create session state unnoticed (set_config(..., false), a function that runs SET or takes a lock,
- * SQL inside a string), a missed warning but never a wrong answer.  The text may hold any bytes and
- * need not be NUL-terminated: nothing past sql[len - 1] is ever read, and the time taken
- * is linear in len.  Strings are lexed as with standard_conforming_strings = on (the
- * default since PostgreSQL 9.1): with it off, a backslash before a quote in a plain
- * 'string' would end the string elsewhere.
+ * comment, BEGIN ISOLATION LEVEL foo, invalid UTF-8 or a NUL byte anywhere in the text),
+ * is PX_SQL_OTHER, which means "let the server answer".  The session-feature check looks
+ * only at the statement forms named below and at direct calls of the advisory lock
+ * functions: exotic SQL can create session state unnoticed (a function that runs SET or
+ * takes a lock, SQL inside a string), a missed warning but never a wrong answer.  The
+ * text may hold any bytes and need not be NUL-terminated: nothing past sql[len - 1] is
+ * ever read, and the time taken is linear in len.  Strings are lexed as with
+ * standard_conforming_strings = on (the default since PostgreSQL 9.1): with it off, a
+ * backslash before a quote in a plain 'string' would end the string elsewhere.
  *
  * Pure functions, no state: safe from any thread.  Tests: tests/proxy/test_sqlscan.c.
  */
@@ -34,6 +34,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A statement name as PostgreSQL keeps it: NAMEDATALEN - 1 bytes, plus the NUL. */
 #define PX_SQL_NAME_SIZE 64
@@ -50,6 +51,26 @@ enum px_sql_kind {
     PX_SQL_DEALLOCATE,     /* DEALLOCATE [PREPARE] name */
     PX_SQL_DEALLOCATE_ALL, /* DEALLOCATE [PREPARE] ALL */
     PX_SQL_DISCARD_ALL,    /* DISCARD ALL */
+};
+
+/* Session state that cannot follow a client to another server (session.h pins the server
+ * to the client while any is left), by what creates it and what clears it. */
+#define PX_SQL_PIN_LISTEN   0x01 /* LISTEN; cleared by UNLISTEN * */
+#define PX_SQL_PIN_TEMP     0x02 /* temporary tables, views, sequences; DISCARD TEMP */
+#define PX_SQL_PIN_CURSOR   0x04 /* DECLARE ... WITH HOLD; CLOSE ALL */
+#define PX_SQL_PIN_ADVISORY 0x08 /* session advisory locks; pg_advisory_unlock_all() */
+#define PX_SQL_PIN_OTHER    0x10 /* LOAD, set_config(), ...; DISCARD ALL clears them all */
+
+/* A change of session state the one statement of the text makes (session.h follows it). */
+enum px_sql_state {
+    PX_STATE_NONE = 0,
+    PX_STATE_SET,             /* SET [SESSION] name ..., RESET name: state_key = name */
+    PX_STATE_RESET_ALL,       /* RESET ALL */
+    PX_STATE_ROLE,            /* SET ROLE ..., RESET ROLE */
+    PX_STATE_SESSION_AUTH,    /* SET SESSION AUTHORIZATION ..., RESET SESSION AUTHORIZATION */
+    PX_STATE_CHARACTERISTICS, /* SET SESSION CHARACTERISTICS AS TRANSACTION ... */
+    PX_STATE_PREPARE,         /* PREPARE name ...: state_key = name */
+    PX_STATE_UNTRACKED,       /* a text of several statements changes session state */
 };
 
 struct px_sql_info {
@@ -73,6 +94,20 @@ struct px_sql_info {
      * re-synced".  RESET of a parameter counts as its SET. */
     const char *session_feature;
     bool multi; /* more than one (non-empty) statement */
+    /* Some statement of the text starts with DEALLOCATE or DISCARD: prepared statements
+     * of the session may go. */
+    bool drops_prepared;
+    /* A ROLLBACK TO SAVEPOINT (what it undoes cannot be followed). */
+    bool rollback_to;
+    /* PX_SQL_PIN_* the text creates, and those it clears (DISCARD ALL: all of them). */
+    uint8_t pins, unpins;
+    /* The session state the one statement changes (PX_STATE_UNTRACKED: several statements,
+     * one of which does); session_feature names it too, as before. */
+    enum px_sql_state state;
+    bool state_reset; /* the statement is RESET ... (SET ... TO DEFAULT is a SET) */
+    /* SET/RESET: the parameter's name folded to lower case (a custom a.b name whole);
+     * PREPARE: the statement's name as DEALLOCATE's name.  Else "". */
+    char state_key[PX_SQL_NAME_SIZE];
     /* The one statement is a query or a data change: its first keyword is SELECT, VALUES,
      * TABLE, WITH, INSERT, UPDATE, DELETE or MERGE (so it is never transaction control,
      * COPY, or a utility statement).  False when multi. */

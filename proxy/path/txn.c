@@ -3,16 +3,22 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/batch.h"
 #include "path/classify.h"
+#include "path/expect.h"
 #include "path/local.h"
+#include "path/path.h"
 #include "path/locks.h"
+#include "path/outcome.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 
 /* ---- the transaction state of a client without a server -------------------------------- */
@@ -43,6 +49,23 @@ bool px_txn_hold_begin(struct px_client *c, uint32_t total)
     return true;
 }
 
+bool px_txn_hold_failed_block(struct px_client *c)
+{
+    static const char begin[] = "BEGIN";
+    uint32_t total = 1 + 4 + (uint32_t)sizeof(begin);
+    uint8_t *m = malloc(total);
+    if (!m)
+        return false;
+    m[0] = 'Q';
+    px_put_u32(m + 1, total - 1);
+    memcpy(m + 5, begin, sizeof(begin));
+    free(c->held_begin);
+    c->held_begin = m;
+    c->held_begin_len = total;
+    c->held_failed = true;
+    return true;
+}
+
 void px_txn_drop_begin(struct px_client *c)
 {
     free(c->held_begin);
@@ -51,13 +74,74 @@ void px_txn_drop_begin(struct px_client *c)
     c->held_failed = false;
 }
 
+/* ---- statements pgwarden fails ------------------------------------------------------- */
+
+/* The text of the statement pgwarden sends to make a server's transaction fail on purpose
+ * (its error is swallowed): a constant that is not an integer fails at parse analysis. */
+#define ABORT_SQL "SELECT 'pgwarden: a statement failed in this transaction'::pg_catalog.int4"
+
+void px_txn_statement_failed(struct px_client *c, bool simple)
+{
+    struct px_server *s = c->server;
+    if (!s) {
+        if (px_txn_in_block(c))
+            px_txn_fail_block(c);
+        return;
+    }
+    struct evbuffer *out = px_path_server_out(c);
+    if (simple) {
+        if (s->txn_status != 'T')
+            return; /* outside a block nothing was begun; in a failed one nothing changes */
+        px_wire_query(out, ABORT_SQL);
+        s->hidden_queries++;
+        s->hidden_abort = true;
+        s->txn_status = 'E';
+        return;
+    }
+    /* A Parse that fails at parse analysis puts the server into skip-to-Sync: the client's
+     * Sync then ends the group as PostgreSQL would after an error (an implicit transaction
+     * rolls back, a block is failed). */
+    uint8_t content[sizeof(ABORT_SQL) + 2] = {0}; /* query\0, int16 0 parameter types */
+    memcpy(content, ABORT_SQL, sizeof(ABORT_SQL));
+    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, true);
+    if (!e || px_write_parse(out, "_pgw_abort", content, sizeof(content)) < 0) {
+        px_server_close(s, "out of memory");
+        return;
+    }
+    e->abort = 1;
+    s->unsynced = true;
+    s->group_failed = true;
+    s->last_untracked = false;
+}
+
+void px_txn_commit_failed(struct px_client *c)
+{
+    struct px_server *s = c->server;
+    if (!s) {
+        px_txn_drop_begin(c);
+        return;
+    }
+    if (s->txn_status == 'I')
+        return;
+    /* A COMMIT that fails ends the transaction: it is rolled back. */
+    px_wire_query(px_path_server_out(c), "ROLLBACK");
+    s->hidden_queries++;
+    s->txn_status = 'I';
+}
+
 /* ---- idle: answered, or a server is needed --------------------------------------------- */
 
-/* The one place an idle client asks for a server (or a place in another client's batch). */
-static void need_server(struct px_client *c)
+/* The one place an idle client asks for a server (or a place in another client's batch),
+ * if the circuit breaker admits it; else its statement fails with 57P03 (local.h).  True
+ * when its input is to be handled further (the statement was answered). */
+static bool need_server(struct px_client *c)
 {
+    struct px_breaker_refusal why;
+    if (!px_breaker_admit(c->pool->breaker, &why))
+        return px_local_fail_unlinked(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, why.message, why.detail);
     if (!px_batch_join(c))
         px_pool_request_server(c->pool, c);
+    return false;
 }
 
 /* The head of c's input is a message of a group px_locks_group_is_local() accepted: answers
@@ -87,20 +171,37 @@ static bool answer_local_message(struct px_client *c, uint32_t len)
 void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == PX_CL_IDLE && !px_locks_waiting(c)) {
+    while (c->state == PX_CL_IDLE && !px_locks_waiting(c) && !px_retry_holds_input(c) &&
+           !px_outcome_pending(c)) {
+        if (px_local_skipping(c) && !px_local_skip(c))
+            return; /* the rest of a statement pgwarden failed is not in yet */
         size_t avail = evbuffer_get_length(in);
         if (avail < 5)
             return;
         uint8_t hdr[5];
         evbuffer_copyout(in, hdr, 5);
         uint32_t len = px_get_u32(hdr + 1);
-        if (len < 4 || len > (uint32_t)px.cfg->max_message_bytes) {
+        if (len < 4 || len > PX_WIRE_MAX_LEN ||
+            (hdr[0] == 'P' && len > (uint32_t)px.cfg->max_message_bytes)) {
             px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, px_wire_length_error(len));
             return;
         }
         if (hdr[0] == 'X') {
             px_client_close(c); /* Terminate while idle: nothing to clean up */
             return;
+        }
+        if (!px_wire_frontend_type((char)hdr[0])) {
+            char msg[64];
+            snprintf(msg, sizeof(msg), "invalid frontend message type %d", hdr[0]);
+            px_client_fatal(c, PX_SQLSTATE_PROTOCOL_VIOLATION, msg);
+            return;
+        }
+        if (hdr[0] == 'd' || hdr[0] == 'c' || hdr[0] == 'f') {
+            /* COPY data outside COPY: PostgreSQL ignores it (the rest of a failed COPY) */
+            if (avail < (size_t)len + 1)
+                return;
+            evbuffer_drain(in, (size_t)len + 1);
+            continue;
         }
         if (hdr[0] == 'Q' && len <= PX_CLASSIFY_MAX) {
             if (avail < (size_t)len + 1)
@@ -134,7 +235,8 @@ void px_txn_idle_input(struct px_client *c)
             if (incomplete)
                 return; /* wait for the rest of the group */
         }
-        need_server(c);
+        if (need_server(c))
+            continue;
         return;
     }
 }
@@ -169,6 +271,7 @@ static bool send_prelude(struct px_client *c)
 bool px_txn_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
+    c->unnamed_parsed = false; /* the server's unnamed statement is not this client's */
     s->prelude_failed = false;
     s->prelude_tries = 1;
     if (!send_prelude(c))
@@ -189,6 +292,7 @@ bool px_txn_prelude_done(struct px_client *c)
         return true;
     }
     s->prelude_failed = false;
+    s->sstate_owner = UINT64_MAX; /* what of the state applied is unknown: reset, replay */
     if (s->prelude_tries < PRELUDE_TRIES) {
         s->prelude_tries++;
         if (!send_prelude(c)) {
@@ -212,6 +316,8 @@ void px_txn_maybe_release(struct px_server *s)
     struct px_client *c = s->client;
     if (!c || s->state != PX_SV_ACTIVE || c->state != PX_CL_ACTIVE)
         return;
+    if (px_session_pinned(c))
+        return; /* state that cannot move: the client keeps its server */
     if (s->txn_status != 'I' || s->hidden_queries > 0 || s->pending_ready > 0 || s->unsynced ||
         s->expect_n > 0 || s->s2c.remaining || c->c2s.remaining || px_server_cancel_busy(s) ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||

@@ -62,8 +62,30 @@ void px_txn_fail_block(struct px_client *c);
  * input and keeps it to send with the first real statement.  False when out of memory
  * (nothing changed). */
 bool px_txn_hold_begin(struct px_client *c, uint32_t total);
+/* Puts c (without a server) in a failed held block, as if its BEGIN had been held and a
+ * statement had failed: a transparent retry gave up and the client was told 'E'.  False
+ * when out of memory. */
+bool px_txn_hold_failed_block(struct px_client *c);
 /* The held block ended without real work (COMMIT/ROLLBACK answered by pgwarden). */
 void px_txn_drop_begin(struct px_client *c);
+
+/*
+ * pgwarden answered the client's current statement with an error (a lock call, an injected
+ * fault): the statement failed, on both sides, as a PostgreSQL error would.  Without a
+ * server, a held block is marked failed.  With one, inside a block, a statement that fails
+ * on purpose aborts the server's transaction (simple: a hidden Query; its ReadyForQuery is
+ * swallowed, s->txn_status says 'E' at once); in the extended protocol (simple false) a
+ * hidden Parse that fails puts the server into skip-to-Sync, so the rest of the group is
+ * skipped and its implicit transaction rolled back.  The caller writes the error (and, for
+ * a simple query, the ReadyForQuery with the status that results).  Call only when the
+ * server owes no reply (pgwarden's reply goes out now).
+ */
+void px_txn_statement_failed(struct px_client *c, bool simple);
+
+/* The client's COMMIT failed (an injected fault): its transaction is rolled back (hidden
+ * ROLLBACK; s->txn_status says 'I' at once), as PostgreSQL ends a transaction whose COMMIT
+ * fails.  Same conditions as px_txn_statement_failed. */
+void px_txn_commit_failed(struct px_client *c);
 
 void px_txn_client_free(struct px_client *c);
 

@@ -21,6 +21,8 @@
 #include "net/client.h"
 #include "base/hash.h"
 #include "base/log.h"
+#include "chaos/chaos.h"
+#include "pool/breaker.h"
 #include "pool/pool.h"
 #include "net/server.h"
 #include "metrics/stats.h"
@@ -154,6 +156,8 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
         pool->port = db->port;
     }
     pool->pool_size = db->pool_size >= 0 ? db->pool_size : px.cfg->default_pool_size;
+    pool->unmovable_state =
+        db->unmovable_state >= 0 ? (enum px_unmovable)db->unmovable_state : px.cfg->unmovable_state;
     /* The mode is fixed for the pool's life: a session-mode client cannot be switched to
      * transaction pooling mid-session (a changed pool_mode applies after a restart). */
     if (first)
@@ -237,6 +241,7 @@ static void pool_free(struct px_pool *pool)
     pool_index_remove(pool);
     px_list_remove(&pool->link);
     px_stats_pool_destroy(pool);
+    px_breaker_put(pool->breaker);
     if (pool->login_error)
         evbuffer_free(pool->login_error);
     free(pool->database), free(pool->user), free(pool->host), free(pool->dbname);
@@ -270,6 +275,7 @@ struct px_pool *px_pool_get(const char *database, const char *user, const struct
     px_list_init(&p->clients_active), px_list_init(&p->welcomes);
     p->database = strdup(database);
     p->user = strdup(user);
+    p->breaker = px_breaker_get(database); /* NULL when out of memory: admits everything */
     bool oom = false;
     if (!p->database || !p->user || (pool_configure(p, db, &oom), oom) ||
         px_stats_pool_init(p) < 0) {
@@ -354,6 +360,27 @@ static bool evict_idle(struct px_pool *pool)
     return true;
 }
 
+/* A [chaos] rule with when = connect fails the connection attempt for c: c gets the error a
+ * failed server login gives (FATAL with the rule's SQLSTATE). */
+static bool chaos_connect_fails(struct px_pool *pool, struct px_client *c)
+{
+    struct px_chaos_ctx ctx = {.when = PX_CHAOS_CONNECT,
+                               .database = pool->database,
+                               .user = pool->user,
+                               .application_name = c->application_name,
+                               .client_id = c->id};
+    struct px_chaos_action a;
+    /* decide logs the injection; latency at connect is refused when a rule is added */
+    if (!px_chaos_decide(&ctx, &a) || a.kind == PX_CHAOS_LATENCY)
+        return false;
+    if (a.kind == PX_CHAOS_DISCONNECT)
+        px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                        "server closed the connection unexpectedly");
+    else
+        px_client_fatal(c, a.sqlstate, a.message);
+    return true;
+}
+
 /* The first waiting client with no server being opened for it, or NULL. */
 static struct px_client *first_unserved(struct px_pool *pool)
 {
@@ -382,6 +409,8 @@ void px_pool_maintain(struct px_pool *pool)
             return;
         if (pool_total_servers(pool) >= pool->pool_size && !evict_idle(pool))
             return; /* full: the next server to come free goes to the queue */
+        if (px_chaos_active() && chaos_connect_fails(pool, c))
+            continue; /* an injected connection failure: c got its error */
         s = px_server_launch(pool, c);
         if (!s) {
             px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
@@ -422,6 +451,7 @@ void px_pool_server_ready(struct px_server *s)
 
 void px_pool_server_logged_in(struct px_server *s)
 {
+    px_breaker_login_ok(s); /* first: a probe's success closes the breaker */
     px_pool_welcome_store(s);
     px_pool_server_ready(s);
 }
@@ -479,9 +509,10 @@ static bool login_failure_unavailable(struct evbuffer *error)
     return false;
 }
 
-static void note_connect_failure(struct px_pool *pool, struct evbuffer *error, const char *msg)
+static void note_connect_failure(struct px_server *s, struct evbuffer *error, const char *msg)
 {
-    if (!login_failure_unavailable(error))
+    struct px_pool *pool = s->pool;
+    if (s->login_no_credentials || !login_failure_unavailable(error))
         return;
     if (error) {
         size_t n = evbuffer_get_length(error);
@@ -495,20 +526,20 @@ static void note_connect_failure(struct px_pool *pool, struct evbuffer *error, c
 }
 
 /*
- * A database can serve when its pool has a logged-in server (idle, active or resetting),
- * or when its last server connect attempt did not fail within HEALTH_FAILURE_MS: it
+ * A database can serve when its circuit breaker is closed (open or half-open: new
+ * transactions are refused, whatever servers the pool has) and, before the breaker has
+ * seen enough failures to open, when its pool has a logged-in server (idle, active or
+ * resetting) or its last server connect attempt did not fail within HEALTH_FAILURE_MS: it
  * succeeded, none was made yet, or the failure is old enough that the next client makes a
  * new attempt.  Only failures that say the database is unavailable count (connection
  * refused or timed out, TLS, FATAL of class 08 or 53, 57P01-57P03), never one user's wrong
- * password.  Without client traffic nothing is attempted, so a database that went down
- * while no client needed a new server still counts as able to serve.
- *
- * Circuit breaker (SPEC section 6): when it lands, its state replaces this rule (open:
- * cannot serve; half-open: the probe decides), and its probes make the answer independent
- * of client traffic.
+ * password.  Once the breaker has opened, its own probes decide (without client traffic):
+ * a successful probe logs a server in, which clears the failure too.
  */
 bool px_pool_can_serve(const struct px_pool *pool, uint64_t now)
 {
+    if (!px_breaker_closed(pool->breaker))
+        return false;
     if (pool->n_idle + pool->n_active + pool->n_resetting > 0 || !pool->connect_failed)
         return true;
     uint64_t window = HEALTH_FAILURE_MS;
@@ -522,7 +553,8 @@ void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, co
     struct px_pool *pool = s->pool;
     struct evbuffer *err = error;
     struct evbuffer *own = NULL;
-    note_connect_failure(pool, error, msg);
+    note_connect_failure(s, error, msg);
+    px_breaker_login_failed(s, error, msg);
     if (!err) {
         own = err = evbuffer_new();
         if (own)
@@ -585,6 +617,12 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
         if (now >= s->login_deadline_ms)
             px_pool_server_login_failed(s, NULL, "timeout connecting to server");
     }
+    px_list_for_each_safe(it, tmp, &pool->servers_resetting)
+    {
+        struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
+        if (s->drain_ready > 0 && now >= s->drain_deadline_ms)
+            px_server_close(s, "did not finish the work its client left in time");
+    }
     px_list_for_each_safe(it, tmp, &pool->servers_idle)
     {
         struct px_server *s = PX_CONTAINER_OF(it, struct px_server, link);
@@ -627,6 +665,7 @@ static void reap_unused(struct px_pool *pool, uint64_t now)
 void px_pool_janitor(uint64_t now)
 {
     struct px_list *it, *tmp;
+    px_breaker_janitor(); /* first: a probe it starts is timed with the pools below */
     px_list_for_each_safe(it, tmp, &px.clients_failing)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
@@ -680,6 +719,8 @@ static void close_for_shutdown(struct px_server *s)
 void px_pool_reconfigure(void)
 {
     struct px_list *it, *tmp;
+    if (px_breaker_configure() < 0)
+        px_error("pool", 0, 0, "out of memory setting up circuit breakers");
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);

@@ -24,8 +24,9 @@ bool px_pool_server_fits(const struct px_server *s, const struct px_client *c);
 /* px_pool_server_logged_in, px_pool_server_ready, px_pool_server_login_failed and
  * px_pool_server_closed are the transport's events (declared in net/server.h). */
 
-/* Whether pool's database can serve now (GET /health): it has a logged-in server, or its
- * last server connect attempt did not fail recently.  See pool.c for the exact rule. */
+/* Whether pool's database can serve now (GET /health): its circuit breaker is closed, and
+ * it has a logged-in server or its last server connect attempt did not fail recently.  See
+ * pool.c for the exact rule. */
 bool px_pool_can_serve(const struct px_pool *pool, uint64_t now);
 
 /* The cached welcome of a startup signature (moved to most recently used), or NULL. */

@@ -51,10 +51,14 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
 
     if (st->remaining) {
         size_t n = avail < st->remaining ? avail : st->remaining;
-        run = n;
+        if (st->discard)
+            evbuffer_drain(in, n);
+        else
+            run = n;
         st->remaining -= (uint32_t)n;
         if (st->remaining)
             goto out;
+        st->discard = false;
     }
     for (;;) {
         avail = evbuffer_get_length(in) - run;
@@ -64,14 +68,60 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
         uint32_t len;
         if (peek_header(in, run, &type, &len) < 0)
             break;
-        if (len < 4 || len > max_len) {
+        uint8_t mode = see[(uint8_t)type];
+        if (len < 4 || len > PX_WIRE_MAX_LEN || (mode == PX_SEE_BODY && len > max_len)) {
             st->bad_len = len;
             result = PX_RELAY_TOO_LARGE;
             break;
         }
         size_t total = (size_t)len + 1;
-        uint8_t mode = see[(uint8_t)type];
-        if (mode == PX_SEE_BODY) {
+        if (mode == PX_SEE_HEAD && len - 4 > PX_RELAY_HEAD_MAX) {
+            /* A big message: its head is shown, the rest is never held whole. */
+            size_t head = 5 + PX_RELAY_HEAD_MAX;
+            if (avail < head)
+                break;
+            flush_run(in, out, &run);
+            const uint8_t *msg = evbuffer_pullup(in, (ssize_t)head);
+            if (!msg) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            enum px_relay_action act = cb(ctx, out, type, msg + 5, len - 4);
+            if (act == PX_RELAY_CLOSE) {
+                result = PX_RELAY_CLOSED;
+                break;
+            }
+            if (act == PX_RELAY_HOLD) {
+                result = PX_RELAY_STOPPED;
+                break;
+            }
+            size_t have = evbuffer_get_length(in) < total ? evbuffer_get_length(in) : total;
+            if (act == PX_RELAY_DROP || act == PX_RELAY_DROP_STOP) {
+                evbuffer_drain(in, have);
+                st->remaining = (uint32_t)(total - have);
+                st->discard = st->remaining > 0;
+                if (act == PX_RELAY_DROP_STOP || st->remaining) {
+                    result = act == PX_RELAY_DROP_STOP ? PX_RELAY_STOPPED : PX_RELAY_OK;
+                    break;
+                }
+                continue;
+            }
+            size_t from = 0;
+            if (act == PX_RELAY_REPLACE_HEAD) {
+                from = st->skip;
+                st->skip = 0;
+                evbuffer_drain(in, from);
+                have -= from;
+            }
+            run = have;
+            st->remaining = (uint32_t)(total - from - have);
+            if (st->remaining || act == PX_RELAY_STOP) {
+                result = act == PX_RELAY_STOP ? PX_RELAY_STOPPED : PX_RELAY_OK;
+                break;
+            }
+            continue;
+        }
+        if (mode == PX_SEE_BODY || mode == PX_SEE_HEAD) {
             if (avail < total)
                 break;
             flush_run(in, out, &run);
@@ -148,20 +198,28 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
     }
     enum px_relay_result r = px_relay(st, in, scratch, see, cb, ctx, max_len);
     *moved = evbuffer_get_length(scratch);
-    if (*moved) {
+    if (*moved)
+        px_relay_write(scratch, out, fd);
+    return r;
+}
+
+void px_relay_write(struct evbuffer *from, struct evbuffer *out, evutil_socket_t fd)
+{
+    if (evbuffer_get_length(from) == 0)
+        return;
+    if (fd >= 0 && evbuffer_get_length(out) == 0) {
         /* Errors (peer gone) are left to the bufferevent, which meets them on its own
          * write of whatever remains.  One extent (the usual case) goes out with send(),
          * which the kernel serves a little faster than writev(). */
         struct evbuffer_iovec v[PX_RELAY_WRITE_IOV];
-        int n = evbuffer_peek(scratch, -1, NULL, v, PX_RELAY_WRITE_IOV);
+        int n = evbuffer_peek(from, -1, NULL, v, PX_RELAY_WRITE_IOV);
         ssize_t w = n == 1 ? send(fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL)
                            : writev(fd, v, n < PX_RELAY_WRITE_IOV ? n : PX_RELAY_WRITE_IOV);
         if (w > 0)
-            evbuffer_drain(scratch, (size_t)w);
-        if (evbuffer_get_length(scratch) > 0)
-            evbuffer_add_buffer(out, scratch);
+            evbuffer_drain(from, (size_t)w);
     }
-    return r;
+    if (evbuffer_get_length(from) > 0)
+        evbuffer_add_buffer(out, from);
 }
 
 void px_relay_shutdown(void)

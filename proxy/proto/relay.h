@@ -15,6 +15,7 @@
 #ifndef PGW_PROXY_RELAY_H
 #define PGW_PROXY_RELAY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <event2/buffer.h>
@@ -23,10 +24,24 @@
 /* Parse state of one direction of a relayed stream. */
 struct px_stream {
     uint32_t remaining; /* bytes of a pass-through message not yet received */
+    bool discard;       /* ... to be dropped rather than passed on (a dropped big message) */
+    uint32_t skip;      /* set by a PX_SEE_HEAD callback returning PX_RELAY_REPLACE_HEAD */
     uint32_t bad_len;   /* the length px_relay refused with PX_RELAY_TOO_LARGE */
 };
 
-enum px_see { PX_SEE_NONE = 0, PX_SEE_TYPE = 1, PX_SEE_BODY = 2 };
+/*
+ * PX_SEE_HEAD: like PX_SEE_BODY for a message of at most PX_RELAY_HEAD_MAX body bytes; a
+ * longer one is never assembled: the callback sees its first PX_RELAY_HEAD_MAX bytes (len
+ * is still the whole body's length) and the rest streams through (FORWARD, STOP), is
+ * dropped as it arrives (DROP, DROP_STOP), or stays (HOLD); REPLACE_HEAD passes on what the
+ * callback wrote to out instead of the message's first st->skip bytes (header included),
+ * then the rest.  Messages up to PX_WIRE_MAX_LEN (PostgreSQL's own limit) are taken this
+ * way; max_len bounds only the messages that are assembled (PX_SEE_BODY).
+ */
+#define PX_RELAY_HEAD_MAX (64 * 1024)
+#define PX_WIRE_MAX_LEN   0x3fffffffu
+
+enum px_see { PX_SEE_NONE = 0, PX_SEE_TYPE = 1, PX_SEE_BODY = 2, PX_SEE_HEAD = 3 };
 
 enum px_relay_action {
     PX_RELAY_FORWARD,   /* pass the message on */
@@ -34,7 +49,8 @@ enum px_relay_action {
     PX_RELAY_STOP,      /* pass it on, then stop relaying (state changed) */
     PX_RELAY_HOLD,      /* stop before it: it stays at the head of the input (PX_SEE_BODY only) */
     PX_RELAY_DROP_STOP, /* swallow it, then stop relaying (PX_SEE_BODY only) */
-    PX_RELAY_CLOSE,     /* fatal: stop, the caller closes the connection */
+    PX_RELAY_REPLACE_HEAD, /* PX_SEE_HEAD: out has the new head, st->skip bytes go (above) */
+    PX_RELAY_CLOSE,        /* fatal: stop, the caller closes the connection */
 };
 
 /* body is NULL for PX_SEE_TYPE messages; len is the body length (message length - 4).
@@ -65,6 +81,11 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
                                      struct evbuffer *out, evutil_socket_t fd,
                                      const uint8_t see[256], px_relay_cb cb, void *ctx,
                                      uint32_t max_len, size_t *moved);
+
+/* Moves everything in from to a bufferevent whose output buffer is out and, when fd >= 0,
+ * whose plain socket is fd: written straight to fd when out is empty (as px_relay_direct
+ * does), the rest appended to out. */
+void px_relay_write(struct evbuffer *from, struct evbuffer *out, evutil_socket_t fd);
 
 /* Frees the relay's scratch buffer (at exit). */
 void px_relay_shutdown(void);

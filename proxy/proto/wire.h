@@ -102,6 +102,28 @@ static inline void px_put_u32(void *p, uint32_t v)
     b[3] = (uint8_t)v;
 }
 
+/* Whether t is a message type a frontend may send once logged in (PostgreSQL answers
+ * anything else with FATAL 08P01 "invalid frontend message type"). */
+static inline bool px_wire_frontend_type(char t)
+{
+    switch (t) {
+    case 'B':
+    case 'C':
+    case 'c':
+    case 'd':
+    case 'D':
+    case 'E':
+    case 'f':
+    case 'F':
+    case 'H':
+    case 'P':
+    case 'Q':
+    case 'S':
+    case 'X': return true;
+    default: return false;
+    }
+}
+
 /* ---- Builders: each appends one message to out.  Return 0, or -1 on allocation failure. */
 
 enum px_severity { PX_SEV_ERROR, PX_SEV_FATAL, PX_SEV_NOTICE, PX_SEV_WARNING };

@@ -540,6 +540,37 @@ done:
     return rc;
 }
 
+int harness_cluster_ctl(const char *action)
+{
+    const struct harness_cluster *c = harness_cluster();
+    if (!c)
+        return -1;
+    char pgctl[600], data[600], logf[600];
+    snprintf(pgctl, sizeof(pgctl), "%s/pg_ctl", c->bindir);
+    snprintf(data, sizeof(data), "%s/data", c->dir);
+    snprintf(logf, sizeof(logf), "%s/postgres.log", c->dir);
+    const char *argv[24];
+    int i = 0;
+    /* From /, which the postgres user can enter. */
+    argv[i++] = "sh", argv[i++] = "-c", argv[i++] = "cd / && exec \"$@\"", argv[i++] = "pg_ctl";
+    if (geteuid() == 0)
+        argv[i++] = "runuser", argv[i++] = "-u", argv[i++] = "postgres", argv[i++] = "--";
+    argv[i++] = pgctl, argv[i++] = "-D", argv[i++] = data, argv[i++] = "-w";
+    argv[i++] = "-t", argv[i++] = "60";
+    if (strcmp(action, "start") != 0)
+        argv[i++] = "-m", argv[i++] = "fast";
+    if (strcmp(action, "stop") != 0)
+        argv[i++] = "-l", argv[i++] = logf;
+    argv[i++] = action;
+    argv[i] = NULL;
+    char *out = NULL;
+    int rc = harness_run(argv, 90000, &out);
+    if (rc != 0)
+        fprintf(stderr, "harness: pg_ctl %s exited %d:\n%s\n", action, rc, out ? out : "");
+    free(out);
+    return rc;
+}
+
 /* ---- libpq helpers --------------------------------------------------------------- */
 
 PGconn *harness_connect_info(const char *conninfo)

@@ -72,6 +72,9 @@ const char *harness_cluster_conninfo(const char *extra);
 
 /* Runs sql as the superuser over the Unix socket; 0 on success, -1 (error printed). */
 int harness_cluster_exec(const char *sql);
+/* pg_ctl stop | start | restart of the cluster (fast mode, as its owner, waiting for it);
+ * 0 on success, else the exit status (output printed). */
+int harness_cluster_ctl(const char *action);
 
 /* ---- pgwarden ---------------------------------------------------------------------- */
 

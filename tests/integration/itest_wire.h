@@ -78,7 +78,8 @@ static inline ssize_t itw_recv_until(int fd, uint8_t *buf, size_t cap, const cha
     return (ssize_t)len;
 }
 
-/* The body of the first message of type in buf[0..len), or NULL; *blen its length. */
+/* The body of the first message of type in buf[0..len), or NULL; *blen its length (blen
+ * may be NULL). */
 static inline const uint8_t *itw_find(const uint8_t *buf, size_t len, char type, size_t *blen)
 {
     size_t off = 0;
@@ -87,7 +88,8 @@ static inline const uint8_t *itw_find(const uint8_t *buf, size_t len, char type,
         if (mlen < 4 || off + 1 + mlen > len)
             return NULL;
         if (buf[off] == (uint8_t)type) {
-            *blen = mlen - 4;
+            if (blen)
+                *blen = mlen - 4;
             return buf + off + 5;
         }
         off += 1 + mlen;

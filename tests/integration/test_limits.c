@@ -279,8 +279,13 @@ static void test_unreachable_server(void)
     stop(px);
 }
 
-/* ---- an oversized message ---------------------------------------------------------- */
+/* ---- big messages ------------------------------------------------------------------ */
 
+/*
+ * max_message_bytes bounds the messages pgwarden must hold whole (a Parse: transaction mode
+ * keeps its text); a Query or a Bind of any size streams through, as PostgreSQL takes them
+ * up to 1 GB.
+ */
 static void test_oversized_message(void)
 {
     struct harness_proxy_opts o = {.pool_mode = "session",
@@ -297,19 +302,23 @@ static void test_oversized_message(void)
     static char sql[20100];
     PGconn *c = harness_connect(px, "sslmode=disable");
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
-    /* Just under the limit: served. */
+    /* A query longer than max_message_bytes streams: served. */
     int len = snprintf(sql, sizeof(sql), "SELECT length('");
-    memset(sql + len, 'a', 8000);
-    snprintf(sql + len + 8000, sizeof(sql) - (size_t)len - 8000, "')");
-    CU_ASSERT_STRING_EQUAL(itu_value(c, sql), "8000");
-
-    /* Over it: ErrorResponse 08P01, then the connection is closed. */
     memset(sql + len, 'b', 20000);
     snprintf(sql + len + 20000, sizeof(sql) - (size_t)len - 20000, "')");
-    /* pgwarden hangs up right after the error, so libpq may report it as a lost
-     * connection whose result has no fields: the verbose message keeps the SQLSTATE. */
+    CU_ASSERT_STRING_EQUAL(itu_value(c, sql), "20000");
+    /* So does a Bind with a long parameter. */
+    const char *param[1] = {sql + len};
+    PGresult *r = PQexecParams(c, "SELECT length($1)", 1, NULL, param, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?",
+                           "20002");
+    PQclear(r);
+
+    /* A Parse over the limit: ErrorResponse 08P01, then the connection is closed.  pgwarden
+     * hangs up right after the error, so libpq may report it as a lost connection whose
+     * result has no fields: the verbose message keeps the SQLSTATE. */
     PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
-    PGresult *r = PQexec(c, sql);
+    r = PQprepare(c, "big", sql, 0, NULL);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
     const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     CU_ASSERT_STRING_EQUAL(st ? st : harness_conn_sqlstate(c), "08P01");
@@ -321,18 +330,6 @@ static void test_oversized_message(void)
     CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_BAD);
     PQfinish(c);
 
-    /* A Parse message over the limit (extended protocol) too. */
-    c = harness_connect(px, "sslmode=disable");
-    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
-    PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
-    const char *param[1] = {sql + len};
-    r = PQexecParams(c, "SELECT length($1)", 1, NULL, param, NULL, NULL, 0);
-    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
-    st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    CU_ASSERT_STRING_EQUAL(st ? st : harness_conn_sqlstate(c), "08P01");
-    PQclear(r);
-    PQfinish(c);
-
     /* The other client carries on, inside its transaction. */
     CU_ASSERT_STRING_EQUAL(itu_value(other, "SELECT 'carry on'"), "carry on");
     CU_ASSERT_TRUE(itu_exec_ok(other, "COMMIT"));
@@ -340,6 +337,60 @@ static void test_oversized_message(void)
     CU_ASSERT_TRUE(harness_proxy_alive(px));
     CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
     stop(px);
+}
+
+/*
+ * A 16 MiB query, a 16 MiB Bind parameter and a 16 MiB COPY row through both pool modes
+ * with the default configuration (psycopg2 inserting a big bytea sends such a query), with
+ * pgwarden's memory staying far below the message size (nothing is held whole).
+ */
+static void test_16mib_messages(void)
+{
+    static const char *const modes[] = {"session", "transaction"};
+    const size_t n = 16u << 20;
+    char *big = malloc(n + 64);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+    for (int m = 0; m < 2; m++) {
+        struct harness_proxy_opts o = {.pool_mode = modes[m],
+                                       .pool_size = 2,
+                                       .auth_type = "scram-sha-256",
+                                       .query_wait_timeout_ms = 30000};
+        struct harness_proxy *px = harness_proxy_start(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+        PGconn *c = harness_connect(px, "sslmode=disable");
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+        long rss0 = harness_proxy_rss_kb(px);
+        int len = snprintf(big, 64, "SELECT length('");
+        memset(big + len, 'q', n);
+        snprintf(big + len + n, 64, "')");
+        CU_ASSERT_STRING_EQUAL(itu_value(c, big), "16777216");
+        const char *param[1] = {big + len};
+        big[len + n] = '\0';
+        PGresult *r = PQexecParams(c, "SELECT length($1)", 1, NULL, param, NULL, NULL, 0);
+        CU_ASSERT_STRING_EQUAL(PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?",
+                               "16777216");
+        PQclear(r);
+        CU_ASSERT_TRUE(itu_exec_ok(c, "DROP TABLE IF EXISTS big_copy"));
+        CU_ASSERT_TRUE(itu_exec_ok(c, "CREATE TABLE big_copy(t text)"));
+        r = PQexec(c, "COPY big_copy FROM STDIN");
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COPY_IN);
+        PQclear(r);
+        big[len + n] = '\n';
+        CU_ASSERT_EQUAL(PQputCopyData(c, big + len, (int)n + 1), 1);
+        CU_ASSERT_EQUAL(PQputCopyEnd(c, NULL), 1);
+        r = PQgetResult(c);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+        PQclear(PQgetResult(c));
+        CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT length(t) FROM big_copy"), "16777216");
+        CU_ASSERT_TRUE(itu_exec_ok(c, "DROP TABLE big_copy"));
+        long rss1 = harness_proxy_rss_kb(px);
+        printf("\n    %s mode: pgwarden grew %ld KiB for 3 x 16 MiB ", modes[m], rss1 - rss0);
+        CU_ASSERT(rss1 - rss0 < 8 * 1024);
+        PQfinish(c);
+        stop(px);
+    }
+    free(big);
 }
 
 /* ---- a message length below 4 ------------------------------------------------------ */
@@ -605,7 +656,8 @@ static void register_suites(void)
         {"max_client_conn_53300", test_max_client_conn},
         {"client_vanishes_mid_message", test_client_vanishes_mid_message},
         {"unreachable_server_08001", test_unreachable_server},
-        {"oversized_message_08P01", test_oversized_message},
+        {"oversized_parse_08p01_big_query_streams", test_oversized_message},
+        {"messages_of_16mib", test_16mib_messages},
         {"message_length_below_4", test_message_length_below_4},
         {"startup_params_beyond_64", test_many_startup_params},
         {"garbage_startup", test_garbage_startup},

@@ -539,6 +539,7 @@ static void check_discard_all(PGconn *a, PGconn *b)
 static void test_prepared_follow_client(void)
 {
     struct harness_proxy_opts o = txn_opts(1);
+    o.pgwarden_extra = "unmovable_state = reset"; /* A's LISTEN resets the one server */
     CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
     PGconn *a = px_conn(NULL), *b = px_conn(NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
@@ -1392,6 +1393,8 @@ static void test_session_feature_warning(void)
 {
     struct harness_proxy_opts o = txn_opts(1);
     o.log_level = "info";
+    /* the behaviour before state followed clients: reset after the transaction, warned */
+    o.pgwarden_extra = "unmovable_state = reset";
     CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
     PGconn *d = direct_conn();
     PGconn *a = px_conn("application_name=itest_listener");

@@ -322,6 +322,44 @@ static void test_error_bad_enum(void)
                                              "(expected debug | info | warning | error)");
 }
 
+/* [retry]: defaults in retry/'s form, values parsed, and the section's own checks named by
+ * key and line. */
+static void test_retry_section(void)
+{
+    struct px_config *cfg = load_ok(TRUST);
+    CU_ASSERT_EQUAL(cfg->retry.max_attempts, 5);
+    CU_ASSERT_EQUAL(cfg->retry.retryable_sqlstates.n, 2);
+    CU_ASSERT_STRING_EQUAL(cfg->retry.retryable_sqlstates.codes[1], "40P01");
+    CU_ASSERT_DOUBLE_EQUAL(cfg->retry.multiplier, 2.0, 1e-9);
+    CU_ASSERT_EQUAL(cfg->retry.jitter, BACKOFF_JITTER_FULL);
+    CU_ASSERT_EQUAL(cfg->retry.retry_buffer_bytes, 1048576);
+    px_config_free(cfg);
+    cfg = load_ok(TRUST "[retry]\nretryable_sqlstates = 40001 55P03, 08\nmultiplier = 1.5\n"
+                        "jitter = decorrelated\nmax_attempts = 1\n");
+    CU_ASSERT_EQUAL(cfg->retry.retryable_sqlstates.n, 3);
+    CU_ASSERT_STRING_EQUAL(cfg->retry.retryable_sqlstates.codes[2], "08");
+    CU_ASSERT_DOUBLE_EQUAL(cfg->retry.multiplier, 1.5, 1e-9);
+    CU_ASSERT_EQUAL(cfg->retry.jitter, BACKOFF_JITTER_DECORRELATED);
+    CU_ASSERT_EQUAL(cfg->retry.max_attempts, 1);
+    px_config_free(cfg);
+    cfg = load_ok(TRUST "[retry]\nretryable_sqlstates =\n");
+    CU_ASSERT_EQUAL(cfg->retry.retryable_sqlstates.n, 0);
+    px_config_free(cfg);
+    expect_error(TRUST "[retry]\nretryable_sqlstates = 4000\n",
+                 ":4: [retry] retryable_sqlstates: bad list \"4000\" (5-character SQLSTATEs or "
+                 "2-character classes of 0-9 and A-Z, separated by commas, at most 16)");
+    expect_error(TRUST "[retry]\n\nmultiplier = two\n",
+                 ":5: [retry] multiplier: bad number \"two\"");
+    expect_error(TRUST "[retry]\nmultiplier = 0.5\n", ":4: [retry] multiplier: must be 1..100");
+    expect_error(TRUST "[retry]\nbase_ms = 50\ncap_ms = 10\n",
+                 ":5: [retry] cap_ms: must be base_ms..3600000");
+    expect_error(TRUST "[retry]\nmax_attempts = 0\n",
+                 ":4: [retry] max_attempts: 0 out of range 1..100");
+    expect_error(TRUST "[retry]\njitter = random\n",
+                 ":4: [retry] jitter: bad value \"random\" (expected full | equal | "
+                 "decorrelated | none)");
+}
+
 static void test_error_syntax(void)
 {
     expect_error(TRUST "listen_port 6432\n",
@@ -365,6 +403,49 @@ static void test_error_cross_field(void)
                  "admin_tls_key_file go together");
     expect_error(TRUST "admin_port = 6432\n", ":3: [pgwarden] admin_port: same address and port as "
                                               "listen_addr:listen_port");
+}
+
+/* [breaker]: defaults, every key, ranges, open_max_ms >= open_ms (with its line), reload. */
+static void test_breaker_section(void)
+{
+    struct px_config *c = load_ok(TRUST);
+    CU_ASSERT_EQUAL(c->failure_rate_pct, 50);
+    CU_ASSERT_EQUAL(c->min_requests, 20);
+    CU_ASSERT_EQUAL(c->window_ms, 10000);
+    CU_ASSERT_EQUAL(c->consecutive_failures, 5);
+    CU_ASSERT_EQUAL(c->open_ms, 1000);
+    CU_ASSERT_EQUAL(c->open_max_ms, 4000);
+    CU_ASSERT_EQUAL(c->probe_timeout_ms, 1000);
+    px_config_free(c);
+    c = load_ok(TRUST "[breaker]\nfailure_rate_pct = 100\nmin_requests = 1\nwindow_ms = 100\n"
+                      "consecutive_failures = 0\nopen_ms = 1\nopen_max_ms = 1\n"
+                      "probe_timeout_ms = 3600000\n");
+    CU_ASSERT_EQUAL(c->failure_rate_pct, 100);
+    CU_ASSERT_EQUAL(c->min_requests, 1);
+    CU_ASSERT_EQUAL(c->window_ms, 100);
+    CU_ASSERT_EQUAL(c->consecutive_failures, 0);
+    CU_ASSERT_EQUAL(c->open_ms, 1);
+    CU_ASSERT_EQUAL(c->open_max_ms, 1);
+    CU_ASSERT_EQUAL(c->probe_timeout_ms, 3600000);
+    px_config_free(c);
+    expect_error(TRUST "[breaker]\nfailure_rate_pct = 0\n",
+                 ":4: [breaker] failure_rate_pct: 0 out of range 1..100");
+    expect_error(TRUST "[breaker]\nwindow_ms = 99\n",
+                 ":4: [breaker] window_ms: 99 out of range 100..3600000");
+    expect_error(TRUST "[breaker]\nopen_ms = 0\n",
+                 ":4: [breaker] open_ms: 0 out of range 1..3600000");
+    expect_error(TRUST "[breaker]\nopen_ms = 5000\nopen_max_ms = 4000\n",
+                 ":5: [breaker] open_max_ms: 4000 is less than open_ms (5000)");
+    expect_error(TRUST "[breaker]\nopen_ms = 70000\n",
+                 ": [breaker] open_max_ms: 4000 is less than open_ms (70000)");
+    expect_error(TRUST "[breaker]\nprobe_timeout = 1\n",
+                 ":4: [breaker] probe_timeout: unknown key");
+    /* Every key reloads. */
+    struct px_config *run = load_ok(TRUST);
+    struct px_config *next = load_ok(TRUST "[breaker]\nopen_ms = 100\nmin_requests = 7\n");
+    CU_ASSERT_EQUAL(px_config_diff(run, next, NULL, NULL), 0);
+    px_config_free(run);
+    px_config_free(next);
 }
 
 static void test_error_cannot_open(void)
@@ -512,6 +593,65 @@ static int diff_texts(const char *a, const char *b, struct changes *ch)
     return rc;
 }
 
+/* [chaos] lines are kept as written, with their line; only duplicate names are refused
+ * here (the rule engine validates the parameters: tests/proxy/test_chaos.c). */
+static void test_chaos_lines(void)
+{
+    struct px_config *cfg = load_ok(TRUST "[chaos]\n"
+                                          "; a comment\n"
+                                          "ser = inject=error sqlstate=40001 message='it''s'\n"
+                                          "[databases]\n"
+                                          "app = port=5433\n"
+                                          "[chaos]\n"
+                                          "  slow  =   inject=latency latency_ms=5  \n"
+                                          "quoted = \"inject=disconnect \"\n"
+                                          "bogus = anything at all\n");
+    CU_ASSERT_EQUAL_FATAL(cfg->nchaos, 4);
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[0].name, "ser");
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[0].params, "inject=error sqlstate=40001 message='it''s'");
+    CU_ASSERT_EQUAL(cfg->chaos[0].line, 5);
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[1].name, "slow");
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[1].params, "inject=latency latency_ms=5");
+    CU_ASSERT_EQUAL(cfg->chaos[1].line, 9);
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[2].params, "inject=disconnect ");
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[3].params, "anything at all");
+    CU_ASSERT_EQUAL(cfg->ndbs, 1);
+    px_config_free(cfg);
+
+    cfg = load_ok(TRUST "[chaos]\n");
+    CU_ASSERT_EQUAL(cfg->nchaos, 0);
+    CU_ASSERT_PTR_NULL(cfg->chaos);
+    px_config_free(cfg);
+
+    expect_error(TRUST "[chaos]\na = inject=error\n\na = inject=latency\n",
+                 ":6: [chaos] a: duplicate rule name (first on line 4)");
+    expect_error(TRUST "[chaos]\n= inject=error\n", ":4: [chaos]: missing key before '='");
+    expect_error(TRUST "[chaos]\nnoequals\n",
+                 ":4: [chaos] noequals: missing '=' (expected key = value)");
+}
+
+/* The libpq-style parameter reader shared with the rule engine. */
+static void test_next_param(void)
+{
+    char text[] = " a=1  b = 'x y' c=it\\'s d='q''q' e=";
+    char *s = text, *k, *v, why[128];
+    const char *want[][2] = {{"a", "1"}, {"b", "x y"}, {"c", "it's"}, {"d", "q'q"}, {"e", ""}};
+    for (size_t i = 0; i < 5; i++) {
+        CU_ASSERT_EQUAL_FATAL(px_config_next_param(&s, &k, &v, why, sizeof why), 1);
+        CU_ASSERT_STRING_EQUAL(k, want[i][0]);
+        CU_ASSERT_STRING_EQUAL(v, want[i][1]);
+    }
+    CU_ASSERT_EQUAL(px_config_next_param(&s, &k, &v, why, sizeof why), 0);
+    char bad[] = "a='open";
+    s = bad;
+    CU_ASSERT_EQUAL(px_config_next_param(&s, &k, &v, why, sizeof why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "unterminated quoted value of \"a\"");
+    char noeq[] = "lonely";
+    s = noeq;
+    CU_ASSERT_EQUAL(px_config_next_param(&s, &k, &v, why, sizeof why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "expected name=value, found \"lonely\"");
+}
+
 static void test_diff(void)
 {
     struct changes ch;
@@ -638,8 +778,8 @@ static void test_foreach_key(void)
     memset(&l, 0, sizeof(l));
     px_config_foreach_key(collect_key, &l);
     CU_ASSERT_EQUAL(l.bad, 0);
-    CU_ASSERT_EQUAL(l.npgwarden, 35);
-    CU_ASSERT_EQUAL(l.ndatabases, 7);
+    CU_ASSERT_EQUAL(l.npgwarden, 36);
+    CU_ASSERT_EQUAL(l.ndatabases, 8);
     for (int i = 0; i < l.npgwarden && i < 128; i++) {
         char text[256], *err = NULL, unknown[128];
         snprintf(text, sizeof(text), "[pgwarden]\n%s = @@\n", l.names[i]);
@@ -671,14 +811,15 @@ void test_config_register(void)
         {"bad_enum", test_error_bad_enum},
         {"syntax", test_error_syntax},
         {"cross_field", test_error_cross_field},
+        {"retry_section", test_retry_section},
+        {"breaker_section", test_breaker_section},
         {"cannot_open", test_error_cannot_open},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo dbs[] = {
-        {"entries", test_db_entries},
-        {"find_db", test_find_db},
-        {"errors", test_db_errors},
-        CU_TEST_INFO_NULL,
+        {"entries", test_db_entries},    {"find_db", test_find_db},
+        {"errors", test_db_errors},      {"chaos_lines", test_chaos_lines},
+        {"next_param", test_next_param}, CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo reload[] = {
         {"diff", test_diff},

@@ -749,6 +749,9 @@ static void test_builtin_render_parses(void)
     px_metrics_inc(NULL, PX_M_AUTH_FAILURES, PX_MAR_PASSWORD);
     px_metrics_inc(NULL, PX_M_CLIENT_ERRORS, px_metrics_sqlstate_class("40001"));
     px_metrics_inc(NULL, PX_M_CLIENT_ERRORS, px_metrics_sqlstate_class("ZZ000"));
+    px_metrics_gauge_set(NULL, PX_M_LOCKS_HELD, PX_MLM_EXCLUSIVE, 2);
+    px_metrics_observe_us(NULL, PX_M_LOCK_WAIT_SECONDS, PX_MLO_TIMEOUT, 200000);
+    ++*px_metrics_counter_slot(NULL, PX_M_LOCK_DEADLOCKS, 0);
     char *out = render();
     struct parsed p;
     long n = parse_exposition(&p, out);
@@ -770,6 +773,14 @@ static void test_builtin_render_parses(void)
         strstr(out, "pgwarden_clients{database=\"app\",user=\"alice\",state=\"active\"} 3\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "pgwarden_pool_wait_seconds_sum{database=\"app\","
                                        "user=\"alice\"} 0.0015\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "pgwarden_locks_held{mode=\"exclusive\"} 2\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(out, "pgwarden_lock_wait_seconds_bucket{outcome=\"timeout\",le=\"0.25\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(out, "pgwarden_lock_wait_seconds_bucket{outcome=\"timeout\",le=\"0.1\"} 0\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(out, "pgwarden_lock_wait_seconds_count{outcome=\"timeout\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "pgwarden_lock_deadlocks_total 1\n"));
     /* Every built-in family has its HELP and TYPE lines. */
     for (unsigned i = 0; i < PX_M__COUNT; i++) {
         const struct px_metric_def *d = &px_metrics_builtin_tables.defs[i];
@@ -809,6 +820,10 @@ static void test_builtin_enums(void)
     CU_ASSERT_STRING_EQUAL(
         d[PX_M_TLS_HANDSHAKES].enum_values[2 * PX_METRICS_TLS(PX_MTLS_SERVER, PX_MTLS_OK)],
         "server");
+    CU_ASSERT_EQUAL(d[PX_M_LOCKS_HELD].n_enum_values, PX_MLM__COUNT);
+    CU_ASSERT_STRING_EQUAL(d[PX_M_LOCKS_HELD].enum_values[PX_MLM_EXCLUSIVE], "exclusive");
+    CU_ASSERT_EQUAL(d[PX_M_LOCK_WAIT_SECONDS].n_enum_values, PX_MLO__COUNT);
+    CU_ASSERT_STRING_EQUAL(d[PX_M_LOCK_WAIT_SECONDS].enum_values[PX_MLO_CANCELED], "canceled");
     CU_ASSERT_EQUAL(px_metrics_builtin_tables.ndefs, PX_M__COUNT);
 }
 

@@ -145,11 +145,12 @@ static void test_type_callback_and_limits(void)
     CU_ASSERT_EQUAL(s.count, 2);
     CU_ASSERT_EQUAL(s.lens[1], 9);
     size_t forwarded = evbuffer_get_length(out);
-    /* Over max_len: nothing of it is forwarded, earlier messages are. */
+    /* An assembled message over max_len: nothing of it is forwarded, earlier messages are.
+     * (max_len bounds only what is assembled: a type-only message of that size streams.) */
     add_msg(in, 'Q', "x", 1);
     char big[200];
     memset(big, 'y', sizeof(big));
-    add_msg(in, 'Q', big, sizeof(big));
+    add_msg(in, 'Z', big, sizeof(big));
     CU_ASSERT_EQUAL(px_relay(&st, in, out, see_z_body, record, &s, 100), PX_RELAY_TOO_LARGE);
     CU_ASSERT_EQUAL(evbuffer_get_length(out), forwarded + 6);
     CU_ASSERT_EQUAL(st.bad_len, 204);
@@ -214,7 +215,90 @@ static void test_take_message(void)
     evbuffer_free(in);
 }
 
+/* PX_SEE_HEAD: a small message is shown whole; a big one by its head, the rest streams,
+ * is dropped as it arrives, or has its head replaced. */
+struct head_seen {
+    int calls;
+    uint32_t len;
+    enum px_relay_action answer;
+    struct px_stream *st;
+};
+
+static enum px_relay_action head_cb(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
+                                    uint32_t len)
+{
+    struct head_seen *h = ctx;
+    (void)type;
+    h->calls++;
+    h->len = len;
+    CU_ASSERT_EQUAL(body[0], 'h'); /* the head is readable */
+    if (len <= PX_RELAY_HEAD_MAX)
+        return PX_RELAY_FORWARD; /* small messages pass */
+    if (h->answer == PX_RELAY_REPLACE_HEAD) {
+        evbuffer_add(out, "Q\0\0\0\x09NEW!", 9); /* a new header and 4 bytes of body */
+        h->st->skip = 5 + 4;                     /* replace the old header and "hhhh" */
+    }
+    return h->answer;
+}
+
+static void test_head_mode(void)
+{
+    static const uint8_t see_head[256] = {['Q'] = PX_SEE_HEAD};
+    const size_t n = PX_RELAY_HEAD_MAX + 1000;
+    char *body = malloc(n);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(body);
+    memset(body, 'h', n);
+    const enum px_relay_action answers[] = {PX_RELAY_FORWARD, PX_RELAY_DROP, PX_RELAY_REPLACE_HEAD,
+                                            PX_RELAY_HOLD};
+    for (size_t a = 0; a < 4; a++) {
+        struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+        struct px_stream st = {0};
+        struct head_seen h = {.answer = answers[a], .st = &st};
+        /* small: shown whole (len as given); over max_len too, which binds only BODY */
+        add_msg(in, 'Q', "hi", 2);
+        h.answer = PX_RELAY_FORWARD;
+        CU_ASSERT_EQUAL(px_relay(&st, in, out, see_head, head_cb, &h, 1), PX_RELAY_OK);
+        CU_ASSERT_EQUAL(h.calls, 1);
+        CU_ASSERT_EQUAL(evbuffer_get_length(out), 7);
+        evbuffer_drain(out, 7);
+        h.answer = answers[a];
+        /* big: the header and the first bytes arrive, then the rest in two pieces */
+        uint8_t hdr[5] = {'Q'};
+        px_put_u32(hdr + 1, (uint32_t)(n + 4));
+        evbuffer_add(in, hdr, 5);
+        evbuffer_add(in, body, PX_RELAY_HEAD_MAX);
+        enum px_relay_result r = px_relay(&st, in, out, see_head, head_cb, &h, 1);
+        CU_ASSERT_EQUAL(h.calls, 2);
+        CU_ASSERT_EQUAL(h.len, n);
+        if (answers[a] == PX_RELAY_HOLD) {
+            CU_ASSERT_EQUAL(r, PX_RELAY_STOPPED);
+            CU_ASSERT_EQUAL(evbuffer_get_length(in), 5 + PX_RELAY_HEAD_MAX); /* untouched */
+            evbuffer_free(in), evbuffer_free(out);
+            continue;
+        }
+        CU_ASSERT_EQUAL(r, PX_RELAY_OK);
+        evbuffer_add(in, body, 500);
+        CU_ASSERT_EQUAL(px_relay(&st, in, out, see_head, head_cb, &h, 1), PX_RELAY_OK);
+        evbuffer_add(in, body, 500);
+        add_msg(in, 'Q', "hh", 2); /* the next message is framed correctly */
+        CU_ASSERT_EQUAL(px_relay(&st, in, out, see_head, head_cb, &h, 1), PX_RELAY_OK);
+        CU_ASSERT_EQUAL(h.calls, 3);
+        CU_ASSERT_EQUAL(h.len, 2);
+        size_t want = answers[a] == PX_RELAY_DROP ? 7 : 5 + n + 7;
+        CU_ASSERT_EQUAL(evbuffer_get_length(out), want);
+        if (answers[a] == PX_RELAY_REPLACE_HEAD) {
+            uint8_t first[9];
+            evbuffer_copyout(out, first, 9);
+            CU_ASSERT_EQUAL(memcmp(first, "Q\0\0\0\x09NEW!", 9), 0);
+        }
+        CU_ASSERT_EQUAL(evbuffer_get_length(in), 0);
+        evbuffer_free(in), evbuffer_free(out);
+    }
+    free(body);
+}
+
 static const CU_TestInfo relay_tests[] = {
+    {"head_mode", test_head_mode},
     {"passthrough_in_order", test_passthrough_in_order},
     {"streaming_partial", test_streaming_partial},
     {"body_waits_for_whole_message", test_body_waits_for_whole_message},

@@ -484,8 +484,8 @@ static const struct sq_case near_misses[] = {
     FEAT("ALTER ROLE x SET search_path = y", NULL),
     FEAT("CREATE FUNCTION f() RETURNS int SET search_path = x AS $$ SELECT 1 $$ LANGUAGE sql",
          NULL),
-    /* Documented limit: session state made through a function call goes unnoticed. */
-    FEAT("SELECT set_config('search_path', 'x', false)", NULL),
+    /* set_config() is noticed (its arguments are not read: the server is pinned) */
+    FEAT("SELECT set_config('search_path', 'x', false)", "set_config()"),
 };
 
 static void test_session_features(void)
@@ -673,6 +673,7 @@ static void test_param_tracked(void)
 
 static const char *const known_features[] = {
     "LISTEN",
+    "set_config()",
     "PREPARE",
     "LOAD",
     "WITH HOLD cursor",

@@ -1,0 +1,937 @@
+/*
+ * retry.c: the retry stage (see retry.h; the design is in docs/retry.md).
+ *
+ * A client's retry state moves through these modes:
+ *
+ *   RECORD --retryable error--> HOLD --replies all in, retry allowed--> BACKOFF
+ *     ^  \                       |                                        | timer
+ *     |   \--not replayable-->   |--refused--> (original error) TAINTED   v
+ *     |        TAINTED           |                                      VERIFY
+ *     |                          ^--retryable error before the match------/  |  \
+ *     +------------------------------------- everything matched -----------+   |
+ *                                                         differs --> DISCARD -+--> TAINTED
+ *
+ * and back to RECORD at the next transaction boundary.  Two byte streams are followed:
+ *   - the client's input: an evbuffer callback mirrors what arrives (mirror) and, when
+ *     bytes are taken from the head of the input by any stage, records them (they are
+ *     consumed) and counts the requests among them (Query, Sync, FunctionCall: each owes
+ *     a ReadyForQuery);
+ *   - the responses: everything for the client goes through sink and is walked message by
+ *     message (digested, held, verified or dropped, by mode) before it reaches the client.
+ * A unit ends when a ReadyForQuery 'I' has answered every request consumed: the recorder
+ * starts over and the bytes still in the input belong to the next unit.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "metrics/metrics.h"
+#include "net/client.h"
+#include "path/locks.h"
+#include "path/path.h"
+#include "path/retry.h"
+#include "path/txn.h"
+#include "pool/breaker.h"
+#include "retry/retry.h"
+
+enum rt_mode {
+    RT_RECORD,  /* recording a replayable unit */
+    RT_TAINTED, /* this unit cannot be replayed: bytes pass, nothing is kept */
+    RT_HOLD,    /* a retryable error is held back until the attempt's replies are in */
+    RT_BACKOFF, /* rolled back; the timer starts the replay */
+    RT_VERIFY,  /* replaying: responses are checked against the digests */
+    RT_DISCARD, /* the replay differed: its replies are dropped until it is wound up */
+};
+
+/* The retry budget of one database (every pool of that name shares it). */
+struct rt_db {
+    struct rt_db *next;
+    char *name;
+    struct budget *budget;
+};
+
+struct px_retry {
+    struct px_client *c;
+    enum rt_mode mode;
+    struct rt_db *db;
+    struct replay_rec *rec;
+    struct replay_verifier *ver; /* made at the first replay that needs one */
+    struct backoff bo;
+    struct evbuffer *sink;   /* bytes for the client, walked before they go on */
+    struct evbuffer *fwd;    /* walked bytes on their way to the client */
+    struct evbuffer *mirror; /* copy of the client's input not consumed yet */
+    struct evbuffer *held;   /* the original error and what followed it */
+    struct evbuffer *later;  /* the client's unconsumed input, set aside during a retry */
+    struct evbuffer_cb_entry *in_cb, *sink_cb;
+    struct event *ev; /* the backoff timer, and deferred steps */
+    bool in_relay;    /* the server relay fills sink: walked by px_retry_relayed */
+    bool broken;      /* out of memory once: never replays again */
+    bool quiet;       /* the stage itself changes the input: nothing is consumed */
+    bool kick;        /* the deferred step resumes the client's input */
+    bool wind;        /* the deferred step looks whether a held or discarded attempt is over */
+    bool held_done;   /* held has the whole tail of the original attempt */
+    bool orig_known;  /* orig_end is set (the original attempt ended) */
+    bool after_commit;
+    bool retried;     /* this unit was replayed at least once */
+    char orig_end;    /* transaction status the original error left */
+    char last_z;      /* status of the last ReadyForQuery of this attempt */
+    uint8_t sqlstate; /* enum px_metrics_retry_sqlstate of the original error */
+    bool open_group;  /* extended-protocol messages consumed since the last request */
+    uint32_t reqs;    /* requests consumed in this attempt */
+    uint32_t zs;      /* ReadyForQuery messages of this attempt */
+    uint64_t replay_left; /* replayed bytes not consumed again yet */
+    size_t kept;          /* bytes last reported to the buffer gauge */
+    /* response walker: the message under way */
+    uint32_t out_left, out_pos;
+    char out_type;
+    bool out_digest;
+    uint8_t out_cap[24]; /* first body bytes of ReadyForQuery / CommandComplete */
+    /* input walker: bytes of the consumed message under way */
+    uint32_t in_left;
+};
+
+static struct retry_config cfg; /* in effect; backoffs borrow it */
+static bool cfg_set;
+static struct retry_rng rng;
+static struct rt_db *dbs;
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void px_retry_configure(void)
+{
+    cfg = px.cfg->retry;
+    if (!cfg_set)
+        retry_rng_seed(&rng, now_us() ^ (uint64_t)getpid() << 32);
+    cfg_set = true;
+    /* Budgets read their settings when made: make them again (their history goes). */
+    for (struct rt_db *d = dbs; d; d = d->next) {
+        struct budget *b = budget_new(&cfg);
+        if (b) {
+            budget_free(d->budget);
+            d->budget = b;
+        }
+    }
+}
+
+void px_retry_shutdown(void)
+{
+    while (dbs) {
+        struct rt_db *d = dbs;
+        dbs = d->next;
+        budget_free(d->budget);
+        free(d->name);
+        free(d);
+    }
+}
+
+static struct rt_db *db_get(const char *name)
+{
+    for (struct rt_db *d = dbs; d; d = d->next)
+        if (!strcmp(d->name, name))
+            return d;
+    struct rt_db *d = calloc(1, sizeof(*d));
+    if (!d || !(d->name = strdup(name)) || !(d->budget = budget_new(&cfg))) {
+        if (d)
+            free(d->name);
+        free(d);
+        return NULL;
+    }
+    d->next = dbs;
+    dbs = d;
+    return d;
+}
+
+static bool enabled(void)
+{
+    return cfg_set && cfg.max_attempts > 1 && cfg.retryable_sqlstates.n > 0;
+}
+
+/* ==== accounting ======================================================================== */
+
+static void gauge_update(struct px_retry *rt)
+{
+    size_t k = rt->rec ? replay_rec_kept_bytes(rt->rec) : 0;
+    if (k != rt->kept) {
+        px_metrics_gauge_add(NULL, PX_M_RETRY_BUFFER_BYTES, 0, (double)k - (double)rt->kept);
+        rt->kept = k;
+    }
+}
+
+static void count_outcome(struct px_retry *rt, unsigned outcome)
+{
+    px_metrics_inc(rt->c->pool ? rt->c->pool->metrics : NULL, PX_M_RETRIES,
+                   PX_METRICS_RETRY(rt->sqlstate, outcome));
+}
+
+static uint8_t sqlstate_label(const char *code)
+{
+    if (code && !strcmp(code, "40001"))
+        return PX_MRS_40001;
+    if (code && !strcmp(code, "40P01"))
+        return PX_MRS_40P01;
+    return PX_MRS_OTHER;
+}
+
+/* The unit cannot be replayed any more (it goes on, unrecorded, to its end). */
+static void taint(struct px_retry *rt, const char *why)
+{
+    if (rt->mode != RT_RECORD)
+        return;
+    px_debug("retry", 'C', rt->c->id, "transaction not replayable: %s", why);
+    rt->mode = RT_TAINTED;
+}
+
+/* A transaction boundary: everything consumed has been answered, the last answer said
+ * 'I'.  What is still in the input belongs to the next unit. */
+static void unit_end(struct px_retry *rt)
+{
+    if (rt->retried && rt->mode == RT_RECORD)
+        count_outcome(rt, PX_MRO_SUCCEEDED);
+    budget_record_first(rt->db->budget, now_us());
+    if (rt->rec && replay_rec_kept_bytes(rt->rec) > 64 * 1024) {
+        /* A big transaction: give its memory back rather than keep it for the next. */
+        replay_rec_free(rt->rec);
+        rt->rec = replay_rec_new(&cfg);
+    } else if (rt->rec) {
+        replay_rec_reset(rt->rec);
+    }
+    if (!rt->rec)
+        rt->rec = replay_rec_new(&cfg);
+    gauge_update(rt);
+    backoff_init(&rt->bo, &cfg);
+    rt->mode = rt->rec && !rt->broken ? RT_RECORD : RT_TAINTED;
+    rt->reqs = rt->zs = 0;
+    rt->after_commit = rt->retried = rt->held_done = rt->orig_known = false;
+    if (rt->held)
+        evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
+    if (rt->c->c2s.remaining)
+        taint(rt, "a message is under way"); /* the next unit starts mid-message */
+}
+
+/* Nothing the client sent is unanswered and the last answer ended its transaction. */
+static void maybe_unit_end(struct px_retry *rt)
+{
+    struct px_client *c = rt->c;
+    if ((rt->mode != RT_RECORD && rt->mode != RT_TAINTED) || rt->last_z != 'I' ||
+        rt->zs != rt->reqs || rt->open_group || c->c2s.remaining || c->lock_waiting)
+        return;
+    unit_end(rt);
+}
+
+/* ==== the client's input ================================================================ */
+
+/* n bytes were taken from the head of the input: consumed (recorded, requests counted)
+ * unless the stage moved them itself. */
+static void consumed(struct px_retry *rt, size_t n)
+{
+    if (rt->quiet) {
+        evbuffer_drain(rt->mirror, n);
+        return;
+    }
+    while (n > 0 && evbuffer_get_length(rt->mirror) > 0) {
+        if (rt->in_left == 0) {
+            uint8_t hdr[5];
+            if (evbuffer_copyout(rt->mirror, hdr, 5) < 5) {
+                taint(rt, "a message header was split");
+                evbuffer_drain(rt->mirror, n);
+                return;
+            }
+            rt->in_left = px_get_u32(hdr + 1) + 1;
+            switch (hdr[0]) {
+            case 'Q':
+            case 'S':
+            case 'F':
+                rt->reqs++;
+                rt->open_group = false;
+                break;
+            case 'P':
+            case 'B':
+            case 'D':
+            case 'E':
+            case 'C': rt->open_group = true; break;
+            default: break;
+            }
+        }
+        size_t take = n < rt->in_left ? n : rt->in_left;
+        size_t replayed = take < rt->replay_left ? take : (size_t)rt->replay_left;
+        rt->replay_left -= replayed;
+        if (rt->mode == RT_RECORD && take > replayed) {
+            /* new bytes of the unit (replayed ones are in the recorder already) */
+            struct evbuffer_ptr at;
+            struct evbuffer_iovec v[4];
+            evbuffer_ptr_set(rt->mirror, &at, replayed, EVBUFFER_PTR_SET);
+            int nv = evbuffer_peek(rt->mirror, (ev_ssize_t)(take - replayed), &at, v, 4);
+            size_t left = take - replayed;
+            for (int i = 0; i < nv && i < 4 && left > 0; i++) {
+                size_t k = v[i].iov_len < left ? v[i].iov_len : left;
+                if (replay_rec_message(rt->rec, v[i].iov_base, k) != RETRY_OK) {
+                    taint(rt, "retry_buffer_bytes exceeded");
+                    break;
+                }
+                left -= k;
+            }
+            if (left > 0 && rt->mode == RT_RECORD) {
+                /* more extents than peeked: copy the rest out */
+                uint8_t *tmp = malloc(left);
+                size_t off = take - left;
+                if (tmp && evbuffer_ptr_set(rt->mirror, &at, off, EVBUFFER_PTR_SET) == 0 &&
+                    evbuffer_copyout_from(rt->mirror, &at, tmp, left) == (ev_ssize_t)left &&
+                    replay_rec_message(rt->rec, tmp, left) == RETRY_OK) {
+                } else {
+                    taint(rt, "out of memory or retry_buffer_bytes exceeded");
+                }
+                free(tmp);
+            }
+        }
+        evbuffer_drain(rt->mirror, take);
+        rt->in_left -= (uint32_t)take;
+        n -= take;
+    }
+    gauge_update(rt);
+    maybe_unit_end(rt);
+}
+
+/* Appends a copy of the last n bytes of src to dst.  0, or -1 when out of memory. */
+static int copy_tail(struct evbuffer *dst, struct evbuffer *src, size_t n)
+{
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(src, &at, evbuffer_get_length(src) - n, EVBUFFER_PTR_SET) < 0)
+        return -1;
+    while (n > 0) {
+        struct evbuffer_iovec v[8];
+        int nv = evbuffer_peek(src, (ev_ssize_t)n, &at, v, 8);
+        if (nv <= 0)
+            return -1;
+        for (int i = 0; i < nv && i < 8 && n > 0; i++) {
+            size_t k = v[i].iov_len < n ? v[i].iov_len : n;
+            if (evbuffer_add(dst, v[i].iov_base, k) < 0)
+                return -1;
+            n -= k;
+            evbuffer_ptr_set(src, &at, k, EVBUFFER_PTR_ADD);
+        }
+    }
+    return 0;
+}
+
+static int copy_all(struct evbuffer *dst, struct evbuffer *src)
+{
+    return copy_tail(dst, src, evbuffer_get_length(src));
+}
+
+static void input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct px_retry *rt = arg;
+    if (info->n_added && copy_tail(rt->mirror, in, info->n_added) < 0) {
+        /* The mirror is wrong from here on: nothing can be replayed until the client
+         * leaves (its input is then consumed without being recorded). */
+        taint(rt, "out of memory");
+        rt->broken = true;
+    }
+    if (info->n_deleted)
+        consumed(rt, info->n_deleted);
+}
+
+/* Moves the client's unconsumed input aside (it is not consumed). */
+static void stash_input(struct px_retry *rt)
+{
+    struct evbuffer *in = bufferevent_get_input(rt->c->bev);
+    rt->quiet = true;
+    evbuffer_remove_buffer(in, rt->later, evbuffer_get_length(in));
+    rt->quiet = false;
+}
+
+/* Puts bytes at the end of the client's input (a bufferevent keeps that end frozen). */
+static void input_append(struct px_retry *rt, struct evbuffer *from)
+{
+    struct evbuffer *in = bufferevent_get_input(rt->c->bev);
+    evbuffer_unfreeze(in, 0);
+    evbuffer_add_buffer(in, from);
+    evbuffer_freeze(in, 0);
+}
+
+/* ==== the responses ===================================================================== */
+
+/* The bytes of a message that was delivered (or verified) ended: transaction accounting. */
+static void out_message_end(struct px_retry *rt)
+{
+    char t = rt->out_type;
+    if (t == 'Z') {
+        rt->last_z = rt->out_pos > 5 ? (char)rt->out_cap[0] : 'I';
+        rt->zs++;
+        rt->after_commit = false;
+        bool delivered = rt->mode == RT_RECORD || rt->mode == RT_TAINTED;
+        if (delivered && rt->last_z == 'I') {
+            if (rt->c->locks)
+                px_locks_txn_end(rt->c); /* the client's transaction really ended */
+            if (rt->zs < rt->reqs)
+                taint(rt, "a transaction ended while more was sent");
+        }
+        maybe_unit_end(rt);
+    } else if (t == 'C' && rt->mode == RT_RECORD) {
+        const char *tag = (const char *)rt->out_cap;
+        size_t n = rt->out_pos > 5 ? rt->out_pos - 5 : 0;
+        if (n > sizeof(rt->out_cap))
+            n = sizeof(rt->out_cap);
+        if (n >= 7 && !memcmp(tag, "COMMIT", 7))
+            rt->after_commit = true;
+        else if (n >= 7 && !memcmp(tag, "PREPARE", 7))
+            taint(rt, "PREPARE TRANSACTION");
+    }
+}
+
+/* Digests n bytes at the head of buf (what the client gets). */
+static void digest(struct px_retry *rt, struct evbuffer *buf, size_t n)
+{
+    struct evbuffer_iovec v[8];
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(buf, &at, 0, EVBUFFER_PTR_SET);
+    while (n > 0 && rt->mode == RT_RECORD) {
+        int nv = evbuffer_peek(buf, (ev_ssize_t)n, &at, v, 8);
+        if (nv <= 0)
+            break;
+        for (int i = 0; i < nv && i < 8 && n > 0; i++) {
+            size_t k = v[i].iov_len < n ? v[i].iov_len : n;
+            if (replay_rec_response(rt->rec, v[i].iov_base, k) != RETRY_OK) {
+                taint(rt, "retry_buffer_bytes exceeded");
+                return;
+            }
+            n -= k;
+            evbuffer_ptr_set(buf, &at, k, EVBUFFER_PTR_ADD);
+        }
+    }
+}
+
+static void matched(struct px_retry *rt);
+static void replay_differs(struct px_retry *rt);
+static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool wind);
+
+/* Verifies n replayed bytes at the head of buf; on the match, the bytes after it go on
+ * as new ones (recorded). */
+static void verify(struct px_retry *rt, struct evbuffer *buf, size_t n)
+{
+    uint8_t tmp[4096];
+    while (n > 0 && rt->mode == RT_VERIFY) {
+        size_t k = n < sizeof(tmp) ? n : sizeof(tmp);
+        evbuffer_copyout(buf, tmp, k);
+        size_t used = 0;
+        enum replay_verdict v = replay_verify_feed(rt->ver, tmp, k, &used);
+        if (v == REPLAY_MATCH) {
+            evbuffer_drain(buf, used);
+            n -= used;
+            matched(rt);
+            digest(rt, buf, n);
+            evbuffer_remove_buffer(buf, rt->fwd, n);
+            return;
+        }
+        evbuffer_drain(buf, k);
+        n -= k;
+        if (v != REPLAY_MORE) {
+            replay_differs(rt);
+            break;
+        }
+    }
+    evbuffer_drain(buf, n);
+}
+
+/* Walks what buf holds for the client, message by message, and disposes of it by mode:
+ * onto fwd (to the client), into held, through the verifier, or away. */
+static void walk(struct px_retry *rt, struct evbuffer *buf)
+{
+    size_t avail;
+    while ((avail = evbuffer_get_length(buf)) > 0) {
+        if (rt->out_left == 0) {
+            uint8_t hdr[5];
+            if (avail < 5)
+                return; /* never split by pgwarden's writers; wait for the rest */
+            evbuffer_copyout(buf, hdr, 5);
+            rt->out_type = (char)hdr[0];
+            rt->out_left = px_get_u32(hdr + 1) + 1;
+            rt->out_pos = 0;
+            rt->out_digest = hdr[0] != 'N' && hdr[0] != 'S' && hdr[0] != 'A';
+            if (rt->mode == RT_RECORD && rt->after_commit && hdr[0] != 'Z' && rt->out_digest)
+                taint(rt, "statements after a COMMIT");
+        }
+        size_t n = avail < rt->out_left ? avail : rt->out_left;
+        if ((rt->out_type == 'Z' || rt->out_type == 'C') && rt->out_pos < 5 + sizeof(rt->out_cap)) {
+            /* keep the first body bytes for out_message_end */
+            uint8_t tmp[5 + sizeof(rt->out_cap)];
+            size_t want = sizeof(tmp) - rt->out_pos, k = n < want ? n : want;
+            evbuffer_copyout(buf, tmp, k);
+            for (size_t i = 0; i < k; i++)
+                if (rt->out_pos + i >= 5)
+                    rt->out_cap[rt->out_pos + i - 5] = tmp[i];
+        }
+        rt->out_pos += (uint32_t)n;
+        switch (rt->mode) {
+        case RT_RECORD:
+            if (rt->out_digest)
+                digest(rt, buf, n);
+            evbuffer_remove_buffer(buf, rt->fwd, n);
+            break;
+        case RT_TAINTED:
+        case RT_BACKOFF: evbuffer_remove_buffer(buf, rt->fwd, n); break;
+        case RT_HOLD:
+            if (!rt->held_done)
+                evbuffer_remove_buffer(buf, rt->held, n);
+            else
+                evbuffer_drain(buf, n);
+            break;
+        case RT_DISCARD: evbuffer_drain(buf, n); break;
+        case RT_VERIFY:
+            if (rt->out_type == 'A') /* a notification is never replayed: it goes on */
+                evbuffer_remove_buffer(buf, rt->fwd, n);
+            else if (!rt->out_digest)
+                evbuffer_drain(buf, n); /* the client had this notice or parameter */
+            else
+                verify(rt, buf, n);
+            break;
+        }
+        rt->out_left -= (uint32_t)n;
+        if (rt->out_left == 0)
+            out_message_end(rt);
+    }
+}
+
+static evutil_socket_t client_fd(const struct px_client *c)
+{
+    return c->fd_in_tls_bev ? -1 : c->fd;
+}
+
+/* pgwarden's own replies arrive here (px_retry_client_out): walked at once, and queued on
+ * the client's output (written by the bufferevent). */
+static void sink_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct px_retry *rt = arg;
+    if (!info->n_added || rt->in_relay)
+        return;
+    walk(rt, buf);
+    if (evbuffer_get_length(rt->fwd))
+        evbuffer_add_buffer(bufferevent_get_output(rt->c->bev), rt->fwd);
+    if (rt->mode == RT_DISCARD && rt->replay_left == 0)
+        schedule(rt, 0, false, true); /* a replay answered by pgwarden alone may be over */
+}
+
+struct evbuffer *px_retry_client_out(struct px_client *c)
+{
+    return c->retry ? c->retry->sink : bufferevent_get_output(c->bev);
+}
+
+struct evbuffer *px_retry_relay_target(struct px_client *c)
+{
+    if (!c->retry)
+        return NULL;
+    c->retry->in_relay = true;
+    return c->retry->sink;
+}
+
+void px_retry_relayed(struct px_client *c, evutil_socket_t fd)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt)
+        return;
+    rt->in_relay = false;
+    walk(rt, rt->sink);
+    px_relay_write(rt->fwd, bufferevent_get_output(c->bev), fd);
+}
+
+/* ==== deciding, replaying, giving up ==================================================== */
+
+/* Runs on_timer after delay_us (the backoff) or, with kick or wind, at the next turn of the
+ * loop (a step that must not run inside the writer or relay that triggered it). */
+static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool wind)
+{
+    rt->kick |= kick;
+    rt->wind |= wind;
+    if ((kick || wind) && evtimer_pending(rt->ev, NULL) && rt->mode == RT_BACKOFF)
+        return; /* never cut a backoff short */
+    struct timeval tv = {(time_t)(delay_us / 1000000u), (suseconds_t)(delay_us % 1000000u)};
+    evtimer_add(rt->ev, &tv);
+}
+
+/* Brings the client's server (or its held block) to the transaction status the client was
+ * told: 'I' (rolled back) or 'E' (a failed block), with hidden statements. */
+static void set_server_status(struct px_client *c, char want)
+{
+    struct px_server *s = c->server;
+    if (!s) {
+        if (want == 'E' && !px_txn_hold_failed_block(c))
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
+    char have = s->txn_status;
+    if (want == have || (want == 'T' && have == 'E'))
+        return;
+    struct evbuffer *out = px_path_server_out(c);
+    if (have != 'I') {
+        px_wire_query(out, "ROLLBACK");
+        s->hidden_queries++;
+        s->txn_status = 'I';
+    }
+    if (want == 'E') {
+        px_wire_query(out, "BEGIN");
+        s->hidden_queries++;
+        s->txn_status = 'T';
+        px_txn_statement_failed(c, true);
+    }
+}
+
+/* The client gets the original error and what followed it, unchanged; the unit goes on
+ * unrecorded. */
+static void give_up(struct px_retry *rt, unsigned outcome)
+{
+    struct px_client *c = rt->c;
+    count_outcome(rt, outcome);
+    px_info("retry", 'C', c->id, "the client gets the original error (%s)",
+            outcome == PX_MRO_EXHAUSTED      ? "max_attempts reached"
+            : outcome == PX_MRO_OVER_BUDGET  ? "retry budget used up"
+            : outcome == PX_MRO_BREAKER_OPEN ? "circuit breaker not closed"
+            : outcome == PX_MRO_DIVERGED     ? "the replay differed"
+            : outcome == PX_MRO_CANCELED     ? "canceled"
+                                             : "not replayable");
+    evtimer_del(rt->ev);
+    set_server_status(c, rt->orig_end);
+    rt->mode = RT_TAINTED;
+    rt->replay_left = 0;
+    /* held ends with the original attempt's last ReadyForQuery: everything the client sent
+     * is answered once it is delivered */
+    rt->reqs = rt->zs = 0;
+    rt->last_z = rt->orig_end;
+    rt->open_group = false;
+    if (rt->held) {
+        evbuffer_add_buffer(rt->fwd, rt->held);
+        px_relay_write(rt->fwd, bufferevent_get_output(c->bev), client_fd(c));
+    }
+    if (rt->orig_end == 'I' && c->locks)
+        px_locks_txn_end(c);
+    if (rt->later)
+        input_append(rt, rt->later);
+    px_reader_block(&c->rd, false);
+    maybe_unit_end(rt);
+    schedule(rt, 0, true, false); /* its next messages */
+}
+
+/* The original attempt (or a replay) failed and all its replies are in: retry or not. */
+static void decide(struct px_retry *rt)
+{
+    struct px_client *c = rt->c;
+    struct px_server *s = c->server;
+    char status = s ? s->txn_status : 'I';
+    if (!rt->orig_known) {
+        rt->orig_known = true;
+        rt->orig_end = status;
+    }
+    rt->held_done = true;
+    uint64_t delay = 0;
+    if (status == 'T' || c->c2s.remaining) {
+        give_up(rt, PX_MRO_NOT_REPLAYABLE);
+        return;
+    }
+    if (!replay_rec_replayable(rt->rec)) {
+        give_up(rt, PX_MRO_BUFFER_EXCEEDED);
+        return;
+    }
+    if (backoff_next(&rt->bo, &rng, &delay) != RETRY_OK) {
+        give_up(rt, PX_MRO_EXHAUSTED);
+        return;
+    }
+    if (!px_breaker_closed(c->pool->breaker)) {
+        give_up(rt, PX_MRO_BREAKER_OPEN); /* no retries while the database is unwell */
+        return;
+    }
+    switch (budget_try_retry(rt->db->budget, NULL, now_us())) {
+    case RETRY_OK: break;
+    case RETRY_BREAKER_OPEN: give_up(rt, PX_MRO_BREAKER_OPEN); return;
+    default: give_up(rt, PX_MRO_OVER_BUDGET); return;
+    }
+    px_metrics_inc(c->pool->metrics, PX_M_RETRY_ATTEMPTS, rt->sqlstate);
+    px_info("retry", 'C', c->id, "replaying the transaction in %.1f ms (attempt %u)",
+            (double)delay / 1000.0, backoff_attempts(&rt->bo));
+    rt->retried = true;
+    stash_input(rt);
+    set_server_status(c, 'I');
+    rt->mode = RT_BACKOFF;
+    schedule(rt, delay, false, false);
+}
+
+/* The backoff is over: the recorded bytes go back in front of the client's input, and
+ * every stage handles them again. */
+static void replay(struct px_retry *rt)
+{
+    struct px_client *c = rt->c;
+    struct evbuffer *p = evbuffer_new();
+    size_t total = 0;
+    for (size_t i = 0, n = replay_rec_count(rt->rec); p && i < n; i++) {
+        size_t len;
+        const void *m = replay_rec_msg(rt->rec, i, &len);
+        if (evbuffer_add(p, m, len) < 0) {
+            evbuffer_free(p);
+            p = NULL;
+        }
+        total += len;
+    }
+    if (!p) {
+        give_up(rt, PX_MRO_NOT_REPLAYABLE);
+        return;
+    }
+    rt->reqs = rt->zs = 0;
+    rt->last_z = 0;
+    rt->open_group = false;
+    rt->in_left = 0;
+    rt->replay_left = total;
+    if (replay_rec_response_bytes(rt->rec) == 0) {
+        /* The client saw nothing of it: the replay simply goes on. */
+        rt->mode = RT_RECORD;
+        if (rt->held)
+            evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
+        rt->held_done = rt->orig_known = false;
+        evbuffer_add_buffer(p, rt->later);
+        px_reader_block(&c->rd, false);
+    } else {
+        if (!rt->ver)
+            rt->ver = replay_verifier_new();
+        if (!rt->ver || replay_verify_begin(rt->ver, rt->rec) != RETRY_OK) {
+            evbuffer_free(p);
+            rt->replay_left = 0;
+            give_up(rt, PX_MRO_BUFFER_EXCEEDED);
+            return;
+        }
+        rt->mode = RT_VERIFY;
+    }
+    px_debug("retry", 'C', c->id, "replay of %zu bytes starts (%s, client state %d, server %s)",
+             total, rt->mode == RT_VERIFY ? "verifying" : "nothing seen", (int)c->state,
+             c->server ? "linked" : "none");
+    input_append(rt, p);
+    evbuffer_free(p);
+    px_path_client_input(c);
+}
+
+/* Everything the client had seen was reproduced: the rest is new. */
+static void matched(struct px_retry *rt)
+{
+    px_debug("retry", 'C', rt->c->id, "the replay matched what the client saw");
+    rt->mode = RT_RECORD;
+    if (rt->held)
+        evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
+    rt->held_done = rt->orig_known = false;
+    if (rt->later)
+        input_append(rt, rt->later);
+    px_reader_block(&rt->c->rd, false);
+    schedule(rt, 0, true, false);
+}
+
+static void replay_differs(struct px_retry *rt)
+{
+    px_info("retry", 'C', rt->c->id, "the replay differs from what the client saw");
+    rt->mode = RT_DISCARD;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_retry *rt = arg;
+    struct px_client *c = rt->c;
+    if (rt->mode == RT_BACKOFF) { /* the backoff is over (a step scheduled before it is moot) */
+        rt->kick = rt->wind = false;
+        replay(rt);
+        return;
+    }
+    if (rt->wind) {
+        rt->wind = false;
+        px_retry_after_relay(c);
+        if (c->retry != rt || rt->mode == RT_BACKOFF)
+            return;
+    }
+    if (rt->kick) {
+        rt->kick = false;
+        px_path_client_input(c); /* last: c may be gone after it */
+    }
+}
+
+/* ==== the stage's entry points ========================================================== */
+
+bool px_retry_client_start(struct px_client *c)
+{
+    if (!enabled() || c->retry)
+        return true;
+    struct px_retry *rt = calloc(1, sizeof(*rt));
+    if (!rt)
+        return false;
+    rt->c = c;
+    rt->db = db_get(c->pool->database);
+    rt->rec = replay_rec_new(&cfg);
+    rt->sink = evbuffer_new();
+    rt->fwd = evbuffer_new();
+    rt->mirror = evbuffer_new();
+    rt->held = evbuffer_new();
+    rt->later = evbuffer_new();
+    rt->ev = evtimer_new(px.base, on_timer, rt);
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->mirror || !rt->held ||
+        !rt->later || !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
+        copy_all(rt->mirror, in) < 0 ||
+        !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
+        c->retry = rt;
+        px_retry_client_free(c);
+        return false;
+    }
+    backoff_init(&rt->bo, &cfg);
+    rt->mode = RT_RECORD;
+    c->retry = rt;
+    return true;
+}
+
+void px_retry_client_free(struct px_client *c)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt)
+        return;
+    c->retry = NULL;
+    if (rt->in_cb && c->bev)
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), rt->in_cb);
+    if (rt->c->rd.blocked)
+        px_reader_block(&c->rd, false);
+    if (rt->ev)
+        event_free(rt->ev);
+    if (rt->rec) {
+        rt->mode = RT_TAINTED;
+        replay_rec_free(rt->rec);
+        rt->rec = NULL;
+        gauge_update(rt);
+    }
+    replay_verifier_free(rt->ver);
+    if (rt->sink) {
+        if (rt->sink_cb)
+            evbuffer_remove_cb_entry(rt->sink, rt->sink_cb);
+        evbuffer_free(rt->sink);
+    }
+    if (rt->fwd)
+        evbuffer_free(rt->fwd);
+    if (rt->mirror)
+        evbuffer_free(rt->mirror);
+    if (rt->held)
+        evbuffer_free(rt->held);
+    if (rt->later)
+        evbuffer_free(rt->later);
+    free(rt);
+}
+
+bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint8_t *body,
+                           uint32_t len)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt || (rt->mode != RT_RECORD && rt->mode != RT_VERIFY))
+        return false;
+    const char *sev = px_wire_error_field((const char *)body, len, 'V');
+    const char *code = px_wire_error_field((const char *)body, len, 'C');
+    if (!sev || strcmp(sev, "ERROR") != 0 || !code ||
+        !(retry_classify(&cfg.retryable_sqlstates, code) & RETRY_CLASS_RETRY))
+        return false;
+    walk(rt, out); /* what came before the error, in the mode it came in */
+    struct px_server *s = c->server;
+    if (rt->mode == RT_RECORD) {
+        rt->sqlstate = sqlstate_label(code);
+        /* The attempt must end without more from the client: its Sync or Query is sent. */
+        if (!s || s->pending_ready == 0 || s->unsynced || c->c2s.remaining) {
+            count_outcome(rt, PX_MRO_NOT_REPLAYABLE);
+            taint(rt, "the error's message group is not complete");
+            return false;
+        }
+        if (!replay_rec_replayable(rt->rec)) {
+            count_outcome(rt, PX_MRO_BUFFER_EXCEEDED);
+            taint(rt, "retry_buffer_bytes exceeded");
+            return false;
+        }
+        /* the original error: what the client gets if the retry does not happen */
+        evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
+        uint8_t hdr[5] = {'E'};
+        px_put_u32(hdr + 1, len + 4);
+        evbuffer_add(rt->held, hdr, 5);
+        evbuffer_add(rt->held, body, len);
+        rt->held_done = false;
+        rt->orig_known = false;
+    }
+    /* A replay that fails again before it matched keeps the original error (held_done). */
+    px_debug("retry", 'C', c->id, "%s: holding it back (%s)", code,
+             rt->mode == RT_VERIFY ? "the replay failed before it matched" : "first attempt");
+    rt->mode = RT_HOLD;
+    px_reader_block(&c->rd, true);
+    return true;
+}
+
+/* Everything sent to c's server has been answered. */
+static bool attempt_over(const struct px_client *c)
+{
+    const struct px_server *s = c->server;
+    if (!s)
+        return !c->lock_waiting && c->state == PX_CL_IDLE;
+    return s->pending_ready == 0 && s->expect_n == 0 && s->hidden_queries == 0 &&
+           s->s2c.remaining == 0 && !c->lock_waiting && !c->reply_hold;
+}
+
+void px_retry_after_relay(struct px_client *c)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt || rt->replay_left > 0 || !attempt_over(c))
+        return;
+    if (rt->mode == RT_HOLD) {
+        decide(rt);
+    } else if (rt->mode == RT_DISCARD) {
+        give_up(rt, PX_MRO_DIVERGED);
+    }
+}
+
+bool px_retry_holds_input(const struct px_client *c)
+{
+    const struct px_retry *rt = c->retry;
+    if (!rt)
+        return false;
+    switch (rt->mode) {
+    case RT_HOLD:
+    case RT_DISCARD: return rt->replay_left == 0;
+    case RT_BACKOFF: return true;
+    default: return false;
+    }
+}
+
+bool px_retry_owns_txn_end(const struct px_client *c)
+{
+    return c->retry != NULL;
+}
+
+void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)
+{
+    if (c->retry && info->pins)
+        taint(c->retry, info->session_feature ? info->session_feature : "session state");
+}
+
+void px_retry_note_streamed(struct px_client *c)
+{
+    if (c->retry)
+        taint(c->retry, "a message too big to keep");
+}
+
+bool px_retry_cancel(struct px_client *c)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt || rt->mode != RT_BACKOFF)
+        return false;
+    give_up(rt, PX_MRO_CANCELED);
+    return true;
+}
+
+unsigned px_retry_attempt(const struct px_client *c)
+{
+    const struct px_retry *rt = c->retry;
+    if (!rt || rt->mode == RT_RECORD || rt->mode == RT_TAINTED)
+        return 0;
+    return backoff_attempts(&rt->bo);
+}

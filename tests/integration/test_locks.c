@@ -1,0 +1,794 @@
+/*
+ * test_locks.c: pgwarden's lock functions (SPEC section 2) through pgwarden with libpq, on
+ * a real PostgreSQL, in both pool modes: every function by the simple and the extended
+ * protocol, Describe, pipelines mixed with ordinary SQL, the errors (22023, 55P03, 40P01
+ * with its DETAIL, 25P01, 25P02 after an error inside a block, 53200), cancel of a wait,
+ * release at COMMIT / ROLLBACK / unlock / disconnect, deadlock shapes with exactly one
+ * victim, waiting without a server, fencing tokens across a restart, and read-modify-write
+ * under a lock by many clients with no lost update.
+ *
+ * Every test starts its own pgwarden and stops it at the end.  A lock call that reached
+ * PostgreSQL would fail with 42883 (the functions do not exist there): every call here
+ * checks its result.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_util.h"
+
+#define TEST_LIMIT_S 180
+
+static struct harness_proxy *g_px;
+static const char *g_mode = "session"; /* the pool mode of the running suite */
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\ntest_locks: a test ran too long: stopping\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    if (g_px)
+        harness_proxy_dump_log(g_px, 60);
+    _exit(3);
+}
+
+static int suite_init_session(void)
+{
+    struct sigaction sa = {.sa_handler = on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
+    g_mode = "session";
+    return itu_suite_init();
+}
+
+static int suite_init_txn(void)
+{
+    int rc = suite_init_session();
+    g_mode = "transaction";
+    return rc;
+}
+
+static int suite_cleanup(void)
+{
+    alarm(0);
+    if (g_px)
+        harness_proxy_free(g_px);
+    g_px = NULL;
+    return 0;
+}
+
+static struct harness_proxy *start_opts(int pool_size, const char *tail)
+{
+    alarm(TEST_LIMIT_S);
+    struct harness_proxy_opts o = {.pool_mode = g_mode,
+                                   .pool_size = pool_size,
+                                   .auth_type = "scram-sha-256",
+                                   .client_tls_mode = "disable",
+                                   .log_level = getenv("ITEST_DEBUG") ? "debug" : "info",
+                                   .max_client_conn = 400,
+                                   .query_wait_timeout_ms = 60000,
+                                   .tail_extra = tail};
+    g_px = harness_proxy_start(&o);
+    return g_px;
+}
+
+static struct harness_proxy *start(int pool_size)
+{
+    return start_opts(pool_size, NULL);
+}
+
+static void stop(void)
+{
+    if (getenv("ITEST_DEBUG"))
+        harness_proxy_dump_log(g_px, 200);
+    CU_ASSERT_TRUE(harness_proxy_alive(g_px));
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(g_px), 0);
+    g_px = NULL;
+    alarm(0);
+}
+
+static PGconn *conn(const char *extra)
+{
+    char ci[1024];
+    snprintf(ci, sizeof(ci),
+             "host=127.0.0.1 port=%d dbname=pgwarden_test user=pgwarden_test "
+             "password=test-password sslmode=disable connect_timeout=10 %s",
+             g_px->port, extra ? extra : "");
+    PGconn *c = PQconnectdb(ci);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+        harness_proxy_dump_log(g_px, 20);
+    }
+    return c;
+}
+
+/* The first value of sql's result ("" when NULL), or "!SQLSTATE" when it failed.  Static
+ * buffer. */
+static const char *q(PGconn *c, const char *sql)
+{
+    static char buf[512];
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/* A token as a number (0 when not a number). */
+static long long tok(PGconn *c, const char *sql)
+{
+    const char *v = q(c, sql);
+    char *end;
+    long long t = strtoll(v, &end, 10);
+    if (*end || end == v) {
+        fprintf(stderr, "%s -> %s\n", sql, v);
+        return 0;
+    }
+    return t;
+}
+
+/* ---- 1. every function, simple protocol ------------------------------------------------- */
+
+static void test_functions_simple(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2));
+    PGconn *a = conn("application_name=alpha"), *b = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+
+    long long t1 = tok(a, "SELECT pgwarden_lock('portfolio:1', 'exclusive')");
+    CU_ASSERT(t1 > 0);
+    /* re-request of a weaker mode: the same token, no stacking */
+    CU_ASSERT_EQUAL(tok(a, "select PGWARDEN_LOCK( 'portfolio:1' , 'READ' ) ;"), t1);
+    /* another client cannot have it */
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_try_lock('portfolio:1', 'read')"), "NULL");
+    /* pgwarden_locks(): one row per lock held, (key, mode, scope, token) */
+    PGresult *r = PQexec(a, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_EQUAL(PQntuples(r), 1);
+    CU_ASSERT_EQUAL(PQnfields(r), 4);
+    if (PQntuples(r) == 1 && PQnfields(r) == 4) {
+        CU_ASSERT_STRING_EQUAL(PQfname(r, 0), "key");
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "portfolio:1");
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "exclusive");
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 2), "session");
+        CU_ASSERT_EQUAL(atoll(PQgetvalue(r, 0, 3)), t1);
+    }
+    PQclear(r);
+    /* column name and type as PostgreSQL would send them */
+    r = PQexec(a, "SELECT pgwarden_try_lock('symbol:AAPL', 'write')");
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_STRING_EQUAL(PQfname(r, 0), "pgwarden_try_lock");
+    CU_ASSERT_EQUAL(PQftype(r, 0), 20); /* int8 */
+    long long t2 = atoll(PQgetvalue(r, 0, 0));
+    CU_ASSERT(t2 > t1); /* tokens only increase */
+    PQclear(r);
+    /* unlock: true once, then false; unlock_all counts */
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('symbol:AAPL')"), "t");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('symbol:AAPL')"), "f");
+    long long k2 = tok(a, "SELECT pgwarden_lock('k2', 'read') AS t");
+    CU_ASSERT(k2 > 0);
+    CU_ASSERT_EQUAL(tok(a, "SELECT pgwarden_lock('k2', 'read') AS t"), k2);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "2");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    /* the other client may now take it */
+    long long t3 = tok(b, "/* c */ SELECT pgwarden_try_lock('portfolio:1', 'write')");
+    CU_ASSERT(t3 > t2);
+    /* read and write go together; write and write do not */
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('portfolio:1', 'read')") > t3);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_try_lock('portfolio:1', 'write')"), "NULL");
+    /* errors of the arguments */
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k', 'shared')"), "!22023");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('', 'read')"), "!22023");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k', 'read', -1)"), "!22023");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_xact_lock('k', 'read')"), "!25P01");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock(NULL, 'read')"), "NULL");
+    /* a call inside a larger statement is not a lock call: it reaches PostgreSQL */
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k', 'read'), 1"), "!42883");
+    CU_ASSERT_STRING_EQUAL(PQtransactionStatus(a) == PQTRANS_IDLE ? "idle" : "?", "idle");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 42"), "42");
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+/* ---- 2. the extended protocol ---------------------------------------------------------- */
+
+static void test_functions_extended(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2));
+    PGconn *a = conn(NULL), *b = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+
+    /* a named statement with $n parameters, described as PostgreSQL would */
+    PGresult *r = PQprepare(a, "lk", "SELECT pgwarden_lock($1, $2, $3)", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQdescribePrepared(a, "lk");
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    CU_ASSERT_EQUAL(PQnparams(r), 3);
+    if (PQnparams(r) == 3) {
+        CU_ASSERT_EQUAL(PQparamtype(r, 0), 25); /* text */
+        CU_ASSERT_EQUAL(PQparamtype(r, 1), 25);
+        CU_ASSERT_EQUAL(PQparamtype(r, 2), 23); /* integer */
+    }
+    CU_ASSERT_EQUAL(PQnfields(r), 1);
+    CU_ASSERT_STRING_EQUAL(PQfname(r, 0), "pgwarden_lock");
+    CU_ASSERT_EQUAL(PQftype(r, 0), 20);
+    PQclear(r);
+    const char *vals[3] = {"acct:7", "write", "1000"};
+    r = PQexecPrepared(a, "lk", 3, vals, NULL, NULL, 0);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    long long t1 = PQntuples(r) == 1 ? atoll(PQgetvalue(r, 0, 0)) : 0;
+    CU_ASSERT(t1 > 0);
+    PQclear(r);
+    /* unnamed statement, binary parameters and a binary result */
+    uint32_t be_timeout = htonl(100);
+    const char *bvals[3] = {"acct:7", "write", (const char *)&be_timeout};
+    int lens[3] = {6, 5, 4}, fmts[3] = {0, 0, 1};
+    r = PQexecParams(b, "SELECT pgwarden_lock($1, $2, $3::int4)", 3, NULL, bvals, lens, fmts, 1);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR); /* a holds it: 55P03 in 100 ms */
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55P03");
+    CU_ASSERT_PTR_NOT_NULL(strstr(PQresultErrorMessage(r), "acct:7"));
+    PQclear(r);
+    r = PQexecParams(b, "SELECT pgwarden_try_lock($1, 'read')", 1, NULL, vals, NULL, NULL, 1);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_EQUAL(PQfformat(r, 0), 1);
+    CU_ASSERT_EQUAL(PQgetlength(r, 0, 0), 8);
+    if (PQgetlength(r, 0, 0) == 8) {
+        const unsigned char *p = (const unsigned char *)PQgetvalue(r, 0, 0);
+        long long v = 0;
+        for (int i = 0; i < 8; i++)
+            v = v << 8 | p[i];
+        CU_ASSERT(v > t1);
+    }
+    PQclear(r);
+    /* unlock by the extended protocol, then by a prepared statement Close */
+    r = PQexecParams(a, "SELECT pgwarden_unlock($1)", 1, NULL, vals, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(PQntuples(r) ? PQgetvalue(r, 0, 0) : "?", "t");
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "DEALLOCATE lk"), "DEALLOCATE");
+    r = PQexecPrepared(a, "lk", 3, vals, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000"); /* gone, as in PostgreSQL */
+    PQclear(r);
+    /* errors in the arguments come from pgwarden, as PostgreSQL's would */
+    const char *bad[2] = {"k", "sideways"};
+    r = PQexecParams(a, "SELECT pgwarden_lock($1, $2)", 2, NULL, bad, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "22023");
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 1"), "1");
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock_all()"), "1");
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+/* A pipeline that mixes ordinary statements and lock calls is answered in order. */
+static void test_pipeline_mixed(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2));
+    PGconn *a = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(a), 1);
+    const char *v1[1] = {"pipe:1"};
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT 11", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT pgwarden_lock($1, 'write')", 1, NULL, v1, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT 22", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT * FROM pgwarden_locks()", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+    const char *want[] = {"11", "#", "22", "pipe:1"};
+    for (int i = 0; i < 4; i++) {
+        PGresult *r = itu_wait_result(a, 10000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+            if (want[i][0] == '#') {
+                CU_ASSERT(atoll(PQgetvalue(r, 0, 0)) > 0);
+            } else {
+                CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), want[i]);
+            }
+        } else {
+            fprintf(stderr, "pipeline result %d: %s %s\n", i, PQresStatus(PQresultStatus(r)),
+                    PQresultErrorMessage(r));
+        }
+        PQclear(r);
+    }
+    PGresult *r = itu_wait_result(a, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    /* an error before a lock call in the same pipeline: the lock call is skipped */
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
+    const char *v2[1] = {"pipe:2"};
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT pgwarden_lock($1, 'write')", 1, NULL, v2, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+    r = itu_wait_result(a, 10000);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "22012");
+    PQclear(r);
+    r = itu_wait_result(a, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
+    PQclear(r);
+    r = itu_wait_result(a, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQexitPipelineMode(a), 1);
+    /* pipe:2 was never taken */
+    PGresult *rr = PQexec(a, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT_EQUAL(PQntuples(rr), 1);
+    PQclear(rr);
+    PQfinish(a);
+    stop();
+}
+
+/* ---- 3. inside transaction blocks ----------------------------------------------------- */
+
+/* A direct connection to PostgreSQL (not through pgwarden), to check what was committed. */
+static PGconn *direct(void)
+{
+    PGconn *c = PQconnectdb(harness_cluster_conninfo("sslmode=disable"));
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "direct: %s", PQerrorMessage(c));
+    return c;
+}
+
+static void test_errors_in_blocks(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2));
+    PGconn *a = conn(NULL), *b = conn(NULL), *d = direct();
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lk_t"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lk_t(v int)"), "CREATE TABLE");
+    CU_ASSERT(tok(b, "SELECT pgwarden_lock('busy', 'exclusive')") > 0);
+
+    /* 1. the failing lock call is the first statement after BEGIN */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_xact_lock('busy', 'read', 50)"), "!55P03");
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (1)"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_try_lock('free', 'read')"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
+
+    /* 2. after real work: the server's transaction is aborted too, nothing commits */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (2)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_xact_lock('busy', 'sideways')"), "!22023");
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (3)"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
+
+    /* 3. the same by the extended protocol */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (4)"), "INSERT 0 1");
+    const char *v[1] = {"busy"};
+    PGresult *r =
+        PQexecParams(a, "SELECT pgwarden_xact_lock($1, 'write', 50)", 1, NULL, v, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55P03");
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    r = PQexecParams(a, "INSERT INTO lk_t VALUES (5)", 0, NULL, NULL, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "25P02");
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
+
+    /* 4. outside a block, an error changes nothing */
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('busy', 'read', 10)"), "!55P03");
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
+    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (6)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "1");
+
+    /* 5. transaction locks go with the block; a successful block commits */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(tok(a, "SELECT pgwarden_xact_lock('acct:1', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (7)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_try_lock('acct:1', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT(tok(b, "SELECT pgwarden_try_lock('acct:1', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "2");
+    /* ROLLBACK releases too, and a block with only lock calls never needs a server */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(tok(a, "SELECT pgwarden_xact_lock('acct:2', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT(tok(b, "SELECT pgwarden_try_lock('acct:2', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE lk_t"), "DROP TABLE");
+    PQfinish(a);
+    PQfinish(b);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- 4. waiting: granted at release, canceled, timed out -------------------------------- */
+
+/* Sends sql without waiting; true when sent. */
+static bool qsend(PGconn *c, const char *sql)
+{
+    return PQsendQuery(c, sql) == 1;
+}
+
+/* True when c has a complete result within ms (it is not waiting any more). */
+static bool ready_within(PGconn *c, int ms)
+{
+    int64_t deadline = itu_now_ms() + ms;
+    while (PQisBusy(c)) {
+        int64_t left = deadline - itu_now_ms();
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&pfd, 1, left > 0 ? (int)left : 0) <= 0)
+            return !PQisBusy(c);
+        if (!PQconsumeInput(c))
+            return true;
+    }
+    return true;
+}
+
+static void test_wait_release_cancel(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(3)); /* session mode: one server per client */
+    PGconn *a = conn(NULL), *b = conn(NULL), *c = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+
+    long long ta = tok(a, "SELECT pgwarden_lock('w', 'exclusive')");
+    CU_ASSERT(ta > 0);
+    CU_ASSERT(qsend(b, "SELECT pgwarden_lock('w', 'write')"));
+    CU_ASSERT_FALSE(ready_within(b, 300)); /* it waits */
+    /* b's next statement waits behind its lock call */
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('w')"), "t");
+    PGresult *r = itu_wait_result(b, 5000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT(PQntuples(r) == 1 && atoll(PQgetvalue(r, 0, 0)) > ta);
+    CU_ASSERT(itu_now_ms() - t0 < 1000); /* granted at once */
+    PQclear(r);
+
+    /* cancel of a waiting client: 57014, as Ctrl-C in psql on pg_advisory_lock */
+    CU_ASSERT(qsend(c, "SELECT pgwarden_lock('w', 'exclusive')"));
+    CU_ASSERT_FALSE(ready_within(c, 200));
+    CU_ASSERT_TRUE(itu_send_cancel(c));
+    r = itu_wait_result(c, 5000);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57014");
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT 5"), "5");
+    /* a canceled wait does not hold the key */
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('w')"), "t");
+    CU_ASSERT(tok(c, "SELECT pgwarden_try_lock('w', 'exclusive')") > 0);
+
+    /* release at disconnect: the waiter is granted at once */
+    CU_ASSERT(qsend(b, "SELECT pgwarden_lock('w', 'read')"));
+    CU_ASSERT_FALSE(ready_within(b, 200));
+    t0 = itu_now_ms();
+    PQfinish(c); /* holder gone */
+    CU_ASSERT_TRUE(ready_within(b, 2000));
+    CU_ASSERT(itu_now_ms() - t0 < 1000);
+    r = itu_wait_result(b, 1000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    /* a holder whose connection just vanishes (no Terminate) releases too */
+    int fd = PQsocket(b);
+    CU_ASSERT(qsend(a, "SELECT pgwarden_lock('w', 'exclusive', 5000)"));
+    CU_ASSERT_FALSE(ready_within(a, 200));
+    shutdown(fd, SHUT_RDWR);
+    CU_ASSERT_TRUE(ready_within(a, 2000));
+    r = itu_wait_result(a, 1000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    PQfinish(b);
+    PQfinish(a);
+    stop();
+}
+
+/* ---- 5. deadlocks: exactly one victim, with a DETAIL ------------------------------------ */
+
+static void test_deadlocks(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(3));
+    PGconn *a = conn("application_name=alice"), *b = conn("application_name=bob"),
+           *c = conn("application_name=carol");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+
+    /* two session locks in opposite order */
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('x', 'exclusive')") > 0);
+    CU_ASSERT(tok(b, "SELECT pgwarden_lock('y', 'exclusive')") > 0);
+    CU_ASSERT(qsend(a, "SELECT pgwarden_lock('y', 'exclusive')"));
+    CU_ASSERT_FALSE(ready_within(a, 200));
+    int64_t t0 = itu_now_ms();
+    PGresult *r = PQexec(b, "SELECT pgwarden_lock('x', 'exclusive')"); /* closes the cycle */
+    CU_ASSERT(itu_now_ms() - t0 < 1000);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "40P01");
+    const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+    CU_ASSERT_PTR_NOT_NULL(detail);
+    if (detail) {
+        CU_ASSERT_PTR_NOT_NULL(strstr(detail, "\"alice\""));
+        CU_ASSERT_PTR_NOT_NULL(strstr(detail, "\"bob\""));
+        CU_ASSERT_PTR_NOT_NULL(strstr(detail, "\"x\""));
+        CU_ASSERT_PTR_NOT_NULL(strstr(detail, "\"y\""));
+    }
+    PQclear(r);
+    CU_ASSERT_FALSE(ready_within(a, 200)); /* one victim only: a still waits */
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock_all()"), "1");
+    r = itu_wait_result(a, 5000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "2");
+
+    /* two transaction locks: the victim's block fails, the other commits */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT(tok(a, "SELECT pgwarden_xact_lock('x', 'write')") > 0);
+    CU_ASSERT(tok(b, "SELECT pgwarden_xact_lock('y', 'write')") > 0);
+    CU_ASSERT(qsend(a, "SELECT pgwarden_xact_lock('y', 'write')"));
+    CU_ASSERT_FALSE(ready_within(a, 200));
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_xact_lock('x', 'write')"), "!40P01");
+    CU_ASSERT_EQUAL(PQtransactionStatus(b), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(b, "ROLLBACK"), "ROLLBACK");
+    r = itu_wait_result(a, 5000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
+
+    /* two upgrades of a shared key */
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('u', 'read')") > 0);
+    CU_ASSERT(tok(b, "SELECT pgwarden_lock('u', 'read')") > 0);
+    CU_ASSERT(qsend(a, "SELECT pgwarden_lock('u', 'exclusive')"));
+    CU_ASSERT_FALSE(ready_within(a, 200));
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_lock('u', 'exclusive')"), "!40P01");
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('u')"), "t");
+    r = itu_wait_result(a, 5000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1");
+
+    /* a cycle of three through a queued exclusive request (a soft edge) */
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('p', 'read')") > 0);
+    CU_ASSERT(tok(b, "SELECT pgwarden_lock('q', 'exclusive')") > 0);
+    CU_ASSERT(qsend(c, "SELECT pgwarden_lock('p', 'exclusive')")); /* waits for a */
+    CU_ASSERT_FALSE(ready_within(c, 200));
+    CU_ASSERT(qsend(b, "SELECT pgwarden_lock('p', 'read')")); /* queued behind c: soft edge */
+    CU_ASSERT_FALSE(ready_within(b, 200));
+    r = PQexec(a, "SELECT pgwarden_lock('q', 'read')"); /* a -> b -> c -> a */
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "40P01");
+    PQclear(r);
+    CU_ASSERT_FALSE(ready_within(b, 200));
+    CU_ASSERT_FALSE(ready_within(c, 100));
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1"); /* c goes, then b */
+    r = itu_wait_result(c, 5000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_unlock_all()"), "1");
+    r = itu_wait_result(b, 5000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    PQfinish(a);
+    PQfinish(b);
+    PQfinish(c);
+    stop();
+}
+
+/* ---- 6. waiting holds no server (transaction mode) ------------------------------------- */
+
+/* The pool's servers in use, from pg_stat_activity on a direct connection. */
+static int backends(PGconn *d)
+{
+    return atoi(q(d, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgwarden_test' "
+                     "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                     "AND application_name <> 'direct'"));
+}
+
+#define WAITERS 50
+
+static void test_waiters_hold_no_server(void)
+{
+    if (strcmp(g_mode, "transaction") != 0)
+        return; /* session mode: a client keeps its own server, as expected */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(5));
+    PGconn *holder = conn(NULL),
+           *d = PQconnectdb(harness_cluster_conninfo("sslmode=disable application_name=direct"));
+    CU_ASSERT_EQUAL_FATAL(PQstatus(holder), CONNECTION_OK);
+    CU_ASSERT(tok(holder, "SELECT pgwarden_lock('hot', 'exclusive')") > 0);
+    static PGconn *w[WAITERS];
+    int sent = 0;
+    for (int i = 0; i < WAITERS; i++) {
+        w[i] = conn(NULL);
+        if (PQstatus(w[i]) != CONNECTION_OK)
+            continue;
+        /* a transaction: BEGIN (held back), then the lock call, by both protocols */
+        if (strcmp(q(w[i], "BEGIN"), "BEGIN") != 0)
+            continue;
+        const char *v[1] = {"hot"};
+        if (i % 2 ? PQsendQuery(w[i], "SELECT pgwarden_xact_lock('hot', 'write')")
+                  : PQsendQueryParams(w[i], "SELECT pgwarden_xact_lock($1, 'write')", 1, NULL, v,
+                                      NULL, NULL, 0))
+            sent++;
+    }
+    CU_ASSERT_EQUAL(sent, WAITERS);
+    itu_sleep_ms(300);
+    /* everybody else still gets servers: the pool of 5 is free */
+    PGconn *other = conn(NULL);
+    int64_t t0 = itu_now_ms();
+    for (int i = 0; i < 20; i++)
+        CU_ASSERT_STRING_EQUAL(q(other, "SELECT 1"), "1");
+    CU_ASSERT(itu_now_ms() - t0 < 3000);
+    int busy = backends(d);
+    printf("\n    %d waiters, %d backends in use ", sent, busy);
+    CU_ASSERT(busy <= 5);
+    /* release: the waiters are granted one after another (write excludes write) and each
+     * commits its empty block */
+    CU_ASSERT_STRING_EQUAL(q(holder, "SELECT pgwarden_unlock('hot')"), "t");
+    int granted = 0;
+    for (int round = 0; round < WAITERS && granted < WAITERS; round++) {
+        for (int i = 0; i < WAITERS; i++) {
+            if (!w[i] || !ready_within(w[i], 0))
+                continue;
+            PGresult *r = itu_wait_result(w[i], 1000);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK)
+                granted++;
+            PQclear(r);
+            CU_ASSERT_STRING_EQUAL(q(w[i], "COMMIT"), "COMMIT");
+            PQfinish(w[i]);
+            w[i] = NULL;
+        }
+        itu_sleep_ms(10);
+    }
+    CU_ASSERT_EQUAL(granted, WAITERS);
+    for (int i = 0; i < WAITERS; i++)
+        PQfinish(w[i]);
+    PQfinish(other);
+    PQfinish(holder);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- 7. read-modify-write under a lock: no lost update ---------------------------------- */
+
+#define RMW_CLIENTS 100
+
+static void test_read_modify_write(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(strcmp(g_mode, "transaction") ? RMW_CLIENTS + 2 : 5));
+    PGconn *d = direct();
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lk_acct"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lk_acct(id int primary key, balance int)"),
+                           "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lk_acct VALUES (1, 0)"), "INSERT 0 1");
+    static PGconn *cs[RMW_CLIENTS];
+    int ok = 0;
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        cs[i] = conn(NULL);
+    /* each client: BEGIN; lock; read; write read+1; COMMIT -- all at once, interleaved
+     * step by step (the lock serialises them) */
+    enum { S_BEGIN, S_LOCK, S_READ, S_WRITE, S_COMMIT, S_DONE } st[RMW_CLIENTS] = {0};
+    int value[RMW_CLIENTS] = {0};
+    int64_t until = itu_now_ms() + 60000;
+    int done = 0;
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        if (PQstatus(cs[i]) != CONNECTION_OK || !qsend(cs[i], "BEGIN"))
+            st[i] = S_DONE, done++;
+    while (done < RMW_CLIENTS && itu_now_ms() < until) {
+        for (int i = 0; i < RMW_CLIENTS; i++) {
+            if (st[i] == S_DONE || !ready_within(cs[i], 0))
+                continue;
+            PGresult *r = itu_wait_result(cs[i], 1000);
+            ExecStatusType rs = PQresultStatus(r);
+            bool good = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
+            if (st[i] == S_READ && good)
+                value[i] = atoi(PQgetvalue(r, 0, 0));
+            PQclear(r);
+            if (!good) {
+                fprintf(stderr, "client %d step %d: %s", i, st[i], PQerrorMessage(cs[i]));
+                st[i] = S_DONE;
+                done++;
+                continue;
+            }
+            char sql[128];
+            switch (st[i]) {
+            case S_BEGIN: qsend(cs[i], "SELECT pgwarden_xact_lock('acct:1', 'write')"); break;
+            case S_LOCK: qsend(cs[i], "SELECT balance FROM lk_acct WHERE id = 1"); break;
+            case S_READ:
+                snprintf(sql, sizeof(sql), "UPDATE lk_acct SET balance = %d WHERE id = 1",
+                         value[i] + 1);
+                qsend(cs[i], sql);
+                break;
+            case S_WRITE: qsend(cs[i], "COMMIT"); break;
+            case S_COMMIT: ok++, done++; break;
+            default: break;
+            }
+            st[i]++;
+        }
+        itu_sleep_ms(1);
+    }
+    CU_ASSERT_EQUAL(ok, RMW_CLIENTS);
+    CU_ASSERT_EQUAL(atoi(q(d, "SELECT balance FROM lk_acct WHERE id = 1")), ok);
+    printf("\n    %d read-modify-writes, balance %s ", ok,
+           q(d, "SELECT balance FROM lk_acct WHERE id = 1"));
+    q(d, "DROP TABLE lk_acct");
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        PQfinish(cs[i]);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- 8. fencing tokens across a restart, and the lock table's limit ---------------------- */
+
+static void test_tokens_across_restart(void)
+{
+    char dir[] = "/tmp/pgw-lockstate-XXXXXX", path[256], tail[400];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/lockstate", dir);
+    snprintf(tail, sizeof(tail), "[locks]\nstate_file = %s\nmax_locks = 3\n", path);
+    /* a missing state file is an error at start, never silently new tokens */
+    alarm(TEST_LIMIT_S);
+    struct harness_proxy_opts o = {
+        .pool_mode = g_mode, .pool_size = 2, .client_tls_mode = "disable", .tail_extra = tail};
+    struct harness_proxy *px = harness_proxy_prepare(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    CU_ASSERT_NOT_EQUAL(harness_proxy_launch(px), 0);
+    const char *init[] = {harness_pgwarden_path(), "-c", px->config_path, "--init-lock-state",
+                          NULL};
+    CU_ASSERT_EQUAL(harness_run(init, 10000, NULL), 0);
+    harness_proxy_free(px);
+    long long last = 0;
+    for (int run = 0; run < 2; run++) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(start_opts(2, tail));
+        PGconn *a = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+        long long t = tok(a, "SELECT pgwarden_lock('fence', 'write')");
+        CU_ASSERT(t > last);
+        last = t;
+        /* max_locks = 3: the fourth lock is refused with 53200 */
+        CU_ASSERT(tok(a, "SELECT pgwarden_lock('k2', 'read')") > t);
+        CU_ASSERT(tok(a, "SELECT pgwarden_lock('k3', 'read')") > t);
+        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k4', 'read')"), "!53200");
+        PQfinish(a);
+        stop();
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
+static void register_suites(void)
+{
+    static CU_TestInfo tests[] = {
+        {"functions_simple", test_functions_simple},
+        {"functions_extended", test_functions_extended},
+        {"pipeline_mixed", test_pipeline_mixed},
+        {"errors_in_blocks", test_errors_in_blocks},
+        {"wait_release_cancel", test_wait_release_cancel},
+        {"deadlocks", test_deadlocks},
+        {"waiters_hold_no_server", test_waiters_hold_no_server},
+        {"read_modify_write", test_read_modify_write},
+        {"tokens_across_restart", test_tokens_across_restart},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("locks_session", suite_init_session, suite_cleanup, tests);
+    cunit_add_suite("locks_transaction", suite_init_txn, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}

@@ -1,0 +1,858 @@
+/*
+ * test_retry.c: transparent retry (issue 16, docs/retry.md) with libpq on a real
+ * PostgreSQL, in both pool modes, with real contention:
+ *   - an autocommit statement (simple and extended protocol) that meets a concurrent
+ *     update under REPEATABLE READ (PostgreSQL's 40001) is replayed: the client sees its
+ *     result, the update is applied once;
+ *   - two transactions that update two rows in opposite order (PostgreSQL's 40P01): both
+ *     commit, each update applied once, pg_stat_database counts the deadlock;
+ *   - SERIALIZABLE transfers among 4 accounts from 8 clients: every transfer commits
+ *     exactly once, money is conserved, no client sees an error;
+ *   - a replay whose responses differ (the row the client read changed) gives the client
+ *     the original error, and nothing commits twice;
+ *   - a transaction holding a pgwarden xact lock is replayed with its lock and token;
+ *   - retry off (max_attempts = 1) gives the error unchanged; max_attempts bounds attempts
+ *     (counted with a sequence, which a rollback does not undo); the retry budget stops a
+ *     storm of failures;
+ *   - a COMMIT whose server connection is cut (a TCP relay between pgwarden and
+ *     PostgreSQL) is answered with its real outcome: committed, aborted (40000), nothing
+ *     written, or 40003 when the transaction id was never learned; nothing commits twice;
+ * and the retry metrics say what happened.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_http.h"
+#include "itest_util.h"
+
+#define TEST_LIMIT_S 180
+
+static struct harness_proxy *g_px;
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\ntest_retry: a test ran too long: stopping\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    if (g_px)
+        harness_proxy_dump_log(g_px, getenv("PGW_TEST_DEBUG") ? 5000 : 60);
+    _exit(3);
+}
+
+static int suite_init(void)
+{
+    struct sigaction sa = {.sa_handler = on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
+    if (itu_suite_init() != 0)
+        return 1;
+    /* deadlocks found quickly; the test user owns its tables */
+    return harness_cluster_exec("ALTER SYSTEM SET deadlock_timeout = '100ms'") == 0 &&
+                   harness_cluster_exec("SELECT pg_reload_conf()") == 0
+               ? 0
+               : 1;
+}
+
+static int suite_cleanup(void)
+{
+    alarm(0);
+    if (g_px)
+        harness_proxy_free(g_px);
+    g_px = NULL;
+    return 0;
+}
+
+/* pgwarden in mode with [retry] retry_conf (NULL: generous settings for the tests). */
+static struct harness_proxy *start(const char *mode, int pool_size, const char *retry_conf)
+{
+    alarm(TEST_LIMIT_S);
+    static char tail[512];
+    snprintf(tail, sizeof(tail), "[retry]\n%s\n",
+             retry_conf ? retry_conf
+                        : "max_attempts = 30\nbase_ms = 1\ncap_ms = 50\nbudget_min_retries = 100000");
+    struct harness_proxy_opts o = {.pool_mode = mode,
+                                   .pool_size = pool_size,
+                                   .auth_type = "scram-sha-256",
+                                   .client_tls_mode = "disable",
+                                   .log_level = getenv("PGW_TEST_DEBUG") ? "debug" : "info",
+                                   .admin = true,
+                                   .tail_extra = tail};
+    g_px = harness_proxy_start(&o);
+    return g_px;
+}
+
+static void stop(void)
+{
+    CU_ASSERT_TRUE(harness_proxy_alive(g_px));
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(g_px), 0);
+    g_px = NULL;
+    alarm(0);
+}
+
+static PGconn *conn(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=disable");
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+/* A connection straight to PostgreSQL (the concurrent writer). */
+static PGconn *direct(void)
+{
+    PGconn *c = harness_connect_info(harness_cluster_conninfo("sslmode=disable"));
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+/* The first value of sql, or its command tag, or "!SQLSTATE"; static buffer. */
+static const char *v(PGconn *c, const char *sql)
+{
+    static char buf[512];
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/* The same for the result of a query sent earlier (bounded wait). */
+static const char *result_of(PGconn *c, int timeout_ms)
+{
+    static char buf[512];
+    PGresult *r = itu_wait_result(c, timeout_ms);
+    if (!r)
+        return "!timeout";
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+static long num(PGconn *c, const char *sql)
+{
+    return atol(v(c, sql));
+}
+
+/* Sum of every series of /metrics whose key starts with name and contains each of the
+ * label texts given (NULL-terminated). */
+static double metric(const char *name, ...)
+{
+    struct series *s = NULL;
+    int n = 0;
+    if (!scrape(g_px->admin_port, &s, &n))
+        return -1;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        if (strncmp(s[i].key, name, strlen(name)) != 0 || s[i].key[strlen(name)] != '|')
+            continue;
+        va_list ap;
+        va_start(ap, name);
+        bool all = true;
+        for (const char *l; (l = va_arg(ap, const char *));)
+            all = all && strstr(s[i].key, l);
+        va_end(ap);
+        if (all)
+            sum += s[i].value;
+    }
+    free(s);
+    return sum;
+}
+
+static void setup_table(const char *ddl)
+{
+    PGconn *d = direct();
+    CU_ASSERT_TRUE(itu_exec_ok(d, ddl));
+    PQfinish(d);
+}
+
+/* Waits until PostgreSQL shows n sessions waiting for a lock (bounded). */
+static bool wait_lock_waiters(PGconn *d, int n)
+{
+    for (int i = 0; i < 200; i++) {
+        if (num(d, "SELECT count(*) FROM pg_locks WHERE NOT granted") >= n)
+            return true;
+        itu_sleep_ms(10);
+    }
+    fprintf(stderr, "no session waits for a lock\n");
+    return false;
+}
+
+/* ---- an autocommit statement -------------------------------------------------------- */
+
+static void autocommit(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_auto; CREATE TABLE rt_auto (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_auto VALUES (1, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "SET default_transaction_isolation = 'repeatable read'"), "SET");
+    for (int extended = 0; extended < 2; extended++) {
+        /* d updates the row and keeps it locked; c's statement waits for it, then meets
+         * the committed update: 40001 inside PostgreSQL, replayed by pgwarden */
+        CU_ASSERT_TRUE(itu_exec_ok(d, "BEGIN"));
+        CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_auto SET v = v + 1 WHERE id = 1"));
+        if (extended) {
+            const char *p[1] = {"10"};
+            CU_ASSERT_EQUAL(PQsendQueryParams(c, "UPDATE rt_auto SET v = v + $1 WHERE id = 1 "
+                                                 "RETURNING v",
+                                              1, NULL, p, NULL, NULL, 0),
+                            1);
+        } else {
+            CU_ASSERT_EQUAL(PQsendQuery(c, "UPDATE rt_auto SET v = v + 10 WHERE id = 1 "
+                                           "RETURNING v"),
+                            1);
+        }
+        CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
+        CU_ASSERT_TRUE(itu_exec_ok(d, "COMMIT"));
+        const char *got = result_of(c, 10000);
+        /* the client sees its own update applied once on top of d's */
+        CU_ASSERT_STRING_EQUAL(got, extended ? "22" : "11");
+    }
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_auto WHERE id = 1"), 22);
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40001", "outcome=succeeded", NULL),
+                    2);
+    CU_ASSERT(metric("pgwarden_retry_attempts_total", "sqlstate=40001", NULL) >= 2);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "replaying the transaction"));
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_autocommit_session(void)
+{
+    autocommit("session");
+}
+static void test_autocommit_transaction(void)
+{
+    autocommit("transaction");
+}
+
+/* ---- PostgreSQL's deadlock ------------------------------------------------------------ */
+
+/* Lines of PostgreSQL's log that contain needle. */
+static long pg_log_count(const char *needle)
+{
+    char path[600], line[4096];
+    snprintf(path, sizeof(path), "%s/postgres.log", harness_cluster()->dir);
+    FILE *f = fopen(path, "r");
+    long n = 0;
+    if (!f) {
+        fprintf(stderr, "cannot read %s\n", path);
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+static void deadlock(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_dl; CREATE TABLE rt_dl (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_dl VALUES (1, 0), (2, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 4, NULL));
+    PGconn *a = conn(), *b = conn(), *d = direct();
+    long before = pg_log_count("deadlock detected");
+    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(a, "UPDATE rt_dl SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(v(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(b, "UPDATE rt_dl SET v = v + 1 WHERE id = 2"), "UPDATE 1");
+    CU_ASSERT_EQUAL(PQsendQuery(a, "UPDATE rt_dl SET v = v + 1 WHERE id = 2"), 1);
+    CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
+    CU_ASSERT_EQUAL(PQsendQuery(b, "UPDATE rt_dl SET v = v + 1 WHERE id = 1"), 1);
+    /* one of them is PostgreSQL's victim and is replayed; the other goes on and commits,
+     * then the replay finishes: whichever answers first commits first */
+    PGconn *conns[2] = {a, b};
+    bool done[2] = {false, false};
+    int64_t deadline = itu_now_ms() + 15000;
+    while ((!done[0] || !done[1]) && itu_now_ms() < deadline) {
+        for (int i = 0; i < 2; i++) {
+            if (done[i])
+                continue;
+            PQconsumeInput(conns[i]);
+            if (PQisBusy(conns[i]))
+                continue;
+            CU_ASSERT_STRING_EQUAL(result_of(conns[i], 1000), "UPDATE 1");
+            CU_ASSERT_STRING_EQUAL(v(conns[i], "COMMIT"), "COMMIT");
+            done[i] = true;
+        }
+        itu_sleep_ms(5);
+    }
+    CU_ASSERT_TRUE(done[0] && done[1]);
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_dl WHERE id = 1"), 2);
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_dl WHERE id = 2"), 2);
+    CU_ASSERT_EQUAL(pg_log_count("deadlock detected"), before + 1); /* PostgreSQL found it */
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40P01", "outcome=succeeded", NULL),
+                    1);
+    PQfinish(a);
+    PQfinish(b);
+    PQfinish(d);
+    stop();
+}
+
+static void test_deadlock_session(void)
+{
+    deadlock("session");
+}
+static void test_deadlock_transaction(void)
+{
+    deadlock("transaction");
+}
+
+/* ---- SERIALIZABLE bank ------------------------------------------------------------------ */
+
+#define BANK_CLIENTS   8
+#define BANK_TRANSFERS 25
+#define BANK_ACCOUNTS  4
+
+struct bank_worker {
+    int id;
+    int errors;
+    char first_error[128];
+};
+
+static void *bank_run(void *arg)
+{
+    struct bank_worker *w = arg;
+    PGconn *c = harness_connect(g_px, "sslmode=disable");
+    if (PQstatus(c) != CONNECTION_OK) {
+        w->errors = BANK_TRANSFERS;
+        snprintf(w->first_error, sizeof(w->first_error), "connect failed");
+        PQfinish(c);
+        return NULL;
+    }
+    unsigned seed = (unsigned)w->id * 7919u + 1;
+    for (int i = 0; i < BANK_TRANSFERS; i++) {
+        int from = (int)(rand_r(&seed) % BANK_ACCOUNTS) + 1;
+        int to = from % BANK_ACCOUNTS + 1;
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "UPDATE rt_acct SET balance = balance - 7 WHERE id = %d;"
+                 "UPDATE rt_acct SET balance = balance + 7 WHERE id = %d;"
+                 "INSERT INTO rt_log VALUES (%d, %d)",
+                 from, to, w->id, i);
+        const char *steps[3] = {"BEGIN ISOLATION LEVEL SERIALIZABLE", sql, "COMMIT"};
+        for (int k = 0; k < 3; k++) {
+            PGresult *r = PQexec(c, steps[k]);
+            if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+                if (w->errors++ == 0)
+                    snprintf(w->first_error, sizeof(w->first_error), "%s: %s", steps[k],
+                             itu_sqlstate(r));
+                PQclear(r);
+                PQclear(PQexec(c, "ROLLBACK"));
+                break;
+            }
+            PQclear(r);
+        }
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static void bank(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_acct, rt_log;"
+                "CREATE TABLE rt_acct (id int PRIMARY KEY, balance int);"
+                "INSERT INTO rt_acct SELECT g, 1000 FROM generate_series(1, 4) g;"
+                "CREATE TABLE rt_log (client int, n int, PRIMARY KEY (client, n))");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 4, NULL));
+    pthread_t t[BANK_CLIENTS];
+    struct bank_worker w[BANK_CLIENTS];
+    for (int i = 0; i < BANK_CLIENTS; i++) {
+        w[i] = (struct bank_worker){.id = i};
+        CU_ASSERT_EQUAL(pthread_create(&t[i], NULL, bank_run, &w[i]), 0);
+    }
+    int errors = 0;
+    for (int i = 0; i < BANK_CLIENTS; i++) {
+        pthread_join(t[i], NULL);
+        errors += w[i].errors;
+        if (w[i].errors)
+            fprintf(stderr, "client %d: %d errors, first %s\n", i, w[i].errors,
+                    w[i].first_error);
+    }
+    CU_ASSERT_EQUAL(errors, 0);
+    PGconn *d = direct();
+    CU_ASSERT_EQUAL(num(d, "SELECT count(*) FROM rt_log"), BANK_CLIENTS * BANK_TRANSFERS);
+    CU_ASSERT_EQUAL(num(d, "SELECT sum(balance) FROM rt_acct"), 4000);
+    PQfinish(d);
+    double retried = metric("pgwarden_retry_attempts_total", "sqlstate=40001", NULL);
+    fprintf(stderr, "bank (%s): %d transfers, %.0f replays\n", mode,
+            BANK_CLIENTS * BANK_TRANSFERS, retried);
+    CU_ASSERT(retried > 0); /* the contention was real */
+    stop();
+}
+
+static void test_bank_session(void)
+{
+    bank("session");
+}
+static void test_bank_transaction(void)
+{
+    bank("transaction");
+}
+
+/* ---- a replay that differs -------------------------------------------------------------- */
+
+static void diverged(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_div; CREATE TABLE rt_div (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_div VALUES (1, 5)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT v FROM rt_div WHERE id = 1"), "5"); /* seen */
+    CU_ASSERT_STRING_EQUAL(v(d, "UPDATE rt_div SET v = 100 WHERE id = 1"), "UPDATE 1");
+    /* 40001; a replay would read 100 where the client saw 5: the client gets the error */
+    CU_ASSERT_STRING_EQUAL(v(c, "UPDATE rt_div SET v = v + 1 WHERE id = 1"), "!40001");
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT 1"), "!25P02"); /* the block failed, as on PostgreSQL */
+    CU_ASSERT_STRING_EQUAL(v(c, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT v FROM rt_div WHERE id = 1"), "100");
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_div WHERE id = 1"), 100); /* nothing twice */
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40001", "outcome=diverged", NULL),
+                    1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_diverged_session(void)
+{
+    diverged("session");
+}
+static void test_diverged_transaction(void)
+{
+    diverged("transaction");
+}
+
+/* ---- pgwarden locks are kept across a replay ------------------------------------------- */
+
+static void test_xact_lock_kept(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_lk; CREATE TABLE rt_lk (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_lk VALUES (1, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *other = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    char token[64];
+    snprintf(token, sizeof(token), "%s", v(c, "SELECT pgwarden_xact_lock('rt:1', 'write')"));
+    CU_ASSERT(atoll(token) > 0);
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT count(*) FROM rt_lk"), "1"); /* the snapshot */
+    CU_ASSERT_STRING_EQUAL(v(d, "UPDATE rt_lk SET v = 1 WHERE id = 1"), "UPDATE 1");
+    /* 40001; the replay takes the lock again (same token: it is still held) and reads
+     * the same count: the client sees nothing */
+    CU_ASSERT_STRING_EQUAL(v(c, "UPDATE rt_lk SET v = v + 10 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(v(other, "SELECT pgwarden_try_lock('rt:1', 'write')"), "NULL");
+    PGresult *r = PQexec(c, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT_EQUAL(PQntuples(r), 1);
+    if (PQntuples(r) == 1 && PQnfields(r) == 4) /* key, mode, scope, token */
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 3), token);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(v(c, "COMMIT"), "COMMIT");
+    CU_ASSERT_NOT_EQUAL(strcmp(v(other, "SELECT pgwarden_try_lock('rt:1', 'write')"), "NULL"), 0);
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_lk WHERE id = 1"), 11);
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=succeeded", NULL), 1);
+    PQfinish(c);
+    PQfinish(other);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- limits: off, max_attempts, budget --------------------------------------------------- */
+
+static void make_failing_function(void)
+{
+    setup_table("DROP SEQUENCE IF EXISTS rt_attempts; CREATE SEQUENCE rt_attempts;"
+                "CREATE OR REPLACE FUNCTION rt_always_40001() RETURNS int LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM nextval('rt_attempts'); "
+                "RAISE EXCEPTION 'pretend conflict' USING ERRCODE = '40001'; END $$");
+}
+
+/* Attempts so far: a sequence keeps its increments when the transaction rolls back. */
+static long attempts(PGconn *d)
+{
+    return num(d, "SELECT last_value - CASE WHEN is_called THEN 0 ELSE 1 END FROM rt_attempts");
+}
+
+static void test_retry_off(void)
+{
+    make_failing_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, "max_attempts = 1"));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
+    CU_ASSERT_EQUAL(attempts(d), 1);
+    CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 0);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_max_attempts(void)
+{
+    make_failing_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(
+        start("session", 2, "max_attempts = 3\nbase_ms = 1\ncap_ms = 2\nbudget_min_retries = 1000"));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
+    CU_ASSERT_EQUAL(attempts(d), 3);
+    CU_ASSERT_STRING_EQUAL(v(c, "SELECT 42"), "42"); /* the session goes on */
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=exhausted", NULL), 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_budget_stops_storm(void)
+{
+    make_failing_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2,
+                                       "max_attempts = 5\nbase_ms = 1\ncap_ms = 2\n"
+                                       "budget_pct = 10\nbudget_min_retries = 0"));
+    PGconn *c = conn(), *d = direct();
+    const int n = 100;
+    for (int i = 0; i < n; i++)
+        CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
+    long made = attempts(d);
+    fprintf(stderr, "storm: %d statements, %ld attempts\n", n, made);
+    CU_ASSERT(made >= n);
+    CU_ASSERT(made <= n + n / 10 + 1); /* without the budget: 5 per statement */
+    CU_ASSERT(metric("pgwarden_retries_total", "outcome=over_budget", NULL) >= n - n / 10 - 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+/* ---- a COMMIT whose server connection is lost ------------------------------------------ */
+
+/*
+ * A TCP relay in a child process between pgwarden and PostgreSQL.  Commands on a pipe arm
+ * it for the next client->server chunk that holds a Query "COMMIT":
+ *   'c' forward the chunk, then the server's replies up to the first ReadyForQuery (the
+ *       hidden transaction-id query's), and cut: PostgreSQL commits, pgwarden never hears;
+ *   'a' forward only what comes before the COMMIT, the replies up to the first
+ *       ReadyForQuery, and cut: PostgreSQL never sees the COMMIT and rolls back;
+ *   'u' cut at once, forwarding nothing of the chunk.
+ * Other connections, and this one before the COMMIT, are relayed as they are.
+ */
+#define RELAY_MAX 32
+
+/* Offset of the Query message "COMMIT" in buf, or -1. */
+static ssize_t find_commit(const uint8_t *buf, ssize_t n)
+{
+    for (ssize_t off = 0; off + 5 <= n;) {
+        uint32_t len = (uint32_t)buf[off + 1] << 24 | (uint32_t)buf[off + 2] << 16 |
+                       (uint32_t)buf[off + 3] << 8 | buf[off + 4];
+        if (len < 4)
+            return -1;
+        if (buf[off] == 'Q' && off + 11 <= n && !memcmp(buf + off + 5, "COMMIT", 6))
+            return off;
+        off += (ssize_t)len + 1;
+    }
+    return -1;
+}
+
+static void send_all(int fd, const uint8_t *buf, ssize_t n)
+{
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = send(fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        off += w;
+    }
+}
+
+static void cut_relay_run(int lfd, int ctl, int target)
+{
+    int a[RELAY_MAX], b[RELAY_MAX];
+    bool cutting[RELAY_MAX];
+    uint32_t skip[RELAY_MAX]; /* bytes of the server message under way when cutting */
+    int npairs = 0;
+    char armed = 0;
+    for (;;) {
+        struct pollfd p[2 + 2 * RELAY_MAX];
+        p[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = ctl, .events = POLLIN};
+        for (int i = 0; i < npairs; i++) {
+            p[2 + 2 * i] = (struct pollfd){.fd = a[i], .events = POLLIN};
+            p[3 + 2 * i] = (struct pollfd){.fd = b[i], .events = POLLIN};
+        }
+        if (poll(p, (nfds_t)(2 + 2 * npairs), 100) < 0)
+            continue;
+        if (p[1].revents & POLLIN) {
+            char cmd;
+            if (read(ctl, &cmd, 1) != 1)
+                _exit(0); /* the test program is gone */
+            armed = cmd;
+        }
+        for (int i = npairs - 1; i >= 0; i--) {
+            bool drop = false;
+            for (int k = 0; k < 2 && !drop; k++) {
+                struct pollfd *q = &p[2 + 2 * i + k];
+                if (!(q->revents & (POLLIN | POLLHUP | POLLERR)))
+                    continue;
+                uint8_t buf[65536];
+                ssize_t n = read(q->fd, buf, sizeof(buf));
+                if (n <= 0) {
+                    drop = true;
+                    break;
+                }
+                if (k == 0) { /* pgwarden -> PostgreSQL */
+                    ssize_t at = armed && !cutting[i] ? find_commit(buf, n) : -1;
+                    if (at < 0) {
+                        send_all(b[i], buf, n);
+                    } else if (armed == 'u') {
+                        armed = 0;
+                        drop = true;
+                    } else {
+                        send_all(b[i], buf, armed == 'c' ? n : at);
+                        armed = 0;
+                        cutting[i] = true;
+                        skip[i] = 0;
+                    }
+                    continue;
+                }
+                if (!cutting[i]) { /* PostgreSQL -> pgwarden */
+                    send_all(a[i], buf, n);
+                    continue;
+                }
+                /* forward up to the end of the first ReadyForQuery, then cut */
+                ssize_t off = 0;
+                while (off < n) {
+                    if (skip[i]) {
+                        ssize_t take = (ssize_t)skip[i] < n - off ? (ssize_t)skip[i] : n - off;
+                        off += take;
+                        skip[i] -= (uint32_t)take;
+                        continue;
+                    }
+                    if (off + 5 > n)
+                        break;
+                    uint32_t len = (uint32_t)buf[off + 1] << 24 | (uint32_t)buf[off + 2] << 16 |
+                                   (uint32_t)buf[off + 3] << 8 | buf[off + 4];
+                    char type = (char)buf[off];
+                    skip[i] = len + 1;
+                    if (type == 'Z') {
+                        off += (ssize_t)skip[i];
+                        skip[i] = 0;
+                        drop = true;
+                        break;
+                    }
+                }
+                send_all(a[i], buf, off < n ? off : n);
+            }
+            if (drop) {
+                close(a[i]), close(b[i]);
+                a[i] = a[npairs - 1], b[i] = b[npairs - 1], cutting[i] = cutting[npairs - 1];
+                skip[i] = skip[npairs - 1];
+                npairs--;
+            }
+        }
+        if (!(p[0].revents & POLLIN))
+            continue;
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)target)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int up = socket(AF_INET, SOCK_STREAM, 0);
+        if (npairs == RELAY_MAX || up < 0 || connect(up, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            close(fd);
+            if (up >= 0)
+                close(up);
+            continue;
+        }
+        a[npairs] = fd, b[npairs] = up, cutting[npairs] = false, skip[npairs] = 0, npairs++;
+    }
+}
+
+static pid_t relay_pid;
+static int relay_ctl = -1;
+
+/* Starts the relay in front of the cluster; its port, or -1. */
+static int relay_start(void)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), pfd[2];
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 64) < 0 ||
+        getsockname(lfd, (struct sockaddr *)&sa, &len) < 0 || pipe(pfd) < 0) {
+        perror("relay");
+        if (lfd >= 0)
+            close(lfd);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(pfd[1]);
+        cut_relay_run(lfd, pfd[0], harness_cluster()->port);
+        _exit(0);
+    }
+    close(lfd);
+    close(pfd[0]);
+    relay_pid = pid;
+    relay_ctl = pfd[1];
+    return ntohs(sa.sin_port);
+}
+
+static void relay_stop(void)
+{
+    if (relay_pid > 0) {
+        kill(relay_pid, SIGKILL);
+        waitpid(relay_pid, NULL, 0);
+    }
+    if (relay_ctl >= 0)
+        close(relay_ctl);
+    relay_pid = 0;
+    relay_ctl = -1;
+}
+
+static void relay_arm(char cmd)
+{
+    CU_ASSERT_EQUAL(write(relay_ctl, &cmd, 1), 1);
+    itu_sleep_ms(50); /* the relay reads its pipe within its poll */
+}
+
+/* pgwarden in mode whose database "relayed" goes through the relay. */
+static bool start_relayed(const char *mode)
+{
+    int port = relay_start();
+    if (port < 0)
+        return false;
+    alarm(TEST_LIMIT_S);
+    static char dbs[300];
+    snprintf(dbs, sizeof(dbs), "relayed = host=127.0.0.1 port=%d dbname=pgwarden_test", port);
+    struct harness_proxy_opts o = {.pool_mode = mode,
+                                   .pool_size = 4,
+                                   .auth_type = "scram-sha-256",
+                                   .client_tls_mode = "disable",
+                                   .server_tls_mode = "disable", /* the relay reads it */
+                                   .log_level = getenv("PGW_TEST_DEBUG") ? "debug" : "info",
+                                   .admin = true,
+                                   .databases_extra = dbs};
+    g_px = harness_proxy_start(&o);
+    return g_px != NULL;
+}
+
+static PGconn *relayed_conn(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=disable dbname=relayed");
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+static void commit_lost(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_amb; CREATE TABLE rt_amb (id int PRIMARY KEY)");
+    CU_ASSERT_FATAL(start_relayed(mode));
+    bool session = !strcmp(mode, "session");
+    PGconn *d = direct();
+    static const struct {
+        char cut;
+        const char *want;    /* what the client gets for its COMMIT */
+        bool committed;      /* the row is there afterwards */
+        bool writes;         /* the transaction inserts a row */
+        const char *outcome; /* pgwarden_commit_outcomes_total label */
+    } cases[] = {
+        {'c', "COMMIT", true, true, "outcome=committed"},
+        {'a', "!40000", false, true, "outcome=aborted"},
+        {'c', "COMMIT", false, false, "outcome=read_only"},
+        {'u', "!40003", false, true, "outcome=unknown"},
+    };
+    for (int i = 0; i < 4; i++) {
+        PGconn *c = relayed_conn();
+        CU_ASSERT_STRING_EQUAL(v(c, "BEGIN"), "BEGIN");
+        char sql[100];
+        snprintf(sql, sizeof(sql), cases[i].writes ? "INSERT INTO rt_amb VALUES (%d)" : "SELECT %d",
+                 i + 1);
+        CU_ASSERT_TRUE(itu_exec_ok(c, sql));
+        relay_arm(cases[i].cut);
+        const char *got = v(c, "COMMIT");
+        if (strcmp(got, cases[i].want) != 0)
+            fprintf(stderr, "case %d: COMMIT gave %s (%s)\n", i, got, PQerrorMessage(c));
+        CU_ASSERT_STRING_EQUAL(got, cases[i].want);
+        if (cases[i].cut == 'a') /* PostgreSQL saw no COMMIT: its backend rolled back */
+            itu_sleep_ms(10);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM rt_amb WHERE id = %d", i + 1);
+        CU_ASSERT_EQUAL(num(d, sql), cases[i].committed ? 1 : 0);
+        if (session) {
+            /* its session went with the server: the connection ends after the answer */
+            CU_ASSERT_STRING_NOT_EQUAL(v(c, "SELECT 1"), "1");
+        } else {
+            /* the client goes on, on another server */
+            CU_ASSERT_STRING_EQUAL(v(c, "SELECT 7"), "7");
+            CU_ASSERT_STRING_EQUAL(v(c, sql), cases[i].committed ? "1" : "0");
+        }
+        CU_ASSERT_EQUAL(metric("pgwarden_commit_outcomes_total", cases[i].outcome, NULL), 1);
+        PQfinish(c);
+    }
+    PQfinish(d);
+    if (getenv("PGW_TEST_DEBUG"))
+        harness_proxy_dump_log(g_px, 400);
+    stop();
+    relay_stop();
+}
+
+static void test_commit_lost_transaction(void)
+{
+    commit_lost("transaction");
+}
+static void test_commit_lost_session(void)
+{
+    commit_lost("session");
+}
+
+static void register_suites(void)
+{
+    static CU_TestInfo tests[] = {
+        {"autocommit_session", test_autocommit_session},
+        {"autocommit_transaction", test_autocommit_transaction},
+        {"deadlock_session", test_deadlock_session},
+        {"deadlock_transaction", test_deadlock_transaction},
+        {"bank_session", test_bank_session},
+        {"bank_transaction", test_bank_transaction},
+        {"diverged_session", test_diverged_session},
+        {"diverged_transaction", test_diverged_transaction},
+        {"xact_lock_kept", test_xact_lock_kept},
+        {"retry_off", test_retry_off},
+        {"max_attempts", test_max_attempts},
+        {"budget_stops_storm", test_budget_stops_storm},
+        {"commit_lost_transaction", test_commit_lost_transaction},
+        {"commit_lost_session", test_commit_lost_session},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("retry", suite_init, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}
