@@ -1,21 +1,24 @@
 /*
  * fuzz_relay.c: the client message framer (proto/relay.c): px_take_message for the first
  * messages (the login phase), then px_relay or px_relay_direct for the rest, with an
- * arbitrary see-table, a callback that answers from a script of actions (FORWARD, DROP,
- * STOP, HOLD, DROP_STOP, CLOSE; a DROP may inject a message of its own), an arbitrary
+ * arbitrary see-table (NONE, TYPE, BODY, HEAD), a callback that answers from a script of
+ * actions (FORWARD, DROP, STOP, HOLD, DROP_STOP, REPLACE_HEAD, CLOSE; a DROP may inject a
+ * message of its own, a REPLACE_HEAD writes a new head and sets st->skip), an arbitrary
  * max_len, and the input arriving in chunks of arbitrary sizes.  px_relay_direct writes
  * to one end of a socketpair with a small send buffer (partial writes), as the proxy
  * writes to a server socket; what the socket does not take goes to the output buffer,
  * which the harness flushes to the socket as the bufferevent would.
  *
  * Oracle: a reference model reads the whole stream at once and says which callbacks must
- * happen (type, length, body), what comes out, byte for byte (what reached the socket,
- * then what is left in the output buffer), how the relay ends (OK, CLOSED, TOO_LARGE
- * with which length) and which messages px_take_message returns.  The relay must agree
- * whatever the chunking.
+ * happen (type, length, body or head), what comes out, byte for byte (what reached the
+ * socket, then what is left in the output buffer), how the relay ends (OK, CLOSED,
+ * TOO_LARGE with which length) and which messages px_take_message returns.  The relay
+ * must agree whatever the chunking.
  *
  * Input: flags, take count, max_len selector, chunking seed, 6 (type, mode) pairs for the
- * see-table, 8 actions, then the byte stream.
+ * see-table, 8 actions, then the byte stream.  With F_EXPAND, 0xFE k in the stream stands
+ * for (k + 1) KiB of filler, so that messages longer than PX_RELAY_HEAD_MAX (a PX_SEE_HEAD
+ * message shown by its head and streamed) fit in a small input.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,8 +33,10 @@
 
 #define NSEE  6
 #define NACTS 8
+/* The stream after F_EXPAND: at most this much filler in all. */
+#define EXPAND_MAX (512 * 1024)
 
-enum { F_DIRECT = 1, F_INJECT = 2, F_LAZY_READ = 4 };
+enum { F_DIRECT = 1, F_INJECT = 2, F_LAZY_READ = 4, F_EXPAND = 8 };
 
 struct script {
     uint8_t acts[NACTS];
@@ -40,21 +45,31 @@ struct script {
 };
 
 /* The action for the next callback; a second HOLD in a row is a FORWARD (the path never
- * holds the same message twice without something changing). */
-static enum px_relay_action next_action(struct script *s)
+ * holds the same message twice without something changing), and so is a REPLACE_HEAD but
+ * for a message shown by its head only (relay.h: the only place it has a meaning). */
+static enum px_relay_action next_action(struct script *s, bool big)
 {
-    enum px_relay_action a = (enum px_relay_action)(s->acts[s->k++ % NACTS] % 6);
+    enum px_relay_action a = (enum px_relay_action)(s->acts[s->k++ % NACTS] % 7);
     if (a == PX_RELAY_HOLD && s->last_hold)
+        a = PX_RELAY_FORWARD;
+    if (a == PX_RELAY_REPLACE_HEAD && !big)
         a = PX_RELAY_FORWARD;
     s->last_hold = a == PX_RELAY_HOLD;
     return a;
+}
+
+/* The st->skip of the index-th callback's REPLACE_HEAD: up to the whole head. */
+static uint32_t skip_of(size_t index)
+{
+    return (uint32_t)((index * 7919u) % (5 + PX_RELAY_HEAD_MAX + 1));
 }
 
 struct event {
     char type;
     uint32_t len; /* body length */
     size_t pos;   /* offset of the message in the stream */
-    bool body;    /* PX_SEE_BODY */
+    bool body;    /* PX_SEE_BODY or PX_SEE_HEAD */
+    bool big;     /* PX_SEE_HEAD, longer than PX_RELAY_HEAD_MAX: only the head is shown */
     enum px_relay_action act;
 };
 
@@ -71,9 +86,10 @@ struct model {
     struct evbuffer *out; /* the relayed bytes */
 };
 
-static void inject(struct evbuffer *out, size_t index)
+/* What a DROP injects ('I') or a REPLACE_HEAD writes as the new head ('R'). */
+static void inject(struct evbuffer *out, char type, size_t index)
 {
-    uint8_t m[9] = {'I', 0, 0, 0, 8};
+    uint8_t m[9] = {(uint8_t)type, 0, 0, 0, 8};
     px_put_u32(m + 5, (uint32_t)index);
     evbuffer_add(out, m, sizeof m);
 }
@@ -100,37 +116,46 @@ static void model_run(struct model *m, const uint8_t *s, size_t n, size_t ntake,
     while (n - pos >= 5) {
         char type = (char)s[pos];
         uint32_t len = px_get_u32(s + pos + 1);
-        if (len < 4 || len > max_len) {
+        uint8_t mode = see[(uint8_t)type];
+        /* max_len bounds the assembled messages only; any other is PostgreSQL's limit */
+        if (len < 4 || len > PX_WIRE_MAX_LEN || (mode == PX_SEE_BODY && len > max_len)) {
             m->end = PX_RELAY_TOO_LARGE;
             m->bad_len = len;
             return;
         }
         size_t total = (size_t)len + 1;
-        uint8_t mode = see[(uint8_t)type];
-        if (mode == PX_SEE_BODY) {
-            if (n - pos < total)
+        if (mode == PX_SEE_BODY || mode == PX_SEE_HEAD) {
+            bool big = mode == PX_SEE_HEAD && len - 4 > PX_RELAY_HEAD_MAX;
+            /* shown once all of it (or its head) is there */
+            if (n - pos < (big ? 5 + PX_RELAY_HEAD_MAX : total))
                 return;
             enum px_relay_action a;
             do {
-                a = next_action(sc);
-                m->events[m->nevents++] = (struct event){type, len - 4, pos, true, a};
+                a = next_action(sc, big);
+                m->events[m->nevents++] = (struct event){type, len - 4, pos, true, big, a};
                 if (a == PX_RELAY_CLOSE) {
                     m->end = PX_RELAY_CLOSED;
                     return;
                 }
             } while (a == PX_RELAY_HOLD);
+            /* a big message streams: what of it the input holds */
+            size_t have = n - pos < total ? n - pos : total;
             if (a == PX_RELAY_DROP || a == PX_RELAY_DROP_STOP) {
                 if (do_inject && a == PX_RELAY_DROP)
-                    inject(m->out, m->nevents - 1);
+                    inject(m->out, 'I', m->nevents - 1);
+            } else if (a == PX_RELAY_REPLACE_HEAD) {
+                size_t skip = skip_of(m->nevents - 1);
+                inject(m->out, 'R', m->nevents - 1);
+                evbuffer_add(m->out, s + pos + skip, have - skip);
             } else {
-                evbuffer_add(m->out, s + pos, total);
+                evbuffer_add(m->out, s + pos, have);
             }
-            pos += total;
+            pos += have;
             continue;
         }
         if (mode == PX_SEE_TYPE) {
-            enum px_relay_action a = next_action(sc);
-            m->events[m->nevents++] = (struct event){type, len - 4, pos, false, a};
+            enum px_relay_action a = next_action(sc, false);
+            m->events[m->nevents++] = (struct event){type, len - 4, pos, false, false, a};
             if (a == PX_RELAY_CLOSE) {
                 m->end = PX_RELAY_CLOSED;
                 return;
@@ -150,6 +175,7 @@ struct harness {
     struct script sc;
     size_t nevents;
     bool do_inject;
+    struct px_stream *st;
 };
 
 static enum px_relay_action callback(void *ctx, struct evbuffer *out, char type,
@@ -161,11 +187,15 @@ static enum px_relay_action callback(void *ctx, struct evbuffer *out, char type,
     FUZZ_CHECK(type == e->type && len == e->len);
     FUZZ_CHECK((body != NULL) == e->body);
     if (body)
-        FUZZ_CHECK(memcmp(body, h->stream + e->pos + 5, len) == 0);
-    enum px_relay_action a = next_action(&h->sc);
+        FUZZ_CHECK(memcmp(body, h->stream + e->pos + 5, e->big ? PX_RELAY_HEAD_MAX : len) == 0);
+    enum px_relay_action a = next_action(&h->sc, e->big);
     FUZZ_CHECK(a == e->act);
     if (h->do_inject && body && a == PX_RELAY_DROP)
-        inject(out, h->nevents - 1);
+        inject(out, 'I', h->nevents - 1);
+    if (a == PX_RELAY_REPLACE_HEAD) {
+        inject(out, 'R', h->nevents - 1);
+        h->st->skip = skip_of(h->nevents - 1);
+    }
     return a;
 }
 
@@ -207,17 +237,54 @@ static void sock_flush(struct evbuffer *out)
     }
 }
 
-/* The next chunk size: 1..limit from a small generator, or everything. */
-static size_t chunk(uint32_t *seed, unsigned mode)
+/* The next chunk size: 1..limit from a small generator, or everything.  An expanded
+ * stream (up to EXPAND_MAX longer) also gets, every other time, chunks up to 64 times
+ * larger: byte-sized pieces of a 500 KiB stream would cost a second per input. */
+static size_t chunk(uint32_t *seed, unsigned mode, bool expanded)
 {
     *seed = *seed * 1103515245u + 12345u;
     uint32_t r = *seed >> 8;
+    uint32_t scale = expanded && (r & 1) ? 64 : 1;
+    r >>= 1;
     switch (mode) {
     case 0: return (size_t)-1;
-    case 1: return 1 + r % 7;
-    case 2: return 1 + r % 64;
-    default: return 1 + r % 4096;
+    case 1: return 1 + r % (7 * scale);
+    case 2: return 1 + r % (64 * scale);
+    default: return 1 + r % (4096 * scale);
     }
+}
+
+/* The stream with each 0xFE k replaced by (k + 1) KiB of filler that differs from byte to
+ * byte (a misplaced piece shows), up to EXPAND_MAX of filler in all; malloc'd. */
+static size_t expand_to(uint8_t *s, const uint8_t *raw, size_t n)
+{
+    size_t o = 0, filler = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (raw[i] != 0xfe || i + 1 == n) {
+            if (s)
+                s[o] = raw[i];
+            o++;
+            continue;
+        }
+        size_t k = ((size_t)raw[++i] + 1) * 1024;
+        if (k > EXPAND_MAX - filler)
+            k = EXPAND_MAX - filler;
+        for (size_t j = 0; s && j < k; j++)
+            s[o + j] = (uint8_t)(((o + j) * 131u) >> 3);
+        o += k;
+        filler += k;
+    }
+    return o;
+}
+
+static uint8_t *expand(const uint8_t *raw, size_t n, size_t *out_len)
+{
+    *out_len = expand_to(NULL, raw, n);
+    uint8_t *s = malloc(*out_len ? *out_len : 1);
+    if (!s)
+        abort();
+    expand_to(s, raw, n);
+    return s;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -232,13 +299,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t see[256] = {0};
     for (int i = 0; i < NSEE; i++) {
         uint8_t type = fuzz_u8(&in);
-        see[type] = fuzz_u8(&in) % 3;
+        see[type] = fuzz_u8(&in) % 4;
     }
     struct script sc = {{0}, 0, false};
     for (int i = 0; i < NACTS; i++)
         sc.acts[i] = fuzz_u8(&in);
     size_t n;
-    const uint8_t *stream = fuzz_rest(&in, &n);
+    const uint8_t *raw = fuzz_rest(&in, &n);
+    uint8_t *expanded = NULL;
+    const uint8_t *stream = raw;
+    if (flags & F_EXPAND) {
+        expanded = expand(raw, n, &n);
+        stream = expanded;
+    }
     bool direct = flags & F_DIRECT;
     if (direct)
         sock_init();
@@ -250,9 +323,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct script msc = sc;
     model_run(&m, stream, n, ntake, max_len, see, &msc, flags & F_INJECT);
 
-    struct harness h = {stream, &m, sc, 0, flags & F_INJECT};
+    struct px_stream st = {0};
+    struct harness h = {stream, &m, sc, 0, flags & F_INJECT, &st};
     struct evbuffer *ib = evbuffer_new(), *out = evbuffer_new(), *got = evbuffer_new();
-    struct px_stream st = {0, 0};
     size_t fed = 0, t = 0, moved_total = 0;
     enum px_relay_result end = PX_RELAY_OK;
     bool relaying = ntake == 0, stopped_in_take = false;
@@ -299,7 +372,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             stopped_in_take = !relaying;
             break;
         }
-        size_t c = chunk(&seed, chunk_mode);
+        size_t c = chunk(&seed, chunk_mode, expanded != NULL);
         if (c > n - fed)
             c = n - fed;
         evbuffer_add(ib, stream + fed, c);
@@ -332,5 +405,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     evbuffer_free(got);
     evbuffer_free(m.out);
     free(events);
+    free(expanded);
     return 0;
 }

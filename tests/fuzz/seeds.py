@@ -84,8 +84,9 @@ startup_seeds = [
 
 # ---- relay -----------------------------------------------------------------------------
 
-FORWARD, DROP, STOP, HOLD, DROP_STOP, CLOSE = range(6)
-NONE, TYPE, BODY = range(3)
+FORWARD, DROP, STOP, HOLD, DROP_STOP, REPLACE_HEAD, CLOSE = range(7)
+NONE, TYPE, BODY, HEAD = range(4)
+EXPAND = 8  # flag: 0xFE k in the stream is (k + 1) KiB of filler (fuzz_relay.c)
 
 
 def relay(flags, ntake, maxsel, seed, see, acts, stream):
@@ -102,6 +103,23 @@ EXTENDED = (msg(b"P", b"s1\0SELECT $1\0" + u16(1) + u32(25)) + msg(b"B", b"\0s1\
 SIMPLE = msg(b"Q", b"BEGIN\0") + msg(b"Q", b"SELECT 1\0") + msg(b"Q", b"COMMIT\0") + msg(b"X", b"")
 COPY = msg(b"Q", b"COPY t FROM STDIN\0") + b"".join(msg(b"d", b"row %d\n" % i) for i in range(20)) + msg(b"c", b"")
 BIG = msg(b"d", b"z" * 9000) + msg(b"Q", b"SELECT 2\0")
+
+
+def huge(t, head, kib):
+    """A message whose body is head then kib KiB of filler, written with F_EXPAND's escapes
+    (0xFE k: (k + 1) KiB); longer than PX_RELAY_HEAD_MAX (64 KiB) for kib > 64."""
+    length = 4 + len(head) + kib * 1024
+    out = t + u32(length) + head
+    while kib > 0:
+        k = min(kib, 256)
+        out += b"\xfe" + bytes([k - 1])
+        kib -= k
+    assert b"\xfe" not in (t + u32(length) + head)
+    return out
+
+
+HUGE_BIND = huge(b"B", b"\0s1\0" + u16(0) + u16(1) + u32(100 * 1024), 100) + msg(b"S", b"")
+HUGE_QUERY = huge(b"Q", b"SELECT '", 70) + msg(b"Q", b"SELECT 3\0")
 relay_seeds = [
     ("simple_forward", relay(0, 0, 255, 1, [("Q", BODY)], [FORWARD], SIMPLE)),
     ("simple_drop_inject", relay(2, 0, 255, 2, [("Q", BODY), ("X", TYPE)], [DROP, FORWARD, STOP], SIMPLE)),
@@ -115,6 +133,16 @@ relay_seeds = [
     ("short_length", relay(0, 0, 255, 9, [], [], msg(b"Q", b"x\0")[:1] + u32(3) + b"junk")),
     ("close", relay(0x10, 1, 255, 10, [("P", BODY), ("S", TYPE)], [FORWARD, CLOSE], EXTENDED + SIMPLE)),
     ("take_bad", relay(0, 3, 10, 11, [], [], LOGIN)),
+    ("head_small", relay(0x12, 0, 20, 12, [("Q", HEAD), ("B", HEAD), ("P", BODY), ("S", TYPE)],
+                         [DROP, FORWARD, HOLD, STOP, DROP_STOP], EXTENDED + SIMPLE)),
+    ("head_replace", relay(EXPAND | 0x31, 0, 20, 13, [("B", HEAD), ("S", TYPE)],
+                           [REPLACE_HEAD, FORWARD], HUGE_BIND + SIMPLE)),
+    ("head_drop", relay(EXPAND | 0x22, 0, 255, 14, [("Q", HEAD), ("B", HEAD)],
+                        [DROP, HOLD, DROP_STOP, FORWARD], HUGE_QUERY + HUGE_BIND + SIMPLE)),
+    ("head_hold_stop", relay(EXPAND | 0x35, 0, 255, 15, [("Q", HEAD), ("X", TYPE)],
+                             [HOLD, STOP, REPLACE_HEAD], HUGE_QUERY + HUGE_QUERY + SIMPLE)),
+    ("head_cut", relay(EXPAND | 0x10, 0, 255, 16, [("B", HEAD)], [REPLACE_HEAD],
+                       HUGE_BIND[:40] + b"\xfe\x50")),
 ]
 
 # ---- sqlscan ---------------------------------------------------------------------------
@@ -245,6 +273,17 @@ config_seeds += [
     ("errors", b"[pgwarden]\nlisten_port = 70000\n"),
     ("duplicate", b"[pgwarden]\nlog_level = debug\nlog_level = info\n"),
     ("same_port", b"[pgwarden]\nlisten_port = 6480\n"),
+    ("retry", b"[retry]\nretryable_sqlstates = 40001, 40P01, 08, 55P03\nmax_attempts = 3\nbase_ms = 1\n"
+     b"cap_ms = 50\nmultiplier = 1.5\njitter = decorrelated\nbudget_pct = 0\nbudget_window_ms = 100\n"
+     b"budget_min_retries = 0\nretry_buffer_bytes = 0\nretry_checkpoint_bytes = 64\n"),
+    ("retry_errors", b"[retry]\nretryable_sqlstates = 4000, 40p01, ,\nbase_ms = 10\ncap_ms = 5\n"
+     b"multiplier = 1e400\njitter = some\n"),
+    ("breaker", b"[breaker]\nfailure_rate_pct = 100\nmin_requests = 1\nwindow_ms = 100\n"
+     b"consecutive_failures = 0\nopen_ms = 5000\nopen_max_ms = 4000\nprobe_timeout_ms = 1\n"),
+    ("chaos", b"[chaos]\nslow = inject=latency latency_ms=250 lock_key=ledger\n"
+     b"lost = inject=disconnect when=commit every_n=10 max_count=5 database=orders\n"
+     b"err = inject=error sqlstate=40001 message='it''s \\'injected\\'' probability=0.3 seed=42 "
+     b"application_name=billing user=u\nslow = inject=latency\n[databases]\n* = host=h\n"),
 ]
 
 # ---- prepared ----------------------------------------------------------------------------
