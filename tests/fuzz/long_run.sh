@@ -5,9 +5,10 @@
 #
 #   tests/fuzz/long_run.sh [TARGET...]       default: every target
 #
-# Environment: BUILD (the -DPGW_FUZZ=ON build tree, default build-fuzz; built here if the
-# programs are missing), RUNS, MAX_TIME, OUT (default $BUILD/tests/fuzz/long: per target a
-# corpus/, the worker's log fuzz-0.log and any crash-* / leak-* / timeout-* input).
+# Environment: BUILD (the -DPGW_FUZZ=ON build tree, default build-fuzz, relative to the
+# repository or absolute; built here if the programs are missing), RUNS, MAX_TIME, OUT
+# (default $BUILD/tests/fuzz/long: per target a corpus/, the worker's log fuzz-0.log and
+# any crash-* / leak-* / timeout-* input).
 # Appends "target rc=.. secs=.. runs=.." lines to $OUT/summary.txt and prints them; exits
 # non-zero when a target failed.
 set -uo pipefail
@@ -18,7 +19,8 @@ SRC=$ROOT/tests/fuzz
 BUILD=${BUILD:-build-fuzz}
 RUNS=${RUNS:-10000000}
 MAX_TIME=${MAX_TIME:-5400}
-BIN=$ROOT/$BUILD/tests/fuzz
+[[ $BUILD == /* ]] || BUILD=$ROOT/$BUILD
+BIN=$BUILD/tests/fuzz
 OUT=${OUT:-$BIN/long}
 ALL=(startup tokenstate prepared lockcall sqlscan scram relay userlist config admin)
 targets=("$@")
