@@ -383,9 +383,10 @@ static int text_field(struct def *d, const char *key, const char *text, char *wh
             return err(why, "%s: must be %" PRIu64 " to %" PRIu64 " (got %.40s)", f->name, f->min,
                        f->max, text);
     } else if (f->type == FT_PROB) {
-        errno = 0;
+        /* Not errno: strtod's ERANGE on underflow would refuse 1e-320, which JSON accepts
+         * (a result of 0 is refused below, as in JSON); overflow gives an infinity. */
         v.d = strtod(text, &end);
-        if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v.d))
+        if (end == text || *end != '\0' || !isfinite(v.d))
             return err(why, "%s: must be a number (got \"%.40s\")", f->name, text);
     }
     if (field_check(f, &v, why) < 0)

@@ -340,6 +340,31 @@ static void test_json_accepted(void)
     CU_ASSERT_EQUAL(px_chaos_nrules, 7);
 }
 
+/* A probability below DBL_MIN (subnormal) is a number above 0 in both forms; one that
+ * rounds to 0 is refused by both with the same message.  Found by fuzz_chaos: the
+ * [chaos] form refused 1e-320 ("must be a number", strtod's ERANGE on underflow) while
+ * POST /chaos took it. */
+static void test_probability_tiny(void)
+{
+    fresh();
+    static const char *const tiny[] = {"1e-320", "4.9e-324", "2.2250738585072e-308"};
+    for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) {
+        char json[128], params[128], name[8];
+        snprintf(json, sizeof json, "{\"inject\":\"disconnect\",\"probability\":%s}", tiny[i]);
+        add_ok(json);
+        snprintf(params, sizeof params, "inject=disconnect probability=%s", tiny[i]);
+        snprintf(name, sizeof name, "t%zu", i);
+        params_ok(name, params);
+    }
+    CU_ASSERT_EQUAL(px_chaos_nrules, 6);
+    json_refused("{\"inject\":\"disconnect\",\"probability\":1e-400}",
+                 "probability: must be greater than 0 and at most 1 (got 0)");
+    params_refused("inject=disconnect probability=1e-400",
+                   "probability: must be greater than 0 and at most 1 (got 0)");
+    params_refused("inject=disconnect probability=1e400",
+                   "probability: must be a number (got \"1e400\")");
+}
+
 static void test_params_errors(void)
 {
     fresh();
@@ -1042,6 +1067,7 @@ void test_chaos_register(void)
         {"json_accepted", test_json_accepted},
         {"params_errors", test_params_errors},
         {"params_accepted", test_params_accepted},
+        {"probability_tiny", test_probability_tiny},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo decide[] = {
