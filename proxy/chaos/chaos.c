@@ -616,6 +616,17 @@ static bool config_name_taken(const char *name)
     return false;
 }
 
+/* A config rule's name is listed as a JSON string (GET /chaos): it must be valid UTF-8,
+ * or the whole list could not be written. */
+static int name_check(const char *name, char *why)
+{
+    if (!name || !*name)
+        return err(why, "a config rule needs a name");
+    if (!px_utf8_valid(name, strlen(name)))
+        return err(why, "a rule name must be valid UTF-8");
+    return 0;
+}
+
 int px_chaos_add_config(const char *name, const char *params, char **errmsg)
 {
     char why[ERRLEN] = "";
@@ -623,8 +634,8 @@ int px_chaos_add_config(const char *name, const char *params, char **errmsg)
     *errmsg = NULL;
     if (px_chaos_nrules >= PX_CHAOS_MAX_RULES)
         err(why, "too many rules (at most %d)", PX_CHAOS_MAX_RULES);
-    else if (!name || !*name)
-        err(why, "a config rule needs a name");
+    else if (name_check(name, why) < 0)
+        ;
     else if (config_name_taken(name))
         err(why, "a rule named \"%s\" exists", name);
     else if (def_from_params(&d, params, why) == 0) {
@@ -720,6 +731,8 @@ struct px_chaos_rules *px_chaos_config_parse(const struct px_config *cfg, char *
     }
     for (size_t i = 0; i < cfg->nchaos; i++) {
         l = &cfg->chaos[i];
+        if (name_check(l->name, why) < 0)
+            goto fail;
         struct def d = {0};
         if (def_from_params(&d, l->params, why) < 0) {
             def_destroy(&d);

@@ -897,6 +897,38 @@ static void install(const char *const *lines)
     px_config_free(cfg);
 }
 
+/* A config rule's name must be valid UTF-8, in both ways in.  Found by fuzz_chaos: a
+ * [chaos] line whose name was not (a Latin-1 file) was taken, and from then on
+ * px_chaos_list_json returned NULL: GET /chaos answered 500 "out of memory". */
+static void test_params_name_utf8(void)
+{
+    fresh();
+    char *err = NULL;
+    CU_ASSERT_EQUAL(px_chaos_add_config("caf\xe9", "inject=disconnect", &err), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+    CU_ASSERT_STRING_EQUAL(err, "a rule name must be valid UTF-8");
+    free(err);
+    CU_ASSERT_EQUAL(px_chaos_nrules, 0);
+
+    const char *lines[] = {"caf\xe9", "inject=disconnect", NULL};
+    struct px_config *cfg = cfg_with(lines);
+    err = NULL;
+    struct px_chaos_rules *set = px_chaos_config_parse(cfg, &err);
+    CU_ASSERT_PTR_NULL(set);
+    px_chaos_rules_free(set);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+    CU_ASSERT_STRING_EQUAL(err, "/etc/pgwarden.ini:10: [chaos] caf\xe9: a rule name must be "
+                                "valid UTF-8");
+    free(err);
+    px_config_free(cfg);
+
+    params_ok("caf\xc3\xa9", "inject=disconnect");
+    char *text = px_chaos_list_json();
+    CU_ASSERT_PTR_NOT_NULL(text);
+    CU_ASSERT_PTR_NOT_NULL(text ? strstr(text, "\"name\":\"caf\xc3\xa9\"") : NULL);
+    free(text);
+}
+
 static void test_config_parse_errors(void)
 {
     fresh();
@@ -1068,6 +1100,7 @@ void test_chaos_register(void)
         {"params_errors", test_params_errors},
         {"params_accepted", test_params_accepted},
         {"probability_tiny", test_probability_tiny},
+        {"params_name_utf8", test_params_name_utf8},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo decide[] = {
