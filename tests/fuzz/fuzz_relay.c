@@ -94,8 +94,9 @@ static void inject(struct evbuffer *out, char type, size_t index)
     evbuffer_add(out, m, sizeof m);
 }
 
-static void model_run(struct model *m, const uint8_t *s, size_t n, size_t ntake, uint32_t max_len,
-                      const uint8_t see[256], struct script *sc, bool do_inject)
+FUZZ_NO_COVERAGE static void model_run(struct model *m, const uint8_t *s, size_t n, size_t ntake,
+                                       uint32_t max_len, const uint8_t see[256], struct script *sc,
+                                       bool do_inject)
 {
     size_t pos = 0;
     m->end = PX_RELAY_OK;
@@ -256,7 +257,7 @@ static size_t chunk(uint32_t *seed, unsigned mode, bool expanded)
 
 /* The stream with each 0xFE k replaced by (k + 1) KiB of filler that differs from byte to
  * byte (a misplaced piece shows), up to EXPAND_MAX of filler in all; malloc'd. */
-static size_t expand_to(uint8_t *s, const uint8_t *raw, size_t n)
+FUZZ_NO_COVERAGE static size_t expand_to(uint8_t *s, const uint8_t *raw, size_t n)
 {
     size_t o = 0, filler = 0;
     for (size_t i = 0; i < n; i++) {

@@ -22,7 +22,7 @@ MAX_TIME=${MAX_TIME:-5400}
 [[ $BUILD == /* ]] || BUILD=$ROOT/$BUILD
 BIN=$BUILD/tests/fuzz
 OUT=${OUT:-$BIN/long}
-ALL=(startup tokenstate prepared lockcall sqlscan scram relay userlist config admin)
+ALL=(startup tokenstate prepared lockcall sqlscan scram relay userlist config admin chaos)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${ALL[@]}")
 

@@ -340,6 +340,56 @@ admin_seeds = [
     ("long", admin(1, 2, 1e300, "\u00e9" * 200, "u" * 300, "a" * 1000)),
 ]
 
+# ---- chaos -------------------------------------------------------------------------------
+
+ADD_JSON, ADD_CONFIG, DECIDE, REMOVE, CLEAR, CONFIG = 0, 1, 2, 4, 5, 6
+
+
+def decide(when, db=b"", user=b"", app=b"", null=0, mask=0xFF):
+    """A decision: when 0 statement, 1 commit, 2 connect; null: bits 8/16/32 pass NULL for
+    database / user / application_name, 64 no holds_lock."""
+    return bytes([DECIDE, when | null, mask]) + part(b(db)) + part(b(user)) + part(b(app))
+
+
+def add_json(j):
+    return bytes([ADD_JSON]) + part(b(j))
+
+
+def add_config(name, params):
+    return bytes([ADD_CONFIG]) + part(b(name)) + part(b(params))
+
+
+chaos_seeds = [
+    ("json_error", add_json('{"inject":"error","sqlstate":"40001","probability":0.3,"seed":42,'
+                            '"application_name":"billing"}')
+     + decide(0, "app", "u", "billing") * 4 + decide(1, "app", "u", "billing")),
+    ("json_every_n", add_json('{"inject":"disconnect","when":"commit","every_n":2,"max_count":3,'
+                              '"database":"orders"}')
+     + decide(1, "orders") * 8 + decide(1, "other")),
+    ("json_latency_lock", add_json('{"inject":"latency","latency_ms":250,"lock_key":"ledger"}')
+     + add_json('{"inject":"error","sqlstate":"57P01","message":"bye \\u00e9"}')
+     + decide(0, mask=0) + decide(0, mask=0xFF) + decide(0, null=64)),
+    ("json_refused", add_json('{"inject":"error"}') + add_json('{"inject":"latency","latency_ms":-1}')
+     + add_json('{"inject":"error","sqlstate":"00000"}') + add_json('[1]')
+     + add_json('{"inject":"error","sqlstate":"40001","probability":1e-320}')
+     + add_json('{"inject":"disconnect","when":"connect","user":"x","user":"y"}')),
+    ("config_params", add_config("slow", "inject=latency latency_ms=250 lock_key=ledger")
+     + add_config("lost", "inject=disconnect when=commit every_n=10 max_count=5 database=orders")
+     + add_config("err", "inject=error sqlstate=40001 message='it''s \\'quoted\\'' probability=0.3 "
+                  "seed=42 application_name=billing user=u")
+     + add_config("lost", "inject=disconnect") + decide(1, "orders", null=32) * 3),
+    ("config_refused", add_config("a", "inject=error sqlstate=4000") + add_config("", "inject=disconnect")
+     + add_config("b", "inject=latency latency_ms=-0") + add_config("c", "inject='error")
+     + add_config("d", "probability=1e-320 inject=disconnect")),
+    ("remove_clear", add_json('{"inject":"disconnect"}') * 3 + bytes([REMOVE, 2, REMOVE, 2, REMOVE, 9])
+     + decide(0) + bytes([CLEAR]) + add_json('{"inject":"disconnect"}') + decide(2)),
+    ("config_file", add_json('{"inject":"disconnect","when":"connect"}')
+     + bytes([CONFIG]) + part(b"a = inject=error sqlstate=40P01 every_n=2\nb = inject=latency latency_ms=1\n")
+     + decide(0) * 2
+     + bytes([CONFIG]) + part(b"a = inject=error sqlstate=40P01 every_n=2\nc = \"inject=disconnect\"\n")
+     + decide(0) * 2 + bytes([CONFIG]) + part(b"a = inject=error\n")),
+]
+
 
 def main():
     write("startup", startup_seeds)
@@ -352,6 +402,7 @@ def main():
     write("prepared", prepared_seeds)
     write("tokenstate", tokenstate_seeds)
     write("admin", admin_seeds)
+    write("chaos", chaos_seeds)
 
 
 if __name__ == "__main__":
