@@ -2,7 +2,11 @@
  * hop_bench.c: what one cross-thread hop costs between two libevent loops (issue 19,
  * docs/design/multicore.md "What a hop costs").
  *
- *   hop_bench [-n round_trips] [-w window] [-p pool_ops] [mode ...]
+ *   hop_bench [-n round_trips] [-w window] [-p pool_ops] [-u] [mode ...]
+ *
+ * -u: without libevent's thread support (no evthread_use_pthreads(): bases take no locks),
+ * which every mode but evactive can do, since our own queues and doorbells carry the
+ * messages; compare `local` with and without it for what libevent's locking costs.
  *
  * A "worker" (the main thread, its own event_base) sends requests of 32 bytes to an
  * "owner" thread (its own event_base), which answers each one through a second queue:
@@ -525,7 +529,7 @@ static void run_migrate(size_t n)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: hop_bench [-n round_trips] [-w window (1..%u)] [-p pool_ops] "
+            "usage: hop_bench [-n round_trips] [-w window (1..%u)] [-p pool_ops] [-u] "
             "[local|evactive|eventfd|pipe|spsc|spin|pool|migrate ...]\n",
             RING / 2);
     exit(2);
@@ -535,17 +539,19 @@ int main(int argc, char **argv)
 {
     size_t n = 20000, window = 1, pool_ops = 2000000;
     int opt;
-    while ((opt = getopt(argc, argv, "n:w:p:")) != -1) {
+    bool unlocked = false;
+    while ((opt = getopt(argc, argv, "n:w:p:u")) != -1) {
         switch (opt) {
         case 'n': n = strtoul(optarg, NULL, 10); break;
         case 'w': window = strtoul(optarg, NULL, 10); break;
         case 'p': pool_ops = strtoul(optarg, NULL, 10); break;
+        case 'u': unlocked = true; break;
         default: usage();
         }
     }
     if (n < 100 || window < 1 || window > RING / 2 || pool_ops < 1)
         usage();
-    if (evthread_use_pthreads() < 0) {
+    if (!unlocked && evthread_use_pthreads() < 0) {
         fprintf(stderr, "hop_bench: evthread_use_pthreads failed\n");
         return 1;
     }
@@ -563,6 +569,8 @@ int main(int argc, char **argv)
     if (!any)
         for (int m = 0; m < M__COUNT; m++)
             want[m] = m != M_SPIN; /* spin needs a core of its own: ask for it */
+    if (unlocked)
+        want[M_EVACTIVE] = false; /* needs libevent's thread support */
 
     bool header = false;
     for (int m = 0; m < M_POOL; m++) {
