@@ -36,6 +36,8 @@
  *             another and back (event_del + event_assign + event_add: an epoll_ctl DEL and
  *             ADD each time), what moving a server's socket to another worker costs at the
  *             least (a real move also rebuilds its bufferevent); -n moves
+ *   syscall   the CPU of one trivial system call (getppid), the unit both a hop and the
+ *             proxy's own work per transaction are mostly made of on Linux; -n calls
  *
  * Reported per mode: round trips per second, latency p50/p99/mean (µs, window 1: the
  * round trip; window > 1: from send to answer, queueing included), process CPU per round
@@ -57,6 +59,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,9 +71,20 @@
 #define STOP_SEQ  UINT64_MAX
 #define POOL_SIZE 20
 
-enum mode { M_LOCAL, M_EVACTIVE, M_EVENTFD, M_PIPE, M_SPSC, M_SPIN, M_POOL, M_MIGRATE, M__COUNT };
-static const char *const mode_names[M__COUNT] = {"local", "evactive", "eventfd", "pipe",
-                                                 "spsc",  "spin",     "pool",    "migrate"};
+enum mode {
+    M_LOCAL,
+    M_EVACTIVE,
+    M_EVENTFD,
+    M_PIPE,
+    M_SPSC,
+    M_SPIN,
+    M_POOL,
+    M_MIGRATE,
+    M_SYSCALL,
+    M__COUNT
+};
+static const char *const mode_names[M__COUNT] = {"local", "evactive", "eventfd", "pipe",   "spsc",
+                                                 "spin",  "pool",     "migrate", "syscall"};
 
 /* One request or answer: 32 bytes, as a small lock request or pool hand-off would be. */
 struct msg {
@@ -526,11 +540,22 @@ static void run_migrate(size_t n)
     close(sv[1]);
 }
 
+/* ---- syscall: what one round trip into the kernel costs here ---- */
+
+static void run_syscall(size_t n)
+{
+    uint64_t c0 = cpu_ns(CLOCK_PROCESS_CPUTIME_ID);
+    for (size_t i = 0; i < n; i++)
+        (void)syscall(SYS_getppid);
+    uint64_t cpu = cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    printf("syscall   %zu getppid: %.3f us CPU per call\n", n, (double)cpu / (double)n / 1e3);
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: hop_bench [-n round_trips] [-w window (1..%u)] [-p pool_ops] [-u] "
-            "[local|evactive|eventfd|pipe|spsc|spin|pool|migrate ...]\n",
+            "[local|evactive|eventfd|pipe|spsc|spin|pool|migrate|syscall ...]\n",
             RING / 2);
     exit(2);
 }
@@ -587,5 +612,7 @@ int main(int argc, char **argv)
         run_pool(pool_ops);
     if (want[M_MIGRATE])
         run_migrate(n);
+    if (want[M_SYSCALL])
+        run_syscall(n);
     return 0;
 }

@@ -3,8 +3,8 @@
 # seconds.  See hop_bench.c for what it measures and docs/design/multicore.md for the use
 # of the figures.
 #
-#   bench/hop/run.sh                 window 1 and 64 for every mode but spin, then pool
-#                                    and migrate
+#   bench/hop/run.sh                 window 1 and 64 for every mode but spin, then pool,
+#                                    migrate and syscall
 #   bench/hop/run.sh -n 5000 spsc    any hop_bench arguments: one run with them
 #
 # Environment: CC [cc], HOP_OUT (build directory) [build-hop/ at the repository root],
@@ -33,4 +33,4 @@ for ((i = 1; i <= HOP_ROUNDS; i++)); do
     nice -n 10 "$out/hop_bench" -n 50000 -w 64 local evactive eventfd pipe spsc | tail -n +2
 done
 nice -n 10 "$out/hop_bench" -p 1000000 pool
-nice -n 10 "$out/hop_bench" -n 100000 migrate
+nice -n 10 "$out/hop_bench" -n 100000 migrate syscall
