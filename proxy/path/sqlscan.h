@@ -102,7 +102,8 @@ struct px_sql_info {
     /* PX_SQL_PIN_* the text creates, and those it clears (DISCARD ALL: all of them). */
     uint8_t pins, unpins;
     /* The session state the one statement changes (PX_STATE_UNTRACKED: several statements,
-     * one of which does); session_feature names it too, as before. */
+     * one of which does; but one RESET among statements that change no state and control
+     * no transaction is reported as that RESET); session_feature names it too. */
     enum px_sql_state state;
     bool state_reset; /* the statement is RESET ... (SET ... TO DEFAULT is a SET) */
     /* SET/RESET: the parameter's name folded to lower case (a custom a.b name whole);

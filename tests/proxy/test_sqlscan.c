@@ -949,6 +949,42 @@ static void test_dml(void)
     }
 }
 
+/* Session state in a text of several statements: untracked (the session stage pins), but
+ * one RESET among statements that change nothing else and control no transaction counts
+ * as that RESET (asyncpg's pool reset query). */
+static void test_multi_state(void)
+{
+    static const struct {
+        const char *sql;
+        enum px_sql_state state;
+        const char *key;
+    } cases[] = {
+        {"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+         PX_STATE_RESET_ALL, ""},
+        {"SELECT 1; RESET work_mem", PX_STATE_SET, "work_mem"},
+        {"RESET ROLE; SELECT 1", PX_STATE_ROLE, ""},
+        {"RESET ALL; SET work_mem = '1MB'", PX_STATE_UNTRACKED, ""},
+        {"SET work_mem = '1MB'; SELECT 1", PX_STATE_UNTRACKED, ""},
+        {"RESET work_mem; RESET search_path", PX_STATE_UNTRACKED, ""},
+        {"BEGIN; RESET ALL; COMMIT", PX_STATE_UNTRACKED, ""},
+        {"SAVEPOINT a; RESET ALL; ROLLBACK TO a", PX_STATE_UNTRACKED, ""},
+        {"RESET ALL; COMMIT", PX_STATE_UNTRACKED, ""},
+        {"SELECT 1; SELECT 2", PX_STATE_NONE, ""},
+        {"RESET ALL", PX_STATE_RESET_ALL, ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct px_sql_info info;
+        classify_exact(cases[i].sql, strlen(cases[i].sql), &info);
+        bool ok =
+            info.state == cases[i].state && !strcmp(info.state_key, cases[i].key) &&
+            (info.state == PX_STATE_NONE || info.state == PX_STATE_UNTRACKED || info.state_reset);
+        if (!ok)
+            fprintf(stderr, "\n    [%s]: state %d key \"%s\" reset %d", cases[i].sql,
+                    (int)info.state, info.state_key, (int)info.state_reset);
+        CU_ASSERT_TRUE(ok);
+    }
+}
+
 void test_sqlscan_register(void)
 {
     static CU_TestInfo tests[] = {
@@ -968,6 +1004,7 @@ void test_sqlscan_register(void)
         {"random_texts", test_random_texts},
         {"large_inputs", test_large_inputs},
         {"dml", test_dml},
+        {"multi_state", test_multi_state},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("sqlscan", NULL, NULL, tests);
