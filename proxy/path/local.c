@@ -220,7 +220,9 @@ static bool on_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     if (!st)
         return false; /* out of memory: left to a server */
     int rc = 0;
-    if (*name)
+    if (*name && !px_rename_client_may_add(c, name))
+        rc = -1; /* left to a server: the renaming stage refuses it */
+    else if (*name)
         rc = px_stmt_map_put(&c->stmts, name, st); /* as rename.c records a relayed Parse */
     else
         set_ref(&c->local_unnamed, st);
