@@ -671,12 +671,11 @@ static void test_pgbench_select_only(void)
  * that closes what it prepares, never hit it; others are not affected. */
 static void test_client_prepared_limit(void)
 {
-    struct harness_proxy_opts o = {
-        .pool_mode = "transaction",
-        .pool_size = 2,
-        .auth_type = "trust",
-        .query_wait_timeout_ms = 10000,
-        .pgwarden_extra = "max_client_prepared_statements = 50"};
+    struct harness_proxy_opts o = {.pool_mode = "transaction",
+                                   .pool_size = 2,
+                                   .auth_type = "trust",
+                                   .query_wait_timeout_ms = 10000,
+                                   .pgwarden_extra = "max_client_prepared_statements = 50"};
     struct harness_proxy *px = harness_proxy_start(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
     PGconn *tidy = harness_connect(px, NULL), *leaky = harness_connect(px, NULL);
