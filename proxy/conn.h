@@ -158,10 +158,13 @@ struct px_client {
     struct px_client_locks *locks;
     bool lock_waiting; /* parked until its lock wait ends: its input waits */
     /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
-     * fault_timer; fault_passed lets it through once; unnamed_commit: the unnamed
-     * statement is a COMMIT (an Execute of it counts as commit). */
+     * fault_timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
+     * unnamed statement is, fault_unnamed_portal: what the unnamed portal runs (enum
+     * px_fault_stmt of path/fault.h: an Execute of it is a statement, a commit, or
+     * transaction control, never injected into). */
     struct event *fault_timer;
-    bool fault_waiting, fault_passed, unnamed_commit;
+    bool fault_waiting, fault_passed;
+    uint8_t fault_unnamed_stmt, fault_unnamed_portal;
     bool fault_disconnect; /* close the server once this message is sent */
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */
@@ -169,6 +172,8 @@ struct px_client {
     /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
      * retry is off. */
     struct px_retry *retry;
+    /* The answer to a COMMIT whose server was lost, being looked for (path/outcome.h). */
+    struct px_outcome *outcome;
     /* pgwarden failed a statement it had no server for (the circuit breaker refused it):
      * the rest of its message is dropped as it arrives (skip_bytes) and, for an
      * extended-protocol group, every message up to its Sync (local.h). */
@@ -275,6 +280,15 @@ struct px_server {
     uint8_t prelude_tries;
     char *prelude_error;
     bool hidden_abort;        /* the last hidden query is a deliberate failure (path/locks.c) */
+    /* The outcome of a lost COMMIT (path/outcome.h): a client's COMMIT is in flight (until
+     * the next ReadyForQuery); the transaction id learned before it (0: none assigned);
+     * the hidden query whose first value is kept (PX_CAPTURE_*), and that value. */
+    bool commit_inflight;
+    bool xid_known;
+    uint64_t xid;
+    uint8_t capture;
+    bool captured_null;
+    char captured[24];
     bool last_untracked;      /* the last message sent has no reply the FIFO tracks: only a
                                  barrier or a ReadyForQuery proves everything was answered */
     bool group_failed;        /* an error in the current extended-protocol group: the server
@@ -290,6 +304,9 @@ struct px_server {
     uint8_t batched_head, batched_n;
     bool orphan_client; /* the current client left: its reply is discarded */
 };
+
+/* What a hidden query's DataRow is (struct px_server capture). */
+enum px_capture { PX_CAPTURE_NONE = 0, PX_CAPTURE_XID, PX_CAPTURE_STATUS };
 
 /* A message sent to a server whose reply transaction pooling tracks (txn.c). */
 struct px_expect {

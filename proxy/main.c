@@ -20,6 +20,7 @@
 #include <openssl/ssl.h>
 
 #include "admin/admin.h"
+#include "chaos/chaos.h"
 #include "path/batch.h"
 #include "path/locks.h"
 #include "path/retry.h"
@@ -91,6 +92,7 @@ static void log_restart_key(const char *section, const char *key, bool reloadabl
 int px_main_reload(char **errmsg)
 {
     struct px_config *cfg = NULL;
+    struct px_chaos_rules *chaos = NULL;
     *errmsg = NULL;
     /* Log rotation (rename, then SIGHUP): a new file at the running path (logfile needs a
      * restart to change), whether or not the new config is valid.  On failure the old
@@ -98,7 +100,8 @@ int px_main_reload(char **errmsg)
     if (px.cfg->logfile && px.cfg->logfile[0] && px_log_open(px.cfg->logfile) < 0)
         px_error("main", 0, 0, "cannot reopen logfile %s: %s; still writing to the old file",
                  px.cfg->logfile, strerror(errno));
-    if (px_config_load(px.cfg->path, &cfg, errmsg) < 0)
+    if (px_config_load(px.cfg->path, &cfg, errmsg) < 0 ||
+        !(chaos = px_chaos_config_parse(cfg, errmsg)))
         goto fail;
     px_config_diff(px.cfg, cfg, log_restart_key, NULL);
     if (px_config_keep_restart_keys(cfg, px.cfg) < 0) {
@@ -119,11 +122,13 @@ int px_main_reload(char **errmsg)
     px_log_set_level(cfg->log_level);
     px_pool_reconfigure();
     px_retry_configure();
+    px_chaos_config_install(chaos); /* config rules replaced, those added over HTTP stay */
     px_info("main", 0, 0, "configuration reloaded from %s", cfg->path);
     return 0;
 fail:
     px_error("main", 0, 0, "reload failed, keeping the running configuration: %s",
              *errmsg ? *errmsg : "out of memory");
+    px_chaos_rules_free(chaos);
     px_config_free(cfg);
     return -1;
 }
@@ -206,6 +211,10 @@ static int setup(char **errmsg)
         return -1;
     if (px_metrics_init(0, errmsg) < 0 || px_stats_init() < 0 || px_breaker_configure() < 0)
         return -1;
+    struct px_chaos_rules *chaos = px_chaos_config_parse(px.cfg, errmsg);
+    if (!chaos)
+        return -1;
+    px_chaos_config_install(chaos);
     px.base = event_base_new();
     if (!px.base)
         return -1;
@@ -271,6 +280,7 @@ static void teardown(void)
     SSL_CTX_free(px.client_tls);
     SSL_CTX_free(px.server_tls);
     px_userlist_free(px.users);
+    px_chaos_shutdown(); /* releases its metric series */
     px_metrics_shutdown();
     px_config_free(px.cfg);
     px_log_close();
@@ -350,6 +360,14 @@ static int check_config(const char *path)
     px_userlist_free(users);
     SSL_CTX_free(ctls);
     SSL_CTX_free(stls);
+    struct px_chaos_rules *chaos = px_chaos_config_parse(cfg, &err);
+    if (!chaos) {
+        fprintf(stderr, "pgwarden: %s\n", err ? err : "out of memory");
+        free(err);
+        px_config_free(cfg);
+        return 1;
+    }
+    px_chaos_rules_free(chaos);
     if (check_startup(cfg, &err) < 0 ||
         (cfg->state_file && px_locks_check_state_file(cfg->state_file, &err) < 0)) {
         fprintf(stderr, "pgwarden: %s: %s\n", path, err ? err : "out of memory");

@@ -642,6 +642,13 @@ const char *px_admin_req_query(struct px_admin_req *req, const char *key)
     return evhttp_find_header(&req->query, key);
 }
 
+const char *px_admin_req_body(struct px_admin_req *req, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);
+    *len = evbuffer_get_length(in);
+    return *len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+}
+
 struct json_t *px_admin_req_json(struct px_admin_req *req)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);

@@ -67,8 +67,9 @@ typedef void (*px_admin_handler_cb)(struct px_admin_req *req, void *arg);
  * (admin_addr, admin_port, admin_token, admin_tls_cert_file, admin_tls_key_file; cfg is
  * only read during the call).  admin_port 0 gives an admin object that listens nowhere.
  * Registers the built-in routes (/, /health, /pools, /clients, /servers, /locks,
- * /locks/<key>, /metrics, /reload).  Returns the admin (free with px_admin_free), or NULL with
- * *errmsg (free with free()) when the address cannot be bound or the TLS files cannot be loaded.
+ * /locks/<key>, /metrics, /reload, /chaos, /chaos/<id>).  Returns the admin (free with
+ * px_admin_free), or NULL with *errmsg (free with free()) when the address cannot be bound or the
+ * TLS files cannot be loaded.
  */
 __attribute__((warn_unused_result)) struct px_admin *
 px_admin_new(struct event_base *base, const struct px_config *cfg, char **errmsg);
@@ -123,6 +124,12 @@ const char *px_admin_req_query(struct px_admin_req *req, const char *key);
  */
 struct json_t *px_admin_req_json(struct px_admin_req *req);
 
+/*
+ * The raw request body: a pointer valid during the handler call (NULL when empty, *len 0),
+ * for handlers that parse the body themselves.
+ */
+const char *px_admin_req_body(struct px_admin_req *req, size_t *len);
+
 /* Replies with body as JSON (reference stolen; NULL replies 500 "out of memory"). */
 void px_admin_reply_json(struct px_admin_req *req, int status, struct json_t *body);
 /* Replies {"error": message} (printf format). */
@@ -134,6 +141,9 @@ void px_admin_reply_buffer(struct px_admin_req *req, int status, const char *con
 
 /* Built-in handlers (admin_handlers.c); called by px_admin_new. */
 int px_admin_register_builtin(struct px_admin *admin);
+/* GET, POST, DELETE /chaos and DELETE /chaos/<id> (admin_chaos.c); called by
+ * px_admin_register_builtin. */
+int px_admin_register_chaos(struct px_admin *admin);
 /* The route table as JSON [{"path","prefix","methods":[...]}, ...] for GET /. */
 struct json_t *px_admin_routes_json(const struct px_admin *admin);
 

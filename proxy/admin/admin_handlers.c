@@ -1,6 +1,6 @@
 /*
  * admin_handlers.c: the built-in admin endpoints: GET /, /health, /pools, /clients,
- * /servers, /locks, /locks/<key>, /metrics and POST /reload.
+ * /servers, /locks, /locks/<key>, /metrics and POST /reload (/chaos: admin_chaos.c).
  *
  * Interface: px_admin_register_builtin (admin.h), called by px_admin_new.  The JSON views
  * come from introspect.h (implemented by the proxy core), the metrics from metrics.h.
@@ -127,7 +127,8 @@ int px_admin_register_builtin(struct px_admin *a)
         px_admin_route_add(a, PX_ADMIN_GET, "/locks", false, h_locks, NULL) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/locks/", true, h_lock_key, NULL) < 0 ||
         px_admin_route_add(a, PX_ADMIN_GET, "/metrics", false, h_metrics, NULL) < 0 ||
-        px_admin_route_add(a, PX_ADMIN_POST, "/reload", false, h_reload, NULL) < 0)
+        px_admin_route_add(a, PX_ADMIN_POST, "/reload", false, h_reload, NULL) < 0 ||
+        px_admin_register_chaos(a) < 0)
         return -1;
     return 0;
 }

@@ -11,6 +11,7 @@
 
 #include "net/client.h"
 #include "conn.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "admin/introspect.h"
 #include "admin/introspect_locks.h"
@@ -117,6 +118,9 @@ static json_t *client_json(const struct px_client *c, uint64_t now,
     const char *pinned = px_session_pin_reason(c);
     if (o && pinned) /* session state that keeps its server (transaction pooling) */
         json_object_set_new(o, "pinned", json_string(pinned));
+    unsigned attempt = px_retry_attempt(c);
+    if (o && attempt) /* its transaction is being retried (path/retry.h) */
+        json_object_set_new(o, "retry_attempt", json_integer(attempt));
     /* What it holds and waits for: only when there is something (introspect_locks.h). */
     if (o && px_introspect_client_locks(locks, c, o) < 0) {
         json_decref(o);

@@ -3,13 +3,16 @@
  * reference in docs/configuration.md, every key commented in conf/pgwarden.ini).
  *
  * Owns:
- *   - the declarative key tables: [pgwarden] (pgwarden_keys[]) and the connection
- *     parameters of a [databases] entry (db_keys[]).  One row per key: name (always the
+ *   - the declarative key tables: [pgwarden] (pgwarden_keys[]), [locks] (locks_keys[]) and
+ *     the connection parameters of a [databases] entry (db_keys[]);
+ *   - the [chaos] lines, kept as written (name, parameters, line) for the rule engine,
+ *     which validates them when pgwarden applies the config (chaos/chaos.h): this library
+ *     stays free of it;  One row per key: name (always the
  *     struct field's name), type, offset, default as text, range, reloadable, help;
  *   - the generic INI reader and value parser, which know nothing about individual keys;
  *   - cross-field checks (validate()), reload diffing and the key iterator.
  * Interface: px_config_load, px_config_free, px_config_find_db, px_config_diff,
- * px_config_keep_restart_keys, px_config_foreach_key.
+ * px_config_keep_restart_keys, px_config_foreach_key, px_config_next_param.
  *
  * Defaults are applied by parsing each row's default text with the same code that parses
  * file values, so a default can never be something the file could not say.  Adding a key
@@ -261,8 +264,10 @@ static const struct px_cfg_section key_sections[] = {
     {"breaker", breaker_keys, ARRAY_LEN(breaker_keys)},
 };
 
-#define DB_SECTION "databases"
-#define MAX_KEYS   64 /* per section, for duplicate detection */
+#define DB_SECTION    "databases"
+#define CHAOS_SECTION "chaos"
+static const char db_section[] = DB_SECTION, chaos_section[] = CHAOS_SECTION;
+#define MAX_KEYS 64 /* per section, for duplicate detection */
 _Static_assert(ARRAY_LEN(pgwarden_keys) <= MAX_KEYS, "raise MAX_KEYS");
 
 #define DB_INT(f, def, lo, hi, help)                                                               \
@@ -297,10 +302,11 @@ struct parser {
     char *dir;                                   /* absolute directory of file */
     int line;                                    /* current line, 1-based; 0: not at a line */
     const char *section;                         /* current section name, NULL before any */
-    const struct px_cfg_section *table;          /* its key table; NULL for [databases] */
+    const struct px_cfg_section *table;          /* its key table; NULL: [databases], [chaos] */
     int seen[ARRAY_LEN(key_sections)][MAX_KEYS]; /* line each key was set on, 0: unset */
     struct px_config *cfg;                       /* being built, owned */
     size_t dbcap;                                /* allocated entries of cfg->dbs */
+    size_t chaoscap;                             /* allocated entries of cfg->chaos */
     char **errmsg;                               /* where the one error goes */
 };
 
@@ -536,8 +542,8 @@ static int parse_section(struct parser *p, char *s)
         return fail_at(p, p->line, NULL, NULL, "text after ']' in section header");
     *close = '\0';
     char *name = trim(s + 1);
-    if (strcmp(name, DB_SECTION) == 0) {
-        p->section = DB_SECTION;
+    if (strcmp(name, DB_SECTION) == 0 || strcmp(name, CHAOS_SECTION) == 0) {
+        p->section = name[0] == 'd' ? db_section : chaos_section;
         p->table = NULL;
         return 0;
     }
@@ -570,6 +576,7 @@ static int parse_key(struct parser *p, const char *key, const char *value)
 }
 
 static int parse_db_entry(struct parser *p, const char *name, char *conninfo);
+static int parse_chaos_line(struct parser *p, const char *name, const char *params);
 
 /* One line of the file, without its newline. */
 static int parse_line(struct parser *p, char *line)
@@ -592,6 +599,8 @@ static int parse_line(struct parser *p, char *line)
     char *value = unquote(trim(eq + 1), why, sizeof(why));
     if (!value)
         return fail(p, key, "%s", why);
+    if (!p->table && p->section == chaos_section)
+        return parse_chaos_line(p, key, value);
     if (!p->table)
         return parse_db_entry(p, key, value);
     return parse_key(p, key, value);
@@ -734,6 +743,42 @@ static int parse_db_entry(struct parser *p, const char *name, char *conninfo)
         return fail(p, name, "%s", why);
     if (!db->dbname && strcmp(name, "*") != 0 && !(db->dbname = strdup(name)))
         return fail(p, name, "out of memory");
+    return 0;
+}
+
+int px_config_next_param(char **sp, char **key, char **value, char *why, size_t whylen)
+{
+    return next_param(sp, key, value, why, whylen);
+}
+
+/* ---- [chaos] lines --------------------------------------------------------------------- */
+
+/* One line of [chaos]: name = inject=... (kept as written; see struct px_chaos_line). */
+static int parse_chaos_line(struct parser *p, const char *name, const char *params)
+{
+    struct px_config *cfg = p->cfg;
+    for (size_t i = 0; i < cfg->nchaos; i++) {
+        if (strcmp(cfg->chaos[i].name, name) == 0)
+            return fail(p, name, "duplicate rule name (first on line %d)", cfg->chaos[i].line);
+    }
+    if (cfg->nchaos == p->chaoscap) {
+        size_t cap = p->chaoscap ? 2 * p->chaoscap : 8;
+        struct px_chaos_line *lines = realloc(cfg->chaos, cap * sizeof(*lines));
+        if (!lines)
+            return fail(p, name, "out of memory");
+        cfg->chaos = lines;
+        p->chaoscap = cap;
+    }
+    struct px_chaos_line *l = &cfg->chaos[cfg->nchaos];
+    l->name = strdup(name);
+    l->params = strdup(params);
+    l->line = p->line;
+    if (!l->name || !l->params) {
+        free(l->name);
+        free(l->params);
+        return fail(p, name, "out of memory");
+    }
+    cfg->nchaos++;
     return 0;
 }
 
@@ -914,6 +959,11 @@ void px_config_free(struct px_config *cfg)
         free_fields(db_keys, ARRAY_LEN(db_keys), &cfg->dbs[i]);
     }
     free(cfg->dbs);
+    for (size_t i = 0; i < cfg->nchaos; i++) {
+        free(cfg->chaos[i].name);
+        free(cfg->chaos[i].params);
+    }
+    free(cfg->chaos);
     free(cfg->path);
     free(cfg);
 }

@@ -2,8 +2,8 @@
  * config.h: pgwarden's configuration: the INI file, its declarative key tables, validation
  * and reload.
  *
- * The file has sections [pgwarden], [locks], [retry], [breaker] and [databases] (later
- * issues add [chaos] by registering a table of its own).  Each setting is one row of a
+ * The file has sections [pgwarden], [locks], [retry], [breaker], [databases] and [chaos]
+ * ([chaos] lines are kept as written for chaos/chaos.c).  Each setting is one row of a
  * declarative table (section, key, type, struct offset, default, range, reloadable, help);
  * the parser is generic and knows nothing about individual keys.  See
  * docs/configuration.md for the user-facing reference; a unit test checks that every key in
@@ -19,6 +19,18 @@
 #include <stddef.h>
 
 #include "retry/retry.h"
+
+/*
+ * One [chaos] line:  name = inject=error sqlstate=40001 probability=0.3 seed=42 ...
+ * The parameters are kept as written: the rule engine (chaos/chaos.h) parses and validates
+ * them when pgwarden applies the config (at start, --check and reload), naming file and
+ * line from here.  This library only checks that names are unique.
+ */
+struct px_chaos_line {
+    char *name;   /* the rule's name */
+    char *params; /* the text after '=' (double quotes of the INI value removed) */
+    int line;     /* line number in the file */
+};
 
 /* Upper bound of server_query_batch (the per-server queue of batched clients is this big). */
 #define PX_QUERY_BATCH_MAX 8
@@ -128,6 +140,10 @@ struct px_config {
     /* [databases] */
     struct px_db_config *dbs;
     size_t ndbs;
+
+    /* [chaos]: fault-injection rules, in file order */
+    struct px_chaos_line *chaos;
+    size_t nchaos;
 };
 
 /*
@@ -160,6 +176,14 @@ int px_config_diff(const struct px_config *old, const struct px_config *new_cfg,
  */
 __attribute__((warn_unused_result)) int
 px_config_keep_restart_keys(struct px_config *new_cfg, const struct px_config *running);
+
+/*
+ * Takes the next `key=value` pair off a libpq-style parameter string (as in [databases]
+ * and [chaos] lines), in place: *sp advances, *key and *value point into the string.
+ * Values may be single-quoted ('it''s', 'it\'s'); outside quotes a backslash escapes the
+ * next character.  Returns 1 with *key and *value set, 0 at the end, -1 with why set.
+ */
+int px_config_next_param(char **sp, char **key, char **value, char *why, size_t whylen);
 
 /* The key tables, for documentation checks: calls cb(section, key, help) for every key. */
 typedef void (*px_config_key_cb)(const char *section, const char *key, const char *help, void *arg);

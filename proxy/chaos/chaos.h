@@ -34,10 +34,12 @@
 enum px_chaos_when { PX_CHAOS_STATEMENT = 0, PX_CHAOS_COMMIT = 1, PX_CHAOS_CONNECT = 2 };
 enum px_chaos_kind { PX_CHAOS_NONE = 0, PX_CHAOS_ERROR, PX_CHAOS_LATENCY, PX_CHAOS_DISCONNECT };
 
-/* What the traffic is: borrowed strings, valid for the call. */
+/* What the traffic is: borrowed strings, valid for the call (NULL reads as ""). */
 struct px_chaos_ctx {
     enum px_chaos_when when;
     const char *database, *user, *application_name;
+    /* The client's id, for the log line of an injection ("C-17"); 0: none. */
+    uint64_t client_id;
     /* Whether the client holds the pgwarden lock key (rules with lock_key); NULL: holds
      * none. */
     bool (*holds_lock)(void *arg, const char *key, size_t keylen);
@@ -62,9 +64,11 @@ static inline bool px_chaos_active(void)
 }
 
 /*
- * The first rule that matches ctx and fires (its probability / every_n / max_count say so)
- * decides; that rule's counters move and the injection is counted in the metrics and
- * logged at info.  Returns false (out->kind NONE) when nothing is injected.
+ * Rules are looked at in id order.  The first rule that matches ctx and fires (its
+ * probability / every_n / max_count say so) decides; that rule's counters move and the
+ * injection is counted in the metrics and logged at info.  A rule that matches counts the
+ * statement in "matched" whether or not it fires; rules after the one that decides do not
+ * see the statement.  Returns false (out->kind NONE) when nothing is injected.
  */
 bool px_chaos_decide(const struct px_chaos_ctx *ctx, struct px_chaos_action *out);
 
@@ -79,14 +83,42 @@ char *px_chaos_add_json(const char *json, size_t len, char **errmsg);
 /* Adds a rule from the parameters of a [chaos] line: name = inject=error sqlstate=40001 ...
  * (libpq-style key=value, values may be single-quoted).  0, or -1 with *errmsg (owned). */
 int px_chaos_add_config(const char *name, const char *params, char **errmsg);
-/* GET /chaos: every rule with its id, name (config rules), fields, and counters "matched"
- * (statements the rule looked at) and "injected".  Owned JSON text. */
+/* GET /chaos: an array of every rule in id order, each with its id, name (config rules),
+ * source ("config" | "api"), every field (null where not given or not applying), and the
+ * counters "matched" (statements the rule looked at) and "injected".  Owned JSON text;
+ * NULL when out of memory. */
 char *px_chaos_list_json(void);
 /* DELETE /chaos/<id>: true when there was such a rule. */
 bool px_chaos_remove(uint64_t id);
 /* DELETE /chaos: removes every rule; returns how many. */
 size_t px_chaos_clear(void);
-/* Frees everything (exit). */
+/* Frees everything (exit; tests): the next rule gets id 1 again.  Call before
+ * px_metrics_shutdown(). */
 void px_chaos_shutdown(void);
+
+/* At most this many rules at once: POST /chaos and px_chaos_add_* refuse more. */
+#define PX_CHAOS_MAX_RULES 1000
+
+/* ---- [chaos] rules of the config file (main.c: start, --check, reload) ---------------- */
+
+struct px_config;
+/* A parsed, validated set of [chaos] lines, not in effect yet. */
+struct px_chaos_rules;
+
+/*
+ * Parses and validates every [chaos] line of cfg (borrowed), touching no rule in effect.
+ * Returns the set (owned: px_chaos_config_install or px_chaos_rules_free; empty when cfg
+ * has no [chaos] line), or NULL with *errmsg (owned) "FILE:LINE: [chaos] NAME: why".
+ */
+struct px_chaos_rules *px_chaos_config_parse(const struct px_config *cfg, char **errmsg);
+/*
+ * Makes rules (taken over) the config rules; cannot fail.  A config rule whose name and
+ * fields are unchanged keeps its id, counters and PRNG state; the other config rules in
+ * effect are removed and the new ones appended with new ids.  Rules added over the admin
+ * port stay.
+ */
+void px_chaos_config_install(struct px_chaos_rules *rules);
+/* NULL is a no-op. */
+void px_chaos_rules_free(struct px_chaos_rules *rules);
 
 #endif

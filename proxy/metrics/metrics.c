@@ -31,11 +31,14 @@
 
 static const char *const pool_labels[] = {"database", "user"};
 static const char *const database_labels[] = {"database"};
+static const char *const chaos_rule_labels[] = {"rule", "kind", "sqlstate"};
 
 static struct px_metrics_kind_def builtin_kinds[PX_MK__COUNT] = {
     [PX_MK_GLOBAL] = {"global", NULL, 0, 1},
     [PX_MK_POOL] = {"pool", pool_labels, 2, PX_METRICS_DEFAULT_MAX_SETS},
     [PX_MK_DATABASE] = {"database", database_labels, 1, PX_METRICS_DEFAULT_MAX_SETS},
+    /* chaos.h caps rules at PX_CHAOS_MAX_RULES (1000) */
+    [PX_MK_CHAOS_RULE] = {"chaos_rule", chaos_rule_labels, 3, 1000},
 };
 
 static const char *const state_label[] = {"state"};
@@ -76,7 +79,7 @@ static const char *const sqlstate_classes[] = {
 #define N_SQLSTATE_CLASSES (sizeof(sqlstate_classes) / sizeof(sqlstate_classes[0]))
 
 static const char *const kind_label[] = {"kind"};
-static const char *const kind_names[PX_MK__COUNT] = {"global", "pool", "database"};
+static const char *const kind_names[PX_MK__COUNT] = {"global", "pool", "database", "chaos_rule"};
 
 static const char *const move_labels[] = {"from", "to"};
 static const char *const breaker_moves[2 * PX_MBM__COUNT] = {
@@ -85,6 +88,7 @@ static const char *const breaker_moves[2 * PX_MBM__COUNT] = {
     "half-open", "closed",    /* PX_MBM_HALF_OPEN_CLOSED */
     "half-open", "open",      /* PX_MBM_HALF_OPEN_OPEN */
 };
+
 
 static const char *const mode_label[] = {"mode"};
 static const char *const lock_modes[PX_MLM__COUNT] = {
@@ -109,6 +113,10 @@ static const char *const retry_values[PX_MRS__COUNT * PX_MRO__COUNT * 2] = {
     RETRY_ROW("40001"), RETRY_ROW("40P01"), RETRY_ROW("other")};
 _Static_assert(PX_MRO_SUCCEEDED == 0 && PX_MRO_BUFFER_EXCEEDED == 6 && PX_MRO__COUNT == 8,
                "RETRY_ROW order");
+
+static const char *const commit_outcomes[PX_MCO__COUNT] = {
+    [PX_MCO_COMMITTED] = "committed", [PX_MCO_ABORTED] = "aborted",
+    [PX_MCO_READ_ONLY] = "read_only", [PX_MCO_UNKNOWN] = "unknown"};
 
 static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
@@ -202,6 +210,10 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                  "Bytes kept to replay transactions (client messages and "
                                  "response digests), all clients together.",
                                  PX_MK_GLOBAL},
+    [PX_M_COMMIT_OUTCOMES] = {"commit_outcomes", PX_METRIC_COUNTER,
+                              "COMMITs whose server connection was lost after they were "
+                              "sent, by what the client was told.",
+                              PX_MK_GLOBAL, outcome_label, 1, commit_outcomes, PX_MCO__COUNT},
     [PX_M_BREAKER_STATE] = {"breaker_state", PX_METRIC_GAUGE,
                             "Circuit breaker state per database: 0 closed, 1 open, 2 half-open.",
                             PX_MK_DATABASE},
@@ -217,6 +229,14 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                               "Transactions and logins refused with 57P03 while the "
                               "database's circuit breaker was not closed.",
                               PX_MK_DATABASE},
+    /* Fault injection (docs/chaos.md): apart from client_errors, which counts every
+     * ErrorResponse sent, injected or real. */
+    [PX_M_CHAOS_INJECTED] = {"chaos_injected", PX_METRIC_COUNTER,
+                             "Faults injected by fault-injection rules, by rule id, kind and "
+                             "SQLSTATE (kind error).",
+                             PX_MK_CHAOS_RULE},
+    [PX_M_CHAOS_RULES] = {"chaos_rules", PX_METRIC_GAUGE, "Fault-injection rules in effect.",
+                          PX_MK_GLOBAL},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

@@ -57,6 +57,7 @@ enum px_metrics_kind {
     PX_MK_GLOBAL = 0, /* no dynamic labels: exactly one set, always present */
     PX_MK_POOL = 1,   /* {database, user}: one set per pool */
     PX_MK_DATABASE,   /* {database}: one set per circuit breaker (pool/breaker.h) */
+    PX_MK_CHAOS_RULE, /* {rule, kind, sqlstate}: one set per fault-injection rule */
     PX_MK__COUNT
 };
 
@@ -91,10 +92,13 @@ enum px_metric {
     PX_M_RETRIES,                 /* counter, pool, {sqlstate,outcome}: PX_METRICS_RETRY() */
     PX_M_RETRY_ATTEMPTS,          /* counter, pool, sqlstate: enum px_metrics_retry_sqlstate */
     PX_M_RETRY_BUFFER_BYTES,      /* gauge, global */
+    PX_M_COMMIT_OUTCOMES,         /* counter, global, outcome: enum px_metrics_commit_outcome */
     PX_M_BREAKER_STATE,           /* gauge, database: 0 closed, 1 open, 2 half-open */
     PX_M_BREAKER_TRANSITIONS,     /* counter, database, {from,to}: enum px_metrics_breaker_move */
     PX_M_BREAKER_FAILURES,        /* counter, database: failures the breaker counted */
     PX_M_BREAKER_REFUSED,         /* counter, database: transactions and logins refused */
+    PX_M_CHAOS_INJECTED,          /* counter, chaos_rule: faults injected (chaos/chaos.c) */
+    PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
     PX_M__COUNT
 };
 
@@ -176,6 +180,16 @@ enum px_metrics_retry_outcome {
 };
 #define PX_METRICS_RETRY(sqlstate, outcome)                                                        \
     ((unsigned)(sqlstate) * (unsigned)PX_MRO__COUNT + (unsigned)(outcome))
+
+/* outcome label of PX_M_COMMIT_OUTCOMES: what a client whose COMMIT lost its server was
+ * told (path/outcome.h). */
+enum px_metrics_commit_outcome {
+    PX_MCO_COMMITTED = 0, /* "committed": PostgreSQL said committed */
+    PX_MCO_ABORTED,       /* "aborted": it said aborted (40000) */
+    PX_MCO_READ_ONLY,     /* "read_only": no transaction id: nothing was written */
+    PX_MCO_UNKNOWN,       /* "unknown": 40003 */
+    PX_MCO__COUNT
+};
 
 /* One dynamic label-set kind. */
 struct px_metrics_kind_def {

@@ -631,8 +631,9 @@ void px_server_close(struct px_server *s, const char *reason)
     if (c) {
         s->client = NULL;
         c->server = NULL;
-        px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
-                        "server closed the connection unexpectedly");
+        if (!px_path_server_lost(c, s))
+            px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                            "server closed the connection unexpectedly");
     }
     px_path_server_closing(s);
     if (s->opener && s->opener->launching == s)

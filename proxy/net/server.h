@@ -62,6 +62,9 @@ void px_path_server_input(struct px_server *s);
 void px_path_server_drained(struct px_server *s);
 /* s is closing: clients whose queries were batched on it get their error. */
 void px_path_server_closing(struct px_server *s);
+/* s was lost while linked to c (already unlinked): true when the statement path answers c
+ * itself (a COMMIT in flight, path/outcome.h); false: c gets the connection error. */
+bool px_path_server_lost(struct px_client *c, struct px_server *s);
 /* s is being freed: release what the statement path keeps for it. */
 void px_path_server_free(struct px_server *s);
 

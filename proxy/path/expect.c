@@ -101,6 +101,22 @@ static bool hidden_error(struct px_server *s, const uint8_t *body, uint32_t len)
     return true;
 }
 
+/* Keeps the first value of a hidden query's DataRow (path/outcome.h): int16 columns, then
+ * int32 length (-1: NULL) and the text. */
+static void capture_value(struct px_server *s, const uint8_t *body, uint32_t len)
+{
+    s->captured_null = true;
+    s->captured[0] = '\0';
+    if (len < 6 || px_get_u16(body) < 1)
+        return;
+    int32_t n = (int32_t)px_get_u32(body + 2);
+    if (n < 0 || (uint32_t)n > len - 6 || (size_t)n >= sizeof(s->captured))
+        return;
+    memcpy(s->captured, body + 6, (size_t)n);
+    s->captured[n] = '\0';
+    s->captured_null = false;
+}
+
 enum px_hidden_result px_expect_read_hidden(struct px_server *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
@@ -119,8 +135,18 @@ enum px_hidden_result px_expect_read_hidden(struct px_server *s)
         switch (type) {
         case 'Z':
             s->txn_status = len ? (char)body[0] : 'I';
+            if (s->capture == PX_CAPTURE_XID) { /* path/outcome.h */
+                s->xid_known = true;
+                s->xid = s->captured_null ? 0 : strtoull(s->captured, NULL, 10);
+            }
+            s->capture = PX_CAPTURE_NONE;
             if (--s->hidden_queries == 0)
                 s->hidden_abort = false;
+            break;
+        case 'T': break;
+        case 'D':
+            if (s->capture)
+                capture_value(s, body, len);
             break;
         case 'S': {
             const char *name, *value;

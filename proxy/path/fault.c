@@ -84,12 +84,17 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
     enum px_chaos_when when = PX_CHAOS_STATEMENT;
     if (type == 'Q' && !query_when(body, len, &when))
         return PX_FAULT_NONE;
-    if (type == 'E' && c->unnamed_commit && len > 0 && body[0] == '\0')
-        when = PX_CHAOS_COMMIT;
+    if (type == 'E' && len > 0 && body[0] == '\0') { /* the unnamed portal */
+        if (c->fault_unnamed_portal == PX_FAULT_STMT_TXN_CONTROL)
+            return PX_FAULT_NONE; /* BEGIN, ROLLBACK through the extended protocol */
+        if (c->fault_unnamed_portal == PX_FAULT_STMT_COMMIT)
+            when = PX_CHAOS_COMMIT;
+    }
     struct px_chaos_ctx ctx = {.when = when,
                                .database = c->database,
                                .user = c->user,
                                .application_name = c->application_name,
+                               .client_id = c->id,
                                .holds_lock = holds_lock,
                                .arg = c};
     struct px_chaos_action a;
@@ -98,13 +103,8 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
          * everything is answered (the draw is made then, once). */
         return PX_FAULT_HOLD;
     }
-    if (!px_chaos_decide(&ctx, &a))
+    if (!px_chaos_decide(&ctx, &a)) /* logs the injection */
         return PX_FAULT_NONE;
-    px_info("chaos", 'C', c->id, "rule %llu injects %s into this %s", (unsigned long long)a.rule_id,
-            a.kind == PX_CHAOS_ERROR     ? a.sqlstate
-            : a.kind == PX_CHAOS_LATENCY ? "latency"
-                                         : "disconnect",
-            when == PX_CHAOS_COMMIT ? "commit" : "statement");
     switch (a.kind) {
     case PX_CHAOS_ERROR:
         inject_error(c, &a, type == 'Q', when == PX_CHAOS_COMMIT);
@@ -138,7 +138,22 @@ void px_fault_note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     struct px_sql_info info;
     const char *q = (const char *)content;
     px_sql_classify(q, strnlen(q, clen), &info);
-    c->unnamed_commit = info.kind == PX_SQL_COMMIT;
+    c->fault_unnamed_stmt =
+        info.kind == PX_SQL_COMMIT ? PX_FAULT_STMT_COMMIT
+        : info.kind == PX_SQL_BEGIN || info.kind == PX_SQL_ROLLBACK || info.kind == PX_SQL_EMPTY
+            ? PX_FAULT_STMT_TXN_CONTROL
+            : PX_FAULT_STMT_OTHER;
+}
+
+void px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
+{
+    /* Bind: portal name, statement name, ... */
+    const char *portal = (const char *)body;
+    size_t n = strnlen(portal, len);
+    if (n != 0 || len < 2)
+        return; /* a named portal (its Executes are statements), or malformed */
+    size_t m = strnlen(portal + 1, len - 1);
+    c->fault_unnamed_portal = m == 0 ? c->fault_unnamed_stmt : PX_FAULT_STMT_OTHER;
 }
 
 void px_fault_client_free(struct px_client *c)

@@ -38,8 +38,18 @@ enum px_fault_verdict {
 enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uint8_t *body,
                                        uint32_t len, bool may_answer);
 
-/* A Parse of c's goes to its server: remembers whether the unnamed statement is a COMMIT. */
+/* What an Execute of the unnamed portal runs, for the rules (struct px_client's
+ * fault_unnamed_stmt and fault_unnamed_portal).  A named statement is always a statement. */
+enum px_fault_stmt {
+    PX_FAULT_STMT_OTHER = 0,   /* a statement */
+    PX_FAULT_STMT_COMMIT,      /* COMMIT / END: a commit */
+    PX_FAULT_STMT_TXN_CONTROL, /* BEGIN, ROLLBACK, empty: never injected into */
+};
+
+/* A Parse of c's goes to its server: remembers what the unnamed statement is. */
 void px_fault_note_parse(struct px_client *c, const uint8_t *body, uint32_t len);
+/* A Bind of c's goes to its server: remembers what the unnamed portal runs. */
+void px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len);
 
 /* Frees the client's fault state (its latency timer). */
 void px_fault_client_free(struct px_client *c);

@@ -16,6 +16,7 @@
 #include "path/fault.h"
 #include "path/local.h"
 #include "path/locks.h"
+#include "path/outcome.h"
 #include "path/path.h"
 #include "path/rename.h"
 #include "path/retry.h"
@@ -152,26 +153,27 @@ struct evbuffer *px_path_server_out(struct px_client *c)
  * next message on: c2s then stops the relay, which restarts with it. */
 static const uint8_t *relaying_table;
 
-/* A Parse's statement text, classified for the session stage. */
-static void note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
+/* A Parse's statement text, classified for the session and retry stages; its kind. */
+static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
 {
     const char *name;
     const uint8_t *content;
     uint32_t clen;
     if (px_parse_split(body, len, &name, &content, &clen) < 0)
-        return; /* malformed: PostgreSQL says so */
+        return PX_SQL_OTHER; /* malformed: PostgreSQL says so */
     struct px_sql_info info;
     const char *q = (const char *)content;
     size_t qlen = strnlen(q, clen);
     px_sql_classify(q, qlen, &info);
     px_retry_note_sql(c, &info);
     if (c->pool->mode != PX_POOL_TRANSACTION)
-        return; /* the rest follows state for transaction pooling */
+        return info.kind; /* the rest follows state for transaction pooling */
     px_session_note_parse(c, name, &info, q, qlen);
     if (info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) {
         px_stmt_set_clear(&c->server->stmts); /* see px_session_note_sql */
         c->server->stmts_uncertain = true;
     }
+    return info.kind;
 }
 
 /* A Bind's statement name (the session stage follows changes made through the unnamed
@@ -256,6 +258,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     }
     if (type == 'P' && px_chaos_active())
         px_fault_note_parse(c, body, len);
+    else if (type == 'B' && px_chaos_active() && body)
+        px_fault_note_bind(c, body, len);
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
@@ -265,8 +269,11 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             if (px_local_answer_linked(c, &info))
                 return PX_RELAY_DROP;
             px_session_note_sql(c, &info, (const char *)body, len);
+            if (info.kind == PX_SQL_COMMIT)
+                px_outcome_commit_sent(c, out, server_quiescent(s));
         } else if (type == 'P') {
-            note_parse(c, body, len);
+            if (note_parse(c, body, len) == PX_SQL_COMMIT)
+                px_outcome_commit_sent(c, out, server_quiescent(s));
         } else if (type == 'B') {
             note_bind(c, body, len);
         } else if (type == 'E') {
@@ -278,8 +285,10 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
             px_retry_note_sql(c, &info);
-        } else {
-            note_parse(c, body, len);
+            if (info.kind == PX_SQL_COMMIT)
+                px_outcome_commit_sent(c, out, server_quiescent(s));
+        } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
+            px_outcome_commit_sent(c, out, server_quiescent(s));
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
@@ -327,7 +336,7 @@ void px_path_relay_client(struct px_client *c)
      * (txn.h), it waits for a lock, or for the server's replies before pgwarden's own:
      * the rest waits. */
     if (px_batch_holds(c) || s->hidden_queries > 0 || c->lock_waiting || c->reply_hold ||
-        c->fault_waiting || px_retry_holds_input(c)) {
+        c->fault_waiting || px_retry_holds_input(c) || px_outcome_pending(c)) {
         hold_input(c);
         return;
     }
@@ -344,8 +353,9 @@ void px_path_relay_client(struct px_client *c)
         relaying_client = NULL;
         relaying_out = NULL;
         px_stats_bytes(c->pool, moved, 0);
-    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && c->server == s &&
-             s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
+    } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && !c->fault_waiting &&
+             c->server == s && s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE &&
+             evbuffer_get_length(in) > 0);
     if (r == PX_RELAY_CLOSED) {
         if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
             px_client_close(c); /* Terminate (an invalid message has failed it already) */
@@ -388,6 +398,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         if (s->pending_ready > 0)
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
+        s->commit_inflight = false;
         s->group_failed = false;
         s->copy_in = false;
         if (s->client)
@@ -477,6 +488,15 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             return PX_RELAY_DROP;
         if (s->client && s->client->retry && px_retry_server_error(s->client, out, body, len))
             return PX_RELAY_DROP; /* held back: the transaction may be replayed */
+        if (s->commit_inflight && s->client && s->client->retry) {
+            const char *sev = px_wire_error_field((const char *)body, len, 'V');
+            if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC"))) {
+                /* the backend goes away with the COMMIT's outcome unsaid: it is asked for
+                 * once the connection is gone (outcome.h) */
+                s->close_needed = true;
+                return PX_RELAY_DROP;
+            }
+        }
         return s2c_bookkeeping(s, type, body, len);
     }
     case 'Z':
@@ -516,6 +536,8 @@ void px_path_relay_server(struct px_server *s)
         if (s->hidden_queries > 0) {
             if (px_expect_read_hidden(s) != PX_HIDDEN_DONE || !c || !px_txn_prelude_done(c))
                 return;
+            if (!px_outcome_hidden_done(c))
+                return; /* c was failed */
             px_path_relay_client(c); /* what it sent behind the prelude */
             if (s->client != c || s->state != PX_SV_ACTIVE)
                 return;
@@ -626,6 +648,10 @@ void px_path_client_input(struct px_client *c)
 {
     if (px_retry_holds_input(c))
         return; /* the retry stage resumes it */
+    if (px_outcome_pending(c)) {
+        hold_input(c); /* the answer to its COMMIT comes first */
+        return;
+    }
     if (c->lock_waiting || (c->fault_waiting && c->state != PX_CL_ACTIVE)) {
         hold_input(c);
         return;
@@ -673,6 +699,7 @@ void px_path_client_leaving(struct px_client *c)
 void px_path_client_free(struct px_client *c)
 {
     px_retry_client_free(c);
+    px_outcome_client_free(c);
     px_locks_client_free(c);
     px_fault_client_free(c);
     px_txn_client_free(c);
@@ -701,6 +728,11 @@ void px_path_server_cancel_done(struct px_server *s)
         px_txn_maybe_release(s); /* it waited for the cancel */
 }
 
+bool px_path_server_lost(struct px_client *c, struct px_server *s)
+{
+    return px_outcome_server_lost(c, s);
+}
+
 void px_path_server_closing(struct px_server *s)
 {
     px_batch_fail(s);
@@ -724,6 +756,7 @@ void px_path_client_linked(struct px_client *c, bool queued)
     c->read_paused = false; /* a waiting client may have stopped reading */
     px_reader_enable(&c->rd, true);
     if (s->pool->mode != PX_POOL_TRANSACTION) {
+        px_outcome_linked(c); /* a server to ask what became of a lost COMMIT */
         px_path_relay_client(c);
         return;
     }
@@ -731,6 +764,7 @@ void px_path_client_linked(struct px_client *c, bool queued)
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }
+    px_outcome_linked(c);
     if (!px_batch_open(c))
         px_path_relay_client(c);
     if (c->server == s)

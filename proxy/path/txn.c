@@ -14,6 +14,7 @@
 #include "path/local.h"
 #include "path/path.h"
 #include "path/locks.h"
+#include "path/outcome.h"
 #include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
@@ -170,7 +171,8 @@ static bool answer_local_message(struct px_client *c, uint32_t len)
 void px_txn_idle_input(struct px_client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == PX_CL_IDLE && !px_locks_waiting(c) && !px_retry_holds_input(c)) {
+    while (c->state == PX_CL_IDLE && !px_locks_waiting(c) && !px_retry_holds_input(c) &&
+           !px_outcome_pending(c)) {
         if (px_local_skipping(c) && !px_local_skip(c))
             return; /* the rest of a statement pgwarden failed is not in yet */
         size_t avail = evbuffer_get_length(in);

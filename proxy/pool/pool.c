@@ -367,12 +367,12 @@ static bool chaos_connect_fails(struct px_pool *pool, struct px_client *c)
     struct px_chaos_ctx ctx = {.when = PX_CHAOS_CONNECT,
                                .database = pool->database,
                                .user = pool->user,
-                               .application_name = c->application_name};
+                               .application_name = c->application_name,
+                               .client_id = c->id};
     struct px_chaos_action a;
+    /* decide logs the injection; latency at connect is refused when a rule is added */
     if (!px_chaos_decide(&ctx, &a) || a.kind == PX_CHAOS_LATENCY)
         return false;
-    px_info("chaos", 'C', c->id, "rule %llu fails a server connection attempt",
-            (unsigned long long)a.rule_id);
     if (a.kind == PX_CHAOS_DISCONNECT)
         px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
                         "server closed the connection unexpectedly");

@@ -14,10 +14,18 @@
  *   - retry off (max_attempts = 1) gives the error unchanged; max_attempts bounds attempts
  *     (counted with a sequence, which a rollback does not undo); the retry budget stops a
  *     storm of failures;
+ *   - a COMMIT whose server connection is cut (a TCP relay between pgwarden and
+ *     PostgreSQL) is answered with its real outcome: committed, aborted (40000), nothing
+ *     written, or 40003 when the transaction id was never learned; nothing commits twice;
  * and the retry metrics say what happened.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -541,6 +549,287 @@ static void test_budget_stops_storm(void)
     stop();
 }
 
+/* ---- a COMMIT whose server connection is lost ------------------------------------------ */
+
+/*
+ * A TCP relay in a child process between pgwarden and PostgreSQL.  Commands on a pipe arm
+ * it for the next client->server chunk that holds a Query "COMMIT":
+ *   'c' forward the chunk, then the server's replies up to the first ReadyForQuery (the
+ *       hidden transaction-id query's), and cut: PostgreSQL commits, pgwarden never hears;
+ *   'a' forward only what comes before the COMMIT, the replies up to the first
+ *       ReadyForQuery, and cut: PostgreSQL never sees the COMMIT and rolls back;
+ *   'u' cut at once, forwarding nothing of the chunk.
+ * Other connections, and this one before the COMMIT, are relayed as they are.
+ */
+#define RELAY_MAX 32
+
+/* Offset of the Query message "COMMIT" in buf, or -1. */
+static ssize_t find_commit(const uint8_t *buf, ssize_t n)
+{
+    for (ssize_t off = 0; off + 5 <= n;) {
+        uint32_t len = (uint32_t)buf[off + 1] << 24 | (uint32_t)buf[off + 2] << 16 |
+                       (uint32_t)buf[off + 3] << 8 | buf[off + 4];
+        if (len < 4)
+            return -1;
+        if (buf[off] == 'Q' && off + 11 <= n && !memcmp(buf + off + 5, "COMMIT", 6))
+            return off;
+        off += (ssize_t)len + 1;
+    }
+    return -1;
+}
+
+static void send_all(int fd, const uint8_t *buf, ssize_t n)
+{
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = send(fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        off += w;
+    }
+}
+
+static void cut_relay_run(int lfd, int ctl, int target)
+{
+    int a[RELAY_MAX], b[RELAY_MAX];
+    bool cutting[RELAY_MAX];
+    uint32_t skip[RELAY_MAX]; /* bytes of the server message under way when cutting */
+    int npairs = 0;
+    char armed = 0;
+    for (;;) {
+        struct pollfd p[2 + 2 * RELAY_MAX];
+        p[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = ctl, .events = POLLIN};
+        for (int i = 0; i < npairs; i++) {
+            p[2 + 2 * i] = (struct pollfd){.fd = a[i], .events = POLLIN};
+            p[3 + 2 * i] = (struct pollfd){.fd = b[i], .events = POLLIN};
+        }
+        if (poll(p, (nfds_t)(2 + 2 * npairs), 100) < 0)
+            continue;
+        if (p[1].revents & POLLIN) {
+            char cmd;
+            if (read(ctl, &cmd, 1) != 1)
+                _exit(0); /* the test program is gone */
+            armed = cmd;
+        }
+        for (int i = npairs - 1; i >= 0; i--) {
+            bool drop = false;
+            for (int k = 0; k < 2 && !drop; k++) {
+                struct pollfd *q = &p[2 + 2 * i + k];
+                if (!(q->revents & (POLLIN | POLLHUP | POLLERR)))
+                    continue;
+                uint8_t buf[65536];
+                ssize_t n = read(q->fd, buf, sizeof(buf));
+                if (n <= 0) {
+                    drop = true;
+                    break;
+                }
+                if (k == 0) { /* pgwarden -> PostgreSQL */
+                    ssize_t at = armed && !cutting[i] ? find_commit(buf, n) : -1;
+                    if (at < 0) {
+                        send_all(b[i], buf, n);
+                    } else if (armed == 'u') {
+                        armed = 0;
+                        drop = true;
+                    } else {
+                        send_all(b[i], buf, armed == 'c' ? n : at);
+                        armed = 0;
+                        cutting[i] = true;
+                        skip[i] = 0;
+                    }
+                    continue;
+                }
+                if (!cutting[i]) { /* PostgreSQL -> pgwarden */
+                    send_all(a[i], buf, n);
+                    continue;
+                }
+                /* forward up to the end of the first ReadyForQuery, then cut */
+                ssize_t off = 0;
+                while (off < n) {
+                    if (skip[i]) {
+                        ssize_t take = (ssize_t)skip[i] < n - off ? (ssize_t)skip[i] : n - off;
+                        off += take;
+                        skip[i] -= (uint32_t)take;
+                        continue;
+                    }
+                    if (off + 5 > n)
+                        break;
+                    uint32_t len = (uint32_t)buf[off + 1] << 24 | (uint32_t)buf[off + 2] << 16 |
+                                   (uint32_t)buf[off + 3] << 8 | buf[off + 4];
+                    char type = (char)buf[off];
+                    skip[i] = len + 1;
+                    if (type == 'Z') {
+                        off += (ssize_t)skip[i];
+                        skip[i] = 0;
+                        drop = true;
+                        break;
+                    }
+                }
+                send_all(a[i], buf, off < n ? off : n);
+            }
+            if (drop) {
+                close(a[i]), close(b[i]);
+                a[i] = a[npairs - 1], b[i] = b[npairs - 1], cutting[i] = cutting[npairs - 1];
+                skip[i] = skip[npairs - 1];
+                npairs--;
+            }
+        }
+        if (!(p[0].revents & POLLIN))
+            continue;
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)target)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int up = socket(AF_INET, SOCK_STREAM, 0);
+        if (npairs == RELAY_MAX || up < 0 || connect(up, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            close(fd);
+            if (up >= 0)
+                close(up);
+            continue;
+        }
+        a[npairs] = fd, b[npairs] = up, cutting[npairs] = false, skip[npairs] = 0, npairs++;
+    }
+}
+
+static pid_t relay_pid;
+static int relay_ctl = -1;
+
+/* Starts the relay in front of the cluster; its port, or -1. */
+static int relay_start(void)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), pfd[2];
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 64) < 0 ||
+        getsockname(lfd, (struct sockaddr *)&sa, &len) < 0 || pipe(pfd) < 0) {
+        perror("relay");
+        if (lfd >= 0)
+            close(lfd);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(pfd[1]);
+        cut_relay_run(lfd, pfd[0], harness_cluster()->port);
+        _exit(0);
+    }
+    close(lfd);
+    close(pfd[0]);
+    relay_pid = pid;
+    relay_ctl = pfd[1];
+    return ntohs(sa.sin_port);
+}
+
+static void relay_stop(void)
+{
+    if (relay_pid > 0) {
+        kill(relay_pid, SIGKILL);
+        waitpid(relay_pid, NULL, 0);
+    }
+    if (relay_ctl >= 0)
+        close(relay_ctl);
+    relay_pid = 0;
+    relay_ctl = -1;
+}
+
+static void relay_arm(char cmd)
+{
+    CU_ASSERT_EQUAL(write(relay_ctl, &cmd, 1), 1);
+    itu_sleep_ms(50); /* the relay reads its pipe within its poll */
+}
+
+/* pgwarden in mode whose database "relayed" goes through the relay. */
+static bool start_relayed(const char *mode)
+{
+    int port = relay_start();
+    if (port < 0)
+        return false;
+    alarm(TEST_LIMIT_S);
+    static char dbs[300];
+    snprintf(dbs, sizeof(dbs), "relayed = host=127.0.0.1 port=%d dbname=pgwarden_test", port);
+    struct harness_proxy_opts o = {.pool_mode = mode,
+                                   .pool_size = 4,
+                                   .auth_type = "scram-sha-256",
+                                   .client_tls_mode = "disable",
+                                   .server_tls_mode = "disable", /* the relay reads it */
+                                   .log_level = getenv("PGW_TEST_DEBUG") ? "debug" : "info",
+                                   .admin = true,
+                                   .databases_extra = dbs};
+    g_px = harness_proxy_start(&o);
+    return g_px != NULL;
+}
+
+static PGconn *relayed_conn(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=disable dbname=relayed");
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+static void commit_lost(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_amb; CREATE TABLE rt_amb (id int PRIMARY KEY)");
+    CU_ASSERT_FATAL(start_relayed(mode));
+    bool session = !strcmp(mode, "session");
+    PGconn *d = direct();
+    static const struct {
+        char cut;
+        const char *want;    /* what the client gets for its COMMIT */
+        bool committed;      /* the row is there afterwards */
+        bool writes;         /* the transaction inserts a row */
+        const char *outcome; /* pgwarden_commit_outcomes_total label */
+    } cases[] = {
+        {'c', "COMMIT", true, true, "outcome=committed"},
+        {'a', "!40000", false, true, "outcome=aborted"},
+        {'c', "COMMIT", false, false, "outcome=read_only"},
+        {'u', "!40003", false, true, "outcome=unknown"},
+    };
+    for (int i = 0; i < 4; i++) {
+        PGconn *c = relayed_conn();
+        CU_ASSERT_STRING_EQUAL(v(c, "BEGIN"), "BEGIN");
+        char sql[100];
+        snprintf(sql, sizeof(sql), cases[i].writes ? "INSERT INTO rt_amb VALUES (%d)" : "SELECT %d",
+                 i + 1);
+        CU_ASSERT_TRUE(itu_exec_ok(c, sql));
+        relay_arm(cases[i].cut);
+        const char *got = v(c, "COMMIT");
+        if (strcmp(got, cases[i].want) != 0)
+            fprintf(stderr, "case %d: COMMIT gave %s (%s)\n", i, got, PQerrorMessage(c));
+        CU_ASSERT_STRING_EQUAL(got, cases[i].want);
+        if (cases[i].cut == 'a') /* PostgreSQL saw no COMMIT: its backend rolled back */
+            itu_sleep_ms(10);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM rt_amb WHERE id = %d", i + 1);
+        CU_ASSERT_EQUAL(num(d, sql), cases[i].committed ? 1 : 0);
+        if (session) {
+            /* its session went with the server: the connection ends after the answer */
+            CU_ASSERT_STRING_NOT_EQUAL(v(c, "SELECT 1"), "1");
+        } else {
+            /* the client goes on, on another server */
+            CU_ASSERT_STRING_EQUAL(v(c, "SELECT 7"), "7");
+            CU_ASSERT_STRING_EQUAL(v(c, sql), cases[i].committed ? "1" : "0");
+        }
+        CU_ASSERT_EQUAL(metric("pgwarden_commit_outcomes_total", cases[i].outcome, NULL), 1);
+        PQfinish(c);
+    }
+    PQfinish(d);
+    if (getenv("PGW_TEST_DEBUG"))
+        harness_proxy_dump_log(g_px, 400);
+    stop();
+    relay_stop();
+}
+
+static void test_commit_lost_transaction(void)
+{
+    commit_lost("transaction");
+}
+static void test_commit_lost_session(void)
+{
+    commit_lost("session");
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -556,6 +845,8 @@ static void register_suites(void)
         {"retry_off", test_retry_off},
         {"max_attempts", test_max_attempts},
         {"budget_stops_storm", test_budget_stops_storm},
+        {"commit_lost_transaction", test_commit_lost_transaction},
+        {"commit_lost_session", test_commit_lost_session},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);

@@ -593,6 +593,65 @@ static int diff_texts(const char *a, const char *b, struct changes *ch)
     return rc;
 }
 
+/* [chaos] lines are kept as written, with their line; only duplicate names are refused
+ * here (the rule engine validates the parameters: tests/proxy/test_chaos.c). */
+static void test_chaos_lines(void)
+{
+    struct px_config *cfg = load_ok(TRUST "[chaos]\n"
+                                          "; a comment\n"
+                                          "ser = inject=error sqlstate=40001 message='it''s'\n"
+                                          "[databases]\n"
+                                          "app = port=5433\n"
+                                          "[chaos]\n"
+                                          "  slow  =   inject=latency latency_ms=5  \n"
+                                          "quoted = \"inject=disconnect \"\n"
+                                          "bogus = anything at all\n");
+    CU_ASSERT_EQUAL_FATAL(cfg->nchaos, 4);
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[0].name, "ser");
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[0].params, "inject=error sqlstate=40001 message='it''s'");
+    CU_ASSERT_EQUAL(cfg->chaos[0].line, 5);
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[1].name, "slow");
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[1].params, "inject=latency latency_ms=5");
+    CU_ASSERT_EQUAL(cfg->chaos[1].line, 9);
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[2].params, "inject=disconnect ");
+    CU_ASSERT_STRING_EQUAL(cfg->chaos[3].params, "anything at all");
+    CU_ASSERT_EQUAL(cfg->ndbs, 1);
+    px_config_free(cfg);
+
+    cfg = load_ok(TRUST "[chaos]\n");
+    CU_ASSERT_EQUAL(cfg->nchaos, 0);
+    CU_ASSERT_PTR_NULL(cfg->chaos);
+    px_config_free(cfg);
+
+    expect_error(TRUST "[chaos]\na = inject=error\n\na = inject=latency\n",
+                 ":6: [chaos] a: duplicate rule name (first on line 4)");
+    expect_error(TRUST "[chaos]\n= inject=error\n", ":4: [chaos]: missing key before '='");
+    expect_error(TRUST "[chaos]\nnoequals\n",
+                 ":4: [chaos] noequals: missing '=' (expected key = value)");
+}
+
+/* The libpq-style parameter reader shared with the rule engine. */
+static void test_next_param(void)
+{
+    char text[] = " a=1  b = 'x y' c=it\\'s d='q''q' e=";
+    char *s = text, *k, *v, why[128];
+    const char *want[][2] = {{"a", "1"}, {"b", "x y"}, {"c", "it's"}, {"d", "q'q"}, {"e", ""}};
+    for (size_t i = 0; i < 5; i++) {
+        CU_ASSERT_EQUAL_FATAL(px_config_next_param(&s, &k, &v, why, sizeof why), 1);
+        CU_ASSERT_STRING_EQUAL(k, want[i][0]);
+        CU_ASSERT_STRING_EQUAL(v, want[i][1]);
+    }
+    CU_ASSERT_EQUAL(px_config_next_param(&s, &k, &v, why, sizeof why), 0);
+    char bad[] = "a='open";
+    s = bad;
+    CU_ASSERT_EQUAL(px_config_next_param(&s, &k, &v, why, sizeof why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "unterminated quoted value of \"a\"");
+    char noeq[] = "lonely";
+    s = noeq;
+    CU_ASSERT_EQUAL(px_config_next_param(&s, &k, &v, why, sizeof why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "expected name=value, found \"lonely\"");
+}
+
 static void test_diff(void)
 {
     struct changes ch;
@@ -758,10 +817,9 @@ void test_config_register(void)
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo dbs[] = {
-        {"entries", test_db_entries},
-        {"find_db", test_find_db},
-        {"errors", test_db_errors},
-        CU_TEST_INFO_NULL,
+        {"entries", test_db_entries},    {"find_db", test_find_db},
+        {"errors", test_db_errors},      {"chaos_lines", test_chaos_lines},
+        {"next_param", test_next_param}, CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo reload[] = {
         {"diff", test_diff},

@@ -1,0 +1,206 @@
+/*
+ * outcome.c: the outcome of a COMMIT whose server connection was lost (see outcome.h).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "metrics/metrics.h"
+#include "net/client.h"
+#include "path/outcome.h"
+#include "path/path.h"
+#include "path/session.h"
+#include "pool/pool.h"
+
+/* How long an answer is looked for, and how often an "in progress" is asked again. */
+#define OUTCOME_WAIT_MS 10000
+#define OUTCOME_POLL_MS 100
+
+#define XID_SQL "SELECT pg_catalog.pg_current_xact_id_if_assigned()"
+
+struct px_outcome {
+    struct px_client *c;
+    uint64_t xid;
+    uint64_t deadline_ms;
+    struct event *timer;
+    bool asked; /* the status query was sent and its reply is not in */
+};
+
+void px_outcome_commit_sent(struct px_client *c, struct evbuffer *out, bool quiescent)
+{
+    struct px_server *s = c->server;
+    s->commit_inflight = true;
+    s->xid_known = false;
+    if (!c->retry || !quiescent || s->txn_status != 'T')
+        return; /* outside a live block there is nothing to learn (or no safe place) */
+    if (px_wire_query(out, XID_SQL) < 0)
+        return;
+    s->hidden_queries++;
+    s->capture = PX_CAPTURE_XID;
+}
+
+bool px_outcome_pending(const struct px_client *c)
+{
+    return c->outcome != NULL;
+}
+
+void px_outcome_client_free(struct px_client *c)
+{
+    struct px_outcome *o = c->outcome;
+    if (!o)
+        return;
+    c->outcome = NULL;
+    if (o->timer)
+        event_free(o->timer);
+    free(o);
+}
+
+enum answer { ANSWER_COMMITTED, ANSWER_NOTHING_WRITTEN, ANSWER_ABORTED, ANSWER_UNKNOWN };
+
+/* The client's COMMIT gets its answer; in session pooling its session is gone after it.
+ * False when the client was failed. */
+static bool answer(struct px_client *c, enum answer a)
+{
+    static const unsigned label[] = {
+        [ANSWER_COMMITTED] = PX_MCO_COMMITTED,
+        [ANSWER_NOTHING_WRITTEN] = PX_MCO_READ_ONLY,
+        [ANSWER_ABORTED] = PX_MCO_ABORTED,
+        [ANSWER_UNKNOWN] = PX_MCO_UNKNOWN,
+    };
+    px_metrics_inc(NULL, PX_M_COMMIT_OUTCOMES, label[a]);
+    px_outcome_client_free(c);
+    struct evbuffer *out = px_path_client_out(c);
+    switch (a) {
+    case ANSWER_COMMITTED:
+    case ANSWER_NOTHING_WRITTEN:
+        px_info("outcome", 'C', c->id, "the COMMIT whose server was lost %s",
+                a == ANSWER_COMMITTED ? "committed" : "wrote nothing: answered COMMIT");
+        px_session_ready(c, 'I');
+        px_wire_msg(out, 'C', "COMMIT", sizeof("COMMIT"));
+        break;
+    case ANSWER_ABORTED:
+        px_info("outcome", 'C', c->id, "the COMMIT whose server was lost did not commit");
+        px_session_error(c);
+        px_session_ready(c, 'I');
+        px_wire_error(out, PX_SEV_ERROR, "40000",
+                      "the transaction was rolled back: its server connection was lost "
+                      "before COMMIT completed",
+                      NULL);
+        break;
+    case ANSWER_UNKNOWN:
+        px_info("outcome", 'C', c->id, "the outcome of a COMMIT whose server was lost is unknown");
+        px_session_error(c);
+        px_session_ready(c, 'I');
+        px_wire_error(out, PX_SEV_ERROR, "40003",
+                      "the server connection was lost after COMMIT was sent: whether the "
+                      "transaction committed is unknown",
+                      NULL);
+        break;
+    }
+    px_wire_ready(out, 'I');
+    if (c->pool->mode == PX_POOL_SESSION) {
+        /* its session went with the server: after the answer it cannot go on */
+        px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
+                        "server connection lost: the session cannot continue");
+        return false;
+    }
+    return true;
+}
+
+/* Asks c's server (hidden) for the status of the transaction. */
+static void ask(struct px_client *c)
+{
+    struct px_outcome *o = c->outcome;
+    struct px_server *s = c->server;
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT pg_catalog.pg_xact_status('%" PRIu64 "'::pg_catalog.xid8)",
+             o->xid);
+    if (px_wire_query(bufferevent_get_output(s->bev), sql) < 0) {
+        answer(c, ANSWER_UNKNOWN);
+        return;
+    }
+    s->hidden_queries++;
+    s->capture = PX_CAPTURE_STATUS;
+    s->captured_null = true;
+    s->captured[0] = '\0';
+    o->asked = true;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_client *c = arg;
+    struct px_outcome *o = c->outcome;
+    if (!o)
+        return;
+    if (px_now_ms() >= o->deadline_ms) {
+        answer(c, ANSWER_UNKNOWN);
+        return;
+    }
+    if (c->server && c->server->state == PX_SV_ACTIVE) {
+        ask(c); /* still in progress a moment ago */
+        return;
+    }
+    if (c->state == PX_CL_IDLE)
+        px_pool_request_server(c->pool, c); /* linked: px_outcome_linked */
+}
+
+bool px_outcome_server_lost(struct px_client *c, struct px_server *s)
+{
+    if (!s->commit_inflight || !c->retry || c->outcome || c->state != PX_CL_ACTIVE)
+        return false;
+    px_info("outcome", 'C', c->id, "server lost after COMMIT was sent (transaction id %s)",
+            !s->xid_known ? "unknown" : s->xid ? "known" : "none: nothing written");
+    px_client_set_state(c, PX_CL_IDLE);
+    if (!s->xid_known) {
+        answer(c, ANSWER_UNKNOWN);
+        return true;
+    }
+    if (s->xid == 0) {
+        answer(c, ANSWER_NOTHING_WRITTEN);
+        return true;
+    }
+    struct px_outcome *o = calloc(1, sizeof(*o));
+    if (!o || !(o->timer = evtimer_new(px.base, on_timer, c))) {
+        free(o);
+        answer(c, ANSWER_UNKNOWN);
+        return true;
+    }
+    o->c = c;
+    o->xid = s->xid;
+    o->deadline_ms = px_now_ms() + OUTCOME_WAIT_MS;
+    c->outcome = o;
+    /* Not from inside the closing of s: a server is asked for at the next turn. */
+    struct timeval now = {0, 0};
+    evtimer_add(o->timer, &now);
+    return true;
+}
+
+void px_outcome_linked(struct px_client *c)
+{
+    if (c->outcome && !c->outcome->asked)
+        ask(c);
+}
+
+bool px_outcome_hidden_done(struct px_client *c)
+{
+    struct px_outcome *o = c->outcome;
+    if (!o || !o->asked)
+        return true;
+    struct px_server *s = c->server;
+    o->asked = false;
+    if (!s->captured_null && !strcmp(s->captured, "committed"))
+        return answer(c, ANSWER_COMMITTED);
+    if (!s->captured_null && !strcmp(s->captured, "aborted"))
+        return answer(c, ANSWER_ABORTED);
+    if (!s->captured_null && !strcmp(s->captured, "in progress") &&
+        px_now_ms() + OUTCOME_POLL_MS < o->deadline_ms) {
+        struct timeval tv = {0, OUTCOME_POLL_MS * 1000};
+        evtimer_add(o->timer, &tv);
+        return true;
+    }
+    return answer(c, ANSWER_UNKNOWN);
+}

@@ -1,0 +1,518 @@
+/*
+ * test_chaos_inject.c: what clients see and what the server commits when chaos rules
+ * inject faults (docs/chaos.md), with rules added and removed over HTTP while the clients
+ * stay connected, checked on direct connections to PostgreSQL: an error at a statement
+ * (autocommit, inside a block: 25P02 then ROLLBACK at COMMIT, nothing committed; the
+ * extended protocol), at COMMIT (rolled back); latency; a disconnect before a statement
+ * and just after COMMIT (ambiguous); a failed server connection (when=connect);
+ * every_n, max_count, a seeded probability giving the same injections twice, filters by
+ * application_name, the counters of GET /chaos, the metrics and the log line.
+ *
+ * Every test uses its own application_name and removes its rules, so the tests are
+ * independent of each other.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_http.h"
+#include "itest_util.h"
+
+#define TOKEN "chaos-inject-token"
+#define AUTH  "Bearer " TOKEN
+
+static struct harness_proxy *g_txn;  /* transaction pooling */
+static struct harness_proxy *g_sess; /* session pooling */
+static PGconn *g_direct;             /* straight to PostgreSQL, for checks */
+
+static struct harness_proxy_opts opts(const char *mode)
+{
+    struct harness_proxy_opts o = {.pool_mode = mode,
+                                   .pool_size = 4,
+                                   .auth_type = "scram-sha-256",
+                                   .query_wait_timeout_ms = 10000,
+                                   .admin = true,
+                                   .pgwarden_extra = "admin_token = " TOKEN};
+    return o;
+}
+
+static int suite_init(void)
+{
+    if (itu_suite_init() != 0)
+        return 1;
+    struct harness_proxy_opts o = opts("transaction");
+    g_txn = harness_proxy_start(&o);
+    o = opts("session");
+    g_sess = harness_proxy_start(&o);
+    g_direct = harness_connect_info(harness_cluster_conninfo(NULL));
+    if (!g_txn || !g_sess || !g_direct || PQstatus(g_direct) != CONNECTION_OK)
+        return 1;
+    return itu_exec_ok(g_direct, "DROP TABLE IF EXISTS chaos_t") &&
+                   itu_exec_ok(g_direct, "CREATE TABLE chaos_t (id int PRIMARY KEY, note text)")
+               ? 0
+               : 1;
+}
+
+static int suite_cleanup(void)
+{
+    int rc = 0;
+    PQfinish(g_direct);
+    struct harness_proxy *all[2] = {g_txn, g_sess};
+    for (int i = 0; i < 2; i++)
+        if (all[i] && itu_proxy_stop_free(all[i]) != 0)
+            rc = 1;
+    g_txn = g_sess = NULL;
+    g_direct = NULL;
+    return rc;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static struct http_reply http_body(int port, const char *method, const char *path, const char *body)
+{
+    static char req[8192];
+    size_t blen = body ? strlen(body) : 0;
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     "Authorization: " AUTH "\r\nContent-Length: %zu\r\n\r\n%s",
+                     method, path, blen, body ? body : "");
+    return http_raw(port, req, (size_t)n);
+}
+
+/* POSTs a rule to px; returns its id (0 on failure, printed). */
+static long long add_rule(struct harness_proxy *px, const char *json)
+{
+    struct http_reply r = http_body(px->admin_port, "POST", "/chaos", json);
+    long long id = 0;
+    if (r.status == 201 && r.body) {
+        json_t *j = json_loads(r.body, 0, NULL);
+        id = (long long)json_integer_value(json_object_get(j, "id"));
+        json_decref(j);
+    } else {
+        fprintf(stderr, "POST /chaos %s: %d %s\n", json, r.status, r.body ? r.body : "");
+    }
+    CU_ASSERT_EQUAL(r.status, 201);
+    http_reply_free(&r);
+    return id;
+}
+
+static void remove_rule(struct harness_proxy *px, long long id)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/chaos/%lld", id);
+    struct http_reply r = http_body(px->admin_port, "DELETE", path, NULL);
+    CU_ASSERT_EQUAL(r.status, 200);
+    http_reply_free(&r);
+}
+
+/* A counter ("matched", "injected") of rule id on px; -1 when there is no such rule. */
+static long long rule_counter(struct harness_proxy *px, long long id, const char *which)
+{
+    json_t *arr = get_json(px->admin_port, "/chaos", AUTH);
+    size_t i;
+    json_t *r;
+    long long v = -1;
+    json_array_foreach(arr, i, r)
+    {
+        if (json_integer_value(json_object_get(r, "id")) == id)
+            v = (long long)json_integer_value(json_object_get(r, which));
+    }
+    json_decref(arr);
+    return v;
+}
+
+static PGconn *client(struct harness_proxy *px, const char *app)
+{
+    char extra[128];
+    snprintf(extra, sizeof extra, "application_name=%s", app);
+    PGconn *c = harness_connect(px, extra);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    return c;
+}
+
+/* Runs sql; returns its SQLSTATE ("" on success) and the message in msg (may be NULL). */
+static const char *run(PGconn *c, const char *sql, char *msg, size_t msglen)
+{
+    static char state[8];
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *m = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    snprintf(state, sizeof state, "%s",
+             st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? ""
+             : s                                             ? s
+                                                             : "?");
+    if (msg)
+        snprintf(msg, msglen, "%s", m ? m : "");
+    PQclear(res);
+    return state;
+}
+
+/* Rows of chaos_t with this note, on the direct connection. */
+static int rows(const char *note)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM chaos_t WHERE note = '%s'", note);
+    return atoi(itu_value(g_direct, sql));
+}
+
+/* ---- error ------------------------------------------------------------------------------- */
+
+/* Inside a transaction block: the statement fails with the rule's SQLSTATE and message,
+ * later statements get 25P02, COMMIT answers ROLLBACK, nothing is committed; the next
+ * transaction works (max_count 1). */
+static void error_in_block(struct harness_proxy *px, const char *app)
+{
+    char rule[256], msg[256];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    PGconn *c = client(px, app);
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", px == g_txn ? 1 : 2, app);
+    CU_ASSERT_STRING_EQUAL(run(c, sql, msg, sizeof msg), "40001");
+    CU_ASSERT_STRING_EQUAL(msg, "could not serialize access due to concurrent update");
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "25P02");
+    PGresult *res = PQexec(c, "COMMIT");
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_COMMAND_OK);
+    CU_ASSERT_STRING_EQUAL(PQcmdStatus(res), "ROLLBACK");
+    PQclear(res);
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(rows(app), 0);
+    /* The retry commits (the rule is used up). */
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, sql, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, "COMMIT", NULL, 0), "");
+    CU_ASSERT_EQUAL(rows(app), 1);
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    remove_rule(px, id);
+    PQfinish(c);
+}
+
+static void test_error_in_block(void)
+{
+    error_in_block(g_txn, "e2e_block_txn");
+    error_in_block(g_sess, "e2e_block_sess");
+}
+
+/* Autocommit: the statement is not run; the connection goes on. */
+static void test_error_autocommit(void)
+{
+    long long id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"40P01\",\"every_n\":2,"
+                                   "\"application_name\":\"e2e_auto\"}");
+    PGconn *c = client(g_txn, "e2e_auto");
+    char msg[256];
+    CU_ASSERT_STRING_EQUAL(run(c, "INSERT INTO chaos_t VALUES (10, 'e2e_auto')", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, "INSERT INTO chaos_t VALUES (11, 'e2e_auto')", msg, sizeof msg),
+                           "40P01");
+    CU_ASSERT_STRING_EQUAL(msg, "deadlock detected");
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "");
+    CU_ASSERT_EQUAL(rows("e2e_auto"), 1);
+    /* Another application's statements are not touched. */
+    PGconn *other = client(g_txn, "e2e_other");
+    for (int i = 0; i < 6; i++)
+        CU_ASSERT_STRING_EQUAL(run(other, "SELECT 1", NULL, 0), "");
+    PQfinish(other);
+    CU_ASSERT_EQUAL(rule_counter(g_txn, id, "matched"), 3);
+    CU_ASSERT_EQUAL(rule_counter(g_txn, id, "injected"), 1);
+    remove_rule(g_txn, id);
+    PQfinish(c);
+}
+
+/* The extended protocol: the Execute fails, the rest of the group is skipped, Sync ends it. */
+static void test_error_extended(void)
+{
+    long long id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"57014\",\"max_count\":1,"
+                                   "\"message\":\"injected cancel\",\"application_name\":"
+                                   "\"e2e_ext\"}");
+    PGconn *c = client(g_txn, "e2e_ext");
+    const char *v[1] = {"20"};
+    PGresult *res = PQexecParams(c, "INSERT INTO chaos_t VALUES ($1::int, 'e2e_ext')", 1, NULL, v,
+                                 NULL, NULL, 0);
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_FATAL_ERROR);
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "57014");
+    const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    CU_ASSERT_STRING_EQUAL(m ? m : "", "injected cancel");
+    PQclear(res);
+    CU_ASSERT_EQUAL(rows("e2e_ext"), 0);
+    res = PQexecParams(c, "INSERT INTO chaos_t VALUES ($1::int, 'e2e_ext')", 1, NULL, v, NULL, NULL,
+                       0);
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    CU_ASSERT_EQUAL(rows("e2e_ext"), 1);
+    remove_rule(g_txn, id);
+    PQfinish(c);
+}
+
+/* Transaction control through the extended protocol (as psycopg 3 sends it) is never hit;
+ * the statements between are. */
+static void test_extended_txn_control(void)
+{
+    long long id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"40001\","
+                                   "\"application_name\":\"e2e_xtc\"}");
+    PGconn *c = client(g_txn, "e2e_xtc");
+    static const char *const sql[] = {"BEGIN", "SELECT 1", "ROLLBACK", "BEGIN", "ROLLBACK"};
+    static const ExecStatusType want[] = {PGRES_COMMAND_OK, PGRES_FATAL_ERROR, PGRES_COMMAND_OK,
+                                          PGRES_COMMAND_OK, PGRES_COMMAND_OK};
+    for (size_t i = 0; i < sizeof sql / sizeof *sql; i++) {
+        PGresult *res = PQexecParams(c, sql[i], 0, NULL, NULL, NULL, NULL, 0);
+        if (PQresultStatus(res) != want[i])
+            fprintf(stderr, "%s: %s", sql[i], PQerrorMessage(c));
+        CU_ASSERT_EQUAL(PQresultStatus(res), want[i]);
+        PQclear(res);
+    }
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(rule_counter(g_txn, id, "injected"), 1);
+    remove_rule(g_txn, id);
+    PQfinish(c);
+}
+
+/* when=commit: the client gets the error at COMMIT; the server rolled back. */
+static void commit_error(struct harness_proxy *px, const char *app, int key)
+{
+    char rule[256], sql[256];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    PGconn *c = client(px, app);
+    snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, sql, NULL, 0), ""); /* statements are not commits */
+    CU_ASSERT_STRING_EQUAL(run(c, "COMMIT", NULL, 0), "40001");
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(rows(app), 0);
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, sql, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, "COMMIT", NULL, 0), "");
+    CU_ASSERT_EQUAL(rows(app), 1);
+    remove_rule(px, id);
+    PQfinish(c);
+}
+
+static void test_error_at_commit(void)
+{
+    commit_error(g_txn, "e2e_commit_txn", 30);
+    commit_error(g_sess, "e2e_commit_sess", 31);
+}
+
+/* ---- latency, disconnect, connect ---------------------------------------------------------- */
+
+static void test_latency(void)
+{
+    long long id = add_rule(g_txn, "{\"inject\":\"latency\",\"latency_ms\":300,"
+                                   "\"application_name\":\"e2e_slow\"}");
+    PGconn *slow = client(g_txn, "e2e_slow"), *fast = client(g_txn, "e2e_fast");
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_value(slow, "SELECT 7"), "7");
+    int64_t t1 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_value(fast, "SELECT 8"), "8");
+    int64_t t2 = itu_now_ms();
+    CU_ASSERT(t1 - t0 >= 290);
+    CU_ASSERT(t2 - t1 < 250);
+    remove_rule(g_txn, id);
+    t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_value(slow, "SELECT 9"), "9");
+    CU_ASSERT(itu_now_ms() - t0 < 250);
+    PQfinish(slow);
+    PQfinish(fast);
+}
+
+/* A disconnect before a statement: the client sees its connection lost (08006), the open
+ * transaction is not committed, and a new connection works. */
+static void test_disconnect_statement(void)
+{
+    long long id = add_rule(g_sess, "{\"inject\":\"disconnect\",\"max_count\":1,"
+                                    "\"application_name\":\"e2e_drop\"}");
+    PGconn *c = client(g_sess, "e2e_drop");
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    const char *st = run(c, "INSERT INTO chaos_t VALUES (40, 'e2e_drop')", NULL, 0);
+    CU_ASSERT_STRING_NOT_EQUAL(st, "");
+    if (strcmp(st, "?") != 0) /* a result with a SQLSTATE, or just the connection lost */
+        CU_ASSERT_STRING_EQUAL(st, "08006");
+    PQfinish(c);
+    CU_ASSERT_EQUAL(rows("e2e_drop"), 0);
+    CU_ASSERT_EQUAL(rule_counter(g_sess, id, "injected"), 1);
+    CU_ASSERT_TRUE(itu_proxy_serves(g_sess, "application_name=e2e_drop"));
+    remove_rule(g_sess, id);
+}
+
+/* A disconnect just after COMMIT is sent: the client does not get a success, and whether
+ * the transaction committed is for the database to say (an ambiguous commit). */
+static void test_disconnect_commit(void)
+{
+    long long id = add_rule(g_sess, "{\"inject\":\"disconnect\",\"when\":\"commit\","
+                                    "\"max_count\":1,\"application_name\":\"e2e_amb\"}");
+    PGconn *c = client(g_sess, "e2e_amb");
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, "INSERT INTO chaos_t VALUES (50, 'e2e_amb')", NULL, 0), "");
+    CU_ASSERT_STRING_NOT_EQUAL(run(c, "COMMIT", NULL, 0), "");
+    PQfinish(c);
+    int n = -1;
+    for (int i = 0; i < 20; i++) { /* the server may still be finishing the commit */
+        n = rows("e2e_amb");
+        if (n == 1)
+            break;
+        itu_sleep_ms(50);
+    }
+    CU_ASSERT(n == 0 || n == 1);
+    CU_ASSERT_EQUAL(rule_counter(g_sess, id, "injected"), 1);
+    remove_rule(g_sess, id);
+}
+
+/* when=connect: the attempt to open a server connection for a client fails with the rule's
+ * error; the next attempt works (max_count 1).  A fresh pgwarden, so that no idle server
+ * connection can be reused. */
+static void test_connect_error(void)
+{
+    struct harness_proxy_opts o = opts("session");
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    long long id = add_rule(px, "{\"inject\":\"error\",\"sqlstate\":\"53300\",\"when\":"
+                                "\"connect\",\"max_count\":1}");
+    PGconn *c = harness_connect(px, "application_name=e2e_conn");
+    bool failed = PQstatus(c) != CONNECTION_OK;
+    if (!failed) /* a login that does not need the server yet: the first query does */
+        failed = strcmp(run(c, "SELECT 1", NULL, 0), "") != 0;
+    CU_ASSERT_TRUE(failed);
+    CU_ASSERT_PTR_NOT_NULL(strstr(PQerrorMessage(c), "sorry, too many clients already"));
+    PQfinish(c);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "application_name=e2e_conn"));
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
+/* ---- how often ------------------------------------------------------------------------------- */
+
+/* The injections of n SELECTs on c as 'X' (failed) and '.' (succeeded). */
+static void pattern(PGconn *c, char *out, int n)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = strcmp(run(c, "SELECT 1", NULL, 0), "") ? 'X' : '.';
+    out[n] = '\0';
+}
+
+static void test_every_n_and_max_count(void)
+{
+    long long id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"every_n\":3,"
+                                   "\"max_count\":2,\"application_name\":\"e2e_n\"}");
+    PGconn *c = client(g_txn, "e2e_n");
+    char p[16];
+    pattern(c, p, 12);
+    CU_ASSERT_STRING_EQUAL(p, "..X..X......");
+    CU_ASSERT_EQUAL(rule_counter(g_txn, id, "matched"), 12);
+    CU_ASSERT_EQUAL(rule_counter(g_txn, id, "injected"), 2);
+    remove_rule(g_txn, id);
+    PQfinish(c);
+}
+
+static void test_seeded_probability(void)
+{
+    const char *rule = "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"probability\":0.5,"
+                       "\"seed\":7,\"application_name\":\"e2e_p\"}";
+    char p1[64], p2[64], p3[64];
+    PGconn *c = client(g_txn, "e2e_p");
+    long long id = add_rule(g_txn, rule);
+    pattern(c, p1, 60);
+    long long injected = rule_counter(g_txn, id, "injected");
+    remove_rule(g_txn, id);
+    int x = 0;
+    for (int i = 0; i < 60; i++)
+        x += p1[i] == 'X';
+    CU_ASSERT_EQUAL(injected, x);
+    CU_ASSERT(x > 10 && x < 50);
+    /* The same rule again (a new id): the same injections, on another connection and with
+     * other clients' statements in between. */
+    PGconn *other = client(g_txn, "e2e_p_other");
+    id = add_rule(g_txn, rule);
+    PQfinish(c);
+    c = client(g_txn, "e2e_p");
+    for (int i = 0; i < 60; i++) {
+        CU_ASSERT_STRING_EQUAL(run(other, "SELECT 2", NULL, 0), "");
+        p2[i] = strcmp(run(c, "SELECT 1", NULL, 0), "") ? 'X' : '.';
+    }
+    p2[60] = '\0';
+    CU_ASSERT_STRING_EQUAL(p1, p2);
+    remove_rule(g_txn, id);
+    /* Another seed: other injections. */
+    id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"probability\":0.5,"
+                         "\"seed\":8,\"application_name\":\"e2e_p\"}");
+    pattern(c, p3, 60);
+    CU_ASSERT_STRING_NOT_EQUAL(p1, p3);
+    remove_rule(g_txn, id);
+    PQfinish(other);
+    PQfinish(c);
+}
+
+/* A rule added and removed while a client keeps its connection and runs statements; the
+ * metrics and the log follow. */
+static void test_rule_while_connected(void)
+{
+    PGconn *c = client(g_txn, "e2e_live");
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "");
+    long long id = add_rule(g_txn, "{\"inject\":\"error\",\"sqlstate\":\"55P03\","
+                                   "\"application_name\":\"e2e_live\"}");
+    char msg[256];
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", msg, sizeof msg), "55P03");
+        CU_ASSERT_STRING_EQUAL(msg, "canceling statement due to lock timeout");
+    }
+    struct series *s = NULL;
+    int n = 0;
+    struct http_reply r = http(g_txn->admin_port, "GET", "/metrics", AUTH);
+    CU_ASSERT_EQUAL(check_exposition(r.body ? r.body : "", &s, &n), 0);
+    char key[256];
+    snprintf(key, sizeof key, "pgwarden_chaos_injected_total|rule=%lld,kind=error,sqlstate=55P03,|",
+             id);
+    CU_ASSERT_EQUAL(series_value(s, n, key), 4);
+    free(s);
+    http_reply_free(&r);
+    char line[128];
+    snprintf(line, sizeof line, ": chaos rule %lld injects 55P03 (statement)", id);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_txn, line));
+    remove_rule(g_txn, id);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "");
+    PQfinish(c);
+}
+
+static void register_suites(void)
+{
+    static const CU_TestInfo tests[] = {
+        {"error_in_block", test_error_in_block},
+        {"error_autocommit", test_error_autocommit},
+        {"error_extended", test_error_extended},
+        {"extended_txn_control", test_extended_txn_control},
+        {"error_at_commit", test_error_at_commit},
+        {"latency", test_latency},
+        {"disconnect_statement", test_disconnect_statement},
+        {"disconnect_commit", test_disconnect_commit},
+        {"connect_error", test_connect_error},
+        {"every_n_and_max_count", test_every_n_and_max_count},
+        {"seeded_probability", test_seeded_probability},
+        {"rule_while_connected", test_rule_while_connected},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("chaos_inject", suite_init, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}
