@@ -137,7 +137,8 @@ EOF
 
 # Starts one pgwarden (files in $WORK/NAME-TAG) with server_query_batch BATCH; EXTRA is
 # appended to its configuration (e.g. a [retry] section); ADMIN 1 opens its admin port on a
-# free port.  Sets STARTED_PORT, STARTED_ADMIN_PORT (0: none) and STARTED_PID.
+# free port.  Sets STARTED_PORT, STARTED_ADMIN_PORT (0: none) and STARTED_PID.  Waits
+# PROXY_START_TIMEOUT for it to answer.
 start_pgwarden() { # POOL MAX_CLIENTS TAG NAME BATCH [EXTRA [ADMIN]]
     local pool=$1 maxc=$2 tag=$3 name=$4 batch=$5 extra=${6:-} admin=${7:-0} d
     d=$WORK/$name-$tag
@@ -171,7 +172,9 @@ log_level = warning
 $DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
 $extra
 EOF
-    "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
+    # WARDEN_WRAP: an optional command in front of pgwarden (retry.sh: valgrind), which
+    # must exec it in the same process, so that $! is its PID.
+    ${WARDEN_WRAP[@]+"${WARDEN_WRAP[@]}"} "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
     STARTED_PID=$!
     wait_ready "$name" "$STARTED_PORT" "$STARTED_PID" "$d/pgwarden.log"
 }

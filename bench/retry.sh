@@ -30,6 +30,10 @@
 #   BENCH_POOL_SIZE [20]       pool size of every proxy (transaction mode)
 #   BENCH_PROTOCOLS [simple extended]  pgbench -M of the cost part
 #   RETRY_PARTS [cost storm serializable]
+#   RETRY_CALLGRIND [1]        cost part: also count pgwarden's instructions per transaction
+#                              under valgrind --tool=callgrind (skipped without valgrind)
+#   RETRY_CALLGRIND_TX [20 120]  pgbench -t per client of the two counted runs (the
+#                              difference is the cost of the transactions alone)
 #   RETRY_STORM_SECONDS [15]   length of each storm run
 #   RETRY_SER_ACCOUNTS [10 100]  hot accounts of the serializable part, one level each
 #   RETRY_SER_CLIENTS [16]     pgbench clients of the serializable part
@@ -51,6 +55,8 @@ BENCH_JOBS=${BENCH_JOBS:-2}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 BENCH_PROTOCOLS=${BENCH_PROTOCOLS:-simple extended}
 RETRY_PARTS=${RETRY_PARTS:-cost storm serializable}
+RETRY_CALLGRIND=${RETRY_CALLGRIND:-1}
+RETRY_CALLGRIND_TX=${RETRY_CALLGRIND_TX:-20 120}
 RETRY_STORM_SECONDS=${RETRY_STORM_SECONDS:-15}
 RETRY_SER_ACCOUNTS=${RETRY_SER_ACCOUNTS:-10 100}
 RETRY_SER_CLIENTS=${RETRY_SER_CLIENTS:-16}
@@ -91,6 +97,11 @@ for a in $RETRY_SER_ACCOUNTS; do
         exit 2
     fi
 done
+read -r CG_TX1 CG_TX2 <<<"$RETRY_CALLGRIND_TX"
+if ! [[ $CG_TX1 =~ ^[0-9]+$ && ${CG_TX2:-} =~ ^[0-9]+$ ]] || ((CG_TX2 <= CG_TX1)); then
+    echo "bench: RETRY_CALLGRIND_TX must be two counts, the second larger" >&2
+    exit 2
+fi
 for p in $RETRY_PARTS; do
     case $p in cost | storm | serializable) ;; *)
         echo "bench: RETRY_PARTS: unknown part $p (cost, storm, serializable)" >&2
@@ -119,6 +130,7 @@ command -v curl >/dev/null || die "curl not found (reads pgwarden's /metrics)"
 CLUSTER_DIR=$BENCH_OUT/cluster
 WORK=$BENCH_OUT/work
 COST_CSV=$BENCH_OUT/cost.csv
+IR_CSV=$BENCH_OUT/cost_instructions.csv
 STORM_CSV=$BENCH_OUT/storm.csv
 SER_CSV=$BENCH_OUT/serializable.csv
 SUMMARY=$BENCH_OUT/summary.txt
@@ -127,6 +139,7 @@ PGWARDEN_PID=
 PGW_BATCH_PID=
 CLUSTER_STARTED=0
 BG_PID= # a pgbench running in the background (storm)
+WARDEN_WRAP=()
 
 # The targets: PostgreSQL directly, PgBouncer, and pgwarden in three [retry] settings.
 declare -A T_PORT T_PID T_ADMIN
@@ -349,6 +362,52 @@ if wants cost; then
     stop_targets
 fi
 
+# Instructions pgwarden executes per transaction (user space, all threads), counted by
+# callgrind: far steadier than CPU time on a shared machine.  For each protocol and retry
+# setting, a pgwarden under callgrind gets a warm-up (servers opened, secrets derived),
+# then two counted pgbench runs of CG_TX1 and CG_TX2 transactions per client (counters
+# zeroed before each, dumped after); the difference of the two counts divided by the
+# difference in transactions leaves out the clients' logins.
+echo "protocol,target,tx,ir,ir_per_tx" >"$IR_CSV"
+callgrind_one() { # PROTOCOL TARGET
+    local proto=$1 t=$2 pid n ir f i=0 irs=() out
+    WARDEN_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-$proto-$t.%p")
+    start_targets "cg-$proto" "$t"
+    WARDEN_WRAP=()
+    pid=${T_PID[$t]}
+    out=$WORK/callgrind-$proto-$t
+    pgbench_run "$t" 60 "$out-warmup.log" -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" -t 5 ||
+        die "pgbench under callgrind failed (see $out-warmup.log)"
+    for n in "$CG_TX1" "$CG_TX2"; do
+        timeout 60 callgrind_control -z "$pid" >/dev/null || die "callgrind_control -z $pid failed"
+        pgbench_run "$t" 300 "$out-$n.log" -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" -t "$n" ||
+            die "pgbench under callgrind failed (see $out-$n.log)"
+        timeout 60 callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d $pid failed"
+        i=$((i + 1))
+        f=$WORK/callgrind-$proto-$t.$pid.$i
+        ir=$(awk '$1 == "totals:" { print $2; exit }' "$f" 2>/dev/null || true)
+        [[ $ir =~ ^[0-9]+$ ]] || die "no totals in $f"
+        irs+=("$ir")
+        echo "$proto,$t,$((n * BENCH_CLIENTS)),$ir," >>"$IR_CSV"
+    done
+    stop_targets
+    n=$(((CG_TX2 - CG_TX1) * BENCH_CLIENTS))
+    ir=$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v n="$n" 'BEGIN { printf "%.0f", (b - a) / n }')
+    echo "$proto,$t,$n,$((irs[1] - irs[0])),$ir" >>"$IR_CSV"
+    log "  $(printf '%-11s' "$t") -M $proto: $ir instructions per transaction"
+}
+
+if wants cost && ((RETRY_CALLGRIND)); then
+    if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+        log "1b. instructions per transaction under callgrind (-t $CG_TX1 and -t $CG_TX2 per client)"
+        for proto in $BENCH_PROTOCOLS; do
+            for t in pgw-noretry pgw-retry; do callgrind_one "$proto" "$t"; done
+        done
+    else
+        log "1b. skipped: valgrind (callgrind_control) not found"
+    fi
+fi
+
 # ---- 2. storm: every transaction fails with 40001 ----------------------------------------
 
 echo "target,seconds,status,client_tx,client_failed,attempts,attempts_per_client_tx,pgw_transactions,window_s,attempts_after_1s,replays_after_1s,client_tx_after_1s,attempts_per_client_tx_after_1s,outcomes_after_1s,proxy_cpu_s,proxy_cpu_s_per_1k_client_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes" >"$STORM_CSV"
@@ -552,6 +611,25 @@ report_cost() {
     }' "$COST_CSV"
 }
 
+report_ir() {
+    awk -F, '
+    NR == 1 || $5 == "" { next }
+    {
+        if (!hdr++) {
+            printf "\n1b. pgwarden instructions per transaction (callgrind, user space, all threads; the difference of two runs)\n"
+            printf "%-10s %12s %12s %9s\n", "protocol", "pgw-noretry", "pgw-retry", "retry/off"
+        }
+        if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
+        ir[$1, $2] = $5
+    }
+    END {
+        for (i = 1; i <= n; i++) {
+            p = order[i]; a = ir[p, "pgw-noretry"]; b = ir[p, "pgw-retry"]
+            printf "%-10s %12s %12s %9s\n", p, a, b, (a > 0 && b != "") ? sprintf("%.3fx", b / a) : "n/a"
+        }
+    }' "$IR_CSV"
+}
+
 report_storm() {
     awk -F, -v clients="$BENCH_CLIENTS" '
     NR == 1 { next }
@@ -616,8 +694,9 @@ report_ser() {
 
 {
     wants cost && report_cost
+    wants cost && report_ir
     wants storm && report_storm
     wants serializable && report_ser
     true
 } | tee "$SUMMARY"
-log "raw results: $COST_CSV, $STORM_CSV, $SER_CSV; tables: $SUMMARY; pgbench and proxy logs: $WORK"
+log "raw results: $COST_CSV, $IR_CSV, $STORM_CSV, $SER_CSV; tables: $SUMMARY; pgbench and proxy logs: $WORK"
