@@ -2,17 +2,21 @@
 # bench/retry.sh: what pgwarden's transparent retry (issue 16, proxy/path/retry.c) costs
 # and what it does, in one run.  See bench/README.md, "Retry", for how to read the tables.
 #
-#   bench/retry.sh                                 defaults: about 12 minutes
-#   BENCH_ROUNDS=3 BENCH_SECONDS=5 RETRY_SER_ROUNDS=2 bench/retry.sh      quicker
+#   bench/retry.sh                                 defaults: about 7 minutes on 2 cores
+#   BENCH_ROUNDS=5 BENCH_SECONDS=8 bench/retry.sh  a steadier cost part (about 10 minutes)
+#   RETRY_PARTS=cost RETRY_CALLGRIND=0 bench/retry.sh                  one part only
 #
 # Three parts, all in transaction pooling (pool BENCH_POOL_SIZE), no TLS:
 #   cost          pgbench tpcb-like, -M simple and -M extended: pgwarden with [retry] at its
 #                 defaults (pgw-retry: every transaction recorded) against pgwarden with
 #                 max_attempts = 1 (pgw-noretry: nothing recorded), PgBouncer and PostgreSQL
-#                 directly; rounds with the order rotated; tps, latency, pgwarden CPU/tx.
+#                 directly; rounds with the order rotated; tps, latency, pgwarden CPU/tx;
+#                 then pgwarden's instructions per transaction under callgrind, retry on and
+#                 off, and the functions that make the difference.
 #   storm         every transaction fails with 40001 (plpgsql: nextval, then RAISE); the
 #                 sequence counts the attempts PostgreSQL really ran: attempts per client
 #                 transaction after the first second, with pgwarden's default budget.
+#                 (Not [chaos]: pgwarden never replays the errors it injects itself.)
 #   serializable  transfers between RETRY_SER_ACCOUNTS hot accounts under SERIALIZABLE
 #                 (genuine 40001): retry in pgwarden (pgbench --max-tries=1) against retry in
 #                 pgbench (--max-tries=10) through pgwarden without retry and directly.
@@ -21,8 +25,8 @@
 # PID on exit.  Every wait is bounded.
 #
 # Environment (defaults in brackets):
-#   BENCH_SECONDS [8]          length of each measured run of the cost part
-#   BENCH_ROUNDS [5]           rounds of the cost part (each runs every target once, rotated)
+#   BENCH_SECONDS [6]          length of each measured run of the cost part
+#   BENCH_ROUNDS [3]           rounds of the cost part (each runs every target once, rotated)
 #   BENCH_WARMUP [2]           unrecorded warm-up per target and protocol, seconds (0: none)
 #   BENCH_SCALE [10]           pgbench -i scale factor
 #   BENCH_CLIENTS [16]         pgbench clients (-c) of the cost and storm parts
@@ -32,12 +36,12 @@
 #   RETRY_PARTS [cost storm serializable]
 #   RETRY_CALLGRIND [1]        cost part: also count pgwarden's instructions per transaction
 #                              under valgrind --tool=callgrind (skipped without valgrind)
-#   RETRY_CALLGRIND_TX [20 120]  pgbench -t per client of the two counted runs (the
+#   RETRY_CALLGRIND_TX [20 100]  pgbench -t per client of the two counted runs (the
 #                              difference is the cost of the transactions alone)
-#   RETRY_STORM_SECONDS [15]   length of each storm run
+#   RETRY_STORM_SECONDS [10]   length of each storm run
 #   RETRY_SER_ACCOUNTS [10 100]  hot accounts of the serializable part, one level each
 #   RETRY_SER_CLIENTS [16]     pgbench clients of the serializable part
-#   RETRY_SER_SECONDS [8]      length of each serializable run
+#   RETRY_SER_SECONDS [4]      length of each serializable run
 #   RETRY_SER_ROUNDS [3]       rounds per accounts level
 #   BENCH_OUT                  results directory [build-bench/retry-YYYYmmdd-HHMMSS]
 #   PG_BINDIR [/usr/lib/postgresql/15/bin], PGBOUNCER [/usr/sbin/pgbouncer], BUILD_DIR
@@ -46,8 +50,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-BENCH_SECONDS=${BENCH_SECONDS:-8}
-BENCH_ROUNDS=${BENCH_ROUNDS:-5}
+BENCH_SECONDS=${BENCH_SECONDS:-6}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_CLIENTS=${BENCH_CLIENTS:-16}
@@ -56,11 +60,11 @@ BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 BENCH_PROTOCOLS=${BENCH_PROTOCOLS:-simple extended}
 RETRY_PARTS=${RETRY_PARTS:-cost storm serializable}
 RETRY_CALLGRIND=${RETRY_CALLGRIND:-1}
-RETRY_CALLGRIND_TX=${RETRY_CALLGRIND_TX:-20 120}
-RETRY_STORM_SECONDS=${RETRY_STORM_SECONDS:-15}
+RETRY_CALLGRIND_TX=${RETRY_CALLGRIND_TX:-20 100}
+RETRY_STORM_SECONDS=${RETRY_STORM_SECONDS:-10}
 RETRY_SER_ACCOUNTS=${RETRY_SER_ACCOUNTS:-10 100}
 RETRY_SER_CLIENTS=${RETRY_SER_CLIENTS:-16}
-RETRY_SER_SECONDS=${RETRY_SER_SECONDS:-8}
+RETRY_SER_SECONDS=${RETRY_SER_SECONDS:-4}
 RETRY_SER_ROUNDS=${RETRY_SER_ROUNDS:-3}
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
@@ -305,10 +309,10 @@ wants() { [[ " $RETRY_PARTS " == *" $1 "* ]]; }
 # ---- 1. cost: recording when nothing fails ----------------------------------------------
 
 COST_TARGETS=(direct pgbouncer pgw-noretry pgw-retry)
-echo "protocol,round,target,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_s_per_1k_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes" >"$COST_CSV"
+echo "protocol,round,target,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_us_per_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes" >"$COST_CSV"
 
 cost_one() { # PROTOCOL ROUND TARGET SECONDS
-    local proto=$1 round=$2 t=$3 secs=$4 out status=ok c0 c1 tps lat failed tx cpu per1k rd
+    local proto=$1 round=$2 t=$3 secs=$4 out status=ok c0 c1 tps lat failed tx cpu pertx rd
     out=$WORK/cost-$proto-$round-$t.log
     metrics_snapshot "$t" "$WORK/m0"
     c0=$(ticks "$t")
@@ -326,14 +330,14 @@ cost_one() { # PROTOCOL ROUND TARGET SECONDS
     failed=$(pgbench_field failed "$out")
     tx=$(pgbench_field transactions "$out")
     [[ -n $tps ]] || status=error
-    cpu='' per1k='' rd=,,,,,
+    cpu='' pertx='' rd=,,,,,
     if [[ -n ${T_PID[$t]} ]]; then
         cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", d / hz }')
-        per1k=$(awk -v c="$cpu" -v n="${tx:-0}" 'BEGIN { if (n > 0) printf "%.5f", c * 1000 / n }')
+        pertx=$(awk -v c="$cpu" -v n="${tx:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1000000 / n }')
     fi
     [[ -n ${T_ADMIN[$t]} ]] && rd=$(retry_deltas "$WORK/m0" "$WORK/m1")
-    log "  $(printf '%-11s' "$t") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  cpu ${cpu:--} s (${per1k:--} s/1k tx)"
-    echo "$proto,$round,$t,$status,$tps,$lat,$failed,$tx,$cpu,$per1k,$rd" >>"$COST_CSV"
+    log "  $(printf '%-11s' "$t") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  cpu ${cpu:--} s (${pertx:--} us/tx)"
+    echo "$proto,$round,$t,$status,$tps,$lat,$failed,$tx,$cpu,$pertx,$rd" >>"$COST_CSV"
 }
 
 if wants cost; then
@@ -369,6 +373,7 @@ fi
 # zeroed before each, dumped after); the difference of the two counts divided by the
 # difference in transactions leaves out the clients' logins.
 echo "protocol,target,tx,ir,ir_per_tx" >"$IR_CSV"
+declare -A CG_DUMP # [PROTOCOL,TARGET,1|2] -> the callgrind dump after run 1 / run 2
 callgrind_one() { # PROTOCOL TARGET
     local proto=$1 t=$2 pid n ir f i=0 irs=() out
     WARDEN_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-$proto-$t.%p")
@@ -379,15 +384,16 @@ callgrind_one() { # PROTOCOL TARGET
     pgbench_run "$t" 60 "$out-warmup.log" -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" -t 5 ||
         die "pgbench under callgrind failed (see $out-warmup.log)"
     for n in "$CG_TX1" "$CG_TX2"; do
-        timeout 60 callgrind_control -z "$pid" >/dev/null || die "callgrind_control -z $pid failed"
+        timeout 60 callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"
         pgbench_run "$t" 300 "$out-$n.log" -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" -t "$n" ||
             die "pgbench under callgrind failed (see $out-$n.log)"
-        timeout 60 callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d $pid failed"
+        timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d $pid failed"
         i=$((i + 1))
         f=$WORK/callgrind-$proto-$t.$pid.$i
         ir=$(awk '$1 == "totals:" { print $2; exit }' "$f" 2>/dev/null || true)
         [[ $ir =~ ^[0-9]+$ ]] || die "no totals in $f"
         irs+=("$ir")
+        CG_DUMP[$proto,$t,$i]=$f
         echo "$proto,$t,$((n * BENCH_CLIENTS)),$ir," >>"$IR_CSV"
     done
     stop_targets
@@ -397,11 +403,45 @@ callgrind_one() { # PROTOCOL TARGET
     log "  $(printf '%-11s' "$t") -M $proto: $ir instructions per transaction"
 }
 
+# Self cost (instructions) per function of one dump: "COST FUNCTION [OBJECT]" lines.  The
+# frames that were on the stack when the counters were zeroed (main, event_base_dispatch and
+# the ones above) show the whole program's cost (callgrind_annotate 3.19): left out.
+cg_self() { # DUMP
+    callgrind_annotate --inclusive=no --threshold=100 --auto=no "$1" 2>/dev/null | awk '
+        / PROGRAM TOTALS/ { gsub(/,/, "", $1); total = $1; next }
+        total != "" && $1 ~ /^[0-9,]+$/ && $2 ~ /^\(/ {
+            c = $1; gsub(/,/, "", c); if (c + 0 == 0 || c + 0 >= 0.99 * total) next
+            fn = $0; sub(/^ *[0-9,]+ *\( *[0-9.]+%\) +/, "", fn); sub(/^[^:]*:/, "", fn)
+            obj = fn; sub(/ \[.*/, "", fn); sub(/.*\[/, "", obj); sub(/\]$/, "", obj); sub(/.*\//, "", obj)
+            print c, fn " [" obj "]"
+        }'
+}
+
+# Where retry-on's extra instructions go, for PROTOCOL: per function, (retry run 2 - run 1)
+# - (noretry run 2 - run 1), per transaction; the largest TOP into CG_DELTA_FILE-PROTOCOL.
+cg_delta() { # PROTOCOL TOP
+    local proto=$1 top=$2 n k w f
+    n=$(((CG_TX2 - CG_TX1) * BENCH_CLIENTS))
+    for k in "pgw-retry,2:1" "pgw-retry,1:-1" "pgw-noretry,2:-1" "pgw-noretry,1:1"; do
+        w=${k##*:}
+        f=${CG_DUMP[$proto,${k%%:*}]:-}
+        [[ -n $f ]] || return 0
+        cg_self "$f" | sed "s/^/$w /"
+    done | awk -v n="$n" -v top="$top" '
+        { w = $1; c = $2; $1 = ""; $2 = ""; sub(/^  /, ""); d[$0] += w * c; all += w * c }
+        END {
+            printf "%12.0f  all functions\n", all / n
+            for (f in d) if (d[f] / n >= 50 || d[f] / n <= -50) printf "%12.0f  %s\n", d[f] / n, f
+        }' | sort -k1,1nr | head -n "$((top + 1))" >"$CG_DELTA_FILE-$proto.txt"
+}
+CG_DELTA_FILE=$BENCH_OUT/cost_instructions_delta
+
 if wants cost && ((RETRY_CALLGRIND)); then
     if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
         log "1b. instructions per transaction under callgrind (-t $CG_TX1 and -t $CG_TX2 per client)"
         for proto in $BENCH_PROTOCOLS; do
             for t in pgw-noretry pgw-retry; do callgrind_one "$proto" "$t"; done
+            cg_delta "$proto" 15
         done
     else
         log "1b. skipped: valgrind (callgrind_control) not found"
@@ -410,7 +450,7 @@ fi
 
 # ---- 2. storm: every transaction fails with 40001 ----------------------------------------
 
-echo "target,seconds,status,client_tx,client_failed,attempts,attempts_per_client_tx,pgw_transactions,window_s,attempts_after_1s,replays_after_1s,client_tx_after_1s,attempts_per_client_tx_after_1s,outcomes_after_1s,proxy_cpu_s,proxy_cpu_s_per_1k_client_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes" >"$STORM_CSV"
+echo "target,seconds,status,client_tx,client_failed,attempts,attempts_per_client_tx,pgw_transactions,window_s,attempts_after_1s,replays_after_1s,client_tx_after_1s,attempts_per_client_tx_after_1s,outcomes_after_1s,proxy_cpu_s,proxy_cpu_us_per_client_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes" >"$STORM_CSV"
 
 # One storm run.  The whole run: attempts = what the sequence counted (PostgreSQL's own
 # count, read before and after, when nothing runs), client transactions = pgbench's
@@ -466,7 +506,7 @@ storm_one() { # TARGET SECONDS
     [[ $pgwtx -eq $((s2 - s0)) ]] ||
         log "  $t: pgwarden_transactions_total rose by $pgwtx, the sequence by $((s2 - s0))"
     log "  $(printf '%-11s' "$t") client tx $ctx (failed $failed), attempts $((s2 - s0)); after 1 s: $a1 attempts, $c1x client tx ($o1 outcomes): $(ratio "$a1" "$c1x") per tx; cpu $cpu s"
-    echo "$t,$secs,$status,$ctx,$failed,$((s2 - s0)),$(ratio $((s2 - s0)) "$ctx"),$pgwtx,$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", b - a }'),$a1,$r1,$c1x,$(ratio "$a1" "$c1x"),$o1,$cpu,$(awk -v c="$cpu" -v n="$ctx" 'BEGIN { if (n > 0) printf "%.5f", c * 1000 / n }'),$(retry_deltas "$WORK/m0" "$WORK/m2")" >>"$STORM_CSV"
+    echo "$t,$secs,$status,$ctx,$failed,$((s2 - s0)),$(ratio $((s2 - s0)) "$ctx"),$pgwtx,$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", b - a }'),$a1,$r1,$c1x,$(ratio "$a1" "$c1x"),$o1,$cpu,$(awk -v c="$cpu" -v n="$ctx" 'BEGIN { if (n > 0) printf "%.1f", c * 1000000 / n }'),$(retry_deltas "$WORK/m0" "$WORK/m2")" >>"$STORM_CSV"
 }
 
 if wants storm; then
@@ -561,7 +601,7 @@ function add(arr, k, v) { if (v != "") arr[k] = (k in arr) ? arr[k] " " v : v }
 
 report_cost() {
     awk -F, -v rounds="$BENCH_ROUNDS" -v secs="$BENCH_SECONDS" -v clients="$BENCH_CLIENTS" \
-        -v jobs="$BENCH_JOBS" -v pool="$BENCH_POOL_SIZE" "$AWK_STATS"'
+        -v jobs="$BENCH_JOBS" -v pool="$BENCH_POOL_SIZE" -v scale="$BENCH_SCALE" "$AWK_STATS"'
     NR == 1 { next }
     {
         p = $1; r = $2; t = $3; k = p SUBSEP t
@@ -575,19 +615,19 @@ report_cost() {
     }
     function range(l, f) { return l == "" ? "-" : sprintf(f "..." f, lo(l), hi(l)) }
     END {
-        printf "1. Recording cost, nothing fails: pgbench tpcb-like (scale 10), %s clients -j %s, transaction pool %s,\n", clients, jobs, pool
+        printf "1. Recording cost, nothing fails: pgbench tpcb-like (scale %s), %s clients -j %s, transaction pool %s,\n", scale, clients, jobs, pool
         printf "   %s rounds x %s s, order rotated; median and min...max over rounds; cpu = the proxy process, utime+stime\n", rounds, secs
         for (i = 1; i <= np; i++) {
             p = prot[i]
             printf "\n== -M %s\n", p
-            printf "%-12s %8s %15s %9s %12s %19s %6s %8s %5s\n", "target", "tps", "tps min...max", "lat ms", "cpu s/1k tx",
+            printf "%-12s %8s %15s %9s %12s %19s %6s %8s %5s\n", "target", "tps", "tps min...max", "lat ms", "cpu us/tx",
                    "cpu min...max", "failed", "replays", "runs"
             for (j = 1; j <= nt[p]; j++) {
                 t = tord[p, j]; k = p SUBSEP t
                 mt[t] = med(tps[k]); mc[t] = med(cpu[k])
                 printf "%-12s %8s %15s %9s %12s %19s %6s %8s %5s\n", t, tps[k] == "" ? "-" : sprintf("%.0f", mt[t]),
                        range(tps[k], "%.0f"), lat[k] == "" ? "-" : sprintf("%.2f", med(lat[k])),
-                       cpu[k] == "" ? "-" : sprintf("%.4f", mc[t]), range(cpu[k], "%.4f"), fail[k] + 0,
+                       cpu[k] == "" ? "-" : sprintf("%.1f", mc[t]), range(cpu[k], "%.1f"), fail[k] + 0,
                        (t ~ /^pgw/) ? rep[k] + 0 : "-", (runs[k] - bad[k]) "/" runs[k] (bad[k] ? " ERR" : "")
             }
             # paired ratios: retry on / off within each round (they ran minutes apart at most)
@@ -597,8 +637,10 @@ report_cost() {
             }
             if (mt["pgw-noretry"] > 0 && mc["pgw-noretry"] > 0) {
                 tr = mt["pgw-retry"] / mt["pgw-noretry"]; cr = mc["pgw-retry"] / mc["pgw-noretry"]
-                printf "pgw-retry / pgw-noretry: tps %.3fx (per round %s), cpu per tx %.3fx (per round %s)\n",
-                       tr, range(q["t"], "%.3f"), cr, range(q["c"], "%.3f")
+                printf "pgw-retry / pgw-noretry, ratio of medians: tps %.3fx, cpu per tx %.3fx\n", tr, cr
+                printf "  paired within each round, median (min...max): tps %s (%s), cpu per tx %s (%s)\n",
+                       q["t"] == "" ? "-" : sprintf("%.3fx", med(q["t"])), range(q["t"], "%.3f"),
+                       q["c"] == "" ? "-" : sprintf("%.3fx", med(q["c"])), range(q["c"], "%.3f")
                 printf "goal (retry on within 5%% of retry off, medians): tps %s, cpu per tx %s\n",
                        (tr >= 0.95) ? "met" : "MISSED", (cr <= 1.05) ? "met" : "MISSED"
             }
@@ -628,6 +670,17 @@ report_ir() {
             printf "%-10s %12s %12s %9s\n", p, a, b, (a > 0 && b != "") ? sprintf("%.3fx", b / a) : "n/a"
         }
     }' "$IR_CSV"
+    local proto f
+    for proto in $BENCH_PROTOCOLS; do
+        f=$CG_DELTA_FILE-$proto.txt
+        [[ -s $f ]] || continue
+        printf '\nretry on - retry off, -M %s: instructions per transaction by function (self cost)\n' "$proto"
+        cat "$f"
+    done
+    if compgen -G "$CG_DELTA_FILE-*.txt" >/dev/null; then
+        printf '(valgrind hides the CPU'"'"'s SHA extensions from OpenSSL: its SHA-256 block function, an\n'
+        printf 'unnamed libcrypto address called by SHA256_Final/Update, costs more here than natively)\n'
+    fi
 }
 
 report_storm() {
@@ -640,7 +693,7 @@ report_storm() {
             printf "   + failed.  After 1 s (from 1 s after the first attempt to the end, window s): pgwarden metrics, attempts =\n"
             printf "   transactions_total (its whole-run increase, pgw tx, equals the sequence\x27s), client tx = attempts - replays\n"
             printf "%-12s %9s %9s %9s %9s %7s %8s %9s %9s %10s %9s %11s %9s %9s\n", "target", "client tx", "failed", "attempts",
-                   "pgw tx", "per tx", "window s", "att. >1s", "tx >1s", "per tx >1s", "replays", "over_budget", "exhausted", "cpu s/1k"
+                   "pgw tx", "per tx", "window s", "att. >1s", "tx >1s", "per tx >1s", "replays", "over_budget", "exhausted", "cpu us/tx"
         }
         printf "%-12s %9s %9s %9s %9s %7.4f %8s %9s %9s %10.4f %9s %11s %9s %9s%s\n", $1, $4, $5, $6, $8, $7, $9, $10, $12, $13,
                $17, $19, $20, $16, ($3 != "ok" ? " ERR" : "") ($6 != $8 ? " (sequence and pgw tx differ)" : "")
