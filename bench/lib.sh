@@ -20,6 +20,18 @@ proc_cpu_ticks() { # PID
     awk '{ print $12 + $13 }' <<<"$rest"
 }
 
+# CPU of a PostgreSQL cluster in clock ticks: the postmaster's utime + stime, its reaped
+# children's (cutime + cstime: backends that exited) and its live children's utime + stime.
+# The difference of two readings is exact, whichever backends started or ended in between.
+# (cat fails when a process ends between the glob and its read: that one is left out.)
+pg_cpu_ticks() { # POSTMASTER_PID
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$1" '
+        { pid = $1; r = $0; sub(/.*\) /, "", r); split(r, f, " ") }
+        pid == pm { s += f[12] + f[13] + f[14] + f[15]; seen = 1; next }
+        f[2] == pm { s += f[12] + f[13] }
+        END { if (seen) print s + 0 }'
+}
+
 proc_rss_kb() { # PID
     awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
 }
@@ -131,6 +143,7 @@ EOF
     fi
     if [[ -z $only && " $BENCH_TARGETS " == *" pgw-batch "* ]] || [[ $only == pgw-batch ]]; then
         start_pgwarden "$pool" "$maxc" "$tag" pgw-batch "$BENCH_QUERY_BATCH"
+        # shellcheck disable=SC2034 # PGW_BATCH_PORT: read by run.sh
         PGW_BATCH_PORT=$STARTED_PORT PGW_BATCH_PID=$STARTED_PID
     fi
 }
@@ -231,7 +244,8 @@ cluster_env() { # KEY -> its value in the cluster's env file
 }
 
 # Starts the benchmark's own cluster in $CLUSTER_DIR (tests/fixture/pgcluster.sh: 127.0.0.1,
-# free port) and reads PG_PORT, DB_USER, DB_PASSWORD, DB_NAME, DB_SOCKET_DIR, DB_SUPERUSER.
+# free port) and reads PG_PORT, DB_USER, DB_PASSWORD, DB_NAME, DB_SOCKET_DIR, DB_SUPERUSER,
+# PG_PID (the postmaster).
 # Then writes the proxies' files: copies of the cluster's certificate and key (readable by
 # the PgBouncer user) and the userlist ($BENCH_USERLIST: plain or scram).
 start_cluster() {
@@ -245,6 +259,8 @@ start_cluster() {
     DB_NAME=$(cluster_env PGCLUSTER_DB)
     DB_SOCKET_DIR=$(cluster_env PGCLUSTER_SOCKET_DIR)
     DB_SUPERUSER=$(cluster_env PGCLUSTER_SUPERUSER)
+    # shellcheck disable=SC2034 # read by retry.sh
+    PG_PID=$(cluster_env PGCLUSTER_PID)
     [[ -n $PG_PORT && -n $DB_USER && -n $DB_NAME ]] || die "cannot read $CLUSTER_DIR/env"
 
     mkdir -p "$WORK/tls"

@@ -34,6 +34,8 @@
 #   BENCH_POOL_SIZE [20]       pool size of every proxy (transaction mode)
 #   BENCH_PROTOCOLS [simple extended]  pgbench -M of the cost part
 #   RETRY_PARTS [cost storm serializable]
+#   RETRY_COST_TARGETS [direct pgbouncer pgw-noretry pgw-retry]  targets of the cost part
+#                              (only the last two: more rounds of the on/off pair per minute)
 #   RETRY_CALLGRIND [1]        cost part: also count pgwarden's instructions per transaction
 #                              under valgrind --tool=callgrind (skipped without valgrind)
 #   RETRY_CALLGRIND_TX [20 100]  pgbench -t per client of the two counted runs (the
@@ -59,6 +61,7 @@ BENCH_JOBS=${BENCH_JOBS:-2}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 BENCH_PROTOCOLS=${BENCH_PROTOCOLS:-simple extended}
 RETRY_PARTS=${RETRY_PARTS:-cost storm serializable}
+RETRY_COST_TARGETS=${RETRY_COST_TARGETS:-direct pgbouncer pgw-noretry pgw-retry}
 RETRY_CALLGRIND=${RETRY_CALLGRIND:-1}
 RETRY_CALLGRIND_TX=${RETRY_CALLGRIND_TX:-20 100}
 RETRY_STORM_SECONDS=${RETRY_STORM_SECONDS:-10}
@@ -109,6 +112,13 @@ fi
 for p in $RETRY_PARTS; do
     case $p in cost | storm | serializable) ;; *)
         echo "bench: RETRY_PARTS: unknown part $p (cost, storm, serializable)" >&2
+        exit 2
+        ;;
+    esac
+done
+for p in $RETRY_COST_TARGETS; do
+    case $p in direct | pgbouncer | pgw-noretry | pgw-retry | pgw-b100) ;; *)
+        echo "bench: RETRY_COST_TARGETS: unknown target $p" >&2
         exit 2
         ;;
     esac
@@ -308,14 +318,16 @@ wants() { [[ " $RETRY_PARTS " == *" $1 "* ]]; }
 
 # ---- 1. cost: recording when nothing fails ----------------------------------------------
 
-COST_TARGETS=(direct pgbouncer pgw-noretry pgw-retry)
-echo "protocol,round,target,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_us_per_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes" >"$COST_CSV"
+read -r -a COST_TARGETS <<<"$RETRY_COST_TARGETS"
+echo "protocol,round,target,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_us_per_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes,pg_cpu_s,pg_cpu_us_per_tx" >"$COST_CSV"
 
 cost_one() { # PROTOCOL ROUND TARGET SECONDS
-    local proto=$1 round=$2 t=$3 secs=$4 out status=ok c0 c1 tps lat failed tx cpu pertx rd
+    local proto=$1 round=$2 t=$3 secs=$4 out status=ok c0 c1 p0 p1 tps lat failed tx cpu pertx rd
+    local pgcpu pgpertx
     out=$WORK/cost-$proto-$round-$t.log
     metrics_snapshot "$t" "$WORK/m0"
     c0=$(ticks "$t")
+    p0=$(pg_cpu_ticks "$PG_PID")
     if ! pgbench_run "$t" "$secs" "$out" -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" \
         -T "$secs"; then
         status=error
@@ -323,6 +335,7 @@ cost_one() { # PROTOCOL ROUND TARGET SECONDS
         tail -n 5 "$out" | sed 's/^/    /' >&2
     fi
     c1=$(ticks "$t")
+    p1=$(pg_cpu_ticks "$PG_PID")
     metrics_snapshot "$t" "$WORK/m1"
     [[ $round == warmup ]] && return 0
     tps=$(pgbench_field tps "$out")
@@ -335,9 +348,14 @@ cost_one() { # PROTOCOL ROUND TARGET SECONDS
         cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", d / hz }')
         pertx=$(awk -v c="$cpu" -v n="${tx:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1000000 / n }')
     fi
+    pgcpu='' pgpertx=''
+    if [[ -n $p0 && -n $p1 ]]; then
+        pgcpu=$(awk -v d=$((p1 - p0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", d / hz }')
+        pgpertx=$(awk -v c="$pgcpu" -v n="${tx:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1000000 / n }')
+    fi
     [[ -n ${T_ADMIN[$t]} ]] && rd=$(retry_deltas "$WORK/m0" "$WORK/m1")
-    log "  $(printf '%-11s' "$t") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  cpu ${cpu:--} s (${pertx:--} us/tx)"
-    echo "$proto,$round,$t,$status,$tps,$lat,$failed,$tx,$cpu,$pertx,$rd" >>"$COST_CSV"
+    log "  $(printf '%-11s' "$t") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  cpu ${cpu:--} s (${pertx:--} us/tx)  postgres ${pgpertx:--} us/tx"
+    echo "$proto,$round,$t,$status,$tps,$lat,$failed,$tx,$cpu,$pertx,$rd,$pgcpu,$pgpertx" >>"$COST_CSV"
 }
 
 if wants cost; then
@@ -353,10 +371,14 @@ if wants cost; then
             done
         fi
         n=${#COST_TARGETS[@]}
+        # Rounds 2k+1 and 2k+2 run the targets rotated by k, forwards then backwards, so that
+        # no target always follows the same one (pgw-retry after pgw-noretry, say).
         for ((r = 1; r <= BENCH_ROUNDS; r++)); do
             log " round $r/$BENCH_ROUNDS"
             for ((i = 0; i < n; i++)); do
-                t=${COST_TARGETS[$(((i + r - 1) % n))]}
+                k=$(((r - 1) / 2))
+                if ((r % 2)); then j=$(((i + k) % n)); else j=$(((n - 1 - i + k) % n)); fi
+                t=${COST_TARGETS[$j]}
                 # PgBouncer 1.18 has no prepared statements in transaction mode
                 [[ $t == pgbouncer && $proto == prepared ]] && continue
                 cost_one "$proto" "$r" "$t" "$BENCH_SECONDS"
@@ -609,46 +631,54 @@ report_cost() {
         if (!(k in runs)) tord[p, ++nt[p]] = t
         runs[k]++
         if ($4 != "ok") { bad[k]++; next }
-        add(tps, k, $5); add(lat, k, $6); fail[k] += $7; add(cpu, k, $10)
+        add(tps, k, $5); add(lat, k, $6); fail[k] += $7; add(cpu, k, $10); add(pgc, k, $18)
         rep[k] += $11
-        T[p, r, t] = $5; C[p, r, t] = $10
+        T[p, r, t] = $5; C[p, r, t] = $10; P[p, r, t] = $18
     }
     function range(l, f) { return l == "" ? "-" : sprintf(f "..." f, lo(l), hi(l)) }
+    function mx(l) { return l == "" ? "-" : sprintf("%.3fx", med(l)) }
     END {
         printf "1. Recording cost, nothing fails: pgbench tpcb-like (scale %s), %s clients -j %s, transaction pool %s,\n", scale, clients, jobs, pool
-        printf "   %s rounds x %s s, order rotated; median and min...max over rounds; cpu = the proxy process, utime+stime\n", rounds, secs
+        printf "   %s rounds x %s s, order rotated; median and min...max over rounds; cpu = the proxy process (utime+stime),\n", rounds, secs
+        printf "   postgres = the whole cluster (postmaster and every backend), both per transaction pgbench processed\n"
         for (i = 1; i <= np; i++) {
             p = prot[i]
             printf "\n== -M %s\n", p
-            printf "%-12s %8s %15s %9s %12s %19s %6s %8s %5s\n", "target", "tps", "tps min...max", "lat ms", "cpu us/tx",
-                   "cpu min...max", "failed", "replays", "runs"
+            printf "%-12s %7s %13s %7s %10s %13s %12s %13s %6s %7s %5s\n", "target", "tps", "tps min...max", "lat ms",
+                   "cpu us/tx", "min...max", "postgres us", "min...max", "failed", "replays", "runs"
             for (j = 1; j <= nt[p]; j++) {
                 t = tord[p, j]; k = p SUBSEP t
-                mt[t] = med(tps[k]); mc[t] = med(cpu[k])
-                printf "%-12s %8s %15s %9s %12s %19s %6s %8s %5s\n", t, tps[k] == "" ? "-" : sprintf("%.0f", mt[t]),
+                mt[t] = med(tps[k]); mc[t] = med(cpu[k]); mp[t] = med(pgc[k])
+                printf "%-12s %7s %13s %7s %10s %13s %12s %13s %6s %7s %5s\n", t, tps[k] == "" ? "-" : sprintf("%.0f", mt[t]),
                        range(tps[k], "%.0f"), lat[k] == "" ? "-" : sprintf("%.2f", med(lat[k])),
-                       cpu[k] == "" ? "-" : sprintf("%.1f", mc[t]), range(cpu[k], "%.1f"), fail[k] + 0,
+                       cpu[k] == "" ? "-" : sprintf("%.1f", mc[t]), range(cpu[k], "%.0f"),
+                       pgc[k] == "" ? "-" : sprintf("%.1f", mp[t]), range(pgc[k], "%.0f"), fail[k] + 0,
                        (t ~ /^pgw/) ? rep[k] + 0 : "-", (runs[k] - bad[k]) "/" runs[k] (bad[k] ? " ERR" : "")
             }
-            # paired ratios: retry on / off within each round (they ran minutes apart at most)
+            # paired ratios: retry on / off within each round (a minute apart at most)
             for (r = 1; r <= rounds; r++) {
                 if (T[p, r, "pgw-retry"] != "" && T[p, r, "pgw-noretry"] > 0) add(q, "t", T[p, r, "pgw-retry"] / T[p, r, "pgw-noretry"])
                 if (C[p, r, "pgw-retry"] != "" && C[p, r, "pgw-noretry"] > 0) add(q, "c", C[p, r, "pgw-retry"] / C[p, r, "pgw-noretry"])
+                if (P[p, r, "pgw-retry"] != "" && P[p, r, "pgw-noretry"] > 0) add(q, "p", P[p, r, "pgw-retry"] / P[p, r, "pgw-noretry"])
             }
-            if (mt["pgw-noretry"] > 0 && mc["pgw-noretry"] > 0) {
-                tr = mt["pgw-retry"] / mt["pgw-noretry"]; cr = mc["pgw-retry"] / mc["pgw-noretry"]
-                printf "pgw-retry / pgw-noretry, ratio of medians: tps %.3fx, cpu per tx %.3fx\n", tr, cr
-                printf "  paired within each round, median (min...max): tps %s (%s), cpu per tx %s (%s)\n",
-                       q["t"] == "" ? "-" : sprintf("%.3fx", med(q["t"])), range(q["t"], "%.3f"),
-                       q["c"] == "" ? "-" : sprintf("%.3fx", med(q["c"])), range(q["c"], "%.3f")
-                printf "goal (retry on within 5%% of retry off, medians): tps %s, cpu per tx %s\n",
-                       (tr >= 0.95) ? "met" : "MISSED", (cr <= 1.05) ? "met" : "MISSED"
+            if (q["t"] != "") {
+                printf "pgw-retry / pgw-noretry, paired within each round, median (min...max):\n"
+                printf "  tps %s (%s), pgwarden cpu per tx %s (%s), postgres cpu per tx %s (%s)\n",
+                       mx(q["t"]), range(q["t"], "%.3f"), mx(q["c"]), range(q["c"], "%.3f"), mx(q["p"]), range(q["p"], "%.3f")
+                if (mt["pgw-noretry"] > 0 && mc["pgw-noretry"] > 0)
+                    printf "  ratio of the medians: tps %.3fx, pgwarden cpu per tx %.3fx\n", mt["pgw-retry"] / mt["pgw-noretry"],
+                           mc["pgw-retry"] / mc["pgw-noretry"]
+                g = med(q["t"])
+                if (lo(q["t"]) >= 0.95) v = sprintf("met in every round (median %.3fx)", g)
+                else if (hi(q["t"]) < 0.95) v = sprintf("MISSED in every round (median %.3fx)", g)
+                else v = sprintf("%s by the median (%.3fx); rounds on both sides of 0.95: not settled", (g >= 0.95) ? "met" : "MISSED", g)
+                printf "goal (retry on costs at most 5%% of the tps): %s\n", v
             }
-            if (mt["pgbouncer"] > 0 && mt["direct"] > 0)
+            if (mt["pgbouncer"] > 0 && mt["direct"] > 0 && mt["pgw-retry"] > 0)
                 printf "pgw-retry / pgbouncer: tps %.2fx, cpu per tx %s;  pgw-retry / direct: tps %.2fx\n",
                        mt["pgw-retry"] / mt["pgbouncer"], (mc["pgbouncer"] > 0) ? sprintf("%.2fx", mc["pgw-retry"] / mc["pgbouncer"]) : "n/a",
                        mt["pgw-retry"] / mt["direct"]
-            delete mt; delete mc; delete q
+            delete mt; delete mc; delete mp; delete q
         }
     }' "$COST_CSV"
 }
