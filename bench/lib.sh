@@ -12,12 +12,12 @@ die() {
 # shellcheck source=../tests/fixture/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../tests/fixture/ports.sh"
 
-# utime + stime of a process (all its threads), in clock ticks.
-proc_cpu_ticks() { # PID
+# utime + stime of a process (all its threads), in clock ticks; with "user", utime alone.
+proc_cpu_ticks() { # PID [user]
     local stat rest
     stat=$(<"/proc/$1/stat") || die "process $1 is gone"
     rest=${stat##*) } # fields from 3 on; the command name may contain spaces
-    awk '{ print $12 + $13 }' <<<"$rest"
+    awk -v u="${2:-}" '{ print u == "user" ? $12 : $12 + $13 }' <<<"$rest"
 }
 
 # CPU of a PostgreSQL cluster in clock ticks: the postmaster's utime + stime, its reaped
