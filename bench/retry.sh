@@ -319,22 +319,24 @@ wants() { [[ " $RETRY_PARTS " == *" $1 "* ]]; }
 # ---- 1. cost: recording when nothing fails ----------------------------------------------
 
 read -r -a COST_TARGETS <<<"$RETRY_COST_TARGETS"
-echo "protocol,round,target,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_us_per_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes,pg_cpu_s,pg_cpu_us_per_tx,proxy_user_us_per_tx" >"$COST_CSV"
+echo "protocol,round,target,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_us_per_tx,replays,succeeded,over_budget,exhausted,diverged,other_outcomes,pg_cpu_s,pg_cpu_us_per_tx,proxy_user_us_per_tx,pgbench_cpu_us_per_tx,all_cpu_us_per_tx" >"$COST_CSV"
 
 cost_one() { # PROTOCOL ROUND TARGET SECONDS
     local proto=$1 round=$2 t=$3 secs=$4 out status=ok c0 c1 p0 p1 tps lat failed tx cpu pertx rd
-    local pgcpu pgpertx u0 u1 upertx
+    local pgcpu pgpertx u0 u1 upertx bpertx allpertx
     out=$WORK/cost-$proto-$round-$t.log
     metrics_snapshot "$t" "$WORK/m0"
     c0=$(ticks "$t")
     u0=$(ticks "$t" user)
     p0=$(pg_cpu_ticks "$PG_PID")
+    times >"$WORK/times0" # this shell's reaped children: pgbench (under timeout) is the one added
     if ! pgbench_run "$t" "$secs" "$out" -M "$proto" -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" \
         -T "$secs"; then
         status=error
         log "  $t: pgbench failed (see $out):"
         tail -n 5 "$out" | sed 's/^/    /' >&2
     fi
+    times >"$WORK/times1"
     c1=$(ticks "$t")
     u1=$(ticks "$t" user)
     p1=$(pg_cpu_ticks "$PG_PID")
@@ -357,9 +359,15 @@ cost_one() { # PROTOCOL ROUND TARGET SECONDS
         pgcpu=$(awk -v d=$((p1 - p0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", d / hz }')
         pgpertx=$(awk -v c="$pgcpu" -v n="${tx:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1000000 / n }')
     fi
+    bpertx=$(awk -v n="${tx:-0}" '
+        function s(x, m) { m = x; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", x); sub(/s$/, "", x); return m * 60 + x }
+        FNR == 2 { c[FILENAME] = s($1) + s($2) }
+        END { for (f in c) if (f ~ /1$/) b = c[f]; else a = c[f]; if (n > 0) printf "%.1f", (b - a) * 1000000 / n }' \
+        "$WORK/times0" "$WORK/times1")
+    allpertx=$(awk -v a="${pertx:-0}" -v b="$pgpertx" -v c="$bpertx" 'BEGIN { if (b != "" && c != "") printf "%.1f", a + b + c }')
     [[ -n ${T_ADMIN[$t]} ]] && rd=$(retry_deltas "$WORK/m0" "$WORK/m1")
-    log "  $(printf '%-11s' "$t") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  cpu ${cpu:--} s (${pertx:--} us/tx)  postgres ${pgpertx:--} us/tx"
-    echo "$proto,$round,$t,$status,$tps,$lat,$failed,$tx,$cpu,$pertx,$rd,$pgcpu,$pgpertx,$upertx" >>"$COST_CSV"
+    log "  $(printf '%-11s' "$t") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  cpu ${cpu:--} s (${pertx:--} us/tx)  postgres ${pgpertx:--} us/tx  pgbench ${bpertx:--} us/tx"
+    echo "$proto,$round,$t,$status,$tps,$lat,$failed,$tx,$cpu,$pertx,$rd,$pgcpu,$pgpertx,$upertx,$bpertx,$allpertx" >>"$COST_CSV"
 }
 
 if wants cost; then
@@ -635,29 +643,31 @@ report_cost() {
         if (!(k in runs)) tord[p, ++nt[p]] = t
         runs[k]++
         if ($4 != "ok") { bad[k]++; next }
-        add(tps, k, $5); add(lat, k, $6); fail[k] += $7; add(cpu, k, $10); add(pgc, k, $18); add(ucpu, k, $19)
+        add(tps, k, $5); add(lat, k, $6); fail[k] += $7; add(cpu, k, $10); add(pgc, k, $18); add(ucpu, k, $19); add(acpu, k, $21)
         rep[k] += $11
-        T[p, r, t] = $5; C[p, r, t] = $10; P[p, r, t] = $18; U[p, r, t] = $19
+        T[p, r, t] = $5; C[p, r, t] = $10; P[p, r, t] = $18; U[p, r, t] = $19; A[p, r, t] = $21
     }
     function range(l, f) { return l == "" ? "-" : sprintf(f "..." f, lo(l), hi(l)) }
     function mx(l) { return l == "" ? "-" : sprintf("%.3fx", med(l)) }
     END {
         printf "1. Recording cost, nothing fails: pgbench tpcb-like (scale %s), %s clients -j %s, transaction pool %s,\n", scale, clients, jobs, pool
         printf "   %s rounds x %s s, order rotated; median and min...max over rounds; cpu = the proxy process (utime+stime),\n", rounds, secs
-        printf "   user = its utime alone, postgres = the whole cluster (postmaster and every backend); all per transaction\n"
+        printf "   user = its utime alone, postgres = the whole cluster (postmaster and every backend), all = proxy + postgres\n"
+        printf "   + pgbench: CPU time per transaction pgbench processed\n"
         for (i = 1; i <= np; i++) {
             p = prot[i]
             printf "\n== -M %s\n", p
-            printf "%-12s %7s %13s %7s %10s %13s %8s %12s %13s %6s %7s %5s\n", "target", "tps", "tps min...max", "lat ms",
-                   "cpu us/tx", "min...max", "user us", "postgres us", "min...max", "failed", "replays", "runs"
+            printf "%-12s %7s %13s %7s %10s %13s %8s %12s %13s %7s %6s %7s %5s\n", "target", "tps", "tps min...max", "lat ms",
+                   "cpu us/tx", "min...max", "user us", "postgres us", "min...max", "all us", "failed", "replays", "runs"
             for (j = 1; j <= nt[p]; j++) {
                 t = tord[p, j]; k = p SUBSEP t
                 mt[t] = med(tps[k]); mc[t] = med(cpu[k]); mp[t] = med(pgc[k])
-                printf "%-12s %7s %13s %7s %10s %13s %8s %12s %13s %6s %7s %5s\n", t, tps[k] == "" ? "-" : sprintf("%.0f", mt[t]),
+                printf "%-12s %7s %13s %7s %10s %13s %8s %12s %13s %7s %6s %7s %5s\n", t, tps[k] == "" ? "-" : sprintf("%.0f", mt[t]),
                        range(tps[k], "%.0f"), lat[k] == "" ? "-" : sprintf("%.2f", med(lat[k])),
                        cpu[k] == "" ? "-" : sprintf("%.1f", mc[t]), range(cpu[k], "%.0f"),
                        ucpu[k] == "" ? "-" : sprintf("%.1f", med(ucpu[k])),
-                       pgc[k] == "" ? "-" : sprintf("%.1f", mp[t]), range(pgc[k], "%.0f"), fail[k] + 0,
+                       pgc[k] == "" ? "-" : sprintf("%.1f", mp[t]), range(pgc[k], "%.0f"),
+                       acpu[k] == "" ? "-" : sprintf("%.0f", med(acpu[k])), fail[k] + 0,
                        (t ~ /^pgw/) ? rep[k] + 0 : "-", (runs[k] - bad[k]) "/" runs[k] (bad[k] ? " ERR" : "")
             }
             # paired ratios: retry on / off within each round (a minute apart at most)
@@ -666,12 +676,14 @@ report_cost() {
                 if (C[p, r, "pgw-retry"] != "" && C[p, r, "pgw-noretry"] > 0) add(q, "c", C[p, r, "pgw-retry"] / C[p, r, "pgw-noretry"])
                 if (P[p, r, "pgw-retry"] != "" && P[p, r, "pgw-noretry"] > 0) add(q, "p", P[p, r, "pgw-retry"] / P[p, r, "pgw-noretry"])
                 if (U[p, r, "pgw-retry"] != "" && U[p, r, "pgw-noretry"] > 0) add(q, "u", U[p, r, "pgw-retry"] / U[p, r, "pgw-noretry"])
+                if (A[p, r, "pgw-retry"] != "" && A[p, r, "pgw-noretry"] > 0) add(q, "a", A[p, r, "pgw-retry"] / A[p, r, "pgw-noretry"])
             }
             if (q["t"] != "") {
                 printf "pgw-retry / pgw-noretry, paired within each round, median (min...max):\n"
                 printf "  tps %s (%s)\n  pgwarden cpu per tx %s (%s), its user part %s (%s)\n  postgres cpu per tx %s (%s)\n",
                        mx(q["t"]), range(q["t"], "%.3f"), mx(q["c"]), range(q["c"], "%.3f"), mx(q["u"]), range(q["u"], "%.3f"),
                        mx(q["p"]), range(q["p"], "%.3f")
+                printf "  all cpu per tx %s (%s): when the CPUs are the limit, tps about 1/this\n", mx(q["a"]), range(q["a"], "%.3f")
                 if (mt["pgw-noretry"] > 0 && mc["pgw-noretry"] > 0)
                     printf "  ratio of the medians: tps %.3fx, pgwarden cpu per tx %.3fx\n", mt["pgw-retry"] / mt["pgw-noretry"],
                            mc["pgw-retry"] / mc["pgw-noretry"]
