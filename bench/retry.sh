@@ -2,15 +2,16 @@
 # bench/retry.sh: what pgwarden's transparent retry (issue 16, proxy/path/retry.c) costs
 # and what it does, in one run.  See bench/README.md, "Retry", for how to read the tables.
 #
-#   bench/retry.sh                                 defaults: about 7 minutes on 2 cores
-#   BENCH_ROUNDS=5 BENCH_SECONDS=8 bench/retry.sh  a steadier cost part (about 10 minutes)
+#   bench/retry.sh                                 defaults: about 9 minutes on 2 busy cores
+#   BENCH_ROUNDS=5 BENCH_SECONDS=8 bench/retry.sh  a steadier cost part (about 12 minutes)
 #   RETRY_PARTS=cost RETRY_CALLGRIND=0 bench/retry.sh                  one part only
 #
 # Three parts, all in transaction pooling (pool BENCH_POOL_SIZE), no TLS:
 #   cost          pgbench tpcb-like, -M simple and -M extended: pgwarden with [retry] at its
 #                 defaults (pgw-retry: every transaction recorded) against pgwarden with
 #                 max_attempts = 1 (pgw-noretry: nothing recorded), PgBouncer and PostgreSQL
-#                 directly; rounds with the order rotated; tps, latency, pgwarden CPU/tx;
+#                 directly; rounds with the order rotated; tps, latency, CPU per transaction
+#                 of pgwarden (all, user), PostgreSQL (the whole cluster) and pgbench;
 #                 then pgwarden's instructions per transaction under callgrind, retry on and
 #                 off, and the functions that make the difference.
 #   storm         every transaction fails with 40001 (plpgsql: nextval, then RAISE); the
