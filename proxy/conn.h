@@ -136,6 +136,9 @@ struct px_client {
     struct px_params vars;      /* reported parameters changed since the welcome */
     uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
     uint32_t held_begin_len;
+    /* While it has no server: its unnamed statement and unnamed portal when they are
+     * transaction control answered by pgwarden (local.c), referenced; else NULL. */
+    struct px_stmt *local_unnamed, *local_portal;
     bool warned_session_state; /* logged the session-feature warning */
     /* The Query at the head of the input, classified while idle: reused when that message
      * is relayed, so a query is scanned once (head_sql_len: its length; 0: none).  What
@@ -262,7 +265,8 @@ struct px_server {
     uint64_t sstate_owner;
     uint32_t sstate_version;
     bool sstate_prepared;
-    bool close_needed; /* never reuse: protocol error, lifetime, config change */
+    bool close_needed;  /* never reuse: protocol error, lifetime, config change */
+    bool cut_when_sent; /* chaos: closed before its next reply is relayed (path.c) */
     /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
      * failure of this connection was counted already (a FATAL, then the lost connection,
      * count once); its login stopped because pgwarden has no credentials the server's
@@ -279,7 +283,7 @@ struct px_server {
     bool prelude_failed;
     uint8_t prelude_tries;
     char *prelude_error;
-    bool hidden_abort;        /* the last hidden query is a deliberate failure (path/locks.c) */
+    bool hidden_abort; /* the last hidden query is a deliberate failure (path/locks.c) */
     /* The outcome of a lost COMMIT (path/outcome.h): a client's COMMIT is in flight (until
      * the next ReadyForQuery); the transaction id learned before it (0: none assigned);
      * the hidden query whose first value is kept (PX_CAPTURE_*), and that value. */
@@ -287,6 +291,7 @@ struct px_server {
     bool xid_known;
     uint64_t xid;
     uint8_t capture;
+    int capture_skip; /* hidden queries before the captured one, whose replies come first */
     bool captured_null;
     char captured[24];
     bool last_untracked;      /* the last message sent has no reply the FIFO tracks: only a

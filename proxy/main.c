@@ -273,8 +273,16 @@ static void teardown(void)
     for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)
         if (events[i])
             event_free(events[i]);
-    if (px.base)
+    if (px.base) {
+        /* Every connection is freed, but libevent may still hold some of their bufferevents:
+         * a callback it deferred holds a reference until it runs (an OpenSSL bufferevent
+         * defers its write callback after every write), and the loop stopped at the end of
+         * the turn that scheduled it.  event_base_free would drop such callbacks unrun, and
+         * with them the last reference: the bufferevent and its SSL would leak.  So run
+         * what is pending first (nothing of pgwarden's is left to be called back). */
+        event_base_loop(px.base, EVLOOP_NONBLOCK);
         event_base_free(px.base);
+    }
     if (px.cfg && px.cfg->pidfile)
         unlink(px.cfg->pidfile);
     SSL_CTX_free(px.client_tls);

@@ -89,7 +89,6 @@ static const char *const breaker_moves[2 * PX_MBM__COUNT] = {
     "half-open", "open",      /* PX_MBM_HALF_OPEN_OPEN */
 };
 
-
 static const char *const mode_label[] = {"mode"};
 static const char *const lock_modes[PX_MLM__COUNT] = {
     [PX_MLM_READ] = "read",
@@ -114,9 +113,10 @@ static const char *const retry_values[PX_MRS__COUNT * PX_MRO__COUNT * 2] = {
 _Static_assert(PX_MRO_SUCCEEDED == 0 && PX_MRO_BUFFER_EXCEEDED == 6 && PX_MRO__COUNT == 8,
                "RETRY_ROW order");
 
-static const char *const commit_outcomes[PX_MCO__COUNT] = {
-    [PX_MCO_COMMITTED] = "committed", [PX_MCO_ABORTED] = "aborted",
-    [PX_MCO_READ_ONLY] = "read_only", [PX_MCO_UNKNOWN] = "unknown"};
+static const char *const commit_outcomes[PX_MCO__COUNT] = {[PX_MCO_COMMITTED] = "committed",
+                                                           [PX_MCO_ABORTED] = "aborted",
+                                                           [PX_MCO_READ_ONLY] = "read_only",
+                                                           [PX_MCO_UNKNOWN] = "unknown"};
 
 static const double pool_wait_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
@@ -201,8 +201,8 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
     [PX_M_RETRIES] = {"retries", PX_METRIC_COUNTER,
                       "Client transactions that met a retryable error, by the error and how "
                       "their retry ended.",
-                      PX_MK_POOL, retry_labels, 2, retry_values, PX_MRS__COUNT * PX_MRO__COUNT,
-                      NULL, 0, PX_MF_SPARSE},
+                      PX_MK_POOL, retry_labels, 2, retry_values, PX_MRS__COUNT *PX_MRO__COUNT, NULL,
+                      0, PX_MF_SPARSE},
     [PX_M_RETRY_ATTEMPTS] = {"retry_attempts", PX_METRIC_COUNTER,
                              "Replays started (each one is an attempt after the first).",
                              PX_MK_POOL, sqlstate_label, 1, retry_sqlstates, PX_MRS__COUNT},

@@ -28,8 +28,8 @@ struct px_reader {
     struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound */
     struct event *ev;        /* plain socket: pgwarden's read event; NULL: bev reads */
     bool enabled;
-    bool blocked; /* px_reader_block: off whatever px_reader_enable asks */
-    bool wanted;  /* what px_reader_enable last asked (applied when unblocked) */
+    bool blocked;   /* px_reader_block: off whatever px_reader_enable asks */
+    bool wanted;    /* what px_reader_enable last asked (applied when unblocked) */
     uint32_t chunk; /* bytes the next read asks for (0: the smallest) */
 };
 

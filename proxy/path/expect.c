@@ -135,17 +135,21 @@ enum px_hidden_result px_expect_read_hidden(struct px_server *s)
         switch (type) {
         case 'Z':
             s->txn_status = len ? (char)body[0] : 'I';
-            if (s->capture == PX_CAPTURE_XID) { /* path/outcome.h */
-                s->xid_known = true;
-                s->xid = s->captured_null ? 0 : strtoull(s->captured, NULL, 10);
+            if (s->capture_skip > 0) {
+                s->capture_skip--; /* the end of a hidden query before the captured one */
+            } else {
+                if (s->capture == PX_CAPTURE_XID) { /* path/outcome.h */
+                    s->xid_known = true;
+                    s->xid = s->captured_null ? 0 : strtoull(s->captured, NULL, 10);
+                }
+                s->capture = PX_CAPTURE_NONE;
             }
-            s->capture = PX_CAPTURE_NONE;
             if (--s->hidden_queries == 0)
                 s->hidden_abort = false;
             break;
         case 'T': break;
         case 'D':
-            if (s->capture)
+            if (s->capture && s->capture_skip == 0)
                 capture_value(s, body, len);
             break;
         case 'S': {

@@ -1011,104 +1011,15 @@ void px_locks_sync(struct px_client *c)
         px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
 }
 
-/* What an all-lock group has created so far, for the messages that refer to it. */
-struct group_scan {
-    bool unnamed_stmt;   /* a lock call was parsed as the unnamed statement */
-    bool unnamed_portal; /* the unnamed portal was bound to a lock statement */
-};
-
-/* Whether a message is one pgwarden answers without a server: a lock-call Parse, or a
- * Bind / Describe / Execute / Close of a lock-call statement or portal (known, or created
- * earlier in the same group), a Flush or a Sync. */
-static bool local_message(struct px_client *c, char type, const uint8_t *body, uint32_t len,
-                          struct group_scan *g)
+void px_locks_big_message(struct px_client *c, char type, const uint8_t *head, uint32_t visible)
 {
-    struct px_client_locks *cl = c->locks;
-    switch (type) {
-    case 'S':
-    case 'H': return true;
-    case 'P': {
-        const char *name, *sql;
-        const uint8_t *content, *types;
-        uint32_t clen;
-        size_t sqllen;
-        uint16_t ntypes;
-        if (px_parse_split(body, len, &name, &content, &clen) < 0 ||
-            !parse_content(content, clen, &sql, &sqllen, &types, &ntypes) ||
-            !px_lockcall_maybe(sql, sqllen))
-            return false;
-        struct px_lockcall *call = malloc(sizeof(*call));
-        bool ok = call && px_lockcall_parse_prepared(sql, sqllen, types, ntypes, call);
-        free(call);
-        if (ok && !*name)
-            g->unnamed_stmt = true;
-        return ok;
-    }
-    case 'B': {
-        const char *portal, *name;
-        const uint8_t *rest;
-        uint32_t rlen;
-        if (px_bind_split(body, len, &portal, &name, &rest, &rlen) < 0 ||
-            !(find_stmt(cl, name) || (!*name && g->unnamed_stmt)))
-            return false;
-        if (!*portal)
-            g->unnamed_portal = true;
-        return true;
-    }
-    case 'D':
-    case 'C': {
-        char kind;
-        const char *name;
-        if (px_target_split(body, len, &kind, &name) < 0)
-            return false;
-        if (kind == 'S')
-            return find_stmt(cl, name) || (!*name && g->unnamed_stmt);
-        return find_portal(cl, name) || (!*name && g->unnamed_portal);
-    }
-    case 'E': {
-        if (!memchr(body, '\0', len))
-            return false;
-        return find_portal(cl, (const char *)body) || (!*body && g->unnamed_portal);
-    }
-    default: return false;
-    }
+    if (type == 'B' && c->locks && memchr(head, '\0', visible))
+        drop_portal(c->locks, (const char *)head); /* the portal name comes first */
 }
 
-bool px_locks_group_is_local(struct px_client *c, bool *incomplete)
+bool px_locks_skipping(const struct px_client *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t avail = evbuffer_get_length(in), off = 0;
-    struct group_scan g = {0};
-    *incomplete = false;
-    /* Small groups only: a lock call's messages are a few hundred bytes. */
-    while (off < 64 * 1024) {
-        if (off + 5 > avail) {
-            *incomplete = true;
-            return false;
-        }
-        uint8_t hdr[5];
-        struct evbuffer_ptr ptr;
-        if (evbuffer_ptr_set(in, &ptr, off, EVBUFFER_PTR_SET) < 0 ||
-            evbuffer_copyout_from(in, &ptr, hdr, 5) != 5)
-            return false;
-        uint32_t len = px_get_u32(hdr + 1);
-        if (len < 4 || len > 64 * 1024)
-            return false;
-        if (off + 1 + len > avail) {
-            *incomplete = true;
-            return false;
-        }
-        const uint8_t *msg = evbuffer_pullup(in, (ssize_t)(off + 1 + len));
-        if (!msg)
-            return false;
-        msg += off;
-        if (!local_message(c, (char)hdr[0], msg + 5, len - 4, &g))
-            return false;
-        if (hdr[0] == 'S')
-            return true;
-        off += 1 + len;
-    }
-    return false;
+    return c->locks && c->locks->skip;
 }
 
 /* ---- transaction end, leaving, admin ---------------------------------------------------- */

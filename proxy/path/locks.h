@@ -66,10 +66,14 @@ enum px_locks_verdict {
 enum px_locks_verdict px_locks_message(struct px_client *c, char type, const uint8_t *body,
                                        uint32_t len, bool may_answer);
 
-/* c has no server and its input starts with extended-protocol messages: true when they
- * form a complete group (up to Sync) made only of lock messages, which can be answered
- * without a server; false when a server is needed (or more input: *incomplete). */
-bool px_locks_group_is_local(struct px_client *c, bool *incomplete);
+/* A message too big to be read whole (its first visible bytes at head: path.c c2s_big) is
+ * never a lock message, but a Bind of it replaces the lock-call portal of its name, which
+ * must not answer the Describe and Execute that follow it. */
+void px_locks_big_message(struct px_client *c, char type, const uint8_t *head, uint32_t visible);
+
+/* A lock message of c's current extended-protocol group failed: everything up to the next
+ * Sync is skipped (with a server, the server skips too: txn.h px_txn_statement_failed). */
+bool px_locks_skipping(const struct px_client *c);
 
 /* A Sync from c: the end of a group skipped after an error.  Without a server, writes the
  * ReadyForQuery (with one, the caller forwards the Sync). */

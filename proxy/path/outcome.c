@@ -37,6 +37,7 @@ void px_outcome_commit_sent(struct px_client *c, struct evbuffer *out, bool quie
         return; /* outside a live block there is nothing to learn (or no safe place) */
     if (px_wire_query(out, XID_SQL) < 0)
         return;
+    s->capture_skip = s->hidden_queries; /* the replies of hidden queries before it */
     s->hidden_queries++;
     s->capture = PX_CAPTURE_XID;
 }
@@ -121,6 +122,7 @@ static void ask(struct px_client *c)
         answer(c, ANSWER_UNKNOWN);
         return;
     }
+    s->capture_skip = s->hidden_queries; /* a re-sync prelude may be before it */
     s->hidden_queries++;
     s->capture = PX_CAPTURE_STATUS;
     s->captured_null = true;
@@ -153,7 +155,9 @@ bool px_outcome_server_lost(struct px_client *c, struct px_server *s)
     if (!s->commit_inflight || !c->retry || c->outcome || c->state != PX_CL_ACTIVE)
         return false;
     px_info("outcome", 'C', c->id, "server lost after COMMIT was sent (transaction id %s)",
-            !s->xid_known ? "unknown" : s->xid ? "known" : "none: nothing written");
+            !s->xid_known ? "unknown"
+            : s->xid      ? "known"
+                          : "none: nothing written");
     px_client_set_state(c, PX_CL_IDLE);
     if (!s->xid_known) {
         answer(c, ANSWER_UNKNOWN);

@@ -203,6 +203,7 @@ static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, c
 {
     struct px_server *s = c->server;
     px_retry_note_streamed(c);
+    px_locks_big_message(c, type, head, len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len);
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     if (type == 'Q') {
@@ -213,6 +214,10 @@ static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, c
         return px_rename_bind_head(c, out, head, len);
     return PX_RELAY_FORWARD;
 }
+
+static enum px_relay_action c2s_forward(struct px_client *c, struct px_server *s,
+                                        struct evbuffer *out, char type, const uint8_t *body,
+                                        uint32_t len, bool txn);
 
 static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, const uint8_t *body,
                                 uint32_t len)
@@ -293,9 +298,17 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
-    if (c->fault_disconnect)
-        return PX_RELAY_STOP; /* sent; then the server is closed (px_path_relay_client) */
-    /* statement renaming (transaction mode), and the replies the server will owe */
+    enum px_relay_action act = c2s_forward(c, s, out, type, body, len, txn);
+    if (c->fault_disconnect && act == PX_RELAY_FORWARD)
+        return PX_RELAY_STOP; /* sent; then the server is cut (px_path_relay_client) */
+    return act;
+}
+
+/* Statement renaming (transaction mode), and the replies the server will owe. */
+static enum px_relay_action c2s_forward(struct px_client *c, struct px_server *s,
+                                        struct evbuffer *out, char type, const uint8_t *body,
+                                        uint32_t len, bool txn)
+{
     switch (type) {
     case 'P':
         if (txn)
@@ -354,8 +367,16 @@ void px_path_relay_client(struct px_client *c)
         relaying_out = NULL;
         px_stats_bytes(c->pool, moved, 0);
     } while (r == PX_RELAY_STOPPED && !c->lock_waiting && !c->reply_hold && !c->fault_waiting &&
-             c->server == s && s->state == PX_SV_ACTIVE && c->state == PX_CL_ACTIVE &&
-             evbuffer_get_length(in) > 0);
+             !c->fault_disconnect && c->server == s && s->state == PX_SV_ACTIVE &&
+             c->state == PX_CL_ACTIVE && evbuffer_get_length(in) > 0);
+    if (c->fault_disconnect) {
+        /* A disconnect injected at COMMIT (path/fault.h): the COMMIT is sent, and the
+         * server is cut before its answer is relayed (px_path_relay_server), as when the
+         * network fails at that moment. */
+        c->fault_disconnect = false;
+        s->cut_when_sent = true;
+        return;
+    }
     if (r == PX_RELAY_CLOSED) {
         if (c->state != PX_CL_FAILING && c->state != PX_CL_CLOSING)
             px_client_close(c); /* Terminate (an invalid message has failed it already) */
@@ -537,10 +558,17 @@ void px_path_relay_server(struct px_server *s)
             if (px_expect_read_hidden(s) != PX_HIDDEN_DONE || !c || !px_txn_prelude_done(c))
                 return;
             if (!px_outcome_hidden_done(c))
-                return; /* c was failed */
+                return;              /* c was failed */
             px_path_relay_client(c); /* what it sent behind the prelude */
             if (s->client != c || s->state != PX_SV_ACTIVE)
                 return;
+        }
+        if (s->cut_when_sent) {
+            /* After the hidden transaction-id query's answer (path/outcome.h), so whether
+             * the COMMIT committed can be learned: the client is answered as for any
+             * COMMIT whose server was lost. */
+            px_server_close(s, "chaos: disconnect injected after COMMIT was sent");
+            return;
         }
         struct evbuffer *in = bufferevent_get_input(s->bev);
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
@@ -548,10 +576,9 @@ void px_path_relay_server(struct px_server *s)
         /* a client whose transaction may be replayed: through the retry stage */
         struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
-        enum px_relay_result r =
-            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
-                            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE,
-                            &moved);
+        enum px_relay_result r = px_relay_direct(
+            &s->s2c, in, target ? target : out, target ? -1 : fd,
+            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE, &moved);
         if (target)
             px_retry_relayed(c, fd);
         if (c)

@@ -35,6 +35,7 @@
 #include "path/retry.h"
 #include "path/txn.h"
 #include "pool/breaker.h"
+#include "proto/relay.h"
 #include "retry/retry.h"
 
 enum rt_mode {
@@ -75,13 +76,13 @@ struct px_retry {
     bool held_done;   /* held has the whole tail of the original attempt */
     bool orig_known;  /* orig_end is set (the original attempt ended) */
     bool after_commit;
-    bool retried;     /* this unit was replayed at least once */
-    char orig_end;    /* transaction status the original error left */
-    char last_z;      /* status of the last ReadyForQuery of this attempt */
-    uint8_t sqlstate; /* enum px_metrics_retry_sqlstate of the original error */
-    bool open_group;  /* extended-protocol messages consumed since the last request */
-    uint32_t reqs;    /* requests consumed in this attempt */
-    uint32_t zs;      /* ReadyForQuery messages of this attempt */
+    bool retried;         /* this unit was replayed at least once */
+    char orig_end;        /* transaction status the original error left */
+    char last_z;          /* status of the last ReadyForQuery of this attempt */
+    uint8_t sqlstate;     /* enum px_metrics_retry_sqlstate of the original error */
+    bool open_group;      /* extended-protocol messages consumed since the last request */
+    uint32_t reqs;        /* requests consumed in this attempt */
+    uint32_t zs;          /* ReadyForQuery messages of this attempt */
     uint64_t replay_left; /* replayed bytes not consumed again yet */
     size_t kept;          /* bytes last reported to the buffer gauge */
     /* response walker: the message under way */
@@ -245,6 +246,11 @@ static void consumed(struct px_retry *rt, size_t n)
                 return;
             }
             rt->in_left = px_get_u32(hdr + 1) + 1;
+            /* Whatever the relay makes of it (a CopyData, a Bind in session mode are not
+             * read), a message over PX_RELAY_HEAD_MAX is not copied in part up to
+             * retry_buffer_bytes only to be thrown away. */
+            if (rt->in_left - 5 > PX_RELAY_HEAD_MAX)
+                taint(rt, "a message too big to keep");
             switch (hdr[0]) {
             case 'Q':
             case 'S':
@@ -775,10 +781,9 @@ bool px_retry_client_start(struct px_client *c)
     rt->later = evbuffer_new();
     rt->ev = evtimer_new(px.base, on_timer, rt);
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->mirror || !rt->held ||
-        !rt->later || !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
-        copy_all(rt->mirror, in) < 0 ||
-        !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
+    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->mirror || !rt->held || !rt->later ||
+        !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
+        copy_all(rt->mirror, in) < 0 || !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
         c->retry = rt;
         px_retry_client_free(c);
         return false;

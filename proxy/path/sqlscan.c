@@ -19,6 +19,7 @@
  */
 #include <string.h>
 
+#include "base/json_util.h"
 #include "path/sqlscan.h"
 #include "proto/params.h"
 
@@ -895,6 +896,11 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
                                    session features count, which the lexer keeps) */
     struct token t;
     size_t nstmt = 0;
+    /* The last statement's change of session state, and whether a statement of the text
+     * begins or ends a transaction or a savepoint (for a text of several statements). */
+    enum px_sql_state last_state = PX_STATE_NONE;
+    bool last_reset = false, txn_control = false;
+    char last_key[PX_SQL_NAME_SIZE] = "";
     memset(out, 0, sizeof(*out));
     for (;;) {
         lex_next(&lx, &t);
@@ -905,7 +911,15 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         nstmt++;
         lx.state = PX_STATE_NONE;
         lx.state_reset = false;
+        txn_control |= IS_KW(&t, "begin") || IS_KW(&t, "start") || IS_KW(&t, "commit") ||
+                       IS_KW(&t, "end") || IS_KW(&t, "rollback") || IS_KW(&t, "abort") ||
+                       IS_KW(&t, "savepoint") || IS_KW(&t, "release") || IS_KW(&t, "prepare");
         classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
+        if (lx.state != PX_STATE_NONE) {
+            last_state = lx.state;
+            last_reset = lx.state_reset;
+            memcpy(last_key, lx.state_key, sizeof(last_key));
+        }
         if (nstmt == 1) {
             out->state = lx.state;
             out->state_reset = lx.state_reset && lx.state != PX_STATE_NONE;
@@ -919,12 +933,28 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     } else if (nstmt > 1) {
         *out = (struct px_sql_info){.kind = PX_SQL_OTHER, .multi = true};
     }
+    /* A kind means pgwarden may answer or hold the text itself: only when PostgreSQL
+     * would accept it.  It rejects invalid UTF-8 and NUL bytes before parsing anything
+     * (22021; a NUL ends the Query string early: 08P01).  Such texts are rare and short
+     * when they get a kind, so the check costs nothing on the common path. */
+    if (out->kind != PX_SQL_OTHER && (memchr(sql, '\0', len) || !px_utf8_valid(sql, len))) {
+        *out = (struct px_sql_info){.kind = PX_SQL_OTHER};
+    }
     out->session_feature = lx.feature;
     out->drops_prepared = lx.drops_prepared;
     out->rollback_to = lx.rollback_to;
     out->pins = lx.pins;
     out->unpins = lx.unpins;
-    if (nstmt > 1 && lx.stmts_with_state > 0) {
+    if (nstmt > 1 && lx.stmts_with_state == 1 && last_reset && !txn_control) {
+        /* One RESET among statements that change no session state (asyncpg's pool resets
+         * its connections with "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+         * RESET ALL;"): followed as the RESET alone.  A RESET keeps no text to replay, and
+         * the text runs as one implicit transaction, so an error anywhere in it undoes the
+         * RESET, as the error of a single statement does. */
+        out->state = last_state;
+        out->state_reset = true;
+        memcpy(out->state_key, last_key, sizeof(out->state_key));
+    } else if (nstmt > 1 && lx.stmts_with_state > 0) {
         out->state = PX_STATE_UNTRACKED;
         out->state_key[0] = '\0';
     }

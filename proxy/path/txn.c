@@ -66,6 +66,23 @@ bool px_txn_hold_failed_block(struct px_client *c)
     return true;
 }
 
+bool px_txn_hold_begin_sql(struct px_client *c, const char *sql, size_t len)
+{
+    /* Sent as a simple Query, as a held simple BEGIN is: the same statement, and its
+     * replies are swallowed the same way (expect.h, hidden queries). */
+    uint32_t total = (uint32_t)(5 + len + 1);
+    uint8_t *m = malloc(total);
+    if (!m)
+        return false;
+    m[0] = 'Q';
+    px_put_u32(m + 1, total - 1);
+    memcpy(m + 5, sql, len);
+    m[5 + len] = '\0';
+    c->held_begin = m;
+    c->held_begin_len = total;
+    return true;
+}
+
 void px_txn_drop_begin(struct px_client *c)
 {
     free(c->held_begin);
@@ -144,28 +161,51 @@ static bool need_server(struct px_client *c)
     return false;
 }
 
-/* The head of c's input is a message of a group px_locks_group_is_local() accepted: answers
- * it.  False when the client was failed. */
-static bool answer_local_message(struct px_client *c, uint32_t len)
+/* Extended-protocol messages up to this size are read whole by an idle client (a lock call
+ * or a transaction-control statement is a few hundred bytes); a longer one needs a server,
+ * and is never buffered whole here. */
+#define LOCAL_MESSAGE_MAX (64 * 1024)
+
+enum unlinked_verdict { UL_ANSWERED, UL_NEED_SERVER, UL_FAILED };
+
+/*
+ * The whole extended-protocol message (len bytes after the type) at the head of c's input,
+ * from a client without a server: answered by pgwarden (a lock call, transaction control,
+ * a Sync or Flush), or a server is needed.
+ *
+ * Each message is answered as it comes, not only whole groups up to Sync: PostgreSQL too
+ * answers each message when it runs, and a Flush (or Sync) only pushes out what is owed.
+ * So Parse / Describe / Flush gets its ParameterDescription at once (asyncpg waits for it
+ * before its Bind), and a lock call that waits holds no server even when a statement that
+ * needs one follows it in the group: the server is taken at that statement, which goes to
+ * it with the rest of the group (pgwarden's replies so far come first, in order).
+ */
+static enum unlinked_verdict answer_unlinked(struct px_client *c, uint32_t len)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
     if (!msg) {
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
-        return false;
+        return UL_FAILED;
     }
     char type = (char)msg[0];
+    const uint8_t *body = msg + 5;
+    uint32_t blen = len - 4;
     if (type == 'S') {
-        px_locks_sync(c);
-    } else if (type != 'H') {
-        enum px_locks_verdict v = px_locks_message(c, type, msg + 5, len - 4, true);
-        if (v != PX_LOCKS_ANSWERED) { /* the group was checked: cannot happen */
-            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "lock call group changed while answered");
-            return false;
+        px_local_note_unlinked(c, type, body, blen);
+        px_locks_sync(c);     /* ReadyForQuery; the end of a skipped group */
+    } else if (type != 'H') { /* a Flush: every reply owed is written already */
+        px_local_note_unlinked(c, type, body, blen);
+        enum px_locks_verdict v = px_locks_message(c, type, body, blen, true);
+        if (v == PX_LOCKS_CLOSE) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+            return UL_FAILED;
         }
+        if (v != PX_LOCKS_ANSWERED && !px_local_answer_unlinked_ext(c, type, body, blen))
+            return UL_NEED_SERVER;
     }
     evbuffer_drain(in, (size_t)len + 1);
-    return true;
+    return UL_ANSWERED;
 }
 
 void px_txn_idle_input(struct px_client *c)
@@ -176,6 +216,15 @@ void px_txn_idle_input(struct px_client *c)
         if (px_local_skipping(c) && !px_local_skip(c))
             return; /* the rest of a statement pgwarden failed is not in yet */
         size_t avail = evbuffer_get_length(in);
+        if (c->c2s.remaining) { /* the rest of a message being skipped (below) */
+            size_t n = avail < c->c2s.remaining ? avail : c->c2s.remaining;
+            evbuffer_drain(in, n);
+            c->c2s.remaining -= (uint32_t)n;
+            if (c->c2s.remaining)
+                return;
+            c->c2s.discard = false;
+            continue;
+        }
         if (avail < 5)
             return;
         uint8_t hdr[5];
@@ -203,11 +252,22 @@ void px_txn_idle_input(struct px_client *c)
             evbuffer_drain(in, (size_t)len + 1);
             continue;
         }
+        if (hdr[0] != 'S' && px_locks_skipping(c)) {
+            /* An error pgwarden answered earlier in this extended-protocol group: everything
+             * up to Sync is skipped, as PostgreSQL does, a long message as it arrives (c's
+             * stream state says that the rest of it is dropped). */
+            size_t n = avail < (size_t)len + 1 ? avail : (size_t)len + 1;
+            evbuffer_drain(in, n);
+            c->c2s.remaining = (uint32_t)((size_t)len + 1 - n);
+            c->c2s.discard = c->c2s.remaining > 0;
+            continue;
+        }
         if (hdr[0] == 'Q' && len <= PX_CLASSIFY_MAX) {
             if (avail < (size_t)len + 1)
                 return; /* wait for the whole query */
             const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
             if (msg) {
+                px_local_note_unlinked(c, 'Q', msg + 5, len - 4);
                 enum px_locks_verdict v = px_locks_message(c, 'Q', msg + 5, len - 4, true);
                 if (v == PX_LOCKS_CLOSE) {
                     px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
@@ -225,15 +285,16 @@ void px_txn_idle_input(struct px_client *c)
                 }
             }
         } else if (hdr[0] != 'Q') {
-            /* Extended protocol: a group made only of lock calls needs no server. */
-            bool incomplete = false;
-            if (px_locks_group_is_local(c, &incomplete)) {
-                if (!answer_local_message(c, len))
+            /* Extended protocol: lock calls and transaction control need no server. */
+            if (len <= LOCAL_MESSAGE_MAX) {
+                if (avail < (size_t)len + 1)
+                    return; /* wait for the whole message */
+                enum unlinked_verdict v = answer_unlinked(c, len);
+                if (v == UL_FAILED)
                     return;
-                continue;
+                if (v == UL_ANSWERED)
+                    continue;
             }
-            if (incomplete)
-                return; /* wait for the rest of the group */
         }
         if (need_server(c))
             continue;
@@ -272,6 +333,7 @@ bool px_txn_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
     c->unnamed_parsed = false; /* the server's unnamed statement is not this client's */
+    px_local_forget(c);
     s->prelude_failed = false;
     s->prelude_tries = 1;
     if (!send_prelude(c))
@@ -349,4 +411,5 @@ void px_txn_detached(struct px_client *c)
 void px_txn_client_free(struct px_client *c)
 {
     px_txn_drop_begin(c);
+    px_local_forget(c);
 }

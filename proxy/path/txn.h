@@ -66,6 +66,9 @@ bool px_txn_hold_begin(struct px_client *c, uint32_t total);
  * statement had failed: a transparent retry gave up and the client was told 'E'.  False
  * when out of memory. */
 bool px_txn_hold_failed_block(struct px_client *c);
+/* The same for a BEGIN of the extended protocol (its statement text, len bytes): kept as
+ * the simple Query of that text. */
+bool px_txn_hold_begin_sql(struct px_client *c, const char *sql, size_t len);
 /* The held block ended without real work (COMMIT/ROLLBACK answered by pgwarden). */
 void px_txn_drop_begin(struct px_client *c);
 

@@ -938,6 +938,39 @@ static void reaped(struct harness_proxy *px, int code)
     px->exit_status = code;
 }
 
+/* The environment for a pgwarden child: ours, with the ASAN_OPTIONS that opts asks for.
+ * Free with free_child_environ; NULL when out of memory. */
+static char **child_environ(const struct harness_proxy_opts *o)
+{
+    if (o->asan_quarantine_mb <= 0)
+        return environ;
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **envp = calloc(n + 2, sizeof(*envp));
+    if (!envp)
+        return NULL;
+    const char *cur = getenv("ASAN_OPTIONS");
+    /* ASan takes the last of repeated options: ours wins over a quarantine set outside. */
+    if (asprintf(&envp[0], "ASAN_OPTIONS=%s%squarantine_size_mb=%d", cur ? cur : "",
+                 cur && *cur ? ":" : "", o->asan_quarantine_mb) < 0) {
+        free(envp);
+        return NULL;
+    }
+    for (size_t i = 0, k = 1; i < n; i++)
+        if (strncmp(environ[i], "ASAN_OPTIONS=", 13) != 0)
+            envp[k++] = environ[i];
+    return envp;
+}
+
+static void free_child_environ(char **envp)
+{
+    if (envp && envp != environ) {
+        free(envp[0]);
+        free(envp);
+    }
+}
+
 int harness_proxy_launch(struct harness_proxy *px)
 {
     if (!harness_have_pgwarden()) {
@@ -952,9 +985,11 @@ int harness_proxy_launch(struct harness_proxy *px)
     posix_spawn_file_actions_addopen(&fa, 1, px->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
     const char *argv[] = {harness_pgwarden_path(), "-c", px->config_path, NULL};
+    char **envp = child_environ(&px->opts);
     pid_t pid;
-    int err = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    int err = envp ? posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, envp) : ENOMEM;
     posix_spawn_file_actions_destroy(&fa);
+    free_child_environ(envp);
     if (err != 0) {
         fprintf(stderr, "harness: cannot start %s: %s\n", argv[0], strerror(err));
         return -1;
@@ -1060,7 +1095,8 @@ void harness_proxy_free(struct harness_proxy *px)
     free(px);
 }
 
-long harness_proxy_rss_kb(const struct harness_proxy *px)
+/* A "Vm...:" line of the child's /proc/PID/status, in KiB; -1 on error. */
+static long proc_status_kb(const struct harness_proxy *px, const char *key)
 {
     if (!px || px->pid <= 0)
         return -1;
@@ -1070,13 +1106,38 @@ long harness_proxy_rss_kb(const struct harness_proxy *px)
     if (!f)
         return -1;
     long kb = -1;
+    size_t klen = strlen(key);
     while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
+        if (strncmp(line, key, klen) == 0) {
+            kb = strtol(line + klen, NULL, 10);
             break;
         }
     fclose(f);
     return kb;
+}
+
+long harness_proxy_rss_kb(const struct harness_proxy *px)
+{
+    return proc_status_kb(px, "VmRSS:");
+}
+
+long harness_proxy_peak_kb(const struct harness_proxy *px)
+{
+    return proc_status_kb(px, "VmHWM:");
+}
+
+int harness_proxy_reset_peak(const struct harness_proxy *px)
+{
+    if (!px || px->pid <= 0)
+        return -1;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%ld/clear_refs", (long)px->pid);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t w = write(fd, "5", 1); /* 5: reset the peak RSS to the current RSS */
+    close(fd);
+    return w == 1 ? 0 : -1;
 }
 
 static char *read_log(const struct harness_proxy *px)

@@ -110,6 +110,8 @@ struct harness_proxy_opts {
     const char *auth_file;       /* whole auth_file content; NULL: both test users with
                                     plaintext passwords */
     int start_timeout_ms;        /* wait for the port to accept; 0: 30000 */
+    int asan_quarantine_mb;      /* > 0: the child runs with ASAN_OPTIONS
+                                    quarantine_size_mb=N added (see harness_proxy_peak_kb) */
 };
 
 /* A pgwarden child process and its files.  Fields are read-only for tests. */
@@ -172,6 +174,20 @@ void harness_proxy_free(struct harness_proxy *px);
 
 /* Resident set size of the child in KiB (VmRSS of /proc/PID/status); -1 on error. */
 long harness_proxy_rss_kb(const struct harness_proxy *px);
+
+/*
+ * Peak resident set size of the child in KiB (VmHWM) since it started or since the last
+ * harness_proxy_reset_peak (which makes the peak the current RSS; 0, or -1 when the kernel
+ * refuses); -1 on error.  The peak, not the RSS afterwards, shows a buffer that held a big
+ * message for a while: freed, it may well have gone back to the system already.
+ *
+ * Under AddressSanitizer both measure ASan's allocator more than pgwarden: freed chunks sit
+ * in a quarantine (256 MB by default) before they can be reused, so the RSS grows with the
+ * bytes that went through evbuffer chains, however little is ever held.  A test that bounds
+ * pgwarden's memory sets opts.asan_quarantine_mb to a few MB (ignored by a Release build).
+ */
+long harness_proxy_peak_kb(const struct harness_proxy *px);
+int harness_proxy_reset_peak(const struct harness_proxy *px);
 
 /* Prints the last max_lines lines of the child's log on stderr (for failure diagnosis). */
 void harness_proxy_dump_log(const struct harness_proxy *px, int max_lines);

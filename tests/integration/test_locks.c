@@ -393,6 +393,24 @@ static void test_errors_in_blocks(void)
     CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
     CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
 
+    /* 3b. the failing call by the extended protocol as the block's first statement, and
+     * the block's statements by the extended protocol too (BEGIN held back) */
+    r = PQexecParams(a, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQexecParams(a, "SELECT pgwarden_xact_lock($1, 'write', 50)", 1, NULL, v, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55P03");
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    r = PQexecParams(a, "INSERT INTO lk_t VALUES (5)", 0, NULL, NULL, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "25P02");
+    PQclear(r);
+    r = PQexecParams(a, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(PQcmdStatus(r), "ROLLBACK");
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
+    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
+
     /* 4. outside a block, an error changes nothing */
     CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('busy', 'read', 10)"), "!55P03");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
@@ -413,6 +431,8 @@ static void test_errors_in_blocks(void)
     CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
     CU_ASSERT(tok(b, "SELECT pgwarden_try_lock('acct:2', 'write')") > 0);
     CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE lk_t"), "DROP TABLE");
+    /* the server's transaction of a failed block is aborted on purpose: no retry, no noise */
+    CU_ASSERT_FALSE(harness_proxy_log_contains(g_px, "restoring a client's session failed"));
     PQfinish(a);
     PQfinish(b);
     PQfinish(d);
@@ -662,6 +682,270 @@ static void test_waiters_hold_no_server(void)
     stop();
 }
 
+/* ---- 6b. the extended protocol: answered at once; waiting without a server ------------- */
+
+/* The next result of c (pipeline mode: one query's), as "status:value" in a static buffer:
+ * "T:<first value>" for rows, "C:<command tag>", "E:<SQLSTATE>", "S" for a pipeline sync,
+ * "A" for a query skipped after an error, "timeout" when none is complete within ms. */
+static const char *next_result(PGconn *c, int ms)
+{
+    static char buf[256];
+    PGresult *r = itu_wait_result(c, ms);
+    if (!r)
+        return "timeout";
+    switch (PQresultStatus(r)) {
+    case PGRES_TUPLES_OK:
+        snprintf(buf, sizeof(buf), "T:%s", PQntuples(r) ? PQgetvalue(r, 0, 0) : "");
+        break;
+    case PGRES_COMMAND_OK: snprintf(buf, sizeof(buf), "C:%s", PQcmdStatus(r)); break;
+    case PGRES_PIPELINE_SYNC: snprintf(buf, sizeof(buf), "S"); break;
+    case PGRES_PIPELINE_ABORTED: snprintf(buf, sizeof(buf), "A"); break;
+    default: snprintf(buf, sizeof(buf), "E:%s", itu_sqlstate(r)); break;
+    }
+    PQclear(r);
+    return buf;
+}
+
+/* True when s is a token result ("T:<positive number>"). */
+static bool is_token(const char *s)
+{
+    return strncmp(s, "T:", 2) == 0 && atoll(s + 2) > 0;
+}
+
+/*
+ * Parse / Describe / Flush of a lock call, without Sync, is answered at once (asyncpg
+ * waits for the ParameterDescription before it sends its Bind), unnamed and named, and so
+ * is Bind / Execute / Flush; a client without a server skips what follows an error in its
+ * group, long messages included, and gets the rest of its answers in order.
+ */
+static void test_extended_answered_at_once(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2));
+    PGconn *a = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(a), 1);
+    const char *names[2] = {"", "lk_flush"};
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL(PQsendPrepare(a, names[i], "SELECT pgwarden_lock($1, $2)", 0, NULL), 1);
+        CU_ASSERT_EQUAL(PQsendDescribePrepared(a, names[i]), 1);
+        CU_ASSERT_EQUAL(PQsendFlushRequest(a), 1);
+        CU_ASSERT_EQUAL(PQflush(a), 0);
+        /* no Sync: the answers come at the Flush */
+        CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "C:");
+        PGresult *r = itu_wait_result(a, 3000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        CU_ASSERT_EQUAL(PQnparams(r), 2);
+        CU_ASSERT_EQUAL(PQnfields(r), 1);
+        PQclear(r);
+        const char *v[2] = {"flush:1", "read"};
+        CU_ASSERT_EQUAL(PQsendQueryPrepared(a, names[i], 2, v, NULL, NULL, 0), 1);
+        CU_ASSERT_EQUAL(PQsendFlushRequest(a), 1);
+        CU_ASSERT_EQUAL(PQflush(a), 0);
+        CU_ASSERT(is_token(next_result(a, 3000)));
+        CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+        CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "S");
+    }
+    /* an error in the group: the rest is skipped up to Sync (a long Bind too) */
+    static char big[100 * 1000];
+    memset(big, 'x', sizeof(big) - 1);
+    const char *bad[2] = {"flush:2", "sideways"}, *bigv[1] = {big};
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT pgwarden_lock($1, $2)", 2, NULL, bad, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT length($1)", 1, NULL, bigv, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT pgwarden_lock('flush:3', 'read')", 0, NULL, NULL,
+                                      NULL, NULL, 0),
+                    1);
+    CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "E:22023");
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "A");
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "A");
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "A");
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "S");
+    /* and then everything goes on: ordinary SQL and the lock calls */
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT length($1)", 1, NULL, bigv, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(a, "SELECT * FROM pgwarden_locks()", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "T:99999");
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "T:flush:1"); /* flush:3 never ran */
+    CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "S");
+    CU_ASSERT_EQUAL(PQexitPipelineMode(a), 1);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 5"), "5");
+    PQfinish(a);
+    stop();
+}
+
+/*
+ * How drivers begin a transaction and call the lock function, as libpq can send it:
+ *   EXT_BEGIN     BEGIN by the extended protocol, its own group (psycopg 3), then the call
+ *   BEGIN_GROUP   BEGIN and the call in one group, one Sync (pgJDBC, autoCommit off)
+ *   NAMED_BEGIN   BEGIN as a named statement prepared and executed (pgJDBC after
+ *                 prepareThreshold uses), then the call
+ *   NAMED_GROUP   BEGIN, then the call as a named statement parsed in the group that
+ *                 executes it (node-postgres {name: ...})
+ *   NAMED_NOBLOCK the same with a session lock, no transaction block
+ *   NAMED_FLUSH   BEGIN, then Parse / Describe / Flush of a named call, then Bind /
+ *                 Execute / Sync (asyncpg's prepared statements)
+ */
+enum begin_style {
+    EXT_BEGIN,
+    BEGIN_GROUP,
+    NAMED_BEGIN,
+    NAMED_GROUP,
+    NAMED_NOBLOCK,
+    NAMED_FLUSH,
+    STYLES
+};
+static const char *const style_names[STYLES] = {"EXT_BEGIN",   "BEGIN_GROUP",   "NAMED_BEGIN",
+                                                "NAMED_GROUP", "NAMED_NOBLOCK", "NAMED_FLUSH"};
+
+#define LOCK_SQL(fn) "SELECT " fn "($1, 'read')"
+
+/* Starts w's lock call on key in the given style and reads the answers that come before
+ * its result (the call waits: the key is taken).  True when all went as expected. */
+static bool start_waiter(PGconn *w, enum begin_style st, const char *key)
+{
+    const char *v[1] = {key};
+    const char *sql =
+        st == NAMED_NOBLOCK ? LOCK_SQL("pgwarden_lock") : LOCK_SQL("pgwarden_xact_lock");
+    PGresult *r;
+    bool ok = true;
+    switch (st) {
+    case EXT_BEGIN:
+        r = PQexecParams(w, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK && PQtransactionStatus(w) == PQTRANS_INTRANS;
+        PQclear(r);
+        return ok && PQsendQueryParams(w, sql, 1, NULL, v, NULL, NULL, 0) == 1;
+    case BEGIN_GROUP:
+        return PQenterPipelineMode(w) == 1 &&
+               PQsendQueryParams(w, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+               PQsendQueryParams(w, sql, 1, NULL, v, NULL, NULL, 0) == 1 &&
+               PQpipelineSync(w) == 1 && strcmp(next_result(w, 3000), "C:BEGIN") == 0;
+    case NAMED_BEGIN:
+        r = PQprepare(w, "lk_begin", "BEGIN", 0, NULL);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        r = PQexecPrepared(w, "lk_begin", 0, NULL, NULL, NULL, 0);
+        ok = ok && PQresultStatus(r) == PGRES_COMMAND_OK &&
+             PQtransactionStatus(w) == PQTRANS_INTRANS;
+        PQclear(r);
+        return ok && PQsendQueryParams(w, sql, 1, NULL, v, NULL, NULL, 0) == 1;
+    case NAMED_GROUP:
+    case NAMED_NOBLOCK:
+        if (st == NAMED_GROUP && strcmp(q(w, "BEGIN"), "BEGIN") != 0)
+            return false;
+        return PQenterPipelineMode(w) == 1 && PQsendPrepare(w, "lk_call", sql, 0, NULL) == 1 &&
+               PQsendQueryPrepared(w, "lk_call", 1, v, NULL, NULL, 0) == 1 &&
+               PQpipelineSync(w) == 1 && strcmp(next_result(w, 3000), "C:") == 0;
+    case NAMED_FLUSH:
+        /* no Sync: Parse and Describe are answered at the Flush */
+        if (strcmp(q(w, "BEGIN"), "BEGIN") != 0 || PQenterPipelineMode(w) != 1 ||
+            PQsendPrepare(w, "lk_call", sql, 0, NULL) != 1 ||
+            PQsendDescribePrepared(w, "lk_call") != 1 || PQsendFlushRequest(w) != 1 ||
+            PQflush(w) != 0)
+            return false;
+        ok = strcmp(next_result(w, 3000), "C:") == 0;
+        r = itu_wait_result(w, 3000);
+        ok = ok && PQresultStatus(r) == PGRES_COMMAND_OK && PQnparams(r) == 1;
+        PQclear(r);
+        return ok && PQsendQueryPrepared(w, "lk_call", 1, v, NULL, NULL, 0) == 1 &&
+               PQpipelineSync(w) == 1;
+    default: return false;
+    }
+}
+
+/* Collects w's grant (the key was released) and ends its transaction.  True when all went
+ * as PostgreSQL would answer. */
+static bool finish_waiter(PGconn *w, enum begin_style st, const char *key)
+{
+    bool ok = is_token(next_result(w, 5000));
+    if (st != EXT_BEGIN && st != NAMED_BEGIN) { /* pipeline mode */
+        ok = strcmp(next_result(w, 5000), "S") == 0 && ok;
+        ok = PQexitPipelineMode(w) == 1 && ok;
+    }
+    if (st == NAMED_NOBLOCK) {
+        char sql[128];
+        snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
+        return strcmp(q(w, sql), "t") == 0 && ok;
+    }
+    ok = strcmp(q(w, "COMMIT"), "COMMIT") == 0 && ok;
+    if (st == NAMED_BEGIN) {
+        /* the named BEGIN, answered by pgwarden, exists on the server that gets a Bind of
+         * it: in one group with real work, on a server */
+        ok = PQenterPipelineMode(w) == 1 && ok;
+        ok = PQsendQueryParams(w, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0) == 1 && ok;
+        ok = PQsendQueryPrepared(w, "lk_begin", 0, NULL, NULL, NULL, 0) == 1 && ok;
+        ok = PQsendQueryParams(w, "SELECT 2", 0, NULL, NULL, NULL, NULL, 0) == 1 && ok;
+        ok = PQpipelineSync(w) == 1 && ok;
+        ok = strcmp(next_result(w, 5000), "T:1") == 0 && ok;
+        ok = strcmp(next_result(w, 5000), "C:BEGIN") == 0 && ok;
+        ok = strcmp(next_result(w, 5000), "T:2") == 0 && ok;
+        ok = strcmp(next_result(w, 5000), "S") == 0 && ok;
+        ok = PQexitPipelineMode(w) == 1 && ok;
+        ok = PQtransactionStatus(w) == PQTRANS_INTRANS && ok;
+        ok = strcmp(q(w, "COMMIT"), "COMMIT") == 0 && ok;
+    }
+    return ok;
+}
+
+#define STYLE_WAITERS 3
+
+/* Every style, each on a pgwarden of its own: STYLE_WAITERS clients wait for a key; in
+ * transaction pooling, with a pool of 2, another client still gets its answers at once
+ * (the waiters hold no server), and the waiters are granted and finish their transactions
+ * when the key is released. */
+static void test_waiters_extended_hold_no_server(void)
+{
+    bool txn = strcmp(g_mode, "transaction") == 0;
+    for (int st = 0; st < STYLES; st++) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(start(txn ? 2 : 3 * STYLE_WAITERS));
+        PGconn *holder = conn(NULL), *other = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(holder), CONNECTION_OK);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(other), CONNECTION_OK);
+        const char *key = style_names[st];
+        char sql[128];
+        snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'exclusive')", key);
+        CU_ASSERT(tok(holder, sql) > 0);
+        PGconn *w[STYLE_WAITERS];
+        int waiting = 0;
+        for (int i = 0; i < STYLE_WAITERS; i++) {
+            w[i] = conn(NULL);
+            if (PQstatus(w[i]) == CONNECTION_OK && start_waiter(w[i], (enum begin_style)st, key) &&
+                !ready_within(w[i], 0))
+                waiting++;
+        }
+        CU_ASSERT_EQUAL(waiting, STYLE_WAITERS);
+        itu_sleep_ms(100);
+        for (int i = 0; i < STYLE_WAITERS; i++)
+            CU_ASSERT_FALSE(ready_within(w[i], 0)); /* still waiting */
+        if (txn) {
+            /* the pool of 2 serves another client while they wait */
+            bool served = true;
+            for (int i = 0; i < 10 && served; i++)
+                served = qsend(other, "SELECT 1") && ready_within(other, 3000) &&
+                         strcmp(next_result(other, 100), "T:1") == 0;
+            if (!served)
+                fprintf(stderr, "\n    %s: waiters hold servers\n", style_names[st]);
+            CU_ASSERT_TRUE(served);
+        }
+        snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
+        CU_ASSERT_STRING_EQUAL(q(holder, sql), "t");
+        for (int i = 0; i < STYLE_WAITERS; i++) {
+            bool ok = finish_waiter(w[i], (enum begin_style)st, key);
+            if (!ok)
+                fprintf(stderr, "\n    %s: waiter %d did not finish as expected\n", style_names[st],
+                        i);
+            CU_ASSERT_TRUE(ok);
+            PQfinish(w[i]);
+        }
+        PQfinish(other);
+        PQfinish(holder);
+        stop();
+    }
+}
+
 /* ---- 7. read-modify-write under a lock: no lost update ---------------------------------- */
 
 #define RMW_CLIENTS 100
@@ -780,6 +1064,8 @@ static void register_suites(void)
         {"wait_release_cancel", test_wait_release_cancel},
         {"deadlocks", test_deadlocks},
         {"waiters_hold_no_server", test_waiters_hold_no_server},
+        {"extended_answered_at_once", test_extended_answered_at_once},
+        {"waiters_extended_hold_no_server", test_waiters_extended_hold_no_server},
         {"read_modify_write", test_read_modify_write},
         {"tokens_across_restart", test_tokens_across_restart},
         CU_TEST_INFO_NULL,

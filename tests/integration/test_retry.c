@@ -84,8 +84,9 @@ static struct harness_proxy *start(const char *mode, int pool_size, const char *
     alarm(TEST_LIMIT_S);
     static char tail[512];
     snprintf(tail, sizeof(tail), "[retry]\n%s\n",
-             retry_conf ? retry_conf
-                        : "max_attempts = 30\nbase_ms = 1\ncap_ms = 50\nbudget_min_retries = 100000");
+             retry_conf
+                 ? retry_conf
+                 : "max_attempts = 30\nbase_ms = 1\ncap_ms = 50\nbudget_min_retries = 100000");
     struct harness_proxy_opts o = {.pool_mode = mode,
                                    .pool_size = pool_size,
                                    .auth_type = "scram-sha-256",
@@ -221,8 +222,9 @@ static void autocommit(const char *mode)
         CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_auto SET v = v + 1 WHERE id = 1"));
         if (extended) {
             const char *p[1] = {"10"};
-            CU_ASSERT_EQUAL(PQsendQueryParams(c, "UPDATE rt_auto SET v = v + $1 WHERE id = 1 "
-                                                 "RETURNING v",
+            CU_ASSERT_EQUAL(PQsendQueryParams(c,
+                                              "UPDATE rt_auto SET v = v + $1 WHERE id = 1 "
+                                              "RETURNING v",
                                               1, NULL, p, NULL, NULL, 0),
                             1);
         } else {
@@ -309,7 +311,11 @@ static void deadlock(const char *mode)
     CU_ASSERT_TRUE(done[0] && done[1]);
     CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_dl WHERE id = 1"), 2);
     CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_dl WHERE id = 2"), 2);
-    CU_ASSERT_EQUAL(pg_log_count("deadlock detected"), before + 1); /* PostgreSQL found it */
+    /* PostgreSQL found it (its log may be written a moment after the error was sent) */
+    for (int64_t until = itu_now_ms() + 5000;
+         pg_log_count("deadlock detected") < before + 1 && itu_now_ms() < until;)
+        itu_sleep_ms(20);
+    CU_ASSERT_EQUAL(pg_log_count("deadlock detected"), before + 1);
     CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40P01", "outcome=succeeded", NULL),
                     1);
     PQfinish(a);
@@ -395,8 +401,7 @@ static void bank(const char *mode)
         pthread_join(t[i], NULL);
         errors += w[i].errors;
         if (w[i].errors)
-            fprintf(stderr, "client %d: %d errors, first %s\n", i, w[i].errors,
-                    w[i].first_error);
+            fprintf(stderr, "client %d: %d errors, first %s\n", i, w[i].errors, w[i].first_error);
     }
     CU_ASSERT_EQUAL(errors, 0);
     PGconn *d = direct();
@@ -404,8 +409,8 @@ static void bank(const char *mode)
     CU_ASSERT_EQUAL(num(d, "SELECT sum(balance) FROM rt_acct"), 4000);
     PQfinish(d);
     double retried = metric("pgwarden_retry_attempts_total", "sqlstate=40001", NULL);
-    fprintf(stderr, "bank (%s): %d transfers, %.0f replays\n", mode,
-            BANK_CLIENTS * BANK_TRANSFERS, retried);
+    fprintf(stderr, "bank (%s): %d transfers, %.0f replays\n", mode, BANK_CLIENTS * BANK_TRANSFERS,
+            retried);
     CU_ASSERT(retried > 0); /* the contention was real */
     stop();
 }
@@ -517,8 +522,8 @@ static void test_retry_off(void)
 static void test_max_attempts(void)
 {
     make_failing_function();
-    CU_ASSERT_PTR_NOT_NULL_FATAL(
-        start("session", 2, "max_attempts = 3\nbase_ms = 1\ncap_ms = 2\nbudget_min_retries = 1000"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(
+        "session", 2, "max_attempts = 3\nbase_ms = 1\ncap_ms = 2\nbudget_min_retries = 1000"));
     PGconn *c = conn(), *d = direct();
     CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
     CU_ASSERT_EQUAL(attempts(d), 3);

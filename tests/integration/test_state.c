@@ -368,6 +368,53 @@ static void test_pins(void)
     stop();
 }
 
+/* The pool clients' connection reset (asyncpg's "SELECT pg_advisory_unlock_all(); CLOSE
+ * ALL; UNLISTEN *; RESET ALL;" when a connection goes back to its pool) removes state: it
+ * neither pins the client nor leaves its settings on the next server. */
+static void test_pool_reset_text(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
+    PGconn *a = conn(NULL), *b = conn(NULL), *x = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(v(a, "SET statement_timeout = '3s'"), "SET");
+    CU_ASSERT_STRING_EQUAL(v(a, "LISTEN reset_chan"), "LISTEN"); /* pins a */
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\n"
+                                "RESET ALL;"),
+                           "RESET");
+    json_t *pools = get_json(g_px->admin_port, "/pools", NULL);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(pools, 0), "clients_pinned")),
+                    0);
+    json_decref(pools);
+    /* b and x have both servers (x would wait for a's if a kept it) */
+    PQclear(PQexec(b, "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(v(b, "SELECT 1"), "1");
+    CU_ASSERT_EQUAL_FATAL(PQsendQuery(x, "BEGIN; SELECT 2"), 1);
+    PGresult *r = itu_wait_result(x, 3000); /* BEGIN's (SELECT 2's is consumed) */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    PQclear(PQexec(b, "COMMIT"));
+    PQclear(PQexec(x, "COMMIT"));
+    /* a's setting is gone, on either server */
+    char val[128];
+    on_other_server(b, a, "SHOW statement_timeout", val, sizeof(val));
+    CU_ASSERT_STRING_EQUAL(val, "0");
+    on_other_server(x, a, "SHOW statement_timeout", val, sizeof(val));
+    CU_ASSERT_STRING_EQUAL(val, "0");
+    /* two changes of state in one text still pin: pgwarden cannot tell them apart */
+    CU_ASSERT_STRING_EQUAL(v(a, "SET statement_timeout = '3s'; SET work_mem = '2MB'"), "SET");
+    pools = get_json(g_px->admin_port, "/pools", NULL);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(pools, 0), "clients_pinned")),
+                    1);
+    json_decref(pools);
+    PQfinish(a);
+    PQfinish(b);
+    PQfinish(x);
+    stop();
+}
+
 /* Clients without such state share two servers: pooling is real. */
 static void test_pooling_stays_real(void)
 {
@@ -407,6 +454,7 @@ static void register_suites(void)
         {"session_characteristics_extended", test_session_characteristics_extended},
         {"sql_prepare_follows", test_sql_prepare_follows},
         {"pins", test_pins},
+        {"pool_reset_text", test_pool_reset_text},
         {"pooling_stays_real", test_pooling_stays_real},
         CU_TEST_INFO_NULL,
     };

@@ -594,6 +594,48 @@ static void test_odd_inputs(void)
     CU_ASSERT_PTR_NULL(info.session_feature);
 }
 
+/* Text PostgreSQL rejects before parsing it (client_encoding UTF8: any invalid UTF-8 or a
+ * NUL byte is 22021 or 08P01) is never answered by pgwarden: OTHER, whatever it spells.
+ * Found by fuzz_sqlscan: 64 continuation bytes after DEALLOCATE were cut back to an empty
+ * name, and "BEGIN -- \xff" was held as a BEGIN. */
+static void test_invalid_text(void)
+{
+    struct px_sql_info info;
+    char sql[128];
+    memcpy(sql, "DEALLOCATE ", 11);
+    memset(sql + 11, 0xa9, 70);
+    classify_exact(sql, 81, &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+    CU_ASSERT_STRING_EQUAL(info.name, "");
+
+    static const char *const texts[] = {
+        "BEGIN -- \xff",
+        "BEGIN /* \xc3 */",
+        "COMMIT; -- \xed\xa0\x80",
+        "ROLLBACK \xc0\xaf",
+        "DEALLOCATE \xff",
+        "DEALLOCATE \"a\xc3\"",
+        "DEALLOCATE ALL -- \xf8",
+        "DISCARD ALL /* \xf4\x90\x80\x80 */",
+        "; -- \xff",
+    };
+    for (size_t i = 0; i < NELEM(texts); i++) {
+        classify_exact(texts[i], strlen(texts[i]), &info);
+        if (info.kind != PX_SQL_OTHER)
+            fprintf(stderr, "\n    [%s]: kind %d", texts[i], (int)info.kind);
+        CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+        CU_ASSERT_PTR_NULL(info.tag);
+    }
+    classify_exact(LIT("COMMIT -- \0 x"), &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+    /* Valid UTF-8 everywhere still counts. */
+    classify_exact(LIT("BEGIN -- d\xc3\xa9j\xc3\xa0 \xf0\x9f\x98\x80"), &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_BEGIN);
+    classify_exact(LIT("DEALLOCATE \xc3\xa9t\xc3\xa9"), &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_DEALLOCATE);
+    CU_ASSERT_STRING_EQUAL(info.name, "\xc3\xa9t\xc3\xa9");
+}
+
 static void test_param_tracked(void)
 {
     static const char *const yes[] = {
@@ -907,6 +949,42 @@ static void test_dml(void)
     }
 }
 
+/* Session state in a text of several statements: untracked (the session stage pins), but
+ * one RESET among statements that change nothing else and control no transaction counts
+ * as that RESET (asyncpg's pool reset query). */
+static void test_multi_state(void)
+{
+    static const struct {
+        const char *sql;
+        enum px_sql_state state;
+        const char *key;
+    } cases[] = {
+        {"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+         PX_STATE_RESET_ALL, ""},
+        {"SELECT 1; RESET work_mem", PX_STATE_SET, "work_mem"},
+        {"RESET ROLE; SELECT 1", PX_STATE_ROLE, ""},
+        {"RESET ALL; SET work_mem = '1MB'", PX_STATE_UNTRACKED, ""},
+        {"SET work_mem = '1MB'; SELECT 1", PX_STATE_UNTRACKED, ""},
+        {"RESET work_mem; RESET search_path", PX_STATE_UNTRACKED, ""},
+        {"BEGIN; RESET ALL; COMMIT", PX_STATE_UNTRACKED, ""},
+        {"SAVEPOINT a; RESET ALL; ROLLBACK TO a", PX_STATE_UNTRACKED, ""},
+        {"RESET ALL; COMMIT", PX_STATE_UNTRACKED, ""},
+        {"SELECT 1; SELECT 2", PX_STATE_NONE, ""},
+        {"RESET ALL", PX_STATE_RESET_ALL, ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct px_sql_info info;
+        classify_exact(cases[i].sql, strlen(cases[i].sql), &info);
+        bool ok =
+            info.state == cases[i].state && !strcmp(info.state_key, cases[i].key) &&
+            (info.state == PX_STATE_NONE || info.state == PX_STATE_UNTRACKED || info.state_reset);
+        if (!ok)
+            fprintf(stderr, "\n    [%s]: state %d key \"%s\" reset %d", cases[i].sql,
+                    (int)info.state, info.state_key, (int)info.state_reset);
+        CU_ASSERT_TRUE(ok);
+    }
+}
+
 void test_sqlscan_register(void)
 {
     static CU_TestInfo tests[] = {
@@ -920,11 +998,13 @@ void test_sqlscan_register(void)
         {"near_misses", test_near_misses},
         {"lexing", test_lexing},
         {"odd_inputs", test_odd_inputs},
+        {"invalid_text", test_invalid_text},
         {"param_tracked", test_param_tracked},
         {"every_prefix", test_every_prefix},
         {"random_texts", test_random_texts},
         {"large_inputs", test_large_inputs},
         {"dml", test_dml},
+        {"multi_state", test_multi_state},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("sqlscan", NULL, NULL, tests);
