@@ -16,10 +16,11 @@
  * 4. reads pgwarden's VmRSS (-p) before the connections, with all of them connected and
  *    idle, and with all waiters queued; with -D counts the benchmark user's backends on
  *    PostgreSQL while they wait (in transaction pooling a waiter holds no server);
- * 5. the holder releases KEY; every waiter releases as soon as it is granted (for
- *    exclusive the grants are then a chain: each release grants the next waiter); the
- *    time from the holder's release to the last grant is measured, and pgwarden's CPU
- *    (utime + stime of /proc/PID/stat) over that phase;
+ * 5. the holder releases KEY; the time from the holder's release to the last grant is
+ *    measured, and pgwarden's CPU (utime + stime of /proc/PID/stat) from the release until
+ *    every waiter has released.  write and exclusive waiters release as soon as they are
+ *    granted, so the grants are a chain (each release grants the next waiter); read
+ *    waiters are all granted at once and release only after the last grant;
  * 6. checks FIFO: in request order the fencing tokens must strictly increase (with
  *    batches > 1 only between batches, as the order inside a batch is unknown).
  *
@@ -31,6 +32,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -73,6 +75,7 @@ static const char *conninfo, *direct_conninfo;
 static const char *key = "bench:waiters";
 static const char *mode = "exclusive";
 static bool xact;
+static bool release_when_granted; /* exclusive, write: each grant releases for the next */
 static long nwaiters = 100, batch = 1, max_inflight = 128;
 static int proxy_pid, admin_port, timeout_s = 600;
 
@@ -192,6 +195,10 @@ static int admin_get_metrics(void)
             if (!admin_buf)
                 die("out of memory");
         }
+        /* pgwarden's admin port leaves Nagle on: without a quick ACK every answer after the
+           first on a kept-alive connection waits ~40 ms for our delayed ACK */
+        int one = 1;
+        setsockopt(admin_fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
         ssize_t n = recv(admin_fd, admin_buf + len, admin_cap - len - 1, 0);
         if (n <= 0)
             goto fail;
@@ -218,18 +225,39 @@ fail:
     return -1;
 }
 
-static long admin_waiters(void)
+/* Sum of the samples of metric name whose labels contain filter ("" for all); -1 if the
+ * scrape failed. */
+static long metric_sum(const char *name, const char *filter)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
         if (admin_get_metrics() != 0)
             continue;
-        for (char *p = admin_buf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
-            if (strncmp(p, "pgwarden_lock_waiters ", 22) == 0)
-                return strtol(p + 22, NULL, 10);
-        die("GET /metrics has no pgwarden_lock_waiters line");
+        size_t len = strlen(name);
+        long sum = 0;
+        for (char *p = admin_buf; *p;) {
+            char *eol = strchr(p, '\n');
+            if (eol)
+                *eol = '\0';
+            if (strncmp(p, name, len) == 0 && (p[len] == ' ' || p[len] == '{') &&
+                strstr(p + len, filter)) {
+                char *v = strrchr(p, ' ');
+                sum += v ? strtol(v + 1, NULL, 10) : 0;
+            }
+            if (!eol)
+                break;
+            p = eol + 1;
+        }
+        return sum;
     }
-    die("GET /metrics on admin port %d failed", admin_port);
     return -1;
+}
+
+static long admin_waiters(void)
+{
+    long n = metric_sum("pgwarden_lock_waiters", "");
+    if (n < 0)
+        die("GET /metrics on admin port %d failed", admin_port);
+    return n;
 }
 
 /* ---- libpq plumbing ----------------------------------------------------------------------- */
@@ -316,7 +344,10 @@ static void on_done(struct client *c)
         }
         granted++;
         t_last_grant = c->t_grant;
-        send_query(c, unlock_sql, ST_RELEASING);
+        if (release_when_granted)
+            send_query(c, unlock_sql, ST_RELEASING);
+        else
+            c->state = ST_HOLDING;
         break;
     case ST_RELEASING:
         c->state = ST_DONE;
@@ -480,6 +511,7 @@ int main(int argc, char **argv)
     if (!conninfo || nwaiters < 1 || batch < 1 || max_inflight < 1 || timeout_s < 1 ||
         strchr(key, '\'') || strlen(key) > 256 || strchr(mode, '\''))
         usage();
+    release_when_granted = strcasecmp(mode, "read") != 0;
     deadline_ns = now_ns() + (uint64_t)timeout_s * 1000000000u;
     nclients = nwaiters + 1;
 
@@ -553,6 +585,8 @@ int main(int argc, char **argv)
     long rss_waiting = proc_rss_kb();
     long servers = direct_conninfo ? direct_backends(PQuser(clients[0].conn)) : -1;
     long queued = admin_port ? admin_waiters() - base : -1;
+    long active = admin_port ? metric_sum("pgwarden_servers", "state=\"active\"") : -1;
+    long opened = admin_port ? metric_sum("pgwarden_servers", "") : -1;
     if (granted > 0)
         fprintf(stderr, "lock_waiters: %ld waiters were granted while the holder held the lock\n",
                 granted);
@@ -567,6 +601,10 @@ int main(int argc, char **argv)
         check_deadline("granting");
     }
     uint64_t t_all_granted = t_last_grant;
+    if (!release_when_granted) /* read: all were granted together; now release them */
+        for (long i = 1; i < nclients; i++)
+            if (clients[i].state == ST_HOLDING)
+                send_query(&clients[i], unlock_sql, ST_RELEASING);
     while (released + (failures - failures0) < granted || clients[0].state == ST_RELEASING) {
         pump(100);
         check_deadline("releasing");
@@ -608,7 +646,9 @@ int main(int argc, char **argv)
                (double)(rss_connected - rss_before) / (double)connected,
                (double)(rss_waiting - rss_connected) / (double)nw,
                (double)(rss_waiting - rss_before) / (double)connected);
-    printf("server_backends_while_waiting=%ld\n", servers);
+    printf("server_backends_while_waiting=%ld\npgwarden_servers_while_waiting=%ld\n"
+           "pgwarden_servers_active_while_waiting=%ld\n",
+           servers, opened, active);
     printf("granted=%ld\nreleased=%ld\nfailures=%ld\ngrant_all_ms=%.3f\ngrant_per_waiter_us=%.2f\n",
            granted, released, failures, grant_ms, granted ? grant_ms * 1000.0 / granted : 0.0);
     if (cpu0 >= 0 && cpu1 >= 0)
