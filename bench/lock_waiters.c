@@ -3,7 +3,7 @@
  *
  *   lock_waiters -d CONNINFO -n N [-m exclusive|read] [-s session|xact] [-k KEY]
  *                [-p PROXY_PID] [-a ADMIN_PORT] [-b BATCH] [-D DIRECT_CONNINFO]
- *                [-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S]
+ *                [-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S] [-w PAUSE_MS]
  *
  * One process, libpq in non-blocking mode, every connection on one epoll set:
  *
@@ -25,7 +25,8 @@
  *    batches > 1 only between batches, as the order inside a batch is unknown).
  *
  * -s session uses pgwarden_lock / pgwarden_unlock; -s xact sends BEGIN on every connection
- * first and uses pgwarden_xact_lock, released by COMMIT.  Prints key=value lines.
+ * first and uses pgwarden_xact_lock, released by COMMIT.  -w pauses PAUSE_MS before the
+ * release (to attach a profiler).  Prints key=value lines.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -77,7 +78,7 @@ static const char *mode = "exclusive";
 static bool xact;
 static bool release_when_granted; /* exclusive, write: each grant releases for the next */
 static long nwaiters = 100, batch = 1, max_inflight = 128;
-static int proxy_pid, admin_port, timeout_s = 600;
+static int proxy_pid, admin_port, timeout_s = 600, pause_ms;
 
 static struct client *clients; /* [0] holder, [1..nwaiters] waiters */
 static long nclients;
@@ -151,6 +152,15 @@ static long proc_cpu_ticks(void)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
         return -1;
     return (long)(utime + stime);
+}
+
+/* This program's own CPU time (user + system), seconds. */
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 /* ---- admin port: pgwarden_lock_waiters from GET /metrics, on a kept-alive connection ---- */
@@ -485,14 +495,14 @@ static void usage(void)
 {
     fprintf(stderr, "usage: lock_waiters -d CONNINFO -n N [-m exclusive|read] [-s session|xact] "
                     "[-k KEY] [-p PROXY_PID] [-a ADMIN_PORT] [-b BATCH] [-D DIRECT_CONNINFO] "
-                    "[-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S]\n");
+                    "[-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S] [-w PAUSE_MS]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "d:n:m:s:k:p:a:b:D:c:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "d:n:m:s:k:p:a:b:D:c:t:w:")) != -1) {
         switch (opt) {
         case 'd': conninfo = optarg; break;
         case 'n': nwaiters = strtol(optarg, NULL, 10); break;
@@ -505,6 +515,7 @@ int main(int argc, char **argv)
         case 'D': direct_conninfo = optarg; break;
         case 'c': max_inflight = strtol(optarg, NULL, 10); break;
         case 't': timeout_s = atoi(optarg); break;
+        case 'w': pause_ms = atoi(optarg); break;
         default: usage();
         }
     }
@@ -591,8 +602,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "lock_waiters: %ld waiters were granted while the holder held the lock\n",
                 granted);
 
-    /* Release; every waiter releases when granted. */
+    if (pause_ms > 0) { /* e.g. to attach a profiler to pgwarden for the grant phase */
+        fprintf(stderr, "lock_waiters: %ld waiting; releasing in %d ms\n", nw, pause_ms);
+        usleep((useconds_t)pause_ms * 1000);
+    }
+
+    /* The holder releases. */
     long cpu0 = proc_cpu_ticks();
+    double self0 = self_cpu_s();
     uint64_t t_release = now_ns();
     send_query(&clients[0], unlock_sql, ST_RELEASING);
     long expect = count_state(ST_WAITING), failures0 = failures;
@@ -601,6 +618,8 @@ int main(int argc, char **argv)
         check_deadline("granting");
     }
     uint64_t t_all_granted = t_last_grant;
+    long cpu_granted = proc_cpu_ticks();
+    double self_granted = self_cpu_s();
     if (!release_when_granted) /* read: all were granted together; now release them */
         for (long i = 1; i < nclients; i++)
             if (clients[i].state == ST_HOLDING)
@@ -651,6 +670,11 @@ int main(int argc, char **argv)
            servers, opened, active);
     printf("granted=%ld\nreleased=%ld\nfailures=%ld\ngrant_all_ms=%.3f\ngrant_per_waiter_us=%.2f\n",
            granted, released, failures, grant_ms, granted ? grant_ms * 1000.0 / granted : 0.0);
+    printf("own_cpu_s_until_all_granted=%.2f\n", self_granted - self0);
+    if (cpu0 >= 0 && cpu1 >= 0 && !release_when_granted)
+        printf("proxy_cpu_s_until_all_granted=%.2f\nproxy_cpu_s_releases=%.2f\n",
+               (double)(cpu_granted - cpu0) / (double)hz,
+               (double)(cpu1 - cpu_granted) / (double)hz);
     if (cpu0 >= 0 && cpu1 >= 0)
         printf("proxy_cpu_s_grant_phase=%.2f\nproxy_cpu_us_per_waiter=%.1f\n",
                (double)(cpu1 - cpu0) / (double)hz,

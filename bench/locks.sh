@@ -26,7 +26,7 @@
 # Environment (defaults in brackets):
 #   LOCKS_SECONDS [10] LOCKS_ROUNDS [3] LOCKS_WARMUP [2]   pgbench run length, rounds, warm-up
 #   LOCKS_CLIENTS ["1 16"]     pgbench client counts (-j 1 for 1 client, 2 otherwise)
-#   LOCKS_SCENARIOS ["xact pair"]
+#   LOCKS_SCENARIOS ["xact pair"]   set but empty: skip part 1
 #   LOCKS_TARGETS ["direct pgbouncer pgwarden"]; add pgw-advisory for pgwarden running the
 #                              advisory-lock script (the proxy hop without pgwarden's locks)
 #   LOCKS_POOL_SIZE [20]       pool size of both proxies
@@ -50,12 +50,12 @@ LOCKS_SECONDS=${LOCKS_SECONDS:-10}
 LOCKS_ROUNDS=${LOCKS_ROUNDS:-3}
 LOCKS_WARMUP=${LOCKS_WARMUP:-2}
 LOCKS_CLIENTS=${LOCKS_CLIENTS:-1 16}
-LOCKS_SCENARIOS=${LOCKS_SCENARIOS:-xact pair}
+LOCKS_SCENARIOS=${LOCKS_SCENARIOS-xact pair}
 LOCKS_TARGETS=${LOCKS_TARGETS:-direct pgbouncer pgwarden}
 LOCKS_POOL_SIZE=${LOCKS_POOL_SIZE:-20}
 LOCKS_SCALE=${LOCKS_SCALE:-10}
 LOCKS_WAITERS=${LOCKS_WAITERS:-10000}
-LOCKS_WAITER_MODES=${LOCKS_WAITER_MODES:-exclusive read}
+LOCKS_WAITER_MODES=${LOCKS_WAITER_MODES-exclusive read}
 LOCKS_WAITER_SCOPE=${LOCKS_WAITER_SCOPE:-session}
 LOCKS_WAITER_BATCH=${LOCKS_WAITER_BATCH:-1}
 LOCKS_WAITER_AUTH=${LOCKS_WAITER_AUTH:-trust}
