@@ -360,7 +360,7 @@ done
 
 # ---- part 2: waiters ----------------------------------------------------------------------
 
-wait_cols="mode scope waiters clients_connected connect_s queue_s queued_seen_by_pgwarden rss_kb_before rss_kb_connected rss_kb_waiting kb_per_client_connected kb_per_waiter_lock kb_per_waiter_total server_backends_while_waiting granted failures grant_all_ms grant_per_waiter_us proxy_cpu_us_per_waiter fifo_violations token_order_inversions"
+wait_cols="mode scope waiters clients_connected connect_s queue_s queued_seen_by_pgwarden rss_kb_before rss_kb_connected rss_kb_waiting kb_per_client_connected kb_per_waiter_lock kb_per_waiter_total server_backends_while_waiting pgwarden_servers_active_while_waiting granted failures grant_all_ms grant_per_waiter_us own_cpu_s_until_all_granted proxy_cpu_s_until_all_granted proxy_cpu_us_per_waiter fifo_violations token_order_inversions"
 echo "status,${wait_cols// /,}" >"$WAIT_CSV"
 if ((LOCKS_WAITERS > 0)); then
     need=$((LOCKS_WAITERS + LOCKS_POOL_SIZE + 200))
@@ -436,7 +436,7 @@ report() {
         rl[g, $3, $4] = $8; rt[g, $3, $4] = $7; rounds_of[g] = rounds_of[g] " " $3
     }
     END {
-        printf "pgbench -M simple -r, %d round(s) x %d s; median (min..max) over rounds\n", rounds, secs
+        if (ng) printf "pgbench -M simple -r, %d round(s) x %d s; median (min..max) over rounds\n", rounds, secs
         for (i = 1; i <= ng; i++) {
             g = order[i]; split(g, p, SUBSEP)
             what = "lock; unlock (pgwarden: transaction pooling; PgBouncer: session pooling)"
@@ -477,11 +477,15 @@ report() {
              ($col["failures"] > 0 ? ", " $col["failures"] " failures" : ""),
              $col["rss_kb_before"], $col["rss_kb_connected"], $col["rss_kb_waiting"],
              $col["kb_per_client_connected"], $col["kb_per_waiter_lock"], $col["kb_per_waiter_total"]
-      printf "  connect %s s, queue (one at a time, each seen queued) %s s, server backends while waiting %s\n",
-             $col["connect_s"], $col["queue_s"], $col["server_backends_while_waiting"]
-      printf "  all %s granted in %s ms after the holder released (%s us per waiter; pgwarden cpu %s us per waiter); FIFO violations %s\n",
+      printf "  connect %s s, queue (one at a time, each seen queued) %s s; while waiting: %s servers in use (of %s PostgreSQL backends open)\n",
+             $col["connect_s"], $col["queue_s"], $col["pgwarden_servers_active_while_waiting"],
+             $col["server_backends_while_waiting"]
+      printf "  all %s granted %s ms after the holder released (%s us per waiter); pgwarden cpu %s us per waiter (grant and release)%s; lock_waiters cpu %s s until all granted\n",
              $col["granted"], $col["grant_all_ms"], $col["grant_per_waiter_us"],
-             $col["proxy_cpu_us_per_waiter"], $col["fifo_violations"] }' "$WAIT_CSV"
+             $col["proxy_cpu_us_per_waiter"],
+             ($col["proxy_cpu_s_until_all_granted"] != "" ? ", " $col["proxy_cpu_s_until_all_granted"] " s until all granted" : ""),
+             $col["own_cpu_s_until_all_granted"]
+      printf "  FIFO: %s violations (fencing tokens in request order)\n", $col["fifo_violations"] }' "$WAIT_CSV"
 }
 
 report | tee "$SUMMARY"
