@@ -205,8 +205,9 @@ static int admin_get_metrics(void)
             if (!admin_buf)
                 die("out of memory");
         }
-        /* pgwarden's admin port leaves Nagle on: without a quick ACK every answer after the
-           first on a kept-alive connection waits ~40 ms for our delayed ACK */
+        /* pgwarden before 1049ece left Nagle on on its admin port: without a quick ACK
+           every /metrics answer after the first on a kept-alive connection waited ~40 ms
+           for our delayed ACK */
         int one = 1;
         setsockopt(admin_fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
         ssize_t n = recv(admin_fd, admin_buf + len, admin_cap - len - 1, 0);
