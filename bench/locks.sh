@@ -2,7 +2,7 @@
 # bench/locks.sh: pgwarden's named locks against PostgreSQL advisory locks through PgBouncer
 # (issue 14's closing benchmark).  See bench/README.md, "Locks".
 #
-#   bench/locks.sh                           both parts with the defaults (about 12 minutes)
+#   bench/locks.sh                           both parts with the defaults (about 10-12 minutes)
 #   LOCKS_SECONDS=5 LOCKS_ROUNDS=3 LOCKS_WAITERS=2000 bench/locks.sh
 #
 # Part 1, round trips (pgbench -f custom scripts, -M simple, -n, -r):
@@ -106,7 +106,6 @@ CLUSTER_STARTED=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    [[ -n ${WAITERS_PID:-} ]] && kill -TERM "$WAITERS_PID" 2>/dev/null
     stop_proxies
     if ((CLUSTER_STARTED)); then
         "$root/tests/fixture/pgcluster.sh" stop "$CLUSTER_DIR" >/dev/null 2>&1 ||
