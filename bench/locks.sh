@@ -291,7 +291,7 @@ run_one() { # SCENARIO CLIENTS ROUND TARGET SECONDS
     local cpu0=0 cpu1=0 tps lat tx failed cpu per stm jobs=2
     ((clients == 1)) && jobs=1
     case $target in
-    direct) port=$PG_PORT pid= script=$scen-advisory.sql ;;
+    direct) port=$PG_PORT pid='' script=$scen-advisory.sql ;;
     pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID script=$scen-advisory.sql ;;
     pgwarden) port=$PGWARDEN_PORT pid=$PGWARDEN_PID script=$scen-pgwarden.sql ;;
     pgw-advisory) port=$PGWARDEN_PORT pid=$PGWARDEN_PID script=$scen-advisory.sql ;;
@@ -487,5 +487,6 @@ report() {
       printf "  FIFO: %s violations (fencing tokens in request order)\n", $col["fifo_violations"] }' "$WAIT_CSV"
 }
 
+# shellcheck disable=SC2119
 report | tee "$SUMMARY"
 log "raw results: $RAW_CSV, $WAIT_CSV; tables: $SUMMARY; pgbench and proxy logs: $WORK"
