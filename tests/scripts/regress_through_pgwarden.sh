@@ -3,7 +3,9 @@
 # parallel_schedule) run through pgwarden, in transaction and/or session pooling mode.
 # Not part of CI: a measurement (issue 17: at least 200 of 217 in transaction mode).
 #
-#   tests/scripts/regress_through_pgwarden.sh [transaction|session|both]   (default: both)
+#   tests/scripts/regress_through_pgwarden.sh [transaction|session|direct|both|all]
+#       both (the default): transaction, then session; all: direct, transaction, session;
+#       direct: the suite straight to PostgreSQL, no pgwarden (the baseline)
 #
 # For each mode: a fresh throwaway cluster (initdb in /tmp, 127.0.0.1 on a free port, trust,
 # log_connections on, run as postgres when root), pgwarden in front of it (auth trust,
@@ -23,9 +25,11 @@
 # Environment: PGWARDEN_BIN (default: build Release in BUILD_DIR=/tmp/regress-build),
 # POOL_SIZE (4), MAX_CONNECTIONS (pg_regress --max-connections, 0 = the schedule's
 # parallelism, up to 20), REGRESS_TIMEOUT (seconds per suite run, 2400), OUT_DIR
-# (/tmp/pgw-regress-results), SRC_CACHE (/tmp/pgw-regress-src), TAG_APPNAME (1: each test's
-# psql runs with application_name pg_regress/<test>, so pgwarden's pin log names the test;
-# 0: pg_regress's own "pg_regress"), NICE (10).
+# (/tmp/pgw-regress-results), SRC_CACHE (/tmp/pgw-regress-src), NICE (10).
+#
+# pg_regress gives each test's psql application_name "pg_regress/<test>", so pgwarden's pin
+# log names the test.  Backends: summary.txt counts the sessions PostgreSQL started for the
+# database "regression" (log_connections) and the most that were open at once.
 #
 # Everything it starts is stopped by PID (pgwarden, the postmaster via pg_ctl on its own
 # data directory, pg_regress via timeout's process group); every wait is bounded.
@@ -36,13 +40,14 @@ ROOT=$PWD
 MODES=${1:-both}
 case $MODES in
 both) MODES="transaction session" ;;
-transaction | session) ;;
+all) MODES="direct transaction session" ;;
+transaction | session | direct) ;;
 -h | --help)
     awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
     exit 0
     ;;
 *)
-    echo "usage: $0 [transaction|session|both]" >&2
+    echo "usage: $0 [transaction|session|direct|both|all]" >&2
     exit 2
     ;;
 esac
@@ -55,7 +60,6 @@ REGRESS_TIMEOUT=${REGRESS_TIMEOUT:-2400}
 OUT_DIR=${OUT_DIR:-/tmp/pgw-regress-results}
 SRC_CACHE=${SRC_CACHE:-/tmp/pgw-regress-src}
 BUILD_DIR=${BUILD_DIR:-/tmp/regress-build}
-TAG_APPNAME=${TAG_APPNAME:-1}
 NICE=${NICE:-10}
 
 for v in $(compgen -e | grep -E '^PG' || true); do
@@ -83,6 +87,7 @@ WORK=""
 PGW_PID=""
 REG_PID=""
 PGDATA_DIR=""
+LPORT=""
 
 # shellcheck disable=SC2317 # reached through the trap
 stop_pgwarden() {
@@ -181,21 +186,45 @@ cp "$PKGLIB/autoinc.so" "$PKGLIB/refint.so" "$WORK/lib/"
 cp -r "$REGRESS_SRC" "$WORK/input"
 chmod -R a+rX "$WORK/input" "$WORK/lib"
 
-# psql wrapper (pg_regress --launcher): application_name = pg_regress/<test>, from the
-# file on its standard input (pg_regress runs: launcher psql ... < sql/<test>.sql).
-cat >"$WORK/launcher.sh" <<'EOF'
-#!/bin/sh
-t=$(readlink /proc/$$/fd/0 2>/dev/null)
-t=${t##*/}
-PGAPPNAME="pg_regress/${t%.sql}"
-export PGAPPNAME
-exec "$@"
+# pgwarden in front of the cluster on port PGPORT: sets LPORT and PGW_PID.
+start_pgwarden() { # MODE DIR PGPORT
+    local mode=$1 dir=$2 pgport=$3 aport i
+    LPORT=$(pick_port "$pgport")
+    aport=$(pick_port "$pgport" "$LPORT")
+    cat >"$dir/pgwarden.ini" <<EOF
+[pgwarden]
+listen_addr = 127.0.0.1
+listen_port = $LPORT
+admin_addr = 127.0.0.1
+admin_port = $aport
+pool_mode = $mode
+default_pool_size = $POOL_SIZE
+max_client_conn = 400
+auth_type = trust
+server_tls_mode = disable
+unmovable_state = pin
+query_wait_timeout_ms = $((REGRESS_TIMEOUT * 1000))
+log_level = info
+logfile = $dir/pgwarden.log
+
+[databases]
+* = host=127.0.0.1 port=$pgport
 EOF
-chmod 755 "$WORK/launcher.sh"
+    "$PGWARDEN_BIN" -c "$dir/pgwarden.ini" --check || die "pgwarden refused its config"
+    nice -n "$NICE" "$PGWARDEN_BIN" -c "$dir/pgwarden.ini" &
+    PGW_PID=$!
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$PGW_PID" 2>/dev/null || die "pgwarden exited at start"
+        as_pg "$PG_BINDIR/pg_isready" -q -h 127.0.0.1 -p "$LPORT" -d postgres -U postgres &&
+            break
+        sleep 0.1
+    done
+    say "$mode: PostgreSQL on 127.0.0.1:$pgport, pgwarden (pid $PGW_PID) on 127.0.0.1:$LPORT"
+}
 
 # ---- one mode ----------------------------------------------------------------------------
 run_mode() { # MODE
-    local mode=$1 dir=$WORK/$1 pgport lport aport i out rc
+    local mode=$1 dir=$WORK/$1 pgport lport i out rc
     out=$OUT_DIR/$mode
     rm -rf -- "$out"
     mkdir -p "$out" "$dir"
@@ -217,6 +246,7 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 log_connections = on
+log_disconnections = on
 log_line_prefix = '%m [%p] %q%u@%d/%a '
 EOF
         if as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA_DIR" -l "$dir/postgres.log" -w -t 120 \
@@ -231,42 +261,16 @@ EOF
     as_pg "$PG_BINDIR/psql" -X -q -h "$dir" -p "$pgport" -U postgres -d postgres \
         -c "CREATE DATABASE pgw_pooling" >/dev/null
 
-    # pgwarden.
-    lport=$(pick_port "$pgport")
-    aport=$(pick_port "$pgport" "$lport")
-    cat >"$dir/pgwarden.ini" <<EOF
-[pgwarden]
-listen_addr = 127.0.0.1
-listen_port = $lport
-admin_addr = 127.0.0.1
-admin_port = $aport
-pool_mode = $mode
-default_pool_size = $POOL_SIZE
-max_client_conn = 400
-auth_type = trust
-server_tls_mode = disable
-unmovable_state = pin
-query_wait_timeout_ms = $((REGRESS_TIMEOUT * 1000))
-log_level = info
-logfile = $dir/pgwarden.log
-
-[databases]
-* = host=127.0.0.1 port=$pgport
-EOF
-    "$PGWARDEN_BIN" -c "$dir/pgwarden.ini" --check || die "pgwarden refused its config"
-    nice -n "$NICE" "$PGWARDEN_BIN" -c "$dir/pgwarden.ini" &
-    PGW_PID=$!
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$PGW_PID" 2>/dev/null || die "pgwarden exited at start"
-        as_pg "$PG_BINDIR/pg_isready" -q -h 127.0.0.1 -p "$lport" -d postgres -U postgres &&
-            break
-        sleep 0.1
-    done
-    say "$mode: PostgreSQL on 127.0.0.1:$pgport, pgwarden (pid $PGW_PID) on 127.0.0.1:$lport"
+    # pgwarden (none in direct mode: the suite and pgbench go to PostgreSQL itself).
+    if [[ $mode == direct ]]; then
+        lport=$pgport
+        say "direct: PostgreSQL on 127.0.0.1:$pgport, no pgwarden"
+    else
+        start_pgwarden "$mode" "$dir" "$pgport"
+        lport=$LPORT
+    fi
 
     # The suite.
-    local launcher=()
-    [[ $TAG_APPNAME == 1 ]] && launcher=(--launcher="$WORK/launcher.sh")
     mkdir -p "$dir/results-root"
     [[ $(id -u) -eq 0 ]] && chown postgres: "$dir/results-root"
     local t0=$SECONDS
@@ -274,7 +278,7 @@ EOF
     as_pg timeout --kill-after=30 "$REGRESS_TIMEOUT" nice -n "$NICE" "$PG_REGRESS" \
         --inputdir="$WORK/input" --outputdir="$dir/results-root" --bindir="$PG_BINDIR" \
         --dlpath="$WORK/lib" --host=127.0.0.1 --port="$lport" --user=postgres \
-        --max-connections="$MAX_CONNECTIONS" --max-concurrent-tests=20 "${launcher[@]}" \
+        --max-connections="$MAX_CONNECTIONS" --max-concurrent-tests=20 \
         --schedule="$WORK/input/parallel_schedule" >"$out/pg_regress.stdout" 2>&1 &
     REG_PID=$!
     wait "$REG_PID"
@@ -285,9 +289,12 @@ EOF
     [[ $rc -eq 124 || $rc -eq 137 ]] && say "$mode: pg_regress timed out after ${REGRESS_TIMEOUT}s"
 
     # Sessions the suite opened on PostgreSQL vs. distinct backends that served them.
-    local n_regress_backends
+    local n_regress_backends max_open
     n_regress_backends=$(grep -c 'connection authorized: user=postgres database=regression' \
         "$dir/postgres.log" || true)
+    max_open=$(awk '/connection authorized: user=postgres database=regression / { n++ }
+        /disconnection: .* user=postgres database=regression / { n-- }
+        n > max { max = n } END { print max + 0 }' "$dir/postgres.log")
 
     # Pooling check: a pin-free workload (session SET, SET LOCAL, transactions) from 16
     # clients; count the backends PostgreSQL started for it.
@@ -326,13 +333,18 @@ EOF
         echo "failed:                $failed"
         echo "failed (ignored):      $ignored"
         echo "pg_regress exit:       $rc (${secs}s)"
-        echo "backends for regression db (log_connections): $n_regress_backends"
+        echo "backends for regression db (log_connections): $n_regress_backends started, at most $max_open open at once"
         echo "pin-free pgbench (16 clients x 200 tx): backends $pool_backends, tps ${pool_tps:-?}"
-        echo "pinned clients logged: $(grep -c 'which cannot move to another server' "$out/pgwarden.log" || true)"
-        echo "pgwarden 'does not match': $(grep -c 'does not match' "$out/pgwarden.log" || true)"
+        echo "pinned clients logged: $(grep -c 'which cannot move to another server' "$out/pgwarden.log" 2>/dev/null || true) (pins.txt: test and reason)"
+        echo "pgwarden 'does not match': $(grep -c 'does not match' "$out/pgwarden.log" 2>/dev/null || true)"
+        echo "pgwarden 'could not restore the session': $(grep -c 'could not restore the session' "$out/pgwarden.log" 2>/dev/null || true)"
+        echo "pgwarden WARNING/ERROR lines: $(grep -cE ' (WARNING|ERROR) ' "$out/pgwarden.log" 2>/dev/null || true)"
         echo "failing tests:"
         grep -E '\.\.\. FAILED' "$out/pg_regress.stdout" | awk '{ for (i = 1; i <= NF; i++) if ($(i + 1) == "...") { print "  " $i; break } }'
     } >"$out/summary.txt"
+    [[ -f $out/pgwarden.log ]] &&
+        sed -n 's/.*(application_name "pg_regress\/\([^"]*\)") uses \(.*\), which cannot move.*/\1: \2/p' \
+            "$out/pgwarden.log" | sort | uniq -c >"$out/pins.txt"
     cat "$out/summary.txt"
 }
 
