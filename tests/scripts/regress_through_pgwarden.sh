@@ -63,7 +63,7 @@ BUILD_DIR=${BUILD_DIR:-/tmp/regress-build}
 NICE=${NICE:-10}
 
 for v in $(compgen -e | grep -E '^PG' || true); do
-    case $v in PG_BINDIR | PG_SRC) ;; *) unset "$v" ;; esac
+    case $v in PG_BINDIR | PG_SRC | PGWARDEN_BIN) ;; *) unset "$v" ;; esac
 done
 
 die() {
