@@ -327,7 +327,7 @@ EOF
     cp "$dir/results-root/regression.out" "$out/" 2>/dev/null || true
     cp "$dir/pgwarden.log" "$dir/postgres.log" "$dir/pgwarden.ini" "$out/" 2>/dev/null || true
     {
-        echo "mode:                  $mode (pool size $POOL_SIZE, pgwarden $("$PGWARDEN_BIN" -V 2>&1 | head -n 1))"
+        echo "mode:                  $mode (pool size $POOL_SIZE, $("$PGWARDEN_BIN" -V 2>&1 | head -n 1))"
         echo "PostgreSQL:            $PG_VERSION, parallel_schedule: $total tests"
         echo "passed:                $ok"
         echo "failed:                $failed"
@@ -335,16 +335,19 @@ EOF
         echo "pg_regress exit:       $rc (${secs}s)"
         echo "backends for regression db (log_connections): $n_regress_backends started, at most $max_open open at once"
         echo "pin-free pgbench (16 clients x 200 tx): backends $pool_backends, tps ${pool_tps:-?}"
-        echo "pinned clients logged: $(grep -c 'which cannot move to another server' "$out/pgwarden.log" 2>/dev/null || true) (pins.txt: test and reason)"
-        echo "pgwarden 'does not match': $(grep -c 'does not match' "$out/pgwarden.log" 2>/dev/null || true)"
-        echo "pgwarden 'could not restore the session': $(grep -c 'could not restore the session' "$out/pgwarden.log" 2>/dev/null || true)"
-        echo "pgwarden WARNING/ERROR lines: $(grep -cE ' (WARNING|ERROR) ' "$out/pgwarden.log" 2>/dev/null || true)"
+        if [[ $mode != direct ]]; then
+            echo "pinned clients logged: $(grep -c 'which cannot move to another server' "$out/pgwarden.log" 2>/dev/null || true) (pins.txt: test and reason)"
+            echo "pgwarden 'does not match': $(grep -c 'does not match' "$out/pgwarden.log" 2>/dev/null || true)"
+            echo "pgwarden 'could not restore the session': $(grep -c 'could not restore the session' "$out/pgwarden.log" 2>/dev/null || true)"
+            echo "pgwarden WARNING/ERROR lines: $(grep -cE ' (WARNING|ERROR) ' "$out/pgwarden.log" 2>/dev/null || true)"
+        fi
         echo "failing tests:"
         grep -E '\.\.\. FAILED' "$out/pg_regress.stdout" | awk '{ for (i = 1; i <= NF; i++) if ($(i + 1) == "...") { print "  " $i; break } }'
     } >"$out/summary.txt"
-    [[ -f $out/pgwarden.log ]] &&
+    if [[ -f $out/pgwarden.log ]]; then
         sed -n 's/.*(application_name "pg_regress\/\([^"]*\)") uses \(.*\), which cannot move.*/\1: \2/p' \
             "$out/pgwarden.log" | sort | uniq -c >"$out/pins.txt"
+    fi
     cat "$out/summary.txt"
 }
 
