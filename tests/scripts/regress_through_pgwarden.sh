@@ -342,7 +342,8 @@ EOF
             echo "pgwarden WARNING/ERROR lines: $(grep -cE ' (WARNING|ERROR) ' "$out/pgwarden.log" 2>/dev/null || true)"
         fi
         echo "failing tests:"
-        grep -E '\.\.\. FAILED' "$out/pg_regress.stdout" | awk '{ for (i = 1; i <= NF; i++) if ($(i + 1) == "...") { print "  " $i; break } }'
+        awk '/\.\.\. FAILED/ { for (i = 1; i <= NF; i++) if ($(i + 1) == "...") { print "  " $i; break } }' \
+            "$out/pg_regress.stdout"
     } >"$out/summary.txt"
     if [[ -f $out/pgwarden.log ]]; then
         sed -n 's/.*(application_name "pg_regress\/\([^"]*\)") uses \(.*\), which cannot move.*/\1: \2/p' \
