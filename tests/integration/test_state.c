@@ -187,6 +187,15 @@ static void test_sets_follow(void)
     on_other_server(x, a, "SHOW search_path", val, sizeof(val));
     CU_ASSERT_STRING_EQUAL(val, "\"$user\", public");
     CU_ASSERT_STRING_EQUAL(v(a, "SELECT current_setting('myapp.tenant', true)"), "");
+    /* RESET SESSION AUTHORIZATION drops the role too, as in PostgreSQL (found by its
+     * regression suite, test privileges) */
+    CU_ASSERT_STRING_EQUAL(v(a, "SET ROLE state_reader"), "SET");
+    CU_ASSERT_STRING_EQUAL(v(a, "RESET SESSION AUTHORIZATION"), "RESET");
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT current_user"), "pgwarden_test");
+    churn(others, 2);
+    on_other_server(b, a, "SELECT current_user", val, sizeof(val));
+    CU_ASSERT_STRING_EQUAL(val, "pgwarden_test");
+    CU_ASSERT_STRING_EQUAL(v(a, "SHOW role"), "none");
     PQfinish(a);
     PQfinish(b);
     PQfinish(x);
