@@ -313,6 +313,13 @@ static void note_state(struct lexer *lx, enum px_sql_state st, const struct toke
 }
 
 /* The next token of the text (TOK_END, again and again, at the end). */
+/* pg_temp, or a backend's own pg_temp_N: a name in the session's temporary schema. */
+static bool is_temp_schema(const struct token *t)
+{
+    return (t->kind == TOK_WORD || t->kind == TOK_QIDENT) && t->n >= 7 && (t->s[0] | 0x20) == 'p' &&
+           fold_eq(t->s, 7, "pg_temp", 7) && (t->n == 7 || t->s[7] == '_');
+}
+
 static void lex_next(struct lexer *lx, struct token *t)
 {
     const char *p = skip_blank(lx->p, lx->end);
@@ -338,6 +345,12 @@ static void lex_next(struct lexer *lx, struct token *t)
         } else if (lx->after_unlock_all) {
             lx->unpins |= PX_SQL_PIN_ADVISORY;
         }
+    }
+    if (is_temp_schema(t)) {
+        /* CREATE TABLE pg_temp.t, SET search_path TO pg_temp, ...: a temporary object
+         * whatever the statement; only CREATE TEMP says so in its first words */
+        note_feature(lx, "temporary object");
+        lx->pins |= PX_SQL_PIN_TEMP;
     }
     lx->after_lock_fn = is_lock_fn(t);
     lx->after_set_config = is_fn(t, "set_config");
