@@ -38,6 +38,7 @@
 struct px_metrics_set;
 struct px_admin;
 struct px_breaker;
+struct px_fault_names;
 
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
 #define PX_BACKPRESSURE_HIGH (256 * 1024)
@@ -166,10 +167,12 @@ struct px_client {
      * fault_timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
      * unnamed statement is, fault_unnamed_portal: what the unnamed portal runs (enum
      * px_fault_stmt of path/fault.h: an Execute of it is a statement, a commit, or
-     * transaction control, never injected into). */
+     * never injected into); fault_names (session pooling; NULL until needed, owned): its
+     * named statements that are transaction control. */
     struct event *fault_timer;
     bool fault_waiting, fault_passed;
     uint8_t fault_unnamed_stmt, fault_unnamed_portal;
+    struct px_fault_names *fault_names;
     bool fault_disconnect; /* close the server once this message is sent */
     /* Its relay stopped before a message pgwarden answers itself, until the server has
      * answered everything sent before it (path.c). */

@@ -842,6 +842,14 @@ static void log_injection(const struct rule *r, const struct px_chaos_ctx *ctx)
             what, when_names[ctx->when]);
 }
 
+bool px_chaos_matches(const struct px_chaos_ctx *ctx)
+{
+    for (const struct rule *r = rules_head; r; r = r->next)
+        if (rule_matches(r, ctx))
+            return true;
+    return false;
+}
+
 bool px_chaos_decide(const struct px_chaos_ctx *ctx, struct px_chaos_action *out)
 {
     out->kind = PX_CHAOS_NONE;

@@ -72,6 +72,14 @@ static inline bool px_chaos_active(void)
  */
 bool px_chaos_decide(const struct px_chaos_ctx *ctx, struct px_chaos_action *out);
 
+/*
+ * Whether some rule matches ctx (its filters and when), without counting, drawing or
+ * logging anything: when none does, px_chaos_decide would inject nothing either.  The path
+ * asks it before it waits to be able to answer (fault.h), so that rules for other traffic
+ * cost no wait.
+ */
+bool px_chaos_matches(const struct px_chaos_ctx *ctx);
+
 /* ---- the rule table (admin port, config) ---------------------------------------------- */
 
 /*

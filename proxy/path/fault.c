@@ -1,6 +1,8 @@
 /*
  * fault.c: the fault-injection stage (see fault.h).
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/event.h>
@@ -38,6 +40,40 @@ static void on_latency_done(evutil_socket_t fd, short what, void *arg)
     px_path_client_input(c);
 }
 
+/* What a statement of this kind is to the rules. */
+static enum px_fault_stmt kind_of(enum px_sql_kind kind)
+{
+    switch (kind) {
+    case PX_SQL_COMMIT: return PX_FAULT_STMT_COMMIT;
+    case PX_SQL_BEGIN:
+    case PX_SQL_ROLLBACK:
+    case PX_SQL_EMPTY:
+    /* a driver's housekeeping: psycopg 3 sends DEALLOCATE ALL after a ROLLBACK and ignores
+     * its errors, so an injection there would be counted and never seen */
+    case PX_SQL_DEALLOCATE:
+    case PX_SQL_DEALLOCATE_ALL:
+    case PX_SQL_DISCARD_ALL: return PX_FAULT_STMT_NEVER;
+    case PX_SQL_OTHER: break;
+    }
+    return PX_FAULT_STMT_OTHER;
+}
+
+/* Transaction control is short: a longer statement text is not scanned (a long query
+ * bound again and again costs no scan per Execute). */
+#define CONTROL_TEXT_MAX 256
+
+/* What the statement text (content of a Parse: query\0 ...; clen bytes) is to the rules. */
+static enum px_fault_stmt text_kind(const uint8_t *content, uint32_t clen)
+{
+    const char *q = (const char *)content;
+    size_t n = strnlen(q, clen);
+    if (n > CONTROL_TEXT_MAX)
+        return PX_FAULT_STMT_OTHER;
+    struct px_sql_info info;
+    px_sql_classify(q, n, &info);
+    return kind_of(info.kind);
+}
+
 /* What the statement is to the rules: commit, statement, or nothing (other transaction
  * control is never injected into). */
 static bool query_when(const uint8_t *body, uint32_t len, enum px_chaos_when *when)
@@ -45,12 +81,11 @@ static bool query_when(const uint8_t *body, uint32_t len, enum px_chaos_when *wh
     struct px_sql_info info;
     size_t n = len > 0 && body[len - 1] == '\0' ? len - 1 : len;
     px_sql_classify((const char *)body, n, &info);
-    if (info.kind == PX_SQL_COMMIT) {
-        *when = PX_CHAOS_COMMIT;
-        return true;
+    switch (kind_of(info.kind)) {
+    case PX_FAULT_STMT_COMMIT: *when = PX_CHAOS_COMMIT; return true;
+    case PX_FAULT_STMT_NEVER: return false;
+    case PX_FAULT_STMT_OTHER: break;
     }
-    if (info.kind == PX_SQL_BEGIN || info.kind == PX_SQL_ROLLBACK || info.kind == PX_SQL_EMPTY)
-        return false;
     *when = PX_CHAOS_STATEMENT;
     return true;
 }
@@ -62,9 +97,10 @@ static void inject_error(struct px_client *c, const struct px_chaos_action *a, b
 {
     struct evbuffer *out = px_path_client_out(c);
     px_wire_error(out, PX_SEV_ERROR, a->sqlstate, a->message, NULL);
-    if (commit && simple) {
-        px_txn_commit_failed(c);
-        px_locks_txn_end(c); /* the transaction ended */
+    if (commit) {
+        px_txn_commit_failed(c, simple);
+        if (simple)
+            px_locks_txn_end(c); /* ended (extended: at the ReadyForQuery of its Sync) */
     } else {
         px_txn_statement_failed(c, simple);
     }
@@ -85,7 +121,7 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
     if (type == 'Q' && !query_when(body, len, &when))
         return PX_FAULT_NONE;
     if (type == 'E' && len > 0 && body[0] == '\0') { /* the unnamed portal */
-        if (c->fault_unnamed_portal == PX_FAULT_STMT_TXN_CONTROL)
+        if (c->fault_unnamed_portal == PX_FAULT_STMT_NEVER)
             return PX_FAULT_NONE; /* BEGIN, ROLLBACK through the extended protocol */
         if (c->fault_unnamed_portal == PX_FAULT_STMT_COMMIT)
             when = PX_CHAOS_COMMIT;
@@ -100,8 +136,9 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
     struct px_chaos_action a;
     if (!may_answer) {
         /* An error must follow the server's replies to what was sent before: decide once
-         * everything is answered (the draw is made then, once). */
-        return PX_FAULT_HOLD;
+         * everything is answered (the draw is made then, once).  Not when no rule is for
+         * this statement: the wait costs a round trip to the server. */
+        return px_chaos_matches(&ctx) ? PX_FAULT_HOLD : PX_FAULT_NONE;
     }
     if (!px_chaos_decide(&ctx, &a)) /* logs the injection */
         return PX_FAULT_NONE;
@@ -128,32 +165,122 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
     return PX_FAULT_NONE;
 }
 
+/* ---- named statements in session pooling ---------------------------------------------- */
+
+#define FAULT_NAMES_MAX 16
+
+/* The client's named statements that are not plain statements (transaction control,
+ * housekeeping), by name as PostgreSQL keeps it (PX_STMT_NAME_MAX bytes).  A name whose
+ * statement went away (Close, DEALLOCATE) may stay: it can only be bound again after a
+ * new Parse of it, which replaces the entry; the least recently bound entry makes room. */
+struct px_fault_names {
+    uint32_t clock; /* bumped at every put or hit */
+    uint8_t n;
+    struct {
+        uint32_t used;
+        uint8_t kind; /* enum px_fault_stmt, never PX_FAULT_STMT_OTHER */
+        char name[PX_STMT_NAME_MAX + 1];
+    } e[FAULT_NAMES_MAX];
+};
+
+static int names_find(const struct px_fault_names *fn, const char *name)
+{
+    for (int i = 0; fn && i < fn->n; i++)
+        if (strncmp(fn->e[i].name, name, PX_STMT_NAME_MAX) == 0)
+            return i;
+    return -1;
+}
+
+static void names_put(struct px_client *c, const char *name, enum px_fault_stmt kind)
+{
+    struct px_fault_names *fn = c->fault_names;
+    if (!fn && !(fn = c->fault_names = calloc(1, sizeof(*fn)))) {
+        px_warning("chaos", 'C', c->id, "out of memory: named statement \"%s\" not recorded", name);
+        return;
+    }
+    int i = names_find(fn, name);
+    if (i < 0 && fn->n < FAULT_NAMES_MAX)
+        i = fn->n++;
+    if (i < 0) { /* full: the least recently bound goes */
+        i = 0;
+        for (int j = 1; j < fn->n; j++)
+            if (fn->e[j].used < fn->e[i].used)
+                i = j;
+    }
+    snprintf(fn->e[i].name, sizeof(fn->e[i].name), "%s", name);
+    fn->e[i].kind = (uint8_t)kind;
+    fn->e[i].used = ++fn->clock;
+}
+
+static void names_drop(struct px_fault_names *fn, const char *name)
+{
+    int i = names_find(fn, name);
+    if (i >= 0)
+        fn->e[i] = fn->e[--fn->n];
+}
+
+/* What the named statement name of c is to the rules. */
+static enum px_fault_stmt named_kind(struct px_client *c, const char *name)
+{
+    if (c->pool->mode == PX_POOL_TRANSACTION) {
+        struct px_stmt *stmt = px_stmt_map_get(&c->stmts, name);
+        if (!stmt)
+            return PX_FAULT_STMT_OTHER; /* not the client's: PostgreSQL answers 26000 */
+        uint32_t clen;
+        const uint8_t *content = px_stmt_content(stmt, &clen);
+        return text_kind(content, clen);
+    }
+    struct px_fault_names *fn = c->fault_names;
+    int i = names_find(fn, name);
+    if (i < 0)
+        return PX_FAULT_STMT_OTHER;
+    fn->e[i].used = ++fn->clock;
+    return (enum px_fault_stmt)fn->e[i].kind;
+}
+
 void px_fault_note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
 {
+    bool unnamed = len > 0 && body[0] == '\0';
+    if (unnamed ? !px_chaos_active() : c->pool->mode == PX_POOL_TRANSACTION)
+        return; /* (transaction pooling: the statement map has the text) */
     const char *name;
     const uint8_t *content;
     uint32_t clen;
-    if (px_parse_split(body, len, &name, &content, &clen) < 0 || *name)
-        return;
-    struct px_sql_info info;
-    const char *q = (const char *)content;
-    px_sql_classify(q, strnlen(q, clen), &info);
-    c->fault_unnamed_stmt =
-        info.kind == PX_SQL_COMMIT ? PX_FAULT_STMT_COMMIT
-        : info.kind == PX_SQL_BEGIN || info.kind == PX_SQL_ROLLBACK || info.kind == PX_SQL_EMPTY
-            ? PX_FAULT_STMT_TXN_CONTROL
-            : PX_FAULT_STMT_OTHER;
+    if (px_parse_split(body, len, &name, &content, &clen) < 0)
+        return; /* malformed: PostgreSQL says so */
+    enum px_fault_stmt kind = text_kind(content, clen);
+    if (unnamed)
+        c->fault_unnamed_stmt = (uint8_t)kind;
+    else if (kind != PX_FAULT_STMT_OTHER)
+        names_put(c, name, kind);
+    else
+        names_drop(c->fault_names, name);
 }
 
-void px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
+void px_fault_note_long_parse(struct px_client *c, const uint8_t *head, uint32_t len)
+{
+    const char *name = (const char *)head;
+    if (!memchr(head, '\0', len))
+        return; /* malformed (or a name longer than the head): PostgreSQL says so */
+    if (!*name)
+        c->fault_unnamed_stmt = PX_FAULT_STMT_OTHER;
+    else if (c->pool->mode != PX_POOL_TRANSACTION)
+        names_drop(c->fault_names, name);
+}
+
+bool px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
 {
     /* Bind: portal name, statement name, ... */
     const char *portal = (const char *)body;
     size_t n = strnlen(portal, len);
-    if (n != 0 || len < 2)
-        return; /* a named portal (its Executes are statements), or malformed */
-    size_t m = strnlen(portal + 1, len - 1);
-    c->fault_unnamed_portal = m == 0 ? c->fault_unnamed_stmt : PX_FAULT_STMT_OTHER;
+    if (n + 1 >= len || !memchr(body + n + 1, '\0', len - n - 1))
+        return false; /* malformed (PostgreSQL says so), or names longer than the head */
+    const char *stmt = portal + n + 1;
+    enum px_fault_stmt kind =
+        *stmt ? named_kind(c, stmt) : (enum px_fault_stmt)c->fault_unnamed_stmt;
+    if (n == 0)
+        c->fault_unnamed_portal = (uint8_t)kind; /* a named portal's Executes are statements */
+    return *stmt && kind == PX_FAULT_STMT_COMMIT;
 }
 
 void px_fault_client_free(struct px_client *c)
@@ -161,4 +288,6 @@ void px_fault_client_free(struct px_client *c)
     if (c->fault_timer)
         event_free(c->fault_timer);
     c->fault_timer = NULL;
+    free(c->fault_names);
+    c->fault_names = NULL;
 }

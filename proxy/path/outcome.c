@@ -26,6 +26,7 @@ struct px_outcome {
     uint64_t deadline_ms;
     struct event *timer;
     bool asked; /* the status query was sent and its reply is not in */
+    bool ready; /* the answer ends with ReadyForQuery (see answer) */
 };
 
 void px_outcome_commit_sent(struct px_client *c, struct evbuffer *out, bool quiescent)
@@ -61,8 +62,10 @@ void px_outcome_client_free(struct px_client *c)
 enum answer { ANSWER_COMMITTED, ANSWER_NOTHING_WRITTEN, ANSWER_ABORTED, ANSWER_UNKNOWN };
 
 /* The client's COMMIT gets its answer; in session pooling its session is gone after it.
- * False when the client was failed. */
-static bool answer(struct px_client *c, enum answer a)
+ * ready: ReadyForQuery follows, as for a simple Query, or an extended-protocol group whose
+ * Sync went to the lost server; without it, the client's Sync, still to be relayed, gets
+ * it.  False when the client was failed. */
+static bool answer(struct px_client *c, enum answer a, bool ready)
 {
     static const unsigned label[] = {
         [ANSWER_COMMITTED] = PX_MCO_COMMITTED,
@@ -100,7 +103,8 @@ static bool answer(struct px_client *c, enum answer a)
                       NULL);
         break;
     }
-    px_wire_ready(out, 'I');
+    if (ready)
+        px_wire_ready(out, 'I');
     if (c->pool->mode == PX_POOL_SESSION) {
         /* its session went with the server: after the answer it cannot go on */
         px_client_fatal(c, PX_SQLSTATE_CONNECTION_FAILURE,
@@ -119,7 +123,7 @@ static void ask(struct px_client *c)
     snprintf(sql, sizeof(sql), "SELECT pg_catalog.pg_xact_status('%" PRIu64 "'::pg_catalog.xid8)",
              o->xid);
     if (px_wire_query(bufferevent_get_output(s->bev), sql) < 0) {
-        answer(c, ANSWER_UNKNOWN);
+        answer(c, ANSWER_UNKNOWN, o->ready);
         return;
     }
     s->capture_skip = s->hidden_queries; /* a re-sync prelude may be before it */
@@ -139,7 +143,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (!o)
         return;
     if (px_now_ms() >= o->deadline_ms) {
-        answer(c, ANSWER_UNKNOWN);
+        answer(c, ANSWER_UNKNOWN, o->ready);
         return;
     }
     if (c->server && c->server->state == PX_SV_ACTIVE) {
@@ -159,21 +163,26 @@ bool px_outcome_server_lost(struct px_client *c, struct px_server *s)
             : s->xid      ? "known"
                           : "none: nothing written");
     px_client_set_state(c, PX_CL_IDLE);
+    /* An extended-protocol COMMIT whose Sync was not sent yet (a disconnect injected at the
+     * Execute, path/fault.h): that Sync, relayed later, gets the ReadyForQuery.  In session
+     * pooling the client is ended right after the answer: ReadyForQuery at once. */
+    bool ready = s->pending_ready > 0 || c->pool->mode == PX_POOL_SESSION;
     if (!s->xid_known) {
-        answer(c, ANSWER_UNKNOWN);
+        answer(c, ANSWER_UNKNOWN, ready);
         return true;
     }
     if (s->xid == 0) {
-        answer(c, ANSWER_NOTHING_WRITTEN);
+        answer(c, ANSWER_NOTHING_WRITTEN, ready);
         return true;
     }
     struct px_outcome *o = calloc(1, sizeof(*o));
     if (!o || !(o->timer = evtimer_new(px.base, on_timer, c))) {
         free(o);
-        answer(c, ANSWER_UNKNOWN);
+        answer(c, ANSWER_UNKNOWN, ready);
         return true;
     }
     o->c = c;
+    o->ready = ready;
     o->xid = s->xid;
     o->deadline_ms = px_now_ms() + OUTCOME_WAIT_MS;
     c->outcome = o;
@@ -197,14 +206,14 @@ bool px_outcome_hidden_done(struct px_client *c)
     struct px_server *s = c->server;
     o->asked = false;
     if (!s->captured_null && !strcmp(s->captured, "committed"))
-        return answer(c, ANSWER_COMMITTED);
+        return answer(c, ANSWER_COMMITTED, o->ready);
     if (!s->captured_null && !strcmp(s->captured, "aborted"))
-        return answer(c, ANSWER_ABORTED);
+        return answer(c, ANSWER_ABORTED, o->ready);
     if (!s->captured_null && !strcmp(s->captured, "in progress") &&
         px_now_ms() + OUTCOME_POLL_MS < o->deadline_ms) {
         struct timeval tv = {0, OUTCOME_POLL_MS * 1000};
         evtimer_add(o->timer, &tv);
         return true;
     }
-    return answer(c, ANSWER_UNKNOWN);
+    return answer(c, ANSWER_UNKNOWN, o->ready);
 }

@@ -202,8 +202,13 @@ static enum px_relay_action c2s_big(struct px_client *c, struct evbuffer *out, c
                                     const uint8_t *head, uint32_t len)
 {
     struct px_server *s = c->server;
+    uint32_t visible = len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len;
     px_retry_note_streamed(c);
-    px_locks_big_message(c, type, head, len > PX_RELAY_HEAD_MAX ? PX_RELAY_HEAD_MAX : len);
+    px_locks_big_message(c, type, head, visible);
+    if (type == 'P' && px_chaos_active())
+        px_fault_note_long_parse(c, head, visible);
+    else if (type == 'B' && px_chaos_active())
+        px_fault_note_bind(c, head, visible); /* the names are in the head */
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     if (type == 'Q') {
@@ -263,10 +268,13 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         case PX_FAULT_NONE: break;
         }
     }
-    if (type == 'P' && px_chaos_active())
+    if (type == 'P') {
         px_fault_note_parse(c, body, len);
-    else if (type == 'B' && px_chaos_active() && body)
-        px_fault_note_bind(c, body, len);
+    } else if (type == 'B' && px_chaos_active() && body && px_fault_note_bind(c, body, len) &&
+               (txn || c->retry)) {
+        /* a named COMMIT statement: the COMMIT starts with its Bind (outcome.h) */
+        px_outcome_commit_sent(c, out, server_quiescent(s));
+    }
     if (txn) {
         /* classify, then statements answered by pgwarden, then session state */
         if (type == 'Q') {
@@ -377,6 +385,11 @@ void px_path_relay_client(struct px_client *c)
          * network fails at that moment. */
         c->fault_disconnect = false;
         s->cut_when_sent = true;
+        /* An Execute's reply waits in the server for a Sync or Flush: the Flush makes it
+         * answer once the COMMIT ran, and that answer is the cue to cut. */
+        static const uint8_t flush[5] = {'H', 0, 0, 0, 4};
+        if (evbuffer_add(out, flush, sizeof(flush)) < 0)
+            px_server_close(s, "out of memory");
         return;
     }
     if (r == PX_RELAY_CLOSED) {

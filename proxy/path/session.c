@@ -501,7 +501,8 @@ void px_session_note_execute(struct px_client *c)
     if (!st->unnamed)
         return;
     const struct px_sstate_change *u = st->unnamed;
-    queue_change(c, change_new(u->kind, u->reset, u->key, u->sql, strlen(u->sql)));
+    /* a DEALLOCATE or DISCARD keeps no text (change_of) */
+    queue_change(c, change_new(u->kind, u->reset, u->key, u->sql, u->sql ? strlen(u->sql) : 0));
 }
 
 void px_session_client_free(struct px_client *c)

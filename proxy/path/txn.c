@@ -97,6 +97,24 @@ void px_txn_drop_begin(struct px_client *c)
  * (its error is swallowed): a constant that is not an integer fails at parse analysis. */
 #define ABORT_SQL "SELECT 'pgwarden: a statement failed in this transaction'::pg_catalog.int4"
 
+/* A Parse that fails at parse analysis puts the server into skip-to-Sync: the client's
+ * Sync then ends the group as PostgreSQL would after an error (an implicit transaction
+ * rolls back, a block is failed). */
+static void fail_group(struct px_server *s, struct evbuffer *out)
+{
+    uint8_t content[sizeof(ABORT_SQL) + 2] = {0}; /* query\0, int16 0 parameter types */
+    memcpy(content, ABORT_SQL, sizeof(ABORT_SQL));
+    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, true);
+    if (!e || px_write_parse(out, "_pgw_abort", content, sizeof(content)) < 0) {
+        px_server_close(s, "out of memory");
+        return;
+    }
+    e->abort = 1;
+    s->unsynced = true;
+    s->group_failed = true;
+    s->last_untracked = false;
+}
+
 void px_txn_statement_failed(struct px_client *c, bool simple)
 {
     struct px_server *s = c->server;
@@ -115,35 +133,28 @@ void px_txn_statement_failed(struct px_client *c, bool simple)
         s->txn_status = 'E';
         return;
     }
-    /* A Parse that fails at parse analysis puts the server into skip-to-Sync: the client's
-     * Sync then ends the group as PostgreSQL would after an error (an implicit transaction
-     * rolls back, a block is failed). */
-    uint8_t content[sizeof(ABORT_SQL) + 2] = {0}; /* query\0, int16 0 parameter types */
-    memcpy(content, ABORT_SQL, sizeof(ABORT_SQL));
-    struct px_expect *e = px_expect_push(s, PX_EXP_PARSE, true);
-    if (!e || px_write_parse(out, "_pgw_abort", content, sizeof(content)) < 0) {
-        px_server_close(s, "out of memory");
-        return;
-    }
-    e->abort = 1;
-    s->unsynced = true;
-    s->group_failed = true;
-    s->last_untracked = false;
+    fail_group(s, out);
 }
 
-void px_txn_commit_failed(struct px_client *c)
+void px_txn_commit_failed(struct px_client *c, bool simple)
 {
     struct px_server *s = c->server;
     if (!s) {
         px_txn_drop_begin(c);
         return;
     }
-    if (s->txn_status == 'I')
-        return;
-    /* A COMMIT that fails ends the transaction: it is rolled back. */
-    px_wire_query(px_path_server_out(c), "ROLLBACK");
-    s->hidden_queries++;
-    s->txn_status = 'I';
+    s->commit_inflight = false; /* the COMMIT is not sent (outcome.h) */
+    struct evbuffer *out = px_path_server_out(c);
+    if (s->txn_status != 'I') {
+        /* A COMMIT that fails ends the transaction: it is rolled back.  In an extended-
+         * protocol group too, where a Query may come between the group's messages: what
+         * came before it (the COMMIT's Parse and Bind) ran already, nothing else is owed. */
+        px_wire_query(out, "ROLLBACK");
+        s->hidden_queries++;
+        s->txn_status = 'I';
+    }
+    if (!simple)
+        fail_group(s, out); /* the rest of the group is skipped, as after any error */
 }
 
 /* ---- idle: answered, or a server is needed --------------------------------------------- */

@@ -87,8 +87,10 @@ void px_txn_statement_failed(struct px_client *c, bool simple);
 
 /* The client's COMMIT failed (an injected fault): its transaction is rolled back (hidden
  * ROLLBACK; s->txn_status says 'I' at once), as PostgreSQL ends a transaction whose COMMIT
- * fails.  Same conditions as px_txn_statement_failed. */
-void px_txn_commit_failed(struct px_client *c);
+ * fails; in the extended protocol (simple false) the rest of the group is skipped too, so
+ * the client's Sync is answered ReadyForQuery 'I'.  Same conditions as
+ * px_txn_statement_failed. */
+void px_txn_commit_failed(struct px_client *c, bool simple);
 
 void px_txn_client_free(struct px_client *c);
 

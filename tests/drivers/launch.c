@@ -15,6 +15,8 @@
  *   PGW_PORT_SESSION, PGW_PORT_TRANSACTION          pgwarden's port per pool mode
  *   DATABASE_URL_SESSION, DATABASE_URL_TRANSACTION  postgresql:// URLs of the same
  *   PGW_DIRECT_PORT, DATABASE_URL_DIRECT            PostgreSQL itself (set-up, checks)
+ *   PGW_ADMIN_PORT_SESSION, PGW_ADMIN_PORT_TRANSACTION  each pgwarden's admin port (chaos
+ *                              rules), with the bearer token PGW_ADMIN_TOKEN
  * Read here: DRIVERS_MODES, DRIVERS_DEBUG=1 (pgwarden logs at debug level, and its log is
  * printed at the end: the lock stage logs "locks C-n: 'X' answered|held"),
  * DRIVERS_TIMEOUT_S (PROGRAM is killed after it, default 300).
@@ -38,6 +40,7 @@ extern char **environ;
 #define POOL_SIZE_SESSION     40 /* session mode: one server per client connection */
 #define POOL_SIZE_TRANSACTION 4  /* small on purpose: servers are shared */
 #define DEFAULT_TIMEOUT_S     300
+#define ADMIN_TOKEN           "drivers-admin-token"
 
 struct target {
     const char *mode;
@@ -72,6 +75,8 @@ static struct harness_proxy *start_proxy(const char *mode, bool debug)
         .max_client_conn = 200,
         .query_wait_timeout_ms = 30000,
         .log_level = debug ? "debug" : "info",
+        .admin = true,
+        .pgwarden_extra = "admin_token = " ADMIN_TOKEN,
     };
     return harness_proxy_start(&o);
 }
@@ -159,10 +164,14 @@ int main(int argc, char **argv)
         setenv_int(strcmp(m, "session") == 0 ? "PGW_PORT_SESSION" : "PGW_PORT_TRANSACTION",
                    t[nt].px->port);
         setenv_url(strcmp(m, "session") == 0 ? "SESSION" : "TRANSACTION", c, t[nt].px->port);
+        setenv_int(strcmp(m, "session") == 0 ? "PGW_ADMIN_PORT_SESSION"
+                                             : "PGW_ADMIN_PORT_TRANSACTION",
+                   t[nt].px->admin_port);
         nt++;
     }
     setenv("PGW_MODES", modes, 1);
     setenv("PGW_HOST", "127.0.0.1", 1);
+    setenv("PGW_ADMIN_TOKEN", ADMIN_TOKEN, 1);
     setenv("PGW_USER", c->user, 1);
     setenv("PGW_PASSWORD", c->password, 1);
     setenv("PGW_DB", c->dbname, 1);

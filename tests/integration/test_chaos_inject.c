@@ -6,7 +6,11 @@
  * extended protocol), at COMMIT (rolled back); latency; a disconnect before a statement
  * and just after COMMIT (ambiguous); a failed server connection (when=connect);
  * every_n, max_count, a seeded probability giving the same injections twice, filters by
- * application_name, the counters of GET /chaos, the metrics and the log line.
+ * application_name, the counters of GET /chaos, the metrics and the log line.  Drivers'
+ * shapes: transaction control as named prepared statements (never hit; a named COMMIT is a
+ * commit), more of them than session pooling remembers, the named BEGIN in one group with
+ * the first statement (pgJDBC), COMMIT through the unnamed statement (psycopg 3), each in
+ * both pool modes, with no reply out of step in pgwarden's log.
  *
  * Every test uses its own application_name and removes its rules, so the tests are
  * independent of each other.
@@ -154,6 +158,61 @@ static const char *run(PGconn *c, const char *sql, char *msg, size_t msglen)
         snprintf(msg, msglen, "%s", m ? m : "");
     PQclear(res);
     return state;
+}
+
+/* The SQLSTATE of res ("" on success, "?" for an error without one); static buffer. */
+static const char *state_of(const PGresult *res)
+{
+    static char state[8];
+    ExecStatusType st = PQresultStatus(res);
+    const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(state, sizeof state, "%s",
+             st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? ""
+             : s                                             ? s
+                                                             : "?");
+    return state;
+}
+
+/* Prepares name as sql by the protocol (Parse of a named statement). */
+static void prepare(PGconn *c, const char *name, const char *sql)
+{
+    PGresult *res = PQprepare(c, name, sql, 0, NULL);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        fprintf(stderr, "prepare %s: %s", name, PQerrorMessage(c));
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+}
+
+/* Runs the named statement (Bind / Describe / Execute / Sync) with at most one parameter;
+ * its SQLSTATE ("" on success) and, when tag is not NULL, its command tag. */
+static const char *run_prepared(PGconn *c, const char *name, const char *param, char *tag,
+                                size_t taglen)
+{
+    const char *v[1] = {param};
+    PGresult *res = PQexecPrepared(c, name, param ? 1 : 0, param ? v : NULL, NULL, NULL, 0);
+    const char *st = state_of(res);
+    if (tag)
+        snprintf(tag, taglen, "%s", PQcmdStatus(res));
+    PQclear(res);
+    return st;
+}
+
+/* Runs sql by the extended protocol (the unnamed statement), as psycopg 3 sends its
+ * transaction control; its SQLSTATE ("" on success). */
+static const char *run_extended(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+    const char *st = state_of(res);
+    PQclear(res);
+    return st;
+}
+
+/* Nothing went out of step between pgwarden and its servers. */
+static void no_desync(struct harness_proxy *px)
+{
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "does not match"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "unexpected reply"));
+    CU_ASSERT_TRUE(harness_proxy_alive(px));
 }
 
 /* Rows of chaos_t with this note, on the direct connection. */
@@ -311,6 +370,218 @@ static void test_error_at_commit(void)
     commit_error(g_sess, "e2e_commit_sess", 31);
 }
 
+/* ---- named statements (drivers prepare their statements after a few uses) ------------------ */
+
+/*
+ * Transaction control run as named prepared statements (pgJDBC Binds a named BEGIN after
+ * prepareThreshold uses; psycopg 3 prepares any query run prepare_threshold times, BEGIN and
+ * ROLLBACK included) is never hit, whatever the rule; a named COMMIT is a commit, not a
+ * statement.  The statements are prepared before the rule exists (a pooled connection
+ * outlives the start of a chaos test).  The statement between them is hit; the block fails
+ * as after a real error; the named ROLLBACK ends it and the next named BEGIN works (no
+ * 25P02).  Extended-protocol DEALLOCATE ALL, which psycopg sends after such a ROLLBACK, is
+ * not hit either.
+ */
+static void named_txn_control(struct harness_proxy *px, const char *app, int key)
+{
+    PGconn *c = client(px, app);
+    char ins[160], k[16], tag[64];
+    snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES ($1::int, '%s')", app);
+    snprintf(k, sizeof k, "%d", key);
+    prepare(c, "b", "BEGIN");
+    prepare(c, "r", "ROLLBACK");
+    prepare(c, "k", "COMMIT");
+    prepare(c, "ins", ins);
+    char rule[256];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"application_name\":\"%s\"}", app);
+    long long id = add_rule(px, rule);
+    for (int round = 0; round < 2; round++) {
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INTRANS);
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "ins", k, NULL, 0), "40001");
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INERROR);
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "ins", k, NULL, 0), "25P02");
+        if (round == 0) {
+            CU_ASSERT_STRING_EQUAL(run_prepared(c, "r", NULL, tag, sizeof tag), "");
+            CU_ASSERT_STRING_EQUAL(tag, "ROLLBACK");
+        } else { /* a when=statement rule does not see the named COMMIT */
+            CU_ASSERT_STRING_EQUAL(run_prepared(c, "k", NULL, tag, sizeof tag), "");
+            CU_ASSERT_STRING_EQUAL(tag, "ROLLBACK"); /* the COMMIT of a failed block */
+        }
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    }
+    CU_ASSERT_STRING_EQUAL(run_extended(c, "DEALLOCATE ALL"), "");
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 2);
+    CU_ASSERT_EQUAL(rows(app), 0);
+    remove_rule(px, id);
+    CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "");
+    no_desync(px);
+    PQfinish(c);
+}
+
+static void test_named_txn_control(void)
+{
+    named_txn_control(g_txn, "e2e_ntc_txn", 60);
+    named_txn_control(g_sess, "e2e_ntc_sess", 61);
+}
+
+/* More named transaction-control statements than pgwarden remembers per client in session
+ * pooling (16): a driver that prepares its BEGIN again under new names (psycopg does after
+ * each DEALLOCATE ALL) leaves names behind; those not bound lately are forgotten first, so
+ * the BEGIN and ROLLBACK the client keeps using are never hit. */
+static void named_txn_control_many(struct harness_proxy *px, const char *app)
+{
+    PGconn *c = client(px, app);
+    prepare(c, "b", "BEGIN");
+    prepare(c, "r", "ROLLBACK");
+    char rule[256];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"application_name\":\"%s\"}", app);
+    long long id = add_rule(px, rule);
+    for (int i = 0; i < 40; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "old%d", i);
+        prepare(c, name, i % 2 ? "BEGIN" : "COMMIT");
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
+        CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "40001");
+        CU_ASSERT_STRING_EQUAL(run_prepared(c, "r", NULL, NULL, 0), "");
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    }
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 40);
+    remove_rule(px, id);
+    no_desync(px);
+    PQfinish(c);
+}
+
+static void test_named_txn_control_many(void)
+{
+    named_txn_control_many(g_sess, "e2e_ntcm_sess");
+    named_txn_control_many(g_txn, "e2e_ntcm_txn");
+}
+
+/* when=commit through a named COMMIT statement: the client gets the error, the transaction
+ * is rolled back (the client is idle, not in a failed block), nothing is committed, and the
+ * next named BEGIN works. */
+static void named_commit(struct harness_proxy *px, const char *app, int key)
+{
+    PGconn *c = client(px, app);
+    char ins[160], k[16], rule[256];
+    snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES ($1::int, '%s')", app);
+    snprintf(k, sizeof k, "%d", key);
+    prepare(c, "b", "BEGIN");
+    prepare(c, "k", "COMMIT");
+    prepare(c, "ins", ins);
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "ins", k, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "k", NULL, NULL, 0), "40001");
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(rows(app), 0);
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "ins", k, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "k", NULL, NULL, 0), "");
+    CU_ASSERT_EQUAL(rows(app), 1);
+    CU_ASSERT_EQUAL(rule_counter(px, id, "matched"), 2); /* the two COMMITs, nothing else */
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    remove_rule(px, id);
+    no_desync(px);
+    PQfinish(c);
+}
+
+static void test_named_commit(void)
+{
+    named_commit(g_txn, "e2e_nc_txn", 62);
+    named_commit(g_sess, "e2e_nc_sess", 63);
+}
+
+/* when=commit through the unnamed statement (psycopg 3's conn.commit() and the end of its
+ * conn.transaction() block): as through a simple Query, the transaction is rolled back and
+ * the client is idle afterwards; its next BEGIN works. */
+static void commit_extended(struct harness_proxy *px, const char *app, int key)
+{
+    char rule[256], sql[160];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    PGconn *c = client(px, app);
+    snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_STRING_EQUAL(run_extended(c, "BEGIN"), "");
+        CU_ASSERT_STRING_EQUAL(run_extended(c, sql), "");
+        CU_ASSERT_STRING_EQUAL(run_extended(c, "COMMIT"), i == 0 ? "40001" : "");
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_IDLE);
+        CU_ASSERT_EQUAL(rows(app), i);
+    }
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    remove_rule(px, id);
+    no_desync(px);
+    PQfinish(c);
+}
+
+static void test_commit_extended(void)
+{
+    commit_extended(g_txn, "e2e_ce_txn", 64);
+    commit_extended(g_sess, "e2e_ce_sess", 65);
+}
+
+/* pgJDBC's shape: the named BEGIN and the first statement in one group (one Sync).  The
+ * BEGIN runs, the statement is hit, the block is failed as after a real error. */
+static void named_begin_in_group(struct harness_proxy *px, const char *app, int key)
+{
+    PGconn *c = client(px, app);
+    char ins[160], k[16], rule[256];
+    snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES ($1::int, '%s')", app);
+    snprintf(k, sizeof k, "%d", key);
+    prepare(c, "b", "BEGIN");
+    prepare(c, "ins", ins);
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40P01\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    const char *v[1] = {k};
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);
+    CU_ASSERT_EQUAL(PQsendQueryPrepared(c, "b", 0, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryPrepared(c, "ins", 1, v, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
+    static const char *const want[] = {"", "40P01"};
+    for (int i = 0; i < 2; i++) {
+        PGresult *res = PQgetResult(c);
+        CU_ASSERT_STRING_EQUAL(state_of(res), want[i]);
+        PQclear(res);
+        res = PQgetResult(c); /* the NULL that ends each query's results */
+        CU_ASSERT_PTR_NULL(res);
+        PQclear(res);
+    }
+    PGresult *res = PQgetResult(c);
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_PIPELINE_SYNC);
+    PQclear(res);
+    CU_ASSERT_EQUAL(PQexitPipelineMode(c), 1);
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(run(c, "ROLLBACK", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run_prepared(c, "ins", k, NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(run(c, "COMMIT", NULL, 0), "");
+    CU_ASSERT_EQUAL(rows(app), 1);
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    remove_rule(px, id);
+    no_desync(px);
+    PQfinish(c);
+}
+
+static void test_named_begin_in_group(void)
+{
+    named_begin_in_group(g_txn, "e2e_nbg_txn", 66);
+    named_begin_in_group(g_sess, "e2e_nbg_sess", 67);
+}
+
 /* ---- latency, disconnect, connect ---------------------------------------------------------- */
 
 static void test_latency(void)
@@ -376,7 +647,10 @@ static double lost_commits(struct harness_proxy *px)
  * nobody can tell, only when PostgreSQL cannot answer); never a success for a transaction
  * that is not there.  In session mode
  * the session is gone with its server (08006 after the answer). */
-static void disconnect_commit(struct harness_proxy *px, const char *app, int key)
+/* How the test sends BEGIN and COMMIT. */
+enum how { SIMPLE, NAMED, UNNAMED };
+
+static void disconnect_commit(struct harness_proxy *px, const char *app, int key, enum how how)
 {
     char rule[256];
     snprintf(rule, sizeof rule,
@@ -386,14 +660,28 @@ static void disconnect_commit(struct harness_proxy *px, const char *app, int key
     long long id = add_rule(px, rule);
     double lost_before = lost_commits(px);
     PGconn *c = client(px, app);
+    if (how == NAMED) { /* a driver's prepared BEGIN and COMMIT (pgJDBC, psycopg) */
+        prepare(c, "b", "BEGIN");
+        prepare(c, "k", "COMMIT");
+    }
     char insert[128];
     snprintf(insert, sizeof insert, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
-    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    CU_ASSERT_STRING_EQUAL(how == NAMED     ? run_prepared(c, "b", NULL, NULL, 0)
+                           : how == UNNAMED ? run_extended(c, "BEGIN")
+                                            : run(c, "BEGIN", NULL, 0),
+                           "");
     CU_ASSERT_STRING_EQUAL(run(c, insert, NULL, 0), "");
     char st[8];
-    snprintf(st, sizeof st, "%s", run(c, "COMMIT", NULL, 0));
+    snprintf(st, sizeof st, "%s",
+             how == NAMED     ? run_prepared(c, "k", NULL, NULL, 0)
+             : how == UNNAMED ? run_extended(c, "COMMIT")
+                              : run(c, "COMMIT", NULL, 0));
     int n = rows(app);
-    printf("\n    %s: COMMIT answered \"%s\", %d row(s) ", px == g_sess ? "session" : "transaction",
+    printf("\n    %s%s: COMMIT answered \"%s\", %d row(s) ",
+           px == g_sess ? "session" : "transaction",
+           how == NAMED     ? " (named)"
+           : how == UNNAMED ? " (extended)"
+                            : "",
            st, n);
     if (!strcmp(st, ""))
         CU_ASSERT_EQUAL(n, 1); /* told it committed: it did */
@@ -417,12 +705,23 @@ static void disconnect_commit(struct harness_proxy *px, const char *app, int key
 
 static void test_disconnect_commit_session(void)
 {
-    disconnect_commit(g_sess, "e2e_amb_s", 50);
+    disconnect_commit(g_sess, "e2e_amb_s", 50, SIMPLE);
 }
 
 static void test_disconnect_commit_transaction(void)
 {
-    disconnect_commit(g_txn, "e2e_amb_t", 51);
+    disconnect_commit(g_txn, "e2e_amb_t", 51, SIMPLE);
+}
+
+/* The same through a named COMMIT statement (it is a commit too), and through the unnamed
+ * statement (psycopg 3's commit): the Sync that follows the Execute gets ReadyForQuery once
+ * the answer is in, and the client goes on in step (transaction pooling). */
+static void test_disconnect_commit_extended(void)
+{
+    disconnect_commit(g_txn, "e2e_amb_nt", 52, NAMED);
+    disconnect_commit(g_sess, "e2e_amb_ns", 53, NAMED);
+    disconnect_commit(g_txn, "e2e_amb_ut", 54, UNNAMED);
+    disconnect_commit(g_sess, "e2e_amb_us", 55, UNNAMED);
 }
 
 /* when=connect: the attempt to open a server connection for a client fails with the rule's
@@ -550,10 +849,16 @@ static void register_suites(void)
         {"error_extended", test_error_extended},
         {"extended_txn_control", test_extended_txn_control},
         {"error_at_commit", test_error_at_commit},
+        {"named_txn_control", test_named_txn_control},
+        {"named_txn_control_many", test_named_txn_control_many},
+        {"named_commit", test_named_commit},
+        {"commit_extended", test_commit_extended},
+        {"named_begin_in_group", test_named_begin_in_group},
         {"latency", test_latency},
         {"disconnect_statement", test_disconnect_statement},
         {"disconnect_commit_session", test_disconnect_commit_session},
         {"disconnect_commit_transaction", test_disconnect_commit_transaction},
+        {"disconnect_commit_extended", test_disconnect_commit_extended},
         {"connect_error", test_connect_error},
         {"every_n_and_max_count", test_every_n_and_max_count},
         {"seeded_probability", test_seeded_probability},

@@ -298,6 +298,29 @@ static void test_sql_prepare_follows(void)
     stop();
 }
 
+/* DEALLOCATE and DEALLOCATE ALL by the extended protocol (the unnamed statement), as
+ * psycopg 3 sends DEALLOCATE ALL after a ROLLBACK when it has prepared statements: the
+ * statements go, as on a direct connection, and pgwarden goes on (it used to crash on the
+ * statement's text it does not keep). */
+static void test_deallocate_extended(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
+    PGconn *a = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(v(a, "PREPARE q1 AS SELECT 1"), "PREPARE");
+    CU_ASSERT_STRING_EQUAL(v(a, "PREPARE q2 AS SELECT 2"), "PREPARE");
+    static const char *const sql[] = {"DEALLOCATE q1", "DEALLOCATE ALL"};
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = PQexecParams(a, sql[i], 0, NULL, NULL, NULL, NULL, 0);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+        CU_ASSERT_STRING_EQUAL(v(a, "EXECUTE q1"), "!26000");
+        CU_ASSERT_STRING_EQUAL(v(a, "EXECUTE q2"), i == 0 ? "2" : "!26000");
+    }
+    PQfinish(a);
+    stop();
+}
+
 /* ---- state that cannot move pins the server ------------------------------------------- */
 
 static bool notified(PGconn *c, int ms)
@@ -479,6 +502,7 @@ static void register_suites(void)
         {"sets_in_blocks", test_sets_in_blocks},
         {"session_characteristics_extended", test_session_characteristics_extended},
         {"sql_prepare_follows", test_sql_prepare_follows},
+        {"deallocate_extended", test_deallocate_extended},
         {"pins", test_pins},
         {"pool_reset_text", test_pool_reset_text},
         {"pooling_stays_real", test_pooling_stays_real},

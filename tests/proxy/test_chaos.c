@@ -662,6 +662,26 @@ static void test_max_count(void)
         CU_ASSERT_TRUE(fires(&c));
 }
 
+/* px_chaos_matches: whether a rule is for the statement, with nothing counted or drawn. */
+static void test_matches(void)
+{
+    fresh();
+    struct px_chaos_ctx a = stmt("db", "u", "a"), b = stmt("db", "u", "b");
+    CU_ASSERT_FALSE(px_chaos_matches(&a)); /* no rules */
+    uint64_t id = add_ok("{\"inject\":\"error\",\"sqlstate\":\"40001\",\"every_n\":2,"
+                         "\"application_name\":\"a\"}");
+    add_ok("{\"inject\":\"latency\",\"latency_ms\":5,\"when\":\"commit\"}");
+    CU_ASSERT_FALSE(px_chaos_matches(&b));
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_TRUE(px_chaos_matches(&a));
+    CU_ASSERT_EQUAL(counter(id, "matched"), 0);
+    CU_ASSERT_FALSE(fires(&a)); /* the first match of every_n 2: not moved by the checks */
+    CU_ASSERT_TRUE(fires(&a));
+    struct px_chaos_ctx commit = b;
+    commit.when = PX_CHAOS_COMMIT;
+    CU_ASSERT_TRUE(px_chaos_matches(&commit));
+}
+
 /* The injections of n matching statements as a string of 'X' and '.'. */
 static void draw_pattern(const struct px_chaos_ctx *c, char *out, size_t n, bool interleave)
 {
@@ -1111,6 +1131,7 @@ void test_chaos_register(void)
         {"first_rule_decides", test_first_rule_decides},
         {"every_n", test_every_n},
         {"max_count", test_max_count},
+        {"matches", test_matches},
         {"probability_reproducible", test_probability_reproducible},
         {"probability_rate", test_probability_rate},
         CU_TEST_INFO_NULL,

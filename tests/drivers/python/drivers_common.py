@@ -6,10 +6,12 @@ once per pool mode, with its own keys and connections, and prints one line:
 "ok <mode> <case>" or "FAIL <mode> <case>: <why>".  The last line is the count.
 """
 
+import json
 import os
 import sys
 import time
 import traceback
+import urllib.request
 import uuid
 
 # The recipes of docs/locks.md live in tests/drivers/recipes/.
@@ -34,6 +36,19 @@ def conninfo(mode):
     port = os.environ["PGW_DIRECT_PORT" if mode == "direct" else "PGW_PORT_" + mode.upper()]
     return dict(host=os.environ["PGW_HOST"], port=int(port), user=os.environ["PGW_USER"],
                 password=os.environ["PGW_PASSWORD"], database=os.environ["PGW_DB"])
+
+
+def admin(mode, method, path, body=None):
+    """A request to the admin port of pgwarden in this pool mode (e.g. POST /chaos); the
+    decoded JSON answer."""
+    port = os.environ["PGW_ADMIN_PORT_" + mode.upper()]
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        "http://127.0.0.1:%s%s" % (port, path), data=data, method=method,
+        headers={"Authorization": "Bearer " + os.environ["PGW_ADMIN_TOKEN"],
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
 
 
 def unique(prefix):

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import errors
 from psycopg.pq import TransactionStatus
 
-from drivers_common import (BOOL, CASE_TIMEOUT_S, INT4, INT8, TEXT, Runner, check,
+from drivers_common import (BOOL, CASE_TIMEOUT_S, INT4, INT8, TEXT, Runner, admin, check,
                             check_token, modes, now, unique, url)
 from pgwarden_psycopg import pgwarden_lock, pgwarden_session_lock
 
@@ -315,6 +315,107 @@ def case_pipeline(mode):
         check(one(a, "SELECT pgwarden_unlock(%s)", (k,)) is True, "unlock")
 
 
+# ---- chaos rules (docs/chaos.md) with prepared statements ----------------------------------
+
+def chaos_rule(mode, **rule):
+    """Adds a chaos rule; returns its id."""
+    return admin(mode, "POST", "/chaos", rule)["id"]
+
+
+def chaos_counters(mode, rule_id):
+    """Removes the rule; returns (matched, injected)."""
+    r = next(r for r in admin(mode, "GET", "/chaos") if r["id"] == rule_id)
+    admin(mode, "DELETE", "/chaos/%d" % rule_id)
+    return r["matched"], r["injected"]
+
+
+def case_chaos_prepared(mode):
+    """40001 injected into 30% of the statements of a client whose statements psycopg
+    prepares (prepare_threshold 2): its BEGIN, ROLLBACK and COMMIT run by cursor.execute()
+    become named statements, which are never hit (a ROLLBACK that failed left the block
+    failed: 25P02 at the next BEGIN); psycopg's conn.transaction() sends DEALLOCATE ALL
+    after a ROLLBACK once it has prepared statements, which is not hit either (psycopg
+    swallows its error: the injection was lost).  The client sees exactly the injections
+    as SerializationFailure, nothing else; what it was told committed is what committed."""
+    app, table = unique("chaos_psy"), unique("drv_chaos")
+    with connect("direct") as d:
+        d.execute("CREATE TABLE %s (id int PRIMARY KEY)" % table)
+    rid = chaos_rule(mode, inject="error", sqlstate="40001", probability=0.3, seed=11,
+                     application_name=app)
+    done, seen = set(), {}
+    try:
+        with connect(mode, application_name=app) as c:
+            c.prepare_threshold = 2
+            for i in range(120):
+                try:
+                    if i % 2:  # transaction control by cursor.execute(): prepared too
+                        try:
+                            c.execute("BEGIN")
+                            c.execute("SELECT %s::int", (i,))
+                            c.execute("INSERT INTO %s VALUES (%%s)" % table, (i,))
+                            c.execute("COMMIT")
+                        except errors.SerializationFailure:
+                            c.execute("ROLLBACK")
+                            raise
+                    else:
+                        with c.transaction():
+                            c.execute("SELECT %s::int", (i,))
+                            c.execute("INSERT INTO %s VALUES (%%s)" % table, (i,))
+                    done.add(i)
+                except errors.SerializationFailure as e:
+                    seen[e.sqlstate] = seen.get(e.sqlstate, 0) + 1
+                check(c.info.transaction_status == TransactionStatus.IDLE, "not idle", i,
+                      c.info.transaction_status)
+            check(one(c, "SELECT 5") == 5, "unusable")
+    finally:
+        matched, injected = chaos_counters(mode, rid)
+    with connect("direct") as d:
+        committed = {r[0] for r in d.execute("SELECT id FROM %s" % table)}
+        d.execute("DROP TABLE %s" % table)
+    check(committed == done, "committed differs from what the client was told",
+          sorted(committed ^ done))
+    check(injected > 10 and seen == {"40001": injected}, "injections seen", seen, injected,
+          matched)
+
+
+def case_chaos_commit(mode):
+    """40001 injected at every 3rd COMMIT psycopg sends (the unnamed statement, and a
+    prepared COMMIT): the with-block raises SerializationFailure, the transaction is rolled
+    back (nothing of it committed) and the connection is idle, not in a failed block."""
+    app, table = unique("chaos_psc"), unique("drv_chaosc")
+    with connect("direct") as d:
+        d.execute("CREATE TABLE %s (id int PRIMARY KEY)" % table)
+    rid = chaos_rule(mode, inject="error", sqlstate="40001", when="commit", every_n=3,
+                     application_name=app)
+    done, failed = set(), 0
+    try:
+        with connect(mode, application_name=app) as c:
+            c.prepare_threshold = 2
+            for i in range(30):
+                try:
+                    if i % 2:
+                        c.execute("BEGIN")
+                        c.execute("INSERT INTO %s VALUES (%%s)" % table, (i,))
+                        c.execute("COMMIT")
+                    else:
+                        with c.transaction():
+                            c.execute("INSERT INTO %s VALUES (%%s)" % table, (i,))
+                    done.add(i)
+                except errors.SerializationFailure:
+                    failed += 1
+                check(c.info.transaction_status == TransactionStatus.IDLE, "not idle", i,
+                      c.info.transaction_status)
+    finally:
+        matched, injected = chaos_counters(mode, rid)
+    with connect("direct") as d:
+        committed = {r[0] for r in d.execute("SELECT id FROM %s" % table)}
+        d.execute("DROP TABLE %s" % table)
+    check(committed == done, "committed differs from what the client was told",
+          sorted(committed ^ done))
+    check((matched, injected, failed) == (30, 10, 10), "commits matched, injected, failed",
+          matched, injected, failed)
+
+
 WAITERS = 8  # more than the transaction pool's 4 servers
 
 
@@ -440,6 +541,8 @@ CASES = [
     case_waiters_hold_no_server,
     case_recipe_read_modify_write,
     case_recipe_session_lock,
+    case_chaos_prepared,
+    case_chaos_commit,
 ]
 
 
