@@ -1,5 +1,7 @@
 # shellcheck shell=bash
-# bench/lib.sh: helpers of bench/run.sh (sourced; uses its variables).
+# bench/lib.sh: helpers of bench/run.sh and bench/retry.sh (sourced; uses their variables:
+# root, BUILD_DIR, CLUSTER_DIR, WORK, PG_BINDIR, PGBOUNCER, BENCH_POOL_MODE, BENCH_SERVER_TLS,
+# BENCH_USERLIST, BENCH_TARGETS, PROXY_START_TIMEOUT, PROXY_STOP_TIMEOUT).
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -10,19 +12,32 @@ die() {
 # shellcheck source=../tests/fixture/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../tests/fixture/ports.sh"
 
-# utime + stime of a process (all its threads), in clock ticks.
-proc_cpu_ticks() { # PID
+# utime + stime of a process (all its threads), in clock ticks; with "user", utime alone.
+proc_cpu_ticks() { # PID [user]
     local stat rest
     stat=$(<"/proc/$1/stat") || die "process $1 is gone"
     rest=${stat##*) } # fields from 3 on; the command name may contain spaces
-    awk '{ print $12 + $13 }' <<<"$rest"
+    awk -v u="${2:-}" '{ print u == "user" ? $12 : $12 + $13 }' <<<"$rest"
+}
+
+# CPU of a PostgreSQL cluster in clock ticks: the postmaster's utime + stime, its reaped
+# children's (cutime + cstime: backends that exited) and its live children's utime + stime.
+# The difference of two readings is exact, whichever backends started or ended in between.
+# (cat fails when a process ends between the glob and its read: that one is left out.)
+pg_cpu_ticks() { # POSTMASTER_PID
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$1" '
+        { pid = $1; r = $0; sub(/.*\) /, "", r); split(r, f, " ") }
+        pid == pm { s += f[12] + f[13] + f[14] + f[15]; seen = 1; next }
+        f[2] == pm { s += f[12] + f[13] }
+        END { if (seen) print s + 0 }'
 }
 
 proc_rss_kb() { # PID
     awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
 }
 
-# One figure from a pgbench (15) report: tps, latency, failed, transactions.
+# One figure from a pgbench (15) report: tps, latency, failed, transactions; with
+# --failures-detailed / --max-tries: serialization, deadlock, retried, retries.
 pgbench_field() { # FIELD FILE
     case $1 in
     tps) awk '$1 == "tps" && $2 == "=" { print $3; exit }' "$2" ;;
@@ -30,13 +45,18 @@ pgbench_field() { # FIELD FILE
     failed) awk '/^number of failed transactions: / { print $5; exit }' "$2" ;;
     transactions) awk -F': ' '/^number of transactions actually processed: / {
         split($2, a, "/"); print a[1]; exit }' "$2" ;;
+    serialization) awk '/^number of serialization failures: / { print $5; exit }' "$2" ;;
+    deadlock) awk '/^number of deadlock failures: / { print $5; exit }' "$2" ;;
+    retried) awk '/^number of transactions retried: / { print $5; exit }' "$2" ;;
+    retries) awk '/^total number of retries: / { print $5; exit }' "$2" ;;
     esac
 }
 
-# Runs one query as the cluster's superuser over its Unix socket; prints the result.
-superuser_sql() { # QUERY
+# Runs one query as the cluster's superuser over its Unix socket, in DATABASE (postgres);
+# prints the result.
+superuser_sql() { # QUERY [DATABASE]
     local psql=(timeout 10 "$PG_BINDIR/psql" -X -At -h "$DB_SOCKET_DIR" -p "$PG_PORT"
-        -U "$DB_SUPERUSER" -d postgres -c "$1")
+        -U "$DB_SUPERUSER" -d "${2:-postgres}" -c "$1")
     if [[ $(id -u) -eq 0 ]]; then
         (cd / && runuser -u postgres -- "${psql[@]}")
     else
@@ -80,7 +100,7 @@ start_proxies() { # POOL MAX_CLIENTS TAG [pgbouncer|pgwarden]
         mkdir -p "$d"
         PGBOUNCER_PORT=$(pick_port "$PG_PORT")
         cat >"$d/pgbouncer.ini" <<EOF
-; written by bench/run.sh
+; written by bench/
 [databases]
 $DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
 
@@ -123,23 +143,29 @@ EOF
     fi
     if [[ -z $only && " $BENCH_TARGETS " == *" pgw-batch "* ]] || [[ $only == pgw-batch ]]; then
         start_pgwarden "$pool" "$maxc" "$tag" pgw-batch "$BENCH_QUERY_BATCH"
+        # shellcheck disable=SC2034 # PGW_BATCH_PORT: read by run.sh
         PGW_BATCH_PORT=$STARTED_PORT PGW_BATCH_PID=$STARTED_PID
     fi
 }
 
-# Starts one pgwarden (files in $WORK/NAME-TAG) with server_query_batch BATCH; sets
-# STARTED_PORT and STARTED_PID.
-start_pgwarden() { # POOL MAX_CLIENTS TAG NAME BATCH
-    local pool=$1 maxc=$2 tag=$3 name=$4 batch=$5 d
+# Starts one pgwarden (files in $WORK/NAME-TAG) with server_query_batch BATCH; EXTRA is
+# appended to its configuration (e.g. a [retry] section); ADMIN 1 opens its admin port on a
+# free port.  Sets STARTED_PORT, STARTED_ADMIN_PORT (0: none) and STARTED_PID.  Waits
+# PROXY_START_TIMEOUT for it to answer.
+start_pgwarden() { # POOL MAX_CLIENTS TAG NAME BATCH [EXTRA [ADMIN]]
+    local pool=$1 maxc=$2 tag=$3 name=$4 batch=$5 extra=${6:-} admin=${7:-0} d
     d=$WORK/$name-$tag
     mkdir -p "$d"
     STARTED_PORT=$(pick_port "$PG_PORT" "${PGBOUNCER_PORT:-}" "${PGWARDEN_PORT:-}")
+    STARTED_ADMIN_PORT=0
+    ((admin)) && STARTED_ADMIN_PORT=$(pick_port "$PG_PORT" "${PGBOUNCER_PORT:-}" \
+        "${PGWARDEN_PORT:-}" "$STARTED_PORT")
     cat >"$d/pgwarden.ini" <<EOF
-; written by bench/run.sh
+; written by bench/
 [pgwarden]
 listen_addr = 127.0.0.1
 listen_port = $STARTED_PORT
-admin_port = 0
+admin_port = $STARTED_ADMIN_PORT
 auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 pool_mode = $BENCH_POOL_MODE
@@ -157,8 +183,11 @@ log_level = warning
 
 [databases]
 $DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
+$extra
 EOF
-    "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
+    # WARDEN_WRAP: an optional command in front of pgwarden (retry.sh: valgrind), which
+    # must exec it in the same process, so that $! is its PID.
+    ${WARDEN_WRAP[@]+"${WARDEN_WRAP[@]}"} "$WARDEN_BINARY" -c "$d/pgwarden.ini" >>"$d/pgwarden.log" 2>&1 &
     STARTED_PID=$!
     wait_ready "$name" "$STARTED_PORT" "$STARTED_PID" "$d/pgwarden.log"
 }
@@ -192,6 +221,82 @@ stop_proxies() {
         PGW_BATCH_PID=
     fi
 }
+
+# ---- setup shared by run.sh and retry.sh ----------------------------------------------------
+
+# Builds pgwarden (Release) in $BUILD_DIR and checks the other tools; sets WARDEN_BINARY.
+build_pgwarden() {
+    : "${root:?}" # the repository (set by the calling script)
+    log "building pgwarden (Release) in $BUILD_DIR"
+    timeout 600 cmake -S "$root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >"$WORK/cmake.log" 2>&1 ||
+        die "cmake configure failed: see $WORK/cmake.log"
+    timeout 900 cmake --build "$BUILD_DIR" --target pgwarden -j "$(nproc)" >>"$WORK/cmake.log" 2>&1 ||
+        die "build failed: see $WORK/cmake.log"
+    WARDEN_BINARY=$BUILD_DIR/proxy/pgwarden
+    [[ -x $WARDEN_BINARY ]] || die "$WARDEN_BINARY not built"
+    [[ -x $PGBOUNCER ]] || die "$PGBOUNCER not found: apt-get install pgbouncer"
+    [[ -x $PG_BINDIR/pgbench ]] || die "$PG_BINDIR/pgbench not found"
+}
+
+cluster_env() { # KEY -> its value in the cluster's env file
+    awk -v k="$1" 'index($0, k "=") == 1 { print substr($0, length(k) + 2); exit }' \
+        "$CLUSTER_DIR/env"
+}
+
+# Starts the benchmark's own cluster in $CLUSTER_DIR (tests/fixture/pgcluster.sh: 127.0.0.1,
+# free port) and reads PG_PORT, DB_USER, DB_PASSWORD, DB_NAME, DB_SOCKET_DIR, DB_SUPERUSER,
+# PG_PID (the postmaster).
+# Then writes the proxies' files: copies of the cluster's certificate and key (readable by
+# the PgBouncer user) and the userlist ($BENCH_USERLIST: plain or scram).
+start_cluster() {
+    local secret
+    log "starting PostgreSQL"
+    CLUSTER_STARTED=1
+    PG_BINDIR=$PG_BINDIR "$root/tests/fixture/pgcluster.sh" start "$CLUSTER_DIR" >/dev/null
+    PG_PORT=$(cluster_env PGPORT)
+    DB_USER=$(cluster_env PGCLUSTER_USER)
+    DB_PASSWORD=$(cluster_env PGCLUSTER_PASSWORD)
+    DB_NAME=$(cluster_env PGCLUSTER_DB)
+    DB_SOCKET_DIR=$(cluster_env PGCLUSTER_SOCKET_DIR)
+    DB_SUPERUSER=$(cluster_env PGCLUSTER_SUPERUSER)
+    # shellcheck disable=SC2034 # read by retry.sh
+    PG_PID=$(cluster_env PGCLUSTER_PID)
+    [[ -n $PG_PORT && -n $DB_USER && -n $DB_NAME ]] || die "cannot read $CLUSTER_DIR/env"
+
+    mkdir -p "$WORK/tls"
+    cp "$CLUSTER_DIR/tls/server.crt" "$CLUSTER_DIR/tls/server.key" "$WORK/tls/"
+    chmod 600 "$WORK/tls/server.key"
+    case $BENCH_USERLIST in
+    plain) secret=$DB_PASSWORD ;;
+    scram) secret=$(superuser_sql "SELECT rolpassword FROM pg_authid WHERE rolname = '$DB_USER'") ;;
+    *) die "BENCH_USERLIST must be plain or scram" ;;
+    esac
+    [[ -n $secret ]] || die "no password for $DB_USER"
+    printf '"%s" "%s"\n' "$DB_USER" "$secret" >"$WORK/userlist.txt"
+    chmod 600 "$WORK/userlist.txt"
+    if [[ $(id -u) -eq 0 ]]; then
+        PGBOUNCER_USER=postgres
+        chown -R "$PGBOUNCER_USER": "$WORK/tls" "$WORK/userlist.txt"
+        chmod 755 "$WORK" "$BENCH_OUT" # traversable by $PGBOUNCER_USER
+    fi
+}
+
+stop_cluster() {
+    if ((CLUSTER_STARTED)); then
+        CLUSTER_STARTED=0
+        "$root/tests/fixture/pgcluster.sh" stop "$CLUSTER_DIR" >/dev/null 2>&1 ||
+            log "stopping the cluster failed (see $CLUSTER_DIR/postgres.log)"
+    fi
+}
+
+pgbench_init() { # SCALE
+    log "pgbench -i -s $1"
+    PGPASSWORD=$DB_PASSWORD PGSSLMODE=disable timeout 600 "$PG_BINDIR/pgbench" -i -q \
+        -s "$1" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" "$DB_NAME" \
+        >"$WORK/pgbench-init.log" 2>&1 || die "pgbench -i failed: see $WORK/pgbench-init.log"
+}
+
+# ---- run.sh's report ------------------------------------------------------------------------
 
 # Tables from the CSV files: per scenario, the mean over rounds of each target and the
 # ratios pgwarden / PgBouncer.

@@ -103,10 +103,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_proxies
-    if ((CLUSTER_STARTED)); then
-        "$root/tests/fixture/pgcluster.sh" stop "$CLUSTER_DIR" >/dev/null 2>&1 ||
-            log "stopping the cluster failed (see $CLUSTER_DIR/postgres.log)"
-    fi
+    stop_cluster
     ((rc == 0)) || log "failed (exit $rc); logs in $WORK"
     exit "$rc"
 }
@@ -119,54 +116,9 @@ trap 'exit 143' TERM
 mkdir -p "$BENCH_OUT" "$WORK"
 log "results in $BENCH_OUT"
 
-log "building pgwarden (Release) in $BUILD_DIR"
-timeout 600 cmake -S "$root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >"$WORK/cmake.log" 2>&1 ||
-    die "cmake configure failed: see $WORK/cmake.log"
-timeout 900 cmake --build "$BUILD_DIR" --target pgwarden -j "$(nproc)" >>"$WORK/cmake.log" 2>&1 ||
-    die "build failed: see $WORK/cmake.log"
-WARDEN_BINARY=$BUILD_DIR/proxy/pgwarden # used by start_proxies
-[[ -x $WARDEN_BINARY ]] || die "$WARDEN_BINARY not built"
-[[ -x $PGBOUNCER ]] || die "$PGBOUNCER not found: apt-get install pgbouncer"
-[[ -x $PG_BINDIR/pgbench ]] || die "$PG_BINDIR/pgbench not found"
-
-log "starting PostgreSQL"
-CLUSTER_STARTED=1
-PG_BINDIR=$PG_BINDIR "$root/tests/fixture/pgcluster.sh" start "$CLUSTER_DIR" >/dev/null
-cluster_env() { # KEY -> its value in the cluster's env file
-    awk -v k="$1" 'index($0, k "=") == 1 { print substr($0, length(k) + 2); exit }' \
-        "$CLUSTER_DIR/env"
-}
-PG_PORT=$(cluster_env PGPORT)
-DB_USER=$(cluster_env PGCLUSTER_USER)
-DB_PASSWORD=$(cluster_env PGCLUSTER_PASSWORD)
-DB_NAME=$(cluster_env PGCLUSTER_DB)
-DB_SOCKET_DIR=$(cluster_env PGCLUSTER_SOCKET_DIR)
-DB_SUPERUSER=$(cluster_env PGCLUSTER_SUPERUSER)
-[[ -n $PG_PORT && -n $DB_USER && -n $DB_NAME ]] || die "cannot read $CLUSTER_DIR/env"
-
-# Both proxies present the cluster's certificate to clients; copies readable by the
-# PgBouncer user (the cluster directory is private to its owner).
-mkdir -p "$WORK/tls"
-cp "$CLUSTER_DIR/tls/server.crt" "$CLUSTER_DIR/tls/server.key" "$WORK/tls/"
-chmod 600 "$WORK/tls/server.key"
-case $BENCH_USERLIST in
-plain) secret=$DB_PASSWORD ;;
-scram) secret=$(superuser_sql "SELECT rolpassword FROM pg_authid WHERE rolname = '$DB_USER'") ;;
-*) die "BENCH_USERLIST must be plain or scram" ;;
-esac
-[[ -n $secret ]] || die "no password for $DB_USER"
-printf '"%s" "%s"\n' "$DB_USER" "$secret" >"$WORK/userlist.txt"
-chmod 600 "$WORK/userlist.txt"
-if [[ $(id -u) -eq 0 ]]; then
-    PGBOUNCER_USER=postgres
-    chown -R "$PGBOUNCER_USER": "$WORK/tls" "$WORK/userlist.txt"
-    chmod 755 "$WORK" "$BENCH_OUT" # traversable by $PGBOUNCER_USER
-fi
-
-log "pgbench -i -s $BENCH_SCALE"
-PGPASSWORD=$DB_PASSWORD PGSSLMODE=disable timeout 600 "$PG_BINDIR/pgbench" -i -q \
-    -s "$BENCH_SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" "$DB_NAME" \
-    >"$WORK/pgbench-init.log" 2>&1 || die "pgbench -i failed: see $WORK/pgbench-init.log"
+build_pgwarden
+start_cluster
+pgbench_init "$BENCH_SCALE"
 
 echo "scenario,round,target,clients,jobs,protocol,connect,sslmode,pool_mode,pool_size,seconds,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_s_per_1k_tx" >"$RAW_CSV"
 

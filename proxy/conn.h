@@ -153,6 +153,8 @@ struct px_client {
     struct px_stmt_map stmts; /* named prepared statements */
     /* Session state that follows it to every server (session.c); NULL: none yet. */
     struct px_sstate *sstate;
+    bool unnamed_lost;   /* it sent a simple Query without a server: its unnamed statement on
+                            the last server it had is no longer its own (txn.c) */
     bool unnamed_parsed; /* it sent a Parse of the unnamed statement to its server since
                             it got it (rename.c) */
     bool held_failed;    /* the held block failed (a lock error): its server-side
@@ -270,6 +272,9 @@ struct px_server {
     bool sstate_prepared;
     bool close_needed;  /* never reuse: protocol error, lifetime, config change */
     bool cut_when_sent; /* chaos: closed before its next reply is relayed (path.c) */
+    /* The client whose Parse made its unnamed statement, with nothing since that destroys
+     * it (a simple Query, a reset); 0: nobody's, or unknown (txn.c px_txn_linked). */
+    uint64_t unnamed_owner;
     /* Circuit breaker (pool/breaker.h): nonzero when opened as the probe of that id; a
      * failure of this connection was counted already (a FATAL, then the lost connection,
      * count once); its login stopped because pgwarden has no credentials the server's

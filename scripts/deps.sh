@@ -16,6 +16,9 @@ PACKAGES=(
     libevent-dev libssl-dev libpq-dev libcunit1-dev libjansson-dev
     # style check
     clang-format
+    # fuzz targets (tests/fuzz/): clang, and compiler-rt for libFuzzer and the sanitizers,
+    # which clang-14 only recommends (apt-get below installs no recommended packages)
+    clang libclang-rt-dev
     # tests and demo: a throwaway PostgreSQL 15, its certificates, runuser (util-linux)
     postgresql-15 postgresql-client-15 openssl util-linux procps
     # benchmark

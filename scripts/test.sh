@@ -6,11 +6,15 @@
 #   3. runs `ctest --output-on-failure` in both (unit and integration test programs; the
 #      integration tests start their own throwaway PostgreSQL 15; the driver tests of
 #      tests/drivers/ run in the sanitizer tree only)
-#   4. checks clang-format on every tracked *.c / *.h
-# and ends with "N passed, N failed" (ctest programs of both trees).  Exits non-zero when
+#   4. builds the libFuzzer targets with clang into build-fuzz/ (-DPGW_FUZZ=ON) and runs
+#      each for PGW_FUZZ_TIME seconds from its committed seed corpus (tests/fuzz/, one
+#      ctest test per target: a crash, leak, timeout or failed check fails it)
+#   5. checks clang-format on every tracked *.c / *.h
+# and ends with "N passed, N failed" (ctest tests of the three trees).  Exits non-zero when
 # anything failed.  Environment: JOBS (parallel build jobs, default 2), PGW_REQUIRE_LSAN=1
 # (fail instead of warning when LeakSanitizer cannot run here), PGW_SKIP_DEPS=1,
-# PGW_BUILD_DIR / PGW_SAN_BUILD_DIR (default build / build-san).
+# PGW_BUILD_DIR / PGW_SAN_BUILD_DIR / PGW_FUZZ_BUILD_DIR (default build / build-san /
+# build-fuzz), PGW_FUZZ_TIME (seconds per fuzz target, default 10; 0 skips step 4).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -18,6 +22,8 @@ ROOT=$PWD
 JOBS=${JOBS:-2}
 BUILD_DIR=${PGW_BUILD_DIR:-build}
 SAN_BUILD_DIR=${PGW_SAN_BUILD_DIR:-build-san}
+FUZZ_BUILD_DIR=${PGW_FUZZ_BUILD_DIR:-build-fuzz}
+FUZZ_TIME=${PGW_FUZZ_TIME:-10}
 failed_steps=()
 passed=0
 failed=0
@@ -119,6 +125,37 @@ build_and_test() { # NAME DIR CMAKE-ARGS...
 build_and_test Release "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DPGW_DRIVER_TESTS=OFF
 build_and_test sanitizer "$SAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DPGW_SANITIZE=ON \
     -DPGW_DRIVER_TESTS=ON
+
+# The fuzz targets: only they are built in this tree (clang, libFuzzer, ASan + UBSan), and
+# run in parallel, each for FUZZ_TIME seconds (ctest label "fuzz").
+fuzz_step() {
+    local log="$FUZZ_BUILD_DIR/ctest-summary.log"
+    step "configure fuzz ($FUZZ_BUILD_DIR, clang)"
+    if ! cmake -S "$ROOT" -B "$FUZZ_BUILD_DIR" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
+        -DPGW_FUZZ=ON -DPGW_TESTS=OFF -DPGW_FUZZ_TIME="$FUZZ_TIME"; then
+        failed_steps+=("configure fuzz")
+        return
+    fi
+    step "build fuzz targets"
+    if ! cmake --build "$FUZZ_BUILD_DIR" -j "$JOBS" --target fuzz -- -k; then
+        failed_steps+=("build fuzz")
+    fi
+    step "fuzz: each target ${FUZZ_TIME}s from tests/fuzz/corpus"
+    (cd "$FUZZ_BUILD_DIR" && ctest --output-on-failure -L fuzz -j "$JOBS") 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    # One line per target: how many inputs it ran (libFuzzer's final stats).
+    awk '/^[0-9]+\/[0-9]+ Test: / { name = $3 }
+         /^stat::number_of_executed_units:/ { printf "  %-16s %12d inputs\n", name, $2 }' \
+        "$FUZZ_BUILD_DIR/Testing/Temporary/LastTest.log" 2>/dev/null | sort
+    if ! count_ctest "$log"; then
+        failed_steps+=("ctest fuzz (no summary)")
+    elif [[ $rc -ne 0 ]] && ! grep -qE '[1-9][0-9]* tests? failed' "$log"; then
+        failed_steps+=("ctest fuzz (exit $rc)")
+    fi
+}
+if [[ $FUZZ_TIME != 0 ]]; then
+    fuzz_step
+fi
 
 step "clang-format"
 if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then

@@ -154,6 +154,8 @@ static const struct px_cfg_key pgwarden_keys[] = {
            "query run before a server is reused by another client; empty: none"),
     PG_INT(max_prepared_statements, "100", 1, 100000, RELOAD,
            "transaction pooling: named statements kept prepared per server connection"),
+    PG_INT(max_client_prepared_statements, "10000", 1, 1000000, RELOAD,
+           "transaction pooling: named statements one client may have at once"),
     PG_INT(server_query_batch, "1", 1, PX_QUERY_BATCH_MAX, RELOAD,
            "transaction pooling: single-statement autocommit queries of different clients "
            "sent to one server in one write; 1: off"),

@@ -91,22 +91,23 @@ struct px_config {
     char *client_tls_ca_file;
     enum px_server_tls_mode server_tls_mode; /* default prefer */
     char *server_tls_ca_file;
-    char *server_reset_query;          /* default "DISCARD ALL"; "" disables */
-    int max_prepared_statements;       /* default 100, per server, transaction pooling */
-    int server_query_batch;            /* default 1 (off): autocommit queries per server write */
-    enum px_unmovable unmovable_state; /* default pin */
-    int query_wait_timeout_ms;         /* default 120000; 0 = wait forever */
-    int server_connect_timeout_ms;     /* default 15000 */
-    int server_login_retry_ms;         /* default 1000: fast-fail window after a failed login */
-    int server_idle_timeout_ms;        /* default 600000; 0 = never */
-    int server_lifetime_ms;            /* default 3600000; 0 = unlimited */
-    int autodb_idle_timeout_ms;        /* default 3600000: free unused pools of the "*" entry */
-    int client_login_timeout_ms;       /* default 60000 */
-    int max_message_bytes;             /* default 1 MiB; range 8 KiB .. 1 GiB */
-    int shutdown_timeout_ms;           /* default 30000 */
-    enum px_log_level log_level;       /* default info */
-    char *logfile;                     /* NULL: stderr */
-    char *pidfile;                     /* NULL: none */
+    char *server_reset_query;           /* default "DISCARD ALL"; "" disables */
+    int max_prepared_statements;        /* default 100, per server, transaction pooling */
+    int max_client_prepared_statements; /* default 10000, per client, transaction pooling */
+    int server_query_batch;             /* default 1 (off): autocommit queries per server write */
+    enum px_unmovable unmovable_state;  /* default pin */
+    int query_wait_timeout_ms;          /* default 120000; 0 = wait forever */
+    int server_connect_timeout_ms;      /* default 15000 */
+    int server_login_retry_ms;          /* default 1000: fast-fail window after a failed login */
+    int server_idle_timeout_ms;         /* default 600000; 0 = never */
+    int server_lifetime_ms;             /* default 3600000; 0 = unlimited */
+    int autodb_idle_timeout_ms;         /* default 3600000: free unused pools of the "*" entry */
+    int client_login_timeout_ms;        /* default 60000 */
+    int max_message_bytes;              /* default 1 MiB; range 8 KiB .. 1 GiB */
+    int shutdown_timeout_ms;            /* default 30000 */
+    enum px_log_level log_level;        /* default info */
+    char *logfile;                      /* NULL: stderr */
+    char *pidfile;                      /* NULL: none */
 
     /* [locks] */
     int lock_timeout_ms;     /* default 0: wait without a limit */

@@ -383,9 +383,10 @@ static int text_field(struct def *d, const char *key, const char *text, char *wh
             return err(why, "%s: must be %" PRIu64 " to %" PRIu64 " (got %.40s)", f->name, f->min,
                        f->max, text);
     } else if (f->type == FT_PROB) {
-        errno = 0;
+        /* Not errno: strtod's ERANGE on underflow would refuse 1e-320, which JSON accepts
+         * (a result of 0 is refused below, as in JSON); overflow gives an infinity. */
         v.d = strtod(text, &end);
-        if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v.d))
+        if (end == text || *end != '\0' || !isfinite(v.d))
             return err(why, "%s: must be a number (got \"%.40s\")", f->name, text);
     }
     if (field_check(f, &v, why) < 0)
@@ -615,6 +616,17 @@ static bool config_name_taken(const char *name)
     return false;
 }
 
+/* A config rule's name is listed as a JSON string (GET /chaos): it must be valid UTF-8,
+ * or the whole list could not be written. */
+static int name_check(const char *name, char *why)
+{
+    if (!name || !*name)
+        return err(why, "a config rule needs a name");
+    if (!px_utf8_valid(name, strlen(name)))
+        return err(why, "a rule name must be valid UTF-8");
+    return 0;
+}
+
 int px_chaos_add_config(const char *name, const char *params, char **errmsg)
 {
     char why[ERRLEN] = "";
@@ -622,8 +634,8 @@ int px_chaos_add_config(const char *name, const char *params, char **errmsg)
     *errmsg = NULL;
     if (px_chaos_nrules >= PX_CHAOS_MAX_RULES)
         err(why, "too many rules (at most %d)", PX_CHAOS_MAX_RULES);
-    else if (!name || !*name)
-        err(why, "a config rule needs a name");
+    else if (name_check(name, why) < 0)
+        ;
     else if (config_name_taken(name))
         err(why, "a rule named \"%s\" exists", name);
     else if (def_from_params(&d, params, why) == 0) {
@@ -719,6 +731,8 @@ struct px_chaos_rules *px_chaos_config_parse(const struct px_config *cfg, char *
     }
     for (size_t i = 0; i < cfg->nchaos; i++) {
         l = &cfg->chaos[i];
+        if (name_check(l->name, why) < 0)
+            goto fail;
         struct def d = {0};
         if (def_from_params(&d, l->params, why) < 0) {
             def_destroy(&d);

@@ -617,6 +617,7 @@ static void send_reset_queries(struct px_server *s)
         finish_reset(s);
         return;
     }
+    s->unnamed_owner = 0; /* a simple Query destroys the unnamed statement */
     s->reset_pending = queries;
     px_reader_enable(&s->rd, true);
     reset_read(s);

@@ -187,7 +187,10 @@ void px_local_forget(struct px_client *c)
 void px_local_note_unlinked(struct px_client *c, char type, const uint8_t *body, uint32_t len)
 {
     switch (type) {
-    case 'Q': px_local_forget(c); return; /* a simple query drops both, as in PostgreSQL */
+    case 'Q':
+        px_local_forget(c);     /* a simple query drops both, as in PostgreSQL */
+        c->unnamed_lost = true; /* and the one it left on its last server */
+        return;
     case 'P':
         if (len > 0 && body[0] == '\0')
             set_ref(&c->local_unnamed, NULL);
@@ -220,7 +223,9 @@ static bool on_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     if (!st)
         return false; /* out of memory: left to a server */
     int rc = 0;
-    if (*name)
+    if (*name && !px_rename_client_may_add(c, name))
+        rc = -1; /* left to a server: the renaming stage refuses it */
+    else if (*name)
         rc = px_stmt_map_put(&c->stmts, name, st); /* as rename.c records a relayed Parse */
     else
         set_ref(&c->local_unnamed, st);

@@ -1,9 +1,11 @@
 /*
  * rename.c: the statement-renaming stage (see rename.h).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "net/client.h"
 #include "path/expect.h"
 #include "path/rename.h"
 
@@ -96,6 +98,12 @@ static bool unnamed_check(struct px_client *c, struct evbuffer *out)
     return true;
 }
 
+bool px_rename_client_may_add(const struct px_client *c, const char *name)
+{
+    return px_stmt_map_count(&c->stmts) < (uint32_t)px.cfg->max_client_prepared_statements ||
+           px_stmt_map_get(&c->stmts, name) != NULL;
+}
+
 enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                                      uint32_t len)
 {
@@ -109,7 +117,19 @@ enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, 
         if (!px_expect_push(s, PX_EXP_PARSE, false))
             return PX_RELAY_CLOSE;
         c->unnamed_parsed = true;
+        s->unnamed_owner = c->id;
         return PX_RELAY_FORWARD; /* the unnamed statement lives only until the next Parse */
+    }
+    if (!px_rename_client_may_add(c, name)) {
+        /* FATAL, not ERROR: the group is on its way to the server, and a leak of names
+         * this large is a bug of the client's, not a condition it handles */
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "too many prepared statements in this connection (max_client_prepared_"
+                 "statements = %d)",
+                 px.cfg->max_client_prepared_statements);
+        px_client_fatal(c, PX_SQLSTATE_CONFIG_LIMIT, msg);
+        return PX_RELAY_CLOSE;
     }
     struct px_stmt *stmt = px_stmt_intern(px_rename_registry(), content, clen);
     if (!stmt || px_stmt_map_put(&c->stmts, name, stmt) < 0) {

@@ -16,6 +16,8 @@
 #ifndef PGW_PROXY_PATH_RENAME_H
 #define PGW_PROXY_PATH_RENAME_H
 
+#include <stdbool.h>
+
 #include "conn.h"
 
 enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, const uint8_t *body,
@@ -30,6 +32,10 @@ enum px_relay_action px_rename_bind_head(struct px_client *c, struct evbuffer *o
 /* Describe ('D') or Close ('C'). */
 enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out, char type,
                                       const uint8_t *body, uint32_t len);
+
+/* Whether c may record the named statement name (it has it already, or has fewer than
+ * max_client_prepared_statements); beyond, its Parse fails the client with 53400. */
+bool px_rename_client_may_add(const struct px_client *c, const char *name);
 
 /* The process-wide statement registry (created on first use; NULL when out of memory). */
 struct px_stmt_registry *px_rename_registry(void);

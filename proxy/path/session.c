@@ -222,6 +222,8 @@ static bool same_slot(const struct px_sstate_change *e, const struct px_sstate_c
     case CH_DEALLOCATE: return e->kind == PX_STATE_PREPARE && !strcmp(e->key, ch->key);
     case CH_DEALLOCATE_ALL: return e->kind == PX_STATE_PREPARE;
     case CH_DISCARD: return true;
+    case PX_STATE_SESSION_AUTH: /* a change of session user drops SET ROLE, as PostgreSQL does */
+        return e->kind == PX_STATE_SESSION_AUTH || e->kind == PX_STATE_ROLE;
     default: return e->kind == ch->kind && !strcmp(e->key, ch->key);
     }
 }

@@ -19,6 +19,7 @@
  */
 #include <string.h>
 
+#include "base/json_util.h"
 #include "path/sqlscan.h"
 #include "proto/params.h"
 
@@ -312,6 +313,13 @@ static void note_state(struct lexer *lx, enum px_sql_state st, const struct toke
 }
 
 /* The next token of the text (TOK_END, again and again, at the end). */
+/* pg_temp, or a backend's own pg_temp_N: a name in the session's temporary schema. */
+static bool is_temp_schema(const struct token *t)
+{
+    return (t->kind == TOK_WORD || t->kind == TOK_QIDENT) && t->n >= 7 && (t->s[0] | 0x20) == 'p' &&
+           fold_eq(t->s, 7, "pg_temp", 7) && (t->n == 7 || t->s[7] == '_');
+}
+
 static void lex_next(struct lexer *lx, struct token *t)
 {
     const char *p = skip_blank(lx->p, lx->end);
@@ -337,6 +345,12 @@ static void lex_next(struct lexer *lx, struct token *t)
         } else if (lx->after_unlock_all) {
             lx->unpins |= PX_SQL_PIN_ADVISORY;
         }
+    }
+    if (is_temp_schema(t)) {
+        /* CREATE TABLE pg_temp.t, SET search_path TO pg_temp, ...: a temporary object
+         * whatever the statement; only CREATE TEMP says so in its first words */
+        note_feature(lx, "temporary object");
+        lx->pins |= PX_SQL_PIN_TEMP;
     }
     lx->after_lock_fn = is_lock_fn(t);
     lx->after_set_config = is_fn(t, "set_config");
@@ -931,6 +945,13 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         out->kind = PX_SQL_EMPTY;
     } else if (nstmt > 1) {
         *out = (struct px_sql_info){.kind = PX_SQL_OTHER, .multi = true};
+    }
+    /* A kind means pgwarden may answer or hold the text itself: only when PostgreSQL
+     * would accept it.  It rejects invalid UTF-8 and NUL bytes before parsing anything
+     * (22021; a NUL ends the Query string early: 08P01).  Such texts are rare and short
+     * when they get a kind, so the check costs nothing on the common path. */
+    if (out->kind != PX_SQL_OTHER && (memchr(sql, '\0', len) || !px_utf8_valid(sql, len))) {
+        *out = (struct px_sql_info){.kind = PX_SQL_OTHER};
     }
     out->session_feature = lx.feature;
     out->drops_prepared = lx.drops_prepared;

@@ -17,15 +17,15 @@
  * case-insensitive.  A statement gets a kind other than PX_SQL_OTHER only when its whole
  * token sequence is one of the forms listed below, exactly as PostgreSQL 15's grammar
  * accepts it; anything else, including text PostgreSQL would reject (an unterminated
- * comment, BEGIN ISOLATION LEVEL foo), is PX_SQL_OTHER, which means "let the server
- * answer".  The session-feature check looks only at the statement forms named below and
- * at direct calls of the advisory lock functions: exotic SQL can create session state
- * unnoticed (a function that runs SET or takes a lock, SQL inside a
- * string), a missed warning but never a wrong answer.  The text may hold any bytes and
- * need not be NUL-terminated: nothing past sql[len - 1] is ever read, and the time taken
- * is linear in len.  Strings are lexed as with standard_conforming_strings = on (the
- * default since PostgreSQL 9.1): with it off, a backslash before a quote in a plain
- * 'string' would end the string elsewhere.
+ * comment, BEGIN ISOLATION LEVEL foo, invalid UTF-8 or a NUL byte anywhere in the text),
+ * is PX_SQL_OTHER, which means "let the server answer".  The session-feature check looks
+ * only at the statement forms named below and at direct calls of the advisory lock
+ * functions: exotic SQL can create session state unnoticed (a function that runs SET or
+ * takes a lock, SQL inside a string), a missed warning but never a wrong answer.  The
+ * text may hold any bytes and need not be NUL-terminated: nothing past sql[len - 1] is
+ * ever read, and the time taken is linear in len.  Strings are lexed as with
+ * standard_conforming_strings = on (the default since PostgreSQL 9.1): with it off, a
+ * backslash before a quote in a plain 'string' would end the string elsewhere.
  *
  * Pure functions, no state: safe from any thread.  Tests: tests/proxy/test_sqlscan.c.
  */

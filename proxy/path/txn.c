@@ -343,12 +343,18 @@ static bool send_prelude(struct px_client *c)
 bool px_txn_linked(struct px_client *c)
 {
     struct px_server *s = c->server;
-    c->unnamed_parsed = false; /* the server's unnamed statement is not this client's */
+    /* The server's unnamed statement is this client's only when it parsed it there last
+     * and nothing destroyed it since (psql's \gdesc: Parse + Sync, then Describe + Sync);
+     * else it is closed before the client's first use (rename.c). */
+    bool own_unnamed = s->unnamed_owner == c->id && !c->local_unnamed && !c->unnamed_lost;
+    int hidden_before = s->hidden_queries;
+    c->unnamed_lost = false;
     px_local_forget(c);
     s->prelude_failed = false;
     s->prelude_tries = 1;
     if (!send_prelude(c))
         return false;
+    c->unnamed_parsed = own_unnamed && s->hidden_queries == hidden_before; /* no hidden Query */
     if (s->hidden_queries == 0)
         px_txn_drop_begin(c); /* nothing to wait for */
     return true;

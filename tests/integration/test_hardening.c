@@ -467,7 +467,9 @@ static void check_vanishing_clients(const char *mode)
         itu_sleep_ms(300);
         shutdown(PQsocket(c), SHUT_RDWR);
         PQfinish(c);
-        int64_t until = itu_now_ms() + 3000;
+        /* the cancel takes a few ms; 10 s leaves room for a loaded CI machine and is still
+         * far below the 30 s the query would run uncanceled */
+        int64_t until = itu_now_ms() + 10000;
         while (busy_backends(d, "SELECT pg_sleep(30)") > 0 && itu_now_ms() < until)
             itu_sleep_ms(50);
         CU_ASSERT_EQUAL(busy_backends(d, "SELECT pg_sleep(30)"), 0);
@@ -513,7 +515,10 @@ static int strange_lines(const char *out)
             strstr(line, "the database system is") || strstr(line, "cannot connect") ||
             strstr(line, "could not connect") || strstr(line, "connection to server") ||
             strstr(line, "Connection refused") || strstr(line, "no server connection") ||
-            strstr(line, "is unavailable"))
+            strstr(line, "is unavailable") ||
+            /* session pooling: a COMMIT whose server was lost got its outcome (retry.md),
+             * then the session ends with 08006 */
+            strstr(line, "server connection lost: the session cannot continue"))
             ok = true;
         if (!ok) {
             fprintf(stderr, "pgbench: %s\n", line);

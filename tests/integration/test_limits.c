@@ -663,6 +663,57 @@ static void test_pgbench_select_only(void)
     stop(px);
 }
 
+/* ---- named statements per client (transaction pooling) ----------------------------- */
+
+/* A client that never closes its named statements is stopped at
+ * max_client_prepared_statements with FATAL 53400 (pgwarden keeps each client's names, so
+ * without a limit its memory grows with them); re-preparing a name it has, and a client
+ * that closes what it prepares, never hit it; others are not affected. */
+static void test_client_prepared_limit(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "transaction",
+                                   .pool_size = 2,
+                                   .auth_type = "trust",
+                                   .query_wait_timeout_ms = 10000,
+                                   .pgwarden_extra = "max_client_prepared_statements = 50"};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    PGconn *tidy = harness_connect(px, NULL), *leaky = harness_connect(px, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(tidy), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(leaky), CONNECTION_OK);
+    char name[32], sql[64];
+    for (int i = 0; i < 200; i++) { /* 200 names over time, never more than one at once */
+        snprintf(name, sizeof name, "t%d", i);
+        snprintf(sql, sizeof sql, "SELECT %d", i);
+        PGresult *r = PQprepare(tidy, name, sql, 0, NULL);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+        snprintf(sql, sizeof sql, "DEALLOCATE t%d", i);
+        CU_ASSERT_TRUE(itu_exec_ok(tidy, sql));
+    }
+    for (int i = 0; i < 50; i++) {
+        snprintf(name, sizeof name, "s%d", i);
+        snprintf(sql, sizeof sql, "SELECT %d", i);
+        PGresult *r = PQprepare(leaky, name, sql, 0, NULL);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+    }
+    PGresult *r = PQprepare(leaky, "s7", "SELECT 7", 0, NULL); /* a name it has: fine */
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQprepare(leaky, "s50", "SELECT 50", 0, NULL); /* one more: refused */
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
+    PQclear(r);
+    /* libpq keeps the FATAL in the connection's message (its result is the lost connection) */
+    CU_ASSERT_PTR_NOT_NULL(strstr(PQerrorMessage(leaky), "FATAL:  too many prepared statements"));
+    CU_ASSERT_EQUAL(PQstatus(leaky), CONNECTION_BAD);
+    CU_ASSERT_STRING_EQUAL(itu_value(tidy, "SELECT 42"), "42");
+    PQfinish(tidy);
+    PQfinish(leaky);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, NULL));
+    stop(px);
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tests[] = {
@@ -678,6 +729,7 @@ static void register_suites(void)
         {"garbage_startup", test_garbage_startup},
         {"log_injection_escaped", test_log_injection},
         {"pgbench_select_only", test_pgbench_select_only},
+        {"client_prepared_statements_limit", test_client_prepared_limit},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("limits", suite_init, NULL, tests);

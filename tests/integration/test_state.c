@@ -187,6 +187,15 @@ static void test_sets_follow(void)
     on_other_server(x, a, "SHOW search_path", val, sizeof(val));
     CU_ASSERT_STRING_EQUAL(val, "\"$user\", public");
     CU_ASSERT_STRING_EQUAL(v(a, "SELECT current_setting('myapp.tenant', true)"), "");
+    /* RESET SESSION AUTHORIZATION drops the role too, as in PostgreSQL (found by its
+     * regression suite, test privileges) */
+    CU_ASSERT_STRING_EQUAL(v(a, "SET ROLE state_reader"), "SET");
+    CU_ASSERT_STRING_EQUAL(v(a, "RESET SESSION AUTHORIZATION"), "RESET");
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT current_user"), "pgwarden_test");
+    churn(others, 2);
+    on_other_server(b, a, "SELECT current_user", val, sizeof(val));
+    CU_ASSERT_STRING_EQUAL(val, "pgwarden_test");
+    CU_ASSERT_STRING_EQUAL(v(a, "SHOW role"), "none");
     PQfinish(a);
     PQfinish(b);
     PQfinish(x);
@@ -385,7 +394,24 @@ static void test_pins(void)
     CU_ASSERT_STRING_EQUAL(v(x, "SELECT 1"), "1");
     PQclear(PQexec(b, "COMMIT"));
     PQclear(PQexec(x, "COMMIT"));
-    PQfinish(a);
+
+    /* a table created in pg_temp by name is temporary too (found by PostgreSQL's
+     * regression suite): it pins, and its rows never reach the next clients of the server */
+    CU_ASSERT_STRING_EQUAL(v(a, "CREATE TABLE pg_temp.st_leak(s text)"), "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(v(a, "INSERT INTO pg_temp.st_leak VALUES ('secret')"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(v(b, "SELECT 1"), "1");
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT s FROM pg_temp.st_leak"), "secret");
+    PQfinish(a); /* its server is reset: the table is gone from every backend */
+    PGconn *d = harness_connect_info(harness_cluster_conninfo(NULL));
+    const char *left = "?";
+    for (int i = 0; i < 50; i++) {
+        left = v(d, "SELECT count(*) FROM pg_class WHERE relname = 'st_leak'");
+        if (!strcmp(left, "0"))
+            break;
+        itu_sleep_ms(20);
+    }
+    CU_ASSERT_STRING_EQUAL(left, "0");
+    PQfinish(d);
     PQfinish(b);
     PQfinish(x);
     stop();

@@ -427,6 +427,45 @@ static void test_idle_servers_reused_newest_first(void)
     txn_stop();
 }
 
+/*
+ * The unnamed statement across groups, as psql's \gdesc uses it (Parse + Sync, then
+ * Describe + Sync): the client gets its own statement back while nothing else ran on the
+ * server, and 26000, as PostgreSQL answers, once another client's Parse replaced it there.
+ */
+static void test_unnamed_across_groups(void)
+{
+    struct harness_proxy_opts o = txn_opts(1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
+    PGconn *a = px_conn(NULL), *b = px_conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    PGresult *r = PQprepare(a, "", "SELECT 1 AS one, 'x'::text AS two", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQdescribePrepared(a, "");
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    CU_ASSERT_EQUAL(PQnfields(r), 2);
+    CU_ASSERT_STRING_EQUAL(PQnfields(r) == 2 ? PQfname(r, 1) : "", "two");
+    PQclear(r);
+    /* another client's unnamed statement on the one server: a's is gone, never b's seen */
+    r = PQprepare(b, "", "SELECT 2 AS other", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQdescribePrepared(a, "");
+    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "26000");
+    PQclear(r);
+    /* and a simple Query of a's own destroys it, as in PostgreSQL */
+    r = PQprepare(a, "", "SELECT 3 AS three", 0, NULL);
+    PQclear(r);
+    CU_ASSERT_TRUE(itu_exec_ok(a, "SELECT 1"));
+    r = PQdescribePrepared(a, "");
+    st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "26000");
+    PQclear(r);
+    txn_stop();
+}
+
 static void test_two_clients_one_server(void)
 {
     struct harness_proxy_opts o = txn_opts(1);
@@ -1539,6 +1578,7 @@ static void register_suites(void)
     static const CU_TestInfo tests[] = {
         {"two_clients_one_server_keep_their_settings", test_two_clients_one_server},
         {"prepared_statements_follow_client", test_prepared_follow_client},
+        {"unnamed_statement_across_groups", test_unnamed_across_groups},
         {"prepared_across_servers", test_prepared_across_servers},
         {"pipeline_error_recovers", test_pipeline_error_recovers},
         {"many_clients_small_pool", test_many_clients_small_pool},

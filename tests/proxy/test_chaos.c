@@ -340,6 +340,31 @@ static void test_json_accepted(void)
     CU_ASSERT_EQUAL(px_chaos_nrules, 7);
 }
 
+/* A probability below DBL_MIN (subnormal) is a number above 0 in both forms; one that
+ * rounds to 0 is refused by both with the same message.  Found by fuzz_chaos: the
+ * [chaos] form refused 1e-320 ("must be a number", strtod's ERANGE on underflow) while
+ * POST /chaos took it. */
+static void test_probability_tiny(void)
+{
+    fresh();
+    static const char *const tiny[] = {"1e-320", "4.9e-324", "2.2250738585072e-308"};
+    for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) {
+        char json[128], params[128], name[8];
+        snprintf(json, sizeof json, "{\"inject\":\"disconnect\",\"probability\":%s}", tiny[i]);
+        add_ok(json);
+        snprintf(params, sizeof params, "inject=disconnect probability=%s", tiny[i]);
+        snprintf(name, sizeof name, "t%zu", i);
+        params_ok(name, params);
+    }
+    CU_ASSERT_EQUAL(px_chaos_nrules, 6);
+    json_refused("{\"inject\":\"disconnect\",\"probability\":1e-400}",
+                 "probability: must be greater than 0 and at most 1 (got 0)");
+    params_refused("inject=disconnect probability=1e-400",
+                   "probability: must be greater than 0 and at most 1 (got 0)");
+    params_refused("inject=disconnect probability=1e400",
+                   "probability: must be a number (got \"1e400\")");
+}
+
 static void test_params_errors(void)
 {
     fresh();
@@ -892,6 +917,38 @@ static void install(const char *const *lines)
     px_config_free(cfg);
 }
 
+/* A config rule's name must be valid UTF-8, in both ways in.  Found by fuzz_chaos: a
+ * [chaos] line whose name was not (a Latin-1 file) was taken, and from then on
+ * px_chaos_list_json returned NULL: GET /chaos answered 500 "out of memory". */
+static void test_params_name_utf8(void)
+{
+    fresh();
+    char *err = NULL;
+    CU_ASSERT_EQUAL(px_chaos_add_config("caf\xe9", "inject=disconnect", &err), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+    CU_ASSERT_STRING_EQUAL(err, "a rule name must be valid UTF-8");
+    free(err);
+    CU_ASSERT_EQUAL(px_chaos_nrules, 0);
+
+    const char *lines[] = {"caf\xe9", "inject=disconnect", NULL};
+    struct px_config *cfg = cfg_with(lines);
+    err = NULL;
+    struct px_chaos_rules *set = px_chaos_config_parse(cfg, &err);
+    CU_ASSERT_PTR_NULL(set);
+    px_chaos_rules_free(set);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+    CU_ASSERT_STRING_EQUAL(err, "/etc/pgwarden.ini:10: [chaos] caf\xe9: a rule name must be "
+                                "valid UTF-8");
+    free(err);
+    px_config_free(cfg);
+
+    params_ok("caf\xc3\xa9", "inject=disconnect");
+    char *text = px_chaos_list_json();
+    CU_ASSERT_PTR_NOT_NULL(text);
+    CU_ASSERT_PTR_NOT_NULL(text ? strstr(text, "\"name\":\"caf\xc3\xa9\"") : NULL);
+    free(text);
+}
+
 static void test_config_parse_errors(void)
 {
     fresh();
@@ -1062,6 +1119,8 @@ void test_chaos_register(void)
         {"json_accepted", test_json_accepted},
         {"params_errors", test_params_errors},
         {"params_accepted", test_params_accepted},
+        {"probability_tiny", test_probability_tiny},
+        {"params_name_utf8", test_params_name_utf8},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo decide[] = {

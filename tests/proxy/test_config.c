@@ -778,7 +778,7 @@ static void test_foreach_key(void)
     memset(&l, 0, sizeof(l));
     px_config_foreach_key(collect_key, &l);
     CU_ASSERT_EQUAL(l.bad, 0);
-    CU_ASSERT_EQUAL(l.npgwarden, 36);
+    CU_ASSERT_EQUAL(l.npgwarden, 37);
     CU_ASSERT_EQUAL(l.ndatabases, 8);
     for (int i = 0; i < l.npgwarden && i < 128; i++) {
         char text[256], *err = NULL, unknown[128];

@@ -387,6 +387,10 @@ static const struct sq_case feature_cases[] = {
     FEAT("CREATE LOCAL TEMP TABLE t ()", "temporary table"),
     FEAT("CREATE TEMP TABLE IF NOT EXISTS t (a int) ON COMMIT DROP", "temporary table"),
     FEAT("CREATE TEMP VIEW v AS SELECT 1", "temporary view"),
+    FEAT("CREATE TABLE pg_temp.t (a int)", "temporary object"),
+    FEAT("create function PG_TEMP.f() returns int language sql as 'select 1'", "temporary object"),
+    FEAT("CREATE STATISTICS pg_temp.s ON a, b FROM t", "temporary object"),
+    FEAT("SELECT * FROM pg_temp_3.t", "temporary object"),
     FEAT("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "temporary view"),
     FEAT("CREATE TEMP RECURSIVE VIEW v (n) AS SELECT 1", "temporary view"),
     FEAT("CREATE TEMPORARY SEQUENCE s", "temporary sequence"),
@@ -594,6 +598,48 @@ static void test_odd_inputs(void)
     CU_ASSERT_PTR_NULL(info.session_feature);
 }
 
+/* Text PostgreSQL rejects before parsing it (client_encoding UTF8: any invalid UTF-8 or a
+ * NUL byte is 22021 or 08P01) is never answered by pgwarden: OTHER, whatever it spells.
+ * Found by fuzz_sqlscan: 64 continuation bytes after DEALLOCATE were cut back to an empty
+ * name, and "BEGIN -- \xff" was held as a BEGIN. */
+static void test_invalid_text(void)
+{
+    struct px_sql_info info;
+    char sql[128];
+    memcpy(sql, "DEALLOCATE ", 11);
+    memset(sql + 11, 0xa9, 70);
+    classify_exact(sql, 81, &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+    CU_ASSERT_STRING_EQUAL(info.name, "");
+
+    static const char *const texts[] = {
+        "BEGIN -- \xff",
+        "BEGIN /* \xc3 */",
+        "COMMIT; -- \xed\xa0\x80",
+        "ROLLBACK \xc0\xaf",
+        "DEALLOCATE \xff",
+        "DEALLOCATE \"a\xc3\"",
+        "DEALLOCATE ALL -- \xf8",
+        "DISCARD ALL /* \xf4\x90\x80\x80 */",
+        "; -- \xff",
+    };
+    for (size_t i = 0; i < NELEM(texts); i++) {
+        classify_exact(texts[i], strlen(texts[i]), &info);
+        if (info.kind != PX_SQL_OTHER)
+            fprintf(stderr, "\n    [%s]: kind %d", texts[i], (int)info.kind);
+        CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+        CU_ASSERT_PTR_NULL(info.tag);
+    }
+    classify_exact(LIT("COMMIT -- \0 x"), &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+    /* Valid UTF-8 everywhere still counts. */
+    classify_exact(LIT("BEGIN -- d\xc3\xa9j\xc3\xa0 \xf0\x9f\x98\x80"), &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_BEGIN);
+    classify_exact(LIT("DEALLOCATE \xc3\xa9t\xc3\xa9"), &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_DEALLOCATE);
+    CU_ASSERT_STRING_EQUAL(info.name, "\xc3\xa9t\xc3\xa9");
+}
+
 static void test_param_tracked(void)
 {
     static const char *const yes[] = {
@@ -636,6 +682,7 @@ static const char *const known_features[] = {
     "LOAD",
     "WITH HOLD cursor",
     F_ADV,
+    "temporary object",
     "temporary table",
     "temporary view",
     "temporary sequence",
@@ -956,6 +1003,7 @@ void test_sqlscan_register(void)
         {"near_misses", test_near_misses},
         {"lexing", test_lexing},
         {"odd_inputs", test_odd_inputs},
+        {"invalid_text", test_invalid_text},
         {"param_tracked", test_param_tracked},
         {"every_prefix", test_every_prefix},
         {"random_texts", test_random_texts},
