@@ -49,23 +49,6 @@ bool px_txn_hold_begin(struct px_client *c, uint32_t total)
     return true;
 }
 
-bool px_txn_hold_failed_block(struct px_client *c)
-{
-    static const char begin[] = "BEGIN";
-    uint32_t total = 1 + 4 + (uint32_t)sizeof(begin);
-    uint8_t *m = malloc(total);
-    if (!m)
-        return false;
-    m[0] = 'Q';
-    px_put_u32(m + 1, total - 1);
-    memcpy(m + 5, begin, sizeof(begin));
-    free(c->held_begin);
-    c->held_begin = m;
-    c->held_begin_len = total;
-    c->held_failed = true;
-    return true;
-}
-
 bool px_txn_hold_begin_sql(struct px_client *c, const char *sql, size_t len)
 {
     /* Sent as a simple Query, as a held simple BEGIN is: the same statement, and its
@@ -78,8 +61,17 @@ bool px_txn_hold_begin_sql(struct px_client *c, const char *sql, size_t len)
     px_put_u32(m + 1, total - 1);
     memcpy(m + 5, sql, len);
     m[5 + len] = '\0';
+    free(c->held_begin);
     c->held_begin = m;
     c->held_begin_len = total;
+    return true;
+}
+
+bool px_txn_hold_failed_block(struct px_client *c)
+{
+    if (!px_txn_hold_begin_sql(c, "BEGIN", 5))
+        return false;
+    c->held_failed = true;
     return true;
 }
 
