@@ -299,7 +299,10 @@ struct px_server {
     bool xid_known;
     uint64_t xid;
     uint8_t capture;
-    int capture_skip; /* hidden queries before the captured one, whose replies come first */
+    bool xid_prefix;      /* the replies of the transaction-id query sent in front of a simple
+                             COMMIT (outcome.h) come first: they are swallowed */
+    bool xid_prefix_done; /* ... and were: the relay stopped to go on with its usual table */
+    int capture_skip;     /* hidden queries before the captured one, whose replies come first */
     bool captured_null;
     char captured[24];
     bool last_untracked;      /* the last message sent has no reply the FIFO tracks: only a

@@ -230,7 +230,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
-    relaying_out = out; /* the relay's destination: scratch or the server's output */
+    bool replaced = false; /* a COMMIT went out with the transaction-id query (outcome.h) */
+    relaying_out = out;    /* the relay's destination: scratch or the server's output */
     if (!px_wire_frontend_type(type))
         return refuse_type(c, type);
     if (type == 'Q')
@@ -285,7 +286,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
                 return PX_RELAY_DROP;
             px_session_note_sql(c, &info, (const char *)body, len);
             if (info.kind == PX_SQL_COMMIT)
-                px_outcome_commit_sent(c, out, server_quiescent(s));
+                replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (type == 'P') {
             if (note_parse(c, body, len) == PX_SQL_COMMIT)
                 px_outcome_commit_sent(c, out, server_quiescent(s));
@@ -301,7 +302,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
             px_retry_note_sql(c, &info);
             if (info.kind == PX_SQL_COMMIT)
-                px_outcome_commit_sent(c, out, server_quiescent(s));
+                replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
             px_outcome_commit_sent(c, out, server_quiescent(s));
         }
@@ -309,8 +310,11 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     enum px_relay_action act = c2s_forward(c, s, out, type, body, len, txn);
-    if (c->fault_disconnect && act == PX_RELAY_FORWARD)
-        return PX_RELAY_STOP; /* sent; then the server is cut (px_path_relay_client) */
+    if (replaced && act == PX_RELAY_FORWARD)
+        act = PX_RELAY_DROP; /* its text went in the Query written to out */
+    if (c->fault_disconnect && (act == PX_RELAY_FORWARD || replaced))
+        return replaced ? PX_RELAY_DROP_STOP : PX_RELAY_STOP; /* sent; then the server is cut
+                                                                 (px_path_relay_client) */
     return act;
 }
 
@@ -478,6 +482,13 @@ static const uint8_t s2c_group_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
     ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
+/* While the replies of the transaction-id query in front of a COMMIT are due (outcome.h):
+ * until its CommandComplete, which stops the relay. */
+static const uint8_t s2c_xid_prefix_see[256] = {
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
+    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
+    ['T'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
+};
 
 /* A CommandComplete inside an extended-protocol group. */
 static void note_complete(struct px_server *s, const uint8_t *body, uint32_t len)
@@ -496,6 +507,9 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
 {
     struct px_server *s = ctx;
     struct px_expect *head = px_expect_head(s);
+    enum px_relay_action prefix_action;
+    if (s->xid_prefix && px_outcome_prefix_reply(s, type, body, len, &prefix_action))
+        return prefix_action;
     switch (type) {
     case '1':
     case '3': {
@@ -508,7 +522,10 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
         px_expect_pop(s);
         return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
-    case 'C': note_complete(s, body, len); return PX_RELAY_FORWARD;
+    case 'C':
+        if (s->unsynced)
+            note_complete(s, body, len);
+        return PX_RELAY_FORWARD;
     case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
@@ -578,7 +595,7 @@ void px_path_relay_server(struct px_server *s)
             if (s->client != c || s->state != PX_SV_ACTIVE)
                 return;
         }
-        if (s->cut_when_sent) {
+        if (s->cut_when_sent && !s->xid_prefix) {
             /* After the hidden transaction-id query's answer (path/outcome.h), so whether
              * the COMMIT committed can be learned: the client is answered as for any
              * COMMIT whose server was lost. */
@@ -591,9 +608,12 @@ void px_path_relay_server(struct px_server *s)
         /* a client whose transaction may be replayed: through the retry stage */
         struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
-        enum px_relay_result r = px_relay_direct(
-            &s->s2c, in, target ? target : out, target ? -1 : fd,
-            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE, &moved);
+        enum px_relay_result r =
+            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
+                            s->xid_prefix ? s2c_xid_prefix_see
+                            : s->unsynced ? s2c_group_see
+                                          : s2c_see,
+                            s2c, s, SERVER_MAX_MESSAGE, &moved);
         if (target)
             px_retry_relayed(c, fd);
         if (c)
@@ -603,6 +623,10 @@ void px_path_relay_server(struct px_server *s)
         if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
             px_server_close(s, "protocol error from server");
             return;
+        }
+        if (r == PX_RELAY_STOPPED && s->xid_prefix_done) {
+            s->xid_prefix_done = false;
+            continue; /* the rest with the usual table, or the chaos cut (above) */
         }
         if (r == PX_RELAY_STOPPED) { /* a batched query's reply is complete */
             if (!px_batch_next(s))
