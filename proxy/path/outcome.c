@@ -84,9 +84,12 @@ bool px_outcome_prefix_reply(struct px_server *s, char type, const uint8_t *body
         *action = PX_RELAY_DROP_STOP;
         return true;
     case 'E':
-        /* The SELECT failed (a cancel, say): PostgreSQL skips the COMMIT, and the error is
-         * the client's answer. */
+        /* The SELECT failed (a cancel, or the backend terminated: FATAL): PostgreSQL never
+         * ran the COMMIT, since a backend sends its replies in order and the SELECT's
+         * CommandComplete would be before it.  The outcome is known (nothing committed),
+         * and the error is the client's answer, as for any other statement. */
         s->xid_prefix = false;
+        s->commit_inflight = false;
         return false;
     default: return false; /* a notice, a parameter: the client's as always */
     }
