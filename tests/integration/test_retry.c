@@ -457,6 +457,35 @@ static void test_diverged_transaction(void)
     diverged("transaction");
 }
 
+/* A replay whose responses are shorter than what the client saw (the rows it read are gone)
+ * ends before it reaches the last digest: that is a difference too, not a wait for more. */
+static void test_shorter_replay(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_short; CREATE TABLE rt_short (id int PRIMARY KEY, t text);"
+                "INSERT INTO rt_short SELECT g, repeat('x', 300) FROM generate_series(1, 3) g");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    PGresult *seen = PQexec(c, "SELECT t FROM rt_short ORDER BY id"); /* ~900 bytes seen */
+    CU_ASSERT_EQUAL(PQntuples(seen), 3);
+    PQclear(seen);
+    CU_ASSERT_STRING_EQUAL(v(d, "DELETE FROM rt_short"), "DELETE 3");
+    /* 40001; the replay reads no rows and updates none: a few dozen bytes in all */
+    CU_ASSERT_FATAL(PQsendQuery(c, "UPDATE rt_short SET t = 'y' WHERE id = 1"));
+    PGresult *r = itu_wait_result(c, 5000);
+    CU_ASSERT_PTR_NOT_NULL(r);
+    CU_ASSERT_STRING_EQUAL(r ? itu_sqlstate(r) : "(no answer)", "40001");
+    PQclear(r);
+    if (r) {
+        CU_ASSERT_STRING_EQUAL(v(c, "ROLLBACK"), "ROLLBACK");
+        CU_ASSERT_EQUAL(
+            metric("pgwarden_retries_total", "sqlstate=40001", "outcome=diverged", NULL), 1);
+    }
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
 /* ---- pgwarden locks are kept across a replay ------------------------------------------- */
 
 static void test_xact_lock_kept(void)
@@ -857,6 +886,7 @@ static void register_suites(void)
         {"bank_transaction", test_bank_transaction},
         {"diverged_session", test_diverged_session},
         {"diverged_transaction", test_diverged_transaction},
+        {"shorter_replay", test_shorter_replay},
         {"xact_lock_kept", test_xact_lock_kept},
         {"retry_off", test_retry_off},
         {"max_attempts", test_max_attempts},
