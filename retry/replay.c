@@ -35,7 +35,7 @@ struct replay_rec {
 
     unsigned char *buf;
     size_t cap;
-    size_t unit;              /* the transaction's bytes: [0, unit) */
+    size_t unit;               /* the transaction's bytes: [0, unit) */
     size_t pend_off, pend_len; /* pending bytes */
     struct replay_ckpt *ckpts;
     size_t nckpts, ckpts_cap;

@@ -67,10 +67,10 @@ struct px_retry {
     struct replay_rec *rec;
     struct replay_verifier *ver; /* made at the first replay that needs one */
     struct backoff bo;
-    struct evbuffer *sink;   /* bytes for the client, walked before they go on */
-    struct evbuffer *fwd;    /* walked bytes on their way to the client */
-    struct evbuffer *held;   /* the original error and what followed it */
-    struct evbuffer *later;  /* the client's unconsumed input, set aside during a retry */
+    struct evbuffer *sink;  /* bytes for the client, walked before they go on */
+    struct evbuffer *fwd;   /* walked bytes on their way to the client */
+    struct evbuffer *held;  /* the original error and what followed it */
+    struct evbuffer *later; /* the client's unconsumed input, set aside during a retry */
     struct evbuffer_cb_entry *in_cb, *sink_cb;
     struct event *ev; /* the backoff timer, and deferred steps */
     bool in_relay;    /* the server relay fills sink: walked by px_retry_relayed */

@@ -122,7 +122,7 @@ static void test_pending_kept_and_dropped(void)
     CU_ASSERT_EQUAL(memcmp(p, "aaaBBBcc", 8), 0);
     CU_ASSERT_EQUAL(replay_rec_consume(rec, 3), RETRY_OK);
     CU_ASSERT_EQUAL(replay_rec_response(rec, "r1", 2), RETRY_OK);
-    replay_rec_drop(rec, 3); /* BBB: not the client's */
+    replay_rec_drop(rec, 3);                                        /* BBB: not the client's */
     CU_ASSERT_EQUAL(replay_rec_message(rec, "x", 1), RETRY_EINVAL); /* pending in line */
     CU_ASSERT_EQUAL(replay_rec_input(rec, "dd", 2), RETRY_OK);
     p = replay_rec_pending(rec, &len);
