@@ -62,7 +62,7 @@ bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool qui
         evbuffer_add(out, XID_PREFIX, plen) < 0 || evbuffer_add(out, body, len) < 0)
         return false;
     s->xid_prefix = true;
-    s->xid_prefix_done = false;
+    s->prefix_done = false;
     s->captured_null = true;
     return true;
 }
@@ -80,7 +80,7 @@ bool px_outcome_prefix_reply(struct px_server *s, char type, const uint8_t *body
         s->xid_prefix = false;
         s->xid_known = true;
         s->xid = s->captured_null ? 0 : strtoull(s->captured, NULL, 10);
-        s->xid_prefix_done = true;
+        s->prefix_done = true;
         *action = PX_RELAY_DROP_STOP;
         return true;
     case 'E':

@@ -49,7 +49,7 @@ bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool qui
 
 /* A reply of s while s->xid_prefix: true when it is the prefix's, swallowed (*action), its
  * DataRow kept; its CommandComplete ends the prefix and stops the relay
- * (s->xid_prefix_done) so that the rest is relayed as usual. */
+ * (s->prefix_done) so that the rest is relayed as usual. */
 bool px_outcome_prefix_reply(struct px_server *s, char type, const uint8_t *body, uint32_t len,
                              enum px_relay_action *action);
 

@@ -230,7 +230,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
-    bool replaced = false; /* a COMMIT went out with the transaction-id query (outcome.h) */
+    bool replaced = false; /* the Query went out with a prefix: the transaction-id query
+                              before a COMMIT (outcome.h), a held BEGIN (txn.h) */
     relaying_out = out;    /* the relay's destination: scratch or the server's output */
     if (!px_wire_frontend_type(type))
         return refuse_type(c, type);
@@ -242,12 +243,17 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
          * was read, else passed on for the server to skip). */
         return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
+    if (c->begin_merge && body && (type != 'Q' || len > PX_RELAY_HEAD_MAX || px_chaos_active()))
+        /* not the Query the held BEGIN was to go with (txn.h): it goes alone first */
+        return px_txn_begin_alone(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
     if (body && len > PX_RELAY_HEAD_MAX)
         return c2s_big(c, out, type, body, len);
     /* answered by pgwarden: lock calls, in order behind the server's replies */
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
         case PX_LOCKS_ANSWERED:
+            if (c->begin_merge && !px_txn_begin_alone(c, out))
+                return PX_RELAY_CLOSE;
             return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
                        ? PX_RELAY_DROP_STOP
                        : PX_RELAY_DROP;
@@ -282,11 +288,19 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
             px_retry_note_sql(c, &info);
-            if (px_local_answer_linked(c, &info))
-                return PX_RELAY_DROP;
+            if (px_local_answer_linked(c, &info)) {
+                if (!c->begin_merge)
+                    return PX_RELAY_DROP;
+                return px_txn_begin_alone(c, out) ? PX_RELAY_DROP_STOP : PX_RELAY_CLOSE;
+            }
             px_session_note_sql(c, &info, (const char *)body, len);
-            if (info.kind == PX_SQL_COMMIT)
+            if (c->begin_merge) {
+                if (!px_txn_begin_query(c, out, body, len))
+                    return PX_RELAY_CLOSE;
+                replaced = true;
+            } else if (info.kind == PX_SQL_COMMIT) {
                 replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
+            }
         } else if (type == 'P') {
             if (note_parse(c, body, len) == PX_SQL_COMMIT)
                 px_outcome_commit_sent(c, out, server_quiescent(s));
@@ -439,6 +453,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
         s->commit_inflight = false;
+        s->begin_shift = 0;
         s->group_failed = false;
         s->copy_in = false;
         if (s->client)
@@ -482,9 +497,10 @@ static const uint8_t s2c_group_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
     ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
-/* While the replies of the transaction-id query in front of a COMMIT are due (outcome.h):
- * until its CommandComplete, which stops the relay. */
-static const uint8_t s2c_xid_prefix_see[256] = {
+/* While the replies of a prefix are due, the transaction-id query in front of a COMMIT
+ * (outcome.h) or a held BEGIN in front of a Query (txn.h): until its CommandComplete, which
+ * stops the relay. */
+static const uint8_t s2c_prefix_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
     ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
     ['T'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
@@ -509,6 +525,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
     struct px_expect *head = px_expect_head(s);
     enum px_relay_action prefix_action;
     if (s->xid_prefix && px_outcome_prefix_reply(s, type, body, len, &prefix_action))
+        return prefix_action;
+    if (s->begin_prefix && px_txn_begin_reply(s, type, &prefix_action))
         return prefix_action;
     switch (type) {
     case '1':
@@ -550,7 +568,14 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
                 return PX_RELAY_DROP;
             }
         }
-        return s2c_bookkeeping(s, type, body, len);
+        enum px_relay_action act = s2c_bookkeeping(s, type, body, len);
+        if (act == PX_RELAY_FORWARD && s->begin_shift) {
+            /* its position counts in the held BEGIN sent in front of the Query (txn.h) */
+            if (px_wire_error_shift_position(out, type, body, len, s->begin_shift) < 0)
+                return PX_RELAY_CLOSE;
+            return PX_RELAY_DROP;
+        }
+        return act;
     }
     case 'Z':
         if (!head || head->kind != PX_EXP_SYNC) {
@@ -558,6 +583,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             return PX_RELAY_CLOSE;
         }
         px_expect_pop(s);
+        if (s->begin_failed)
+            return px_txn_begin_failed_ready(s, out);
         if (s2c_bookkeeping(s, type, body, len) != PX_RELAY_FORWARD)
             return PX_RELAY_CLOSE;
         /* A batch on s: the next bytes are another client's reply. */
@@ -610,9 +637,9 @@ void px_path_relay_server(struct px_server *s)
         size_t moved = 0;
         enum px_relay_result r =
             px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
-                            s->xid_prefix ? s2c_xid_prefix_see
-                            : s->unsynced ? s2c_group_see
-                                          : s2c_see,
+                            s->xid_prefix || s->begin_prefix ? s2c_prefix_see
+                            : s->unsynced                    ? s2c_group_see
+                                                             : s2c_see,
                             s2c, s, SERVER_MAX_MESSAGE, &moved);
         if (target)
             px_retry_relayed(c, fd);
@@ -624,8 +651,8 @@ void px_path_relay_server(struct px_server *s)
             px_server_close(s, "protocol error from server");
             return;
         }
-        if (r == PX_RELAY_STOPPED && s->xid_prefix_done) {
-            s->xid_prefix_done = false;
+        if (r == PX_RELAY_STOPPED && s->prefix_done) {
+            s->prefix_done = false;
             continue; /* the rest with the usual table, or the chaos cut (above) */
         }
         if (r == PX_RELAY_STOPPED) { /* a batched query's reply is complete */
