@@ -67,10 +67,53 @@ bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool qui
     return true;
 }
 
+void px_outcome_commit_parse(struct px_client *c, struct evbuffer *out, bool quiescent,
+                             const uint8_t *body, uint32_t len)
+{
+    struct px_server *s = c->server;
+    if (len == 0 || body[0] != '\0') {
+        px_outcome_commit_sent(c, out, quiescent);
+        return;
+    }
+    s->commit_inflight = true;
+    s->xid_known = false;
+    if (!c->retry || !quiescent || s->txn_status != 'T')
+        return;
+    /* Parse "" XID_SQL (no parameter types), Bind "" "" (no formats, parameters or result
+     * formats: text), Execute "" (all rows) */
+    uint8_t m[5 + 1 + sizeof(XID_SQL) + 2 + 5 + 8 + 5 + 5];
+    size_t n = 0;
+    m[n] = 'P';
+    px_put_u32(m + n + 1, 4 + 1 + sizeof(XID_SQL) + 2);
+    n += 5;
+    m[n++] = '\0';
+    memcpy(m + n, XID_SQL, sizeof(XID_SQL));
+    n += sizeof(XID_SQL);
+    m[n++] = 0;
+    m[n++] = 0;
+    m[n] = 'B';
+    px_put_u32(m + n + 1, 4 + 8);
+    n += 5;
+    memset(m + n, 0, 8);
+    n += 8;
+    m[n] = 'E';
+    px_put_u32(m + n + 1, 4 + 5);
+    n += 5;
+    memset(m + n, 0, 5);
+    n += 5;
+    if (evbuffer_add(out, m, n) < 0)
+        return;
+    s->xid_prefix = true;
+    s->prefix_done = false;
+    s->captured_null = true;
+}
+
 bool px_outcome_prefix_reply(struct px_server *s, char type, const uint8_t *body, uint32_t len,
                              enum px_relay_action *action)
 {
     switch (type) {
+    case '1': /* ParseComplete, BindComplete: the extended form's */
+    case '2':
     case 'T': *action = PX_RELAY_DROP; return true;
     case 'D':
         px_expect_capture_value(s, body, len);

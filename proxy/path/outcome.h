@@ -47,6 +47,14 @@ void px_outcome_commit_sent(struct px_client *c, struct evbuffer *out, bool quie
 bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool quiescent,
                              const uint8_t *body, uint32_t len);
 
+/* The same for the Parse (body, len: its body) of a COMMIT that starts an extended-protocol
+ * group.  For the unnamed statement, the transaction-id query goes in front in the same
+ * group, as Parse/Bind/Execute of the unnamed statement (which the client's Parse replaces
+ * right after), one Sync and one PostgreSQL cycle for both, its replies swallowed like the
+ * simple form's; a named statement's COMMIT gets it as a hidden Query (px_outcome_commit_sent). */
+void px_outcome_commit_parse(struct px_client *c, struct evbuffer *out, bool quiescent,
+                             const uint8_t *body, uint32_t len);
+
 /* A reply of s while s->xid_prefix: true when it is the prefix's, swallowed (*action), its
  * DataRow kept; its CommandComplete ends the prefix and stops the relay
  * (s->prefix_done) so that the rest is relayed as usual. */

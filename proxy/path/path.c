@@ -303,7 +303,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             }
         } else if (type == 'P') {
             if (note_parse(c, body, len) == PX_SQL_COMMIT)
-                px_outcome_commit_sent(c, out, server_quiescent(s));
+                px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
         } else if (type == 'B') {
             note_bind(c, body, len);
         } else if (type == 'E') {
@@ -318,7 +318,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             if (info.kind == PX_SQL_COMMIT)
                 replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
-            px_outcome_commit_sent(c, out, server_quiescent(s));
+            px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
@@ -501,9 +501,9 @@ static const uint8_t s2c_group_see[256] = {
  * (outcome.h) or a held BEGIN in front of a Query (txn.h): until its CommandComplete, which
  * stops the relay. */
 static const uint8_t s2c_prefix_see[256] = {
-    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY,
-    ['1'] = PX_SEE_BODY, ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
-    ['T'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY,
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
+    ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE, ['T'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
+    ['C'] = PX_SEE_BODY, ['2'] = PX_SEE_BODY,
 };
 
 /* A CommandComplete inside an extended-protocol group. */
