@@ -15,9 +15,16 @@
 
 void px_local_complete(struct px_client *c, const char *tag, char status)
 {
-    struct evbuffer *out = px_path_client_out(c);
-    px_wire_msg(out, 'C', tag, strlen(tag) + 1);
-    px_wire_ready(out, status);
+    static struct evbuffer *reply; /* always empty between calls */
+    if (!reply && !(reply = evbuffer_new())) {
+        struct evbuffer *out = px_path_client_out(c);
+        px_wire_msg(out, 'C', tag, strlen(tag) + 1);
+        px_wire_ready(out, status);
+        return;
+    }
+    px_wire_msg(reply, 'C', tag, strlen(tag) + 1);
+    px_wire_ready(reply, status);
+    px_path_client_send(c, reply);
 }
 
 bool px_local_answer_unlinked(struct px_client *c, const struct px_sql_info *info, uint32_t total)

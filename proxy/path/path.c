@@ -141,6 +141,15 @@ struct evbuffer *px_path_client_out(struct px_client *c)
     return px_retry_client_out(c);
 }
 
+void px_path_client_send(struct px_client *c, struct evbuffer *reply)
+{
+    if (c->retry) { /* through the retry stage, which writes it on (retry.c sink_cb) */
+        evbuffer_add_buffer(px_retry_client_out(c), reply);
+        return;
+    }
+    px_relay_write(reply, bufferevent_get_output(c->bev), c->fd_in_tls_bev ? -1 : c->fd);
+}
+
 struct evbuffer *px_path_server_out(struct px_client *c)
 {
     if (c == relaying_client && relaying_out)

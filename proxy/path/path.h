@@ -46,5 +46,8 @@ struct evbuffer *px_path_server_out(struct px_client *c);
  * ReadyForQuery): through the retry stage (retry.h), which sees every byte the client
  * gets.  Never c's output buffer directly. */
 struct evbuffer *px_path_client_out(struct px_client *c);
+/* pgwarden's own reply to c, assembled in reply (left empty): as px_path_client_out, but
+ * written to the client's socket at once when nothing is queued before it. */
+void px_path_client_send(struct px_client *c, struct evbuffer *reply);
 
 #endif

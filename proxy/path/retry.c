@@ -498,16 +498,16 @@ static evutil_socket_t client_fd(const struct px_client *c)
     return c->fd_in_tls_bev ? -1 : c->fd;
 }
 
-/* pgwarden's own replies arrive here (px_retry_client_out): walked at once, and queued on
- * the client's output (written by the bufferevent). */
+/* pgwarden's own replies arrive here (px_retry_client_out): walked at once, and written to
+ * the client's socket directly when nothing is queued before them (px_relay_write: the
+ * bufferevent would add its write event, wake the loop and remove it, per reply). */
 static void sink_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct px_retry *rt = arg;
     if (!info->n_added || rt->in_relay)
         return;
     walk(rt, buf);
-    if (evbuffer_get_length(rt->fwd))
-        evbuffer_add_buffer(bufferevent_get_output(rt->c->bev), rt->fwd);
+    px_relay_write(rt->fwd, bufferevent_get_output(rt->c->bev), client_fd(rt->c));
     if (rt->mode == RT_DISCARD && rt->replay_left == 0)
         schedule(rt, 0, false, true); /* a replay answered by pgwarden alone may be over */
 }
