@@ -485,6 +485,8 @@ static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum
     cn->busy_key = k;
     cn->busy_op = op;
     cn->sent_us = now_us();
+    if (op == LS_OP_ATTEMPT || op == LS_OP_RELEASE)
+        px_debug("lockspace", 0, (uint64_t)cn->index, "sent: %.300s", sql);
     if (k)
         k->in_flight = true;
     if (f == 1) { /* rare: the statement did not fit in the socket buffer */
@@ -636,6 +638,8 @@ static void conn_result(struct ls_conn *cn)
                 snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
             failed = true;
         } else if (op == LS_OP_ATTEMPT && st == PGRES_TUPLES_OK && k) {
+            px_debug("lockspace", 0, (uint64_t)cn->index, "attempt: ok %s token %s gate %s",
+                     PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
             attempt_done(k, res);
         }
         PQclear(res);
@@ -684,7 +688,8 @@ static void conn_setup(struct ls_conn *cn)
              "SET tcp_keepalives_idle = %u; SET tcp_keepalives_interval = %u; "
              "SET tcp_keepalives_count = 4; SET tcp_user_timeout = %" PRIu64 "; "
              "DO $pgw$BEGIN IF to_regclass('pgwarden_lock_token_seq') IS NULL THEN "
-             "CREATE SEQUENCE pgwarden_lock_token_seq START %" PRIu64 "; END IF; END$pgw$",
+             "CREATE SEQUENCE pgwarden_lock_token_seq START %" PRIu64 "; END IF; "
+             "EXCEPTION WHEN duplicate_table OR unique_violation THEN NULL; END$pgw$",
              idle_s, intvl_s, S.lease_us / 1000u, start);
     cn->state = LS_SETUP;
     conn_send(cn, sql, NULL, LS_OP_SETUP);

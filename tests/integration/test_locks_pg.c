@@ -311,6 +311,45 @@ static void test_waits_and_tokens(void)
     stop_all();
 }
 
+/* ---- 2b. FIFO within an instance, while another instance holds the key ------------------- */
+
+static void test_fifo_within_instance(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 8, 0));
+    enum { NW = 4 };
+    PGconn *h = conn(0, NULL), *w[NW];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(h), CONNECTION_OK);
+    long long last = tok(h, "SELECT pgwarden_lock('f:1', 'write')");
+    CU_ASSERT(last > 0);
+    /* NW writers on instance 2 queue in this order */
+    for (int i = 0; i < NW; i++) {
+        w[i] = conn(1, NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(w[i]), CONNECTION_OK);
+        CU_ASSERT_FATAL(PQsendQuery(w[i], "SELECT pgwarden_lock('f:1', 'write', 10000)"));
+        itu_sleep_ms(30);
+    }
+    for (int i = 0; i < NW; i++)
+        CU_ASSERT_FALSE(ready_within(w[i], 0));
+    CU_ASSERT_STRING_EQUAL(q(h, "SELECT pgwarden_unlock('f:1')"), "t");
+    /* they are granted one at a time, in arrival order, with growing tokens */
+    for (int i = 0; i < NW; i++) {
+        CU_ASSERT_FATAL(ready_within(w[i], 3000));
+        for (int j = i + 1; j < NW; j++)
+            if (ready_within(w[j], 0)) {
+                fprintf(stderr, "writer %d granted before writer %d\n", j, i);
+                CU_FAIL("not FIFO within the instance");
+            }
+        long long t = atoll(async_value(w[i]));
+        CU_ASSERT(t > last);
+        last = t;
+        CU_ASSERT_STRING_EQUAL(q(w[i], "SELECT pgwarden_unlock('f:1')"), "t");
+    }
+    PQfinish(h);
+    for (int i = 0; i < NW; i++)
+        PQfinish(w[i]);
+    stop_all();
+}
+
 /* ---- 3. no starvation: another instance's stream of readers ------------------------------ */
 
 static void test_no_starvation(void)
@@ -543,6 +582,7 @@ static void register_suites(void)
     static CU_TestInfo tests[] = {
         {"matrix", test_matrix},
         {"waits_and_tokens", test_waits_and_tokens},
+        {"fifo_within_instance", test_fifo_within_instance},
         {"no_starvation", test_no_starvation},
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
