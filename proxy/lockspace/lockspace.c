@@ -98,6 +98,7 @@ struct ls_conn {
     enum ls_op busy_op;
     uint64_t sent_us, last_answer_us;
     uint64_t reconnect_us;
+    bool fatal; /* the server sent FATAL while the connection was idle (terminating it) */
 };
 
 /* A lock lost with its connection, to be reported at the client's next lock call. */
@@ -695,6 +696,17 @@ static void conn_setup(struct ls_conn *cn)
     conn_send(cn, sql, NULL, LS_OP_SETUP);
 }
 
+/* Messages the server sends outside a statement: a FATAL one (pg_terminate_backend, a
+ * server shutdown) means the session and its advisory locks are going away now, before
+ * the socket closes: the connection counts as lost at once. */
+static void on_notice(void *arg, const PGresult *res)
+{
+    struct ls_conn *cn = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+        cn->fatal = true;
+}
+
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -708,6 +720,8 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         event_del(cn->io);
         if (st == PGRES_POLLING_OK) {
             PQsetnonblocking(cn->pg, 1);
+            PQsetNoticeReceiver(cn->pg, on_notice, cn);
+            cn->fatal = false;
             event_assign(cn->io, px.base, PQsocket(cn->pg), EV_READ | EV_PERSIST, on_io, cn);
             event_add(cn->io, NULL);
             conn_setup(cn);
@@ -737,7 +751,13 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         conn_lost(cn, PQerrorMessage(cn->pg));
         return;
     }
-    if (cn->busy_op && !PQisBusy(cn->pg))
+    if (!cn->busy_op) {
+        (void)PQisBusy(cn->pg); /* parses what came: a FATAL notice sets cn->fatal */
+        if (cn->fatal)
+            conn_lost(cn, "the server is terminating the lock connection");
+        return;
+    }
+    if (!PQisBusy(cn->pg))
         conn_result(cn);
 }
 
@@ -1085,6 +1105,24 @@ uint64_t px_lockspace_token(uint64_t client_id, const void *key, size_t keylen, 
     struct ls_key *k = key_find(key, keylen, key_hash(key, keylen));
     struct ls_hold *h = k ? hold_find(k, client_id) : NULL;
     return h ? h->token : lm_token;
+}
+
+enum px_lockspace_hold px_lockspace_hold_state(uint64_t client_id, const void *key, size_t keylen,
+                                               uint64_t lm_token, uint64_t *token)
+{
+    *token = lm_token;
+    if (!S.active)
+        return PX_LOCKSPACE_HOLD_LOCAL;
+    struct ls_key *k = key_find(key, keylen, key_hash(key, keylen));
+    if (k)
+        for (struct ls_pend *p = k->pend; p; p = p->next)
+            if (p->client_id == client_id)
+                return PX_LOCKSPACE_HOLD_WAITING; /* a first grant or an upgrade */
+    struct ls_hold *h = k ? hold_find(k, client_id) : NULL;
+    if (!h)
+        return PX_LOCKSPACE_HOLD_WAITING;
+    *token = h->token;
+    return PX_LOCKSPACE_HOLD_HELD;
 }
 
 bool px_lockspace_take_lost(uint64_t client_id, char *key, size_t cap)

@@ -65,6 +65,15 @@ void px_lockspace_client_gone(uint64_t client_id);
 uint64_t px_lockspace_token(uint64_t client_id, const void *key, size_t keylen,
                             uint64_t lm_token);
 
+/* How client_id's local hold of key stands in PostgreSQL (GET /locks). */
+enum px_lockspace_hold {
+    PX_LOCKSPACE_HOLD_LOCAL = 0, /* backend = local: nothing global */
+    PX_LOCKSPACE_HOLD_HELD,      /* held in PostgreSQL: *token is the global token */
+    PX_LOCKSPACE_HOLD_WAITING,   /* granted here, still waiting in PostgreSQL */
+};
+enum px_lockspace_hold px_lockspace_hold_state(uint64_t client_id, const void *key, size_t keylen,
+                                               uint64_t lm_token, uint64_t *token);
+
 /* A lock of client_id was lost with its lock connection and not reported yet: copies the
  * key (at most cap - 1 bytes, NUL-terminated) and forgets every such report of the client.
  * False when there is none. */

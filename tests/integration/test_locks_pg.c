@@ -21,6 +21,7 @@
 
 #include "cunit_main.h"
 #include "harness.h"
+#include "itest_http.h"
 #include "itest_util.h"
 
 #define TEST_LIMIT_S 240
@@ -84,6 +85,7 @@ static bool start_n(int n, const char *pool_mode, int pool_size, int lock_timeou
                                        .log_level = getenv("ITEST_DEBUG") ? "debug" : "info",
                                        .max_client_conn = 400,
                                        .query_wait_timeout_ms = 60000,
+                                       .admin = true,
                                        .tail_extra = tail};
         g_px[i] = harness_proxy_start(&o);
         if (!g_px[i])
@@ -220,6 +222,16 @@ static void test_matrix(void)
     PGresult *res = PQexec(b, "SELECT * FROM pgwarden_locks()");
     CU_ASSERT(PQntuples(res) == 1 && PQnfields(res) == 4 && atoll(PQgetvalue(res, 0, 3)) == t);
     PQclear(res);
+    /* GET /locks: this instance's view, the holder marked held in PostgreSQL, with the
+     * global token */
+    json_t *j = get_json(g_px[1]->admin_port, "/locks", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "view")), "this instance only");
+    json_t *hd = json_array_get(
+        json_object_get(json_array_get(json_object_get(j, "keys"), 0), "holders"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(hd, "global")), "held");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(hd, "token")), t);
+    json_decref(j);
     /* a re-request gets the same token, an upgrade a new one */
     CU_ASSERT_EQUAL(tok(b, "SELECT pgwarden_lock('m:tok', 'read')"), t);
     long long tx = tok(b, "SELECT pgwarden_lock('m:tok', 'exclusive')");
@@ -449,8 +461,9 @@ static void test_lost_connection(void)
     /* once instance 1 has seen the loss (the same moment PostgreSQL dropped the locks,
      * here), the holder is told at its next lock call, once, and no longer reports it */
     int64_t seen = itu_now_ms() + 3000;
-    while (!harness_proxy_log_contains(g_px[0], "lock connection 0 lost") &&
-           !harness_proxy_log_contains(g_px[0], "lock connection 1 lost") && itu_now_ms() < seen)
+    while (!(harness_proxy_log_contains(g_px[0], "lock connection 0 lost") &&
+             harness_proxy_log_contains(g_px[0], "lock connection 1 lost")) &&
+           itu_now_ms() < seen)
         itu_sleep_ms(10);
     CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
     CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
