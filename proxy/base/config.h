@@ -112,10 +112,10 @@ struct px_config {
     char *pidfile;                      /* NULL: none */
 
     /* [locks] */
-    int lock_timeout_ms;     /* default 0: wait without a limit */
-    int deadlock_timeout_ms; /* default 1000: bound on finding a deadlock */
-    int max_locks;           /* default 100000; 0: no limit */
-    char *state_file;        /* NULL: fencing tokens from the clock (see docs/locks.md) */
+    int lock_timeout_ms;           /* default 0: wait without a limit */
+    int deadlock_timeout_ms;       /* default 1000: bound on finding a deadlock */
+    int max_locks;                 /* default 100000; 0: no limit */
+    char *state_file;              /* NULL: fencing tokens from the clock (see docs/locks.md) */
     enum px_locks_backend backend; /* default local */
     char *backend_conninfo;        /* libpq conninfo of the lock connections (postgresql) */
     int backend_connections;       /* default 2: lock connections to PostgreSQL */

@@ -342,11 +342,12 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
     bool first_in_line = (k->have & gate) != 0;
     *take = miss;
     k->attempt_gate = gate;
-    if (sql_append(sql, &u, "SELECT ok, CASE WHEN ok THEN nextval('pgwarden_lock_token_seq') END, ") <
-        0)
+    if (sql_append(sql, &u,
+                   "SELECT ok, CASE WHEN ok THEN nextval('pgwarden_lock_token_seq') END, ") < 0)
         return -1;
     if (first_in_line) {
-        if (sql_append(sql, &u, "CASE WHEN ok THEN NOT pg_advisory_unlock(%lld) END", advisory_id(h, 2 + p->mode)) < 0)
+        if (sql_append(sql, &u, "CASE WHEN ok THEN NOT pg_advisory_unlock(%lld) END",
+                       advisory_id(h, 2 + p->mode)) < 0)
             return -1;
     } else if (!p->try) {
         if (sql_append(sql, &u, "CASE WHEN NOT ok THEN pg_try_advisory_lock(%lld) END",
@@ -374,8 +375,8 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
             return -1;
     }
     if (miss & LS_B_EX) {
-        if (sql_append(sql, &u, " WHEN NOT pg_try_advisory_lock(%lld) THEN false", advisory_id(h, 1)) <
-            0)
+        if (sql_append(sql, &u, " WHEN NOT pg_try_advisory_lock(%lld) THEN false",
+                       advisory_id(h, 1)) < 0)
             return -1;
     }
     if (miss & (LS_A_EX | LS_A_SH)) {
@@ -400,8 +401,8 @@ static int build_release(struct ls_key *k, unsigned drop, bool take_a_sh, char *
     bool any = false;
     if (sql_append(sql, &u, "SELECT true") < 0)
         return -1;
-    if (take_a_sh && sql_append(sql, &u, ", pg_try_advisory_lock_shared(%lld)",
-                                advisory_id(k->hash, 0)) < 0)
+    if (take_a_sh &&
+        sql_append(sql, &u, ", pg_try_advisory_lock_shared(%lld)", advisory_id(k->hash, 0)) < 0)
         return -1;
     for (unsigned sub = 0; sub < 5; sub++) {
         if (!(drop & (1u << sub)))
@@ -602,8 +603,8 @@ static void attempt_done(struct ls_key *k, PGresult *res)
     k->attempting = NULL;
     bool ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     uint64_t token = ok ? strtoull(PQgetvalue(res, 0, 1), NULL, 10) : 0;
-    bool gate_changed = PQntuples(res) == 1 && !PQgetisnull(res, 0, 2) &&
-                        strcmp(PQgetvalue(res, 0, 2), "t") == 0;
+    bool gate_changed =
+        PQntuples(res) == 1 && !PQgetisnull(res, 0, 2) && strcmp(PQgetvalue(res, 0, 2), "t") == 0;
     unsigned gate = k->attempt_gate;
     if (ok) {
         /* A shared and A exclusive may both be held (an upgrade): both are tracked. */
@@ -660,7 +661,7 @@ static void conn_result(struct ls_conn *cn)
         cn->state = LS_READY;
         cn->reconnect_us = 0;
         px_info("lockspace", 0, (uint64_t)cn->index, "lock connection %d ready", cn->index);
-        conn_timer_arm(cn, S.lease_us / 4);
+        conn_timer_arm(cn, S.lease_us / 16);
     }
     if (k) {
         if (k->pend || k->dirty) {
@@ -679,7 +680,8 @@ static void conn_setup(struct ls_conn *cn)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t start = ((uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u) << 10;
-    unsigned idle_s = (unsigned)(S.lease_us / 2000000u), intvl_s = (unsigned)(S.lease_us / 8000000u);
+    unsigned idle_s = (unsigned)(S.lease_us / 2000000u),
+             intvl_s = (unsigned)(S.lease_us / 8000000u);
     if (!idle_s)
         idle_s = 1;
     if (!intvl_s)
@@ -768,9 +770,14 @@ static void conn_start(struct ls_conn *cn)
     snprintf(intvl_s, sizeof(intvl_s), "%" PRIu64,
              S.lease_us / 8000000u ? S.lease_us / 8000000u : 1);
     snprintf(uto, sizeof(uto), "%" PRIu64, S.lease_us / 2000u);
-    const char *keys[] = {"dbname",          "application_name", "keepalives",
-                          "keepalives_idle", "keepalives_interval", "keepalives_count",
-                          "tcp_user_timeout", NULL};
+    const char *keys[] = {"dbname",
+                          "application_name",
+                          "keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "tcp_user_timeout",
+                          NULL};
     const char *vals[] = {S.conninfo, S.appname, "1", idle_s, intvl_s, "2", uto, NULL};
     cn->pg = PQconnectStartParams(keys, vals, 1);
     if (!cn->pg || PQstatus(cn->pg) == CONNECTION_BAD) {
@@ -781,11 +788,12 @@ static void conn_start(struct ls_conn *cn)
     event_assign(cn->io, px.base, PQsocket(cn->pg), EV_WRITE, on_io, cn);
     event_add(cn->io, NULL);
     cn->sent_us = now_us();
-    conn_timer_arm(cn, S.lease_us / 4);
+    conn_timer_arm(cn, S.lease_us / 16);
 }
 
 /* Reconnect when down; heartbeat when ready (a statement unanswered for lease/2 is a
- * loss; an idle connection is pinged every lease/4). */
+ * loss; an idle connection is pinged every lease/8; checked every lease/16, so the
+ * instance gives up at most 3/4 lease after its last answer). */
 static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -805,11 +813,11 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
             conn_lost(cn, "no answer within lease_ms / 2");
             return;
         }
-    } else if (now - cn->last_answer_us >= S.lease_us / 4) {
+    } else if (now - cn->last_answer_us >= S.lease_us / 8) {
         conn_send(cn, "SELECT 1", NULL, LS_OP_PING);
     }
     if (cn->state != LS_DOWN)
-        conn_timer_arm(cn, S.lease_us / 8);
+        conn_timer_arm(cn, S.lease_us / 16);
 }
 
 static void conn_timer_arm(struct ls_conn *cn, uint64_t after_us)
@@ -994,8 +1002,8 @@ void px_lockspace_shutdown(void)
 }
 
 bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
-                          enum lockmgr_mode mode, uint64_t lm_token, uint64_t deadline_us,
-                          bool try, uint64_t *token)
+                          enum lockmgr_mode mode, uint64_t lm_token, uint64_t deadline_us, bool try,
+                          uint64_t *token)
 {
     struct ls_key *k = key_get(key, keylen);
     if (!k) { /* out of memory: fails as a lost connection would */

@@ -45,8 +45,8 @@ bool px_lockspace_active(void);
  * and never queue at a gate.
  */
 bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
-                          enum lockmgr_mode mode, uint64_t lm_token, uint64_t deadline_us,
-                          bool try, uint64_t *token);
+                          enum lockmgr_mode mode, uint64_t lm_token, uint64_t deadline_us, bool try,
+                          uint64_t *token);
 
 /* o is about to release locks (unlock, end of transaction, disconnect, a failed global
  * grant): the keys it holds are reconciled with PostgreSQL afterwards (deferred). */
@@ -62,8 +62,7 @@ void px_lockspace_client_gone(uint64_t client_id);
 
 /* The global token of client_id's hold of key (lm_token: the local token lockmgr shows);
  * lm_token itself when the module does not know the hold (backend = local). */
-uint64_t px_lockspace_token(uint64_t client_id, const void *key, size_t keylen,
-                            uint64_t lm_token);
+uint64_t px_lockspace_token(uint64_t client_id, const void *key, size_t keylen, uint64_t lm_token);
 
 /* How client_id's local hold of key stands in PostgreSQL (GET /locks). */
 enum px_lockspace_hold {

@@ -297,8 +297,8 @@ static struct px_client_locks *state_of(struct px_client *c)
 
 static void on_wait_done(struct lockmgr_owner *o, void *udata, const struct lockmgr_result *res);
 static void release_provisional(struct px_client_locks *cl);
-static bool global_lost(struct px_client *c, const struct px_lockcall *call,
-                        const int16_t *formats, const struct px_lockreq *req, bool simple);
+static bool global_lost(struct px_client *c, const struct px_lockcall *call, const int16_t *formats,
+                        const struct px_lockreq *req, bool simple);
 
 static struct lockmgr_owner *owner_of(struct px_client_locks *cl)
 {
@@ -596,8 +596,8 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
                                  deadline, now, &token);
         }
         if (st == LOCKMGR_OK && px_lockspace_active() &&
-            !px_lockspace_confirm(c->id, req.key, req.keylen, req.mode, token,
-                                  try ? 0 : deadline, try, &token)) {
+            !px_lockspace_confirm(c->id, req.key, req.keylen, req.mode, token, try ? 0 : deadline,
+                                  try, &token)) {
             /* granted here, not yet in PostgreSQL: wait for the global part */
             if (req.scope == LOCKMGR_XACT)
                 cl->has_xact = true;
@@ -754,7 +754,8 @@ void px_locks_global_lost(uint64_t client_id, const char *key, size_t keylen)
     px_warning("locks", 'C', client_id, "lost the global lock on \"%.*s\"",
                (int)(keylen > 64 ? 64 : keylen), key);
     px_lockspace_releasing(L.lm, cl->owner);
-    enum lockmgr_status a = lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_SESSION, now_us());
+    enum lockmgr_status a =
+        lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_SESSION, now_us());
     enum lockmgr_status b = lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_XACT, now_us());
     (void)a, (void)b;
     arm_timer();
@@ -762,8 +763,8 @@ void px_locks_global_lost(uint64_t client_id, const char *key, size_t keylen)
 
 /* A lock of c was lost with its lock connection and not reported yet: this lock call
  * fails with 55000, once.  True when it answered. */
-static bool global_lost(struct px_client *c, const struct px_lockcall *call,
-                        const int16_t *formats, const struct px_lockreq *req, bool simple)
+static bool global_lost(struct px_client *c, const struct px_lockcall *call, const int16_t *formats,
+                        const struct px_lockreq *req, bool simple)
 {
     char key[LOCKMGR_KEY_MAX + 1];
     (void)call, (void)formats, (void)req;

@@ -186,8 +186,8 @@ static void test_matrix(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
     static const char *modes[] = {"read", "write", "exclusive"};
     /* yes = may be held at the same time (SPEC section 2) */
-    static const bool compat[3][3] = {{true, true, false}, {true, false, false},
-                                      {false, false, false}};
+    static const bool compat[3][3] = {
+        {true, true, false}, {true, false, false}, {false, false, false}};
     long long last = 0;
     for (int h = 0; h < 3; h++) {
         for (int r = 0; r < 3; r++) {
