@@ -29,6 +29,7 @@
 #define LEASE_MS     2000
 
 static struct harness_proxy *g_px[MAXPX];
+static const char *g_backend = "postgresql"; /* [locks] backend of the next start_n */
 
 static void on_watchdog(int sig)
 {
@@ -74,9 +75,9 @@ static bool start_n(int n, const char *pool_mode, int pool_size, int lock_timeou
     alarm(TEST_LIMIT_S);
     static char tail[2048];
     snprintf(tail, sizeof(tail),
-             "[locks]\nbackend = postgresql\nbackend_conninfo = %s\nbackend_connections = 2\n"
+             "[locks]\nbackend = %s\nbackend_conninfo = %s\nbackend_connections = 2\n"
              "lease_ms = %d\nlock_timeout_ms = %d\n",
-             harness_cluster_conninfo("sslmode=disable"), LEASE_MS, lock_timeout_ms);
+             g_backend, harness_cluster_conninfo("sslmode=disable"), LEASE_MS, lock_timeout_ms);
     for (int i = 0; i < n; i++) {
         struct harness_proxy_opts o = {.pool_mode = pool_mode,
                                        .pool_size = pool_size,
@@ -590,6 +591,44 @@ static void test_cross_instance_cycle_times_out(void)
     stop_all();
 }
 
+/* ---- 8. measurement: one grant's round trip, postgresql against local -------------------- */
+
+#define RT_PAIRS 500
+
+/* Microseconds per lock + unlock pair on an uncontended key, through instance 0. */
+static double pair_us(void)
+{
+    PGconn *c = conn(0, NULL);
+    if (PQstatus(c) != CONNECTION_OK)
+        return -1;
+    q(c, "SELECT pgwarden_lock('rt:warm', 'write')");
+    int64_t t0 = itu_now_ms();
+    bool ok = true;
+    for (int i = 0; i < RT_PAIRS && ok; i++) {
+        ok = atoll(q(c, "SELECT pgwarden_lock('rt:1', 'write')")) > 0 &&
+             strcmp(q(c, "SELECT pgwarden_unlock('rt:1')"), "t") == 0;
+    }
+    int64_t ms = itu_now_ms() - t0;
+    PQfinish(c);
+    return ok ? (double)ms * 1000.0 / RT_PAIRS : -1;
+}
+
+static void test_grant_round_trip(void)
+{
+    g_backend = "local";
+    CU_ASSERT_FATAL(start_n(1, "session", 2, 0));
+    double local = pair_us();
+    stop_all();
+    g_backend = "postgresql";
+    CU_ASSERT_FATAL(start_n(1, "session", 2, 0));
+    double pg = pair_us();
+    stop_all();
+    printf(
+        "\n    lock+unlock pair (client round trips included): local %.0f us, postgresql %.0f us ",
+        local, pg);
+    CU_ASSERT(local > 0 && pg > 0);
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -601,6 +640,7 @@ static void register_suites(void)
         {"lost_connection", test_lost_connection},
         {"read_modify_write", test_read_modify_write},
         {"cross_instance_cycle_times_out", test_cross_instance_cycle_times_out},
+        {"grant_round_trip", test_grant_round_trip},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("locks_pg", suite_init, suite_cleanup, tests);
