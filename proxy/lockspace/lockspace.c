@@ -356,7 +356,9 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
     } else if (sql_append(sql, &u, "NULL::boolean") < 0) {
         return -1;
     }
-    if (sql_append(sql, &u, " FROM (SELECT CASE") < 0)
+    /* The first WHEN keeps the CASE valid when nothing is checked or taken: a waiter first
+     * in line whose mode this instance already holds (a reader behind a gate). */
+    if (sql_append(sql, &u, " FROM (SELECT CASE WHEN false THEN false") < 0)
         return -1;
     if (!first_in_line) {
         unsigned g = gates_for(p->mode);

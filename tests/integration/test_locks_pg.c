@@ -418,6 +418,41 @@ static void test_no_starvation(void)
     stop_all();
 }
 
+/* ---- 3b. a waiting reader behind another instance's gate, its mode already held here ------ */
+
+static void test_reader_behind_gate(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 4, 0));
+    PGconn *r1 = conn(0, NULL), *r2 = conn(0, NULL), *x = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r2), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    long long t1 = tok(r1, "SELECT pgwarden_lock('g:1', 'read')");
+    CU_ASSERT(t1 > 0);
+    /* instance 2 waits for exclusive: it takes the exclusive gate */
+    CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('g:1', 'exclusive', 10000)"));
+    CU_ASSERT_FALSE(ready_within(x, 200));
+    /* a waiting reader on instance 1 stops at that gate, takes the read gate, and polls
+     * with the read mode already held by its instance */
+    CU_ASSERT_FATAL(PQsendQuery(r2, "SELECT pgwarden_lock('g:1', 'read', 400)"));
+    CU_ASSERT(ready_within(r2, 3000));
+    const char *v = async_value(r2);
+    CU_ASSERT(strcmp(v, "!55P03") == 0 || atoll(v) > t1);
+    /* nothing was lost on instance 1: r1 still holds its lock, no 55000 */
+    CU_ASSERT_FALSE(harness_proxy_log_contains(g_px[0], "lost"));
+    PGresult *res = PQexec(r1, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_TUPLES_OK);
+    CU_ASSERT(PQntuples(res) == 1 && atoll(PQgetvalue(res, 0, 3)) == t1);
+    PQclear(res);
+    CU_ASSERT_FALSE(ready_within(x, 0));
+    /* the readers go: the exclusive request gets the key */
+    q(r2, "SELECT pgwarden_unlock_all()");
+    CU_ASSERT_STRING_EQUAL(q(r1, "SELECT pgwarden_unlock('g:1')"), "t");
+    CU_ASSERT(ready_within(x, 3000));
+    CU_ASSERT(atoll(async_value(x)) > t1);
+    PQfinish(r1), PQfinish(r2), PQfinish(x);
+    stop_all();
+}
+
 /* ---- 4. SIGKILL of an instance holding a lock --------------------------------------------- */
 
 static void test_sigkill(void)
@@ -643,6 +678,7 @@ static void register_suites(void)
         {"waits_and_tokens", test_waits_and_tokens},
         {"fifo_within_instance", test_fifo_within_instance},
         {"no_starvation", test_no_starvation},
+        {"reader_behind_gate", test_reader_behind_gate},
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
         {"read_modify_write", test_read_modify_write},
