@@ -280,10 +280,13 @@ static int add_held(const struct px_lock_index *ix, uint64_t id, json_t *o)
         return -1;
     for (size_t i = lo; i < ix->n && ix->rows[i].owner_id == id; i++) {
         const struct held *r = &ix->rows[i];
+        uint64_t token; /* backend = postgresql: the global token once held there */
+        (void)px_lockspace_hold_state(r->holder->owner_id, r->key->key, r->key->keylen,
+                                      r->holder->token, &token);
         json_t *e =
             json_pack("{s:o, s:s, s:s, s:I}", "key", px_json_stringn(r->key->key, r->key->keylen),
                       "mode", lockmgr_mode_name(r->holder->mode), "scope",
-                      lockmgr_scope_name(r->holder->scope), "token", (json_int_t)r->holder->token);
+                      lockmgr_scope_name(r->holder->scope), "token", (json_int_t)token);
         if (json_array_append_new(arr, e) < 0)
             return -1;
     }

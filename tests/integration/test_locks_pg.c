@@ -239,6 +239,17 @@ static void test_matrix(void)
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(hd, "global")), "held");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(hd, "token")), t);
     json_decref(j);
+    /* GET /clients shows the same global token */
+    j = get_json(g_px[1]->admin_port, "/clients", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    long long ctok = 0;
+    for (size_t i = 0; i < json_array_size(j); i++) {
+        json_t *l = json_array_get(json_object_get(json_array_get(j, i), "locks"), 0);
+        if (l)
+            ctok = json_integer_value(json_object_get(l, "token"));
+    }
+    CU_ASSERT_EQUAL(ctok, t);
+    json_decref(j);
     /* a re-request gets the same token, an upgrade a new one */
     CU_ASSERT_EQUAL(tok(b, "SELECT pgwarden_lock('m:tok', 'read')"), t);
     long long tx = tok(b, "SELECT pgwarden_lock('m:tok', 'exclusive')");
