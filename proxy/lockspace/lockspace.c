@@ -1027,6 +1027,8 @@ bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
     p->deadline_us = deadline_us;
     p->mode = mode;
     p->try = try;
+    if (try && k->conn->state != LS_READY)
+        p->deadline_us = now_us(); /* a try never waits, not even for the connection: 55P03 */
     struct ls_pend **pp = &k->pend;
     while (*pp)
         pp = &(*pp)->next;
