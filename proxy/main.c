@@ -22,6 +22,7 @@
 #include "admin/admin.h"
 #include "chaos/chaos.h"
 #include "path/batch.h"
+#include "lockspace/lockspace.h"
 #include "path/locks.h"
 #include "path/retry.h"
 #include "net/cancel.h"
@@ -218,7 +219,8 @@ static int setup(char **errmsg)
     px.base = event_base_new();
     if (!px.base)
         return -1;
-    if (px_locks_init(px.cfg, errmsg) < 0 || px_stats_locks_init(px_locks_manager()) < 0)
+    if (px_locks_init(px.cfg, errmsg) < 0 || px_stats_locks_init(px_locks_manager()) < 0 ||
+        px_lockspace_init(px.cfg, px_locks_manager(), errmsg) < 0)
         return -1;
     px_retry_configure();
     px.janitor = event_new(px.base, -1, EV_PERSIST, on_janitor, NULL);
@@ -262,6 +264,7 @@ static void teardown(void)
     px_pool_free_all();
     reap();
     px_breaker_free_all();
+    px_lockspace_shutdown();
     px_locks_shutdown();
     px_retry_shutdown();
     px_cancel_destroy();

@@ -24,6 +24,7 @@
 #include "base/json_util.h"
 #include "conn.h"
 #include "lockmgr/lockmgr.h"
+#include "lockspace/lockspace.h"
 #include "path/locks.h"
 
 /* The lock stage's clock (path/locks.c now_us()). */
@@ -57,11 +58,23 @@ static int set_client_fields(json_t *o, const struct px_client *c)
     return 0;
 }
 
-static json_t *holder_json(const struct lockmgr_snap_holder *h, uint64_t now)
+/* backend = postgresql adds "global": "held" (the token is PostgreSQL's) or "waiting"
+ * (granted in this instance, not yet in PostgreSQL; the token is not final). */
+static json_t *holder_json(const struct lockmgr_snap_key *k, const struct lockmgr_snap_holder *h,
+                           uint64_t now)
 {
+    uint64_t token;
+    enum px_lockspace_hold g =
+        px_lockspace_hold_state(h->owner_id, k->key, k->keylen, h->token, &token);
     json_t *o = json_pack("{s:I, s:s, s:s, s:I, s:I}", "client_id", (json_int_t)h->owner_id, "mode",
                           lockmgr_mode_name(h->mode), "scope", lockmgr_scope_name(h->scope),
-                          "token", (json_int_t)h->token, "held_ms", elapsed_ms(h->since_us, now));
+                          "token", (json_int_t)token, "held_ms", elapsed_ms(h->since_us, now));
+    if (o && g != PX_LOCKSPACE_HOLD_LOCAL &&
+        json_object_set_new(o, "global",
+                            json_string(g == PX_LOCKSPACE_HOLD_HELD ? "held" : "waiting")) < 0) {
+        json_decref(o);
+        return NULL;
+    }
     if (o && set_client_fields(o, row_client(h->udata, h->owner_id)) < 0) {
         json_decref(o);
         return NULL;
@@ -111,7 +124,7 @@ static json_t *key_json(const struct lockmgr_snap_key *k, uint64_t now)
         order[i] = &k->holders[i];
     qsort(order, k->nholders, sizeof(*order), holder_cmp);
     for (size_t i = 0; i < k->nholders; i++)
-        if (json_array_append_new(holders, holder_json(order[i], now)) < 0)
+        if (json_array_append_new(holders, holder_json(k, order[i], now)) < 0)
             goto done;
     for (size_t i = 0; i < k->nwaiters; i++) /* queue order */
         if (json_array_append_new(waiters, waiter_json(&k->waiters[i], now)) < 0)
@@ -158,6 +171,13 @@ json_t *px_introspect_locks(void)
     out = json_pack("{s:O, s:{s:I, s:I, s:I}}", "keys", keys, "totals", "keys", (json_int_t)nkeys,
                     "holders", (json_int_t)(snap ? snap->nholders : 0), "waiters",
                     (json_int_t)(snap ? snap->nwaiters : 0));
+    /* backend = postgresql: this is one instance's view; other instances' holders of the
+     * same keys are not listed (docs/locks.md "Several instances"). */
+    if (out && px_lockspace_active() &&
+        json_object_set_new(out, "view", json_string("this instance only")) < 0) {
+        json_decref(out);
+        out = NULL;
+    }
 done:
     json_decref(keys);
     free(order);
@@ -260,10 +280,13 @@ static int add_held(const struct px_lock_index *ix, uint64_t id, json_t *o)
         return -1;
     for (size_t i = lo; i < ix->n && ix->rows[i].owner_id == id; i++) {
         const struct held *r = &ix->rows[i];
+        uint64_t token; /* backend = postgresql: the global token once held there */
+        (void)px_lockspace_hold_state(r->holder->owner_id, r->key->key, r->key->keylen,
+                                      r->holder->token, &token);
         json_t *e =
             json_pack("{s:o, s:s, s:s, s:I}", "key", px_json_stringn(r->key->key, r->key->keylen),
                       "mode", lockmgr_mode_name(r->holder->mode), "scope",
-                      lockmgr_scope_name(r->holder->scope), "token", (json_int_t)r->holder->token);
+                      lockmgr_scope_name(r->holder->scope), "token", (json_int_t)token);
         if (json_array_append_new(arr, e) < 0)
             return -1;
     }

@@ -69,6 +69,7 @@ static const char *const server_tls_names[] = {"disable",   "prefer",      "requ
                                                "verify-ca", "verify-full", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
 static const char *const unmovable_names[] = {"pin", "reset", NULL};
+static const char *const locks_backend_names[] = {"local", "postgresql", NULL};
 /* Index == enum backoff_jitter (retry/backoff.h). */
 static const char *const jitter_names[] = {"full", "equal", "decorrelated", "none", NULL};
 
@@ -79,6 +80,7 @@ _Static_assert(PX_CTLS_REQUIRE == 2, "client_tls_names order");
 _Static_assert(PX_STLS_PREFER == 1 && PX_STLS_VERIFY_FULL == 4, "server_tls_names order");
 _Static_assert(PX_LOG_ERROR == 3, "log_level_names order");
 _Static_assert(PX_UNMOVABLE_RESET == 1, "unmovable_names order");
+_Static_assert(PX_LOCKS_POSTGRESQL == 1, "locks_backend_names order");
 _Static_assert(BACKOFF_JITTER_FULL == 0 && BACKOFF_JITTER_EQUAL == 1 &&
                    BACKOFF_JITTER_DECORRELATED == 2 && BACKOFF_JITTER_NONE == 3,
                "jitter_names order");
@@ -88,6 +90,7 @@ _Static_assert(sizeof(enum px_pool_mode) == sizeof(int) &&
                    sizeof(enum px_server_tls_mode) == sizeof(int) &&
                    sizeof(enum px_log_level) == sizeof(int) &&
                    sizeof(enum px_unmovable) == sizeof(int) &&
+                   sizeof(enum px_locks_backend) == sizeof(int) &&
                    sizeof(enum backoff_jitter) == sizeof(int),
                "enum fields are stored through int *");
 
@@ -201,6 +204,17 @@ static const struct px_cfg_key locks_keys[] = {
            "limit"),
     PG_PATH(state_file, RESTART,
             "file keeping the fencing-token epoch across restarts; unset: tokens from the clock"),
+    PG_ENUM(backend, "local", locks_backend_names, RESTART,
+            "where the lock space lives: local (this process) | postgresql (shared by every "
+            "instance using the same PostgreSQL, docs/design/distributed-locks.md)"),
+    PG_STR(backend_conninfo, NULL, 1, RESTART,
+           "backend = postgresql: libpq conninfo of the lock connections"),
+    PG_INT(backend_connections, "2", 1, 64, RESTART,
+           "backend = postgresql: connections to PostgreSQL used for locks, whatever the "
+           "number of waiters"),
+    PG_INT(lease_ms, "10000", 1000, 3600000, RESTART,
+           "backend = postgresql: an instance cut off from PostgreSQL loses its locks within "
+           "this time, and stops reporting them before that"),
 };
 
 /*
@@ -869,6 +883,9 @@ static int validate(struct parser *p)
     if (c->admin_port != 0 && c->admin_port == c->listen_port &&
         strcmp(c->admin_addr, c->listen_addr) == 0)
         return fail_key(p, "admin_port", "same address and port as listen_addr:listen_port");
+    if (c->backend == PX_LOCKS_POSTGRESQL && !c->backend_conninfo)
+        return fail_at(p, line_in(p, "locks", "backend"), "locks", "backend",
+                       "postgresql needs backend_conninfo");
     if (c->open_max_ms < c->open_ms)
         return fail_at(p, line_in(p, "breaker", "open_max_ms"), "breaker", "open_max_ms",
                        "%d is less than open_ms (%d)", c->open_max_ms, c->open_ms);

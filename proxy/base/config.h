@@ -47,6 +47,8 @@ enum px_server_tls_mode {
 };
 /* Transaction pooling: session state that cannot follow a client to another server. */
 enum px_unmovable { PX_UNMOVABLE_PIN = 0, PX_UNMOVABLE_RESET = 1 };
+/* [locks] backend: where the lock space lives (docs/design/distributed-locks.md). */
+enum px_locks_backend { PX_LOCKS_LOCAL = 0, PX_LOCKS_POSTGRESQL = 1 };
 enum px_log_level { PX_LOG_DEBUG = 0, PX_LOG_INFO = 1, PX_LOG_WARNING = 2, PX_LOG_ERROR = 3 };
 
 /*
@@ -110,10 +112,14 @@ struct px_config {
     char *pidfile;                      /* NULL: none */
 
     /* [locks] */
-    int lock_timeout_ms;     /* default 0: wait without a limit */
-    int deadlock_timeout_ms; /* default 1000: bound on finding a deadlock */
-    int max_locks;           /* default 100000; 0: no limit */
-    char *state_file;        /* NULL: fencing tokens from the clock (see docs/locks.md) */
+    int lock_timeout_ms;           /* default 0: wait without a limit */
+    int deadlock_timeout_ms;       /* default 1000: bound on finding a deadlock */
+    int max_locks;                 /* default 100000; 0: no limit */
+    char *state_file;              /* NULL: fencing tokens from the clock (see docs/locks.md) */
+    enum px_locks_backend backend; /* default local */
+    char *backend_conninfo;        /* libpq conninfo of the lock connections (postgresql) */
+    int backend_connections;       /* default 2: lock connections to PostgreSQL */
+    int lease_ms;                  /* default 10000: a lost instance's locks go within it */
 
     /* [retry] (docs/retry.md): the keys as read; validation fills retry below */
     char *retryable_sqlstates;  /* default "40001, 40P01" */

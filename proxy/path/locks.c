@@ -21,6 +21,7 @@
 #include <event2/event.h>
 
 #include "base/log.h"
+#include "lockspace/lockspace.h"
 #include "metrics/stats.h"
 #include "net/client.h"
 #include "net/server.h"
@@ -54,6 +55,8 @@ struct px_lockwait_result {
     enum lockmgr_status status;
     uint64_t token;
     char *detail; /* DEADLOCK: the cycle, described (owned) */
+    bool global;  /* backend = postgresql: the global part is done (lockspace.h) */
+    bool lost;    /* ... and failed because the lock connection was lost (55000) */
 };
 
 struct px_client_locks {
@@ -68,6 +71,7 @@ struct px_client_locks {
     /* The wait, while c->lock_waiting. */
     struct px_lockreq req;
     bool wait_simple;              /* answer as a simple Query, else as an Execute */
+    bool wait_try;                 /* a try call waiting for its global part */
     struct px_lockcall *wait_call; /* owned copy */
     int16_t formats[4];
     uint64_t wait_since_us;
@@ -292,6 +296,9 @@ static struct px_client_locks *state_of(struct px_client *c)
 }
 
 static void on_wait_done(struct lockmgr_owner *o, void *udata, const struct lockmgr_result *res);
+static void release_provisional(struct px_client_locks *cl);
+static bool global_lost(struct px_client *c, const struct px_lockcall *call, const int16_t *formats,
+                        const struct px_lockreq *req, bool simple);
 
 static struct lockmgr_owner *owner_of(struct px_client_locks *cl)
 {
@@ -415,8 +422,9 @@ static int write_locks_rows(struct px_client *c, const struct px_lockcall *call,
         const struct lockmgr_snap_key *key = &snap->keys[k];
         for (size_t h = 0; h < key->nholders; h++) {
             const struct lockmgr_snap_holder *hd = &key->holders[h];
-            px_lockcall_write_locks_row(out, call, formats, key->key, key->keylen, hd->mode,
-                                        hd->scope, hd->token);
+            px_lockcall_write_locks_row(
+                out, call, formats, key->key, key->keylen, hd->mode, hd->scope,
+                px_lockspace_token(hd->owner_id, key->key, key->keylen, hd->token));
             (*rows)++;
         }
     }
@@ -479,6 +487,12 @@ static void status_error(struct px_lockcall_error *err, enum lockmgr_status st,
         return;
     case LOCKMGR_CANCELED:
         set_error(err, "57014", NULL, "canceling statement due to user request");
+        return;
+    case LOCKMGR_NOT_HELD: /* backend = postgresql: the lock connection was lost */
+        set_error(err, "55000", NULL,
+                  "pgwarden lost the global lock on \"%.*s\": its lock connection to "
+                  "PostgreSQL was lost",
+                  (int)(req->keylen > 200 ? 200 : req->keylen), req->key);
         return;
     default: set_error(err, "53200", NULL, "out of memory"); return;
     }
@@ -557,6 +571,8 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
         return false;
     uint64_t now = now_us(), token = 0;
     enum lockmgr_status st;
+    if (px_lockspace_active() && global_lost(c, call, formats, &req, simple))
+        return true;
     switch (req.fn) {
     case PX_LOCKFN_LOCK:
     case PX_LOCKFN_XACT_LOCK:
@@ -569,14 +585,27 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
             answer_error(c, &err, simple);
             return true;
         }
+        uint64_t deadline = 0;
         if (try) {
             st = lockmgr_try_acquire(L.lm, cl->owner, req.key, req.keylen, req.mode, req.scope, now,
                                      &token);
         } else {
             uint32_t ms = req.has_timeout ? req.timeout_ms : (uint32_t)px.cfg->lock_timeout_ms;
-            uint64_t deadline = ms ? now + (uint64_t)ms * 1000u : 0;
+            deadline = ms ? now + (uint64_t)ms * 1000u : 0;
             st = lockmgr_acquire(L.lm, cl->owner, req.key, req.keylen, req.mode, req.scope,
                                  deadline, now, &token);
+        }
+        if (st == LOCKMGR_OK && px_lockspace_active() &&
+            !px_lockspace_confirm(c->id, req.key, req.keylen, req.mode, token, try ? 0 : deadline,
+                                  try, &token)) {
+            /* granted here, not yet in PostgreSQL: wait for the global part */
+            if (req.scope == LOCKMGR_XACT)
+                cl->has_xact = true;
+            if (!start_wait(c, call, formats, &req, simple))
+                return false;
+            cl->wait_try = try;
+            arm_timer();
+            return true;
         }
         if (st == LOCKMGR_OK || st == LOCKMGR_WAITING) {
             if (req.scope == LOCKMGR_XACT)
@@ -602,11 +631,13 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
         return true;
     }
     case PX_LOCKFN_UNLOCK:
+        px_lockspace_releasing(L.lm, cl->owner);
         st = lockmgr_release(L.lm, cl->owner, req.key, req.keylen, LOCKMGR_SESSION, now);
         answer_value(c, call, formats, simple, false, st == LOCKMGR_OK);
         arm_timer();
         return true;
     case PX_LOCKFN_UNLOCK_ALL: {
+        px_lockspace_releasing(L.lm, cl->owner);
         size_t n = lockmgr_release_scope(L.lm, cl->owner, LOCKMGR_SESSION, now);
         answer_value(c, call, formats, simple, false, (int64_t)n);
         arm_timer();
@@ -646,6 +677,17 @@ static void deliver_one(struct px_client *c)
     px_list_remove(&cl->pending_link);
     px_list_init(&cl->pending_link);
     cl->have_result = false;
+    if (cl->result.status == LOCKMGR_OK && px_lockspace_active() && !cl->result.global) {
+        /* granted here after a wait: now the global part (the wait goes on) */
+        uint32_t ms = cl->req.has_timeout ? cl->req.timeout_ms : (uint32_t)px.cfg->lock_timeout_ms;
+        uint64_t deadline = ms ? cl->wait_since_us + (uint64_t)ms * 1000u : 0;
+        if (deadline && deadline <= now_us())
+            deadline = now_us(); /* one attempt, then the timeout */
+        if (!px_lockspace_confirm(c->id, cl->req.key, cl->req.keylen, cl->req.mode,
+                                  cl->result.token, deadline, false, &cl->result.token))
+            return;
+    }
+    cl->result.global = false;
     c->lock_waiting = false;
     px_stats_lock_wait(cl->result.status, now_us() - cl->wait_since_us);
     struct px_lockcall *call = cl->wait_call;
@@ -653,6 +695,8 @@ static void deliver_one(struct px_client *c)
     const int16_t *formats = cl->wait_simple ? NULL : cl->formats;
     if (cl->result.status == LOCKMGR_OK) {
         answer_value(c, call, formats, cl->wait_simple, false, (int64_t)cl->result.token);
+    } else if (cl->result.status == LOCKMGR_WOULD_BLOCK) { /* try: taken elsewhere */
+        answer_value(c, call, formats, cl->wait_simple, true, 0);
     } else {
         struct px_lockcall_error err;
         status_error(&err, cl->result.status, &cl->req, (now_us() - cl->wait_since_us) / 1000u);
@@ -664,7 +708,78 @@ static void deliver_one(struct px_client *c)
     free(call);
     free(cl->result.detail);
     cl->result.detail = NULL;
+    cl->wait_try = false;
     px_path_client_input(c); /* what it sent while it waited */
+}
+
+/* ---- backend = postgresql: the global part of a grant (lockspace.h) ------------------- */
+
+/* Gives back the local grant of c's request (its global part failed or was cancelled). */
+static void release_provisional(struct px_client_locks *cl)
+{
+    px_lockspace_releasing(L.lm, cl->owner);
+    if (lockmgr_release(L.lm, cl->owner, cl->req.key, cl->req.keylen, cl->req.scope, now_us()) !=
+        LOCKMGR_OK)
+        px_debug("locks", 'C', cl->client->id, "provisional grant already gone");
+    arm_timer();
+}
+
+void px_locks_global_done(uint64_t client_id, enum px_lockspace_outcome outcome, uint64_t token)
+{
+    struct px_client *c = px_locks_client(client_id);
+    struct px_client_locks *cl = c ? c->locks : NULL;
+    if (!cl || !c->lock_waiting || cl->have_result)
+        return;
+    cl->result.global = true;
+    cl->result.token = token;
+    switch (outcome) {
+    case PX_LOCKSPACE_GRANTED: cl->result.status = LOCKMGR_OK; break;
+    case PX_LOCKSPACE_TIMEOUT: cl->result.status = LOCKMGR_TIMEOUT; break;
+    case PX_LOCKSPACE_BUSY: cl->result.status = LOCKMGR_WOULD_BLOCK; break;
+    case PX_LOCKSPACE_LOST: cl->result.status = LOCKMGR_NOT_HELD; break;
+    }
+    if (outcome != PX_LOCKSPACE_GRANTED)
+        release_provisional(cl);
+    cl->have_result = true;
+    px_list_append(&L.pending, &cl->pending_link);
+    event_active(L.deliver, EV_TIMEOUT, 0);
+}
+
+void px_locks_global_lost(uint64_t client_id, const char *key, size_t keylen)
+{
+    struct px_client *c = px_locks_client(client_id);
+    struct px_client_locks *cl = c ? c->locks : NULL;
+    if (!cl || !cl->owner)
+        return;
+    px_warning("locks", 'C', client_id, "lost the global lock on \"%.*s\"",
+               (int)(keylen > 64 ? 64 : keylen), key);
+    px_lockspace_releasing(L.lm, cl->owner);
+    enum lockmgr_status a =
+        lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_SESSION, now_us());
+    enum lockmgr_status b = lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_XACT, now_us());
+    (void)a, (void)b;
+    arm_timer();
+}
+
+/* A lock of c was lost with its lock connection and not reported yet: this lock call
+ * fails with 55000, once.  True when it answered. */
+static bool global_lost(struct px_client *c, const struct px_lockcall *call, const int16_t *formats,
+                        const struct px_lockreq *req, bool simple)
+{
+    char key[LOCKMGR_KEY_MAX + 1];
+    (void)call, (void)formats, (void)req;
+    if (!px_lockspace_take_lost(c->id, key, sizeof(key)))
+        return false;
+    struct px_lockcall_error err;
+    set_error(&err, "55000", NULL,
+              "pgwarden lost the global lock on \"%.200s\": its lock connection to PostgreSQL "
+              "was lost, the lock may be held by another client now",
+              key);
+    snprintf(err.hint, sizeof(err.hint),
+             "Writes protected by the lock's fencing token are refused once a newer token "
+             "was granted.");
+    answer_error(c, &err, simple);
+    return true;
 }
 
 static void deliver_all(evutil_socket_t fd, short what, void *arg)
@@ -690,7 +805,10 @@ bool px_locks_cancel(struct px_client *c)
     struct px_client_locks *cl = c->locks;
     if (!c->lock_waiting || !cl || cl->have_result)
         return false;
-    lockmgr_cancel_wait(L.lm, cl->owner, now_us());
+    if (px_lockspace_cancel(c->id)) /* granted here, waiting in PostgreSQL */
+        release_provisional(cl);
+    else
+        lockmgr_cancel_wait(L.lm, cl->owner, now_us());
     cl->result.status = LOCKMGR_CANCELED;
     cl->have_result = true;
     px_list_append(&L.pending, &cl->pending_link);
@@ -1030,6 +1148,7 @@ void px_locks_txn_end(struct px_client *c)
     if (!cl || !cl->has_xact || !cl->owner)
         return;
     cl->has_xact = false;
+    px_lockspace_releasing(L.lm, cl->owner);
     size_t n = lockmgr_release_scope(L.lm, cl->owner, LOCKMGR_XACT, now_us());
     if (n)
         px_debug("locks", 'C', c->id, "transaction ended: %zu transaction locks released", n);
@@ -1041,8 +1160,10 @@ void px_locks_client_free(struct px_client *c)
     struct px_client_locks *cl = c->locks;
     if (!cl)
         return;
+    px_lockspace_client_gone(c->id);
     if (cl->owner) {
         index_remove(cl);
+        px_lockspace_releasing(L.lm, cl->owner);
         lockmgr_owner_free(L.lm, cl->owner, now_us());
         arm_timer();
     }

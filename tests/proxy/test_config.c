@@ -405,6 +405,36 @@ static void test_error_cross_field(void)
                                               "listen_addr:listen_port");
 }
 
+/* [locks] backend: default local, postgresql with its keys, postgresql needs a conninfo. */
+static void test_locks_backend(void)
+{
+    struct px_config *c = load_ok(TRUST);
+    CU_ASSERT_EQUAL(c->backend, PX_LOCKS_LOCAL);
+    CU_ASSERT_PTR_NULL(c->backend_conninfo);
+    CU_ASSERT_EQUAL(c->backend_connections, 2);
+    CU_ASSERT_EQUAL(c->lease_ms, 10000);
+    px_config_free(c);
+    c = load_ok(TRUST "[locks]\nbackend = postgresql\nbackend_conninfo = host=db dbname=app\n"
+                      "backend_connections = 4\nlease_ms = 3000\n");
+    CU_ASSERT_EQUAL(c->backend, PX_LOCKS_POSTGRESQL);
+    CU_ASSERT_STRING_EQUAL(c->backend_conninfo, "host=db dbname=app");
+    CU_ASSERT_EQUAL(c->backend_connections, 4);
+    CU_ASSERT_EQUAL(c->lease_ms, 3000);
+    px_config_free(c);
+    expect_error(TRUST "[locks]\nbackend = postgresql\n",
+                 ":4: [locks] backend: postgresql needs backend_conninfo");
+    char *err = NULL;
+    CU_ASSERT_PTR_NULL(load_text(TRUST "[locks]\nbackend = etcd\n", &err));
+    CU_ASSERT_PTR_NOT_NULL(err);
+    free(err);
+    err = NULL;
+    CU_ASSERT_PTR_NULL(load_text(TRUST "[locks]\nlease_ms = 999\n", &err));
+    free(err);
+    err = NULL;
+    CU_ASSERT_PTR_NULL(load_text(TRUST "[locks]\nbackend_connections = 65\n", &err));
+    free(err);
+}
+
 /* [breaker]: defaults, every key, ranges, open_max_ms >= open_ms (with its line), reload. */
 static void test_breaker_section(void)
 {
@@ -812,6 +842,7 @@ void test_config_register(void)
         {"syntax", test_error_syntax},
         {"cross_field", test_error_cross_field},
         {"retry_section", test_retry_section},
+        {"locks_backend", test_locks_backend},
         {"breaker_section", test_breaker_section},
         {"cannot_open", test_error_cannot_open},
         CU_TEST_INFO_NULL,

@@ -1,0 +1,706 @@
+/*
+ * test_locks_pg.c: one lock space across pgwarden instances ([locks] backend = postgresql,
+ * docs/design/distributed-locks.md): two and three pgwarden processes in front of one
+ * PostgreSQL.  The compatibility matrix across instances, tokens strictly increasing
+ * across instances, no starvation of an exclusive request by another instance's readers
+ * (the gates), timeouts and try across instances, release at disconnect, SIGKILL of an
+ * instance holding a lock, a lost lock connection reported to the holder, and 100
+ * clients over 3 instances doing read-modify-write under one key with no lost update.
+ *
+ * Each test starts its own instances and stops them (by PID, through the harness).
+ */
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <libpq-fe.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "itest_http.h"
+#include "itest_util.h"
+
+#define TEST_LIMIT_S 240
+#define MAXPX        3
+#define LEASE_MS     2000
+
+static struct harness_proxy *g_px[MAXPX];
+static bool g_killed[MAXPX];                 /* stopped by the test itself (SIGKILL) */
+static const char *g_backend = "postgresql"; /* [locks] backend of the next start_n */
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\ntest_locks_pg: a test ran too long: stopping\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    for (int i = 0; i < MAXPX; i++)
+        if (g_px[i])
+            harness_proxy_dump_log(g_px[i], 40);
+    _exit(3);
+}
+
+static int suite_init(void)
+{
+    struct sigaction sa = {.sa_handler = on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
+    return itu_suite_init();
+}
+
+static void stop_all(void)
+{
+    for (int i = 0; i < MAXPX; i++) {
+        if (!g_px[i])
+            continue;
+        if (getenv("ITEST_DEBUG"))
+            harness_proxy_dump_log(g_px[i], 200);
+        /* a clean exit on SIGTERM (no hang, no sanitizer report), unless a test killed it */
+        int code = harness_proxy_stop(g_px[i], 0);
+        if (!g_killed[i])
+            CU_ASSERT_EQUAL(code, 0);
+        g_killed[i] = false;
+        harness_proxy_free(g_px[i]);
+        g_px[i] = NULL;
+    }
+    alarm(0);
+}
+
+static int suite_cleanup(void)
+{
+    stop_all();
+    return 0;
+}
+
+/* Starts n instances sharing the cluster's lock space (pool_mode, pool size each). */
+static bool start_n(int n, const char *pool_mode, int pool_size, int lock_timeout_ms)
+{
+    alarm(TEST_LIMIT_S);
+    static char tail[2048];
+    snprintf(tail, sizeof(tail),
+             "[locks]\nbackend = %s\nbackend_conninfo = %s\nbackend_connections = 2\n"
+             "lease_ms = %d\nlock_timeout_ms = %d\n",
+             g_backend, harness_cluster_conninfo("sslmode=disable"), LEASE_MS, lock_timeout_ms);
+    for (int i = 0; i < n; i++) {
+        struct harness_proxy_opts o = {.pool_mode = pool_mode,
+                                       .pool_size = pool_size,
+                                       .auth_type = "scram-sha-256",
+                                       .client_tls_mode = "disable",
+                                       .log_level = getenv("ITEST_DEBUG") ? "debug" : "info",
+                                       .max_client_conn = 400,
+                                       .query_wait_timeout_ms = 60000,
+                                       .admin = true,
+                                       .tail_extra = tail};
+        g_px[i] = harness_proxy_start(&o);
+        if (!g_px[i])
+            return false;
+    }
+    return true;
+}
+
+static PGconn *conn(int i, const char *extra)
+{
+    char ci[1024];
+    snprintf(ci, sizeof(ci),
+             "host=127.0.0.1 port=%d dbname=pgwarden_test user=pgwarden_test "
+             "password=test-password sslmode=disable connect_timeout=10 %s",
+             g_px[i]->port, extra ? extra : "");
+    PGconn *c = PQconnectdb(ci);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "connect: %s", PQerrorMessage(c));
+        harness_proxy_dump_log(g_px[i], 20);
+    }
+    return c;
+}
+
+static PGconn *direct(void)
+{
+    PGconn *c = PQconnectdb(harness_cluster_conninfo("sslmode=disable"));
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "direct: %s", PQerrorMessage(c));
+    return c;
+}
+
+/* The first value of sql's result ("NULL"), the command tag, or "!SQLSTATE".  Static. */
+static const char *q(PGconn *c, const char *sql)
+{
+    static char buf[512];
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+static long long tok(PGconn *c, const char *sql)
+{
+    const char *v = q(c, sql);
+    char *end;
+    long long t = strtoll(v, &end, 10);
+    if (*end || end == v) {
+        fprintf(stderr, "%s -> %s\n", sql, v);
+        return 0;
+    }
+    return t;
+}
+
+static bool ready_within(PGconn *c, int ms)
+{
+    int64_t deadline = itu_now_ms() + ms;
+    while (PQisBusy(c)) {
+        int64_t left = deadline - itu_now_ms();
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&pfd, 1, left > 0 ? (int)left : 0) <= 0)
+            return !PQisBusy(c);
+        if (!PQconsumeInput(c))
+            return true;
+    }
+    return true;
+}
+
+/* The value of an async query's result once ready ("NULL", "!SQLSTATE"); drains it. */
+static const char *async_value(PGconn *c)
+{
+    static char buf[512];
+    PGresult *r = itu_wait_result(c, 5000);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+    else
+        snprintf(buf, sizeof(buf), "!%s", r ? itu_sqlstate(r) : "none");
+    PQclear(r);
+    PGresult *more;
+    while ((more = PQgetResult(c)) != NULL)
+        PQclear(more);
+    return buf;
+}
+
+/* ---- 1. the matrix across two instances ------------------------------------------------- */
+
+static void test_matrix(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    static const char *modes[] = {"read", "write", "exclusive"};
+    /* yes = may be held at the same time (SPEC section 2) */
+    static const bool compat[3][3] = {
+        {true, true, false}, {true, false, false}, {false, false, false}};
+    long long last = 0;
+    for (int h = 0; h < 3; h++) {
+        for (int r = 0; r < 3; r++) {
+            char sql[256];
+            snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('m:%d%d', '%s')", h, r, modes[h]);
+            long long t = tok(a, sql);
+            CU_ASSERT(t > last);
+            last = t;
+            snprintf(sql, sizeof(sql), "SELECT pgwarden_try_lock('m:%d%d', '%s')", h, r, modes[r]);
+            const char *v = q(b, sql);
+            if (compat[h][r]) {
+                long long t2 = atoll(v);
+                if (!(t2 > last))
+                    fprintf(stderr, "held %s, try %s on the other instance: %s\n", modes[h],
+                            modes[r], v);
+                CU_ASSERT(t2 > last);
+                last = t2 > last ? t2 : last;
+            } else {
+                if (strcmp(v, "NULL") != 0)
+                    fprintf(stderr, "held %s, try %s on the other instance: %s (want NULL)\n",
+                            modes[h], modes[r], v);
+                CU_ASSERT_STRING_EQUAL(v, "NULL");
+            }
+            /* and the same pair in the other order of instances */
+            CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1");
+            q(b, "SELECT pgwarden_unlock_all()");
+        }
+    }
+    /* pgwarden_locks() shows the global token */
+    long long t = tok(b, "SELECT pgwarden_lock('m:tok', 'write')");
+    CU_ASSERT(t > last);
+    PGresult *res = PQexec(b, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT(PQntuples(res) == 1 && PQnfields(res) == 4 && atoll(PQgetvalue(res, 0, 3)) == t);
+    PQclear(res);
+    /* GET /locks: this instance's view, the holder marked held in PostgreSQL, with the
+     * global token */
+    json_t *j = get_json(g_px[1]->admin_port, "/locks", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "view")), "this instance only");
+    json_t *hd = json_array_get(
+        json_object_get(json_array_get(json_object_get(j, "keys"), 0), "holders"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(hd, "global")), "held");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(hd, "token")), t);
+    json_decref(j);
+    /* GET /clients shows the same global token */
+    j = get_json(g_px[1]->admin_port, "/clients", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    long long ctok = 0;
+    for (size_t i = 0; i < json_array_size(j); i++) {
+        json_t *l = json_array_get(json_object_get(json_array_get(j, i), "locks"), 0);
+        if (l)
+            ctok = json_integer_value(json_object_get(l, "token"));
+    }
+    CU_ASSERT_EQUAL(ctok, t);
+    json_decref(j);
+    /* a re-request gets the same token, an upgrade a new one */
+    CU_ASSERT_EQUAL(tok(b, "SELECT pgwarden_lock('m:tok', 'read')"), t);
+    long long tx = tok(b, "SELECT pgwarden_lock('m:tok', 'exclusive')");
+    CU_ASSERT(tx > t);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_try_lock('m:tok', 'read')"), "NULL");
+    /* release at disconnect: the other instance gets it */
+    PQfinish(b);
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('m:tok', 'exclusive', 5000)") > tx);
+    CU_ASSERT(itu_now_ms() - t0 < 1000);
+    /* the advisory locks are visible in pg_locks, held by the lock connections */
+    PGconn *d = direct();
+    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
+                                "USING (pid) WHERE l.locktype = 'advisory' AND "
+                                "a.application_name LIKE 'pgwarden-locks %' AND l.granted"),
+                           "2"); /* exclusive: A and B */
+    PQfinish(d);
+    PQfinish(a);
+    stop_all();
+}
+
+/* ---- 2. waits, FIFO and tokens across three instances ------------------------------------- */
+
+static void test_waits_and_tokens(void)
+{
+    CU_ASSERT_FATAL(start_n(3, "transaction", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL), *c = conn(2, NULL), *a2 = conn(0, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a2), CONNECTION_OK);
+    long long t1 = tok(a, "SELECT pgwarden_lock('w:1', 'write')");
+    CU_ASSERT(t1 > 0);
+    /* b (instance 2) waits; a2 (instance 1) queues locally behind nobody but conflicts
+     * with a: lockmgr queues it; c (instance 3) waits too */
+    CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('w:1', 'write', 10000)"));
+    itu_sleep_ms(50);
+    CU_ASSERT_FATAL(PQsendQuery(a2, "SELECT pgwarden_lock('w:1', 'write', 10000)"));
+    CU_ASSERT_FATAL(PQsendQuery(c, "SELECT pgwarden_lock('w:1', 'write', 10000)"));
+    CU_ASSERT_FALSE(ready_within(b, 200));
+    CU_ASSERT_FALSE(ready_within(a2, 0));
+    CU_ASSERT_FALSE(ready_within(c, 0));
+    /* a reader on instance 3 is not blocked by the writers (read/write compatible) */
+    PGconn *r = conn(2, NULL);
+    CU_ASSERT(tok(r, "SELECT pgwarden_lock('w:1', 'read', 2000)") > t1);
+    PQfinish(r);
+    /* hand the write lock over three times: every token is larger than the last */
+    long long last = t1;
+    PGconn *waiting[3] = {b, a2, c};
+    bool got[3] = {false, false, false};
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('w:1')"), "t");
+    for (int round = 0; round < 3; round++) {
+        int who = -1;
+        int64_t until = itu_now_ms() + 5000;
+        while (who < 0 && itu_now_ms() < until) {
+            for (int i = 0; i < 3 && who < 0; i++)
+                if (!got[i] && ready_within(waiting[i], 0))
+                    who = i;
+            if (who < 0)
+                itu_sleep_ms(2);
+        }
+        CU_ASSERT_FATAL(who >= 0);
+        got[who] = true;
+        long long t = atoll(async_value(waiting[who]));
+        CU_ASSERT(t > last);
+        last = t;
+        /* only one writer at a time: the others still wait */
+        for (int i = 0; i < 3; i++)
+            if (!got[i])
+                CU_ASSERT_FALSE(ready_within(waiting[i], 0));
+        CU_ASSERT_STRING_EQUAL(q(waiting[who], "SELECT pgwarden_unlock('w:1')"), "t");
+    }
+    /* timeouts and try across instances */
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('w:2', 'exclusive')") > last);
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_lock('w:2', 'read', 300)"), "!55P03");
+    int64_t waited = itu_now_ms() - t0;
+    CU_ASSERT(waited >= 280 && waited < 1500);
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_try_lock('w:2', 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    /* a transaction lock goes at COMMIT, also for the other instances */
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('w:2')"), "t");
+    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT(tok(b, "SELECT pgwarden_xact_lock('w:2', 'exclusive')") > last);
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_try_lock('w:2', 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(q(b, "COMMIT"), "COMMIT");
+    t0 = itu_now_ms();
+    CU_ASSERT(tok(c, "SELECT pgwarden_lock('w:2', 'read', 3000)") > last);
+    CU_ASSERT(itu_now_ms() - t0 < 1000);
+    PQfinish(a), PQfinish(a2), PQfinish(b), PQfinish(c);
+    stop_all();
+}
+
+/* ---- 2b. FIFO within an instance, while another instance holds the key ------------------- */
+
+static void test_fifo_within_instance(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 8, 0));
+    enum { NW = 4 };
+    PGconn *h = conn(0, NULL), *w[NW];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(h), CONNECTION_OK);
+    long long last = tok(h, "SELECT pgwarden_lock('f:1', 'write')");
+    CU_ASSERT(last > 0);
+    /* NW writers on instance 2 queue in this order */
+    for (int i = 0; i < NW; i++) {
+        w[i] = conn(1, NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(w[i]), CONNECTION_OK);
+        CU_ASSERT_FATAL(PQsendQuery(w[i], "SELECT pgwarden_lock('f:1', 'write', 10000)"));
+        itu_sleep_ms(30);
+    }
+    for (int i = 0; i < NW; i++)
+        CU_ASSERT_FALSE(ready_within(w[i], 0));
+    CU_ASSERT_STRING_EQUAL(q(h, "SELECT pgwarden_unlock('f:1')"), "t");
+    /* they are granted one at a time, in arrival order, with growing tokens */
+    for (int i = 0; i < NW; i++) {
+        CU_ASSERT_FATAL(ready_within(w[i], 3000));
+        for (int j = i + 1; j < NW; j++)
+            if (ready_within(w[j], 0)) {
+                fprintf(stderr, "writer %d granted before writer %d\n", j, i);
+                CU_FAIL("not FIFO within the instance");
+            }
+        long long t = atoll(async_value(w[i]));
+        CU_ASSERT(t > last);
+        last = t;
+        CU_ASSERT_STRING_EQUAL(q(w[i], "SELECT pgwarden_unlock('f:1')"), "t");
+    }
+    PQfinish(h);
+    for (int i = 0; i < NW; i++)
+        PQfinish(w[i]);
+    stop_all();
+}
+
+/* ---- 3. no starvation: another instance's stream of readers ------------------------------ */
+
+static void test_no_starvation(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *r1 = conn(0, NULL), *r2 = conn(0, NULL), *x = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r2), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    /* readers on instance 1 overlap: one always holds the key */
+    CU_ASSERT(tok(r1, "SELECT pgwarden_lock('s:1', 'read')") > 0);
+    CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('s:1', 'exclusive', 20000)"));
+    PGconn *holder = r1, *next = r2;
+    int64_t t0 = itu_now_ms(), granted_ms = -1;
+    int handovers = 0;
+    bool stream_stopped = false;
+    while (itu_now_ms() - t0 < 4000) {
+        if (ready_within(x, 0)) {
+            granted_ms = itu_now_ms() - t0;
+            break;
+        }
+        /* the next reader comes while the current one still holds the key */
+        const char *v = q(next, "SELECT pgwarden_try_lock('s:1', 'read')");
+        if (strcmp(v, "NULL") == 0) {
+            /* refused: the exclusive request is first in line; the stream drains */
+            stream_stopped = true;
+            q(holder, "SELECT pgwarden_unlock('s:1')");
+            holder = NULL;
+            CU_ASSERT(ready_within(x, 3000));
+            granted_ms = itu_now_ms() - t0;
+            break;
+        }
+        q(holder, "SELECT pgwarden_unlock('s:1')");
+        PGconn *t = holder;
+        holder = next;
+        next = t;
+        handovers++;
+        itu_sleep_ms(5);
+    }
+    printf("\n    exclusive granted after %lld ms, %d reader hand-overs before the gate ",
+           (long long)granted_ms, handovers);
+    CU_ASSERT(stream_stopped);
+    CU_ASSERT(granted_ms >= 0 && granted_ms < 3000);
+    if (granted_ms >= 0) {
+        CU_ASSERT(atoll(async_value(x)) > 0);
+    }
+    PQfinish(r1), PQfinish(r2), PQfinish(x);
+    stop_all();
+}
+
+/* ---- 3b. a waiting reader behind another instance's gate, its mode already held here ------ */
+
+static void test_reader_behind_gate(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 4, 0));
+    PGconn *r1 = conn(0, NULL), *r2 = conn(0, NULL), *x = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r2), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    long long t1 = tok(r1, "SELECT pgwarden_lock('g:1', 'read')");
+    CU_ASSERT(t1 > 0);
+    /* instance 2 waits for exclusive: it takes the exclusive gate */
+    CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('g:1', 'exclusive', 10000)"));
+    CU_ASSERT_FALSE(ready_within(x, 200));
+    /* a waiting reader on instance 1 stops at that gate, takes the read gate, and polls
+     * with the read mode already held by its instance */
+    CU_ASSERT_FATAL(PQsendQuery(r2, "SELECT pgwarden_lock('g:1', 'read', 400)"));
+    CU_ASSERT(ready_within(r2, 3000));
+    const char *v = async_value(r2);
+    CU_ASSERT(strcmp(v, "!55P03") == 0 || atoll(v) > t1);
+    /* nothing was lost on instance 1: r1 still holds its lock, no 55000 */
+    CU_ASSERT_FALSE(harness_proxy_log_contains(g_px[0], "lost"));
+    PGresult *res = PQexec(r1, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_TUPLES_OK);
+    CU_ASSERT(PQntuples(res) == 1 && atoll(PQgetvalue(res, 0, 3)) == t1);
+    PQclear(res);
+    CU_ASSERT_FALSE(ready_within(x, 0));
+    /* the readers go: the exclusive request gets the key */
+    q(r2, "SELECT pgwarden_unlock_all()");
+    CU_ASSERT_STRING_EQUAL(q(r1, "SELECT pgwarden_unlock('g:1')"), "t");
+    CU_ASSERT(ready_within(x, 3000));
+    CU_ASSERT(atoll(async_value(x)) > t1);
+    PQfinish(r1), PQfinish(r2), PQfinish(x);
+    stop_all();
+}
+
+/* ---- 4. SIGKILL of an instance holding a lock --------------------------------------------- */
+
+static void test_sigkill(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    long long t = tok(a, "SELECT pgwarden_lock('k:1', 'exclusive')");
+    CU_ASSERT(t > 0);
+    CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('k:1', 'write', 20000)"));
+    CU_ASSERT_FALSE(ready_within(b, 300));
+    int64_t t0 = itu_now_ms();
+    g_killed[0] = true;
+    CU_ASSERT_EQUAL(harness_proxy_signal(g_px[0], SIGKILL), 0);
+    CU_ASSERT(ready_within(b, LEASE_MS + 1000));
+    int64_t took = itu_now_ms() - t0;
+    long long t2 = atoll(async_value(b));
+    printf("\n    the other instance got the lock %lld ms after the SIGKILL ", (long long)took);
+    CU_ASSERT(t2 > t);
+    CU_ASSERT(took < LEASE_MS + 1000);
+    CU_ASSERT_EQUAL(harness_proxy_wait_exit(g_px[0], 5000), 128 + SIGKILL);
+    PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
+/* ---- 5. a lost lock connection is reported, not silent ------------------------------------ */
+
+static void test_lost_connection(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    long long t = tok(a, "SELECT pgwarden_lock('l:1', 'write')");
+    CU_ASSERT(t > 0);
+    /* kill instance 1's lock connections from PostgreSQL's side */
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name "
+             "LIKE 'pgwarden-locks %%:%d'",
+             (int)g_px[0]->pid);
+    CU_ASSERT_EQUAL(harness_cluster_exec(sql), 0);
+    /* the other instance may take it now */
+    int64_t t0 = itu_now_ms();
+    long long t2 = tok(b, "SELECT pgwarden_lock('l:1', 'write', 5000)");
+    CU_ASSERT(t2 > t);
+    CU_ASSERT(itu_now_ms() - t0 < 3000);
+    /* once instance 1 has seen the loss (the same moment PostgreSQL dropped the locks,
+     * here), the holder is told at its next lock call, once, and no longer reports it */
+    int64_t seen = itu_now_ms() + 3000;
+    while (!(harness_proxy_log_contains(g_px[0], "lock connection 0 lost") &&
+             harness_proxy_log_contains(g_px[0], "lock connection 1 lost")) &&
+           itu_now_ms() < seen)
+        itu_sleep_ms(10);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('l:1')"), "t");
+    /* after the reconnection, locks work again on instance 1 */
+    t0 = itu_now_ms();
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('l:1', 'write', 5000)") > t2);
+    CU_ASSERT(itu_now_ms() - t0 < 4000);
+    CU_ASSERT(harness_proxy_log_contains(g_px[0], "lock connection"));
+    PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
+/* ---- 6. 100 clients over 3 instances: read-modify-write, no lost update ------------------- */
+
+#define RMW_CLIENTS 100
+#define RMW_ROUNDS  3
+
+static void test_read_modify_write(void)
+{
+    CU_ASSERT_FATAL(start_n(3, "transaction", 5, 0));
+    PGconn *d = direct();
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    q(d, "DROP TABLE IF EXISTS lkpg_acct");
+    CU_ASSERT_STRING_EQUAL(
+        q(d, "CREATE TABLE lkpg_acct(id int primary key, balance int, token bigint)"),
+        "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lkpg_acct VALUES (1, 0, 0)"), "INSERT 0 1");
+    static PGconn *cs[RMW_CLIENTS];
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        cs[i] = conn(i % 3, NULL);
+    enum { S_BEGIN, S_LOCK, S_READ, S_WRITE, S_COMMIT, S_DONE } st[RMW_CLIENTS] = {0};
+    int value[RMW_CLIENTS] = {0}, rounds[RMW_CLIENTS] = {0};
+    long long token[RMW_CLIENTS] = {0};
+    int ok = 0, stale = 0, failed = 0, done = 0;
+    int64_t until = itu_now_ms() + 120000;
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        if (PQstatus(cs[i]) != CONNECTION_OK || !PQsendQuery(cs[i], "BEGIN"))
+            st[i] = S_DONE, done++, failed++;
+    while (done < RMW_CLIENTS && itu_now_ms() < until) {
+        for (int i = 0; i < RMW_CLIENTS; i++) {
+            if (st[i] == S_DONE || !ready_within(cs[i], 0))
+                continue;
+            PGresult *r = itu_wait_result(cs[i], 1000);
+            ExecStatusType rs = PQresultStatus(r);
+            bool good = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
+            if (st[i] == S_LOCK && good)
+                token[i] = atoll(PQgetvalue(r, 0, 0));
+            if (st[i] == S_READ && good)
+                value[i] = atoi(PQgetvalue(r, 0, 0));
+            if (st[i] == S_WRITE && good && strcmp(PQcmdTuples(r), "1") != 0)
+                stale++; /* the fencing token was refused */
+            PQclear(r);
+            if (!good) {
+                fprintf(stderr, "client %d step %d: %s", i, st[i], PQerrorMessage(cs[i]));
+                st[i] = S_DONE;
+                done++, failed++;
+                continue;
+            }
+            char sql[200];
+            switch (st[i]) {
+            case S_BEGIN: PQsendQuery(cs[i], "SELECT pgwarden_xact_lock('acct:1', 'write')"); break;
+            case S_LOCK: PQsendQuery(cs[i], "SELECT balance FROM lkpg_acct WHERE id = 1"); break;
+            case S_READ:
+                snprintf(sql, sizeof(sql),
+                         "UPDATE lkpg_acct SET balance = %d, token = %lld WHERE id = 1 AND "
+                         "token < %lld",
+                         value[i] + 1, token[i], token[i]);
+                PQsendQuery(cs[i], sql);
+                break;
+            case S_WRITE: PQsendQuery(cs[i], "COMMIT"); break;
+            case S_COMMIT:
+                ok++;
+                if (++rounds[i] < RMW_ROUNDS) {
+                    PQsendQuery(cs[i], "BEGIN");
+                    st[i] = S_BEGIN;
+                    continue;
+                }
+                done++;
+                break;
+            default: break;
+            }
+            st[i]++;
+        }
+        itu_sleep_ms(1);
+    }
+    const char *bal = q(d, "SELECT balance FROM lkpg_acct WHERE id = 1");
+    printf("\n    %d read-modify-writes over 3 instances, balance %s, stale tokens %d ", ok, bal,
+           stale);
+    CU_ASSERT_EQUAL(failed, 0);
+    CU_ASSERT_EQUAL(stale, 0);
+    CU_ASSERT_EQUAL(ok, RMW_CLIENTS * RMW_ROUNDS);
+    CU_ASSERT_EQUAL(atoi(bal), ok);
+    /* lock connections: backend_connections per instance, whatever the waiters were */
+    CU_ASSERT(atoi(q(d, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                        "'pgwarden-locks %'")) <= 6);
+    for (int i = 0; i < RMW_CLIENTS; i++)
+        PQfinish(cs[i]);
+    q(d, "DROP TABLE lkpg_acct");
+    PQfinish(d);
+    stop_all();
+}
+
+/* ---- 7. a deadlock across instances: not detected, ended by the timeout ------------------- */
+
+static void test_cross_instance_cycle_times_out(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 1000));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('d:1', 'exclusive')") > 0);
+    CU_ASSERT(tok(b, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
+    CU_ASSERT_FATAL(PQsendQuery(a, "SELECT pgwarden_lock('d:2', 'exclusive')"));
+    itu_sleep_ms(100);
+    CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('d:1', 'exclusive')"));
+    /* documented (docs/design/distributed-locks.md section 8): lock_timeout_ms ends it */
+    CU_ASSERT(ready_within(a, 3000));
+    CU_ASSERT_STRING_EQUAL(async_value(a), "!55P03");
+    CU_ASSERT(ready_within(b, 3000));
+    const char *v = async_value(b);
+    CU_ASSERT(strcmp(v, "!55P03") == 0 || atoll(v) > 0);
+    PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
+/* ---- 8. measurement: one grant's round trip, postgresql against local -------------------- */
+
+#define RT_PAIRS 500
+
+/* Microseconds per lock + unlock pair on an uncontended key, through instance 0. */
+static double pair_us(void)
+{
+    PGconn *c = conn(0, NULL);
+    if (PQstatus(c) != CONNECTION_OK)
+        return -1;
+    q(c, "SELECT pgwarden_lock('rt:warm', 'write')");
+    int64_t t0 = itu_now_ms();
+    bool ok = true;
+    for (int i = 0; i < RT_PAIRS && ok; i++) {
+        ok = atoll(q(c, "SELECT pgwarden_lock('rt:1', 'write')")) > 0 &&
+             strcmp(q(c, "SELECT pgwarden_unlock('rt:1')"), "t") == 0;
+    }
+    int64_t ms = itu_now_ms() - t0;
+    PQfinish(c);
+    return ok ? (double)ms * 1000.0 / RT_PAIRS : -1;
+}
+
+static void test_grant_round_trip(void)
+{
+    g_backend = "local";
+    CU_ASSERT_FATAL(start_n(1, "session", 2, 0));
+    double local = pair_us();
+    stop_all();
+    g_backend = "postgresql";
+    CU_ASSERT_FATAL(start_n(1, "session", 2, 0));
+    double pg = pair_us();
+    stop_all();
+    printf(
+        "\n    lock+unlock pair (client round trips included): local %.0f us, postgresql %.0f us ",
+        local, pg);
+    CU_ASSERT(local > 0 && pg > 0);
+}
+
+static void register_suites(void)
+{
+    static CU_TestInfo tests[] = {
+        {"matrix", test_matrix},
+        {"waits_and_tokens", test_waits_and_tokens},
+        {"fifo_within_instance", test_fifo_within_instance},
+        {"no_starvation", test_no_starvation},
+        {"reader_behind_gate", test_reader_behind_gate},
+        {"sigkill", test_sigkill},
+        {"lost_connection", test_lost_connection},
+        {"read_modify_write", test_read_modify_write},
+        {"cross_instance_cycle_times_out", test_cross_instance_cycle_times_out},
+        {"grant_round_trip", test_grant_round_trip},
+        CU_TEST_INFO_NULL,
+    };
+    cunit_add_suite("locks_pg", suite_init, suite_cleanup, tests);
+}
+
+int main(int argc, char **argv)
+{
+    return cunit_main(argc, argv, register_suites);
+}
