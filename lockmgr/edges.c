@@ -71,3 +71,19 @@ size_t lockmgr_wait_edges(const struct lockmgr *lm, const struct lockmgr_owner *
     }
     return n;
 }
+
+enum lockmgr_status lockmgr_wait_victim(struct lockmgr *lm, struct lockmgr_owner *o,
+                                        uint64_t now_us)
+{
+    lm_cycle_forget(lm);
+    if (!o->wait.active)
+        return LOCKMGR_NOT_WAITING;
+    struct lm_key *k = o->wait.key;
+    lm_wait_remove(lm, &o->wait);
+    lm->st.deadlocks++;
+    lm_event_push(lm, o, LOCKMGR_DEADLOCK, 0, NULL);
+    lm_wakeup(lm, k, now_us);
+    lm_key_maybe_free(lm, k);
+    lm_deliver(lm);
+    return LOCKMGR_OK;
+}

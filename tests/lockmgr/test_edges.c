@@ -164,6 +164,42 @@ static void test_upgrade(void)
     lockmgr_free(lm);
 }
 
+/* lockmgr_wait_victim: the callback gets DEADLOCK without a cycle, the queue moves on. */
+static void test_wait_victim(void)
+{
+    struct lockmgr *lm = lockmgr_new(NULL);
+    struct lockmgr_owner *a = lockmgr_owner_new(lm, 1, lmt_record, NULL);
+    struct lockmgr_owner *b = lockmgr_owner_new(lm, 2, lmt_record, NULL);
+    struct lockmgr_owner *c = lockmgr_owner_new(lm, 3, lmt_record, NULL);
+    uint64_t t;
+    CU_ASSERT_EQUAL(lockmgr_acquire(lm, a, LMT_KEY("k"), R, LOCKMGR_SESSION, 0, 1, &t), LOCKMGR_OK);
+    CU_ASSERT_EQUAL(lockmgr_acquire(lm, b, LMT_KEY("k"), X, LOCKMGR_SESSION, 0, 2, &t),
+                    LOCKMGR_WAITING);
+    CU_ASSERT_EQUAL(lockmgr_acquire(lm, c, LMT_KEY("k"), R, LOCKMGR_SESSION, 0, 3, &t),
+                    LOCKMGR_WAITING); /* behind b's exclusive request */
+    CU_ASSERT_EQUAL(lockmgr_wait_victim(lm, a, 4), LOCKMGR_NOT_WAITING);
+    lmt_reset();
+    CU_ASSERT_EQUAL(lockmgr_wait_victim(lm, b, 5), LOCKMGR_OK);
+    /* b's callback said DEADLOCK (no cycle), then c was granted */
+    CU_ASSERT_EQUAL_FATAL(lmt_nevents, 2);
+    CU_ASSERT_EQUAL(lmt_events[0].owner_id, 2);
+    CU_ASSERT_EQUAL(lmt_events[0].status, LOCKMGR_DEADLOCK);
+    CU_ASSERT_EQUAL(lmt_events[0].cycle_n, 0);
+    CU_ASSERT_EQUAL(lmt_events[1].owner_id, 3);
+    CU_ASSERT_EQUAL(lmt_events[1].status, LOCKMGR_OK);
+    struct lockmgr_wait_info wi;
+    CU_ASSERT_FALSE(lockmgr_owner_wait(lm, b, &wi));
+    struct lockmgr_stats st;
+    lockmgr_stats_get(lm, &st);
+    CU_ASSERT_EQUAL(st.deadlocks, 1);
+    CU_ASSERT_EQUAL(st.cancels, 0);
+    CU_ASSERT_EQUAL(st.waiters, 0);
+    /* b may wait again */
+    CU_ASSERT_EQUAL(lockmgr_acquire(lm, b, LMT_KEY("k"), X, LOCKMGR_SESSION, 0, 6, &t),
+                    LOCKMGR_WAITING);
+    lockmgr_free(lm);
+}
+
 /*
  * Random operations on few owners and keys: after every call, every waiting owner has at
  * least one edge (a wait nothing blocks would have been granted: no edge is missing) and
@@ -257,6 +293,7 @@ static const CU_TestInfo tests[] = {
     {"not_waiting", test_not_waiting},
     {"hard_and_soft", test_hard_and_soft},
     {"upgrade", test_upgrade},
+    {"wait_victim", test_wait_victim},
     {"random_consistent", test_random_consistent},
     CU_TEST_INFO_NULL,
 };

@@ -254,8 +254,8 @@ void lockmgr_snapshot_free(struct lockmgr_snapshot *snap);
  *
  * For a caller that joins lockmgr's wait-for graph to waits it learns elsewhere (pgwarden
  * adds PostgreSQL's row and table lock waits: docs/locks.md "Hybrid deadlocks") and breaks
- * cycles through both itself, with lockmgr_cancel_wait on the waiter it picks.  Read-only,
- * no allocation.
+ * cycles through both itself, with lockmgr_wait_victim on the waiter it picks.  The queries
+ * are read-only and allocate nothing.
  */
 
 struct lockmgr_wait_info {
@@ -293,6 +293,13 @@ struct lockmgr_wait_edge {
  */
 size_t lockmgr_wait_edges(const struct lockmgr *lm, const struct lockmgr_owner *o,
                           struct lockmgr_wait_edge *out, size_t cap);
+
+/* Ends o's wait as the victim of a deadlock the caller found through waits lockmgr does
+ * not see: o's callback gets LOCKMGR_DEADLOCK with cycle NULL (the caller describes its
+ * own cycle), the wait counts in stats.deadlocks, and waiters it held up are granted.
+ * LOCKMGR_OK, or LOCKMGR_NOT_WAITING. */
+enum lockmgr_status lockmgr_wait_victim(struct lockmgr *lm, struct lockmgr_owner *o,
+                                        uint64_t now_us);
 
 /* ---- Counters for metrics ---- */
 
