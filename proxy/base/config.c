@@ -201,6 +201,8 @@ static const struct px_cfg_key locks_keys[] = {
            "limit"),
     PG_PATH(state_file, RESTART,
             "file keeping the fencing-token epoch across restarts; unset: tokens from the clock"),
+    PG_INT(hybrid_probe_ms, "200", 0, INT_MAX, RELOAD,
+           "a lock wait this long asks PostgreSQL for cycles through its own locks; 0: never"),
 };
 
 /*

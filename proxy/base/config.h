@@ -114,6 +114,7 @@ struct px_config {
     int deadlock_timeout_ms; /* default 1000: bound on finding a deadlock */
     int max_locks;           /* default 100000; 0: no limit */
     char *state_file;        /* NULL: fencing tokens from the clock (see docs/locks.md) */
+    int hybrid_probe_ms;     /* default 200: probe for hybrid deadlocks; 0: never */
 
     /* [retry] (docs/retry.md): the keys as read; validation fills retry below */
     char *retryable_sqlstates;  /* default "40001, 40P01" */
