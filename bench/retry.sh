@@ -37,6 +37,8 @@
 #   RETRY_PARTS [cost storm serializable]
 #   RETRY_COST_TARGETS [direct pgbouncer pgw-noretry pgw-retry]  targets of the cost part
 #                              (only the last two: more rounds of the on/off pair per minute)
+#                              pgw-before: pgw-noretry run by RETRY_BEFORE_BINARY (another
+#                              pgwarden build, to compare two versions in one run)
 #   RETRY_CALLGRIND [1]        cost part: also count pgwarden's instructions per transaction
 #                              under valgrind --tool=callgrind (skipped without valgrind)
 #   RETRY_CALLGRIND_TX [20 100]  pgbench -t per client of the two counted runs (the
@@ -118,7 +120,14 @@ for p in $RETRY_PARTS; do
     esac
 done
 for p in $RETRY_COST_TARGETS; do
-    case $p in direct | pgbouncer | pgw-noretry | pgw-retry | pgw-b100) ;; *)
+    case $p in direct | pgbouncer | pgw-noretry | pgw-retry | pgw-b100) ;;
+    pgw-before)
+        [[ -x ${RETRY_BEFORE_BINARY:-} ]] || {
+            echo "bench: pgw-before needs RETRY_BEFORE_BINARY, an older pgwarden binary" >&2
+            exit 2
+        }
+        ;;
+    *)
         echo "bench: RETRY_COST_TARGETS: unknown target $p" >&2
         exit 2
         ;;
@@ -162,6 +171,7 @@ declare -A T_RETRY=(
     [pgw-retry]=""                                # the defaults: max_attempts 5, budget 10 %
     [pgw-noretry]=$'[retry]\nmax_attempts = 1'    # retry off: nothing recorded
     [pgw-b100]=$'[retry]\nbudget_pct = 100'       # serializable part only: budget not limiting
+    [pgw-before]=$'[retry]\nmax_attempts = 1'     # pgw-noretry with RETRY_BEFORE_BINARY
 )
 
 stop_targets() {
@@ -203,7 +213,10 @@ start_targets() { # TAG TARGET...
             ;;
         pgw-*)
             [[ -v T_RETRY[$t] ]] || die "unknown target $t"
+            local binary=$WARDEN_BINARY
+            [[ $t == pgw-before ]] && WARDEN_BINARY=$RETRY_BEFORE_BINARY
             start_pgwarden "$BENCH_POOL_SIZE" 200 "$tag" "$t" 1 "${T_RETRY[$t]}" 1
+            WARDEN_BINARY=$binary
             T_PORT[$t]=$STARTED_PORT T_PID[$t]=$STARTED_PID T_ADMIN[$t]=$STARTED_ADMIN_PORT
             ;;
         *) die "unknown target $t" ;;

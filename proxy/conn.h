@@ -137,6 +137,9 @@ struct px_client {
     struct px_params vars;      /* reported parameters changed since the welcome */
     uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
     uint32_t held_begin_len;
+    /* Linked, and the held BEGIN goes in front of the client's next Query, in the same
+     * Query (txn.h px_txn_begin_query), instead of in a round trip of its own. */
+    bool begin_merge;
     /* While it has no server: its unnamed statement and unnamed portal when they are
      * transaction control answered by pgwarden (local.c), referenced; else NULL. */
     struct px_stmt *local_unnamed, *local_portal;
@@ -301,6 +304,16 @@ struct px_server {
     bool xid_known;
     uint64_t xid;
     uint8_t capture;
+    bool xid_prefix;   /* the replies of the transaction-id query sent in front of a simple
+                          COMMIT (outcome.h) come first: they are swallowed */
+    bool prefix_done;  /* ... and were (or the BEGIN's, below): the relay stopped to go on
+                          with its usual table */
+    bool begin_prefix; /* the CommandComplete of a held BEGIN sent in front of the client's
+                          Query (txn.h) comes first: it is swallowed */
+    bool begin_failed; /* ... that BEGIN failed: the Query's ReadyForQuery says 'E' */
+    /* ... and until that Query's ReadyForQuery, error positions count this many characters
+     * of BEGIN text in front of the client's (they are moved back) */
+    uint32_t begin_shift;
     int capture_skip; /* hidden queries before the captured one, whose replies come first */
     bool captured_null;
     char captured[24];

@@ -19,7 +19,6 @@ const char *retry_strerror(enum retry_status st)
     case RETRY_NOT_REPLAYABLE: return "transaction is not replayable";
     case RETRY_NOMEM: return "out of memory";
     case RETRY_EINVAL: return "invalid argument";
-    case RETRY_DIGEST_ERROR: return "digest failure";
     }
     return "unknown retry status";
 }

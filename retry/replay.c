@@ -1,27 +1,27 @@
 /*
  * replay.c: the transaction recorder and the replay verifier.
  *
- * Interface (retry/replay.h): replay_rec_new, _free, _reset, _message, _response,
- * _replayable, _count, _msg, _response_bytes, _kept_bytes; replay_verifier_new, _free,
- * replay_verify_begin, _feed, _diverged.
+ * Interface (retry/replay.h): replay_rec_new, _free, _reset, _input, _pending, _consume,
+ * _drop, _message, _response, _replayable, _bytes, _response_bytes, _kept_bytes;
+ * replay_verifier_new, _free, replay_verify_begin, _feed, _diverged.
  *
- * The response stream is cut into segments at checkpoints; segment i's digest is
- * SHA-256(digest(i-1) || bytes of segment i), digest(-1) = 32 zero bytes, so each
- * checkpoint commits to the whole prefix before it.  The verifier recomputes the same
- * chain over the replay's bytes and compares at the recorded offsets.  See retry/README.md,
- * "Replay verification".
+ * One buffer holds the transaction's client bytes at [0, unit) and the pending bytes at
+ * [pend_off, pend_off + pend_len), pend_off >= unit: bytes consumed with keep right after
+ * the transaction's end become part of it where they are, without a copy; bytes dropped
+ * leave a gap that the next append closes.  The response stream runs through one keyed
+ * digest state; checkpoint i is the digest of every response byte before its offset, so
+ * each checkpoint commits to the whole prefix.  The verifier recomputes the same over the
+ * replay's bytes and compares at the recorded offsets.  See retry/README.md, "Replay
+ * verification".
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "retry/retry.h"
 #include "retry_int.h"
 
-struct rec_msg {
-    size_t off, len; /* in buf */
-};
+/* What reset keeps of the buffer: a big transaction gives its memory back. */
+#define REC_KEEP_BYTES (64 * 1024)
 
 struct replay_ckpt {
     uint64_t offset; /* response bytes before this checkpoint */
@@ -33,43 +33,26 @@ struct replay_rec {
     size_t ckpt_bytes; /* retry_checkpoint_bytes */
     bool replayable;
 
-    unsigned char *buf; /* client messages, back to back */
-    size_t len, cap;
-    struct rec_msg *msgs;
-    size_t nmsgs, msgs_cap;
+    unsigned char *buf;
+    size_t cap;
+    size_t unit;               /* the transaction's bytes: [0, unit) */
+    size_t pend_off, pend_len; /* pending bytes */
     struct replay_ckpt *ckpts;
     size_t nckpts, ckpts_cap;
 
-    EVP_MD *md;
-    EVP_MD_CTX *ctx; /* digest of the open segment */
-    unsigned char chain[REPLAY_DIGEST_BYTES];
-    uint64_t resp_bytes; /* response bytes digested */
-    uint64_t seg_start;  /* offset of the open segment = last checkpoint's offset */
+    struct replay_hash hash; /* every response byte digested */
+    uint64_t seg_start;      /* offset of the last checkpoint */
 };
 
 struct replay_verifier {
-    EVP_MD *md;
-    EVP_MD_CTX *ctx;
+    struct replay_hash hash;
     const struct replay_rec *rec;
     size_t end;  /* checkpoints to match (rec->nckpts at begin) */
     size_t next; /* next checkpoint to reach */
     uint64_t off;
     uint64_t seg_start;
-    unsigned char chain[REPLAY_DIGEST_BYTES];
     enum replay_verdict verdict;
 };
-
-/* Opens a segment chained to the previous digest. */
-static bool seg_begin(EVP_MD_CTX *ctx, const EVP_MD *md, const unsigned char *chain)
-{
-    return EVP_DigestInit_ex(ctx, md, NULL) == 1 &&
-           EVP_DigestUpdate(ctx, chain, REPLAY_DIGEST_BYTES) == 1;
-}
-
-static bool seg_end(EVP_MD_CTX *ctx, unsigned char *out)
-{
-    return EVP_DigestFinal_ex(ctx, out, NULL) == 1;
-}
 
 /* Grows an array to hold need elements, doubling. */
 static bool grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -95,8 +78,7 @@ static enum retry_status rec_fail(struct replay_rec *rec, enum retry_status st)
 
 size_t replay_rec_kept_bytes(const struct replay_rec *rec)
 {
-    return rec->len + rec->nmsgs * sizeof(struct rec_msg) +
-           rec->nckpts * sizeof(struct replay_ckpt);
+    return rec->unit + rec->nckpts * sizeof(struct replay_ckpt);
 }
 
 struct replay_rec *replay_rec_new(const struct retry_config *cfg)
@@ -106,12 +88,6 @@ struct replay_rec *replay_rec_new(const struct retry_config *cfg)
         return NULL;
     rec->limit = cfg->retry_buffer_bytes;
     rec->ckpt_bytes = cfg->retry_checkpoint_bytes ? cfg->retry_checkpoint_bytes : 1;
-    rec->md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    rec->ctx = EVP_MD_CTX_new();
-    if (!rec->md || !rec->ctx) {
-        replay_rec_free(rec);
-        return NULL;
-    }
     replay_rec_reset(rec);
     return rec;
 }
@@ -120,57 +96,119 @@ void replay_rec_free(struct replay_rec *rec)
 {
     if (!rec)
         return;
-    EVP_MD_CTX_free(rec->ctx);
-    EVP_MD_free(rec->md);
     free(rec->buf);
-    free(rec->msgs);
     free(rec->ckpts);
     free(rec);
 }
 
+/* Moves the pending bytes right after the transaction's. */
+static void compact(struct replay_rec *rec)
+{
+    if (rec->pend_off > rec->unit && rec->pend_len)
+        memmove(rec->buf + rec->unit, rec->buf + rec->pend_off, rec->pend_len);
+    rec->pend_off = rec->unit;
+}
+
 void replay_rec_reset(struct replay_rec *rec)
 {
-    rec->len = rec->nmsgs = rec->nckpts = 0;
-    rec->resp_bytes = rec->seg_start = 0;
-    memset(rec->chain, 0, sizeof(rec->chain));
-    rec->replayable = seg_begin(rec->ctx, rec->md, rec->chain);
+    rec->unit = 0;
+    compact(rec);
+    if (rec->cap > REC_KEEP_BYTES && rec->pend_len <= REC_KEEP_BYTES) {
+        unsigned char *b = realloc(rec->buf, REC_KEEP_BYTES);
+        if (b) {
+            rec->buf = b;
+            rec->cap = REC_KEEP_BYTES;
+        }
+    }
+    if (rec->ckpts_cap > 64) {
+        free(rec->ckpts);
+        rec->ckpts = NULL;
+        rec->ckpts_cap = 0;
+    }
+    rec->nckpts = 0;
+    rec->seg_start = 0;
+    replay_hash_init(&rec->hash);
+    rec->replayable = true;
+}
+
+enum retry_status replay_rec_input(struct replay_rec *rec, const void *data, size_t len)
+{
+    if (len == 0)
+        return RETRY_OK;
+    if (rec->pend_off + rec->pend_len + len > rec->cap) {
+        compact(rec);
+        if (!grow((void **)&rec->buf, &rec->cap, rec->unit + rec->pend_len + len, 1))
+            return rec_fail(rec, RETRY_NOMEM);
+    }
+    memcpy(rec->buf + rec->pend_off + rec->pend_len, data, len);
+    rec->pend_len += len;
+    return RETRY_OK;
+}
+
+const unsigned char *replay_rec_pending(const struct replay_rec *rec, size_t *len)
+{
+    *len = rec->pend_len;
+    return rec->buf ? rec->buf + rec->pend_off : (const unsigned char *)"";
 }
 
 /* Closes the open segment, if it holds any byte, as a checkpoint. */
 static enum retry_status rec_checkpoint(struct replay_rec *rec)
 {
-    if (rec->resp_bytes == rec->seg_start)
+    if (rec->hash.len == rec->seg_start)
         return RETRY_OK;
     if (replay_rec_kept_bytes(rec) + sizeof(struct replay_ckpt) > rec->limit)
         return rec_fail(rec, RETRY_OVER_BUFFER);
     if (!grow((void **)&rec->ckpts, &rec->ckpts_cap, rec->nckpts + 1, sizeof(*rec->ckpts)))
         return rec_fail(rec, RETRY_NOMEM);
-    if (!seg_end(rec->ctx, rec->chain) || !seg_begin(rec->ctx, rec->md, rec->chain))
-        return rec_fail(rec, RETRY_DIGEST_ERROR);
     struct replay_ckpt *c = &rec->ckpts[rec->nckpts++];
-    c->offset = rec->resp_bytes;
-    memcpy(c->digest, rec->chain, sizeof(c->digest));
-    rec->seg_start = rec->resp_bytes;
+    c->offset = rec->hash.len;
+    replay_hash_final(&rec->hash, c->digest);
+    rec->seg_start = rec->hash.len;
+    return RETRY_OK;
+}
+
+void replay_rec_drop(struct replay_rec *rec, size_t n)
+{
+    if (n > rec->pend_len)
+        n = rec->pend_len;
+    rec->pend_off += n;
+    rec->pend_len -= n;
+    if (rec->pend_len == 0)
+        rec->pend_off = rec->unit;
+}
+
+enum retry_status replay_rec_consume(struct replay_rec *rec, size_t n)
+{
+    if (n > rec->pend_len)
+        n = rec->pend_len;
+    if (!rec->replayable) {
+        replay_rec_drop(rec, n);
+        return RETRY_OVER_BUFFER;
+    }
+    if (n == 0)
+        return RETRY_OK;
+    enum retry_status st = rec_checkpoint(rec);
+    if (st == RETRY_OK && replay_rec_kept_bytes(rec) + n > rec->limit)
+        st = rec_fail(rec, RETRY_OVER_BUFFER);
+    if (st != RETRY_OK) {
+        replay_rec_drop(rec, n);
+        return st;
+    }
+    if (rec->pend_off != rec->unit)
+        memmove(rec->buf + rec->unit, rec->buf + rec->pend_off, n);
+    rec->unit += n;
+    replay_rec_drop(rec, n);
     return RETRY_OK;
 }
 
 enum retry_status replay_rec_message(struct replay_rec *rec, const void *msg, size_t len)
 {
+    if (rec->pend_len)
+        return RETRY_EINVAL; /* it would join the pending bytes' place in line */
     if (!rec->replayable)
         return RETRY_OVER_BUFFER;
-    enum retry_status st = rec_checkpoint(rec);
-    if (st != RETRY_OK)
-        return st;
-    if (replay_rec_kept_bytes(rec) + len + sizeof(struct rec_msg) > rec->limit)
-        return rec_fail(rec, RETRY_OVER_BUFFER);
-    if (!grow((void **)&rec->buf, &rec->cap, rec->len + len, 1) ||
-        !grow((void **)&rec->msgs, &rec->msgs_cap, rec->nmsgs + 1, sizeof(*rec->msgs)))
-        return rec_fail(rec, RETRY_NOMEM);
-    if (len)
-        memcpy(rec->buf + rec->len, msg, len);
-    rec->msgs[rec->nmsgs++] = (struct rec_msg){.off = rec->len, .len = len};
-    rec->len += len;
-    return RETRY_OK;
+    enum retry_status st = replay_rec_input(rec, msg, len);
+    return st == RETRY_OK ? replay_rec_consume(rec, len) : st;
 }
 
 enum retry_status replay_rec_response(struct replay_rec *rec, const void *data, size_t len)
@@ -180,14 +218,12 @@ enum retry_status replay_rec_response(struct replay_rec *rec, const void *data, 
     if (!rec->replayable)
         return RETRY_OVER_BUFFER;
     while (len > 0) {
-        uint64_t room = rec->ckpt_bytes - (rec->resp_bytes - rec->seg_start);
+        uint64_t room = rec->ckpt_bytes - (rec->hash.len - rec->seg_start);
         size_t n = len < room ? len : (size_t)room;
-        if (EVP_DigestUpdate(rec->ctx, p, n) != 1)
-            return rec_fail(rec, RETRY_DIGEST_ERROR);
-        rec->resp_bytes += n;
+        replay_hash_update(&rec->hash, p, n);
         p += n;
         len -= n;
-        if (rec->resp_bytes - rec->seg_start == rec->ckpt_bytes) {
+        if (rec->hash.len - rec->seg_start == rec->ckpt_bytes) {
             enum retry_status st = rec_checkpoint(rec);
             if (st != RETRY_OK)
                 return st;
@@ -201,47 +237,27 @@ bool replay_rec_replayable(const struct replay_rec *rec)
     return rec->replayable;
 }
 
-size_t replay_rec_count(const struct replay_rec *rec)
+const unsigned char *replay_rec_bytes(const struct replay_rec *rec, size_t *len)
 {
-    return rec->nmsgs;
-}
-
-const void *replay_rec_msg(const struct replay_rec *rec, size_t i, size_t *len)
-{
-    if (i >= rec->nmsgs) {
-        *len = 0;
-        return NULL;
-    }
-    *len = rec->msgs[i].len;
-    return rec->buf ? rec->buf + rec->msgs[i].off : (const void *)"";
+    *len = rec->unit;
+    return rec->buf ? rec->buf : (const unsigned char *)"";
 }
 
 uint64_t replay_rec_response_bytes(const struct replay_rec *rec)
 {
-    return rec->resp_bytes;
+    return rec->hash.len;
 }
 
 struct replay_verifier *replay_verifier_new(void)
 {
     struct replay_verifier *v = calloc(1, sizeof(*v));
-    if (!v)
-        return NULL;
-    v->md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    v->ctx = EVP_MD_CTX_new();
-    if (!v->md || !v->ctx) {
-        replay_verifier_free(v);
-        return NULL;
-    }
-    v->verdict = REPLAY_VERIFY_ERROR;
+    if (v)
+        v->verdict = REPLAY_VERIFY_ERROR;
     return v;
 }
 
 void replay_verifier_free(struct replay_verifier *v)
 {
-    if (!v)
-        return;
-    EVP_MD_CTX_free(v->ctx);
-    EVP_MD_free(v->md);
     free(v);
 }
 
@@ -251,9 +267,7 @@ enum retry_status replay_verify_begin(struct replay_verifier *v, struct replay_r
     v->verdict = REPLAY_VERIFY_ERROR;
     if (!rec->replayable || rec_checkpoint(rec) != RETRY_OK)
         return RETRY_NOT_REPLAYABLE;
-    memset(v->chain, 0, sizeof(v->chain));
-    if (!seg_begin(v->ctx, v->md, v->chain))
-        return RETRY_DIGEST_ERROR;
+    replay_hash_init(&v->hash);
     v->rec = rec;
     v->end = rec->nckpts;
     v->next = 0;
@@ -262,20 +276,18 @@ enum retry_status replay_verify_begin(struct replay_verifier *v, struct replay_r
     return RETRY_OK;
 }
 
-/* The open segment has reached checkpoint v->next: compare, then open the next one. */
+/* The replay has reached checkpoint v->next: compare. */
 static enum replay_verdict verify_checkpoint(struct replay_verifier *v)
 {
     const struct replay_ckpt *c = &v->rec->ckpts[v->next];
+    unsigned char d[REPLAY_DIGEST_BYTES];
 
-    if (!seg_end(v->ctx, v->chain))
-        return REPLAY_VERIFY_ERROR;
-    if (memcmp(v->chain, c->digest, REPLAY_DIGEST_BYTES) != 0)
+    replay_hash_final(&v->hash, d);
+    if (memcmp(d, c->digest, REPLAY_DIGEST_BYTES) != 0)
         return REPLAY_MISMATCH;
     v->next++;
     v->seg_start = v->off;
-    if (v->next == v->end)
-        return REPLAY_MATCH;
-    return seg_begin(v->ctx, v->md, v->chain) ? REPLAY_MORE : REPLAY_VERIFY_ERROR;
+    return v->next == v->end ? REPLAY_MATCH : REPLAY_MORE;
 }
 
 enum replay_verdict replay_verify_feed(struct replay_verifier *v, const void *data, size_t len,
@@ -287,10 +299,7 @@ enum replay_verdict replay_verify_feed(struct replay_verifier *v, const void *da
     while (v->verdict == REPLAY_MORE && len > 0) {
         uint64_t room = v->rec->ckpts[v->next].offset - v->off;
         size_t n = len < room ? len : (size_t)room;
-        if (EVP_DigestUpdate(v->ctx, p, n) != 1) {
-            v->verdict = REPLAY_VERIFY_ERROR;
-            break;
-        }
+        replay_hash_update(&v->hash, p, n);
         v->off += n;
         p += n;
         len -= n;

@@ -6,6 +6,7 @@
 #define PGW_RETRY_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -41,5 +42,16 @@ void retry_window_clear(struct retry_window *w);
 void retry_window_advance(struct retry_window *w, uint64_t now_us);
 /* Advances to now_us and adds da, db to the current bucket. */
 void retry_window_add(struct retry_window *w, uint64_t now_us, uint32_t da, uint32_t db);
+
+/* The streamed keyed digest of digest.c (SipHash-1-3, 128-bit output). */
+struct replay_hash {
+    uint64_t v0, v1, v2, v3;
+    uint64_t tail; /* the last len % 8 bytes, little-endian */
+    uint64_t len;
+};
+void replay_hash_init(struct replay_hash *h);
+void replay_hash_update(struct replay_hash *h, const void *data, size_t n);
+/* The digest of everything absorbed so far; h goes on unchanged. */
+void replay_hash_final(const struct replay_hash *h, unsigned char out[16]);
 
 #endif

@@ -101,9 +101,8 @@ static bool hidden_error(struct px_server *s, const uint8_t *body, uint32_t len)
     return true;
 }
 
-/* Keeps the first value of a hidden query's DataRow (path/outcome.h): int16 columns, then
- * int32 length (-1: NULL) and the text. */
-static void capture_value(struct px_server *s, const uint8_t *body, uint32_t len)
+/* DataRow: int16 columns, then int32 length (-1: NULL) and the text. */
+void px_expect_capture_value(struct px_server *s, const uint8_t *body, uint32_t len)
 {
     s->captured_null = true;
     s->captured[0] = '\0';
@@ -150,7 +149,7 @@ enum px_hidden_result px_expect_read_hidden(struct px_server *s)
         case 'T': break;
         case 'D':
             if (s->capture && s->capture_skip == 0)
-                capture_value(s, body, len);
+                px_expect_capture_value(s, body, len);
             break;
         case 'S': {
             const char *name, *value;

@@ -50,6 +50,10 @@ enum px_hidden_result {
  */
 enum px_hidden_result px_expect_read_hidden(struct px_server *s);
 
+/* Keeps the first value of a hidden query's DataRow in s->captured (NULL:
+ * s->captured_null), for path/outcome.h. */
+void px_expect_capture_value(struct px_server *s, const uint8_t *body, uint32_t len);
+
 /* Frees the FIFO (server teardown). */
 void px_expect_free(struct px_server *s);
 

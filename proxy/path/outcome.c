@@ -10,6 +10,7 @@
 #include "metrics/metrics.h"
 #include "net/client.h"
 #include "path/outcome.h"
+#include "path/expect.h"
 #include "path/path.h"
 #include "path/session.h"
 #include "pool/pool.h"
@@ -41,6 +42,100 @@ void px_outcome_commit_sent(struct px_client *c, struct evbuffer *out, bool quie
     s->capture_skip = s->hidden_queries; /* the replies of hidden queries before it */
     s->hidden_queries++;
     s->capture = PX_CAPTURE_XID;
+}
+
+#define XID_PREFIX XID_SQL ";"
+
+bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool quiescent,
+                             const uint8_t *body, uint32_t len)
+{
+    struct px_server *s = c->server;
+    s->commit_inflight = true;
+    s->xid_known = false;
+    if (!c->retry || !quiescent || s->txn_status != 'T' || len == 0 || body[len - 1] != '\0')
+        return false;
+    size_t plen = sizeof(XID_PREFIX) - 1, total = 5 + plen + len;
+    uint8_t hdr[5] = {'Q'};
+    px_put_u32(hdr + 1, (uint32_t)(total - 1));
+    /* room first: the three adds then cannot fail halfway through a message */
+    if (evbuffer_expand(out, total) < 0 || evbuffer_add(out, hdr, 5) < 0 ||
+        evbuffer_add(out, XID_PREFIX, plen) < 0 || evbuffer_add(out, body, len) < 0)
+        return false;
+    s->xid_prefix = true;
+    s->prefix_done = false;
+    s->captured_null = true;
+    return true;
+}
+
+void px_outcome_commit_parse(struct px_client *c, struct evbuffer *out, bool quiescent,
+                             const uint8_t *body, uint32_t len)
+{
+    struct px_server *s = c->server;
+    if (len == 0 || body[0] != '\0') {
+        px_outcome_commit_sent(c, out, quiescent);
+        return;
+    }
+    s->commit_inflight = true;
+    s->xid_known = false;
+    if (!c->retry || !quiescent || s->txn_status != 'T')
+        return;
+    /* Parse "" XID_SQL (no parameter types), Bind "" "" (no formats, parameters or result
+     * formats: text), Execute "" (all rows) */
+    uint8_t m[5 + 1 + sizeof(XID_SQL) + 2 + 5 + 8 + 5 + 5];
+    size_t n = 0;
+    m[n] = 'P';
+    px_put_u32(m + n + 1, 4 + 1 + sizeof(XID_SQL) + 2);
+    n += 5;
+    m[n++] = '\0';
+    memcpy(m + n, XID_SQL, sizeof(XID_SQL));
+    n += sizeof(XID_SQL);
+    m[n++] = 0;
+    m[n++] = 0;
+    m[n] = 'B';
+    px_put_u32(m + n + 1, 4 + 8);
+    n += 5;
+    memset(m + n, 0, 8);
+    n += 8;
+    m[n] = 'E';
+    px_put_u32(m + n + 1, 4 + 5);
+    n += 5;
+    memset(m + n, 0, 5);
+    n += 5;
+    if (evbuffer_add(out, m, n) < 0)
+        return;
+    s->xid_prefix = true;
+    s->prefix_done = false;
+    s->captured_null = true;
+}
+
+bool px_outcome_prefix_reply(struct px_server *s, char type, const uint8_t *body, uint32_t len,
+                             enum px_relay_action *action)
+{
+    switch (type) {
+    case '1': /* ParseComplete, BindComplete: the extended form's */
+    case '2':
+    case 'T': *action = PX_RELAY_DROP; return true;
+    case 'D':
+        px_expect_capture_value(s, body, len);
+        *action = PX_RELAY_DROP;
+        return true;
+    case 'C':
+        s->xid_prefix = false;
+        s->xid_known = true;
+        s->xid = s->captured_null ? 0 : strtoull(s->captured, NULL, 10);
+        s->prefix_done = true;
+        *action = PX_RELAY_DROP_STOP;
+        return true;
+    case 'E':
+        /* The SELECT failed (a cancel, or the backend terminated: FATAL): PostgreSQL never
+         * ran the COMMIT, since a backend sends its replies in order and the SELECT's
+         * CommandComplete would be before it.  The outcome is known (nothing committed),
+         * and the error is the client's answer, as for any other statement. */
+        s->xid_prefix = false;
+        s->commit_inflight = false;
+        return false;
+    default: return false; /* a notice, a parameter: the client's as always */
+    }
 }
 
 bool px_outcome_pending(const struct px_client *c)

@@ -230,7 +230,9 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     struct px_client *c = ctx;
     struct px_server *s = c->server;
     bool txn = s->pool->mode == PX_POOL_TRANSACTION;
-    relaying_out = out; /* the relay's destination: scratch or the server's output */
+    bool replaced = false; /* the Query went out with a prefix: the transaction-id query
+                              before a COMMIT (outcome.h), a held BEGIN (txn.h) */
+    relaying_out = out;    /* the relay's destination: scratch or the server's output */
     if (!px_wire_frontend_type(type))
         return refuse_type(c, type);
     if (type == 'Q')
@@ -241,12 +243,17 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
          * was read, else passed on for the server to skip). */
         return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
+    if (c->begin_merge && body && (type != 'Q' || len > PX_RELAY_HEAD_MAX || px_chaos_active()))
+        /* not the Query the held BEGIN was to go with (txn.h): it goes alone first */
+        return px_txn_begin_alone(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
     if (body && len > PX_RELAY_HEAD_MAX)
         return c2s_big(c, out, type, body, len);
     /* answered by pgwarden: lock calls, in order behind the server's replies */
     if (body && type != 'X') {
         switch (px_locks_message(c, type, body, len, server_quiescent(s))) {
         case PX_LOCKS_ANSWERED:
+            if (c->begin_merge && !px_txn_begin_alone(c, out))
+                return PX_RELAY_CLOSE;
             return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
                        ? PX_RELAY_DROP_STOP
                        : PX_RELAY_DROP;
@@ -281,14 +288,22 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
             px_retry_note_sql(c, &info);
-            if (px_local_answer_linked(c, &info))
-                return PX_RELAY_DROP;
+            if (px_local_answer_linked(c, &info)) {
+                if (!c->begin_merge)
+                    return PX_RELAY_DROP;
+                return px_txn_begin_alone(c, out) ? PX_RELAY_DROP_STOP : PX_RELAY_CLOSE;
+            }
             px_session_note_sql(c, &info, (const char *)body, len);
-            if (info.kind == PX_SQL_COMMIT)
-                px_outcome_commit_sent(c, out, server_quiescent(s));
+            if (c->begin_merge) {
+                if (!px_txn_begin_query(c, out, body, len))
+                    return PX_RELAY_CLOSE;
+                replaced = true;
+            } else if (info.kind == PX_SQL_COMMIT) {
+                replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
+            }
         } else if (type == 'P') {
             if (note_parse(c, body, len) == PX_SQL_COMMIT)
-                px_outcome_commit_sent(c, out, server_quiescent(s));
+                px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
         } else if (type == 'B') {
             note_bind(c, body, len);
         } else if (type == 'E') {
@@ -301,16 +316,19 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
             px_retry_note_sql(c, &info);
             if (info.kind == PX_SQL_COMMIT)
-                px_outcome_commit_sent(c, out, server_quiescent(s));
+                replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
-            px_outcome_commit_sent(c, out, server_quiescent(s));
+            px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
     enum px_relay_action act = c2s_forward(c, s, out, type, body, len, txn);
-    if (c->fault_disconnect && act == PX_RELAY_FORWARD)
-        return PX_RELAY_STOP; /* sent; then the server is cut (px_path_relay_client) */
+    if (replaced && act == PX_RELAY_FORWARD)
+        act = PX_RELAY_DROP; /* its text went in the Query written to out */
+    if (c->fault_disconnect && (act == PX_RELAY_FORWARD || replaced))
+        return replaced ? PX_RELAY_DROP_STOP : PX_RELAY_STOP; /* sent; then the server is cut
+                                                                 (px_path_relay_client) */
     return act;
 }
 
@@ -435,6 +453,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
             s->pending_ready--;
         s->txn_status = len ? (char)body[0] : 'I';
         s->commit_inflight = false;
+        s->begin_shift = 0;
         s->group_failed = false;
         s->copy_in = false;
         if (s->client)
@@ -478,6 +497,14 @@ static const uint8_t s2c_group_see[256] = {
     ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
     ['3'] = PX_SEE_BODY, ['C'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE,
 };
+/* While the replies of a prefix are due, the transaction-id query in front of a COMMIT
+ * (outcome.h) or a held BEGIN in front of a Query (txn.h): until its CommandComplete, which
+ * stops the relay. */
+static const uint8_t s2c_prefix_see[256] = {
+    ['Z'] = PX_SEE_BODY, ['S'] = PX_SEE_BODY, ['E'] = PX_SEE_BODY, ['1'] = PX_SEE_BODY,
+    ['3'] = PX_SEE_BODY, ['G'] = PX_SEE_TYPE, ['T'] = PX_SEE_BODY, ['D'] = PX_SEE_BODY,
+    ['C'] = PX_SEE_BODY, ['2'] = PX_SEE_BODY,
+};
 
 /* A CommandComplete inside an extended-protocol group. */
 static void note_complete(struct px_server *s, const uint8_t *body, uint32_t len)
@@ -496,6 +523,11 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
 {
     struct px_server *s = ctx;
     struct px_expect *head = px_expect_head(s);
+    enum px_relay_action prefix_action;
+    if (s->xid_prefix && px_outcome_prefix_reply(s, type, body, len, &prefix_action))
+        return prefix_action;
+    if (s->begin_prefix && px_txn_begin_reply(s, type, &prefix_action))
+        return prefix_action;
     switch (type) {
     case '1':
     case '3': {
@@ -508,7 +540,10 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
         px_expect_pop(s);
         return hidden ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
-    case 'C': note_complete(s, body, len); return PX_RELAY_FORWARD;
+    case 'C':
+        if (s->unsynced)
+            note_complete(s, body, len);
+        return PX_RELAY_FORWARD;
     case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
         bool mine = head && head->abort; /* the failure pgwarden asked for */
@@ -533,7 +568,14 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
                 return PX_RELAY_DROP;
             }
         }
-        return s2c_bookkeeping(s, type, body, len);
+        enum px_relay_action act = s2c_bookkeeping(s, type, body, len);
+        if (act == PX_RELAY_FORWARD && s->begin_shift) {
+            /* its position counts in the held BEGIN sent in front of the Query (txn.h) */
+            if (px_wire_error_shift_position(out, type, body, len, s->begin_shift) < 0)
+                return PX_RELAY_CLOSE;
+            return PX_RELAY_DROP;
+        }
+        return act;
     }
     case 'Z':
         if (!head || head->kind != PX_EXP_SYNC) {
@@ -541,6 +583,8 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             return PX_RELAY_CLOSE;
         }
         px_expect_pop(s);
+        if (s->begin_failed)
+            return px_txn_begin_failed_ready(s, out);
         if (s2c_bookkeeping(s, type, body, len) != PX_RELAY_FORWARD)
             return PX_RELAY_CLOSE;
         /* A batch on s: the next bytes are another client's reply. */
@@ -578,7 +622,7 @@ void px_path_relay_server(struct px_server *s)
             if (s->client != c || s->state != PX_SV_ACTIVE)
                 return;
         }
-        if (s->cut_when_sent) {
+        if (s->cut_when_sent && !s->xid_prefix) {
             /* After the hidden transaction-id query's answer (path/outcome.h), so whether
              * the COMMIT committed can be learned: the client is answered as for any
              * COMMIT whose server was lost. */
@@ -591,9 +635,12 @@ void px_path_relay_server(struct px_server *s)
         /* a client whose transaction may be replayed: through the retry stage */
         struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
-        enum px_relay_result r = px_relay_direct(
-            &s->s2c, in, target ? target : out, target ? -1 : fd,
-            s->unsynced ? s2c_group_see : s2c_see, s2c, s, SERVER_MAX_MESSAGE, &moved);
+        enum px_relay_result r =
+            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
+                            s->xid_prefix || s->begin_prefix ? s2c_prefix_see
+                            : s->unsynced                    ? s2c_group_see
+                                                             : s2c_see,
+                            s2c, s, SERVER_MAX_MESSAGE, &moved);
         if (target)
             px_retry_relayed(c, fd);
         if (c)
@@ -603,6 +650,10 @@ void px_path_relay_server(struct px_server *s)
         if (r == PX_RELAY_CLOSED || r == PX_RELAY_TOO_LARGE) {
             px_server_close(s, "protocol error from server");
             return;
+        }
+        if (r == PX_RELAY_STOPPED && s->prefix_done) {
+            s->prefix_done = false;
+            continue; /* the rest with the usual table, or the chaos cut (above) */
         }
         if (r == PX_RELAY_STOPPED) { /* a batched query's reply is complete */
             if (!px_batch_next(s))

@@ -12,12 +12,16 @@
  *                                                         differs --> DISCARD -+--> TAINTED
  *
  * and back to RECORD at the next transaction boundary.  Two byte streams are followed:
- *   - the client's input: an evbuffer callback mirrors what arrives (mirror) and, when
- *     bytes are taken from the head of the input by any stage, records them (they are
- *     consumed) and counts the requests among them (Query, Sync, FunctionCall: each owes
- *     a ReadyForQuery);
- *   - the responses: everything for the client goes through sink and is walked message by
- *     message (digested, held, verified or dropped, by mode) before it reaches the client.
+ *   - the client's input: an evbuffer callback copies what arrives into the recorder
+ *     (pending bytes) and, when bytes are taken from the head of the input by any stage,
+ *     counts the requests among them (Query, Sync, FunctionCall: each owes a
+ *     ReadyForQuery), reading their headers in the recorder's copy, and tells the
+ *     recorder that they are the transaction's (consumed) or not (replayed, or the stage's
+ *     own moves);
+ *   - the responses: everything for the client goes through sink and is walked in place,
+ *     span by span of each message (digested, held, verified or dropped, by mode), before
+ *     it reaches the client; while everything goes on to the client (recording, or not
+ *     replayable) the whole walked run moves at once.
  * A unit ends when a ReadyForQuery 'I' has answered every request consumed: the recorder
  * starts over and the bytes still in the input belong to the next unit.
  */
@@ -26,6 +30,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/rand.h>
 
 #include "base/log.h"
 #include "metrics/metrics.h"
@@ -61,11 +67,10 @@ struct px_retry {
     struct replay_rec *rec;
     struct replay_verifier *ver; /* made at the first replay that needs one */
     struct backoff bo;
-    struct evbuffer *sink;   /* bytes for the client, walked before they go on */
-    struct evbuffer *fwd;    /* walked bytes on their way to the client */
-    struct evbuffer *mirror; /* copy of the client's input not consumed yet */
-    struct evbuffer *held;   /* the original error and what followed it */
-    struct evbuffer *later;  /* the client's unconsumed input, set aside during a retry */
+    struct evbuffer *sink;  /* bytes for the client, walked before they go on */
+    struct evbuffer *fwd;   /* walked bytes on their way to the client */
+    struct evbuffer *held;  /* the original error and what followed it */
+    struct evbuffer *later; /* the client's unconsumed input, set aside during a retry */
     struct evbuffer_cb_entry *in_cb, *sink_cb;
     struct event *ev; /* the backoff timer, and deferred steps */
     bool in_relay;    /* the server relay fills sink: walked by px_retry_relayed */
@@ -85,8 +90,9 @@ struct px_retry {
     uint32_t zs;          /* ReadyForQuery messages of this attempt */
     uint64_t replay_left; /* replayed bytes not consumed again yet */
     size_t kept;          /* bytes last reported to the buffer gauge */
-    /* response walker: the message under way */
+    /* response walker: the message under way (out_hdr_n < 5: its header is) */
     uint32_t out_left, out_pos;
+    uint8_t out_hdr[5], out_hdr_n;
     char out_type;
     bool out_digest;
     uint8_t out_cap[24]; /* first body bytes of ReadyForQuery / CommandComplete */
@@ -109,8 +115,18 @@ static uint64_t now_us(void)
 void px_retry_configure(void)
 {
     cfg = px.cfg->retry;
-    if (!cfg_set)
+    if (!cfg_set) {
         retry_rng_seed(&rng, now_us() ^ (uint64_t)getpid() << 32);
+        /* The response digests' key: unknown outside this process (retry/README.md). */
+        unsigned char key[16];
+        if (RAND_bytes(key, sizeof(key)) != 1) {
+            px_error("retry", 0, 0, "no random bytes for the replay digest key: using the clock");
+            uint64_t t = now_us() ^ (uint64_t)getpid() << 40;
+            memcpy(key, &t, sizeof(t));
+            memset(key + sizeof(t), 0x5a, sizeof(key) - sizeof(t));
+        }
+        replay_digest_key(key);
+    }
     cfg_set = true;
     /* Budgets read their settings when made: make them again (their history goes). */
     for (struct rt_db *d = dbs; d; d = d->next) {
@@ -197,18 +213,10 @@ static void unit_end(struct px_retry *rt)
     if (rt->retried && rt->mode == RT_RECORD)
         count_outcome(rt, PX_MRO_SUCCEEDED);
     budget_record_first(rt->db->budget, now_us());
-    if (rt->rec && replay_rec_kept_bytes(rt->rec) > 64 * 1024) {
-        /* A big transaction: give its memory back rather than keep it for the next. */
-        replay_rec_free(rt->rec);
-        rt->rec = replay_rec_new(&cfg);
-    } else if (rt->rec) {
-        replay_rec_reset(rt->rec);
-    }
-    if (!rt->rec)
-        rt->rec = replay_rec_new(&cfg);
+    replay_rec_reset(rt->rec); /* a big transaction's memory goes back */
     gauge_update(rt);
     backoff_init(&rt->bo, &cfg);
-    rt->mode = rt->rec && !rt->broken ? RT_RECORD : RT_TAINTED;
+    rt->mode = !rt->broken ? RT_RECORD : RT_TAINTED;
     rt->reqs = rt->zs = 0;
     rt->after_commit = rt->retried = rt->held_done = rt->orig_known = false;
     if (rt->held)
@@ -233,17 +241,18 @@ static void maybe_unit_end(struct px_retry *rt)
  * unless the stage moved them itself. */
 static void consumed(struct px_retry *rt, size_t n)
 {
-    if (rt->quiet) {
-        evbuffer_drain(rt->mirror, n);
+    if (rt->quiet || rt->broken) {
+        replay_rec_drop(rt->rec, n);
         return;
     }
-    while (n > 0 && evbuffer_get_length(rt->mirror) > 0) {
+    size_t plen;
+    while (n > 0 && replay_rec_pending(rt->rec, &plen) && plen > 0) {
         if (rt->in_left == 0) {
-            uint8_t hdr[5];
-            if (evbuffer_copyout(rt->mirror, hdr, 5) < 5) {
+            const uint8_t *hdr = replay_rec_pending(rt->rec, &plen);
+            if (plen < 5) {
                 taint(rt, "a message header was split");
-                evbuffer_drain(rt->mirror, n);
-                return;
+                replay_rec_drop(rt->rec, n);
+                break;
             }
             rt->in_left = px_get_u32(hdr + 1) + 1;
             /* Whatever the relay makes of it (a CopyData, a Bind in session mode are not
@@ -267,37 +276,14 @@ static void consumed(struct px_retry *rt, size_t n)
             }
         }
         size_t take = n < rt->in_left ? n : rt->in_left;
+        /* replayed bytes are the transaction's already; new ones are while recording */
         size_t replayed = take < rt->replay_left ? take : (size_t)rt->replay_left;
         rt->replay_left -= replayed;
-        if (rt->mode == RT_RECORD && take > replayed) {
-            /* new bytes of the unit (replayed ones are in the recorder already) */
-            struct evbuffer_ptr at;
-            struct evbuffer_iovec v[4];
-            evbuffer_ptr_set(rt->mirror, &at, replayed, EVBUFFER_PTR_SET);
-            int nv = evbuffer_peek(rt->mirror, (ev_ssize_t)(take - replayed), &at, v, 4);
-            size_t left = take - replayed;
-            for (int i = 0; i < nv && i < 4 && left > 0; i++) {
-                size_t k = v[i].iov_len < left ? v[i].iov_len : left;
-                if (replay_rec_message(rt->rec, v[i].iov_base, k) != RETRY_OK) {
-                    taint(rt, "retry_buffer_bytes exceeded");
-                    break;
-                }
-                left -= k;
-            }
-            if (left > 0 && rt->mode == RT_RECORD) {
-                /* more extents than peeked: copy the rest out */
-                uint8_t *tmp = malloc(left);
-                size_t off = take - left;
-                if (tmp && evbuffer_ptr_set(rt->mirror, &at, off, EVBUFFER_PTR_SET) == 0 &&
-                    evbuffer_copyout_from(rt->mirror, &at, tmp, left) == (ev_ssize_t)left &&
-                    replay_rec_message(rt->rec, tmp, left) == RETRY_OK) {
-                } else {
-                    taint(rt, "out of memory or retry_buffer_bytes exceeded");
-                }
-                free(tmp);
-            }
-        }
-        evbuffer_drain(rt->mirror, take);
+        replay_rec_drop(rt->rec, replayed);
+        if (rt->mode != RT_RECORD)
+            replay_rec_drop(rt->rec, take - replayed);
+        else if (replay_rec_consume(rt->rec, take - replayed) != RETRY_OK)
+            taint(rt, "retry_buffer_bytes exceeded");
         rt->in_left -= (uint32_t)take;
         n -= take;
     }
@@ -305,39 +291,35 @@ static void consumed(struct px_retry *rt, size_t n)
     maybe_unit_end(rt);
 }
 
-/* Appends a copy of the last n bytes of src to dst.  0, or -1 when out of memory. */
-static int copy_tail(struct evbuffer *dst, struct evbuffer *src, size_t n)
+/* Gives the recorder the last n bytes of src (they just arrived).  False when out of
+ * memory. */
+static bool input_tail(struct px_retry *rt, struct evbuffer *src, size_t n)
 {
     struct evbuffer_ptr at;
     if (evbuffer_ptr_set(src, &at, evbuffer_get_length(src) - n, EVBUFFER_PTR_SET) < 0)
-        return -1;
+        return false;
     while (n > 0) {
         struct evbuffer_iovec v[8];
         int nv = evbuffer_peek(src, (ev_ssize_t)n, &at, v, 8);
         if (nv <= 0)
-            return -1;
+            return false;
         for (int i = 0; i < nv && i < 8 && n > 0; i++) {
             size_t k = v[i].iov_len < n ? v[i].iov_len : n;
-            if (evbuffer_add(dst, v[i].iov_base, k) < 0)
-                return -1;
+            if (replay_rec_input(rt->rec, v[i].iov_base, k) != RETRY_OK)
+                return false;
             n -= k;
             evbuffer_ptr_set(src, &at, k, EVBUFFER_PTR_ADD);
         }
     }
-    return 0;
-}
-
-static int copy_all(struct evbuffer *dst, struct evbuffer *src)
-{
-    return copy_tail(dst, src, evbuffer_get_length(src));
+    return true;
 }
 
 static void input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
 {
     struct px_retry *rt = arg;
-    if (info->n_added && copy_tail(rt->mirror, in, info->n_added) < 0) {
-        /* The mirror is wrong from here on: nothing can be replayed until the client
-         * leaves (its input is then consumed without being recorded). */
+    if (info->n_added && !rt->broken && !input_tail(rt, in, info->n_added)) {
+        /* The pending bytes are wrong from here on: nothing can be replayed until the
+         * client leaves (its input is then consumed without being recorded). */
         taint(rt, "out of memory");
         rt->broken = true;
     }
@@ -393,116 +375,121 @@ static void out_message_end(struct px_retry *rt)
     }
 }
 
-/* Digests n bytes at the head of buf (what the client gets). */
-static void digest(struct px_retry *rt, struct evbuffer *buf, size_t n)
-{
-    struct evbuffer_iovec v[8];
-    struct evbuffer_ptr at;
-    evbuffer_ptr_set(buf, &at, 0, EVBUFFER_PTR_SET);
-    while (n > 0 && rt->mode == RT_RECORD) {
-        int nv = evbuffer_peek(buf, (ev_ssize_t)n, &at, v, 8);
-        if (nv <= 0)
-            break;
-        for (int i = 0; i < nv && i < 8 && n > 0; i++) {
-            size_t k = v[i].iov_len < n ? v[i].iov_len : n;
-            if (replay_rec_response(rt->rec, v[i].iov_base, k) != RETRY_OK) {
-                taint(rt, "retry_buffer_bytes exceeded");
-                return;
-            }
-            n -= k;
-            evbuffer_ptr_set(buf, &at, k, EVBUFFER_PTR_ADD);
-        }
-    }
-}
-
 static void matched(struct px_retry *rt);
 static void replay_differs(struct px_retry *rt);
 static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool wind);
 
-/* Verifies n replayed bytes at the head of buf; on the match, the bytes after it go on
- * as new ones (recorded). */
-static void verify(struct px_retry *rt, struct evbuffer *buf, size_t n)
+/* Where a span of a response goes. */
+enum span_to { TO_CLIENT, TO_HELD, TO_NOWHERE };
+
+/* Decides the fate of the span p[0..n) of the message under way, by mode (digesting or
+ * verifying it on the way).  *n may shrink: a verification that matched inside the span
+ * covers only its first *n bytes (the rest is new, handled with the new mode). */
+static enum span_to span_fate(struct px_retry *rt, const uint8_t *p, size_t *n)
 {
-    uint8_t tmp[4096];
-    while (n > 0 && rt->mode == RT_VERIFY) {
-        size_t k = n < sizeof(tmp) ? n : sizeof(tmp);
-        evbuffer_copyout(buf, tmp, k);
+    switch (rt->mode) {
+    case RT_RECORD:
+        if (rt->out_digest && replay_rec_response(rt->rec, p, *n) != RETRY_OK)
+            taint(rt, "retry_buffer_bytes exceeded");
+        return TO_CLIENT;
+    case RT_TAINTED:
+    case RT_BACKOFF: return TO_CLIENT;
+    case RT_HOLD: return rt->held_done ? TO_NOWHERE : TO_HELD;
+    case RT_DISCARD: return TO_NOWHERE;
+    case RT_VERIFY: {
+        if (rt->out_type == 'A') /* a notification is never replayed: it goes on */
+            return TO_CLIENT;
+        if (!rt->out_digest)
+            return TO_NOWHERE; /* the client had this notice or parameter */
         size_t used = 0;
-        enum replay_verdict v = replay_verify_feed(rt->ver, tmp, k, &used);
+        enum replay_verdict v = replay_verify_feed(rt->ver, p, *n, &used);
         if (v == REPLAY_MATCH) {
-            evbuffer_drain(buf, used);
-            n -= used;
+            *n = used;
             matched(rt);
-            digest(rt, buf, n);
-            evbuffer_remove_buffer(buf, rt->fwd, n);
-            return;
-        }
-        evbuffer_drain(buf, k);
-        n -= k;
-        if (v != REPLAY_MORE) {
+        } else if (v != REPLAY_MORE) {
             replay_differs(rt);
-            break;
         }
+        return TO_NOWHERE; /* the client saw these bytes already */
     }
-    evbuffer_drain(buf, n);
+    }
+    return TO_NOWHERE;
 }
 
-/* Walks what buf holds for the client, message by message, and disposes of it by mode:
- * onto fwd (to the client), into held, through the verifier, or away. */
+/* Walks what buf holds for the client, in place, and disposes of it span by span: onto fwd
+ * (to the client), into held, or away.  The messages are followed across calls (a reply
+ * may arrive in pieces). */
 static void walk(struct px_retry *rt, struct evbuffer *buf)
 {
-    size_t avail;
-    while ((avail = evbuffer_get_length(buf)) > 0) {
-        if (rt->out_left == 0) {
-            uint8_t hdr[5];
-            if (avail < 5)
-                return; /* never split by pgwarden's writers; wait for the rest */
-            evbuffer_copyout(buf, hdr, 5);
-            rt->out_type = (char)hdr[0];
-            rt->out_left = px_get_u32(hdr + 1) + 1;
-            rt->out_pos = 0;
-            rt->out_digest = hdr[0] != 'N' && hdr[0] != 'S' && hdr[0] != 'A';
-            if (rt->mode == RT_RECORD && rt->after_commit && hdr[0] != 'Z' && rt->out_digest)
-                taint(rt, "statements after a COMMIT");
+    for (;;) {
+        struct evbuffer_iovec v[16];
+        int nv = evbuffer_peek(buf, -1, NULL, v, 16);
+        if (nv <= 0)
+            return;
+        if (nv > 16)
+            nv = 16;
+        size_t run = 0; /* bytes at the head of buf walked and bound for the client */
+        bool repeek = false;
+        for (int i = 0; i < nv && !repeek; i++) {
+            const uint8_t *p = v[i].iov_base;
+            size_t left = v[i].iov_len;
+            while (left > 0 && !repeek) {
+                size_t n;
+                if (rt->out_hdr_n < 5) { /* the header */
+                    if (rt->out_hdr_n == 0) {
+                        rt->out_type = (char)p[0];
+                        rt->out_pos = 0;
+                        rt->out_digest = p[0] != 'N' && p[0] != 'S' && p[0] != 'A';
+                        if (rt->mode == RT_RECORD && rt->after_commit && p[0] != 'Z' &&
+                            rt->out_digest)
+                            taint(rt, "statements after a COMMIT");
+                    }
+                    n = 5u - rt->out_hdr_n;
+                    n = n < left ? n : left;
+                    memcpy(rt->out_hdr + rt->out_hdr_n, p, n);
+                } else {
+                    n = rt->out_left < left ? rt->out_left : left;
+                    if ((rt->out_type == 'Z' || rt->out_type == 'C') &&
+                        rt->out_pos < 5 + sizeof(rt->out_cap)) {
+                        size_t at = rt->out_pos - 5, k = sizeof(rt->out_cap) - at;
+                        memcpy(rt->out_cap + at, p, k < n ? k : n);
+                    }
+                }
+                enum span_to to = span_fate(rt, p, &n);
+                if (to == TO_CLIENT) {
+                    run += n;
+                } else {
+                    /* what went before goes on first; buf changes: read it again */
+                    if (run)
+                        evbuffer_remove_buffer(buf, rt->fwd, run);
+                    run = 0;
+                    if (to == TO_HELD)
+                        evbuffer_remove_buffer(buf, rt->held, n);
+                    else
+                        evbuffer_drain(buf, n);
+                    repeek = true;
+                }
+                p += n;
+                left -= n;
+                rt->out_pos += (uint32_t)n;
+                if (rt->out_hdr_n < 5) {
+                    rt->out_hdr_n = (uint8_t)(rt->out_hdr_n + n);
+                    if (rt->out_hdr_n < 5)
+                        continue;
+                    uint32_t len = px_get_u32(rt->out_hdr + 1); /* checked by the relay */
+                    rt->out_left = len >= 4 ? len - 4 : 0;
+                } else {
+                    rt->out_left -= (uint32_t)n;
+                }
+                if (rt->out_left == 0) {
+                    rt->out_hdr_n = 0;
+                    out_message_end(rt);
+                }
+            }
         }
-        size_t n = avail < rt->out_left ? avail : rt->out_left;
-        if ((rt->out_type == 'Z' || rt->out_type == 'C') && rt->out_pos < 5 + sizeof(rt->out_cap)) {
-            /* keep the first body bytes for out_message_end */
-            uint8_t tmp[5 + sizeof(rt->out_cap)];
-            size_t want = sizeof(tmp) - rt->out_pos, k = n < want ? n : want;
-            evbuffer_copyout(buf, tmp, k);
-            for (size_t i = 0; i < k; i++)
-                if (rt->out_pos + i >= 5)
-                    rt->out_cap[rt->out_pos + i - 5] = tmp[i];
-        }
-        rt->out_pos += (uint32_t)n;
-        switch (rt->mode) {
-        case RT_RECORD:
-            if (rt->out_digest)
-                digest(rt, buf, n);
-            evbuffer_remove_buffer(buf, rt->fwd, n);
-            break;
-        case RT_TAINTED:
-        case RT_BACKOFF: evbuffer_remove_buffer(buf, rt->fwd, n); break;
-        case RT_HOLD:
-            if (!rt->held_done)
-                evbuffer_remove_buffer(buf, rt->held, n);
-            else
-                evbuffer_drain(buf, n);
-            break;
-        case RT_DISCARD: evbuffer_drain(buf, n); break;
-        case RT_VERIFY:
-            if (rt->out_type == 'A') /* a notification is never replayed: it goes on */
-                evbuffer_remove_buffer(buf, rt->fwd, n);
-            else if (!rt->out_digest)
-                evbuffer_drain(buf, n); /* the client had this notice or parameter */
-            else
-                verify(rt, buf, n);
-            break;
-        }
-        rt->out_left -= (uint32_t)n;
-        if (rt->out_left == 0)
-            out_message_end(rt);
+        if (run)
+            evbuffer_remove_buffer(buf, rt->fwd, run);
+        if (!repeek)
+            return;
     }
 }
 
@@ -674,14 +661,10 @@ static void replay(struct px_retry *rt)
     struct px_client *c = rt->c;
     struct evbuffer *p = evbuffer_new();
     size_t total = 0;
-    for (size_t i = 0, n = replay_rec_count(rt->rec); p && i < n; i++) {
-        size_t len;
-        const void *m = replay_rec_msg(rt->rec, i, &len);
-        if (evbuffer_add(p, m, len) < 0) {
-            evbuffer_free(p);
-            p = NULL;
-        }
-        total += len;
+    const unsigned char *bytes = replay_rec_bytes(rt->rec, &total);
+    if (p && evbuffer_add(p, bytes, total) < 0) {
+        evbuffer_free(p);
+        p = NULL;
     }
     if (!p) {
         give_up(rt, PX_MRO_NOT_REPLAYABLE);
@@ -776,14 +759,14 @@ bool px_retry_client_start(struct px_client *c)
     rt->rec = replay_rec_new(&cfg);
     rt->sink = evbuffer_new();
     rt->fwd = evbuffer_new();
-    rt->mirror = evbuffer_new();
     rt->held = evbuffer_new();
     rt->later = evbuffer_new();
     rt->ev = evtimer_new(px.base, on_timer, rt);
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->mirror || !rt->held || !rt->later ||
-        !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
-        copy_all(rt->mirror, in) < 0 || !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
+    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->held || !rt->later || !rt->ev ||
+        !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
+        !input_tail(rt, in, evbuffer_get_length(in)) ||
+        !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
         c->retry = rt;
         px_retry_client_free(c);
         return false;
@@ -820,8 +803,6 @@ void px_retry_client_free(struct px_client *c)
     }
     if (rt->fwd)
         evbuffer_free(rt->fwd);
-    if (rt->mirror)
-        evbuffer_free(rt->mirror);
     if (rt->held)
         evbuffer_free(rt->held);
     if (rt->later)
@@ -889,6 +870,11 @@ void px_retry_after_relay(struct px_client *c)
         return;
     if (rt->mode == RT_HOLD) {
         decide(rt);
+    } else if (rt->mode == RT_VERIFY) {
+        /* every reply of the replay is in and the last digest was not reached: the replay
+         * said less than the client saw (the rows it read are gone, say) */
+        replay_differs(rt);
+        give_up(rt, PX_MRO_DIVERGED);
     } else if (rt->mode == RT_DISCARD) {
         give_up(rt, PX_MRO_DIVERGED);
     }

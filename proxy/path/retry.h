@@ -8,8 +8,9 @@
  *
  *   - every byte the client sent that pgwarden consumed (taken from its input buffer by
  *     any stage: relayed, answered by pgwarden, held back), in retry/'s recorder;
- *   - a chained SHA-256 of every response byte that reached the client (NoticeResponse,
- *     ParameterStatus and NotificationResponse excepted: they may differ between runs).
+ *   - a keyed 128-bit digest (SipHash) of every response byte that reached the client,
+ *     checkpointed at message boundaries (NoticeResponse, ParameterStatus and
+ *     NotificationResponse excepted: they may differ between runs).
  *
  * Every byte for the client passes through the stage (px_retry_client_out for pgwarden's
  * own replies, the server relay through px_retry_relay_target and px_retry_relayed).  When

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chaos/chaos.h"
 #include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
@@ -18,6 +19,7 @@
 #include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
+#include "proto/wire.h"
 #include "pool/breaker.h"
 #include "pool/pool.h"
 
@@ -81,6 +83,7 @@ void px_txn_drop_begin(struct px_client *c)
     c->held_begin = NULL;
     c->held_begin_len = 0;
     c->held_failed = false;
+    c->begin_merge = false;
 }
 
 /* ---- statements pgwarden fails ------------------------------------------------------- */
@@ -307,15 +310,41 @@ void px_txn_idle_input(struct px_client *c)
 
 /* ---- linking and release --------------------------------------------------------------- */
 
+/* The held BEGIN can go in front of the message at the head of c's input (txn.h): that
+ * message is a whole simple Query that the relay takes as it is (not a big one), and the
+ * BEGIN's text holds nothing that could swallow what follows it (a comment, a quote). */
+static bool begin_mergeable(const struct px_client *c)
+{
+    const struct px_server *s = c->server;
+    if (c->held_failed || s->prelude_tries != 1 || px_chaos_active())
+        return false;
+    const uint8_t *t = c->held_begin + 5;
+    size_t n = c->held_begin_len - 5;
+    if (n == 0 || t[n - 1] != '\0')
+        return false;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (strchr("-/'\"$\\", t[i]) || t[i] == '\0' || t[i] >= 0x80)
+            return false; /* ASCII: error positions count characters (px_txn_begin_query) */
+    uint8_t hdr[5];
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (evbuffer_copyout(in, hdr, 5) != 5 || hdr[0] != 'Q')
+        return false;
+    uint32_t len = px_get_u32(hdr + 1);
+    return len >= 5 && len - 4 <= PX_RELAY_HEAD_MAX && evbuffer_get_length(in) >= 1 + (size_t)len;
+}
+
 /* Sends the prelude: the re-sync SETs, and the held BEGIN unless the server is in a block
- * already (a second attempt after the SETs failed but the BEGIN did not). */
+ * already (a second attempt after the SETs failed but the BEGIN did not) or it goes in
+ * front of the client's Query. */
 static bool send_prelude(struct px_client *c)
 {
     struct px_server *s = c->server;
     if (!px_session_resync(c))
         return false;
     struct evbuffer *out = bufferevent_get_output(s->bev);
-    if (c->held_begin && s->txn_status == 'I') {
+    if (c->held_begin && s->txn_status == 'I' && begin_mergeable(c)) {
+        c->begin_merge = true;
+    } else if (c->held_begin && s->txn_status == 'I') {
         if (evbuffer_add(out, c->held_begin, c->held_begin_len) < 0)
             return false;
         s->hidden_queries++;
@@ -341,13 +370,14 @@ bool px_txn_linked(struct px_client *c)
     bool own_unnamed = s->unnamed_owner == c->id && !c->local_unnamed && !c->unnamed_lost;
     int hidden_before = s->hidden_queries;
     c->unnamed_lost = false;
+    c->begin_merge = false;
     px_local_forget(c);
     s->prelude_failed = false;
     s->prelude_tries = 1;
     if (!send_prelude(c))
         return false;
     c->unnamed_parsed = own_unnamed && s->hidden_queries == hidden_before; /* no hidden Query */
-    if (s->hidden_queries == 0)
+    if (s->hidden_queries == 0 && !c->begin_merge)
         px_txn_drop_begin(c); /* nothing to wait for */
     return true;
 }
@@ -359,7 +389,8 @@ bool px_txn_prelude_done(struct px_client *c)
 {
     struct px_server *s = c->server;
     if (!s->prelude_failed) {
-        px_txn_drop_begin(c);
+        if (!c->begin_merge)
+            px_txn_drop_begin(c);
         return true;
     }
     s->prelude_failed = false;
@@ -399,6 +430,72 @@ void px_txn_maybe_release(struct px_server *s)
     px_txn_detached(c);
     px_batch_close(s);
     px_server_release(s, false);
+}
+
+bool px_txn_begin_query(struct px_client *c, struct evbuffer *out, const uint8_t *body,
+                        uint32_t len)
+{
+    struct px_server *s = c->server;
+    size_t blen = c->held_begin_len - 6; /* its text, without the terminator */
+    size_t total = 5 + blen + 1 + len;
+    uint8_t hdr[5] = {'Q'};
+    px_put_u32(hdr + 1, (uint32_t)(total - 1));
+    /* room first: the adds then cannot fail halfway through a message */
+    if (evbuffer_expand(out, total) < 0 || evbuffer_add(out, hdr, 5) < 0 ||
+        evbuffer_add(out, c->held_begin + 5, blen) < 0 || evbuffer_add(out, ";", 1) < 0 ||
+        evbuffer_add(out, body, len) < 0)
+        return false;
+    s->begin_prefix = true;
+    s->begin_failed = false;
+    s->begin_shift = (uint32_t)blen + 1;
+    px_txn_drop_begin(c);
+    return true;
+}
+
+bool px_txn_begin_alone(struct px_client *c, struct evbuffer *out)
+{
+    struct px_server *s = c->server;
+    if (evbuffer_add(out, c->held_begin, c->held_begin_len) < 0)
+        return false;
+    c->begin_merge = false; /* dropped with the prelude's replies (px_txn_prelude_done) */
+    s->hidden_queries++;
+    c->reply_hold = true;
+    return true;
+}
+
+bool px_txn_begin_reply(struct px_server *s, char type, enum px_relay_action *action)
+{
+    if (type == 'C') {
+        s->begin_prefix = false;
+        s->prefix_done = true;
+        *action = PX_RELAY_DROP_STOP;
+        return true;
+    }
+    if (type == 'E') {
+        /* PostgreSQL skips the rest of the Query: the client's statements never ran */
+        s->begin_prefix = false;
+        s->begin_failed = true;
+    }
+    return false; /* the error, a notice: the client's as always */
+}
+
+enum px_relay_action px_txn_begin_failed_ready(struct px_server *s, struct evbuffer *out)
+{
+    s->begin_failed = false;
+    s->begin_shift = 0;
+    if (s->pending_ready > 0)
+        s->pending_ready--;
+    s->txn_status = 'I';
+    s->commit_inflight = false;
+    s->group_failed = false;
+    s->copy_in = false;
+    struct px_client *c = s->client;
+    if (c) {
+        if (!px_txn_hold_failed_block(c) || px_wire_ready(out, 'E') < 0)
+            return PX_RELAY_CLOSE;
+        px_session_ready(c, 'E');
+    }
+    return PX_RELAY_DROP;
 }
 
 void px_txn_detached(struct px_client *c)

@@ -21,7 +21,10 @@
 
 #include <stdbool.h>
 
+#include <event2/buffer.h>
+
 #include "conn.h"
+#include "proto/relay.h"
 
 /* The client (state idle) has input: answer it, hold it, or ask for a server. */
 void px_txn_idle_input(struct px_client *c);
@@ -34,6 +37,30 @@ void px_txn_idle_input(struct px_client *c);
  * outside its transaction block.  False when out of memory.
  */
 bool px_txn_linked(struct px_client *c);
+
+/*
+ * The held BEGIN without a round trip of its own: when the message that made c take a
+ * server is a simple Query, the BEGIN is not sent in the prelude (c->begin_merge) but in
+ * front of that Query, as one Query `<BEGIN text>;<client's text>`: PostgreSQL runs both in
+ * one cycle, and the BEGIN's CommandComplete is swallowed (px_txn_begin_reply).  A failed
+ * BEGIN (a cancel hit it) means PostgreSQL ran nothing of the Query: the client gets the
+ * error and a ReadyForQuery 'E', and holds a failed block (px_txn_begin_failed_ready).
+ */
+/* c's Query (body, len: its body) goes to out with the held BEGIN in front, in place of
+ * the client's (which the relay then drops).  False when out of memory. */
+bool px_txn_begin_query(struct px_client *c, struct evbuffer *out, const uint8_t *body,
+                        uint32_t len);
+/* c's next message is not the Query the BEGIN was to go with (it was answered by pgwarden,
+ * or chaos rules came): the BEGIN goes alone to out, and the client's relay waits for its
+ * reply (c->reply_hold), as at link.  False when out of memory. */
+bool px_txn_begin_alone(struct px_client *c, struct evbuffer *out);
+/* A reply of s while s->begin_prefix: true when it is the BEGIN's CommandComplete,
+ * swallowed, which stops the relay (s->prefix_done); an error marks the BEGIN failed. */
+bool px_txn_begin_reply(struct px_server *s, char type, enum px_relay_action *action);
+/* The ReadyForQuery (already popped from the FIFO) of a Query whose BEGIN failed: for the
+ * client its block failed (ReadyForQuery 'E' written to out, a failed held block); the
+ * server, outside any block, may go back to the pool. */
+enum px_relay_action px_txn_begin_failed_ready(struct px_server *s, struct evbuffer *out);
 
 /* Every reply of c's prelude is in.  True when it succeeded: the client's messages may go.
  * False when it was sent again (after an error; at most three attempts) or when the client

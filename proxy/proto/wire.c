@@ -2,6 +2,7 @@
  * wire.c: protocol v3 parsing and builders (see wire.h).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proto/wire.h"
@@ -217,6 +218,47 @@ const char *px_wire_error_field(const char *body, size_t len, char code)
         p = nul + 1;
     }
     return NULL;
+}
+
+int px_wire_error_shift_position(struct evbuffer *out, char type, const uint8_t *body, uint32_t len,
+                                 uint32_t shift)
+{
+    uint8_t *copy = malloc((size_t)len + 1); /* the new body is no longer than the old */
+    if (!copy)
+        return -1;
+    const char *p = (const char *)body, *end = p + len;
+    size_t n = 0;
+    while (p < end && *p) {
+        char field = *p;
+        const char *value = p + 1, *nul = memchr(value, '\0', (size_t)(end - value));
+        if (!nul) {
+            free(copy);
+            return -1;
+        }
+        size_t vlen = (size_t)(nul - value);
+        if (field != 'P') {
+            memcpy(copy + n, p, vlen + 2);
+            n += vlen + 2;
+        } else {
+            char *stop;
+            unsigned long pos = strtoul(value, &stop, 10);
+            if (stop == nul && pos > shift) {
+                int w = snprintf((char *)copy + n + 1, vlen + 1, "%lu", pos - shift);
+                copy[n] = 'P';
+                n += (size_t)w + 2; /* fewer digits than before: it fits */
+            }
+        }
+        p = nul + 1;
+    }
+    copy[n++] = '\0';
+    uint8_t hdr[5] = {(uint8_t)type};
+    px_put_u32(hdr + 1, (uint32_t)(n + 4));
+    int rc = evbuffer_expand(out, 5 + n) < 0 || evbuffer_add(out, hdr, 5) < 0 ||
+                     evbuffer_add(out, copy, n) < 0
+                 ? -1
+                 : 0;
+    free(copy);
+    return rc;
 }
 
 /* Appends field code and the NUL-terminated s; the length it adds to *len. */

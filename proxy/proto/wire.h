@@ -218,4 +218,12 @@ int32_t px_wire_bind_param(const struct px_wire_bind *b, uint16_t i, const uint8
  */
 const char *px_wire_error_field(const char *body, size_t len, char code);
 
+/* Writes the ErrorResponse or NoticeResponse (type, body of len bytes) to out with its
+ * position field ('P', 1-based characters into the Query text) moved back by shift
+ * characters: the Query PostgreSQL ran had shift characters in front of the client's text.
+ * A position inside those characters (or not a number) is left out.  0, or -1 when the
+ * body is malformed or out of memory (nothing written then). */
+int px_wire_error_shift_position(struct evbuffer *out, char type, const uint8_t *body, uint32_t len,
+                                 uint32_t shift);
+
 #endif

@@ -457,6 +457,35 @@ static void test_diverged_transaction(void)
     diverged("transaction");
 }
 
+/* A replay whose responses are shorter than what the client saw (the rows it read are gone)
+ * ends before it reaches the last digest: that is a difference too, not a wait for more. */
+static void test_shorter_replay(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_short; CREATE TABLE rt_short (id int PRIMARY KEY, t text);"
+                "INSERT INTO rt_short SELECT g, repeat('x', 300) FROM generate_series(1, 3) g");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    PGresult *seen = PQexec(c, "SELECT t FROM rt_short ORDER BY id"); /* ~900 bytes seen */
+    CU_ASSERT_EQUAL(PQntuples(seen), 3);
+    PQclear(seen);
+    CU_ASSERT_STRING_EQUAL(v(d, "DELETE FROM rt_short"), "DELETE 3");
+    /* 40001; the replay reads no rows and updates none: a few dozen bytes in all */
+    CU_ASSERT_FATAL(PQsendQuery(c, "UPDATE rt_short SET t = 'y' WHERE id = 1"));
+    PGresult *r = itu_wait_result(c, 5000);
+    CU_ASSERT_PTR_NOT_NULL(r);
+    CU_ASSERT_STRING_EQUAL(r ? itu_sqlstate(r) : "(no answer)", "40001");
+    PQclear(r);
+    if (r) {
+        CU_ASSERT_STRING_EQUAL(v(c, "ROLLBACK"), "ROLLBACK");
+        CU_ASSERT_EQUAL(
+            metric("pgwarden_retries_total", "sqlstate=40001", "outcome=diverged", NULL), 1);
+    }
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
 /* ---- pgwarden locks are kept across a replay ------------------------------------------- */
 
 static void test_xact_lock_kept(void)
@@ -558,25 +587,31 @@ static void test_budget_stops_storm(void)
 
 /*
  * A TCP relay in a child process between pgwarden and PostgreSQL.  Commands on a pipe arm
- * it for the next client->server chunk that holds a Query "COMMIT":
- *   'c' forward the chunk, then the server's replies up to the first ReadyForQuery (the
- *       hidden transaction-id query's), and cut: PostgreSQL commits, pgwarden never hears;
- *   'a' forward only what comes before the COMMIT, the replies up to the first
- *       ReadyForQuery, and cut: PostgreSQL never sees the COMMIT and rolls back;
+ * it for the next client->server chunk that holds the Query pgwarden sends for a COMMIT,
+ * "SELECT pg_catalog.pg_current_xact_id_if_assigned();COMMIT" (path/outcome.h):
+ *   'c' forward the chunk, then the server's replies up to the first CommandComplete (the
+ *       transaction-id query's), and cut: PostgreSQL commits, pgwarden never hears;
+ *   'a' forward what comes before that Query and the Query cut after its first ';' (the
+ *       transaction-id query alone), the replies up to the first CommandComplete, and cut:
+ *       PostgreSQL never runs the COMMIT and rolls back;
  *   'u' cut at once, forwarding nothing of the chunk.
  * Other connections, and this one before the COMMIT, are relayed as they are.
  */
 #define RELAY_MAX 32
 
-/* Offset of the Query message "COMMIT" in buf, or -1. */
+#define XID_QUERY "SELECT pg_catalog.pg_current_xact_id_if_assigned();"
+
+/* Offset of the Query message XID_QUERY "COMMIT" in buf, or -1. */
 static ssize_t find_commit(const uint8_t *buf, ssize_t n)
 {
+    static const char want[] = XID_QUERY "COMMIT";
     for (ssize_t off = 0; off + 5 <= n;) {
         uint32_t len = (uint32_t)buf[off + 1] << 24 | (uint32_t)buf[off + 2] << 16 |
                        (uint32_t)buf[off + 3] << 8 | buf[off + 4];
         if (len < 4)
             return -1;
-        if (buf[off] == 'Q' && off + 11 <= n && !memcmp(buf + off + 5, "COMMIT", 6))
+        if (buf[off] == 'Q' && off + 5 + (ssize_t)sizeof(want) - 1 <= n &&
+            !memcmp(buf + off + 5, want, sizeof(want) - 1))
             return off;
         off += (ssize_t)len + 1;
     }
@@ -637,6 +672,11 @@ static void cut_relay_run(int lfd, int ctl, int target)
                         drop = true;
                     } else {
                         send_all(b[i], buf, armed == 'c' ? n : at);
+                        if (armed == 'a') { /* the transaction-id query alone */
+                            static const uint8_t qh[] = {'Q', 0, 0, 0, 4 + sizeof(XID_QUERY)};
+                            send_all(b[i], qh, sizeof(qh));
+                            send_all(b[i], (const uint8_t *)XID_QUERY, sizeof(XID_QUERY));
+                        }
                         armed = 0;
                         cutting[i] = true;
                         skip[i] = 0;
@@ -647,7 +687,7 @@ static void cut_relay_run(int lfd, int ctl, int target)
                     send_all(a[i], buf, n);
                     continue;
                 }
-                /* forward up to the end of the first ReadyForQuery, then cut */
+                /* forward up to the end of the first CommandComplete, then cut */
                 ssize_t off = 0;
                 while (off < n) {
                     if (skip[i]) {
@@ -662,7 +702,7 @@ static void cut_relay_run(int lfd, int ctl, int target)
                                    (uint32_t)buf[off + 3] << 8 | buf[off + 4];
                     char type = (char)buf[off];
                     skip[i] = len + 1;
-                    if (type == 'Z') {
+                    if (type == 'C') {
                         off += (ssize_t)skip[i];
                         skip[i] = 0;
                         drop = true;
@@ -846,6 +886,7 @@ static void register_suites(void)
         {"bank_transaction", test_bank_transaction},
         {"diverged_session", test_diverged_session},
         {"diverged_transaction", test_diverged_transaction},
+        {"shorter_replay", test_shorter_replay},
         {"xact_lock_kept", test_xact_lock_kept},
         {"retry_off", test_retry_off},
         {"max_attempts", test_max_attempts},

@@ -1274,6 +1274,19 @@ static const struct step begin_scripts[][MAX_STEPS] = {
     {{"BEGIN; COMMIT", "COMMIT", 'I'}},
     {{"~BEGIN", "BEGIN", 'T'}, {"~SELECT 7", "7", 'T'}, {"~COMMIT", "COMMIT", 'I'}},
     {{"BEGIN", "BEGIN", 'T'}, {"~SELECT 8", "8", 'T'}, {"COMMIT", "COMMIT", 'I'}},
+    /* the held BEGIN goes in front of the first Query (txn.h): a syntax error anywhere in
+     * that Query fails the BEGIN too, yet the client sees its block fail, as directly */
+    {{"BEGIN", "BEGIN", 'T'},
+     {"SELEC 1", "!42601", 'E'},
+     {"SELECT 1", "!25P02", 'E'},
+     {"ROLLBACK", "ROLLBACK", 'I'}},
+    {{"BEGIN ISOLATION LEVEL SERIALIZABLE", "BEGIN", 'T'},
+     {"SELECT nocol FROM pg_class", "!42703", 'E'},
+     {"COMMIT", "ROLLBACK", 'I'}},
+    {{"BEGIN", "BEGIN", 'T'},
+     {"SELECT 9; SELECT 10", "10", 'T'},
+     {"SELECT 'a' || ", "!42601", 'E'},
+     {"ROLLBACK", "ROLLBACK", 'I'}},
 };
 
 /* What a client sees of one statement. */
@@ -1282,6 +1295,7 @@ struct seen {
     char got[64]; /* as step.want */
     char txn;
     int notices;
+    char position[12]; /* of an error: where psql puts its caret */
 };
 
 static void count_notice(void *arg, const PGresult *res)
@@ -1302,6 +1316,8 @@ static void run_step(PGconn *c, const int *notices, const char *sql, struct seen
         snprintf(s->got, sizeof(s->got), "%s", cmd_tag(r));
     else
         snprintf(s->got, sizeof(s->got), "!%s", itu_sqlstate(r));
+    const char *pos = PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION);
+    snprintf(s->position, sizeof(s->position), "%s", pos ? pos : "");
     PQclear(r);
     static const char codes[] = {[PQTRANS_IDLE] = 'I',
                                  [PQTRANS_ACTIVE] = 'A',
@@ -1322,15 +1338,17 @@ static void compare_script(PGconn *direct, const int *dn, PGconn *via, const int
         run_step(direct, dn, st->sql, &want);
         run_step(via, vn, st->sql, &got);
         bool same = want.status == got.status && strcmp(want.got, got.got) == 0 &&
-                    want.txn == got.txn && want.notices == got.notices;
+                    want.txn == got.txn && want.notices == got.notices &&
+                    strcmp(want.position, got.position) == 0;
         bool as_written = strcmp(got.got, st->want) == 0 && got.txn == st->txn &&
                           strcmp(want.got, st->want) == 0 && want.txn == st->txn;
         if (!same || !as_written)
             fprintf(stderr,
-                    "\"%s\": expected %s %c; PostgreSQL: %s %s %c %d notice(s); "
-                    "through pgwarden: %s %s %c %d notice(s)\n",
+                    "\"%s\": expected %s %c; PostgreSQL: %s %s %c %d notice(s) position '%s'; "
+                    "through pgwarden: %s %s %c %d notice(s) position '%s'\n",
                     st->sql, st->want, st->txn, PQresStatus(want.status), want.got, want.txn,
-                    want.notices, PQresStatus(got.status), got.got, got.txn, got.notices);
+                    want.notices, want.position, PQresStatus(got.status), got.got, got.txn,
+                    got.notices, got.position);
         CU_ASSERT_TRUE(same);
         CU_ASSERT_TRUE(as_written);
     }
@@ -1360,6 +1378,23 @@ static void check_begin_takes_no_server(PGconn *p)
     conn_close(h);
 }
 
+/* The held BEGIN costs no round trip of its own: PostgreSQL received it in front of the
+ * first statement, in one Query (what pg_stat_activity shows); a BEGIN with a comment goes
+ * alone, as before. */
+static void check_begin_merged(PGconn *p)
+{
+#define ACTIVITY "SELECT query FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN ISOLATION LEVEL REPEATABLE READ"));
+    CU_ASSERT_STRING_EQUAL(itu_value(p, ACTIVITY),
+                           "BEGIN ISOLATION LEVEL REPEATABLE READ;" ACTIVITY);
+    CU_ASSERT_STRING_EQUAL(itu_value(p, "SHOW transaction_isolation"), "repeatable read");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN /* alone */"));
+    CU_ASSERT_STRING_EQUAL(itu_value(p, ACTIVITY), ACTIVITY);
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+#undef ACTIVITY
+}
+
 static void test_held_back_begin(void)
 {
     struct harness_proxy_opts o = txn_opts(1);
@@ -1374,8 +1409,10 @@ static void test_held_back_begin(void)
     PQsetNoticeReceiver(p, count_notice, &pn);
     for (size_t i = 0; i < sizeof(begin_scripts) / sizeof(begin_scripts[0]); i++)
         compare_script(d, &dn, p, &pn, begin_scripts[i]);
-    if (!g_direct)
+    if (!g_direct) {
         check_begin_takes_no_server(p);
+        check_begin_merged(p);
+    }
     conn_close(p);
     conn_close(d);
     txn_stop();

@@ -12,6 +12,7 @@
 
 #include "cunit_main.h"
 #include "retry/retry.h"
+#include "retry_int.h"
 #include "test_retry.h"
 
 #define RESP_LEN 3000
@@ -88,19 +89,131 @@ static void test_recorder_keeps_messages(void)
     make_txn(&t, 1);
     record(rec, &t);
     CU_ASSERT_TRUE(replay_rec_replayable(rec));
-    CU_ASSERT_EQUAL(replay_rec_count(rec), NMSGS);
     CU_ASSERT_EQUAL(replay_rec_response_bytes(rec), RESP_LEN);
+    const unsigned char *b = replay_rec_bytes(rec, &len);
+    size_t off = 0;
     for (int i = 0; i < NMSGS; i++) {
-        const char *m = replay_rec_msg(rec, i, &len);
-        CU_ASSERT_EQUAL(len, strlen(t.msgs[i]) + 1);
-        CU_ASSERT_STRING_EQUAL(m, t.msgs[i]);
+        size_t n = strlen(t.msgs[i]) + 1;
+        CU_ASSERT_FATAL(off + n <= len);
+        CU_ASSERT_EQUAL(memcmp(b + off, t.msgs[i], n), 0);
+        off += n;
     }
-    CU_ASSERT_PTR_NULL(replay_rec_msg(rec, NMSGS, &len));
+    CU_ASSERT_EQUAL(off, len);
     replay_rec_reset(rec);
-    CU_ASSERT_EQUAL(replay_rec_count(rec), 0);
+    replay_rec_bytes(rec, &len);
+    CU_ASSERT_EQUAL(len, 0);
     CU_ASSERT_EQUAL(replay_rec_response_bytes(rec), 0);
     replay_rec_free(rec);
     replay_rec_free(NULL);
+}
+
+/* Bytes arrive (pending), some are kept, some dropped (taken by the proxy itself), and the
+ * transaction is exactly the kept ones, in order; pending bytes survive a reset. */
+static void test_pending_kept_and_dropped(void)
+{
+    struct retry_config cfg = rec_cfg(1 << 20, 64);
+    struct replay_rec *rec = replay_rec_new(&cfg);
+    size_t len;
+    const unsigned char *p;
+
+    CU_ASSERT_EQUAL(replay_rec_input(rec, "aaaBBBcc", 8), RETRY_OK);
+    p = replay_rec_pending(rec, &len);
+    CU_ASSERT_EQUAL(len, 8);
+    CU_ASSERT_EQUAL(memcmp(p, "aaaBBBcc", 8), 0);
+    CU_ASSERT_EQUAL(replay_rec_consume(rec, 3), RETRY_OK);
+    CU_ASSERT_EQUAL(replay_rec_response(rec, "r1", 2), RETRY_OK);
+    replay_rec_drop(rec, 3);                                        /* BBB: not the client's */
+    CU_ASSERT_EQUAL(replay_rec_message(rec, "x", 1), RETRY_EINVAL); /* pending in line */
+    CU_ASSERT_EQUAL(replay_rec_input(rec, "dd", 2), RETRY_OK);
+    p = replay_rec_pending(rec, &len);
+    CU_ASSERT_EQUAL(len, 4);
+    CU_ASSERT_EQUAL(memcmp(p, "ccdd", 4), 0);
+    CU_ASSERT_EQUAL(replay_rec_consume(rec, 3), RETRY_OK);
+    p = replay_rec_bytes(rec, &len);
+    CU_ASSERT_EQUAL(len, 6);
+    CU_ASSERT_EQUAL(memcmp(p, "aaaccd", 6), 0);
+    CU_ASSERT_EQUAL(replay_rec_kept_bytes(rec) > 6, true); /* and a checkpoint after "r1" */
+    /* a big transaction: its memory goes back at the reset, the pending byte stays */
+    unsigned char big[4096];
+    memset(big, 'z', sizeof(big));
+    for (int i = 0; i < 40; i++) {
+        CU_ASSERT_EQUAL(replay_rec_consume(rec, 0), RETRY_OK);
+        CU_ASSERT_EQUAL(replay_rec_input(rec, big, sizeof(big)), RETRY_OK);
+        p = replay_rec_pending(rec, &len);
+        CU_ASSERT_EQUAL(replay_rec_consume(rec, len - 1), RETRY_OK);
+        CU_ASSERT_EQUAL(replay_rec_input(rec, "e", 1), RETRY_OK);
+        CU_ASSERT_EQUAL(replay_rec_consume(rec, 1), RETRY_OK);
+    }
+    replay_rec_bytes(rec, &len);
+    CU_ASSERT_EQUAL(len, 6 + 40 * (sizeof(big) + 1)); /* one pending byte joins each time */
+    replay_rec_reset(rec);
+    p = replay_rec_pending(rec, &len);
+    CU_ASSERT_EQUAL(len, 1);
+    CU_ASSERT_EQUAL(p[0], 'e');
+    replay_rec_bytes(rec, &len);
+    CU_ASSERT_EQUAL(len, 0);
+    CU_ASSERT_EQUAL(replay_rec_kept_bytes(rec), 0);
+    CU_ASSERT_EQUAL(replay_rec_consume(rec, 1), RETRY_OK);
+    replay_rec_free(rec);
+    /* over the buffer: kept bytes are dropped from then on, pending ones stay right */
+    cfg.retry_buffer_bytes = 4;
+    rec = replay_rec_new(&cfg);
+    CU_ASSERT_EQUAL(replay_rec_input(rec, "0123456789", 10), RETRY_OK);
+    CU_ASSERT_EQUAL(replay_rec_consume(rec, 3), RETRY_OK);
+    CU_ASSERT_EQUAL(replay_rec_consume(rec, 3), RETRY_OVER_BUFFER);
+    CU_ASSERT_FALSE(replay_rec_replayable(rec));
+    p = replay_rec_pending(rec, &len);
+    CU_ASSERT_EQUAL(len, 4);
+    CU_ASSERT_EQUAL(memcmp(p, "6789", 4), 0);
+    replay_rec_drop(rec, 10);
+    replay_rec_pending(rec, &len);
+    CU_ASSERT_EQUAL(len, 0);
+    replay_rec_free(rec);
+}
+
+/* The streamed digest: the same bytes give the same digest however they are split, any
+ * other bytes (or another key) a different one. */
+static void test_digest_streams(void)
+{
+    unsigned char data[100], d1[16], d2[16], d3[16];
+    for (int i = 0; i < 100; i++)
+        data[i] = (unsigned char)(i * 37 + 11);
+    struct replay_hash h;
+    replay_hash_init(&h);
+    replay_hash_update(&h, data, sizeof(data));
+    replay_hash_final(&h, d1);
+    for (size_t a = 0; a <= sizeof(data); a++) {
+        for (size_t b = a; b <= sizeof(data); b += 7) {
+            replay_hash_init(&h);
+            replay_hash_update(&h, data, a);
+            replay_hash_final(&h, d3); /* a checkpoint on the way changes nothing */
+            replay_hash_update(&h, data + a, b - a);
+            replay_hash_update(&h, data + b, sizeof(data) - b);
+            replay_hash_final(&h, d2);
+            CU_ASSERT_EQUAL(memcmp(d1, d2, 16), 0);
+        }
+    }
+    /* every prefix length has its own digest (the length is absorbed) */
+    unsigned char zeros[16] = {0}, prev[16];
+    memset(prev, 0, sizeof(prev));
+    for (size_t n = 0; n <= 24; n++) {
+        replay_hash_init(&h);
+        replay_hash_update(&h, zeros, n < 16 ? n : 16);
+        if (n > 16)
+            replay_hash_update(&h, zeros, n - 16);
+        replay_hash_final(&h, d2);
+        CU_ASSERT_NOT_EQUAL(memcmp(d2, prev, 16), 0);
+        memcpy(prev, d2, 16);
+    }
+    /* another key, another digest */
+    unsigned char key[16] = {1};
+    replay_digest_key(key);
+    replay_hash_init(&h);
+    replay_hash_update(&h, data, sizeof(data));
+    replay_hash_final(&h, d2);
+    CU_ASSERT_NOT_EQUAL(memcmp(d1, d2, 16), 0);
+    memset(key, 0, sizeof(key));
+    replay_digest_key(key);
 }
 
 static void test_identical_replay_matches(void)
@@ -296,6 +409,8 @@ static void test_empty_transaction(void)
 
 static const CU_TestInfo tests[] = {
     {"recorder_keeps_messages", test_recorder_keeps_messages},
+    {"pending_kept_and_dropped", test_pending_kept_and_dropped},
+    {"digest_streams", test_digest_streams},
     {"identical_replay_matches", test_identical_replay_matches},
     {"match_reports_new_bytes", test_match_reports_new_bytes},
     {"short_replay_never_matches", test_short_replay_never_matches},

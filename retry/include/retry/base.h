@@ -23,7 +23,6 @@ enum retry_status {
     RETRY_NOT_REPLAYABLE, /* verifier: the recording cannot be replayed */
     RETRY_NOMEM,          /* allocation failed */
     RETRY_EINVAL,         /* bad argument or configuration value */
-    RETRY_DIGEST_ERROR,   /* OpenSSL digest failure */
 };
 
 /* Static description of a status; never NULL. */

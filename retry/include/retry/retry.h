@@ -8,7 +8,7 @@
  *   backoff.h   delay before each retry (full, equal, decorrelated, none jitter)
  *   budget.h    retries as a share of recent first attempts, per database
  *   breaker.h   circuit breaker per database, probes run by the proxy
- *   replay.h    transaction recorder and replay verifier (SHA-256 checkpoints)
+ *   replay.h    transaction recorder and replay verifier (keyed SipHash checkpoints)
  * This header adds struct retry_config, the [retry] section.  See retry/README.md.
  */
 #ifndef PGW_RETRY_RETRY_H
