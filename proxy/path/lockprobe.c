@@ -31,15 +31,17 @@
 #include "path/lockprobe.h"
 #include "path/locks.h"
 
-#define MAX_CLUSTERS 8
-#define MAX_NODES    256 /* clients and backends one round follows */
-#define MAX_CANDS    256 /* backends asked about per cluster */
-#define MAX_PGEDGES  1024
-#define MAX_CYCLE    32
-#define MAX_WEDGES   64   /* pgwarden edges read per waiter */
-#define DEPTH_MAX    8    /* recursion of the blocking query */
-#define ROUND_MIN_MS 1000 /* a round (connect + queries) gets at least this long */
-#define NODE_PID     (1ull << 63)
+#define MAX_CLUSTERS   8
+#define MAX_NODES      256 /* clients and backends one round follows */
+#define MAX_CANDS      256 /* backends asked about per cluster */
+#define MAX_PGEDGES    1024
+#define MAX_CYCLE      32
+#define MAX_WEDGES     64    /* pgwarden edges read per waiter */
+#define DEPTH_MAX      8     /* recursion of the blocking query */
+#define ROUND_MIN_MS   1000  /* a round (connect + queries) gets at least this long */
+#define BACKOFF_MIN_MS 1000  /* after a failure, no new attempt on the cluster before this */
+#define BACKOFF_MAX_MS 30000 /* doubling up to this while it keeps failing */
+#define NODE_PID       (1ull << 63)
 
 struct cluster {
     char host[256];
@@ -48,11 +50,12 @@ struct cluster {
     struct event *ev;
     bool connecting, busy;
     bool failed; /* last attempt failed: logged once until it works again */
+    /* after a failure (PostgreSQL down, login refused, no answer in time) the cluster is
+     * left alone until retry_ms, backoff_ms doubling while it keeps failing */
+    uint64_t retry_ms;
+    uint32_t backoff_ms;
     int32_t cands[MAX_CANDS];
     size_t ncands;
-    /* credentials of the pool that asked first (borrowed strings live in the pool) */
-    char dbname[128], user[128];
-    char password[256];
 };
 
 struct pgedge {
@@ -137,12 +140,6 @@ void px_lockprobe_wait_begin(struct px_client *c)
         arm((uint64_t)px.cfg->hybrid_probe_ms);
 }
 
-void px_lockprobe_wait_end(struct px_client *c)
-{
-    if (linked(c))
-        px_list_remove(&c->lockprobe_link);
-}
-
 static void cluster_close(struct cluster *k)
 {
     if (k->ev)
@@ -154,10 +151,29 @@ static void cluster_close(struct cluster *k)
     k->connecting = k->busy = false;
 }
 
+void px_lockprobe_wait_end(struct px_client *c)
+{
+    if (!linked(c))
+        return;
+    px_list_remove(&c->lockprobe_link);
+    px_list_init(&c->lockprobe_link);
+    if (P.in_round || !px_list_empty(&P.waiters))
+        return;
+    /* nobody waits: no timer, no connection (a round in flight ends by itself) */
+    evtimer_del(P.timer);
+    for (size_t i = 0; i < P.ncl; i++)
+        cluster_close(&P.cl[i]);
+}
+
 void px_lockprobe_shutdown(void)
 {
     for (size_t i = 0; i < P.ncl; i++)
         cluster_close(&P.cl[i]);
+    while (P.inited && !px_list_empty(&P.waiters)) {
+        struct px_list *it = P.waiters.next;
+        px_list_remove(it);
+        px_list_init(it);
+    }
     if (P.timer)
         event_free(P.timer);
     memset(&P, 0, sizeof(P));
@@ -348,7 +364,7 @@ static bool find_cycle(struct px_client *start)
 
 static void round_end(void);
 static void analyze(void);
-static void cluster_fail(struct cluster *k);
+static void cluster_fail(struct cluster *k, const char *why);
 
 static void cluster_done(struct cluster *k, bool ok)
 {
@@ -357,9 +373,10 @@ static void cluster_done(struct cluster *k, bool ok)
     k->ev = NULL;
     k->busy = false;
     if (!ok) {
-        cluster_fail(k);
+        cluster_fail(k, NULL);
     } else {
         k->failed = false;
+        k->backoff_ms = 0;
     }
     if (P.outstanding > 0 && --P.outstanding == 0)
         analyze();
@@ -370,6 +387,9 @@ static bool cluster_wait(struct cluster *k, short what)
 {
     if (k->ev)
         event_free(k->ev);
+    k->ev = NULL;
+    if (PQsocket(k->conn) < 0)
+        return false;
     k->ev = event_new(px.base, PQsocket(k->conn), what, cluster_step, k);
     return k->ev && event_add(k->ev, NULL) == 0;
 }
@@ -514,14 +534,24 @@ static bool cluster_start(struct cluster *k, const struct px_pool *pool)
     return cluster_wait(k, EV_WRITE);
 }
 
-/* A query could not be started: logged once, the connection closed. */
-static void cluster_fail(struct cluster *k)
+/* The cluster's connection or query failed (why: NULL for libpq's message): logged once
+ * until it works again, the connection closed, no new attempt before the backoff ends. */
+static void cluster_fail(struct cluster *k, const char *why)
 {
+    if (!why)
+        why = k->conn ? PQerrorMessage(k->conn) : "out of memory";
+    int len = (int)strcspn(why, "\n"); /* libpq's message ends with a newline */
     if (!k->failed)
-        px_warning("lockprobe", 0, 0, "cannot ask PostgreSQL at %s:%d for lock waits: %s", k->host,
-                   k->port, k->conn ? PQerrorMessage(k->conn) : "out of memory");
+        px_warning("lockprobe", 0, 0,
+                   "cannot ask PostgreSQL at %s:%d for lock waits (hybrid deadlocks are not "
+                   "found meanwhile; retried with backoff): %.*s",
+                   k->host, k->port, len, why);
     k->failed = true;
     cluster_close(k);
+    k->backoff_ms = k->backoff_ms ? k->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (k->backoff_ms > BACKOFF_MAX_MS)
+        k->backoff_ms = BACKOFF_MAX_MS;
+    k->retry_ms = px_now_ms() + k->backoff_ms;
 }
 
 /* ---- rounds -------------------------------------------------------------------------- */
@@ -555,10 +585,9 @@ static void tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
     if (P.in_round) { /* the round took too long: give it up */
-        px_warning("lockprobe", 0, 0, "lock-wait probe got no answer in time: retried later");
         for (size_t i = 0; i < P.ncl; i++)
             if (P.cl[i].busy || P.cl[i].connecting)
-                cluster_close(&P.cl[i]);
+                cluster_fail(&P.cl[i], "no answer in time");
         round_end();
         return;
     }
@@ -611,12 +640,12 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     P.in_round = true;
     P.round_start_us = now_us();
     for (size_t i = 0; i < P.ncl; i++) {
-        if (!P.cl[i].ncands)
-            continue;
+        if (!P.cl[i].ncands || now < P.cl[i].retry_ms)
+            continue; /* nothing to ask, or failing: left alone until its backoff ends */
         if (first[i] && cluster_start(&P.cl[i], first[i]))
             P.outstanding++;
         else
-            cluster_fail(&P.cl[i]);
+            cluster_fail(&P.cl[i], NULL);
     }
     if (!P.outstanding) { /* no holder is running a statement: look again later */
         P.in_round = false;

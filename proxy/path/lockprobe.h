@@ -7,8 +7,9 @@
  * PostgreSQL's detector sees a cycle.  This module finds such cycles and ends one pgwarden
  * wait on each with 40P01 (path/locks.h px_locks_deadlock_victim).
  *
- * Cost.  Nothing runs while no client waits for a pgwarden lock.  While some do, one timer
- * is armed for the moment the oldest wait reaches [locks] hybrid_probe_ms.  A wait that
+ * Cost.  Nothing runs while no client waits for a pgwarden lock (the timer is deleted and
+ * the connections closed when the last wait ends).  While some do, one timer is armed for
+ * the moment the oldest wait reaches [locks] hybrid_probe_ms.  A wait that
  * long starts a probe round only when a client it waits for (through pgwarden's wait-for
  * edges, lockmgr_wait_edges) has a server with a statement in flight; then one query per
  * PostgreSQL cluster asks pg_blocking_pids() for those backends and, recursively, for the
@@ -16,8 +17,11 @@
  *
  * Connection.  Its own libpq connection per PostgreSQL cluster (host and port of the
  * pools' [databases] entries), opened when a round needs it and closed when no wait is
- * long any more: never a pool server (the pool may be exhausted by the very clients in
- * the cycle, and a query on a pool server would need the path's reply bookkeeping).
+ * long any more.  A round is given up after max(4 * hybrid_probe_ms, 1 s); a cluster whose
+ * connection or query fails (down, login refused, no answer in time) is logged once and
+ * left alone for a backoff of 1 s doubling to 30 s.  Never a pool server (the pool may be
+ * exhausted by the very clients in the cycle, and a query on a pool server would need the
+ * path's reply bookkeeping).
  *
  * No false deadlocks.  A cycle found in one round is acted on only after a second query
  * confirms every PostgreSQL edge of it, while every pgwarden edge of it is checked to be

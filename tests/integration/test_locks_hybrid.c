@@ -12,8 +12,15 @@
  *   slow_not_cycle   A holds K, A's UPDATE waits for a row held by D, which sleeps in its
  *                    transaction (no cycle); B waits for K for seconds.  Never reported: B
  *                    gets the lock once D commits and A commits.
+ *   probe_refused    the A/B cycle while PostgreSQL refuses pgwarden's probe connection
+ *                    (the role's CONNECTION LIMIT reached): nothing hangs, the failure is
+ *                    logged, B's lock call ends by its own timeout (55P03), A goes on.
+ *   short_waits      many lock waits shorter than hybrid_probe_ms (the default, 200), each
+ *                    behind a holder busy in a statement: PostgreSQL is never asked
+ *                    (lock_hybrid_probes stays 0).
  *
- * hybrid_probe_ms is 100; PostgreSQL's own deadlock_timeout (1 s) never sees these cycles.
+ * hybrid_probe_ms is 100 except in short_waits; PostgreSQL's own deadlock_timeout (1 s)
+ * never sees these cycles.
  * ITEST_DEBUG=1 dumps pgwarden's log.  The time from the cycle forming to the 40P01 is
  * printed ("hybrid: ... ms").
  */
@@ -73,7 +80,7 @@ static int suite_cleanup(void)
     return 0;
 }
 
-static struct harness_proxy *start(void)
+static struct harness_proxy *start_probe(const char *tail)
 {
     alarm(TEST_LIMIT_S);
     struct harness_proxy_opts o = {.pool_mode = g_mode,
@@ -83,9 +90,14 @@ static struct harness_proxy *start(void)
                                    .log_level = getenv("ITEST_DEBUG") ? "debug" : "info",
                                    .query_wait_timeout_ms = 60000,
                                    .admin = true,
-                                   .tail_extra = "[locks]\nhybrid_probe_ms = 100\n"};
+                                   .tail_extra = tail};
     g_px = harness_proxy_start(&o);
     return g_px;
+}
+
+static struct harness_proxy *start(void)
+{
+    return start_probe("[locks]\nhybrid_probe_ms = 100\n");
 }
 
 static void stop(void)
@@ -286,19 +298,6 @@ static void test_slow_not_cycle(void)
     CU_ASSERT_TRUE(exec_ok(a, "INSERT INTO hybrid_rows SELECT g, 0 FROM generate_series(1, 3) g "
                               "ON CONFLICT DO NOTHING"));
 
-    /* a wait shorter than hybrid_probe_ms asks PostgreSQL nothing */
-    CU_ASSERT(atoll(q(a, "SELECT pgwarden_lock('hy:short', 'exclusive')")) > 0);
-    CU_ASSERT(PQsendQuery(b, "SELECT pgwarden_lock('hy:short', 'exclusive')") == 1);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pg_sleep(0.04)"), ""); /* a holder busy in a statement */
-    CU_ASSERT_FALSE(ready_within(b, 0));
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('hy:short')"), "t");
-    PGresult *r0 = itu_wait_result(b, 2000);
-    CU_ASSERT_EQUAL(PQresultStatus(r0), PGRES_TUPLES_OK);
-    PQclear(r0);
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('hy:short')"), "t");
-    itu_sleep_ms(200);
-    CU_ASSERT_EQUAL(metric("lock_hybrid_probes"), 0);
-
     CU_ASSERT_STRING_EQUAL(q(d, "BEGIN"), "BEGIN");
     CU_ASSERT_STRING_EQUAL(q(d, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     /* d keeps the row for 2.5 s: first busy in pg_sleep, then it commits */
@@ -336,12 +335,85 @@ static void test_slow_not_cycle(void)
     stop();
 }
 
+/* ---- the probe connection refused ------------------------------------------------------------ */
+
+static void test_probe_refused(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start());
+    PGconn *a = conn("alice"), *b = conn("bob");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_TRUE(
+        exec_ok(a, "CREATE TABLE IF NOT EXISTS hybrid_rows (id int PRIMARY KEY, v int)"));
+    CU_ASSERT_TRUE(exec_ok(a, "INSERT INTO hybrid_rows SELECT g, 0 FROM generate_series(1, 3) g "
+                              "ON CONFLICT DO NOTHING"));
+    /* both clients get their servers first (a real statement in each transaction) */
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 1"), "1");
+    CU_ASSERT(atoll(q(a, "SELECT pgwarden_xact_lock('hy:kr', 'exclusive')")) > 0);
+    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    /* no new connection of the test role from now on: the probe's is refused */
+    CU_ASSERT_EQUAL_FATAL(harness_cluster_exec("ALTER ROLE pgwarden_test CONNECTION LIMIT 0"), 0);
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT(PQsendQuery(b, "SELECT pgwarden_xact_lock('hy:kr', 'exclusive', 2000)") == 1);
+    CU_ASSERT(PQsendQuery(a, "UPDATE hybrid_rows SET v = v + 10 WHERE id = 1") == 1);
+    PGresult *r = itu_wait_result(b, 6000);
+    int64_t took = itu_now_ms() - t0;
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55P03"); /* its own timeout, not a hang */
+    CU_ASSERT(took >= 1900 && took < 4000);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(b, "ROLLBACK"), "ROLLBACK");
+    r = itu_wait_result(a, 3000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_EQUAL(harness_cluster_exec("ALTER ROLE pgwarden_test CONNECTION LIMIT -1"), 0);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "cannot ask PostgreSQL at"));
+    CU_ASSERT_EQUAL(metric("lock_hybrid_probes"), 0); /* no connection: no query sent */
+    CU_ASSERT_EQUAL(metric("lock_hybrid_deadlocks"), 0);
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+/* ---- short waits: nothing asked ------------------------------------------------------------ */
+
+static void test_short_waits(void)
+{
+    /* the default hybrid_probe_ms (200); each wait lasts about 20 ms plus round trips */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start_probe(""));
+    PGconn *a = conn("alice"), *b = conn("bob");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    for (int i = 0; i < 20; i++) {
+        CU_ASSERT(atoll(q(a, "SELECT pgwarden_lock('hy:short', 'exclusive')")) > 0);
+        CU_ASSERT(PQsendQuery(b, "SELECT pgwarden_lock('hy:short', 'exclusive')") == 1);
+        CU_ASSERT_FALSE(ready_within(b, 0));
+        /* the holder busy in a statement, as a holder on a hybrid cycle would be */
+        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pg_sleep(0.02)"), "");
+        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('hy:short')"), "t");
+        PGresult *r = itu_wait_result(b, 2000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+        PQclear(r);
+        CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('hy:short')"), "t");
+    }
+    itu_sleep_ms(300);
+    CU_ASSERT_EQUAL(metric("lock_hybrid_probes"), 0);
+    CU_ASSERT_EQUAL(metric("lock_hybrid_deadlocks"), 0);
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
         {"ab_cycle", test_ab_cycle},
         {"three_party", test_three_party},
         {"slow_not_cycle", test_slow_not_cycle},
+        {"probe_refused", test_probe_refused},
+        {"short_waits", test_short_waits},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("locks_hybrid_session", suite_init_session, suite_cleanup, tests);
