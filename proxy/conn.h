@@ -285,6 +285,9 @@ struct px_server {
      * count once); its login stopped because pgwarden has no credentials the server's
      * method accepts (the database answered: not its failure). */
     uint64_t probe_id;
+    /* Counts the server's assignments to a client (pool.c, batch.c): path/lockprobe.c checks
+     * that a backend served the same client throughout a deadlock check. */
+    uint64_t client_gen;
     bool breaker_counted;
     bool login_no_credentials;
 

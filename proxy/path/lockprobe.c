@@ -83,6 +83,7 @@ struct cedge {
     uint8_t cl;
     int32_t pid, blocker;
     uint64_t from_server, to_server;
+    uint64_t from_gen, to_gen; /* the servers' client_gen: no reassignment in between */
 };
 
 static struct {
@@ -209,8 +210,9 @@ static bool busy(const struct px_server *s)
     return s && s->state == PX_SV_ACTIVE && s->backend_pid && (s->pending_ready > 0 || s->unsynced);
 }
 
-/* The client whose server is backend pid of cluster cl, or NULL. */
-static struct px_client *client_of_backend(int cl, int32_t pid, uint64_t *server_id)
+/* The client whose server is backend pid of cluster cl, or NULL; *server_id and *gen
+ * identify the server and its current assignment (left alone when NULL). */
+static struct px_client *client_of_backend(int cl, int32_t pid, uint64_t *server_id, uint64_t *gen)
 {
     struct px_list *it;
     for (it = px.pools.next; it != &px.pools; it = it->next) {
@@ -222,6 +224,7 @@ static struct px_client *client_of_backend(int cl, int32_t pid, uint64_t *server
             struct px_server *s = PX_CONTAINER_OF(si, struct px_server, link);
             if ((int32_t)s->backend_pid == pid && s->client) {
                 *server_id = s->id;
+                *gen = s->client_gen;
                 return s->client;
             }
         }
@@ -235,10 +238,10 @@ static uint64_t pid_key(int cl, int32_t pid)
 }
 
 /* The node of backend pid: its client's, or the backend itself. */
-static struct node backend_node(int cl, int32_t pid, uint64_t *server_id)
+static struct node backend_node(int cl, int32_t pid, uint64_t *server_id, uint64_t *gen)
 {
-    *server_id = 0;
-    struct px_client *c = client_of_backend(cl, pid, server_id);
+    *server_id = *gen = 0;
+    struct px_client *c = client_of_backend(cl, pid, server_id, gen);
     struct node n = {c ? c->id : pid_key(cl, pid), c};
     return n;
 }
@@ -278,11 +281,12 @@ static size_t out_edges(const struct node *n, struct cedge *out, size_t cap, str
     }
     int cl = -1;
     int32_t pid = 0;
-    uint64_t from_server = 0;
+    uint64_t from_server = 0, from_gen = 0;
     if (c && busy(c->server)) {
         cl = cluster_of(c->server->pool, false);
         pid = (int32_t)c->server->backend_pid;
         from_server = c->server->id;
+        from_gen = c->server->client_gen;
     } else if (!c) {
         cl = (int)((n->key >> 32) & 0x7fffffff);
         pid = (int32_t)(uint32_t)n->key;
@@ -300,7 +304,8 @@ static size_t out_edges(const struct node *n, struct cedge *out, size_t cap, str
         ce->pid = pid;
         ce->blocker = P.pge[i].blocker;
         ce->from_server = from_server;
-        to[k] = backend_node(cl, ce->blocker, &ce->to_server);
+        ce->from_gen = from_gen;
+        to[k] = backend_node(cl, ce->blocker, &ce->to_server, &ce->to_gen);
         ce->to = to[k].key;
         k++;
     }
@@ -666,8 +671,12 @@ static void round_end(void)
     P.outstanding = 0;
     P.npge = 0;
     evtimer_del(P.timer);
-    if (!px_list_empty(&P.waiters))
+    if (!px_list_empty(&P.waiters)) {
         arm((uint64_t)(px.cfg->hybrid_probe_ms > 0 ? px.cfg->hybrid_probe_ms : 1000));
+        return;
+    }
+    for (size_t i = 0; i < P.ncl; i++)
+        cluster_close(&P.cl[i]); /* the last wait ended during the round */
 }
 
 /* Every edge of P.cyc still holds (after the second query). */
@@ -681,13 +690,15 @@ static bool cycle_holds(void)
             for (size_t j = 0; j < P.npge && !found; j++)
                 found = P.pge[j].cl == e->cl && P.pge[j].pid == e->pid &&
                         P.pge[j].blocker == e->blocker;
-            uint64_t sid = 0;
-            struct px_client *fc = client_of_backend(e->cl, e->pid, &sid);
+            uint64_t sid = 0, gen = 0;
+            struct px_client *fc = client_of_backend(e->cl, e->pid, &sid, &gen);
             if (!found || (fc ? fc->id : pid_key(e->cl, e->pid)) != e->from ||
-                sid != e->from_server || (fc && !busy(fc->server)))
+                sid != e->from_server || gen != e->from_gen || (fc && !busy(fc->server)))
                 return false;
-            struct px_client *tc = client_of_backend(e->cl, e->blocker, &sid);
-            if ((tc ? tc->id : pid_key(e->cl, e->blocker)) != e->to || sid != e->to_server)
+            sid = gen = 0;
+            struct px_client *tc = client_of_backend(e->cl, e->blocker, &sid, &gen);
+            if ((tc ? tc->id : pid_key(e->cl, e->blocker)) != e->to || sid != e->to_server ||
+                gen != e->to_gen)
                 return false;
             continue;
         }

@@ -26,7 +26,10 @@
  * No false deadlocks.  A cycle found in one round is acted on only after a second query
  * confirms every PostgreSQL edge of it, while every pgwarden edge of it is checked to be
  * the same wait and the same grant (wait sequence, fencing token) at both times, and every
- * backend still serves the same client: so the whole cycle existed at one instant.
+ * backend still serves the same client in the same assignment (server id and client_gen):
+ * so every edge was there during the second query.  A node on a cycle waits and releases
+ * nothing; an edge can only go away by an outside event (a timeout, a cancel, another
+ * detector's victim) racing with the check, as for any deadlock detector.
  *
  * Event loop thread only.
  */
