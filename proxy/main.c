@@ -267,6 +267,7 @@ static void teardown(void)
     px_cancel_destroy();
     px_stmt_registry_free(px.stmt_registry);
     px_relay_shutdown();
+    px_client_shutdown_buffers();
     px_batch_shutdown();
     px.stmt_registry = NULL;
     struct event *events[] = {px.janitor, px.reaper, px.sig_term, px.sig_int, px.sig_hup};

@@ -26,6 +26,7 @@
 #include "metrics/stats.h"
 #include "net/cancel.h"
 #include "net/client.h"
+#include "proto/relay.h"
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_auth_ok(struct px_client *c);
@@ -34,6 +35,35 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 
 static const char *const state_names[] = {"login",   "idle",    "waiting", "active",
                                           "batched", "failing", "closing"};
+
+/* ---- login replies --------------------------------------------------------------------- */
+
+/* The replies of a plain-TCP client's login are assembled here and written to its socket
+ * directly (px_relay_write), as the relay writes replies: through the bufferevent each one
+ * would add its write event, wake the loop and remove it again (three system calls per
+ * reply, three replies per SCRAM login).  Flushed before any other write to the client
+ * (login_flush), so the order stays; always empty between events. */
+static struct evbuffer *login_scratch;
+
+static struct evbuffer *login_out(struct px_client *c)
+{
+    if (!c->fd_in_tls_bev && (login_scratch || (login_scratch = evbuffer_new())))
+        return login_scratch;
+    return bufferevent_get_output(c->bev);
+}
+
+static void login_flush(struct px_client *c)
+{
+    if (login_scratch && evbuffer_get_length(login_scratch) > 0)
+        px_relay_write(login_scratch, bufferevent_get_output(c->bev), c->fd);
+}
+
+void px_client_shutdown_buffers(void)
+{
+    if (login_scratch)
+        evbuffer_free(login_scratch);
+    login_scratch = NULL;
+}
 
 const char *px_client_state_name(enum px_client_state st)
 {
@@ -163,7 +193,9 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     px_stats_client_accepted();
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    bufferevent_enable(c->bev, EV_WRITE);
+    /* A new bufferevent is enabled for writing already; enabling it again would add its
+     * write event at once (an epoll_ctl, a wake-up with nothing to write, another epoll_ctl
+     * to remove it: three system calls per connection for nothing). */
     px_reader_enable(&c->rd, true);
     px_debug("client", 'C', c->id, "connection from %s", c->addr);
 }
@@ -222,6 +254,7 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
 {
     if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
         return; /* one error per client */
+    login_flush(c);
     if (sqlstate) {
         px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
         px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
@@ -236,6 +269,7 @@ void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
 {
     if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
         return;
+    login_flush(c);
     size_t len = evbuffer_get_length(error);
     const uint8_t *bytes = evbuffer_pullup(error, (ssize_t)len);
     if (!bytes || evbuffer_add(bufferevent_get_output(c->bev), bytes, len) < 0) {
@@ -336,7 +370,7 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
 
 static void send_auth_request(struct px_client *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = login_out(c);
     const struct px_scram_secret *secret;
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST: client_auth_ok(c); return;
@@ -385,11 +419,12 @@ static void scram_refused(struct px_client *c)
 
 void px_client_welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = login_out(c);
     for (size_t i = 0; i < params->n; i++)
         px_wire_param_status(out, params->items[i].name, params->items[i].value);
     px_wire_backend_key(out, c->cancel_pid, c->cancel_key);
     px_wire_ready(out, 'I');
+    login_flush(c); /* the client may be answered by other writers from now on */
     c->welcomed = true;
     c->welcome = px_welcome_ref(w);
 }
@@ -397,7 +432,7 @@ void px_client_welcome(struct px_client *c, const struct px_params *params, stru
 static void client_auth_ok(struct px_client *c)
 {
     c->login_step = PX_LOGIN_DONE;
-    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_OK, NULL, 0);
+    px_wire_auth(login_out(c), PX_AUTH_OK, NULL, 0);
     px_scram_server_free(c->scram);
     c->scram = NULL;
     if (px_cancel_register(c) < 0) {
@@ -451,8 +486,7 @@ static void handle_scram_initial(struct px_client *c, const uint8_t *body, uint3
         scram_refused(c);
         return;
     }
-    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_CONTINUE, server_first,
-                 strlen(server_first));
+    px_wire_auth(login_out(c), PX_AUTH_SASL_CONTINUE, server_first, strlen(server_first));
     free(server_first);
     c->login_step = PX_LOGIN_SCRAM_FINAL;
 }
@@ -472,8 +506,7 @@ static void handle_scram_final(struct px_client *c, const uint8_t *body, uint32_
         return;
     }
     c->have_client_key = px_scram_server_client_key(c->scram, c->client_key);
-    px_wire_auth(bufferevent_get_output(c->bev), PX_AUTH_SASL_FINAL, server_final,
-                 strlen(server_final));
+    px_wire_auth(login_out(c), PX_AUTH_SASL_FINAL, server_final, strlen(server_final));
     free(server_final);
     client_auth_ok(c);
 }
@@ -504,7 +537,7 @@ static void handle_startup(struct px_client *c, const struct px_startup *st)
         if (!strncmp(prm.name, "_pq_.", 5))
             unsupported[i++] = prm.name;
     if ((st->code & 0xffff) > 0 || nunsupported)
-        px_wire_negotiate(bufferevent_get_output(c->bev), 0, unsupported, nunsupported);
+        px_wire_negotiate(login_out(c), 0, unsupported, nunsupported);
     free(unsupported);
 
     if (c->reject_full) {
@@ -624,7 +657,7 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
             return false;
         }
         if (!tls_ok) {
-            evbuffer_add(bufferevent_get_output(c->bev), "N", 1);
+            evbuffer_add(login_out(c), "N", 1);
             return true;
         }
         /* Write 'S' straight to the socket: nothing else is queued on it yet. */
@@ -721,7 +754,10 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     struct px_client *c = arg;
     (void)bev;
     switch (c->state) {
-    case PX_CL_LOGIN: login_read(c); break;
+    case PX_CL_LOGIN:
+        login_read(c);
+        login_flush(c);
+        break;
     case PX_CL_IDLE:
     case PX_CL_WAITING:
     case PX_CL_ACTIVE:
@@ -752,6 +788,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         c->login_step = PX_LOGIN_STARTUP;
         px_stats_tls_handshake(true, true);
         login_read(c);
+        login_flush(c);
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {

@@ -22,6 +22,8 @@ void px_client_set_state(struct px_client *c, enum px_client_state st);
 /* Ends the login: ParameterStatus of params, our BackendKeyData, ReadyForQuery.  w (may be
  * NULL) is the cached welcome params come from; the client keeps a reference. */
 void px_client_welcome(struct px_client *c, const struct px_params *params, struct px_welcome *w);
+/* Frees the buffer login replies are assembled in (at exit). */
+void px_client_shutdown_buffers(void);
 
 /* Sends a FATAL ErrorResponse (when sqlstate is not NULL), then closes the connection once
  * the error is flushed.  Lets go of the server (which is reset or closed). */

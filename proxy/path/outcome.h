@@ -7,9 +7,12 @@
  * one Query `SELECT pg_current_xact_id_if_assigned();COMMIT` (the client's own text after
  * the `;`), whose first replies (RowDescription, DataRow, CommandComplete) are swallowed:
  * PostgreSQL runs both in one cycle, with one ReadyForQuery and one send (a query of its
- * own cost PostgreSQL 7-13% more CPU per pgbench tpcb-like transaction).  Before the Parse
- * of a COMMIT starting an extended-protocol group it sends that SELECT as a hidden Query in
- * the same write instead (the unnamed statement is the client's).  When the server is
+ * own cost PostgreSQL 7-13% more CPU per pgbench tpcb-like transaction).  The Parse of an
+ * unnamed COMMIT starting an extended-protocol group gets the SELECT in front in the same
+ * group, as Parse/Bind/Execute of the unnamed statement, which the client's Parse replaces
+ * right after (one Sync); a named COMMIT statement's Bind gets it as a hidden Query in the
+ * same write.  An error before the SELECT's CommandComplete (a cancel, a terminated
+ * backend) means the COMMIT never ran: the client gets it as usual.  When the server is
  * lost after the COMMIT went out and before its ReadyForQuery came back, the client is
  * answered with what PostgreSQL says on another server of the pool
  * (`pg_xact_status(xid)`):
