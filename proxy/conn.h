@@ -165,7 +165,9 @@ struct px_client {
 
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
     struct px_client_locks *locks;
-    bool lock_waiting; /* parked until its lock wait ends: its input waits */
+    bool lock_waiting;             /* parked until its lock wait ends: its input waits */
+    struct px_list lockprobe_link; /* on path/lockprobe.c's waiters while lock_waiting */
+    uint64_t lockprobe_since_ms;
     /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
      * fault_timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
      * unnamed statement is, fault_unnamed_portal: what the unnamed portal runs (enum
@@ -283,6 +285,9 @@ struct px_server {
      * count once); its login stopped because pgwarden has no credentials the server's
      * method accepts (the database answered: not its failure). */
     uint64_t probe_id;
+    /* Counts the server's assignments to a client (pool.c, batch.c): path/lockprobe.c checks
+     * that a backend served the same client throughout a deadlock check. */
+    uint64_t client_gen;
     bool breaker_counted;
     bool login_no_credentials;
 

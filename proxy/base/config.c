@@ -215,6 +215,8 @@ static const struct px_cfg_key locks_keys[] = {
     PG_INT(lease_ms, "10000", 1000, 3600000, RESTART,
            "backend = postgresql: an instance cut off from PostgreSQL loses its locks within "
            "this time, and stops reporting them before that"),
+    PG_INT(hybrid_probe_ms, "200", 0, INT_MAX, RELOAD,
+           "a lock wait this long asks PostgreSQL for cycles through its own locks; 0: never"),
 };
 
 /*

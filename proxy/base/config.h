@@ -120,6 +120,7 @@ struct px_config {
     char *backend_conninfo;        /* libpq conninfo of the lock connections (postgresql) */
     int backend_connections;       /* default 2: lock connections to PostgreSQL */
     int lease_ms;                  /* default 10000: a lost instance's locks go within it */
+    int hybrid_probe_ms;           /* default 200: probe for hybrid deadlocks; 0: never */
 
     /* [retry] (docs/retry.md): the keys as read; validation fills retry below */
     char *retryable_sqlstates;  /* default "40001, 40P01" */

@@ -237,6 +237,16 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                              PX_MK_CHAOS_RULE},
     [PX_M_CHAOS_RULES] = {"chaos_rules", PX_METRIC_GAUGE, "Fault-injection rules in effect.",
                           PX_MK_GLOBAL},
+    /* Hybrid deadlocks (path/lockprobe.c, docs/locks.md). */
+    [PX_M_LOCK_HYBRID_PROBES] = {"lock_hybrid_probes", PX_METRIC_COUNTER,
+                                 "Queries to PostgreSQL's pg_blocking_pids() looking for "
+                                 "deadlocks through pgwarden's and PostgreSQL's locks (first "
+                                 "looks and re-checks).",
+                                 PX_MK_GLOBAL},
+    [PX_M_LOCK_HYBRID_DEADLOCKS] = {"lock_hybrid_deadlocks", PX_METRIC_COUNTER,
+                                    "Deadlocks through pgwarden's and PostgreSQL's locks, "
+                                    "confirmed and broken (one lock waiter got 40P01 each).",
+                                    PX_MK_GLOBAL},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

@@ -99,6 +99,8 @@ enum px_metric {
     PX_M_BREAKER_REFUSED,         /* counter, database: transactions and logins refused */
     PX_M_CHAOS_INJECTED,          /* counter, chaos_rule: faults injected (chaos/chaos.c) */
     PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
+    PX_M_LOCK_HYBRID_PROBES,      /* counter, global: pg_blocking_pids() queries (lockprobe.c) */
+    PX_M_LOCK_HYBRID_DEADLOCKS,   /* counter, global: hybrid deadlocks broken (one victim each) */
     PX_M__COUNT
 };
 

@@ -120,6 +120,7 @@ bool px_batch_next(struct px_server *s)
     s->batched_head = (uint8_t)((s->batched_head + 1) % PX_QUERY_BATCH_MAX);
     s->batched_n--;
     s->client = next;
+    s->client_gen++;
     s->orphan_client = next == NULL;
     /* Reading may have stopped for the previous client's backpressure; that is its own
      * buffer's business now. */

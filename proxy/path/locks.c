@@ -27,6 +27,7 @@
 #include "net/server.h"
 #include "path/expect.h"
 #include "path/lockcall.h"
+#include "path/lockprobe.h"
 #include "path/locks.h"
 #include "path/path.h"
 #include "path/prepared.h"
@@ -78,6 +79,7 @@ struct px_client_locks {
     bool have_result; /* on L.pending: the outcome waits to be delivered */
     struct px_list pending_link;
     struct px_lockwait_result result;
+    char *victim_detail; /* a deadlock found outside lockmgr (lockprobe.h): its DETAIL */
 };
 
 /* A deadlock's DETAIL describes this many edges of the cycle ("... and N more"). */
@@ -227,6 +229,7 @@ int px_locks_init(const struct px_config *cfg, char **errmsg)
 
 void px_locks_shutdown(void)
 {
+    px_lockprobe_shutdown();
     lockmgr_free(L.lm);
     if (L.timer)
         event_free(L.timer);
@@ -545,6 +548,7 @@ static bool start_wait(struct px_client *c, const struct px_lockcall *call, cons
     cl->wait_simple = simple;
     cl->wait_since_us = now_us();
     c->lock_waiting = true;
+    px_lockprobe_wait_begin(c); /* hybrid deadlocks: probed if the wait grows long */
     px_debug("locks", 'C', c->id, "waits for %s on \"%.*s\"", lockmgr_mode_name(req->mode),
              (int)(req->keylen > 64 ? 64 : req->keylen), req->key);
     return true;
@@ -661,7 +665,10 @@ static void on_wait_done(struct lockmgr_owner *o, void *udata, const struct lock
     cl->result.token = res->token;
     free(cl->result.detail);
     cl->result.detail = NULL;
-    if (res->status == LOCKMGR_DEADLOCK) {
+    if (res->status == LOCKMGR_DEADLOCK && cl->victim_detail) {
+        cl->result.detail = cl->victim_detail; /* px_locks_deadlock_victim */
+        cl->victim_detail = NULL;
+    } else if (res->status == LOCKMGR_DEADLOCK) {
         char detail[DETAIL_MAX];
         describe_cycle(res->cycle, detail, sizeof(detail));
         cl->result.detail = strdup(detail);
@@ -689,6 +696,7 @@ static void deliver_one(struct px_client *c)
     }
     cl->result.global = false;
     c->lock_waiting = false;
+    px_lockprobe_wait_end(c);
     px_stats_lock_wait(cl->result.status, now_us() - cl->wait_since_us);
     struct px_lockcall *call = cl->wait_call;
     cl->wait_call = NULL;
@@ -815,6 +823,22 @@ bool px_locks_cancel(struct px_client *c)
     event_active(L.deliver, EV_TIMEOUT, 0);
     px_info("locks", 'C', c->id, "lock wait canceled by the client");
     return true;
+}
+
+bool px_locks_deadlock_victim(struct px_client *c, const char *detail)
+{
+    struct px_client_locks *cl = c->locks;
+    if (!c->lock_waiting || !cl || cl->have_result)
+        return false;
+    free(cl->victim_detail);
+    cl->victim_detail = strdup(detail ? detail : "");
+    if (lockmgr_wait_victim(L.lm, cl->owner, now_us()) != LOCKMGR_OK) {
+        free(cl->victim_detail);
+        cl->victim_detail = NULL;
+        return false;
+    }
+    arm_timer();
+    return true; /* on_wait_done queued the 40P01 */
 }
 
 /* ---- messages -------------------------------------------------------------------------- */
@@ -1174,9 +1198,11 @@ void px_locks_client_free(struct px_client *c)
         drop_portal(cl, cl->portals->name);
     free(cl->wait_call);
     free(cl->result.detail);
+    free(cl->victim_detail);
     free(cl);
     c->locks = NULL;
     c->lock_waiting = false;
+    px_lockprobe_wait_end(c);
 }
 
 uint64_t px_locks_wait_info(const struct px_client *c, const char **key, size_t *keylen,

@@ -92,6 +92,12 @@ void px_locks_txn_end(struct px_client *c);
 /* A CancelRequest for c: ends its lock wait with 57014.  False when c does not wait. */
 bool px_locks_cancel(struct px_client *c);
 
+/* Ends c's lock wait with 40P01 for a deadlock found outside lockmgr (a hybrid deadlock
+ * through PostgreSQL's own locks, path/lockprobe.h); detail (borrowed) is the error's
+ * DETAIL.  The answer is delivered as for any other victim.  False when c does not wait
+ * (any more). */
+bool px_locks_deadlock_victim(struct px_client *c, const char *detail);
+
 /* c is going away: releases everything it holds and waits for, forgets its statements. */
 void px_locks_client_free(struct px_client *c);
 

@@ -302,6 +302,7 @@ static void link_pair(struct px_server *s, struct px_client *c, bool queued)
     s->opener = NULL;
     px_server_set_state(s, PX_SV_ACTIVE);
     s->client = c;
+    s->client_gen++;
     c->server = s;
     s->last_used_ms = px_now_ms();
     /* Every assignment is observed, waits of zero included, so that the quantiles describe

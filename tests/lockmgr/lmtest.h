@@ -35,6 +35,7 @@ void lmt_register_waits(void);
 void lmt_register_deadlock(void);
 void lmt_register_snapshot(void);
 void lmt_register_random(void);
+void lmt_register_edges(void);
 
 /* schedule.c: runs one spec file; returns 0 or -1 with a message in err. */
 int lmt_schedule_run(const char *path, char *err, size_t errlen);

@@ -42,6 +42,7 @@ static void register_all(void)
     lmt_register_deadlock();
     lmt_register_snapshot();
     lmt_register_random();
+    lmt_register_edges();
 }
 
 int main(int argc, char **argv)

@@ -250,6 +250,57 @@ lockmgr_snapshot(const struct lockmgr *lm, const struct lockmgr_owner *owner, co
                  size_t keylen);
 void lockmgr_snapshot_free(struct lockmgr_snapshot *snap);
 
+/* ---- The wait-for edges of one wait (hybrid deadlocks) ----
+ *
+ * For a caller that joins lockmgr's wait-for graph to waits it learns elsewhere (pgwarden
+ * adds PostgreSQL's row and table lock waits: docs/locks.md "Hybrid deadlocks") and breaks
+ * cycles through both itself, with lockmgr_wait_victim on the waiter it picks.  The queries
+ * are read-only and allocate nothing.
+ */
+
+struct lockmgr_wait_info {
+    const void *key; /* borrowed: valid until the next call that changes lm */
+    size_t keylen;
+    enum lockmgr_mode mode; /* wanted */
+    bool upgrade;
+    uint64_t wait_seq; /* identifies this wait: order in which the waits began */
+    uint64_t since_us;
+    uint64_t deadline_us; /* 0 = none */
+};
+
+/* o's wait, or false when o does not wait.  O(1). */
+bool lockmgr_owner_wait(const struct lockmgr *lm, const struct lockmgr_owner *o,
+                        struct lockmgr_wait_info *out);
+
+/* One edge out of a wait: the blocker holds blocker_mode (hard edge) or, when soft, waits
+ * earlier in the same queue for blocker_mode. */
+struct lockmgr_wait_edge {
+    uint64_t blocker_id;
+    void *blocker_udata; /* the blocker's udata, borrowed */
+    enum lockmgr_mode blocker_mode;
+    bool soft;
+    uint64_t token;    /* hard: the blocker's token on the key (a new grant, a new token) */
+    uint64_t wait_seq; /* soft: the blocker's wait (lockmgr_wait_info.wait_seq) */
+};
+
+/*
+ * The edges out of o's wait, exactly as the deadlock search sees them: a hard edge to each
+ * other holder of the key whose mode conflicts with the mode o wants and, unless o
+ * upgrades, a soft edge to each request queued ahead of o that conflicts with it (hard
+ * edges first, then soft ones nearest first).  Writes at most cap edges to out and returns
+ * how many there are (more than cap: call again with room); 0 when o does not wait.
+ * O(holders of the key + requests queued ahead of o).
+ */
+size_t lockmgr_wait_edges(const struct lockmgr *lm, const struct lockmgr_owner *o,
+                          struct lockmgr_wait_edge *out, size_t cap);
+
+/* Ends o's wait as the victim of a deadlock the caller found through waits lockmgr does
+ * not see: o's callback gets LOCKMGR_DEADLOCK with cycle NULL (the caller describes its
+ * own cycle), the wait counts in stats.deadlocks, and waiters it held up are granted.
+ * LOCKMGR_OK, or LOCKMGR_NOT_WAITING. */
+enum lockmgr_status lockmgr_wait_victim(struct lockmgr *lm, struct lockmgr_owner *o,
+                                        uint64_t now_us);
+
 /* ---- Counters for metrics ---- */
 
 struct lockmgr_stats {
