@@ -95,14 +95,14 @@ PGBOUNCER_PID=
 PGWARDEN_PID=
 PGW_BATCH_PID=
 CLUSTER_STARTED=0
-CLIENTS_PID=
+clients_pid=
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [[ -n $CLIENTS_PID ]]; then
-        kill -TERM "$CLIENTS_PID" 2>/dev/null || true
-        wait "$CLIENTS_PID" 2>/dev/null || true
+    if [[ -n $clients_pid ]]; then
+        kill -TERM "$clients_pid" 2>/dev/null || true
+        wait "$clients_pid" 2>/dev/null || true
     fi
     stop_proxies
     stop_cluster
@@ -145,6 +145,8 @@ run_clients() { # PORT SSLMODE COUNTS
     coproc CLIENTS { exec "$CLIENTS_BINARY" -t "$STEP_TIMEOUT" -n "$3" \
         -d "host=127.0.0.1 port=$1 dbname=$DB_NAME user=$DB_USER sslmode=$2$pw connect_timeout=60" \
         2>>"$WORK/idle_clients.err"; }
+    # shellcheck disable=SC2153 # CLIENTS_PID is set by coproc (and unset when it exits)
+    clients_pid=$CLIENTS_PID
     local out=${CLIENTS[0]} in=${CLIENTS[1]}
     IFS=, read -r -a steps <<<"$3"
     for n in "${steps[@]}"; do
@@ -159,8 +161,8 @@ run_clients() { # PORT SSLMODE COUNTS
         echo >&"$in"
     done
     exec {in}>&- # end of file: the clients close and exit
-    wait "$CLIENTS_PID" 2>/dev/null || true
-    CLIENTS_PID=
+    wait "$clients_pid" 2>/dev/null || true
+    clients_pid=
 }
 
 for ((round = 1; round <= IDLE_ROUNDS; round++)); do
