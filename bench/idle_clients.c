@@ -11,9 +11,9 @@
  *   connected=N failed=F seconds=S
  *
  * and waits for a line (or end of file) on standard input before the next step; the line
- * after the last step closes every connection and the program exits.  Idle means idle: no query is sent, nothing is read once a login is done.
- * A failed login is counted and not replaced; exit status 1 if any failed.
- * The open-files limit is raised to its hard limit first.
+ * after the last step closes every connection and the program exits.  Idle means idle: no query is
+ * sent, nothing is read once a login is done. A failed login is counted and not replaced; exit
+ * status 1 if any failed. The open-files limit is raised to its hard limit first.
  */
 #include <errno.h>
 #include <stdbool.h>

@@ -27,7 +27,8 @@
 #   IDLE_COUNTS [1000,10000] client counts, ascending, measured in one run of the clients
 #   IDLE_MODES [transaction session]  pool modes
 #   IDLE_TLS [plain tls]     client connections without and with TLS (sslmode=require)
-#   IDLE_TARGETS [pgbouncer pgwarden]
+#   IDLE_TARGETS [pgbouncer pgwarden]; add pgw-base for a second pgwarden, the binary
+#                            IDLE_BASE_BINARY (e.g. a build of main: before and after in one run)
 #   IDLE_WARMUP [10]         clients that log in and leave before the baseline
 #   IDLE_AUTH [trust]        auth_type of both proxies (scram-sha-256: libpq then pays
 #                            PBKDF2 for every login)
@@ -48,6 +49,7 @@ IDLE_TARGETS=${IDLE_TARGETS:-pgbouncer pgwarden}
 IDLE_WARMUP=${IDLE_WARMUP:-10}
 IDLE_AUTH=${IDLE_AUTH:-trust}
 IDLE_EXTRA=${IDLE_EXTRA:-}
+IDLE_BASE_BINARY=${IDLE_BASE_BINARY:-}
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 BUILD_DIR=${BUILD_DIR:-$root/build-bench}
@@ -125,6 +127,9 @@ build_pgwarden
 timeout 900 cmake --build "$BUILD_DIR" --target idle_clients -j "$(nproc)" >>"$WORK/cmake.log" 2>&1 ||
     die "building idle_clients failed: see $WORK/cmake.log"
 CLIENTS_BINARY=$BUILD_DIR/bench/idle_clients
+if [[ " $IDLE_TARGETS " == *" pgw-base "* ]]; then
+    [[ -x $IDLE_BASE_BINARY ]] || die "target pgw-base needs IDLE_BASE_BINARY (a pgwarden binary)"
+fi
 
 max_count=${IDLE_COUNTS##*,}
 # Both proxies and the clients inherit the open-files limit: raise it to the hard limit.
@@ -171,8 +176,11 @@ for ((round = 1; round <= IDLE_ROUNDS; round++)); do
             sslmode=disable
             [[ $tls == tls ]] && sslmode=require
             # shellcheck disable=SC2206 # target names have no spaces
-            targets=($IDLE_TARGETS)
-            ((round % 2 == 0)) && mapfile -t targets < <(printf "%s\n" "${targets[@]}" | tac)
+            all=($IDLE_TARGETS)
+            targets=() # rotated from round to round: each goes first in turn
+            for ((i = 0; i < ${#all[@]}; i++)); do
+                targets+=("${all[(i + round - 1) % ${#all[@]}]}")
+            done
             for t in "${targets[@]}"; do
                 BENCH_POOL_MODE=$mode
                 tag=$mode-$tls-r$round
@@ -180,7 +188,10 @@ for ((round = 1; round <= IDLE_ROUNDS; round++)); do
                     start_proxies "$POOL_SIZE" $((max_count + 100)) "$tag" pgbouncer
                     port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID
                 else
-                    start_pgwarden "$POOL_SIZE" $((max_count + 100)) "$tag" pgwarden 1 "$IDLE_EXTRA"
+                    binary=$WARDEN_BINARY
+                    [[ $t == pgw-base ]] && WARDEN_BINARY=$IDLE_BASE_BINARY
+                    start_pgwarden "$POOL_SIZE" $((max_count + 100)) "$tag" "$t" 1 "$IDLE_EXTRA"
+                    WARDEN_BINARY=$binary
                     PGWARDEN_PORT=$STARTED_PORT PGWARDEN_PID=$STARTED_PID
                     port=$PGWARDEN_PORT pid=$PGWARDEN_PID
                 fi
@@ -221,7 +232,9 @@ done
              END { flush()
                  for (i = 1; i <= no; i++) { split(order[i], f, " "); if (f[4] != "pgwarden") continue
                      k = f[1] " " f[2] " " f[3] " pgbouncer"
-                     if (med[k] > 0) printf "pgwarden/pgbouncer RSS per client, %s %s %s clients: %.2fx\n", f[1], f[2], f[3], med[order[i]] / med[k] } }'
+                     if (med[k] > 0) printf "pgwarden/pgbouncer RSS per client, %s %s %s clients: %.2fx\n", f[1], f[2], f[3], med[order[i]] / med[k]
+                     k = f[1] " " f[2] " " f[3] " pgw-base"
+                     if (med[k] > 0) printf "pgwarden/pgw-base RSS per client, %s %s %s clients: %.2fx\n", f[1], f[2], f[3], med[order[i]] / med[k] } }'
     awk -F, 'NR > 1 && $13 != 0 { printf "round %s %s %s %s %s clients: %s logins failed (left out)\n", $1, $2, $3, $4, $5, $13 }' "$CSV"
 } | tee "$SUMMARY"
 log "raw figures: $CSV; table: $SUMMARY; proxy logs: $WORK"

@@ -99,8 +99,8 @@ struct px_client {
     uint64_t id;
     enum px_client_state state;
     enum px_login_step login_step;
-    struct bufferevent *bev;
-    struct px_reader rd; /* reads fd into bev's input (sockread.h) */
+    struct bufferevent *bev; /* NULL while parked (net/client.h px_client_park) */
+    struct px_reader rd;     /* reads fd into bev's input (sockread.h) */
     evutil_socket_t fd;
     bool fd_in_tls_bev;         /* the TLS bufferevent owns fd (and closes it) */
     bool reject_full;           /* accepted past max_client_conn: answer 53300 after startup */
@@ -192,7 +192,6 @@ struct px_client {
     uint8_t md5_salt[4];
     bool have_client_key; /* SCRAM passthrough: ClientKey recovered from the login */
     uint8_t client_key[PX_SCRAM_KEY_LEN];
-    struct px_scram_secret scram_secret;
 
     uint32_t cancel_pid, cancel_key;
     bool cancel_pending;           /* batched: cancel its query once it is the server's client */

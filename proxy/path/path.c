@@ -793,6 +793,10 @@ void px_path_server_free(struct px_server *s)
 void px_path_client_linked(struct px_client *c, bool queued)
 {
     struct px_server *s = c->server;
+    if (!px_client_unpark(c)) { /* a waiting client may have parked */
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
     if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
         px_client_welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
     c->read_paused = false; /* a waiting client may have stopped reading */
