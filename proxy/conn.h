@@ -178,8 +178,10 @@ struct px_client {
      * answered everything sent before it (path.c). */
     bool reply_hold;
     /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
-     * retry is off. */
+     * retry is off, and until the client first sends something or gets a server
+     * (retry_wanted: retry was on when it logged in). */
     struct px_retry *retry;
+    bool retry_wanted;
     /* The answer to a COMMIT whose server was lost, being looked for (path/outcome.h). */
     struct px_outcome *outcome;
     /* pgwarden failed a statement it had no server for (the circuit breaker refused it):
