@@ -326,8 +326,7 @@ void px_client_free(struct px_client *c)
         evutil_closesocket(c->fd);
     px_scram_server_free(c->scram);
     OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
-    free(c->user);
-    free(c->database);
+    free(c->user); /* and database */
     free(c->application_name);
     free(c->param_buf);
     free(c->params);
@@ -603,10 +602,14 @@ static void handle_startup(struct px_client *c, const struct px_startup *st)
     if (!db || !*db)
         db = user;
     const char *app = px_startup_get(st, "application_name");
-    c->user = strdup(user);
-    c->database = strdup(db);
+    size_t ulen = strlen(user) + 1, dlen = strlen(db) + 1;
+    c->user = malloc(ulen + dlen); /* database in the same allocation (freed with user) */
+    if (c->user) {
+        memcpy(c->user, user, ulen);
+        c->database = memcpy(c->user + ulen, db, dlen);
+    }
     c->application_name = strdup(app ? app : "");
-    if (!c->user || !c->database || !c->application_name || keep_params(c, st) < 0) {
+    if (!c->user || !c->application_name || keep_params(c, st) < 0) {
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }
