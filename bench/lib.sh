@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # bench/lib.sh: helpers of bench/run.sh and bench/retry.sh (sourced; uses their variables:
 # root, BUILD_DIR, CLUSTER_DIR, WORK, PG_BINDIR, PGBOUNCER, BENCH_POOL_MODE, BENCH_SERVER_TLS,
-# BENCH_USERLIST, BENCH_TARGETS, PROXY_START_TIMEOUT, PROXY_STOP_TIMEOUT).
+# BENCH_USERLIST, BENCH_TARGETS, PROXY_START_TIMEOUT, PROXY_STOP_TIMEOUT; optional:
+# BENCH_AUTH_TYPE [scram-sha-256], BENCH_QUERY_WAIT_S [120]).
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -90,7 +91,7 @@ wait_ready() { # NAME PORT PID LOG
 
 # Starts PgBouncer and pgwarden (or only the one named) with pool POOL, files in
 # $WORK/{pgbouncer,pgwarden}-TAG.  Both: session or
-# transaction mode, SCRAM for clients from the same userlist (plaintext password), TLS
+# transaction mode, SCRAM (or $BENCH_AUTH_TYPE) for clients from the same userlist, TLS
 # towards clients allowed with the cluster's certificate, server TLS $BENCH_SERVER_TLS.
 start_proxies() { # POOL MAX_CLIENTS TAG [pgbouncer|pgwarden]
     local pool=$1 maxc=$2 tag=$3 only=${4:-} d
@@ -108,7 +109,7 @@ $DB_NAME = host=127.0.0.1 port=$PG_PORT dbname=$DB_NAME pool_size=$pool
 listen_addr = 127.0.0.1
 listen_port = $PGBOUNCER_PORT
 unix_socket_dir =
-auth_type = scram-sha-256
+auth_type = ${BENCH_AUTH_TYPE:-scram-sha-256}
 auth_file = $WORK/userlist.txt
 pool_mode = $BENCH_POOL_MODE
 default_pool_size = $pool
@@ -119,7 +120,7 @@ client_tls_cert_file = $WORK/tls/server.crt
 client_tls_key_file = $WORK/tls/server.key
 server_tls_sslmode = $BENCH_SERVER_TLS
 server_reset_query = DISCARD ALL
-query_wait_timeout = 120
+query_wait_timeout = ${BENCH_QUERY_WAIT_S:-120}
 logfile = $d/pgbouncer.log
 log_connections = 0
 log_disconnections = 0
@@ -166,7 +167,7 @@ start_pgwarden() { # POOL MAX_CLIENTS TAG NAME BATCH [EXTRA [ADMIN]]
 listen_addr = 127.0.0.1
 listen_port = $STARTED_PORT
 admin_port = $STARTED_ADMIN_PORT
-auth_type = scram-sha-256
+auth_type = ${BENCH_AUTH_TYPE:-scram-sha-256}
 auth_file = $WORK/userlist.txt
 pool_mode = $BENCH_POOL_MODE
 default_pool_size = $pool
@@ -177,7 +178,7 @@ client_tls_key_file = $WORK/tls/server.key
 server_tls_mode = $BENCH_SERVER_TLS
 server_reset_query = DISCARD ALL
 server_query_batch = $batch
-query_wait_timeout_ms = 120000
+query_wait_timeout_ms = $((${BENCH_QUERY_WAIT_S:-120} * 1000))
 shutdown_timeout_ms = 0
 log_level = warning
 

@@ -99,12 +99,11 @@ struct px_client {
     uint64_t id;
     enum px_client_state state;
     enum px_login_step login_step;
-    struct bufferevent *bev;
-    struct px_reader rd; /* reads fd into bev's input (sockread.h) */
+    struct bufferevent *bev; /* NULL while parked (net/client.h px_client_park) */
+    struct px_reader rd;     /* reads fd into bev's input (sockread.h) */
     evutil_socket_t fd;
-    bool fd_in_tls_bev;         /* the TLS bufferevent owns fd (and closes it) */
-    bool reject_full;           /* accepted past max_client_conn: answer 53300 after startup */
-    uint64_t close_deadline_ms; /* failing: closed then even if the error is not written */
+    bool fd_in_tls_bev; /* the TLS bufferevent owns fd (and closes it) */
+    bool reject_full;   /* accepted past max_client_conn: answer 53300 after startup */
     bool tls;
     /* An SSLRequest / GSSENCRequest was answered (TLS up counts as both): each is answered
      * once per connection, as PostgreSQL does; a repeat is an unknown protocol version. */
@@ -112,11 +111,12 @@ struct px_client {
     bool welcomed;    /* got ReadyForQuery from us: the login is over for the client */
     bool read_paused; /* reading stopped for backpressure */
     char addr[64];
+    uint64_t close_deadline_ms; /* failing: closed then even if the error is not written */
     struct px_pool *pool;
     struct px_server *server;
 
     char *user;
-    char *database;
+    char *database; /* in user's allocation */
     char *application_name;
     /* Startup parameters forwarded to servers (everything but user/database), in one
      * allocation, and their canonical signature: servers opened with the same signature
@@ -134,16 +134,13 @@ struct px_client {
 
     /* Transaction pooling (txn.c). */
     struct px_welcome *welcome; /* what the client was told at login */
-    struct px_params vars;      /* reported parameters changed since the welcome */
-    uint8_t *held_begin;        /* a BEGIN (whole Query message) not yet sent to a server */
-    uint32_t held_begin_len;
-    /* Linked, and the held BEGIN goes in front of the client's next Query, in the same
-     * Query (txn.h px_txn_begin_query), instead of in a round trip of its own. */
-    bool begin_merge;
+    /* Reported parameters changed since the welcome; NULL until the first change. */
+    struct px_params *vars;
+    uint8_t *held_begin; /* a BEGIN (whole Query message) not yet sent to a server */
     /* While it has no server: its unnamed statement and unnamed portal when they are
      * transaction control answered by pgwarden (local.c), referenced; else NULL. */
     struct px_stmt *local_unnamed, *local_portal;
-    bool warned_session_state; /* logged the session-feature warning */
+    uint32_t held_begin_len;
     /* The Query at the head of the input, classified while idle: reused when that message
      * is relayed, so a query is scanned once (head_sql_len: its length; 0: none).  What
      * the relay needs of it (a DEALLOCATE, whose name is needed, is scanned again). */
@@ -151,7 +148,8 @@ struct px_client {
     uint8_t head_sql_kind; /* enum px_sql_kind */
     bool head_sql_multi;
     bool head_sql_dml;
-    bool head_sql_plain; /* nothing but kind, multi and dml to know: no rescan needed */
+    bool head_sql_plain;       /* nothing but kind, multi and dml to know: no rescan needed */
+    bool warned_session_state; /* logged the session-feature warning */
     const char *head_sql_feature;
     struct px_stmt_map stmts; /* named prepared statements */
     /* Session state that follows it to every server (session.c); NULL: none yet. */
@@ -162,10 +160,12 @@ struct px_client {
                             it got it (rename.c) */
     bool held_failed;    /* the held block failed (a lock error): its server-side
                             transaction must be aborted when it gets a server */
+    /* Linked, and the held BEGIN goes in front of the client's next Query, in the same
+     * Query (txn.h px_txn_begin_query), instead of in a round trip of its own. */
+    bool begin_merge;
 
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
     struct px_client_locks *locks;
-    bool lock_waiting;             /* parked until its lock wait ends: its input waits */
     struct px_list lockprobe_link; /* on path/lockprobe.c's waiters while lock_waiting */
     uint64_t lockprobe_since_ms;
     /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
@@ -175,32 +175,35 @@ struct px_client {
      * never injected into); fault_names (session pooling; NULL until needed, owned): its
      * named statements that are transaction control. */
     struct event *fault_timer;
-    bool fault_waiting, fault_passed;
-    uint8_t fault_unnamed_stmt, fault_unnamed_portal;
     struct px_fault_names *fault_names;
-    bool fault_disconnect; /* close the server once this message is sent */
-    /* Its relay stopped before a message pgwarden answers itself, until the server has
-     * answered everything sent before it (path.c). */
-    bool reply_hold;
     /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
-     * retry is off. */
+     * retry is off, and until the client first sends something or gets a server
+     * (retry_wanted: retry was on when it logged in). */
     struct px_retry *retry;
     /* The answer to a COMMIT whose server was lost, being looked for (path/outcome.h). */
     struct px_outcome *outcome;
     /* pgwarden failed a statement it had no server for (the circuit breaker refused it):
      * the rest of its message is dropped as it arrives (skip_bytes) and, for an
      * extended-protocol group, every message up to its Sync (local.h). */
-    bool skip_to_sync;
     uint32_t skip_bytes;
+    bool skip_to_sync;
+    /* The flags of the stages above, together (no padding between them). */
+    bool lock_waiting; /* parked until its lock wait ends: its input waits */
+    bool fault_waiting, fault_passed;
+    uint8_t fault_unnamed_stmt, fault_unnamed_portal;
+    bool fault_disconnect; /* close the server once this message is sent */
+    /* Its relay stopped before a message pgwarden answers itself, until the server has
+     * answered everything sent before it (path.c). */
+    bool reply_hold;
+    bool retry_wanted;
+    bool cancel_pending; /* batched: cancel its query once it is the server's client */
 
     struct px_scram_server *scram;
     uint8_t md5_salt[4];
     bool have_client_key; /* SCRAM passthrough: ClientKey recovered from the login */
     uint8_t client_key[PX_SCRAM_KEY_LEN];
-    struct px_scram_secret scram_secret;
 
     uint32_t cancel_pid, cancel_key;
-    bool cancel_pending;           /* batched: cancel its query once it is the server's client */
     struct px_client *cancel_next; /* cancel-key hash chain */
 
     uint64_t connect_ms, wait_start_ms;

@@ -155,6 +155,21 @@ static void format_addr(const struct sockaddr *sa, char *out, size_t outlen)
     snprintf(out, outlen, "%s:%d", host, port);
 }
 
+/* A plain socket's bufferevent for c, callbacks and write watermark set, writing on
+ * (pgwarden's reader reads: px_reader_bind / px_reader_unpark); NULL when out of memory. */
+static struct bufferevent *client_bev_new(struct px_client *c)
+{
+    struct bufferevent *bev = bufferevent_socket_new(px.base, c->fd, 0);
+    if (!bev)
+        return NULL;
+    bufferevent_setcb(bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
+    /* A new bufferevent is enabled for writing already; enabling it again would add its
+     * write event at once (an epoll_ctl, a wake-up with nothing to write, another epoll_ctl
+     * to remove it: three system calls per connection for nothing). */
+    return bev;
+}
+
 void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen)
 {
     (void)socklen;
@@ -174,7 +189,7 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     evutil_make_socket_nonblocking(fd);
-    c->bev = bufferevent_socket_new(px.base, fd, 0);
+    c->bev = client_bev_new(c);
     if (!c->bev || px_reader_bind(&c->rd, px.base, c->bev, fd) < 0) {
         if (c->bev)
             bufferevent_free(c->bev);
@@ -191,11 +206,6 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     px_list_append(&px.clients_login, &c->link);
     px.n_clients++;
     px_stats_client_accepted();
-    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
-    /* A new bufferevent is enabled for writing already; enabling it again would add its
-     * write event at once (an epoll_ctl, a wake-up with nothing to write, another epoll_ctl
-     * to remove it: three system calls per connection for nothing). */
     px_reader_enable(&c->rd, true);
     px_debug("client", 'C', c->id, "connection from %s", c->addr);
 }
@@ -222,11 +232,61 @@ void px_client_close(struct px_client *c)
     px_client_set_state(c, PX_CL_CLOSING); /* the reaper checks shutdown progress */
 }
 
+/* ---- parking ------------------------------------------------------------------------- */
+
+/*
+ * An idle client costs mostly its bufferevent (~1 kB: the bufferevent, its two evbuffers
+ * and their events).  A plain-socket client that has nothing buffered either way and no
+ * stage waiting on its buffers gives it up (px_client_park, from the janitor) and keeps
+ * only its read event (sockread.h); the bufferevent is made again when the client sends
+ * something (client_wake), gets an error (px_client_fatal) or a server (path.c, through
+ * px_client_unpark).  Only idle and waiting clients park: nothing else writes to them.
+ * TLS clients do not park: their bufferevent holds the TLS connection.
+ */
+bool px_client_unpark(struct px_client *c)
+{
+    if (c->bev)
+        return true;
+    struct bufferevent *bev = client_bev_new(c);
+    if (!bev)
+        return false;
+    c->bev = bev;
+    px_reader_unpark(&c->rd, bev);
+    return true;
+}
+
+static void client_wake(struct px_reader *r)
+{
+    struct px_client *c = PX_CONTAINER_OF(r, struct px_client, rd);
+    if (!px_client_unpark(c)) {
+        px_error("client", 'C', c->id, "out of memory: closing the connection");
+        px_client_close(c);
+    }
+}
+
+void px_client_park(struct px_client *c)
+{
+    if (!c->bev || !c->rd.ev || c->tls || c->fd_in_tls_bev)
+        return; /* parked already, TLS, or not read by pgwarden */
+    if (c->state != PX_CL_IDLE && c->state != PX_CL_WAITING)
+        return;
+    /* Stages that keep state on its buffers or write to it by themselves. */
+    if (c->retry || c->outcome || c->lock_waiting || c->fault_waiting || c->reply_hold ||
+        c->read_paused || c->c2s.remaining || c->skip_to_sync || c->head_sql_len)
+        return;
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) ||
+        evbuffer_get_length(bufferevent_get_output(c->bev)))
+        return;
+    px_reader_park(&c->rd, client_wake);
+    bufferevent_free(c->bev); /* its callbacks go with it; the socket stays (no CLOSE_ON_FREE) */
+    c->bev = NULL;
+}
+
 static void close_after_flush(struct px_client *c)
 {
     px_path_client_leaving(c);
     px_reader_enable(&c->rd, false);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    if (!c->bev || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         px_client_close(c);
         return;
     }
@@ -257,6 +317,10 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
     login_flush(c);
     if (sqlstate) {
         px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
+        if (!px_client_unpark(c)) {
+            px_client_close(c); /* out of memory: no error message, just the close */
+            return;
+        }
         px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
         px_stats_error_sent(c->pool, sqlstate);
         if (c->state == PX_CL_LOGIN && strcmp(sqlstate, PX_SQLSTATE_INVALID_PASSWORD) != 0)
@@ -272,7 +336,8 @@ void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)
     login_flush(c);
     size_t len = evbuffer_get_length(error);
     const uint8_t *bytes = evbuffer_pullup(error, (ssize_t)len);
-    if (!bytes || evbuffer_add(bufferevent_get_output(c->bev), bytes, len) < 0) {
+    if (!bytes || !px_client_unpark(c) ||
+        evbuffer_add(bufferevent_get_output(c->bev), bytes, len) < 0) {
         px_client_fatal(c, PX_SQLSTATE_CANNOT_CONNECT, "cannot connect to server");
         return;
     }
@@ -295,8 +360,7 @@ void px_client_free(struct px_client *c)
         evutil_closesocket(c->fd);
     px_scram_server_free(c->scram);
     OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
-    free(c->user);
-    free(c->database);
+    free(c->user); /* and database */
     free(c->application_name);
     free(c->param_buf);
     free(c->params);
@@ -372,6 +436,7 @@ static void send_auth_request(struct px_client *c)
 {
     struct evbuffer *out = login_out(c);
     const struct px_scram_secret *secret;
+    struct px_scram_secret mock;
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST: client_auth_ok(c); return;
     case PX_AUTH_MD5:
@@ -383,11 +448,11 @@ static void send_auth_request(struct px_client *c)
         /* A plaintext password's secret is derived here at the user's first login (one
          * PBKDF2), not when the auth_file is loaded. */
         secret = px.users ? px_userlist_scram(px.users, c->user) : NULL;
-        if (secret)
-            c->scram_secret = *secret;
-        else
-            px_scram_secret_mock(c->user, &c->scram_secret);
-        c->scram = px_scram_server_new(&c->scram_secret);
+        if (!secret) {
+            px_scram_secret_mock(c->user, &mock);
+            secret = &mock;
+        }
+        c->scram = px_scram_server_new(secret); /* keeps its own copy */
         if (!c->scram) {
             px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
             return;
@@ -570,10 +635,14 @@ static void handle_startup(struct px_client *c, const struct px_startup *st)
     if (!db || !*db)
         db = user;
     const char *app = px_startup_get(st, "application_name");
-    c->user = strdup(user);
-    c->database = strdup(db);
+    size_t ulen = strlen(user) + 1, dlen = strlen(db) + 1;
+    c->user = malloc(ulen + dlen); /* database in the same allocation (freed with user) */
+    if (c->user) {
+        memcpy(c->user, user, ulen);
+        c->database = memcpy(c->user + ulen, db, dlen);
+    }
     c->application_name = strdup(app ? app : "");
-    if (!c->user || !c->database || !c->application_name || keep_params(c, st) < 0) {
+    if (!c->user || !c->application_name || keep_params(c, st) < 0) {
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }

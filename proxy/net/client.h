@@ -42,6 +42,17 @@ void px_client_free(struct px_client *c);
 /* A client is at a transaction boundary with nothing outstanding (shutdown may close it). */
 bool px_client_is_idle(const struct px_client *c);
 
+/*
+ * Parking (client.c): an idle or waiting plain-socket client with nothing buffered and no
+ * stage holding state on its buffers gives up its bufferevent (c->bev NULL) until it sends
+ * something, gets an error or is linked.  px_client_park does nothing for a client that
+ * cannot park.  px_client_unpark makes c->bev again (a no-op when it has one): code that
+ * reaches an idle or waiting client's buffers from anywhere but its own input calls it
+ * first; false: out of memory (c->bev stays NULL).
+ */
+void px_client_park(struct px_client *c);
+__attribute__((warn_unused_result)) bool px_client_unpark(struct px_client *c);
+
 /* ---- Events reported upward: implemented by the statement path (path/path.c) ---------- */
 
 /* c authenticated (its cancel key registered): find its pool, welcome it or queue it. */

@@ -34,6 +34,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct px_reader *r = arg;
+    if (!r->bev) { /* parked */
+        r->wake(r);
+        if (!r->bev)
+            return; /* the owner could not make a bufferevent: it stopped reading */
+    }
     struct bufferevent *bev = r->bev;
     bufferevent_data_cb read_cb;
     bufferevent_event_cb event_cb;
@@ -129,7 +134,28 @@ void px_reader_unbind(struct px_reader *r)
         bufferevent_disable(r->bev, EV_READ);
     r->ev = NULL;
     r->bev = NULL;
+    r->wake = NULL;
     r->enabled = false;
+}
+
+void px_reader_park(struct px_reader *r, void (*wake)(struct px_reader *r))
+{
+    if (!r->ev || !r->bev)
+        return; /* only a bound plain socket parks */
+    r->bev = NULL;
+    r->wake = wake;
+}
+
+void px_reader_unpark(struct px_reader *r, struct bufferevent *bev)
+{
+    bufferevent_disable(bev, EV_READ); /* pgwarden reads: the event stayed as it was */
+    r->bev = bev;
+    r->wake = NULL;
+}
+
+bool px_reader_parked(const struct px_reader *r)
+{
+    return r->ev && !r->bev;
 }
 
 static void apply(struct px_reader *r, bool on);
@@ -148,7 +174,7 @@ void px_reader_block(struct px_reader *r, bool blocked)
 
 static void apply(struct px_reader *r, bool on)
 {
-    if (!r->bev)
+    if (!r->bev && !r->ev)
         return;
     if (!r->ev) { /* the bufferevent may switch its reading off itself (EOF): always ask */
         if (on)
@@ -168,7 +194,7 @@ static void apply(struct px_reader *r, bool on)
 
 bool px_reader_enabled(const struct px_reader *r)
 {
-    if (!r->bev)
-        return false;
-    return r->ev ? r->enabled : (bufferevent_get_enabled(r->bev) & EV_READ) != 0;
+    if (r->ev)
+        return r->enabled;
+    return r->bev && (bufferevent_get_enabled(r->bev) & EV_READ) != 0;
 }

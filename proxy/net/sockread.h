@@ -25,8 +25,10 @@
 #include <openssl/ssl.h>
 
 struct px_reader {
-    struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound */
-    struct event *ev;        /* plain socket: pgwarden's read event; NULL: bev reads */
+    struct bufferevent *bev;           /* whose input buffer and callbacks are used; NULL: unbound,
+                                          or parked (ev set) */
+    struct event *ev;                  /* plain socket: pgwarden's read event; NULL: bev reads */
+    void (*wake)(struct px_reader *r); /* parked: called before the next read */
     bool enabled;
     bool blocked;   /* px_reader_block: off whatever px_reader_enable asks */
     bool wanted;    /* what px_reader_enable last asked (applied when unblocked) */
@@ -52,6 +54,18 @@ void px_reader_unbind(struct px_reader *r);
  */
 int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct bufferevent **bev,
                             evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state);
+
+/*
+ * Parking (plain sockets only): an idle connection may give up its bufferevent, the
+ * largest part of its memory, while nothing is buffered either way.  px_reader_park
+ * forgets bev (the caller frees it) and keeps fd's read event as it is; when fd becomes
+ * readable, wake(r) is called first and must give r a new bufferevent with
+ * px_reader_unpark (or stop reading: then nothing is read).  Reading on or off works on a
+ * parked reader as on any other.
+ */
+void px_reader_park(struct px_reader *r, void (*wake)(struct px_reader *r));
+void px_reader_unpark(struct px_reader *r, struct bufferevent *bev);
+bool px_reader_parked(const struct px_reader *r);
 
 /* Reading on or off (backpressure, closing, a server parked in the pool ...). */
 void px_reader_enable(struct px_reader *r, bool on);

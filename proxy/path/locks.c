@@ -71,9 +71,14 @@ struct px_client_locks {
 
     /* The wait, while c->lock_waiting. */
     struct px_lockreq req;
-    bool wait_simple;              /* answer as a simple Query, else as an Execute */
-    bool wait_try;                 /* a try call waiting for its global part */
-    struct px_lockcall *wait_call; /* owned copy */
+    bool wait_simple; /* answer as a simple Query, else as an Execute */
+    bool wait_try;    /* a try call waiting for its global part */
+    /* What the answer needs of the call (its function, FROM form and column name), not
+     * the whole parsed call: its errors, arguments and parameter types (2.8 kB) are done
+     * with once the call runs. */
+    enum px_lockfn wait_fn;
+    bool wait_from_clause;
+    char wait_column[PX_LOCKCALL_NAME_SIZE];
     int16_t formats[4];
     uint64_t wait_since_us;
     bool have_result; /* on L.pending: the outcome waits to be delivered */
@@ -529,17 +534,15 @@ static void describe_cycle(const struct lockmgr_cycle *cy, char *buf, size_t cap
         snprintf(buf + used, cap - used, "\n... and %zu more", cy->n - cy->described);
 }
 
-/* Parks c until its wait ends; the call and formats are kept to answer then. */
-static bool start_wait(struct px_client *c, const struct px_lockcall *call, const int16_t *formats,
+/* Parks c until its wait ends; what the answer needs of the call, and the formats, are
+ * kept to answer then (wait_call). */
+static void start_wait(struct px_client *c, const struct px_lockcall *call, const int16_t *formats,
                        const struct px_lockreq *req, bool simple)
 {
     struct px_client_locks *cl = c->locks;
-    cl->wait_call = malloc(sizeof(*call));
-    if (!cl->wait_call) {
-        lockmgr_cancel_wait(L.lm, cl->owner, now_us());
-        return false;
-    }
-    memcpy(cl->wait_call, call, sizeof(*call));
+    cl->wait_fn = call->fn;
+    cl->wait_from_clause = call->from_clause;
+    memcpy(cl->wait_column, call->column, sizeof(cl->wait_column));
     if (formats)
         memcpy(cl->formats, formats, sizeof(cl->formats));
     else
@@ -551,7 +554,16 @@ static bool start_wait(struct px_client *c, const struct px_lockcall *call, cons
     px_lockprobe_wait_begin(c); /* hybrid deadlocks: probed if the wait grows long */
     px_debug("locks", 'C', c->id, "waits for %s on \"%.*s\"", lockmgr_mode_name(req->mode),
              (int)(req->keylen > 64 ? 64 : req->keylen), req->key);
-    return true;
+}
+
+/* The call a wait answers, as start_wait kept it: only the fields the replies read (the
+ * function, FROM form and column name of px_lockcall_write_row_description / _value). */
+static void wait_call(const struct px_client_locks *cl, struct px_lockcall *call)
+{
+    memset(call, 0, sizeof(*call));
+    call->fn = cl->wait_fn;
+    call->from_clause = cl->wait_from_clause;
+    memcpy(call->column, cl->wait_column, sizeof(call->column));
 }
 
 /* Runs the call with its argument values; writes the answer unless c now waits.  False
@@ -605,8 +617,7 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
             /* granted here, not yet in PostgreSQL: wait for the global part */
             if (req.scope == LOCKMGR_XACT)
                 cl->has_xact = true;
-            if (!start_wait(c, call, formats, &req, simple))
-                return false;
+            start_wait(c, call, formats, &req, simple);
             cl->wait_try = try;
             arm_timer();
             return true;
@@ -620,8 +631,7 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
         } else if (st == LOCKMGR_WOULD_BLOCK) {
             answer_value(c, call, formats, simple, true, 0);
         } else if (st == LOCKMGR_WAITING) {
-            if (!start_wait(c, call, formats, &req, simple))
-                return false;
+            start_wait(c, call, formats, &req, simple);
         } else {
             char detail[DETAIL_MAX];
             detail[0] = '\0';
@@ -698,13 +708,15 @@ static void deliver_one(struct px_client *c)
     c->lock_waiting = false;
     px_lockprobe_wait_end(c);
     px_stats_lock_wait(cl->result.status, now_us() - cl->wait_since_us);
-    struct px_lockcall *call = cl->wait_call;
-    cl->wait_call = NULL;
     const int16_t *formats = cl->wait_simple ? NULL : cl->formats;
     if (cl->result.status == LOCKMGR_OK) {
-        answer_value(c, call, formats, cl->wait_simple, false, (int64_t)cl->result.token);
+        struct px_lockcall call;
+        wait_call(cl, &call);
+        answer_value(c, &call, formats, cl->wait_simple, false, (int64_t)cl->result.token);
     } else if (cl->result.status == LOCKMGR_WOULD_BLOCK) { /* try: taken elsewhere */
-        answer_value(c, call, formats, cl->wait_simple, true, 0);
+        struct px_lockcall call;
+        wait_call(cl, &call);
+        answer_value(c, &call, formats, cl->wait_simple, true, 0);
     } else {
         struct px_lockcall_error err;
         status_error(&err, cl->result.status, &cl->req, (now_us() - cl->wait_since_us) / 1000u);
@@ -713,7 +725,6 @@ static void deliver_one(struct px_client *c)
                     (int)(cl->req.keylen > 64 ? 64 : cl->req.keylen), cl->req.key);
         answer_error_detail(c, &err, cl->wait_simple, cl->result.detail);
     }
-    free(call);
     free(cl->result.detail);
     cl->result.detail = NULL;
     cl->wait_try = false;
@@ -1196,7 +1207,6 @@ void px_locks_client_free(struct px_client *c)
         drop_stmt(cl, cl->stmts->name);
     while (cl->portals)
         drop_portal(cl, cl->portals->name);
-    free(cl->wait_call);
     free(cl->result.detail);
     free(cl->victim_detail);
     free(cl);

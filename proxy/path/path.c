@@ -700,10 +700,7 @@ void px_path_client_authenticated(struct px_client *c)
     }
     c->pool = pool;
     px_pool_ref(pool);
-    if (!px_retry_client_start(c)) {
-        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
-        return;
-    }
+    c->retry_wanted = px_retry_enabled(); /* started when it is needed (retry.h) */
     /* With a cached welcome the login completes now; a server is linked when the client
      * needs one (transaction pooling) or as soon as one is free (session pooling). */
     struct px_welcome *w = px_pool_welcome_find(pool, c->signature, c->signature_len);
@@ -748,6 +745,12 @@ void px_path_cancel_request(struct px_client *c)
 
 void px_path_client_input(struct px_client *c)
 {
+    /* Retry starts at a client's first input (at a transaction boundary: it has no server)
+     * or when it gets a server (px_path_client_linked). */
+    if (c->retry_wanted && !c->retry && !c->server && !px_retry_client_start(c)) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
     if (px_retry_holds_input(c))
         return; /* the retry stage resumes it */
     if (px_outcome_pending(c)) {
@@ -853,6 +856,12 @@ void px_path_server_free(struct px_server *s)
 void px_path_client_linked(struct px_client *c, bool queued)
 {
     struct px_server *s = c->server;
+    /* A waiting client may have parked; retry may not have started yet (it is started
+     * before anything is relayed either way). */
+    if (!px_client_unpark(c) || (c->retry_wanted && !c->retry && !px_retry_client_start(c))) {
+        px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
+        return;
+    }
     if (!c->welcomed) /* s->welcome is NULL only when caching it ran out of memory */
         px_client_welcome(c, s->welcome ? &s->welcome->params : &s->params, s->welcome);
     c->read_paused = false; /* a waiting client may have stopped reading */

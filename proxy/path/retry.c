@@ -171,6 +171,11 @@ static bool enabled(void)
     return cfg_set && cfg.max_attempts > 1 && cfg.retryable_sqlstates.n > 0;
 }
 
+bool px_retry_enabled(void)
+{
+    return enabled();
+}
+
 /* ==== accounting ======================================================================== */
 
 static void gauge_update(struct px_retry *rt)

@@ -42,8 +42,13 @@
 #include "conn.h"
 #include "path/sqlscan.h"
 
-/* c logged in and has a pool: starts recording when retry is on (max_attempts > 1 and a
- * retryable SQLSTATE configured).  False when out of memory (c is then failed). */
+/* Whether retry is on (max_attempts > 1 and a retryable SQLSTATE configured): asked once
+ * per client, at login (c->retry_wanted). */
+bool px_retry_enabled(void);
+/* Starts recording for c (a no-op when it records already or retry is off): called when c
+ * first needs it, at its first input without a server or when it gets a server (path.c),
+ * so that an idle client that never sent a query keeps none of it.  False when out of
+ * memory (c is then failed). */
 bool px_retry_client_start(struct px_client *c);
 void px_retry_client_free(struct px_client *c);
 

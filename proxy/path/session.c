@@ -13,7 +13,7 @@
  * the welcome said. */
 static const char *client_value(const struct px_client *c, const char *name)
 {
-    const char *v = px_params_get(&c->vars, name);
+    const char *v = c->vars ? px_params_get(c->vars, name) : NULL;
     if (!v && c->welcome)
         v = px_params_get(&c->welcome->params, name);
     return v;
@@ -33,7 +33,9 @@ int px_session_reported(struct px_client *c, const char *name, const char *value
     const char *v = client_value(c, name);
     if (v && !strcmp(v, value))
         return 0;
-    return px_params_set(&c->vars, name, value);
+    if (!c->vars && !(c->vars = calloc(1, sizeof(*c->vars))))
+        return -1;
+    return px_params_set(c->vars, name, value);
 }
 
 /* Appends "SET name TO E'value';" (an E'' literal is valid whatever
@@ -52,7 +54,7 @@ static int append_set(struct evbuffer *b, const char *name, const char *s)
 /* The client's value of tracked slot i. */
 static const char *client_tracked(const struct px_client *c, int i)
 {
-    const char *v = c->vars.tracked[i];
+    const char *v = c->vars ? c->vars->tracked[i] : NULL;
     if (!v && c->welcome)
         v = c->welcome->params.tracked[i];
     return v;
@@ -516,6 +518,10 @@ void px_session_client_free(struct px_client *c)
         free(c->sstate);
         c->sstate = NULL;
     }
-    px_params_clear(&c->vars);
+    if (c->vars) {
+        px_params_clear(c->vars);
+        free(c->vars);
+        c->vars = NULL;
+    }
     px_welcome_unref(c->welcome);
 }

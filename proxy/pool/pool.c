@@ -636,6 +636,14 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
                  now - s->created_ms >= (uint64_t)cfg->server_lifetime_ms)
             px_server_close(s, "server_lifetime_ms reached");
     }
+    /* Idle and waiting clients with nothing buffered give up their bufferevents (client.h). */
+    struct px_list *parkable[] = {&pool->clients_idle, &pool->clients_waiting};
+    for (size_t i = 0; i < 2; i++) {
+        px_list_for_each_safe(it, tmp, parkable[i])
+        {
+            px_client_park(PX_CONTAINER_OF(it, struct px_client, link));
+        }
+    }
     if (px.shutting_down) {
         struct px_list *lists[] = {&pool->clients_idle, &pool->clients_active};
         for (size_t i = 0; i < 2; i++) {
