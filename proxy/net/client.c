@@ -270,6 +270,7 @@ void px_client_park(struct px_client *c)
         return; /* parked already, TLS, or not read by pgwarden */
     if (c->state != PX_CL_IDLE && c->state != PX_CL_WAITING)
         return;
+    px_path_client_parking(c);
     /* Stages that keep state on its buffers or write to it by themselves. */
     if (c->retry || c->outcome || c->lock_waiting || c->fault_waiting || c->reply_hold ||
         c->read_paused || c->c2s.remaining || c->skip_to_sync || c->head_sql_len)

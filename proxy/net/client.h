@@ -61,6 +61,9 @@ void px_path_client_authenticated(struct px_client *c);
 void px_path_client_input(struct px_client *c);
 /* c's output drained below the low watermark: its server may be read again. */
 void px_path_client_drained(struct px_client *c);
+/* c is about to park (idle or waiting, plain socket): the statement path gives back what
+ * it keeps for c only between a query and its answer (the retry stage's recorder). */
+void px_path_client_parking(struct px_client *c);
 /* c is failing or closing: it lets go of its server (c->server is NULL on return). */
 void px_path_client_leaving(struct px_client *c);
 /* c is being freed: release what the statement path keeps for it. */

@@ -801,6 +801,11 @@ void px_path_client_leaving(struct px_client *c)
     px_server_release(s, c->c2s.remaining != 0);
 }
 
+void px_path_client_parking(struct px_client *c)
+{
+    px_retry_client_release_idle(c); /* made again at its next query (px_path_client_input) */
+}
+
 void px_path_client_free(struct px_client *c)
 {
     px_retry_client_free(c);

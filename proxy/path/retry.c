@@ -815,6 +815,25 @@ void px_retry_client_free(struct px_client *c)
     free(rt);
 }
 
+bool px_retry_client_release_idle(struct px_client *c)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt)
+        return true;
+    if (c->server || rt->mode != RT_RECORD || rt->ver || rt->in_relay || rt->quiet || rt->kick ||
+        rt->wind || rt->replay_left || rt->open_group || rt->reqs || rt->out_hdr_n ||
+        rt->out_left || rt->in_left || c->held_begin || evtimer_pending(rt->ev, NULL))
+        return false;
+    size_t kept = 0, pending = 0;
+    replay_rec_bytes(rt->rec, &kept);
+    replay_rec_pending(rt->rec, &pending);
+    if (kept || pending || evbuffer_get_length(rt->sink) || evbuffer_get_length(rt->fwd) ||
+        evbuffer_get_length(rt->held) || evbuffer_get_length(rt->later))
+        return false;
+    px_retry_client_free(c);
+    return true;
+}
+
 bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                            uint32_t len)
 {

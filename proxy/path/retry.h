@@ -51,6 +51,10 @@ bool px_retry_enabled(void);
  * memory (c is then failed). */
 bool px_retry_client_start(struct px_client *c);
 void px_retry_client_free(struct px_client *c);
+/* Frees c's retry state when c (without a server) is between transactions with nothing
+ * recorded, pending, held or scheduled: an idle client keeps none of it (~2.3 kB), and
+ * px_retry_client_start makes it again at its next query.  True when c has none now. */
+bool px_retry_client_release_idle(struct px_client *c);
 
 /* Where every byte for c goes (path.h px_path_client_out): the stage's buffer while c is
  * recorded, else c's output buffer. */
