@@ -44,8 +44,6 @@ void px_outcome_commit_sent(struct px_client *c, struct evbuffer *out, bool quie
     s->capture = PX_CAPTURE_XID;
 }
 
-#define XID_PREFIX XID_SQL ";"
-
 bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool quiescent,
                              const uint8_t *body, uint32_t len)
 {
@@ -54,12 +52,7 @@ bool px_outcome_commit_query(struct px_client *c, struct evbuffer *out, bool qui
     s->xid_known = false;
     if (!c->retry || !quiescent || s->txn_status != 'T' || len == 0 || body[len - 1] != '\0')
         return false;
-    size_t plen = sizeof(XID_PREFIX) - 1, total = 5 + plen + len;
-    uint8_t hdr[5] = {'Q'};
-    px_put_u32(hdr + 1, (uint32_t)(total - 1));
-    /* room first: the three adds then cannot fail halfway through a message */
-    if (evbuffer_expand(out, total) < 0 || evbuffer_add(out, hdr, 5) < 0 ||
-        evbuffer_add(out, XID_PREFIX, plen) < 0 || evbuffer_add(out, body, len) < 0)
+    if (px_wire_query_prefixed(out, XID_SQL, sizeof(XID_SQL) - 1, body, len) < 0)
         return false;
     s->xid_prefix = true;
     s->prefix_done = false;
@@ -79,29 +72,14 @@ void px_outcome_commit_parse(struct px_client *c, struct evbuffer *out, bool qui
     s->xid_known = false;
     if (!c->retry || !quiescent || s->txn_status != 'T')
         return;
-    /* Parse "" XID_SQL (no parameter types), Bind "" "" (no formats, parameters or result
-     * formats: text), Execute "" (all rows) */
-    uint8_t m[5 + 1 + sizeof(XID_SQL) + 2 + 5 + 8 + 5 + 5];
-    size_t n = 0;
-    m[n] = 'P';
-    px_put_u32(m + n + 1, 4 + 1 + sizeof(XID_SQL) + 2);
-    n += 5;
-    m[n++] = '\0';
-    memcpy(m + n, XID_SQL, sizeof(XID_SQL));
-    n += sizeof(XID_SQL);
-    m[n++] = 0;
-    m[n++] = 0;
-    m[n] = 'B';
-    px_put_u32(m + n + 1, 4 + 8);
-    n += 5;
-    memset(m + n, 0, 8);
-    n += 8;
-    m[n] = 'E';
-    px_put_u32(m + n + 1, 4 + 5);
-    n += 5;
-    memset(m + n, 0, 5);
-    n += 5;
-    if (evbuffer_add(out, m, n) < 0)
+    /* Parse "" XID_SQL with no parameter types (the literal's own terminator is the second
+     * byte of the count), Bind "" "" with no formats, parameters or result formats (text),
+     * Execute "" for all rows; room first, so that nothing is written on a failure */
+    static const char parse[] = "\0" XID_SQL "\0\0";
+    static const uint8_t zeros[8];
+    if (evbuffer_expand(out, 3 * 5 + sizeof(parse) + 8 + 5) < 0 ||
+        px_wire_msg(out, 'P', parse, sizeof(parse)) < 0 || px_wire_msg(out, 'B', zeros, 8) < 0 ||
+        px_wire_msg(out, 'E', zeros, 5) < 0)
         return;
     s->xid_prefix = true;
     s->prefix_done = false;

@@ -452,19 +452,26 @@ enum px_relay_result px_path_relay_into(struct px_client *c, struct evbuffer *ou
 
 /* ==== server -> client ================================================================== */
 
+/* What a ReadyForQuery with status means for s itself (its client's side is the
+ * caller's). */
+static void server_ready(struct px_server *s, char status)
+{
+    if (s->pending_ready > 0)
+        s->pending_ready--;
+    s->txn_status = status;
+    s->commit_inflight = false;
+    s->begin_shift = 0;
+    s->group_failed = false;
+    s->copy_in = false;
+}
+
 /* The bookkeeping every relayed server reply gets, in both pool modes. */
 static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, const uint8_t *body,
                                             uint32_t len)
 {
     switch (type) {
     case 'Z':
-        if (s->pending_ready > 0)
-            s->pending_ready--;
-        s->txn_status = len ? (char)body[0] : 'I';
-        s->commit_inflight = false;
-        s->begin_shift = 0;
-        s->group_failed = false;
-        s->copy_in = false;
+        server_ready(s, len ? (char)body[0] : 'I');
         if (s->client)
             px_session_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
@@ -592,8 +599,10 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
             return PX_RELAY_CLOSE;
         }
         px_expect_pop(s);
-        if (s->begin_failed)
+        if (s->begin_failed) { /* the server is outside any block; its client is not */
+            server_ready(s, 'I');
             return px_txn_begin_failed_ready(s, out);
+        }
         if (s2c_bookkeeping(s, type, body, len) != PX_RELAY_FORWARD)
             return PX_RELAY_CLOSE;
         /* A batch on s: the next bytes are another client's reply. */

@@ -437,13 +437,7 @@ bool px_txn_begin_query(struct px_client *c, struct evbuffer *out, const uint8_t
 {
     struct px_server *s = c->server;
     size_t blen = c->held_begin_len - 6; /* its text, without the terminator */
-    size_t total = 5 + blen + 1 + len;
-    uint8_t hdr[5] = {'Q'};
-    px_put_u32(hdr + 1, (uint32_t)(total - 1));
-    /* room first: the adds then cannot fail halfway through a message */
-    if (evbuffer_expand(out, total) < 0 || evbuffer_add(out, hdr, 5) < 0 ||
-        evbuffer_add(out, c->held_begin + 5, blen) < 0 || evbuffer_add(out, ";", 1) < 0 ||
-        evbuffer_add(out, body, len) < 0)
+    if (px_wire_query_prefixed(out, c->held_begin + 5, blen, body, len) < 0)
         return false;
     s->begin_prefix = true;
     s->begin_failed = false;
@@ -482,13 +476,6 @@ bool px_txn_begin_reply(struct px_server *s, char type, enum px_relay_action *ac
 enum px_relay_action px_txn_begin_failed_ready(struct px_server *s, struct evbuffer *out)
 {
     s->begin_failed = false;
-    s->begin_shift = 0;
-    if (s->pending_ready > 0)
-        s->pending_ready--;
-    s->txn_status = 'I';
-    s->commit_inflight = false;
-    s->group_failed = false;
-    s->copy_in = false;
     struct px_client *c = s->client;
     if (c) {
         if (!px_txn_hold_failed_block(c) || px_wire_ready(out, 'E') < 0)

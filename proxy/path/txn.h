@@ -57,9 +57,9 @@ bool px_txn_begin_alone(struct px_client *c, struct evbuffer *out);
 /* A reply of s while s->begin_prefix: true when it is the BEGIN's CommandComplete,
  * swallowed, which stops the relay (s->prefix_done); an error marks the BEGIN failed. */
 bool px_txn_begin_reply(struct px_server *s, char type, enum px_relay_action *action);
-/* The ReadyForQuery (already popped from the FIFO) of a Query whose BEGIN failed: for the
- * client its block failed (ReadyForQuery 'E' written to out, a failed held block); the
- * server, outside any block, may go back to the pool. */
+/* The ReadyForQuery of a Query whose BEGIN failed, once the server's own state took it
+ * (path.c server_ready): for the client its block failed (ReadyForQuery 'E' written to
+ * out, a failed held block); the server, outside any block, may go back to the pool. */
 enum px_relay_action px_txn_begin_failed_ready(struct px_server *s, struct evbuffer *out);
 
 /* Every reply of c's prelude is in.  True when it succeeded: the client's messages may go.

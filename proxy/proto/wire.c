@@ -83,6 +83,17 @@ static int add_header(struct evbuffer *out, char type, size_t body_len)
     return evbuffer_add(out, hdr, 5);
 }
 
+int px_wire_query_prefixed(struct evbuffer *out, const void *prefix, size_t prefix_len,
+                           const uint8_t *body, uint32_t len)
+{
+    size_t blen = prefix_len + 1 + len;
+    if (evbuffer_expand(out, 5 + blen) < 0 || add_header(out, 'Q', blen) < 0 ||
+        evbuffer_add(out, prefix, prefix_len) < 0 || evbuffer_add(out, ";", 1) < 0 ||
+        evbuffer_add(out, body, len) < 0)
+        return -1;
+    return 0;
+}
+
 int px_wire_msg(struct evbuffer *out, char type, const void *body, size_t len)
 {
     if (add_header(out, type, len) < 0)

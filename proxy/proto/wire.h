@@ -141,6 +141,10 @@ int px_wire_negotiate(struct evbuffer *out, uint32_t minor, const char *const *u
                       size_t n);
 /* A simple Query message. */
 int px_wire_query(struct evbuffer *out, const char *sql);
+/* A simple Query of `prefix;` followed by the text of another Query's body (body, len:
+ * NUL-terminated).  Room is made first, so a failure writes nothing. */
+int px_wire_query_prefixed(struct evbuffer *out, const void *prefix, size_t prefix_len,
+                           const uint8_t *body, uint32_t len);
 /* A frontend message of type with a raw body. */
 int px_wire_msg(struct evbuffer *out, char type, const void *body, size_t len);
 /* Startup-phase packets (no type byte). */
