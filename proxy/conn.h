@@ -435,7 +435,9 @@ struct px_proxy {
 
 extern struct px_proxy px;
 
+/* The monotonic clock, in milliseconds and microseconds. */
 uint64_t px_now_ms(void);
+uint64_t px_now_us(void);
 
 /* A client or server points at pool from now on (c->pool / s->pool). */
 static inline void px_pool_ref(struct px_pool *pool)

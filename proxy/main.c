@@ -50,6 +50,13 @@ uint64_t px_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+uint64_t px_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: pgwarden -c FILE [--check | --init-lock-state]\n"

@@ -73,6 +73,11 @@ static const char *const locks_backend_names[] = {"local", "postgresql", NULL};
 /* Index == enum backoff_jitter (retry/backoff.h). */
 static const char *const jitter_names[] = {"full", "equal", "decorrelated", "none", NULL};
 
+const char *px_config_server_tls_name(enum px_server_tls_mode mode)
+{
+    return server_tls_names[mode];
+}
+
 _Static_assert(PX_POOL_TRANSACTION == 1, "pool_mode_names order");
 _Static_assert(PX_AUTH_TRUST == 0 && PX_AUTH_MD5 == 1 && PX_AUTH_SCRAM == 2,
                "auth_type_names order");

@@ -45,6 +45,8 @@ enum px_server_tls_mode {
     PX_STLS_VERIFY_CA = 3,
     PX_STLS_VERIFY_FULL = 4,
 };
+/* The config word of a server_tls_mode, which is libpq's sslmode of the same name. */
+const char *px_config_server_tls_name(enum px_server_tls_mode mode);
 /* Transaction pooling: session state that cannot follow a client to another server. */
 enum px_unmovable { PX_UNMOVABLE_PIN = 0, PX_UNMOVABLE_RESET = 1 };
 /* [locks] backend: where the lock space lives (docs/design/distributed-locks.md). */

@@ -123,13 +123,6 @@ static struct {
     char appname[64];
 } S;
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 bool px_lockspace_active(void)
 {
     return S.active;
@@ -400,7 +393,6 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
 static int build_release(struct ls_key *k, unsigned drop, bool take_a_sh, char *sql)
 {
     size_t u = 0;
-    bool any = false;
     if (sql_append(sql, &u, "SELECT true") < 0)
         return -1;
     if (take_a_sh &&
@@ -411,12 +403,10 @@ static int build_release(struct ls_key *k, unsigned drop, bool take_a_sh, char *
             continue;
         if (sql_append(sql, &u, ", pg_advisory_unlock(%lld)", advisory_id(k->hash, sub)) < 0)
             return -1;
-        any = true;
     }
     if ((drop & LS_A_SH) &&
         sql_append(sql, &u, ", pg_advisory_unlock_shared(%lld)", advisory_id(k->hash, 0)) < 0)
         return -1;
-    (void)any;
     return 0;
 }
 
@@ -488,7 +478,7 @@ static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum
     }
     cn->busy_key = k;
     cn->busy_op = op;
-    cn->sent_us = now_us();
+    cn->sent_us = px_now_us();
     if (op == LS_OP_ATTEMPT || op == LS_OP_RELEASE)
         px_debug("lockspace", 0, (uint64_t)cn->index, "sent: %.300s", sql);
     if (k)
@@ -505,7 +495,7 @@ static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum
  * attempt for a waiting grant not yet tried in this round.  False when k needs none. */
 static bool key_statement(struct ls_key *k, char *sql, enum ls_op *op)
 {
-    uint64_t now = now_us();
+    uint64_t now = px_now_us();
     expire(k, now);
     unsigned modes = local_modes(k);
     unsigned need = locks_for_modes(modes);
@@ -544,8 +534,7 @@ static void conn_kick(struct ls_conn *cn)
         if (!first)
             return;
         struct ls_key *k = PX_CONTAINER_OF(first, struct ls_key, qlink);
-        px_list_remove(first);
-        px_list_init(first);
+        px_list_remove(first); /* left linked to itself */
         k->queued = false;
         enum ls_op op;
         if (k->in_flight || !key_statement(k, sql, &op)) {
@@ -556,9 +545,9 @@ static void conn_kick(struct ls_conn *cn)
                     k->backoff_us = BACKOFF_MAX_US;
                 uint64_t d = k->backoff_us / 2 + (uint64_t)random() % (k->backoff_us / 2 + 1);
                 for (struct ls_pend *p = k->pend; p; p = p->next)
-                    if (p->deadline_us && p->deadline_us > now_us() &&
-                        p->deadline_us - now_us() < d)
-                        d = p->deadline_us - now_us();
+                    if (p->deadline_us && p->deadline_us > px_now_us() &&
+                        p->deadline_us - px_now_us() < d)
+                        d = p->deadline_us - px_now_us();
                 struct timeval tv = {(time_t)(d / 1000000u), (suseconds_t)(d % 1000000u)};
                 evtimer_add(k->poll, &tv);
             }
@@ -573,7 +562,7 @@ static void conn_kick(struct ls_conn *cn)
 /* While k's connection is not ready, its poll timer stands for the earliest deadline. */
 static void arm_deadline(struct ls_key *k)
 {
-    uint64_t first = UINT64_MAX, now = now_us();
+    uint64_t first = UINT64_MAX, now = px_now_us();
     for (struct ls_pend *p = k->pend; p; p = p->next)
         if (p->deadline_us && p->deadline_us < first)
             first = p->deadline_us;
@@ -588,7 +577,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     struct ls_key *k = arg;
-    expire(k, now_us());
+    expire(k, px_now_us());
     if (!k->pend) {
         key_maybe_free(k);
         return;
@@ -650,7 +639,7 @@ static void conn_result(struct ls_conn *cn)
     }
     cn->busy_key = NULL;
     cn->busy_op = LS_OP_NONE;
-    cn->last_answer_us = now_us();
+    cn->last_answer_us = px_now_us();
     if (k)
         k->in_flight = false;
     if (failed) {
@@ -789,7 +778,7 @@ static void conn_start(struct ls_conn *cn)
     cn->state = LS_CONNECTING;
     event_assign(cn->io, px.base, PQsocket(cn->pg), EV_WRITE, on_io, cn);
     event_add(cn->io, NULL);
-    cn->sent_us = now_us();
+    cn->sent_us = px_now_us();
     conn_timer_arm(cn, S.lease_us / 16);
 }
 
@@ -800,7 +789,7 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     struct ls_conn *cn = arg;
-    uint64_t now = now_us();
+    uint64_t now = px_now_us();
     if (cn->state == LS_DOWN) {
         conn_start(cn);
         return;
@@ -836,7 +825,6 @@ static void conn_lost(struct ls_conn *cn, const char *why)
     size_t n = strlen(why);
     while (n && (why[n - 1] == '\n' || why[n - 1] == ' '))
         n--;
-    bool was_ready = cn->state == LS_READY || cn->state == LS_SETUP;
     px_warning("lockspace", 0, (uint64_t)cn->index, "lock connection %d lost: %.*s", cn->index,
                (int)(n > 200 ? 200 : n), why);
     event_del(cn->io);
@@ -887,7 +875,6 @@ static void conn_lost(struct ls_conn *cn, const char *why)
             }
         }
     }
-    (void)was_ready;
     uint64_t d = cn->reconnect_us ? cn->reconnect_us * 2 : 100000u;
     if (d > 2000000u)
         d = 2000000u;
@@ -1028,7 +1015,7 @@ bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
     p->mode = mode;
     p->try = try;
     if (try && k->conn->state != LS_READY)
-        p->deadline_us = now_us(); /* a try never waits, not even for the connection: 55P03 */
+        p->deadline_us = px_now_us(); /* a try never waits, not even for the connection: 55P03 */
     struct ls_pend **pp = &k->pend;
     while (*pp)
         pp = &(*pp)->next;

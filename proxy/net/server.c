@@ -252,13 +252,17 @@ static void start_tls(struct px_server *s)
 
 /* ---- authentication as a client of PostgreSQL ------------------------------------------ */
 
-/* The plaintext password for the server login, or NULL. */
+const char *px_pool_server_password(const struct px_pool *pool)
+{
+    if (pool->server_password)
+        return pool->server_password;
+    const struct px_user *u = px.users ? px_userlist_find(px.users, pool->server_user) : NULL;
+    return u ? u->password : NULL;
+}
+
 static const char *server_password(const struct px_server *s)
 {
-    if (s->pool->server_password)
-        return s->pool->server_password;
-    const struct px_user *u = px.users ? px_userlist_find(px.users, s->pool->server_user) : NULL;
-    return u ? u->password : NULL;
+    return px_pool_server_password(s->pool);
 }
 
 static int auth_md5(struct px_server *s, const uint8_t *salt)

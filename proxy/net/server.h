@@ -15,6 +15,9 @@
  * none, for a connection pgwarden opens itself, e.g. a circuit-breaker probe).  Returns
  * NULL when it cannot even start (the caller fails the client). */
 struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opener);
+/* The plaintext password pgwarden logs in to pool's servers with (the [databases] entry's
+ * password=, else the auth_file's plaintext one), or NULL. */
+const char *px_pool_server_password(const struct px_pool *pool);
 
 void px_server_set_state(struct px_server *s, enum px_server_state st);
 

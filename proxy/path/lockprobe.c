@@ -25,9 +25,9 @@
 #include <event2/event.h>
 #include <libpq-fe.h>
 
-#include "auth/userlist.h"
 #include "base/log.h"
 #include "metrics/metrics.h"
+#include "net/server.h"
 #include "path/lockprobe.h"
 #include "path/locks.h"
 
@@ -105,13 +105,6 @@ static void arm(uint64_t ms);
 static void tick(evutil_socket_t fd, short what, void *arg);
 static void cluster_step(evutil_socket_t fd, short what, void *arg);
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static bool init(void)
 {
     if (P.inited)
@@ -156,8 +149,7 @@ void px_lockprobe_wait_end(struct px_client *c)
 {
     if (!linked(c))
         return;
-    px_list_remove(&c->lockprobe_link);
-    px_list_init(&c->lockprobe_link);
+    px_list_remove(&c->lockprobe_link); /* left linked to itself */
     if (P.in_round || !px_list_empty(&P.waiters))
         return;
     /* nobody waits: no timer, no connection (a round in flight ends by itself) */
@@ -173,7 +165,6 @@ void px_lockprobe_shutdown(void)
     while (P.inited && !px_list_empty(&P.waiters)) {
         struct px_list *it = P.waiters.next;
         px_list_remove(it);
-        px_list_init(it);
     }
     if (P.timer)
         event_free(P.timer);
@@ -508,13 +499,7 @@ static bool cluster_start(struct cluster *k, const struct px_pool *pool)
         return false;
     if (k->conn)
         return cluster_send(k);
-    static const char *const sslmodes[] = {"disable", "prefer", "require", "verify-ca",
-                                           "verify-full"};
-    const char *pw = pool->server_password;
-    if (!pw && px.users) {
-        const struct px_user *u = px_userlist_find(px.users, pool->server_user);
-        pw = u ? u->password : NULL;
-    }
+    const char *pw = px_pool_server_password(pool);
     char port[16];
     snprintf(port, sizeof(port), "%d", k->port);
     const char *keys[10], *vals[10];
@@ -524,7 +509,7 @@ static bool cluster_start(struct cluster *k, const struct px_pool *pool)
     KV("port", port);
     KV("dbname", pool->dbname ? pool->dbname : pool->database);
     KV("user", pool->server_user);
-    KV("sslmode", sslmodes[px.cfg->server_tls_mode]);
+    KV("sslmode", px_config_server_tls_name(px.cfg->server_tls_mode));
     KV("application_name", "pgwarden lock probe");
     if (px.cfg->server_tls_ca_file)
         KV("sslrootcert", px.cfg->server_tls_ca_file);
@@ -643,7 +628,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     P.npge = 0;
     P.verifying = false;
     P.in_round = true;
-    P.round_start_us = now_us();
+    P.round_start_us = px_now_us();
     for (size_t i = 0; i < P.ncl; i++) {
         if (!P.cl[i].ncands || now < P.cl[i].retry_ms)
             continue; /* nothing to ask, or failing: left alone until its backoff ends */
@@ -793,7 +778,7 @@ static void act(void)
     px_info("lockprobe", 'C', c->id,
             "deadlock through PostgreSQL's locks (%zu edges, round of %" PRIu64
             " ms): this lock wait is the victim",
-            P.ncyc, (now_us() - P.round_start_us) / 1000u);
+            P.ncyc, (px_now_us() - P.round_start_us) / 1000u);
 }
 
 static void analyze(void)

@@ -37,6 +37,10 @@ uint64_t px_now_ms(void)
 {
     return 0;
 }
+uint64_t px_now_us(void)
+{
+    return 0;
+}
 
 static uint64_t fake_us;
 static uint64_t fake_clock(void)
