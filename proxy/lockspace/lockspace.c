@@ -26,7 +26,9 @@
 #include "base/list.h"
 #include "base/log.h"
 #include "conn.h"
+#include "metrics/metrics.h"
 #include "lockspace/lockspace.h"
+#include "lockspace/waitgraph.h"
 
 /* Advisory locks of one key: bit i is sub-id i of the key's ids, except A_SH. */
 enum {
@@ -51,7 +53,8 @@ struct ls_pend {
     uint64_t deadline_us; /* 0: none */
     enum lockmgr_mode mode;
     bool try;
-    uint32_t round; /* the poll round in which it was last attempted */
+    uint32_t round;    /* the poll round in which it was last attempted */
+    uint64_t since_us; /* when the global wait began (px_now_us) */
 };
 
 /* A confirmed grant: the client's latest local token, its global token and the mode
@@ -64,7 +67,15 @@ struct ls_hold {
     enum lockmgr_mode mode;
 };
 
-enum ls_op { LS_OP_NONE = 0, LS_OP_ATTEMPT, LS_OP_RELEASE, LS_OP_PING, LS_OP_SETUP };
+enum ls_op {
+    LS_OP_NONE = 0,
+    LS_OP_ATTEMPT,
+    LS_OP_RELEASE,
+    LS_OP_PING,
+    LS_OP_SETUP,
+    LS_OP_GRAPH_PUBLISH, /* this instance's part of the wait-for graph, and the others' */
+    LS_OP_GRAPH_CLEAR,   /* no long wait any more: the part is removed */
+};
 
 struct ls_key {
     struct ls_key *hnext;
@@ -101,6 +112,22 @@ struct ls_conn {
     bool fatal; /* the server sent FATAL while the connection was idle (terminating it) */
 };
 
+/* A wait in the part last taken, parallel to its nodes: how to find it again here. */
+struct ls_gwait {
+    uint64_t since_local; /* px_now_us at its start (lockmgr's or the ls_pend's) */
+    bool global;
+};
+
+struct ls_graph {
+    struct event *timer;        /* every deadlock_timeout / 4 while a global wait exists */
+    enum ls_op want;            /* the statement wanted on connection 0, or LS_OP_NONE */
+    bool published;             /* this instance's row holds a part */
+    uint64_t disabled_until_us; /* after a failed statement (table missing, privileges) */
+    char instance[64];
+    struct wg_part own; /* the part in flight (or last sent) */
+    struct ls_gwait *waits;
+};
+
 /* A lock lost with its connection, to be reported at the client's next lock call. */
 struct ls_lost {
     struct ls_lost *next;
@@ -121,6 +148,7 @@ static struct {
     struct event *kick;      /* queued keys, at a safe point */
     struct ls_lost *lost;
     char appname[64];
+    struct ls_graph *graph; /* deadlocks across instances (section at the end) */
 } S;
 
 bool px_lockspace_active(void)
@@ -426,7 +454,7 @@ static void pend_remove(struct ls_key *k, struct ls_pend *p)
 
 /* Ends p with outcome (reported upward) and forgets it. */
 static void pend_finish(struct ls_key *k, struct ls_pend *p, enum px_lockspace_outcome outcome,
-                        uint64_t token)
+                        uint64_t token, const char *detail)
 {
     uint64_t id = p->client_id;
     if (outcome == PX_LOCKSPACE_GRANTED) {
@@ -446,7 +474,7 @@ static void pend_finish(struct ls_key *k, struct ls_pend *p, enum px_lockspace_o
         }
     }
     pend_remove(k, p);
-    px_locks_global_done(id, outcome, token);
+    px_locks_global_done(id, outcome, token, detail);
 }
 
 /* Ends the waits whose deadline passed. */
@@ -455,7 +483,7 @@ static void expire(struct ls_key *k, uint64_t now)
     for (struct ls_pend *p = k->pend, *next; p; p = next) {
         next = p->next;
         if (p != k->attempting && p->deadline_us && p->deadline_us <= now)
-            pend_finish(k, p, PX_LOCKSPACE_TIMEOUT, 0);
+            pend_finish(k, p, PX_LOCKSPACE_TIMEOUT, 0, NULL);
     }
 }
 
@@ -465,9 +493,12 @@ static void conn_lost(struct ls_conn *cn, const char *why);
 static void on_io(evutil_socket_t fd, short what, void *arg);
 static void conn_timer_arm(struct ls_conn *cn, uint64_t after_us);
 
-static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum ls_op op)
+static int conn_send_params(struct ls_conn *cn, const char *sql, int nparams,
+                            const char *const *params, struct ls_key *k, enum ls_op op)
 {
-    if (!PQsendQuery(cn->pg, sql)) {
+    int sent = nparams ? PQsendQueryParams(cn->pg, sql, nparams, NULL, params, NULL, NULL, 0)
+                       : PQsendQuery(cn->pg, sql);
+    if (!sent) {
         conn_lost(cn, PQerrorMessage(cn->pg));
         return -1;
     }
@@ -490,6 +521,15 @@ static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum
     }
     return 0;
 }
+
+static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum ls_op op)
+{
+    return conn_send_params(cn, sql, 0, NULL, k, op);
+}
+
+static bool graph_kick(struct ls_conn *cn);
+static void graph_result(PGresult *res);
+static void graph_failed(const char *why);
 
 /* Picks the next statement for k: a release of what no local holder needs, else an
  * attempt for a waiting grant not yet tried in this round.  False when k needs none. */
@@ -530,6 +570,8 @@ static void conn_kick(struct ls_conn *cn)
 {
     char sql[SQL_MAX];
     while (cn->state == LS_READY && !cn->busy_op) {
+        if (graph_kick(cn))
+            continue;
         struct px_list *first = px_list_first(&cn->queue);
         if (!first)
             return;
@@ -606,14 +648,14 @@ static void attempt_done(struct ls_key *k, PGresult *res)
         for (struct ls_pend *q = k->pend; q; q = q->next)
             q->round = 0; /* a grant changes what the others may get */
         if (p)
-            pend_finish(k, p, PX_LOCKSPACE_GRANTED, token);
+            pend_finish(k, p, PX_LOCKSPACE_GRANTED, token, NULL);
         else
             k->dirty = true; /* its waiter went: release what it took */
     } else {
         if (gate_changed)
             k->have |= gate;
         if (p && p->try)
-            pend_finish(k, p, PX_LOCKSPACE_BUSY, 0);
+            pend_finish(k, p, PX_LOCKSPACE_BUSY, 0, NULL);
     }
 }
 
@@ -634,6 +676,10 @@ static void conn_result(struct ls_conn *cn)
             px_debug("lockspace", 0, (uint64_t)cn->index, "attempt: ok %s token %s gate %s",
                      PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
             attempt_done(k, res);
+        } else if (op == LS_OP_GRAPH_PUBLISH && st == PGRES_TUPLES_OK) {
+            graph_result(res);
+        } else if (op == LS_OP_GRAPH_CLEAR && st == PGRES_COMMAND_OK) {
+            S.graph->published = false;
         }
         PQclear(res);
     }
@@ -642,6 +688,12 @@ static void conn_result(struct ls_conn *cn)
     cn->last_answer_us = px_now_us();
     if (k)
         k->in_flight = false;
+    if (failed && (op == LS_OP_GRAPH_PUBLISH || op == LS_OP_GRAPH_CLEAR)) {
+        /* The wait-for graph table is missing or not writable: the locks are fine, only
+         * deadlocks across instances go undetected for a while. */
+        graph_failed(why);
+        failed = false;
+    }
     if (failed) {
         /* A statement of ours failed (privileges, the sequence missing, ...): nothing
          * is known for sure about the locks of this connection any more. */
@@ -681,9 +733,14 @@ static void conn_setup(struct ls_conn *cn)
     snprintf(sql, sizeof(sql),
              "SET tcp_keepalives_idle = %u; SET tcp_keepalives_interval = %u; "
              "SET tcp_keepalives_count = 4; SET tcp_user_timeout = %" PRIu64 "; "
-             "DO $pgw$BEGIN IF to_regclass('pgwarden_lock_token_seq') IS NULL THEN "
+             "DO $pgw$BEGIN BEGIN IF to_regclass('pgwarden_lock_token_seq') IS NULL THEN "
              "CREATE SEQUENCE pgwarden_lock_token_seq START %" PRIu64 "; END IF; "
-             "EXCEPTION WHEN duplicate_table OR unique_violation THEN NULL; END$pgw$",
+             "EXCEPTION WHEN duplicate_table OR unique_violation THEN NULL; END; "
+             "BEGIN IF to_regclass('pgwarden_lock_waits') IS NULL THEN "
+             "CREATE UNLOGGED TABLE pgwarden_lock_waits (instance text PRIMARY KEY, "
+             "published timestamptz NOT NULL, graph text NOT NULL); END IF; "
+             "EXCEPTION WHEN duplicate_table OR unique_violation OR insufficient_privilege "
+             "THEN NULL; END; END$pgw$",
              idle_s, intvl_s, S.lease_us / 1000u, start);
     cn->state = LS_SETUP;
     conn_send(cn, sql, NULL, LS_OP_SETUP);
@@ -862,7 +919,7 @@ static void conn_lost(struct ls_conn *cn, const char *why)
                 if (k->conn != cn)
                     continue;
                 if (k->pend) {
-                    pend_finish(k, k->pend, PX_LOCKSPACE_LOST, 0);
+                    pend_finish(k, k->pend, PX_LOCKSPACE_LOST, 0, NULL);
                     again = true;
                 } else if (k->holds) {
                     struct ls_hold *h = k->holds;
@@ -880,6 +937,336 @@ static void conn_lost(struct ls_conn *cn, const char *why)
         d = 2000000u;
     cn->reconnect_us = d;
     conn_timer_arm(cn, d);
+}
+
+/* ---- deadlocks across instances (docs/design/distributed-locks.md section 8) ---------- */
+
+/* Clients in the part, by id: an open-addressing set (ids are never 0). */
+#define GSET_SIZE (2 * WG_MAX_NODES)
+static size_t gset_slot(const uint64_t *ids, uint64_t id)
+{
+    size_t i = (size_t)(id * 0x9e3779b97f4a7c15ull) & (GSET_SIZE - 1);
+    while (ids[i] && ids[i] != id)
+        i = (i + 1) & (GSET_SIZE - 1);
+    return i;
+}
+
+static uint64_t graph_period_us(void)
+{
+    uint64_t t = (uint64_t)px.cfg->deadlock_timeout_ms * 1000u / 4u;
+    return t < 10000u ? 10000u : t;
+}
+
+/* Adds a node for a waiting client unless it is there already (or the part is full). */
+static void part_add_node(struct ls_graph *g, uint64_t *ids, uint16_t *index, uint64_t client,
+                          uint64_t since_local, uint64_t now, bool global, uint64_t hash,
+                          enum lockmgr_mode mode, const struct wg_part *prev,
+                          const struct ls_gwait *prev_waits)
+{
+    size_t slot = gset_slot(ids, client);
+    if (ids[slot] || g->own.nnodes == WG_MAX_NODES)
+        return;
+    ids[slot] = client;
+    index[slot] = (uint16_t)g->own.nnodes;
+    struct wg_node *n = &g->own.nodes[g->own.nnodes];
+    struct ls_gwait *w = &g->waits[g->own.nnodes++];
+    *n = (struct wg_node){.client = client,
+                          .age_us = now > since_local ? now - since_local : 0,
+                          .global = global,
+                          .key_hash = hash,
+                          .mode = (uint8_t)mode};
+    *w = (struct ls_gwait){since_local, global};
+    /* the start learned in an earlier round, so that every reader derives the same one */
+    for (size_t i = 0; prev && i < prev->nnodes; i++)
+        if (prev->nodes[i].client == client && prev_waits[i].since_local == since_local)
+            n->since_us = prev->nodes[i].since_us;
+}
+
+/* Takes this instance's part: every waiting client (global waits first, then lockmgr's
+ * waiters), the global holds of those clients, and lockmgr's edges among them. */
+static int graph_take_part(struct ls_graph *g)
+{
+    uint64_t now = px_now_us();
+    struct wg_part prev = g->own;
+    struct ls_gwait *prev_waits = g->waits;
+    struct lockmgr_snapshot *snap = lockmgr_snapshot(S.lm, NULL, NULL, 0);
+    uint64_t *ids = calloc(GSET_SIZE, sizeof(*ids));
+    uint16_t *index = calloc(GSET_SIZE, sizeof(*index));
+    memset(&g->own, 0, sizeof(g->own));
+    snprintf(g->own.instance, sizeof(g->own.instance), "%s", g->instance);
+    g->own.nodes = calloc(WG_MAX_NODES, sizeof(*g->own.nodes));
+    g->own.holds = calloc(WG_MAX_HOLDS, sizeof(*g->own.holds));
+    g->own.edges = calloc(WG_MAX_EDGES, sizeof(*g->own.edges));
+    g->waits = calloc(WG_MAX_NODES, sizeof(*g->waits));
+    int rc = -1;
+    if (!snap || !ids || !index || !g->own.nodes || !g->own.holds || !g->own.edges || !g->waits)
+        goto out;
+    for (size_t b = 0; b < S.nbuckets; b++)
+        for (struct ls_key *k = S.buckets[b]; k; k = k->hnext)
+            for (struct ls_pend *p = k->pend; p; p = p->next)
+                if (!p->try)
+                    part_add_node(g, ids, index, p->client_id, p->since_us, now, true, k->hash,
+                                  p->mode, &prev, prev_waits);
+    for (size_t i = 0; i < snap->nkeys; i++)
+        for (size_t j = 0; j < snap->keys[i].nwaiters; j++) {
+            const struct lockmgr_snap_waiter *w = &snap->keys[i].waiters[j];
+            part_add_node(g, ids, index, w->owner_id, w->since_us, now, false, 0, w->mode, &prev,
+                          prev_waits);
+        }
+    for (size_t i = 0; i < snap->nkeys; i++) {
+        const struct lockmgr_snap_key *sk = &snap->keys[i];
+        struct ls_key *k = key_find(sk->key, sk->keylen, key_hash(sk->key, sk->keylen));
+        for (size_t j = 0; k && j < sk->nholders && g->own.nholds < WG_MAX_HOLDS; j++) {
+            const struct lockmgr_snap_holder *hd = &sk->holders[j];
+            struct ls_hold *h =
+                ids[gset_slot(ids, hd->owner_id)] ? hold_find(k, hd->owner_id) : NULL;
+            if (h) /* held in PostgreSQL: what another instance can wait for */
+                g->own.holds[g->own.nholds++] = (struct wg_hold){
+                    hd->owner_id, k->hash, (uint8_t)(hd->mode < h->mode ? hd->mode : h->mode)};
+        }
+        /* lockmgr's edges: to each conflicting holder, and to each conflicting request
+         * queued earlier (unless an upgrade) */
+        for (size_t j = 0; j < sk->nwaiters; j++) {
+            const struct lockmgr_snap_waiter *w = &sk->waiters[j];
+            for (size_t m = 0; m < sk->nholders && g->own.nedges < WG_MAX_EDGES; m++) {
+                const struct lockmgr_snap_holder *hd = &sk->holders[m];
+                if (hd->owner_id != w->owner_id && wg_conflict(w->mode, hd->mode) &&
+                    ids[gset_slot(ids, hd->owner_id)])
+                    g->own.edges[g->own.nedges++] = (struct wg_edge){w->owner_id, hd->owner_id};
+            }
+            for (size_t m = 0; !w->upgrade && m < j && g->own.nedges < WG_MAX_EDGES; m++) {
+                const struct lockmgr_snap_waiter *e = &sk->waiters[m];
+                if (e->owner_id != w->owner_id && wg_conflict(w->mode, e->mode))
+                    g->own.edges[g->own.nedges++] = (struct wg_edge){w->owner_id, e->owner_id};
+            }
+        }
+    }
+    rc = 0;
+out:
+    (void)index;
+    wg_part_clear(&prev);
+    free(prev_waits);
+    free(ids);
+    free(index);
+    if (snap)
+        lockmgr_snapshot_free(snap);
+    return rc;
+}
+
+/* Sends the graph statement on connection 0 when one is wanted; true when it did. */
+static bool graph_kick(struct ls_conn *cn)
+{
+    struct ls_graph *g = S.graph;
+    if (cn->index != 0 || !g || g->want == LS_OP_NONE)
+        return false;
+    enum ls_op op = g->want;
+    g->want = LS_OP_NONE;
+    if (op == LS_OP_GRAPH_CLEAR) {
+        const char *params[1] = {g->instance};
+        return conn_send_params(cn, "DELETE FROM pgwarden_lock_waits WHERE instance = $1", 1,
+                                params, NULL, op) == 0;
+    }
+    if (graph_take_part(g) < 0)
+        return false;
+    char *text = wg_encode(&g->own);
+    if (!text)
+        return false;
+    char stale[32];
+    snprintf(stale, sizeof(stale), "%.3f", (double)(2 * 4 * graph_period_us()) / 1e6);
+    const char *params[3] = {g->instance, text, stale};
+    /* Our part in, parts nobody refreshed for two deadlock timeouts out (their instance
+     * is gone or has no long wait), and every other live part back, with the time
+     * PostgreSQL stamped ours with. */
+    int rc = conn_send_params(
+        cn,
+        "WITH me AS (INSERT INTO pgwarden_lock_waits AS w (instance, published, graph) "
+        "VALUES ($1, clock_timestamp(), $2) ON CONFLICT (instance) DO UPDATE SET "
+        "published = excluded.published, graph = excluded.graph RETURNING published), "
+        "gone AS (DELETE FROM pgwarden_lock_waits WHERE instance <> $1 AND "
+        "published < clock_timestamp() - make_interval(secs => $3::float8)) "
+        "SELECT $1, (extract(epoch FROM published) * 1000000)::bigint, NULL FROM me "
+        "UNION ALL SELECT instance, (extract(epoch FROM published) * 1000000)::bigint, graph "
+        "FROM pgwarden_lock_waits WHERE instance <> $1 AND "
+        "published >= clock_timestamp() - make_interval(secs => $3::float8)",
+        3, params, NULL, op);
+    free(text);
+    return rc == 0;
+}
+
+static void graph_failed(const char *why)
+{
+    struct ls_graph *g = S.graph;
+    size_t n = strlen(why);
+    while (n && (why[n - 1] == '\n' || why[n - 1] == ' '))
+        n--;
+    if (!g->disabled_until_us)
+        px_warning("lockspace", 0, 0,
+                   "cannot use table pgwarden_lock_waits (%.*s): deadlocks across instances "
+                   "are not detected (they end at the lock timeout); retrying every 30 s",
+                   (int)(n > 200 ? 200 : n), why);
+    g->disabled_until_us = px_now_us() + 30000000u;
+}
+
+/* The cycle's victim is a wait of this instance: it ends with 40P01 if it is still the
+ * same wait. */
+static void graph_victim(struct ls_graph *g, const struct wg_cycle *cy, const struct wg_part *parts)
+{
+    uint64_t id = cy->at[cy->victim].client;
+    size_t j = 0;
+    while (j < g->own.nnodes && g->own.nodes[j].client != id)
+        j++;
+    if (j == g->own.nnodes)
+        return;
+    char detail[1024];
+    size_t used = 0;
+    int w = snprintf(detail, sizeof(detail),
+                     "deadlock across pgwarden instances: a cycle of %zu lock waits; this one "
+                     "began last:",
+                     cy->len);
+    used = w > 0 ? (size_t)w : 0;
+    for (size_t i = 0; i < cy->len && used + 1 < sizeof(detail); i++) {
+        w = snprintf(detail + used, sizeof(detail) - used, "\nclient %" PRIu64 " on %s%s",
+                     cy->at[i].client, parts[cy->at[i].part].instance,
+                     i == cy->victim ? " (this wait)" : "");
+        if (w < 0)
+            break;
+        used += (size_t)w < sizeof(detail) - used ? (size_t)w : sizeof(detail) - used - 1;
+    }
+    if (g->waits[j].global) {
+        for (size_t b = 0; b < S.nbuckets; b++)
+            for (struct ls_key *k = S.buckets[b]; k; k = k->hnext)
+                for (struct ls_pend *p = k->pend; p; p = p->next)
+                    if (p->client_id == id && p->since_us == g->waits[j].since_local && !p->try) {
+                        px_info("lockspace", 'C', id,
+                                "deadlock across instances (%zu waits): this wait is the victim",
+                                cy->len);
+                        k->dirty = true; /* its gate, if it held one */
+                        event_active(S.reconcile, EV_TIMEOUT, 0);
+                        px_metrics_inc(NULL, PX_M_LOCK_INSTANCE_DEADLOCKS, 0);
+                        pend_finish(k, p, PX_LOCKSPACE_DEADLOCK, 0, detail);
+                        return;
+                    }
+        return;
+    }
+    struct lockmgr_snapshot *snap = lockmgr_snapshot(S.lm, NULL, NULL, 0);
+    bool same = false;
+    for (size_t i = 0; snap && i < snap->nkeys && !same; i++)
+        for (size_t m = 0; m < snap->keys[i].nwaiters && !same; m++)
+            same = snap->keys[i].waiters[m].owner_id == id &&
+                   snap->keys[i].waiters[m].since_us == g->waits[j].since_local;
+    if (snap)
+        lockmgr_snapshot_free(snap);
+    if (same) {
+        px_info("lockspace", 'C', id,
+                "deadlock across instances (%zu waits): this lock wait is the victim", cy->len);
+        px_metrics_inc(NULL, PX_M_LOCK_INSTANCE_DEADLOCKS, 0);
+        px_locks_global_victim(id, detail);
+    }
+}
+
+/* The answer to the publish statement: our stamp and the other instances' parts. */
+static void graph_result(PGresult *res)
+{
+    struct ls_graph *g = S.graph;
+    int rows = PQntuples(res);
+    struct wg_part *parts = calloc((size_t)(rows > 0 ? rows : 1), sizeof(*parts));
+    size_t n = 0, own = SIZE_MAX;
+    g->published = true;
+    g->disabled_until_us = 0;
+    px_metrics_inc(NULL, PX_M_LOCK_GRAPH_ROUNDS, 0);
+    if (!parts)
+        return;
+    for (int r = 0; r < rows; r++) {
+        int64_t stamp = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+        if (PQgetisnull(res, r, 2)) { /* ours */
+            if (own != SIZE_MAX)
+                continue;
+            g->own.published_us = stamp;
+            for (size_t i = 0; i < g->own.nnodes; i++) /* learn the starts, keep them */
+                if (!g->own.nodes[i].since_us)
+                    g->own.nodes[i].since_us = stamp - (int64_t)g->own.nodes[i].age_us;
+            own = n;
+            parts[n++] = g->own; /* borrowed */
+            continue;
+        }
+        struct wg_part *p = &parts[n];
+        snprintf(p->instance, sizeof(p->instance), "%s", PQgetvalue(res, r, 0));
+        p->published_us = stamp;
+        if (wg_decode(PQgetvalue(res, r, 2), p) == 0)
+            n++;
+        else
+            px_debug("lockspace", 0, 0, "unreadable wait-for part of %s", p->instance);
+    }
+    struct wg_cycle cy;
+    int64_t margin = (int64_t)graph_period_us();
+    if (own != SIZE_MAX && n > 1 && wg_find(parts, n, own, margin, &cy) &&
+        cy.at[cy.victim].part == own)
+        graph_victim(g, &cy, parts);
+    for (size_t i = 0; i < n; i++)
+        if (i != own)
+            wg_part_clear(&parts[i]);
+    free(parts);
+}
+
+/* Every deadlock_timeout / 4 while a global wait exists: a wait older than
+ * deadlock_timeout / 2 makes this instance publish its part and read the others'. */
+static void on_graph_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    struct ls_graph *g = S.graph;
+    uint64_t now = px_now_us(), period = graph_period_us();
+    bool any = false, long_wait = false;
+    for (size_t b = 0; b < S.nbuckets; b++)
+        for (struct ls_key *k = S.buckets[b]; k; k = k->hnext)
+            for (struct ls_pend *p = k->pend; p; p = p->next)
+                if (!p->try) {
+                    any = true;
+                    long_wait |= now - p->since_us >= 2 * period;
+                }
+    if (long_wait && now >= g->disabled_until_us)
+        g->want = LS_OP_GRAPH_PUBLISH;
+    else if (!long_wait && g->published)
+        g->want = LS_OP_GRAPH_CLEAR;
+    else
+        g->want = LS_OP_NONE;
+    if (g->want != LS_OP_NONE)
+        conn_kick(&S.conns[0]);
+    if (any || g->published) {
+        struct timeval tv = {(time_t)(period / 1000000u), (suseconds_t)(period % 1000000u)};
+        evtimer_add(g->timer, &tv);
+    }
+}
+
+static void graph_wait_began(void)
+{
+    if (S.graph && !evtimer_pending(S.graph->timer, NULL)) {
+        uint64_t period = graph_period_us();
+        struct timeval tv = {(time_t)(period / 1000000u), (suseconds_t)(period % 1000000u)};
+        evtimer_add(S.graph->timer, &tv);
+    }
+}
+
+static int graph_init(void)
+{
+    S.graph = calloc(1, sizeof(*S.graph));
+    if (!S.graph)
+        return -1;
+    S.graph->timer = evtimer_new(px.base, on_graph_timer, NULL);
+    snprintf(S.graph->instance, sizeof(S.graph->instance), "%s",
+             S.appname + strlen("pgwarden-locks "));
+    return S.graph->timer ? 0 : -1;
+}
+
+static void graph_free(void)
+{
+    if (!S.graph)
+        return;
+    if (S.graph->timer)
+        event_free(S.graph->timer);
+    wg_part_clear(&S.graph->own);
+    free(S.graph->waits);
+    free(S.graph);
+    S.graph = NULL;
 }
 
 /* ---- the interface -------------------------------------------------------------------- */
@@ -921,7 +1308,7 @@ int px_lockspace_init(const struct px_config *cfg, struct lockmgr *lm, char **er
     char host[40] = "";
     gethostname(host, sizeof(host) - 1);
     snprintf(S.appname, sizeof(S.appname), "pgwarden-locks %s:%d", host, (int)getpid());
-    if (!S.conninfo || !S.conns || !S.reconcile || !S.kick) {
+    if (!S.conninfo || !S.conns || !S.reconcile || !S.kick || graph_init() < 0) {
         *errmsg = strdup("out of memory");
         return -1;
     }
@@ -975,6 +1362,7 @@ void px_lockspace_shutdown(void)
             event_free(k->poll);
             free(k);
         }
+    graph_free();
     while (S.lost) {
         struct ls_lost *l = S.lost;
         S.lost = l->next;
@@ -996,7 +1384,7 @@ bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
 {
     struct ls_key *k = key_get(key, keylen);
     if (!k) { /* out of memory: fails as a lost connection would */
-        px_locks_global_done(client_id, PX_LOCKSPACE_LOST, 0);
+        px_locks_global_done(client_id, PX_LOCKSPACE_LOST, 0, NULL);
         return false;
     }
     struct ls_hold *h = hold_find(k, client_id);
@@ -1006,7 +1394,7 @@ bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
     }
     struct ls_pend *p = calloc(1, sizeof(*p));
     if (!p) {
-        px_locks_global_done(client_id, PX_LOCKSPACE_LOST, 0);
+        px_locks_global_done(client_id, PX_LOCKSPACE_LOST, 0, NULL);
         return false;
     }
     p->client_id = client_id;
@@ -1014,6 +1402,9 @@ bool px_lockspace_confirm(uint64_t client_id, const char *key, size_t keylen,
     p->deadline_us = deadline_us;
     p->mode = mode;
     p->try = try;
+    p->since_us = px_now_us();
+    if (!try)
+        graph_wait_began();
     if (try && k->conn->state != LS_READY)
         p->deadline_us = px_now_us(); /* a try never waits, not even for the connection: 55P03 */
     struct ls_pend **pp = &k->pend;

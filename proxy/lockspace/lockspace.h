@@ -85,11 +85,18 @@ enum px_lockspace_outcome {
     PX_LOCKSPACE_TIMEOUT,     /* the deadline passed (55P03) */
     PX_LOCKSPACE_BUSY,        /* try: taken on another instance (NULL) */
     PX_LOCKSPACE_LOST,        /* the lock connection was lost (55000) */
+    PX_LOCKSPACE_DEADLOCK,    /* the victim of a deadlock across instances (40P01) */
 };
 
 /* The confirmation of client_id's grant ended.  Anything but GRANTED: the caller releases
- * the provisional local grant. */
-void px_locks_global_done(uint64_t client_id, enum px_lockspace_outcome outcome, uint64_t token);
+ * the provisional local grant.  detail: NULL, or the error's DETAIL (DEADLOCK: the
+ * cycle). */
+void px_locks_global_done(uint64_t client_id, enum px_lockspace_outcome outcome, uint64_t token,
+                          const char *detail);
+
+/* client_id, waiting in lockmgr, is the victim of a deadlock across instances: its wait
+ * ends with 40P01 and detail (px_locks_deadlock_victim). */
+void px_locks_global_victim(uint64_t client_id, const char *detail);
 
 /* A confirmed lock of client_id on key is no longer held in PostgreSQL (its lock
  * connection was lost): the caller releases the local hold (both scopes). */

@@ -247,6 +247,16 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                     "Deadlocks through pgwarden's and PostgreSQL's locks, "
                                     "confirmed and broken (one lock waiter got 40P01 each).",
                                     PX_MK_GLOBAL},
+    /* Deadlocks across instances (lockspace/lockspace.c, docs/locks.md). */
+    [PX_M_LOCK_GRAPH_ROUNDS] = {"lock_graph_rounds", PX_METRIC_COUNTER,
+                                "Statements that published this instance's part of the wait-for "
+                                "graph in PostgreSQL and read the other instances' parts "
+                                "(backend = postgresql, while a global lock wait is long).",
+                                PX_MK_GLOBAL},
+    [PX_M_LOCK_INSTANCE_DEADLOCKS] = {"lock_instance_deadlocks", PX_METRIC_COUNTER,
+                                      "Deadlocks across pgwarden instances broken by this "
+                                      "instance (one of its lock waiters got 40P01 each).",
+                                      PX_MK_GLOBAL},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

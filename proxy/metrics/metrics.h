@@ -101,6 +101,8 @@ enum px_metric {
     PX_M_CHAOS_RULES,             /* gauge, global: fault-injection rules in effect */
     PX_M_LOCK_HYBRID_PROBES,      /* counter, global: pg_blocking_pids() queries (lockprobe.c) */
     PX_M_LOCK_HYBRID_DEADLOCKS,   /* counter, global: hybrid deadlocks broken (one victim each) */
+    PX_M_LOCK_GRAPH_ROUNDS,       /* counter, global: wait-for parts exchanged (lockspace.c) */
+    PX_M_LOCK_INSTANCE_DEADLOCKS, /* counter, global: deadlocks across instances broken here */
     PX_M__COUNT
 };
 

@@ -743,7 +743,8 @@ static void release_provisional(struct px_client_locks *cl)
     arm_timer();
 }
 
-void px_locks_global_done(uint64_t client_id, enum px_lockspace_outcome outcome, uint64_t token)
+void px_locks_global_done(uint64_t client_id, enum px_lockspace_outcome outcome, uint64_t token,
+                          const char *detail)
 {
     struct px_client *c = px_locks_client(client_id);
     struct px_client_locks *cl = c ? c->locks : NULL;
@@ -756,12 +757,22 @@ void px_locks_global_done(uint64_t client_id, enum px_lockspace_outcome outcome,
     case PX_LOCKSPACE_TIMEOUT: cl->result.status = LOCKMGR_TIMEOUT; break;
     case PX_LOCKSPACE_BUSY: cl->result.status = LOCKMGR_WOULD_BLOCK; break;
     case PX_LOCKSPACE_LOST: cl->result.status = LOCKMGR_NOT_HELD; break;
+    case PX_LOCKSPACE_DEADLOCK: cl->result.status = LOCKMGR_DEADLOCK; break;
     }
+    free(cl->result.detail);
+    cl->result.detail = detail ? strdup(detail) : NULL;
     if (outcome != PX_LOCKSPACE_GRANTED)
         release_provisional(cl);
     cl->have_result = true;
     px_list_append(&L.pending, &cl->pending_link);
     event_active(L.deliver, EV_TIMEOUT, 0);
+}
+
+void px_locks_global_victim(uint64_t client_id, const char *detail)
+{
+    struct px_client *c = px_locks_client(client_id);
+    if (c)
+        (void)px_locks_deadlock_victim(c, detail);
 }
 
 void px_locks_global_lost(uint64_t client_id, const char *key, size_t keylen)

@@ -621,11 +621,49 @@ static void test_read_modify_write(void)
     stop_all();
 }
 
-/* ---- 7. a deadlock across instances: not detected, ended by the timeout ------------------- */
+/* ---- 7. deadlocks across instances: 40P01 to the wait that began last ------------------ */
 
-static void test_cross_instance_cycle_times_out(void)
+static long long metric(int i, const char *name)
 {
-    CU_ASSERT_FATAL(start_n(2, "session", 2, 1000));
+    struct http_reply r = http(g_px[i]->admin_port, "GET", "/metrics", NULL);
+    long long v = -1;
+    char want[128];
+    snprintf(want, sizeof(want), "\npgwarden_%s_total ", name);
+    const char *p = r.body ? strstr(r.body, want) : NULL;
+    if (p)
+        v = atoll(p + strlen(want));
+    http_reply_free(&r);
+    return v;
+}
+
+/* The sqlstate of an async query's result once ready, its DETAIL copied to detail. */
+static const char *async_error(PGconn *c, int ms, char *detail, size_t cap)
+{
+    static char buf[64];
+    detail[0] = '\0';
+    if (!ready_within(c, ms))
+        return "still waiting";
+    PGresult *r = PQgetResult(c);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+    else
+        snprintf(buf, sizeof(buf), "!%s", r ? itu_sqlstate(r) : "none");
+    const char *d = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL) : NULL;
+    snprintf(detail, cap, "%s", d ? d : "");
+    PQclear(r);
+    PGresult *more;
+    while ((more = PQgetResult(c)) != NULL)
+        PQclear(more);
+    return buf;
+}
+
+/* Without a lock timeout, only the detector can end the cycle: b's wait began last, so b
+ * gets 40P01 (once, from its own instance) within deadlock_timeout_ms; a keeps waiting
+ * until b lets go of what it holds, as after a lockmgr deadlock. */
+static void test_cross_instance_deadlock(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
     PGconn *a = conn(0, NULL), *b = conn(1, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
@@ -633,14 +671,106 @@ static void test_cross_instance_cycle_times_out(void)
     CU_ASSERT(tok(b, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
     CU_ASSERT_FATAL(PQsendQuery(a, "SELECT pgwarden_lock('d:2', 'exclusive')"));
     itu_sleep_ms(100);
+    int64_t t0 = itu_now_ms();
     CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('d:1', 'exclusive')"));
-    /* documented (docs/design/distributed-locks.md section 8): lock_timeout_ms ends it */
+    char detail[1024];
+    const char *v = async_error(b, 4000, detail, sizeof(detail));
+    int64_t took = itu_now_ms() - t0;
+    CU_ASSERT_STRING_EQUAL(v, "!40P01");
+    CU_ASSERT_PTR_NOT_NULL(strstr(detail, "across pgwarden instances"));
+    CU_ASSERT(took < 3000); /* deadlock_timeout_ms = 1000, slack for sanitizers */
+    printf("\n    deadlock across 2 instances broken after %lld ms ", (long long)took);
+    if (strcmp(v, "!40P01") != 0) { /* still deadlocked: end it by stopping the instances */
+        PQfinish(a), PQfinish(b);
+        stop_all();
+        return;
+    }
+    CU_ASSERT_FALSE(ready_within(a, 300)); /* no second victim: a waits for d:2 */
+    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('d:2')"), "t");
     CU_ASSERT(ready_within(a, 3000));
-    CU_ASSERT_STRING_EQUAL(async_value(a), "!55P03");
-    CU_ASSERT(ready_within(b, 3000));
-    const char *v = async_value(b);
-    CU_ASSERT(strcmp(v, "!55P03") == 0 || atoll(v) > 0);
+    CU_ASSERT(atoll(async_value(a)) > 0);
+    CU_ASSERT_EQUAL(metric(1, "lock_instance_deadlocks"), 1);
+    CU_ASSERT_EQUAL(metric(0, "lock_instance_deadlocks"), 0);
     PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
+/* Three instances in a ring of transaction locks: x (instance 0) holds r:1 and waits for
+ * r:2, y (1) holds r:2 and waits for r:3, z (2) holds r:3 and waits for r:1.  The victim is
+ * the wait that began last (z's); its ROLLBACK frees r:3 and the rest completes. */
+static void test_three_instance_ring(void)
+{
+    CU_ASSERT_FATAL(start_n(3, "transaction", 2, 0));
+    PGconn *x = conn(0, NULL), *y = conn(1, NULL), *z = conn(2, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(y), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(z), CONNECTION_OK);
+    const char *lk[3] = {"r:1", "r:2", "r:3"};
+    PGconn *c[3] = {x, y, z};
+    char sql[128];
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_STRING_EQUAL(q(c[i], "BEGIN"), "BEGIN");
+        snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write')", lk[i]);
+        CU_ASSERT(tok(c[i], sql) > 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'exclusive')", lk[(i + 1) % 3]);
+        CU_ASSERT_FATAL(PQsendQuery(c[i], sql));
+        itu_sleep_ms(100);
+    }
+    char detail[1024];
+    const char *v = async_error(z, 4000, detail, sizeof(detail));
+    CU_ASSERT_STRING_EQUAL(v, "!40P01");
+    if (strcmp(v, "!40P01") != 0) {
+        PQfinish(x), PQfinish(y), PQfinish(z);
+        stop_all();
+        return;
+    }
+    CU_ASSERT_PTR_NOT_NULL(strstr(detail, "a cycle of 3 lock waits"));
+    CU_ASSERT_FALSE(ready_within(x, 200));
+    CU_ASSERT_FALSE(ready_within(y, 1));
+    CU_ASSERT_STRING_EQUAL(q(z, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT(ready_within(y, 3000));
+    CU_ASSERT(atoll(async_value(y)) > 0);
+    CU_ASSERT_STRING_EQUAL(q(y, "COMMIT"), "COMMIT");
+    CU_ASSERT(ready_within(x, 3000));
+    CU_ASSERT(atoll(async_value(x)) > 0);
+    CU_ASSERT_STRING_EQUAL(q(x, "COMMIT"), "COMMIT");
+    long long victims = 0;
+    for (int i = 0; i < 3; i++)
+        victims += metric(i, "lock_instance_deadlocks");
+    CU_ASSERT_EQUAL(victims, 1);
+    PQfinish(x), PQfinish(y), PQfinish(z);
+    stop_all();
+}
+
+/* Long waits on both instances that form a chain, not a cycle: b (1) waits for d:1 held
+ * by a (0); a waits for d:2 held by c (1), which waits for nothing.  Nobody gets 40P01,
+ * though both instances exchange their parts; when c lets go, everything is granted. */
+static void test_long_chain_not_deadlock(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL), *c = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('d:1', 'write')") > 0);
+    CU_ASSERT(tok(c, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
+    CU_ASSERT_FATAL(PQsendQuery(a, "SELECT pgwarden_lock('d:2', 'read')"));
+    CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('d:1', 'write')"));
+    CU_ASSERT_FALSE(ready_within(a, 2500));
+    CU_ASSERT_FALSE(ready_within(b, 1));
+    CU_ASSERT(metric(0, "lock_graph_rounds") > 0);
+    CU_ASSERT(metric(1, "lock_graph_rounds") > 0);
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_unlock('d:2')"), "t");
+    CU_ASSERT(ready_within(a, 3000));
+    CU_ASSERT(atoll(async_value(a)) > 0);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('d:1')"), "t");
+    CU_ASSERT(ready_within(b, 3000));
+    CU_ASSERT(atoll(async_value(b)) > 0);
+    CU_ASSERT_EQUAL(metric(0, "lock_instance_deadlocks"), 0);
+    CU_ASSERT_EQUAL(metric(1, "lock_instance_deadlocks"), 0);
+    PQfinish(a), PQfinish(b), PQfinish(c);
     stop_all();
 }
 
@@ -693,7 +823,9 @@ static void register_suites(void)
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
         {"read_modify_write", test_read_modify_write},
-        {"cross_instance_cycle_times_out", test_cross_instance_cycle_times_out},
+        {"cross_instance_deadlock", test_cross_instance_deadlock},
+        {"three_instance_ring", test_three_instance_ring},
+        {"long_chain_not_deadlock", test_long_chain_not_deadlock},
         {"grant_round_trip", test_grant_round_trip},
         CU_TEST_INFO_NULL,
     };
