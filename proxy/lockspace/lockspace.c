@@ -1252,8 +1252,10 @@ static int graph_init(void)
     if (!S.graph)
         return -1;
     S.graph->timer = evtimer_new(px.base, on_graph_timer, NULL);
-    snprintf(S.graph->instance, sizeof(S.graph->instance), "%s",
-             S.appname + strlen("pgwarden-locks "));
+    /* host:pid and a nonce: two containers may share both host name and pid */
+    snprintf(S.graph->instance, sizeof(S.graph->instance), "%s/%06x",
+             S.appname + strlen("pgwarden-locks "),
+             (unsigned)((px_now_us() ^ (uint64_t)random()) & 0xffffffu));
     return S.graph->timer ? 0 : -1;
 }
 
@@ -1324,10 +1326,6 @@ int px_lockspace_init(const struct px_config *cfg, struct lockmgr *lm, char **er
         }
         conn_start(cn);
     }
-    if (cfg->lock_timeout_ms == 0)
-        px_warning("lockspace", 0, 0,
-                   "backend = postgresql with lock_timeout_ms = 0: a deadlock that spans "
-                   "instances is not detected and would wait forever (set lock_timeout_ms)");
     px_info("lockspace", 0, 0, "lock space in PostgreSQL: %d lock connections, lease %d ms",
             S.nconns, cfg->lease_ms);
     return 0;
