@@ -111,6 +111,39 @@ static int holder_cmp(const void *a, const void *b)
     return (int)x->scope - (int)y->scope;
 }
 
+/* Mode names of a bit set (bit per lockmgr_mode). */
+static json_t *modes_json(unsigned bits)
+{
+    json_t *a = json_array();
+    for (int m = 0; a && m < LOCKMGR_NMODES; m++)
+        if ((bits & (1u << m)) && json_array_append_new(a, json_string(lockmgr_mode_name(m))) < 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+/* backend = postgresql: "remote": the other instances holding the key, as PostgreSQL
+ * showed them at this instance's last failed attempt on it (NULL: nothing known). */
+static json_t *remote_json(const struct lockmgr_snap_key *k)
+{
+    struct px_lockspace_remote r[PX_LOCKSPACE_REMOTE_MAX];
+    uint64_t age_us;
+    size_t n = px_lockspace_remote(k->key, k->keylen, r, PX_LOCKSPACE_REMOTE_MAX, &age_us);
+    if (!n && !age_us)
+        return NULL;
+    json_t *list = json_array();
+    for (size_t i = 0; list && i < n; i++) {
+        json_t *e = json_pack("{s:s, s:o, s:o}", "instance", r[i].instance, "holds",
+                              modes_json(r[i].holds), "first_in_line", modes_json(r[i].first));
+        if (!e || json_array_append_new(list, e) < 0) {
+            json_decref(list);
+            return NULL;
+        }
+    }
+    return json_pack("{s:I, s:o}", "as_of_ms", (json_int_t)(age_us / 1000u), "instances", list);
+}
+
 /* {"key", "holders": [...], "waiters": [...]} for one key of a snapshot. */
 static json_t *key_json(const struct lockmgr_snap_key *k, uint64_t now)
 {
@@ -131,6 +164,11 @@ static json_t *key_json(const struct lockmgr_snap_key *k, uint64_t now)
             goto done;
     o = json_pack("{s:o, s:O, s:O}", "key", px_json_stringn(k->key, k->keylen), "holders", holders,
                   "waiters", waiters);
+    json_t *remote = o ? remote_json(k) : NULL;
+    if (remote && json_object_set_new(o, "remote", remote) < 0) {
+        json_decref(o);
+        o = NULL;
+    }
 done:
     json_decref(holders);
     json_decref(waiters);
@@ -171,8 +209,9 @@ json_t *px_introspect_locks(void)
     out = json_pack("{s:O, s:{s:I, s:I, s:I}}", "keys", keys, "totals", "keys", (json_int_t)nkeys,
                     "holders", (json_int_t)(snap ? snap->nholders : 0), "waiters",
                     (json_int_t)(snap ? snap->nwaiters : 0));
-    /* backend = postgresql: this is one instance's view; other instances' holders of the
-     * same keys are not listed (docs/locks.md "Several instances"). */
+    /* backend = postgresql: this is one instance's view; other instances' holders of a
+     * key appear only as "remote", learned when this instance failed to take the key
+     * (docs/locks.md "Several instances"). */
     if (out && px_lockspace_active() &&
         json_object_set_new(out, "view", json_string("this instance only")) < 0) {
         json_decref(out);

@@ -43,7 +43,7 @@ enum {
 
 #define BACKOFF_MIN_US 1000u
 #define BACKOFF_MAX_US 32000u
-#define SQL_MAX        1024
+#define SQL_MAX        2048
 
 /* A provisional local grant waiting for its global part. */
 struct ls_pend {
@@ -91,7 +91,11 @@ struct ls_key {
     unsigned attempt_gate;      /* the gate of the attempt's mode */
     uint32_t round;
     uint64_t backoff_us;
-    struct event *poll; /* next attempt after a failed one */
+    struct event *poll;    /* next attempt after a failed one */
+    bool ask_remote;       /* the attempt in flight also asks pg_locks who holds k */
+    uint64_t remote_at_us; /* when remote[] was learned (0: never) */
+    size_t nremote;
+    struct px_lockspace_remote *remote; /* other instances' holds, from a failed attempt */
     size_t keylen;
     char key[]; /* keylen bytes + NUL */
 };
@@ -238,6 +242,7 @@ static void key_maybe_free(struct ls_key *k)
         }
     S.nkeys--;
     event_free(k->poll);
+    free(k->remote);
     free(k);
 }
 
@@ -376,6 +381,26 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
             return -1;
     } else if (sql_append(sql, &u, "NULL::boolean") < 0) {
         return -1;
+    }
+    /* Who holds the key elsewhere, when the attempt fails (at most once a second per key:
+     * pg_locks takes every lock partition's lock).  Per other session: its application
+     * name, then a letter per sub-lock it holds: A/a the key's A lock exclusive/shared, B
+     * its B lock, 2-4 the gates. */
+    k->ask_remote = !k->remote_at_us || px_now_us() - k->remote_at_us >= 1000000u;
+    if (k->ask_remote) {
+        uint64_t id = (uint64_t)advisory_id(h, 0);
+        if (sql_append(sql, &u,
+                       ", CASE WHEN NOT ok THEN (SELECT string_agg(x, E'\\n') FROM (SELECT "
+                       "a.application_name || ' ' || string_agg(CASE l.objid::bigint & 7 "
+                       "WHEN 0 THEN CASE l.mode WHEN 'ExclusiveLock' THEN 'A' ELSE 'a' END "
+                       "WHEN 1 THEN 'B' ELSE (l.objid::bigint & 7)::text END, '') AS x "
+                       "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                       "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                       "AND l.pid <> pg_backend_pid() AND l.classid = %" PRIu64
+                       " AND (l.objid::bigint & 4294967288) = %" PRIu64
+                       " GROUP BY a.pid, a.application_name) r) END",
+                       id >> 32, id & 0xfffffff8u) < 0)
+            return -1;
     }
     /* The first WHEN keeps the CASE valid when nothing is checked or taken: a waiter first
      * in line whose mode this instance already holds (a reader behind a gate). */
@@ -629,6 +654,50 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
         arm_deadline(k);
 }
 
+/* Parses the holders pg_locks showed ("pgwarden-locks host:pid AaB234" lines) into
+ * k->remote. */
+static void remote_learn(struct ls_key *k, const char *text)
+{
+    struct px_lockspace_remote *r = k->remote;
+    if (!r && !(r = k->remote = calloc(PX_LOCKSPACE_REMOTE_MAX, sizeof(*r))))
+        return;
+    k->nremote = 0;
+    k->remote_at_us = px_now_us();
+    for (const char *line = text; *line && k->nremote < PX_LOCKSPACE_REMOTE_MAX;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        const char *sp = memrchr(line, ' ', len);
+        if (sp) {
+            struct px_lockspace_remote *e = &r[k->nremote];
+            const char *name = line;
+            if (sp - line > 15 && memcmp(line, "pgwarden-locks ", 15) == 0)
+                name += 15; /* an instance: show its host:pid */
+            snprintf(e->instance, sizeof(e->instance), "%.*s", (int)(sp - name), name);
+            e->holds = e->first = 0;
+            bool a_ex = false, a_sh = false, b = false;
+            for (const char *c = sp + 1; c < line + len; c++) {
+                if (*c == 'A')
+                    a_ex = true;
+                else if (*c == 'a')
+                    a_sh = true;
+                else if (*c == 'B')
+                    b = true;
+                else if (*c >= '2' && *c <= '4')
+                    e->first |= 1u << (*c - '2');
+            }
+            if (a_ex)
+                e->holds |= 1u << LOCKMGR_EXCLUSIVE;
+            else if (a_sh)
+                e->holds |= 1u << LOCKMGR_READ;
+            if (b && !a_ex)
+                e->holds |= 1u << LOCKMGR_WRITE;
+            if (e->holds || e->first)
+                k->nremote++;
+        }
+        line = end ? end + 1 : line + len;
+    }
+}
+
 /* The reply to an attempt. */
 static void attempt_done(struct ls_key *k, PGresult *res)
 {
@@ -654,6 +723,8 @@ static void attempt_done(struct ls_key *k, PGresult *res)
     } else {
         if (gate_changed)
             k->have |= gate;
+        if (k->ask_remote && PQntuples(res) == 1 && PQnfields(res) > 3)
+            remote_learn(k, PQgetisnull(res, 0, 3) ? "" : PQgetvalue(res, 0, 3));
         if (p && p->try)
             pend_finish(k, p, PX_LOCKSPACE_BUSY, 0, NULL);
     }
@@ -1358,6 +1429,7 @@ void px_lockspace_shutdown(void)
                 free(h);
             }
             event_free(k->poll);
+            free(k->remote);
             free(k);
         }
     graph_free();
@@ -1511,6 +1583,21 @@ enum px_lockspace_hold px_lockspace_hold_state(uint64_t client_id, const void *k
         return PX_LOCKSPACE_HOLD_WAITING;
     *token = h->token;
     return PX_LOCKSPACE_HOLD_HELD;
+}
+
+size_t px_lockspace_remote(const void *key, size_t keylen, struct px_lockspace_remote *out,
+                           size_t cap, uint64_t *age_us)
+{
+    *age_us = 0;
+    if (!S.active)
+        return 0;
+    struct ls_key *k = key_find(key, keylen, key_hash(key, keylen));
+    if (!k || !k->remote_at_us)
+        return 0;
+    size_t n = k->nremote < cap ? k->nremote : cap;
+    memcpy(out, k->remote, n * sizeof(*out));
+    *age_us = px_now_us() - k->remote_at_us;
+    return n;
 }
 
 bool px_lockspace_take_lost(uint64_t client_id, char *key, size_t cap)

@@ -73,6 +73,21 @@ enum px_lockspace_hold {
 enum px_lockspace_hold px_lockspace_hold_state(uint64_t client_id, const void *key, size_t keylen,
                                                uint64_t lm_token, uint64_t *token);
 
+/* Another instance's hold of a key, as PostgreSQL showed it when this instance last failed
+ * to take the key (GET /locks). */
+struct px_lockspace_remote {
+    char instance[48]; /* "host:pid" of the instance's lock connection */
+    unsigned holds;    /* bit per lockmgr_mode it holds (for its local holders) */
+    unsigned first;    /* bit per lockmgr_mode it is first in line for (its gate) */
+};
+#define PX_LOCKSPACE_REMOTE_MAX 8
+
+/* The other instances holding key, learned from the last failed attempt on it (at most
+ * once a second per key, from pg_locks); *age_us: how old that view is.  0 when nothing
+ * is known (no failed attempt, or backend = local). */
+size_t px_lockspace_remote(const void *key, size_t keylen, struct px_lockspace_remote *out,
+                           size_t cap, uint64_t *age_us);
+
 /* A lock of client_id was lost with its lock connection and not reported yet: copies the
  * key (at most cap - 1 bytes, NUL-terminated) and forgets every such report of the client.
  * False when there is none. */

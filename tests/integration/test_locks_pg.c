@@ -774,6 +774,60 @@ static void test_long_chain_not_deadlock(void)
     stop_all();
 }
 
+/* ---- 7b. other instances' holders in GET /locks ----------------------------------------- */
+
+/* The key's object in GET /locks of instance i (a new reference), or NULL. */
+static json_t *locks_key(int i, const char *key)
+{
+    json_t *j = get_json(g_px[i]->admin_port, "/locks", NULL), *found = NULL;
+    json_t *keys = j ? json_object_get(j, "keys") : NULL;
+    for (size_t n = 0; n < json_array_size(keys); n++) {
+        json_t *k = json_array_get(keys, n);
+        if (strcmp(json_string_value(json_object_get(k, "key")), key) == 0)
+            found = json_incref(k);
+    }
+    json_decref(j);
+    return found;
+}
+
+/* b on instance 1 waits for a key a holds for writing on instance 0: instance 1's /locks
+ * shows instance 0 (host:pid) holding it for writing, learned from its failed attempt;
+ * instance 0, which never failed, shows no "remote". */
+static void test_remote_holders(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT(tok(a, "SELECT pgwarden_lock('v:1', 'write')") > 0);
+    CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('v:1', 'exclusive')"));
+    CU_ASSERT_FALSE(ready_within(b, 300));
+    json_t *k = locks_key(1, "v:1");
+    json_t *remote = json_object_get(k, "remote");
+    CU_ASSERT_PTR_NOT_NULL(remote);
+    json_t *inst = json_array_get(json_object_get(remote, "instances"), 0);
+    char pid[32];
+    snprintf(pid, sizeof(pid), ":%d", (int)g_px[0]->pid);
+    const char *name = json_string_value(json_object_get(inst, "instance"));
+    CU_ASSERT(name && strlen(name) > strlen(pid) &&
+              strcmp(name + strlen(name) - strlen(pid), pid) == 0);
+    json_t *holds = json_object_get(inst, "holds");
+    CU_ASSERT_EQUAL(json_array_size(holds), 1);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(holds, 0)), "write");
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(remote, "instances")), 1);
+    CU_ASSERT(json_integer_value(json_object_get(remote, "as_of_ms")) < 2000);
+    json_decref(k);
+    k = locks_key(0, "v:1");
+    CU_ASSERT_PTR_NOT_NULL(k);
+    CU_ASSERT_PTR_NULL(json_object_get(k, "remote"));
+    json_decref(k);
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('v:1')"), "t");
+    CU_ASSERT(ready_within(b, 3000));
+    CU_ASSERT(atoll(async_value(b)) > 0);
+    PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
 /* ---- 8. measurement: one grant's round trip, postgresql against local -------------------- */
 
 #define RT_PAIRS 500
@@ -826,6 +880,7 @@ static void register_suites(void)
         {"cross_instance_deadlock", test_cross_instance_deadlock},
         {"three_instance_ring", test_three_instance_ring},
         {"long_chain_not_deadlock", test_long_chain_not_deadlock},
+        {"remote_holders", test_remote_holders},
         {"grant_round_trip", test_grant_round_trip},
         CU_TEST_INFO_NULL,
     };
