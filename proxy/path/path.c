@@ -266,7 +266,10 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
                        ? PX_RELAY_DROP_STOP
                        : PX_RELAY_DROP;
-        case PX_LOCKS_HOLD: return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_LOCKS_HOLD:
+            if (c->begin_merge) /* a lost lock's error needs the block begun (locks.c) */
+                return px_txn_begin_alone(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+            return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
         case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
         case PX_LOCKS_NOT_MINE: break;
         }
