@@ -1617,3 +1617,15 @@ bool px_lockspace_take_lost(uint64_t client_id, char *key, size_t cap)
     }
     return found;
 }
+
+bool px_lockspace_peek_lost(uint64_t client_id, char *key, size_t cap)
+{
+    for (const struct ls_lost *l = S.lost; l; l = l->next) {
+        if (l->client_id == client_id) {
+            if (cap)
+                snprintf(key, cap, "%s", l->key);
+            return true;
+        }
+    }
+    return false;
+}

@@ -92,6 +92,9 @@ size_t px_lockspace_remote(const void *key, size_t keylen, struct px_lockspace_r
  * key (at most cap - 1 bytes, NUL-terminated) and forgets every such report of the client.
  * False when there is none. */
 bool px_lockspace_take_lost(uint64_t client_id, char *key, size_t cap);
+/* The same, but the reports stay (a reply that may never reach the client: retry.h
+ * px_retry_replaying). */
+bool px_lockspace_peek_lost(uint64_t client_id, char *key, size_t cap);
 
 /* ---- Events reported upward: implemented by path/locks.c ------------------------------ */
 

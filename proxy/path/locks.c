@@ -31,6 +31,7 @@
 #include "path/locks.h"
 #include "path/path.h"
 #include "path/prepared.h"
+#include "path/retry.h"
 #include "path/sqlscan.h"
 #include "path/tokenstate.h"
 #include "path/txn.h"
@@ -68,6 +69,8 @@ struct px_client_locks {
     struct px_lockportal *portals;
     bool skip;     /* an error in this extended-protocol group: skip to Sync */
     bool has_xact; /* may hold transaction-scoped locks */
+    bool lost;      /* a lock was lost with its lock connection, maybe not reported yet */
+    bool lost_pass; /* ... and this extended-protocol group is a ROLLBACK: it runs */
 
     /* The wait, while c->lock_waiting. */
     struct px_lockreq req;
@@ -783,12 +786,39 @@ void px_locks_global_lost(uint64_t client_id, const char *key, size_t keylen)
         return;
     px_warning("locks", 'C', client_id, "lost the global lock on \"%.*s\"",
                (int)(keylen > 64 ? 64 : keylen), key);
+    cl->lost = true; /* reported at its next lock call or statement in a block */
     px_lockspace_releasing(L.lm, cl->owner);
     enum lockmgr_status a =
         lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_SESSION, now_us());
     enum lockmgr_status b = lockmgr_release(L.lm, cl->owner, key, keylen, LOCKMGR_XACT, now_us());
     (void)a, (void)b;
     arm_timer();
+}
+
+/* The report of a lock of c lost with its lock connection (lockspace.h): its key, and
+ * whether there is one.  Consumed (once) unless the answer may never reach the client: a
+ * replay's answers are checked against what the client saw and dropped when they differ
+ * (retry.h), and the report then waits for the client's next statement. */
+static bool lost_report(struct px_client *c, char *key, size_t cap, bool consume)
+{
+    bool keep = !consume || px_retry_replaying(c);
+    bool found = keep ? px_lockspace_peek_lost(c->id, key, cap)
+                      : px_lockspace_take_lost(c->id, key, cap);
+    if (c->locks && (!found || !keep))
+        c->locks->lost = false;
+    return found;
+}
+
+/* The 55000 of a lost lock on key. */
+static void lost_error(struct px_lockcall_error *err, const char *key, const char *detail)
+{
+    set_error(err, "55000", detail,
+              "pgwarden lost the global lock on \"%.200s\": its lock connection to PostgreSQL "
+              "was lost, the lock may be held by another client now",
+              key);
+    snprintf(err->hint, sizeof(err->hint),
+             "Writes protected by the lock's fencing token are refused once a newer token "
+             "was granted.");
 }
 
 /* A lock of c was lost with its lock connection and not reported yet: this lock call
@@ -798,16 +828,10 @@ static bool global_lost(struct px_client *c, const struct px_lockcall *call, con
 {
     char key[LOCKMGR_KEY_MAX + 1];
     (void)call, (void)formats, (void)req;
-    if (!px_lockspace_take_lost(c->id, key, sizeof(key)))
+    if (!lost_report(c, key, sizeof(key), true))
         return false;
     struct px_lockcall_error err;
-    set_error(&err, "55000", NULL,
-              "pgwarden lost the global lock on \"%.200s\": its lock connection to PostgreSQL "
-              "was lost, the lock may be held by another client now",
-              key);
-    snprintf(err.hint, sizeof(err.hint),
-             "Writes protected by the lock's fencing token are refused once a newer token "
-             "was granted.");
+    lost_error(&err, key, NULL);
     answer_error(c, &err, simple);
     return true;
 }
@@ -1137,13 +1161,86 @@ static enum px_locks_verdict on_close(struct px_client *c, const uint8_t *body, 
     return PX_LOCKS_ANSWERED;
 }
 
+/* A ROLLBACK (of the whole transaction: not TO SAVEPOINT, not PREPARED): a simple Query's
+ * text, or a Parse's. */
+static bool is_rollback(char type, const uint8_t *body, uint32_t len)
+{
+    const char *sql = (const char *)body;
+    size_t n = len;
+    if (type == 'P') {
+        const char *name;
+        const uint8_t *content;
+        uint32_t clen;
+        if (px_parse_split(body, len, &name, &content, &clen) < 0)
+            return false;
+        sql = (const char *)content;
+        n = clen;
+    }
+    struct px_sql_info info;
+    px_sql_classify(sql, strnlen(sql, n), &info);
+    return info.kind == PX_SQL_ROLLBACK;
+}
+
+/*
+ * c has a lost lock not reported yet (cl->lost).  Inside a transaction block its next
+ * statement of any kind does not run: c gets the lock's 55000 instead, as for an error of
+ * a lock call, and its block fails on both sides (answer_error), so that its COMMIT rolls
+ * back; in the extended protocol the rest of the group is skipped up to Sync.  Outside a
+ * block the report waits for c's next lock call (global_lost).  A ROLLBACK runs (it writes
+ * nothing) and leaves the report for later.  The transaction state must be the one the
+ * statement would run in: while a report is pending, a message waits until the server has
+ * answered what c sent before it (a pipelined BEGIN), and a held BEGIN that was to go in
+ * front of a Query goes alone first (path.c).
+ */
+static enum px_locks_verdict lost_statement(struct px_client *c, char type, const uint8_t *body,
+                                            uint32_t len, bool may_answer)
+{
+    struct px_client_locks *cl = c->locks;
+    char key[LOCKMGR_KEY_MAX + 1];
+    switch (type) {
+    case 'Q':
+    case 'P':
+    case 'B':
+    case 'D':
+    case 'E':
+    case 'C': break;
+    default: return PX_LOCKS_NOT_MINE;
+    }
+    if (cl->skip || cl->lost_pass || !lost_report(c, key, sizeof(key), false))
+        return PX_LOCKS_NOT_MINE;
+    if ((type == 'Q' || type == 'P') && is_rollback(type, body, len)) {
+        cl->lost_pass = type == 'P'; /* its Bind and Execute too, up to Sync */
+        return PX_LOCKS_NOT_MINE;
+    }
+    if (c->server && c->begin_merge)
+        return PX_LOCKS_HOLD; /* in a block, not yet begun on the server: path.c sends it */
+    if (!may_answer)
+        return PX_LOCKS_HOLD;
+    if (txn_status(c) != 'T')
+        return PX_LOCKS_NOT_MINE;
+    lost_report(c, key, sizeof(key), true);
+    px_info("locks", 'C', c->id, "lost global lock on \"%.64s\" reported at a statement in a "
+            "transaction block: not run, the block fails", key);
+    struct px_lockcall_error err;
+    lost_error(&err, key,
+               "The statement was not run; the transaction is failed and its COMMIT rolls back.");
+    answer_error(c, &err, type == 'Q');
+    if (type == 'Q')
+        drop_stmt(cl, ""); /* a simple query drops the unnamed statement */
+    return PX_LOCKS_ANSWERED;
+}
+
 static enum px_locks_verdict message(struct px_client *c, char type, const uint8_t *body,
                                      uint32_t len, bool may_answer);
 
 enum px_locks_verdict px_locks_message(struct px_client *c, char type, const uint8_t *body,
                                        uint32_t len, bool may_answer)
 {
-    enum px_locks_verdict v = message(c, type, body, len, may_answer);
+    enum px_locks_verdict v = PX_LOCKS_NOT_MINE;
+    if (c->locks && c->locks->lost)
+        v = lost_statement(c, type, body, len, may_answer);
+    if (v == PX_LOCKS_NOT_MINE)
+        v = message(c, type, body, len, may_answer);
     if (v != PX_LOCKS_NOT_MINE)
         px_debug("locks", 'C', c->id, "'%c' %s%s", type,
                  v == PX_LOCKS_ANSWERED ? "answered"
@@ -1170,7 +1267,7 @@ static enum px_locks_verdict message(struct px_client *c, char type, const uint8
 void px_locks_sync(struct px_client *c)
 {
     if (c->locks)
-        c->locks->skip = false;
+        c->locks->skip = c->locks->lost_pass = false;
     if (!c->server)
         px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
 }

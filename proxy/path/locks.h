@@ -62,6 +62,10 @@ enum px_locks_verdict {
  * to this message.  The caller removes the message from the input when ANSWERED.
  * Query, Parse, Bind, Describe, Execute and Close are looked at; Sync ends a skipped
  * group (the caller forwards it, or, without a server, px_locks_sync answers it).
+ * A client with a lost global lock not reported yet (lockspace.h) inside a transaction
+ * block gets the 55000 at any of these messages, as a failed lock call (docs/locks.md);
+ * meanwhile its messages are held (HOLD) until the server has answered what went before,
+ * and a held BEGIN to be merged (txn.h) must go alone first.
  */
 enum px_locks_verdict px_locks_message(struct px_client *c, char type, const uint8_t *body,
                                        uint32_t len, bool may_answer);

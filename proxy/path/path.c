@@ -41,15 +41,19 @@ static bool server_quiescent(const struct px_server *s)
  * what was sent before it.  When the last message sent has no tracked reply (Bind,
  * Execute, ...), a barrier makes the server say when it is done: a Close of a statement
  * name that cannot exist (answered CloseComplete, which the FIFO swallows, or skipped after
- * an error) and a Flush. */
+ * an error) and a Flush; after a Parse or Close of an unsynced group, a Flush. */
 static bool hold_for_reply(struct px_client *c, struct evbuffer *out)
 {
     struct px_server *s = c->server;
     c->reply_hold = true;
-    if (!s->last_untracked)
-        return true;
-    struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
     static const uint8_t flush[5] = {'H', 0, 0, 0, 4};
+    if (!s->last_untracked) {
+        /* a Parse or Close of the group under way is answered at a Flush (or Sync) only */
+        if (s->unsynced && s->expect_n > 0 && evbuffer_add(out, flush, 5) < 0)
+            return false;
+        return true;
+    }
+    struct px_expect *e = px_expect_push(s, PX_EXP_CLOSE, true);
     if (!e || px_write_target(out, 'C', 'S', "_pgw_") < 0 || evbuffer_add(out, flush, 5) < 0)
         return false;
     s->last_untracked = false;
@@ -266,7 +270,10 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             return c->lock_waiting || c->reply_hold || relaying_table != c2s_table(c)
                        ? PX_RELAY_DROP_STOP
                        : PX_RELAY_DROP;
-        case PX_LOCKS_HOLD: return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        case PX_LOCKS_HOLD:
+            if (c->begin_merge) /* a lost lock's error needs the block begun (locks.c) */
+                return px_txn_begin_alone(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+            return hold_for_reply(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
         case PX_LOCKS_CLOSE: return PX_RELAY_CLOSE;
         case PX_LOCKS_NOT_MINE: break;
         }

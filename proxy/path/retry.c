@@ -943,6 +943,12 @@ bool px_retry_cancel(struct px_client *c)
     return true;
 }
 
+bool px_retry_replaying(const struct px_client *c)
+{
+    const struct px_retry *rt = c->retry;
+    return rt && (rt->mode == RT_VERIFY || rt->mode == RT_DISCARD);
+}
+
 unsigned px_retry_attempt(const struct px_client *c)
 {
     const struct px_retry *rt = c->retry;

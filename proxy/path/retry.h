@@ -91,6 +91,11 @@ void px_retry_note_streamed(struct px_client *c);
  * gets the original error at once); false: handle it as usual. */
 bool px_retry_cancel(struct px_client *c);
 
+/* c's messages are being replayed and what pgwarden answers to them may never reach the
+ * client (it is checked against what the client saw, and dropped if it differs): a report
+ * that must reach the client (a lost lock, locks.h) is not consumed by such an answer. */
+bool px_retry_replaying(const struct px_client *c);
+
 /* For /clients: 0 when c is not being retried, else the attempt under way (2, 3, ...). */
 unsigned px_retry_attempt(const struct px_client *c);
 

@@ -4,7 +4,8 @@
  * PostgreSQL.  The compatibility matrix across instances, tokens strictly increasing
  * across instances, no starvation of an exclusive request by another instance's readers
  * (the gates), timeouts and try across instances, release at disconnect, SIGKILL of an
- * instance holding a lock, a lost lock connection reported to the holder, and 100
+ * instance holding a lock, a lost lock connection reported to the holder (at its next lock
+ * call, or at its next statement inside a transaction block, which then cannot commit), and 100
  * clients over 3 instances doing read-modify-write under one key with no lost update.
  *
  * Each test starts its own instances and stops them (by PID, through the harness).
@@ -531,6 +532,165 @@ static void test_lost_connection(void)
     stop_all();
 }
 
+/* ---- 5b. a lost lock fails the holder's transaction: its writes are not committed -------- */
+
+/* Terminates instance i's lock connections and waits until it has told that the global
+ * lock on key was lost (a key per case: the log keeps earlier losses). */
+static bool lose_lock_conns(int i, const char *key)
+{
+    char sql[512], needle[128];
+    snprintf(sql, sizeof(sql),
+             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name "
+             "LIKE 'pgwarden-locks %%:%d'",
+             (int)g_px[i]->pid);
+    if (harness_cluster_exec(sql) != 0)
+        return false;
+    snprintf(needle, sizeof(needle), "lost the global lock on \"%s\"", key);
+    int64_t until = itu_now_ms() + 5000;
+    while (!harness_proxy_log_contains(g_px[i], needle) && itu_now_ms() < until)
+        itu_sleep_ms(10);
+    return harness_proxy_log_contains(g_px[i], needle);
+}
+
+/* The row the cases write (from outside pgwarden). */
+static const char *row_value(void)
+{
+    static char buf[64];
+    PGconn *d = direct();
+    snprintf(buf, sizeof(buf), "%s", q(d, "SELECT v FROM lost_t WHERE id = 1"));
+    PQfinish(d);
+    return buf;
+}
+
+static void lost_in_transaction(const char *mode)
+{
+    CU_ASSERT_FATAL(start_n(1, mode, 2, 0));
+    PGconn *d = direct();
+    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lost_t"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lost_t (id int PRIMARY KEY, v int)"),
+                           "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lost_t VALUES (1, 0)"), "INSERT 0 1");
+    PQfinish(d);
+    PGconn *a = conn(0, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    char key[64], sql[256];
+
+    /* 1. pgwarden_xact_lock, an UPDATE, the loss: the next UPDATE does not run, the block
+     * is failed, its COMMIT rolls back, and the loss is reported once */
+    snprintf(key, sizeof(key), "lx:%s", mode);
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write', 5000)", key);
+    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_FATAL(lose_lock_conns(0, key));
+    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 10 WHERE id = 1"), "!55000");
+    CU_ASSERT(itu_error_contains(a, "pgwarden lost the global lock on"));
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 100 WHERE id = 1"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(row_value(), "0");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+
+    /* 2. pgwarden_lock (session), a block, the loss: the COMMIT is the next statement */
+    snprintf(key, sizeof(key), "ls:%s", mode);
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'write', 5000)", key);
+    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_FATAL(lose_lock_conns(0, key));
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "!55000");
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(row_value(), "0");
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
+    CU_ASSERT_STRING_EQUAL(q(a, sql), "f"); /* reported once: no second 55000 */
+
+    /* 3. the extended protocol, and in transaction mode a block without a server yet (the
+     * lock call was answered by pgwarden, the BEGIN is held): the group gets the error */
+    snprintf(key, sizeof(key), "le:%s", mode);
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write', 5000)", key);
+    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT_FATAL(lose_lock_conns(0, key));
+    const char *vals[1] = {"1000"};
+    PGresult *r = PQexecParams(a, "UPDATE lost_t SET v = v + $1::int WHERE id = 1", 1, NULL,
+                               vals, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55000");
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(row_value(), "0");
+
+    /* 4. a pipeline: BEGIN, UPDATE, COMMIT in one group sent after the loss of a session
+     * lock; the UPDATE waits for the BEGIN's answer, gets the error, nothing commits */
+    snprintf(key, sizeof(key), "lp:%s", mode);
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'write', 5000)", key);
+    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT_FATAL(lose_lock_conns(0, key));
+    CU_ASSERT_FATAL(PQenterPipelineMode(a));
+    CU_ASSERT(PQsendQueryParams(a, "BEGIN", 0, NULL, NULL, NULL, NULL, 0));
+    CU_ASSERT(PQsendQueryParams(a, "UPDATE lost_t SET v = v + 7 WHERE id = 1", 0, NULL, NULL,
+                                NULL, NULL, 0));
+    CU_ASSERT(PQsendQueryParams(a, "COMMIT", 0, NULL, NULL, NULL, NULL, 0));
+    CU_ASSERT(PQpipelineSync(a));
+    int seen_55000 = 0, syncs = 0;
+    while (syncs < 1) {
+        PGresult *pr = PQgetResult(a);
+        if (!pr)
+            continue;
+        ExecStatusType st = PQresultStatus(pr);
+        if (st == PGRES_PIPELINE_SYNC)
+            syncs++;
+        else if (st == PGRES_FATAL_ERROR && !strcmp(itu_sqlstate(pr), "55000"))
+            seen_55000++;
+        PQclear(pr);
+    }
+    CU_ASSERT(PQexitPipelineMode(a));
+    CU_ASSERT_EQUAL(seen_55000, 1);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(row_value(), "0");
+
+    /* 5. a ROLLBACK runs (it writes nothing) and leaves the report to the next lock call */
+    snprintf(key, sizeof(key), "lr:%s", mode);
+    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write', 5000)", key);
+    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_FATAL(lose_lock_conns(0, key));
+    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(row_value(), "0");
+
+    /* 6. outside a block nothing changes: statements run, the next lock call gets 55000
+     * once */
+    snprintf(key, sizeof(key), "lo:%s", mode);
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'write', 5000)", key);
+    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT_FATAL(lose_lock_conns(0, key));
+    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(row_value(), "1");
+
+    PQfinish(a);
+    d = direct();
+    q(d, "DROP TABLE lost_t");
+    PQfinish(d);
+    stop_all();
+}
+
+static void test_lost_in_transaction_session(void)
+{
+    lost_in_transaction("session");
+}
+
+static void test_lost_in_transaction_transaction(void)
+{
+    lost_in_transaction("transaction");
+}
+
 /* ---- 6. 100 clients over 3 instances: read-modify-write, no lost update ------------------- */
 
 #define RMW_CLIENTS 100
@@ -876,6 +1036,8 @@ static void register_suites(void)
         {"reader_behind_gate", test_reader_behind_gate},
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
+        {"lost_in_transaction_session", test_lost_in_transaction_session},
+        {"lost_in_transaction_transaction", test_lost_in_transaction_transaction},
         {"read_modify_write", test_read_modify_write},
         {"cross_instance_deadlock", test_cross_instance_deadlock},
         {"three_instance_ring", test_three_instance_ring},
