@@ -12,6 +12,9 @@
 #include "lockmgr/lockmgr.h"
 
 #ifdef PGW_ASSERTS
+/* PGW_ASSERTS means checked, whatever the build type (-DPGW_SANITIZE=ON on a Release
+ * tree defines NDEBUG too). */
+#undef NDEBUG
 #include <assert.h>
 #define LM_ASSERT(x) assert(x)
 #else
