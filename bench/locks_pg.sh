@@ -157,6 +157,7 @@ load1() { awk '{ print $1 }' /proc/loadavg; }
 
 mkdir -p "$LOCKSPG_OUT" "$WORK"
 log "results in $LOCKSPG_OUT"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "building pgwarden and lock_waiters (Release) in $BUILD_DIR"
 timeout 600 cmake -S "$root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >"$WORK/cmake.log" 2>&1 ||
@@ -442,7 +443,7 @@ metrics_sum() { # NAME ADMIN_PORT [LABEL_FILTER]: sum of a metric's samples on /
             index($0, f) { s += $NF } END { print s + 0 }'
 }
 
-wait_cols="status waiters per_instance load1 lock_conns lock_conns_pg1 lock_conns_pg2 client_backends servers_pg1 servers_pg2 servers_active_pg1 servers_active_pg2 queued_pg1 queued_pg2 granted failures grant_all_ms crossings tokens_in_grant_order_violations fifo_violations_pg1 fifo_violations_pg2 pgw_cpu_s lock_conns_after lock_conns_at_end"
+wait_cols="status waiters per_instance load1 lock_conns lock_conns_pg1 lock_conns_pg2 client_backends servers_pg1 servers_pg2 servers_active_pg1 servers_active_pg2 queued_pg1 queued_pg2 granted failures grant_all_ms crossings tokens_in_grant_order_violations fifo_violations_pg1 fifo_violations_pg2 pgw_cpu_s lock_conns_max_during lock_conns_at_end"
 echo "${wait_cols// /,}" >"$WAIT_CSV"
 
 if part_on waiters && ((LOCKSPG_WAITERS >= 2)); then
@@ -626,7 +627,7 @@ report_pg() {
     { printf "\n== waiters: %s clients (%s over pg1/pg2) wait for one key held by a client of pg1 (%s, load %s)\n",
              $col["waiters"], $col["per_instance"], $col["status"], $col["load1"]
       printf "  while waiting: %s lock connections (pg1 %s, pg2 %s; at most %s during the grants, %s after), %s client backends of the user; pgwarden servers pg1 %s (active %s), pg2 %s (active %s)\n",
-             $col["lock_conns"], $col["lock_conns_pg1"], $col["lock_conns_pg2"], $col["lock_conns_after"],
+             $col["lock_conns"], $col["lock_conns_pg1"], $col["lock_conns_pg2"], $col["lock_conns_max_during"],
              $col["lock_conns_at_end"], $col["client_backends"], $col["servers_pg1"], $col["servers_active_pg1"],
              $col["servers_pg2"], $col["servers_active_pg2"]
       printf "  all %s granted %s ms after the holder unlocked (%s failures); %s grants crossed instances; tokens out of grant order: %s; FIFO violations pg1 %s, pg2 %s; pgwarden cpu %s s (both)\n",
@@ -635,5 +636,9 @@ report_pg() {
              $col["fifo_violations_pg2"], $col["pgw_cpu_s"] }' "$WAIT_CSV"
 }
 
-report_pg | tee "$SUMMARY"
+{
+    echo "bench/locks_pg.sh $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs; load average (1, 5, 15 min)" \
+        "at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+    report_pg
+} | tee "$SUMMARY"
 log "raw results: $PAIR_CSV, $HOT_CSV, $WAIT_CSV; tables: $SUMMARY; logs: $WORK"
