@@ -2,7 +2,7 @@
 # bench/locks_pg.sh: pgwarden's locks beyond one process, [locks] backend = postgresql
 # (issue 18's closing benchmark).  See bench/README.md, "Locks across instances".
 #
-#   bench/locks_pg.sh                       all three parts with the defaults (about 8 minutes)
+#   bench/locks_pg.sh                       all three parts with the defaults (about 6 minutes)
 #   LOCKSPG_SECONDS=5 LOCKSPG_ROUNDS=2 LOCKSPG_PARTS="pair hot" bench/locks_pg.sh
 #
 # Every instance is a fresh pgwarden (transaction pooling, auth trust, admin port) in front
@@ -443,7 +443,7 @@ metrics_sum() { # NAME ADMIN_PORT [LABEL_FILTER]: sum of a metric's samples on /
             index($0, f) { s += $NF } END { print s + 0 }'
 }
 
-wait_cols="status waiters per_instance load1 lock_conns lock_conns_pg1 lock_conns_pg2 client_backends servers_pg1 servers_pg2 servers_active_pg1 servers_active_pg2 queued_pg1 queued_pg2 granted failures grant_all_ms crossings tokens_in_grant_order_violations fifo_violations_pg1 fifo_violations_pg2 pgw_cpu_s lock_conns_max_during lock_conns_at_end"
+wait_cols="status waiters per_instance load1 lock_conns lock_conns_pg1 lock_conns_pg2 client_backends servers_before_pg1 servers_before_pg2 servers_pg1 servers_pg2 servers_active_pg1 servers_active_pg2 queued_pg1 queued_pg2 granted failures grant_all_ms crossings tokens_in_grant_order_violations fifo_violations_pg1 fifo_violations_pg2 pgw_cpu_s lock_conns_max_during lock_conns_at_end"
 echo "${wait_cols// /,}" >"$WAIT_CSV"
 
 if part_on waiters && ((LOCKSPG_WAITERS >= 2)); then
@@ -465,6 +465,9 @@ if part_on waiters && ((LOCKSPG_WAITERS >= 2)); then
     rm -f "$wdir"/*
     wstatus=ok
     ld=$(load1)
+    # servers the instances hold before the clients connect (wait_ready's SELECT 1 opened one)
+    sb1=$(metrics_sum pgwarden_servers "${INST_ADMIN[pg1]}")
+    sb2=$(metrics_sum pgwarden_servers "${INST_ADMIN[pg2]}")
     common=(-m exclusive -s session -k bench:pg-waiters -b 1 -t "$((WAITERS_TIMEOUT - 30))"
         -g "$wdir/go")
     timeout -k 5 "$WAITERS_TIMEOUT" "$WAITERS_BINARY" "${common[@]}" -n "$half_a" \
@@ -495,7 +498,8 @@ if part_on waiters && ((LOCKSPG_WAITERS >= 2)); then
     superuser_sql "SELECT application_name, state, backend_type FROM pg_stat_activity
                    WHERE usename = '$DB_USER' ORDER BY 1" >"$wdir/pg_stat_activity.txt" 2>&1 || true
     log "  all queued: $lc lock connections (pg1 $lc1, pg2 $lc2), $cb client backends of the" \
-        "benchmark user; pgwarden servers pg1 $s1 (active $sa1), pg2 $s2 (active $sa2)"
+        "benchmark user; pgwarden servers pg1 $s1 (active $sa1, $sb1 before the clients)," \
+        "pg2 $s2 (active $sa2, $sb2 before)"
     c0=$(inst_cpu pg1 pg2)
     : >"$wdir/go" # the holder (on pg1) releases
     # sample the lock connections while the grants run
@@ -537,7 +541,7 @@ if part_on waiters && ((LOCKSPG_WAITERS >= 2)); then
         "crossed instances; token order violations $inversions; FIFO violations pg1" \
         "$(kv pg1 fifo_violations), pg2 $(kv pg2 fifo_violations); pgwarden cpu $cpu s (both);" \
         "lock connections at most $lc_during during the grants, $lc_end after (load $ld)"
-    echo "$wstatus,$LOCKSPG_WAITERS,$half_a/$half_b,$ld,$lc,$lc1,$lc2,$cb,$s1,$s2,$sa1,$sa2,$(kv pg1 queued_seen_by_pgwarden),$(kv pg2 queued_seen_by_pgwarden),$granted,$failures,$grant_ms,$crossings,$inversions,$(kv pg1 fifo_violations),$(kv pg2 fifo_violations),$cpu,$lc_during,$lc_end" >>"$WAIT_CSV"
+    echo "$wstatus,$LOCKSPG_WAITERS,$half_a/$half_b,$ld,$lc,$lc1,$lc2,$cb,$sb1,$sb2,$s1,$s2,$sa1,$sa2,$(kv pg1 queued_seen_by_pgwarden),$(kv pg2 queued_seen_by_pgwarden),$granted,$failures,$grant_ms,$crossings,$inversions,$(kv pg1 fifo_violations),$(kv pg2 fifo_violations),$cpu,$lc_during,$lc_end" >>"$WAIT_CSV"
     stop_instances
 fi
 
@@ -626,10 +630,10 @@ report_pg() {
     NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
     { printf "\n== waiters: %s clients (%s over pg1/pg2) wait for one key held by a client of pg1 (%s, load %s)\n",
              $col["waiters"], $col["per_instance"], $col["status"], $col["load1"]
-      printf "  while waiting: %s lock connections (pg1 %s, pg2 %s; at most %s during the grants, %s after), %s client backends of the user; pgwarden servers pg1 %s (active %s), pg2 %s (active %s)\n",
+      printf "  while waiting: %s lock connections (pg1 %s, pg2 %s; at most %s during the grants, %s after), %s client backends of the user; pgwarden servers pg1 %s (active %s; %s before the clients connected), pg2 %s (active %s; %s before)\n",
              $col["lock_conns"], $col["lock_conns_pg1"], $col["lock_conns_pg2"], $col["lock_conns_max_during"],
              $col["lock_conns_at_end"], $col["client_backends"], $col["servers_pg1"], $col["servers_active_pg1"],
-             $col["servers_pg2"], $col["servers_active_pg2"]
+             $col["servers_before_pg1"], $col["servers_pg2"], $col["servers_active_pg2"], $col["servers_before_pg2"]
       printf "  all %s granted %s ms after the holder unlocked (%s failures); %s grants crossed instances; tokens out of grant order: %s; FIFO violations pg1 %s, pg2 %s; pgwarden cpu %s s (both)\n",
              $col["granted"], $col["grant_all_ms"], $col["failures"], $col["crossings"],
              $col["tokens_in_grant_order_violations"], $col["fifo_violations_pg1"],
