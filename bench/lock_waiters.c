@@ -4,6 +4,7 @@
  *   lock_waiters -d CONNINFO -n N [-m exclusive|read] [-s session|xact] [-k KEY]
  *                [-p PROXY_PID] [-a ADMIN_PORT] [-b BATCH] [-D DIRECT_CONNINFO]
  *                [-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S] [-w PAUSE_MS]
+ *                [-H] [-r READY_FILE] [-g GO_FILE] [-o TOKENS_FILE]
  *
  * One process, libpq in non-blocking mode, every connection on one epoll set:
  *
@@ -27,6 +28,16 @@
  * -s session uses pgwarden_lock / pgwarden_unlock; -s xact sends BEGIN on every connection
  * first and uses pgwarden_xact_lock, released by COMMIT.  -w pauses PAUSE_MS before the
  * release (to attach a profiler).  Prints key=value lines.
+ *
+ * Several instances sharing one lock space ([locks] backend = postgresql, bench/locks_pg.sh)
+ * run one copy per instance: one copy with the holder, the others with -H (no holder of
+ * their own: the key is held through another instance; with -a the first waiter, granted
+ * provisionally in its instance and waiting for PostgreSQL, counts as queued by
+ * pgwarden_locks_held).  -r creates READY_FILE once every waiter is queued and the
+ * figures while waiting are taken; -g then waits until GO_FILE exists before the holder
+ * releases (with -H: before timing the grants); -o writes one line per waiter in request
+ * order: "index token grant_ns" (CLOCK_MONOTONIC, comparable across processes;
+ * token -1: not granted).  release_mono_ns and last_grant_mono_ns are printed.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -79,6 +90,8 @@ static bool xact;
 static bool release_when_granted; /* exclusive, write: each grant releases for the next */
 static long nwaiters = 100, batch = 1, max_inflight = 128;
 static int proxy_pid, admin_port, timeout_s = 600, pause_ms;
+static bool no_holder; /* -H: the key is held by a client of another instance */
+static const char *ready_file, *go_file, *tokens_file;
 
 static struct client *clients; /* [0] holder, [1..nwaiters] waiters */
 static long nclients;
@@ -268,6 +281,12 @@ static long admin_waiters(void)
     long n = metric_sum("pgwarden_lock_waiters", "");
     if (n < 0)
         die("GET /metrics on admin port %d failed", admin_port);
+    if (no_holder) { /* the first waiter is a (provisional) holder in its instance */
+        long held = metric_sum("pgwarden_locks_held", "");
+        if (held < 0)
+            die("GET /metrics on admin port %d failed", admin_port);
+        n += held;
+    }
     return n;
 }
 
@@ -437,7 +456,7 @@ static long count_state(enum state s)
 
 static void connect_all(void)
 {
-    long next = 0;
+    long next = no_holder ? 1 : 0;
     while (next < nclients || connecting > 0) {
         while (next < nclients && connecting < max_inflight) {
             struct client *c = &clients[next++];
@@ -496,14 +515,15 @@ static void usage(void)
 {
     fprintf(stderr, "usage: lock_waiters -d CONNINFO -n N [-m exclusive|read] [-s session|xact] "
                     "[-k KEY] [-p PROXY_PID] [-a ADMIN_PORT] [-b BATCH] [-D DIRECT_CONNINFO] "
-                    "[-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S] [-w PAUSE_MS]\n");
+                    "[-c CONNECTS_IN_FLIGHT] [-t TIMEOUT_S] [-w PAUSE_MS] [-H] [-r READY_FILE] "
+                    "[-g GO_FILE] [-o TOKENS_FILE]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "d:n:m:s:k:p:a:b:D:c:t:w:")) != -1) {
+    while ((opt = getopt(argc, argv, "d:n:m:s:k:p:a:b:D:c:t:w:Hr:g:o:")) != -1) {
         switch (opt) {
         case 'd': conninfo = optarg; break;
         case 'n': nwaiters = strtol(optarg, NULL, 10); break;
@@ -517,6 +537,10 @@ int main(int argc, char **argv)
         case 'c': max_inflight = strtol(optarg, NULL, 10); break;
         case 't': timeout_s = atoi(optarg); break;
         case 'w': pause_ms = atoi(optarg); break;
+        case 'H': no_holder = true; break;
+        case 'r': ready_file = optarg; break;
+        case 'g': go_file = optarg; break;
+        case 'o': tokens_file = optarg; break;
         default: usage();
         }
     }
@@ -550,6 +574,8 @@ int main(int argc, char **argv)
     if (!clients || ep < 0)
         die("setup: %s", strerror(errno));
 
+    if (no_holder)
+        clients[0].state = ST_DONE, clients[0].fd = -1; /* the holder is elsewhere */
     long rss_before = proc_rss_kb();
     uint64_t t0 = now_ns();
     connect_all();
@@ -557,9 +583,9 @@ int main(int argc, char **argv)
     long connected = count_state(ST_IDLE);
     printf("clients_requested=%ld\nclients_connected=%ld\nconnect_s=%.2f\n", nclients, connected,
            (double)(t_connected - t0) / 1e9);
-    if (clients[0].state != ST_IDLE || connected < 2)
+    if ((!no_holder && clients[0].state != ST_IDLE) || connected < 2)
         die("too few connections (%ld of %ld)", connected, nclients);
-    long nw = connected - 1; /* waiters that take part */
+    long nw = connected - (no_holder ? 0 : 1); /* waiters that take part */
     long rss_connected = proc_rss_kb();
 
     if (xact) { /* BEGIN everywhere, then wait for every answer */
@@ -572,7 +598,8 @@ int main(int argc, char **argv)
         }
     }
 
-    holder_query(hold_sql, ST_WAITING, ST_HOLDING);
+    if (!no_holder)
+        holder_query(hold_sql, ST_WAITING, ST_HOLDING);
 
     /* The waiters, in order; with the admin port, each batch is seen queued first. */
     long base = admin_port ? admin_waiters() : 0, sent = 0, polls = 0;
@@ -595,7 +622,7 @@ int main(int argc, char **argv)
     pump(0);
     uint64_t t_queued = now_ns();
     long rss_waiting = proc_rss_kb();
-    long servers = direct_conninfo ? direct_backends(PQuser(clients[0].conn)) : -1;
+    long servers = direct_conninfo ? direct_backends(PQuser(clients[1].conn)) : -1;
     long queued = admin_port ? admin_waiters() - base : -1;
     long active = admin_port ? metric_sum("pgwarden_servers", "state=\"active\"") : -1;
     long opened = admin_port ? metric_sum("pgwarden_servers", "") : -1;
@@ -608,11 +635,26 @@ int main(int argc, char **argv)
         usleep((useconds_t)pause_ms * 1000);
     }
 
-    /* The holder releases. */
+    if (ready_file) {
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", ready_file);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fprintf(f, "queued=%ld\n", nw) < 0 || fclose(f) != 0 || rename(tmp, ready_file))
+            die("cannot write %s: %s", ready_file, strerror(errno));
+    }
+    if (go_file) { /* keep reading the sockets while waiting for the signal */
+        while (access(go_file, F_OK) != 0) {
+            pump(20);
+            check_deadline("waiting for the go file");
+        }
+    }
+
+    /* The holder releases (with -H: the holder elsewhere releases about now). */
     long cpu0 = proc_cpu_ticks();
     double self0 = self_cpu_s();
     uint64_t t_release = now_ns();
-    send_query(&clients[0], unlock_sql, ST_RELEASING);
+    if (!no_holder)
+        send_query(&clients[0], unlock_sql, ST_RELEASING);
     long expect = count_state(ST_WAITING), failures0 = failures;
     while (granted + (failures - failures0) < expect) {
         pump(100);
@@ -682,6 +724,21 @@ int main(int argc, char **argv)
                granted ? (double)(cpu1 - cpu0) * 1e6 / (double)hz / (double)granted : 0.0);
     printf("fifo_violations=%ld\ntoken_order_inversions=%ld\n", violations, order_mismatch);
     printf("holder_token=%" PRId64 "\n", clients[0].token);
+    printf("release_mono_ns=%" PRIu64 "\nlast_grant_mono_ns=%" PRIu64 "\n", t_release,
+           t_all_granted);
+    if (tokens_file) {
+        FILE *f = fopen(tokens_file, "w");
+        if (!f)
+            die("cannot write %s: %s", tokens_file, strerror(errno));
+        for (long i = 1; i < nclients; i++) {
+            const struct client *c = &clients[i];
+            bool ok = c->state == ST_DONE && c->t_grant;
+            fprintf(f, "%ld %" PRId64 " %" PRIu64 "\n", i, ok ? c->token : (int64_t)-1,
+                    ok ? c->t_grant : (uint64_t)0);
+        }
+        if (fclose(f) != 0)
+            die("cannot write %s: %s", tokens_file, strerror(errno));
+    }
 
     for (long i = 0; i < nclients; i++)
         PQfinish(clients[i].conn);
