@@ -568,6 +568,20 @@ static bool key_statement(struct ls_key *k, char *sql, enum ls_op *op)
         need |= LS_GATE(p->mode) & k->have; /* a gate stays while its waiter waits */
     unsigned drop = k->have & ~need;
     if (drop) {
+        /* A hand-over within this instance: a waiting grant whose mode the locks still held
+         * cover is confirmed in one statement (the gates checked, nothing taken) instead of
+         * a release and a new attempt.  When a gate stops it (another instance is first in
+         * line), the release follows in the next statement, as before. */
+        for (struct ls_pend *p = k->pend; p; p = p->next) {
+            if (p->round == k->round + 1 || missing(k->have, locks_for_modes(1u << p->mode)))
+                continue;
+            p->round = k->round + 1;
+            if (build_attempt(k, p, sql, &k->attempt_take) < 0)
+                continue;
+            k->attempting = p;
+            *op = LS_OP_ATTEMPT;
+            return true;
+        }
         bool take_a_sh = (drop & LS_A_EX) && (need & LS_A_SH) && !(k->have & LS_A_SH);
         if (build_release(k, drop, take_a_sh, sql) == 0) {
             k->have &= ~drop;
