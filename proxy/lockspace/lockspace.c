@@ -896,6 +896,11 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         conn_result(cn);
 }
 
+/* pgwarden's side of a lock connection gives up after lease/2 (keepalives idle lease/4
+ * + 2 probes lease/8 apart, tcp_user_timeout lease/2), PostgreSQL's side (conn_setup)
+ * after lease (idle lease/2 + 4 probes lease/8 apart, tcp_user_timeout lease): the two
+ * formulas differ on purpose, so that an instance stops believing in its locks before
+ * PostgreSQL can give them to another (design section 7). */
 static void conn_start(struct ls_conn *cn)
 {
     char idle_s[16], intvl_s[16], uto[24];
