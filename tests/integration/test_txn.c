@@ -1629,7 +1629,7 @@ static void raw_group(PGconn *c, const char *sql, char *out, size_t cap)
               itw_msg(msg, sizeof(msg), &len, 'B', bind, sizeof(bind)) &&
               itw_msg(msg, sizeof(msg), &len, 'D', describe, sizeof(describe)) &&
               itw_msg(msg, sizeof(msg), &len, 'E', exec, sizeof(exec)) &&
-              itw_msg(msg, sizeof(msg), &len, 'S', NULL, 0);
+              itw_msg(msg, sizeof(msg), &len, 'S', "", 0);
     out[0] = '\0';
     CU_ASSERT_TRUE_FATAL(ok);
     CU_ASSERT_EQUAL_FATAL(harness_raw_send(PQsocket(c), msg, len, 2000), 0);
