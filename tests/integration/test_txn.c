@@ -3,8 +3,9 @@
  * clients on a real PostgreSQL: reported parameters and named prepared statements follow
  * their client across shared servers, pipelines (a failing one too), 500 clients on a pool
  * of 10, a client killed inside a transaction, cancel, the held-back BEGIN compared step by
- * step with a direct connection, session-only features (one warning, nothing leaks to the
- * next client), the wait timeout, and RESET back to startup values.
+ * step with a direct connection and sent in the first extended-protocol group (its exact
+ * replies, PostgreSQL's statement log), session-only features (one warning, nothing leaks
+ * to the next client), the wait timeout, and RESET back to startup values.
  *
  * Every test starts its own pgwarden (pool_mode = transaction) and stops it at the end;
  * connections and a pgwarden left behind by a test that stopped at a fatal assertion are
