@@ -160,8 +160,9 @@ struct px_client {
                             it got it (rename.c) */
     bool held_failed;    /* the held block failed (a lock error): its server-side
                             transaction must be aborted when it gets a server */
-    /* Linked, and the held BEGIN goes in front of the client's next Query, in the same
-     * Query (txn.h px_txn_begin_query), instead of in a round trip of its own. */
+    /* Linked, and the held BEGIN goes with the client's next message, in the same Query or
+     * extended-protocol group (txn.h px_txn_begin_query, px_txn_begin_group), instead of
+     * in a round trip of its own. */
     bool begin_merge;
 
     /* pgwarden locks (path/locks.h): NULL until the client's first lock call. */
@@ -314,8 +315,9 @@ struct px_server {
                           COMMIT (outcome.h) come first: they are swallowed */
     bool prefix_done;  /* ... and were (or the BEGIN's, below): the relay stopped to go on
                           with its usual table */
-    bool begin_prefix; /* the CommandComplete of a held BEGIN sent in front of the client's
-                          Query (txn.h) comes first: it is swallowed */
+    bool begin_prefix; /* the CommandComplete (and BindComplete) of a held BEGIN sent in
+                          front of the client's Query or group (txn.h) come first: they are
+                          swallowed */
     bool begin_failed; /* ... that BEGIN failed: the Query's ReadyForQuery says 'E' */
     /* ... and until that Query's ReadyForQuery, error positions count this many characters
      * of BEGIN text in front of the client's (they are moved back) */

@@ -256,9 +256,15 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
          * was read, else passed on for the server to skip). */
         return body ? PX_RELAY_DROP : PX_RELAY_FORWARD;
     }
-    if (c->begin_merge && body && (type != 'Q' || len > PX_RELAY_HEAD_MAX || px_chaos_active()))
-        /* not the Query the held BEGIN was to go with (txn.h): it goes alone first */
-        return px_txn_begin_alone(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+    if (c->begin_merge && body) {
+        /* The held BEGIN goes with this message (txn.h): in the same Query (below), or in
+         * front of it in the same extended-protocol group; else alone first. */
+        bool ext = type == 'P' || type == 'B' || type == 'D';
+        if (px_chaos_active() || (type == 'Q' ? len > PX_RELAY_HEAD_MAX : !ext))
+            return px_txn_begin_alone(c, out) ? PX_RELAY_HOLD : PX_RELAY_CLOSE;
+        if (ext && !px_txn_begin_group(c, out))
+            return PX_RELAY_CLOSE;
+    }
     if (body && len > PX_RELAY_HEAD_MAX)
         return c2s_big(c, out, type, body, len);
     /* answered by pgwarden: lock calls, in order behind the server's replies */

@@ -310,9 +310,11 @@ void px_txn_idle_input(struct px_client *c)
 
 /* ---- linking and release --------------------------------------------------------------- */
 
-/* The held BEGIN can go in front of the message at the head of c's input (txn.h): that
- * message is a whole simple Query that the relay takes as it is (not a big one), and the
- * BEGIN's text holds nothing that could swallow what follows it (a comment, a quote). */
+/* The held BEGIN can go with the message at the head of c's input (txn.h), which is either
+ * a whole simple Query that the relay takes as it is (not a big one), and then the BEGIN's
+ * text must hold nothing that could swallow what follows it (a comment, a quote), or a
+ * Parse, Bind or Describe that starts what c sends in extended-protocol messages, where the
+ * BEGIN goes as messages of its own in front of it. */
 static bool begin_mergeable(const struct px_client *c)
 {
     const struct px_server *s = c->server;
@@ -320,15 +322,19 @@ static bool begin_mergeable(const struct px_client *c)
         return false;
     const uint8_t *t = c->held_begin + 5;
     size_t n = c->held_begin_len - 5;
-    if (n == 0 || t[n - 1] != '\0')
-        return false;
-    for (size_t i = 0; i + 1 < n; i++)
-        if (strchr("-/'\"$\\", t[i]) || t[i] == '\0' || t[i] >= 0x80)
-            return false; /* ASCII: error positions count characters (px_txn_begin_query) */
+    if (n == 0 || memchr(t, '\0', n) != t + n - 1)
+        return false; /* one text, terminated */
     uint8_t hdr[5];
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (evbuffer_copyout(in, hdr, 5) != 5 || hdr[0] != 'Q')
+    if (evbuffer_copyout(in, hdr, 5) != 5)
         return false;
+    if (hdr[0] == 'P' || hdr[0] == 'B' || hdr[0] == 'D')
+        return true; /* px_txn_begin_group */
+    if (hdr[0] != 'Q')
+        return false;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (strchr("-/'\"$\\", t[i]) || t[i] >= 0x80)
+            return false; /* ASCII: error positions count characters (px_txn_begin_query) */
     uint32_t len = px_get_u32(hdr + 1);
     return len >= 5 && len - 4 <= PX_RELAY_HEAD_MAX && evbuffer_get_length(in) >= 1 + (size_t)len;
 }
@@ -339,6 +345,7 @@ static bool begin_mergeable(const struct px_client *c)
 static bool send_prelude(struct px_client *c)
 {
     struct px_server *s = c->server;
+    c->begin_merge = false; /* a second attempt sends it alone (begin_mergeable) */
     if (!px_session_resync(c))
         return false;
     struct evbuffer *out = bufferevent_get_output(s->bev);
@@ -446,6 +453,35 @@ bool px_txn_begin_query(struct px_client *c, struct evbuffer *out, const uint8_t
     return true;
 }
 
+bool px_txn_begin_group(struct px_client *c, struct evbuffer *out)
+{
+    struct px_server *s = c->server;
+    const uint8_t *text = c->held_begin + 5;
+    size_t tlen = c->held_begin_len - 5; /* with its terminator (begin_mergeable) */
+    /* Parse "" (the text, no parameter types), Bind "" "" (no formats, no parameters: text
+     * results), Execute "" (all rows), Close portal "": the server is left as a BEGIN sent
+     * as a simple Query leaves it, with no unnamed portal, and an unnamed statement that is
+     * not the client's (closed before its Bind or Describe of it, rename.c). */
+    static const uint8_t zeros[8], close_portal[2] = {'P', '\0'};
+    uint8_t parse_head[6] = {'P'};
+    px_put_u32(parse_head + 1, (uint32_t)(4 + 1 + tlen + 2));
+    struct px_expect *pe = px_expect_push(s, PX_EXP_PARSE, true);
+    struct px_expect *ce = pe ? px_expect_push(s, PX_EXP_CLOSE, true) : NULL;
+    if (!ce || evbuffer_expand(out, 6 + tlen + 2 + 5 + 8 + 5 + 5 + 5 + 2) < 0 ||
+        evbuffer_add(out, parse_head, 6) < 0 || evbuffer_add(out, text, tlen) < 0 ||
+        evbuffer_add(out, zeros, 2) < 0 || px_wire_msg(out, 'B', zeros, 8) < 0 ||
+        px_wire_msg(out, 'E', zeros, 5) < 0 || px_wire_msg(out, 'C', close_portal, 2) < 0)
+        return false;
+    s->begin_prefix = true;
+    s->begin_failed = false;
+    s->unsynced = true;
+    s->last_untracked = false;
+    s->unnamed_owner = 0;
+    c->unnamed_parsed = false;
+    px_txn_drop_begin(c);
+    return true;
+}
+
 bool px_txn_begin_alone(struct px_client *c, struct evbuffer *out)
 {
     struct px_server *s = c->server;
@@ -459,14 +495,22 @@ bool px_txn_begin_alone(struct px_client *c, struct evbuffer *out)
 
 bool px_txn_begin_reply(struct px_server *s, char type, enum px_relay_action *action)
 {
+    if (type == '2') { /* the BEGIN's BindComplete (px_txn_begin_group; its ParseComplete
+                          and CloseComplete are hidden entries of the FIFO) */
+        *action = PX_RELAY_DROP;
+        return true;
+    }
     if (type == 'C') {
+        if (s->unsynced)
+            s->txn_status = 'T'; /* in a group: its ReadyForQuery is not yet due */
         s->begin_prefix = false;
         s->prefix_done = true;
         *action = PX_RELAY_DROP_STOP;
         return true;
     }
     if (type == 'E') {
-        /* PostgreSQL skips the rest of the Query: the client's statements never ran */
+        /* PostgreSQL skips the rest of the Query, or of the group up to its Sync: the
+         * client's statements never ran */
         s->begin_prefix = false;
         s->begin_failed = true;
     }

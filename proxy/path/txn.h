@@ -40,26 +40,36 @@ bool px_txn_linked(struct px_client *c);
 
 /*
  * The held BEGIN without a round trip of its own: when the message that made c take a
- * server is a simple Query, the BEGIN is not sent in the prelude (c->begin_merge) but in
- * front of that Query, as one Query `<BEGIN text>;<client's text>`: PostgreSQL runs both in
- * one cycle, and the BEGIN's CommandComplete is swallowed (px_txn_begin_reply).  A failed
- * BEGIN (a cancel hit it) means PostgreSQL ran nothing of the Query: the client gets the
- * error and a ReadyForQuery 'E', and holds a failed block (px_txn_begin_failed_ready).
+ * server is a simple Query, or a Parse, Bind or Describe (the extended protocol), the BEGIN
+ * is not sent in the prelude (c->begin_merge) but with that message.  A Query gets it in
+ * front, as one Query `<BEGIN text>;<client's text>`: PostgreSQL runs both in one cycle.
+ * An extended-protocol message gets it in front as Parse/Bind/Execute of the unnamed
+ * statement and portal and a Close of that portal, in the same group (one Sync, one
+ * cycle).  The BEGIN's own replies are swallowed (px_txn_begin_reply and hidden FIFO
+ * entries).  A failed BEGIN (a cancel hit it) means PostgreSQL ran nothing of the Query
+ * or group: the client gets the error and a ReadyForQuery 'E', and holds a failed block
+ * (px_txn_begin_failed_ready).
  */
 /* c's Query (body, len: its body) goes to out with the held BEGIN in front, in place of
  * the client's (which the relay then drops).  False when out of memory. */
 bool px_txn_begin_query(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                         uint32_t len);
-/* c's next message is not the Query the BEGIN was to go with (it was answered by pgwarden,
+/* c's next message is a Parse, Bind or Describe: the held BEGIN goes to out in front of it
+ * (as above; the server's unnamed statement is then not c's: c->unnamed_parsed false).
+ * False when out of memory. */
+bool px_txn_begin_group(struct px_client *c, struct evbuffer *out);
+/* c's next message is not the one the BEGIN was to go with (it was answered by pgwarden,
  * or chaos rules came): the BEGIN goes alone to out, and the client's relay waits for its
  * reply (c->reply_hold), as at link.  False when out of memory. */
 bool px_txn_begin_alone(struct px_client *c, struct evbuffer *out);
-/* A reply of s while s->begin_prefix: true when it is the BEGIN's CommandComplete,
- * swallowed, which stops the relay (s->prefix_done); an error marks the BEGIN failed. */
+/* A reply of s while s->begin_prefix: true when it is the BEGIN's BindComplete, swallowed,
+ * or its CommandComplete, swallowed, which stops the relay (s->prefix_done); an error
+ * marks the BEGIN failed. */
 bool px_txn_begin_reply(struct px_server *s, char type, enum px_relay_action *action);
-/* The ReadyForQuery of a Query whose BEGIN failed, once the server's own state took it
- * (path.c server_ready): for the client its block failed (ReadyForQuery 'E' written to
- * out, a failed held block); the server, outside any block, may go back to the pool. */
+/* The ReadyForQuery of a Query or group whose BEGIN failed, once the server's own state
+ * took it (path.c server_ready): for the client its block failed (ReadyForQuery 'E'
+ * written to out, a failed held block); the server, outside any block, may go back to the
+ * pool. */
 enum px_relay_action px_txn_begin_failed_ready(struct px_server *s, struct evbuffer *out);
 
 /* Every reply of c's prelude is in.  True when it succeeded: the client's messages may go.

@@ -257,6 +257,40 @@ static void test_autocommit_transaction(void)
     autocommit("transaction");
 }
 
+/* A transaction whose first statement is of the extended protocol, so that the held BEGIN
+ * goes in that statement's group (docs/transaction-pooling.md): its replay begins the
+ * transaction again, with its isolation level, in front of the replayed group. */
+static void test_held_begin_in_group_replayed(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_grp; CREATE TABLE rt_grp (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_grp VALUES (1, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_TRUE(itu_exec_ok(d, "BEGIN"));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_grp SET v = v + 1 WHERE id = 1"));
+    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    const char *p[1] = {"10"};
+    CU_ASSERT_EQUAL(PQsendQueryParams(c, "UPDATE rt_grp SET v = v + $1 WHERE id = 1 RETURNING v", 1,
+                                      NULL, p, NULL, NULL, 0),
+                    1);
+    CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "COMMIT")); /* 40001 for c's snapshot: replayed */
+    CU_ASSERT_STRING_EQUAL(result_of(c, 10000), "11");
+    /* the replay is inside a block again: uncommitted, with the BEGIN's isolation level */
+    CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INTRANS);
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_grp WHERE id = 1"), 1);
+    PGresult *r = PQexecParams(c, "SHOW transaction_isolation", 0, NULL, NULL, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "", "repeatable read");
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(v(c, "COMMIT"), "COMMIT");
+    CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_grp WHERE id = 1"), 11);
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40001", "outcome=succeeded", NULL),
+                    1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
 /* ---- PostgreSQL's deadlock ------------------------------------------------------------ */
 
 /* Lines of PostgreSQL's log that contain needle. */
@@ -880,6 +914,7 @@ static void register_suites(void)
     static CU_TestInfo tests[] = {
         {"autocommit_session", test_autocommit_session},
         {"autocommit_transaction", test_autocommit_transaction},
+        {"held_begin_in_group_replayed", test_held_begin_in_group_replayed},
         {"deadlock_session", test_deadlock_session},
         {"deadlock_transaction", test_deadlock_transaction},
         {"bank_session", test_bank_session},

@@ -3,8 +3,9 @@
  * clients on a real PostgreSQL: reported parameters and named prepared statements follow
  * their client across shared servers, pipelines (a failing one too), 500 clients on a pool
  * of 10, a client killed inside a transaction, cancel, the held-back BEGIN compared step by
- * step with a direct connection, session-only features (one warning, nothing leaks to the
- * next client), the wait timeout, and RESET back to startup values.
+ * step with a direct connection and sent in the first extended-protocol group (its exact
+ * replies, PostgreSQL's statement log), session-only features (one warning, nothing leaks
+ * to the next client), the wait timeout, and RESET back to startup values.
  *
  * Every test starts its own pgwarden (pool_mode = transaction) and stops it at the end;
  * connections and a pgwarden left behind by a test that stopped at a fatal assertion are
@@ -30,6 +31,7 @@
 #include "cunit_main.h"
 #include "harness.h"
 #include "itest_util.h"
+#include "itest_wire.h"
 
 /* ---- this file's pgwarden and connections --------------------------------------------- */
 
@@ -1287,6 +1289,35 @@ static const struct step begin_scripts[][MAX_STEPS] = {
      {"SELECT 9; SELECT 10", "10", 'T'},
      {"SELECT 'a' || ", "!42601", 'E'},
      {"ROLLBACK", "ROLLBACK", 'I'}},
+    /* the held BEGIN in the first extended-protocol group (txn.h px_txn_begin_group):
+     * its modes apply, an error there fails the block, its text may have comments */
+    {{"BEGIN ISOLATION LEVEL SERIALIZABLE", "BEGIN", 'T'},
+     {"~SHOW transaction_isolation", "serializable", 'T'},
+     {"~SHOW transaction_read_only", "off", 'T'},
+     {"COMMIT", "COMMIT", 'I'}},
+    {{"~START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", "START TRANSACTION", 'T'},
+     {"~SHOW transaction_isolation", "repeatable read", 'T'},
+     {"~CREATE TABLE txn_ro(a int)", "!25006", 'E'},
+     {"~COMMIT", "ROLLBACK", 'I'}},
+    {{"BEGIN", "BEGIN", 'T'},
+     {"~SELECT 1/0", "!22012", 'E'},
+     {"~SELECT 1", "!25P02", 'E'},
+     {"COMMIT", "ROLLBACK", 'I'}},
+    {{"BEGIN /* a comment */ ISOLATION LEVEL SERIALIZABLE", "BEGIN", 'T'},
+     {"~SELEC 1", "!42601", 'E'},
+     {"~SHOW transaction_isolation", "!25P02", 'E'},
+     {"ROLLBACK", "ROLLBACK", 'I'}},
+    /* the unnamed statement of before the BEGIN is gone (a simple Query dropped it): the
+     * group's first message binds it; so is the one of a Parse inside the block */
+    {{"~SELECT 11", "11", 'I'},
+     {"BEGIN", "BEGIN", 'T'},
+     {"@", "!26000", 'E'},
+     {"ROLLBACK", "ROLLBACK", 'I'}},
+    {{"~SELECT 12", "12", 'I'},
+     {"~BEGIN", "BEGIN", 'T'},
+     {"~SELECT 13", "13", 'T'},
+     {"@", "13", 'T'},
+     {"COMMIT", "COMMIT", 'I'}},
 };
 
 /* What a client sees of one statement. */
@@ -1307,8 +1338,10 @@ static void count_notice(void *arg, const PGresult *res)
 static void run_step(PGconn *c, const int *notices, const char *sql, struct seen *s)
 {
     int before = *notices;
-    PGresult *r =
-        sql[0] == '~' ? PQexecParams(c, sql + 1, 0, NULL, NULL, NULL, NULL, 0) : PQexec(c, sql);
+    /* "~...": by the extended protocol; "@": Bind/Execute of the unnamed statement */
+    PGresult *r = sql[0] == '~'   ? PQexecParams(c, sql + 1, 0, NULL, NULL, NULL, NULL, 0)
+                  : sql[0] == '@' ? PQexecPrepared(c, "", 0, NULL, NULL, NULL, 0)
+                                  : PQexec(c, sql);
     s->status = PQresultStatus(r);
     if (s->status == PGRES_TUPLES_OK && PQntuples(r) > 0)
         snprintf(s->got, sizeof(s->got), "%s", PQgetvalue(r, 0, 0));
@@ -1415,6 +1448,252 @@ static void test_held_back_begin(void)
     }
     conn_close(p);
     conn_close(d);
+    txn_stop();
+}
+
+/* ---- 8b. the held BEGIN in the first extended-protocol group ---------------------------- */
+
+/* The rows of xbegin_t that d sees: committed ones only. */
+static const char *committed_rows(PGconn *d)
+{
+    return itu_value(d, "SELECT count(*) FROM xbegin_t");
+}
+
+/* PQexecParams of sql with one text parameter; the command tag or first value (or
+ * "!SQLSTATE") copied into buf. */
+static const char *ext_value(PGconn *c, const char *sql, const char *param, char *buf, size_t cap)
+{
+    const char *p[1] = {param};
+    PGresult *r = PQexecParams(c, sql, param ? 1 : 0, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, cap, "%s", PQgetvalue(r, 0, 0));
+    else if (PQresultStatus(r) == PGRES_COMMAND_OK)
+        snprintf(buf, cap, "%s", cmd_tag(r));
+    else
+        snprintf(buf, cap, "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/* The same for PQexecPrepared of name. */
+static const char *prep_value(PGconn *c, const char *name, const char *param, char *buf, size_t cap)
+{
+    PGresult *r = exec_prep(c, name, param);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, cap, "%s", PQgetvalue(r, 0, 0));
+    else if (PQresultStatus(r) == PGRES_COMMAND_OK)
+        snprintf(buf, cap, "%s", cmd_tag(r));
+    else
+        snprintf(buf, cap, "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/* Lines of PostgreSQL's log (the cluster's postgres.log) that contain needle; -1 when it
+ * cannot be read. */
+static int pg_log_lines(const char *needle)
+{
+    char path[600], line[4096];
+    snprintf(path, sizeof(path), "%s/postgres.log", harness_cluster()->dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* Waits up to 3 s for a line with needle (the log is written by another process). */
+static int wait_pg_log_lines(const char *needle)
+{
+    int n = pg_log_lines(needle);
+    for (int64_t until = itu_now_ms() + 3000; n < 1 && itu_now_ms() < until;) {
+        itu_sleep_ms(20);
+        n = pg_log_lines(needle);
+    }
+    return n;
+}
+
+/* The first statement is PQexecParams, PQprepare, PQdescribePrepared or PQexecPrepared
+ * (a Parse, Bind or Describe starts its group): the block is real (d sees nothing until
+ * COMMIT, ROLLBACK undoes it) and its modes apply. */
+static void check_group_begins_block(PGconn *p, PGconn *d)
+{
+    char b[64];
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(ext_value(p, "INSERT INTO xbegin_t VALUES ($1::int)", "1", b, 64),
+                           "INSERT 0 1");
+    CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_INTRANS);
+    CU_ASSERT_STRING_EQUAL(committed_rows(d), "0");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "ROLLBACK"));
+    CU_ASSERT_STRING_EQUAL(committed_rows(d), "0");
+    /* a Parse of a named statement first (its group: Parse, Sync) */
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN"));
+    CU_ASSERT_TRUE(prep_ok(p, "ins", "INSERT INTO xbegin_t VALUES ($1::int)"));
+    CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_INTRANS);
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "ins", "2", b, 64), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(committed_rows(d), "0");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "ROLLBACK"));
+    /* a Bind of it first (pgbench -M prepared) */
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "ins", "3", b, 64), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(committed_rows(d), "0");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    CU_ASSERT_STRING_EQUAL(committed_rows(d), "1");
+    /* a Describe first */
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN ISOLATION LEVEL REPEATABLE READ"));
+    PGresult *r = PQdescribePrepared(p, "ins");
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    CU_ASSERT_EQUAL(PQnparams(r), 1);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(ext_value(p, "SHOW transaction_isolation", NULL, b, 64),
+                           "repeatable read");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "ROLLBACK"));
+    /* a Bind too big to be held whole (its head is renamed, the rest streams) */
+    CU_ASSERT_TRUE(prep_ok(p, "len",
+                           "SELECT length($1::text) || ' ' || "
+                           "current_setting('transaction_isolation')"));
+    static char big[100001];
+    memset(big, 'x', sizeof(big) - 1);
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN ISOLATION LEVEL SERIALIZABLE"));
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "len", big, b, 64), "100000 serializable");
+    CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_INTRANS);
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    /* a READ ONLY block refuses the first statement's write, and stays failed */
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN READ ONLY"));
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "ins", "4", b, 64), "!25006");
+    CU_ASSERT_EQUAL(PQtransactionStatus(p), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(ext_value(p, "SELECT 1", NULL, b, 64), "!25P02");
+    r = PQexec(p, "COMMIT");
+    CU_ASSERT_STRING_EQUAL(cmd_tag(r), "ROLLBACK");
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(committed_rows(d), "1");
+}
+
+/* What PostgreSQL's statement log shows (log_statement = all): the BEGIN was executed as
+ * part of the client's extended-protocol group ("execute <unnamed>: BEGIN ..."), not as a
+ * Query of its own ("statement: BEGIN ...", which a BEGIN with a comment before a simple
+ * Query still is). */
+static void check_group_begin_logged(PGconn *p)
+{
+    char b[64];
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN /* xbegin-params */"));
+    CU_ASSERT_STRING_EQUAL(ext_value(p, "SELECT 'params'", NULL, b, 64), "params");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN /* xbegin-bind */"));
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "ins", "5", b, 64), "INSERT 0 1");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN /* xbegin-alone */"));
+    CU_ASSERT_STRING_EQUAL(itu_value(p, "SELECT 'simple'"), "simple");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    CU_ASSERT_EQUAL(wait_pg_log_lines("statement: BEGIN /* xbegin-alone */"), 1);
+    CU_ASSERT_EQUAL(wait_pg_log_lines("execute <unnamed>: BEGIN /* xbegin-params */"), 1);
+    CU_ASSERT_EQUAL(wait_pg_log_lines("execute <unnamed>: BEGIN /* xbegin-bind */"), 1);
+    CU_ASSERT_EQUAL(pg_log_lines("statement: BEGIN /* xbegin-params */"), 0);
+    CU_ASSERT_EQUAL(pg_log_lines("statement: BEGIN /* xbegin-bind */"), 0);
+}
+
+/* The types of the messages in buf[0..len), NoticeResponse and ParameterStatus left out,
+ * with the status of a ReadyForQuery after its 'Z' (e.g. "12TDCZT"), into out. */
+static void reply_types(const uint8_t *buf, size_t len, char *out, size_t cap)
+{
+    size_t off = 0, k = 0;
+    while (off + 5 <= len && k + 3 < cap) {
+        uint32_t mlen = itw_get32(buf + off + 1);
+        if (mlen < 4 || off + 1 + mlen > len)
+            break;
+        char t = (char)buf[off];
+        if (t != 'N' && t != 'S') {
+            out[k++] = t;
+            if (t == 'Z' && mlen == 5)
+                out[k++] = (char)buf[off + 5];
+        }
+        off += 1 + mlen;
+    }
+    out[k] = '\0';
+}
+
+/* Sends one extended-protocol group on c's socket, past libpq (which has nothing
+ * outstanding): Parse "" sql, Bind, Describe portal, Execute, Sync; the replies' types
+ * (reply_types) into out. */
+static void raw_group(PGconn *c, const char *sql, char *out, size_t cap)
+{
+    uint8_t msg[512], reply[4096], body[300];
+    size_t len = 0, n = strlen(sql) + 1;
+    body[0] = '\0';
+    memcpy(body + 1, sql, n);
+    memset(body + 1 + n, 0, 2); /* no parameter types */
+    static const uint8_t bind[8], exec[5], describe[2] = {'P', '\0'};
+    bool ok = itw_msg(msg, sizeof(msg), &len, 'P', body, 1 + n + 2) &&
+              itw_msg(msg, sizeof(msg), &len, 'B', bind, sizeof(bind)) &&
+              itw_msg(msg, sizeof(msg), &len, 'D', describe, sizeof(describe)) &&
+              itw_msg(msg, sizeof(msg), &len, 'E', exec, sizeof(exec)) &&
+              itw_msg(msg, sizeof(msg), &len, 'S', "", 0);
+    out[0] = '\0';
+    CU_ASSERT_TRUE_FATAL(ok);
+    CU_ASSERT_EQUAL_FATAL(harness_raw_send(PQsocket(c), msg, len, 2000), 0);
+    ssize_t got = itw_recv_until(PQsocket(c), reply, sizeof(reply), "Z", 5000);
+    reply_types(reply, got > 0 ? (size_t)got : 0, out, cap);
+}
+
+/* The exact replies (libpq would not notice an extra ParseComplete or BindComplete, a
+ * driver such as asyncpg or pgJDBC would): the BEGIN's own are not among them. */
+static void check_group_replies(PGconn *p)
+{
+    char types[64];
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN"));
+    raw_group(p, "SELECT 1", types, sizeof(types));
+    CU_ASSERT_STRING_EQUAL(types, "12TDCZT");
+    raw_group(p, "SELECT 2", types, sizeof(types));
+    CU_ASSERT_STRING_EQUAL(types, "12TDCZT");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "COMMIT"));
+    CU_ASSERT_TRUE(itu_exec_ok(p, "BEGIN"));
+    raw_group(p, "SELEC 1", types, sizeof(types));
+    CU_ASSERT_STRING_EQUAL(types, "EZE");
+    raw_group(p, "SELECT 3", types, sizeof(types));
+    CU_ASSERT_STRING_EQUAL(types, "EZE");
+    PGresult *r = PQexec(p, "COMMIT");
+    CU_ASSERT_STRING_EQUAL(cmd_tag(r), "ROLLBACK");
+    PQclear(r);
+}
+
+/* A BEGIN of a named statement (pgbench -M prepared) leaves the unnamed statement of before
+ * it alone on PostgreSQL; through pgwarden the held BEGIN, sent as the unnamed statement
+ * (or, before, as a Query), destroys it: a Bind of it gets 26000, never the BEGIN. */
+static void check_named_begin_unnamed(PGconn *p)
+{
+    char b[64];
+    CU_ASSERT_STRING_EQUAL(ext_value(p, "SELECT 14", NULL, b, 64), "14");
+    CU_ASSERT_TRUE(prep_ok(p, "named_begin", "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "named_begin", NULL, b, 64), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(prep_value(p, "", NULL, b, 64), g_direct ? "14" : "!26000");
+    CU_ASSERT_TRUE(itu_exec_ok(p, "ROLLBACK"));
+}
+
+static void test_begin_in_first_group(void)
+{
+    char sql[200];
+    snprintf(sql, sizeof(sql), "ALTER ROLE %s SET log_statement = 'all'", harness_cluster()->user);
+    bool logging = !g_direct && harness_cluster_exec(sql) == 0; /* for the servers it opens */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&(struct harness_proxy_opts){
+        .pool_mode = "transaction", .pool_size = 1, .auth_type = "scram-sha-256"}));
+    PGconn *d = direct_conn(), *p = px_conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(p), CONNECTION_OK);
+    CU_ASSERT_TRUE(itu_exec_ok(d, "DROP TABLE IF EXISTS xbegin_t; CREATE TABLE xbegin_t (a int)"));
+    check_group_begins_block(p, d);
+    check_group_replies(p);
+    check_named_begin_unnamed(p);
+    if (logging)
+        check_group_begin_logged(p);
+    conn_close(p);
+    CU_ASSERT_TRUE(itu_exec_ok(d, "DROP TABLE xbegin_t"));
+    conn_close(d);
+    snprintf(sql, sizeof(sql), "ALTER ROLE %s RESET log_statement", harness_cluster()->user);
+    if (logging)
+        CU_ASSERT_EQUAL(harness_cluster_exec(sql), 0);
     txn_stop();
 }
 
@@ -1622,6 +1901,7 @@ static void register_suites(void)
         {"killed_client_mid_transaction", test_killed_client_mid_transaction},
         {"cancel_in_transaction_mode", test_cancel},
         {"held_back_begin_answers_as_postgresql", test_held_back_begin},
+        {"held_begin_in_first_extended_group", test_begin_in_first_group},
         {"session_feature_warning", test_session_feature_warning},
         {"client_waits_then_gets_error", test_client_waits_then_gets_error},
         {"reset_returns_to_startup_value", test_reset_to_startup_value},
