@@ -554,7 +554,7 @@ static int conn_send(struct ls_conn *cn, const char *sql, struct ls_key *k, enum
 
 static bool graph_kick(struct ls_conn *cn);
 static void graph_result(PGresult *res);
-static void graph_failed(const char *why);
+static void graph_failed(const char *why, const char *sqlstate);
 
 /* Picks the next statement for k: a release of what no local holder needs, else an
  * attempt for a waiting grant not yet tried in this round.  False when k needs none. */
@@ -730,10 +730,11 @@ static void attempt_done(struct ls_key *k, PGresult *res)
         k->round = 0;
         for (struct ls_pend *q = k->pend; q; q = q->next)
             q->round = 0; /* a grant changes what the others may get */
+        /* Reconciled next: what its waiter took if it went, and after a hand-over the
+         * locks kept that the new holder does not need (exclusive handed to a reader). */
+        k->dirty = true;
         if (p)
             pend_finish(k, p, PX_LOCKSPACE_GRANTED, token, NULL);
-        else
-            k->dirty = true; /* its waiter went: release what it took */
     } else {
         if (gate_changed)
             k->have |= gate;
@@ -750,12 +751,15 @@ static void conn_result(struct ls_conn *cn)
     enum ls_op op = cn->busy_op;
     PGresult *res;
     bool failed = false;
-    char why[256] = "";
+    char why[256] = "", sqlstate[6] = "";
     while ((res = PQgetResult(cn->pg)) != NULL) {
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+            const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             if (!failed)
                 snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
+            if (!failed && code)
+                snprintf(sqlstate, sizeof(sqlstate), "%s", code);
             failed = true;
         } else if (op == LS_OP_ATTEMPT && st == PGRES_TUPLES_OK && k) {
             px_debug("lockspace", 0, (uint64_t)cn->index, "attempt: ok %s token %s gate %s",
@@ -776,7 +780,7 @@ static void conn_result(struct ls_conn *cn)
     if (failed && (op == LS_OP_GRAPH_PUBLISH || op == LS_OP_GRAPH_CLEAR)) {
         /* The wait-for graph table is missing or not writable: the locks are fine, only
          * deadlocks across instances go undetected for a while. */
-        graph_failed(why);
+        graph_failed(why, sqlstate);
         failed = false;
     }
     if (failed) {
@@ -815,9 +819,13 @@ static void conn_setup(struct ls_conn *cn)
     if (!intvl_s)
         intvl_s = 1;
     char sql[SQL_MAX];
+    /* lock_timeout: the try functions never wait, but the wait-for graph statement's rows
+     * can (another instance's statement on the same row): it must not hold the
+     * connection, whose keys wait behind it, for long. */
     snprintf(sql, sizeof(sql),
              "SET tcp_keepalives_idle = %u; SET tcp_keepalives_interval = %u; "
              "SET tcp_keepalives_count = 4; SET tcp_user_timeout = %" PRIu64 "; "
+             "SET lock_timeout = %" PRIu64 "; "
              "DO $pgw$BEGIN BEGIN IF to_regclass('pgwarden_lock_token_seq') IS NULL THEN "
              "CREATE SEQUENCE pgwarden_lock_token_seq START %" PRIu64 "; END IF; "
              "EXCEPTION WHEN duplicate_table OR unique_violation THEN NULL; END; "
@@ -826,7 +834,7 @@ static void conn_setup(struct ls_conn *cn)
              "published timestamptz NOT NULL, graph text NOT NULL); END IF; "
              "EXCEPTION WHEN duplicate_table OR unique_violation OR insufficient_privilege "
              "THEN NULL; END; END$pgw$",
-             idle_s, intvl_s, S.lease_us / 1000u, start);
+             idle_s, intvl_s, S.lease_us / 1000u, S.lease_us / 8000u, start);
     cn->state = LS_SETUP;
     conn_send(cn, sql, NULL, LS_OP_SETUP);
 }
@@ -1048,16 +1056,14 @@ static uint64_t graph_period_us(void)
 }
 
 /* Adds a node for a waiting client unless it is there already (or the part is full). */
-static void part_add_node(struct ls_graph *g, uint64_t *ids, uint16_t *index, uint64_t client,
-                          uint64_t since_local, uint64_t now, bool global, uint64_t hash,
-                          enum lockmgr_mode mode, const struct wg_part *prev,
-                          const struct ls_gwait *prev_waits)
+static void part_add_node(struct ls_graph *g, uint64_t *ids, uint64_t client, uint64_t since_local,
+                          uint64_t now, bool global, uint64_t hash, enum lockmgr_mode mode,
+                          const struct wg_part *prev, const struct ls_gwait *prev_waits)
 {
     size_t slot = gset_slot(ids, client);
     if (ids[slot] || g->own.nnodes == WG_MAX_NODES)
         return;
     ids[slot] = client;
-    index[slot] = (uint16_t)g->own.nnodes;
     struct wg_node *n = &g->own.nodes[g->own.nnodes];
     struct ls_gwait *w = &g->waits[g->own.nnodes++];
     *n = (struct wg_node){.client = client,
@@ -1081,7 +1087,6 @@ static int graph_take_part(struct ls_graph *g)
     struct ls_gwait *prev_waits = g->waits;
     struct lockmgr_snapshot *snap = lockmgr_snapshot(S.lm, NULL, NULL, 0);
     uint64_t *ids = calloc(GSET_SIZE, sizeof(*ids));
-    uint16_t *index = calloc(GSET_SIZE, sizeof(*index));
     memset(&g->own, 0, sizeof(g->own));
     snprintf(g->own.instance, sizeof(g->own.instance), "%s", g->instance);
     g->own.nodes = calloc(WG_MAX_NODES, sizeof(*g->own.nodes));
@@ -1089,18 +1094,18 @@ static int graph_take_part(struct ls_graph *g)
     g->own.edges = calloc(WG_MAX_EDGES, sizeof(*g->own.edges));
     g->waits = calloc(WG_MAX_NODES, sizeof(*g->waits));
     int rc = -1;
-    if (!snap || !ids || !index || !g->own.nodes || !g->own.holds || !g->own.edges || !g->waits)
+    if (!snap || !ids || !g->own.nodes || !g->own.holds || !g->own.edges || !g->waits)
         goto out;
     for (size_t b = 0; b < S.nbuckets; b++)
         for (struct ls_key *k = S.buckets[b]; k; k = k->hnext)
             for (struct ls_pend *p = k->pend; p; p = p->next)
                 if (!p->try)
-                    part_add_node(g, ids, index, p->client_id, p->since_us, now, true, k->hash,
-                                  p->mode, &prev, prev_waits);
+                    part_add_node(g, ids, p->client_id, p->since_us, now, true,
+                                  k->hash & ~(uint64_t)7, p->mode, &prev, prev_waits);
     for (size_t i = 0; i < snap->nkeys; i++)
         for (size_t j = 0; j < snap->keys[i].nwaiters; j++) {
             const struct lockmgr_snap_waiter *w = &snap->keys[i].waiters[j];
-            part_add_node(g, ids, index, w->owner_id, w->since_us, now, false, 0, w->mode, &prev,
+            part_add_node(g, ids, w->owner_id, w->since_us, now, false, 0, w->mode, &prev,
                           prev_waits);
         }
     for (size_t i = 0; i < snap->nkeys; i++) {
@@ -1111,8 +1116,9 @@ static int graph_take_part(struct ls_graph *g)
             struct ls_hold *h =
                 ids[gset_slot(ids, hd->owner_id)] ? hold_find(k, hd->owner_id) : NULL;
             if (h) /* held in PostgreSQL: what another instance can wait for */
-                g->own.holds[g->own.nholds++] = (struct wg_hold){
-                    hd->owner_id, k->hash, (uint8_t)(hd->mode < h->mode ? hd->mode : h->mode)};
+                g->own.holds[g->own.nholds++] =
+                    (struct wg_hold){hd->owner_id, k->hash & ~(uint64_t)7, /* the advisory id */
+                                     (uint8_t)(hd->mode < h->mode ? hd->mode : h->mode)};
         }
         /* lockmgr's edges: to each conflicting holder, and to each conflicting request
          * queued earlier (unless an upgrade) */
@@ -1133,11 +1139,9 @@ static int graph_take_part(struct ls_graph *g)
     }
     rc = 0;
 out:
-    (void)index;
     wg_part_clear(&prev);
     free(prev_waits);
     free(ids);
-    free(index);
     if (snap)
         lockmgr_snapshot_free(snap);
     return rc;
@@ -1183,12 +1187,18 @@ static bool graph_kick(struct ls_conn *cn)
     return rc == 0;
 }
 
-static void graph_failed(const char *why)
+static void graph_failed(const char *why, const char *sqlstate)
 {
     struct ls_graph *g = S.graph;
     size_t n = strlen(why);
     while (n && (why[n - 1] == '\n' || why[n - 1] == ' '))
         n--;
+    if (strcmp(sqlstate, "55P03") == 0 || strcmp(sqlstate, "40P01") == 0) {
+        /* another instance's statement on the table held a row (lock_timeout of the lock
+         * connections): only this round is lost */
+        px_debug("lockspace", 0, 0, "wait-for graph round skipped: %.*s", (int)n, why);
+        return;
+    }
     if (!g->disabled_until_us)
         px_warning("lockspace", 0, 0,
                    "cannot use table pgwarden_lock_waits (%.*s): deadlocks across instances "

@@ -131,9 +131,13 @@ static struct wg_node *node_of(struct wg_part *p, uint64_t client)
 
 int wg_decode(const char *text, struct wg_part *p)
 {
-    p->nodes = calloc(WG_MAX_NODES, sizeof(*p->nodes));
-    p->holds = calloc(WG_MAX_HOLDS, sizeof(*p->holds));
-    p->edges = calloc(WG_MAX_EDGES, sizeof(*p->edges));
+    size_t lines[3] = {0, 0, 0}; /* n, h, e: allocate what the text needs, capped */
+    for (const char *l = text; *l; l++)
+        if (l == text || l[-1] == '\n')
+            lines[*l == 'n' ? 0 : *l == 'h' ? 1 : 2] += *l == 'n' || *l == 'h' || *l == 'e';
+    p->nodes = calloc(lines[0] < WG_MAX_NODES ? lines[0] + 1 : WG_MAX_NODES, sizeof(*p->nodes));
+    p->holds = calloc(lines[1] < WG_MAX_HOLDS ? lines[1] + 1 : WG_MAX_HOLDS, sizeof(*p->holds));
+    p->edges = calloc(lines[2] < WG_MAX_EDGES ? lines[2] + 1 : WG_MAX_EDGES, sizeof(*p->edges));
     p->nnodes = p->nholds = p->nedges = 0;
     if (!p->nodes || !p->holds || !p->edges)
         goto bad;
@@ -148,9 +152,9 @@ int wg_decode(const char *text, struct wg_part *p)
         switch (kind) {
         case 'n':
             if (!field(&s, false, &a, NULL) || !field(&s, true, NULL, &since) ||
-                !field(&s, false, &c, NULL))
+                !field(&s, false, &c, NULL) || c > (1ull << 48)) /* ages beyond 8 years */
                 goto bad;
-            if (p->nnodes < WG_MAX_NODES) {
+            if (p->nnodes < lines[0] && p->nnodes < WG_MAX_NODES) {
                 struct wg_node *n = &p->nodes[p->nnodes++];
                 n->client = a;
                 n->age_us = c;
@@ -169,14 +173,14 @@ int wg_decode(const char *text, struct wg_part *p)
                     n->key_hash = b;
                     n->mode = (uint8_t)c;
                 }
-            } else if (p->nholds < WG_MAX_HOLDS) {
+            } else if (p->nholds < lines[1] && p->nholds < WG_MAX_HOLDS) {
                 p->holds[p->nholds++] = (struct wg_hold){a, b, (uint8_t)c};
             }
             break;
         case 'e':
             if (!field(&s, false, &a, NULL) || !field(&s, false, &b, NULL))
                 goto bad;
-            if (p->nedges < WG_MAX_EDGES)
+            if (p->nedges < lines[2] && p->nedges < WG_MAX_EDGES)
                 p->edges[p->nedges++] = (struct wg_edge){a, b};
             break;
         default: goto bad;
@@ -334,6 +338,15 @@ static bool simultaneous(const struct graph *G, const size_t *path, size_t len, 
     return last_start <= first_part - margin_us;
 }
 
+/* The cycle passes through another instance (a cycle within one is lockmgr's to break). */
+static bool crosses(const struct graph *G, const size_t *path, size_t len)
+{
+    for (size_t i = 1; i < len; i++)
+        if (G->g[path[i]].part != G->g[path[0]].part)
+            return true;
+    return false;
+}
+
 bool wg_find(const struct wg_part *parts, size_t nparts, size_t own, int64_t margin_us,
              struct wg_cycle *out)
 {
@@ -349,10 +362,12 @@ bool wg_find(const struct wg_part *parts, size_t nparts, size_t own, int64_t mar
     next = calloc(WG_CYCLE_MAX, sizeof(*next));
     if (!state || !path || !next)
         goto out;
+    /* One search per wait of this instance, as the victim: through waits that began
+     * before it only, so that a cycle found is one this instance must break (a search
+     * that stopped at the first cycle could find one whose victim is elsewhere while that
+     * instance finds another one of ours: neither would act). */
     for (size_t i = 0; i < parts[own].nnodes && !found; i++) {
         size_t s = G.part_base[own] + i;
-        if (!G.g[s].n->global)
-            continue;
         memset(state, 0, G.ng);
         size_t depth = 1;
         path[0] = s;
@@ -366,7 +381,10 @@ bool wg_find(const struct wg_part *parts, size_t nparts, size_t own, int64_t mar
                 continue;
             }
             size_t v = G.adj[G.g[u].first + next[depth - 1]++];
-            if (v == s && depth > 1 && simultaneous(&G, path, depth, margin_us)) {
+            if (v != s && !later(&G, s, v))
+                continue; /* began after s: s would not be this cycle's victim */
+            if (v == s && depth > 1 && crosses(&G, path, depth) &&
+                simultaneous(&G, path, depth, margin_us)) {
                 out->len = depth;
                 out->victim = 0;
                 for (size_t k = 0; k < depth; k++) {

@@ -94,10 +94,11 @@ struct wg_cycle {
     size_t victim; /* index into at[] */
 };
 
-/* Looks for a cycle through a global wait of parts[own] that passes through another
- * part, all of whose waits were in progress at one instant (margin_us: the largest delay
- * between taking a part and PostgreSQL stamping it).  True with *out filled; the caller
- * acts only when out->at[out->victim].part == own. */
+/* Looks for a cycle whose victim (its wait that began last) is a wait of parts[own], that
+ * passes through another part, and all of whose waits were in progress at one instant
+ * (margin_us: the largest delay between taking a part and PostgreSQL stamping it).  True
+ * with *out filled (out->at[out->victim] is in parts[own]).  Every instance looks only
+ * for its own victims, so each cycle is broken by the one instance that owns its victim. */
 bool wg_find(const struct wg_part *parts, size_t nparts, size_t own, int64_t margin_us,
              struct wg_cycle *out);
 

@@ -567,8 +567,7 @@ static void lost_in_transaction(const char *mode)
     CU_ASSERT_FATAL(start_n(1, mode, 2, 0));
     PGconn *d = direct();
     CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lost_t"), "DROP TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lost_t (id int PRIMARY KEY, v int)"),
-                           "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lost_t (id int PRIMARY KEY, v int)"), "CREATE TABLE");
     CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lost_t VALUES (1, 0)"), "INSERT 0 1");
     PQfinish(d);
     PGconn *a = conn(0, NULL);
@@ -613,8 +612,8 @@ static void lost_in_transaction(const char *mode)
     CU_ASSERT(tok(a, sql) > 0);
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
     const char *vals[1] = {"1000"};
-    PGresult *r = PQexecParams(a, "UPDATE lost_t SET v = v + $1::int WHERE id = 1", 1, NULL,
-                               vals, NULL, NULL, 0);
+    PGresult *r = PQexecParams(a, "UPDATE lost_t SET v = v + $1::int WHERE id = 1", 1, NULL, vals,
+                               NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55000");
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
@@ -629,8 +628,8 @@ static void lost_in_transaction(const char *mode)
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
     CU_ASSERT_FATAL(PQenterPipelineMode(a));
     CU_ASSERT(PQsendQueryParams(a, "BEGIN", 0, NULL, NULL, NULL, NULL, 0));
-    CU_ASSERT(PQsendQueryParams(a, "UPDATE lost_t SET v = v + 7 WHERE id = 1", 0, NULL, NULL,
-                                NULL, NULL, 0));
+    CU_ASSERT(PQsendQueryParams(a, "UPDATE lost_t SET v = v + 7 WHERE id = 1", 0, NULL, NULL, NULL,
+                                NULL, 0));
     CU_ASSERT(PQsendQueryParams(a, "COMMIT", 0, NULL, NULL, NULL, NULL, 0));
     CU_ASSERT(PQpipelineSync(a));
     int seen_55000 = 0, syncs = 0;
@@ -934,6 +933,39 @@ static void test_long_chain_not_deadlock(void)
     stop_all();
 }
 
+/* A hand-over within instance 0 from an exclusive holder to a reader keeps only what the
+ * reader needs in PostgreSQL: instance 1 can then take the key for writing and reading
+ * (a leak of the exclusive advisory locks would make both NULL for as long as the reader
+ * holds it). */
+static void test_handover_keeps_only_needed(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *a = conn(0, NULL), *b = conn(0, NULL), *c = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    long long ta = tok(a, "SELECT pgwarden_lock('h:1', 'exclusive')");
+    CU_ASSERT(ta > 0);
+    CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('h:1', 'read')"));
+    CU_ASSERT_FALSE(ready_within(b, 200));
+    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('h:1')"), "t");
+    CU_ASSERT(ready_within(b, 3000));
+    long long tb = atoll(async_value(b));
+    CU_ASSERT(tb > ta);
+    /* the release of what the reader does not need follows the grant by a round trip */
+    const char *w = "NULL";
+    for (int i = 0; i < 50 && strcmp(w, "NULL") == 0; i++) {
+        w = q(c, "SELECT pgwarden_try_lock('h:1', 'write')");
+        if (strcmp(w, "NULL") == 0)
+            itu_sleep_ms(20);
+    }
+    CU_ASSERT(atoll(w) > tb);
+    CU_ASSERT(tok(c, "SELECT pgwarden_try_lock('h:1', 'read')") > tb);
+    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_try_lock('h:1', 'exclusive')"), "NULL");
+    PQfinish(a), PQfinish(b), PQfinish(c);
+    stop_all();
+}
+
 /* ---- 7b. other instances' holders in GET /locks ----------------------------------------- */
 
 /* The key's object in GET /locks of instance i (a new reference), or NULL. */
@@ -1043,6 +1075,7 @@ static void register_suites(void)
         {"three_instance_ring", test_three_instance_ring},
         {"long_chain_not_deadlock", test_long_chain_not_deadlock},
         {"remote_holders", test_remote_holders},
+        {"handover_keeps_only_needed", test_handover_keeps_only_needed},
         {"grant_round_trip", test_grant_round_trip},
         CU_TEST_INFO_NULL,
     };

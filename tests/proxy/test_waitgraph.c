@@ -108,11 +108,9 @@ static void test_two_instances(void)
     struct wg_part parts[2];
     two_instances("2", "2", 1200000, parts);
     struct wg_cycle c;
-    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 0, 100000, &c));
+    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 100000, &c)); /* b's wait began last: not a's */
+    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 1, 100000, &c));
     CU_ASSERT_EQUAL(c.len, 2);
-    CU_ASSERT_EQUAL(c.at[c.victim].part, 1); /* b's wait began last */
-    CU_ASSERT_EQUAL(c.at[c.victim].client, 2);
-    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 1, 100000, &c)); /* b sees it too */
     CU_ASSERT_EQUAL(c.at[c.victim].part, 1);
     CU_ASSERT_EQUAL(c.at[c.victim].client, 2);
     wg_part_clear(&parts[0]);
@@ -124,8 +122,7 @@ static void test_tie_by_instance(void)
     struct wg_part parts[2];
     two_instances("2", "2", 1000000, parts); /* both began at 1 s */
     struct wg_cycle c;
-    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 0, 0, &c));
-    CU_ASSERT_EQUAL(c.at[c.victim].part, 1); /* "b" > "a" */
+    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 0, &c)); /* "b" > "a": b's */
     CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 1, 0, &c));
     CU_ASSERT_EQUAL(c.at[c.victim].part, 1);
     wg_part_clear(&parts[0]);
@@ -140,12 +137,12 @@ static void test_not_together(void)
      * together. */
     two_instances("2", "2", 2450000, parts);
     struct wg_cycle c;
-    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 100000, &c));
-    CU_ASSERT_TRUE(wg_find(parts, 2, 0, 0, &c)); /* inside the part without a margin */
+    CU_ASSERT_FALSE(wg_find(parts, 2, 1, 100000, &c));
+    CU_ASSERT_TRUE(wg_find(parts, 2, 1, 0, &c)); /* inside the part without a margin */
     wg_part_clear(&parts[0]);
     wg_part_clear(&parts[1]);
     two_instances("2", "2", 2600000, parts); /* began after b's own part: stale */
-    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 0, &c));
+    CU_ASSERT_FALSE(wg_find(parts, 2, 1, 0, &c));
     wg_part_clear(&parts[0]);
     wg_part_clear(&parts[1]);
 }
@@ -166,8 +163,8 @@ static void test_compatible(void)
     CU_ASSERT_FALSE(wg_find(parts, 2, 1, 0, &c));
     wg_part_clear(&parts[0]);
     wg_part_clear(&parts[1]);
-    two_instances("1", "1", 1000000, parts); /* write against exclusive holds: conflict */
-    CU_ASSERT_TRUE(wg_find(parts, 2, 0, 0, &c));
+    two_instances("1", "1", 1000000, parts);     /* write against exclusive holds: conflict */
+    CU_ASSERT_TRUE(wg_find(parts, 2, 1, 0, &c)); /* tie at 1 s: b's */
     wg_part_clear(&parts[0]);
     wg_part_clear(&parts[1]);
 }
@@ -184,17 +181,16 @@ static void test_local_edge(void)
              (unsigned long long)K1, (unsigned long long)K2, (unsigned long long)K3);
     struct wg_part parts[2] = {part("a", 3000000, ta), part("b", 3000000, tb)};
     struct wg_cycle c;
-    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 0, 0, &c));
-    CU_ASSERT_EQUAL(c.len, 3);
-    CU_ASSERT_EQUAL(c.at[c.victim].client, 2); /* b:2 began last */
+    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 0, &c)); /* b:2 began last: b's */
     CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 1, 0, &c));
+    CU_ASSERT_EQUAL(c.len, 3);
     CU_ASSERT_EQUAL(c.at[c.victim].client, 2);
     wg_part_clear(&parts[1]);
     /* without the local edge there is no cycle */
     snprintf(tb, sizeof(tb), "n 2 1100000 0\nn 3 1050000 0\ng 3 %llu 2\nh 2 %llu 2\nh 3 %llu 2\n",
              (unsigned long long)K1, (unsigned long long)K2, (unsigned long long)K3);
     parts[1] = part("b", 3000000, tb);
-    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 0, &c));
+    CU_ASSERT_FALSE(wg_find(parts, 2, 1, 0, &c));
     wg_part_clear(&parts[0]);
     wg_part_clear(&parts[1]);
 }
@@ -229,13 +225,38 @@ static void test_three_instances(void)
         parts[i] = part(names[i], 3000000, t[i]);
     }
     struct wg_cycle c;
-    for (size_t own = 0; own < 3; own++) {
-        CU_ASSERT_TRUE(wg_find(parts, 3, own, 0, &c));
-        CU_ASSERT_EQUAL(c.len, 3);
-        CU_ASSERT_EQUAL(c.at[c.victim].part, 2); /* c's wait began last */
-    }
+    CU_ASSERT_FALSE(wg_find(parts, 3, 0, 0, &c)); /* c's wait began last */
+    CU_ASSERT_FALSE(wg_find(parts, 3, 1, 0, &c));
+    CU_ASSERT_TRUE_FATAL(wg_find(parts, 3, 2, 0, &c));
+    CU_ASSERT_EQUAL(c.len, 3);
+    CU_ASSERT_EQUAL(c.at[c.victim].part, 2);
     for (int i = 0; i < 3; i++)
         wg_part_clear(&parts[i]);
+}
+
+/* Two cycles between the same two instances: a1 <-> b1 (victim b1 on b) and a2 <-> b2
+ * (victim a2 on a).  Each instance must find the cycle whose victim is its own, whichever
+ * it meets first. */
+static void test_two_cycles(void)
+{
+    char ta[256], tb[256];
+    snprintf(ta, sizeof(ta), "n 1 10 0\ng 1 %llu 2\nh 1 %llu 2\nn 2 30 0\ng 2 %llu 2\nh 2 %llu 2\n",
+             (unsigned long long)K2, (unsigned long long)K1, (unsigned long long)(K2 + 8),
+             (unsigned long long)(K1 + 8));
+    snprintf(tb, sizeof(tb),
+             "n 11 20 0\ng 11 %llu 2\nh 11 %llu 2\nn 12 5 0\ng 12 %llu 2\nh 12 %llu 2\n",
+             (unsigned long long)K1, (unsigned long long)K2, (unsigned long long)(K1 + 8),
+             (unsigned long long)(K2 + 8));
+    struct wg_part parts[2] = {part("a", 3000000, ta), part("b", 3000000, tb)};
+    struct wg_cycle c;
+    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 0, 0, &c));
+    CU_ASSERT_EQUAL(c.at[c.victim].part, 0);
+    CU_ASSERT_EQUAL(c.at[c.victim].client, 2);
+    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 1, 0, &c));
+    CU_ASSERT_EQUAL(c.at[c.victim].part, 1);
+    CU_ASSERT_EQUAL(c.at[c.victim].client, 11);
+    wg_part_clear(&parts[0]);
+    wg_part_clear(&parts[1]);
 }
 
 void test_waitgraph_register(void)
@@ -250,6 +271,7 @@ void test_waitgraph_register(void)
         {"local_edge", test_local_edge},
         {"holder_not_waiting", test_holder_not_waiting},
         {"three_instances", test_three_instances},
+        {"two_cycles", test_two_cycles},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("waitgraph", NULL, NULL, tests);
