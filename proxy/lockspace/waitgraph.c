@@ -222,31 +222,74 @@ struct graph {
     size_t ng;
     size_t *part_base; /* first gnode of each part (nodes in part order) */
     size_t *adj;
-    size_t nadj, capadj;
+    size_t nadj;
+    size_t *slots; /* (part, client) -> gnode + 1, open addressing; 0: empty */
+    size_t nslots;
 };
+
+static size_t slot_of(const struct graph *G, size_t part, uint64_t client)
+{
+    uint64_t h = (client ^ ((uint64_t)part << 48)) * 0x9e3779b97f4a7c15ull;
+    size_t i = (size_t)(h >> 20) & (G->nslots - 1);
+    for (;;) {
+        size_t v = G->slots[i];
+        if (!v || (G->g[v - 1].part == part && G->g[v - 1].n->client == client))
+            return i;
+        i = (i + 1) & (G->nslots - 1);
+    }
+}
 
 /* The gnode of (part, client), or SIZE_MAX. */
 static size_t gnode_find(const struct graph *G, size_t part, uint64_t client)
 {
-    const struct wg_part *p = &G->parts[part];
-    for (size_t i = 0; i < p->nnodes; i++)
-        if (p->nodes[i].client == client)
-            return G->part_base[part] + i;
-    return SIZE_MAX;
+    size_t v = G->slots[slot_of(G, part, client)];
+    return v ? v - 1 : SIZE_MAX;
 }
 
-static bool adj_push(struct graph *G, size_t to)
+/* Calls visit(G, u, v, ctx) for every edge u -> v: the local edges each instance's lockmgr
+ * sees, and a global wait for a key held in a conflicting mode by another instance. */
+static void each_edge(struct graph *G, const struct hold_ix *hx, size_t nholds,
+                      void (*visit)(struct graph *, size_t, size_t, void *), void *ctx)
 {
-    if (G->nadj == G->capadj) {
-        size_t cap = G->capadj ? G->capadj * 2 : 256;
-        size_t *a = realloc(G->adj, cap * sizeof(*a));
-        if (!a)
-            return false;
-        G->adj = a;
-        G->capadj = cap;
+    for (size_t p = 0; p < G->nparts; p++)
+        for (size_t e = 0; e < G->parts[p].nedges; e++) {
+            size_t u = gnode_find(G, p, G->parts[p].edges[e].from);
+            size_t v = gnode_find(G, p, G->parts[p].edges[e].to);
+            if (u != SIZE_MAX && v != SIZE_MAX && u != v)
+                visit(G, u, v, ctx);
+        }
+    for (size_t u = 0; u < G->ng; u++) {
+        const struct gnode *gn = &G->g[u];
+        if (!gn->n->global)
+            continue;
+        size_t lo = 0, hi = nholds;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (hx[mid].key_hash < gn->n->key_hash)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        for (size_t i = lo; i < nholds && hx[i].key_hash == gn->n->key_hash; i++) {
+            if (hx[i].part == gn->part || !wg_conflict(gn->n->mode, hx[i].mode))
+                continue;
+            size_t v = gnode_find(G, hx[i].part, hx[i].client);
+            if (v != SIZE_MAX)
+                visit(G, u, v, ctx);
+        }
     }
-    G->adj[G->nadj++] = to;
-    return true;
+}
+
+static void count_edge(struct graph *G, size_t u, size_t v, void *ctx)
+{
+    (void)v, (void)ctx;
+    G->g[u].nout++;
+}
+
+static void put_edge(struct graph *G, size_t u, size_t v, void *ctx)
+{
+    size_t *fill = ctx; /* edges placed so far per node */
+    G->adj[G->g[u].first + fill[u]++] = v;
 }
 
 static bool graph_build(struct graph *G)
@@ -258,56 +301,44 @@ static bool graph_build(struct graph *G)
         G->ng += G->parts[p].nnodes;
         nholds += G->parts[p].nholds;
     }
+    G->nslots = 16;
+    while (G->nslots < 2 * G->ng)
+        G->nslots *= 2;
     G->g = calloc(G->ng ? G->ng : 1, sizeof(*G->g));
+    G->slots = calloc(G->nslots, sizeof(*G->slots));
     struct hold_ix *hx = calloc(nholds ? nholds : 1, sizeof(*hx));
-    if (!G->g || !hx) {
-        free(hx);
-        return false;
-    }
+    size_t *fill = calloc(G->ng ? G->ng : 1, sizeof(*fill));
+    bool ok = false;
+    if (!G->g || !G->slots || !hx || !fill)
+        goto out;
     size_t h = 0;
     for (size_t p = 0; p < G->nparts; p++) {
-        for (size_t i = 0; i < G->parts[p].nnodes; i++)
-            G->g[G->part_base[p] + i] = (struct gnode){p, &G->parts[p].nodes[i], 0, 0};
+        for (size_t i = 0; i < G->parts[p].nnodes; i++) {
+            size_t u = G->part_base[p] + i;
+            G->g[u] = (struct gnode){p, &G->parts[p].nodes[i], 0, 0};
+            size_t sl = slot_of(G, p, G->parts[p].nodes[i].client);
+            if (!G->slots[sl]) /* a client listed twice keeps its first node */
+                G->slots[sl] = u + 1;
+        }
         for (size_t i = 0; i < G->parts[p].nholds; i++) {
             const struct wg_hold *w = &G->parts[p].holds[i];
             hx[h++] = (struct hold_ix){w->key_hash, p, w->client, w->mode};
         }
     }
     qsort(hx, nholds, sizeof(*hx), cmp_hold);
-    bool ok = true;
-    for (size_t u = 0; u < G->ng && ok; u++) {
-        struct gnode *gn = &G->g[u];
-        const struct wg_part *p = &G->parts[gn->part];
-        gn->first = G->nadj;
-        /* local edges, as the instance's lockmgr sees them */
-        for (size_t e = 0; e < p->nedges && ok; e++) {
-            if (p->edges[e].from != gn->n->client)
-                continue;
-            size_t v = gnode_find(G, gn->part, p->edges[e].to);
-            if (v != SIZE_MAX && v != u)
-                ok = adj_push(G, v);
-        }
-        /* a global wait for a key held in a conflicting mode by another instance */
-        if (gn->n->global) {
-            size_t lo = 0, hi = nholds;
-            while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                if (hx[mid].key_hash < gn->n->key_hash)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            for (size_t i = lo; i < nholds && hx[i].key_hash == gn->n->key_hash && ok; i++) {
-                if (hx[i].part == gn->part || !wg_conflict(gn->n->mode, hx[i].mode))
-                    continue;
-                size_t v = gnode_find(G, hx[i].part, hx[i].client);
-                if (v != SIZE_MAX)
-                    ok = adj_push(G, v);
-            }
-        }
-        gn->nout = G->nadj - gn->first;
+    each_edge(G, hx, nholds, count_edge, NULL);
+    for (size_t u = 0; u < G->ng; u++) {
+        G->g[u].first = G->nadj;
+        G->nadj += G->g[u].nout;
     }
+    G->adj = calloc(G->nadj ? G->nadj : 1, sizeof(*G->adj));
+    if (!G->adj)
+        goto out;
+    each_edge(G, hx, nholds, put_edge, fill);
+    ok = true;
+out:
     free(hx);
+    free(fill);
     return ok;
 }
 
@@ -409,6 +440,7 @@ out:
     free(next);
     free(G.g);
     free(G.adj);
+    free(G.slots);
     free(G.part_base);
     return found;
 }

@@ -259,6 +259,35 @@ static void test_two_cycles(void)
     wg_part_clear(&parts[1]);
 }
 
+/* A part of 2,000 waiting clients queued behind each other (a chain of local edges, no
+ * cycle) next to a two-instance cycle: the cycle is found, the chain makes none. */
+static void test_large_part(void)
+{
+    size_t cap = 2000 * 40 + 256;
+    char *ta = malloc(cap), *tb = malloc(256);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ta);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tb);
+    size_t n = 0;
+    for (int i = 100; i < 2100; i++)
+        n += (size_t)snprintf(ta + n, cap - n, "n %d 500000 0\ne %d %d\n", i, i, i + 1);
+    snprintf(ta + n, cap - n, "n 1 1000000 0\ng 1 %llu 2\nh 1 %llu 2\n", (unsigned long long)K2,
+             (unsigned long long)K1);
+    snprintf(tb, 256, "n 2 1200000 0\ng 2 %llu 2\nh 2 %llu 2\n", (unsigned long long)K1,
+             (unsigned long long)K2);
+    struct wg_part parts[2] = {part("a", 3000000, ta), part("b", 3000000, tb)};
+    CU_ASSERT_EQUAL(parts[0].nnodes, 2001);
+    CU_ASSERT_EQUAL(parts[0].nedges, 2000);
+    struct wg_cycle c;
+    CU_ASSERT_FALSE(wg_find(parts, 2, 0, 0, &c));
+    CU_ASSERT_TRUE_FATAL(wg_find(parts, 2, 1, 0, &c));
+    CU_ASSERT_EQUAL(c.len, 2);
+    CU_ASSERT_EQUAL(c.at[c.victim].client, 2);
+    wg_part_clear(&parts[0]);
+    wg_part_clear(&parts[1]);
+    free(ta);
+    free(tb);
+}
+
 void test_waitgraph_register(void)
 {
     static const CU_TestInfo tests[] = {
@@ -272,6 +301,7 @@ void test_waitgraph_register(void)
         {"holder_not_waiting", test_holder_not_waiting},
         {"three_instances", test_three_instances},
         {"two_cycles", test_two_cycles},
+        {"large_part", test_large_part},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("waitgraph", NULL, NULL, tests);
