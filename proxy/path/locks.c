@@ -67,8 +67,8 @@ struct px_client_locks {
     struct lockmgr_owner *owner;   /* NULL until the first lock function runs */
     struct px_lockstmt *stmts;
     struct px_lockportal *portals;
-    bool skip;     /* an error in this extended-protocol group: skip to Sync */
-    bool has_xact; /* may hold transaction-scoped locks */
+    bool skip;      /* an error in this extended-protocol group: skip to Sync */
+    bool has_xact;  /* may hold transaction-scoped locks */
     bool lost;      /* a lock was lost with its lock connection, maybe not reported yet */
     bool lost_pass; /* ... and this extended-protocol group is a ROLLBACK: it runs */
 
@@ -802,8 +802,8 @@ void px_locks_global_lost(uint64_t client_id, const char *key, size_t keylen)
 static bool lost_report(struct px_client *c, char *key, size_t cap, bool consume)
 {
     bool keep = !consume || px_retry_replaying(c);
-    bool found = keep ? px_lockspace_peek_lost(c->id, key, cap)
-                      : px_lockspace_take_lost(c->id, key, cap);
+    bool found =
+        keep ? px_lockspace_peek_lost(c->id, key, cap) : px_lockspace_take_lost(c->id, key, cap);
     if (c->locks && (!found || !keep))
         c->locks->lost = false;
     return found;
@@ -1219,8 +1219,10 @@ static enum px_locks_verdict lost_statement(struct px_client *c, char type, cons
     if (txn_status(c) != 'T')
         return PX_LOCKS_NOT_MINE;
     lost_report(c, key, sizeof(key), true);
-    px_info("locks", 'C', c->id, "lost global lock on \"%.64s\" reported at a statement in a "
-            "transaction block: not run, the block fails", key);
+    px_info("locks", 'C', c->id,
+            "lost global lock on \"%.64s\" reported at a statement in a "
+            "transaction block: not run, the block fails",
+            key);
     struct px_lockcall_error err;
     lost_error(&err, key,
                "The statement was not run; the transaction is failed and its COMMIT rolls back.");
