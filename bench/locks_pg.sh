@@ -179,6 +179,11 @@ direct_sql() { # SQL
         "$PG_BINDIR/psql" -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" \
         -d "$DB_NAME" -c "$1"
 }
+# Transactions committed in the benchmark's database: with the log work's INSERTs aside,
+# the statements of the lock connections (autocommit, one transaction each).
+xact_commits() {
+    direct_sql "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+}
 direct_sql "CREATE TABLE bench_handover (token bigint NOT NULL, grp text NOT NULL,
             at timestamptz NOT NULL DEFAULT clock_timestamp())" >/dev/null
 
@@ -326,7 +331,7 @@ INSERT INTO bench_handover (token, grp) VALUES (:tok, ':grp');
 SELECT pgwarden_unlock('hot');
 EOF
 
-echo "work,clients,round,target,status,load1,grants_per_s,tps_a,tps_b,grants,failed,lock_ms,unlock_ms,tx_p50_ms,tx_p99_ms,tx_max_ms,pgw_cpu_us_per_grant,pg_cpu_us_per_grant,logged,switches,order_violations" >"$HOT_CSV"
+echo "work,clients,round,target,status,load1,grants_per_s,tps_a,tps_b,grants,failed,lock_ms,unlock_ms,tx_p50_ms,tx_p99_ms,tx_max_ms,pgw_cpu_us_per_grant,pg_cpu_us_per_grant,logged,switches,order_violations,pg_statements_per_grant" >"$HOT_CSV"
 
 # Percentiles of the transaction latency (us) in pgbench --log files: "p50,p99,max" in ms.
 log_percentiles() { # FILES...
@@ -348,6 +353,8 @@ run_hot() { # WORK CLIENTS ROUND TARGET SECONDS
     [[ $round == warmup ]] || extra=(--log --log-prefix="$base")
     [[ $work == log ]] && direct_sql "TRUNCATE bench_handover" >/dev/null
     ld=$(load1)
+    local x0 x1 stmts=''
+    x0=$(xact_commits) || true
     c0=$(inst_cpu "${insts[@]}") p0=$(pg_cpu_ticks "$PG_PID")
     pgbench_run "${INST_PORT[$ia]}" "$base-a.out" -f "$WORK/hot-$work.sql" -D grp=a \
         -c "$clients" -j 1 -T "$secs" ${extra[@]+"${extra[@]}"} &
@@ -360,6 +367,12 @@ run_hot() { # WORK CLIENTS ROUND TARGET SECONDS
     wait "$pb" || status=error
     BG_PIDS=()
     c1=$(inst_cpu "${insts[@]}") p1=$(pg_cpu_ticks "$PG_PID")
+    if [[ $round != warmup && $target != one-local ]]; then
+        # statements of the lock connections (each one a transaction of the database); an
+        # idle backend reports its counts within a second
+        sleep 1.5
+        x1=$(xact_commits) || true
+    fi
     if [[ $status != ok ]]; then
         log "  $target: a pgbench failed (see $base-a.out, $base-b.out):"
         tail -n 3 "$base-a.out" "$base-b.out" | sed 's/^/    /' >&2
@@ -383,6 +396,11 @@ run_hot() { # WORK CLIENTS ROUND TARGET SECONDS
     rm -f "$base".* # the per-transaction logs are large; the percentiles are kept
     cpu=$(ratio_fmt "$((c1 - c0))" "$((g * CLK_TCK))")
     pgc=$(ratio_fmt "$((p1 - p0))" "$((g * CLK_TCK))")
+    if [[ -n ${x0:-} && -n ${x1:-} && $g -gt 0 ]]; then
+        # minus the TRUNCATE of log work and the query that read x1
+        stmts=$(awk -v d="$((x1 - x0))" -v g="$g" -v w="$work" 'BEGIN {
+            printf "%.2f", (d - 1 - (w == "log")) / g }')
+    fi
     if [[ $work == log ]]; then
         # In token order: rows, changes of group from one grant to the next, and rows
         # written no later than the row of the previous token (the critical sections ran in
@@ -397,7 +415,7 @@ run_hot() { # WORK CLIENTS ROUND TARGET SECONDS
     log "  $(printf '%-9s' "$target") ${gps} grants/s (a ${ta:-?}, b ${tb:-?})  lock ${lock} ms" \
         " tx p50,p99,max ms $pct  pgwarden ${cpu:-?} us/grant  PostgreSQL ${pgc:-?} us/grant" \
         "${logged:+ logged $logged, switches $sw, order violations $viol} (load $ld)"
-    echo "$work,$clients,$round,$target,$status,$ld,$gps,$ta,$tb,$g,$((${fa:-0} + ${fb:-0})),$lock,$unlock,$pct,$cpu,$pgc,$logged,$sw,$viol" >>"$HOT_CSV"
+    echo "$work,$clients,$round,$target,$status,$ld,$gps,$ta,$tb,$g,$((${fa:-0} + ${fb:-0})),$lock,$unlock,$pct,$cpu,$pgc,$logged,$sw,$viol,$stmts" >>"$HOT_CSV"
 }
 
 if part_on hot; then
@@ -607,20 +625,21 @@ report_pg() {
         if ($17 != "") cpu[k] = cpu[k] " " $17
         if ($18 != "") pgc[k] = pgc[k] " " $18
         if ($19 != "" && $19 > 0) { sw[k] = sw[k] " " ($20 * 100 / $19); viol[k] += $21 }
+        if ($22 != "") st[k] = st[k] " " $22
     }
     END {
         if (ng) printf "\n== hot: two client groups take one key exclusive in turn, %d round(s) x %d s; median (min..max) over rounds\n", rounds, secs
         for (i = 1; i <= ng; i++) {
             g = order[i]; split(g, p, SUBSEP)
-            printf "\n-- work %s, %s client(s) per group\n%-9s %-20s %-22s %-22s %-22s %-18s %-18s %-20s %-14s %s\n",
+            printf "\n-- work %s, %s client(s) per group\n%-9s %-20s %-22s %-22s %-22s %-18s %-18s %-20s %-20s %-14s %s\n",
                    p[1], p[2], "target", "grants/s", "lock call ms (mean)", "tx p50 ms", "tx p99 ms",
-                   "pgwarden us/grant", "PostgreSQL us/grant", "group switches %", "load", "failed"
+                   "pgwarden us/grant", "PostgreSQL us/grant", "PG statements/grant", "group switches %", "load", "failed"
             for (j = 1; j <= nt[g]; j++) {
                 t = tord[g, j]; k = g SUBSEP t
-                printf "%-9s %-20s %-22s %-22s %-22s %-18s %-18s %-20s %-14s %d%s%s\n", t,
+                printf "%-9s %-20s %-22s %-22s %-22s %-18s %-18s %-20s %-20s %-14s %d%s%s\n", t,
                        cell(gps[k], "%.0f"), cell(lck[k], "%.3f"), cell(p50[k], "%.3f"),
                        cell(p99[k], "%.3f"), cell(cpu[k], "%.0f"), cell(pgc[k], "%.0f"),
-                       cell(sw[k], "%.1f"), cell(ld[k], "%.1f"), fail[k],
+                       cell(st[k], "%.2f"), cell(sw[k], "%.1f"), cell(ld[k], "%.1f"), fail[k],
                        (p[1] == "log" ? "  order violations " viol[k] + 0 : ""),
                        (bad[p[1], p[2], t] ? "  (" bad[p[1], p[2], t] " failed runs)" : "")
             }
