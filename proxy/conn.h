@@ -22,6 +22,7 @@
 
 #include <event2/event.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <openssl/ssl.h>
 
 #include "auth/scram.h"
@@ -440,6 +441,27 @@ extern struct px_proxy px;
 /* The monotonic clock, in milliseconds and microseconds. */
 uint64_t px_now_ms(void);
 uint64_t px_now_us(void);
+
+/* How a relay may write to a connection past its bufferevent (proto/relay.h): the plain
+ * socket, or the TLS object once its handshake is done. */
+static inline struct px_direct px_direct_of(struct bufferevent *bev, evutil_socket_t fd,
+                                            bool tls_bev)
+{
+    if (!tls_bev)
+        return (struct px_direct){fd, NULL};
+    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+    return (struct px_direct){-1, ssl && SSL_is_init_finished(ssl) ? ssl : NULL};
+}
+
+static inline struct px_direct px_client_direct(const struct px_client *c)
+{
+    return px_direct_of(c->bev, c->fd, c->fd_in_tls_bev);
+}
+
+static inline struct px_direct px_server_direct(const struct px_server *s)
+{
+    return px_direct_of(s->bev, s->fd, s->fd_in_tls_bev);
+}
 
 /* A client or server points at pool from now on (c->pool / s->pool). */
 static inline void px_pool_ref(struct px_pool *pool)

@@ -47,7 +47,7 @@ static struct evbuffer *login_scratch;
 
 static struct evbuffer *login_out(struct px_client *c)
 {
-    if (!c->fd_in_tls_bev && (login_scratch || (login_scratch = evbuffer_new())))
+    if (login_scratch || (login_scratch = evbuffer_new()))
         return login_scratch;
     return bufferevent_get_output(c->bev);
 }
@@ -55,7 +55,7 @@ static struct evbuffer *login_out(struct px_client *c)
 static void login_flush(struct px_client *c)
 {
     if (login_scratch && evbuffer_get_length(login_scratch) > 0)
-        px_relay_write(login_scratch, bufferevent_get_output(c->bev), c->fd);
+        px_relay_write(login_scratch, bufferevent_get_output(c->bev), px_client_direct(c));
 }
 
 void px_client_shutdown_buffers(void)

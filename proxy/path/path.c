@@ -151,7 +151,7 @@ void px_path_client_send(struct px_client *c, struct evbuffer *reply)
         evbuffer_add_buffer(px_retry_client_out(c), reply);
         return;
     }
-    px_relay_write(reply, bufferevent_get_output(c->bev), c->fd_in_tls_bev ? -1 : c->fd);
+    px_relay_write(reply, bufferevent_get_output(c->bev), px_client_direct(c));
 }
 
 struct evbuffer *px_path_server_out(struct px_client *c)
@@ -406,13 +406,13 @@ void px_path_relay_client(struct px_client *c)
     px_batch_close(s); /* more than one query of this client: no one may join */
     struct evbuffer *out = bufferevent_get_output(s->bev);
     uint32_t max = (uint32_t)px.cfg->max_message_bytes;
-    evutil_socket_t fd = s->fd_in_tls_bev ? -1 : s->fd;
+    struct px_direct d = px_server_direct(s);
     enum px_relay_result r;
     do { /* again when the table changed (see relaying_table) */
         size_t moved = 0;
         relaying_table = c2s_table(c);
         relaying_client = c;
-        r = px_relay_direct(&c->c2s, in, out, fd, relaying_table, c2s, c, max, &moved);
+        r = px_relay_direct(&c->c2s, in, out, d, relaying_table, c2s, c, max, &moved);
         relaying_client = NULL;
         relaying_out = NULL;
         px_stats_bytes(c->pool, moved, 0);
@@ -662,18 +662,18 @@ void px_path_relay_server(struct px_server *s)
         }
         struct evbuffer *in = bufferevent_get_input(s->bev);
         struct evbuffer *out = c ? bufferevent_get_output(c->bev) : px_batch_sink();
-        evutil_socket_t fd = c && !c->fd_in_tls_bev ? c->fd : -1;
+        struct px_direct d = c ? px_client_direct(c) : PX_DIRECT_NONE;
         /* a client whose transaction may be replayed: through the retry stage */
         struct evbuffer *target = c ? px_retry_relay_target(c) : NULL;
         size_t moved = 0;
         enum px_relay_result r =
-            px_relay_direct(&s->s2c, in, target ? target : out, target ? -1 : fd,
+            px_relay_direct(&s->s2c, in, target ? target : out, target ? PX_DIRECT_NONE : d,
                             s->xid_prefix || s->begin_prefix ? s2c_prefix_see
                             : s->unsynced                    ? s2c_group_see
                                                              : s2c_see,
                             s2c, s, SERVER_MAX_MESSAGE, &moved);
         if (target)
-            px_retry_relayed(c, fd);
+            px_retry_relayed(c, d);
         if (c)
             px_stats_bytes(s->pool, 0, moved);
         else

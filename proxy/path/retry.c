@@ -498,11 +498,6 @@ static void walk(struct px_retry *rt, struct evbuffer *buf)
     }
 }
 
-static evutil_socket_t client_fd(const struct px_client *c)
-{
-    return c->fd_in_tls_bev ? -1 : c->fd;
-}
-
 /* pgwarden's own replies arrive here (px_retry_client_out): walked at once, and written to
  * the client's socket directly when nothing is queued before them (px_relay_write: the
  * bufferevent would add its write event, wake the loop and remove it, per reply). */
@@ -512,7 +507,7 @@ static void sink_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, v
     if (!info->n_added || rt->in_relay)
         return;
     walk(rt, buf);
-    px_relay_write(rt->fwd, bufferevent_get_output(rt->c->bev), client_fd(rt->c));
+    px_relay_write(rt->fwd, bufferevent_get_output(rt->c->bev), px_client_direct(rt->c));
     if (rt->mode == RT_DISCARD && rt->replay_left == 0)
         schedule(rt, 0, false, true); /* a replay answered by pgwarden alone may be over */
 }
@@ -530,14 +525,14 @@ struct evbuffer *px_retry_relay_target(struct px_client *c)
     return c->retry->sink;
 }
 
-void px_retry_relayed(struct px_client *c, evutil_socket_t fd)
+void px_retry_relayed(struct px_client *c, struct px_direct d)
 {
     struct px_retry *rt = c->retry;
     if (!rt)
         return;
     rt->in_relay = false;
     walk(rt, rt->sink);
-    px_relay_write(rt->fwd, bufferevent_get_output(c->bev), fd);
+    px_relay_write(rt->fwd, bufferevent_get_output(c->bev), d);
 }
 
 /* ==== deciding, replaying, giving up ==================================================== */
@@ -605,7 +600,7 @@ static void give_up(struct px_retry *rt, unsigned outcome)
     rt->open_group = false;
     if (rt->held) {
         evbuffer_add_buffer(rt->fwd, rt->held);
-        px_relay_write(rt->fwd, bufferevent_get_output(c->bev), client_fd(c));
+        px_relay_write(rt->fwd, bufferevent_get_output(c->bev), px_client_direct(c));
     }
     if (rt->orig_end == 'I' && c->locks)
         px_locks_txn_end(c);

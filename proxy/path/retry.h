@@ -63,7 +63,7 @@ struct evbuffer *px_retry_client_out(struct px_client *c);
 /* The server relay towards c: the buffer to relay into instead of c's output (NULL: relay
  * as usual), and the call that takes what was relayed (fd: c's plain socket or -1). */
 struct evbuffer *px_retry_relay_target(struct px_client *c);
-void px_retry_relayed(struct px_client *c, evutil_socket_t fd);
+void px_retry_relayed(struct px_client *c, struct px_direct d);
 
 /* The server relay met an ErrorResponse for c (body, len; what was relayed before it is in
  * out).  True when the stage holds it back (the relay drops it). */

@@ -6,10 +6,14 @@
  * head of `in` already decided to be forwarded; they are moved in one call before any
  * callback that may write to `out` itself, so the order of bytes is always preserved.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "proto/relay.h"
 #include "proto/wire.h"
@@ -184,13 +188,14 @@ static struct evbuffer *scratch;
 #define PX_RELAY_WRITE_IOV 16
 
 enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
-                                     struct evbuffer *out, evutil_socket_t fd,
+                                     struct evbuffer *out, struct px_direct d,
                                      const uint8_t see[256], px_relay_cb cb, void *ctx,
                                      uint32_t max_len, size_t *moved)
 {
-    if (fd >= 0 && !scratch)
+    bool direct = d.fd >= 0 || d.ssl;
+    if (direct && !scratch)
         scratch = evbuffer_new();
-    if (fd < 0 || !scratch || evbuffer_get_length(out) > 0) {
+    if (!direct || !scratch || evbuffer_get_length(out) > 0) {
         size_t before = evbuffer_get_length(out);
         enum px_relay_result r = px_relay(st, in, out, see, cb, ctx, max_len);
         *moved = evbuffer_get_length(out) - before;
@@ -199,15 +204,48 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
     enum px_relay_result r = px_relay(st, in, scratch, see, cb, ctx, max_len);
     *moved = evbuffer_get_length(scratch);
     if (*moved)
-        px_relay_write(scratch, out, fd);
+        px_relay_write(scratch, out, d);
     return r;
 }
 
-void px_relay_write(struct evbuffer *from, struct evbuffer *out, evutil_socket_t fd)
+/*
+ * SSL_write of from's extents, in order, while each is written whole.  Safe past the
+ * bufferevent because out is empty (libevent has no write of its own in progress), and
+ * because what is not written moves to out unchanged: an SSL_write that wants to be
+ * retried (SSL_ERROR_WANT_WRITE/READ, with part of a record possibly sent) must be retried
+ * with the same buffer and length, and the bufferevent's next write passes exactly that:
+ * the first extent of out is the same chain (evbuffer_add_buffer into an empty buffer
+ * relinks chains, it does not copy) and libevent writes whole extents.  Errors are left
+ * for the bufferevent, which meets them again on its own write and reports them.
+ */
+static void ssl_write_direct(SSL *ssl, struct evbuffer *from)
+{
+    struct evbuffer_iovec v[PX_RELAY_WRITE_IOV];
+    int n = evbuffer_peek(from, -1, NULL, v, PX_RELAY_WRITE_IOV);
+    size_t done = 0;
+    for (int i = 0; i < n && i < PX_RELAY_WRITE_IOV; i++) {
+        if (v[i].iov_len == 0 || v[i].iov_len > INT_MAX)
+            break;
+        ERR_clear_error();
+        int w = SSL_write(ssl, v[i].iov_base, (int)v[i].iov_len);
+        if (w <= 0 || (size_t)w != v[i].iov_len) {
+            ERR_clear_error(); /* the bufferevent's retry reports what is fatal */
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (done)
+        evbuffer_drain(from, done);
+}
+
+void px_relay_write(struct evbuffer *from, struct evbuffer *out, struct px_direct d)
 {
     if (evbuffer_get_length(from) == 0)
         return;
-    if (fd >= 0 && evbuffer_get_length(out) == 0) {
+    evutil_socket_t fd = d.fd;
+    if (d.ssl && evbuffer_get_length(out) == 0)
+        ssl_write_direct(d.ssl, from);
+    else if (fd >= 0 && evbuffer_get_length(out) == 0) {
         /* Errors (peer gone) are left to the bufferevent, which meets them on its own
          * write of whatever remains.  One extent (the usual case) goes out with send(),
          * which the kernel serves a little faster than writev(). */

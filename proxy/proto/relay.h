@@ -71,21 +71,31 @@ enum px_relay_result px_relay(struct px_stream *st, struct evbuffer *in, struct 
                               const uint8_t see[256], px_relay_cb cb, void *ctx, uint32_t max_len);
 
 /*
- * px_relay towards a bufferevent whose output buffer is out and, when fd >= 0, whose plain
- * socket is fd.  When out is empty the relayed bytes are written straight to fd, and only
- * what the socket does not take is left in out: the bufferevent then never schedules a
- * write event for the common case (one writev per relay instead of an epoll_ctl pair and a
- * loop iteration).  fd < 0 (TLS) relays into out.  *moved: bytes relayed (both ways).
+ * What a bufferevent can be written through directly, past its output buffer: its plain
+ * socket (fd >= 0), or the OpenSSL object of a TLS bufferevent that owns its socket (ssl,
+ * an SSL *).  Neither (PX_DIRECT_NONE): through the output buffer only.
+ */
+struct px_direct {
+    evutil_socket_t fd;
+    void *ssl;
+};
+#define PX_DIRECT_NONE ((struct px_direct){-1, NULL})
+
+/*
+ * px_relay towards a bufferevent whose output buffer is out and which can be written
+ * through d.  When out is empty the relayed bytes are written straight through d (send or
+ * writev on the socket, SSL_write on the TLS object), and only what is not taken is left in
+ * out: the bufferevent then never schedules a write event for the common case (one write
+ * per relay instead of an epoll_ctl pair and a loop iteration).  *moved: bytes relayed.
  */
 enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
-                                     struct evbuffer *out, evutil_socket_t fd,
+                                     struct evbuffer *out, struct px_direct d,
                                      const uint8_t see[256], px_relay_cb cb, void *ctx,
                                      uint32_t max_len, size_t *moved);
 
-/* Moves everything in from to a bufferevent whose output buffer is out and, when fd >= 0,
- * whose plain socket is fd: written straight to fd when out is empty (as px_relay_direct
- * does), the rest appended to out. */
-void px_relay_write(struct evbuffer *from, struct evbuffer *out, evutil_socket_t fd);
+/* Moves everything in from to a bufferevent whose output buffer is out: written straight
+ * through d when out is empty (as px_relay_direct does), the rest appended to out. */
+void px_relay_write(struct evbuffer *from, struct evbuffer *out, struct px_direct d);
 
 /* Frees the relay's scratch buffer (at exit). */
 void px_relay_shutdown(void);

@@ -355,7 +355,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             size_t moved = 0;
             enum px_relay_result r =
-                direct ? px_relay_direct(&st, ib, out, sock[0], see, callback, &h, max_len, &moved)
+                direct ? px_relay_direct(&st, ib, out, (struct px_direct){sock[0], NULL}, see,
+                                         callback, &h, max_len, &moved)
                        : px_relay(&st, ib, out, see, callback, &h, max_len);
             moved_total += moved;
             if (direct && !(flags & F_LAZY_READ && iter % 2))

@@ -361,10 +361,53 @@ static void test_cancel_tls(void)
     check_cancel("sslmode=require");
 }
 
+/* A TLS client that does not read while a large answer streams: pgwarden's direct
+ * SSL_write to it stops when the socket is full (SSL_ERROR_WANT_WRITE, part of a record
+ * possibly sent) and the rest goes through the bufferevent, whose retry must present the
+ * same bytes; the client then reads every byte intact (one 24 MB value and 200,000 rows). */
+static void test_tls_slow_reader_byte_exact(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=require");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_FATAL(PQsendQuery(c, "SELECT repeat('0123456789abcdef', 1500000)"));
+    itu_sleep_ms(1500); /* pgwarden fills the client's socket meanwhile */
+    PGresult *r = PQgetResult(c);
+    CU_ASSERT_EQUAL_FATAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_EQUAL(PQgetlength(r, 0, 0), 24000000);
+    const char *v = PQgetvalue(r, 0, 0);
+    bool same = PQgetlength(r, 0, 0) == 24000000;
+    for (int i = 0; same && i < 24000000; i += 16)
+        same = memcmp(v + i, "0123456789abcdef", 16) == 0;
+    CU_ASSERT_TRUE(same);
+    PQclear(r);
+    while ((r = PQgetResult(c)) != NULL)
+        PQclear(r);
+    CU_ASSERT_FATAL(PQsendQuery(c, "SELECT g, md5(g::text) FROM generate_series(1, 200000) g"));
+    itu_sleep_ms(1000);
+    r = PQgetResult(c);
+    CU_ASSERT_EQUAL_FATAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_EQUAL(PQntuples(r), 200000);
+    long long sum = 0;
+    int bad = 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        sum += atoll(PQgetvalue(r, i, 0));
+        bad += PQgetlength(r, i, 1) != 32;
+    }
+    CU_ASSERT_EQUAL(sum, 200000LL * 200001LL / 2);
+    CU_ASSERT_EQUAL(bad, 0);
+    PQclear(r);
+    while ((r = PQgetResult(c)) != NULL)
+        PQclear(r);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT md5('pgwarden')"),
+                           "0f2d8130aec07a1d8af9044152dd7569");
+    PQfinish(c);
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tests[] = {
         {"copy_in_out_100k_byte_exact", test_copy_in_out_100k},
+        {"tls_slow_reader_byte_exact", test_tls_slow_reader_byte_exact},
         {"stream_100mb_bounded_rss", test_stream_100mb_bounded_rss},
         {"cancel_pg_sleep_plain", test_cancel_plain},
         {"cancel_pg_sleep_tls", test_cancel_tls},

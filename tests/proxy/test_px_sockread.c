@@ -186,7 +186,8 @@ static void test_relay_direct_writes_socket(void)
                  "abcd",
                  9);
     size_t moved = 0;
-    CU_ASSERT_EQUAL(px_relay_direct(&st, in, out, r.fds[0], none, pass, NULL, 1000, &moved),
+    CU_ASSERT_EQUAL(px_relay_direct(&st, in, out, (struct px_direct){r.fds[0], NULL}, none, pass,
+                                    NULL, 1000, &moved),
                     PX_RELAY_OK);
     CU_ASSERT_EQUAL(moved, 9);
     CU_ASSERT_EQUAL(evbuffer_get_length(out), 0); /* written straight to the socket */
@@ -204,7 +205,8 @@ static void test_relay_direct_writes_socket(void)
                  "Q\0\0\0\x05"
                  "z",
                  6);
-    CU_ASSERT_EQUAL(px_relay_direct(&st, in, out, r.fds[0], none, pass, NULL, 1000, &moved),
+    CU_ASSERT_EQUAL(px_relay_direct(&st, in, out, (struct px_direct){r.fds[0], NULL}, none, pass,
+                                    NULL, 1000, &moved),
                     PX_RELAY_OK);
     CU_ASSERT_EQUAL(moved, 6);
     CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(out), 11);
