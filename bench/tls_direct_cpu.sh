@@ -3,16 +3,18 @@
 # stime from /proc over an 8 s run) for pgbench -S, 16 clients, transaction pooling, with
 # the default server_tls_mode (prefer: TLS towards PostgreSQL), clients plain and with TLS,
 # the two binaries alternated for 3 rounds.  A quick A/B of a change on the TLS write path
-# (bench/README.md, "TLS writes past the bufferevent"); it starts its own cluster in
-# /tmp/exp (tests/fixture/pgcluster.sh) and stops every pgwarden it started by PID.
+# (bench/README.md, "TLS writes past the bufferevent"); it starts its own cluster in a
+# temporary directory (tests/fixture/pgcluster.sh) and stops every pgwarden it started by PID.
 set -u
-mkdir -p /tmp/exp
-D=/tmp/exp/cl-cpu
-PORT=$(/work/main/tests/fixture/pgcluster.sh start $D | tail -1)
+root=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -eq 2 ] || { echo "usage: $0 OLD_PGWARDEN NEW_PGWARDEN" >&2; exit 2; }
+EXP=$(mktemp -d /tmp/pgw-tlscpu-XXXXXX)
+D=$EXP/cluster
+PORT=$("$root/tests/fixture/pgcluster.sh" start "$D" | tail -1)
 export PGPASSWORD=test-password
 /usr/lib/postgresql/15/bin/pgbench -i -q -s 10 -h 127.0.0.1 -p $PORT -U pgwarden_test pgwarden_test >/dev/null 2>&1
 run() { # BIN LABEL CLIENTSSL
-  local W=/tmp/exp/w-cpu; rm -rf $W; mkdir -p $W
+  local W=$EXP/w; rm -rf $W; mkdir -p $W
   local PP=$((20000 + RANDOM % 10000))
   printf '"pgwarden_test" "test-password"\n' > $W/userlist.txt
   cat > $W/pgwarden.ini <<INI
@@ -46,4 +48,5 @@ for r in 1 2 3; do
     run $1 before $ssl; run $2 after $ssl
   done
 done
-/work/main/tests/fixture/pgcluster.sh stop $D >/dev/null
+"$root/tests/fixture/pgcluster.sh" stop "$D" >/dev/null
+rm -rf "$EXP"
