@@ -9,6 +9,7 @@ set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -eq 2 ] || { echo "usage: $0 OLD_PGWARDEN NEW_PGWARDEN" >&2; exit 2; }
 EXP=$(mktemp -d /tmp/pgw-tlscpu-XXXXXX)
+chmod 755 "$EXP" # the cluster runs as postgres when we are root
 D=$EXP/cluster
 PORT=$("$root/tests/fixture/pgcluster.sh" start "$D" | tail -1)
 export PGPASSWORD=test-password

@@ -853,8 +853,10 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
     struct px_client *c = arg;
     (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
-        /* TLS handshake finished. */
+        /* TLS handshake finished: pgwarden reads through OpenSSL itself from now on. */
         c->tls = true;
+        if (px_reader_own_tls(&c->rd, px.base, c->fd, bufferevent_openssl_get_ssl(c->bev)) < 0)
+            px_debug("client", 'C', c->id, "TLS reads stay with the bufferevent");
         c->login_step = PX_LOGIN_STARTUP;
         px_stats_tls_handshake(true, true);
         login_read(c);

@@ -728,6 +728,8 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
             }
         } else if (s->login_step == PX_SVL_TLS) {
             s->tls = true;
+            if (px_reader_own_tls(&s->rd, px.base, s->fd, bufferevent_openssl_get_ssl(s->bev)) < 0)
+                px_debug("server", 'S', s->id, "TLS reads stay with the bufferevent");
             px_stats_tls_handshake(false, true);
             send_startup(s);
         }

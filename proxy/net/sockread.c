@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 
 #include <event2/buffer.h>
+#include <openssl/err.h>
 
 #include "net/sockread.h"
 
@@ -30,10 +31,83 @@ static uint32_t next_chunk(uint32_t chunk, bool filled)
     return bigger < PX_READ_MAX ? bigger : PX_READ_MAX;
 }
 
+/* Bytes one wake-up of a TLS reader takes at most: then the next wake-up (the socket, or
+ * OpenSSL's buffer: see below) goes on, so one busy peer does not starve the others. */
+#define PX_TLS_READ_BUDGET (64 * 1024)
+
+/*
+ * SSL_read into bev's input until OpenSSL has nothing buffered and the socket nothing to
+ * give.  OpenSSL reads ahead: what it holds beyond the record it returned is not in
+ * SSL_pending (which counts only decrypted bytes), so the loop asks SSL_has_pending; a
+ * reader that stopped while OpenSSL held bytes would wait for a socket event that never
+ * comes.
+ */
+static void on_readable_tls(struct px_reader *r)
+{
+    struct bufferevent *bev = r->bev;
+    bufferevent_data_cb read_cb;
+    bufferevent_event_cb event_cb;
+    void *cbarg;
+    bufferevent_getcb(bev, &read_cb, NULL, &event_cb, &cbarg);
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_unfreeze(in, 0);
+    size_t total = 0;
+    short fail = 0;
+    while (total < PX_TLS_READ_BUDGET) {
+        struct evbuffer_iovec v[1];
+        if (evbuffer_reserve_space(in, PX_READ_MAX, v, 1) < 1) {
+            fail = BEV_EVENT_ERROR;
+            break;
+        }
+        ERR_clear_error();
+        int got = SSL_read(r->ssl, v[0].iov_base, (int)v[0].iov_len);
+        if (got > 0) {
+            v[0].iov_len = (size_t)got;
+            evbuffer_commit_space(in, v, 1);
+            total += (size_t)got;
+            if (!SSL_has_pending(r->ssl))
+                break; /* the socket is read again at its next event */
+            continue;
+        }
+        evbuffer_commit_space(in, v, 0);
+        int err = SSL_get_error(r->ssl, got);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+            break;
+        /* close_notify, the peer gone without one (pgwarden allows a dirty shutdown, as
+         * PostgreSQL and its clients do), or a TLS error */
+        fail = err == SSL_ERROR_ZERO_RETURN ||
+                       (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)
+                   ? BEV_EVENT_EOF
+                   : BEV_EVENT_ERROR;
+        ERR_clear_error();
+        break;
+    }
+    evbuffer_freeze(in, 0);
+    if (total) {
+        /* Data first, as a plain reader gives it; an end or error met after it, and what
+         * is left past the budget, on the next loop iteration (read_cb may free r: that
+         * frees its event, active or not). */
+        if (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(r->ssl)))
+            event_active(r->ev, EV_READ, 0);
+        if (read_cb)
+            read_cb(bev, cbarg);
+        return;
+    }
+    if (fail) {
+        px_reader_enable(r, false); /* EOF and errors are reported once */
+        if (event_cb)
+            event_cb(bev, (short)(BEV_EVENT_READING | fail), cbarg);
+    }
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct px_reader *r = arg;
+    if (r->ssl) {
+        on_readable_tls(r);
+        return;
+    }
     if (!r->bev) { /* parked */
         r->wake(r);
         if (!r->bev)
@@ -126,6 +200,27 @@ int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct
     return 0;
 }
 
+static void apply(struct px_reader *r, bool on);
+
+int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socket_t fd, SSL *ssl)
+{
+    if (!r->bev || r->ev || !ssl || fd < 0)
+        return -1;
+    struct event *ev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, r);
+    if (!ev)
+        return -1;
+    bool on = r->wanted && !r->blocked;
+    bufferevent_disable(r->bev, EV_READ);
+    r->ev = ev;
+    r->ssl = ssl;
+    r->enabled = false;
+    apply(r, on);
+    /* what OpenSSL read ahead during the handshake: no socket event will announce it */
+    if (on && SSL_has_pending(ssl))
+        event_active(ev, EV_READ, 0);
+    return 0;
+}
+
 void px_reader_unbind(struct px_reader *r)
 {
     if (r->ev)
@@ -133,6 +228,7 @@ void px_reader_unbind(struct px_reader *r)
     else if (r->bev)
         bufferevent_disable(r->bev, EV_READ);
     r->ev = NULL;
+    r->ssl = NULL;
     r->bev = NULL;
     r->wake = NULL;
     r->enabled = false;
@@ -140,7 +236,7 @@ void px_reader_unbind(struct px_reader *r)
 
 void px_reader_park(struct px_reader *r, void (*wake)(struct px_reader *r))
 {
-    if (!r->ev || !r->bev)
+    if (!r->ev || !r->bev || r->ssl)
         return; /* only a bound plain socket parks */
     r->bev = NULL;
     r->wake = wake;
@@ -157,8 +253,6 @@ bool px_reader_parked(const struct px_reader *r)
 {
     return r->ev && !r->bev;
 }
-
-static void apply(struct px_reader *r, bool on);
 
 void px_reader_enable(struct px_reader *r, bool on)
 {

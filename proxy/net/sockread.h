@@ -25,9 +25,10 @@
 #include <openssl/ssl.h>
 
 struct px_reader {
-    struct bufferevent *bev;           /* whose input buffer and callbacks are used; NULL: unbound,
-                                          or parked (ev set) */
-    struct event *ev;                  /* plain socket: pgwarden's read event; NULL: bev reads */
+    struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound,
+                                or parked (ev set) */
+    struct event *ev;        /* pgwarden's read event; NULL: bev reads */
+    SSL *ssl;                /* set: ev reads through this TLS object (px_reader_own_tls) */
     void (*wake)(struct px_reader *r); /* parked: called before the next read */
     bool enabled;
     bool blocked;   /* px_reader_block: off whatever px_reader_enable asks */
@@ -42,6 +43,15 @@ struct px_reader {
  */
 int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferevent *bev,
                    evutil_socket_t fd);
+
+/*
+ * A TLS bufferevent bound to r has finished its handshake: from now on pgwarden reads
+ * through ssl itself (SSL_read straight into bev's input, OpenSSL's read-ahead on, so one
+ * read system call per wake-up instead of libevent's header read, body read and a last
+ * read that finds nothing).  The bufferevent keeps writing.  Reading stays as it was asked
+ * (px_reader_enable).  0, or -1 on allocation failure (the bufferevent keeps reading).
+ */
+int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socket_t fd, SSL *ssl);
 
 /* Stops reading and forgets bev; call before bev is freed or replaced.  Idempotent. */
 void px_reader_unbind(struct px_reader *r);
