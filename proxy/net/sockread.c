@@ -60,6 +60,7 @@ static void on_readable_tls(struct px_reader *r)
             break;
         }
         ERR_clear_error();
+        errno = 0;
         int got = SSL_read(r->ssl, v[0].iov_base, (int)v[0].iov_len);
         if (got > 0) {
             v[0].iov_len = (size_t)got;
@@ -211,6 +212,9 @@ int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socke
         return -1;
     bool on = r->wanted && !r->blocked;
     bufferevent_disable(r->bev, EV_READ);
+    /* Read-ahead only now that pgwarden reads (libevent's reading, used for the handshake,
+     * drains SSL_pending only and would leave read-ahead bytes waiting). */
+    SSL_set_read_ahead(ssl, 1);
     r->ev = ev;
     r->ssl = ssl;
     r->enabled = false;

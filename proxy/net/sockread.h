@@ -9,7 +9,8 @@
  * and calls the bufferevent's own read and event callbacks: the rest of the proxy sees a
  * bufferevent that got data, EOF or an error, whoever read it.  The bufferevent's own
  * reading stays off; it still does all the writing.  Under TLS the bufferevent reads
- * (OpenSSL owns the socket's bytes).
+ * during the handshake; after it pgwarden reads through SSL_read the same way
+ * (px_reader_own_tls).
  *
  * Every switch of reading on or off goes through px_reader_enable(): enabling EV_READ on
  * the bufferevent directly would make two readers of one socket.

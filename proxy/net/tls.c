@@ -46,9 +46,6 @@ SSL_CTX *px_tls_client_side_new(const struct px_config *cfg, char **errmsg)
      * them once a record is read or written in full and allocates them again when the
      * next one comes, at the cost of a malloc and free per record. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    /* One read system call per wake-up (net/sockread.c reads through SSL_read and asks
-     * SSL_has_pending, which sees what was read ahead). */
-    SSL_CTX_set_read_ahead(ctx, 1);
     /* PostgreSQL clients do not resume sessions; tickets would only cost CPU. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 0);
@@ -88,7 +85,6 @@ SSL_CTX *px_tls_server_side_new(const struct px_config *cfg, char **errmsg)
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* as for clients: an idle server too */
-    SSL_CTX_set_read_ahead(ctx, 1);                  /* as for clients */
     if (cfg->server_tls_ca_file && *cfg->server_tls_ca_file) {
         if (SSL_CTX_load_verify_locations(ctx, cfg->server_tls_ca_file, NULL) != 1) {
             *errmsg = errf("cannot load server_tls_ca_file", cfg->server_tls_ca_file);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <CUnit/CUnit.h>
 #include <libpq-fe.h>
@@ -361,6 +362,50 @@ static void test_cancel_tls(void)
     check_cancel("sslmode=require");
 }
 
+/* 300 queries sent at once in libpq's pipeline mode over TLS: they reach pgwarden as
+ * several TLS records in one socket read, and the answers come back the same way from
+ * PostgreSQL.  pgwarden reads with OpenSSL's read-ahead: a record read ahead but not yet
+ * decrypted must be read on at once (SSL_has_pending), or the pipeline stalls. */
+static void test_tls_pipeline_burst(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=require");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_FATAL(PQenterPipelineMode(c) == 1);
+    enum { N = 300 };
+    bool sent = true;
+    for (int i = 0; i < N && sent; i++) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", i);
+        const char *params[1] = {v};
+        sent = PQsendQueryParams(c, "SELECT $1::int + 1000000, repeat('p', 200)", 1, NULL, params,
+                                 NULL, NULL, 0) == 1;
+    }
+    CU_ASSERT_TRUE(sent);
+    CU_ASSERT_FATAL(PQpipelineSync(c) == 1);
+    /* PQgetResult blocks: a stall ends by SIGALRM (the test fails, as it should) */
+    alarm(30);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        PGresult *r = PQgetResult(c);
+        if (r && PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) == 1000000 + i)
+            ok++;
+        PQclear(r);
+        r = PQgetResult(c);
+        CU_ASSERT_PTR_NULL(r);
+        PQclear(r);
+    }
+    CU_ASSERT_EQUAL(ok, N);
+    PGresult *r = PQgetResult(c);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    r = PQgetResult(c);
+    PQclear(r);
+    alarm(0);
+    CU_ASSERT_FATAL(PQexitPipelineMode(c) == 1);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 41 + 1"), "42");
+    PQfinish(c);
+}
+
 /* A TLS client that does not read while a large answer streams: pgwarden's direct
  * SSL_write to it stops when the socket is full (SSL_ERROR_WANT_WRITE, part of a record
  * possibly sent) and the rest goes through the bufferevent, whose retry must present the
@@ -408,6 +453,7 @@ static void register_suites(void)
     static const CU_TestInfo tests[] = {
         {"copy_in_out_100k_byte_exact", test_copy_in_out_100k},
         {"tls_slow_reader_byte_exact", test_tls_slow_reader_byte_exact},
+        {"tls_pipeline_burst", test_tls_pipeline_burst},
         {"stream_100mb_bounded_rss", test_stream_100mb_bounded_rss},
         {"cancel_pg_sleep_plain", test_cancel_plain},
         {"cancel_pg_sleep_tls", test_cancel_tls},
