@@ -280,8 +280,10 @@ struct px_server {
     uint64_t sstate_owner;
     uint32_t sstate_version;
     bool sstate_prepared;
-    bool close_needed;  /* never reuse: protocol error, lifetime, config change */
-    bool cut_when_sent; /* chaos: closed before its next reply is relayed (path.c) */
+    bool close_needed;       /* never reuse: protocol error, lifetime, config change */
+    bool ready_after_cancel; /* reset done, but a cancel of its last client's work is in
+                                flight: ready once PostgreSQL has signalled the backend */
+    bool cut_when_sent;      /* chaos: closed before its next reply is relayed (path.c) */
     /* The client whose Parse made its unnamed statement, with nothing since that destroys
      * it (a simple Query, a reset); 0: nobody's, or unknown (txn.c px_txn_linked). */
     uint64_t unnamed_owner;

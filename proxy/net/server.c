@@ -457,8 +457,24 @@ static void login_read(struct px_server *s)
 
 static void finish_reset(struct px_server *s)
 {
+    if (px_server_cancel_busy(s)) {
+        /* The cancel of the work its client abandoned is still on its way: a signal that
+         * reached the backend after the next client's query began would cancel that query.
+         * PostgreSQL ignores a cancel that reaches an idle backend, so the server waits
+         * here until the cancel connection is done (px_server_cancel_finished). */
+        s->ready_after_cancel = true;
+        return;
+    }
     s->last_used_ms = px_now_ms();
     px_pool_server_ready(s);
+}
+
+void px_server_cancel_finished(struct px_server *s)
+{
+    if (s->state == PX_SV_RESETTING && s->ready_after_cancel) {
+        s->ready_after_cancel = false;
+        finish_reset(s);
+    }
 }
 
 /* The replies to the reset queries; they are never shown to anyone. */

@@ -33,6 +33,10 @@ void px_server_free(struct px_server *s);
  * marked for close; shutting down). */
 void px_server_release(struct px_server *s, bool client_mid_message);
 
+/* The cancel that s sent for its last client's work is done (net/cancel.c): a reset that
+ * waited for it makes s ready now. */
+void px_server_cancel_finished(struct px_server *s);
+
 /* A ParameterStatus from s (body: name\0value\0): s's own view follows it.  *name and
  * *value point into body.  0, or -1 when malformed or out of memory. */
 int px_server_param_status(struct px_server *s, const uint8_t *body, uint32_t len,

@@ -858,6 +858,8 @@ void px_path_server_cancel_done(struct px_server *s)
 {
     if (s->state == PX_SV_ACTIVE && s->pool->mode == PX_POOL_TRANSACTION)
         px_txn_maybe_release(s); /* it waited for the cancel */
+    else
+        px_server_cancel_finished(s); /* a drained server whose reset waited for it */
 }
 
 bool px_path_server_lost(struct px_client *c, struct px_server *s)
