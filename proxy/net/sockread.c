@@ -45,6 +45,7 @@ static uint32_t next_chunk(uint32_t chunk, bool filled)
 static void on_readable_tls(struct px_reader *r)
 {
     struct bufferevent *bev = r->bev;
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
     bufferevent_data_cb read_cb;
     bufferevent_event_cb event_cb;
     void *cbarg;
@@ -61,17 +62,17 @@ static void on_readable_tls(struct px_reader *r)
         }
         ERR_clear_error();
         errno = 0;
-        int got = SSL_read(r->ssl, v[0].iov_base, (int)v[0].iov_len);
+        int got = SSL_read(ssl, v[0].iov_base, (int)v[0].iov_len);
         if (got > 0) {
             v[0].iov_len = (size_t)got;
             evbuffer_commit_space(in, v, 1);
             total += (size_t)got;
-            if (!SSL_has_pending(r->ssl))
+            if (!SSL_has_pending(ssl))
                 break; /* the socket is read again at its next event */
             continue;
         }
         evbuffer_commit_space(in, v, 0);
-        int err = SSL_get_error(r->ssl, got);
+        int err = SSL_get_error(ssl, got);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             break;
         /* close_notify, the peer gone without one (pgwarden allows a dirty shutdown, as
@@ -88,7 +89,7 @@ static void on_readable_tls(struct px_reader *r)
         /* Data first, as a plain reader gives it; an end or error met after it, and what
          * is left past the budget, on the next loop iteration (read_cb may free r: that
          * frees its event, active or not). */
-        if (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(r->ssl)))
+        if (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl)))
             event_active(r->ev, EV_READ, 0);
         if (read_cb)
             read_cb(bev, cbarg);
@@ -105,7 +106,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct px_reader *r = arg;
-    if (r->ssl) {
+    if (r->tls) {
         on_readable_tls(r);
         return;
     }
@@ -216,7 +217,7 @@ int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socke
      * drains SSL_pending only and would leave read-ahead bytes waiting). */
     SSL_set_read_ahead(ssl, 1);
     r->ev = ev;
-    r->ssl = ssl;
+    r->tls = true;
     r->enabled = false;
     apply(r, on);
     /* what OpenSSL read ahead during the handshake: no socket event will announce it */
@@ -232,7 +233,7 @@ void px_reader_unbind(struct px_reader *r)
     else if (r->bev)
         bufferevent_disable(r->bev, EV_READ);
     r->ev = NULL;
-    r->ssl = NULL;
+    r->tls = false;
     r->bev = NULL;
     r->wake = NULL;
     r->enabled = false;
@@ -240,7 +241,7 @@ void px_reader_unbind(struct px_reader *r)
 
 void px_reader_park(struct px_reader *r, void (*wake)(struct px_reader *r))
 {
-    if (!r->ev || !r->bev || r->ssl)
+    if (!r->ev || !r->bev || r->tls)
         return; /* only a bound plain socket parks */
     r->bev = NULL;
     r->wake = wake;

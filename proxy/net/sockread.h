@@ -26,12 +26,12 @@
 #include <openssl/ssl.h>
 
 struct px_reader {
-    struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound,
-                                or parked (ev set) */
-    struct event *ev;        /* pgwarden's read event; NULL: bev reads */
-    SSL *ssl;                /* set: ev reads through this TLS object (px_reader_own_tls) */
+    struct bufferevent *bev;           /* whose input buffer and callbacks are used; NULL: unbound,
+                                          or parked (ev set) */
+    struct event *ev;                  /* pgwarden's read event; NULL: bev reads */
     void (*wake)(struct px_reader *r); /* parked: called before the next read */
     bool enabled;
+    bool tls;       /* ev reads through the bufferevent's TLS object (px_reader_own_tls) */
     bool blocked;   /* px_reader_block: off whatever px_reader_enable asks */
     bool wanted;    /* what px_reader_enable last asked (applied when unblocked) */
     uint32_t chunk; /* bytes the next read asks for (0: the smallest) */
