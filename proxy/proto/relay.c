@@ -187,6 +187,9 @@ static struct evbuffer *scratch;
 /* Extents written per direct write; a longer buffer's rest goes through the bufferevent. */
 #define PX_RELAY_WRITE_IOV 16
 
+/* The most plaintext one TLS record carries. */
+#define PX_TLS_RECORD_MAX 16384
+
 enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
                                      struct evbuffer *out, struct px_direct d,
                                      const uint8_t see[256], px_relay_cb cb, void *ctx,
@@ -220,6 +223,13 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
  */
 static void ssl_write_direct(SSL *ssl, struct evbuffer *from)
 {
+    /* Each SSL_write is a TLS record and a write(2) of its own: a reply in several extents
+     * (the relay moves the messages before the one a stage reads apart from that one) is
+     * made one extent first while it fits in one record.  Copying it is far cheaper than a
+     * second record and system call. */
+    if (evbuffer_get_length(from) <= PX_TLS_RECORD_MAX &&
+        evbuffer_peek(from, -1, NULL, NULL, 0) > 1)
+        evbuffer_pullup(from, -1); /* on failure the extents are written one by one */
     struct evbuffer_iovec v[PX_RELAY_WRITE_IOV];
     int n = evbuffer_peek(from, -1, NULL, v, PX_RELAY_WRITE_IOV);
     size_t done = 0;
