@@ -108,12 +108,13 @@ json_t *px_introspect_pools(void)
 static json_t *client_json(const struct px_client *c, uint64_t now,
                            const struct px_lock_index *locks)
 {
+    char addr[PX_CLIENT_ADDR_LEN];
     json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:s, s:s, s:b, s:I, s:o}", "id", (json_int_t)c->id,
                           "database", px_json_string(c->database ? c->database : ""), "user",
                           px_json_string(c->user ? c->user : ""), "application_name",
                           px_json_string(c->application_name ? c->application_name : ""), "address",
-                          c->addr, "state", px_client_state_name(c->state), "tls", c->tls,
-                          "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
+                          px_client_addr(c, addr), "state", px_client_state_name(c->state), "tls",
+                          c->tls, "connected_ms", (json_int_t)(now - c->connect_ms), "server_id",
                           c->server ? json_integer((json_int_t)c->server->id) : json_null());
     const char *pinned = px_session_pin_reason(c);
     if (o && pinned) /* session state that keeps its server (transaction pooling) */

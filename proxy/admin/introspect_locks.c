@@ -22,6 +22,7 @@
 #include "admin/introspect.h"
 #include "admin/introspect_locks.h"
 #include "base/json_util.h"
+#include "net/client.h"
 #include "conn.h"
 #include "lockmgr/lockmgr.h"
 #include "lockspace/lockspace.h"
@@ -51,7 +52,8 @@ static const struct px_client *row_client(void *udata, uint64_t owner_id)
 static int set_client_fields(json_t *o, const struct px_client *c)
 {
     json_t *app = c ? px_json_string(c->application_name ? c->application_name : "") : json_null();
-    json_t *addr = c ? px_json_string(c->addr) : json_null();
+    char buf[PX_CLIENT_ADDR_LEN];
+    json_t *addr = c ? px_json_string(px_client_addr(c, buf)) : json_null();
     if (json_object_set_new(o, "application_name", app) < 0 ||
         json_object_set_new(o, "address", addr) < 0)
         return -1;

@@ -136,23 +136,32 @@ void px_client_set_state(struct px_client *c, enum px_client_state st)
     }
 }
 
-static void format_addr(const struct sockaddr *sa, char *out, size_t outlen)
+static void keep_addr(const struct sockaddr *sa, struct px_peer_addr *a)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    a->family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-        port = ntohs(in->sin_port);
+        memcpy(a->ip, &in->sin_addr, sizeof(in->sin_addr));
+        a->port = ntohs(in->sin_port);
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-        port = ntohs(in6->sin6_port);
-    } else if (sa->sa_family == AF_UNIX) {
-        snprintf(out, outlen, "unix");
-        return;
+        memcpy(a->ip, &in6->sin6_addr, sizeof(in6->sin6_addr));
+        a->port = ntohs(in6->sin6_port);
+    } else if (sa->sa_family != AF_UNIX) {
+        a->family = 0;
     }
-    snprintf(out, outlen, "%s:%d", host, port);
+}
+
+const char *px_client_addr(const struct px_client *c, char buf[PX_CLIENT_ADDR_LEN])
+{
+    const struct px_peer_addr *a = &c->peer;
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (a->family == AF_UNIX)
+        return "unix";
+    if (a->family == AF_INET || a->family == AF_INET6)
+        inet_ntop(a->family, a->ip, host, sizeof(host));
+    snprintf(buf, PX_CLIENT_ADDR_LEN, "%s:%u", host, (unsigned)a->port);
+    return buf;
 }
 
 /* A plain socket's bufferevent for c, callbacks and write watermark set, writing on
@@ -201,13 +210,14 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     c->state = PX_CL_LOGIN;
     c->login_step = PX_LOGIN_STARTUP;
     c->connect_ms = px_now_ms();
-    format_addr(sa, c->addr, sizeof(c->addr));
+    keep_addr(sa, &c->peer);
     px_list_init(&c->link);
     px_list_append(&px.clients_login, &c->link);
     px.n_clients++;
     px_stats_client_accepted();
     px_reader_enable(&c->rd, true);
-    px_debug("client", 'C', c->id, "connection from %s", c->addr);
+    char addr[PX_CLIENT_ADDR_LEN];
+    px_debug("client", 'C', c->id, "connection from %s", px_client_addr(c, addr));
 }
 
 /* ---- closing -------------------------------------------------------------------------- */
@@ -361,10 +371,8 @@ void px_client_free(struct px_client *c)
         evutil_closesocket(c->fd);
     px_scram_server_free(c->scram);
     OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
-    free(c->user); /* and database */
     free(c->application_name);
-    free(c->param_buf);
-    free(c->params);
+    free(c->signature); /* hard signature, user and database with it */
     if (c->pool)
         px_pool_unref(c->pool);
     free(c);
@@ -379,18 +387,18 @@ static int cmp_param(const void *a, const void *b)
 }
 
 /*
- * Keeps the parameters that go to servers, sorted by name, in one buffer of
- * "name\0value\0" pairs.  That buffer is also the client's signature: a server opened with
- * the same bytes gives exactly the session defaults of a direct connection.
+ * Keeps what the client's login said, in one allocation (one per idle client, issue 19):
+ * the parameters that go to servers, sorted by name, as "name\0value\0" pairs (the
+ * client's signature: a server opened with the same bytes gives exactly the session
+ * defaults of a direct connection), the hard signature, then user and database.
  */
-static int keep_params(struct px_client *c, const struct px_startup *st)
+static int keep_login(struct px_client *c, const struct px_startup *st, const char *user,
+                      const char *db)
 {
-    /* One array serves twice: the packet's pairs to keep (sorted), then the same pairs in
-     * param_buf (element i is read before it is overwritten). */
+    /* The pairs to keep, pointing into the packet, sorted; freed once copied. */
     struct px_startup_param *kept = calloc(st->nparams ? st->nparams : 1, sizeof(*kept));
     if (!kept)
         return -1;
-    c->params = kept;
     size_t n = 0, bytes = 0;
     const char *pos = NULL;
     struct px_startup_param prm;
@@ -402,34 +410,33 @@ static int keep_params(struct px_client *c, const struct px_startup *st)
         bytes += strlen(prm.name) + 1 + strlen(prm.value) + 1;
     }
     qsort(kept, n, sizeof(kept[0]), cmp_param);
-    /* the signature, then the hard signature (at most as long) */
-    c->param_buf = malloc(2 * bytes + 2);
-    if (!c->param_buf)
+    /* the signature, then the hard signature (at most as long), each ending in a '\0' */
+    size_t ulen = strlen(user) + 1, dlen = strlen(db) + 1;
+    char *buf = malloc(2 * bytes + 2 + ulen + dlen);
+    if (!buf) {
+        free(kept);
         return -1;
-    char *p = c->param_buf;
+    }
+    char *p = buf, *hard = buf + bytes + 1;
     for (size_t i = 0; i < n; i++) {
         size_t nl = strlen(kept[i].name) + 1, vl = strlen(kept[i].value) + 1;
         memcpy(p, kept[i].name, nl);
-        c->params[i].name = p;
-        p += nl;
-        memcpy(p, kept[i].value, vl);
-        c->params[i].value = p;
-        p += vl;
-    }
-    *p++ = '\0';
-    c->nparams = n;
-    c->signature = c->param_buf;
-    c->signature_len = bytes;
-    c->hard_signature = p;
-    for (size_t i = 0; i < n; i++) {
-        if (px_tracked_index(c->params[i].name, strlen(c->params[i].name)) >= 0)
-            continue;
-        size_t nl = strlen(c->params[i].name) + 1, vl = strlen(c->params[i].value) + 1;
-        memcpy(p, c->params[i].name, nl + vl); /* name\0value\0 are adjacent */
+        memcpy(p + nl, kept[i].value, vl);
         p += nl + vl;
+        if (px_tracked_index(kept[i].name, nl - 1) < 0) {
+            memcpy(hard, p - nl - vl, nl + vl);
+            hard += nl + vl;
+        }
     }
     *p = '\0';
-    c->hard_signature_len = (size_t)(p - c->hard_signature);
+    *hard = '\0';
+    free(kept);
+    c->signature = buf;
+    c->signature_len = (uint32_t)bytes;
+    c->hard_signature = buf + bytes + 1;
+    c->hard_signature_len = (uint32_t)(hard - c->hard_signature);
+    c->user = memcpy(hard + 1, user, ulen);
+    c->database = memcpy(c->user + ulen, db, dlen);
     return 0;
 }
 
@@ -636,14 +643,8 @@ static void handle_startup(struct px_client *c, const struct px_startup *st)
     if (!db || !*db)
         db = user;
     const char *app = px_startup_get(st, "application_name");
-    size_t ulen = strlen(user) + 1, dlen = strlen(db) + 1;
-    c->user = malloc(ulen + dlen); /* database in the same allocation (freed with user) */
-    if (c->user) {
-        memcpy(c->user, user, ulen);
-        c->database = memcpy(c->user + ulen, db, dlen);
-    }
     c->application_name = strdup(app ? app : "");
-    if (!c->user || !c->application_name || keep_params(c, st) < 0) {
+    if (!c->application_name || keep_login(c, st, user, db) < 0) {
         px_client_fatal(c, PX_SQLSTATE_INTERNAL, "out of memory");
         return;
     }

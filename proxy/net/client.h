@@ -42,6 +42,10 @@ void px_client_free(struct px_client *c);
 /* A client is at a transaction boundary with nothing outstanding (shutdown may close it). */
 bool px_client_is_idle(const struct px_client *c);
 
+/* c's address as "host:port" (or "unix"), formatted into buf. */
+#define PX_CLIENT_ADDR_LEN 64
+const char *px_client_addr(const struct px_client *c, char buf[PX_CLIENT_ADDR_LEN]);
+
 /*
  * Parking (client.c): an idle or waiting plain-socket client with nothing buffered and no
  * stage holding state on its buffers gives up its bufferevent (c->bev NULL) until it sends

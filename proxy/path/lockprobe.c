@@ -88,7 +88,7 @@ struct cedge {
 
 static struct {
     struct event *timer;
-    struct px_list waiters; /* struct px_client.lockprobe_link, oldest wait first */
+    struct px_list waiters; /* struct px_lockprobe_wait, oldest wait first */
     bool inited;
     bool in_round, verifying;
     int outstanding;
@@ -117,19 +117,31 @@ static bool init(void)
     return true;
 }
 
-static bool linked(const struct px_client *c)
-{
-    return c->lockprobe_link.next && c->lockprobe_link.next != &c->lockprobe_link;
-}
+/* A waiting client on P.waiters (allocated per wait: an idle client carries a pointer,
+ * not the link). */
+struct px_lockprobe_wait {
+    struct px_list link;
+    struct px_client *client;
+    uint64_t since_ms;
+};
+
+#define WAITER(it) (PX_CONTAINER_OF(it, struct px_lockprobe_wait, link)->client)
 
 void px_lockprobe_wait_begin(struct px_client *c)
 {
     if (px.cfg->hybrid_probe_ms <= 0 || !init())
         return;
-    if (linked(c))
-        px_list_remove(&c->lockprobe_link);
-    c->lockprobe_since_ms = px_now_ms();
-    px_list_append(&P.waiters, &c->lockprobe_link);
+    struct px_lockprobe_wait *w = c->lockprobe;
+    if (w)
+        px_list_remove(&w->link);
+    else if (!(w = calloc(1, sizeof(*w)))) {
+        px_warning("lockprobe", 'C', c->id, "out of memory: this lock wait is not probed");
+        return;
+    }
+    c->lockprobe = w;
+    w->client = c;
+    w->since_ms = px_now_ms();
+    px_list_append(&P.waiters, &w->link);
     if (!P.in_round && !evtimer_pending(P.timer, NULL))
         arm((uint64_t)px.cfg->hybrid_probe_ms);
 }
@@ -147,9 +159,11 @@ static void cluster_close(struct cluster *k)
 
 void px_lockprobe_wait_end(struct px_client *c)
 {
-    if (!linked(c))
+    if (!c->lockprobe)
         return;
-    px_list_remove(&c->lockprobe_link); /* left linked to itself */
+    px_list_remove(&c->lockprobe->link);
+    free(c->lockprobe);
+    c->lockprobe = NULL;
     if (P.in_round || !px_list_empty(&P.waiters))
         return;
     /* nobody waits: no timer, no connection (a round in flight ends by itself) */
@@ -548,7 +562,7 @@ static void cluster_fail(struct cluster *k, const char *why)
 
 static bool long_wait(const struct px_client *c, uint64_t now_ms)
 {
-    return c->lockprobe_since_ms + (uint64_t)px.cfg->hybrid_probe_ms <= now_ms;
+    return c->lockprobe->since_ms + (uint64_t)px.cfg->hybrid_probe_ms <= now_ms;
 }
 
 /* Adds c's busy server to the candidates of its cluster; first[cl]: the pool whose
@@ -592,7 +606,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     size_t nseen = 0;
     for (struct px_list *it = P.waiters.next; it != &P.waiters && nseen < MAX_NODES;
          it = it->next) {
-        struct px_client *c = PX_CONTAINER_OF(it, struct px_client, lockprobe_link);
+        struct px_client *c = WAITER(it);
         if (!long_wait(c, now))
             break;
         seen[nseen++] = c;
@@ -600,8 +614,8 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     if (!nseen) {
         for (size_t i = 0; i < P.ncl; i++)
             cluster_close(&P.cl[i]); /* no wait is long: nothing stays open */
-        struct px_client *head = PX_CONTAINER_OF(P.waiters.next, struct px_client, lockprobe_link);
-        uint64_t due = head->lockprobe_since_ms + (uint64_t)px.cfg->hybrid_probe_ms;
+        uint64_t due =
+            WAITER(P.waiters.next)->lockprobe->since_ms + (uint64_t)px.cfg->hybrid_probe_ms;
         arm(due > now ? due - now : 1);
         return;
     }
@@ -794,7 +808,7 @@ static void analyze(void)
     uint64_t now = px_now_ms();
     bool found = false;
     for (struct px_list *it = P.waiters.next; it != &P.waiters && !found; it = it->next) {
-        struct px_client *c = PX_CONTAINER_OF(it, struct px_client, lockprobe_link);
+        struct px_client *c = WAITER(it);
         if (!long_wait(c, now))
             break;
         found = find_cycle(c);

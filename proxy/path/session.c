@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "net/client.h"
 #include "path/session.h"
 #include "pool/pool.h"
 
@@ -275,10 +276,11 @@ static void pin(struct px_client *c, uint8_t bits, const char *why)
         return;
     if (!st->pins && bits) {
         st->pin_reason = why;
+        char addr[PX_CLIENT_ADDR_LEN];
         px_info("client", 'C', c->id,
                 "%s (application_name \"%.64s\") uses %s, which cannot move to another server: "
                 "it keeps its server until that is gone",
-                c->addr, c->application_name ? c->application_name : "", why);
+                px_client_addr(c, addr), c->application_name ? c->application_name : "", why);
     }
     set_pins(c, st->pins | bits);
 }
@@ -404,10 +406,11 @@ static void warn_session_state(struct px_client *c, const char *feature)
     if (c->warned_session_state)
         return;
     c->warned_session_state = true;
+    char addr[PX_CLIENT_ADDR_LEN];
     px_warning("client", 'C', c->id,
                "%s (application_name \"%.64s\") uses %s, which does not survive transaction "
                "pooling: the server is reset after this transaction",
-               c->addr, c->application_name ? c->application_name : "", feature);
+               px_client_addr(c, addr), c->application_name ? c->application_name : "", feature);
 }
 
 void px_session_note_sql(struct px_client *c, const struct px_sql_info *info, const char *text,
