@@ -39,7 +39,7 @@
 struct px_metrics_set;
 struct px_admin;
 struct px_breaker;
-struct px_fault_names;
+struct px_client_fault;
 
 /* Output above this many bytes stops reading the other side; below LOW it resumes. */
 #define PX_BACKPRESSURE_HIGH (256 * 1024)
@@ -109,10 +109,12 @@ struct px_client {
     enum px_client_state state;
     enum px_login_step login_step;
     struct bufferevent *bev; /* NULL while parked (net/client.h px_client_park) */
-    struct px_reader rd;     /* reads fd into bev's input (sockread.h) */
+    /* TLS: owned by the client with fd, not by its bufferevent, which a parked client
+     * gives up (its TLS connection stays).  NULL: a plain socket. */
+    SSL *ssl;
+    struct px_reader rd; /* reads fd into bev's input (sockread.h) */
     evutil_socket_t fd;
-    bool fd_in_tls_bev; /* the TLS bufferevent owns fd (and closes it) */
-    bool reject_full;   /* accepted past max_client_conn: answer 53300 after startup */
+    bool reject_full; /* accepted past max_client_conn: answer 53300 after startup */
     bool tls;
     /* An SSLRequest / GSSENCRequest was answered (TLS up counts as both): each is answered
      * once per connection, as PostgreSQL does; a repeat is an unknown protocol version. */
@@ -171,13 +173,12 @@ struct px_client {
     struct px_client_locks *locks;
     struct px_lockprobe_wait *lockprobe; /* its entry in path/lockprobe.c while it waits */
     /* Fault injection (path/fault.c): a statement delayed by a latency rule waits on
-     * fault_timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
+     * fault's timer; fault_passed lets it through once.  fault_unnamed_stmt: what the
      * unnamed statement is, fault_unnamed_portal: what the unnamed portal runs (enum
      * px_fault_stmt of path/fault.h: an Execute of it is a statement, a commit, or
-     * never injected into); fault_names (session pooling; NULL until needed, owned): its
-     * named statements that are transaction control. */
-    struct event *fault_timer;
-    struct px_fault_names *fault_names;
+     * never injected into); fault (NULL until needed, owned): the timer and, in session
+     * pooling, its named statements that are transaction control. */
+    struct px_client_fault *fault;
     /* Transparent retry (path/retry.h): what is kept to replay its transaction; NULL when
      * retry is off, and until the client first sends something or gets a server
      * (retry_wanted: retry was on when it logged in). */
@@ -430,6 +431,7 @@ struct px_proxy {
     struct px_list clients_failing; /* no pool serves them any more */
     struct px_list clients_closing, servers_closing;
     int n_clients; /* every client connection, any state */
+    int n_parked;  /* clients without a bufferevent (net/client.c px_client_park) */
     int n_pools;
     uint64_t next_client_id, next_server_id;
 
@@ -464,7 +466,9 @@ static inline struct px_direct px_direct_of(struct bufferevent *bev, evutil_sock
 
 static inline struct px_direct px_client_direct(const struct px_client *c)
 {
-    return px_direct_of(c->bev, c->fd, c->fd_in_tls_bev);
+    if (c->ssl) /* once its handshake is done */
+        return (struct px_direct){-1, c->tls ? c->ssl : NULL};
+    return (struct px_direct){c->fd, NULL};
 }
 
 static inline struct px_direct px_server_direct(const struct px_server *s)

@@ -257,6 +257,10 @@ static const struct px_metric_def builtin_defs[PX_M__COUNT] = {
                                       "Deadlocks across pgwarden instances broken by this "
                                       "instance (one of its lock waiters got 40P01 each).",
                                       PX_MK_GLOBAL},
+    [PX_M_CLIENTS_PARKED] = {"clients_parked", PX_METRIC_GAUGE,
+                             "Idle clients that gave their buffers back until they send "
+                             "something (plain and TLS).",
+                             PX_MK_GLOBAL},
 };
 
 const struct px_metrics_tables px_metrics_builtin_tables = {

@@ -103,6 +103,7 @@ enum px_metric {
     PX_M_LOCK_HYBRID_DEADLOCKS,   /* counter, global: hybrid deadlocks broken (one victim each) */
     PX_M_LOCK_GRAPH_ROUNDS,       /* counter, global: wait-for parts exchanged (lockspace.c) */
     PX_M_LOCK_INSTANCE_DEADLOCKS, /* counter, global: deadlocks across instances broken here */
+    PX_M_CLIENTS_PARKED,          /* gauge, global: idle clients without buffers (net/client.c) */
     PX_M__COUNT
 };
 

@@ -86,6 +86,7 @@ void px_stats_client_accepted(void)
 static void collect_pool_gauges(void *arg)
 {
     (void)arg;
+    px_metrics_gauge_set(NULL, PX_M_CLIENTS_PARKED, 0, px.n_parked);
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &px.pools)
     {

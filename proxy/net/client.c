@@ -164,13 +164,18 @@ const char *px_client_addr(const struct px_client *c, char buf[PX_CLIENT_ADDR_LE
     return buf;
 }
 
-/* A plain socket's bufferevent for c, callbacks and write watermark set, writing on
- * (pgwarden's reader reads: px_reader_bind / px_reader_unpark); NULL when out of memory. */
+/* A bufferevent for c's socket (plain, or its established TLS connection when it unparks),
+ * callbacks and write watermark set, writing on (pgwarden's reader reads: px_reader_bind /
+ * px_reader_unpark); NULL when out of memory. */
 static struct bufferevent *client_bev_new(struct px_client *c)
 {
-    struct bufferevent *bev = bufferevent_socket_new(px.base, c->fd, 0);
+    struct bufferevent *bev =
+        c->ssl ? bufferevent_openssl_socket_new(px.base, c->fd, c->ssl, BUFFEREVENT_SSL_OPEN, 0)
+               : bufferevent_socket_new(px.base, c->fd, 0);
     if (!bev)
         return NULL;
+    if (c->ssl)
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
     bufferevent_setcb(bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(bev, EV_WRITE, PX_BACKPRESSURE_LOW, 0);
     /* A new bufferevent is enabled for writing already; enabling it again would add its
@@ -245,13 +250,15 @@ void px_client_close(struct px_client *c)
 /* ---- parking ------------------------------------------------------------------------- */
 
 /*
- * An idle client costs mostly its bufferevent (~1 kB: the bufferevent, its two evbuffers
- * and their events).  A plain-socket client that has nothing buffered either way and no
- * stage waiting on its buffers gives it up (px_client_park, from the janitor) and keeps
- * only its read event (sockread.h); the bufferevent is made again when the client sends
- * something (client_wake), gets an error (px_client_fatal) or a server (path.c, through
- * px_client_unpark).  Only idle and waiting clients park: nothing else writes to them.
- * TLS clients do not park: their bufferevent holds the TLS connection.
+ * An idle plain client costs mostly its bufferevent (~1 kB: the bufferevent, its two
+ * evbuffers and their events; a TLS one ~1.5 kB besides OpenSSL's ~14 kB).  A client that
+ * has nothing buffered either way (OpenSSL's read-ahead included) and no stage waiting on
+ * its buffers gives it up (px_client_park, from the janitor) and keeps only its read event
+ * (sockread.h) and, under TLS, its SSL object (c->ssl, which the bufferevent never owns);
+ * the bufferevent is made again, for TLS in state BUFFEREVENT_SSL_OPEN around the same
+ * SSL, when the client sends something (client_wake), gets an error (px_client_fatal) or a
+ * server (path.c, through px_client_unpark).  Only idle and waiting clients park: nothing
+ * else writes to them.
  */
 bool px_client_unpark(struct px_client *c)
 {
@@ -262,6 +269,7 @@ bool px_client_unpark(struct px_client *c)
         return false;
     c->bev = bev;
     px_reader_unpark(&c->rd, bev);
+    px.n_parked--;
     return true;
 }
 
@@ -276,8 +284,10 @@ static void client_wake(struct px_reader *r)
 
 void px_client_park(struct px_client *c)
 {
-    if (!c->bev || !c->rd.ev || c->tls || c->fd_in_tls_bev)
-        return; /* parked already, TLS, or not read by pgwarden */
+    if (!c->bev || !c->rd.ev)
+        return; /* parked already, or not read by pgwarden */
+    if (c->ssl && (!c->rd.tls || SSL_has_pending(c->ssl)))
+        return; /* TLS: read by the bufferevent (handshake), or OpenSSL holds bytes */
     if (c->state != PX_CL_IDLE && c->state != PX_CL_WAITING)
         return;
     px_path_client_parking(c);
@@ -289,8 +299,9 @@ void px_client_park(struct px_client *c)
         evbuffer_get_length(bufferevent_get_output(c->bev)))
         return;
     px_reader_park(&c->rd, client_wake);
-    bufferevent_free(c->bev); /* its callbacks go with it; the socket stays (no CLOSE_ON_FREE) */
+    bufferevent_free(c->bev); /* its callbacks go with it; socket and TLS stay (no CLOSE_ON_FREE) */
     c->bev = NULL;
+    px.n_parked++;
 }
 
 static void close_after_flush(struct px_client *c)
@@ -364,11 +375,14 @@ void px_client_free(struct px_client *c)
 {
     px_list_remove(&c->link);
     px_path_client_free(c); /* first: its stages may have callbacks on c's buffers */
+    if (px_reader_parked(&c->rd))
+        px.n_parked--;
     px_reader_unbind(&c->rd);
     if (c->bev)
         bufferevent_free(c->bev);
-    if (!c->fd_in_tls_bev)
-        evutil_closesocket(c->fd);
+    if (c->ssl) /* after its bufferevent, which does not own it */
+        SSL_free(c->ssl);
+    evutil_closesocket(c->fd);
     px_scram_server_free(c->scram);
     OPENSSL_cleanse(c->client_key, sizeof(c->client_key));
     free(c->application_name);
@@ -663,12 +677,12 @@ static void start_tls(struct px_client *c)
         px_client_close(c);
         return;
     }
-    if (px_reader_switch_to_tls(&c->rd, px.base, &c->bev, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING) <
-        0) {
+    if (px_reader_switch_to_tls(&c->rd, px.base, &c->bev, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                false) < 0) {
         px_client_close(c);
         return;
     }
-    c->fd_in_tls_bev = true;
+    c->ssl = ssl;
     c->login_step = PX_LOGIN_TLS;
 }
 

@@ -241,8 +241,8 @@ static void start_tls(struct px_server *s)
         server_fail(s, "cannot create TLS connection to server");
         return;
     }
-    if (px_reader_switch_to_tls(&s->rd, px.base, &s->bev, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING) <
-        0) {
+    if (px_reader_switch_to_tls(&s->rd, px.base, &s->bev, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                true) < 0) {
         server_fail(s, "cannot create TLS connection to server");
         return;
     }

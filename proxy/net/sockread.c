@@ -106,14 +106,14 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct px_reader *r = arg;
-    if (r->tls) {
-        on_readable_tls(r);
-        return;
-    }
     if (!r->bev) { /* parked */
         r->wake(r);
         if (!r->bev)
             return; /* the owner could not make a bufferevent: it stopped reading */
+    }
+    if (r->tls) {
+        on_readable_tls(r);
+        return;
     }
     struct bufferevent *bev = r->bev;
     bufferevent_data_cb read_cb;
@@ -178,7 +178,8 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
 }
 
 int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct bufferevent **bev,
-                            evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state)
+                            evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state,
+                            bool bev_owns)
 {
     bufferevent_data_cb read_cb, write_cb;
     bufferevent_event_cb event_cb;
@@ -188,9 +189,11 @@ int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct
     bufferevent_getwatermark(*bev, EV_WRITE, &low, &high);
     px_reader_unbind(r);
     bufferevent_free(*bev);
-    *bev = bufferevent_openssl_socket_new(base, fd, ssl, state, BEV_OPT_CLOSE_ON_FREE);
+    *bev =
+        bufferevent_openssl_socket_new(base, fd, ssl, state, bev_owns ? BEV_OPT_CLOSE_ON_FREE : 0);
     if (!*bev) {
-        SSL_free(ssl);
+        if (!bev_owns) /* else libevent freed it */
+            SSL_free(ssl);
         return -1;
     }
     px_reader_bind(r, base, *bev, -1); /* cannot fail without an fd */
@@ -241,8 +244,8 @@ void px_reader_unbind(struct px_reader *r)
 
 void px_reader_park(struct px_reader *r, void (*wake)(struct px_reader *r))
 {
-    if (!r->ev || !r->bev || r->tls)
-        return; /* only a bound plain socket parks */
+    if (!r->ev || !r->bev)
+        return; /* only a connection pgwarden reads parks */
     r->bev = NULL;
     r->wake = wake;
 }

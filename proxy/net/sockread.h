@@ -59,16 +59,21 @@ void px_reader_unbind(struct px_reader *r);
 
 /*
  * Switches a plain connection to TLS: *bev (bound to r) is freed and replaced by an
- * OpenSSL bufferevent on fd, in state (accepting or connecting), which owns ssl and fd,
- * keeps the old one's callbacks and write watermark, writes, and reads (through r).
- * 0, or -1 with ssl freed and *bev NULL.
+ * OpenSSL bufferevent on fd, in state (accepting or connecting), which keeps the old one's
+ * callbacks and write watermark, writes, and reads (through r).  bev_owns: the new
+ * bufferevent owns ssl and fd (frees and closes them); else the caller does, after freeing
+ * it, and may wrap ssl in another bufferevent later (a parked client: state
+ * BUFFEREVENT_SSL_OPEN).  0, or -1 with ssl freed and *bev NULL.
  */
 int px_reader_switch_to_tls(struct px_reader *r, struct event_base *base, struct bufferevent **bev,
-                            evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state);
+                            evutil_socket_t fd, SSL *ssl, enum bufferevent_ssl_state state,
+                            bool bev_owns);
 
 /*
- * Parking (plain sockets only): an idle connection may give up its bufferevent, the
- * largest part of its memory, while nothing is buffered either way.  px_reader_park
+ * Parking: an idle connection that pgwarden reads (a plain socket, or a TLS one after
+ * px_reader_own_tls whose bufferevent does not own its TLS object) may give up its
+ * bufferevent, the largest part of its memory besides OpenSSL's, while nothing is
+ * buffered either way (OpenSSL's read-ahead included).  px_reader_park
  * forgets bev (the caller frees it) and keeps fd's read event as it is; when fd becomes
  * readable, wake(r) is called first and must give r a new bufferevent with
  * px_reader_unpark (or stop reading: then nothing is read).  Reading on or off works on a

@@ -18,6 +18,34 @@
 #include "path/txn.h"
 
 /* Whether c holds the pgwarden lock key (rules with lock_key). */
+#define FAULT_NAMES_MAX 16
+
+/* What fault injection keeps per client, allocated when first needed (a latency rule's
+ * timer, a named statement to remember): an idle client carries one pointer.
+ *
+ * names: the client's named statements that are not plain statements (transaction
+ * control, housekeeping; session pooling), by name as PostgreSQL keeps it
+ * (PX_STMT_NAME_MAX bytes).  A name whose statement went away (Close, DEALLOCATE) may
+ * stay: it can only be bound again after a new Parse of it, which replaces the entry; the
+ * least recently bound entry makes room. */
+struct px_client_fault {
+    struct event *timer; /* a statement delayed by a latency rule waits on it */
+    uint32_t clock;      /* bumped at every put or hit */
+    uint8_t n;
+    struct {
+        uint32_t used;
+        uint8_t kind; /* enum px_fault_stmt, never PX_FAULT_STMT_OTHER */
+        char name[PX_STMT_NAME_MAX + 1];
+    } e[FAULT_NAMES_MAX];
+};
+
+static struct px_client_fault *fault_of(struct px_client *c)
+{
+    if (!c->fault)
+        c->fault = calloc(1, sizeof(*c->fault));
+    return c->fault;
+}
+
 static bool holds_lock(void *arg, const char *key, size_t keylen)
 {
     struct px_client *c = arg;
@@ -154,12 +182,13 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
         inject_error(c, &a, type == 'Q', when == PX_CHAOS_COMMIT);
         return PX_FAULT_ANSWERED;
     case PX_CHAOS_LATENCY: {
-        if (!c->fault_timer && !(c->fault_timer = evtimer_new(px.base, on_latency_done, c)))
+        struct px_client_fault *f = fault_of(c);
+        if (!f || (!f->timer && !(f->timer = evtimer_new(px.base, on_latency_done, c))))
             return PX_FAULT_NONE;
         struct timeval tv = {(time_t)(a.latency_ms / 1000),
                              (suseconds_t)(a.latency_ms % 1000) * 1000};
         c->fault_waiting = true;
-        evtimer_add(c->fault_timer, &tv);
+        evtimer_add(f->timer, &tv);
         return PX_FAULT_HOLD;
     }
     case PX_CHAOS_DISCONNECT:
@@ -174,23 +203,7 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
 
 /* ---- named statements in session pooling ---------------------------------------------- */
 
-#define FAULT_NAMES_MAX 16
-
-/* The client's named statements that are not plain statements (transaction control,
- * housekeeping), by name as PostgreSQL keeps it (PX_STMT_NAME_MAX bytes).  A name whose
- * statement went away (Close, DEALLOCATE) may stay: it can only be bound again after a
- * new Parse of it, which replaces the entry; the least recently bound entry makes room. */
-struct px_fault_names {
-    uint32_t clock; /* bumped at every put or hit */
-    uint8_t n;
-    struct {
-        uint32_t used;
-        uint8_t kind; /* enum px_fault_stmt, never PX_FAULT_STMT_OTHER */
-        char name[PX_STMT_NAME_MAX + 1];
-    } e[FAULT_NAMES_MAX];
-};
-
-static int names_find(const struct px_fault_names *fn, const char *name)
+static int names_find(const struct px_client_fault *fn, const char *name)
 {
     for (int i = 0; fn && i < fn->n; i++)
         if (strncmp(fn->e[i].name, name, PX_STMT_NAME_MAX) == 0)
@@ -200,8 +213,8 @@ static int names_find(const struct px_fault_names *fn, const char *name)
 
 static void names_put(struct px_client *c, const char *name, enum px_fault_stmt kind)
 {
-    struct px_fault_names *fn = c->fault_names;
-    if (!fn && !(fn = c->fault_names = calloc(1, sizeof(*fn)))) {
+    struct px_client_fault *fn = fault_of(c);
+    if (!fn) {
         px_warning("chaos", 'C', c->id, "out of memory: named statement \"%s\" not recorded", name);
         return;
     }
@@ -219,7 +232,7 @@ static void names_put(struct px_client *c, const char *name, enum px_fault_stmt 
     fn->e[i].used = ++fn->clock;
 }
 
-static void names_drop(struct px_fault_names *fn, const char *name)
+static void names_drop(struct px_client_fault *fn, const char *name)
 {
     int i = names_find(fn, name);
     if (i >= 0)
@@ -237,7 +250,7 @@ static enum px_fault_stmt named_kind(struct px_client *c, const char *name)
         const uint8_t *content = px_stmt_content(stmt, &clen);
         return text_kind(content, clen);
     }
-    struct px_fault_names *fn = c->fault_names;
+    struct px_client_fault *fn = c->fault;
     int i = names_find(fn, name);
     if (i < 0)
         return PX_FAULT_STMT_OTHER;
@@ -261,7 +274,7 @@ void px_fault_note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
     else if (kind != PX_FAULT_STMT_OTHER)
         names_put(c, name, kind);
     else
-        names_drop(c->fault_names, name);
+        names_drop(c->fault, name);
 }
 
 void px_fault_note_long_parse(struct px_client *c, const uint8_t *head, uint32_t len)
@@ -272,7 +285,7 @@ void px_fault_note_long_parse(struct px_client *c, const uint8_t *head, uint32_t
     if (!*name)
         c->fault_unnamed_stmt = PX_FAULT_STMT_OTHER;
     else if (c->pool->mode != PX_POOL_TRANSACTION)
-        names_drop(c->fault_names, name);
+        names_drop(c->fault, name);
 }
 
 bool px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
@@ -295,9 +308,8 @@ bool px_fault_note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
 
 void px_fault_client_free(struct px_client *c)
 {
-    if (c->fault_timer)
-        event_free(c->fault_timer);
-    c->fault_timer = NULL;
-    free(c->fault_names);
-    c->fault_names = NULL;
+    if (c->fault && c->fault->timer)
+        event_free(c->fault->timer);
+    free(c->fault);
+    c->fault = NULL;
 }

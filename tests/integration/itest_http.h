@@ -115,6 +115,25 @@ static inline struct http_reply http(int port, const char *method, const char *p
     return http_raw(port, req, (size_t)n);
 }
 
+/* The value of one series of GET /metrics, named exactly as exposed (with its labels, if
+ * any: `pgwarden_clients_parked`, `pgwarden_clients{database="d",user="u",state="idle"}`);
+ * -1 when the scrape fails or the series is not there. */
+static inline double metric_value(int port, const char *series)
+{
+    struct http_reply r = http(port, "GET", "/metrics", NULL);
+    double v = -1;
+    size_t n = strlen(series);
+    for (const char *l = r.status == 200 ? r.body : NULL; l && *l;
+         l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (!strncmp(l, series, n) && l[n] == ' ') {
+            v = atof(l + n + 1);
+            break;
+        }
+    }
+    http_reply_free(&r);
+    return v;
+}
+
 /* GET path and parse the body as JSON; NULL (printed) unless 200 with valid JSON. */
 static inline json_t *get_json(int port, const char *path, const char *auth)
 {

@@ -155,17 +155,12 @@ static bool ready_within(PGconn *c, int ms)
 }
 
 /* A global counter of /metrics ("pgwarden_<name>_total"), -1 when not found. */
+/* pgwarden_<name>_total. */
 static long long metric(const char *name)
 {
-    struct http_reply r = http(g_px->admin_port, "GET", "/metrics", NULL);
-    long long v = -1;
-    char want[128];
-    snprintf(want, sizeof(want), "\npgwarden_%s_total ", name);
-    const char *p = r.body ? strstr(r.body, want) : NULL;
-    if (p)
-        v = atoll(p + strlen(want));
-    http_reply_free(&r);
-    return v;
+    char series[128];
+    snprintf(series, sizeof(series), "pgwarden_%s_total", name);
+    return (long long)metric_value(g_px->admin_port, series);
 }
 
 static bool exec_ok(PGconn *c, const char *sql)

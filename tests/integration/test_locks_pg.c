@@ -782,17 +782,12 @@ static void test_read_modify_write(void)
 
 /* ---- 7. deadlocks across instances: 40P01 to the wait that began last ------------------ */
 
+/* pgwarden_<name>_total of instance i. */
 static long long metric(int i, const char *name)
 {
-    struct http_reply r = http(g_px[i]->admin_port, "GET", "/metrics", NULL);
-    long long v = -1;
-    char want[128];
-    snprintf(want, sizeof(want), "\npgwarden_%s_total ", name);
-    const char *p = r.body ? strstr(r.body, want) : NULL;
-    if (p)
-        v = atoll(p + strlen(want));
-    http_reply_free(&r);
-    return v;
+    char series[128];
+    snprintf(series, sizeof(series), "pgwarden_%s_total", name);
+    return (long long)metric_value(g_px[i]->admin_port, series);
 }
 
 /* The sqlstate of an async query's result once ready, its DETAIL copied to detail. */
