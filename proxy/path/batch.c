@@ -1,13 +1,19 @@
 /*
  * batch.c: query batching in transaction pooling (see batch.h).
  */
+#include <string.h>
+
 #include "base/log.h"
+#include "chaos/chaos.h"
 #include "metrics/stats.h"
 #include "net/cancel.h"
 #include "net/client.h"
 #include "net/server.h"
 #include "path/batch.h"
+#include "path/local.h"
 #include "path/path.h"
+#include "path/rename.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "path/txn.h"
 #include "pool/pool.h"
@@ -28,14 +34,125 @@ void px_batch_shutdown(void)
     sink = NULL;
 }
 
-/* c's input is exactly one Query that may share a server with other clients' queries. */
-static bool batchable(const struct px_client *c)
+/* A statement's text (query\0, int16 n, n type OIDs: a Parse's content) that may be batched:
+ * one query or data change, with no session-only feature (sqlscan.h), as for a Query. */
+static bool text_batchable(const uint8_t *content, uint32_t clen)
 {
-    if (px.cfg->server_query_batch <= 1 || c->pool->mode != PX_POOL_TRANSACTION)
+    struct px_sql_info info;
+    size_t qlen = strnlen((const char *)content, clen);
+    if (qlen == clen)
+        return false; /* malformed: PostgreSQL says so, alone */
+    px_sql_classify((const char *)content, qlen, &info);
+    return info.dml && !info.multi && !info.session_feature;
+}
+
+/* px_stmt_note values: a named statement's text is classified once. */
+enum { NOTE_UNKNOWN = 0, NOTE_BATCHABLE, NOTE_NOT_BATCHABLE };
+
+static bool stmt_batchable(struct px_stmt *st)
+{
+    uint8_t note = px_stmt_note(st);
+    if (note == NOTE_UNKNOWN) {
+        uint32_t clen;
+        const uint8_t *content = px_stmt_content(st, &clen);
+        note = text_batchable(content, clen) ? NOTE_BATCHABLE : NOTE_NOT_BATCHABLE;
+        px_stmt_set_note(st, note);
+    }
+    return note == NOTE_BATCHABLE;
+}
+
+/* An extended-protocol group is looked at when its messages take at most this many bytes
+ * (they are made contiguous to be read); a bigger one is relayed as usual. */
+#define GROUP_MAX (16 * 1024)
+
+/* Where a group is in its fixed order (ext_batchable). */
+enum group_step { G_START, G_PARSE, G_BIND, G_DESCRIBE, G_EXECUTE, G_SYNC };
+
+/* A Parse, Bind, Describe or Execute of the group (body of len bytes) in its place; *stmt:
+ * the statement the group runs (set by Parse, checked by Bind and Describe). */
+static bool ext_message_ok(struct px_client *c, char type, const uint8_t *body, uint32_t len,
+                           enum group_step step, const char **stmt)
+{
+    const char *name, *portal;
+    const uint8_t *rest;
+    uint32_t rlen;
+    char kind;
+    switch (type) {
+    case 'P': /* optional, first */
+        if (step != G_START || px_parse_split(body, len, &name, &rest, &rlen) < 0 ||
+            (*name && !px_rename_client_may_add(c, name)))
+            return false; /* (a FATAL of the renaming stage must not hit a batch) */
+        *stmt = name;
+        return text_batchable(rest, rlen);
+    case 'B': /* of the unnamed portal; of the group's statement, or a named one prepared */
+        if (step > G_PARSE || px_bind_split(body, len, &portal, &name, &rest, &rlen) < 0 || *portal)
+            return false;
+        if (step == G_PARSE)
+            return strcmp(name, *stmt) == 0;
+        *stmt = name; /* the unnamed statement of an earlier group: not batched */
+        return *name && px_stmt_map_get(&c->stmts, name) &&
+               stmt_batchable(px_stmt_map_get(&c->stmts, name));
+    case 'D': /* optional: the portal, or the group's statement */
+        if (step != G_BIND || px_target_split(body, len, &kind, &name) < 0)
+            return false;
+        return kind == 'P' ? !*name : strcmp(name, *stmt) == 0;
+    case 'E': /* the unnamed portal, all rows */
+        return (step == G_BIND || step == G_DESCRIBE) && len == 5 && body[0] == '\0' &&
+               px_get_u32(body + 1) == 0;
+    default: return false;
+    }
+}
+
+/* c's input (avail bytes) is exactly one extended-protocol group that runs one statement
+ * that may be batched: [Parse] Bind [Describe] Execute Sync, in that order, nothing else. */
+static bool ext_batchable(struct px_client *c, struct evbuffer *in, size_t avail)
+{
+    if (avail > GROUP_MAX || c->locks)
+        return false; /* a client with lock-call statements or portals: locks.h reads all */
+    const uint8_t *p = evbuffer_pullup(in, (ssize_t)avail);
+    if (!p)
         return false;
-    return c->head_sql_len > 0 && c->head_sql_dml && !c->head_sql_multi && !c->head_sql_feature &&
-           !c->held_begin && c->welcome &&
-           evbuffer_get_length(bufferevent_get_input(c->bev)) == c->head_sql_len;
+    enum group_step step = G_START;
+    const char *stmt = "";
+    size_t off = 0;
+    while (off < avail) {
+        if (avail - off < 5 || step == G_SYNC)
+            return false;
+        char type = (char)p[off];
+        uint32_t len = px_get_u32(p + off + 1);
+        if (len < 4 || len - 4 > avail - off - 5)
+            return false;
+        const uint8_t *body = p + off + 5;
+        off += 1 + (size_t)len;
+        if (type == 'S') {
+            if (step != G_EXECUTE || len != 4)
+                return false;
+            step = G_SYNC;
+            continue;
+        }
+        if (!ext_message_ok(c, type, body, len - 4, step, &stmt))
+            return false;
+        step = type == 'P' ? G_PARSE : type == 'B' ? G_BIND : type == 'D' ? G_DESCRIBE : G_EXECUTE;
+    }
+    return step == G_SYNC;
+}
+
+/* c's input is exactly one request that may share a server with other clients' requests:
+ * a Query, or an extended-protocol group (batch.h). */
+static bool batchable(struct px_client *c)
+{
+    if (px.cfg->server_query_batch <= 1 || c->pool->mode != PX_POOL_TRANSACTION || c->held_begin ||
+        !c->welcome || px_chaos_active())
+        return false; /* fault injection: a rule may hold or answer a message (fault.h) */
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(in);
+    uint8_t type;
+    if (evbuffer_copyout(in, &type, 1) != 1)
+        return false;
+    if (type == 'Q')
+        return c->head_sql_len > 0 && c->head_sql_dml && !c->head_sql_multi &&
+               !c->head_sql_feature && avail == c->head_sql_len;
+    return (type == 'P' || type == 'B') && ext_batchable(c, in, avail);
 }
 
 /* Moves c's one Query into s's output buffer (not written: the bufferevent writes it with
@@ -68,7 +185,7 @@ bool px_batch_join(struct px_client *c)
 {
     struct px_pool *pool = c->pool;
     struct px_server *s = pool->batch_server;
-    if (!s || !batchable(c))
+    if (!s)
         return false;
     if (!s->client || s->batched_n + 1 >= px.cfg->server_query_batch ||
         evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
@@ -77,7 +194,9 @@ bool px_batch_join(struct px_client *c)
     }
     if (c->state == PX_CL_IDLE && !px_list_empty(&pool->clients_waiting))
         return false; /* no overtaking the queue */
-    if (!px_pool_server_fits(s, c) || !px_session_same_params(c, s->client))
+    /* No prelude is sent for a batched client: the server must carry its session already. */
+    if (!px_pool_server_fits(s, c) || !px_session_same_params(c, s->client) ||
+        !px_session_state_fits(c, s) || !batchable(c))
         return false;
     uint8_t slot = (uint8_t)((s->batched_head + s->batched_n) % PX_QUERY_BATCH_MAX);
     s->batched[slot] = c;
@@ -86,10 +205,17 @@ bool px_batch_join(struct px_client *c)
         c->launching->opener = NULL; /* it logs in and goes idle for someone else */
     c->launching = NULL;
     c->server = s;
+    /* As px_txn_linked: the server's unnamed statement is not the client's (a group's
+     * own Parse makes it so), and what pgwarden kept of its unnamed statement goes. */
+    c->unnamed_parsed = false;
+    px_local_forget(c);
     px_stats_pool_wait(pool, c->state == PX_CL_WAITING ? px_now_ms() - c->wait_start_ms : 0);
     px_client_set_state(c, PX_CL_BATCHED);
-    px_debug("client", 'C', c->id, "query batched behind C-%llu on S-%llu (%u queued)",
-             (unsigned long long)s->client->id, (unsigned long long)s->id, s->batched_n);
+    uint8_t type = 0;
+    evbuffer_copyout(bufferevent_get_input(c->bev), &type, 1);
+    px_debug("client", 'C', c->id, "query batched behind C-%llu on S-%llu (%u queued%s)",
+             (unsigned long long)s->client->id, (unsigned long long)s->id, s->batched_n,
+             type == 'Q' ? "" : ", extended protocol");
     queue_query(c, s);
     return true;
 }
@@ -135,6 +261,10 @@ bool px_batch_next(struct px_server *s)
     if (done) {
         done->server = NULL;
         px_txn_detached(done); /* may take a server, even s again */
+        /* Its reply is all in: a retryable error held back is decided now (retry.h), as
+         * the relay does after an unbatched reply (else the client would wait for ever). */
+        if (done->retry)
+            px_retry_after_relay(done);
     }
     if (s->state != PX_SV_ACTIVE)
         return false;

@@ -9,12 +9,36 @@
  * each with its own ReadyForQuery, and pgwarden routes each answer to its client by that
  * order.
  *
- * Which queries.  A simple-protocol Query that is the client's only buffered message,
- * holding one statement that starts with SELECT, VALUES, TABLE, WITH, INSERT, UPDATE,
- * DELETE or MERGE and uses no session-only feature (sqlscan.h), from a client outside a
- * transaction whose reported parameters equal those of the server's current client.  Such
- * a query always ends at ReadyForQuery 'I', and its reply is the same whoever runs before
- * it: an error in one leaves the next untouched (each Query is its own transaction).
+ * Which requests.  The client's buffered input must be exactly one request, from a client
+ * outside a transaction (no held BEGIN) whose reported parameters equal those of the
+ * server's current client and whose other session state (session.h) the server carries
+ * already (a batched client gets no prelude), and it must be one of:
+ *   - a simple-protocol Query holding one statement that starts with SELECT, VALUES,
+ *     TABLE, WITH, INSERT, UPDATE, DELETE or MERGE and uses no session-only feature
+ *     (sqlscan.h);
+ *   - an extended-protocol group [Parse] Bind [Describe] Execute Sync, in that order and
+ *     nothing else (no Close, Flush, second Execute ...), at most 16 KiB: the Bind of the
+ *     unnamed portal, of the group's own Parse (unnamed or named) or of a named statement
+ *     the client prepared earlier (its text from the client's statement map, prepared.h;
+ *     the verdict is cached in the statement, so each text is classified once), the
+ *     Describe of that portal or statement, the Execute of the unnamed portal with no row
+ *     limit, and the statement of the same kinds as a Query's.  What pgbench -M extended
+ *     / -M prepared, PQexecParams / PQexecPrepared send for an autocommit statement.
+ * Such a request always ends at ReadyForQuery 'I' (the group runs in an implicit
+ * transaction that ends at its Sync), and its reply is the same whoever runs before it: an
+ * error in one (at Parse, Bind or Execute) makes the server skip to that request's own
+ * Sync, and the next client's request is untouched.
+ *
+ * Every stage of the path still applies: the request goes to the server through
+ * px_path_relay_into, as any relayed message (statement renaming, a hidden Parse of a
+ * named statement the server lacks, the FIFO of expected replies, retry recording and its
+ * replay of a retryable error, which is decided once the client's reply is in).  Not
+ * batched, because some stage may stop the relay in the middle or needs a round trip of
+ * its own first: any request while fault-injection rules exist (a rule may hold or answer
+ * a message, fault.h), an extended-protocol group of a client with pgwarden lock state
+ * (locks.h reads its Bind / Execute), a group whose named Parse would exceed
+ * max_client_prepared_statements (a FATAL), a first client whose prelude (re-sync SETs,
+ * txn.h) must run first.
  *
  * How a batch forms.  A client linked to a server with such a query (the batch's first)
  * has it queued in the server's output buffer, not written at once; until the bufferevent
@@ -24,7 +48,7 @@
  * clients along the same way, in queue order.  New clients do not join while others wait
  * (no overtaking).  At most server_query_batch queries are in one batch.
  *
- * While a server holds a batch each of its clients has exactly one query in flight: the
+ * While a server holds a batch each of its clients has exactly one request in flight: the
  * current client's next messages wait in its input buffer until its reply is complete.
  * At each ReadyForQuery the relay stops, the current client becomes idle (its waiting
  * input is handled as any idle client's) and the next batched client becomes the

@@ -43,6 +43,7 @@ struct px_stmt {
     uint64_t id;
     uint32_t refcount;
     uint32_t len;
+    uint8_t note; /* px_stmt_note: the statement path's cached verdict, 0 until set */
     char server_name[SERVER_NAME_SIZE];
     uint8_t content[];
 };
@@ -206,6 +207,7 @@ struct px_stmt *px_stmt_intern(struct px_stmt_registry *reg, const uint8_t *cont
     s->id = reg->next_id++;
     s->refcount = 1;
     s->len = len;
+    s->note = 0;
     snprintf(s->server_name, sizeof(s->server_name), PX_STMT_PREFIX "%llu",
              (unsigned long long)s->id);
     if (len)
@@ -264,6 +266,16 @@ uint64_t px_stmt_id(const struct px_stmt *stmt)
 uint32_t px_stmt_refcount(const struct px_stmt *stmt)
 {
     return stmt->refcount;
+}
+
+uint8_t px_stmt_note(const struct px_stmt *stmt)
+{
+    return stmt->note;
+}
+
+void px_stmt_set_note(struct px_stmt *stmt, uint8_t note)
+{
+    stmt->note = note;
 }
 
 /* ---- client map ---------------------------------------------------------------------- */

@@ -97,6 +97,12 @@ const uint8_t *px_stmt_content(const struct px_stmt *stmt, uint32_t *len);
 uint64_t px_stmt_id(const struct px_stmt *stmt); /* unique, never reused, from 1 */
 uint32_t px_stmt_refcount(const struct px_stmt *stmt);
 
+/* One byte the statement path may keep per statement, about its content (which never
+ * changes): batch.c caches whether it may be batched, so the text is classified once.
+ * 0 until set. */
+uint8_t px_stmt_note(const struct px_stmt *stmt);
+void px_stmt_set_note(struct px_stmt *stmt, uint8_t note);
+
 /* ---- client map: name -> statement --------------------------------------------------- */
 
 /* Maps name (truncated to PX_STMT_NAME_MAX bytes) to stmt, taking a reference of its own;

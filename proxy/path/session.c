@@ -373,6 +373,13 @@ void px_session_ready(struct px_client *c, char status)
 
 /* Appends to sql what makes s's session state c's: a reset when s carries another state,
  * then c's entries.  True when s's tracked parameters were reset (RESET ALL). */
+bool px_session_state_fits(const struct px_client *c, const struct px_server *s)
+{
+    const struct px_sstate *st = c->sstate;
+    bool mine = st && st->entries;
+    return s->sstate_owner == (mine ? c->id : 0) && (!mine || s->sstate_version == st->version);
+}
+
 static bool state_prelude(struct px_client *c, struct px_server *s, struct evbuffer *sql, int *rc)
 {
     const struct px_sstate *st = c->sstate;

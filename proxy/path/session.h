@@ -30,6 +30,11 @@ int px_session_reported(struct px_client *c, const char *name, const char *value
 /* Whether a and b see the same values of the re-synced parameters. */
 bool px_session_same_params(const struct px_client *a, const struct px_client *b);
 
+/* Whether s carries exactly c's other session state (SET of parameters that are not
+ * reported, SET ROLE, SQL PREPARE, ...; none when c has none): linking c to s would send no
+ * state prelude.  Query batching (batch.h) sends no prelude, so it asks this first. */
+bool px_session_state_fits(const struct px_client *c, const struct px_server *s);
+
 /*
  * A simple query c sends to c->server (text[0..len), classified as info): a change of
  * session state it makes (SET, RESET, SET ROLE, SET SESSION AUTHORIZATION / CHARACTERISTICS,

@@ -57,12 +57,12 @@ static int suite_cleanup(void)
     return 0;
 }
 
-static bool start(int pool_size, int max_client_conn)
+static bool start_with(int pool_size, int max_client_conn, const char *more)
 {
     harness_proxy_free(g_px);
     alarm(TEST_LIMIT_S);
-    char extra[128];
-    snprintf(extra, sizeof(extra), "server_query_batch = %d\n", BATCH);
+    static char extra[256];
+    snprintf(extra, sizeof(extra), "server_query_batch = %d\n%s", BATCH, more ? more : "");
     struct harness_proxy_opts o = {.pool_mode = "transaction",
                                    .pool_size = pool_size,
                                    .auth_type = "scram-sha-256",
@@ -72,6 +72,11 @@ static bool start(int pool_size, int max_client_conn)
                                    .pgwarden_extra = extra};
     g_px = harness_proxy_start(&o);
     return g_px != NULL;
+}
+
+static bool start(int pool_size, int max_client_conn)
+{
+    return start_with(pool_size, max_client_conn, NULL);
 }
 
 static void stop(void)
@@ -369,6 +374,379 @@ static void test_many_clients(void)
     stop();
 }
 
+/* ---- 5. extended-protocol groups ------------------------------------------------------- */
+
+/* pgwarden's log line of a batched extended-protocol group (batch.c). */
+#define EXT_BATCHED "queued, extended protocol)"
+
+/* Sends sql with one text parameter by the extended protocol (Parse/Bind/Describe/Execute/
+ * Sync of the unnamed statement), in queue order as send_in_order. */
+static void send_params_in_order(PGconn *c, const char *sql, const char *param)
+{
+    const char *values[1] = {param};
+    CU_ASSERT_EQUAL_FATAL(PQsendQueryParams(c, sql, param ? 1 : 0, NULL, values, NULL, NULL, 0), 1);
+    itu_sleep_ms(30);
+}
+
+/* Bind/Describe/Execute/Sync of c's prepared statement name, in queue order. */
+static void send_prepared_in_order(PGconn *c, const char *name, const char *param)
+{
+    const char *values[1] = {param};
+    CU_ASSERT_EQUAL_FATAL(PQsendQueryPrepared(c, name, 1, values, NULL, NULL, 0), 1);
+    itu_sleep_ms(30);
+}
+
+static void expect_error(PGconn *c, const char *sqlstate)
+{
+    PGresult *r = itu_wait_result(c, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_FATAL_ERROR);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), sqlstate);
+    PQclear(r);
+}
+
+static void expect_value(PGconn *c, int col, const char *want)
+{
+    PGresult *r = itu_wait_result(c, 10000);
+    CU_ASSERT_TRUE(value_is(r, col, want));
+    PQclear(r);
+}
+
+/* One autocommit group per client, batched: each gets its own rows, an error (at Execute,
+ * at Bind) ends its own group only, and the failing clients go on. */
+static void test_ext_own_replies(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *blocker = conn(NULL), *c[6];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    for (int i = 0; i < 6; i++) {
+        c[i] = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+    }
+    PGresult *r = PQprepare(c[4], "q", "SELECT $1::int * 10, 'prepared'", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+
+    /* c[0] gets the server after the blocker, c[1..3] join its batch (BATCH = 4); c[4]
+     * opens the next one and c[5] joins it. */
+    send_in_order(blocker, "SELECT pg_sleep(0.5)");
+    send_params_in_order(c[0], "SELECT $1::int, 'c0'", "0");
+    send_params_in_order(c[1], "SELECT 10 / $1::int", "0");
+    send_params_in_order(c[2], "SELECT g FROM generate_series(1, $1::int) g", "3000");
+    send_params_in_order(c[3], "SELECT $1::int", "not a number");
+    send_prepared_in_order(c[4], "q", "4");
+    send_params_in_order(c[5], "SELECT $1::text || '!'", "c5");
+
+    r = itu_wait_result(blocker, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    expect_value(c[0], 1, "c0");
+    expect_error(c[1], "22012"); /* at Execute */
+    r = itu_wait_result(c[2], 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    CU_ASSERT_EQUAL(PQntuples(r), 3000);
+    if (PQntuples(r) == 3000)
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 2999, 0), "3000");
+    PQclear(r);
+    expect_error(c[3], "22P02"); /* at Bind */
+    expect_value(c[4], 0, "40");
+    expect_value(c[5], 0, "c5!");
+
+    for (int i = 0; i < 6; i++)
+        CU_ASSERT_EQUAL(PQtransactionStatus(c[i]), PQTRANS_IDLE);
+    const char *values[1] = {"7"};
+    r = PQexecParams(c[1], "SELECT 14 / $1::int", 1, NULL, values, NULL, NULL, 0);
+    CU_ASSERT_TRUE(value_is(r, 0, "2"));
+    PQclear(r);
+    r = PQexecPrepared(c[4], "q", 1, values, NULL, NULL, 0);
+    CU_ASSERT_TRUE(value_is(r, 0, "70"));
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(itu_value(c[3], "SELECT 'after the error'"), "after the error");
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, EXT_BATCHED));
+
+    PQfinish(blocker);
+    for (int i = 0; i < 6; i++)
+        PQfinish(c[i]);
+    stop();
+}
+
+/* Named statements prepared earlier, on a server that no longer has them (at most 2 per
+ * server connection): pgwarden prepares them again (hidden) inside the batch. */
+static void test_ext_prepared_reprepared(void)
+{
+    CU_ASSERT_TRUE_FATAL(start_with(1, 50, "max_prepared_statements = 2\n"));
+    PGconn *blocker = conn(NULL), *c[6];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    for (int i = 0; i < 6; i++) {
+        c[i] = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+        char sql[80];
+        snprintf(sql, sizeof(sql), "SELECT $1::int + %d, 'k%d'", 100 * i, i);
+        PGresult *r = PQprepare(c[i], "st", sql, 0, NULL);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+    }
+    for (int round = 0; round < 3; round++) {
+        send_in_order(blocker, "SELECT pg_sleep(0.3)");
+        for (int i = 0; i < 6; i++) {
+            char p[16];
+            snprintf(p, sizeof(p), "%d", round);
+            send_prepared_in_order(c[i], "st", p);
+        }
+        PGresult *r = itu_wait_result(blocker, 10000);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+        PQclear(r);
+        for (int i = 0; i < 6; i++) {
+            char want0[16], want1[16];
+            snprintf(want0, sizeof(want0), "%d", 100 * i + round);
+            snprintf(want1, sizeof(want1), "k%d", i);
+            r = itu_wait_result(c[i], 10000);
+            CU_ASSERT_TRUE(value_is(r, 0, want0) && value_is(r, 1, want1));
+            PQclear(r);
+        }
+    }
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, EXT_BATCHED));
+    PQfinish(blocker);
+    for (int i = 0; i < 6; i++)
+        PQfinish(c[i]);
+    stop();
+}
+
+/* Groups that are not batched (inside a block, two Executes in one group, a utility
+ * statement, a Describe alone) wait for a server of their own and work as usual. */
+static void test_ext_not_batched(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *blocker = conn(NULL), *c[5];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    for (int i = 0; i < 5; i++) {
+        c[i] = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+    }
+    PGresult *r = PQprepare(c[4], "d", "SELECT $1::int AS col", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    CU_ASSERT_TRUE(itu_exec_ok(c[1], "BEGIN"));
+
+    send_in_order(blocker, "SELECT pg_sleep(0.5)");
+    send_in_order(c[0], "SELECT 'c0'"); /* a batch opens behind the blocker */
+    send_params_in_order(c[1], "SELECT $1::text, txid_current() > 0", "c1 in a block");
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c[2]), 1);
+    const char *v1[1] = {"1"}, *v2[1] = {"2"};
+    CU_ASSERT_EQUAL(PQsendQueryParams(c[2], "SELECT $1::int", 1, NULL, v1, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(c[2], "SELECT $1::int", 1, NULL, v2, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(c[2]), 1);
+    itu_sleep_ms(30);
+    send_params_in_order(c[3], "SHOW TimeZone", NULL);
+    CU_ASSERT_EQUAL_FATAL(PQsendDescribePrepared(c[4], "d"), 1);
+    itu_sleep_ms(30);
+
+    r = itu_wait_result(blocker, 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    expect_value(c[0], 0, "c0");
+    expect_value(c[1], 0, "c1 in a block");
+    CU_ASSERT_EQUAL(PQtransactionStatus(c[1]), PQTRANS_INTRANS);
+    CU_ASSERT_TRUE(itu_exec_ok(c[1], "COMMIT"));
+    /* the pipeline: two results, then the Sync */
+    for (int i = 1; i <= 2; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), "%d", i);
+        r = itu_wait_result(c[2], 10000); /* this query's result and its NULL */
+        CU_ASSERT_TRUE(value_is(r, 0, want));
+        PQclear(r);
+    }
+    r = PQgetResult(c[2]);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQexitPipelineMode(c[2]), 1);
+    r = itu_wait_result(c[3], 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    r = itu_wait_result(c[4], 10000);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    CU_ASSERT_EQUAL(PQnfields(r), 1);
+    if (PQnfields(r) == 1)
+        CU_ASSERT_STRING_EQUAL(PQfname(r, 0), "col");
+    PQclear(r);
+    CU_ASSERT_FALSE(harness_proxy_log_contains(g_px, EXT_BATCHED));
+    PQfinish(blocker);
+    for (int i = 0; i < 5; i++)
+        PQfinish(c[i]);
+    stop();
+}
+
+/* Many clients on a small pool, each a mix of unnamed (PQexecParams) and named
+ * (PQexecPrepared) groups with values of its own. */
+#define EXT_MANY 100
+
+static void test_ext_many_clients(void)
+{
+    (void)itu_raise_nofile(2 * EXT_MANY + 100);
+    CU_ASSERT_TRUE_FATAL(start(MANY_POOL, EXT_MANY + 20));
+    static struct mc k[EXT_MANY];
+    int connected = 0;
+    for (int i = 0; i < EXT_MANY; i++) {
+        k[i] = (struct mc){.conn = conn(NULL), .id = i + 1};
+        connected += PQstatus(k[i].conn) == CONNECTION_OK;
+        PGresult *r = PQprepare(k[i].conn, "p", "SELECT $1::int * 2, $1::text", 0, NULL);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+    }
+    CU_ASSERT_EQUAL_FATAL(connected, EXT_MANY);
+    int64_t deadline = itu_now_ms() + 60000;
+    int finished = 0, failures = 0;
+    static struct pollfd pfd[EXT_MANY];
+    while (finished < EXT_MANY && itu_now_ms() < deadline) {
+        for (int i = 0; i < EXT_MANY; i++) {
+            struct mc *m = &k[i];
+            if (m->busy || m->failed || m->done == MANY_Q)
+                continue;
+            char val[32];
+            snprintf(val, sizeof(val), "%d", m->id * 1000 + m->done);
+            const char *values[1] = {val};
+            int ok = m->done % 2 ? PQsendQueryPrepared(m->conn, "p", 1, values, NULL, NULL, 0)
+                                 : PQsendQueryParams(m->conn, "SELECT $1::int * 2, $1::text", 1,
+                                                     NULL, values, NULL, NULL, 0);
+            if (!ok) {
+                m->failed = true;
+                failures++;
+                finished++;
+                continue;
+            }
+            m->busy = true;
+        }
+        for (int i = 0; i < EXT_MANY; i++)
+            pfd[i] = (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1, .events = POLLIN};
+        if (poll(pfd, EXT_MANY, 100) < 0)
+            break;
+        for (int i = 0; i < EXT_MANY; i++) {
+            struct mc *m = &k[i];
+            if (!m->busy || !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
+                continue;
+            if (!PQconsumeInput(m->conn)) {
+                m->busy = false;
+                m->failed = true;
+                failures++;
+                finished++;
+                continue;
+            }
+            if (PQisBusy(m->conn))
+                continue;
+            PGresult *r;
+            bool ok = false;
+            char want0[32], want1[32];
+            snprintf(want0, sizeof(want0), "%d", 2 * (m->id * 1000 + m->done));
+            snprintf(want1, sizeof(want1), "%d", m->id * 1000 + m->done);
+            while ((r = PQgetResult(m->conn)) != NULL) {
+                ok = ok ||
+                     (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                      !strcmp(PQgetvalue(r, 0, 0), want0) && !strcmp(PQgetvalue(r, 0, 1), want1));
+                PQclear(r);
+            }
+            m->busy = false;
+            if (!ok) {
+                m->failed = true;
+                failures++;
+                finished++;
+            } else if (++m->done == MANY_Q) {
+                finished++;
+            }
+        }
+    }
+    int queries = 0;
+    for (int i = 0; i < EXT_MANY; i++) {
+        queries += k[i].done;
+        PQfinish(k[i].conn);
+    }
+    printf("\n    %d clients x %d extended-protocol queries on a pool of %d: %d right, %d failed ",
+           EXT_MANY, MANY_Q, MANY_POOL, queries, failures);
+    CU_ASSERT_EQUAL(failures, 0);
+    CU_ASSERT_EQUAL(queries, EXT_MANY * MANY_Q);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, EXT_BATCHED));
+    stop();
+}
+
+/* ---- 6. session state that is not a reported parameter ------------------------------------ */
+
+/* A batched query runs on its batch's server with no re-sync of its own: a client whose
+ * session state (here work_mem, which PostgreSQL does not report) differs from the
+ * server's is not batched there, in either direction. */
+static void test_session_state_not_mixed(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *blocker = conn(NULL), *c[4];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    char dflt[32];
+    for (int i = 0; i < 4; i++) {
+        c[i] = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+        if (i % 2)
+            CU_ASSERT_TRUE(itu_exec_ok(c[i], "SET work_mem = '7MB'"));
+    }
+    itu_value_copy(dflt, sizeof(dflt), c[0], "SHOW work_mem");
+    CU_ASSERT_STRING_NOT_EQUAL(dflt, "7MB");
+    send_in_order(blocker, "SELECT pg_sleep(0.5)");
+    send_in_order(c[0], "SELECT current_setting('work_mem')");
+    send_in_order(c[1], "SELECT current_setting('work_mem')");
+    send_params_in_order(c[2], "SELECT current_setting($1)", "work_mem");
+    send_params_in_order(c[3], "SELECT current_setting($1)", "work_mem");
+    PGresult *r = itu_wait_result(blocker, 10000);
+    PQclear(r);
+    for (int i = 0; i < 4; i++)
+        expect_value(c[i], 0, i % 2 ? "7MB" : dflt);
+    PQfinish(blocker);
+    for (int i = 0; i < 4; i++)
+        PQfinish(c[i]);
+    stop();
+}
+
+/* ---- 7. a retryable error in a batched statement ------------------------------------------- */
+
+/* Each client's first call fails with 40001 (a sequence per client counts the calls): the
+ * retry stage replays it (retry is on by default), batched or not. */
+static void test_retry_in_batch(void)
+{
+    CU_ASSERT_TRUE_FATAL(start(1, 50));
+    PGconn *d = harness_connect_info(harness_cluster_conninfo("sslmode=disable"));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "SET client_min_messages = warning"));
+    CU_ASSERT_TRUE(itu_exec_ok(
+        d, "CREATE OR REPLACE FUNCTION bt_flaky(k int) RETURNS int LANGUAGE plpgsql AS $$ "
+           "BEGIN IF nextval('bt_seq_' || k) = 1 THEN "
+           "RAISE EXCEPTION 'pretend conflict' USING ERRCODE = '40001'; END IF; "
+           "RETURN k; END $$"));
+    for (int i = 0; i < 4; i++) {
+        char sql[96];
+        snprintf(sql, sizeof(sql), "DROP SEQUENCE IF EXISTS bt_seq_%d; CREATE SEQUENCE bt_seq_%d",
+                 i, i);
+        CU_ASSERT_TRUE(itu_exec_ok(d, sql));
+    }
+    PGconn *blocker = conn(NULL), *c[4];
+    CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    for (int i = 0; i < 4; i++) {
+        c[i] = conn(NULL);
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+    }
+    send_in_order(blocker, "SELECT pg_sleep(0.5)");
+    send_in_order(c[0], "SELECT bt_flaky(0)");
+    send_params_in_order(c[1], "SELECT bt_flaky($1::int)", "1");
+    send_in_order(c[2], "SELECT bt_flaky(2)");
+    send_params_in_order(c[3], "SELECT bt_flaky($1::int)", "3");
+    PGresult *r = itu_wait_result(blocker, 10000);
+    PQclear(r);
+    for (int i = 0; i < 4; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), "%d", i);
+        expect_value(c[i], 0, want);
+    }
+    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "query batched behind"));
+    CU_ASSERT_STRING_EQUAL(itu_value(c[1], "SELECT bt_flaky(1)"), "1");
+    PQfinish(blocker);
+    for (int i = 0; i < 4; i++)
+        PQfinish(c[i]);
+    PQfinish(d);
+    stop();
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tests[] = {
@@ -376,6 +754,12 @@ static void register_suites(void)
         {"clients_vanish_from_a_batch", test_clients_vanish},
         {"cancel_of_a_batched_client", test_cancel_batched},
         {"many_clients_small_pool_batched", test_many_clients},
+        {"extended_groups_get_their_own_replies", test_ext_own_replies},
+        {"extended_prepared_statements_prepared_again", test_ext_prepared_reprepared},
+        {"extended_groups_not_batched", test_ext_not_batched},
+        {"extended_many_clients_small_pool", test_ext_many_clients},
+        {"session_state_not_mixed_in_a_batch", test_session_state_not_mixed},
+        {"retryable_error_in_a_batch", test_retry_in_batch},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("batch", suite_init, suite_cleanup, tests);
