@@ -371,8 +371,6 @@ void px_session_ready(struct px_client *c, char status)
 
 /* ---- the state text a server needs before the client's first byte ------------------- */
 
-/* Appends to sql what makes s's session state c's: a reset when s carries another state,
- * then c's entries.  True when s's tracked parameters were reset (RESET ALL). */
 bool px_session_state_fits(const struct px_client *c, const struct px_server *s)
 {
     const struct px_sstate *st = c->sstate;
@@ -380,14 +378,14 @@ bool px_session_state_fits(const struct px_client *c, const struct px_server *s)
     return s->sstate_owner == (mine ? c->id : 0) && (!mine || s->sstate_version == st->version);
 }
 
+/* Appends to sql what makes s's session state c's: a reset when s carries another state,
+ * then c's entries.  True when s's tracked parameters were reset (RESET ALL). */
 static bool state_prelude(struct px_client *c, struct px_server *s, struct evbuffer *sql, int *rc)
 {
+    if (px_session_state_fits(c, s))
+        return false;
     const struct px_sstate *st = c->sstate;
     bool mine = st && st->entries;
-    bool in_sync =
-        s->sstate_owner == (mine ? c->id : 0) && (!mine || s->sstate_version == st->version);
-    if (in_sync)
-        return false;
     bool reset = s->sstate_owner != 0;
     if (reset) {
         *rc |= evbuffer_add_printf(sql, "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;") < 0;
