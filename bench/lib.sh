@@ -303,7 +303,7 @@ pgbench_init() { # SCALE
 # ratios pgwarden / PgBouncer.
 report() { # RUNS_CSV IDLE_CSV
     awk -F, -v rounds="$BENCH_ROUNDS" -v secs="$BENCH_SECONDS" \
-        -v setup="userlist $BENCH_USERLIST, server TLS $BENCH_SERVER_TLS" '
+        -v builtin="${BENCH_BUILTIN:-select-only}" -v setup="userlist $BENCH_USERLIST, server TLS $BENCH_SERVER_TLS" '
     NR == 1 { next }
     {
         s = $1; t = $3
@@ -322,7 +322,7 @@ report() { # RUNS_CSV IDLE_CSV
     function mean(a, k, n) { return n > 0 ? a[k] / n : "" }
     function ratio(x, y) { return (x != "" && y != "" && y > 0) ? sprintf("%.2fx", x / y) : "n/a" }
     END {
-        printf "pgbench -S, %d round(s) x %d s, means over rounds; proxies: %s\n", rounds, secs, setup
+        printf "pgbench -b %s, %d round(s) x %d s, means over rounds; proxies: %s\n", builtin, rounds, secs, setup
         for (i = 1; i <= ns; i++) {
             s = order[i]
             printf "\n== %s: %s\n", s, desc[s]

@@ -17,6 +17,8 @@
 #   BENCH_ROUNDS [3]         rounds; each round runs every target once, in rotated order
 #   BENCH_WARMUP [2]         unrecorded warm-up run per target and scenario, seconds (0: none)
 #   BENCH_SCALE [10]         pgbench -i scale factor
+#   BENCH_BUILTIN [select-only]  pgbench built-in script of every run (-b): select-only
+#                            (pgbench -S) or tpcb-like (5 statements in BEGIN ... END)
 #   BENCH_POOL_SIZE [20]     pool size of both proxies (see BENCH_SESSION_FIT)
 #   BENCH_POOL_MODE [session]  pool_mode of both proxies: session | transaction
 #   BENCH_SESSION_FIT [1]    session mode: raise a scenario's pool size to its client count
@@ -46,6 +48,7 @@ BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_SCALE=${BENCH_SCALE:-10}
+BENCH_BUILTIN=${BENCH_BUILTIN:-select-only}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 BENCH_POOL_MODE=${BENCH_POOL_MODE:-session}
 BENCH_SESSION_FIT=${BENCH_SESSION_FIT:-1}
@@ -145,7 +148,7 @@ run_one() {
     *) die "unknown target $target" ;;
     esac
     out=$WORK/pgbench-$scen-$round-$target.log
-    local args=(-S -M "$proto" -c "$clients" -j "$jobs" -T "$secs" -n
+    local args=(-b "$BENCH_BUILTIN" -M "$proto" -c "$clients" -j "$jobs" -T "$secs" -n
         -h 127.0.0.1 -p "$port" -U "$DB_USER")
     ((connect)) && args+=(-C)
     [[ -n $pid ]] && cpu0=$(proc_cpu_ticks "$pid")
