@@ -158,8 +158,9 @@ struct px_client {
     bool head_sql_dml;
     bool head_sql_plain;       /* nothing but kind, multi and dml to know: no rescan needed */
     bool warned_session_state; /* logged the session-feature warning */
-    bool unnamed_lost;         /* it sent a simple Query without a server: its unnamed statement on
-                                  the last server it had is no longer its own (txn.c) */
+    bool unnamed_lost;         /* it sent a simple Query since its last Parse of the unnamed
+                                  statement: that statement, on whichever server, is gone
+                                  (txn.c px_txn_linked) */
     bool unnamed_parsed;       /* it sent a Parse of the unnamed statement to its server since
                                   it got it (rename.c) */
     bool held_failed;          /* the held block failed (a lock error): its server-side

@@ -248,8 +248,10 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
     relaying_out = out;    /* the relay's destination: scratch or the server's output */
     if (!px_wire_frontend_type(type))
         return refuse_type(c, type);
-    if (type == 'Q')
-        s->unnamed_owner = 0; /* a simple Query destroys the unnamed statement */
+    if (type == 'Q') {
+        s->unnamed_owner = 0;   /* a simple Query destroys the unnamed statement, */
+        c->unnamed_lost = true; /* the client's on any server (txn.c px_txn_linked) */
+    }
     if (s->group_failed && type != 'S' && type != 'X') {
         /* An error earlier in this extended-protocol group: the server skips everything
          * until Sync, so the message is neither answered nor tracked (dropped when its body

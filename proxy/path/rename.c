@@ -117,6 +117,7 @@ enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, 
         if (!px_expect_push(s, PX_EXP_PARSE, false))
             return PX_RELAY_CLOSE;
         c->unnamed_parsed = true;
+        c->unnamed_lost = false; /* its unnamed statement is this one from now on */
         s->unnamed_owner = c->id;
         return PX_RELAY_FORWARD; /* the unnamed statement lives only until the next Parse */
     }

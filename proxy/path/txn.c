@@ -376,7 +376,6 @@ bool px_txn_linked(struct px_client *c)
      * else it is closed before the client's first use (rename.c). */
     bool own_unnamed = s->unnamed_owner == c->id && !c->local_unnamed && !c->unnamed_lost;
     int hidden_before = s->hidden_queries;
-    c->unnamed_lost = false;
     c->begin_merge = false;
     px_local_forget(c);
     s->prelude_failed = false;

@@ -468,6 +468,42 @@ static void test_unnamed_across_groups(void)
     txn_stop();
 }
 
+/*
+ * A simple Query destroys the client's unnamed statement wherever that statement is: a
+ * client that parsed it on one server, then ran a Query on another, gets 26000 for it back
+ * on the first server (as from PostgreSQL), not the statement the Query should have
+ * destroyed.  Pool of 2, servers chosen most recently used first: h holds X while a parses
+ * on Y; h leaves X, a's Query takes X; h takes X again, a's Describe gets Y.
+ */
+static void test_unnamed_gone_after_query_elsewhere(void)
+{
+    struct harness_proxy_opts o = txn_opts(2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
+    PGconn *a = px_conn(NULL), *h = px_conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(h), CONNECTION_OK);
+    char x[32], got[32];
+    CU_ASSERT_TRUE(itu_exec_ok(h, "BEGIN"));
+    itu_value_copy(x, sizeof(x), h, "SELECT pg_backend_pid()");
+    PGresult *r = PQprepare(a, "", "SELECT 1 AS one", 0, NULL); /* on Y */
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    CU_ASSERT_TRUE(itu_exec_ok(h, "COMMIT"));
+    itu_value_copy(got, sizeof(got), a, "SELECT pg_backend_pid()"); /* a simple Query, on X */
+    if (!g_direct)
+        CU_ASSERT_STRING_EQUAL(got, x);
+    CU_ASSERT_TRUE(itu_exec_ok(h, "BEGIN"));
+    itu_value_copy(got, sizeof(got), h, "SELECT pg_backend_pid()");
+    if (!g_direct)
+        CU_ASSERT_STRING_EQUAL(got, x);
+    r = PQdescribePrepared(a, ""); /* on Y, where a's Parse was */
+    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "26000");
+    PQclear(r);
+    CU_ASSERT_TRUE(itu_exec_ok(h, "COMMIT"));
+    txn_stop();
+}
+
 static void test_two_clients_one_server(void)
 {
     struct harness_proxy_opts o = txn_opts(1);
@@ -1895,6 +1931,7 @@ static void register_suites(void)
         {"two_clients_one_server_keep_their_settings", test_two_clients_one_server},
         {"prepared_statements_follow_client", test_prepared_follow_client},
         {"unnamed_statement_across_groups", test_unnamed_across_groups},
+        {"unnamed_statement_gone_after_query_elsewhere", test_unnamed_gone_after_query_elsewhere},
         {"prepared_across_servers", test_prepared_across_servers},
         {"pipeline_error_recovers", test_pipeline_error_recovers},
         {"many_clients_small_pool", test_many_clients_small_pool},
