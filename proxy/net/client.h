@@ -47,8 +47,9 @@ bool px_client_is_idle(const struct px_client *c);
 const char *px_client_addr(const struct px_client *c, char buf[PX_CLIENT_ADDR_LEN]);
 
 /*
- * Parking (client.c): an idle or waiting plain-socket client with nothing buffered and no
- * stage holding state on its buffers gives up its bufferevent (c->bev NULL) until it sends
+ * Parking (client.c): an idle or waiting client (plain, or TLS once pgwarden reads it) with
+ * nothing buffered, OpenSSL's read-ahead included, and no stage holding state on its
+ * buffers gives up its bufferevent (c->bev NULL) until it sends
  * something, gets an error or is linked.  px_client_park does nothing for a client that
  * cannot park.  px_client_unpark makes c->bev again (a no-op when it has one): code that
  * reaches an idle or waiting client's buffers from anywhere but its own input calls it

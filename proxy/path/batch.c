@@ -142,7 +142,7 @@ static bool ext_batchable(struct px_client *c, struct evbuffer *in, size_t avail
 static bool batchable(struct px_client *c)
 {
     if (px.cfg->server_query_batch <= 1 || c->pool->mode != PX_POOL_TRANSACTION || c->held_begin ||
-        !c->welcome || px_chaos_active())
+        !c->welcome || !c->bev || px_chaos_active())
         return false; /* fault injection: a rule may hold or answer a message (fault.h) */
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t avail = evbuffer_get_length(in);

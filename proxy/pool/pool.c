@@ -645,8 +645,11 @@ static void janitor_pool(struct px_pool *pool, uint64_t now)
         }
     }
     if (px.shutting_down) {
-        struct px_list *lists[] = {&pool->clients_idle, &pool->clients_active};
-        for (size_t i = 0; i < 2; i++) {
+        /* Waiting clients too: no server is handed on while shutting down (each freed one
+         * closes), so they would wait, and keep the process up, for ever. */
+        struct px_list *lists[] = {&pool->clients_idle, &pool->clients_waiting,
+                                   &pool->clients_active};
+        for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
             px_list_for_each_safe(it, tmp, lists[i])
             {
                 struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);

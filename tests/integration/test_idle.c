@@ -253,6 +253,29 @@ static void test_session(void)
     CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
+/* Shutdown with clients waiting for a server (session pooling, POOL servers, 4 * POOL
+ * clients): every client, the waiting (parked) ones included, gets 57P01 and pgwarden
+ * exits: no server is handed on while shutting down, so a waiting client left alone would
+ * keep the process up for ever. */
+static void test_shutdown_with_waiters(void)
+{
+    enum { N = 4 * POOL };
+    struct harness_proxy *px = start("session", false);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    PGconn *warm[WARMUP], *conns[N];
+    CU_ASSERT_EQUAL(open_idle(px, warm, WARMUP, false), WARMUP); /* the welcome is cached */
+    close_all(warm, WARMUP);
+    CU_ASSERT_EQUAL_FATAL(open_idle(px, conns, N, false), N);
+    itu_sleep_ms(600); /* the waiting ones park */
+    CU_ASSERT(metric_value(px->admin_port, "pgwarden_clients_parked") >= N - POOL);
+    for (int i = 0; i < N; i++) /* SIGTERM once, then each client's 57P01 */
+        if (conns[i])
+            shutdown_reaches(px, conns[i]);
+    CU_ASSERT(harness_proxy_wait_exit(px, 10000) == 0);
+    close_all(conns, N);
+    harness_proxy_free(px);
+}
+
 /* TLS clients park too: the bufferevent goes, the TLS connection (OpenSSL's ~14 kB) stays
  * and is wrapped in a new bufferevent when the client sends something.  pgwarden_clients_parked
  * says they parked (RSS alone would not tell: parking saves ~1 kB of ~16 kB).  Transaction
@@ -314,6 +337,7 @@ static void register_suites(void)
         {"session_idle_clients", test_session},
         {"tls_transaction_idle_clients", test_tls_transaction},
         {"tls_session_idle_clients", test_tls_session},
+        {"shutdown_reaches_waiting_clients", test_shutdown_with_waiters},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("idle", suite_init, NULL, tests);
