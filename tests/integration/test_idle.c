@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <CUnit/CUnit.h>
 #include <libpq-fe.h>
@@ -289,6 +290,18 @@ static void test_shutdown_with_waiters(void)
     harness_proxy_free(px);
 }
 
+/* A reply larger than a socket buffer: the length of repeat('x', BIG_REPLY), -1 on error. */
+#define BIG_REPLY 3000000
+static int big_reply_length(PGconn *c)
+{
+    PGresult *r = PQexec(c, "SELECT repeat('x', 3000000)");
+    int len = PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetlength(r, 0, 0) : -1;
+    if (len < 0)
+        fprintf(stderr, "big reply failed: %s", PQerrorMessage(c));
+    PQclear(r);
+    return len;
+}
+
 /* TLS clients park too: the bufferevent goes, the TLS connection (OpenSSL's ~14 kB) stays
  * and is wrapped in a new bufferevent when the client sends something.  pgwarden_clients_parked
  * says they parked (RSS alone would not tell: parking saves ~1 kB of ~16 kB).  Transaction
@@ -318,6 +331,18 @@ static void run_tls(const char *mode)
         CU_ASSERT_EQUAL(ok, NTLS);
         itu_sleep_ms(600); /* idle again: parked again */
         CU_ASSERT_EQUAL(metric_value(px->admin_port, "pgwarden_clients_parked"), NTLS);
+        /* Parked TLS clients get large replies through their new bufferevent (more than
+         * the socket takes at once: the rest waits in it), and vanish without a word while
+         * parked (their sockets shut down, no Terminate): each is noticed and closed. */
+        for (int i = 1; i <= 3; i++)
+            CU_ASSERT_EQUAL(conns[i] ? big_reply_length(conns[i]) : -1, BIG_REPLY);
+        for (int i = 10; i < 20; i++) {
+            if (conns[i])
+                shutdown(PQsocket(conns[i]), SHUT_RDWR);
+        }
+        itu_sleep_ms(600);
+        CU_ASSERT_EQUAL(metric_value(px->admin_port, "pgwarden_clients_parked"), NTLS - 10);
+        CU_ASSERT(conns[4] && answers(conns[4]));
         if (conns[0])
             shutdown_reaches(px, conns[0]);
         close_all(conns, NTLS);
