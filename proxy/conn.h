@@ -455,26 +455,19 @@ uint64_t px_now_ms(void);
 uint64_t px_now_us(void);
 
 /* How a relay may write to a connection past its bufferevent (proto/relay.h): the plain
- * socket, or the TLS object once its handshake is done. */
-static inline struct px_direct px_direct_of(struct bufferevent *bev, evutil_socket_t fd,
-                                            bool tls_bev)
-{
-    if (!tls_bev)
-        return (struct px_direct){fd, NULL};
-    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
-    return (struct px_direct){-1, ssl && SSL_is_init_finished(ssl) ? ssl : NULL};
-}
-
+ * socket, or the TLS object once its handshake is done (tls set). */
 static inline struct px_direct px_client_direct(const struct px_client *c)
 {
-    if (c->ssl) /* once its handshake is done */
+    if (c->ssl)
         return (struct px_direct){-1, c->tls ? c->ssl : NULL};
     return (struct px_direct){c->fd, NULL};
 }
 
 static inline struct px_direct px_server_direct(const struct px_server *s)
 {
-    return px_direct_of(s->bev, s->fd, s->fd_in_tls_bev);
+    if (s->fd_in_tls_bev)
+        return (struct px_direct){-1, s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL};
+    return (struct px_direct){s->fd, NULL};
 }
 
 /* A client or server points at pool from now on (c->pool / s->pool). */

@@ -870,7 +870,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         /* TLS handshake finished: pgwarden reads through OpenSSL itself from now on. */
         c->tls = true;
-        if (px_reader_own_tls(&c->rd, px.base, c->fd, bufferevent_openssl_get_ssl(c->bev)) < 0)
+        if (px_reader_own_tls(&c->rd, px.base, c->fd, c->ssl) < 0)
             px_debug("client", 'C', c->id, "TLS reads stay with the bufferevent");
         c->login_step = PX_LOGIN_STARTUP;
         px_stats_tls_handshake(true, true);

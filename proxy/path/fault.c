@@ -17,7 +17,6 @@
 #include "path/sqlscan.h"
 #include "path/txn.h"
 
-/* Whether c holds the pgwarden lock key (rules with lock_key). */
 #define FAULT_NAMES_MAX 16
 
 /* What fault injection keeps per client, allocated when first needed (a latency rule's
@@ -46,6 +45,7 @@ static struct px_client_fault *fault_of(struct px_client *c)
     return c->fault;
 }
 
+/* Whether c holds the pgwarden lock key (rules with lock_key). */
 static bool holds_lock(void *arg, const char *key, size_t keylen)
 {
     struct px_client *c = arg;

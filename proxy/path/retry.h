@@ -61,7 +61,8 @@ bool px_retry_client_release_idle(struct px_client *c);
 struct evbuffer *px_retry_client_out(struct px_client *c);
 
 /* The server relay towards c: the buffer to relay into instead of c's output (NULL: relay
- * as usual), and the call that takes what was relayed (fd: c's plain socket or -1). */
+ * as usual), and the call that takes what was relayed (d: how c is written past its
+ * bufferevent, px_client_direct). */
 struct evbuffer *px_retry_relay_target(struct px_client *c);
 void px_retry_relayed(struct px_client *c, struct px_direct d);
 

@@ -220,8 +220,8 @@ enum px_relay_result px_relay_direct(struct px_stream *st, struct evbuffer *in,
  * the first extent of out is the same chain (evbuffer_add_buffer into an empty buffer
  * relinks chains, it does not copy) and libevent writes whole extents (evbuffer_peek never
  * cuts a chain short; bytes added later only lengthen it, which OpenSSL accepts, while a
- * shorter retry fails with "bad length").  Errors are left
- * for the bufferevent, which meets them again on its own write and reports them.
+ * shorter retry fails with "bad length").  Errors are left for the bufferevent, which meets
+ * them again on its own write and reports them.
  */
 static void ssl_write_direct(SSL *ssl, struct evbuffer *from)
 {

@@ -294,28 +294,22 @@ struct mc {
     bool busy, failed;
 };
 
-static void test_many_clients(void)
+/* Runs MANY_Q queries on each of the n clients k, each client's next query once the
+ * previous one is answered, all of them at once: send(m) sends client m's query number
+ * m->done, right(m, r) says whether r is its answer.  Returns the clients that failed
+ * (stopped at their first wrong answer or lost connection); 60 s at most. */
+static int drive_many(struct mc *k, int n, bool (*send)(const struct mc *m),
+                      bool (*right)(const struct mc *m, const PGresult *r))
 {
-    (void)itu_raise_nofile(2 * MANY + 100);
-    CU_ASSERT_TRUE_FATAL(start(MANY_POOL, MANY + 20));
-    static struct mc k[MANY];
-    int connected = 0;
-    for (int i = 0; i < MANY; i++) {
-        k[i] = (struct mc){.conn = conn(NULL), .id = i + 1};
-        connected += PQstatus(k[i].conn) == CONNECTION_OK;
-    }
-    CU_ASSERT_EQUAL_FATAL(connected, MANY);
     int64_t deadline = itu_now_ms() + 60000;
     int finished = 0, failures = 0;
-    static struct pollfd pfd[MANY];
-    while (finished < MANY && itu_now_ms() < deadline) {
-        for (int i = 0; i < MANY; i++) {
+    struct pollfd *pfd = calloc((size_t)n, sizeof(*pfd));
+    while (pfd && finished < n && itu_now_ms() < deadline) {
+        for (int i = 0; i < n; i++) {
             struct mc *m = &k[i];
             if (m->busy || m->failed || m->done == MANY_Q)
                 continue;
-            char sql[64];
-            snprintf(sql, sizeof(sql), "SELECT %d * 1000 + %d", m->id, m->done);
-            if (!PQsendQuery(m->conn, sql)) {
+            if (!send(m)) {
                 m->failed = true;
                 failures++;
                 finished++;
@@ -323,13 +317,11 @@ static void test_many_clients(void)
             }
             m->busy = true;
         }
-        int n = 0;
-        for (int i = 0; i < MANY; i++)
-            pfd[n++] =
-                (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1, .events = POLLIN};
+        for (int i = 0; i < n; i++)
+            pfd[i] = (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1, .events = POLLIN};
         if (poll(pfd, (nfds_t)n, 100) < 0)
             break;
-        for (int i = 0; i < MANY; i++) {
+        for (int i = 0; i < n; i++) {
             struct mc *m = &k[i];
             if (!m->busy || !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
                 continue;
@@ -344,11 +336,8 @@ static void test_many_clients(void)
                 continue;
             PGresult *r;
             bool ok = false;
-            char want[32];
-            snprintf(want, sizeof(want), "%d", m->id * 1000 + m->done);
             while ((r = PQgetResult(m->conn)) != NULL) {
-                ok = ok || (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-                            !strcmp(PQgetvalue(r, 0, 0), want));
+                ok = ok || right(m, r);
                 PQclear(r);
             }
             m->busy = false;
@@ -361,6 +350,38 @@ static void test_many_clients(void)
             }
         }
     }
+    free(pfd);
+    return failures;
+}
+
+/* SELECT id * 1000 + done, by a simple Query. */
+static bool send_simple(const struct mc *m)
+{
+    char sql[64];
+    snprintf(sql, sizeof(sql), "SELECT %d * 1000 + %d", m->id, m->done);
+    return PQsendQuery(m->conn, sql);
+}
+
+static bool right_simple(const struct mc *m, const PGresult *r)
+{
+    char want[32];
+    snprintf(want, sizeof(want), "%d", m->id * 1000 + m->done);
+    return PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+           !strcmp(PQgetvalue(r, 0, 0), want);
+}
+
+static void test_many_clients(void)
+{
+    (void)itu_raise_nofile(2 * MANY + 100);
+    CU_ASSERT_TRUE_FATAL(start(MANY_POOL, MANY + 20));
+    static struct mc k[MANY];
+    int connected = 0;
+    for (int i = 0; i < MANY; i++) {
+        k[i] = (struct mc){.conn = conn(NULL), .id = i + 1};
+        connected += PQstatus(k[i].conn) == CONNECTION_OK;
+    }
+    CU_ASSERT_EQUAL_FATAL(connected, MANY);
+    int failures = drive_many(k, MANY, send_simple, right_simple);
     int queries = 0;
     for (int i = 0; i < MANY; i++) {
         queries += k[i].done;
@@ -579,6 +600,27 @@ static void test_ext_not_batched(void)
  * (PQexecPrepared) groups with values of its own. */
 #define EXT_MANY 100
 
+/* id * 1000 + done as the parameter of an unnamed (PQexecParams) or, every other query,
+ * the named statement "p" (PQexecPrepared): SELECT $1::int * 2, $1::text. */
+static bool send_ext(const struct mc *m)
+{
+    char val[32];
+    snprintf(val, sizeof(val), "%d", m->id * 1000 + m->done);
+    const char *values[1] = {val};
+    return m->done % 2 ? PQsendQueryPrepared(m->conn, "p", 1, values, NULL, NULL, 0)
+                       : PQsendQueryParams(m->conn, "SELECT $1::int * 2, $1::text", 1, NULL, values,
+                                           NULL, NULL, 0);
+}
+
+static bool right_ext(const struct mc *m, const PGresult *r)
+{
+    char want0[32], want1[32];
+    snprintf(want0, sizeof(want0), "%d", 2 * (m->id * 1000 + m->done));
+    snprintf(want1, sizeof(want1), "%d", m->id * 1000 + m->done);
+    return PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+           !strcmp(PQgetvalue(r, 0, 0), want0) && !strcmp(PQgetvalue(r, 0, 1), want1);
+}
+
 static void test_ext_many_clients(void)
 {
     (void)itu_raise_nofile(2 * EXT_MANY + 100);
@@ -593,66 +635,7 @@ static void test_ext_many_clients(void)
         PQclear(r);
     }
     CU_ASSERT_EQUAL_FATAL(connected, EXT_MANY);
-    int64_t deadline = itu_now_ms() + 60000;
-    int finished = 0, failures = 0;
-    static struct pollfd pfd[EXT_MANY];
-    while (finished < EXT_MANY && itu_now_ms() < deadline) {
-        for (int i = 0; i < EXT_MANY; i++) {
-            struct mc *m = &k[i];
-            if (m->busy || m->failed || m->done == MANY_Q)
-                continue;
-            char val[32];
-            snprintf(val, sizeof(val), "%d", m->id * 1000 + m->done);
-            const char *values[1] = {val};
-            int ok = m->done % 2 ? PQsendQueryPrepared(m->conn, "p", 1, values, NULL, NULL, 0)
-                                 : PQsendQueryParams(m->conn, "SELECT $1::int * 2, $1::text", 1,
-                                                     NULL, values, NULL, NULL, 0);
-            if (!ok) {
-                m->failed = true;
-                failures++;
-                finished++;
-                continue;
-            }
-            m->busy = true;
-        }
-        for (int i = 0; i < EXT_MANY; i++)
-            pfd[i] = (struct pollfd){.fd = k[i].busy ? PQsocket(k[i].conn) : -1, .events = POLLIN};
-        if (poll(pfd, EXT_MANY, 100) < 0)
-            break;
-        for (int i = 0; i < EXT_MANY; i++) {
-            struct mc *m = &k[i];
-            if (!m->busy || !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
-                continue;
-            if (!PQconsumeInput(m->conn)) {
-                m->busy = false;
-                m->failed = true;
-                failures++;
-                finished++;
-                continue;
-            }
-            if (PQisBusy(m->conn))
-                continue;
-            PGresult *r;
-            bool ok = false;
-            char want0[32], want1[32];
-            snprintf(want0, sizeof(want0), "%d", 2 * (m->id * 1000 + m->done));
-            snprintf(want1, sizeof(want1), "%d", m->id * 1000 + m->done);
-            while ((r = PQgetResult(m->conn)) != NULL) {
-                ok = ok ||
-                     (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-                      !strcmp(PQgetvalue(r, 0, 0), want0) && !strcmp(PQgetvalue(r, 0, 1), want1));
-                PQclear(r);
-            }
-            m->busy = false;
-            if (!ok) {
-                m->failed = true;
-                failures++;
-                finished++;
-            } else if (++m->done == MANY_Q) {
-                finished++;
-            }
-        }
-    }
+    int failures = drive_many(k, EXT_MANY, send_ext, right_ext);
     int queries = 0;
     for (int i = 0; i < EXT_MANY; i++) {
         queries += k[i].done;
