@@ -1,5 +1,6 @@
 /*
- * hash.h: keyed hashing for tables whose keys clients choose (database and user names):
+ * hash.h: keyed hashing for tables whose keys clients choose (database and user names,
+ * statement texts and names):
  * SipHash-1-3 with a per-process random key, so that nobody can pick names that all land in
  * one bucket and turn each lookup into a list walk.
  */

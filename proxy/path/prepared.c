@@ -22,9 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
+#include "base/hash.h"
 #include "base/log.h"
 #include "path/prepared.h"
 #include "proto/wire.h"
@@ -49,73 +48,13 @@ struct px_stmt {
 };
 
 struct px_stmt_registry {
-    uint64_t k0, k1; /* SipHash key */
+    struct px_hash_key key; /* SipHash key */
     struct px_stmt **buckets;
     size_t nbuckets; /* power of two */
     size_t count;
     size_t bytes;
     uint64_t next_id;
 };
-
-/* ---- hashing ------------------------------------------------------------------------- */
-
-static inline uint64_t rotl64(uint64_t x, int b)
-{
-    return (x << b) | (x >> (64 - b));
-}
-
-static inline uint64_t load_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = rotl64(v1, 13);                                                                       \
-        v1 ^= v0;                                                                                  \
-        v0 = rotl64(v0, 32);                                                                       \
-        v2 += v3;                                                                                  \
-        v3 = rotl64(v3, 16);                                                                       \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = rotl64(v3, 21);                                                                       \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = rotl64(v1, 17);                                                                       \
-        v1 ^= v2;                                                                                  \
-        v2 = rotl64(v2, 32);                                                                       \
-    } while (0)
-
-/* SipHash-1-3: keyed, so bucket collisions cannot be chosen by whoever sends the bytes. */
-static uint64_t siphash13(uint64_t k0, uint64_t k1, const uint8_t *p, size_t len)
-{
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ k1;
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t m = load_le64(p + i);
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t b = (uint64_t)len << 56;
-    for (size_t j = 0; i + j < len; j++)
-        b |= (uint64_t)p[i + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
 
 /* ---- registry ------------------------------------------------------------------------ */
 
@@ -130,16 +69,7 @@ struct px_stmt_registry *px_stmt_registry_new(void)
         free(reg);
         return NULL;
     }
-    uint64_t key[2];
-    if (getrandom(key, sizeof(key), GRND_NONBLOCK) != (ssize_t)sizeof(key)) {
-        /* No entropy yet (early boot): a weaker key still hashes correctly. */
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        key[0] = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)reg;
-        key[1] = (uint64_t)ts.tv_sec * 0xC2B2AE3D27D4EB4FULL ^ (uint64_t)(uintptr_t)&key;
-    }
-    reg->k0 = key[0];
-    reg->k1 = key[1];
+    px_hash_key_init(&reg->key);
     reg->next_id = 1;
     return reg;
 }
@@ -191,7 +121,7 @@ struct px_stmt *px_stmt_intern(struct px_stmt_registry *reg, const uint8_t *cont
 {
     if (!reg || (len && !content))
         return NULL;
-    uint64_t h = siphash13(reg->k0, reg->k1, content, len);
+    uint64_t h = px_siphash13(&reg->key, content, len);
     struct px_stmt **head = &reg->buckets[h & (reg->nbuckets - 1)];
     for (struct px_stmt *s = *head; s; s = s->hnext) {
         if (s->hash == h && s->len == len && memcmp(s->content, content, len) == 0) {
@@ -289,26 +219,25 @@ struct px_stmt_map_entry {
 };
 
 struct px_stmt_map_table {
-    uint64_t k0, k1; /* the registry's SipHash key */
+    struct px_hash_key key; /* the registry's */
     uint32_t nbuckets;
     struct px_stmt_map_entry *buckets[];
 };
 
-static struct px_stmt_map_table *map_table_new(uint64_t k0, uint64_t k1, uint32_t nbuckets)
+static struct px_stmt_map_table *map_table_new(const struct px_hash_key *key, uint32_t nbuckets)
 {
     struct px_stmt_map_table *t =
         calloc(1, sizeof(*t) + (size_t)nbuckets * sizeof(struct px_stmt_map_entry *));
     if (!t)
         return NULL;
-    t->k0 = k0;
-    t->k1 = k1;
+    t->key = *key;
     t->nbuckets = nbuckets;
     return t;
 }
 
 static uint32_t map_hash(const struct px_stmt_map_table *t, const char *name, size_t len)
 {
-    return (uint32_t)siphash13(t->k0, t->k1, (const uint8_t *)name, len);
+    return (uint32_t)px_siphash13(&t->key, name, len);
 }
 
 /* The slot pointing at name's entry (*slot is NULL when absent). */
@@ -326,7 +255,7 @@ static struct px_stmt_map_entry **map_find(struct px_stmt_map_table *t, const ch
 static void map_grow(struct px_stmt_map *map)
 {
     struct px_stmt_map_table *old = map->tab;
-    struct px_stmt_map_table *t = map_table_new(old->k0, old->k1, old->nbuckets * 2);
+    struct px_stmt_map_table *t = map_table_new(&old->key, old->nbuckets * 2);
     if (!t)
         return;
     for (uint32_t b = 0; b < old->nbuckets; b++) {
@@ -348,8 +277,9 @@ int px_stmt_map_put(struct px_stmt_map *map, const char *name, struct px_stmt *s
     size_t len = strnlen(name, PX_STMT_NAME_MAX);
     bool fresh = !map->tab;
     if (fresh) {
+        static const struct px_hash_key no_key;
         const struct px_stmt_registry *reg = stmt->reg;
-        map->tab = map_table_new(reg ? reg->k0 : 0, reg ? reg->k1 : 0, MAP_INITIAL_BUCKETS);
+        map->tab = map_table_new(reg ? &reg->key : &no_key, MAP_INITIAL_BUCKETS);
         if (!map->tab)
             return -1;
     }
