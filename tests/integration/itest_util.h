@@ -1,7 +1,6 @@
 /*
  * itest_util.h: small helpers shared by the integration-test programs that drive pgwarden
- * (test_session.c, test_tls_auth.c, test_streaming.c, test_limits.c, test_admin.c,
- * test_txn.c, test_batch.c).
+ * (clock, rlimit, one-value queries, the watchdog that stops a stuck test program).
  * Header-only (static functions) because every test_*.c is its own program; the harness
  * itself is harness.h.
  */
@@ -9,12 +8,15 @@
 #define PGW_TESTS_INTEGRATION_ITEST_UTIL_H
 
 #include <poll.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -188,6 +190,70 @@ static inline bool itu_send_cancel(PGconn *c)
         fprintf(stderr, "cancel failed: %s\n", err);
     PQfreeCancel(cn);
     return ok;
+}
+
+/* ---- the watchdog: a test that runs past its alarm() stops the program ----------------- */
+
+static const char *itu_watchdog_suite;
+static struct harness_proxy *const *itu_watchdog_px;
+static int itu_watchdog_npx, itu_watchdog_lines;
+
+static void itu_on_watchdog(int sig)
+{
+    (void)sig;
+    static const char head[] = "\n", tail[] = ": a test ran too long: stopping\n";
+    ssize_t w = write(STDERR_FILENO, head, sizeof(head) - 1);
+    w = write(STDERR_FILENO, itu_watchdog_suite, strlen(itu_watchdog_suite));
+    w = write(STDERR_FILENO, tail, sizeof(tail) - 1);
+    (void)w;
+    /* Not async-signal-safe, but the test is stuck (in libpq, mostly), and this is the end. */
+    for (int i = 0; i < itu_watchdog_npx; i++)
+        if (itu_watchdog_px[i])
+            harness_proxy_dump_log(itu_watchdog_px[i], itu_watchdog_lines);
+    _exit(3);
+}
+
+/* On SIGALRM (each test arms alarm()), prints that suite ran too long and the last lines
+ * of the logs of the proxies px[0..npx) that are running then, and exits 3. */
+static inline void itu_watchdog(const char *suite, struct harness_proxy *const *px, int npx,
+                                int lines)
+{
+    itu_watchdog_suite = suite;
+    itu_watchdog_px = px;
+    itu_watchdog_npx = npx;
+    itu_watchdog_lines = lines;
+    struct sigaction sa = {.sa_handler = itu_on_watchdog};
+    sigaction(SIGALRM, &sa, NULL);
+}
+
+/* The first value of sql's result ("NULL" for a null), else its command tag, else
+ * "!SQLSTATE".  Static buffer: two calls in one expression share it. */
+static inline const char *itu_q(PGconn *c, const char *sql)
+{
+    static char buf[512];
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/* itu_q's value as a number (a fencing token, a count); 0, printed, when it is not one. */
+static inline long long itu_tok(PGconn *c, const char *sql)
+{
+    const char *v = itu_q(c, sql);
+    char *end;
+    long long t = strtoll(v, &end, 10);
+    if (*end || end == v) {
+        fprintf(stderr, "%s -> %s\n", sql, v);
+        return 0;
+    }
+    return t;
 }
 
 #endif

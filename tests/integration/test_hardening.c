@@ -34,21 +34,9 @@
 
 static struct harness_proxy *g_px;
 
-static void on_watchdog(int sig)
-{
-    (void)sig;
-    static const char msg[] = "\ntest_hardening: a test ran too long: stopping\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)w;
-    if (g_px)
-        harness_proxy_dump_log(g_px, 40);
-    _exit(3);
-}
-
 static int suite_init(void)
 {
-    struct sigaction sa = {.sa_handler = on_watchdog};
-    sigaction(SIGALRM, &sa, NULL);
+    itu_watchdog("test_hardening", &g_px, 1, 40);
     return itu_suite_init();
 }
 

@@ -33,21 +33,9 @@
 static struct harness_proxy *g_px;
 static const char *g_mode = "session"; /* the pool mode of the running suite */
 
-static void on_watchdog(int sig)
-{
-    (void)sig;
-    static const char msg[] = "\ntest_locks: a test ran too long: stopping\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)w;
-    if (g_px)
-        harness_proxy_dump_log(g_px, 60);
-    _exit(3);
-}
-
 static int suite_init_session(void)
 {
-    struct sigaction sa = {.sa_handler = on_watchdog};
-    sigaction(SIGALRM, &sa, NULL);
+    itu_watchdog("test_locks", &g_px, 1, 60);
     g_mode = "session";
     return itu_suite_init();
 }
@@ -113,36 +101,6 @@ static PGconn *conn(const char *extra)
     return c;
 }
 
-/* The first value of sql's result ("" when NULL), or "!SQLSTATE" when it failed.  Static
- * buffer. */
-static const char *q(PGconn *c, const char *sql)
-{
-    static char buf[512];
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
-}
-
-/* A token as a number (0 when not a number). */
-static long long tok(PGconn *c, const char *sql)
-{
-    const char *v = q(c, sql);
-    char *end;
-    long long t = strtoll(v, &end, 10);
-    if (*end || end == v) {
-        fprintf(stderr, "%s -> %s\n", sql, v);
-        return 0;
-    }
-    return t;
-}
-
 /* ---- 1. every function, simple protocol ------------------------------------------------- */
 
 static void test_functions_simple(void)
@@ -152,12 +110,12 @@ static void test_functions_simple(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
 
-    long long t1 = tok(a, "SELECT pgwarden_lock('portfolio:1', 'exclusive')");
+    long long t1 = itu_tok(a, "SELECT pgwarden_lock('portfolio:1', 'exclusive')");
     CU_ASSERT(t1 > 0);
     /* re-request of a weaker mode: the same token, no stacking */
-    CU_ASSERT_EQUAL(tok(a, "select PGWARDEN_LOCK( 'portfolio:1' , 'READ' ) ;"), t1);
+    CU_ASSERT_EQUAL(itu_tok(a, "select PGWARDEN_LOCK( 'portfolio:1' , 'READ' ) ;"), t1);
     /* another client cannot have it */
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_try_lock('portfolio:1', 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_try_lock('portfolio:1', 'read')"), "NULL");
     /* pgwarden_locks(): one row per lock held, (key, mode, scope, token) */
     PGresult *r = PQexec(a, "SELECT * FROM pgwarden_locks()");
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
@@ -180,29 +138,29 @@ static void test_functions_simple(void)
     CU_ASSERT(t2 > t1); /* tokens only increase */
     PQclear(r);
     /* unlock: true once, then false; unlock_all counts */
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('symbol:AAPL')"), "t");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('symbol:AAPL')"), "f");
-    long long k2 = tok(a, "SELECT pgwarden_lock('k2', 'read') AS t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('symbol:AAPL')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('symbol:AAPL')"), "f");
+    long long k2 = itu_tok(a, "SELECT pgwarden_lock('k2', 'read') AS t");
     CU_ASSERT(k2 > 0);
-    CU_ASSERT_EQUAL(tok(a, "SELECT pgwarden_lock('k2', 'read') AS t"), k2);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "2");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_EQUAL(itu_tok(a, "SELECT pgwarden_lock('k2', 'read') AS t"), k2);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock_all()"), "2");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
     /* the other client may now take it */
-    long long t3 = tok(b, "/* c */ SELECT pgwarden_try_lock('portfolio:1', 'write')");
+    long long t3 = itu_tok(b, "/* c */ SELECT pgwarden_try_lock('portfolio:1', 'write')");
     CU_ASSERT(t3 > t2);
     /* read and write go together; write and write do not */
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('portfolio:1', 'read')") > t3);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_try_lock('portfolio:1', 'write')"), "NULL");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('portfolio:1', 'read')") > t3);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_try_lock('portfolio:1', 'write')"), "NULL");
     /* errors of the arguments */
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k', 'shared')"), "!22023");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('', 'read')"), "!22023");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k', 'read', -1)"), "!22023");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_xact_lock('k', 'read')"), "!25P01");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock(NULL, 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock('k', 'shared')"), "!22023");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock('', 'read')"), "!22023");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock('k', 'read', -1)"), "!22023");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_xact_lock('k', 'read')"), "!25P01");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock(NULL, 'read')"), "NULL");
     /* a call inside a larger statement is not a lock call: it reaches PostgreSQL */
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k', 'read'), 1"), "!42883");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock('k', 'read'), 1"), "!42883");
     CU_ASSERT_STRING_EQUAL(PQtransactionStatus(a) == PQTRANS_IDLE ? "idle" : "?", "idle");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 42"), "42");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT 42"), "42");
     PQfinish(a);
     PQfinish(b);
     stop();
@@ -264,7 +222,7 @@ static void test_functions_extended(void)
     r = PQexecParams(a, "SELECT pgwarden_unlock($1)", 1, NULL, vals, NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(PQntuples(r) ? PQgetvalue(r, 0, 0) : "?", "t");
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "DEALLOCATE lk"), "DEALLOCATE");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "DEALLOCATE lk"), "DEALLOCATE");
     r = PQexecPrepared(a, "lk", 3, vals, NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000"); /* gone, as in PostgreSQL */
     PQclear(r);
@@ -273,8 +231,8 @@ static void test_functions_extended(void)
     r = PQexecParams(a, "SELECT pgwarden_lock($1, $2)", 2, NULL, bad, NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "22023");
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 1"), "1");
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock_all()"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT 1"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock_all()"), "1");
     PQfinish(a);
     PQfinish(b);
     stop();
@@ -356,31 +314,31 @@ static void test_errors_in_blocks(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
-    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lk_t"), "DROP TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lk_t(v int)"), "CREATE TABLE");
-    CU_ASSERT(tok(b, "SELECT pgwarden_lock('busy', 'exclusive')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "DROP TABLE IF EXISTS lk_t"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "CREATE TABLE lk_t(v int)"), "CREATE TABLE");
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_lock('busy', 'exclusive')") > 0);
 
     /* 1. the failing lock call is the first statement after BEGIN */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_xact_lock('busy', 'read', 50)"), "!55P03");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_xact_lock('busy', 'read', 50)"), "!55P03");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (1)"), "!25P02");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_try_lock('free', 'read')"), "!25P02");
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "INSERT INTO lk_t VALUES (1)"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_try_lock('free', 'read')"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "ROLLBACK");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
 
     /* 2. after real work: the server's transaction is aborted too, nothing commits */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (2)"), "INSERT 0 1");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_xact_lock('busy', 'sideways')"), "!22023");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "INSERT INTO lk_t VALUES (2)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_xact_lock('busy', 'sideways')"), "!22023");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (3)"), "!25P02");
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
-    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "INSERT INTO lk_t VALUES (3)"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT count(*) FROM lk_t"), "0");
 
     /* 3. the same by the extended protocol */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (4)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "INSERT INTO lk_t VALUES (4)"), "INSERT 0 1");
     const char *v[1] = {"busy"};
     PGresult *r =
         PQexecParams(a, "SELECT pgwarden_xact_lock($1, 'write', 50)", 1, NULL, v, NULL, NULL, 0);
@@ -390,8 +348,8 @@ static void test_errors_in_blocks(void)
     r = PQexecParams(a, "INSERT INTO lk_t VALUES (5)", 0, NULL, NULL, NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "25P02");
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
-    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT count(*) FROM lk_t"), "0");
 
     /* 3b. the failing call by the extended protocol as the block's first statement, and
      * the block's statements by the extended protocol too (BEGIN held back) */
@@ -409,28 +367,28 @@ static void test_errors_in_blocks(void)
     CU_ASSERT_STRING_EQUAL(PQcmdStatus(r), "ROLLBACK");
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
-    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "0");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT count(*) FROM lk_t"), "0");
 
     /* 4. outside a block, an error changes nothing */
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('busy', 'read', 10)"), "!55P03");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock('busy', 'read', 10)"), "!55P03");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
-    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (6)"), "INSERT 0 1");
-    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "INSERT INTO lk_t VALUES (6)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT count(*) FROM lk_t"), "1");
 
     /* 5. transaction locks go with the block; a successful block commits */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT(tok(a, "SELECT pgwarden_xact_lock('acct:1', 'write')") > 0);
-    CU_ASSERT_STRING_EQUAL(q(a, "INSERT INTO lk_t VALUES (7)"), "INSERT 0 1");
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_try_lock('acct:1', 'write')"), "NULL");
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
-    CU_ASSERT(tok(b, "SELECT pgwarden_try_lock('acct:1', 'write')") > 0);
-    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM lk_t"), "2");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('acct:1', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "INSERT INTO lk_t VALUES (7)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_try_lock('acct:1', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_try_lock('acct:1', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT count(*) FROM lk_t"), "2");
     /* ROLLBACK releases too, and a block with only lock calls never needs a server */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT(tok(a, "SELECT pgwarden_xact_lock('acct:2', 'write')") > 0);
-    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
-    CU_ASSERT(tok(b, "SELECT pgwarden_try_lock('acct:2', 'write')") > 0);
-    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE lk_t"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('acct:2', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_try_lock('acct:2', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "DROP TABLE lk_t"), "DROP TABLE");
     /* the server's transaction of a failed block is aborted on purpose: no retry, no noise */
     CU_ASSERT_FALSE(harness_proxy_log_contains(g_px, "restoring a client's session failed"));
     PQfinish(a);
@@ -470,13 +428,13 @@ static void test_wait_release_cancel(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
 
-    long long ta = tok(a, "SELECT pgwarden_lock('w', 'exclusive')");
+    long long ta = itu_tok(a, "SELECT pgwarden_lock('w', 'exclusive')");
     CU_ASSERT(ta > 0);
     CU_ASSERT(qsend(b, "SELECT pgwarden_lock('w', 'write')"));
     CU_ASSERT_FALSE(ready_within(b, 300)); /* it waits */
     /* b's next statement waits behind its lock call */
     int64_t t0 = itu_now_ms();
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('w')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('w')"), "t");
     PGresult *r = itu_wait_result(b, 5000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     CU_ASSERT(PQntuples(r) == 1 && atoll(PQgetvalue(r, 0, 0)) > ta);
@@ -490,10 +448,10 @@ static void test_wait_release_cancel(void)
     r = itu_wait_result(c, 5000);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "57014");
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT 5"), "5");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 5"), "5");
     /* a canceled wait does not hold the key */
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('w')"), "t");
-    CU_ASSERT(tok(c, "SELECT pgwarden_try_lock('w', 'exclusive')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock('w')"), "t");
+    CU_ASSERT(itu_tok(c, "SELECT pgwarden_try_lock('w', 'exclusive')") > 0);
 
     /* release at disconnect: the waiter is granted at once */
     CU_ASSERT(qsend(b, "SELECT pgwarden_lock('w', 'read')"));
@@ -531,8 +489,8 @@ static void test_deadlocks(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
 
     /* two session locks in opposite order */
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('x', 'exclusive')") > 0);
-    CU_ASSERT(tok(b, "SELECT pgwarden_lock('y', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('x', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_lock('y', 'exclusive')") > 0);
     CU_ASSERT(qsend(a, "SELECT pgwarden_lock('y', 'exclusive')"));
     CU_ASSERT_FALSE(ready_within(a, 200));
     int64_t t0 = itu_now_ms();
@@ -549,42 +507,42 @@ static void test_deadlocks(void)
     }
     PQclear(r);
     CU_ASSERT_FALSE(ready_within(a, 200)); /* one victim only: a still waits */
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock_all()"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock_all()"), "1");
     r = itu_wait_result(a, 5000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "2");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock_all()"), "2");
 
     /* two transaction locks: the victim's block fails, the other commits */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
-    CU_ASSERT(tok(a, "SELECT pgwarden_xact_lock('x', 'write')") > 0);
-    CU_ASSERT(tok(b, "SELECT pgwarden_xact_lock('y', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('x', 'write')") > 0);
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_xact_lock('y', 'write')") > 0);
     CU_ASSERT(qsend(a, "SELECT pgwarden_xact_lock('y', 'write')"));
     CU_ASSERT_FALSE(ready_within(a, 200));
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_xact_lock('x', 'write')"), "!40P01");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_xact_lock('x', 'write')"), "!40P01");
     CU_ASSERT_EQUAL(PQtransactionStatus(b), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(b, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "ROLLBACK"), "ROLLBACK");
     r = itu_wait_result(a, 5000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
 
     /* two upgrades of a shared key */
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('u', 'read')") > 0);
-    CU_ASSERT(tok(b, "SELECT pgwarden_lock('u', 'read')") > 0);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('u', 'read')") > 0);
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_lock('u', 'read')") > 0);
     CU_ASSERT(qsend(a, "SELECT pgwarden_lock('u', 'exclusive')"));
     CU_ASSERT_FALSE(ready_within(a, 200));
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_lock('u', 'exclusive')"), "!40P01");
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('u')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_lock('u', 'exclusive')"), "!40P01");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock('u')"), "t");
     r = itu_wait_result(a, 5000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock_all()"), "1");
 
     /* a cycle of three through a queued exclusive request (a soft edge) */
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('p', 'read')") > 0);
-    CU_ASSERT(tok(b, "SELECT pgwarden_lock('q', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('p', 'read')") > 0);
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_lock('q', 'exclusive')") > 0);
     CU_ASSERT(qsend(c, "SELECT pgwarden_lock('p', 'exclusive')")); /* waits for a */
     CU_ASSERT_FALSE(ready_within(c, 200));
     CU_ASSERT(qsend(b, "SELECT pgwarden_lock('p', 'read')")); /* queued behind c: soft edge */
@@ -594,11 +552,11 @@ static void test_deadlocks(void)
     PQclear(r);
     CU_ASSERT_FALSE(ready_within(b, 200));
     CU_ASSERT_FALSE(ready_within(c, 100));
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1"); /* c goes, then b */
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock_all()"), "1"); /* c goes, then b */
     r = itu_wait_result(c, 5000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_unlock_all()"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_unlock_all()"), "1");
     r = itu_wait_result(b, 5000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
@@ -613,9 +571,9 @@ static void test_deadlocks(void)
 /* The pool's servers in use, from pg_stat_activity on a direct connection. */
 static int backends(PGconn *d)
 {
-    return atoi(q(d, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgwarden_test' "
-                     "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                     "AND application_name <> 'direct'"));
+    return atoi(itu_q(d, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgwarden_test' "
+                         "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                         "AND application_name <> 'direct'"));
 }
 
 #define WAITERS 50
@@ -628,7 +586,7 @@ static void test_waiters_hold_no_server(void)
     PGconn *holder = conn(NULL),
            *d = PQconnectdb(harness_cluster_conninfo("sslmode=disable application_name=direct"));
     CU_ASSERT_EQUAL_FATAL(PQstatus(holder), CONNECTION_OK);
-    CU_ASSERT(tok(holder, "SELECT pgwarden_lock('hot', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(holder, "SELECT pgwarden_lock('hot', 'exclusive')") > 0);
     static PGconn *w[WAITERS];
     int sent = 0;
     for (int i = 0; i < WAITERS; i++) {
@@ -636,7 +594,7 @@ static void test_waiters_hold_no_server(void)
         if (PQstatus(w[i]) != CONNECTION_OK)
             continue;
         /* a transaction: BEGIN (held back), then the lock call, by both protocols */
-        if (strcmp(q(w[i], "BEGIN"), "BEGIN") != 0)
+        if (strcmp(itu_q(w[i], "BEGIN"), "BEGIN") != 0)
             continue;
         const char *v[1] = {"hot"};
         if (i % 2 ? PQsendQuery(w[i], "SELECT pgwarden_xact_lock('hot', 'write')")
@@ -650,14 +608,14 @@ static void test_waiters_hold_no_server(void)
     PGconn *other = conn(NULL);
     int64_t t0 = itu_now_ms();
     for (int i = 0; i < 20; i++)
-        CU_ASSERT_STRING_EQUAL(q(other, "SELECT 1"), "1");
+        CU_ASSERT_STRING_EQUAL(itu_q(other, "SELECT 1"), "1");
     CU_ASSERT(itu_now_ms() - t0 < 3000);
     int busy = backends(d);
     printf("\n    %d waiters, %d backends in use ", sent, busy);
     CU_ASSERT(busy <= 5);
     /* release: the waiters are granted one after another (write excludes write) and each
      * commits its empty block */
-    CU_ASSERT_STRING_EQUAL(q(holder, "SELECT pgwarden_unlock('hot')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(holder, "SELECT pgwarden_unlock('hot')"), "t");
     int granted = 0;
     for (int round = 0; round < WAITERS && granted < WAITERS; round++) {
         for (int i = 0; i < WAITERS; i++) {
@@ -667,7 +625,7 @@ static void test_waiters_hold_no_server(void)
             if (PQresultStatus(r) == PGRES_TUPLES_OK)
                 granted++;
             PQclear(r);
-            CU_ASSERT_STRING_EQUAL(q(w[i], "COMMIT"), "COMMIT");
+            CU_ASSERT_STRING_EQUAL(itu_q(w[i], "COMMIT"), "COMMIT");
             PQfinish(w[i]);
             w[i] = NULL;
         }
@@ -771,8 +729,8 @@ static void test_extended_answered_at_once(void)
     CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "T:flush:1"); /* flush:3 never ran */
     CU_ASSERT_STRING_EQUAL(next_result(a, 3000), "S");
     CU_ASSERT_EQUAL(PQexitPipelineMode(a), 1);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 5"), "5");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock_all()"), "1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT 5"), "5");
     PQfinish(a);
     stop();
 }
@@ -834,14 +792,14 @@ static bool start_waiter(PGconn *w, enum begin_style st, const char *key)
         return ok && PQsendQueryParams(w, sql, 1, NULL, v, NULL, NULL, 0) == 1;
     case NAMED_GROUP:
     case NAMED_NOBLOCK:
-        if (st == NAMED_GROUP && strcmp(q(w, "BEGIN"), "BEGIN") != 0)
+        if (st == NAMED_GROUP && strcmp(itu_q(w, "BEGIN"), "BEGIN") != 0)
             return false;
         return PQenterPipelineMode(w) == 1 && PQsendPrepare(w, "lk_call", sql, 0, NULL) == 1 &&
                PQsendQueryPrepared(w, "lk_call", 1, v, NULL, NULL, 0) == 1 &&
                PQpipelineSync(w) == 1 && strcmp(next_result(w, 3000), "C:") == 0;
     case NAMED_FLUSH:
         /* no Sync: Parse and Describe are answered at the Flush */
-        if (strcmp(q(w, "BEGIN"), "BEGIN") != 0 || PQenterPipelineMode(w) != 1 ||
+        if (strcmp(itu_q(w, "BEGIN"), "BEGIN") != 0 || PQenterPipelineMode(w) != 1 ||
             PQsendPrepare(w, "lk_call", sql, 0, NULL) != 1 ||
             PQsendDescribePrepared(w, "lk_call") != 1 || PQsendFlushRequest(w) != 1 ||
             PQflush(w) != 0)
@@ -868,9 +826,9 @@ static bool finish_waiter(PGconn *w, enum begin_style st, const char *key)
     if (st == NAMED_NOBLOCK) {
         char sql[128];
         snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
-        return strcmp(q(w, sql), "t") == 0 && ok;
+        return strcmp(itu_q(w, sql), "t") == 0 && ok;
     }
-    ok = strcmp(q(w, "COMMIT"), "COMMIT") == 0 && ok;
+    ok = strcmp(itu_q(w, "COMMIT"), "COMMIT") == 0 && ok;
     if (st == NAMED_BEGIN) {
         /* the named BEGIN, answered by pgwarden, exists on the server that gets a Bind of
          * it: in one group with real work, on a server */
@@ -885,7 +843,7 @@ static bool finish_waiter(PGconn *w, enum begin_style st, const char *key)
         ok = strcmp(next_result(w, 5000), "S") == 0 && ok;
         ok = PQexitPipelineMode(w) == 1 && ok;
         ok = PQtransactionStatus(w) == PQTRANS_INTRANS && ok;
-        ok = strcmp(q(w, "COMMIT"), "COMMIT") == 0 && ok;
+        ok = strcmp(itu_q(w, "COMMIT"), "COMMIT") == 0 && ok;
     }
     return ok;
 }
@@ -907,7 +865,7 @@ static void test_waiters_extended_hold_no_server(void)
         const char *key = style_names[st];
         char sql[128];
         snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'exclusive')", key);
-        CU_ASSERT(tok(holder, sql) > 0);
+        CU_ASSERT(itu_tok(holder, sql) > 0);
         PGconn *w[STYLE_WAITERS];
         int waiting = 0;
         for (int i = 0; i < STYLE_WAITERS; i++) {
@@ -931,7 +889,7 @@ static void test_waiters_extended_hold_no_server(void)
             CU_ASSERT_TRUE(served);
         }
         snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
-        CU_ASSERT_STRING_EQUAL(q(holder, sql), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(holder, sql), "t");
         for (int i = 0; i < STYLE_WAITERS; i++) {
             bool ok = finish_waiter(w[i], (enum begin_style)st, key);
             if (!ok)
@@ -955,10 +913,10 @@ static void test_read_modify_write(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(strcmp(g_mode, "transaction") ? RMW_CLIENTS + 2 : 5));
     PGconn *d = direct();
     CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
-    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lk_acct"), "DROP TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lk_acct(id int primary key, balance int)"),
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "DROP TABLE IF EXISTS lk_acct"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "CREATE TABLE lk_acct(id int primary key, balance int)"),
                            "CREATE TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lk_acct VALUES (1, 0)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "INSERT INTO lk_acct VALUES (1, 0)"), "INSERT 0 1");
     static PGconn *cs[RMW_CLIENTS];
     int ok = 0;
     for (int i = 0; i < RMW_CLIENTS; i++)
@@ -1006,10 +964,10 @@ static void test_read_modify_write(void)
         itu_sleep_ms(1);
     }
     CU_ASSERT_EQUAL(ok, RMW_CLIENTS);
-    CU_ASSERT_EQUAL(atoi(q(d, "SELECT balance FROM lk_acct WHERE id = 1")), ok);
+    CU_ASSERT_EQUAL(atoi(itu_q(d, "SELECT balance FROM lk_acct WHERE id = 1")), ok);
     printf("\n    %d read-modify-writes, balance %s ", ok,
-           q(d, "SELECT balance FROM lk_acct WHERE id = 1"));
-    q(d, "DROP TABLE lk_acct");
+           itu_q(d, "SELECT balance FROM lk_acct WHERE id = 1"));
+    itu_q(d, "DROP TABLE lk_acct");
     for (int i = 0; i < RMW_CLIENTS; i++)
         PQfinish(cs[i]);
     PQfinish(d);
@@ -1040,13 +998,13 @@ static void test_tokens_across_restart(void)
         CU_ASSERT_PTR_NOT_NULL_FATAL(start_opts(2, tail));
         PGconn *a = conn(NULL);
         CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
-        long long t = tok(a, "SELECT pgwarden_lock('fence', 'write')");
+        long long t = itu_tok(a, "SELECT pgwarden_lock('fence', 'write')");
         CU_ASSERT(t > last);
         last = t;
         /* max_locks = 3: the fourth lock is refused with 53200 */
-        CU_ASSERT(tok(a, "SELECT pgwarden_lock('k2', 'read')") > t);
-        CU_ASSERT(tok(a, "SELECT pgwarden_lock('k3', 'read')") > t);
-        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_lock('k4', 'read')"), "!53200");
+        CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('k2', 'read')") > t);
+        CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('k3', 'read')") > t);
+        CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_lock('k4', 'read')"), "!53200");
         PQfinish(a);
         stop();
     }

@@ -45,21 +45,9 @@
 static struct harness_proxy *g_px;
 static const char *g_mode = "session";
 
-static void on_watchdog(int sig)
-{
-    (void)sig;
-    static const char msg[] = "\ntest_locks_hybrid: a test ran too long: stopping\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)w;
-    if (g_px)
-        harness_proxy_dump_log(g_px, 80);
-    _exit(3);
-}
-
 static int suite_init_session(void)
 {
-    struct sigaction sa = {.sa_handler = on_watchdog};
-    sigaction(SIGALRM, &sa, NULL);
+    itu_watchdog("test_locks_hybrid", &g_px, 1, 80);
     g_mode = "session";
     return itu_suite_init();
 }
@@ -123,22 +111,6 @@ static PGconn *conn(const char *app)
     return c;
 }
 
-/* The first value of sql's result, its command tag, or "!SQLSTATE".  Static buffer. */
-static const char *q(PGconn *c, const char *sql)
-{
-    static char buf[512];
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
-}
-
 /* True when c has a complete result within ms (it is not waiting any more). */
 static bool ready_within(PGconn *c, int ms)
 {
@@ -165,7 +137,7 @@ static long long metric(const char *name)
 
 static bool exec_ok(PGconn *c, const char *sql)
 {
-    const char *r = q(c, sql);
+    const char *r = itu_q(c, sql);
     if (r[0] == '!')
         fprintf(stderr, "%s -> %s\n", sql, r);
     return r[0] != '!';
@@ -184,10 +156,10 @@ static void test_ab_cycle(void)
     CU_ASSERT_TRUE(exec_ok(a, "INSERT INTO hybrid_rows SELECT g, 0 FROM generate_series(1, 3) g "
                               "ON CONFLICT DO NOTHING"));
 
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT(atoll(q(a, "SELECT pgwarden_xact_lock('hy:k', 'exclusive')")) > 0);
-    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(atoll(itu_q(a, "SELECT pgwarden_xact_lock('hy:k', 'exclusive')")) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     CU_ASSERT(PQsendQuery(b, "SELECT pgwarden_xact_lock('hy:k', 'exclusive')") == 1);
     CU_ASSERT_FALSE(ready_within(b, 300)); /* B waits for K: no cycle yet, nothing reported */
     int64_t t0 = itu_now_ms();
@@ -212,9 +184,9 @@ static void test_ab_cycle(void)
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(b), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(b, "ROLLBACK"), "ROLLBACK");
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT v FROM hybrid_rows WHERE id = 1"), "10");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT v FROM hybrid_rows WHERE id = 1"), "10");
     CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "deadlock through PostgreSQL's locks"));
     CU_ASSERT_EQUAL(metric("lock_hybrid_deadlocks"), 1);
     CU_ASSERT(metric("lock_hybrid_probes") >= 2); /* the first look and the re-check */
@@ -238,12 +210,12 @@ static void test_three_party(void)
     CU_ASSERT_TRUE(exec_ok(a, "INSERT INTO hybrid_rows SELECT g, 0 FROM generate_series(1, 3) g "
                               "ON CONFLICT DO NOTHING"));
 
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT(atoll(q(a, "SELECT pgwarden_xact_lock('hy:k3', 'write')")) > 0);
-    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
-    CU_ASSERT_STRING_EQUAL(q(c, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(c, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 2"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(atoll(itu_q(a, "SELECT pgwarden_xact_lock('hy:k3', 'write')")) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 2"), "UPDATE 1");
     CU_ASSERT(PQsendQuery(c, "SELECT pgwarden_xact_lock('hy:k3', 'write')") == 1);
     CU_ASSERT_FALSE(ready_within(c, 200));
     CU_ASSERT(PQsendQuery(a, "UPDATE hybrid_rows SET v = v + 10 WHERE id = 1") == 1);
@@ -265,13 +237,13 @@ static void test_three_party(void)
     r = itu_wait_result(b, 3000); /* c's row lock went with its aborted transaction */
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(c, "ROLLBACK"), "ROLLBACK");
-    CU_ASSERT_STRING_EQUAL(q(b, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "COMMIT"), "COMMIT");
     r = itu_wait_result(a, 3000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT sum(v) FROM hybrid_rows"), "111");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT sum(v) FROM hybrid_rows"), "111");
     CU_ASSERT_TRUE(exec_ok(a, "UPDATE hybrid_rows SET v = 0"));
     PQfinish(a);
     PQfinish(b);
@@ -293,15 +265,15 @@ static void test_slow_not_cycle(void)
     CU_ASSERT_TRUE(exec_ok(a, "INSERT INTO hybrid_rows SELECT g, 0 FROM generate_series(1, 3) g "
                               "ON CONFLICT DO NOTHING"));
 
-    CU_ASSERT_STRING_EQUAL(q(d, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(d, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     /* d keeps the row for 2.5 s: first busy in pg_sleep, then it commits */
     CU_ASSERT(PQsendQuery(d, "SELECT pg_sleep(2.5); COMMIT") == 1);
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT(atoll(q(a, "SELECT pgwarden_xact_lock('hy:slow', 'exclusive')")) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(atoll(itu_q(a, "SELECT pgwarden_xact_lock('hy:slow', 'exclusive')")) > 0);
     CU_ASSERT(PQsendQuery(a, "UPDATE hybrid_rows SET v = v + 10 WHERE id = 1") == 1);
-    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 3"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 3"), "UPDATE 1");
     int64_t t0 = itu_now_ms();
     CU_ASSERT(PQsendQuery(b, "SELECT pgwarden_xact_lock('hy:slow', 'exclusive')") == 1);
     /* b -> a (pgwarden), a -> d (PostgreSQL), d waits for nothing: probed, never a cycle */
@@ -313,13 +285,13 @@ static void test_slow_not_cycle(void)
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
     CU_ASSERT_FALSE(ready_within(b, 300)); /* still waits: a holds K until it commits */
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
     r = itu_wait_result(b, 3000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
     CU_ASSERT(r && PQntuples(r) == 1 && atoll(PQgetvalue(r, 0, 0)) > 0);
     PQclear(r);
     CU_ASSERT(itu_now_ms() - t0 > 2000); /* it really was a long wait */
-    CU_ASSERT_STRING_EQUAL(q(b, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "COMMIT"), "COMMIT");
     CU_ASSERT_FALSE(harness_proxy_log_contains(g_px, "deadlock through PostgreSQL's locks"));
     CU_ASSERT_EQUAL(metric("lock_hybrid_deadlocks"), 0);
     CU_ASSERT(metric("lock_hybrid_probes") >= 3); /* it was looked at, again and again */
@@ -343,11 +315,11 @@ static void test_probe_refused(void)
     CU_ASSERT_TRUE(exec_ok(a, "INSERT INTO hybrid_rows SELECT g, 0 FROM generate_series(1, 3) g "
                               "ON CONFLICT DO NOTHING"));
     /* both clients get their servers first (a real statement in each transaction) */
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT 1"), "1");
-    CU_ASSERT(atoll(q(a, "SELECT pgwarden_xact_lock('hy:kr', 'exclusive')")) > 0);
-    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT 1"), "1");
+    CU_ASSERT(atoll(itu_q(a, "SELECT pgwarden_xact_lock('hy:kr', 'exclusive')")) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "UPDATE hybrid_rows SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     /* no new connection of the test role from now on: the probe's is refused */
     CU_ASSERT_EQUAL_FATAL(harness_cluster_exec("ALTER ROLE pgwarden_test CONNECTION LIMIT 0"), 0);
     int64_t t0 = itu_now_ms();
@@ -358,11 +330,11 @@ static void test_probe_refused(void)
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55P03"); /* its own timeout, not a hang */
     CU_ASSERT(took >= 1900 && took < 4000);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(b, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "ROLLBACK"), "ROLLBACK");
     r = itu_wait_result(a, 3000);
     CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "ROLLBACK"), "ROLLBACK");
     CU_ASSERT_EQUAL(harness_cluster_exec("ALTER ROLE pgwarden_test CONNECTION LIMIT -1"), 0);
     CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "cannot ask PostgreSQL at"));
     CU_ASSERT_EQUAL(metric("lock_hybrid_probes"), 0); /* no connection: no query sent */
@@ -382,16 +354,16 @@ static void test_short_waits(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
     for (int i = 0; i < 20; i++) {
-        CU_ASSERT(atoll(q(a, "SELECT pgwarden_lock('hy:short', 'exclusive')")) > 0);
+        CU_ASSERT(atoll(itu_q(a, "SELECT pgwarden_lock('hy:short', 'exclusive')")) > 0);
         CU_ASSERT(PQsendQuery(b, "SELECT pgwarden_lock('hy:short', 'exclusive')") == 1);
         CU_ASSERT_FALSE(ready_within(b, 0));
         /* the holder busy in a statement, as a holder on a hybrid cycle would be */
-        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pg_sleep(0.02)"), "");
-        CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('hy:short')"), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pg_sleep(0.02)"), "");
+        CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('hy:short')"), "t");
         PGresult *r = itu_wait_result(b, 2000);
         CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
         PQclear(r);
-        CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('hy:short')"), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock('hy:short')"), "t");
     }
     itu_sleep_ms(300);
     CU_ASSERT_EQUAL(metric("lock_hybrid_probes"), 0);

@@ -33,22 +33,9 @@ static struct harness_proxy *g_px[MAXPX];
 static bool g_killed[MAXPX];                 /* stopped by the test itself (SIGKILL) */
 static const char *g_backend = "postgresql"; /* [locks] backend of the next start_n */
 
-static void on_watchdog(int sig)
-{
-    (void)sig;
-    static const char msg[] = "\ntest_locks_pg: a test ran too long: stopping\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)w;
-    for (int i = 0; i < MAXPX; i++)
-        if (g_px[i])
-            harness_proxy_dump_log(g_px[i], 40);
-    _exit(3);
-}
-
 static int suite_init(void)
 {
-    struct sigaction sa = {.sa_handler = on_watchdog};
-    sigaction(SIGALRM, &sa, NULL);
+    itu_watchdog("test_locks_pg", g_px, MAXPX, 40);
     return itu_suite_init();
 }
 
@@ -125,34 +112,6 @@ static PGconn *direct(void)
     return c;
 }
 
-/* The first value of sql's result ("NULL"), the command tag, or "!SQLSTATE".  Static. */
-static const char *q(PGconn *c, const char *sql)
-{
-    static char buf[512];
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
-}
-
-static long long tok(PGconn *c, const char *sql)
-{
-    const char *v = q(c, sql);
-    char *end;
-    long long t = strtoll(v, &end, 10);
-    if (*end || end == v) {
-        fprintf(stderr, "%s -> %s\n", sql, v);
-        return 0;
-    }
-    return t;
-}
-
 static bool ready_within(PGconn *c, int ms)
 {
     int64_t deadline = itu_now_ms() + ms;
@@ -201,11 +160,11 @@ static void test_matrix(void)
         for (int r = 0; r < 3; r++) {
             char sql[256];
             snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('m:%d%d', '%s')", h, r, modes[h]);
-            long long t = tok(a, sql);
+            long long t = itu_tok(a, sql);
             CU_ASSERT(t > last);
             last = t;
             snprintf(sql, sizeof(sql), "SELECT pgwarden_try_lock('m:%d%d', '%s')", h, r, modes[r]);
-            const char *v = q(b, sql);
+            const char *v = itu_q(b, sql);
             if (compat[h][r]) {
                 long long t2 = atoll(v);
                 if (!(t2 > last))
@@ -220,12 +179,12 @@ static void test_matrix(void)
                 CU_ASSERT_STRING_EQUAL(v, "NULL");
             }
             /* and the same pair in the other order of instances */
-            CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock_all()"), "1");
-            q(b, "SELECT pgwarden_unlock_all()");
+            CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock_all()"), "1");
+            itu_q(b, "SELECT pgwarden_unlock_all()");
         }
     }
     /* pgwarden_locks() shows the global token */
-    long long t = tok(b, "SELECT pgwarden_lock('m:tok', 'write')");
+    long long t = itu_tok(b, "SELECT pgwarden_lock('m:tok', 'write')");
     CU_ASSERT(t > last);
     PGresult *res = PQexec(b, "SELECT * FROM pgwarden_locks()");
     CU_ASSERT(PQntuples(res) == 1 && PQnfields(res) == 4 && atoll(PQgetvalue(res, 0, 3)) == t);
@@ -252,20 +211,20 @@ static void test_matrix(void)
     CU_ASSERT_EQUAL(ctok, t);
     json_decref(j);
     /* a re-request gets the same token, an upgrade a new one */
-    CU_ASSERT_EQUAL(tok(b, "SELECT pgwarden_lock('m:tok', 'read')"), t);
-    long long tx = tok(b, "SELECT pgwarden_lock('m:tok', 'exclusive')");
+    CU_ASSERT_EQUAL(itu_tok(b, "SELECT pgwarden_lock('m:tok', 'read')"), t);
+    long long tx = itu_tok(b, "SELECT pgwarden_lock('m:tok', 'exclusive')");
     CU_ASSERT(tx > t);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_try_lock('m:tok', 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_try_lock('m:tok', 'read')"), "NULL");
     /* release at disconnect: the other instance gets it */
     PQfinish(b);
     int64_t t0 = itu_now_ms();
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('m:tok', 'exclusive', 5000)") > tx);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('m:tok', 'exclusive', 5000)") > tx);
     CU_ASSERT(itu_now_ms() - t0 < 1000);
     /* the advisory locks are visible in pg_locks, held by the lock connections */
     PGconn *d = direct();
-    CU_ASSERT_STRING_EQUAL(q(d, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
-                                "USING (pid) WHERE l.locktype = 'advisory' AND "
-                                "a.application_name LIKE 'pgwarden-locks %' AND l.granted"),
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
+                                    "USING (pid) WHERE l.locktype = 'advisory' AND "
+                                    "a.application_name LIKE 'pgwarden-locks %' AND l.granted"),
                            "2"); /* exclusive: A and B */
     PQfinish(d);
     PQfinish(a);
@@ -280,7 +239,7 @@ static void test_waits_and_tokens(void)
     PGconn *a = conn(0, NULL), *b = conn(1, NULL), *c = conn(2, NULL), *a2 = conn(0, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a2), CONNECTION_OK);
-    long long t1 = tok(a, "SELECT pgwarden_lock('w:1', 'write')");
+    long long t1 = itu_tok(a, "SELECT pgwarden_lock('w:1', 'write')");
     CU_ASSERT(t1 > 0);
     /* b (instance 2) waits; a2 (instance 1) queues locally behind nobody but conflicts
      * with a: lockmgr queues it; c (instance 3) waits too */
@@ -293,13 +252,13 @@ static void test_waits_and_tokens(void)
     CU_ASSERT_FALSE(ready_within(c, 0));
     /* a reader on instance 3 is not blocked by the writers (read/write compatible) */
     PGconn *r = conn(2, NULL);
-    CU_ASSERT(tok(r, "SELECT pgwarden_lock('w:1', 'read', 2000)") > t1);
+    CU_ASSERT(itu_tok(r, "SELECT pgwarden_lock('w:1', 'read', 2000)") > t1);
     PQfinish(r);
     /* hand the write lock over three times: every token is larger than the last */
     long long last = t1;
     PGconn *waiting[3] = {b, a2, c};
     bool got[3] = {false, false, false};
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('w:1')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('w:1')"), "t");
     for (int round = 0; round < 3; round++) {
         int who = -1;
         int64_t until = itu_now_ms() + 5000;
@@ -319,24 +278,24 @@ static void test_waits_and_tokens(void)
         for (int i = 0; i < 3; i++)
             if (!got[i])
                 CU_ASSERT_FALSE(ready_within(waiting[i], 0));
-        CU_ASSERT_STRING_EQUAL(q(waiting[who], "SELECT pgwarden_unlock('w:1')"), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(waiting[who], "SELECT pgwarden_unlock('w:1')"), "t");
     }
     /* timeouts and try across instances */
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('w:2', 'exclusive')") > last);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('w:2', 'exclusive')") > last);
     int64_t t0 = itu_now_ms();
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_lock('w:2', 'read', 300)"), "!55P03");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_lock('w:2', 'read', 300)"), "!55P03");
     int64_t waited = itu_now_ms() - t0;
     CU_ASSERT(waited >= 280 && waited < 1500);
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_try_lock('w:2', 'read')"), "NULL");
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_try_lock('w:2', 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
     /* a transaction lock goes at COMMIT, also for the other instances */
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('w:2')"), "t");
-    CU_ASSERT_STRING_EQUAL(q(b, "BEGIN"), "BEGIN");
-    CU_ASSERT(tok(b, "SELECT pgwarden_xact_lock('w:2', 'exclusive')") > last);
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_try_lock('w:2', 'read')"), "NULL");
-    CU_ASSERT_STRING_EQUAL(q(b, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('w:2')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_xact_lock('w:2', 'exclusive')") > last);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_try_lock('w:2', 'read')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "COMMIT"), "COMMIT");
     t0 = itu_now_ms();
-    CU_ASSERT(tok(c, "SELECT pgwarden_lock('w:2', 'read', 3000)") > last);
+    CU_ASSERT(itu_tok(c, "SELECT pgwarden_lock('w:2', 'read', 3000)") > last);
     CU_ASSERT(itu_now_ms() - t0 < 1000);
     PQfinish(a), PQfinish(a2), PQfinish(b), PQfinish(c);
     stop_all();
@@ -350,7 +309,7 @@ static void test_fifo_within_instance(void)
     enum { NW = 4 };
     PGconn *h = conn(0, NULL), *w[NW];
     CU_ASSERT_EQUAL_FATAL(PQstatus(h), CONNECTION_OK);
-    long long last = tok(h, "SELECT pgwarden_lock('f:1', 'write')");
+    long long last = itu_tok(h, "SELECT pgwarden_lock('f:1', 'write')");
     CU_ASSERT(last > 0);
     /* NW writers on instance 2 queue in this order */
     for (int i = 0; i < NW; i++) {
@@ -361,7 +320,7 @@ static void test_fifo_within_instance(void)
     }
     for (int i = 0; i < NW; i++)
         CU_ASSERT_FALSE(ready_within(w[i], 0));
-    CU_ASSERT_STRING_EQUAL(q(h, "SELECT pgwarden_unlock('f:1')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(h, "SELECT pgwarden_unlock('f:1')"), "t");
     /* they are granted one at a time, in arrival order, with growing tokens */
     for (int i = 0; i < NW; i++) {
         CU_ASSERT_FATAL(ready_within(w[i], 3000));
@@ -373,7 +332,7 @@ static void test_fifo_within_instance(void)
         long long t = atoll(async_value(w[i]));
         CU_ASSERT(t > last);
         last = t;
-        CU_ASSERT_STRING_EQUAL(q(w[i], "SELECT pgwarden_unlock('f:1')"), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(w[i], "SELECT pgwarden_unlock('f:1')"), "t");
     }
     PQfinish(h);
     for (int i = 0; i < NW; i++)
@@ -390,7 +349,7 @@ static void test_no_starvation(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(r2), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
     /* readers on instance 1 overlap: one always holds the key */
-    CU_ASSERT(tok(r1, "SELECT pgwarden_lock('s:1', 'read')") > 0);
+    CU_ASSERT(itu_tok(r1, "SELECT pgwarden_lock('s:1', 'read')") > 0);
     CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('s:1', 'exclusive', 20000)"));
     PGconn *holder = r1, *next = r2;
     int64_t t0 = itu_now_ms(), granted_ms = -1;
@@ -402,17 +361,17 @@ static void test_no_starvation(void)
             break;
         }
         /* the next reader comes while the current one still holds the key */
-        const char *v = q(next, "SELECT pgwarden_try_lock('s:1', 'read')");
+        const char *v = itu_q(next, "SELECT pgwarden_try_lock('s:1', 'read')");
         if (strcmp(v, "NULL") == 0) {
             /* refused: the exclusive request is first in line; the stream drains */
             stream_stopped = true;
-            q(holder, "SELECT pgwarden_unlock('s:1')");
+            itu_q(holder, "SELECT pgwarden_unlock('s:1')");
             holder = NULL;
             CU_ASSERT(ready_within(x, 3000));
             granted_ms = itu_now_ms() - t0;
             break;
         }
-        q(holder, "SELECT pgwarden_unlock('s:1')");
+        itu_q(holder, "SELECT pgwarden_unlock('s:1')");
         PGconn *t = holder;
         holder = next;
         next = t;
@@ -438,7 +397,7 @@ static void test_reader_behind_gate(void)
     PGconn *r1 = conn(0, NULL), *r2 = conn(0, NULL), *x = conn(1, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(r2), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
-    long long t1 = tok(r1, "SELECT pgwarden_lock('g:1', 'read')");
+    long long t1 = itu_tok(r1, "SELECT pgwarden_lock('g:1', 'read')");
     CU_ASSERT(t1 > 0);
     /* instance 2 waits for exclusive: it takes the exclusive gate */
     CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('g:1', 'exclusive', 10000)"));
@@ -457,8 +416,8 @@ static void test_reader_behind_gate(void)
     PQclear(res);
     CU_ASSERT_FALSE(ready_within(x, 0));
     /* the readers go: the exclusive request gets the key */
-    q(r2, "SELECT pgwarden_unlock_all()");
-    CU_ASSERT_STRING_EQUAL(q(r1, "SELECT pgwarden_unlock('g:1')"), "t");
+    itu_q(r2, "SELECT pgwarden_unlock_all()");
+    CU_ASSERT_STRING_EQUAL(itu_q(r1, "SELECT pgwarden_unlock('g:1')"), "t");
     CU_ASSERT(ready_within(x, 3000));
     CU_ASSERT(atoll(async_value(x)) > t1);
     PQfinish(r1), PQfinish(r2), PQfinish(x);
@@ -473,7 +432,7 @@ static void test_sigkill(void)
     PGconn *a = conn(0, NULL), *b = conn(1, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
-    long long t = tok(a, "SELECT pgwarden_lock('k:1', 'exclusive')");
+    long long t = itu_tok(a, "SELECT pgwarden_lock('k:1', 'exclusive')");
     CU_ASSERT(t > 0);
     CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('k:1', 'write', 20000)"));
     CU_ASSERT_FALSE(ready_within(b, 300));
@@ -499,7 +458,7 @@ static void test_lost_connection(void)
     PGconn *a = conn(0, NULL), *b = conn(1, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
-    long long t = tok(a, "SELECT pgwarden_lock('l:1', 'write')");
+    long long t = itu_tok(a, "SELECT pgwarden_lock('l:1', 'write')");
     CU_ASSERT(t > 0);
     /* kill instance 1's lock connections from PostgreSQL's side */
     char sql[512];
@@ -510,7 +469,7 @@ static void test_lost_connection(void)
     CU_ASSERT_EQUAL(harness_cluster_exec(sql), 0);
     /* the other instance may take it now */
     int64_t t0 = itu_now_ms();
-    long long t2 = tok(b, "SELECT pgwarden_lock('l:1', 'write', 5000)");
+    long long t2 = itu_tok(b, "SELECT pgwarden_lock('l:1', 'write', 5000)");
     CU_ASSERT(t2 > t);
     CU_ASSERT(itu_now_ms() - t0 < 3000);
     /* once instance 1 has seen the loss (the same moment PostgreSQL dropped the locks,
@@ -520,12 +479,12 @@ static void test_lost_connection(void)
              harness_proxy_log_contains(g_px[0], "lock connection 1 lost")) &&
            itu_now_ms() < seen)
         itu_sleep_ms(10);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('l:1')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock('l:1')"), "t");
     /* after the reconnection, locks work again on instance 1 */
     t0 = itu_now_ms();
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('l:1', 'write', 5000)") > t2);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('l:1', 'write', 5000)") > t2);
     CU_ASSERT(itu_now_ms() - t0 < 4000);
     CU_ASSERT(harness_proxy_log_contains(g_px[0], "lock connection"));
     PQfinish(a), PQfinish(b);
@@ -555,9 +514,9 @@ static bool lose_lock_conns(int i, const char *key)
 /* The row the cases write (from outside pgwarden). */
 static const char *row_value(void)
 {
-    static char buf[64];
+    static char buf[512];
     PGconn *d = direct();
-    snprintf(buf, sizeof(buf), "%s", q(d, "SELECT v FROM lost_t WHERE id = 1"));
+    snprintf(buf, sizeof(buf), "%s", itu_q(d, "SELECT v FROM lost_t WHERE id = 1"));
     PQfinish(d);
     return buf;
 }
@@ -566,9 +525,10 @@ static void lost_in_transaction(const char *mode)
 {
     CU_ASSERT_FATAL(start_n(1, mode, 2, 0));
     PGconn *d = direct();
-    CU_ASSERT_STRING_EQUAL(q(d, "DROP TABLE IF EXISTS lost_t"), "DROP TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "CREATE TABLE lost_t (id int PRIMARY KEY, v int)"), "CREATE TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lost_t VALUES (1, 0)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "DROP TABLE IF EXISTS lost_t"), "DROP TABLE");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "CREATE TABLE lost_t (id int PRIMARY KEY, v int)"),
+                           "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "INSERT INTO lost_t VALUES (1, 0)"), "INSERT 0 1");
     PQfinish(d);
     PGconn *a = conn(0, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
@@ -577,39 +537,39 @@ static void lost_in_transaction(const char *mode)
     /* 1. pgwarden_xact_lock, an UPDATE, the loss: the next UPDATE does not run, the block
      * is failed, its COMMIT rolls back, and the loss is reported once */
     snprintf(key, sizeof(key), "lx:%s", mode);
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
     snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write', 5000)", key);
-    CU_ASSERT(tok(a, sql) > 0);
-    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT(itu_tok(a, sql) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
-    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 10 WHERE id = 1"), "!55000");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE lost_t SET v = v + 10 WHERE id = 1"), "!55000");
     CU_ASSERT(itu_error_contains(a, "pgwarden lost the global lock on"));
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 100 WHERE id = 1"), "!25P02");
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE lost_t SET v = v + 100 WHERE id = 1"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "ROLLBACK");
     CU_ASSERT_STRING_EQUAL(row_value(), "0");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
 
     /* 2. pgwarden_lock (session), a block, the loss: the COMMIT is the next statement */
     snprintf(key, sizeof(key), "ls:%s", mode);
     snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'write', 5000)", key);
-    CU_ASSERT(tok(a, sql) > 0);
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT(itu_tok(a, sql) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "!55000");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "!55000");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "ROLLBACK");
     CU_ASSERT_STRING_EQUAL(row_value(), "0");
     snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
-    CU_ASSERT_STRING_EQUAL(q(a, sql), "f"); /* reported once: no second 55000 */
+    CU_ASSERT_STRING_EQUAL(itu_q(a, sql), "f"); /* reported once: no second 55000 */
 
     /* 3. the extended protocol, and in transaction mode a block without a server yet (the
      * lock call was answered by pgwarden, the BEGIN is held): the group gets the error */
     snprintf(key, sizeof(key), "le:%s", mode);
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
     snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write', 5000)", key);
-    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT(itu_tok(a, sql) > 0);
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
     const char *vals[1] = {"1000"};
     PGresult *r = PQexecParams(a, "UPDATE lost_t SET v = v + $1::int WHERE id = 1", 1, NULL, vals,
@@ -617,14 +577,14 @@ static void lost_in_transaction(const char *mode)
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "55000");
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(a, "COMMIT"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "ROLLBACK");
     CU_ASSERT_STRING_EQUAL(row_value(), "0");
 
     /* 4. a pipeline: BEGIN, UPDATE, COMMIT in one group sent after the loss of a session
      * lock; the UPDATE waits for the BEGIN's answer, gets the error, nothing commits */
     snprintf(key, sizeof(key), "lp:%s", mode);
     snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'write', 5000)", key);
-    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT(itu_tok(a, sql) > 0);
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
     CU_ASSERT_FATAL(PQenterPipelineMode(a));
     CU_ASSERT(PQsendQueryParams(a, "BEGIN", 0, NULL, NULL, NULL, NULL, 0));
@@ -647,35 +607,35 @@ static void lost_in_transaction(const char *mode)
     CU_ASSERT(PQexitPipelineMode(a));
     CU_ASSERT_EQUAL(seen_55000, 1);
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
-    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "ROLLBACK"), "ROLLBACK");
     CU_ASSERT_STRING_EQUAL(row_value(), "0");
 
     /* 5. a ROLLBACK runs (it writes nothing) and leaves the report to the next lock call */
     snprintf(key, sizeof(key), "lr:%s", mode);
-    CU_ASSERT_STRING_EQUAL(q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
     snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write', 5000)", key);
-    CU_ASSERT(tok(a, sql) > 0);
-    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT(itu_tok(a, sql) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
-    CU_ASSERT_STRING_EQUAL(q(a, "ROLLBACK"), "ROLLBACK");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
     CU_ASSERT_STRING_EQUAL(row_value(), "0");
 
     /* 6. outside a block nothing changes: statements run, the next lock call gets 55000
      * once */
     snprintf(key, sizeof(key), "lo:%s", mode);
     snprintf(sql, sizeof(sql), "SELECT pgwarden_lock('%s', 'write', 5000)", key);
-    CU_ASSERT(tok(a, sql) > 0);
+    CU_ASSERT(itu_tok(a, sql) > 0);
     CU_ASSERT_FATAL(lose_lock_conns(0, key));
-    CU_ASSERT_STRING_EQUAL(q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE lost_t SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "!55000");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
     CU_ASSERT_STRING_EQUAL(row_value(), "1");
 
     PQfinish(a);
     d = direct();
-    q(d, "DROP TABLE lost_t");
+    itu_q(d, "DROP TABLE lost_t");
     PQfinish(d);
     stop_all();
 }
@@ -700,11 +660,11 @@ static void test_read_modify_write(void)
     CU_ASSERT_FATAL(start_n(3, "transaction", 5, 0));
     PGconn *d = direct();
     CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
-    q(d, "DROP TABLE IF EXISTS lkpg_acct");
+    itu_q(d, "DROP TABLE IF EXISTS lkpg_acct");
     CU_ASSERT_STRING_EQUAL(
-        q(d, "CREATE TABLE lkpg_acct(id int primary key, balance int, token bigint)"),
+        itu_q(d, "CREATE TABLE lkpg_acct(id int primary key, balance int, token bigint)"),
         "CREATE TABLE");
-    CU_ASSERT_STRING_EQUAL(q(d, "INSERT INTO lkpg_acct VALUES (1, 0, 0)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "INSERT INTO lkpg_acct VALUES (1, 0, 0)"), "INSERT 0 1");
     static PGconn *cs[RMW_CLIENTS];
     for (int i = 0; i < RMW_CLIENTS; i++)
         cs[i] = conn(i % 3, NULL);
@@ -763,7 +723,7 @@ static void test_read_modify_write(void)
         }
         itu_sleep_ms(1);
     }
-    const char *bal = q(d, "SELECT balance FROM lkpg_acct WHERE id = 1");
+    const char *bal = itu_q(d, "SELECT balance FROM lkpg_acct WHERE id = 1");
     printf("\n    %d read-modify-writes over 3 instances, balance %s, stale tokens %d ", ok, bal,
            stale);
     CU_ASSERT_EQUAL(failed, 0);
@@ -771,11 +731,11 @@ static void test_read_modify_write(void)
     CU_ASSERT_EQUAL(ok, RMW_CLIENTS * RMW_ROUNDS);
     CU_ASSERT_EQUAL(atoi(bal), ok);
     /* lock connections: backend_connections per instance, whatever the waiters were */
-    CU_ASSERT(atoi(q(d, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                        "'pgwarden-locks %'")) <= 6);
+    CU_ASSERT(atoi(itu_q(d, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                            "'pgwarden-locks %'")) <= 6);
     for (int i = 0; i < RMW_CLIENTS; i++)
         PQfinish(cs[i]);
-    q(d, "DROP TABLE lkpg_acct");
+    itu_q(d, "DROP TABLE lkpg_acct");
     PQfinish(d);
     stop_all();
 }
@@ -821,8 +781,8 @@ static void test_cross_instance_deadlock(void)
     PGconn *a = conn(0, NULL), *b = conn(1, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('d:1', 'exclusive')") > 0);
-    CU_ASSERT(tok(b, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('d:1', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(b, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
     CU_ASSERT_FATAL(PQsendQuery(a, "SELECT pgwarden_lock('d:2', 'exclusive')"));
     itu_sleep_ms(100);
     int64_t t0 = itu_now_ms();
@@ -840,7 +800,7 @@ static void test_cross_instance_deadlock(void)
         return;
     }
     CU_ASSERT_FALSE(ready_within(a, 300)); /* no second victim: a waits for d:2 */
-    CU_ASSERT_STRING_EQUAL(q(b, "SELECT pgwarden_unlock('d:2')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT pgwarden_unlock('d:2')"), "t");
     CU_ASSERT(ready_within(a, 3000));
     CU_ASSERT(atoll(async_value(a)) > 0);
     CU_ASSERT_EQUAL(metric(1, "lock_instance_deadlocks"), 1);
@@ -863,9 +823,9 @@ static void test_three_instance_ring(void)
     PGconn *c[3] = {x, y, z};
     char sql[128];
     for (int i = 0; i < 3; i++) {
-        CU_ASSERT_STRING_EQUAL(q(c[i], "BEGIN"), "BEGIN");
+        CU_ASSERT_STRING_EQUAL(itu_q(c[i], "BEGIN"), "BEGIN");
         snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'write')", lk[i]);
-        CU_ASSERT(tok(c[i], sql) > 0);
+        CU_ASSERT(itu_tok(c[i], sql) > 0);
     }
     for (int i = 0; i < 3; i++) {
         snprintf(sql, sizeof(sql), "SELECT pgwarden_xact_lock('%s', 'exclusive')", lk[(i + 1) % 3]);
@@ -883,13 +843,13 @@ static void test_three_instance_ring(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(detail, "a cycle of 3 lock waits"));
     CU_ASSERT_FALSE(ready_within(x, 200));
     CU_ASSERT_FALSE(ready_within(y, 1));
-    CU_ASSERT_STRING_EQUAL(q(z, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(z, "ROLLBACK"), "ROLLBACK");
     CU_ASSERT(ready_within(y, 3000));
     CU_ASSERT(atoll(async_value(y)) > 0);
-    CU_ASSERT_STRING_EQUAL(q(y, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(y, "COMMIT"), "COMMIT");
     CU_ASSERT(ready_within(x, 3000));
     CU_ASSERT(atoll(async_value(x)) > 0);
-    CU_ASSERT_STRING_EQUAL(q(x, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(x, "COMMIT"), "COMMIT");
     long long victims = 0;
     for (int i = 0; i < 3; i++)
         victims += metric(i, "lock_instance_deadlocks");
@@ -908,18 +868,18 @@ static void test_long_chain_not_deadlock(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('d:1', 'write')") > 0);
-    CU_ASSERT(tok(c, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('d:1', 'write')") > 0);
+    CU_ASSERT(itu_tok(c, "SELECT pgwarden_lock('d:2', 'exclusive')") > 0);
     CU_ASSERT_FATAL(PQsendQuery(a, "SELECT pgwarden_lock('d:2', 'read')"));
     CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('d:1', 'write')"));
     CU_ASSERT_FALSE(ready_within(a, 2500));
     CU_ASSERT_FALSE(ready_within(b, 1));
     CU_ASSERT(metric(0, "lock_graph_rounds") > 0);
     CU_ASSERT(metric(1, "lock_graph_rounds") > 0);
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_unlock('d:2')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_unlock('d:2')"), "t");
     CU_ASSERT(ready_within(a, 3000));
     CU_ASSERT(atoll(async_value(a)) > 0);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('d:1')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('d:1')"), "t");
     CU_ASSERT(ready_within(b, 3000));
     CU_ASSERT(atoll(async_value(b)) > 0);
     CU_ASSERT_EQUAL(metric(0, "lock_instance_deadlocks"), 0);
@@ -939,24 +899,24 @@ static void test_handover_keeps_only_needed(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
-    long long ta = tok(a, "SELECT pgwarden_lock('h:1', 'exclusive')");
+    long long ta = itu_tok(a, "SELECT pgwarden_lock('h:1', 'exclusive')");
     CU_ASSERT(ta > 0);
     CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('h:1', 'read')"));
     CU_ASSERT_FALSE(ready_within(b, 200));
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('h:1')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('h:1')"), "t");
     CU_ASSERT(ready_within(b, 3000));
     long long tb = atoll(async_value(b));
     CU_ASSERT(tb > ta);
     /* the release of what the reader does not need follows the grant by a round trip */
     const char *w = "NULL";
     for (int i = 0; i < 50 && strcmp(w, "NULL") == 0; i++) {
-        w = q(c, "SELECT pgwarden_try_lock('h:1', 'write')");
+        w = itu_q(c, "SELECT pgwarden_try_lock('h:1', 'write')");
         if (strcmp(w, "NULL") == 0)
             itu_sleep_ms(20);
     }
     CU_ASSERT(atoll(w) > tb);
-    CU_ASSERT(tok(c, "SELECT pgwarden_try_lock('h:1', 'read')") > tb);
-    CU_ASSERT_STRING_EQUAL(q(c, "SELECT pgwarden_try_lock('h:1', 'exclusive')"), "NULL");
+    CU_ASSERT(itu_tok(c, "SELECT pgwarden_try_lock('h:1', 'read')") > tb);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_try_lock('h:1', 'exclusive')"), "NULL");
     PQfinish(a), PQfinish(b), PQfinish(c);
     stop_all();
 }
@@ -986,7 +946,7 @@ static void test_remote_holders(void)
     PGconn *a = conn(0, NULL), *b = conn(1, NULL);
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
-    CU_ASSERT(tok(a, "SELECT pgwarden_lock('v:1', 'write')") > 0);
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_lock('v:1', 'write')") > 0);
     CU_ASSERT_FATAL(PQsendQuery(b, "SELECT pgwarden_lock('v:1', 'exclusive')"));
     CU_ASSERT_FALSE(ready_within(b, 300));
     json_t *k = locks_key(1, "v:1");
@@ -1008,7 +968,7 @@ static void test_remote_holders(void)
     CU_ASSERT_PTR_NOT_NULL(k);
     CU_ASSERT_PTR_NULL(json_object_get(k, "remote"));
     json_decref(k);
-    CU_ASSERT_STRING_EQUAL(q(a, "SELECT pgwarden_unlock('v:1')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT pgwarden_unlock('v:1')"), "t");
     CU_ASSERT(ready_within(b, 3000));
     CU_ASSERT(atoll(async_value(b)) > 0);
     PQfinish(a), PQfinish(b);
@@ -1025,12 +985,12 @@ static double pair_us(void)
     PGconn *c = conn(0, NULL);
     if (PQstatus(c) != CONNECTION_OK)
         return -1;
-    q(c, "SELECT pgwarden_lock('rt:warm', 'write')");
+    itu_q(c, "SELECT pgwarden_lock('rt:warm', 'write')");
     int64_t t0 = itu_now_ms();
     bool ok = true;
     for (int i = 0; i < RT_PAIRS && ok; i++) {
-        ok = atoll(q(c, "SELECT pgwarden_lock('rt:1', 'write')")) > 0 &&
-             strcmp(q(c, "SELECT pgwarden_unlock('rt:1')"), "t") == 0;
+        ok = atoll(itu_q(c, "SELECT pgwarden_lock('rt:1', 'write')")) > 0 &&
+             strcmp(itu_q(c, "SELECT pgwarden_unlock('rt:1')"), "t") == 0;
     }
     int64_t ms = itu_now_ms() - t0;
     PQfinish(c);
