@@ -202,15 +202,7 @@ const char *px_lockfn_name(enum px_lockfn fn)
 /* The function t names: a word in any case, or exactly "quoted"; -1 if none. */
 static int fn_of(const struct px_lex_token *t)
 {
-    if (t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT)
-        return -1;
-    for (int i = 0; i < PX_LOCKFN_COUNT; i++) {
-        size_t n = strlen(fn_names[i]);
-        if (t->kind == PX_LEX_WORD ? px_lex_fold_eq(t->s, t->n, fn_names[i])
-                                   : t->n == n && !memcmp(t->s, fn_names[i], n))
-            return i;
-    }
-    return -1;
+    return px_lex_lookup(t, fn_names, PX_LOCKFN_COUNT, true);
 }
 
 /* PostgreSQL 15's keywords that cannot be a bare column label (pg_get_keywords() where
@@ -227,32 +219,17 @@ static const char *const not_bare[] = {
 
 static bool is_bare_label(const struct px_lex_token *t)
 {
-    if (t->kind == PX_LEX_QIDENT)
-        return true;
-    if (t->kind != PX_LEX_WORD)
-        return false;
-    for (size_t i = 0; i < sizeof(not_bare) / sizeof(not_bare[0]); i++)
-        if (px_lex_fold_eq(t->s, t->n, not_bare[i]))
-            return false;
-    return true;
+    return t->kind == PX_LEX_QIDENT ||
+           (t->kind == PX_LEX_WORD &&
+            px_lex_lookup(t, not_bare, sizeof(not_bare) / sizeof(not_bare[0]), false) < 0);
 }
 
-/* The column name t gives (folded, or "" undone): false when empty or too long. */
+/* The column name t gives (folded, or "" undone): false when empty or too long (PostgreSQL
+ * would truncate it, with a NOTICE). */
 static bool label_name(const struct px_lex_token *t, char out[PX_LOCKCALL_NAME_SIZE])
 {
-    size_t n = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        char c = t->s[i];
-        if (t->kind == PX_LEX_WORD)
-            c = px_lex_fold(c);
-        else if (c == '"')
-            i++; /* "" is one quote */
-        if (n == PX_LOCKCALL_NAME_SIZE - 1)
-            return false; /* PostgreSQL would truncate it, with a NOTICE */
-        out[n++] = c;
-    }
-    out[n] = '\0';
-    return n > 0;
+    size_t n = px_lex_ident(t, out, PX_LOCKCALL_NAME_SIZE);
+    return n > 0 && n < PX_LOCKCALL_NAME_SIZE;
 }
 
 struct shape {

@@ -4,7 +4,8 @@
  *
  * Interface: px_lex_next() splits a text into tokens; px_lex_skip_blank(),
  * px_lex_quote_continue() and px_lex_dollar_delim() are the pieces lockcall.c needs again
- * to decode strings and look at argument texts; px_lex_fold_eq() compares keywords.
+ * to decode strings and look at argument texts; px_lex_fold_eq() and px_lex_lookup()
+ * compare keywords and names, px_lex_ident() reads a name's value.
  *
  * Each rule names the scan.l definition it follows.  Literal bodies are skipped with
  * memchr where there are no escapes to look at: sqlscan.c lexes every simple query of a
@@ -20,6 +21,33 @@ bool px_lex_fold_eq(const char *s, size_t n, const char *w)
         if (w[i] == '\0' || px_lex_fold(s[i]) != w[i])
             return false;
     return w[n] == '\0';
+}
+
+int px_lex_lookup(const struct px_lex_token *t, const char *const *names, size_t n, bool quoted_too)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (t->kind == PX_LEX_WORD ? px_lex_fold_eq(t->s, t->n, names[i])
+                                   : quoted_too && t->kind == PX_LEX_QIDENT &&
+                                         t->n == strlen(names[i]) && !memcmp(t->s, names[i], t->n))
+            return (int)i;
+    }
+    return -1;
+}
+
+size_t px_lex_ident(const struct px_lex_token *t, char *out, size_t size)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++, n++) {
+        char c = t->s[i];
+        if (t->kind == PX_LEX_WORD)
+            c = px_lex_fold(c);
+        else if (c == '"')
+            i++; /* "" is one quote: the lexer guarantees the second */
+        if (n + 1 < size)
+            out[n] = c;
+    }
+    out[n + 1 < size ? n : size - 1] = '\0';
+    return n;
 }
 
 /* p is just past the opening slash-star.  Returns just past the matching star-slash

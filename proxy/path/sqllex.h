@@ -13,10 +13,15 @@
  * neither user needs multi-character operators.  Strings are lexed as with
  * standard_conforming_strings = on (the default since PostgreSQL 9.1).
  *
- * What it does not do.  It knows no keyword and decodes no string (lockcall.c does, for
- * its arguments).  U&, B, X and N before a quote lex as a word, then a 'standard' string of
- * the same extent PostgreSQL gives it; a zero-length "" is a QIDENT of length 0, which
- * PostgreSQL rejects (the users refuse it where a name is read).
+ * Names: px_lex_lookup() finds a word (any case) or quoted identifier in a caller's list
+ * of keywords or names, px_lex_ident() reads its value (folded, or "" undone).
+ *
+ * What it does not do.  It holds no keyword list and decodes no string (lockcall.c does,
+ * for its arguments).  U&, B, X and N before a quote lex as a word, then a 'standard'
+ * string of the extent PostgreSQL gives it (but for '' inside B'' and X'', which
+ * PostgreSQL ends at the first quote, in texts it then rejects); a zero-length "" is a
+ * QIDENT of length 0, which PostgreSQL rejects (the users refuse it where they read a
+ * name).
  *
  * Guarantees.  No allocation, no state outside struct px_lex: safe from any thread.
  * Nothing at or past end is read.  Every token but PX_LEX_END is at least one byte long and
@@ -97,6 +102,18 @@ static inline char px_lex_fold(char c)
 
 /* s[0..n) equals the NUL-terminated lower-case ASCII word w, ignoring ASCII case. */
 bool px_lex_fold_eq(const char *s, size_t n, const char *w);
+
+/* The index in names[0..n) (lower-case ASCII) of the name t spells, or -1: a word in any
+ * ASCII case, as scan.l folds it, and when quoted_too a "quoted identifier" exactly (a
+ * quoted keyword is a plain name, but a quoted function name still names the function). */
+int px_lex_lookup(const struct px_lex_token *t, const char *const *names, size_t n,
+                  bool quoted_too);
+
+/* The value of the word or quoted identifier t as scan.l makes it: a word folded to ASCII
+ * lower case, a quoted identifier with "" undone (truncating it to NAMEDATALEN is the
+ * caller's business).  Writes its first min(length, size - 1) bytes and a NUL to out
+ * (size >= 1) and returns its whole length. */
+size_t px_lex_ident(const struct px_lex_token *t, char *out, size_t size);
 
 /* The next token of lx (PX_LEX_END at the end, again and again); advances lx->p past it.
  * The token points into the text. */

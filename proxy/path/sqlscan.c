@@ -56,11 +56,10 @@ static const char *const lock_fns[] = {
 /* t names the function fn: a word in any case, or exactly "quoted". */
 static bool is_fn(const struct px_lex_token *t, const char *fn)
 {
-    size_t n = strlen(fn);
-    if ((t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT) || t->n != n ||
+    if ((t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT) || t->n == 0 ||
         (t->s[0] | 0x20) != fn[0])
-        return false;
-    return t->kind == PX_LEX_WORD ? px_lex_fold_eq(t->s, t->n, fn) : !memcmp(t->s, fn, n);
+        return false; /* most tokens: at a glance */
+    return px_lex_lookup(t, &fn, 1, true) == 0;
 }
 
 /* t names a session advisory lock function: a word in any case, or exactly "quoted". */
@@ -69,13 +68,7 @@ static bool is_lock_fn(const struct px_lex_token *t)
     if ((t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT) || t->n < 16 ||
         (t->s[0] | 0x20) != 'p')
         return false;
-    for (size_t i = 0; i < sizeof(lock_fns) / sizeof(lock_fns[0]); i++) {
-        size_t n = strlen(lock_fns[i]);
-        if (t->kind == PX_LEX_WORD ? px_lex_fold_eq(t->s, t->n, lock_fns[i])
-                                   : t->n == n && !memcmp(t->s, lock_fns[i], n))
-            return true;
-    }
-    return false;
+    return px_lex_lookup(t, lock_fns, sizeof(lock_fns) / sizeof(lock_fns[0]), true) >= 0;
 }
 
 static void note_feature(struct lexer *lx, const char *feature)
@@ -280,12 +273,8 @@ static bool is_name(const struct px_lex_token *t)
 {
     if (t->kind == PX_LEX_QIDENT)
         return t->n > 0 && !memchr(t->s, '\0', t->n);
-    if (t->kind != PX_LEX_WORD)
-        return false;
-    for (size_t i = 0; i < sizeof(not_colid) / sizeof(not_colid[0]); i++)
-        if (px_lex_fold_eq(t->s, t->n, not_colid[i]))
-            return false;
-    return true;
+    return t->kind == PX_LEX_WORD &&
+           px_lex_lookup(t, not_colid, sizeof(not_colid) / sizeof(not_colid[0]), false) < 0;
 }
 
 /* Copies the name t as PostgreSQL reads it: folded or unescaped, cut to 63 bytes without
@@ -293,15 +282,7 @@ static bool is_name(const struct px_lex_token *t)
 static void copy_name(const struct px_lex_token *t, char out[PX_SQL_NAME_SIZE])
 {
     char buf[PX_SQL_NAME_SIZE + 1];
-    size_t n = 0;
-    for (size_t i = 0; i < t->n && n < sizeof(buf); i++) {
-        char c = t->s[i];
-        if (t->kind == PX_LEX_WORD)
-            c = px_lex_fold(c);
-        else if (c == '"')
-            i++; /* "" stands for one quote; the lexer guarantees the second */
-        buf[n++] = c;
-    }
+    size_t n = px_lex_ident(t, buf, sizeof(buf));
     if (n >= PX_SQL_NAME_SIZE) {
         n = PX_SQL_NAME_SIZE - 1;
         while (n > 0 && ((unsigned char)buf[n] & 0xC0) == 0x80)

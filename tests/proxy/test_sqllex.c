@@ -320,6 +320,44 @@ static void test_helpers(void)
     CU_ASSERT_EQUAL(px_lex_dollar_delim("$a$b$", (const char *)"$a$b$" + 5), 3);
 }
 
+/* First token of text (a string literal). */
+static struct px_lex_token first_token(const char *text)
+{
+    struct px_lex lx = {text, text + strlen(text)};
+    struct px_lex_token t;
+    px_lex_next(&lx, &t);
+    return t;
+}
+
+static void test_names(void)
+{
+    static const char *const names[] = {"select", "pg_temp", "a\"b"};
+    struct px_lex_token t = first_token("PG_Temp");
+    CU_ASSERT_EQUAL(px_lex_lookup(&t, names, NELEM(names), false), 1);
+    t = first_token("\"pg_temp\"");
+    CU_ASSERT_EQUAL(px_lex_lookup(&t, names, NELEM(names), false), -1); /* a keyword? no */
+    CU_ASSERT_EQUAL(px_lex_lookup(&t, names, NELEM(names), true), 1);
+    t = first_token("\"PG_temp\"");
+    CU_ASSERT_EQUAL(px_lex_lookup(&t, names, NELEM(names), true), -1); /* quoted: exact */
+    t = first_token("selec");
+    CU_ASSERT_EQUAL(px_lex_lookup(&t, names, NELEM(names), true), -1);
+    t = first_token("'select'");
+    CU_ASSERT_EQUAL(px_lex_lookup(&t, names, NELEM(names), true), -1);
+
+    char out[8];
+    t = first_token("AbC_\xc3\x89");
+    CU_ASSERT_EQUAL(px_lex_ident(&t, out, sizeof(out)), 6);
+    CU_ASSERT_STRING_EQUAL(out, "abc_\xc3\x89"); /* ASCII folding only */
+    t = first_token("\"A\"\"b\"");
+    CU_ASSERT_EQUAL(px_lex_ident(&t, out, sizeof(out)), 3);
+    CU_ASSERT_STRING_EQUAL(out, "A\"b");
+    t = first_token("abcdefghij");
+    CU_ASSERT_EQUAL(px_lex_ident(&t, out, sizeof(out)), 10); /* the whole length */
+    CU_ASSERT_STRING_EQUAL(out, "abcdefg");                  /* cut to size - 1 */
+    CU_ASSERT_EQUAL(px_lex_ident(&t, out, 1), 10);
+    CU_ASSERT_STRING_EQUAL(out, "");
+}
+
 /* ---- robustness ------------------------------------------------------------------------ */
 
 static size_t prefixes_of(const struct lex_case *cases, size_t n)
@@ -415,6 +453,7 @@ void test_sqllex_register(void)
         {"other", test_other},
         {"nul", test_nul},
         {"helpers", test_helpers},
+        {"names", test_names},
         {"every_prefix", test_every_prefix},
         {"random_texts", test_random_texts},
         {"large_inputs", test_large_inputs},
