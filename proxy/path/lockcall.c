@@ -5,9 +5,9 @@
  *
  * Three layers over one text, no allocation:
  *
- *   lexer      lex_next() splits the text as PostgreSQL 15's scan.l does (the conventions
- *              of sqlscan.c): white space and comments skipped, literals whole, strings
- *              continued across newlines, numbers with trailing junk refused (TK_BAD).
+ *   lexer      sqllex.h: the text split as PostgreSQL 15's scan.l does (white space and
+ *              comments skipped, literals whole, strings continued across newlines,
+ *              numbers with trailing junk refused: PX_LEX_BAD).
  *   shape      recognise(): [;...] SELECT fn ( ... ) [[AS] alias] [;...] or
  *              SELECT * FROM fn ( ... ), finding the matching ')' and the arguments'
  *              extents at depth one; then every string constant of the arguments is
@@ -28,304 +28,16 @@
 #include <string.h>
 
 #include "path/lockcall_int.h"
-
-enum tok_kind {
-    TK_END,    /* end of the text (or of the range being lexed) */
-    TK_SEMI,   /* ';' */
-    TK_WORD,   /* identifier or keyword as written */
-    TK_QIDENT, /* "quoted identifier": s/n is the body, "" not undone */
-    TK_STRING, /* 'std', E'esc' or $$dollar$$ string, continuations included */
-    TK_INT,    /* digits */
-    TK_NUM,    /* decimal or real constant */
-    TK_PARAM,  /* $n */
-    TK_CAST,   /* :: */
-    TK_CHAR,   /* any other byte */
-    TK_BAD,    /* something PostgreSQL's lexer rejects: runs to the end */
-};
-
-enum str_kind { STR_STD, STR_ESC, STR_DOLLAR };
-
-struct token {
-    uint8_t kind; /* enum tok_kind */
-    uint8_t str;  /* TK_STRING: enum str_kind */
-    const char *s;
-    size_t n;
-};
-
-struct lexer {
-    const char *p, *end;
-};
-
-/* ---- characters (PostgreSQL 15 scan.l) ------------------------------------------------- */
-
-static bool is_space(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
-}
-
-static bool is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static bool is_ident_start(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
-}
-
-static bool is_ident_cont(unsigned char c)
-{
-    return is_ident_start(c) || is_digit(c) || c == '$';
-}
+#include "path/sqllex.h"
 
 static bool is_hex(unsigned char c)
 {
-    return is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+    return px_lex_is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
 }
 
 static unsigned hex_val(unsigned char c)
 {
-    return is_digit(c) ? (unsigned)(c - '0') : (unsigned)((c | 0x20) - 'a' + 10);
-}
-
-static char fold(char c)
-{
-    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool fold_eq(const char *s, size_t n, const char *w)
-{
-    size_t wn = strlen(w);
-    if (n != wn)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (fold(s[i]) != w[i])
-            return false;
-    return true;
-}
-
-/* ---- lexer ----------------------------------------------------------------------------- */
-
-static const char *skip_block_comment(const char *p, const char *end)
-{
-    size_t depth = 1;
-    while (p < end) {
-        if (*p == '*' && end - p > 1 && p[1] == '/') {
-            p += 2;
-            if (--depth == 0)
-                return p;
-        } else if (*p == '/' && end - p > 1 && p[1] == '*') {
-            p += 2;
-            depth++;
-        } else {
-            p++;
-        }
-    }
-    return NULL;
-}
-
-static const char *skip_line_comment(const char *p, const char *end)
-{
-    while (p < end && *p != '\n' && *p != '\r')
-        p++;
-    return p;
-}
-
-/* Skips white space and comments; NULL for an unterminated block comment. */
-static const char *skip_blank(const char *p, const char *end)
-{
-    while (p < end) {
-        if (is_space((unsigned char)*p)) {
-            p++;
-        } else if (*p == '-' && end - p > 1 && p[1] == '-') {
-            p = skip_line_comment(p + 2, end);
-        } else if (*p == '/' && end - p > 1 && p[1] == '*') {
-            p = skip_block_comment(p + 2, end);
-            if (!p)
-                return NULL;
-        } else {
-            break;
-        }
-    }
-    return p;
-}
-
-/* p is just past a string's closing quote.  quotecontinue: white space and -- comments
- * holding a newline, then a quote.  Returns just past that quote, or NULL. */
-static const char *quote_continue(const char *p, const char *end)
-{
-    bool newline = false;
-    while (p < end) {
-        if (*p == '\n' || *p == '\r') {
-            newline = true;
-            p++;
-        } else if (is_space((unsigned char)*p)) {
-            p++;
-        } else if (*p == '-' && end - p > 1 && p[1] == '-') {
-            p = skip_line_comment(p + 2, end);
-        } else {
-            break;
-        }
-    }
-    return newline && p < end && *p == '\'' ? p + 1 : NULL;
-}
-
-/* p is just past the opening quote of a 'string' (esc: of an E'string').  Returns just past
- * its end, continuations included, or NULL when the text ends first. */
-static const char *string_end(const char *p, const char *end, bool esc)
-{
-    for (;;) {
-        while (p < end && *p != '\'') {
-            if (esc && *p == '\\' && end - p > 1)
-                p++; /* the next byte is escaped, whatever it is */
-            p++;
-        }
-        if (p >= end)
-            return NULL;
-        p++; /* the quote */
-        if (p < end && *p == '\'') {
-            p++; /* '' */
-            continue;
-        }
-        const char *q = quote_continue(p, end);
-        if (!q)
-            return p;
-        p = q;
-    }
-}
-
-/* Length of a dollar-quote delimiter $[tag]$ at p ('$'), or 0. */
-static size_t dollar_delim(const char *p, const char *end)
-{
-    const char *q = p + 1;
-    if (q < end && is_ident_start((unsigned char)*q)) {
-        q++;
-        while (q < end && (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q)))
-            q++;
-    }
-    return q < end && *q == '$' ? (size_t)(q - p) + 1 : 0;
-}
-
-static const char *dollar_end(const char *p, const char *end, const char *d, size_t dn)
-{
-    while ((size_t)(end - p) >= dn) {
-        const char *hit = memchr(p, '$', (size_t)(end - p) - dn + 1);
-        if (!hit)
-            return NULL;
-        if (!memcmp(hit, d, dn))
-            return hit + dn;
-        p = hit + 1;
-    }
-    return NULL;
-}
-
-/* A numeric constant at p (a digit, or '.' and a digit): integer, decimal, real; with
- * PostgreSQL 15's trailing-junk errors.  Sets kind and returns the end. */
-static const char *lex_number(const char *p, const char *end, struct token *t)
-{
-    const char *q = p;
-    t->kind = TK_INT;
-    while (q < end && is_digit((unsigned char)*q))
-        q++;
-    if (q < end && *q == '.' && !(end - q > 1 && q[1] == '.')) { /* 1..2 is 1 then .. */
-        t->kind = TK_NUM;
-        q++;
-        while (q < end && is_digit((unsigned char)*q))
-            q++;
-    }
-    if (q < end && (*q == 'e' || *q == 'E')) {
-        const char *r = q + 1;
-        if (r < end && (*r == '+' || *r == '-'))
-            r++;
-        if (r < end && is_digit((unsigned char)*r)) {
-            t->kind = TK_NUM;
-            while (r < end && is_digit((unsigned char)*r))
-                r++;
-            q = r;
-        } else {
-            t->kind = TK_BAD; /* realfail, or integer_junk */
-        }
-    }
-    if (q < end && is_ident_start((unsigned char)*q))
-        t->kind = TK_BAD; /* trailing junk after numeric literal */
-    return q;
-}
-
-/* One token at p (< end, not blank). */
-static const char *lex_token(const char *p, const char *end, struct token *t)
-{
-    unsigned char c = (unsigned char)*p;
-    const char *q;
-    t->s = p;
-    t->kind = TK_CHAR;
-    if (c == ';') {
-        t->kind = TK_SEMI;
-        q = p + 1;
-    } else if ((c == 'e' || c == 'E') && end - p > 1 && p[1] == '\'') {
-        q = string_end(p + 2, end, true);
-        t->kind = TK_STRING;
-        t->str = STR_ESC;
-    } else if (is_ident_start(c)) {
-        for (q = p + 1; q < end && is_ident_cont((unsigned char)*q);)
-            q++;
-        t->kind = TK_WORD;
-    } else if (c == '\'') {
-        q = string_end(p + 1, end, false);
-        t->kind = TK_STRING;
-        t->str = STR_STD;
-    } else if (c == '"') {
-        for (q = p + 1;; q += 2) {
-            q = memchr(q, '"', (size_t)(end - q));
-            if (!q || end - q < 2 || q[1] != '"')
-                break;
-        }
-        t->kind = TK_QIDENT;
-        if (q) {
-            t->s = p + 1;
-            t->n = (size_t)(q - t->s);
-            return q + 1;
-        }
-    } else if (is_digit(c) || (c == '.' && end - p > 1 && is_digit((unsigned char)p[1]))) {
-        q = lex_number(p, end, t);
-    } else if (c == '$' && end - p > 1 && is_digit((unsigned char)p[1])) {
-        for (q = p + 1; q < end && is_digit((unsigned char)*q);)
-            q++;
-        t->kind = q < end && is_ident_start((unsigned char)*q) ? TK_BAD : TK_PARAM;
-    } else if (c == '$' && dollar_delim(p, end)) {
-        size_t dn = dollar_delim(p, end);
-        q = dollar_end(p + dn, end, p, dn);
-        t->kind = TK_STRING;
-        t->str = STR_DOLLAR;
-    } else if (c == ':' && end - p > 1 && p[1] == ':') {
-        t->kind = TK_CAST;
-        q = p + 2;
-    } else {
-        q = p + 1;
-    }
-    if (!q) { /* unterminated */
-        t->kind = TK_BAD;
-        q = end;
-    }
-    t->n = (size_t)(q - p);
-    return q;
-}
-
-static void lex_next(struct lexer *lx, struct token *t)
-{
-    const char *p = skip_blank(lx->p, lx->end);
-    if (!p) {
-        t->kind = TK_BAD;
-        t->s = lx->p;
-        t->n = 0;
-        lx->p = lx->end;
-    } else if (p == lx->end) {
-        t->kind = TK_END;
-        t->s = p;
-        t->n = 0;
-        lx->p = p;
-    } else {
-        lx->p = lex_token(p, lx->end, t);
-    }
+    return px_lex_is_digit(c) ? (unsigned)(c - '0') : (unsigned)((c | 0x20) - 'a' + 10);
 }
 
 /* ---- decoding string constants --------------------------------------------------------- */
@@ -439,17 +151,17 @@ static size_t esc_escape(const char *p, const char *end, struct sink *k)
  * escape, or decoded bytes that are not UTF-8 (NUL included).  The token is known to be
  * well terminated.
  */
-static bool decode_string(const struct token *t, struct sink *k)
+static bool decode_string(const struct px_lex_token *t, struct sink *k)
 {
     const char *p = t->s, *end = t->s + t->n;
     px_lc_val_text(k->v, PX_LT_UNKNOWN);
     k->u = (struct px_lc_utf8){0};
-    if (t->str == STR_DOLLAR) {
-        size_t dn = dollar_delim(p, end);
+    if (t->str == PX_LEX_STR_DOLLAR) {
+        size_t dn = px_lex_dollar_delim(p, end);
         sink_put(k, p + dn, t->n - 2 * dn);
         return px_lc_utf8_ok(&k->u);
     }
-    bool esc = t->str == STR_ESC;
+    bool esc = t->str == PX_LEX_STR_ESC;
     p += esc ? 2 : 1;
     while (p < end) {
         const char *run = p;
@@ -467,7 +179,7 @@ static bool decode_string(const struct token *t, struct sink *k)
             sink_put(k, "'", 1);
             p += 2;
         } else {
-            p = quote_continue(p + 1, end); /* NULL at the token's end */
+            p = px_lex_quote_continue(p + 1, end); /* NULL at the token's end */
             if (!p)
                 break;
         }
@@ -488,17 +200,9 @@ const char *px_lockfn_name(enum px_lockfn fn)
 }
 
 /* The function t names: a word in any case, or exactly "quoted"; -1 if none. */
-static int fn_of(const struct token *t)
+static int fn_of(const struct px_lex_token *t)
 {
-    if (t->kind != TK_WORD && t->kind != TK_QIDENT)
-        return -1;
-    for (int i = 0; i < PX_LOCKFN_COUNT; i++) {
-        size_t n = strlen(fn_names[i]);
-        if (t->kind == TK_WORD ? fold_eq(t->s, t->n, fn_names[i])
-                               : t->n == n && !memcmp(t->s, fn_names[i], n))
-            return i;
-    }
-    return -1;
+    return px_lex_lookup(t, fn_names, PX_LOCKFN_COUNT, true);
 }
 
 /* PostgreSQL 15's keywords that cannot be a bare column label (pg_get_keywords() where
@@ -513,34 +217,19 @@ static const char *const not_bare[] = {
 };
 /* clang-format on */
 
-static bool is_bare_label(const struct token *t)
+static bool is_bare_label(const struct px_lex_token *t)
 {
-    if (t->kind == TK_QIDENT)
-        return true;
-    if (t->kind != TK_WORD)
-        return false;
-    for (size_t i = 0; i < sizeof(not_bare) / sizeof(not_bare[0]); i++)
-        if (fold_eq(t->s, t->n, not_bare[i]))
-            return false;
-    return true;
+    return t->kind == PX_LEX_QIDENT ||
+           (t->kind == PX_LEX_WORD &&
+            px_lex_lookup(t, not_bare, sizeof(not_bare) / sizeof(not_bare[0]), false) < 0);
 }
 
-/* The column name t gives (folded, or "" undone): false when empty or too long. */
-static bool label_name(const struct token *t, char out[PX_LOCKCALL_NAME_SIZE])
+/* The column name t gives (folded, or "" undone): false when empty or too long (PostgreSQL
+ * would truncate it, with a NOTICE). */
+static bool label_name(const struct px_lex_token *t, char out[PX_LOCKCALL_NAME_SIZE])
 {
-    size_t n = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        char c = t->s[i];
-        if (t->kind == TK_WORD)
-            c = fold(c);
-        else if (c == '"')
-            i++; /* "" is one quote */
-        if (n == PX_LOCKCALL_NAME_SIZE - 1)
-            return false; /* PostgreSQL would truncate it, with a NOTICE */
-        out[n++] = c;
-    }
-    out[n] = '\0';
-    return n > 0;
+    size_t n = px_lex_ident(t, out, PX_LOCKCALL_NAME_SIZE);
+    return n > 0 && n < PX_LOCKCALL_NAME_SIZE;
 }
 
 struct shape {
@@ -554,25 +243,25 @@ struct shape {
 };
 
 /* The rest of the text after the statement is only empty statements. */
-static bool only_empties(struct lexer *lx, struct token *t)
+static bool only_empties(struct px_lex *lx, struct px_lex_token *t)
 {
-    while (t->kind == TK_SEMI)
-        lex_next(lx, t);
-    return t->kind == TK_END;
+    while (t->kind == PX_LEX_SEMI)
+        px_lex_next(lx, t);
+    return t->kind == PX_LEX_END;
 }
 
 /* From just after '(': the arguments' extents up to the matching ')'. */
-static bool split_args(struct lexer *lx, struct shape *sh)
+static bool split_args(struct px_lex *lx, struct shape *sh)
 {
-    struct token t;
+    struct px_lex_token t;
     int depth = 1;
     const char *start = lx->p;
     sh->nargs = 0;
     for (;;) {
-        lex_next(lx, &t);
-        if (t.kind == TK_END || t.kind == TK_SEMI || t.kind == TK_BAD)
+        px_lex_next(lx, &t);
+        if (t.kind == PX_LEX_END || t.kind == PX_LEX_SEMI || t.kind == PX_LEX_BAD)
             return false;
-        if (t.kind != TK_CHAR)
+        if (t.kind != PX_LEX_CHAR)
             continue;
         if (*t.s == '(') {
             depth++;
@@ -593,50 +282,50 @@ static bool split_args(struct lexer *lx, struct shape *sh)
 /* An argument's text holds no token (fn() has none; fn(,) is a syntax error). */
 static bool arg_empty(const struct shape *sh, size_t i)
 {
-    const char *p = skip_blank(sh->arg_start[i], sh->arg_end[i]);
+    const char *p = px_lex_skip_blank(sh->arg_start[i], sh->arg_end[i]);
     return p == sh->arg_end[i];
 }
 
 static bool recognise(const char *sql, size_t len, struct shape *sh)
 {
-    struct lexer lx = {sql, sql + len};
-    struct token t;
-    lex_next(&lx, &t);
-    while (t.kind == TK_SEMI)
-        lex_next(&lx, &t);
-    if (t.kind != TK_WORD || !fold_eq(t.s, t.n, "select"))
+    struct px_lex lx = {sql, sql + len};
+    struct px_lex_token t;
+    px_lex_next(&lx, &t);
+    while (t.kind == PX_LEX_SEMI)
+        px_lex_next(&lx, &t);
+    if (t.kind != PX_LEX_WORD || !px_lex_fold_eq(t.s, t.n, "select"))
         return false;
-    lex_next(&lx, &t);
-    sh->from = t.kind == TK_CHAR && *t.s == '*';
+    px_lex_next(&lx, &t);
+    sh->from = t.kind == PX_LEX_CHAR && *t.s == '*';
     if (sh->from) {
-        lex_next(&lx, &t);
-        if (t.kind != TK_WORD || !fold_eq(t.s, t.n, "from"))
+        px_lex_next(&lx, &t);
+        if (t.kind != PX_LEX_WORD || !px_lex_fold_eq(t.s, t.n, "from"))
             return false;
-        lex_next(&lx, &t);
+        px_lex_next(&lx, &t);
     }
     sh->fn = fn_of(&t);
-    sh->fn_loc = t.kind == TK_QIDENT ? t.s - 1 : t.s;
+    sh->fn_loc = t.kind == PX_LEX_QIDENT ? t.s - 1 : t.s;
     if (sh->fn < 0)
         return false;
     snprintf(sh->column, sizeof(sh->column), "%s", fn_names[sh->fn]);
-    lex_next(&lx, &t);
-    if (t.kind != TK_CHAR || *t.s != '(' || !split_args(&lx, sh))
+    px_lex_next(&lx, &t);
+    if (t.kind != PX_LEX_CHAR || *t.s != '(' || !split_args(&lx, sh))
         return false;
     if (sh->nargs == 1 && arg_empty(sh, 0))
         sh->nargs = 0;
     for (size_t i = 0; i < sh->nargs; i++)
         if (arg_empty(sh, i))
             return false;
-    lex_next(&lx, &t);
-    if (!sh->from && t.kind == TK_WORD && fold_eq(t.s, t.n, "as")) {
-        lex_next(&lx, &t);
-        if ((t.kind != TK_WORD && t.kind != TK_QIDENT) || !label_name(&t, sh->column))
+    px_lex_next(&lx, &t);
+    if (!sh->from && t.kind == PX_LEX_WORD && px_lex_fold_eq(t.s, t.n, "as")) {
+        px_lex_next(&lx, &t);
+        if ((t.kind != PX_LEX_WORD && t.kind != PX_LEX_QIDENT) || !label_name(&t, sh->column))
             return false;
-        lex_next(&lx, &t);
+        px_lex_next(&lx, &t);
     } else if (!sh->from && is_bare_label(&t)) {
         if (!label_name(&t, sh->column))
             return false;
-        lex_next(&lx, &t);
+        px_lex_next(&lx, &t);
     }
     return only_empties(&lx, &t);
 }
@@ -647,10 +336,10 @@ static bool strings_decode(const struct shape *sh)
     struct px_lc_val v;
     struct sink k = {.v = &v};
     for (size_t i = 0; i < sh->nargs; i++) {
-        struct lexer lx = {sh->arg_start[i], sh->arg_end[i]};
-        struct token t;
-        for (lex_next(&lx, &t); t.kind != TK_END; lex_next(&lx, &t))
-            if (t.kind == TK_STRING && !decode_string(&t, &k))
+        struct px_lex lx = {sh->arg_start[i], sh->arg_end[i]};
+        struct px_lex_token t;
+        for (px_lex_next(&lx, &t); t.kind != PX_LEX_END; px_lex_next(&lx, &t))
+            if (t.kind == PX_LEX_STRING && !decode_string(&t, &k))
                 return false;
     }
     return true;
@@ -662,18 +351,18 @@ enum src { SRC_STRING, SRC_INT, SRC_NUM, SRC_NULL, SRC_BOOL, SRC_PARAM };
 
 /* One argument as written: a constant or parameter and its casts. */
 struct arg {
-    uint8_t src;      /* enum src */
-    const char *loc;  /* where the constant or parameter starts (positions) */
-    struct token str; /* SRC_STRING */
-    uint8_t itype;    /* SRC_INT: PX_LT_INT4, PX_LT_INT8 or PX_LT_NUMERIC */
-    int64_t ival;     /* SRC_INT */
-    uint32_t param;   /* SRC_PARAM: n of $n */
+    uint8_t src;             /* enum src */
+    const char *loc;         /* where the constant or parameter starts (positions) */
+    struct px_lex_token str; /* SRC_STRING */
+    uint8_t itype;           /* SRC_INT: PX_LT_INT4, PX_LT_INT8 or PX_LT_NUMERIC */
+    int64_t ival;            /* SRC_INT */
+    uint32_t param;          /* SRC_PARAM: n of $n */
     uint8_t ncasts;
     uint8_t casts[PX_LOCKCALL_MAX_CASTS]; /* enum px_locktype, innermost first */
 };
 
 /* A type name at t for a cast: one of ours, else -1 (two-word names read u). */
-static int cast_type(struct lexer *lx, const struct token *t)
+static int cast_type(struct px_lex *lx, const struct px_lex_token *t)
 {
     static const struct {
         const char *name;
@@ -686,16 +375,17 @@ static int cast_type(struct lexer *lx, const struct token *t)
         {"int", PX_LT_INT4, false},      {"integer", PX_LT_INT4, false},
         {"smallint", PX_LT_INT2, false}, {"bigint", PX_LT_INT8, false},
     };
-    if (t->kind == TK_WORD && (fold_eq(t->s, t->n, "character") || fold_eq(t->s, t->n, "char"))) {
-        struct token u;
-        lex_next(lx, &u);
-        return u.kind == TK_WORD && fold_eq(u.s, u.n, "varying") ? PX_LT_VARCHAR : -1;
+    if (t->kind == PX_LEX_WORD &&
+        (px_lex_fold_eq(t->s, t->n, "character") || px_lex_fold_eq(t->s, t->n, "char"))) {
+        struct px_lex_token u;
+        px_lex_next(lx, &u);
+        return u.kind == PX_LEX_WORD && px_lex_fold_eq(u.s, u.n, "varying") ? PX_LT_VARCHAR : -1;
     }
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         size_t n = strlen(names[i].name);
-        if (t->kind == TK_WORD ? fold_eq(t->s, t->n, names[i].name)
-                               : t->kind == TK_QIDENT && names[i].quoted_ok && t->n == n &&
-                                     !memcmp(t->s, names[i].name, n))
+        if (t->kind == PX_LEX_WORD ? px_lex_fold_eq(t->s, t->n, names[i].name)
+                                   : t->kind == PX_LEX_QIDENT && names[i].quoted_ok && t->n == n &&
+                                         !memcmp(t->s, names[i].name, n))
             return names[i].type;
     }
     return -1;
@@ -710,7 +400,7 @@ static bool add_cast(struct arg *a, int type)
 }
 
 /* An integer constant: its type and value as PostgreSQL's make_const gives them. */
-static void int_const(const struct token *t, bool neg, struct arg *a)
+static void int_const(const struct px_lex_token *t, bool neg, struct arg *a)
 {
     uint64_t mag = 0;
     bool big = false;
@@ -729,41 +419,41 @@ static void int_const(const struct token *t, bool neg, struct arg *a)
 }
 
 /* The constant or parameter at t.  False when it is none. */
-static bool primary(struct lexer *lx, struct token *t, struct arg *a)
+static bool primary(struct px_lex *lx, struct px_lex_token *t, struct arg *a)
 {
-    bool neg = t->kind == TK_CHAR && *t->s == '-';
-    bool sign = neg || (t->kind == TK_CHAR && *t->s == '+'); /* +5 is 5, of the same type */
+    bool neg = t->kind == PX_LEX_CHAR && *t->s == '-';
+    bool sign = neg || (t->kind == PX_LEX_CHAR && *t->s == '+'); /* +5 is 5, of the same type */
     a->loc = t->s;
     if (sign) {
-        lex_next(lx, t);
-        if (t->kind != TK_INT && t->kind != TK_NUM)
+        px_lex_next(lx, t);
+        if (t->kind != PX_LEX_INT && t->kind != PX_LEX_NUM)
             return false;
     }
     switch (t->kind) {
-    case TK_INT:
+    case PX_LEX_INT:
         a->src = SRC_INT;
         int_const(t, neg, a);
         return true;
-    case TK_NUM: a->src = SRC_NUM; return true;
-    case TK_STRING:
+    case PX_LEX_NUM: a->src = SRC_NUM; return true;
+    case PX_LEX_STRING:
         a->str = *t;
         a->src = SRC_STRING;
         return true;
-    case TK_PARAM:
+    case PX_LEX_PARAM:
         a->src = SRC_PARAM;
         a->param = 0;
         for (size_t i = 1; i < t->n && a->param <= 1000000; i++)
             a->param = a->param * 10 + (uint32_t)(t->s[i] - '0');
         return true;
-    case TK_WORD:
-        if (fold_eq(t->s, t->n, "null")) {
+    case PX_LEX_WORD:
+        if (px_lex_fold_eq(t->s, t->n, "null")) {
             a->src = SRC_NULL;
-        } else if (fold_eq(t->s, t->n, "true") || fold_eq(t->s, t->n, "false")) {
+        } else if (px_lex_fold_eq(t->s, t->n, "true") || px_lex_fold_eq(t->s, t->n, "false")) {
             a->src = SRC_BOOL;
-        } else if (fold_eq(t->s, t->n, "n")) { /* N'national': a bpchar constant */
-            struct token u;
-            lex_next(lx, &u);
-            if (u.kind != TK_STRING || u.str != STR_STD || u.s != t->s + 1)
+        } else if (px_lex_fold_eq(t->s, t->n, "n")) { /* N'national': a bpchar constant */
+            struct px_lex_token u;
+            px_lex_next(lx, &u);
+            if (u.kind != PX_LEX_STRING || u.str != PX_LEX_STR_STD || u.s != t->s + 1)
                 return false;
             *t = u;
             a->str = u;
@@ -779,36 +469,38 @@ static bool primary(struct lexer *lx, struct token *t, struct arg *a)
 
 /* arg := CAST '(' arg AS type ')' {'::' type} | primary {'::' type}.  On return t is the
  * token after it. */
-static bool parse_arg_at(struct lexer *lx, struct token *t, struct arg *a, int depth)
+static bool parse_arg_at(struct px_lex *lx, struct px_lex_token *t, struct arg *a, int depth)
 {
-    if (t->kind == TK_WORD && fold_eq(t->s, t->n, "cast")) {
-        lex_next(lx, t);
-        if (depth > PX_LOCKCALL_MAX_CASTS || t->kind != TK_CHAR || *t->s != '(')
+    if (t->kind == PX_LEX_WORD && px_lex_fold_eq(t->s, t->n, "cast")) {
+        px_lex_next(lx, t);
+        if (depth > PX_LOCKCALL_MAX_CASTS || t->kind != PX_LEX_CHAR || *t->s != '(')
             return false;
-        lex_next(lx, t);
-        if (!parse_arg_at(lx, t, a, depth + 1) || t->kind != TK_WORD || !fold_eq(t->s, t->n, "as"))
+        px_lex_next(lx, t);
+        if (!parse_arg_at(lx, t, a, depth + 1) || t->kind != PX_LEX_WORD ||
+            !px_lex_fold_eq(t->s, t->n, "as"))
             return false;
-        lex_next(lx, t);
+        px_lex_next(lx, t);
         if (!add_cast(a, cast_type(lx, t)))
             return false;
-        lex_next(lx, t);
-        if (t->kind != TK_CHAR || *t->s != ')')
+        px_lex_next(lx, t);
+        if (t->kind != PX_LEX_CHAR || *t->s != ')')
             return false;
     } else if (!primary(lx, t, a)) {
         return false;
     }
     bool sign = *a->loc == '-' || *a->loc == '+';
-    for (lex_next(lx, t); t->kind == TK_CAST; lex_next(lx, t)) {
-        lex_next(lx, t);
+    for (px_lex_next(lx, t); t->kind == PX_LEX_CAST; px_lex_next(lx, t)) {
+        px_lex_next(lx, t);
         if (sign || !add_cast(a, cast_type(lx, t)))
             return false; /* -5::int is -(5::int): an operator, not a constant */
     }
     return true;
 }
 
-static bool is_constant(const struct token *t)
+static bool is_constant(const struct px_lex_token *t)
 {
-    return t->kind == TK_STRING || t->kind == TK_INT || t->kind == TK_NUM || t->kind == TK_PARAM;
+    return t->kind == PX_LEX_STRING || t->kind == PX_LEX_INT || t->kind == PX_LEX_NUM ||
+           t->kind == PX_LEX_PARAM;
 }
 
 enum arg_form {
@@ -820,13 +512,13 @@ enum arg_form {
 /* Argument i of the shape. */
 static enum arg_form parse_arg(const struct shape *sh, size_t i, struct arg *a)
 {
-    struct lexer lx = {sh->arg_start[i], sh->arg_end[i]};
-    struct token t;
+    struct px_lex lx = {sh->arg_start[i], sh->arg_end[i]};
+    struct px_lex_token t;
     memset(a, 0, sizeof(*a));
-    lex_next(&lx, &t);
+    px_lex_next(&lx, &t);
     if (!parse_arg_at(&lx, &t, a, 0))
         return ARG_UNSUPPORTED;
-    if (t.kind == TK_END)
+    if (t.kind == PX_LEX_END)
         return ARG_OK;
     return is_constant(&t) ? ARG_SYNTAX : ARG_UNSUPPORTED;
 }
@@ -1136,7 +828,7 @@ static void analyze(struct an *an, const struct shape *sh, const struct arg *arg
     uint8_t want[3];
     for (size_t i = 0; i < sh->nargs; i++) {
         if (forms[i] != ARG_OK) {
-            unsupported(an, skip_blank(sh->arg_start[i], sh->arg_end[i]),
+            unsupported(an, px_lex_skip_blank(sh->arg_start[i], sh->arg_end[i]),
                         "an expression, or a form of constant it does not read");
             return;
         }
@@ -1218,16 +910,16 @@ bool px_lockcall_maybe(const char *sql, size_t len)
     const char *p = sql, *end = sql + len, *u;
     if (!sql)
         return false;
-    while (p < end && is_space((unsigned char)*p))
+    while (p < end && px_lex_is_space((unsigned char)*p))
         p++;
-    if (p < end && is_ident_start((unsigned char)*p)) { /* a statement's first word */
-        if (end - p < 6 || !fold_eq(p, 6, "select") ||
-            (end - p > 6 && is_ident_cont((unsigned char)p[6])))
+    if (p < end && px_lex_is_ident_start((unsigned char)*p)) { /* a statement's first word */
+        if (end - p < 6 || !px_lex_fold_eq(p, 6, "select") ||
+            (end - p > 6 && px_lex_is_ident_cont((unsigned char)p[6])))
             return false;
         p += 6;
     }
     for (; p < end && (u = memchr(p, '_', (size_t)(end - p))); p = u + 1)
-        if (u - sql >= 8 && fold_eq(u - 8, 8, "pgwarden"))
+        if (u - sql >= 8 && px_lex_fold_eq(u - 8, 8, "pgwarden"))
             return true;
     return false;
 }

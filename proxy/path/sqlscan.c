@@ -4,9 +4,11 @@
  * Two layers, one pass, no token stored.
  *
  *   lexer      lex_next() returns the next token as PostgreSQL's scan.l would split it
- *              (whitespace and comments skipped, literals and quoted identifiers whole),
- *              and on the way notices calls of session advisory lock functions: a lock
- *              function name token followed by a '(' token.
+ *              (sqllex.h: whitespace and comments skipped, literals and quoted identifiers
+ *              whole), and on the way notices calls of session advisory lock functions: a
+ *              lock function name token followed by a '(' token.  Only words, quoted
+ *              identifiers, ';', single characters and the end matter here: constants of
+ *              every kind (strings, numbers, parameters) and '::' are just tokens.
  *   statements classify_stmt() looks at the first token of a statement and, for the few
  *              statement forms that matter, pulls further tokens with stmt_next() and
  *              matches them against the grammar (a little recursive descent).
@@ -14,35 +16,18 @@
  *              anywhere; px_sql_classify() then drains the statement's remaining tokens.
  *
  * Every token advances the position by at least one byte and every token is looked at a
- * bounded number of times, so the whole is linear in the length of the text.  Literal
- * bodies are skipped with memchr where there are no escapes to look at.
+ * bounded number of times, so the whole is linear in the length of the text.
  */
 #include <string.h>
 
 #include "base/json_util.h"
+#include "path/sqllex.h"
 #include "path/sqlscan.h"
 #include "proto/params.h"
 
-enum tok_kind {
-    TOK_END,    /* end of the text */
-    TOK_SEMI,   /* ';' */
-    TOK_WORD,   /* identifier or keyword, as written */
-    TOK_QIDENT, /* "quoted identifier": s/n is the text between the quotes, "" not undone */
-    TOK_STRING, /* string constant of any kind, including dollar-quoted */
-    TOK_NUMBER, /* numeric constant or $n parameter */
-    TOK_CHAR,   /* any other byte: punctuation, operator character, junk */
-    TOK_BAD,    /* unterminated literal, identifier or comment: runs to the end */
-};
-
-struct token {
-    enum tok_kind kind;
-    const char *s;
-    size_t n;
-};
-
 struct lexer {
-    const char *p, *end;
-    bool stmt_done;        /* the last token ended a statement (TOK_SEMI or TOK_END) */
+    struct px_lex src;     /* the text, and the position in it */
+    bool stmt_done;        /* the last token ended a statement (PX_LEX_SEMI or PX_LEX_END) */
     bool after_lock_fn;    /* the last token named a session advisory lock function */
     const char *feature;   /* first session-only feature seen (static string) */
     bool drops_prepared;   /* a statement starts with DEALLOCATE or DISCARD */
@@ -59,204 +44,7 @@ struct lexer {
 
 #define GENERIC_SET "SET of a parameter that is not re-synced"
 
-/* ---- characters ----------------------------------------------------------------------- */
-
-/* PostgreSQL 15's scan.l: space [ \t\n\r\f] (no \v before 16). */
-static bool is_space(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
-}
-
-static bool is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-/* ident_start [A-Za-z\200-\377_] */
-static bool is_ident_start(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
-}
-
-/* ident_cont [A-Za-z\200-\377_0-9\$] */
-static bool is_ident_cont(unsigned char c)
-{
-    return is_ident_start(c) || is_digit(c) || c == '$';
-}
-
-static char fold(char c)
-{
-    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-/* s[0..n) equals the lower-case ASCII word w[0..wn), ignoring ASCII case. */
-static bool fold_eq(const char *s, size_t n, const char *w, size_t wn)
-{
-    if (n != wn)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (fold(s[i]) != w[i])
-            return false;
-    return true;
-}
-
 /* ---- lexer ---------------------------------------------------------------------------- */
-
-/* p is just past the opening slash-star.  Returns just past the matching star-slash
- * (comments nest), or NULL when the text ends first. */
-static const char *skip_block_comment(const char *p, const char *end)
-{
-    size_t depth = 1;
-    while (p < end) {
-        if (*p == '*' && end - p > 1 && p[1] == '/') {
-            p += 2;
-            if (--depth == 0)
-                return p;
-        } else if (*p == '/' && end - p > 1 && p[1] == '*') {
-            p += 2;
-            depth++;
-        } else {
-            p++;
-        }
-    }
-    return NULL;
-}
-
-/* Skips white space and comments.  Returns the start of the next token (end if none), or
- * NULL for an unterminated block comment. */
-static const char *skip_blank(const char *p, const char *end)
-{
-    while (p < end) {
-        unsigned char c = (unsigned char)*p;
-        if (is_space(c)) {
-            p++;
-        } else if (c == '-' && end - p > 1 && p[1] == '-') {
-            p += 2; /* comment ("--"{non_newline}*), non_newline [^\n\r] */
-            while (p < end && *p != '\n' && *p != '\r')
-                p++;
-        } else if (c == '/' && end - p > 1 && p[1] == '*') {
-            p = skip_block_comment(p + 2, end);
-            if (!p)
-                return NULL;
-        } else {
-            break;
-        }
-    }
-    return p;
-}
-
-/* p is just past an opening quote q.  Returns the closing quote, or NULL when the text ends
- * first.  A doubled quote stands for one; with backslash, a backslash escapes the next
- * byte (E'' strings: \' and \\ and every other escape start with a backslash). */
-static const char *find_close_quote(const char *p, const char *end, char q, bool backslash)
-{
-    while (p < end) {
-        if (backslash) {
-            while (p < end && *p != q && *p != '\\')
-                p++;
-            if (p < end && *p == '\\') {
-                p += end - p > 1 ? 2 : 1;
-                continue;
-            }
-        } else {
-            p = memchr(p, q, (size_t)(end - p));
-        }
-        if (!p || p >= end)
-            return NULL;
-        if (end - p > 1 && p[1] == q) {
-            p += 2;
-            continue;
-        }
-        return p;
-    }
-    return NULL;
-}
-
-/* p is at '$'.  Returns the length of a dollar-quote delimiter $[tag]$ starting there
- * (dolqdelim: \$({dolq_start}{dolq_cont}*)?\$ where dolq_cont has no '$'), or 0. */
-static size_t dollar_delim(const char *p, const char *end)
-{
-    const char *q = p + 1;
-    if (q < end && is_ident_start((unsigned char)*q)) {
-        q++;
-        while (q < end && (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q)))
-            q++;
-    }
-    if (q < end && *q == '$')
-        return (size_t)(q - p) + 1;
-    return 0;
-}
-
-/* p is just past the opening delimiter d[0..dn).  Returns just past the closing one, or
- * NULL.  The tag holds no '$', so each comparison stops by the next '$' of the body:
- * linear. */
-static const char *skip_dollar_body(const char *p, const char *end, const char *d, size_t dn)
-{
-    while ((size_t)(end - p) >= dn) {
-        const char *hit = memchr(p, '$', (size_t)(end - p) - dn + 1);
-        if (!hit)
-            return NULL;
-        if (!memcmp(hit, d, dn))
-            return hit + dn;
-        p = hit + 1;
-    }
-    return NULL;
-}
-
-/* One token starting at p (not blank, p < end); sets t and returns the position after it. */
-static const char *lex_token(const char *p, const char *end, struct token *t)
-{
-    unsigned char c = (unsigned char)*p;
-    const char *q;
-    t->s = p;
-    if (c == ';') {
-        t->kind = TOK_SEMI;
-        return p + 1;
-    }
-    if (is_ident_start(c)) {
-        if ((c == 'e' || c == 'E') && end - p > 1 && p[1] == '\'') { /* xestart [eE]{quote} */
-            q = find_close_quote(p + 2, end, '\'', true);
-            t->kind = q ? TOK_STRING : TOK_BAD;
-            return q ? q + 1 : end;
-        }
-        q = p + 1;
-        while (q < end && is_ident_cont((unsigned char)*q))
-            q++;
-        t->kind = TOK_WORD;
-        t->n = (size_t)(q - p);
-        return q;
-    }
-    if (c == '\'' || c == '"') {
-        q = find_close_quote(p + 1, end, (char)c, false);
-        if (!q) {
-            t->kind = TOK_BAD;
-            return end;
-        }
-        t->kind = c == '"' ? TOK_QIDENT : TOK_STRING;
-        t->s = p + 1;
-        t->n = (size_t)(q - (p + 1));
-        return q + 1;
-    }
-    if (is_digit(c) || (c == '$' && end - p > 1 && is_digit((unsigned char)p[1]))) {
-        q = p + 1; /* a number, with whatever junk PostgreSQL would reject after it */
-        while (q < end &&
-               (is_ident_start((unsigned char)*q) || is_digit((unsigned char)*q) || *q == '.'))
-            q++;
-        t->kind = TOK_NUMBER;
-        return q;
-    }
-    if (c == '$') {
-        size_t dn = dollar_delim(p, end);
-        if (dn) {
-            q = skip_dollar_body(p + dn, end, p, dn);
-            t->kind = q ? TOK_STRING : TOK_BAD;
-            return q ? q : end;
-        }
-    }
-    t->kind = TOK_CHAR;
-    t->n = 1;
-    return p + 1;
-}
 
 static const char *const lock_fns[] = {
     "pg_advisory_lock",
@@ -266,26 +54,21 @@ static const char *const lock_fns[] = {
 };
 
 /* t names the function fn: a word in any case, or exactly "quoted". */
-static bool is_fn(const struct token *t, const char *fn)
+static bool is_fn(const struct px_lex_token *t, const char *fn)
 {
-    size_t n = strlen(fn);
-    if ((t->kind != TOK_WORD && t->kind != TOK_QIDENT) || t->n != n || (t->s[0] | 0x20) != fn[0])
-        return false;
-    return t->kind == TOK_WORD ? fold_eq(t->s, t->n, fn, n) : !memcmp(t->s, fn, n);
+    if ((t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT) || t->n == 0 ||
+        (t->s[0] | 0x20) != fn[0])
+        return false; /* most tokens: at a glance */
+    return px_lex_lookup(t, &fn, 1, true) == 0;
 }
 
 /* t names a session advisory lock function: a word in any case, or exactly "quoted". */
-static bool is_lock_fn(const struct token *t)
+static bool is_lock_fn(const struct px_lex_token *t)
 {
-    if ((t->kind != TOK_WORD && t->kind != TOK_QIDENT) || t->n < 16 || (t->s[0] | 0x20) != 'p')
+    if ((t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT) || t->n < 16 ||
+        (t->s[0] | 0x20) != 'p')
         return false;
-    for (size_t i = 0; i < sizeof(lock_fns) / sizeof(lock_fns[0]); i++) {
-        size_t n = strlen(lock_fns[i]);
-        if (t->kind == TOK_WORD ? fold_eq(t->s, t->n, lock_fns[i], n)
-                                : t->n == n && !memcmp(t->s, lock_fns[i], n))
-            return true;
-    }
-    return false;
+    return px_lex_lookup(t, lock_fns, sizeof(lock_fns) / sizeof(lock_fns[0]), true) >= 0;
 }
 
 static void note_feature(struct lexer *lx, const char *feature)
@@ -294,11 +77,11 @@ static void note_feature(struct lexer *lx, const char *feature)
         lx->feature = feature;
 }
 
-static void copy_name(const struct token *t, char out[PX_SQL_NAME_SIZE]);
+static void copy_name(const struct px_lex_token *t, char out[PX_SQL_NAME_SIZE]);
 
 /* The statement changes session state; key (may be NULL) names what, as copy_name reads a
  * name; fold_all: a parameter name, case-insensitive even when quoted. */
-static void note_state(struct lexer *lx, enum px_sql_state st, const struct token *key,
+static void note_state(struct lexer *lx, enum px_sql_state st, const struct px_lex_token *key,
                        bool fold_all)
 {
     if (lx->state == PX_STATE_NONE)
@@ -309,33 +92,22 @@ static void note_state(struct lexer *lx, enum px_sql_state st, const struct toke
         return;
     copy_name(key, lx->state_key);
     for (char *p = lx->state_key; fold_all && *p; p++)
-        *p = fold(*p);
+        *p = px_lex_fold(*p);
 }
 
-/* The next token of the text (TOK_END, again and again, at the end). */
 /* pg_temp, or a backend's own pg_temp_N: a name in the session's temporary schema. */
-static bool is_temp_schema(const struct token *t)
+static bool is_temp_schema(const struct px_lex_token *t)
 {
-    return (t->kind == TOK_WORD || t->kind == TOK_QIDENT) && t->n >= 7 && (t->s[0] | 0x20) == 'p' &&
-           fold_eq(t->s, 7, "pg_temp", 7) && (t->n == 7 || t->s[7] == '_');
+    return (t->kind == PX_LEX_WORD || t->kind == PX_LEX_QIDENT) && t->n >= 7 &&
+           (t->s[0] | 0x20) == 'p' && px_lex_fold_eq(t->s, 7, "pg_temp") &&
+           (t->n == 7 || t->s[7] == '_');
 }
 
-static void lex_next(struct lexer *lx, struct token *t)
+/* The next token of the text (PX_LEX_END, again and again, at the end). */
+static void lex_next(struct lexer *lx, struct px_lex_token *t)
 {
-    const char *p = skip_blank(lx->p, lx->end);
-    t->n = 0;
-    if (!p) { /* unterminated comment: PostgreSQL rejects the text */
-        t->kind = TOK_BAD;
-        t->s = lx->p;
-        lx->p = lx->end;
-    } else if (p == lx->end) {
-        t->kind = TOK_END;
-        t->s = p;
-        lx->p = p;
-    } else {
-        lx->p = lex_token(p, lx->end, t);
-    }
-    if (t->kind == TOK_CHAR && *t->s == '(') {
+    px_lex_next(&lx->src, t);
+    if (t->kind == PX_LEX_CHAR && *t->s == '(') {
         if (lx->after_lock_fn) {
             note_feature(lx, "session advisory lock");
             lx->pins |= PX_SQL_PIN_ADVISORY;
@@ -355,15 +127,15 @@ static void lex_next(struct lexer *lx, struct token *t)
     lx->after_lock_fn = is_lock_fn(t);
     lx->after_set_config = is_fn(t, "set_config");
     lx->after_unlock_all = is_fn(t, "pg_advisory_unlock_all");
-    lx->stmt_done = t->kind == TOK_SEMI || t->kind == TOK_END;
+    lx->stmt_done = t->kind == PX_LEX_SEMI || t->kind == PX_LEX_END;
 }
 
-/* The next token of the current statement: TOK_END once its ';' or the end was read. */
-static void stmt_next(struct lexer *lx, struct token *t)
+/* The next token of the current statement: PX_LEX_END once its ';' or the end was read. */
+static void stmt_next(struct lexer *lx, struct px_lex_token *t)
 {
     if (lx->stmt_done) {
-        t->kind = TOK_END;
-        t->s = lx->p;
+        t->kind = PX_LEX_END;
+        t->s = lx->src.p;
         t->n = 0;
         return;
     }
@@ -372,25 +144,25 @@ static void stmt_next(struct lexer *lx, struct token *t)
 
 /* ---- statement forms ------------------------------------------------------------------ */
 
-#define IS_KW(t, kw) is_kw((t), kw, sizeof(kw) - 1)
+#define IS_KW(t, kw) is_kw((t), "" kw) /* kw: a lower-case string literal */
 
-static bool is_kw(const struct token *t, const char *kw, size_t n)
+static bool is_kw(const struct px_lex_token *t, const char *kw)
 {
-    return t->kind == TOK_WORD && fold_eq(t->s, t->n, kw, n);
+    return t->kind == PX_LEX_WORD && px_lex_fold_eq(t->s, t->n, kw);
 }
 
-static bool is_char(const struct token *t, char c)
+static bool is_char(const struct px_lex_token *t, char c)
 {
-    return t->kind == TOK_CHAR && *t->s == c;
+    return t->kind == PX_LEX_CHAR && *t->s == c;
 }
 
-static bool is_stmt_end(const struct token *t)
+static bool is_stmt_end(const struct px_lex_token *t)
 {
-    return t->kind == TOK_SEMI || t->kind == TOK_END;
+    return t->kind == PX_LEX_SEMI || t->kind == PX_LEX_END;
 }
 
 /* One transaction_mode_item starting at t; consumes it.  False when it is not one. */
-static bool mode_item(struct lexer *lx, struct token *t)
+static bool mode_item(struct lexer *lx, struct px_lex_token *t)
 {
     if (IS_KW(t, "isolation")) {
         stmt_next(lx, t);
@@ -419,7 +191,7 @@ static bool mode_item(struct lexer *lx, struct token *t)
 
 /* transaction_mode_list_or_empty from t to the end of the statement: items separated by
  * ',' or nothing (no leading, trailing or doubled comma). */
-static bool rest_is_modes(struct lexer *lx, struct token *t)
+static bool rest_is_modes(struct lexer *lx, struct px_lex_token *t)
 {
     if (is_stmt_end(t))
         return true;
@@ -437,7 +209,7 @@ static bool rest_is_modes(struct lexer *lx, struct token *t)
 /* BEGIN [WORK | TRANSACTION] modes, or (start) START TRANSACTION modes. */
 static void begin_stmt(struct lexer *lx, bool start, struct px_sql_info *res)
 {
-    struct token t;
+    struct px_lex_token t;
     stmt_next(lx, &t);
     if (start) {
         if (!IS_KW(&t, "transaction"))
@@ -455,7 +227,7 @@ static void begin_stmt(struct lexer *lx, bool start, struct px_sql_info *res)
 /* COMMIT/END/ROLLBACK/ABORT: [WORK | TRANSACTION] [AND NO CHAIN] and nothing else. */
 static void end_xact_stmt(struct lexer *lx, bool commit, struct px_sql_info *res)
 {
-    struct token t;
+    struct px_lex_token t;
     stmt_next(lx, &t);
     if (IS_KW(&t, "work") || IS_KW(&t, "transaction"))
         stmt_next(lx, &t);
@@ -497,32 +269,20 @@ static const char *const not_colid[] = {
 
 /* t can be a statement name: a quoted identifier (not empty, no NUL) or a word that is
  * not a reserved keyword. */
-static bool is_name(const struct token *t)
+static bool is_name(const struct px_lex_token *t)
 {
-    if (t->kind == TOK_QIDENT)
+    if (t->kind == PX_LEX_QIDENT)
         return t->n > 0 && !memchr(t->s, '\0', t->n);
-    if (t->kind != TOK_WORD)
-        return false;
-    for (size_t i = 0; i < sizeof(not_colid) / sizeof(not_colid[0]); i++)
-        if (fold_eq(t->s, t->n, not_colid[i], strlen(not_colid[i])))
-            return false;
-    return true;
+    return t->kind == PX_LEX_WORD &&
+           px_lex_lookup(t, not_colid, sizeof(not_colid) / sizeof(not_colid[0]), false) < 0;
 }
 
 /* Copies the name t as PostgreSQL reads it: folded or unescaped, cut to 63 bytes without
  * splitting a UTF-8 character (pg_mbcliplen). */
-static void copy_name(const struct token *t, char out[PX_SQL_NAME_SIZE])
+static void copy_name(const struct px_lex_token *t, char out[PX_SQL_NAME_SIZE])
 {
     char buf[PX_SQL_NAME_SIZE + 1];
-    size_t n = 0;
-    for (size_t i = 0; i < t->n && n < sizeof(buf); i++) {
-        char c = t->s[i];
-        if (t->kind == TOK_WORD)
-            c = fold(c);
-        else if (c == '"')
-            i++; /* "" stands for one quote; the lexer guarantees the second */
-        buf[n++] = c;
-    }
+    size_t n = px_lex_ident(t, buf, sizeof(buf));
     if (n >= PX_SQL_NAME_SIZE) {
         n = PX_SQL_NAME_SIZE - 1;
         while (n > 0 && ((unsigned char)buf[n] & 0xC0) == 0x80)
@@ -535,7 +295,7 @@ static void copy_name(const struct token *t, char out[PX_SQL_NAME_SIZE])
 /* DEALLOCATE [PREPARE] {name | ALL}. */
 static void deallocate_stmt(struct lexer *lx, struct px_sql_info *res)
 {
-    struct token t, u;
+    struct px_lex_token t, u;
     stmt_next(lx, &t);
     stmt_next(lx, &u);
     if (IS_KW(&t, "prepare") && !is_stmt_end(&u)) {
@@ -554,7 +314,7 @@ static void deallocate_stmt(struct lexer *lx, struct px_sql_info *res)
 
 static void discard_stmt(struct lexer *lx, struct px_sql_info *res)
 {
-    struct token t, u;
+    struct px_lex_token t, u;
     stmt_next(lx, &t);
     stmt_next(lx, &u);
     if (!is_stmt_end(&u))
@@ -570,7 +330,7 @@ static void discard_stmt(struct lexer *lx, struct px_sql_info *res)
 /* UNLISTEN *: no channel is listened to any more. */
 static void unlisten_stmt(struct lexer *lx)
 {
-    struct token t, u;
+    struct px_lex_token t, u;
     stmt_next(lx, &t);
     stmt_next(lx, &u);
     if (is_char(&t, '*') && is_stmt_end(&u))
@@ -580,7 +340,7 @@ static void unlisten_stmt(struct lexer *lx)
 /* CLOSE ALL: every cursor goes. */
 static void close_stmt(struct lexer *lx)
 {
-    struct token t, u;
+    struct px_lex_token t, u;
     stmt_next(lx, &t);
     stmt_next(lx, &u);
     if (IS_KW(&t, "all") && is_stmt_end(&u))
@@ -603,20 +363,20 @@ static const struct {
 
 /* var_name (ColId ['.' ColId ...]) at t, after SET [SESSION] or RESET: flags it unless it
  * is a tracked parameter.  Parameter names are case-insensitive even when quoted. */
-static void param_name(struct lexer *lx, const struct token *t)
+static void param_name(struct lexer *lx, const struct px_lex_token *t)
 {
-    struct token u;
-    if (t->kind != TOK_WORD && t->kind != TOK_QIDENT)
+    struct px_lex_token u;
+    if (t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT)
         return; /* a syntax error: nothing is set */
     stmt_next(lx, &u);
     if (is_char(&u, '.')) { /* a custom (extension) parameter: the key is the dotted name */
-        struct token whole = *t;
+        struct px_lex_token whole = *t;
         while (is_char(&u, '.')) {
             stmt_next(lx, &u);
-            if (u.kind != TOK_WORD && u.kind != TOK_QIDENT)
+            if (u.kind != PX_LEX_WORD && u.kind != PX_LEX_QIDENT)
                 return;
             whole.n = (size_t)(u.s + u.n - whole.s);
-            whole.kind = TOK_WORD;
+            whole.kind = PX_LEX_WORD;
             stmt_next(lx, &u);
         }
         note_feature(lx, GENERIC_SET);
@@ -625,14 +385,14 @@ static void param_name(struct lexer *lx, const struct token *t)
     }
     if (px_tracked_index(t->s, t->n) >= 0)
         return;
-    if (fold_eq(t->s, t->n, "role", 4))
+    if (px_lex_fold_eq(t->s, t->n, "role"))
         note_state(lx, PX_STATE_ROLE, NULL, false);
-    else if (fold_eq(t->s, t->n, "session_authorization", 21))
+    else if (px_lex_fold_eq(t->s, t->n, "session_authorization"))
         note_state(lx, PX_STATE_SESSION_AUTH, NULL, false);
     else
         note_state(lx, PX_STATE_SET, t, true);
     for (size_t i = 0; i < sizeof(set_names) / sizeof(set_names[0]); i++) {
-        if (fold_eq(t->s, t->n, set_names[i].name, strlen(set_names[i].name))) {
+        if (px_lex_fold_eq(t->s, t->n, set_names[i].name)) {
             note_feature(lx, set_names[i].feature);
             return;
         }
@@ -641,7 +401,7 @@ static void param_name(struct lexer *lx, const struct token *t)
 }
 
 /* After SET SESSION: SESSION AUTHORIZATION or SESSION CHARACTERISTICS at t? */
-static bool session_special(struct lexer *lx, const struct token *t)
+static bool session_special(struct lexer *lx, const struct px_lex_token *t)
 {
     if (IS_KW(t, "authorization")) {
         note_feature(lx, "SET SESSION AUTHORIZATION");
@@ -656,9 +416,9 @@ static bool session_special(struct lexer *lx, const struct token *t)
 }
 
 /* After TIME: TIME ZONE is TimeZone (tracked); else "time" is some parameter name. */
-static void after_time(struct lexer *lx, const struct token *time)
+static void after_time(struct lexer *lx, const struct px_lex_token *time)
 {
-    struct token t;
+    struct px_lex_token t;
     stmt_next(lx, &t);
     if (!IS_KW(&t, "zone")) {
         note_feature(lx, GENERIC_SET);
@@ -669,7 +429,7 @@ static void after_time(struct lexer *lx, const struct token *time)
 /* SET [LOCAL | SESSION] set_rest (gram.y VariableSetStmt). */
 static void set_stmt(struct lexer *lx)
 {
-    struct token t;
+    struct px_lex_token t;
     stmt_next(lx, &t);
     if (IS_KW(&t, "local") || IS_KW(&t, "transaction") || IS_KW(&t, "constraints"))
         return; /* transaction-scoped */
@@ -692,7 +452,8 @@ static void set_stmt(struct lexer *lx)
         note_feature(lx, "SET ROLE");
         note_state(lx, PX_STATE_ROLE, NULL, false);
     } else if (IS_KW(&t, "schema")) {
-        static const struct token search_path = {.kind = TOK_WORD, .s = "search_path", .n = 11};
+        static const struct px_lex_token search_path = {
+            .kind = PX_LEX_WORD, .s = "search_path", .n = 11};
         note_feature(lx, "SET search_path");
         note_state(lx, PX_STATE_SET, &search_path, true);
     } else {
@@ -703,7 +464,7 @@ static void set_stmt(struct lexer *lx)
 /* RESET {ALL | TIME ZONE | TRANSACTION ISOLATION LEVEL | SESSION AUTHORIZATION | name}. */
 static void reset_stmt(struct lexer *lx)
 {
-    struct token t;
+    struct px_lex_token t;
     lx->state_reset = true;
     stmt_next(lx, &t);
     if (IS_KW(&t, "all")) {
@@ -727,9 +488,9 @@ static void reset_stmt(struct lexer *lx)
 /* PREPARE name ... (not PREPARE TRANSACTION 'gid'; "transaction" can also be a name). */
 static void prepare_stmt(struct lexer *lx)
 {
-    struct token t, u;
+    struct px_lex_token t, u;
     stmt_next(lx, &t);
-    if (t.kind != TOK_WORD && t.kind != TOK_QIDENT)
+    if (t.kind != PX_LEX_WORD && t.kind != PX_LEX_QIDENT)
         return;
     if (IS_KW(&t, "transaction")) {
         stmt_next(lx, &u);
@@ -743,9 +504,9 @@ static void prepare_stmt(struct lexer *lx)
 /* DECLARE name [cursor options] CURSOR {WITH | WITHOUT} HOLD FOR ... */
 static void declare_stmt(struct lexer *lx)
 {
-    struct token t;
+    struct px_lex_token t;
     stmt_next(lx, &t);
-    if (t.kind != TOK_WORD && t.kind != TOK_QIDENT)
+    if (t.kind != PX_LEX_WORD && t.kind != PX_LEX_QIDENT)
         return;
     for (;;) {
         stmt_next(lx, &t);
@@ -768,7 +529,7 @@ static void declare_stmt(struct lexer *lx)
 /* CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} [RECURSIVE] {TABLE | VIEW | ...} */
 static void create_stmt(struct lexer *lx)
 {
-    struct token t;
+    struct px_lex_token t;
     stmt_next(lx, &t);
     if (IS_KW(&t, "or")) {
         stmt_next(lx, &t);
@@ -793,7 +554,7 @@ static void create_stmt(struct lexer *lx)
 /* SELECT ... INTO {TEMP | TEMPORARY} [TABLE] name: reads the whole statement. */
 static void select_stmt(struct lexer *lx)
 {
-    struct token t;
+    struct px_lex_token t;
     bool after_into = false;
     for (;;) {
         stmt_next(lx, &t);
@@ -809,9 +570,9 @@ static void select_stmt(struct lexer *lx)
 }
 
 /* A query or data change starts with one of these (sqlscan.h, dml). */
-static bool is_dml_keyword(const struct token *t)
+static bool is_dml_keyword(const struct px_lex_token *t)
 {
-    switch (fold(t->s[0])) {
+    switch (px_lex_fold(t->s[0])) {
     case 's': return IS_KW(t, "select");
     case 'v': return IS_KW(t, "values");
     case 't': return IS_KW(t, "table");
@@ -826,12 +587,12 @@ static bool is_dml_keyword(const struct token *t)
 
 /* One statement whose first token is t (not ';', not the end): fills res->kind, tag
  * and name when it is one of ours, notes session features.  May stop before its end. */
-static void classify_stmt(struct lexer *lx, const struct token *t, struct px_sql_info *res)
+static void classify_stmt(struct lexer *lx, const struct px_lex_token *t, struct px_sql_info *res)
 {
-    if (t->kind != TOK_WORD)
+    if (t->kind != PX_LEX_WORD)
         return;
     res->dml = is_dml_keyword(t);
-    switch (fold(t->s[0])) {
+    switch (px_lex_fold(t->s[0])) {
     case 'a':
         if (IS_KW(t, "abort"))
             end_xact_stmt(lx, false, res);
@@ -904,10 +665,10 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         sql = "";
         len = 0;
     }
-    struct lexer lx = {.p = sql, .end = sql + len};
+    struct lexer lx = {.src = {sql, sql + len}};
     struct px_sql_info scratch; /* later statements: written, never read (only their
                                    session features count, which the lexer keeps) */
-    struct token t;
+    struct px_lex_token t;
     size_t nstmt = 0;
     /* The last statement's change of session state, and whether a statement of the text
      * begins or ends a transaction or a savepoint (for a text of several statements). */
@@ -917,9 +678,9 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     memset(out, 0, sizeof(*out));
     for (;;) {
         lex_next(&lx, &t);
-        if (t.kind == TOK_END)
+        if (t.kind == PX_LEX_END)
             break;
-        if (t.kind == TOK_SEMI)
+        if (t.kind == PX_LEX_SEMI)
             continue; /* empty statement: PostgreSQL drops it */
         nstmt++;
         lx.state = PX_STATE_NONE;

@@ -10,22 +10,23 @@
  * (and Parse) of a client in transaction mode, so it is cheap: one pass, no allocation.
  *
  * What it guarantees.  It is a lexer, not a parser.  It splits the text into tokens as
- * PostgreSQL's scanner does: white space, -- line comments and nested block comments are
- * skipped; 'strings' ('' escapes), E'strings' (backslash escapes), "quoted identifiers"
- * and $tag$ dollar quotes $tag$ are single tokens, so a keyword or ';' inside them never
- * matches or splits ($1 is a parameter, not a dollar quote).  Keywords are ASCII
- * case-insensitive.  A statement gets a kind other than PX_SQL_OTHER only when its whole
- * token sequence is one of the forms listed below, exactly as PostgreSQL 15's grammar
- * accepts it; anything else, including text PostgreSQL would reject (an unterminated
- * comment, BEGIN ISOLATION LEVEL foo, invalid UTF-8 or a NUL byte anywhere in the text),
- * is PX_SQL_OTHER, which means "let the server answer".  The session-feature check looks
- * only at the statement forms named below and at direct calls of the advisory lock
- * functions: exotic SQL can create session state unnoticed (a function that runs SET or
- * takes a lock, SQL inside a string), a missed warning but never a wrong answer.  The
- * text may hold any bytes and need not be NUL-terminated: nothing past sql[len - 1] is
- * ever read, and the time taken is linear in len.  Strings are lexed as with
- * standard_conforming_strings = on (the default since PostgreSQL 9.1): with it off, a
- * backslash before a quote in a plain 'string' would end the string elsewhere.
+ * PostgreSQL's scanner does (sqllex.h): white space, -- line comments and nested block
+ * comments are skipped; 'strings' ('' escapes, continued after a newline), E'strings'
+ * (backslash escapes), "quoted identifiers" and $tag$ dollar quotes $tag$ are single
+ * tokens, so a keyword or ';' inside them never matches or splits ($1 is a parameter, not
+ * a dollar quote).  Keywords are ASCII case-insensitive.  A statement gets a kind other
+ * than PX_SQL_OTHER only when its whole token sequence is one of the forms listed below,
+ * exactly as PostgreSQL 15's grammar accepts it; anything else, including text PostgreSQL
+ * would reject (an unterminated comment, BEGIN ISOLATION LEVEL foo, trailing junk after a
+ * number such as 1abc, invalid UTF-8 or a NUL byte anywhere in the text), is
+ * PX_SQL_OTHER, which means "let the server answer".  The session-feature check looks only
+ * at the statement forms named below and at direct calls of the advisory lock functions:
+ * exotic SQL can create session state unnoticed (a function that runs SET or takes a lock,
+ * SQL inside a string), a missed warning but never a wrong answer.  The text may hold any
+ * bytes and need not be NUL-terminated: nothing past sql[len - 1] is ever read, and the
+ * time taken is linear in len.  Strings are lexed as with standard_conforming_strings = on
+ * (the default since PostgreSQL 9.1): with it off, a backslash before a quote in a plain
+ * 'string' would end the string elsewhere.
  *
  * Pure functions, no state: safe from any thread.  Tests: tests/proxy/test_sqlscan.c.
  */
