@@ -54,6 +54,7 @@ static void on_readable_tls(struct px_reader *r)
     evbuffer_unfreeze(in, 0);
     size_t total = 0;
     short fail = 0;
+    int sys_err = 0;
     while (total < PX_TLS_READ_BUDGET) {
         struct evbuffer_iovec v[1];
         if (evbuffer_reserve_space(in, PX_READ_MAX, v, 1) < 1) {
@@ -71,17 +72,16 @@ static void on_readable_tls(struct px_reader *r)
                 break; /* the socket is read again at its next event */
             continue;
         }
-        evbuffer_commit_space(in, v, 0);
         int err = SSL_get_error(ssl, got);
+        sys_err = errno;
+        evbuffer_commit_space(in, v, 0);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             break;
-        /* close_notify, the peer gone without one (pgwarden allows a dirty shutdown, as
-         * PostgreSQL and its clients do), or a TLS error */
-        fail = err == SSL_ERROR_ZERO_RETURN ||
-                       (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)
-                   ? BEV_EVENT_EOF
-                   : BEV_EVENT_ERROR;
-        ERR_clear_error();
+        /* close_notify, or the peer gone without one: both the end of the stream, as
+         * pgwarden's contexts ask (SSL_OP_IGNORE_UNEXPECTED_EOF, net/tls.c); else a TLS
+         * or socket error, whose reason stays in OpenSSL's queue (or errno) for the event
+         * callback */
+        fail = err == SSL_ERROR_ZERO_RETURN ? BEV_EVENT_EOF : BEV_EVENT_ERROR;
         break;
     }
     evbuffer_freeze(in, 0);
@@ -91,15 +91,18 @@ static void on_readable_tls(struct px_reader *r)
          * frees its event, active or not). */
         if (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl)))
             event_active(r->ev, EV_READ, 0);
+        ERR_clear_error(); /* the error is met again on the next read */
         if (read_cb)
             read_cb(bev, cbarg);
         return;
     }
     if (fail) {
         px_reader_enable(r, false); /* EOF and errors are reported once */
+        errno = sys_err;
         if (event_cb)
             event_cb(bev, (short)(BEV_EVENT_READING | fail), cbarg);
     }
+    ERR_clear_error(); /* what the callback did not take (px_tls_failure) */
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)

@@ -51,6 +51,10 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
  * read system call per wake-up instead of libevent's header read, body read and a last
  * read that finds nothing).  The bufferevent keeps writing.  Reading stays as it was asked
  * (px_reader_enable).  0, or -1 on allocation failure (the bufferevent keeps reading).
+ * bev's event callback gets BEV_EVENT_EOF for a close_notify and for a peer gone without
+ * one (ssl's context has SSL_OP_IGNORE_UNEXPECTED_EOF: net/tls.c), else BEV_EVENT_ERROR
+ * with the reason in OpenSSL's error queue, or errno for a socket error (what the callback
+ * does not take is cleared after it).
  */
 int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socket_t fd, SSL *ssl);
 
