@@ -35,6 +35,58 @@ static uint32_t next_chunk(uint32_t chunk, bool filled)
  * OpenSSL's buffer: see below) goes on, so one busy peer does not starve the others. */
 #define PX_TLS_READ_BUDGET (64 * 1024)
 
+static void on_readable(evutil_socket_t fd, short what, void *arg);
+
+/* The socket took what OpenSSL had to write: reading goes on where it stopped. */
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct px_reader *r = arg;
+    r->want_write = false;
+    if (!r->enabled)
+        return; /* apply() deletes this event with the read event: not reached */
+    event_add(r->ev, NULL);
+    on_readable(fd, EV_READ, r);
+}
+
+/*
+ * SSL_read wants to write first (SSL_ERROR_WANT_WRITE): OpenSSL is in the middle of a
+ * post-handshake message of its own and the socket's send buffer is full.  This happens
+ * with TLS 1.3: a peer's KeyUpdate asking for ours is answered by our next SSL_write
+ * (OpenSSL 3 does not write it from SSL_read), and when that write finds the send buffer
+ * full, OpenSSL stays in its handshake state, so every SSL_read first tries to finish the
+ * KeyUpdate and fails again until the socket drains.  Waiting for the next readable event
+ * instead would spin while the peer's bytes wait in the socket (the event stays ready)
+ * and would stall while they wait in OpenSSL's read-ahead buffer (no event comes).  So
+ * the read event gives way to a one-shot write event until the socket is writable.  (The
+ * bufferevent's own write of the data that SSL_write could not send waits for the same
+ * moment; whichever runs first finishes the KeyUpdate for both.)
+ *
+ * SSL_write never needs to read (SSL_ERROR_WANT_READ) once the handshake is done: with
+ * SSL_OP_NO_RENEGOTIATION no second handshake starts (a peer's ClientHello or
+ * HelloRequest is refused with a warning alert, queued like the KeyUpdate), and nothing
+ * pgwarden sends after the handshake waits for an answer.  Were it to happen, libevent
+ * would add its own read event to retry the write, but without reading any data (its
+ * EV_READ stays disabled): it would not compete with this reader.
+ *
+ * false when the write event cannot be made (the reader then waits for the socket as
+ * before).
+ */
+static bool wait_writable(struct px_reader *r)
+{
+    if (!r->wev) {
+        r->wev = event_new(event_get_base(r->ev), event_get_fd(r->ev), EV_WRITE, on_writable, r);
+        if (!r->wev)
+            return false;
+    }
+    r->want_write = true;
+    if (r->enabled) { /* else apply() adds wev when reading is switched on */
+        event_del(r->ev);
+        event_add(r->wev, NULL);
+    }
+    return true;
+}
+
 /*
  * SSL_read into bev's input until OpenSSL has nothing buffered and the socket nothing to
  * give.  OpenSSL reads ahead: what it holds beyond the record it returned is not in
@@ -75,6 +127,8 @@ static void on_readable_tls(struct px_reader *r)
         int err = SSL_get_error(ssl, got);
         sys_err = errno;
         evbuffer_commit_space(in, v, 0);
+        if (err == SSL_ERROR_WANT_WRITE && wait_writable(r))
+            break; /* on_writable reads on */
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             break;
         /* close_notify, or the peer gone without one: both the end of the stream, as
@@ -89,7 +143,7 @@ static void on_readable_tls(struct px_reader *r)
         /* Data first, as a plain reader gives it; an end or error met after it, and what
          * is left past the budget, on the next loop iteration (read_cb may free r: that
          * frees its event, active or not). */
-        if (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl)))
+        if (!r->want_write && (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl))))
             event_active(r->ev, EV_READ, 0);
         ERR_clear_error(); /* the error is met again on the next read */
         if (read_cb)
@@ -234,6 +288,10 @@ int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socke
 
 void px_reader_unbind(struct px_reader *r)
 {
+    if (r->wev)
+        event_free(r->wev);
+    r->wev = NULL;
+    r->want_write = false;
     if (r->ev)
         event_free(r->ev);
     else if (r->bev)
@@ -291,10 +349,13 @@ static void apply(struct px_reader *r, bool on)
     if (r->enabled == on)
         return;
     r->enabled = on;
-    if (on)
-        event_add(r->ev, NULL);
-    else
+    if (on) {
+        event_add(r->want_write ? r->wev : r->ev, NULL);
+    } else {
         event_del(r->ev);
+        if (r->wev)
+            event_del(r->wev);
+    }
 }
 
 bool px_reader_enabled(const struct px_reader *r)
