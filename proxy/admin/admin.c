@@ -138,7 +138,10 @@ static SSL_CTX *tls_ctx_new(const char *cert, const char *key, char **errmsg)
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+    /* A client that hangs up without a close_notify ends its connection, as on the
+     * PostgreSQL ports (net/tls.c); HTTP frames requests itself (Content-Length), so a
+     * truncated one is never taken for a whole one. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         *errmsg = errf("admin TLS: cannot load admin_tls_cert_file %s: %s", cert,
                        ERR_reason_error_string(ERR_get_error()));

@@ -26,6 +26,7 @@
 #include "metrics/stats.h"
 #include "net/cancel.h"
 #include "net/client.h"
+#include "net/tls.h"
 #include "proto/relay.h"
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
@@ -866,7 +867,6 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct px_client *c = arg;
-    (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
         /* TLS handshake finished: pgwarden reads through OpenSSL itself from now on. */
         c->tls = true;
@@ -878,10 +878,15 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         login_flush(c);
         return;
     }
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        if (c->login_step == PX_LOGIN_TLS && (what & BEV_EVENT_ERROR))
+    if (what & BEV_EVENT_ERROR) {
+        /* A socket or TLS error is a problem worth a line; a client that goes away, with
+         * or without a Terminate or a TLS close_notify, is not. */
+        px_info("client", 'C', c->id, "connection lost: %s", px_tls_failure(bev));
+        if (c->login_step == PX_LOGIN_TLS)
             px_stats_tls_handshake(true, false);
-        px_debug("client", 'C', c->id, "connection lost");
+        px_client_close(c);
+    } else if (what & BEV_EVENT_EOF) {
+        px_debug("client", 'C', c->id, "client closed the connection");
         px_client_close(c);
     }
 }

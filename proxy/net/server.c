@@ -732,7 +732,6 @@ static void server_write_cb(struct bufferevent *bev, void *arg)
 static void server_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct px_server *s = arg;
-    (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
         if (s->login_step == PX_SVL_CONNECT) {
             px_reader_enable(&s->rd, true);
@@ -752,11 +751,16 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        /* A socket or TLS error gets a line of its own (PostgreSQL going away, with or
+         * without a TLS close_notify, is an EOF: the client is told either way). */
+        if ((what & BEV_EVENT_ERROR) && s->state != PX_SV_LOGIN)
+            px_info("server", 'S', s->id, "connection lost: %s", px_tls_failure(bev));
         if (s->state == PX_SV_LOGIN) {
             char msg[256];
             if (s->login_step == PX_SVL_TLS) {
                 px_stats_tls_handshake(false, false);
-                snprintf(msg, sizeof(msg), "TLS handshake with server failed: %s", px_tls_error());
+                snprintf(msg, sizeof(msg), "TLS handshake with server failed: %s",
+                         px_tls_failure(bev));
             } else {
                 snprintf(msg, sizeof(msg), "could not connect to server %s:%d", s->pool->host,
                          s->pool->port);
@@ -770,6 +774,7 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
             if (s->state == PX_SV_ACTIVE)
                 px_pool_server_lost(s);
         }
-        px_server_close(s, "server connection lost");
+        px_server_close(s, what & BEV_EVENT_ERROR ? "server connection lost"
+                                                  : "server closed the connection");
     }
 }

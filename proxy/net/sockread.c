@@ -35,6 +35,58 @@ static uint32_t next_chunk(uint32_t chunk, bool filled)
  * OpenSSL's buffer: see below) goes on, so one busy peer does not starve the others. */
 #define PX_TLS_READ_BUDGET (64 * 1024)
 
+static void on_readable(evutil_socket_t fd, short what, void *arg);
+
+/* The socket took what OpenSSL had to write: reading goes on where it stopped. */
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct px_reader *r = arg;
+    r->want_write = false;
+    if (!r->enabled)
+        return; /* apply() deletes this event with the read event: not reached */
+    event_add(r->ev, NULL);
+    on_readable(fd, EV_READ, r);
+}
+
+/*
+ * SSL_read wants to write first (SSL_ERROR_WANT_WRITE): OpenSSL is in the middle of a
+ * post-handshake message of its own and the socket's send buffer is full.  This happens
+ * with TLS 1.3: a peer's KeyUpdate asking for ours is answered by our next SSL_write
+ * (OpenSSL 3 does not write it from SSL_read), and when that write finds the send buffer
+ * full, OpenSSL stays in its handshake state, so every SSL_read first tries to finish the
+ * KeyUpdate and fails again until the socket drains.  Waiting for the next readable event
+ * instead would spin while the peer's bytes wait in the socket (the event stays ready)
+ * and would stall while they wait in OpenSSL's read-ahead buffer (no event comes).  So
+ * the read event gives way to a one-shot write event until the socket is writable.  (The
+ * bufferevent's own write of the data that SSL_write could not send waits for the same
+ * moment; whichever runs first finishes the KeyUpdate for both.)
+ *
+ * SSL_write never needs to read (SSL_ERROR_WANT_READ) once the handshake is done: with
+ * SSL_OP_NO_RENEGOTIATION no second handshake starts (a peer's ClientHello or
+ * HelloRequest is refused with a warning alert, queued like the KeyUpdate), and nothing
+ * pgwarden sends after the handshake waits for an answer.  Were it to happen, libevent
+ * would add its own read event to retry the write, but without reading any data (its
+ * EV_READ stays disabled): it would not compete with this reader.
+ *
+ * false when the write event cannot be made (the reader then waits for the socket as
+ * before).
+ */
+static bool wait_writable(struct px_reader *r)
+{
+    if (!r->wev) {
+        r->wev = event_new(event_get_base(r->ev), event_get_fd(r->ev), EV_WRITE, on_writable, r);
+        if (!r->wev)
+            return false;
+    }
+    r->want_write = true;
+    if (r->enabled) { /* else apply() adds wev when reading is switched on */
+        event_del(r->ev);
+        event_add(r->wev, NULL);
+    }
+    return true;
+}
+
 /*
  * SSL_read into bev's input until OpenSSL has nothing buffered and the socket nothing to
  * give.  OpenSSL reads ahead: what it holds beyond the record it returned is not in
@@ -54,6 +106,7 @@ static void on_readable_tls(struct px_reader *r)
     evbuffer_unfreeze(in, 0);
     size_t total = 0;
     short fail = 0;
+    int sys_err = 0;
     while (total < PX_TLS_READ_BUDGET) {
         struct evbuffer_iovec v[1];
         if (evbuffer_reserve_space(in, PX_READ_MAX, v, 1) < 1) {
@@ -71,17 +124,18 @@ static void on_readable_tls(struct px_reader *r)
                 break; /* the socket is read again at its next event */
             continue;
         }
-        evbuffer_commit_space(in, v, 0);
         int err = SSL_get_error(ssl, got);
+        sys_err = errno;
+        evbuffer_commit_space(in, v, 0);
+        if (err == SSL_ERROR_WANT_WRITE && wait_writable(r))
+            break; /* on_writable reads on */
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             break;
-        /* close_notify, the peer gone without one (pgwarden allows a dirty shutdown, as
-         * PostgreSQL and its clients do), or a TLS error */
-        fail = err == SSL_ERROR_ZERO_RETURN ||
-                       (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)
-                   ? BEV_EVENT_EOF
-                   : BEV_EVENT_ERROR;
-        ERR_clear_error();
+        /* close_notify, or the peer gone without one: both the end of the stream, as
+         * pgwarden's contexts ask (SSL_OP_IGNORE_UNEXPECTED_EOF, net/tls.c); else a TLS
+         * or socket error, whose reason stays in OpenSSL's queue (or errno) for the event
+         * callback */
+        fail = err == SSL_ERROR_ZERO_RETURN ? BEV_EVENT_EOF : BEV_EVENT_ERROR;
         break;
     }
     evbuffer_freeze(in, 0);
@@ -89,17 +143,20 @@ static void on_readable_tls(struct px_reader *r)
         /* Data first, as a plain reader gives it; an end or error met after it, and what
          * is left past the budget, on the next loop iteration (read_cb may free r: that
          * frees its event, active or not). */
-        if (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl)))
+        if (!r->want_write && (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl))))
             event_active(r->ev, EV_READ, 0);
+        ERR_clear_error(); /* the error is met again on the next read */
         if (read_cb)
             read_cb(bev, cbarg);
         return;
     }
     if (fail) {
         px_reader_enable(r, false); /* EOF and errors are reported once */
+        errno = sys_err;
         if (event_cb)
             event_cb(bev, (short)(BEV_EVENT_READING | fail), cbarg);
     }
+    ERR_clear_error(); /* what the callback did not take (px_tls_failure) */
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -231,6 +288,10 @@ int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socke
 
 void px_reader_unbind(struct px_reader *r)
 {
+    if (r->wev)
+        event_free(r->wev);
+    r->wev = NULL;
+    r->want_write = false;
     if (r->ev)
         event_free(r->ev);
     else if (r->bev)
@@ -288,10 +349,13 @@ static void apply(struct px_reader *r, bool on)
     if (r->enabled == on)
         return;
     r->enabled = on;
-    if (on)
-        event_add(r->ev, NULL);
-    else
+    if (on) {
+        event_add(r->want_write ? r->wev : r->ev, NULL);
+    } else {
         event_del(r->ev);
+        if (r->wev)
+            event_del(r->wev);
+    }
 }
 
 bool px_reader_enabled(const struct px_reader *r)

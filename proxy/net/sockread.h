@@ -26,15 +26,18 @@
 #include <openssl/ssl.h>
 
 struct px_reader {
-    struct bufferevent *bev;           /* whose input buffer and callbacks are used; NULL: unbound,
-                                          or parked (ev set) */
-    struct event *ev;                  /* pgwarden's read event; NULL: bev reads */
+    struct bufferevent *bev; /* whose input buffer and callbacks are used; NULL: unbound,
+                                or parked (ev set) */
+    struct event *ev;        /* pgwarden's read event; NULL: bev reads */
+    struct event *wev;       /* TLS: one-shot write event while OpenSSL must write before it can
+                                read (want_write); made when first needed */
     void (*wake)(struct px_reader *r); /* parked: called before the next read */
     bool enabled;
-    bool tls;       /* ev reads through the bufferevent's TLS object (px_reader_own_tls) */
-    bool blocked;   /* px_reader_block: off whatever px_reader_enable asks */
-    bool wanted;    /* what px_reader_enable last asked (applied when unblocked) */
-    uint32_t chunk; /* bytes the next read asks for (0: the smallest) */
+    bool tls;        /* ev reads through the bufferevent's TLS object (px_reader_own_tls) */
+    bool want_write; /* SSL_read wants the socket writable: wev, not ev, is added */
+    bool blocked;    /* px_reader_block: off whatever px_reader_enable asks */
+    bool wanted;     /* what px_reader_enable last asked (applied when unblocked) */
+    uint32_t chunk;  /* bytes the next read asks for (0: the smallest) */
 };
 
 /*
@@ -51,6 +54,10 @@ int px_reader_bind(struct px_reader *r, struct event_base *base, struct bufferev
  * read system call per wake-up instead of libevent's header read, body read and a last
  * read that finds nothing).  The bufferevent keeps writing.  Reading stays as it was asked
  * (px_reader_enable).  0, or -1 on allocation failure (the bufferevent keeps reading).
+ * bev's event callback gets BEV_EVENT_EOF for a close_notify and for a peer gone without
+ * one (ssl's context has SSL_OP_IGNORE_UNEXPECTED_EOF: net/tls.c), else BEV_EVENT_ERROR
+ * with the reason in OpenSSL's error queue, or errno for a socket error (what the callback
+ * does not take is cleared after it).
  */
 int px_reader_own_tls(struct px_reader *r, struct event_base *base, evutil_socket_t fd, SSL *ssl);
 

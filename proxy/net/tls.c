@@ -1,15 +1,35 @@
 /*
  * tls.c: OpenSSL contexts (see tls.h).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <arpa/inet.h>
+#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 #include "net/tls.h"
+
+/*
+ * Both sides' TLS options.  SSL_OP_IGNORE_UNEXPECTED_EOF: a peer that closes its TCP
+ * connection without a TLS close_notify (a client process killed, a libpq client that
+ * exits, PostgreSQL restarting, a health check that hangs up mid-handshake) is an end of
+ * stream (SSL_ERROR_ZERO_RETURN, libevent's BEV_EVENT_EOF), as OpenSSL 1.1 reported it,
+ * not an "unexpected eof while reading" protocol error (OpenSSL 3), which would count as
+ * a failed TLS handshake, be logged as a connection error and make OpenSSL send a fatal
+ * alert to a peer that is gone.  This gives up TLS's own detection of a truncation
+ * attack (an attacker cutting the TCP stream): PostgreSQL's protocol frames every
+ * message with its length and ends every exchange with ReadyForQuery (or the client's
+ * Terminate), so a truncated stream is seen there, as PostgreSQL and libpq see it: a
+ * cut message is never complete, and a stream cut between messages is a connection lost
+ * in the middle of an exchange, never a normal end of one (a transaction without its
+ * COMMIT is rolled back).
+ */
+#define PX_TLS_OPTIONS                                                                             \
+    (SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF)
 
 const char *px_tls_error(void)
 {
@@ -19,6 +39,21 @@ const char *px_tls_error(void)
         return "unknown TLS error";
     ERR_error_string_n(e, buf, sizeof(buf));
     ERR_clear_error();
+    return buf;
+}
+
+const char *px_tls_failure(struct bufferevent *bev)
+{
+    static char buf[256];
+    int sys_err = errno;
+    unsigned long e = ERR_get_error();
+    if (!e && bev)
+        e = bufferevent_get_openssl_error(bev); /* 0 for a plain bufferevent */
+    ERR_clear_error();
+    if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    else
+        snprintf(buf, sizeof(buf), "%s", sys_err ? strerror(sys_err) : "unknown error");
     return buf;
 }
 
@@ -41,7 +76,7 @@ SSL_CTX *px_tls_client_side_new(const struct px_config *cfg, char **errmsg)
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_options(ctx, PX_TLS_OPTIONS);
     /* An idle connection keeps no record buffers (~34 kB each otherwise): OpenSSL frees
      * them once a record is read or written in full and allocates them again when the
      * next one comes, at the cost of a malloc and free per record. */
@@ -83,7 +118,7 @@ SSL_CTX *px_tls_server_side_new(const struct px_config *cfg, char **errmsg)
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_options(ctx, PX_TLS_OPTIONS);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* as for clients: an idle server too */
     if (cfg->server_tls_ca_file && *cfg->server_tls_ca_file) {
         if (SSL_CTX_load_verify_locations(ctx, cfg->server_tls_ca_file, NULL) != 1) {

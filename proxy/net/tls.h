@@ -7,6 +7,7 @@
 #ifndef PGW_PROXY_TLS_H
 #define PGW_PROXY_TLS_H
 
+#include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 
 #include "base/config.h"
@@ -22,5 +23,13 @@ SSL *px_tls_server_ssl_new(SSL_CTX *ctx, enum px_server_tls_mode mode, const cha
 
 /* The last OpenSSL error as text (static buffer). */
 const char *px_tls_error(void);
+
+/*
+ * Why bev reported BEV_EVENT_ERROR, for the log (static buffer): the TLS reason when one is
+ * known (px_reader leaves it in OpenSSL's queue; libevent keeps the ones it met while it
+ * read or wrote itself), else errno's socket error.  Call first thing in the event
+ * callback: errno is only good until the next system call.  bev may be plain.
+ */
+const char *px_tls_failure(struct bufferevent *bev);
 
 #endif

@@ -651,32 +651,81 @@ static void test_ext_many_clients(void)
 
 /* ---- 6. session state that is not a reported parameter ------------------------------------ */
 
+/* Whether px's log says client C-id's query was batched behind C-leader. */
+static bool batched_behind(int id, int leader)
+{
+    char needle[64];
+    snprintf(needle, sizeof(needle), "client C-%d: query batched behind C-%d ", id, leader);
+    return harness_proxy_log_contains(g_px, needle);
+}
+
+/* Whether px's log says client C-id's query was batched at all. */
+static bool batched(int id)
+{
+    char needle[64];
+    snprintf(needle, sizeof(needle), "client C-%d: query batched behind", id);
+    return harness_proxy_log_contains(g_px, needle);
+}
+
+/* pgwarden's id of the i-th client a test connects (0: its first): C-1 is the harness
+ * waiting for the port. */
+#define CLIENT_ID(i) ((i) + 2)
+
 /* A batched query runs on its batch's server with no re-sync of its own: a client whose
  * session state (here work_mem, which PostgreSQL does not report) differs from the
- * server's is not batched there, in either direction. */
+ * server's is not batched there, in either direction.
+ *
+ * 1. A client with state set must not join a server without it (it would see the
+ *    default).  The queue behind the blocker: d0 d1 s0 (d: default state, s: work_mem
+ *    set).  d0 takes the server and d1 joins its batch (so batching is on); s0 does not,
+ *    and runs next with its state restored first; the server keeps it (nobody else used
+ *    it since).
+ * 2. A default client must not join a server carrying another client's state (it would
+ *    see s0's work_mem).  Only a leader whose state the server already carries opens a
+ *    batch (a restore runs alone): s0 on that idle server.  pgwarden is stopped (SIGSTOP)
+ *    while s0 and then d2 send their queries, so that it reads both in one loop turn, s0's
+ *    first: s0 takes the server and opens a batch, d2 must not join it. */
 static void test_session_state_not_mixed(void)
 {
     CU_ASSERT_TRUE_FATAL(start(1, 50));
     PGconn *blocker = conn(NULL), *c[4];
     CU_ASSERT_EQUAL_FATAL(PQstatus(blocker), CONNECTION_OK);
+    static const bool set[4] = {false, false, true, false}; /* d0 d1 s0 d2 */
     char dflt[32];
     for (int i = 0; i < 4; i++) {
         c[i] = conn(NULL);
         CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
-        if (i % 2)
+        if (set[i])
             CU_ASSERT_TRUE(itu_exec_ok(c[i], "SET work_mem = '7MB'"));
     }
     itu_value_copy(dflt, sizeof(dflt), c[0], "SHOW work_mem");
     CU_ASSERT_STRING_NOT_EQUAL(dflt, "7MB");
+    int id[4];
+    for (int i = 0; i < 4; i++)
+        id[i] = CLIENT_ID(i + 1); /* the blocker connected first */
+
+    /* 1 */
     send_in_order(blocker, "SELECT pg_sleep(0.5)");
     send_in_order(c[0], "SELECT current_setting('work_mem')");
     send_in_order(c[1], "SELECT current_setting('work_mem')");
     send_params_in_order(c[2], "SELECT current_setting($1)", "work_mem");
-    send_params_in_order(c[3], "SELECT current_setting($1)", "work_mem");
     PGresult *r = itu_wait_result(blocker, 10000);
     PQclear(r);
-    for (int i = 0; i < 4; i++)
-        expect_value(c[i], 0, i % 2 ? "7MB" : dflt);
+    for (int i = 0; i < 3; i++)
+        expect_value(c[i], 0, set[i] ? "7MB" : dflt);
+    CU_ASSERT_TRUE(batched_behind(id[1], id[0])); /* same (default) state: batched */
+    CU_ASSERT_FALSE(batched(id[2]));              /* its state on a server without it */
+
+    /* 2 */
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(g_px, SIGSTOP), 0);
+    CU_ASSERT_EQUAL(PQsendQuery(c[2], "SELECT current_setting('work_mem')"), 1);
+    itu_sleep_ms(30);
+    CU_ASSERT_EQUAL(PQsendQuery(c[3], "SELECT current_setting('work_mem')"), 1);
+    itu_sleep_ms(30);
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(g_px, SIGCONT), 0);
+    expect_value(c[2], 0, "7MB");
+    expect_value(c[3], 0, dflt);
+    CU_ASSERT_FALSE(batched(id[3])); /* default state on a server with s0's */
     PQfinish(blocker);
     for (int i = 0; i < 4; i++)
         PQfinish(c[i]);
@@ -686,7 +735,10 @@ static void test_session_state_not_mixed(void)
 /* ---- 7. a retryable error in a batched statement ------------------------------------------- */
 
 /* Each client's first call fails with 40001 (a sequence per client counts the calls): the
- * retry stage replays it (retry is on by default), batched or not. */
+ * retry stage replays it (retry is on by default), batched or not.  The three clients
+ * behind the first are batched behind it (the log line only a batch join writes), and
+ * their errors, held back as any retryable one, are decided when the batch moves on to
+ * the next client (px_batch_next), not by the relay: each is replayed and verified. */
 static void test_retry_in_batch(void)
 {
     CU_ASSERT_TRUE_FATAL(start(1, 50));
@@ -721,7 +773,16 @@ static void test_retry_in_batch(void)
         snprintf(want, sizeof(want), "%d", i);
         expect_value(c[i], 0, want);
     }
-    CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, "query batched behind"));
+    int lead = CLIENT_ID(1); /* c[0]: the blocker connected first */
+    for (int i = 1; i < 4; i++) {
+        int id = CLIENT_ID(1 + i);
+        char held[64], matched[64];
+        snprintf(held, sizeof(held), "retry C-%d: 40001: holding it back", id);
+        snprintf(matched, sizeof(matched), "retry C-%d: the replay matched", id);
+        CU_ASSERT_TRUE(batched_behind(id, lead));
+        CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, held));
+        CU_ASSERT_TRUE(harness_proxy_log_contains(g_px, matched));
+    }
     CU_ASSERT_STRING_EQUAL(itu_value(c[1], "SELECT bt_flaky(1)"), "1");
     PQfinish(blocker);
     for (int i = 0; i < 4; i++)

@@ -8,12 +8,21 @@
  *   auth_type, trust, unknown database (3D000);
  *   as PostgreSQL answers them, compared with the cluster itself over raw sockets: an
  *   SSLRequest or GSSENCRequest inside TLS or repeated (FATAL 0A000), and SCRAM
- *   client-first messages with an authzid, a mandatory extension or an oversized nonce.
+ *   client-first messages with an authzid, a mandatory extension or an oversized nonce;
+ *   peers gone without a TLS close_notify (a client mid-handshake or logged in, a server
+ *   behind a TCP relay that is killed): an end of stream, not a TLS error (log, metrics).
  */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -23,6 +32,7 @@
 
 #include "cunit_main.h"
 #include "harness.h"
+#include "itest_http.h"
 #include "itest_util.h"
 #include "itest_wire.h"
 
@@ -550,6 +560,210 @@ static void test_scram_errors_as_postgresql(void)
     stop(px);
 }
 
+/* ---- a peer gone without a TLS close_notify ---------------------------------------- */
+
+/* Waits up to timeout_ms for px's log to contain needle. */
+static bool log_wait(const struct harness_proxy *px, const char *needle, int timeout_ms)
+{
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    while (!harness_proxy_log_contains(px, needle)) {
+        if (itu_now_ms() > deadline)
+            return false;
+        itu_sleep_ms(20);
+    }
+    return true;
+}
+
+/* A process killed, a cable pulled: the TCP connection ends, no TLS close_notify first
+ * (SSL_free sends none).  SHUT_RDWR: a FIN, whatever is left unread. */
+static void rawc_vanish(struct rawc *r)
+{
+    shutdown(r->fd, SHUT_RDWR);
+    rawc_close(r);
+}
+
+static struct harness_proxy *start_for_close(const char *server_tls, const char *databases)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 4,
+                                   .client_tls_mode = "allow",
+                                   .server_tls_mode = server_tls,
+                                   .auth_type = "trust",
+                                   .log_level = "debug",
+                                   .admin = true,
+                                   .databases_extra = databases,
+                                   .query_wait_timeout_ms = 20000};
+    return harness_proxy_start(&o);
+}
+
+#define CLIENT_TLS_ERRORS "pgwarden_tls_handshakes_total{side=\"client\",outcome=\"error\"}"
+#define CLIENT_TLS_OK     "pgwarden_tls_handshakes_total{side=\"client\",outcome=\"ok\"}"
+
+/* A client that hangs up in the middle of its TLS handshake (a health check, a port
+ * scanner, a client that gave up) is no failed handshake: with OpenSSL 3 it was one
+ * ("unexpected eof while reading"), counted as certificates going wrong are. */
+static void test_client_gone_mid_handshake(void)
+{
+    struct harness_proxy *px = start_for_close("disable", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    int fd = harness_raw_connect(px->port, 2000);
+    CU_ASSERT_FATAL(fd >= 0);
+    uint8_t pkt[8], answer = 0;
+    request_packet(pkt, SSL_REQUEST);
+    CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, 8, 2000), 0);
+    CU_ASSERT_EQUAL(harness_raw_recv(fd, &answer, 1, 5000, NULL), 1);
+    CU_ASSERT_EQUAL(answer, 'S');
+    /* The ClientHello from an SSL object on memory BIOs: it never reads pgwarden's answer,
+     * so the handshake stops there whatever the timing. */
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = ctx ? SSL_new(ctx) : NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl);
+    SSL_set_bio(ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()));
+    int rc = SSL_connect(ssl);
+    CU_ASSERT_EQUAL(SSL_get_error(ssl, rc), SSL_ERROR_WANT_READ);
+    char *hello = NULL;
+    long hello_len = BIO_get_mem_data(SSL_get_wbio(ssl), &hello);
+    CU_ASSERT_FATAL(hello_len > 0);
+    CU_ASSERT_EQUAL(harness_raw_send(fd, hello, (size_t)hello_len, 2000), 0);
+    /* pgwarden's answer, read in full (the peer then closes with a FIN, not a reset) */
+    static uint8_t flight[16384];
+    CU_ASSERT(harness_raw_recv(fd, flight, sizeof(flight), 500, NULL) > 0);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+    CU_ASSERT(log_wait(px, "C-2: closing", 5000)); /* C-1: the harness waiting for the port */
+    CU_ASSERT_EQUAL(metric_value(px->admin_port, CLIENT_TLS_ERRORS), 0);
+    CU_ASSERT_EQUAL(metric_value(px->admin_port, CLIENT_TLS_OK), 0);
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "connection lost"));
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "C-2: client closed the connection"));
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=require"));
+    stop(px);
+}
+
+/* Logs in over r (trust) and runs SELECT 1; true when both were answered. */
+static bool rawc_login(struct rawc *r)
+{
+    uint8_t pkt[512], buf[4096];
+    size_t n = harness_build_startup(pkt, sizeof(pkt), "pgwarden_test", "pgwarden_test");
+    ssize_t got = rawc_send(r, pkt, n) ? rawc_recv(r, buf, sizeof(buf), "ZE") : -1;
+    size_t blen = 0;
+    if (got <= 0 || !itw_find(buf, (size_t)got, 'Z', &blen))
+        return false;
+    n = 0;
+    if (!itw_msg(pkt, sizeof(pkt), &n, 'Q', "SELECT 1", 9) || !rawc_send(r, pkt, n))
+        return false;
+    got = rawc_recv(r, buf, sizeof(buf), "ZE");
+    return got > 0 && itw_find(buf, (size_t)got, 'D', &blen) &&
+           !itw_find(buf, (size_t)got, 'E', &blen);
+}
+
+/* A logged-in TLS client that vanishes (the process killed: libpq never sends a
+ * close_notify then) is a client that went away, not a connection error: a debug line,
+ * nothing at info. */
+static void test_client_gone_without_close_notify(void)
+{
+    struct harness_proxy *px = start_for_close("disable", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    struct rawc r;
+    CU_ASSERT_FATAL(rawc_open(&r, px->port, true));
+    CU_ASSERT_TRUE(rawc_login(&r));
+    rawc_vanish(&r);
+    CU_ASSERT(log_wait(px, "C-2: closing", 5000));
+    CU_ASSERT_TRUE(
+        harness_proxy_log_contains(px, "DEBUG client C-2: client closed the connection"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "connection lost"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "unexpected eof"));
+    CU_ASSERT_EQUAL(metric_value(px->admin_port, CLIENT_TLS_OK), 1);
+    CU_ASSERT_EQUAL(metric_value(px->admin_port, CLIENT_TLS_ERRORS), 0);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=require"));
+    stop(px);
+}
+
+/* A TCP relay in a child process for one connection at a time: 127.0.0.1:*port to
+ * 127.0.0.1:target.  Killed (SIGKILL), it takes the connection with it: TCP FINs, no TLS
+ * close_notify, as when PostgreSQL's host goes away.  Dies with the test program. */
+static pid_t relay_start(int target, int *port)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 8) < 0 ||
+        getsockname(lfd, (struct sockaddr *)&sa, &len) < 0) {
+        perror("relay");
+        if (lfd >= 0)
+            close(lfd);
+        return -1;
+    }
+    *port = ntohs(sa.sin_port);
+    pid_t pid = fork();
+    if (pid != 0) {
+        close(lfd);
+        return pid;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (;;) {
+        int a = accept(lfd, NULL, NULL), b = socket(AF_INET, SOCK_STREAM, 0);
+        sa.sin_port = htons((uint16_t)target);
+        if (a < 0 || b < 0 || connect(b, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+            _exit(1);
+        struct pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+        for (bool open = true; open;) {
+            if (poll(p, 2, -1) < 0)
+                continue;
+            for (int k = 0; k < 2 && open; k++) {
+                if (!p[k].revents)
+                    continue;
+                char buf[65536];
+                ssize_t n = read(p[k].fd, buf, sizeof(buf));
+                for (ssize_t off = 0; n > 0 && off < n;) {
+                    ssize_t w = send(p[1 - k].fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
+                    if (w <= 0) {
+                        n = -1;
+                        break;
+                    }
+                    off += w;
+                }
+                open = n > 0;
+            }
+        }
+        close(a), close(b);
+    }
+}
+
+/* PostgreSQL's TLS connection ending without a close_notify (its host or the path to it
+ * gone) is a server that closed the connection: the client gets 08006 as for any lost
+ * server, and the log has no TLS error. */
+static void test_server_gone_without_close_notify(void)
+{
+    int rport = 0;
+    pid_t relay = relay_start(harness_cluster()->port, &rport);
+    CU_ASSERT_FATAL(relay > 0);
+    char db[200];
+    snprintf(db, sizeof(db), "relayed = host=127.0.0.1 port=%d dbname=pgwarden_test", rport);
+    struct harness_proxy *px = start_for_close("require", db);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    PGconn *c = harness_connect(px, "sslmode=disable dbname=relayed");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "S-1: ")); /* the server through the relay */
+    kill(relay, SIGKILL);
+    waitpid(relay, NULL, 0);
+    CU_ASSERT(log_wait(px, "S-1: closing", 5000));
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "S-1: closing: server closed the connection"));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "connection lost: "));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "unexpected eof"));
+    PGresult *res = PQexec(c, "SELECT 1");
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_FATAL_ERROR);
+    CU_ASSERT_TRUE(itu_error_contains(c, "server closed the connection unexpectedly"));
+    PQclear(res);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "closing with 08006"));
+    PQfinish(c);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    stop(px);
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tls_tests[] = {
@@ -561,6 +775,9 @@ static void register_suites(void)
         {"server_tls_verify_full", test_server_tls_verify_full},
         {"encryption_request_inside_tls", test_encryption_request_inside_tls},
         {"encryption_request_repeated", test_encryption_request_repeated},
+        {"client_gone_mid_handshake", test_client_gone_mid_handshake},
+        {"client_gone_without_close_notify", test_client_gone_without_close_notify},
+        {"server_gone_without_close_notify", test_server_gone_without_close_notify},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo auth_tests[] = {

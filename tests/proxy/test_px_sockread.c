@@ -1,14 +1,20 @@
-/* test_px_sockread.c: tests of proxy/sockread.c (pgwarden reading plain sockets itself) and
- * of px_relay_direct's straight-to-socket write, over a real socketpair and event loop. */
+/* test_px_sockread.c: tests of proxy/sockread.c (pgwarden reading plain sockets itself, and
+ * TLS ones through SSL_read) and of px_relay_direct's straight-to-socket write, over a real
+ * socketpair and event loop. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "cunit_main.h"
 #include "proto/relay.h"
@@ -220,12 +226,162 @@ static void test_relay_direct_writes_socket(void)
     rig_close(&r);
 }
 
+/* ---- TLS: SSL_read that must write first ------------------------------------------- */
+
+/* A TLS server context with a throwaway self-signed P-256 certificate, as pgwarden's
+ * (no renegotiation, no tickets). */
+static SSL_CTX *tls_server_ctx(void)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    CU_ASSERT_FATAL(key && x && ctx);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, key);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"test", -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    CU_ASSERT_FATAL(X509_sign(x, key, EVP_sha256()) > 0);
+    CU_ASSERT_FATAL(SSL_CTX_use_certificate(ctx, x) == 1 && SSL_CTX_use_PrivateKey(ctx, key) == 1);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return ctx;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static void run_for_ms(struct event_base *base, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+}
+
+/*
+ * TLS 1.3: the peer's KeyUpdate asks for ours; our next write (px_relay_write's SSL_write)
+ * finds the send buffer full, so OpenSSL stays in the middle of the KeyUpdate and every
+ * SSL_read returns SSL_ERROR_WANT_WRITE until the socket drains.  The reader must wait for
+ * the socket to become writable: waiting for it to be readable spins as long as the peer's
+ * next bytes wait in it, and the reader must read them once the KeyUpdate is out.  The
+ * full send buffer is made by writing raw bytes below the TLS stream; the peer reads them
+ * raw before it reads TLS again.
+ */
+static void test_tls_read_waits_until_writable(void)
+{
+    struct rig r;
+    memset(&r, 0, sizeof(r));
+    CU_ASSERT_EQUAL_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, r.fds), 0);
+    evutil_make_socket_nonblocking(r.fds[0]);
+    evutil_make_socket_nonblocking(r.fds[1]);
+    SSL_CTX *sctx = tls_server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
+    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
+    CU_ASSERT_FATAL(s && c && SSL_set_fd(s, r.fds[0]) == 1 && SSL_set_fd(c, r.fds[1]) == 1);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(c);
+    for (int i = 0; i < 100 && !(SSL_is_init_finished(s) && SSL_is_init_finished(c)); i++) {
+        SSL_do_handshake(c);
+        SSL_do_handshake(s);
+    }
+    CU_ASSERT_FATAL(SSL_is_init_finished(s) && SSL_is_init_finished(c));
+    CU_ASSERT_EQUAL_FATAL(SSL_version(s), TLS1_3_VERSION);
+
+    /* pgwarden's side: an OpenSSL bufferevent (not owning s) read by a px_reader */
+    r.base = event_base_new();
+    r.bev = bufferevent_openssl_socket_new(r.base, r.fds[0], s, BUFFEREVENT_SSL_OPEN, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r.bev);
+    bufferevent_setcb(r.bev, on_read, NULL, on_event, &r.seen);
+    bufferevent_enable(r.bev, EV_WRITE);
+    CU_ASSERT_EQUAL_FATAL(px_reader_bind(&r.rd, r.base, r.bev, -1), 0);
+    CU_ASSERT_EQUAL_FATAL(px_reader_own_tls(&r.rd, r.base, r.fds[0], s), 0);
+    px_reader_enable(&r.rd, true);
+    struct evbuffer *in = bufferevent_get_input(r.bev), *out = bufferevent_get_output(r.bev);
+
+    /* the peer asks for a KeyUpdate; read: ours is due with our next write */
+    CU_ASSERT_EQUAL(SSL_key_update(c, SSL_KEY_UPDATE_REQUESTED), 1);
+    CU_ASSERT_EQUAL(SSL_write(c, "hello", 5), 5);
+    spin(&r);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(in), 5);
+
+    /* our send buffer full, then a reply: SSL_write starts the KeyUpdate and cannot finish */
+    static char junk[65536];
+    size_t filled = 0;
+    for (ssize_t w; (w = send(r.fds[0], junk, sizeof(junk), MSG_NOSIGNAL)) > 0;)
+        filled += (size_t)w;
+    CU_ASSERT_FATAL(filled > 0);
+    struct evbuffer *reply = evbuffer_new();
+    evbuffer_add(reply, "abc", 3);
+    px_relay_write(reply, out, (struct px_direct){r.fds[0], s});
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 3); /* left to the bufferevent */
+    CU_ASSERT_TRUE(SSL_in_init(s));
+
+    /* the peer sends more without reading: no busy loop while the socket stays full */
+    CU_ASSERT_EQUAL(SSL_write(c, "late", 4), 4);
+    double t0 = cpu_seconds();
+    run_for_ms(r.base, 300);
+    double used = cpu_seconds() - t0;
+    if (used >= 0.1)
+        fprintf(stderr, "\n    %.0f ms of CPU in 300 ms of waiting: busy loop\n", used * 1e3);
+    CU_ASSERT_TRUE(used < 0.1);
+    CU_ASSERT_EQUAL(r.seen.event_calls, 0);
+
+    /* the peer drains the socket: the KeyUpdate and the reply go out, "late" is read */
+    static char sink[65536];
+    for (size_t got = 0; got < filled;) {
+        ssize_t n =
+            recv(r.fds[1], sink, filled - got < sizeof(sink) ? filled - got : sizeof(sink), 0);
+        if (n > 0)
+            got += (size_t)n;
+        else
+            event_base_loop(r.base, EVLOOP_NONBLOCK);
+    }
+    for (int i = 0; i < 50 && evbuffer_get_length(in) < 9; i++)
+        run_for_ms(r.base, 10);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(in), 9);
+    CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(in, 9), "hellolate", 9), 0);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 0);
+    char got[8] = {0};
+    int n = -1;
+    for (int i = 0; i < 100 && n <= 0; i++) {
+        n = SSL_read(c, got, sizeof(got)); /* our KeyUpdate first, then "abc" */
+        if (n <= 0)
+            run_for_ms(r.base, 5);
+    }
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_EQUAL(memcmp(got, "abc", 3), 0);
+    CU_ASSERT_FALSE(SSL_in_init(s));
+    CU_ASSERT_EQUAL(r.seen.event_calls, 0);
+
+    evbuffer_free(reply);
+    px_relay_shutdown();
+    px_reader_unbind(&r.rd);
+    bufferevent_free(r.bev);
+    SSL_free(s);
+    SSL_free(c);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    event_base_free(r.base);
+    close(r.fds[0]);
+    close(r.fds[1]);
+    ERR_clear_error();
+}
+
 static const CU_TestInfo sockread_tests[] = {
     {"reads_into_bufferevent_input", test_reads_into_bufferevent_input},
     {"disabled_reads_nothing", test_disabled_reads_nothing},
     {"eof_reported_once", test_eof_reported_once},
     {"large_input_in_bounded_reads", test_large_input_in_bounded_reads},
     {"relay_direct_writes_socket", test_relay_direct_writes_socket},
+    {"tls_read_waits_until_writable", test_tls_read_waits_until_writable},
     CU_TEST_INFO_NULL,
 };
 
