@@ -381,8 +381,10 @@ void px_client_free(struct px_client *c)
     px_reader_unbind(&c->rd);
     if (c->bev)
         bufferevent_free(c->bev);
-    if (c->ssl) /* after its bufferevent, which does not own it */
+    if (c->ssl) {                    /* after its bufferevent, which does not own it */
+        px_tls_close_notify(c->ssl); /* as PostgreSQL's backend does when it exits */
         SSL_free(c->ssl);
+    }
     evutil_closesocket(c->fd);
     px_scram_server_free(c->scram);
     OPENSSL_cleanse(c->client_key, sizeof(c->client_key));

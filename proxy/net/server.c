@@ -21,6 +21,7 @@
 
 #include <event2/bufferevent_ssl.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 
 #include "base/log.h"
 #include "metrics/stats.h"
@@ -661,13 +662,24 @@ void px_server_close(struct px_server *s, const char *reason)
         s->opener->launching = NULL;
     s->opener = NULL;
     if (s->bev) {
-        if (!s->fd_in_tls_bev && s->fd >= 0 && s->state != PX_SV_LOGIN) {
-            /* A polite Terminate keeps PostgreSQL's log free of "unexpected EOF". */
-            static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
-            if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
-                ssize_t w = send(s->fd, terminate, sizeof(terminate), MSG_NOSIGNAL);
-                (void)w;
+        /* A polite Terminate keeps PostgreSQL's log free of "unexpected EOF" (plain) or
+         * "could not receive data from client: Connection reset by peer" (TLS), and over
+         * TLS a close_notify follows, as libpq sends one.  Only when nothing else waits to
+         * be written: the Terminate must not cut into a message. */
+        static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+        bool idle_out = evbuffer_get_length(bufferevent_get_output(s->bev)) == 0;
+        if (s->fd_in_tls_bev) {
+            SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+            if (idle_out && s->state != PX_SV_LOGIN && ssl && SSL_is_init_finished(ssl)) {
+                ERR_clear_error();
+                int w = SSL_write(ssl, terminate, sizeof(terminate));
+                if (w == (int)sizeof(terminate))
+                    px_tls_close_notify(ssl);
+                ERR_clear_error();
             }
+        } else if (s->fd >= 0 && s->state != PX_SV_LOGIN && idle_out) {
+            ssize_t w = send(s->fd, terminate, sizeof(terminate), MSG_NOSIGNAL);
+            (void)w;
         }
         px_reader_enable(&s->rd, false);
         bufferevent_disable(s->bev, EV_WRITE);

@@ -42,6 +42,17 @@ const char *px_tls_error(void)
     return buf;
 }
 
+void px_tls_close_notify(SSL *ssl)
+{
+    /* After a fatal error OpenSSL is back "in init", so the check below covers it. */
+    if (!ssl || !SSL_is_init_finished(ssl) || (SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN))
+        return;
+    ERR_clear_error();
+    int rc = SSL_shutdown(ssl);
+    (void)rc; /* 0: sent, the peer's own not awaited; < 0: the socket is full or gone */
+    ERR_clear_error();
+}
+
 const char *px_tls_failure(struct bufferevent *bev)
 {
     static char buf[256];

@@ -32,4 +32,12 @@ const char *px_tls_error(void);
  */
 const char *px_tls_failure(struct bufferevent *bev);
 
+/*
+ * Sends ssl's peer a close_notify, as PostgreSQL and libpq do when they close a TLS
+ * connection: once, without blocking (an alert that does not fit the socket is dropped),
+ * and only on an established connection (never after a fatal error, which OpenSSL
+ * forbids).  Leaves OpenSSL's error queue empty.
+ */
+void px_tls_close_notify(SSL *ssl);
+
 #endif

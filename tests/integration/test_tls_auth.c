@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -764,6 +765,129 @@ static void test_server_gone_without_close_notify(void)
     stop(px);
 }
 
+/* ---- pgwarden's own closes: a close_notify, as PostgreSQL and libpq send ------------- */
+
+/* Reads r until the connection ends (5 s at most); true when it ended with a TLS
+ * close_notify (SSL_ERROR_ZERO_RETURN), not a bare end of the TCP stream. */
+static bool rawc_ends_with_close_notify(struct rawc *r)
+{
+    uint8_t buf[4096];
+    int64_t deadline = itu_now_ms() + 5000;
+    for (;;) {
+        ERR_clear_error();
+        int n = SSL_read(r->ssl, buf, sizeof(buf));
+        if (n > 0)
+            continue;
+        int err = SSL_get_error(r->ssl, n);
+        if ((err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) &&
+            rawc_wait(r, err, deadline))
+            continue;
+        if (err != SSL_ERROR_ZERO_RETURN)
+            fprintf(stderr, "TLS connection ended with SSL error %d (%s)\n", err,
+                    ERR_reason_error_string(ERR_peek_error())
+                        ? ERR_reason_error_string(ERR_peek_error())
+                        : "no reason");
+        ERR_clear_error();
+        return err == SSL_ERROR_ZERO_RETURN;
+    }
+}
+
+/* A startup packet of protocol 9.0, which both refuse with a FATAL and then close. */
+static bool rawc_refused_startup_ends_cleanly(int port)
+{
+    struct rawc r;
+    bool ok = rawc_open(&r, port, true);
+    uint8_t pkt[64];
+    size_t n = harness_build_startup(pkt, sizeof(pkt), "pgwarden_test", "pgwarden_test");
+    itw_put32(pkt + 4, 9u << 16); /* protocol 9.0 */
+    ok = ok && n > 8 && rawc_send(&r, pkt, n) && rawc_ends_with_close_notify(&r);
+    rawc_close(&r);
+    return ok;
+}
+
+/* A client's TLS connection that pgwarden ends, after the client's Terminate or after a
+ * FATAL, ends with a close_notify, as one to PostgreSQL does (libpq and other TLS stacks
+ * see an orderly end, not "unexpected eof while reading"). */
+static void test_client_close_sends_close_notify(void)
+{
+    struct harness_proxy *px = start_for_close("disable", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    CU_ASSERT_TRUE(rawc_refused_startup_ends_cleanly(harness_cluster()->port)); /* PostgreSQL */
+    CU_ASSERT_TRUE(rawc_refused_startup_ends_cleanly(px->port));
+    struct rawc r;
+    CU_ASSERT_FATAL(rawc_open(&r, px->port, true));
+    CU_ASSERT_TRUE(rawc_login(&r));
+    static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+    CU_ASSERT_TRUE(rawc_send(&r, terminate, sizeof(terminate)));
+    CU_ASSERT_TRUE(rawc_ends_with_close_notify(&r));
+    rawc_close(&r);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=require"));
+    stop(px);
+}
+
+/* The bytes PostgreSQL's log gained since offset (at most cap - 1, NUL-terminated). */
+static void pg_log_since(long offset, char *buf, size_t cap)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/postgres.log", harness_cluster()->dir);
+    buf[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    if (fseek(f, offset, SEEK_SET) == 0) {
+        size_t n = fread(buf, 1, cap - 1, f);
+        buf[n] = 0;
+    }
+    fclose(f);
+}
+
+static long pg_log_size(void)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/postgres.log", harness_cluster()->dir);
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+/* Servers over TLS that pgwarden closes (here: at shutdown) get a Terminate and a
+ * close_notify inside TLS, as from libpq: PostgreSQL logs nothing.  Without them, each
+ * one left "could not receive data from client: Connection reset by peer". */
+static void test_server_close_is_orderly(void)
+{
+    struct harness_proxy *px = start_for_close("require", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    long log_at = pg_log_size();
+    PGconn *c[3];
+    for (int i = 0; i < 3; i++) { /* session pooling: three servers */
+        c[i] = harness_connect(px, "sslmode=disable");
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+        CU_ASSERT_STRING_EQUAL(itu_value(c[i], "SELECT ssl::text FROM pg_stat_ssl "
+                                               "WHERE pid = pg_backend_pid()"),
+                               "true");
+    }
+    for (int i = 0; i < 3; i++)
+        PQfinish(c[i]);
+    stop(px); /* SIGTERM: the idle servers are closed */
+    /* PostgreSQL's backends are gone when none of the test user's but ours is left */
+    PGconn *d = PQconnectdb(harness_cluster_conninfo("sslmode=disable"));
+    int64_t deadline = itu_now_ms() + 5000;
+    while (strcmp(itu_value(d, "SELECT count(*) FROM pg_stat_activity WHERE usename = "
+                               "current_user AND pid <> pg_backend_pid()"),
+                  "0") != 0 &&
+           itu_now_ms() < deadline)
+        itu_sleep_ms(20);
+    PQfinish(d);
+    itu_sleep_ms(100); /* a backend writes its last log line as it exits */
+    static char logged[65536];
+    pg_log_since(log_at, logged, sizeof(logged));
+    if (strstr(logged, "could not receive") || strstr(logged, "SSL error") ||
+        strstr(logged, "unexpected EOF"))
+        fprintf(stderr, "PostgreSQL logged:\n%s\n", logged);
+    CU_ASSERT_PTR_NULL(strstr(logged, "could not receive data from client"));
+    CU_ASSERT_PTR_NULL(strstr(logged, "SSL error"));
+    CU_ASSERT_PTR_NULL(strstr(logged, "unexpected EOF"));
+}
+
 static void register_suites(void)
 {
     static const CU_TestInfo tls_tests[] = {
@@ -778,6 +902,8 @@ static void register_suites(void)
         {"client_gone_mid_handshake", test_client_gone_mid_handshake},
         {"client_gone_without_close_notify", test_client_gone_without_close_notify},
         {"server_gone_without_close_notify", test_server_gone_without_close_notify},
+        {"client_close_sends_close_notify", test_client_close_sends_close_notify},
+        {"server_close_is_orderly", test_server_close_is_orderly},
         CU_TEST_INFO_NULL,
     };
     static const CU_TestInfo auth_tests[] = {
