@@ -8,9 +8,8 @@
  */
 #include <stdlib.h>
 
-#include <openssl/rand.h>
-
 #include "base/log.h"
+#include "base/random.h"
 #include "net/cancel.h"
 #include "net/server.h"
 
@@ -59,7 +58,7 @@ int px_cancel_register(struct px_client *c)
         return -1;
     do {
         uint8_t r[8];
-        if (RAND_bytes(r, sizeof(r)) != 1)
+        if (px_random_bytes(r, sizeof(r)) < 0)
             return -1;
         /* Positive pid: some tools (pg_basebackup) choke on negative ones. */
         c->cancel_pid = px_get_u32(r) & 0x7fffffffu;

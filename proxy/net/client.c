@@ -19,9 +19,9 @@
 
 #include <event2/bufferevent_ssl.h>
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 
 #include "base/log.h"
+#include "base/random.h"
 #include "metrics/metrics.h"
 #include "metrics/stats.h"
 #include "net/cancel.h"
@@ -465,7 +465,7 @@ static void send_auth_request(struct px_client *c)
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST: client_auth_ok(c); return;
     case PX_AUTH_MD5:
-        RAND_bytes(c->md5_salt, sizeof(c->md5_salt));
+        px_random_bytes(c->md5_salt, sizeof(c->md5_salt));
         px_wire_auth(out, PX_AUTH_MD5_REQ, c->md5_salt, 4);
         c->login_step = PX_LOGIN_MD5;
         return;

@@ -145,6 +145,14 @@ int px_wire_auth(struct evbuffer *out, uint32_t code, const void *data, size_t l
 int px_wire_param_status(struct evbuffer *out, const char *name, const char *value)
 {
     size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
+    uint8_t msg[256]; /* a welcome has a dozen of these: one evbuffer_add each, not three */
+    if (5 + nl + vl <= sizeof(msg)) {
+        msg[0] = 'S';
+        px_put_u32(msg + 1, (uint32_t)(4 + nl + vl));
+        memcpy(msg + 5, name, nl);
+        memcpy(msg + 5 + nl, value, vl);
+        return evbuffer_add(out, msg, 5 + nl + vl);
+    }
     if (add_header(out, 'S', nl + vl) < 0)
         return -1;
     return evbuffer_add(out, name, nl) | evbuffer_add(out, value, vl);

@@ -139,6 +139,20 @@ static void test_small_builders(void)
     CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), sizeof(expected));
     CU_ASSERT_EQUAL(memcmp(evbuffer_pullup(b, -1), expected, sizeof(expected)), 0);
     evbuffer_free(b);
+    /* A ParameterStatus too long for the builder's stack buffer (a long application_name,
+     * search_path) comes out the same way. */
+    b = evbuffer_new();
+    char value[400];
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = 0;
+    px_wire_param_status(b, "search_path", value);
+    const uint8_t *p = evbuffer_pullup(b, -1);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(b), 5 + 12 + sizeof(value));
+    CU_ASSERT_EQUAL(p[0], 'S');
+    CU_ASSERT_EQUAL(px_get_u32(p + 1), 4 + 12 + sizeof(value));
+    CU_ASSERT_STRING_EQUAL((const char *)p + 5, "search_path");
+    CU_ASSERT_STRING_EQUAL((const char *)p + 5 + 12, value);
+    evbuffer_free(b);
 }
 
 static void test_negotiate(void)
