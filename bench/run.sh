@@ -151,7 +151,7 @@ run_one() {
     local args=(-b "$BENCH_BUILTIN" -M "$proto" -c "$clients" -j "$jobs" -T "$secs" -n
         -h 127.0.0.1 -p "$port" -U "$DB_USER")
     ((connect)) && args+=(-C)
-    [[ -n $pid ]] && cpu0=$(proc_cpu_ticks "$pid")
+    [[ -n $pid ]] && cpu0=$(proc_cpu_ns "$pid")
     if ! PGPASSWORD=$DB_PASSWORD PGSSLMODE=$ssl PGCONNECT_TIMEOUT=30 \
         timeout -k 5 $((secs + PGBENCH_SLACK)) "$PG_BINDIR/pgbench" "${args[@]}" "$DB_NAME" \
         >"$out" 2>&1; then
@@ -159,14 +159,14 @@ run_one() {
         log "  $target: pgbench failed (see $out):"
         tail -n 5 "$out" | sed 's/^/    /' >&2
     fi
-    [[ -n $pid ]] && cpu1=$(proc_cpu_ticks "$pid")
+    [[ -n $pid ]] && cpu1=$(proc_cpu_ns "$pid")
     [[ $round == warmup ]] && return 0
     tps=$(pgbench_field tps "$out")
     lat=$(pgbench_field latency "$out")
     failed=$(pgbench_field failed "$out")
     tx=$(pgbench_field transactions "$out")
     if [[ -n $pid ]]; then
-        cpu=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", d / hz }')
+        cpu=$(awk -v d=$((cpu1 - cpu0)) 'BEGIN { printf "%.4f", d / 1e9 }')
         per1k=$(awk -v c="$cpu" -v t="${tx:-0}" 'BEGIN { if (t > 0) printf "%.5f", c * 1000 / t }')
     else
         cpu='' per1k=''
@@ -176,7 +176,6 @@ run_one() {
     echo "$scen,$round,$target,$clients,$jobs,$proto,$connect,$ssl,$BENCH_POOL_MODE,$pool,$secs,$status,$tps,$lat,$failed,$tx,$cpu,$per1k" >>"$RAW_CSV"
 }
 
-CLK_TCK=$(getconf CLK_TCK)
 read -r -a targets <<<"$BENCH_TARGETS"
 
 for spec in $BENCH_SCENARIOS; do

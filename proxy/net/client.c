@@ -203,7 +203,7 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     c->reject_full = px.n_clients >= px.cfg->max_client_conn;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    evutil_make_socket_nonblocking(fd);
+    /* non-blocking already: net/listen.c's listener accepts with SOCK_NONBLOCK */
     c->bev = client_bev_new(c);
     if (!c->bev || px_reader_bind(&c->rd, px.base, c->bev, fd) < 0) {
         if (c->bev)
@@ -224,6 +224,7 @@ void px_client_accept(evutil_socket_t fd, const struct sockaddr *sa, int socklen
     px_reader_enable(&c->rd, true);
     char addr[PX_CLIENT_ADDR_LEN];
     px_debug("client", 'C', c->id, "connection from %s", px_client_addr(c, addr));
+    px_reader_read_soon(&c->rd); /* the startup packet is usually there already */
 }
 
 /* ---- closing -------------------------------------------------------------------------- */

@@ -329,6 +329,12 @@ void px_reader_enable(struct px_reader *r, bool on)
     apply(r, on && !r->blocked);
 }
 
+void px_reader_read_soon(struct px_reader *r)
+{
+    if (r->ev && r->bev && r->enabled)
+        event_active(r->ev, EV_READ, 0);
+}
+
 void px_reader_block(struct px_reader *r, bool blocked)
 {
     r->blocked = blocked;

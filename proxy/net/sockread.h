@@ -92,6 +92,12 @@ bool px_reader_parked(const struct px_reader *r);
 
 /* Reading on or off (backpressure, closing, a server parked in the pool ...). */
 void px_reader_enable(struct px_reader *r, bool on);
+/* Reads in this turn of the event loop, as if the socket were readable, when reading is
+ * on and pgwarden reads the socket itself: for a socket whose first bytes are usually
+ * there already (a client just accepted: its startup packet follows the TCP handshake at
+ * once), so that its login does not begin with a wait in epoll and a wake-up.  Nothing
+ * there: the read finds EAGAIN and the socket's event waits as before. */
+void px_reader_read_soon(struct px_reader *r);
 /* Blocks reading regardless of px_reader_enable (a transparent retry keeps the client's
  * next messages in its socket until the replay is verified); unblocking applies what
  * px_reader_enable asked meanwhile. */
