@@ -866,7 +866,7 @@ static void test_server_close_is_orderly(void)
         CU_ASSERT_STRING_EQUAL(itu_value(c[i], "SELECT ssl::text FROM pg_stat_ssl "
                                                "WHERE pid = pg_backend_pid()"),
                                "true");
-        snprintf(pids[i], sizeof(pids[i]), "[%s]", itu_value(c[i], "SELECT pg_backend_pid()"));
+        snprintf(pids[i], sizeof(pids[i]), "[%.20s]", itu_value(c[i], "SELECT pg_backend_pid()"));
     }
     for (int i = 0; i < 3; i++)
         PQfinish(c[i]);
