@@ -725,6 +725,12 @@ static void mark_close_needed(struct px_server *s)
 
 static void close_for_shutdown(struct px_server *s)
 {
+    /* A server still answering its reset is closed once it has answered (it goes idle:
+     * px_pool_server_ready), until shutdown_timeout_ms: closed with that answer unread, the
+     * kernel would reset the connection, and PostgreSQL could lose the Terminate and log
+     * "could not receive data from client". */
+    if (s->state == PX_SV_RESETTING && px_now_ms() < px.shutdown_deadline_ms)
+        return;
     px_server_close(s, "shutting down");
 }
 
@@ -760,12 +766,15 @@ void px_pool_check_shutdown(void)
     }
     if (px.n_clients > 0)
         return;
+    bool resetting = false;
     px_list_for_each_safe(it, tmp, &px.pools)
     {
         struct px_pool *pool = PX_CONTAINER_OF(it, struct px_pool, link);
         pool_foreach_server(pool, close_for_shutdown);
+        resetting = resetting || !px_list_empty(&pool->servers_resetting);
     }
-    event_base_loopexit(px.base, NULL);
+    if (!resetting) /* else the janitor looks again (each closes when its reset is done) */
+        event_base_loopexit(px.base, NULL);
 }
 
 void px_pool_free_all(void)
