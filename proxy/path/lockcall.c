@@ -288,7 +288,7 @@ static bool arg_empty(const struct shape *sh, size_t i)
 
 static bool recognise(const char *sql, size_t len, struct shape *sh)
 {
-    struct px_lex lx = {sql, sql + len};
+    struct px_lex lx = {.p = sql, .end = sql + len};
     struct px_lex_token t;
     px_lex_next(&lx, &t);
     while (t.kind == PX_LEX_SEMI)
@@ -336,7 +336,7 @@ static bool strings_decode(const struct shape *sh)
     struct px_lc_val v;
     struct sink k = {.v = &v};
     for (size_t i = 0; i < sh->nargs; i++) {
-        struct px_lex lx = {sh->arg_start[i], sh->arg_end[i]};
+        struct px_lex lx = {.p = sh->arg_start[i], .end = sh->arg_end[i]};
         struct px_lex_token t;
         for (px_lex_next(&lx, &t); t.kind != PX_LEX_END; px_lex_next(&lx, &t))
             if (t.kind == PX_LEX_STRING && !decode_string(&t, &k))
@@ -512,7 +512,7 @@ enum arg_form {
 /* Argument i of the shape. */
 static enum arg_form parse_arg(const struct shape *sh, size_t i, struct arg *a)
 {
-    struct px_lex lx = {sh->arg_start[i], sh->arg_end[i]};
+    struct px_lex lx = {.p = sh->arg_start[i], .end = sh->arg_end[i]};
     struct px_lex_token t;
     memset(a, 0, sizeof(*a));
     px_lex_next(&lx, &t);

@@ -190,7 +190,7 @@ static const char *dollar_end(const char *p, const char *end, const char *d, siz
 /* A numeric constant at p (a digit, or '.' and a digit): integer, decimal
  * (({digit}*\.{digit}+)|({digit}+\.{digit}*)) or real (...[Ee][-+]?{digit}+).  Sets
  * t->kind (PX_LEX_BAD for realfail and {integer,decimal,real}_junk) and returns the end. */
-static const char *lex_number(const char *p, const char *end, struct px_lex_token *t)
+static const char *lex_number(const char *p, const char *end, bool lenient, struct px_lex_token *t)
 {
     const char *q = p;
     t->kind = PX_LEX_INT;
@@ -211,17 +211,17 @@ static const char *lex_number(const char *p, const char *end, struct px_lex_toke
             while (r < end && px_lex_is_digit((unsigned char)*r))
                 r++;
             q = r;
-        } else {
+        } else if (!lenient) {
             t->kind = PX_LEX_BAD; /* realfail, or integer_junk / decimal_junk */
         }
     }
-    if (q < end && px_lex_is_ident_start((unsigned char)*q))
+    if (!lenient && q < end && px_lex_is_ident_start((unsigned char)*q))
         t->kind = PX_LEX_BAD; /* "trailing junk after numeric literal" (0x1F too) */
     return q;
 }
 
 /* One token at p (< end, not blank): sets t, returns the position after it. */
-static const char *lex_token(const char *p, const char *end, struct px_lex_token *t)
+static const char *lex_token(const char *p, const char *end, bool lenient, struct px_lex_token *t)
 {
     unsigned char c = (unsigned char)*p;
     const char *q;
@@ -254,12 +254,13 @@ static const char *lex_token(const char *p, const char *end, struct px_lex_token
         }
     } else if (px_lex_is_digit(c) ||
                (c == '.' && end - p > 1 && px_lex_is_digit((unsigned char)p[1]))) {
-        q = lex_number(p, end, t);
+        q = lex_number(p, end, lenient, t);
     } else if (c == '$' && end - p > 1 && px_lex_is_digit((unsigned char)p[1])) {
         for (q = p + 1; q < end && px_lex_is_digit((unsigned char)*q);)
             q++;
         /* param \${integer}; param_junk \${integer}{ident_start} */
-        t->kind = q < end && px_lex_is_ident_start((unsigned char)*q) ? PX_LEX_BAD : PX_LEX_PARAM;
+        t->kind = !lenient && q < end && px_lex_is_ident_start((unsigned char)*q) ? PX_LEX_BAD
+                                                                                  : PX_LEX_PARAM;
     } else if (c == '$' && (dn = px_lex_dollar_delim(p, end)) > 0) {
         q = dollar_end(p + dn, end, p, dn);
         t->kind = PX_LEX_STRING;
@@ -295,6 +296,6 @@ void px_lex_next(struct px_lex *lx, struct px_lex_token *t)
         t->n = 0;
         lx->p = p;
     } else {
-        lx->p = lex_token(p, lx->end, t);
+        lx->p = lex_token(p, lx->end, lx->numbers_lenient, t);
     }
 }

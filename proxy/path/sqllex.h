@@ -68,6 +68,11 @@ struct px_lex_token {
 /* A position in a text: p the next byte to lex, end just past the text (borrowed). */
 struct px_lex {
     const char *p, *end;
+    /* Junk after a number or parameter (1abc, 0x1F, 1_000, $1abc) is no PX_LEX_BAD: the
+     * number ends where the junk begins and lexing goes on.  PostgreSQL 15 rejects such
+     * text, but 16 accepts 0x1F, 0o17, 0b1 and 1_000, and 14 reads 1abc as "1 AS abc": a
+     * classifier that must not miss what comes after (sqlscan) sets this. */
+    bool numbers_lenient;
 };
 
 /* PostgreSQL 15's space [ \t\n\r\f] (no \v before 16). */

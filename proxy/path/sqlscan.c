@@ -665,7 +665,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         sql = "";
         len = 0;
     }
-    struct lexer lx = {.src = {sql, sql + len}};
+    struct lexer lx = {.src = {.p = sql, .end = sql + len, .numbers_lenient = true}};
     struct px_sql_info scratch; /* later statements: written, never read (only their
                                    session features count, which the lexer keeps) */
     struct px_lex_token t;

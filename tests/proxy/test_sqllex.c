@@ -52,12 +52,12 @@ static void put(char *out, size_t size, size_t *at, const char *s, size_t n)
  * Lexes text[0..len) from an exact-size heap copy into out (tokens as KIND:text separated
  * by spaces, without the END) and checks the invariants every text must keep.
  */
-static void lex_describe(const char *text, size_t len, char *out, size_t size)
+static void lex_describe_as(const char *text, size_t len, bool lenient, char *out, size_t size)
 {
     char *buf = malloc(len ? len : 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
     memcpy(buf, text, len);
-    struct px_lex lx = {buf, buf + len};
+    struct px_lex lx = {.p = buf, .end = buf + len, .numbers_lenient = lenient};
     struct px_lex_token t;
     const char *prev_end = buf;
     size_t at = 0;
@@ -87,6 +87,11 @@ static void lex_describe(const char *text, size_t len, char *out, size_t size)
     px_lex_next(&lx, &t); /* the end, again */
     CU_ASSERT(t.kind == PX_LEX_END);
     free(buf);
+}
+
+static void lex_describe(const char *text, size_t len, char *out, size_t size)
+{
+    lex_describe_as(text, len, false, out, size);
 }
 
 static void check_cases(const struct lex_case *cases, size_t n)
@@ -255,6 +260,26 @@ static void test_numbers(void)
     check_cases(number_cases, NELEM(number_cases));
 }
 
+/* numbers_lenient (sqlscan): junk after a number or parameter ends the number, and
+ * lexing goes on (PostgreSQL 16's 0x1F and 1_000, 14's "1abc"). */
+static void test_numbers_lenient(void)
+{
+    static const struct lex_case cases[] = {
+        {"0x1F; LISTEN x", "I:0 W:x1F ;:; W:LISTEN W:x"},
+        {"1_000, pg_advisory_lock(1)", "I:1 W:_000 c:, W:pg_advisory_lock c:( I:1 c:)"},
+        {"$1abc 1e 1.5e+ 0o17", "P:$1 W:abc I:1 W:e N:1.5 W:e c:+ I:0 W:o17"},
+        {"1.5 .5 1e10 $2", "N:1.5 N:.5 N:1e10 P:$2"}, /* the valid ones as strictly */
+        {"'open", "BAD:'open"},                       /* what no version accepts stays bad */
+    };
+    char got[512];
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        lex_describe_as(cases[i].sql, strlen(cases[i].sql), true, got, sizeof(got));
+        if (strcmp(got, cases[i].tokens))
+            fprintf(stderr, "\n    [%s]: got [%s], want [%s]", cases[i].sql, got, cases[i].tokens);
+        CU_ASSERT_STRING_EQUAL(got, cases[i].tokens);
+    }
+}
+
 static const struct lex_case other_cases[] = {
     {"", ""},
     {"   ", ""},
@@ -323,7 +348,7 @@ static void test_helpers(void)
 /* First token of text (a string literal). */
 static struct px_lex_token first_token(const char *text)
 {
-    struct px_lex lx = {text, text + strlen(text)};
+    struct px_lex lx = {.p = text, .end = text + strlen(text)};
     struct px_lex_token t;
     px_lex_next(&lx, &t);
     return t;
@@ -407,7 +432,7 @@ static size_t lex_large(const char *prefix, const char *piece, size_t n, const c
 {
     size_t len;
     char *buf = sqltext_repeat(prefix, piece, n, suffix, &len);
-    struct px_lex lx = {buf, buf + len};
+    struct px_lex lx = {.p = buf, .end = buf + len};
     struct px_lex_token t;
     size_t count = 0;
     for (px_lex_next(&lx, &t), *first = t.kind; t.kind != PX_LEX_END; px_lex_next(&lx, &t))
@@ -450,6 +475,7 @@ void test_sqllex_register(void)
         {"strings", test_strings},
         {"dollar_quotes", test_dollar_quotes},
         {"numbers", test_numbers},
+        {"numbers_lenient", test_numbers_lenient},
         {"other", test_other},
         {"nul", test_nul},
         {"helpers", test_helpers},
