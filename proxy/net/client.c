@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -466,7 +467,10 @@ static void send_auth_request(struct px_client *c)
     switch (px.cfg->auth_type) {
     case PX_AUTH_TRUST: client_auth_ok(c); return;
     case PX_AUTH_MD5:
-        px_random_bytes(c->md5_salt, sizeof(c->md5_salt));
+        if (px_random_bytes(c->md5_salt, sizeof(c->md5_salt)) < 0) {
+            px_client_fatal(c, PX_SQLSTATE_INTERNAL, "could not generate random MD5 salt");
+            return;
+        }
         px_wire_auth(out, PX_AUTH_MD5_REQ, c->md5_salt, 4);
         c->login_step = PX_LOGIN_MD5;
         return;
@@ -882,9 +886,17 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_ERROR) {
-        /* A socket or TLS error is a problem worth a line; a client that goes away, with
-         * or without a Terminate or a TLS close_notify, is not. */
-        px_info("client", 'C', c->id, "connection lost: %s", px_tls_failure(bev));
+        /* A TLS error is a problem worth a line; a client that goes away, with or without a
+         * Terminate or a TLS close_notify, or with a reset (a killed process, a health
+         * check closing with SO_LINGER 0), is not. */
+        int sys_err = errno;
+        const char *why = px_tls_failure(bev);
+        bool went_away = (sys_err == ECONNRESET || sys_err == EPIPE) &&
+                         strcmp(why, strerror(sys_err)) == 0; /* no TLS reason */
+        if (went_away)
+            px_debug("client", 'C', c->id, "connection lost: %s", why);
+        else
+            px_info("client", 'C', c->id, "connection lost: %s", why);
         if (c->login_step == PX_LOGIN_TLS)
             px_stats_tls_handshake(true, false);
         px_client_close(c);

@@ -650,6 +650,8 @@ void px_server_close(struct px_server *s, const char *reason)
         return;
     px_debug("server", 'S', s->id, "closing: %s", reason);
     struct px_client *c = s->client;
+    /* a client message forwarded in part: a Terminate now would land inside it */
+    bool mid_message = c && c->c2s.remaining > 0;
     if (c) {
         s->client = NULL;
         c->server = NULL;
@@ -667,7 +669,7 @@ void px_server_close(struct px_server *s, const char *reason)
          * TLS a close_notify follows, as libpq sends one.  Only when nothing else waits to
          * be written: the Terminate must not cut into a message. */
         static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
-        bool idle_out = evbuffer_get_length(bufferevent_get_output(s->bev)) == 0;
+        bool idle_out = evbuffer_get_length(bufferevent_get_output(s->bev)) == 0 && !mid_message;
         if (s->fd_in_tls_bev) {
             SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
             if (idle_out && s->state != PX_SV_LOGIN && ssl && SSL_is_init_finished(ssl)) {

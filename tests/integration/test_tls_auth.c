@@ -681,6 +681,25 @@ static void test_client_gone_without_close_notify(void)
     stop(px);
 }
 
+/* A client that goes away with a TCP reset (a killed process, a health check closing with
+ * SO_LINGER 0) went away: a debug line, not an info one as for a connection error. */
+static void test_client_reset_is_no_error(void)
+{
+    struct harness_proxy *px = start_for_close("disable", NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    struct rawc r;
+    CU_ASSERT_FATAL(rawc_open(&r, px->port, false));
+    CU_ASSERT_TRUE(rawc_login(&r));
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    CU_ASSERT_EQUAL(setsockopt(r.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    rawc_close(&r); /* a reset */
+    CU_ASSERT(log_wait(px, "C-2: closing", 5000));
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "DEBUG client C-2: connection lost: "));
+    CU_ASSERT_FALSE(harness_proxy_log_contains(px, "INFO client C-2: connection lost"));
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    stop(px);
+}
+
 /* A TCP relay in a child process for one connection at a time: 127.0.0.1:*port to
  * 127.0.0.1:target.  Killed (SIGKILL), it takes the connection with it: TCP FINs, no TLS
  * close_notify, as when PostgreSQL's host goes away.  Dies with the test program. */
@@ -857,6 +876,10 @@ static long pg_log_size(void)
  * still arrive.) */
 static void test_server_close_is_orderly(void)
 {
+    /* the positive control: each backend's "disconnection" line must be there */
+    CU_ASSERT_EQUAL_FATAL(harness_cluster_exec("ALTER SYSTEM SET log_disconnections = on"), 0);
+    CU_ASSERT_EQUAL_FATAL(harness_cluster_exec("SELECT pg_reload_conf()"), 0);
+    itu_sleep_ms(200); /* the postmaster has read the file */
     struct harness_proxy *px = start_for_close("require", NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
     long log_at = pg_log_size();
@@ -885,16 +908,20 @@ static void test_server_close_is_orderly(void)
     itu_sleep_ms(100); /* a backend writes its last log line as it exits */
     static char logged[65536];
     pg_log_since(log_at, logged, sizeof(logged));
-    int bad = 0;
+    int bad = 0, disconnections = 0;
     for (char *line = strtok(logged, "\n"); line; line = strtok(NULL, "\n")) {
         bool ours = strstr(line, pids[0]) || strstr(line, pids[1]) || strstr(line, pids[2]);
+        disconnections += ours && strstr(line, "disconnection: session time") != NULL;
         if (ours && (strstr(line, "could not receive") || strstr(line, "SSL error") ||
                      strstr(line, "unexpected EOF"))) {
             fprintf(stderr, "PostgreSQL logged: %s\n", line);
             bad++;
         }
     }
+    CU_ASSERT_EQUAL(disconnections, 3);
     CU_ASSERT_EQUAL(bad, 0);
+    harness_cluster_exec("ALTER SYSTEM RESET log_disconnections");
+    harness_cluster_exec("SELECT pg_reload_conf()");
 }
 
 static void register_suites(void)
@@ -910,6 +937,7 @@ static void register_suites(void)
         {"encryption_request_repeated", test_encryption_request_repeated},
         {"client_gone_mid_handshake", test_client_gone_mid_handshake},
         {"client_gone_without_close_notify", test_client_gone_without_close_notify},
+        {"client_reset_is_no_error", test_client_reset_is_no_error},
         {"server_gone_without_close_notify", test_server_gone_without_close_notify},
         {"client_close_sends_close_notify", test_client_close_sends_close_notify},
         {"server_close_is_orderly", test_server_close_is_orderly},
