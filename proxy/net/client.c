@@ -889,11 +889,9 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         /* A TLS error is a problem worth a line; a client that goes away, with or without a
          * Terminate or a TLS close_notify, or with a reset (a killed process, a health
          * check closing with SO_LINGER 0), is not. */
-        int sys_err = errno;
-        const char *why = px_tls_failure(bev);
-        bool went_away = (sys_err == ECONNRESET || sys_err == EPIPE) &&
-                         strcmp(why, strerror(sys_err)) == 0; /* no TLS reason */
-        if (went_away)
+        int sys_err;
+        const char *why = px_tls_failure(bev, &sys_err);
+        if (sys_err == ECONNRESET || sys_err == EPIPE)
             px_debug("client", 'C', c->id, "connection lost: %s", why);
         else
             px_info("client", 'C', c->id, "connection lost: %s", why);

@@ -669,17 +669,15 @@ void px_server_close(struct px_server *s, const char *reason)
          * TLS a close_notify follows, as libpq sends one.  Only when nothing else waits to
          * be written: the Terminate must not cut into a message. */
         static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
-        bool idle_out = evbuffer_get_length(bufferevent_get_output(s->bev)) == 0 && !mid_message;
-        if (s->fd_in_tls_bev) {
-            SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
-            if (idle_out && s->state != PX_SV_LOGIN && ssl && SSL_is_init_finished(ssl)) {
-                ERR_clear_error();
-                int w = SSL_write(ssl, terminate, sizeof(terminate));
-                if (w == (int)sizeof(terminate))
-                    px_tls_close_notify(ssl);
-                ERR_clear_error();
-            }
-        } else if (s->fd >= 0 && s->state != PX_SV_LOGIN && idle_out) {
+        bool polite = s->state != PX_SV_LOGIN && !mid_message &&
+                      evbuffer_get_length(bufferevent_get_output(s->bev)) == 0;
+        SSL *ssl = s->fd_in_tls_bev ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+        if (polite && ssl && SSL_is_init_finished(ssl)) {
+            ERR_clear_error();
+            if (SSL_write(ssl, terminate, sizeof(terminate)) == (int)sizeof(terminate))
+                px_tls_close_notify(ssl);
+            ERR_clear_error();
+        } else if (polite && !s->fd_in_tls_bev && s->fd >= 0) {
             ssize_t w = send(s->fd, terminate, sizeof(terminate), MSG_NOSIGNAL);
             (void)w;
         }
@@ -768,13 +766,13 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
         /* A socket or TLS error gets a line of its own (PostgreSQL going away, with or
          * without a TLS close_notify, is an EOF: the client is told either way). */
         if ((what & BEV_EVENT_ERROR) && s->state != PX_SV_LOGIN)
-            px_info("server", 'S', s->id, "connection lost: %s", px_tls_failure(bev));
+            px_info("server", 'S', s->id, "connection lost: %s", px_tls_failure(bev, NULL));
         if (s->state == PX_SV_LOGIN) {
             char msg[256];
             if (s->login_step == PX_SVL_TLS) {
                 px_stats_tls_handshake(false, false);
                 snprintf(msg, sizeof(msg), "TLS handshake with server failed: %s",
-                         px_tls_failure(bev));
+                         px_tls_failure(bev, NULL));
             } else {
                 snprintf(msg, sizeof(msg), "could not connect to server %s:%d", s->pool->host,
                          s->pool->port);

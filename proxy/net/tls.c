@@ -53,10 +53,10 @@ void px_tls_close_notify(SSL *ssl)
     ERR_clear_error();
 }
 
-const char *px_tls_failure(struct bufferevent *bev)
+const char *px_tls_failure(struct bufferevent *bev, int *sys_err)
 {
     static char buf[256];
-    int sys_err = errno;
+    int err = errno;
     unsigned long e = ERR_get_error();
     if (!e && bev)
         e = bufferevent_get_openssl_error(bev); /* 0 for a plain bufferevent */
@@ -64,7 +64,9 @@ const char *px_tls_failure(struct bufferevent *bev)
     if (e)
         ERR_error_string_n(e, buf, sizeof(buf));
     else
-        snprintf(buf, sizeof(buf), "%s", sys_err ? strerror(sys_err) : "unknown error");
+        snprintf(buf, sizeof(buf), "%s", err ? strerror(err) : "unknown error");
+    if (sys_err)
+        *sys_err = e ? 0 : err;
     return buf;
 }
 

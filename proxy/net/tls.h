@@ -28,9 +28,10 @@ const char *px_tls_error(void);
  * Why bev reported BEV_EVENT_ERROR, for the log (static buffer): the TLS reason when one is
  * known (px_reader leaves it in OpenSSL's queue; libevent keeps the ones it met while it
  * read or wrote itself), else errno's socket error.  Call first thing in the event
- * callback: errno is only good until the next system call.  bev may be plain.
+ * callback: errno is only good until the next system call.  bev may be plain.  sys_err
+ * (may be NULL): that errno when it is the reason, else 0.
  */
-const char *px_tls_failure(struct bufferevent *bev);
+const char *px_tls_failure(struct bufferevent *bev, int *sys_err);
 
 /*
  * Sends ssl's peer a close_notify, as PostgreSQL and libpq do when they close a TLS

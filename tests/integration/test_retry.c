@@ -111,22 +111,6 @@ static PGconn *direct(void)
     return c;
 }
 
-/* The first value of sql, or its command tag, or "!SQLSTATE"; static buffer. */
-static const char *v(PGconn *c, const char *sql)
-{
-    static char buf[512];
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
-}
-
 /* The same for the result of a query sent earlier (bounded wait). */
 static const char *result_of(PGconn *c, int timeout_ms)
 {
@@ -147,7 +131,7 @@ static const char *result_of(PGconn *c, int timeout_ms)
 
 static long num(PGconn *c, const char *sql)
 {
-    return atol(v(c, sql));
+    return atol(itu_q(c, sql));
 }
 
 /* Sum of every series of /metrics whose key starts with name and contains each of the
@@ -202,7 +186,8 @@ static void autocommit(const char *mode)
                 "INSERT INTO rt_auto VALUES (1, 0)");
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
     PGconn *c = conn(), *d = direct();
-    CU_ASSERT_STRING_EQUAL(v(c, "SET default_transaction_isolation = 'repeatable read'"), "SET");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SET default_transaction_isolation = 'repeatable read'"),
+                           "SET");
     for (int extended = 0; extended < 2; extended++) {
         /* d updates the row and keeps it locked; c's statement waits for it, then meets
          * the committed update: 40001 inside PostgreSQL, replayed by pgwarden */
@@ -256,7 +241,7 @@ static void test_held_begin_in_group_replayed(void)
     PGconn *c = conn(), *d = direct();
     CU_ASSERT_TRUE(itu_exec_ok(d, "BEGIN"));
     CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_grp SET v = v + 1 WHERE id = 1"));
-    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
     const char *p[1] = {"10"};
     CU_ASSERT_EQUAL(PQsendQueryParams(c, "UPDATE rt_grp SET v = v + $1 WHERE id = 1 RETURNING v", 1,
                                       NULL, p, NULL, NULL, 0),
@@ -270,7 +255,7 @@ static void test_held_begin_in_group_replayed(void)
     PGresult *r = PQexecParams(c, "SHOW transaction_isolation", 0, NULL, NULL, NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "", "repeatable read");
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(v(c, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "COMMIT"), "COMMIT");
     CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_grp WHERE id = 1"), 11);
     CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40001", "outcome=succeeded", NULL),
                     1);
@@ -305,10 +290,10 @@ static void deadlock(const char *mode)
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 4, NULL));
     PGconn *a = conn(), *b = conn(), *d = direct();
     long before = pg_log_count("deadlock detected");
-    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(v(a, "UPDATE rt_dl SET v = v + 1 WHERE id = 1"), "UPDATE 1");
-    CU_ASSERT_STRING_EQUAL(v(b, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(v(b, "UPDATE rt_dl SET v = v + 1 WHERE id = 2"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE rt_dl SET v = v + 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "UPDATE rt_dl SET v = v + 1 WHERE id = 2"), "UPDATE 1");
     CU_ASSERT_EQUAL(PQsendQuery(a, "UPDATE rt_dl SET v = v + 1 WHERE id = 2"), 1);
     CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
     CU_ASSERT_EQUAL(PQsendQuery(b, "UPDATE rt_dl SET v = v + 1 WHERE id = 1"), 1);
@@ -325,7 +310,7 @@ static void deadlock(const char *mode)
             if (PQisBusy(conns[i]))
                 continue;
             CU_ASSERT_STRING_EQUAL(result_of(conns[i], 1000), "UPDATE 1");
-            CU_ASSERT_STRING_EQUAL(v(conns[i], "COMMIT"), "COMMIT");
+            CU_ASSERT_STRING_EQUAL(itu_q(conns[i], "COMMIT"), "COMMIT");
             done[i] = true;
         }
         itu_sleep_ms(5);
@@ -454,14 +439,14 @@ static void diverged(const char *mode)
                 "INSERT INTO rt_div VALUES (1, 5)");
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
     PGconn *c = conn(), *d = direct();
-    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT v FROM rt_div WHERE id = 1"), "5"); /* seen */
-    CU_ASSERT_STRING_EQUAL(v(d, "UPDATE rt_div SET v = 100 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT v FROM rt_div WHERE id = 1"), "5"); /* seen */
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "UPDATE rt_div SET v = 100 WHERE id = 1"), "UPDATE 1");
     /* 40001; a replay would read 100 where the client saw 5: the client gets the error */
-    CU_ASSERT_STRING_EQUAL(v(c, "UPDATE rt_div SET v = v + 1 WHERE id = 1"), "!40001");
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT 1"), "!25P02"); /* the block failed, as on PostgreSQL */
-    CU_ASSERT_STRING_EQUAL(v(c, "ROLLBACK"), "ROLLBACK");
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT v FROM rt_div WHERE id = 1"), "100");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "UPDATE rt_div SET v = v + 1 WHERE id = 1"), "!40001");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 1"), "!25P02"); /* the block failed, as on PostgreSQL */
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT v FROM rt_div WHERE id = 1"), "100");
     CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_div WHERE id = 1"), 100); /* nothing twice */
     CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "sqlstate=40001", "outcome=diverged", NULL),
                     1);
@@ -487,11 +472,11 @@ static void test_shorter_replay(void)
                 "INSERT INTO rt_short SELECT g, repeat('x', 300) FROM generate_series(1, 3) g");
     CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
     PGconn *c = conn(), *d = direct();
-    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
     PGresult *seen = PQexec(c, "SELECT t FROM rt_short ORDER BY id"); /* ~900 bytes seen */
     CU_ASSERT_EQUAL(PQntuples(seen), 3);
     PQclear(seen);
-    CU_ASSERT_STRING_EQUAL(v(d, "DELETE FROM rt_short"), "DELETE 3");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "DELETE FROM rt_short"), "DELETE 3");
     /* 40001; the replay reads no rows and updates none: a few dozen bytes in all */
     CU_ASSERT_FATAL(PQsendQuery(c, "UPDATE rt_short SET t = 'y' WHERE id = 1"));
     PGresult *r = itu_wait_result(c, 5000);
@@ -499,7 +484,7 @@ static void test_shorter_replay(void)
     CU_ASSERT_STRING_EQUAL(r ? itu_sqlstate(r) : "(no answer)", "40001");
     PQclear(r);
     if (r) {
-        CU_ASSERT_STRING_EQUAL(v(c, "ROLLBACK"), "ROLLBACK");
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "ROLLBACK"), "ROLLBACK");
         CU_ASSERT_EQUAL(
             metric("pgwarden_retries_total", "sqlstate=40001", "outcome=diverged", NULL), 1);
     }
@@ -516,23 +501,24 @@ static void test_xact_lock_kept(void)
                 "INSERT INTO rt_lk VALUES (1, 0)");
     CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
     PGconn *c = conn(), *other = conn(), *d = direct();
-    CU_ASSERT_STRING_EQUAL(v(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
-    char token[64];
-    snprintf(token, sizeof(token), "%s", v(c, "SELECT pgwarden_xact_lock('rt:1', 'write')"));
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    char token[512];
+    snprintf(token, sizeof(token), "%s", itu_q(c, "SELECT pgwarden_xact_lock('rt:1', 'write')"));
     CU_ASSERT(atoll(token) > 0);
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT count(*) FROM rt_lk"), "1"); /* the snapshot */
-    CU_ASSERT_STRING_EQUAL(v(d, "UPDATE rt_lk SET v = 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT count(*) FROM rt_lk"), "1"); /* the snapshot */
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "UPDATE rt_lk SET v = 1 WHERE id = 1"), "UPDATE 1");
     /* 40001; the replay takes the lock again (same token: it is still held) and reads
      * the same count: the client sees nothing */
-    CU_ASSERT_STRING_EQUAL(v(c, "UPDATE rt_lk SET v = v + 10 WHERE id = 1"), "UPDATE 1");
-    CU_ASSERT_STRING_EQUAL(v(other, "SELECT pgwarden_try_lock('rt:1', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "UPDATE rt_lk SET v = v + 10 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(other, "SELECT pgwarden_try_lock('rt:1', 'write')"), "NULL");
     PGresult *r = PQexec(c, "SELECT * FROM pgwarden_locks()");
     CU_ASSERT_EQUAL(PQntuples(r), 1);
     if (PQntuples(r) == 1 && PQnfields(r) == 4) /* key, mode, scope, token */
         CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 3), token);
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(v(c, "COMMIT"), "COMMIT");
-    CU_ASSERT_NOT_EQUAL(strcmp(v(other, "SELECT pgwarden_try_lock('rt:1', 'write')"), "NULL"), 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "COMMIT"), "COMMIT");
+    CU_ASSERT_NOT_EQUAL(strcmp(itu_q(other, "SELECT pgwarden_try_lock('rt:1', 'write')"), "NULL"),
+                        0);
     CU_ASSERT_EQUAL(num(d, "SELECT v FROM rt_lk WHERE id = 1"), 11);
     CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=succeeded", NULL), 1);
     PQfinish(c);
@@ -562,7 +548,7 @@ static void test_retry_off(void)
     make_failing_function();
     CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, "max_attempts = 1"));
     PGconn *c = conn(), *d = direct();
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT rt_always_40001()"), "!40001");
     CU_ASSERT_EQUAL(attempts(d), 1);
     CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 0);
     PQfinish(c);
@@ -576,9 +562,9 @@ static void test_max_attempts(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(
         "session", 2, "max_attempts = 3\nbase_ms = 1\ncap_ms = 2\nbudget_min_retries = 1000"));
     PGconn *c = conn(), *d = direct();
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT rt_always_40001()"), "!40001");
     CU_ASSERT_EQUAL(attempts(d), 3);
-    CU_ASSERT_STRING_EQUAL(v(c, "SELECT 42"), "42"); /* the session goes on */
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 42"), "42"); /* the session goes on */
     CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=exhausted", NULL), 1);
     PQfinish(c);
     PQfinish(d);
@@ -594,7 +580,7 @@ static void test_budget_stops_storm(void)
     PGconn *c = conn(), *d = direct();
     const int n = 100;
     for (int i = 0; i < n; i++)
-        CU_ASSERT_STRING_EQUAL(v(c, "SELECT rt_always_40001()"), "!40001");
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT rt_always_40001()"), "!40001");
     long made = attempts(d);
     fprintf(stderr, "storm: %d statements, %ld attempts\n", n, made);
     CU_ASSERT(made >= n);
@@ -856,13 +842,13 @@ static void commit_lost(const char *mode)
     };
     for (int i = 0; i < 4; i++) {
         PGconn *c = relayed_conn();
-        CU_ASSERT_STRING_EQUAL(v(c, "BEGIN"), "BEGIN");
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
         char sql[100];
         snprintf(sql, sizeof(sql), cases[i].writes ? "INSERT INTO rt_amb VALUES (%d)" : "SELECT %d",
                  i + 1);
         CU_ASSERT_TRUE(itu_exec_ok(c, sql));
         relay_arm(cases[i].cut);
-        const char *got = v(c, "COMMIT");
+        const char *got = itu_q(c, "COMMIT");
         if (strcmp(got, cases[i].want) != 0)
             fprintf(stderr, "case %d: COMMIT gave %s (%s)\n", i, got, PQerrorMessage(c));
         CU_ASSERT_STRING_EQUAL(got, cases[i].want);
@@ -872,11 +858,11 @@ static void commit_lost(const char *mode)
         CU_ASSERT_EQUAL(num(d, sql), cases[i].committed ? 1 : 0);
         if (session) {
             /* its session went with the server: the connection ends after the answer */
-            CU_ASSERT_STRING_NOT_EQUAL(v(c, "SELECT 1"), "1");
+            CU_ASSERT_STRING_NOT_EQUAL(itu_q(c, "SELECT 1"), "1");
         } else {
             /* the client goes on, on another server */
-            CU_ASSERT_STRING_EQUAL(v(c, "SELECT 7"), "7");
-            CU_ASSERT_STRING_EQUAL(v(c, sql), cases[i].committed ? "1" : "0");
+            CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 7"), "7");
+            CU_ASSERT_STRING_EQUAL(itu_q(c, sql), cases[i].committed ? "1" : "0");
         }
         CU_ASSERT_EQUAL(metric("pgwarden_commit_outcomes_total", cases[i].outcome, NULL), 1);
         PQfinish(c);

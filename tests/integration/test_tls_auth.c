@@ -34,6 +34,7 @@
 #include "cunit_main.h"
 #include "harness.h"
 #include "itest_http.h"
+#include "itest_relay.h"
 #include "itest_util.h"
 #include "itest_wire.h"
 
@@ -700,58 +701,6 @@ static void test_client_reset_is_no_error(void)
     stop(px);
 }
 
-/* A TCP relay in a child process for one connection at a time: 127.0.0.1:*port to
- * 127.0.0.1:target.  Killed (SIGKILL), it takes the connection with it: TCP FINs, no TLS
- * close_notify, as when PostgreSQL's host goes away.  Dies with the test program. */
-static pid_t relay_start(int target, int *port)
-{
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(sa);
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 8) < 0 ||
-        getsockname(lfd, (struct sockaddr *)&sa, &len) < 0) {
-        perror("relay");
-        if (lfd >= 0)
-            close(lfd);
-        return -1;
-    }
-    *port = ntohs(sa.sin_port);
-    pid_t pid = fork();
-    if (pid != 0) {
-        close(lfd);
-        return pid;
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    for (;;) {
-        int a = accept(lfd, NULL, NULL), b = socket(AF_INET, SOCK_STREAM, 0);
-        sa.sin_port = htons((uint16_t)target);
-        if (a < 0 || b < 0 || connect(b, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-            _exit(1);
-        struct pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
-        for (bool open = true; open;) {
-            if (poll(p, 2, -1) < 0)
-                continue;
-            for (int k = 0; k < 2 && open; k++) {
-                if (!p[k].revents)
-                    continue;
-                char buf[65536];
-                ssize_t n = read(p[k].fd, buf, sizeof(buf));
-                for (ssize_t off = 0; n > 0 && off < n;) {
-                    ssize_t w = send(p[1 - k].fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
-                    if (w <= 0) {
-                        n = -1;
-                        break;
-                    }
-                    off += w;
-                }
-                open = n > 0;
-            }
-        }
-        close(a), close(b);
-    }
-}
-
 /* PostgreSQL's TLS connection ending without a close_notify (its host or the path to it
  * gone) is a server that closed the connection: the client gets 08006 as for any lost
  * server, and the log has no TLS error. */
@@ -768,8 +717,7 @@ static void test_server_gone_without_close_notify(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
     CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 1"), "1");
     CU_ASSERT_TRUE(harness_proxy_log_contains(px, "S-1: ")); /* the server through the relay */
-    kill(relay, SIGKILL);
-    waitpid(relay, NULL, 0);
+    relay_stop(relay);
     CU_ASSERT(log_wait(px, "S-1: closing", 5000));
     CU_ASSERT_TRUE(harness_proxy_log_contains(px, "S-1: closing: server closed the connection"));
     CU_ASSERT_FALSE(harness_proxy_log_contains(px, "connection lost: "));
