@@ -94,6 +94,26 @@ static bool wait_writable(struct px_reader *r)
  * reader that stopped while OpenSSL held bytes would wait for a socket event that never
  * comes.
  */
+/* Reports a held end or failure once: reading goes off, the reason back in OpenSSL's
+ * queue and errno, where the event callback reads them (px_tls_failure). */
+static void report_held(struct px_reader *r, bufferevent_event_cb event_cb, void *cbarg)
+{
+    short what = r->held;
+    int sys_err = r->held_errno;
+    unsigned long reason = r->held_reason;
+    r->held = 0;
+    r->held_errno = 0;
+    r->held_reason = 0;
+    px_reader_enable(r, false); /* EOF and errors are reported once */
+    ERR_clear_error();
+    if (reason)
+        ERR_raise(ERR_GET_LIB(reason), ERR_GET_REASON(reason));
+    errno = sys_err;
+    if (event_cb)
+        event_cb(r->bev, (short)(BEV_EVENT_READING | what), cbarg);
+    ERR_clear_error(); /* what the callback did not take */
+}
+
 static void on_readable_tls(struct px_reader *r)
 {
     struct bufferevent *bev = r->bev;
@@ -102,6 +122,10 @@ static void on_readable_tls(struct px_reader *r)
     bufferevent_event_cb event_cb;
     void *cbarg;
     bufferevent_getcb(bev, &read_cb, NULL, &event_cb, &cbarg);
+    if (r->held) {
+        report_held(r, event_cb, cbarg);
+        return;
+    }
     struct evbuffer *in = bufferevent_get_input(bev);
     evbuffer_unfreeze(in, 0);
     size_t total = 0;
@@ -139,23 +163,25 @@ static void on_readable_tls(struct px_reader *r)
         break;
     }
     evbuffer_freeze(in, 0);
+    if (fail) {
+        r->held = fail;
+        r->held_errno = sys_err;
+        r->held_reason = ERR_peek_error();
+    }
     if (total) {
-        /* Data first, as a plain reader gives it; an end or error met after it, and what
-         * is left past the budget, on the next loop iteration (read_cb may free r: that
-         * frees its event, active or not). */
+        /* Data first, as a plain reader gives it; an end or error met after it (held),
+         * and what is left past the budget, on the next loop iteration (read_cb may free
+         * r: that frees its event, active or not; or switch reading off: apply() brings
+         * the held failure back when it is on again). */
         if (!r->want_write && (fail || (total >= PX_TLS_READ_BUDGET && SSL_has_pending(ssl))))
             event_active(r->ev, EV_READ, 0);
-        ERR_clear_error(); /* the error is met again on the next read */
+        ERR_clear_error();
         if (read_cb)
             read_cb(bev, cbarg);
         return;
     }
-    if (fail) {
-        px_reader_enable(r, false); /* EOF and errors are reported once */
-        errno = sys_err;
-        if (event_cb)
-            event_cb(bev, (short)(BEV_EVENT_READING | fail), cbarg);
-    }
+    if (fail)
+        report_held(r, event_cb, cbarg);
     ERR_clear_error(); /* what the callback did not take (px_tls_failure) */
 }
 
@@ -301,6 +327,9 @@ void px_reader_unbind(struct px_reader *r)
     r->bev = NULL;
     r->wake = NULL;
     r->enabled = false;
+    r->held = 0;
+    r->held_errno = 0;
+    r->held_reason = 0;
 }
 
 void px_reader_park(struct px_reader *r, void (*wake)(struct px_reader *r))
@@ -357,6 +386,8 @@ static void apply(struct px_reader *r, bool on)
     r->enabled = on;
     if (on) {
         event_add(r->want_write ? r->wev : r->ev, NULL);
+        if (r->held) /* no socket event may announce it */
+            event_active(r->ev, EV_READ, 0);
     } else {
         event_del(r->ev);
         if (r->wev)

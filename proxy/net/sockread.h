@@ -38,6 +38,12 @@ struct px_reader {
     bool blocked;    /* px_reader_block: off whatever px_reader_enable asks */
     bool wanted;     /* what px_reader_enable last asked (applied when unblocked) */
     uint32_t chunk;  /* bytes the next read asks for (0: the smallest) */
+    /* TLS: an end or failure met after data in one wake-up, reported at the next turn
+     * with reading on.  OpenSSL says why only once (a second SSL_read finds the connection
+     * failed and queues no reason), and after a fatal alert no socket event may come. */
+    short held;                /* BEV_EVENT_EOF or BEV_EVENT_ERROR; 0: none */
+    int held_errno;            /* the socket error behind it, or 0 */
+    unsigned long held_reason; /* OpenSSL's first error code for it, or 0 */
 };
 
 /*

@@ -375,6 +375,127 @@ static void test_tls_read_waits_until_writable(void)
     ERR_clear_error();
 }
 
+/* What the event callback saw of OpenSSL's error queue and errno (as px_tls_failure reads
+ * them) when it was called. */
+struct seen_failure {
+    struct seen seen;
+    struct px_reader *rd;
+    bool pause; /* the read callback switches reading off */
+    unsigned long ssl_err;
+    int sys_err;
+};
+
+static void on_event_failure(struct bufferevent *bev, short what, void *arg)
+{
+    struct seen_failure *f = arg;
+    f->ssl_err = ERR_peek_error();
+    f->sys_err = errno;
+    on_event(bev, what, &f->seen);
+}
+
+/* Like on_read, but the callback stops reading, as a client waiting for a server does:
+ * the failure behind the data must wait until reading is on again. */
+static void on_read_pause(struct bufferevent *bev, void *arg)
+{
+    struct seen_failure *f = arg;
+    on_read(bev, &f->seen);
+    if (f->pause)
+        px_reader_enable(f->rd, false);
+    ERR_clear_error(); /* as pgwarden's own TLS writes in a read callback do */
+}
+
+/*
+ * The peer's data and a record that fails (here a forged application-data record, so a
+ * bad record MAC) arrive in one wake-up: the reader hands the data on first and reports
+ * the failure on its next turn.  OpenSSL does not say why a second time (the next
+ * SSL_read finds the connection failed and queues no reason), so the reader must keep
+ * the first failure's reason for the event callback: the log must not say "unknown
+ * error".  Reading switched off and on in between must not lose it either.
+ */
+static void tls_failure_after_data(bool pause)
+{
+    struct rig r;
+    memset(&r, 0, sizeof(r));
+    struct seen_failure f;
+    memset(&f, 0, sizeof(f));
+    f.rd = &r.rd;
+    f.pause = pause;
+    CU_ASSERT_EQUAL_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, r.fds), 0);
+    evutil_make_socket_nonblocking(r.fds[0]);
+    evutil_make_socket_nonblocking(r.fds[1]);
+    SSL_CTX *sctx = tls_server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
+    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
+    CU_ASSERT_FATAL(s && c && SSL_set_fd(s, r.fds[0]) == 1 && SSL_set_fd(c, r.fds[1]) == 1);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(c);
+    for (int i = 0; i < 100 && !(SSL_is_init_finished(s) && SSL_is_init_finished(c)); i++) {
+        SSL_do_handshake(c);
+        SSL_do_handshake(s);
+    }
+    CU_ASSERT_FATAL(SSL_is_init_finished(s) && SSL_is_init_finished(c));
+
+    r.base = event_base_new();
+    r.bev = bufferevent_openssl_socket_new(r.base, r.fds[0], s, BUFFEREVENT_SSL_OPEN, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r.bev);
+    bufferevent_setcb(r.bev, on_read_pause, NULL, on_event_failure, &f);
+    bufferevent_enable(r.bev, EV_WRITE);
+    CU_ASSERT_EQUAL_FATAL(px_reader_bind(&r.rd, r.base, r.bev, -1), 0);
+    CU_ASSERT_EQUAL_FATAL(px_reader_own_tls(&r.rd, r.base, r.fds[0], s), 0);
+
+    /* "hello", then a forged record: header (application data, TLS 1.2 on the wire, 32
+     * bytes) and 32 bytes that are no AEAD output of this connection */
+    CU_ASSERT_EQUAL(SSL_write(c, "hello", 5), 5);
+    uint8_t forged[5 + 32] = {0x17, 0x03, 0x03, 0x00, 32};
+    memset(forged + 5, 0xA5, 32);
+    CU_ASSERT_EQUAL_FATAL(send(r.fds[1], forged, sizeof(forged), MSG_NOSIGNAL),
+                          (ssize_t)sizeof(forged));
+
+    px_reader_enable(&r.rd, true);
+    event_base_loop(r.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    struct evbuffer *in = bufferevent_get_input(r.bev);
+    CU_ASSERT_EQUAL_FATAL(evbuffer_get_length(in), 5); /* the data first */
+    CU_ASSERT_EQUAL(f.seen.reads, 1);
+
+    if (pause) {
+        /* the read callback switched reading off (a client waiting for a server): nothing
+         * is reported until it is on again, then the failure with its reason */
+        for (int i = 0; i < 5; i++)
+            event_base_loop(r.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        CU_ASSERT_EQUAL(f.seen.event_calls, 0);
+        ERR_clear_error();
+        px_reader_enable(&r.rd, true);
+    }
+    for (int i = 0; i < 50 && f.seen.event_calls == 0; i++)
+        run_for_ms(r.base, 5);
+    CU_ASSERT_EQUAL(f.seen.event_calls, 1);
+    CU_ASSERT_TRUE(f.seen.events & BEV_EVENT_ERROR);
+    CU_ASSERT_EQUAL(ERR_GET_REASON(f.ssl_err), SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC);
+    if (ERR_GET_REASON(f.ssl_err) != SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC) {
+        char why[256] = "none";
+        if (f.ssl_err)
+            ERR_error_string_n(f.ssl_err, why, sizeof(why));
+        fprintf(stderr, "\n    reason at the event callback: %s, errno %d\n", why, f.sys_err);
+    }
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 5);
+
+    px_reader_unbind(&r.rd);
+    bufferevent_free(r.bev);
+    SSL_free(s);
+    SSL_free(c);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    event_base_free(r.base);
+    close(r.fds[0]);
+    close(r.fds[1]);
+    ERR_clear_error();
+}
+
+static void test_tls_failure_after_data_keeps_its_reason(void)
+{
+    tls_failure_after_data(false);
+    tls_failure_after_data(true);
+}
+
 static const CU_TestInfo sockread_tests[] = {
     {"reads_into_bufferevent_input", test_reads_into_bufferevent_input},
     {"disabled_reads_nothing", test_disabled_reads_nothing},
@@ -382,6 +503,7 @@ static const CU_TestInfo sockread_tests[] = {
     {"large_input_in_bounded_reads", test_large_input_in_bounded_reads},
     {"relay_direct_writes_socket", test_relay_direct_writes_socket},
     {"tls_read_waits_until_writable", test_tls_read_waits_until_writable},
+    {"tls_failure_after_data_keeps_its_reason", test_tls_failure_after_data_keeps_its_reason},
     CU_TEST_INFO_NULL,
 };
 
