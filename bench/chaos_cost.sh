@@ -12,7 +12,7 @@
 # user or database that pgbench does not have; error, latency and disconnect rules, at
 # statement and at commit).  For each workload the two rule sets alternate, round after
 # round, the order swapped every round, so that drift hits both.  Per run: tps, and
-# pgwarden's CPU time (utime + stime from /proc/PID/stat) per transaction.  The report
+# pgwarden's CPU time (/proc/PID/task/*/schedstat, proc_cpu_ns in lib.sh) per transaction.  The report
 # gives per workload the mean of each, min..max over the rounds, and the ratio
 # rules / no rules of the means and of each round's pair.
 #
@@ -187,7 +187,7 @@ run_one() { # WORKLOAD SCRIPT PROTOCOL JOBS RULESET ROUND SECONDS
     local name=$1 script=$2 proto=$3 jobs=$4 set=$5 round=$6 secs=$7 out status=ok cpu0 cpu1
     local tps tx cpu_us
     out=$WORK/pgbench-$name-$set-$round.log
-    cpu0=$(proc_cpu_ticks "$PGWARDEN_PID")
+    cpu0=$(proc_cpu_ns "$PGWARDEN_PID")
     if ! PGPASSWORD=$DB_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=30 \
         timeout -k 5 $((secs + BENCH_SLACK)) "$PG_BINDIR/pgbench" -n -b "$script" \
         -M "$proto" -c "$BENCH_CLIENTS" -j "$jobs" -T "$secs" -h 127.0.0.1 \
@@ -196,19 +196,18 @@ run_one() { # WORKLOAD SCRIPT PROTOCOL JOBS RULESET ROUND SECONDS
         log "  pgbench failed (see $out):"
         tail -n 5 "$out" | sed 's/^/    /' >&2
     fi
-    cpu1=$(proc_cpu_ticks "$PGWARDEN_PID")
+    cpu1=$(proc_cpu_ns "$PGWARDEN_PID")
     [[ $round == warmup ]] && return 0
     tps=$(pgbench_field tps "$out")
     tx=$(pgbench_field transactions "$out")
     [[ -n $tps && -n $tx && $tx -gt 0 ]] || status=error
-    cpu_us=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v t="${tx:-0}" \
-        'BEGIN { if (t > 0) printf "%.2f", d / hz * 1e6 / t }')
+    cpu_us=$(awk -v d=$((cpu1 - cpu0)) -v t="${tx:-0}" \
+        'BEGIN { if (t > 0) printf "%.2f", d / 1e3 / t }')
     log "  $(printf '%-14s %-5s' "$name" "$set") tps ${tps:-?}  pgwarden cpu ${cpu_us:-?} us/tx"
     echo "$name,$script,$proto,$jobs,$set,$RULES_NOW,$round,$secs,$status,$tps,$tx,$((cpu1 - cpu0)),$cpu_us" >>"$RAW_CSV"
 }
 
-CLK_TCK=$(getconf CLK_TCK)
-echo "workload,script,protocol,jobs,ruleset,rules,round,seconds,status,tps,transactions,cpu_ticks,cpu_us_per_tx" >"$RAW_CSV"
+echo "workload,script,protocol,jobs,ruleset,rules,round,seconds,status,tps,transactions,cpu_ns,cpu_us_per_tx" >"$RAW_CSV"
 
 # ---- runs -----------------------------------------------------------------------------------
 

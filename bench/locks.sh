@@ -269,7 +269,6 @@ SELECT pg_advisory_unlock(:aid);
 EOF
 chmod 644 "$WORK"/*.sql
 
-CLK_TCK=$(getconf CLK_TCK)
 echo "scenario,clients,round,target,status,tps,latency_ms,lock_ms,unlock_ms,update_ms,commit_ms,transactions,failed,proxy_cpu_s,proxy_cpu_us_per_tx" >"$RAW_CSV"
 
 # Per-statement latencies of pgbench -r: "lock unlock update commit" in ms ("" if absent).
@@ -298,7 +297,7 @@ run_one() { # SCENARIO CLIENTS ROUND TARGET SECONDS
     *) die "unknown target $target" ;;
     esac
     out=$WORK/pgbench-$scen-$clients-$round-$target.log
-    [[ -n $pid ]] && cpu0=$(proc_cpu_ticks "$pid")
+    [[ -n $pid ]] && cpu0=$(proc_cpu_ns "$pid")
     if ! PGPASSWORD=$DB_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=30 \
         timeout -k 5 $((secs + PGBENCH_SLACK)) "$PG_BINDIR/pgbench" -n -r -M simple \
         -f "$WORK/$script" -c "$clients" -j "$jobs" -T "$secs" -h 127.0.0.1 -p "$port" \
@@ -307,7 +306,7 @@ run_one() { # SCENARIO CLIENTS ROUND TARGET SECONDS
         log "  $target: pgbench failed (see $out):"
         tail -n 5 "$out" | sed 's/^/    /' >&2
     fi
-    [[ -n $pid ]] && cpu1=$(proc_cpu_ticks "$pid")
+    [[ -n $pid ]] && cpu1=$(proc_cpu_ns "$pid")
     [[ $round == warmup ]] && return 0
     tps=$(pgbench_field tps "$out")
     lat=$(pgbench_field latency "$out")
@@ -316,7 +315,7 @@ run_one() { # SCENARIO CLIENTS ROUND TARGET SECONDS
     stm=$(statement_ms "$out")
     [[ -n $tps ]] || status=error
     if [[ -n $pid ]]; then
-        cpu=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')
+        cpu=$(awk -v d=$((cpu1 - cpu0)) 'BEGIN { printf "%.4f", d / 1e9 }')
         per=$(awk -v c="$cpu" -v t="${tx:-0}" 'BEGIN { if (t > 0) printf "%.2f", c * 1e6 / t }')
     else
         cpu='' per=''
