@@ -12,6 +12,7 @@
 #include "path/outcome.h"
 #include "path/expect.h"
 #include "path/path.h"
+#include "path/retry.h"
 #include "path/session.h"
 #include "pool/pool.h"
 
@@ -216,6 +217,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (!o)
         return;
     if (px_now_ms() >= o->deadline_ms) {
+        if (c->state == PX_CL_WAITING) {
+            px_metrics_inc(NULL, PX_M_COMMIT_OUTCOMES, PX_MCO_UNKNOWN);
+            px_outcome_client_free(c);
+            px_client_fatal(c, "40003",
+                            "the server connection was lost after COMMIT was sent: whether the "
+                            "transaction committed is unknown (no server to ask in time)");
+            return;
+        }
         answer(c, ANSWER_UNKNOWN, o->ready);
         return;
     }
@@ -223,13 +232,26 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         ask(c); /* still in progress a moment ago */
         return;
     }
-    if (c->state == PX_CL_IDLE)
+    if (c->state == PX_CL_IDLE) {
         px_pool_request_server(c->pool, c); /* linked: px_outcome_linked */
+    } else if (c->state == PX_CL_WAITING) {
+        /* No server for the question yet: the bound holds while the client waits for one
+         * (out of the queue it can only go as a failed client). */
+        uint64_t left = o->deadline_ms - px_now_ms();
+        struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+        evtimer_add(o->timer, &tv);
+    }
 }
 
 bool px_outcome_server_lost(struct px_client *c, struct px_server *s)
 {
     if (!s->commit_inflight || !c->retry || c->outcome || c->state != PX_CL_ACTIVE)
+        return false;
+    /* One answer stands for the COMMIT alone: requests pipelined with it went down with
+     * the server unanswered (they may have run), and a retryable error at the COMMIT held
+     * back by the retry stage is an answer the client has not had.  Both are a lost
+     * connection, as without pgwarden. */
+    if (s->pending_ready > 1 || px_retry_holding(c))
         return false;
     px_info("outcome", 'C', c->id, "server lost after COMMIT was sent (transaction id %s)",
             !s->xid_known ? "unknown"

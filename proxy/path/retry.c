@@ -81,6 +81,8 @@ struct px_retry {
     bool held_done;   /* held has the whole tail of the original attempt */
     bool orig_known;  /* orig_end is set (the original attempt ended) */
     bool after_commit;
+    bool held_txn_end;    /* held has a ReadyForQuery 'I' (the client's transaction ended) */
+    bool ended_inside;    /* a transaction ended while more requests were outstanding */
     bool retried;         /* this unit was replayed at least once */
     char orig_end;        /* transaction status the original error left */
     char last_z;          /* status of the last ReadyForQuery of this attempt */
@@ -224,6 +226,7 @@ static void unit_end(struct px_retry *rt)
     rt->mode = !rt->broken ? RT_RECORD : RT_TAINTED;
     rt->reqs = rt->zs = 0;
     rt->after_commit = rt->retried = rt->held_done = rt->orig_known = false;
+    rt->held_txn_end = rt->ended_inside = false;
     if (rt->held)
         evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
     if (rt->c->c2s.remaining)
@@ -259,7 +262,13 @@ static void consumed(struct px_retry *rt, size_t n)
                 replay_rec_drop(rt->rec, n);
                 break;
             }
-            rt->in_left = px_get_u32(hdr + 1) + 1;
+            uint32_t len = px_get_u32(hdr + 1);
+            if (len < 4 || len > PX_WIRE_MAX_LEN) { /* every stage refuses it: never here */
+                taint(rt, "a malformed message");
+                replay_rec_drop(rt->rec, n);
+                break;
+            }
+            rt->in_left = len + 1;
             /* Whatever the relay makes of it (a CopyData, a Bind in session mode are not
              * read), a message over PX_RELAY_HEAD_MAX is not copied in part up to
              * retry_buffer_bytes only to be thrown away. */
@@ -353,6 +362,8 @@ static void input_append(struct px_retry *rt, struct evbuffer *from)
 /* ==== the responses ===================================================================== */
 
 /* The bytes of a message that was delivered (or verified) ended: transaction accounting. */
+static void give_up_now(struct px_retry *rt, unsigned outcome, const char *why);
+
 static void out_message_end(struct px_retry *rt)
 {
     char t = rt->out_type;
@@ -366,6 +377,14 @@ static void out_message_end(struct px_retry *rt)
                 px_locks_txn_end(rt->c); /* the client's transaction really ended */
             if (rt->zs < rt->reqs)
                 taint(rt, "a transaction ended while more was sent");
+        } else if (rt->mode == RT_HOLD && rt->last_z == 'I' && !rt->held_done) {
+            rt->held_txn_end = true;
+            /* The failed transaction ended and requests sent behind it are transactions of
+             * their own, which may commit: replaying them would run them twice. */
+            if (rt->zs < rt->reqs)
+                give_up_now(rt, PX_MRO_NOT_REPLAYABLE, "a transaction ended while more was sent");
+        } else if (rt->last_z == 'I' && rt->zs < rt->reqs) {
+            rt->ended_inside = true; /* a replay's tail, dropped: decide gives up */
         }
         maybe_unit_end(rt);
     } else if (t == 'C' && rt->mode == RT_RECORD) {
@@ -387,6 +406,14 @@ static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool win
 /* Where a span of a response goes. */
 enum span_to { TO_CLIENT, TO_HELD, TO_NOWHERE };
 
+/* Bytes held back after a retryable error (the error and the replies behind it, until the
+ * attempt is over): bounded like the recorder, since a client may pipeline a large result
+ * behind a statement that fails (and can raise 40001 itself). */
+static size_t held_limit(void)
+{
+    return cfg.retry_buffer_bytes > 65536 ? cfg.retry_buffer_bytes : 65536;
+}
+
 /* Decides the fate of the span p[0..n) of the message under way, by mode (digesting or
  * verifying it on the way).  *n may shrink: a verification that matched inside the span
  * covers only its first *n bytes (the rest is new, handled with the new mode). */
@@ -399,7 +426,16 @@ static enum span_to span_fate(struct px_retry *rt, const uint8_t *p, size_t *n)
         return TO_CLIENT;
     case RT_TAINTED:
     case RT_BACKOFF: return TO_CLIENT;
-    case RT_HOLD: return rt->held_done ? TO_NOWHERE : TO_HELD;
+    case RT_HOLD:
+        if (rt->held_done)
+            return TO_NOWHERE; /* a replay's tail: the client gets the original one */
+        if (evbuffer_get_length(rt->held) + *n > held_limit()) {
+            give_up_now(rt, PX_MRO_BUFFER_EXCEEDED,
+                        "the replies after the error exceed "
+                        "retry_buffer_bytes");
+            return TO_CLIENT;
+        }
+        return TO_HELD;
     case RT_DISCARD: return TO_NOWHERE;
     case RT_VERIFY: {
         if (rt->out_type == 'A') /* a notification is never replayed: it goes on */
@@ -611,6 +647,26 @@ static void give_up(struct px_retry *rt, unsigned outcome)
     schedule(rt, 0, true, false); /* its next messages */
 }
 
+/*
+ * The retry is refused while the original attempt is still being answered (called from
+ * walk, in RT_HOLD before held_done): what was held goes on first, the rest of the attempt
+ * flows to the client unrecorded, and the client's next messages are read again.  The
+ * server's state is the one the client is told about: nothing is rolled back.
+ */
+static void give_up_now(struct px_retry *rt, unsigned outcome, const char *why)
+{
+    struct px_client *c = rt->c;
+    count_outcome(rt, outcome);
+    px_info("retry", 'C', c->id, "the client gets the original error (%s)", why);
+    rt->mode = RT_TAINTED;
+    evbuffer_add_buffer(rt->fwd, rt->held); /* walk's run is empty in RT_HOLD: order kept */
+    if (rt->held_txn_end && c->locks)
+        px_locks_txn_end(c);
+    rt->held_txn_end = false;
+    px_reader_block(&c->rd, false);
+    schedule(rt, 0, true, false); /* its next messages, outside the walk */
+}
+
 /* The original attempt (or a replay) failed and all its replies are in: retry or not. */
 static void decide(struct px_retry *rt)
 {
@@ -623,7 +679,7 @@ static void decide(struct px_retry *rt)
     }
     rt->held_done = true;
     uint64_t delay = 0;
-    if (status == 'T' || c->c2s.remaining) {
+    if (status == 'T' || c->c2s.remaining || rt->ended_inside) {
         give_up(rt, PX_MRO_NOT_REPLAYABLE);
         return;
     }
@@ -680,7 +736,7 @@ static void replay(struct px_retry *rt)
         rt->mode = RT_RECORD;
         if (rt->held)
             evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
-        rt->held_done = rt->orig_known = false;
+        rt->held_done = rt->orig_known = rt->held_txn_end = false;
         evbuffer_add_buffer(p, rt->later);
         px_reader_block(&c->rd, false);
     } else {
@@ -709,7 +765,7 @@ static void matched(struct px_retry *rt)
     rt->mode = RT_RECORD;
     if (rt->held)
         evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
-    rt->held_done = rt->orig_known = false;
+    rt->held_done = rt->orig_known = rt->held_txn_end = false;
     if (rt->later)
         input_append(rt, rt->later);
     px_reader_block(&rt->c->rd, false);
@@ -840,10 +896,21 @@ bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint
     if (!sev || strcmp(sev, "ERROR") != 0 || !code ||
         !(retry_classify(&cfg.retryable_sqlstates, code) & RETRY_CLASS_RETRY))
         return false;
+    bool was_recording = rt->mode == RT_RECORD;
+    rt->sqlstate = sqlstate_label(code);
     walk(rt, out); /* what came before the error, in the mode it came in */
+    /* That walk may have ended the recording (a COMMIT's tag, a RowDescription after it,
+     * retry_buffer_bytes) or the verification (the replay differed): the error then takes
+     * the way of what came before it, to the client or away. */
+    if (rt->mode == RT_RECORD && rt->after_commit)
+        taint(rt, "statements after a COMMIT");
+    if (rt->mode != RT_RECORD && rt->mode != RT_VERIFY) {
+        if (was_recording)
+            count_outcome(rt, PX_MRO_NOT_REPLAYABLE);
+        return false;
+    }
     struct px_server *s = c->server;
     if (rt->mode == RT_RECORD) {
-        rt->sqlstate = sqlstate_label(code);
         /* The attempt must end without more from the client: its Sync or Query is sent. */
         if (!s || s->pending_ready == 0 || s->unsynced || c->c2s.remaining) {
             count_outcome(rt, PX_MRO_NOT_REPLAYABLE);
@@ -863,6 +930,7 @@ bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint
         evbuffer_add(rt->held, body, len);
         rt->held_done = false;
         rt->orig_known = false;
+        rt->held_txn_end = rt->ended_inside = false;
     }
     /* A replay that fails again before it matched keeps the original error (held_done). */
     px_debug("retry", 'C', c->id, "%s: holding it back (%s)", code,
@@ -936,6 +1004,11 @@ bool px_retry_cancel(struct px_client *c)
         return false;
     give_up(rt, PX_MRO_CANCELED);
     return true;
+}
+
+bool px_retry_holding(const struct px_client *c)
+{
+    return c->retry && c->retry->mode == RT_HOLD;
 }
 
 bool px_retry_replaying(const struct px_client *c)

@@ -96,6 +96,9 @@ bool px_retry_cancel(struct px_client *c);
  * client (it is checked against what the client saw, and dropped if it differs): a report
  * that must reach the client (a lost lock, locks.h) is not consumed by such an answer. */
 bool px_retry_replaying(const struct px_client *c);
+/* A retryable error of c's is held back until its attempt's replies are in (the client
+ * has not had it, nor anything after it). */
+bool px_retry_holding(const struct px_client *c);
 
 /* For /clients: 0 when c is not being retried, else the attempt under way (2, 3, ...). */
 unsigned px_retry_attempt(const struct px_client *c);

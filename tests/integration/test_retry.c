@@ -40,6 +40,7 @@
 #include "harness.h"
 #include "itest_http.h"
 #include "itest_util.h"
+#include "itest_wire.h"
 
 #define TEST_LIMIT_S 180
 
@@ -593,6 +594,271 @@ static void test_budget_stops_storm(void)
 
 /* ---- a COMMIT whose server connection is lost ------------------------------------------ */
 
+/* ---- what must not be replayed, and what a held error must not do ----------------- */
+
+/* rt_fail_once(): 40001 at its first call after rt_once_arm(), then 1 (a sequence's
+ * parity: nextval is not rolled back). */
+static void make_fail_once_function(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_pipe; CREATE TABLE rt_pipe (v int);"
+                "DROP SEQUENCE IF EXISTS rt_once; CREATE SEQUENCE rt_once;"
+                "CREATE OR REPLACE FUNCTION rt_fail_once() RETURNS int LANGUAGE plpgsql AS "
+                "$$ BEGIN IF nextval('rt_once') % 2 = 1 THEN "
+                "RAISE EXCEPTION 'pretend conflict' USING ERRCODE = '40001'; END IF; "
+                "RETURN 1; END $$");
+}
+
+static void rt_once_arm(PGconn *d)
+{
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT setval('rt_once', 2)"), "2");
+}
+
+/* Writes Query messages on a logged-in libpq connection's socket, below libpq, and reads
+ * the replies until n ReadyForQuery (or the peer closed, or timeout_ms): the bytes read. */
+static size_t raw_queries(PGconn *c, const char *const *sqls, int nq, int n, uint8_t *buf,
+                          size_t cap, int timeout_ms)
+{
+    uint8_t out[1024];
+    size_t len = 0;
+    for (int i = 0; i < nq; i++)
+        CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'Q', sqls[i], strlen(sqls[i]) + 1));
+    int fd = PQsocket(c);
+    CU_ASSERT_EQUAL_FATAL(send(fd, out, len, MSG_NOSIGNAL), (ssize_t)len);
+    size_t got = 0;
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    for (;;) {
+        int zs = 0;
+        size_t off = 0;
+        while (off + 5 <= got && off + 1 + itw_get32(buf + off + 1) <= got) {
+            zs += buf[off] == 'Z';
+            off += 1 + itw_get32(buf + off + 1);
+        }
+        int64_t left = deadline - itu_now_ms();
+        if (zs >= n || left <= 0 || got == cap)
+            return got;
+        bool closed = false;
+        ssize_t r = harness_raw_recv(fd, buf + got, cap - got, (int)left, &closed);
+        if (r > 0)
+            got += (size_t)r;
+        if (r < 0 || closed)
+            return got;
+    }
+}
+
+/* The next result in pipeline mode (a query's NULL end marker skipped), printed: the
+ * command tag, "!SQLSTATE", "PIPELINE_SYNC", "ROWS n", or "!timeout". */
+static const char *pipeline_next(PGconn *c, int timeout_ms)
+{
+    static char buf[64];
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    for (int nulls = 0; nulls < 2; nulls++) {
+        while (PQisBusy(c)) {
+            int64_t left = deadline - itu_now_ms();
+            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c))
+                return "!timeout";
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            continue; /* the end of the previous query's results */
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC)
+            snprintf(buf, sizeof(buf), "PIPELINE_SYNC");
+        else if (st == PGRES_FATAL_ERROR)
+            snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+        else if (st == PGRES_TUPLES_OK)
+            snprintf(buf, sizeof(buf), "ROWS %d", PQntuples(r));
+        else
+            snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+        PQclear(r);
+        return buf;
+    }
+    return "!none";
+}
+
+/* Count of the messages of a type in buf[0..len). */
+static int raw_count(const uint8_t *buf, size_t len, char type)
+{
+    int k = 0;
+    for (size_t off = 0; off + 5 <= len && off + 1 + itw_get32(buf + off + 1) <= len;
+         off += 1 + itw_get32(buf + off + 1))
+        k += buf[off] == (uint8_t)type;
+    return k;
+}
+
+/*
+ * Requests sent behind the one that fails are transactions of their own: the INSERT
+ * behind a failed autocommit statement commits, and a replay of both would insert twice.
+ * The client must get the original error and the INSERT's answer, once.  Simple protocol
+ * (two Queries in one write) and extended (libpq's pipeline mode, a Sync per statement).
+ */
+static void pipelined(const char *mode)
+{
+    make_fail_once_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    rt_once_arm(d);
+    static const char *const two[] = {"SELECT rt_fail_once()", "INSERT INTO rt_pipe VALUES (1)"};
+    uint8_t buf[4096];
+    size_t n = raw_queries(c, two, 2, 2, buf, sizeof(buf), 5000);
+    char code[8];
+    itw_error_field(buf, n, 'C', code, sizeof(code));
+    CU_ASSERT_STRING_EQUAL(code, "40001");
+    CU_ASSERT_EQUAL(raw_count(buf, n, 'Z'), 2);
+    CU_ASSERT_EQUAL(raw_count(buf, n, 'C'), 1); /* the INSERT's, once */
+    CU_ASSERT_EQUAL(num(d, "SELECT count(*) FROM rt_pipe WHERE v = 1"), 1);
+    PQfinish(c);
+
+    c = conn();
+    rt_once_arm(d);
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(c, "SELECT rt_fail_once()", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
+    CU_ASSERT_EQUAL(
+        PQsendQueryParams(c, "INSERT INTO rt_pipe VALUES (2)", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
+    const char *want[] = {"!40001", "PIPELINE_SYNC", "INSERT 0 1", "PIPELINE_SYNC"};
+    for (int i = 0; i < 4; i++) {
+        const char *got = pipeline_next(c, 5000);
+        if (strcmp(got, want[i]) != 0)
+            fprintf(stderr, "\n    pipeline result %d: %s, want %s\n", i, got, want[i]);
+        CU_ASSERT_STRING_EQUAL(got, want[i]);
+    }
+    CU_ASSERT_EQUAL(num(d, "SELECT count(*) FROM rt_pipe WHERE v = 2"), 1);
+    CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 0);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_pipelined_session(void)
+{
+    pipelined("session");
+}
+
+static void test_pipelined_transaction(void)
+{
+    pipelined("transaction");
+}
+
+/*
+ * A transaction that committed earlier in the same Query string is never replayed, also
+ * when the failure follows its COMMIT at once (no reply in between) or after a
+ * RowDescription: the client gets the original error, and the row is there once.  With
+ * retry refused (no budget) the same: the error is not lost.
+ */
+static void test_commit_then_failure(void)
+{
+    make_fail_once_function();
+    for (int budget = 1; budget >= 0; budget--) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(start(
+            "transaction", 2,
+            budget ? NULL
+                   : "max_attempts = 5\nbase_ms = 1\nbudget_pct = 0\nbudget_min_retries = 0"));
+        PGconn *d = direct(), *c = conn();
+        static const char *const tails[] = {"SELECT rt_fail_once()",
+                                            "DO $$BEGIN PERFORM rt_fail_once(); END$$"};
+        for (int i = 0; i < 2; i++) {
+            int v = 10 + budget * 2 + i;
+            rt_once_arm(d);
+            char sql[200];
+            snprintf(sql, sizeof(sql), "BEGIN; INSERT INTO rt_pipe VALUES (%d); COMMIT; %s", v,
+                     tails[i]);
+            const char *got = itu_q(c, sql);
+            if (strcmp(got, "!40001") != 0)
+                fprintf(stderr, "\n    %s -> %s\n", sql, got);
+            CU_ASSERT_STRING_EQUAL(got, "!40001");
+            snprintf(sql, sizeof(sql), "SELECT count(*) FROM rt_pipe WHERE v = %d", v);
+            CU_ASSERT_EQUAL(num(d, sql), 1);
+            CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 5"), "5"); /* in step */
+        }
+        CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 0);
+        PQfinish(c);
+        PQfinish(d);
+        stop();
+    }
+}
+
+/* pgwarden's peak resident memory so far (VmHWM), in kB: what a buffer that filled and
+ * was freed again between two looks leaves. */
+static long peak_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmHWM:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/*
+ * A held error and a large result pipelined behind it (both in one write, as a pipelining
+ * client sends them), which the client does not read yet: pgwarden keeps at most about
+ * retry_buffer_bytes of it (then the client gets the error and the rest flows with the
+ * usual backpressure), not the whole result.
+ */
+static void test_held_replies_bounded(void)
+{
+    make_fail_once_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    rt_once_arm(d);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 1"), "1");
+    long before = peak_rss_kb(g_px->pid);
+    static const char *const two[] = {
+        "DO $$BEGIN PERFORM pg_sleep(0.3); PERFORM rt_fail_once(); END$$",
+        "SELECT repeat('x', 1000) FROM generate_series(1, 40000)"};
+    uint8_t out[256];
+    size_t len = 0;
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'Q', two[i], strlen(two[i]) + 1));
+    int fd = PQsocket(c);
+    CU_ASSERT_EQUAL_FATAL(send(fd, out, len, MSG_NOSIGNAL), (ssize_t)len);
+    itu_sleep_ms(2000); /* PostgreSQL has sent its 40 MB by now, or waits for pgwarden */
+    long grown = peak_rss_kb(g_px->pid) - before;
+    if (grown >= 16384 || getenv("PGW_TEST_DEBUG"))
+        fprintf(stderr, "\n    pgwarden grew by %ld kB while holding\n", grown);
+    CU_ASSERT_TRUE(before > 0 && grown < 16384);
+    /* then everything arrives, in order: the error, once, and all the rows */
+    static uint8_t buf[1 << 16];
+    size_t have = 0;
+    int zs = 0, rows = 0, errors = 0;
+    char first = 0, code[8] = "";
+    int64_t deadline = itu_now_ms() + 30000;
+    while (zs < 2 && itu_now_ms() < deadline) {
+        bool closed = false;
+        ssize_t r = harness_raw_recv(fd, buf + have, sizeof(buf) - have, 1000, &closed);
+        if (r < 0 || closed)
+            break;
+        have += (size_t)r;
+        size_t off = 0;
+        while (off + 5 <= have && off + 1 + itw_get32(buf + off + 1) <= have) {
+            size_t mlen = 1 + itw_get32(buf + off + 1);
+            if (!first && buf[off] != 'Z')
+                first = (char)buf[off];
+            if (buf[off] == 'E' && errors++ == 0)
+                itw_error_field(buf + off, mlen, 'C', code, sizeof(code));
+            rows += buf[off] == 'D';
+            zs += buf[off] == 'Z';
+            off += mlen;
+        }
+        memmove(buf, buf + off, have - off);
+        have -= off;
+    }
+    CU_ASSERT_EQUAL(zs, 2);
+    CU_ASSERT_EQUAL(first, 'E'); /* the DO's error, then the rows */
+    CU_ASSERT_EQUAL(errors, 1);
+    CU_ASSERT_STRING_EQUAL(code, "40001");
+    CU_ASSERT_EQUAL(rows, 40000);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
 /*
  * A TCP relay in a child process between pgwarden and PostgreSQL.  Commands on a pipe arm
  * it for the next client->server chunk that holds the Query pgwarden sends for a COMMIT,
@@ -902,6 +1168,10 @@ static void register_suites(void)
         {"budget_stops_storm", test_budget_stops_storm},
         {"commit_lost_transaction", test_commit_lost_transaction},
         {"commit_lost_session", test_commit_lost_session},
+        {"pipelined_session", test_pipelined_session},
+        {"pipelined_transaction", test_pipelined_transaction},
+        {"commit_then_failure", test_commit_then_failure},
+        {"held_replies_bounded", test_held_replies_bounded},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);
