@@ -671,6 +671,64 @@ static bool batched(int id)
  * waiting for the port. */
 #define CLIENT_ID(i) ((i) + 2)
 
+/* The state letter of /proc/<pid>/stat: 'T' once the process is stopped; '?' unreadable. */
+static char proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')'); /* the command name may hold spaces */
+    return paren && paren[1] == ' ' && paren[2] ? paren[2] : '?';
+}
+
+/* Stops pgwarden (SIGSTOP) and waits (2 s at most) until the kernel has it stopped: what
+ * clients send from then on waits in its sockets, all of it read when it goes on.  False
+ * (and pgwarden continued) when it did not stop. */
+static bool proxy_pause(void)
+{
+    if (harness_proxy_signal(g_px, SIGSTOP) != 0)
+        return false;
+    for (int64_t until = itu_now_ms() + 2000; proc_state(g_px->pid) != 'T';) {
+        if (itu_now_ms() > until) {
+            harness_proxy_signal(g_px, SIGCONT);
+            return false;
+        }
+        itu_sleep_ms(1);
+    }
+    return true;
+}
+
+/* What part 2 of test_session_state_not_mixed asks: the setting the query saw, the backend
+ * it ran on, and when it ran there (clock_timestamp() in microseconds: the order in which
+ * the one server ran the clients' queries). */
+#define RAN_SQL                                                                                    \
+    "SELECT current_setting('work_mem'), pg_backend_pid(), "                                       \
+    "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
+struct ran {
+    char setting[32];
+    long long pid, at;
+};
+
+static struct ran ran_of(PGresult *r)
+{
+    struct ran out = {"", -1, -1};
+    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 3) {
+        snprintf(out.setting, sizeof(out.setting), "%s", PQgetvalue(r, 0, 0));
+        out.pid = atoll(PQgetvalue(r, 0, 1));
+        out.at = atoll(PQgetvalue(r, 0, 2));
+    } else {
+        fprintf(stderr, "unexpected result: %s %s", r ? PQresStatus(PQresultStatus(r)) : "none",
+                r ? PQresultErrorMessage(r) : "\n");
+    }
+    PQclear(r);
+    return out;
+}
+
 /* A batched query runs on its batch's server with no re-sync of its own: a client whose
  * session state (here work_mem, which PostgreSQL does not report) differs from the
  * server's is not batched there, in either direction.
@@ -682,9 +740,16 @@ static bool batched(int id)
  *    it since).
  * 2. A default client must not join a server carrying another client's state (it would
  *    see s0's work_mem).  Only a leader whose state the server already carries opens a
- *    batch (a restore runs alone): s0 on that idle server.  pgwarden is stopped (SIGSTOP)
- *    while s0 and then d2 send their queries, so that it reads both in one loop turn, s0's
- *    first: s0 takes the server and opens a batch, d2 must not join it. */
+ *    batch (a restore runs alone): s0 on that idle server.  s0 runs a query alone first,
+ *    so that the one server carries its state.  Then pgwarden is stopped (SIGSTOP, and
+ *    /proc must say so) while s0 and then d2 send their queries, so that it reads both in
+ *    one loop turn, s0's first: s0 takes the server and opens a batch, d2 must not join
+ *    it.  Nothing can join s0's batch (a server's state is one client's), so whether it
+ *    formed is checked by its conditions: pgwarden was stopped before s0 sent and still
+ *    stopped after d2 sent, s0 ran on the backend it had just used, and before d2 did.
+ *    Otherwise the round proved nothing, and is run again (3 rounds at most).  A last
+ *    round with two default clients shows that this set-up does batch when the states
+ *    agree (d1 joins d2's batch). */
 static void test_session_state_not_mixed(void)
 {
     CU_ASSERT_TRUE_FATAL(start(1, 50));
@@ -717,15 +782,37 @@ static void test_session_state_not_mixed(void)
     CU_ASSERT_FALSE(batched(id[2]));              /* its state on a server without it */
 
     /* 2 */
-    CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(g_px, SIGSTOP), 0);
-    CU_ASSERT_EQUAL(PQsendQuery(c[2], "SELECT current_setting('work_mem')"), 1);
-    itu_sleep_ms(30);
-    CU_ASSERT_EQUAL(PQsendQuery(c[3], "SELECT current_setting('work_mem')"), 1);
-    itu_sleep_ms(30);
+    bool formed = false;
+    for (int round = 1; round <= 3 && !formed; round++) {
+        char backend[32];
+        itu_value_copy(backend, sizeof(backend), c[2], "SELECT pg_backend_pid()"); /* alone */
+        bool stopped = proxy_pause();
+        CU_ASSERT_EQUAL(PQsendQuery(c[2], RAN_SQL), 1);
+        CU_ASSERT_EQUAL(PQsendQuery(c[3], RAN_SQL), 1);
+        stopped = stopped && proc_state(g_px->pid) == 'T';
+        CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(g_px, SIGCONT), 0);
+        struct ran s0 = ran_of(itu_wait_result(c[2], 10000));
+        struct ran d2 = ran_of(itu_wait_result(c[3], 10000));
+        CU_ASSERT_STRING_EQUAL(s0.setting, "7MB");
+        CU_ASSERT_STRING_EQUAL(d2.setting, dflt);
+        CU_ASSERT_FALSE(batched(id[3])); /* default state on a server with s0's */
+        formed = stopped && s0.pid == atoll(backend) && s0.at > 0 && s0.at < d2.at;
+        if (!formed)
+            printf("\n    round %d did not set up s0's batch (stopped: %d, s0 on backend %lld "
+                   "after %s, s0 at %lld, d2 at %lld): again ",
+                   round, stopped, s0.pid, backend, s0.at, d2.at);
+    }
+    CU_ASSERT_TRUE(formed); /* else part 2 checked nothing */
+
+    /* The control: d2 (now on a server without s0's state) and then d1, in one turn. */
+    bool stopped = proxy_pause();
+    CU_ASSERT_TRUE(stopped);
+    CU_ASSERT_EQUAL(PQsendQuery(c[3], RAN_SQL), 1);
+    CU_ASSERT_EQUAL(PQsendQuery(c[1], RAN_SQL), 1);
     CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(g_px, SIGCONT), 0);
-    expect_value(c[2], 0, "7MB");
-    expect_value(c[3], 0, dflt);
-    CU_ASSERT_FALSE(batched(id[3])); /* default state on a server with s0's */
+    CU_ASSERT_STRING_EQUAL(ran_of(itu_wait_result(c[3], 10000)).setting, dflt);
+    CU_ASSERT_STRING_EQUAL(ran_of(itu_wait_result(c[1], 10000)).setting, dflt);
+    CU_ASSERT_TRUE(batched_behind(id[1], id[3]));
     PQfinish(blocker);
     for (int i = 0; i < 4; i++)
         PQfinish(c[i]);

@@ -8,7 +8,11 @@
  *   3. another client's DEALLOCATE / Close of pgwarden's server-side statement names, and
  *      Bind "" without one's own Parse, break nobody's prepared statements;
  *   4. a late cancel never cancels the query of the server's next client;
- *   5. a client that vanishes mid-query leaves no backend running.
+ *   5. a client that vanishes mid-query leaves no backend running;
+ *   6. PostgreSQL restarted and backends terminated under pgbench;
+ *   7. a pipeline whose early statement fails;
+ *   8. clients that vanish right at accept time (before, with or in the middle of their
+ *      startup packet, by FIN or by RST) cost an ordinary client nothing and leak nothing.
  *
  * Every test starts its own pgwarden and stops it at the end.
  */
@@ -18,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,6 +32,7 @@
 
 #include "cunit_main.h"
 #include "harness.h"
+#include "itest_http.h"
 #include "itest_util.h"
 #include "itest_wire.h"
 
@@ -662,6 +668,217 @@ static void test_pipeline_error_then_more_session(void)
     check_pipeline_error_then_more("session");
 }
 
+/* ---- 8. clients that vanish at accept time ---------------------------------------------- */
+
+/*
+ * pgwarden reads a new client in the same loop turn that accepted it (px_reader_read_soon),
+ * and accepts as many as are queued in one turn.  These clients are gone by then, or go
+ * while pgwarden answers them: the read finds EOF or a reset, the answer (an
+ * authentication request, 'S' and a TLS handshake, a 53300 past max_client_conn) meets a
+ * closed socket.
+ */
+enum rogue {
+    RG_CLOSE,         /* connects and closes, nothing sent */
+    RG_STARTUP_CLOSE, /* a whole StartupMessage, then close */
+    RG_HALF_CLOSE,    /* half a StartupMessage, then close */
+    RG_RESET,         /* connects and resets (SO_LINGER 0), nothing sent */
+    RG_SSL_CLOSE,     /* an SSLRequest (client_tls_mode = allow: pgwarden says 'S'), close */
+    RG_STARTUP_RESET, /* a whole StartupMessage, then a reset */
+    RG_KINDS
+};
+
+#define ROGUES_PER_KIND 150
+#define ROGUE_TIME_MS   20000 /* the whole storm, at most */
+
+/* One client of kind k on port; false when it could not even connect. */
+static bool rogue(int port, enum rogue k)
+{
+    static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+    uint8_t startup[128];
+    size_t len = harness_build_startup(startup, sizeof(startup), "pgwarden_test", "pgwarden_test");
+    int fd = harness_raw_connect(port, 2000);
+    if (fd < 0)
+        return false;
+    /* Small: a fresh socket's send buffer takes them whole. */
+    ssize_t sent = 0;
+    if (k == RG_STARTUP_CLOSE || k == RG_STARTUP_RESET)
+        sent = send(fd, startup, len, MSG_NOSIGNAL);
+    else if (k == RG_HALF_CLOSE)
+        sent = send(fd, startup, len / 2, MSG_NOSIGNAL);
+    else if (k == RG_SSL_CLOSE)
+        sent = send(fd, ssl_request, sizeof(ssl_request), MSG_NOSIGNAL);
+    (void)sent;
+    if (k == RG_RESET || k == RG_STARTUP_RESET) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    close(fd);
+    return true;
+}
+
+/* An ordinary libpq client running one query after another, without blocking: "SELECT n"
+ * must answer n. */
+struct steady {
+    PGconn *conn;
+    long long n, answered, failed;
+    bool busy;
+};
+
+/* Takes s's answer if it is complete (waiting up to wait_ms for it) and, if next, sends
+ * the next query; after a failure it stops. */
+static void steady_step(struct steady *s, int wait_ms, bool next)
+{
+    if (s->failed)
+        return;
+    if (s->busy) {
+        struct pollfd p = {.fd = PQsocket(s->conn), .events = POLLIN};
+        for (int64_t until = itu_now_ms() + wait_ms;;) {
+            if (!PQconsumeInput(s->conn)) {
+                fprintf(stderr, "steady client: %s", PQerrorMessage(s->conn));
+                s->failed++;
+                return;
+            }
+            int64_t left = until - itu_now_ms();
+            if (!PQisBusy(s->conn) || left <= 0)
+                break;
+            poll(&p, 1, (int)left);
+        }
+        if (PQisBusy(s->conn))
+            return;
+        char want[32];
+        snprintf(want, sizeof(want), "%lld", s->n);
+        bool ok = false;
+        PGresult *r;
+        while ((r = PQgetResult(s->conn)) != NULL) {
+            ok = ok || (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                        !strcmp(PQgetvalue(r, 0, 0), want));
+            if (PQresultStatus(r) != PGRES_TUPLES_OK)
+                fprintf(stderr, "steady client: %s", PQresultErrorMessage(r));
+            PQclear(r);
+        }
+        s->busy = false;
+        if (!ok) {
+            s->failed++;
+            return;
+        }
+        s->answered++;
+    }
+    if (!next)
+        return;
+    char sql[64];
+    snprintf(sql, sizeof(sql), "SELECT %lld", ++s->n);
+    if (!PQsendQuery(s->conn, sql)) {
+        fprintf(stderr, "steady client: %s", PQerrorMessage(s->conn));
+        s->failed++;
+        return;
+    }
+    s->busy = true;
+}
+
+/* Clients pgwarden's admin port lists (logging in, failing, and in the pools); -1 when it
+ * does not answer. */
+static int admin_clients(void)
+{
+    json_t *j = get_json(g_px->admin_port, "/clients", NULL);
+    int n = json_is_array(j) ? (int)json_array_size(j) : -1;
+    json_decref(j);
+    return n;
+}
+
+/*
+ * ROGUES_PER_KIND clients of each kind, interleaved, as fast as they connect, while an
+ * ordinary client runs queries through pgwarden: that client never fails, pgwarden stays
+ * up and serves a new connection afterwards, every rogue reached it (its accept counter),
+ * and its clients go back to what they were before (no client kept, none counted twice:
+ * with max_client_conn = 2 the new connection is refused with 53300 when the count leaked).
+ * Under ASan a use of a freed client stops pgwarden, and a leak fails its exit at stop().
+ */
+static void check_vanish_at_accept(int max_client_conn)
+{
+    (void)itu_raise_nofile(4096);
+    alarm(TEST_LIMIT_S);
+    struct harness_proxy_opts o = {.pool_mode = "transaction",
+                                   .pool_size = 2,
+                                   .auth_type = "scram-sha-256",
+                                   .client_tls_mode = "allow",
+                                   .max_client_conn = max_client_conn,
+                                   .client_login_timeout_ms = 60000, /* leaks stay visible */
+                                   .log_level = "info",
+                                   .admin = true};
+    g_px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(g_px);
+    struct steady s = {.conn = conn(NULL)};
+    CU_ASSERT_EQUAL_FATAL(PQstatus(s.conn), CONNECTION_OK);
+    CU_ASSERT_EQUAL(PQsetnonblocking(s.conn, 1), 0);
+    int before = admin_clients();
+    double accepted0 = metric_value(g_px->admin_port, "pgwarden_client_connections_total");
+    CU_ASSERT_EQUAL(before, 1);
+
+    int made[RG_KINDS] = {0}, total = 0, unconnected = 0;
+    int64_t t0 = itu_now_ms();
+    /* Rounds of one rogue of each kind, in an order that shifts each round, while one of
+     * the ordinary client's queries is in flight; then its answer (1 s at most) and its
+     * next query. */
+    for (int round = 0; round < ROGUES_PER_KIND && itu_now_ms() - t0 < ROGUE_TIME_MS; round++) {
+        steady_step(&s, 1000, true);
+        for (int i = 0; i < RG_KINDS; i++) {
+            enum rogue k = (enum rogue)((i + round) % RG_KINDS);
+            if (rogue(g_px->port, k)) {
+                made[k]++;
+                total++;
+            } else {
+                unconnected++;
+            }
+        }
+    }
+    int64_t storm_ms = itu_now_ms() - t0;
+    steady_step(&s, 10000, false);
+    long long during = s.answered;
+
+    /* Every rogue is gone: pgwarden's clients are back to the ordinary one (5 s at most). */
+    int after = -1;
+    for (int64_t until = itu_now_ms() + 5000; itu_now_ms() < until; itu_sleep_ms(50))
+        if ((after = admin_clients()) == before)
+            break;
+    double accepted = metric_value(g_px->admin_port, "pgwarden_client_connections_total");
+    printf("\n    max_client_conn %d: %d rogue clients in %lld ms (%d failed to connect), "
+           "%.0f accepted; the ordinary client: %lld answered, %lld failed; clients %d -> %d ",
+           max_client_conn, total, (long long)storm_ms, unconnected, accepted - accepted0, during,
+           s.failed, before, after);
+    for (int k = 0; k < RG_KINDS; k++)
+        CU_ASSERT_EQUAL(made[k], ROGUES_PER_KIND);
+    CU_ASSERT_EQUAL(s.failed, 0);
+    CU_ASSERT(during >= ROGUES_PER_KIND - 1); /* one answer per round, about */
+    CU_ASSERT_EQUAL(after, before);
+    /* Each rogue reached pgwarden, but a reset may beat the accept (the kernel drops it). */
+    CU_ASSERT(accepted - accepted0 >= total - made[RG_RESET] - made[RG_STARTUP_RESET]);
+    CU_ASSERT_TRUE(harness_proxy_alive(g_px));
+
+    /* pgwarden serves a new client, and the ordinary one goes on. */
+    PGconn *c = conn(NULL);
+    CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'after'"), "after");
+    PQfinish(c);
+    steady_step(&s, 0, true);
+    steady_step(&s, 10000, false);
+    CU_ASSERT_EQUAL(s.answered, during + 1);
+    CU_ASSERT_EQUAL(s.failed, 0);
+    CU_ASSERT_EQUAL(log_count(" ERROR "), 0);
+    PQfinish(s.conn);
+    stop(); /* alive, and a clean exit (under ASan: no leak) */
+}
+
+static void test_vanish_at_accept(void)
+{
+    check_vanish_at_accept(1000);
+}
+
+/* Past max_client_conn pgwarden still reads the startup packet, to answer 53300. */
+static void test_vanish_at_accept_over_limit(void)
+{
+    check_vanish_at_accept(2);
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -677,6 +894,8 @@ static void register_suites(void)
         {"pipeline_error_then_more_session", test_pipeline_error_then_more_session},
         {"restart_under_load_transaction", test_restart_under_load_transaction},
         {"restart_under_load_session", test_restart_under_load_session},
+        {"clients_vanish_at_accept", test_vanish_at_accept},
+        {"clients_vanish_at_accept_over_limit", test_vanish_at_accept_over_limit},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("hardening", suite_init, suite_cleanup, tests);
