@@ -38,7 +38,9 @@
 #include "net/client.h"
 #include "path/locks.h"
 #include "path/path.h"
+#include "path/prepared.h"
 #include "path/retry.h"
+#include "path/sqlscan.h"
 #include "path/txn.h"
 #include "pool/breaker.h"
 #include "proto/relay.h"
@@ -71,6 +73,7 @@ struct px_retry {
     struct evbuffer *fwd;   /* walked bytes on their way to the client */
     struct evbuffer *held;  /* the original error and what followed it */
     struct evbuffer *later; /* the client's unconsumed input, set aside during a retry */
+    struct evbuffer *unfed; /* a verifying replay's requests not yet put in the input */
     struct evbuffer_cb_entry *in_cb, *sink_cb;
     struct event *ev; /* the backoff timer, and deferred steps */
     bool in_relay;    /* the server relay fills sink: walked by px_retry_relayed */
@@ -78,6 +81,7 @@ struct px_retry {
     bool quiet;       /* the stage itself changes the input: nothing is consumed */
     bool kick;        /* the deferred step resumes the client's input */
     bool wind;        /* the deferred step looks whether a held or discarded attempt is over */
+    bool feed;        /* the deferred step feeds a verifying replay its next request */
     bool held_done;   /* held has the whole tail of the original attempt */
     bool orig_known;  /* orig_end is set (the original attempt ended) */
     bool after_commit;
@@ -90,6 +94,10 @@ struct px_retry {
     bool open_group;      /* extended-protocol messages consumed since the last request */
     uint32_t reqs;        /* requests consumed in this attempt */
     uint32_t zs;          /* ReadyForQuery messages of this attempt */
+    uint32_t match_req;   /* while recording: the request (1 = the unit's first) whose reply
+                             had the last response byte the client got */
+    bool match_rows;      /* ... and the client got more of that reply than its shape */
+    uint32_t zs_seen;     /* replies the client had whole when the error came */
     uint64_t replay_left; /* replayed bytes not consumed again yet */
     size_t kept;          /* bytes last reported to the buffer gauge */
     /* response walker: the message under way (out_hdr_n < 5: its header is) */
@@ -224,7 +232,8 @@ static void unit_end(struct px_retry *rt)
     gauge_update(rt);
     backoff_init(&rt->bo, &cfg);
     rt->mode = !rt->broken ? RT_RECORD : RT_TAINTED;
-    rt->reqs = rt->zs = 0;
+    rt->reqs = rt->zs = rt->match_req = rt->zs_seen = 0;
+    rt->match_rows = false;
     rt->after_commit = rt->retried = rt->held_done = rt->orig_known = false;
     rt->held_txn_end = rt->ended_inside = false;
     if (rt->held)
@@ -241,6 +250,19 @@ static void maybe_unit_end(struct px_retry *rt)
         rt->zs != rt->reqs || rt->open_group || c->c2s.remaining || c->lock_waiting)
         return;
     unit_end(rt);
+}
+
+static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool wind);
+
+/* A verifying replay's request was consumed and answered whole (verified to its end; a
+ * request pgwarden answers itself may be answered before it is consumed): the next. */
+static void maybe_feed(struct px_retry *rt)
+{
+    if (rt->mode != RT_VERIFY || rt->zs != rt->reqs || rt->replay_left ||
+        !evbuffer_get_length(rt->unfed) || rt->feed)
+        return;
+    rt->feed = true;
+    schedule(rt, 0, false, false);
 }
 
 /* ==== the client's input ================================================================ */
@@ -302,6 +324,7 @@ static void consumed(struct px_retry *rt, size_t n)
         n -= take;
     }
     gauge_update(rt);
+    maybe_feed(rt);
     maybe_unit_end(rt);
 }
 
@@ -386,6 +409,7 @@ static void out_message_end(struct px_retry *rt)
         } else if (rt->last_z == 'I' && rt->zs < rt->reqs) {
             rt->ended_inside = true; /* a replay's tail, dropped: decide gives up */
         }
+        maybe_feed(rt);
         maybe_unit_end(rt);
     } else if (t == 'C' && rt->mode == RT_RECORD) {
         const char *tag = (const char *)rt->out_cap;
@@ -401,7 +425,6 @@ static void out_message_end(struct px_retry *rt)
 
 static void matched(struct px_retry *rt);
 static void replay_differs(struct px_retry *rt);
-static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool wind);
 
 /* Where a span of a response goes. */
 enum span_to { TO_CLIENT, TO_HELD, TO_NOWHERE };
@@ -421,8 +444,18 @@ static enum span_to span_fate(struct px_retry *rt, const uint8_t *p, size_t *n)
 {
     switch (rt->mode) {
     case RT_RECORD:
-        if (rt->out_digest && replay_rec_response(rt->rec, p, *n) != RETRY_OK)
-            taint(rt, "retry_buffer_bytes exceeded");
+        if (rt->out_digest) {
+            if (replay_rec_response(rt->rec, p, *n) != RETRY_OK)
+                taint(rt, "retry_buffer_bytes exceeded");
+            if (rt->match_req != rt->zs + 1) { /* replies come in request order */
+                rt->match_req = rt->zs + 1;
+                rt->match_rows = false;
+            }
+            /* ParseComplete, BindComplete, CloseComplete, the descriptions: fixed when the
+             * statement is planned, before it runs */
+            if (!strchr("123tTn", rt->out_type))
+                rt->match_rows = true;
+        }
         return TO_CLIENT;
     case RT_TAINTED:
     case RT_BACKOFF: return TO_CLIENT;
@@ -585,6 +618,127 @@ static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool win
     evtimer_add(rt->ev, &tv);
 }
 
+/* Bytes of recorded messages from the start of buf up to and including the next request
+ * (Query, Sync, FunctionCall), or all of buf when none is complete. */
+static size_t next_request_len(const uint8_t *b, size_t len)
+{
+    size_t off = 0;
+    while (off + 5 <= len) {
+        uint32_t mlen = px_get_u32(b + off + 1);
+        if (mlen < 4 || off + 1 + mlen > len)
+            return len;
+        char t = (char)b[off];
+        off += 1 + mlen;
+        if (t == 'Q' || t == 'S' || t == 'F')
+            return off;
+    }
+    return len;
+}
+
+/*
+ * Can the replay stop before it commits anything, should it differ?  A replay that must
+ * reproduce what the client saw is fed one request at a time, each only once the one
+ * before was verified to its end (feed_next), so no request behind the one that holds the
+ * last byte the client got (match_req) runs before that byte is matched: not the COMMIT
+ * that failed, nor anything after.  That request itself runs whole, whatever its reply:
+ *   - if the client had all of its reply, it ran whole in the original attempt without
+ *     ending the transaction (a COMMIT's tag taints the unit, a ReadyForQuery 'I' ends
+ *     it), and the replay runs the same statements: safe;
+ *   - else the error came inside it, and what followed the failed statement in the same
+ *     request was skipped then but runs in a replay.  A request after the first runs in
+ *     the block the unit opened (one before it that ended the block would have ended the
+ *     unit): safe unless a statement of it may control the transaction (or its text is
+ *     not in the unit: a statement prepared earlier).  The first request commits by
+ *     itself unless it is a BEGIN (autocommit): safe only as one statement of which the
+ *     client saw no more than the shape of the reply (RowDescription and the like, fixed
+ *     when it is planned), so that rows it returned are never the part to verify.
+ */
+static bool match_request_safe(const struct px_retry *rt)
+{
+    if (rt->zs_seen >= rt->match_req)
+        return true;
+    size_t len = 0, off = 0;
+    const uint8_t *b = replay_rec_bytes(rt->rec, &len);
+    for (uint32_t req = 1; off < len; req++) {
+        size_t n = next_request_len(b + off, len - off);
+        if (req < rt->match_req) {
+            off += n;
+            continue;
+        }
+        int statements = 0;
+        bool begin = false, control = false, unknown = false;
+        const char *parsed[8]; /* statement names parsed in this request */
+        int nparsed = 0;
+        for (size_t at = off; at + 5 <= off + n; at += 1 + px_get_u32(b + at + 1)) {
+            const uint8_t *body = b + at + 5;
+            uint32_t blen = px_get_u32(b + at + 1) - 4;
+            struct px_sql_info info;
+            switch (b[at]) {
+            case 'Q':
+                px_sql_classify((const char *)body, strnlen((const char *)body, blen), &info);
+                statements += info.multi ? 2 : 1;
+                begin = info.kind == PX_SQL_BEGIN;
+                control |= info.txn_control;
+                break;
+            case 'P': {
+                const char *name;
+                const uint8_t *text;
+                uint32_t tlen;
+                if (px_parse_split(body, blen, &name, &text, &tlen) < 0 || nparsed == 8) {
+                    unknown = true;
+                    break;
+                }
+                parsed[nparsed++] = name;
+                px_sql_classify((const char *)text, strnlen((const char *)text, tlen), &info);
+                begin = info.kind == PX_SQL_BEGIN && !info.multi;
+                control |= info.txn_control;
+                break;
+            }
+            case 'B': { /* portal name, then the statement's */
+                const char *portal = (const char *)body, *end = (const char *)body + blen;
+                const char *stmt = memchr(portal, '\0', blen) ? portal + strlen(portal) + 1 : end;
+                bool known = false;
+                for (int i = 0; i < nparsed && stmt < end; i++)
+                    known |= strnlen(stmt, (size_t)(end - stmt)) < (size_t)(end - stmt) &&
+                             !strcmp(parsed[i], stmt);
+                unknown |= !known;
+                break;
+            }
+            case 'E': statements++; break;
+            case 'F': statements += 2, unknown = true; break; /* a function call */
+            default: break;
+            }
+        }
+        if (rt->match_req > 1)
+            return statements == 1 || (!control && !unknown);
+        return statements == 1 && (begin || !rt->match_rows);
+    }
+    return false;
+}
+
+/* Puts the next recorded request of a verifying replay in the client's input. */
+static void feed_next(struct px_retry *rt)
+{
+    size_t len = evbuffer_get_length(rt->unfed);
+    const uint8_t *b = evbuffer_pullup(rt->unfed, (ev_ssize_t)len);
+    size_t n = b ? next_request_len(b, len) : len;
+    struct evbuffer *one = evbuffer_new();
+    if (!one || evbuffer_remove_buffer(rt->unfed, one, n) != (int)n) {
+        if (one)
+            evbuffer_free(one);
+        /* out of memory: what is left is not sent; the replay ends as one that differs */
+        evbuffer_drain(rt->unfed, evbuffer_get_length(rt->unfed));
+        replay_differs(rt);
+        schedule(rt, 0, false, true);
+        return;
+    }
+    rt->replay_left += n;
+    px_debug("retry", 'C', rt->c->id, "replay: the next request (%zu bytes)", n);
+    input_append(rt, one);
+    evbuffer_free(one);
+    px_path_client_input(rt->c);
+}
+
 /* Brings the client's server (or its held block) to the transaction status the client was
  * told: 'I' (rolled back) or 'E' (a failed block), with hidden statements. */
 static void set_server_status(struct px_client *c, char want)
@@ -626,9 +780,11 @@ static void give_up(struct px_retry *rt, unsigned outcome)
             : outcome == PX_MRO_CANCELED     ? "canceled"
                                              : "not replayable");
     evtimer_del(rt->ev);
+    rt->feed = false;
     set_server_status(c, rt->orig_end);
     rt->mode = RT_TAINTED;
     rt->replay_left = 0;
+    evbuffer_drain(rt->unfed, evbuffer_get_length(rt->unfed)); /* never sent */
     /* held ends with the original attempt's last ReadyForQuery: everything the client sent
      * is answered once it is delivered */
     rt->reqs = rt->zs = 0;
@@ -687,6 +843,13 @@ static void decide(struct px_retry *rt)
         give_up(rt, PX_MRO_BUFFER_EXCEEDED);
         return;
     }
+    if (replay_rec_response_bytes(rt->rec) > 0 && !match_request_safe(rt)) {
+        px_debug("retry", 'C', c->id,
+                 "request %u, whose reply the client saw in part, could commit in a replay",
+                 rt->match_req);
+        give_up(rt, PX_MRO_NOT_REPLAYABLE);
+        return;
+    }
     if (backoff_next(&rt->bo, &rng, &delay) != RETRY_OK) {
         give_up(rt, PX_MRO_EXHAUSTED);
         return;
@@ -731,6 +894,7 @@ static void replay(struct px_retry *rt)
     rt->open_group = false;
     rt->in_left = 0;
     rt->replay_left = total;
+    evbuffer_drain(rt->unfed, evbuffer_get_length(rt->unfed));
     if (replay_rec_response_bytes(rt->rec) == 0) {
         /* The client saw nothing of it: the replay simply goes on. */
         rt->mode = RT_RECORD;
@@ -749,6 +913,11 @@ static void replay(struct px_retry *rt)
             return;
         }
         rt->mode = RT_VERIFY;
+        /* one request at a time (match_request_safe): the first now, the rest later */
+        size_t first = next_request_len(evbuffer_pullup(p, -1), total);
+        evbuffer_add_buffer(rt->unfed, p);
+        evbuffer_remove_buffer(rt->unfed, p, first);
+        rt->replay_left = first;
     }
     px_debug("retry", 'C', c->id, "replay of %zu bytes starts (%s, client state %d, server %s)",
              total, rt->mode == RT_VERIFY ? "verifying" : "nothing seen", (int)c->state,
@@ -766,6 +935,9 @@ static void matched(struct px_retry *rt)
     if (rt->held)
         evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
     rt->held_done = rt->orig_known = rt->held_txn_end = false;
+    rt->feed = false;
+    rt->replay_left += evbuffer_get_length(rt->unfed); /* the rest of the replay goes on */
+    input_append(rt, rt->unfed);
     if (rt->later)
         input_append(rt, rt->later);
     px_reader_block(&rt->c->rd, false);
@@ -788,6 +960,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         rt->kick = rt->wind = false;
         replay(rt);
         return;
+    }
+    if (rt->feed) {
+        rt->feed = false;
+        if (rt->mode == RT_VERIFY && evbuffer_get_length(rt->unfed)) {
+            rt->kick = false; /* feed_next reads the input */
+            if (rt->wind)
+                schedule(rt, 0, false, true);
+            feed_next(rt); /* last: c may be gone after it */
+            return;
+        }
     }
     if (rt->wind) {
         rt->wind = false;
@@ -817,10 +999,11 @@ bool px_retry_client_start(struct px_client *c)
     rt->fwd = evbuffer_new();
     rt->held = evbuffer_new();
     rt->later = evbuffer_new();
+    rt->unfed = evbuffer_new();
     rt->ev = evtimer_new(px.base, on_timer, rt);
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->held || !rt->later || !rt->ev ||
-        !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
+    if (!rt->db || !rt->rec || !rt->sink || !rt->fwd || !rt->held || !rt->later || !rt->unfed ||
+        !rt->ev || !(rt->sink_cb = evbuffer_add_cb(rt->sink, sink_cb, rt)) ||
         !input_tail(rt, in, evbuffer_get_length(in)) ||
         !(rt->in_cb = evbuffer_add_cb(in, input_cb, rt))) {
         c->retry = rt;
@@ -863,6 +1046,8 @@ void px_retry_client_free(struct px_client *c)
         evbuffer_free(rt->held);
     if (rt->later)
         evbuffer_free(rt->later);
+    if (rt->unfed)
+        evbuffer_free(rt->unfed);
     free(rt);
 }
 
@@ -872,14 +1057,15 @@ bool px_retry_client_release_idle(struct px_client *c)
     if (!rt)
         return true;
     if (c->server || rt->mode != RT_RECORD || rt->ver || rt->in_relay || rt->quiet || rt->kick ||
-        rt->wind || rt->replay_left || rt->open_group || rt->reqs || rt->out_hdr_n ||
+        rt->wind || rt->feed || rt->replay_left || rt->open_group || rt->reqs || rt->out_hdr_n ||
         rt->out_left || rt->in_left || c->held_begin || evtimer_pending(rt->ev, NULL))
         return false;
     size_t kept = 0, pending = 0;
     replay_rec_bytes(rt->rec, &kept);
     replay_rec_pending(rt->rec, &pending);
     if (kept || pending || evbuffer_get_length(rt->sink) || evbuffer_get_length(rt->fwd) ||
-        evbuffer_get_length(rt->held) || evbuffer_get_length(rt->later))
+        evbuffer_get_length(rt->held) || evbuffer_get_length(rt->later) ||
+        evbuffer_get_length(rt->unfed))
         return false;
     px_retry_client_free(c);
     return true;
@@ -931,6 +1117,7 @@ bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint
         rt->held_done = false;
         rt->orig_known = false;
         rt->held_txn_end = rt->ended_inside = false;
+        rt->zs_seen = rt->zs;
     }
     /* A replay that fails again before it matched keeps the original error (held_done). */
     px_debug("retry", 'C', c->id, "%s: holding it back (%s)", code,
@@ -958,6 +1145,8 @@ void px_retry_after_relay(struct px_client *c)
     if (rt->mode == RT_HOLD) {
         decide(rt);
     } else if (rt->mode == RT_VERIFY) {
+        if (evbuffer_get_length(rt->unfed))
+            return; /* the next request is fed at the next turn (maybe_feed) */
         /* every reply of the replay is in and the last digest was not reached: the replay
          * said less than the client saw (the rows it read are gone, say) */
         replay_differs(rt);

@@ -715,6 +715,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         *out = (struct px_sql_info){.kind = PX_SQL_OTHER};
     }
     out->session_feature = lx.feature;
+    out->txn_control = txn_control;
     out->drops_prepared = lx.drops_prepared;
     out->rollback_to = lx.rollback_to;
     out->pins = lx.pins;

@@ -95,6 +95,9 @@ struct px_sql_info {
      * re-synced".  RESET of a parameter counts as its SET. */
     const char *session_feature;
     bool multi; /* more than one (non-empty) statement */
+    /* Some statement of the text starts with BEGIN, START, COMMIT, END, ROLLBACK, ABORT,
+     * SAVEPOINT, RELEASE or PREPARE: it may control a transaction (also when multi). */
+    bool txn_control;
     /* Some statement of the text starts with DEALLOCATE or DISCARD: prepared statements
      * of the session may go. */
     bool drops_prepared;

@@ -779,6 +779,81 @@ static void test_commit_then_failure(void)
     }
 }
 
+/* q through PQexecParams (extended protocol) or PQexec (simple), printed as itu_q does. */
+static const char *q_proto(PGconn *c, const char *sql, bool extended)
+{
+    if (!extended)
+        return itu_q(c, sql);
+    static char buf[512];
+    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/*
+ * SERIALIZABLE write skew: A and B both count the doctors on call (2), each takes a
+ * different one off call, A commits and B's COMMIT fails with 40001.  A replay of B's
+ * block reads 1, not the 2 B saw: it differs, and B gets its 40001.  B's UPDATE and COMMIT
+ * behind that read must not have run: the second doctor is still on call.
+ */
+static void test_diverged_replay_commits_nothing(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 4, NULL));
+    PGconn *d = direct();
+    for (int extended = 0; extended < 2; extended++) {
+        CU_ASSERT_TRUE(itu_exec_ok(d, "DROP TABLE IF EXISTS rt_oncall;"
+                                      "CREATE TABLE rt_oncall (id int PRIMARY KEY, on_call bool);"
+                                      "INSERT INTO rt_oncall VALUES (1, true), (2, true)"));
+        PGconn *a = conn(), *b = conn();
+        PGconn *both[2] = {a, b};
+        for (int i = 0; i < 2; i++)
+            CU_ASSERT_STRING_EQUAL(q_proto(both[i], "BEGIN ISOLATION LEVEL SERIALIZABLE", extended),
+                                   "BEGIN");
+        for (int i = 0; i < 2; i++)
+            CU_ASSERT_STRING_EQUAL(
+                q_proto(both[i], "SELECT count(*) FROM rt_oncall WHERE on_call", extended), "2");
+        CU_ASSERT_STRING_EQUAL(
+            q_proto(a, "UPDATE rt_oncall SET on_call = false WHERE id = 1", extended), "UPDATE 1");
+        CU_ASSERT_STRING_EQUAL(
+            q_proto(b, "UPDATE rt_oncall SET on_call = false WHERE id = 2", extended), "UPDATE 1");
+        CU_ASSERT_STRING_EQUAL(q_proto(a, "COMMIT", extended), "COMMIT");
+        CU_ASSERT_STRING_EQUAL(q_proto(b, "COMMIT", extended), "!40001");
+        CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT on_call FROM rt_oncall WHERE id = 2"), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT 3"), "3"); /* B goes on */
+        PQfinish(a);
+        PQfinish(b);
+    }
+    /* B's read, update and COMMIT in one Query: the replay could not stop between them,
+     * so there is none (B read in it, and B's reads differ in any replay) */
+    CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_oncall SET on_call = true"));
+    PGconn *a = conn(), *b = conn();
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "BEGIN ISOLATION LEVEL SERIALIZABLE"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT 1"), "1"); /* B's snapshot */
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN ISOLATION LEVEL SERIALIZABLE"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SELECT count(*) FROM rt_oncall WHERE on_call"), "2");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "UPDATE rt_oncall SET on_call = false WHERE id = 1"),
+                           "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
+    double refused = metric("pgwarden_retries_total", "outcome=not_replayable", NULL);
+    CU_ASSERT_STRING_EQUAL(itu_q(b, "SELECT count(*) FROM rt_oncall WHERE on_call; "
+                                    "UPDATE rt_oncall SET on_call = false WHERE id = 2; COMMIT"),
+                           "!40001");
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "SELECT on_call FROM rt_oncall WHERE id = 2"), "t");
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=not_replayable", NULL), refused + 1);
+    PQfinish(a);
+    PQfinish(b);
+    CU_ASSERT(metric("pgwarden_retries_total", "outcome=diverged", NULL) >= 1);
+    PQfinish(d);
+    stop();
+}
+
 /* pgwarden's peak resident memory so far (VmHWM), in kB: what a buffer that filled and
  * was freed again between two looks leaves. */
 static long peak_rss_kb(pid_t pid)
@@ -1172,6 +1247,7 @@ static void register_suites(void)
         {"pipelined_transaction", test_pipelined_transaction},
         {"commit_then_failure", test_commit_then_failure},
         {"held_replies_bounded", test_held_replies_bounded},
+        {"diverged_replay_commits_nothing", test_diverged_replay_commits_nothing},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);
