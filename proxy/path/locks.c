@@ -585,6 +585,9 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
         answer_value(c, call, formats, simple, true, 0);
         return true;
     }
+    if (req.fn == PX_LOCKFN_LOCK || req.fn == PX_LOCKFN_TRY_LOCK || req.fn == PX_LOCKFN_UNLOCK ||
+        req.fn == PX_LOCKFN_UNLOCK_ALL)
+        px_retry_note_session_lock(c);
     struct px_client_locks *cl = state_of(c);
     if (!cl || !owner_of(cl))
         return false;

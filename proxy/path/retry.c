@@ -325,6 +325,10 @@ static void consumed(struct px_retry *rt, size_t n)
     }
     gauge_update(rt);
     maybe_feed(rt);
+    /* a reply pgwarden gave itself may have come before its request was consumed: the
+     * differing replay may be over now */
+    if (rt->mode == RT_DISCARD && rt->replay_left == 0)
+        schedule(rt, 0, false, true);
     maybe_unit_end(rt);
 }
 
@@ -1178,6 +1182,12 @@ void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)
 {
     if (c->retry && info->pins)
         taint(c->retry, info->session_feature ? info->session_feature : "session state");
+}
+
+void px_retry_note_session_lock(struct px_client *c)
+{
+    if (c->retry)
+        taint(c->retry, "a session-scoped pgwarden lock call");
 }
 
 void px_retry_note_streamed(struct px_client *c)

@@ -85,6 +85,9 @@ bool px_retry_owns_txn_end(const struct px_client *c);
 /* A statement of c's unit, classified: session state that a replay would create twice
  * (session advisory locks, LISTEN, temporary objects, ...) makes the unit not replayable. */
 void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info);
+/* c takes or releases a session-scoped pgwarden lock: its unit is not replayed (a replay
+ * could take a lock the client was told it did not get, or release one it holds). */
+void px_retry_note_session_lock(struct px_client *c);
 /* A message of c too big to be recorded whole (streamed): the unit is not replayable. */
 void px_retry_note_streamed(struct px_client *c);
 

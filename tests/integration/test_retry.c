@@ -528,6 +528,36 @@ static void test_xact_lock_kept(void)
     stop();
 }
 
+/*
+ * A session-scoped lock call makes its unit not replayable: a replay could take the lock
+ * that the client was told it did not get (pgwarden_try_lock returned NULL, then the
+ * holder left), and the client, given its original 40001, would never release it.
+ */
+static void test_session_lock_call_not_replayed(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_sl; CREATE TABLE rt_sl (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_sl VALUES (1, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *other = conn(), *d = direct();
+    CU_ASSERT(atoll(itu_q(other, "SELECT pgwarden_lock('rt:leak', 'write')")) > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_try_lock('rt:leak', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT count(*) FROM rt_sl"), "1"); /* the snapshot */
+    CU_ASSERT_STRING_EQUAL(itu_q(d, "UPDATE rt_sl SET v = 1 WHERE id = 1"), "UPDATE 1");
+    CU_ASSERT_STRING_EQUAL(itu_q(other, "SELECT pgwarden_unlock('rt:leak')"), "t");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "UPDATE rt_sl SET v = v + 10 WHERE id = 1"), "!40001");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "ROLLBACK"), "ROLLBACK");
+    PGresult *r = PQexec(c, "SELECT * FROM pgwarden_locks()");
+    CU_ASSERT_EQUAL(PQntuples(r), 0); /* c holds nothing */
+    PQclear(r);
+    CU_ASSERT(atoll(itu_q(other, "SELECT pgwarden_try_lock('rt:leak', 'write')")) > 0);
+    CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 0);
+    PQfinish(c);
+    PQfinish(other);
+    PQfinish(d);
+    stop();
+}
+
 /* ---- limits: off, max_attempts, budget --------------------------------------------------- */
 
 static void make_failing_function(void)
@@ -1248,6 +1278,7 @@ static void register_suites(void)
         {"commit_then_failure", test_commit_then_failure},
         {"held_replies_bounded", test_held_replies_bounded},
         {"diverged_replay_commits_nothing", test_diverged_replay_commits_nothing},
+        {"session_lock_call_not_replayed", test_session_lock_call_not_replayed},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);
