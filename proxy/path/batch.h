@@ -55,7 +55,8 @@
  * server's client.  A client that leaves (or is cancelled by its driver closing) leaves
  * a hole: its reply is read and discarded, and the others carry on.  A CancelRequest of a
  * batched client is held until its query is the one running (a cancel sent at once would
- * hit another client's query).
+ * hit another client's query), then sent only if no query is queued behind it (else
+ * dropped: px_cancel_forward).
  *
  * The price: a query waits for the ones batched before it (head-of-line blocking), which
  * is why the feature is off by default.  See docs/transaction-pooling.md.
