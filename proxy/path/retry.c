@@ -85,21 +85,25 @@ struct px_retry {
     bool held_done;   /* held has the whole tail of the original attempt */
     bool orig_known;  /* orig_end is set (the original attempt ended) */
     bool after_commit;
-    bool held_txn_end;    /* held has a ReadyForQuery 'I' (the client's transaction ended) */
-    bool ended_inside;    /* a transaction ended while more requests were outstanding */
-    bool retried;         /* this unit was replayed at least once */
-    char orig_end;        /* transaction status the original error left */
-    char last_z;          /* status of the last ReadyForQuery of this attempt */
-    uint8_t sqlstate;     /* enum px_metrics_retry_sqlstate of the original error */
-    bool open_group;      /* extended-protocol messages consumed since the last request */
-    uint32_t reqs;        /* requests consumed in this attempt */
-    uint32_t zs;          /* ReadyForQuery messages of this attempt */
-    uint32_t match_req;   /* while recording: the request (1 = the unit's first) whose reply
-                             had the last response byte the client got */
-    bool match_rows;      /* ... and the client got more of that reply than its shape */
-    uint32_t zs_seen;     /* replies the client had whole when the error came */
-    uint64_t replay_left; /* replayed bytes not consumed again yet */
-    size_t kept;          /* bytes last reported to the buffer gauge */
+    bool held_txn_end;     /* held has a ReadyForQuery 'I' (the client's transaction ended) */
+    bool ended_inside;     /* a transaction ended while more requests were outstanding */
+    bool retried;          /* this unit was replayed at least once */
+    char orig_end;         /* transaction status the original error left */
+    char last_z;           /* status of the last ReadyForQuery of this attempt */
+    uint8_t sqlstate;      /* enum px_metrics_retry_sqlstate of the original error */
+    bool open_group;       /* extended-protocol messages consumed since the last request */
+    uint32_t reqs;         /* requests consumed in this attempt */
+    uint32_t zs;           /* ReadyForQuery messages of this attempt */
+    uint32_t match_req;    /* while recording: the request (1 = the unit's first) whose reply
+                              had the last response byte the client got */
+    bool match_rows;       /* ... and the client got more of that reply than its shape */
+    bool out_drop;         /* the message under way is a notice the client already had */
+    uint32_t notices_tail; /* notices delivered since the last response byte recorded */
+    uint32_t notices_had;  /* notices_tail when the original error came */
+    uint32_t notices_skip; /* a replay's notices still to drop (the client had them) */
+    uint32_t zs_seen;      /* replies the client had whole when the error came */
+    uint64_t replay_left;  /* replayed bytes not consumed again yet */
+    size_t kept;           /* bytes last reported to the buffer gauge */
     /* response walker: the message under way (out_hdr_n < 5: its header is) */
     uint32_t out_left, out_pos;
     uint8_t out_hdr[5], out_hdr_n;
@@ -233,6 +237,7 @@ static void unit_end(struct px_retry *rt)
     backoff_init(&rt->bo, &cfg);
     rt->mode = !rt->broken ? RT_RECORD : RT_TAINTED;
     rt->reqs = rt->zs = rt->match_req = rt->zs_seen = 0;
+    rt->notices_tail = rt->notices_had = rt->notices_skip = 0;
     rt->match_rows = false;
     rt->after_commit = rt->retried = rt->held_done = rt->orig_known = false;
     rt->held_txn_end = rt->ended_inside = false;
@@ -448,6 +453,8 @@ static enum span_to span_fate(struct px_retry *rt, const uint8_t *p, size_t *n)
 {
     switch (rt->mode) {
     case RT_RECORD:
+        if (rt->out_drop)
+            return TO_NOWHERE;
         if (rt->out_digest) {
             if (replay_rec_response(rt->rec, p, *n) != RETRY_OK)
                 taint(rt, "retry_buffer_bytes exceeded");
@@ -517,6 +524,18 @@ static void walk(struct px_retry *rt, struct evbuffer *buf)
                         rt->out_type = (char)p[0];
                         rt->out_pos = 0;
                         rt->out_digest = p[0] != 'N' && p[0] != 'S' && p[0] != 'A';
+                        rt->out_drop = false;
+                        if (rt->mode == RT_RECORD && p[0] == 'N') {
+                            /* the notices the client had after the last byte verified
+                             * come again once the replay went past it */
+                            if (rt->notices_skip > 0) {
+                                rt->notices_skip--;
+                                rt->out_drop = true;
+                            }
+                            rt->notices_tail++; /* had by the client, now or before */
+                        } else if (rt->mode == RT_RECORD && rt->out_digest) {
+                            rt->notices_tail = rt->notices_skip = 0;
+                        }
                         if (rt->mode == RT_RECORD && rt->after_commit && p[0] != 'Z' &&
                             rt->out_digest)
                             taint(rt, "statements after a COMMIT");
@@ -905,6 +924,8 @@ static void replay(struct px_retry *rt)
         if (rt->held)
             evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
         rt->held_done = rt->orig_known = rt->held_txn_end = false;
+        rt->notices_skip = rt->notices_had;
+        rt->notices_tail = 0;
         evbuffer_add_buffer(p, rt->later);
         px_reader_block(&c->rd, false);
     } else {
@@ -939,6 +960,8 @@ static void matched(struct px_retry *rt)
     if (rt->held)
         evbuffer_drain(rt->held, evbuffer_get_length(rt->held));
     rt->held_done = rt->orig_known = rt->held_txn_end = false;
+    rt->notices_skip = rt->notices_had;
+    rt->notices_tail = 0;
     rt->feed = false;
     rt->replay_left += evbuffer_get_length(rt->unfed); /* the rest of the replay goes on */
     input_append(rt, rt->unfed);
@@ -1122,6 +1145,7 @@ bool px_retry_server_error(struct px_client *c, struct evbuffer *out, const uint
         rt->orig_known = false;
         rt->held_txn_end = rt->ended_inside = false;
         rt->zs_seen = rt->zs;
+        rt->notices_had = rt->notices_tail;
     }
     /* A replay that fails again before it matched keeps the original error (held_done). */
     px_debug("retry", 'C', c->id, "%s: holding it back (%s)", code,

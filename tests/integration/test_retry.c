@@ -558,6 +558,61 @@ static void test_session_lock_call_not_replayed(void)
     stop();
 }
 
+static void count_notice(void *arg, const PGresult *r)
+{
+    (void)r;
+    (*(int *)arg)++;
+}
+
+/*
+ * A notice the client had before the error (a trigger's, sent before the statement met
+ * the conflict) is not sent a second time by a replay that succeeds: autocommit (the
+ * client saw nothing else) and in a block (after the replay matched).
+ */
+static void test_replay_notice_once(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_nt; CREATE TABLE rt_nt (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_nt VALUES (1, 0);"
+                "CREATE FUNCTION rt_nt_hello() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE NOTICE 'hello from trigger'; RETURN NULL; END $$;"
+                "CREATE TRIGGER rt_nt_t BEFORE UPDATE ON rt_nt FOR EACH STATEMENT "
+                "EXECUTE FUNCTION rt_nt_hello()");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    int notices = 0;
+    PQsetNoticeReceiver(c, count_notice, &notices);
+    for (int block = 0; block < 2; block++) {
+        notices = 0;
+        CU_ASSERT_STRING_EQUAL(itu_q(c, block ? "BEGIN ISOLATION LEVEL REPEATABLE READ"
+                                              : "SET default_transaction_isolation = "
+                                                "'repeatable read'"),
+                               block ? "BEGIN" : "SET");
+        if (block)
+            CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT count(*) FROM rt_nt"), "1");
+        CU_ASSERT_TRUE(itu_exec_ok(d, "BEGIN"));
+        CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_nt SET v = v + 1 WHERE id = 1"));
+        CU_ASSERT_EQUAL(PQsendQuery(c, "UPDATE rt_nt SET v = v + 10 WHERE id = 1"), 1);
+        CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
+        CU_ASSERT_TRUE(itu_exec_ok(d, "COMMIT"));
+        const char *got = result_of(c, 10000);
+        if (block) {
+            /* the block read before d's update: its replay reads 1 row as well, matches,
+             * and the UPDATE then sees d's committed row: 40001 again, given up */
+            CU_ASSERT_TRUE(!strcmp(got, "UPDATE 1") || !strcmp(got, "!40001"));
+            PQclear(PQexec(c, "ROLLBACK"));
+        } else {
+            CU_ASSERT_STRING_EQUAL(got, "UPDATE 1");
+        }
+        if (notices != 1)
+            fprintf(stderr, "\n    %s: %d notices\n", block ? "block" : "autocommit", notices);
+        CU_ASSERT_EQUAL(notices, 1);
+    }
+    CU_ASSERT(metric("pgwarden_retry_attempts_total", NULL) >= 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
 /* ---- limits: off, max_attempts, budget --------------------------------------------------- */
 
 static void make_failing_function(void)
@@ -1279,6 +1334,7 @@ static void register_suites(void)
         {"held_replies_bounded", test_held_replies_bounded},
         {"diverged_replay_commits_nothing", test_diverged_replay_commits_nothing},
         {"session_lock_call_not_replayed", test_session_lock_call_not_replayed},
+        {"replay_notice_once", test_replay_notice_once},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);
