@@ -21,7 +21,8 @@ void px_classify_head(struct px_client *c, const uint8_t *body, uint32_t len,
      * prepared statements is scanned again when relayed (rare, and the cache stays small). */
     c->head_sql_plain = !info->session_feature && !info->drops_prepared &&
                         info->state == PX_STATE_NONE && !info->pins && !info->unpins &&
-                        !info->rollback_to && info->kind != PX_SQL_DEALLOCATE;
+                        !info->rollback_to && info->kind != PX_SQL_DEALLOCATE &&
+                        !info->outside_effect;
 }
 
 void px_classify_relayed(struct px_client *c, const uint8_t *body, uint32_t len,

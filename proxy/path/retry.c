@@ -1206,6 +1206,8 @@ void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)
 {
     if (c->retry && info->pins)
         taint(c->retry, info->session_feature ? info->session_feature : "session state");
+    if (c->retry && info->outside_effect)
+        taint(c->retry, info->outside_effect); /* a replay would do it twice */
 }
 
 void px_retry_note_session_lock(struct px_client *c)

@@ -34,6 +34,10 @@ struct lexer {
     bool rollback_to;      /* ROLLBACK [WORK | TRANSACTION] TO ... */
     bool after_set_config; /* the last token named set_config */
     bool after_unlock_all; /* the last token named pg_advisory_unlock_all */
+    bool after_outside_fn; /* the last token named a function whose effects a rollback
+                              does not undo */
+    bool in_copy;          /* the current statement starts with COPY */
+    const char *outside;   /* first such effect seen (static string) */
     uint8_t pins, unpins;  /* PX_SQL_PIN_* */
     /* The session state of the current statement, and whether an earlier one had one. */
     enum px_sql_state state;
@@ -53,6 +57,14 @@ static const char *const lock_fns[] = {
     "pg_try_advisory_lock_shared",
 };
 
+/* Functions whose effects outlive a rolled-back transaction: another connection's
+ * (dblink's, pg_background's), a file written, another backend signalled. */
+static const char *const outside_fns[] = {
+    "dblink",        "dblink_exec",          "dblink_send_query",
+    "lo_export",     "pg_background_launch", "pg_cancel_backend",
+    "pg_file_write", "pg_terminate_backend",
+};
+
 /* t names the function fn: a word in any case, or exactly "quoted". */
 static bool is_fn(const struct px_lex_token *t, const char *fn)
 {
@@ -60,6 +72,14 @@ static bool is_fn(const struct px_lex_token *t, const char *fn)
         (t->s[0] | 0x20) != fn[0])
         return false; /* most tokens: at a glance */
     return px_lex_lookup(t, &fn, 1, true) == 0;
+}
+
+static bool is_outside_fn(const struct px_lex_token *t)
+{
+    if ((t->kind != PX_LEX_WORD && t->kind != PX_LEX_QIDENT) || t->n < 6 ||
+        ((t->s[0] | 0x20) != 'd' && (t->s[0] | 0x20) != 'l' && (t->s[0] | 0x20) != 'p'))
+        return false;
+    return px_lex_lookup(t, outside_fns, sizeof(outside_fns) / sizeof(outside_fns[0]), true) >= 0;
 }
 
 /* t names a session advisory lock function: a word in any case, or exactly "quoted". */
@@ -117,7 +137,12 @@ static void lex_next(struct lexer *lx, struct px_lex_token *t)
         } else if (lx->after_unlock_all) {
             lx->unpins |= PX_SQL_PIN_ADVISORY;
         }
+        if (lx->after_outside_fn && !lx->outside)
+            lx->outside = "a function whose effects a rollback does not undo";
     }
+    if (lx->in_copy && t->kind == PX_LEX_WORD && t->n == 7 && px_lex_fold_eq(t->s, 7, "program") &&
+        !lx->outside)
+        lx->outside = "COPY ... PROGRAM";
     if (is_temp_schema(t)) {
         /* CREATE TABLE pg_temp.t, SET search_path TO pg_temp, ...: a temporary object
          * whatever the statement; only CREATE TEMP says so in its first words */
@@ -127,7 +152,10 @@ static void lex_next(struct lexer *lx, struct px_lex_token *t)
     lx->after_lock_fn = is_lock_fn(t);
     lx->after_set_config = is_fn(t, "set_config");
     lx->after_unlock_all = is_fn(t, "pg_advisory_unlock_all");
+    lx->after_outside_fn = is_outside_fn(t);
     lx->stmt_done = t->kind == PX_LEX_SEMI || t->kind == PX_LEX_END;
+    if (lx->stmt_done)
+        lx->in_copy = false;
 }
 
 /* The next token of the current statement: PX_LEX_END once its ';' or the end was read. */
@@ -688,6 +716,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
         txn_control |= IS_KW(&t, "begin") || IS_KW(&t, "start") || IS_KW(&t, "commit") ||
                        IS_KW(&t, "end") || IS_KW(&t, "rollback") || IS_KW(&t, "abort") ||
                        IS_KW(&t, "savepoint") || IS_KW(&t, "release") || IS_KW(&t, "prepare");
+        lx.in_copy = IS_KW(&t, "copy");
         classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
         if (lx.state != PX_STATE_NONE) {
             last_state = lx.state;
@@ -716,6 +745,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     }
     out->session_feature = lx.feature;
     out->txn_control = txn_control;
+    out->outside_effect = lx.outside;
     out->drops_prepared = lx.drops_prepared;
     out->rollback_to = lx.rollback_to;
     out->pins = lx.pins;

@@ -95,6 +95,11 @@ struct px_sql_info {
      * re-synced".  RESET of a parameter counts as its SET. */
     const char *session_feature;
     bool multi; /* more than one (non-empty) statement */
+    /* NULL, or a short static string naming an effect of the text that a rollback does not
+     * undo: a call of dblink, dblink_exec, dblink_send_query, lo_export,
+     * pg_background_launch, pg_cancel_backend, pg_file_write or pg_terminate_backend (as
+     * the advisory lock functions are found), or COPY ... PROGRAM. */
+    const char *outside_effect;
     /* Some statement of the text starts with BEGIN, START, COMMIT, END, ROLLBACK, ABORT,
      * SAVEPOINT, RELEASE or PREPARE: it may control a transaction (also when multi). */
     bool txn_control;

@@ -955,6 +955,22 @@ static long peak_rss_kb(pid_t pid)
     return kb;
 }
 
+/* A unit that signalled another backend (an effect no rollback undoes) is not replayed. */
+static void test_outside_effect_not_replayed(void)
+{
+    make_fail_once_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    rt_once_arm(d);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pg_cancel_backend(0), rt_fail_once()"), "!40001");
+    rt_once_arm(d);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT rt_fail_once()"), "1"); /* control: replayed */
+    CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
 /*
  * A held error and a large result pipelined behind it (both in one write, as a pipelining
  * client sends them), which the client does not read yet: pgwarden keeps at most about
@@ -1335,6 +1351,7 @@ static void register_suites(void)
         {"diverged_replay_commits_nothing", test_diverged_replay_commits_nothing},
         {"session_lock_call_not_replayed", test_session_lock_call_not_replayed},
         {"replay_notice_once", test_replay_notice_once},
+        {"outside_effect_not_replayed", test_outside_effect_not_replayed},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);

@@ -974,6 +974,43 @@ static void test_multi_state(void)
     }
 }
 
+/* Effects a rollback does not undo (retry: never replayed) and transaction control. */
+static void test_outside_effects_and_txn_control(void)
+{
+    static const struct {
+        const char *sql;
+        bool outside;
+        bool control;
+    } cases[] = {
+        {"SELECT dblink_exec('dbname=x', 'INSERT INTO t VALUES (1)')", true, false},
+        {"select * from DBLINK('c', 'select 1') as t(a int)", true, false},
+        {"SELECT public.dblink_send_query('c', 'x')", true, false},
+        {"SELECT \"pg_terminate_backend\"(123)", true, false},
+        {"SELECT lo_export(1, '/tmp/x'); COMMIT", true, true},
+        {"COPY t TO PROGRAM 'gzip > /tmp/t.gz'", true, false},
+        {"copy t from program 'cat /tmp/x'", true, false},
+        {"SELECT * FROM program", false, false},   /* a table named program */
+        {"SELECT dblink FROM t", false, false},    /* a column, not a call */
+        {"SELECT 'dblink_exec(1)'", false, false}, /* in a string */
+        {"COPY t TO STDOUT; SELECT program FROM p", false, false},
+        {"UPDATE t SET v = 1; COMMIT", false, true},
+        {"SELECT 1; END", false, true},
+        {"SAVEPOINT a; SELECT 1", false, true},
+        {"SELECT 1; SELECT 2", false, false},
+        {"BEGIN", false, true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct px_sql_info info;
+        px_sql_classify(cases[i].sql, strlen(cases[i].sql), &info);
+        bool ok = (info.outside_effect != NULL) == cases[i].outside &&
+                  info.txn_control == cases[i].control;
+        if (!ok)
+            fprintf(stderr, "\n    [%s]: outside %s, control %d", cases[i].sql,
+                    info.outside_effect ? info.outside_effect : "-", (int)info.txn_control);
+        CU_ASSERT_TRUE(ok);
+    }
+}
+
 void test_sqlscan_register(void)
 {
     static CU_TestInfo tests[] = {
@@ -994,6 +1031,7 @@ void test_sqlscan_register(void)
         {"large_inputs", test_large_inputs},
         {"dml", test_dml},
         {"multi_state", test_multi_state},
+        {"outside_effects_and_txn_control", test_outside_effects_and_txn_control},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("sqlscan", NULL, NULL, tests);
