@@ -1316,6 +1316,35 @@ static void commit_lost(const char *mode)
     relay_stop();
 }
 
+/*
+ * A COMMIT lost with its server while a request pipelined behind it was unanswered: one
+ * answer cannot stand for both (the SELECT's reply would never come), so the client gets
+ * a lost connection at once, not a 40003 and a hang.
+ */
+static void test_commit_lost_pipelined(void)
+{
+    CU_ASSERT_FATAL(start_relayed("transaction"));
+    PGconn *c = relayed_conn();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT 1"), "1");
+    relay_arm('u');
+    static const char *const two[] = {"COMMIT", "SELECT 2"};
+    uint8_t buf[4096];
+    int64_t t0 = itu_now_ms();
+    size_t n = raw_queries(c, two, 2, 2, buf, sizeof(buf), 5000);
+    int64_t took = itu_now_ms() - t0;
+    char code[8];
+    itw_error_field(buf, n, 'C', code, sizeof(code));
+    if (took >= 4000 || strcmp(code, "08006") != 0)
+        fprintf(stderr, "\n    after %lld ms: %d ReadyForQuery, error %s\n", (long long)took,
+                raw_count(buf, n, 'Z'), code);
+    CU_ASSERT_TRUE(took < 4000);
+    CU_ASSERT_STRING_EQUAL(code, "08006");
+    PQfinish(c);
+    stop();
+    relay_stop();
+}
+
 static void test_commit_lost_transaction(void)
 {
     commit_lost("transaction");
@@ -1344,6 +1373,7 @@ static void register_suites(void)
         {"budget_stops_storm", test_budget_stops_storm},
         {"commit_lost_transaction", test_commit_lost_transaction},
         {"commit_lost_session", test_commit_lost_session},
+        {"commit_lost_pipelined", test_commit_lost_pipelined},
         {"pipelined_session", test_pipelined_session},
         {"pipelined_transaction", test_pipelined_transaction},
         {"commit_then_failure", test_commit_then_failure},
