@@ -764,6 +764,18 @@ static void route_request(struct px_admin_req *req)
         px_admin_reply_error(req, 403, "mutating requests are refused: no admin_token is set");
         return;
     }
+    if (req->method & ~(unsigned)PX_ADMIN_GET) {
+        /* No route reads query parameters: on a request that changes something, one that
+         * is ignored could do more than its sender meant (DELETE /chaos?id=3 would clear
+         * every rule). */
+        const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req->ev);
+        const char *q = u ? evhttp_uri_get_query(u) : NULL;
+        if (q && *q) {
+            px_admin_reply_error(req, 400, "query parameters are not accepted here: %s?%s",
+                                 req->path, q);
+            return;
+        }
+    }
     req->subpath =
         r->prefix ? req->path + (strlen(req->path) >= r->pathlen ? r->pathlen : strlen(req->path))
                   : "";

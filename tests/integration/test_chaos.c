@@ -264,6 +264,15 @@ static void test_post_get_delete(void)
     CU_ASSERT_STRING_EQUAL(str(by_id(arr, b), "message"), "deadlock detected");
     json_decref(arr);
 
+    /* A query string on a request that changes something is refused, not ignored (DELETE
+     * /chaos?id=N would have cleared every rule), and nothing is removed. */
+    struct http_reply q = http(port, "DELETE", "/chaos?id=1", AUTH);
+    CU_ASSERT_EQUAL(q.status, 400);
+    http_reply_free(&q);
+    arr = get_json(port, "/chaos", AUTH);
+    CU_ASSERT_PTR_NOT_NULL(by_id(arr, a));
+    json_decref(arr);
+
     /* One rule: GET and DELETE. */
     char path[64];
     snprintf(path, sizeof path, "/chaos/%lld", (long long)a);
