@@ -22,7 +22,7 @@ void px_classify_head(struct px_client *c, const uint8_t *body, uint32_t len,
     c->head_sql_plain = !info->session_feature && !info->drops_prepared &&
                         info->state == PX_STATE_NONE && !info->pins && !info->unpins &&
                         !info->rollback_to && info->kind != PX_SQL_DEALLOCATE &&
-                        !info->outside_effect;
+                        !info->outside_effect && !info->proc;
 }
 
 void px_classify_relayed(struct px_client *c, const uint8_t *body, uint32_t len,

@@ -232,9 +232,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         ask(c); /* still in progress a moment ago */
         return;
     }
-    if (c->state == PX_CL_IDLE) {
+    if (c->state == PX_CL_IDLE)
         px_pool_request_server(c->pool, c); /* linked: px_outcome_linked */
-    } else if (c->state == PX_CL_WAITING) {
+    if (c->outcome == o && c->state == PX_CL_WAITING) {
         /* No server for the question yet: the bound holds while the client waits for one
          * (out of the queue it can only go as a failed client). */
         uint64_t left = o->deadline_ms - px_now_ms();
@@ -248,10 +248,11 @@ bool px_outcome_server_lost(struct px_client *c, struct px_server *s)
     if (!s->commit_inflight || !c->retry || c->outcome || c->state != PX_CL_ACTIVE)
         return false;
     /* One answer stands for the COMMIT alone: requests pipelined with it went down with
-     * the server unanswered (they may have run), and a retryable error at the COMMIT held
-     * back by the retry stage is an answer the client has not had.  Both are a lost
+     * the server unanswered (they may have run), a retryable error at the COMMIT held back
+     * by the retry stage is an answer the client has not had, and a replay's answer would
+     * be compared with what the client saw and dropped.  Both are a lost
      * connection, as without pgwarden. */
-    if (s->pending_ready > 1 || px_retry_holding(c))
+    if (s->pending_ready > 1 || px_retry_holding(c) || px_retry_replaying(c))
         return false;
     px_info("outcome", 'C', c->id, "server lost after COMMIT was sent (transaction id %s)",
             !s->xid_known ? "unknown"

@@ -642,20 +642,31 @@ static void schedule(struct px_retry *rt, uint64_t delay_us, bool kick, bool win
 }
 
 /* Bytes of recorded messages from the start of buf up to and including the next request
- * (Query, Sync, FunctionCall), or all of buf when none is complete. */
+ * (Query, Sync, FunctionCall) with the COPY data that follows a Query (CopyData, CopyDone,
+ * CopyFail: PostgreSQL waits for them before it answers), or all of buf when none is
+ * complete. */
 static size_t next_request_len(const uint8_t *b, size_t len)
 {
     size_t off = 0;
+    bool ended = false;
     while (off + 5 <= len) {
         uint32_t mlen = px_get_u32(b + off + 1);
         if (mlen < 4 || off + 1 + mlen > len)
             return len;
         char t = (char)b[off];
-        off += 1 + mlen;
-        if (t == 'Q' || t == 'S' || t == 'F')
+        if (ended && t != 'd' && t != 'c' && t != 'f')
             return off;
+        off += 1 + mlen;
+        ended |= t == 'Q' || t == 'S' || t == 'F';
     }
     return len;
+}
+
+/* The text of a statement c prepared before (transaction pooling keeps it), or NULL. */
+static const char *prepared_text(const struct px_client *c, const char *name, uint32_t *len)
+{
+    const struct px_stmt *st = *name ? px_stmt_map_get(&c->stmts, name) : NULL;
+    return st ? (const char *)px_stmt_content(st, len) : NULL;
 }
 
 /*
@@ -688,53 +699,72 @@ static bool match_request_safe(const struct px_retry *rt)
             off += n;
             continue;
         }
-        int statements = 0;
-        bool begin = false, control = false, unknown = false;
+        /* its statements; a lone BEGIN first (pgJDBC sends it in the group of the block's
+         * first statement) opens the block the others run in */
+        int statements = 0, texts = 0;
+        bool first_begin = false, control = false, unknown = false;
         const char *parsed[8]; /* statement names parsed in this request */
         int nparsed = 0;
         for (size_t at = off; at + 5 <= off + n; at += 1 + px_get_u32(b + at + 1)) {
             const uint8_t *body = b + at + 5;
             uint32_t blen = px_get_u32(b + at + 1) - 4;
-            struct px_sql_info info;
+            const char *text = NULL;
+            uint32_t tlen = 0;
             switch (b[at]) {
-            case 'Q':
-                px_sql_classify((const char *)body, strnlen((const char *)body, blen), &info);
-                statements += info.multi ? 2 : 1;
-                begin = info.kind == PX_SQL_BEGIN;
-                control |= info.txn_control;
-                break;
+            case 'Q': text = (const char *)body, tlen = blen; break;
             case 'P': {
                 const char *name;
-                const uint8_t *text;
-                uint32_t tlen;
-                if (px_parse_split(body, blen, &name, &text, &tlen) < 0 || nparsed == 8) {
+                const uint8_t *content;
+                if (px_parse_split(body, blen, &name, &content, &tlen) < 0 || nparsed == 8) {
                     unknown = true;
                     break;
                 }
                 parsed[nparsed++] = name;
-                px_sql_classify((const char *)text, strnlen((const char *)text, tlen), &info);
-                begin = info.kind == PX_SQL_BEGIN && !info.multi;
-                control |= info.txn_control;
+                text = (const char *)content;
                 break;
             }
-            case 'B': { /* portal name, then the statement's */
-                const char *portal = (const char *)body, *end = (const char *)body + blen;
-                const char *stmt = memchr(portal, '\0', blen) ? portal + strlen(portal) + 1 : end;
-                bool known = false;
-                for (int i = 0; i < nparsed && stmt < end; i++)
-                    known |= strnlen(stmt, (size_t)(end - stmt)) < (size_t)(end - stmt) &&
-                             !strcmp(parsed[i], stmt);
-                unknown |= !known;
+            case 'B': { /* the statement it binds: parsed in this request, or before */
+                const char *portal, *stmt;
+                const uint8_t *rest;
+                uint32_t rest_len;
+                if (px_bind_split(body, blen, &portal, &stmt, &rest, &rest_len) < 0) {
+                    unknown = true;
+                    break;
+                }
+                bool here = false;
+                for (int i = 0; i < nparsed; i++)
+                    here |= !strcmp(parsed[i], stmt);
+                if (here)
+                    break;
+                uint32_t plen;
+                const char *ptext = prepared_text(rt->c, stmt, &plen);
+                struct px_sql_info info;
+                if (!ptext) {
+                    unknown = true;
+                    break;
+                }
+                px_sql_classify(ptext, strnlen(ptext, plen), &info);
+                control |= info.txn_control;
                 break;
             }
             case 'E': statements++; break;
             case 'F': statements += 2, unknown = true; break; /* a function call */
             default: break;
             }
+            if (text) {
+                struct px_sql_info info;
+                px_sql_classify(text, strnlen(text, tlen), &info);
+                if (b[at] == 'Q')
+                    statements += info.multi ? 2 : 1;
+                if (texts++ == 0 && info.kind == PX_SQL_BEGIN && !info.multi)
+                    first_begin = true;
+                else
+                    control |= info.txn_control;
+            }
         }
-        if (rt->match_req > 1)
-            return statements == 1 || (!control && !unknown);
-        return statements == 1 && (begin || !rt->match_rows);
+        if (rt->match_req > 1 || first_begin)
+            return statements <= 1 || (!control && !unknown);
+        return statements == 1 && !rt->match_rows;
     }
     return false;
 }
@@ -1204,6 +1234,12 @@ bool px_retry_owns_txn_end(const struct px_client *c)
 
 void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)
 {
+    /* CALL and DO outside a block may commit inside (no COMMIT tag says so) */
+    if (c->retry && info->proc &&
+        (c->held_begin ? 'T'
+         : c->server   ? c->server->txn_status
+                       : 'I') == 'I')
+        taint(c->retry, "CALL or DO outside a transaction block");
     if (c->retry && info->pins)
         taint(c->retry, info->session_feature ? info->session_feature : "session state");
     if (c->retry && info->outside_effect)

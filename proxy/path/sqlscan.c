@@ -701,7 +701,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     /* The last statement's change of session state, and whether a statement of the text
      * begins or ends a transaction or a savepoint (for a text of several statements). */
     enum px_sql_state last_state = PX_STATE_NONE;
-    bool last_reset = false, txn_control = false;
+    bool last_reset = false, txn_control = false, proc = false;
     char last_key[PX_SQL_NAME_SIZE] = "";
     memset(out, 0, sizeof(*out));
     for (;;) {
@@ -717,6 +717,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
                        IS_KW(&t, "end") || IS_KW(&t, "rollback") || IS_KW(&t, "abort") ||
                        IS_KW(&t, "savepoint") || IS_KW(&t, "release") || IS_KW(&t, "prepare");
         lx.in_copy = IS_KW(&t, "copy");
+        proc |= IS_KW(&t, "call") || IS_KW(&t, "do");
         classify_stmt(&lx, &t, nstmt == 1 ? out : &scratch);
         if (lx.state != PX_STATE_NONE) {
             last_state = lx.state;
@@ -745,6 +746,7 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     }
     out->session_feature = lx.feature;
     out->txn_control = txn_control;
+    out->proc = proc;
     out->outside_effect = lx.outside;
     out->drops_prepared = lx.drops_prepared;
     out->rollback_to = lx.rollback_to;

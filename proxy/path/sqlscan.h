@@ -100,6 +100,9 @@ struct px_sql_info {
      * pg_background_launch, pg_cancel_backend, pg_file_write or pg_terminate_backend (as
      * the advisory lock functions are found), or COPY ... PROGRAM. */
     const char *outside_effect;
+    /* Some statement of the text starts with CALL or DO (outside a transaction block, a
+     * procedure or DO block may COMMIT inside). */
+    bool proc;
     /* Some statement of the text starts with BEGIN, START, COMMIT, END, ROLLBACK, ABORT,
      * SAVEPOINT, RELEASE or PREPARE: it may control a transaction (also when multi). */
     bool txn_control;

@@ -1243,7 +1243,8 @@ static bool start_relayed(const char *mode)
         return false;
     alarm(TEST_LIMIT_S);
     static char dbs[300];
-    snprintf(dbs, sizeof(dbs), "relayed = host=127.0.0.1 port=%d dbname=pgwarden_test", port);
+    snprintf(dbs, sizeof(dbs), "relayed = host=127.0.0.1 port=%d dbname=pgwarden_test pool_size=4",
+             port);
     struct harness_proxy_opts o = {.pool_mode = mode,
                                    .pool_size = 4,
                                    .auth_type = "scram-sha-256",
@@ -1354,6 +1355,129 @@ static void test_commit_lost_session(void)
     commit_lost("session");
 }
 
+/* COPY FROM STDIN in a replayed block: the replay sends the COPY with its data. */
+static const char *copy_step(PGconn *c, const char *data)
+{
+    if (PQputCopyData(c, data, (int)strlen(data)) != 1 || PQputCopyEnd(c, NULL) != 1)
+        return "!copyput";
+    return result_of(c, 5000);
+}
+
+static void copy_in_replayed(const char *mode)
+{
+    make_fail_once_function();
+    setup_table("DROP TABLE IF EXISTS rt_cp; CREATE TABLE rt_cp (v int)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
+    PGresult *r = PQexec(c, "COPY rt_cp FROM STDIN");
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COPY_IN);
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(copy_step(c, "1\n2\n"), "COPY 2");
+    rt_once_arm(d);
+    CU_ASSERT_EQUAL(PQsendQuery(c, "SELECT rt_fail_once()"), 1);
+    CU_ASSERT_STRING_EQUAL(result_of(c, 5000), "1"); /* replayed, COPY included */
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "COMMIT"), "COMMIT");
+    CU_ASSERT_EQUAL(num(d, "SELECT count(*) FROM rt_cp"), 2);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_copy_in_replayed_transaction(void)
+{
+    copy_in_replayed("transaction");
+}
+
+static void test_copy_in_replayed_session(void)
+{
+    copy_in_replayed("session");
+}
+
+/* pgJDBC's first request of a block: BEGIN and the first statement in one group.  The
+ * client had BEGIN's replies when the statement failed: replayed all the same. */
+static void begin_group_replayed(const char *mode)
+{
+    make_fail_once_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    rt_once_arm(d);
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(c, "SELECT rt_fail_once()", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
+    const char *want[] = {"BEGIN", "ROWS 1", "PIPELINE_SYNC"};
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_STRING_EQUAL(pipeline_next(c, 5000), want[i]);
+    CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+static void test_begin_group_replayed_transaction(void)
+{
+    begin_group_replayed("transaction");
+}
+
+static void test_begin_group_replayed_session(void)
+{
+    begin_group_replayed("session");
+}
+
+/* A procedure that commits inside, called outside a block, then fails: not replayed (the
+ * row it committed would be inserted twice). */
+static void test_call_committing_not_replayed(void)
+{
+    make_fail_once_function();
+    setup_table("CREATE OR REPLACE PROCEDURE rt_proc() LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO rt_pipe VALUES (77); COMMIT; PERFORM rt_fail_once(); END $$");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    rt_once_arm(d);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "CALL rt_proc()"), "!40001");
+    CU_ASSERT_EQUAL(num(d, "SELECT count(*) FROM rt_pipe WHERE v = 77"), 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+/* The 10 s bound on a lost COMMIT's outcome holds while no server is free to ask. */
+static void test_commit_lost_outcome_bound(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_amb; CREATE TABLE rt_amb (id int PRIMARY KEY)");
+    CU_ASSERT_FATAL(start_relayed("transaction"));
+    PGconn *c = relayed_conn(), *h[3], *w = relayed_conn();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
+    CU_ASSERT_TRUE(itu_exec_ok(c, "INSERT INTO rt_amb VALUES (1)"));
+    for (int i = 0; i < 3; i++) { /* the other servers of the pool (4) stay busy */
+        h[i] = relayed_conn();
+        CU_ASSERT_STRING_EQUAL(itu_q(h[i], "BEGIN"), "BEGIN");
+        CU_ASSERT_STRING_EQUAL(itu_q(h[i], "SELECT 1"), "1");
+    }
+    CU_ASSERT_EQUAL(PQsendQuery(w, "SELECT pg_sleep(15)"), 1); /* queued: the pool is full */
+    itu_sleep_ms(100);
+    relay_arm('c');
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_EQUAL(PQsendQuery(c, "COMMIT"), 1);
+    const char *got = result_of(c, 15000); /* the FATAL's result, before the close's */
+    int64_t took = itu_now_ms() - t0;
+    /* a FATAL and the close at once: libpq may keep only the message */
+    bool unknown = !strcmp(got, "!40003") ||
+                   strstr(PQerrorMessage(c), "whether the transaction committed is unknown");
+    if (took >= 12000 || !unknown)
+        fprintf(stderr, "\n    COMMIT gave %s after %lld ms: %s\n", got, (long long)took,
+                PQerrorMessage(c));
+    CU_ASSERT_TRUE(took < 12000);
+    CU_ASSERT_TRUE(unknown);
+    for (int i = 0; i < 3; i++)
+        PQfinish(h[i]);
+    PQfinish(w);
+    PQfinish(c);
+    stop();
+    relay_stop();
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -1374,6 +1498,12 @@ static void register_suites(void)
         {"commit_lost_transaction", test_commit_lost_transaction},
         {"commit_lost_session", test_commit_lost_session},
         {"commit_lost_pipelined", test_commit_lost_pipelined},
+        {"commit_lost_outcome_bound", test_commit_lost_outcome_bound},
+        {"copy_in_replayed_transaction", test_copy_in_replayed_transaction},
+        {"copy_in_replayed_session", test_copy_in_replayed_session},
+        {"begin_group_replayed_transaction", test_begin_group_replayed_transaction},
+        {"begin_group_replayed_session", test_begin_group_replayed_session},
+        {"call_committing_not_replayed", test_call_committing_not_replayed},
         {"pipelined_session", test_pipelined_session},
         {"pipelined_transaction", test_pipelined_transaction},
         {"commit_then_failure", test_commit_then_failure},
