@@ -50,6 +50,11 @@ struct px_lockportal {
     char name[PX_STMT_NAME_MAX + 1];
     struct px_lockcall call;
     struct px_lockcall_values values;
+    /* A portal runs once, as PostgreSQL's: a later Execute of it returns no rows and does
+     * not call the function again.  pgwarden_locks() keeps its rows (DataRow messages) for
+     * Executes with a row limit, which get them in slices with PortalSuspended. */
+    bool ran;
+    struct evbuffer *rows;
 };
 
 /* The outcome of a wait, copied out of lockmgr's callback. */
@@ -357,6 +362,8 @@ static void drop_portal(struct px_client_locks *cl, const char *name)
         if (!strcmp((*pp)->name, name)) {
             struct px_lockportal *p = *pp;
             *pp = p->next;
+            if (p->rows)
+                evbuffer_free(p->rows);
             free(p);
             return;
         }
@@ -418,10 +425,9 @@ static void answer_error(struct px_client *c, const struct px_lockcall_error *er
 /* ---- running a lock function ----------------------------------------------------------- */
 
 /* The rows of pgwarden_locks(): every lock c holds. */
-static int write_locks_rows(struct px_client *c, const struct px_lockcall *call,
-                            const int16_t *formats, uint64_t *rows)
+static int write_locks_rows(struct px_client *c, struct evbuffer *out,
+                            const struct px_lockcall *call, const int16_t *formats, uint64_t *rows)
 {
-    struct evbuffer *out = px_path_client_out(c);
     *rows = 0;
     struct px_client_locks *cl = c->locks;
     if (!cl || !cl->owner)
@@ -463,7 +469,7 @@ static void answer_locks(struct px_client *c, const struct px_lockcall *call,
     if (simple)
         px_lockcall_write_row_description(out, call, NULL);
     uint64_t rows = 0;
-    if (write_locks_rows(c, call, formats, &rows) < 0) {
+    if (write_locks_rows(c, out, call, formats, &rows) < 0) {
         struct px_lockcall_error err;
         set_error(&err, "53200", NULL, "out of memory");
         answer_error(c, &err, simple);
@@ -1116,6 +1122,39 @@ static enum px_locks_verdict on_describe(struct px_client *c, const uint8_t *bod
     return PX_LOCKS_ANSWERED;
 }
 
+/* An Execute of a pgwarden_locks() portal: its rows from where the last Execute stopped,
+ * at most max_rows of them (0: all), then PortalSuspended or CommandComplete with the
+ * count of this Execute, as PostgreSQL answers a portal fetched in parts. */
+static bool execute_locks(struct px_client *c, struct px_lockportal *p, int32_t max_rows)
+{
+    struct evbuffer *out = px_path_client_out(c);
+    if (!p->ran) {
+        uint64_t n;
+        p->rows = evbuffer_new();
+        if (!p->rows || write_locks_rows(c, p->rows, &p->call, p->values.formats, &n) < 0) {
+            struct px_lockcall_error err;
+            set_error(&err, "53200", NULL, "out of memory");
+            answer_error(c, &err, false);
+            return true;
+        }
+        p->ran = true;
+    }
+    uint64_t sent = 0;
+    while (evbuffer_get_length(p->rows) >= 5 && (max_rows <= 0 || sent < (uint64_t)max_rows)) {
+        uint8_t hdr[5];
+        evbuffer_copyout(p->rows, hdr, 5);
+        size_t n = 1 + (size_t)px_get_u32(hdr + 1);
+        if (evbuffer_remove_buffer(p->rows, out, n) != (int)n)
+            return false;
+        sent++;
+    }
+    if (evbuffer_get_length(p->rows) > 0)
+        px_wire_msg(out, 's', NULL, 0);
+    else
+        px_lockcall_write_complete(out, sent);
+    return true;
+}
+
 static enum px_locks_verdict on_execute(struct px_client *c, const uint8_t *body, uint32_t len,
                                         bool may_answer)
 {
@@ -1138,6 +1177,16 @@ static enum px_locks_verdict on_execute(struct px_client *c, const uint8_t *body
         answer_error(c, &err, false);
         return PX_LOCKS_ANSWERED;
     }
+    int32_t max_rows = 0;
+    if ((size_t)(nul - body) + 1 + 4 <= len)
+        max_rows = (int32_t)px_get_u32(nul + 1);
+    if (p->call.fn == PX_LOCKFN_LOCKS)
+        return execute_locks(c, p, max_rows) ? PX_LOCKS_ANSWERED : PX_LOCKS_CLOSE;
+    if (p->ran) { /* run already: nothing more (PostgreSQL's "SELECT 0") */
+        px_lockcall_write_complete(px_path_client_out(c), 0);
+        return PX_LOCKS_ANSWERED;
+    }
+    p->ran = true;
     return run_call(c, &p->call, &p->values, false) ? PX_LOCKS_ANSWERED : PX_LOCKS_CLOSE;
 }
 

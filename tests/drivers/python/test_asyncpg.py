@@ -98,6 +98,13 @@ async def case_tokens_and_types(mode):
         want = sorted([(k1, "write", "session", t1), (k2, "read", "session", t2),
                        (k3, "exclusive", "session", t3)])
         check(rows == want, "pgwarden_locks rows", rows, want)
+        # a cursor fetches in parts (Execute with a row limit, PortalSuspended): each row once
+        async with a.transaction():
+            cur = await st.cursor()
+            part = await cur.fetch(2)
+            rest = await cur.fetch(5)
+        got = sorted(tuple(r) for r in part + rest)
+        check(len(part) == 2 and got == want, "pgwarden_locks through a cursor", part, rest)
         st = await a.prepare("SELECT pgwarden_unlock($1)")
         check(types_of(a_.type for a_ in st.get_attributes()) == [(BOOL, "bool")], "unlock type")
         check(await st.fetchval(k1) is True, "unlock of a held key")
