@@ -613,6 +613,32 @@ static void test_replay_notice_once(void)
     stop();
 }
 
+/* A chained COMMIT ends the block: its transaction-scoped pgwarden locks are released
+ * then, not when the chained transaction ends. */
+static void test_xact_lock_released_at_chained_commit(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *other = conn();
+    static const char *const ends[] = {"COMMIT AND CHAIN", "COMMIT; BEGIN"};
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
+        CU_ASSERT(atoll(itu_q(c, "SELECT pgwarden_xact_lock('rt:chain', 'write')")) > 0);
+        CU_ASSERT_STRING_EQUAL(itu_q(other, "SELECT pgwarden_try_lock('rt:chain', 'write')"),
+                               "NULL");
+        CU_ASSERT_TRUE(itu_exec_ok(c, ends[i]));
+        CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INTRANS); /* a new block */
+        const char *got = itu_q(other, "SELECT pgwarden_try_lock('rt:chain', 'write')");
+        if (atoll(got) <= 0)
+            fprintf(stderr, "\n    after %s: %s\n", ends[i], got);
+        CU_ASSERT(atoll(got) > 0);
+        CU_ASSERT_STRING_EQUAL(itu_q(other, "SELECT pgwarden_unlock('rt:chain')"), "t");
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "ROLLBACK"), "ROLLBACK");
+    }
+    PQfinish(c);
+    PQfinish(other);
+    stop();
+}
+
 /* ---- limits: off, max_attempts, budget --------------------------------------------------- */
 
 static void make_failing_function(void)
@@ -1511,6 +1537,7 @@ static void register_suites(void)
         {"diverged_replay_commits_nothing", test_diverged_replay_commits_nothing},
         {"session_lock_call_not_replayed", test_session_lock_call_not_replayed},
         {"replay_notice_once", test_replay_notice_once},
+        {"xact_lock_released_at_chained_commit", test_xact_lock_released_at_chained_commit},
         {"outside_effect_not_replayed", test_outside_effect_not_replayed},
         CU_TEST_INFO_NULL,
     };
