@@ -130,7 +130,9 @@ static const uint8_t *c2s_table(const struct px_client *c)
 {
     if (!c2s_session_see['Q'])
         build_tables();
-    if (c->locks || px_chaos_active()) /* Execute is read too */
+    /* Execute is read too; Bind also for a client that prepared statements the retry
+     * stage must see run (retry.h px_retry_note_bind) */
+    if (c->locks || px_chaos_active() || px_retry_watches_binds(c))
         return c2s_locks_see;
     return c->pool->mode == PX_POOL_TRANSACTION ? c2s_txn_see : c2s_session_see;
 }
@@ -179,6 +181,7 @@ static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uin
     size_t qlen = strnlen(q, clen);
     px_sql_classify(q, qlen, &info);
     px_retry_note_sql(c, &info);
+    px_retry_note_parse(c, name, &info);
     if (c->pool->mode != PX_POOL_TRANSACTION)
         return info.kind; /* the rest follows state for transaction pooling */
     px_session_note_parse(c, name, &info, q, qlen);
@@ -194,8 +197,10 @@ static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uin
 static void note_bind(struct px_client *c, const uint8_t *body, uint32_t len)
 {
     const uint8_t *p = memchr(body, '\0', len);
-    if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body)))
+    if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body))) {
         px_session_note_bind(c, (const char *)p + 1);
+        px_retry_note_bind(c, (const char *)p + 1);
+    }
 }
 
 /* FATAL for a message type a frontend may not send (never forwarded: PostgreSQL would end
@@ -333,6 +338,10 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         } else if (type == 'E') {
             px_session_note_execute(c);
         }
+    } else if (c->retry && body && type == 'B') {
+        const uint8_t *p = memchr(body, '\0', len);
+        if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body)))
+            px_retry_note_bind(c, (const char *)p + 1);
     } else if (c->retry && body && (type == 'Q' || type == 'P')) {
         /* session state a replay would create twice makes a transaction not replayable */
         if (type == 'Q') {

@@ -62,8 +62,20 @@ struct rt_db {
     struct budget *budget;
 };
 
+/* What a prepared statement's text does that a replay must not do again (px_retry_note_sql's
+ * reasons), remembered for the Binds that run it. */
+#define RT_RISK_PROC   0x01 /* CALL or DO: may commit inside, outside a block */
+#define RT_RISK_REPLAY 0x02 /* session state, or an effect a rollback does not undo */
+
+struct rt_risky {
+    struct rt_risky *next;
+    uint8_t risk;
+    char name[]; /* "" for the unnamed statement */
+};
+
 struct px_retry {
     struct px_client *c;
+    struct rt_risky *risky; /* the client's prepared statements with a risk (few) */
     enum rt_mode mode;
     struct rt_db *db;
     struct replay_rec *rec;
@@ -478,6 +490,8 @@ static enum span_to span_fate(struct px_retry *rt, const uint8_t *p, size_t *n)
     case RT_TAINTED:
     case RT_BACKOFF: return TO_CLIENT;
     case RT_HOLD:
+        if (rt->out_type == 'A')
+            return TO_CLIENT; /* a notification is never replayed: it goes on at once */
         if (rt->held_done)
             return TO_NOWHERE; /* a replay's tail: the client gets the original one */
         if (evbuffer_get_length(rt->held) + *n > held_limit()) {
@@ -487,7 +501,7 @@ static enum span_to span_fate(struct px_retry *rt, const uint8_t *p, size_t *n)
             return TO_CLIENT;
         }
         return TO_HELD;
-    case RT_DISCARD: return TO_NOWHERE;
+    case RT_DISCARD: return rt->out_type == 'A' ? TO_CLIENT : TO_NOWHERE;
     case RT_VERIFY: {
         if (rt->out_type == 'A') /* a notification is never replayed: it goes on */
             return TO_CLIENT;
@@ -706,67 +720,81 @@ static bool match_request_safe(const struct px_retry *rt)
             off += n;
             continue;
         }
-        /* its statements; a lone BEGIN first (pgJDBC sends it in the group of the block's
-         * first statement) opens the block the others run in */
-        int statements = 0, texts = 0;
+        /* the statements it executes; a lone BEGIN first (pgJDBC sends it in the group of
+         * the block's first statement) opens the block the others run in */
+        int statements = 0;
         bool first_begin = false, control = false, unknown = false;
-        const char *parsed[8]; /* statement names parsed in this request */
+        const char *parsed[8]; /* statement names parsed in this request, and their texts' */
+        bool parsed_begin[8], parsed_control[8];
         int nparsed = 0;
+        bool bound = false, bound_begin = false, bound_control = false; /* the last Bind's */
         for (size_t at = off; at + 5 <= off + n; at += 1 + px_get_u32(b + at + 1)) {
             const uint8_t *body = b + at + 5;
             uint32_t blen = px_get_u32(b + at + 1) - 4;
-            const char *text = NULL;
-            uint32_t tlen = 0;
+            struct px_sql_info info;
             switch (b[at]) {
-            case 'Q': text = (const char *)body, tlen = blen; break;
+            case 'Q':
+                px_sql_classify((const char *)body, strnlen((const char *)body, blen), &info);
+                if (statements == 0 && info.kind == PX_SQL_BEGIN && !info.multi)
+                    first_begin = true;
+                else
+                    control |= info.txn_control;
+                statements += info.multi ? 2 : 1;
+                break;
             case 'P': {
                 const char *name;
                 const uint8_t *content;
+                uint32_t tlen;
                 if (px_parse_split(body, blen, &name, &content, &tlen) < 0 || nparsed == 8) {
                     unknown = true;
                     break;
                 }
-                parsed[nparsed++] = name;
-                text = (const char *)content;
+                px_sql_classify((const char *)content, strnlen((const char *)content, tlen), &info);
+                parsed[nparsed] = name;
+                parsed_begin[nparsed] = info.kind == PX_SQL_BEGIN && !info.multi;
+                parsed_control[nparsed++] = info.txn_control;
                 break;
             }
             case 'B': { /* the statement it binds: parsed in this request, or before */
                 const char *portal, *stmt;
                 const uint8_t *rest;
                 uint32_t rest_len;
+                bound = true;
+                bound_begin = false;
+                bound_control = true;
                 if (px_bind_split(body, blen, &portal, &stmt, &rest, &rest_len) < 0) {
                     unknown = true;
                     break;
                 }
-                bool here = false;
-                for (int i = 0; i < nparsed; i++)
-                    here |= !strcmp(parsed[i], stmt);
-                if (here)
+                int i = nparsed - 1; /* the latest Parse of that name */
+                while (i >= 0 && strcmp(parsed[i], stmt) != 0)
+                    i--;
+                if (i >= 0) {
+                    bound_begin = parsed_begin[i];
+                    bound_control = parsed_control[i];
                     break;
+                }
                 uint32_t plen;
                 const char *ptext = prepared_text(rt->c, stmt, &plen);
-                struct px_sql_info info;
                 if (!ptext) {
                     unknown = true;
                     break;
                 }
                 px_sql_classify(ptext, strnlen(ptext, plen), &info);
-                control |= info.txn_control;
+                bound_begin = info.kind == PX_SQL_BEGIN && !info.multi;
+                bound_control = info.txn_control;
                 break;
             }
-            case 'E': statements++; break;
-            case 'F': statements += 2, unknown = true; break; /* a function call */
-            default: break;
-            }
-            if (text) {
-                struct px_sql_info info;
-                px_sql_classify(text, strnlen(text, tlen), &info);
-                if (b[at] == 'Q')
-                    statements += info.multi ? 2 : 1;
-                if (texts++ == 0 && info.kind == PX_SQL_BEGIN && !info.multi)
+            case 'E':
+                if (!bound)
+                    unknown = true; /* a portal bound in an earlier request */
+                if (statements++ == 0 && bound_begin)
                     first_begin = true;
                 else
-                    control |= info.txn_control;
+                    control |= bound_control;
+                break;
+            case 'F': statements += 2, unknown = true; break; /* a function call */
+            default: break;
             }
         }
         if (rt->match_req > 1 || first_begin)
@@ -875,7 +903,8 @@ static void give_up_now(struct px_retry *rt, unsigned outcome, const char *why)
     count_outcome(rt, outcome);
     px_info("retry", 'C', c->id, "the client gets the original error (%s)", why);
     rt->mode = RT_TAINTED;
-    evbuffer_add_buffer(rt->fwd, rt->held); /* walk's run is empty in RT_HOLD: order kept */
+    /* walk's run holds only notifications in RT_HOLD (asynchronous: they may go first) */
+    evbuffer_add_buffer(rt->fwd, rt->held);
     if (rt->held_txn_end && c->locks)
         px_locks_txn_end(c);
     rt->held_txn_end = false;
@@ -1112,6 +1141,11 @@ void px_retry_client_free(struct px_client *c)
         evbuffer_free(rt->later);
     if (rt->unfed)
         evbuffer_free(rt->unfed);
+    while (rt->risky) {
+        struct rt_risky *r = rt->risky;
+        rt->risky = r->next;
+        free(r);
+    }
     free(rt);
 }
 
@@ -1129,7 +1163,7 @@ bool px_retry_client_release_idle(struct px_client *c)
     replay_rec_pending(rt->rec, &pending);
     if (kept || pending || evbuffer_get_length(rt->sink) || evbuffer_get_length(rt->fwd) ||
         evbuffer_get_length(rt->held) || evbuffer_get_length(rt->later) ||
-        evbuffer_get_length(rt->unfed))
+        evbuffer_get_length(rt->unfed) || rt->risky)
         return false;
     px_retry_client_free(c);
     return true;
@@ -1239,18 +1273,80 @@ bool px_retry_owns_txn_end(const struct px_client *c)
     return c->retry != NULL;
 }
 
+/* c's transaction status as its next statement runs in it. */
+static char client_status(const struct px_client *c)
+{
+    return c->held_begin ? 'T' : c->server ? c->server->txn_status : 'I';
+}
+
 void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)
 {
     /* CALL and DO outside a block may commit inside (no COMMIT tag says so) */
-    if (c->retry && info->proc &&
-        (c->held_begin ? 'T'
-         : c->server   ? c->server->txn_status
-                       : 'I') == 'I')
+    if (c->retry && info->proc && client_status(c) == 'I')
         taint(c->retry, "CALL or DO outside a transaction block");
     if (c->retry && info->pins)
         taint(c->retry, info->session_feature ? info->session_feature : "session state");
     if (c->retry && info->outside_effect)
         taint(c->retry, info->outside_effect); /* a replay would do it twice */
+}
+
+static uint8_t risk_of(const struct px_sql_info *info)
+{
+    return (uint8_t)((info->proc ? RT_RISK_PROC : 0) |
+                     (info->pins || info->outside_effect ? RT_RISK_REPLAY : 0));
+}
+
+void px_retry_note_parse(struct px_client *c, const char *name, const struct px_sql_info *info)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt)
+        return;
+    if (*name && c->pool->mode == PX_POOL_SESSION)
+        taint(rt, "a named statement prepared in the transaction (session pooling)");
+    struct rt_risky **pp = &rt->risky;
+    while (*pp && strcmp((*pp)->name, name) != 0)
+        pp = &(*pp)->next;
+    uint8_t risk = risk_of(info);
+    if (*pp && !risk) { /* the name now holds a harmless text */
+        struct rt_risky *r = *pp;
+        *pp = r->next;
+        free(r);
+    } else if (*pp) {
+        (*pp)->risk = risk;
+    } else if (risk) {
+        size_t n = strlen(name) + 1;
+        struct rt_risky *r = malloc(sizeof(*r) + n);
+        if (!r) {
+            taint(rt, "out of memory");
+            rt->broken = true;
+            return;
+        }
+        r->risk = risk;
+        memcpy(r->name, name, n);
+        r->next = rt->risky;
+        rt->risky = r;
+    }
+}
+
+bool px_retry_watches_binds(const struct px_client *c)
+{
+    return c->retry && c->retry->risky;
+}
+
+void px_retry_note_bind(struct px_client *c, const char *name)
+{
+    struct px_retry *rt = c->retry;
+    if (!rt)
+        return;
+    for (const struct rt_risky *r = rt->risky; r; r = r->next) {
+        if (strcmp(r->name, name) != 0)
+            continue;
+        if (r->risk & RT_RISK_REPLAY)
+            taint(rt, "a prepared statement with session state or outside effects");
+        if ((r->risk & RT_RISK_PROC) && client_status(c) == 'I')
+            taint(rt, "a prepared CALL or DO outside a transaction block");
+        return;
+    }
 }
 
 void px_retry_note_session_lock(struct px_client *c)

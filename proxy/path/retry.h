@@ -85,6 +85,15 @@ bool px_retry_owns_txn_end(const struct px_client *c);
 /* A statement of c's unit, classified: session state that a replay would create twice
  * (session advisory locks, LISTEN, temporary objects, ...) makes the unit not replayable. */
 void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info);
+/* c parses a statement (name "" for the unnamed one): what its text does is remembered for
+ * the Binds that run it later, in this unit or another; in session pooling a named one
+ * makes the unit not replayable (a replay's Parse would find the name taken). */
+void px_retry_note_parse(struct px_client *c, const char *name, const struct px_sql_info *info);
+/* c binds the statement name: a CALL or DO outside a block, session state or an effect a
+ * rollback does not undo, remembered from its Parse, makes the unit not replayable. */
+void px_retry_note_bind(struct px_client *c, const char *name);
+/* c prepared such statements: its Binds must be read (session pooling reads none else). */
+bool px_retry_watches_binds(const struct px_client *c);
 /* c takes or releases a session-scoped pgwarden lock: its unit is not replayed (a replay
  * could take a lock the client was told it did not get, or release one it holds). */
 void px_retry_note_session_lock(struct px_client *c);

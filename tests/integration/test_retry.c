@@ -1504,6 +1504,182 @@ static void test_commit_lost_outcome_bound(void)
     relay_stop();
 }
 
+/* ---- found by the second review: notifications, prepared statements, BEGIN texts ---- */
+
+static PGnotify *wait_notify(PGconn *c, int timeout_ms)
+{
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    for (;;) {
+        if (!PQconsumeInput(c))
+            return NULL;
+        PGnotify *n = PQnotifies(c);
+        if (n)
+            return n;
+        int64_t left = deadline - itu_now_ms();
+        if (left <= 0)
+            return NULL;
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) < 0)
+            return NULL;
+    }
+}
+
+/* A notification PostgreSQL sends between the 40001 and its ReadyForQuery (the backend is
+ * idle again) must reach the client whether or not the statement is replayed. */
+static void test_notify_in_hold(void)
+{
+    setup_table("DROP TABLE IF EXISTS rt_rvn; CREATE TABLE rt_rvn (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_rvn VALUES (1, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("session", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "LISTEN rv_chan"), "LISTEN");
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SET default_transaction_isolation = 'repeatable read'"),
+                           "SET");
+    CU_ASSERT_TRUE(itu_exec_ok(d, "BEGIN"));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_rvn SET v = v + 1 WHERE id = 1"));
+    CU_ASSERT_EQUAL(PQsendQuery(c, "UPDATE rt_rvn SET v = v + 10 WHERE id = 1 RETURNING v"), 1);
+    CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "NOTIFY rv_chan, 'hello'"));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "COMMIT"));
+    CU_ASSERT_STRING_EQUAL(result_of(c, 10000), "11"); /* replayed */
+    PGnotify *n = wait_notify(c, 2000);
+    CU_ASSERT_PTR_NOT_NULL(n);
+    if (n) {
+        CU_ASSERT_STRING_EQUAL(n->extra, "hello");
+        PQfreemem(n);
+    }
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=succeeded", NULL), 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+/* A statement the block prepares (named) is prepared again by the replay. */
+static void named_parse(const char *mode)
+{
+    setup_table("DROP TABLE IF EXISTS rt_rvp; CREATE TABLE rt_rvp (id int PRIMARY KEY, v int);"
+                "INSERT INTO rt_rvp VALUES (1, 0)");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN ISOLATION LEVEL REPEATABLE READ"), "BEGIN");
+    PGresult *r = PQprepare(c, "rv_s1", "UPDATE rt_rvp SET v = v + 10 WHERE id = 1", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    CU_ASSERT_TRUE(itu_exec_ok(d, "BEGIN"));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "UPDATE rt_rvp SET v = v + 1 WHERE id = 1"));
+    CU_ASSERT_EQUAL(PQsendQueryPrepared(c, "rv_s1", 0, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_TRUE(wait_lock_waiters(d, 1));
+    CU_ASSERT_TRUE(itu_exec_ok(d, "COMMIT"));
+    /* transaction pooling renames it on the server and prepares it again where needed: the
+     * block is replayed; in session pooling the replay's Parse would find the name taken
+     * (a ROLLBACK keeps prepared statements): the client gets its 40001 */
+    bool session = !strcmp(mode, "session");
+    CU_ASSERT_STRING_EQUAL(result_of(c, 10000), session ? "!40001" : "UPDATE 1");
+    PQclear(PQexec(c, "ROLLBACK"));
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=diverged", NULL), 0);
+    CU_ASSERT_EQUAL(metric("pgwarden_retries_total", "outcome=succeeded", NULL), session ? 0 : 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+static void test_named_parse_session(void)
+{
+    named_parse("session");
+}
+static void test_named_parse_transaction(void)
+{
+    named_parse("transaction");
+}
+
+/* A procedure that commits inside, prepared in an earlier unit, executed outside a block
+ * (Bind/Execute only): it must not be replayed either. */
+static void prepared_call(const char *mode)
+{
+    make_fail_once_function();
+    setup_table("CREATE OR REPLACE PROCEDURE rt_proc() LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO rt_pipe VALUES (77); COMMIT; PERFORM rt_fail_once(); END $$");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    PGresult *r = PQprepare(c, "rv_call", "CALL rt_proc()", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    rt_once_arm(d);
+    CU_ASSERT_EQUAL(PQsendQueryPrepared(c, "rv_call", 0, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_STRING_EQUAL(result_of(c, 10000), "!40001");
+    CU_ASSERT_EQUAL(num(d, "SELECT count(*) FROM rt_pipe WHERE v = 77"), 1);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+static void test_prepared_call_transaction(void)
+{
+    prepared_call("transaction");
+}
+static void test_prepared_call_session(void)
+{
+    prepared_call("session");
+}
+
+/* An autocommit group whose first Parse is a BEGIN that is never executed (the unnamed
+ * statement is replaced before the Bind): the client saw rows of the one statement run,
+ * so a replay may not run it whole (it commits at Sync). */
+static void begin_text_trick(const char *mode)
+{
+    make_fail_once_function();
+    setup_table("DROP SEQUENCE IF EXISTS rv_seq; CREATE SEQUENCE rv_seq;"
+                "CREATE OR REPLACE FUNCTION rv_g(i int) RETURNS bigint LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO rt_pipe VALUES (88); IF i = 3 THEN PERFORM rt_fail_once(); "
+                "END IF; RETURN nextval('rv_seq'); END $$");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(mode, 2, NULL));
+    PGconn *d = direct(), *c = conn();
+    rt_once_arm(d);
+    uint8_t out[1024], body[256];
+    size_t len = 0, bl;
+    static const char q1[] = "BEGIN", q2[] = "SELECT rv_g(i) FROM generate_series(1, 3) i";
+    bl = 0;
+    body[bl++] = 0;
+    memcpy(body + bl, q1, sizeof(q1)), bl += sizeof(q1);
+    body[bl++] = 0, body[bl++] = 0;
+    CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'P', body, bl));
+    bl = 0;
+    body[bl++] = 0;
+    memcpy(body + bl, q2, sizeof(q2)), bl += sizeof(q2);
+    body[bl++] = 0, body[bl++] = 0;
+    CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'P', body, bl));
+    static const uint8_t bind[] = {0, 0, 0, 0, 0, 0, 0, 0};
+    CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'B', bind, sizeof(bind)));
+    static const uint8_t exec[] = {0, 0, 0, 0, 0};
+    CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'E', exec, sizeof(exec)));
+    CU_ASSERT_FATAL(itw_msg(out, sizeof(out), &len, 'S', body, 0));
+    int fd = PQsocket(c);
+    CU_ASSERT_EQUAL_FATAL(send(fd, out, len, MSG_NOSIGNAL), (ssize_t)len);
+    uint8_t buf[8192];
+    size_t got = 0;
+    int64_t deadline = itu_now_ms() + 10000;
+    while (raw_count(buf, got, 'Z') < 1 && itu_now_ms() < deadline) {
+        bool closed = false;
+        ssize_t r = harness_raw_recv(fd, buf + got, sizeof(buf) - got, 1000, &closed);
+        if (r > 0)
+            got += (size_t)r;
+        if (r < 0 || closed)
+            break;
+    }
+    char code[8] = "";
+    itw_error_field(buf, got, 'C', code, sizeof(code));
+    long rows = num(d, "SELECT count(*) FROM rt_pipe WHERE v = 88");
+    /* the client had two rows of a statement that commits by itself: not replayed */
+    CU_ASSERT_STRING_EQUAL(code, "40001");
+    CU_ASSERT_EQUAL(raw_count(buf, got, 'D'), 2);
+    CU_ASSERT_EQUAL(rows, 0); /* told it failed: nothing may be committed */
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+static void test_begin_text_trick(void)
+{
+    begin_text_trick("session");
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -1539,6 +1715,12 @@ static void register_suites(void)
         {"replay_notice_once", test_replay_notice_once},
         {"xact_lock_released_at_chained_commit", test_xact_lock_released_at_chained_commit},
         {"outside_effect_not_replayed", test_outside_effect_not_replayed},
+        {"notify_in_hold", test_notify_in_hold},
+        {"named_parse_session", test_named_parse_session},
+        {"named_parse_transaction", test_named_parse_transaction},
+        {"prepared_call_transaction", test_prepared_call_transaction},
+        {"prepared_call_session", test_prepared_call_session},
+        {"begin_text_trick", test_begin_text_trick},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("retry", suite_init, suite_cleanup, tests);
