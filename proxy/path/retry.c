@@ -1273,10 +1273,10 @@ bool px_retry_owns_txn_end(const struct px_client *c)
     return c->retry != NULL;
 }
 
-/* c's transaction status as its next statement runs in it. */
+/* c's transaction status as its next statement runs in it (a held BEGIN goes first). */
 static char client_status(const struct px_client *c)
 {
-    return c->held_begin ? 'T' : c->server ? c->server->txn_status : 'I';
+    return c->held_begin || !c->server ? px_txn_unlinked_status(c) : c->server->txn_status;
 }
 
 void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)

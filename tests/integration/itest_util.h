@@ -226,12 +226,11 @@ static inline void itu_watchdog(const char *suite, struct harness_proxy *const *
     sigaction(SIGALRM, &sa, NULL);
 }
 
-/* The first value of sql's result ("NULL" for a null), else its command tag, else
- * "!SQLSTATE".  Static buffer: two calls in one expression share it. */
-static inline const char *itu_q(PGconn *c, const char *sql)
+/* r (freed here) as a short text: its first value ("NULL" for a null), else its command
+ * tag, else "!SQLSTATE".  Static buffer: two calls in one expression share it. */
+static inline const char *itu_result_text(PGresult *r)
 {
     static char buf[512];
-    PGresult *r = PQexec(c, sql);
     ExecStatusType st = PQresultStatus(r);
     if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
         snprintf(buf, sizeof(buf), "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
@@ -241,6 +240,31 @@ static inline const char *itu_q(PGconn *c, const char *sql)
         snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
     PQclear(r);
     return buf;
+}
+
+/* sql's result as itu_result_text prints it. */
+static inline const char *itu_q(PGconn *c, const char *sql)
+{
+    return itu_result_text(PQexec(c, sql));
+}
+
+/* Waits up to timeout_ms for a notification on c; returned owned (PQfreemem) or NULL. */
+static inline PGnotify *itu_wait_notify(PGconn *c, int timeout_ms)
+{
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    for (;;) {
+        if (!PQconsumeInput(c))
+            return NULL;
+        PGnotify *n = PQnotifies(c);
+        if (n)
+            return n;
+        int64_t left = deadline - itu_now_ms();
+        if (left <= 0)
+            return NULL;
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) < 0)
+            return NULL;
+    }
 }
 
 /* itu_q's value as a number (a fencing token, a count); 0, printed, when it is not one. */

@@ -115,19 +115,8 @@ static PGconn *direct(void)
 /* The same for the result of a query sent earlier (bounded wait). */
 static const char *result_of(PGconn *c, int timeout_ms)
 {
-    static char buf[512];
     PGresult *r = itu_wait_result(c, timeout_ms);
-    if (!r)
-        return "!timeout";
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
+    return r ? itu_result_text(r) : "!timeout";
 }
 
 static long num(PGconn *c, const char *sql)
@@ -893,19 +882,8 @@ static void test_commit_then_failure(void)
 /* q through PQexecParams (extended protocol) or PQexec (simple), printed as itu_q does. */
 static const char *q_proto(PGconn *c, const char *sql, bool extended)
 {
-    if (!extended)
-        return itu_q(c, sql);
-    static char buf[512];
-    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
+    return extended ? itu_result_text(PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0))
+                    : itu_q(c, sql);
 }
 
 /*
@@ -1506,24 +1484,6 @@ static void test_commit_lost_outcome_bound(void)
 
 /* ---- found by the second review: notifications, prepared statements, BEGIN texts ---- */
 
-static PGnotify *wait_notify(PGconn *c, int timeout_ms)
-{
-    int64_t deadline = itu_now_ms() + timeout_ms;
-    for (;;) {
-        if (!PQconsumeInput(c))
-            return NULL;
-        PGnotify *n = PQnotifies(c);
-        if (n)
-            return n;
-        int64_t left = deadline - itu_now_ms();
-        if (left <= 0)
-            return NULL;
-        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) < 0)
-            return NULL;
-    }
-}
-
 /* A notification PostgreSQL sends between the 40001 and its ReadyForQuery (the backend is
  * idle again) must reach the client whether or not the statement is replayed. */
 static void test_notify_in_hold(void)
@@ -1542,7 +1502,7 @@ static void test_notify_in_hold(void)
     CU_ASSERT_TRUE(itu_exec_ok(d, "NOTIFY rv_chan, 'hello'"));
     CU_ASSERT_TRUE(itu_exec_ok(d, "COMMIT"));
     CU_ASSERT_STRING_EQUAL(result_of(c, 10000), "11"); /* replayed */
-    PGnotify *n = wait_notify(c, 2000);
+    PGnotify *n = itu_wait_notify(c, 2000);
     CU_ASSERT_PTR_NOT_NULL(n);
     if (n) {
         CU_ASSERT_STRING_EQUAL(n->extra, "hello");

@@ -210,25 +210,6 @@ static void test_notice_forwarding(void)
 
 /* ---- LISTEN / NOTIFY --------------------------------------------------------------- */
 
-/* Waits up to timeout_ms for a notification on c; returned owned (PQfreemem) or NULL. */
-static PGnotify *wait_notify(PGconn *c, int timeout_ms)
-{
-    int64_t deadline = itu_now_ms() + timeout_ms;
-    for (;;) {
-        if (!PQconsumeInput(c))
-            return NULL;
-        PGnotify *n = PQnotifies(c);
-        if (n)
-            return n;
-        int64_t left = deadline - itu_now_ms();
-        if (left <= 0)
-            return NULL;
-        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) < 0)
-            return NULL;
-    }
-}
-
 static void test_listen_notify(void)
 {
     PGconn *listener = connect_ok("sslmode=disable application_name=listener");
@@ -240,7 +221,7 @@ static void test_listen_notify(void)
     itu_value_copy(sender_pid, sizeof(sender_pid), sender, "SELECT pg_backend_pid()");
 
     CU_ASSERT_TRUE(itu_exec_ok(sender, "NOTIFY itest_chan, 'payload-1'"));
-    PGnotify *n = wait_notify(listener, 5000);
+    PGnotify *n = itu_wait_notify(listener, 5000);
     CU_ASSERT_PTR_NOT_NULL_FATAL(n);
     CU_ASSERT_STRING_EQUAL(n->relname, "itest_chan");
     CU_ASSERT_STRING_EQUAL(n->extra, "payload-1");
@@ -250,11 +231,11 @@ static void test_listen_notify(void)
     /* Committed in a transaction; delivered once, in order, after COMMIT. */
     CU_ASSERT_TRUE(itu_exec_ok(sender, "BEGIN; SELECT pg_notify('itest_chan', 'a'); "
                                        "SELECT pg_notify('itest_chan', 'b'); COMMIT"));
-    n = wait_notify(listener, 5000);
+    n = itu_wait_notify(listener, 5000);
     CU_ASSERT_PTR_NOT_NULL_FATAL(n);
     CU_ASSERT_STRING_EQUAL(n->extra, "a");
     PQfreemem(n);
-    n = wait_notify(listener, 5000);
+    n = itu_wait_notify(listener, 5000);
     CU_ASSERT_PTR_NOT_NULL_FATAL(n);
     CU_ASSERT_STRING_EQUAL(n->extra, "b");
     PQfreemem(n);
@@ -262,7 +243,7 @@ static void test_listen_notify(void)
     /* UNLISTEN: nothing more arrives. */
     CU_ASSERT_TRUE(itu_exec_ok(listener, "UNLISTEN itest_chan"));
     CU_ASSERT_TRUE(itu_exec_ok(sender, "NOTIFY itest_chan, 'late'"));
-    n = wait_notify(listener, 300);
+    n = itu_wait_notify(listener, 300);
     CU_ASSERT_PTR_NULL(n);
     PQfreemem(n);
     PQfinish(listener);

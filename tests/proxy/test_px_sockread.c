@@ -267,6 +267,54 @@ static void run_for_ms(struct event_base *base, int ms)
     event_base_dispatch(base);
 }
 
+/* A TLS 1.3 connection over a socketpair, handshake done: r->fds[0] and *s are pgwarden's
+ * side, read by r->rd through an OpenSSL bufferevent (not owning s) with callbacks rd and
+ * ev; r->fds[1] and *c the peer's. */
+struct tls_pair {
+    SSL_CTX *sctx, *cctx;
+    SSL *s, *c;
+};
+
+static void tls_rig_open(struct rig *r, struct tls_pair *t, bufferevent_data_cb rd,
+                         bufferevent_event_cb ev, void *arg)
+{
+    CU_ASSERT_EQUAL_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, r->fds), 0);
+    evutil_make_socket_nonblocking(r->fds[0]);
+    evutil_make_socket_nonblocking(r->fds[1]);
+    t->sctx = tls_server_ctx();
+    t->cctx = SSL_CTX_new(TLS_client_method());
+    SSL *s = t->s = SSL_new(t->sctx), *c = t->c = SSL_new(t->cctx);
+    CU_ASSERT_FATAL(s && c && SSL_set_fd(s, r->fds[0]) == 1 && SSL_set_fd(c, r->fds[1]) == 1);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(c);
+    for (int i = 0; i < 100 && !(SSL_is_init_finished(s) && SSL_is_init_finished(c)); i++) {
+        SSL_do_handshake(c);
+        SSL_do_handshake(s);
+    }
+    CU_ASSERT_FATAL(SSL_is_init_finished(s) && SSL_is_init_finished(c));
+    r->base = event_base_new();
+    r->bev = bufferevent_openssl_socket_new(r->base, r->fds[0], s, BUFFEREVENT_SSL_OPEN, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r->bev);
+    bufferevent_setcb(r->bev, rd, NULL, ev, arg);
+    bufferevent_enable(r->bev, EV_WRITE);
+    CU_ASSERT_EQUAL_FATAL(px_reader_bind(&r->rd, r->base, r->bev, -1), 0);
+    CU_ASSERT_EQUAL_FATAL(px_reader_own_tls(&r->rd, r->base, r->fds[0], s), 0);
+}
+
+static void tls_rig_close(struct rig *r, struct tls_pair *t)
+{
+    px_reader_unbind(&r->rd);
+    bufferevent_free(r->bev);
+    SSL_free(t->s);
+    SSL_free(t->c);
+    SSL_CTX_free(t->sctx);
+    SSL_CTX_free(t->cctx);
+    event_base_free(r->base);
+    close(r->fds[0]);
+    close(r->fds[1]);
+    ERR_clear_error();
+}
+
 /*
  * TLS 1.3: the peer's KeyUpdate asks for ours; our next write (px_relay_write's SSL_write)
  * finds the send buffer full, so OpenSSL stays in the middle of the KeyUpdate and every
@@ -280,29 +328,10 @@ static void test_tls_read_waits_until_writable(void)
 {
     struct rig r;
     memset(&r, 0, sizeof(r));
-    CU_ASSERT_EQUAL_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, r.fds), 0);
-    evutil_make_socket_nonblocking(r.fds[0]);
-    evutil_make_socket_nonblocking(r.fds[1]);
-    SSL_CTX *sctx = tls_server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-    CU_ASSERT_FATAL(s && c && SSL_set_fd(s, r.fds[0]) == 1 && SSL_set_fd(c, r.fds[1]) == 1);
-    SSL_set_accept_state(s);
-    SSL_set_connect_state(c);
-    for (int i = 0; i < 100 && !(SSL_is_init_finished(s) && SSL_is_init_finished(c)); i++) {
-        SSL_do_handshake(c);
-        SSL_do_handshake(s);
-    }
-    CU_ASSERT_FATAL(SSL_is_init_finished(s) && SSL_is_init_finished(c));
+    struct tls_pair t;
+    tls_rig_open(&r, &t, on_read, on_event, &r.seen);
+    SSL *s = t.s, *c = t.c;
     CU_ASSERT_EQUAL_FATAL(SSL_version(s), TLS1_3_VERSION);
-
-    /* pgwarden's side: an OpenSSL bufferevent (not owning s) read by a px_reader */
-    r.base = event_base_new();
-    r.bev = bufferevent_openssl_socket_new(r.base, r.fds[0], s, BUFFEREVENT_SSL_OPEN, 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(r.bev);
-    bufferevent_setcb(r.bev, on_read, NULL, on_event, &r.seen);
-    bufferevent_enable(r.bev, EV_WRITE);
-    CU_ASSERT_EQUAL_FATAL(px_reader_bind(&r.rd, r.base, r.bev, -1), 0);
-    CU_ASSERT_EQUAL_FATAL(px_reader_own_tls(&r.rd, r.base, r.fds[0], s), 0);
     px_reader_enable(&r.rd, true);
     struct evbuffer *in = bufferevent_get_input(r.bev), *out = bufferevent_get_output(r.bev);
 
@@ -363,16 +392,7 @@ static void test_tls_read_waits_until_writable(void)
 
     evbuffer_free(reply);
     px_relay_shutdown();
-    px_reader_unbind(&r.rd);
-    bufferevent_free(r.bev);
-    SSL_free(s);
-    SSL_free(c);
-    SSL_CTX_free(sctx);
-    SSL_CTX_free(cctx);
-    event_base_free(r.base);
-    close(r.fds[0]);
-    close(r.fds[1]);
-    ERR_clear_error();
+    tls_rig_close(&r, &t);
 }
 
 /* What the event callback saw of OpenSSL's error queue and errno (as px_tls_failure reads
@@ -420,27 +440,9 @@ static void tls_failure_after_data(bool pause)
     memset(&f, 0, sizeof(f));
     f.rd = &r.rd;
     f.pause = pause;
-    CU_ASSERT_EQUAL_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, r.fds), 0);
-    evutil_make_socket_nonblocking(r.fds[0]);
-    evutil_make_socket_nonblocking(r.fds[1]);
-    SSL_CTX *sctx = tls_server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-    CU_ASSERT_FATAL(s && c && SSL_set_fd(s, r.fds[0]) == 1 && SSL_set_fd(c, r.fds[1]) == 1);
-    SSL_set_accept_state(s);
-    SSL_set_connect_state(c);
-    for (int i = 0; i < 100 && !(SSL_is_init_finished(s) && SSL_is_init_finished(c)); i++) {
-        SSL_do_handshake(c);
-        SSL_do_handshake(s);
-    }
-    CU_ASSERT_FATAL(SSL_is_init_finished(s) && SSL_is_init_finished(c));
-
-    r.base = event_base_new();
-    r.bev = bufferevent_openssl_socket_new(r.base, r.fds[0], s, BUFFEREVENT_SSL_OPEN, 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(r.bev);
-    bufferevent_setcb(r.bev, on_read_pause, NULL, on_event_failure, &f);
-    bufferevent_enable(r.bev, EV_WRITE);
-    CU_ASSERT_EQUAL_FATAL(px_reader_bind(&r.rd, r.base, r.bev, -1), 0);
-    CU_ASSERT_EQUAL_FATAL(px_reader_own_tls(&r.rd, r.base, r.fds[0], s), 0);
+    struct tls_pair t;
+    tls_rig_open(&r, &t, on_read_pause, on_event_failure, &f);
+    SSL *c = t.c;
 
     /* "hello", then a forged record: header (application data, TLS 1.2 on the wire, 32
      * bytes) and 32 bytes that are no AEAD output of this connection */
@@ -478,16 +480,7 @@ static void tls_failure_after_data(bool pause)
     }
     CU_ASSERT_EQUAL(evbuffer_get_length(in), 5);
 
-    px_reader_unbind(&r.rd);
-    bufferevent_free(r.bev);
-    SSL_free(s);
-    SSL_free(c);
-    SSL_CTX_free(sctx);
-    SSL_CTX_free(cctx);
-    event_base_free(r.base);
-    close(r.fds[0]);
-    close(r.fds[1]);
-    ERR_clear_error();
+    tls_rig_close(&r, &t);
 }
 
 static void test_tls_failure_after_data_keeps_its_reason(void)
