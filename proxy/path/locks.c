@@ -370,6 +370,14 @@ static void drop_portal(struct px_client_locks *cl, const char *name)
     }
 }
 
+/* Portals end with their transaction, as PostgreSQL's do (an Execute of one afterwards is
+ * PostgreSQL's 34000). */
+static void drop_portals(struct px_client_locks *cl)
+{
+    while (cl->portals)
+        drop_portal(cl, cl->portals->name);
+}
+
 /* ---- errors and the transaction they happen in ----------------------------------------- */
 
 static void set_error(struct px_lockcall_error *err, const char *sqlstate, const char *detail,
@@ -1322,8 +1330,12 @@ void px_locks_sync(struct px_client *c)
 {
     if (c->locks)
         c->locks->skip = c->locks->lost_pass = false;
-    if (!c->server)
-        px_wire_ready(px_path_client_out(c), px_txn_unlinked_status(c));
+    if (!c->server) {
+        char status = px_txn_unlinked_status(c);
+        if (status == 'I' && c->locks)
+            drop_portals(c->locks); /* the group's implicit transaction ended */
+        px_wire_ready(px_path_client_out(c), status);
+    }
 }
 
 void px_locks_big_message(struct px_client *c, char type, const uint8_t *head, uint32_t visible)
@@ -1342,7 +1354,10 @@ bool px_locks_skipping(const struct px_client *c)
 void px_locks_txn_end(struct px_client *c)
 {
     struct px_client_locks *cl = c->locks;
-    if (!cl || !cl->has_xact || !cl->owner)
+    if (!cl)
+        return;
+    drop_portals(cl);
+    if (!cl->has_xact || !cl->owner)
         return;
     cl->has_xact = false;
     px_lockspace_releasing(L.lm, cl->owner);

@@ -27,6 +27,7 @@
 #include "cunit_main.h"
 #include "harness.h"
 #include "itest_util.h"
+#include "itest_wire.h"
 
 #define TEST_LIMIT_S 180
 
@@ -1012,6 +1013,119 @@ static void test_tokens_across_restart(void)
     rmdir(dir);
 }
 
+/* ---- lock-call portals end with their transaction ------------------------------------- */
+
+/* Appends Parse(unnamed, sql) Bind(portal) Execute(portal) Sync, or only Execute + Sync
+ * when sql is NULL, to buf. */
+static bool raw_group(uint8_t *buf, size_t cap, size_t *len, const char *sql, const char *portal)
+{
+    uint8_t body[512];
+    size_t n;
+    if (sql) {
+        n = (size_t)snprintf((char *)body, sizeof(body), "%c%s", '\0', sql) + 1;
+        body[n++] = 0, body[n++] = 0; /* no parameter types */
+        if (!itw_msg(buf, cap, len, 'P', body, n))
+            return false;
+        n = (size_t)snprintf((char *)body, sizeof(body), "%s", portal) + 1;
+        body[n++] = '\0';       /* the unnamed statement */
+        memset(body + n, 0, 6); /* no formats, no parameters, no result formats */
+        if (!itw_msg(buf, cap, len, 'B', body, n + 6))
+            return false;
+    }
+    n = (size_t)snprintf((char *)body, sizeof(body), "%s", portal) + 1;
+    memset(body + n, 0, 4); /* all rows */
+    return itw_msg(buf, cap, len, 'E', body, n + 4) && itw_msg(buf, cap, len, 'S', NULL, 0);
+}
+
+/* Sends what buf holds and reads up to ReadyForQuery: its status, or '?'.  sqlstate gets
+ * the first error's code ("" when none); *rows the DataRows. */
+static char raw_round(int fd, const uint8_t *msgs, size_t len, char sqlstate[6], int *rows)
+{
+    uint8_t in[8192];
+    sqlstate[0] = '\0';
+    *rows = 0;
+    if (harness_raw_send(fd, msgs, len, 5000) < 0)
+        return '?';
+    ssize_t got = itw_recv_until(fd, in, sizeof(in), "Z", 10000);
+    size_t blen, off = 0;
+    const uint8_t *z = got > 0 ? itw_find(in, (size_t)got, 'Z', &blen) : NULL;
+    if (!z || blen < 1)
+        return '?';
+    if (itw_find(in, (size_t)got, 'E', NULL))
+        itw_error_field(in, (size_t)got, 'C', sqlstate, 6);
+    while (off + 5 <= (size_t)got) {
+        *rows += in[off] == 'D';
+        off += 1 + itw_get32(in + off + 1);
+    }
+    return (char)z[0];
+}
+
+/*
+ * A portal of a lock call ends with its transaction, as PostgreSQL's portals do: an Execute
+ * of it afterwards gets 34000 from PostgreSQL, never the call again nor a silent "SELECT 0"
+ * (it used to live until the client bound another portal of that name).  Inside the block
+ * it lives on: a second Execute is PostgreSQL's "no more rows" (CommandComplete, no row).
+ */
+static void test_portals_end_with_transaction(void)
+{
+    alarm(TEST_LIMIT_S);
+    struct harness_proxy_opts o = {.pool_mode = g_mode,
+                                   .pool_size = 2,
+                                   .auth_type = "trust",
+                                   .client_tls_mode = "disable",
+                                   .log_level = getenv("ITEST_DEBUG") ? "debug" : "info"};
+    g_px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(g_px);
+    int fd = harness_raw_connect(g_px->port, 5000);
+    CU_ASSERT_FATAL(fd >= 0);
+    uint8_t buf[2048];
+    size_t len = harness_build_startup(buf, sizeof(buf), "pgwarden_test", "pgwarden_test");
+    CU_ASSERT_FATAL(harness_raw_send(fd, buf, len, 5000) == 0);
+    ssize_t got = itw_recv_until(fd, buf, sizeof(buf), "ZE", 10000);
+    CU_ASSERT_FATAL(got > 0 && itw_find(buf, (size_t)got, 'Z', NULL));
+    char state[6];
+    int rows;
+
+    /* an implicit transaction: it ends at the group's Sync */
+    len = 0;
+    CU_ASSERT_FATAL(
+        raw_group(buf, sizeof(buf), &len, "SELECT pgwarden_try_lock('portal:a', 'write')", ""));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'I');
+    CU_ASSERT_STRING_EQUAL(state, "");
+    CU_ASSERT_EQUAL(rows, 1);
+    len = 0;
+    CU_ASSERT_FATAL(raw_group(buf, sizeof(buf), &len, NULL, ""));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'I');
+    CU_ASSERT_STRING_EQUAL(state, "34000");
+    CU_ASSERT_EQUAL(rows, 0);
+
+    /* a block: the named portal lives until COMMIT */
+    len = 0;
+    CU_ASSERT_FATAL(itw_msg(buf, sizeof(buf), &len, 'Q', "BEGIN", 6));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'T');
+    len = 0;
+    CU_ASSERT_FATAL(raw_group(buf, sizeof(buf), &len,
+                              "SELECT pgwarden_try_xact_lock('portal:b', 'write')", "p1"));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'T');
+    CU_ASSERT_STRING_EQUAL(state, "");
+    CU_ASSERT_EQUAL(rows, 1);
+    len = 0;
+    CU_ASSERT_FATAL(raw_group(buf, sizeof(buf), &len, NULL, "p1"));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'T');
+    CU_ASSERT_STRING_EQUAL(state, "");
+    CU_ASSERT_EQUAL(rows, 0);
+    len = 0;
+    CU_ASSERT_FATAL(itw_msg(buf, sizeof(buf), &len, 'Q', "COMMIT", 7));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'I');
+    len = 0;
+    CU_ASSERT_FATAL(raw_group(buf, sizeof(buf), &len, NULL, "p1"));
+    CU_ASSERT_EQUAL(raw_round(fd, buf, len, state, &rows), 'I');
+    CU_ASSERT_STRING_EQUAL(state, "34000");
+    CU_ASSERT_EQUAL(rows, 0);
+    close(fd);
+    stop();
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -1026,6 +1140,7 @@ static void register_suites(void)
         {"waiters_extended_hold_no_server", test_waiters_extended_hold_no_server},
         {"read_modify_write", test_read_modify_write},
         {"tokens_across_restart", test_tokens_across_restart},
+        {"portals_end_with_transaction", test_portals_end_with_transaction},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("locks_session", suite_init_session, suite_cleanup, tests);
