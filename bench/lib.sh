@@ -39,6 +39,20 @@ proc_cpu_ns() { # PID
     echo "$sum"
 }
 
+# Context switches of a process, all its threads (voluntary + involuntary): each sleep in
+# epoll_wait is one, so their count per transaction shows wake-ups, which decide much of a
+# proxy's kernel CPU and vary far less from round to round than the CPU does.
+proc_ctxsw() { # PID
+    local sum=0 t k v
+    for t in /proc/"$1"/task/*/status; do
+        while read -r k v _; do
+            [[ $k == voluntary_ctxt_switches: || $k == nonvoluntary_ctxt_switches: ]] &&
+                sum=$((sum + v))
+        done <"$t" 2>/dev/null || continue
+    done
+    echo "$sum"
+}
+
 # CPU of a PostgreSQL cluster in clock ticks: the postmaster's utime + stime, its reaped
 # children's (cutime + cstime: backends that exited) and its live children's utime + stime.
 # The difference of two readings is exact, whichever backends started or ended in between.
@@ -336,6 +350,7 @@ report() { # RUNS_CSV IDLE_CSV
         if (!(k in tmin) || $13 < tmin[k]) tmin[k] = $13
         if (!(k in tmax) || $13 > tmax[k]) tmax[k] = $13
         if ($18 != "") { cpu[k] += $18; ncpu[k]++ }
+        if ($19 != "") { csw[k] += $19; ncsw[k]++ }
     }
     function mean(a, k, n) { return n > 0 ? a[k] / n : "" }
     function ratio(x, y) { return (x != "" && y != "" && y > 0) ? sprintf("%.2fx", x / y) : "n/a" }
@@ -344,28 +359,30 @@ report() { # RUNS_CSV IDLE_CSV
         for (i = 1; i <= ns; i++) {
             s = order[i]
             printf "\n== %s: %s\n", s, desc[s]
-            printf "%-10s %11s %21s %11s %7s %12s %5s\n", "target", "tps", "tps min..max",
-                   "latency ms", "failed", "cpu s/1k tx", "runs"
+            printf "%-10s %11s %21s %11s %7s %12s %11s %5s\n", "target", "tps", "tps min..max",
+                   "latency ms", "failed", "cpu s/1k tx", "csw/1k tx", "runs"
             for (j = 1; j <= nt[s]; j++) {
                 t = tord[s, j]; k = s SUBSEP t; n = ok[k]
                 mt[t] = mean(tps, k, n); ml[t] = mean(lat, k, n); mc[t] = mean(cpu, k, ncpu[k])
-                printf "%-10s %11s %21s %11s %7s %12s %5s\n", t,
+                mw[t] = mean(csw, k, ncsw[k])
+                printf "%-10s %11s %21s %11s %7s %12s %11s %5s\n", t,
                        n ? sprintf("%.0f", mt[t]) : "-",
                        n ? sprintf("%.0f..%.0f", tmin[k], tmax[k]) : "-",
                        n ? sprintf("%.3f", ml[t]) : "-", n ? fail[k] + 0 : "-",
                        mc[t] != "" ? sprintf("%.5f", mc[t]) : "-",
+                       mw[t] != "" ? sprintf("%.0f", mw[t]) : "-",
                        (n + 0) "/" runs[k] (bad[k] ? " ERR" : "")
             }
-            printf "pgwarden/pgbouncer: tps %s, latency %s, cpu per 1k tx %s",
+            printf "pgwarden/pgbouncer: tps %s, latency %s, cpu per 1k tx %s, context switches %s",
                    ratio(mt["pgwarden"], mt["pgbouncer"]), ratio(ml["pgwarden"], ml["pgbouncer"]),
-                   ratio(mc["pgwarden"], mc["pgbouncer"])
+                   ratio(mc["pgwarden"], mc["pgbouncer"]), ratio(mw["pgwarden"], mw["pgbouncer"])
             printf "   (pgwarden/direct tps %s, pgbouncer/direct tps %s)\n",
                    ratio(mt["pgwarden"], mt["direct"]), ratio(mt["pgbouncer"], mt["direct"])
             if ("pgw-batch" in mt)
                 printf "pgw-batch/pgbouncer: tps %s, latency %s, cpu per 1k tx %s   (pgw-batch/pgwarden tps %s)\n",
                        ratio(mt["pgw-batch"], mt["pgbouncer"]), ratio(ml["pgw-batch"], ml["pgbouncer"]),
                        ratio(mc["pgw-batch"], mc["pgbouncer"]), ratio(mt["pgw-batch"], mt["pgwarden"])
-            delete mt; delete ml; delete mc
+            delete mt; delete ml; delete mc; delete mw
         }
     }' "$1"
     awk -F, '

@@ -123,7 +123,7 @@ build_pgwarden
 start_cluster
 pgbench_init "$BENCH_SCALE"
 
-echo "scenario,round,target,clients,jobs,protocol,connect,sslmode,pool_mode,pool_size,seconds,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_s_per_1k_tx" >"$RAW_CSV"
+echo "scenario,round,target,clients,jobs,protocol,connect,sslmode,pool_mode,pool_size,seconds,status,tps,latency_ms,failed,transactions,proxy_cpu_s,proxy_cpu_s_per_1k_tx,proxy_ctxsw_per_1k_tx" >"$RAW_CSV"
 
 # ---- scenarios ------------------------------------------------------------------------------
 
@@ -138,8 +138,8 @@ supported() { # TARGET PROTOCOL
 # JOBS PROTOCOL CONNECT SSLMODE POOL SECONDS (ROUND "warmup": not recorded).
 run_one() {
     local scen=$1 round=$2 target=$3 clients=$4 jobs=$5 proto=$6 connect=$7 ssl=$8
-    local pool=$9 secs=${10} port pid out status=ok cpu0=0 cpu1=0
-    local tps lat failed tx cpu per1k
+    local pool=$9 secs=${10} port pid out status=ok cpu0=0 cpu1=0 csw0=0 csw1=0
+    local tps lat failed tx cpu per1k csw1k
     case $target in
     direct) port=$PG_PORT pid= ;;
     pgbouncer) port=$PGBOUNCER_PORT pid=$PGBOUNCER_PID ;;
@@ -151,7 +151,7 @@ run_one() {
     local args=(-b "$BENCH_BUILTIN" -M "$proto" -c "$clients" -j "$jobs" -T "$secs" -n
         -h 127.0.0.1 -p "$port" -U "$DB_USER")
     ((connect)) && args+=(-C)
-    [[ -n $pid ]] && cpu0=$(proc_cpu_ns "$pid")
+    [[ -n $pid ]] && cpu0=$(proc_cpu_ns "$pid") csw0=$(proc_ctxsw "$pid")
     if ! PGPASSWORD=$DB_PASSWORD PGSSLMODE=$ssl PGCONNECT_TIMEOUT=30 \
         timeout -k 5 $((secs + PGBENCH_SLACK)) "$PG_BINDIR/pgbench" "${args[@]}" "$DB_NAME" \
         >"$out" 2>&1; then
@@ -159,7 +159,7 @@ run_one() {
         log "  $target: pgbench failed (see $out):"
         tail -n 5 "$out" | sed 's/^/    /' >&2
     fi
-    [[ -n $pid ]] && cpu1=$(proc_cpu_ns "$pid")
+    [[ -n $pid ]] && cpu1=$(proc_cpu_ns "$pid") csw1=$(proc_ctxsw "$pid")
     [[ $round == warmup ]] && return 0
     tps=$(pgbench_field tps "$out")
     lat=$(pgbench_field latency "$out")
@@ -168,12 +168,13 @@ run_one() {
     if [[ -n $pid ]]; then
         cpu=$(awk -v d=$((cpu1 - cpu0)) 'BEGIN { printf "%.4f", d / 1e9 }')
         per1k=$(awk -v c="$cpu" -v t="${tx:-0}" 'BEGIN { if (t > 0) printf "%.5f", c * 1000 / t }')
+        csw1k=$(awk -v c=$((csw1 - csw0)) -v t="${tx:-0}" 'BEGIN { if (t > 0) printf "%.1f", c * 1000 / t }')
     else
-        cpu='' per1k=''
+        cpu='' per1k='' csw1k=''
     fi
     [[ -n $tps ]] || status=error
     log "  $(printf '%-9s' "$target") tps ${tps:-?}  latency ${lat:-?} ms  failed ${failed:-?}  proxy cpu ${cpu:--} s (${per1k:--} s/1k tx)"
-    echo "$scen,$round,$target,$clients,$jobs,$proto,$connect,$ssl,$BENCH_POOL_MODE,$pool,$secs,$status,$tps,$lat,$failed,$tx,$cpu,$per1k" >>"$RAW_CSV"
+    echo "$scen,$round,$target,$clients,$jobs,$proto,$connect,$ssl,$BENCH_POOL_MODE,$pool,$secs,$status,$tps,$lat,$failed,$tx,$cpu,$per1k,$csw1k" >>"$RAW_CSV"
 }
 
 read -r -a targets <<<"$BENCH_TARGETS"
