@@ -128,7 +128,8 @@ static inline bool itw_msg(uint8_t *buf, size_t cap, size_t *len, char type, con
         return false;
     buf[*len] = (uint8_t)type;
     itw_put32(buf + *len + 1, (uint32_t)(blen + 4));
-    memcpy(buf + *len + 5, body, blen);
+    if (blen) /* body may be NULL for an empty message (Sync, Flush) */
+        memcpy(buf + *len + 5, body, blen);
     *len += 5 + blen;
     return true;
 }
