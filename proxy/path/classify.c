@@ -19,10 +19,10 @@ void px_classify_head(struct px_client *c, const uint8_t *body, uint32_t len,
     c->head_sql_feature = info->session_feature;
     /* Only what an ordinary query needs is kept: a text that touches session state or
      * prepared statements is scanned again when relayed (rare, and the cache stays small). */
-    c->head_sql_plain = !info->session_feature && !info->drops_prepared &&
-                        info->state == PX_STATE_NONE && !info->pins && !info->unpins &&
-                        !info->rollback_to && info->kind != PX_SQL_DEALLOCATE &&
-                        !info->outside_effect && !info->proc;
+    c->head_sql_plain =
+        !info->session_feature && !info->drops_prepared && info->state == PX_STATE_NONE &&
+        !info->pins && !info->unpins && !info->rollback_to && info->kind != PX_SQL_DEALLOCATE &&
+        !info->outside_effect && !info->proc && !info->ends_commit && !info->ends_rollback;
 }
 
 void px_classify_relayed(struct px_client *c, const uint8_t *body, uint32_t len,

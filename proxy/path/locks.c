@@ -72,8 +72,12 @@ struct px_client_locks {
     struct lockmgr_owner *owner;   /* NULL until the first lock function runs */
     struct px_lockstmt *stmts;
     struct px_lockportal *portals;
-    bool skip;      /* an error in this extended-protocol group: skip to Sync */
-    bool has_xact;  /* may hold transaction-scoped locks */
+    bool skip;     /* an error in this extended-protocol group: skip to Sync */
+    bool has_xact; /* may hold transaction-scoped locks */
+    /* A Query that ends the block (COMMIT / ROLLBACK AND CHAIN, COMMIT; BEGIN, ...) was
+     * sent: the transaction locks go at the end of its reply, this many ReadyForQuery
+     * from now (0: none such). */
+    uint32_t end_at_ready;
     bool lost;      /* a lock was lost with its lock connection, maybe not reported yet */
     bool lost_pass; /* ... and this extended-protocol group is a ROLLBACK: it runs */
 
@@ -1365,6 +1369,25 @@ void px_locks_txn_end(struct px_client *c)
     if (n)
         px_debug("locks", 'C', c->id, "transaction ended: %zu transaction locks released", n);
     arm_timer();
+}
+
+void px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due)
+{
+    struct px_client_locks *cl = c->locks;
+    /* With retry on, the retry stage ends a committed block at its COMMIT's reply (a
+     * COMMIT may fail with 40001 and be replayed: its locks stay while it is); a ROLLBACK
+     * is never replayed. */
+    if (cl && cl->has_xact && (info->ends_rollback || (info->ends_commit && !c->retry)))
+        cl->end_at_ready = ready_due;
+}
+
+void px_locks_ready(struct px_client *c, char status)
+{
+    struct px_client_locks *cl = c->locks;
+    if (!cl->end_at_ready || --cl->end_at_ready > 0)
+        return;
+    if (status != 'E') /* a statement before the end failed: the block is still open */
+        px_locks_txn_end(c);
 }
 
 void px_locks_client_free(struct px_client *c)

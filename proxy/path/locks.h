@@ -93,6 +93,16 @@ static inline bool px_locks_waiting(const struct px_client *c)
  * its transaction-scoped locks go, and the next waiters are granted. */
 void px_locks_txn_end(struct px_client *c);
 
+/* A Query of c's is relayed; its reply ends with the ready_due-th ReadyForQuery from now.
+ * When the text ends c's block and a new one may follow at once (COMMIT AND CHAIN,
+ * ROLLBACK AND CHAIN, COMMIT; BEGIN), the block's transaction locks go at that
+ * ReadyForQuery, whatever its status but 'E' (px_locks_ready). */
+struct px_sql_info;
+void px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due);
+
+/* A ReadyForQuery (status) from c's server is relayed; c->locks is set. */
+void px_locks_ready(struct px_client *c, char status);
+
 /* A CancelRequest for c: ends its lock wait with 57014.  False when c does not wait. */
 bool px_locks_cancel(struct px_client *c);
 

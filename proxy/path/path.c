@@ -317,6 +317,8 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
             px_retry_note_sql(c, &info);
+            if (c->locks)
+                px_locks_note_query(c, &info, s->pending_ready + 1);
             if (px_local_answer_linked(c, &info)) {
                 if (!c->begin_merge)
                     return PX_RELAY_DROP;
@@ -348,11 +350,18 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
             px_retry_note_sql(c, &info);
+            if (c->locks)
+                px_locks_note_query(c, &info, s->pending_ready + 1);
             if (info.kind == PX_SQL_COMMIT)
                 replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
             px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
         }
+    } else if (c->locks && body && type == 'Q') {
+        /* a client of the lock functions: a block ended by a chained COMMIT/ROLLBACK */
+        struct px_sql_info info;
+        px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
+        px_locks_note_query(c, &info, s->pending_ready + 1);
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
@@ -498,6 +507,8 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         server_ready(s, len ? (char)body[0] : 'I');
         if (s->client)
             px_session_ready(s->client, s->txn_status);
+        if (s->client && s->client->locks)
+            px_locks_ready(s->client, s->txn_status);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
             px_breaker_txn_done(s->pool);

@@ -32,6 +32,8 @@ struct lexer {
     const char *feature;   /* first session-only feature seen (static string) */
     bool drops_prepared;   /* a statement starts with DEALLOCATE or DISCARD */
     bool rollback_to;      /* ROLLBACK [WORK | TRANSACTION] TO ... */
+    bool ends_commit;      /* COMMIT / END [WORK | TRANSACTION] [AND [NO] CHAIN] */
+    bool ends_rollback;    /* ROLLBACK / ABORT [WORK | TRANSACTION] [AND [NO] CHAIN] */
     bool after_set_config; /* the last token named set_config */
     bool after_unlock_all; /* the last token named pg_advisory_unlock_all */
     bool after_outside_fn; /* the last token named a function whose effects a rollback
@@ -252,10 +254,12 @@ static void begin_stmt(struct lexer *lx, bool start, struct px_sql_info *res)
     }
 }
 
-/* COMMIT/END/ROLLBACK/ABORT: [WORK | TRANSACTION] [AND NO CHAIN] and nothing else. */
+/* COMMIT/END/ROLLBACK/ABORT: [WORK | TRANSACTION] [AND NO CHAIN] and nothing else; with
+ * AND CHAIN it only ends the block (ends_commit, ends_rollback). */
 static void end_xact_stmt(struct lexer *lx, bool commit, struct px_sql_info *res)
 {
     struct px_lex_token t;
+    bool chain = false;
     stmt_next(lx, &t);
     if (IS_KW(&t, "work") || IS_KW(&t, "transaction"))
         stmt_next(lx, &t);
@@ -263,14 +267,20 @@ static void end_xact_stmt(struct lexer *lx, bool commit, struct px_sql_info *res
         lx->rollback_to = true;
     if (IS_KW(&t, "and")) { /* AND CHAIN starts a new transaction: not ours to answer */
         stmt_next(lx, &t);
-        if (!IS_KW(&t, "no"))
-            return;
-        stmt_next(lx, &t);
+        chain = !IS_KW(&t, "no");
+        if (!chain)
+            stmt_next(lx, &t);
         if (!IS_KW(&t, "chain"))
             return;
         stmt_next(lx, &t);
     }
     if (!is_stmt_end(&t))
+        return;
+    if (commit)
+        lx->ends_commit = true;
+    else
+        lx->ends_rollback = true;
+    if (chain)
         return;
     res->kind = commit ? PX_SQL_COMMIT : PX_SQL_ROLLBACK;
     res->tag = commit ? "COMMIT" : "ROLLBACK";
@@ -750,6 +760,8 @@ void px_sql_classify(const char *sql, size_t len, struct px_sql_info *out)
     out->outside_effect = lx.outside;
     out->drops_prepared = lx.drops_prepared;
     out->rollback_to = lx.rollback_to;
+    out->ends_commit = lx.ends_commit;
+    out->ends_rollback = lx.ends_rollback;
     out->pins = lx.pins;
     out->unpins = lx.unpins;
     if (nstmt > 1 && lx.stmts_with_state == 1 && last_reset && !txn_control) {

@@ -111,6 +111,11 @@ struct px_sql_info {
     bool drops_prepared;
     /* A ROLLBACK TO SAVEPOINT (what it undoes cannot be followed). */
     bool rollback_to;
+    /* Some statement of the text ends the transaction block: COMMIT / END (ends_commit) or
+     * ROLLBACK / ABORT (ends_rollback) [WORK | TRANSACTION] [AND [NO] CHAIN]; not TO
+     * SAVEPOINT, not PREPARED.  With AND CHAIN (or a BEGIN behind it) a new block follows
+     * at once, and the ReadyForQuery says 'T'. */
+    bool ends_commit, ends_rollback;
     /* PX_SQL_PIN_* the text creates, and those it clears (DISCARD ALL: all of them). */
     uint8_t pins, unpins;
     /* The session state the one statement changes (PX_STATE_UNTRACKED: several statements,

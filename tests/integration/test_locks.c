@@ -1126,6 +1126,65 @@ static void test_portals_end_with_transaction(void)
     stop();
 }
 
+/* ---- a block ended with a new one chained behind ----------------------------------------- */
+
+/* Whether b can take key now (a try lock, given back at once). */
+static bool free_for(PGconn *b, const char *key)
+{
+    char sql[200];
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_try_lock('%s', 'write')", key);
+    const char *got = itu_q(b, sql);
+    if (!strcmp(got, "NULL"))
+        return false;
+    snprintf(sql, sizeof(sql), "SELECT pgwarden_unlock('%s')", key);
+    CU_ASSERT_STRING_EQUAL(itu_q(b, sql), "t");
+    return true;
+}
+
+/*
+ * A block's transaction locks go when the block ends, also when a new block starts in the
+ * same reply: COMMIT / ROLLBACK AND CHAIN, and COMMIT; BEGIN in one Query (they stayed
+ * until the chained block ended: with retry off for COMMIT, always for ROLLBACK).  A
+ * ROLLBACK TO SAVEPOINT ends no block: the lock stays until COMMIT.
+ */
+static void chained_end(const char *tail)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start_opts(2, tail));
+    PGconn *a = conn(NULL), *b = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    static const char *const ends[] = {"COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "COMMIT; BEGIN",
+                                       "ROLLBACK; BEGIN"};
+    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
+        CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+        CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('chain:k', 'write')") > 0);
+        CU_ASSERT_FALSE(free_for(b, "chain:k"));
+        PQclear(PQexec(a, ends[i]));
+        CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INTRANS);
+        bool released = free_for(b, "chain:k");
+        if (!released)
+            fprintf(stderr, "\n    still held after %s", ends[i]);
+        CU_ASSERT_TRUE(released);
+        CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
+    }
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "SAVEPOINT s"), "SAVEPOINT");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('chain:k', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "ROLLBACK TO SAVEPOINT s"), "ROLLBACK");
+    CU_ASSERT_FALSE(free_for(b, "chain:k"));
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_TRUE(free_for(b, "chain:k"));
+    PQfinish(a);
+    PQfinish(b);
+    stop();
+}
+
+static void test_chained_end_releases(void)
+{
+    chained_end(NULL);                          /* retry on, the default */
+    chained_end("[retry]\nmax_attempts = 1\n"); /* retry off */
+}
+
 static void register_suites(void)
 {
     static CU_TestInfo tests[] = {
@@ -1141,6 +1200,7 @@ static void register_suites(void)
         {"read_modify_write", test_read_modify_write},
         {"tokens_across_restart", test_tokens_across_restart},
         {"portals_end_with_transaction", test_portals_end_with_transaction},
+        {"chained_end_releases", test_chained_end_releases},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("locks_session", suite_init_session, suite_cleanup, tests);

@@ -1011,10 +1011,50 @@ static void test_outside_effects_and_txn_control(void)
     }
 }
 
+/* Which texts end the transaction block (locks.c releases transaction locks at their
+ * reply), with or without a new block chained behind; savepoints and two-phase commit do
+ * not end it. */
+static void test_block_ends(void)
+{
+    static const struct {
+        const char *sql;
+        bool commit, rollback;
+    } cases[] = {
+        {"COMMIT", true, false},
+        {"end work and no chain", true, false},
+        {"COMMIT AND CHAIN", true, false},
+        {"COMMIT TRANSACTION AND CHAIN;", true, false},
+        {"ROLLBACK AND CHAIN", false, true},
+        {"abort and chain", false, true},
+        {"COMMIT; BEGIN", true, false},
+        {"ROLLBACK; BEGIN ISOLATION LEVEL SERIALIZABLE", false, true},
+        {"ROLLBACK TO SAVEPOINT a", false, false},
+        {"ROLLBACK WORK TO a", false, false},
+        {"COMMIT PREPARED 'x'", false, false},
+        {"ROLLBACK PREPARED 'x'", false, false},
+        {"COMMIT AND", false, false}, /* a syntax error: nothing ends */
+        {"SELECT 'COMMIT AND CHAIN'", false, false},
+        {"RELEASE SAVEPOINT a", false, false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct px_sql_info info;
+        px_sql_classify(cases[i].sql, strlen(cases[i].sql), &info);
+        bool ok = info.ends_commit == cases[i].commit && info.ends_rollback == cases[i].rollback;
+        if (!ok)
+            fprintf(stderr, "\n    [%s]: ends_commit %d, ends_rollback %d", cases[i].sql,
+                    (int)info.ends_commit, (int)info.ends_rollback);
+        CU_ASSERT_TRUE(ok);
+    }
+    struct px_sql_info info; /* a chained end is not pgwarden's to answer */
+    px_sql_classify("COMMIT AND CHAIN", 16, &info);
+    CU_ASSERT_EQUAL(info.kind, PX_SQL_OTHER);
+}
+
 void test_sqlscan_register(void)
 {
     static CU_TestInfo tests[] = {
         {"begin", test_begin},
+        {"block_ends", test_block_ends},
         {"begin_rejected", test_begin_rejected},
         {"commit_rollback", test_commit_rollback},
         {"deallocate", test_deallocate},
