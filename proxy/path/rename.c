@@ -6,8 +6,10 @@
 #include <string.h>
 
 #include "net/client.h"
+#include "net/server.h"
 #include "path/expect.h"
 #include "path/rename.h"
+#include "path/sqlscan.h"
 
 struct px_stmt_registry *px_rename_registry(void)
 {
@@ -104,6 +106,47 @@ bool px_rename_client_may_add(const struct px_client *c, const char *name)
            px_stmt_map_get(&c->stmts, name) != NULL;
 }
 
+/* The throwaway statement a client's DEALLOCATE names on the server (a server name, never a
+ * registry statement's: those end in digits). */
+#define DEALLOC_STAND_IN PX_STMT_PREFIX "dealloc"
+
+/*
+ * An unnamed Parse of DEALLOCATE name, name a statement of the client's: how drivers send it
+ * by the extended protocol (psycopg 3 evicts its prepared statements so).  The server knows
+ * the statement by pgwarden's name, or not at all, and keeps it for other clients too; the
+ * text PostgreSQL gets is DEALLOCATE of a throwaway statement prepared (hidden) just before,
+ * so that the client gets PostgreSQL's very replies (ParseComplete ... CommandComplete
+ * "DEALLOCATE", or the error of a failed block), and the statement leaves the client's map.
+ * True when handled (*act set).
+ */
+static bool dealloc_parse(struct px_client *c, struct evbuffer *out, const uint8_t *content,
+                          uint32_t clen, enum px_relay_action *act)
+{
+    struct px_server *s = c->server;
+    const uint8_t *nul = memchr(content, '\0', clen);
+    /* the cheap test first: every unnamed Parse comes here */
+    if (!nul || nul - content < 12 || (content[0] | 0x20) != 'd' || s->txn_status == 'E' ||
+        (size_t)(nul - content) + 3 > clen || px_get_u16(nul + 1) != 0)
+        return false;
+    struct px_sql_info info;
+    px_sql_classify((const char *)content, (size_t)(nul - content), &info);
+    if (info.kind != PX_SQL_DEALLOCATE || !px_stmt_map_get(&c->stmts, info.name))
+        return false; /* not the client's: PostgreSQL answers (26000, or an SQL PREPARE's) */
+    /* contents: the text, its NUL, no parameter types */
+    static const uint8_t stand_in[] = "SELECT\0\0";
+    static const uint8_t text[] = "DEALLOCATE " DEALLOC_STAND_IN "\0\0";
+    *act = PX_RELAY_CLOSE;
+    if (!px_expect_push(s, PX_EXP_CLOSE, true) ||
+        px_write_target(out, 'C', 'S', DEALLOC_STAND_IN) < 0 ||
+        !px_expect_push(s, PX_EXP_PARSE, true) ||
+        px_write_parse(out, DEALLOC_STAND_IN, stand_in, sizeof(stand_in)) < 0 ||
+        !px_expect_push(s, PX_EXP_PARSE, false) || px_write_parse(out, "", text, sizeof(text)) < 0)
+        return true;
+    px_stmt_map_remove(&c->stmts, info.name);
+    *act = PX_RELAY_DROP;
+    return true;
+}
+
 enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                                      uint32_t len)
 {
@@ -114,12 +157,15 @@ enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, 
     if (px_parse_split(body, len, &name, &content, &clen) < 0)
         return PX_RELAY_FORWARD; /* malformed: PostgreSQL says so */
     if (!*name) {
-        if (!px_expect_push(s, PX_EXP_PARSE, false))
+        enum px_relay_action act = PX_RELAY_FORWARD;
+        if (!dealloc_parse(c, out, content, clen, &act) && !px_expect_push(s, PX_EXP_PARSE, false))
             return PX_RELAY_CLOSE;
+        if (act == PX_RELAY_CLOSE)
+            return act;
         c->unnamed_parsed = true;
         c->unnamed_lost = false; /* its unnamed statement is this one from now on */
         s->unnamed_owner = c->id;
-        return PX_RELAY_FORWARD; /* the unnamed statement lives only until the next Parse */
+        return act; /* the unnamed statement lives only until the next Parse */
     }
     if (!px_rename_client_may_add(c, name)) {
         /* FATAL, not ERROR: the group is on its way to the server, and a leak of names

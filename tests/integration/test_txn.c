@@ -674,6 +674,76 @@ static void test_prepared_follow_client(void)
     txn_stop();
 }
 
+/* The tag of PQexecParams(sql) without parameters (the extended protocol), or !SQLSTATE. */
+static const char *exec_ext(PGconn *c, const char *sql)
+{
+    static char buf[64];
+    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+/*
+ * DEALLOCATE name by the extended protocol (how psycopg 3 evicts statements, and any
+ * driver that sends everything with parameters): it drops the client's statement, and only
+ * it, as the simple-protocol DEALLOCATE does.  It went to the server under the client's
+ * name, which the server does not know (26000, and nothing dropped: psycopg 3 with more
+ * than 100 prepared statements got 26000 errors on unrelated queries).
+ */
+static void test_dealloc_extended(void)
+{
+    struct harness_proxy_opts o = txn_opts(1); /* both clients on the one server */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txn_start(&o));
+    PGconn *a = px_conn(NULL), *b = px_conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_TRUE_FATAL(prep_ok(a, "s1", "SELECT 'a' || $1::text"));
+    CU_ASSERT_TRUE_FATAL(prep_ok(b, "s1", "SELECT 'b' || $1::text, 2"));
+    /* the same text under one name in both: one statement on the server, shared */
+    CU_ASSERT_TRUE_FATAL(prep_ok(a, "same", "SELECT 'same'"));
+    CU_ASSERT_TRUE_FATAL(prep_ok(b, "same", "SELECT 'same'"));
+
+    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s1"), "DEALLOCATE");
+    PGresult *r = exec_prep(a, "s1", "x");
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
+    PQclear(r);
+    r = exec_prep(b, "s1", "x");
+    CU_ASSERT_TRUE(result_is(r, 2, "bx", "2"));
+    PQclear(r);
+    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s1"), "!26000"); /* gone already */
+    CU_ASSERT_STRING_EQUAL(exec_ext(a, "deallocate prepare \"same\""), "DEALLOCATE");
+    r = exec_prep(b, "same", NULL);
+    CU_ASSERT_TRUE(result_is(r, 1, "same", NULL));
+    PQclear(r);
+    r = exec_prep(a, "same", NULL);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
+    PQclear(r);
+
+    /* inside a block, and in a failed one (25P02 there, nothing dropped) */
+    CU_ASSERT_TRUE(prep_ok(a, "s2", "SELECT 'a2'"));
+    CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s2"), "DEALLOCATE");
+    CU_ASSERT_TRUE(itu_exec_ok(a, "COMMIT"));
+    r = exec_prep(a, "s2", NULL);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
+    PQclear(r);
+    CU_ASSERT_TRUE(prep_ok(a, "s3", "SELECT 'a3'"));
+    CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
+    PQclear(PQexec(a, "SELECT 1/0"));
+    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s3"), "!25P02");
+    CU_ASSERT_TRUE(itu_exec_ok(a, "ROLLBACK"));
+    r = exec_prep(a, "s3", NULL);
+    CU_ASSERT_TRUE(result_is(r, 1, "a3", NULL));
+    PQclear(r);
+    conn_close(a);
+    conn_close(b);
+    txn_stop();
+}
+
 /* ---- 3. prepared statements across servers, also pipelined ---------------------------- */
 
 #define ACROSS_CLIENTS 4
@@ -1930,6 +2000,7 @@ static void register_suites(void)
     static const CU_TestInfo tests[] = {
         {"two_clients_one_server_keep_their_settings", test_two_clients_one_server},
         {"prepared_statements_follow_client", test_prepared_follow_client},
+        {"dealloc_extended", test_dealloc_extended},
         {"unnamed_statement_across_groups", test_unnamed_across_groups},
         {"unnamed_statement_gone_after_query_elsewhere", test_unnamed_gone_after_query_elsewhere},
         {"prepared_across_servers", test_prepared_across_servers},

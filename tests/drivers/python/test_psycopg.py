@@ -527,6 +527,18 @@ def case_recipe_session_lock(mode):
         check_token(one(b, "SELECT pgwarden_try_lock(%s, 'read')", (k,)), t)
 
 
+def case_prepared_eviction(mode):
+    """psycopg's own cache of prepared statements: past prepared_max it evicts the oldest
+    with DEALLOCATE through the extended protocol.  Through transaction pooling that
+    DEALLOCATE used to reach PostgreSQL under psycopg's name (26000 on later, unrelated
+    queries, and nothing deallocated)."""
+    with connect(mode) as c:
+        c.prepared_max = 4  # prepared at the 5th execution (prepare_threshold 5)
+        for j in range(10):
+            for rnd in range(6):
+                check(one(c, "SELECT %%s::int + %d" % j, (rnd,)) == rnd + j, "query", j, rnd)
+
+
 CASES = [
     case_tokens_and_types,
     case_prepared,
@@ -541,6 +553,7 @@ CASES = [
     case_waiters_hold_no_server,
     case_recipe_read_modify_write,
     case_recipe_session_lock,
+    case_prepared_eviction,
     case_chaos_prepared,
     case_chaos_commit,
 ]
