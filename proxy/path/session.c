@@ -151,7 +151,8 @@ struct px_sstate {
     struct px_sstate_change *unnamed; /* the change its unnamed statement would make */
     bool unnamed_end;                 /* ... or the COMMIT/ROLLBACK it is */
     uint8_t unnamed_end_kind;
-    bool bound_unnamed; /* its last Bind was of the unnamed statement */
+    uint8_t unnamed_unpins; /* PX_SQL_PIN_* its unnamed statement clears (UNLISTEN *, ...) */
+    bool bound_unnamed;     /* its last Bind was of the unnamed statement */
 };
 
 static struct px_sstate *sstate_of(struct px_client *c)
@@ -478,6 +479,9 @@ void px_session_note_parse(struct px_client *c, const char *name, const struct p
             st->unnamed_end_kind = (uint8_t)info->kind;
             ch = NULL;
         }
+        /* what it clears counts when it runs, as the simple protocol's does when sent */
+        if (st)
+            st->unnamed_unpins = info->unpins;
     }
     uint8_t pins = info->pins;
     if (ch || info->state == PX_STATE_UNTRACKED)
@@ -504,6 +508,8 @@ void px_session_note_execute(struct px_client *c)
     struct px_sstate *st = c->sstate;
     if (!st || !st->bound_unnamed)
         return;
+    if (st->unnamed_unpins) /* only a pinned client can have any: it has a state */
+        set_pins(c, (uint8_t)(st->pins & ~st->unnamed_unpins));
     if (st->unnamed_end) {
         st->last_end = st->unnamed_end_kind;
         return;

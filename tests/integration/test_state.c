@@ -328,6 +328,60 @@ static bool notified(PGconn *c, int ms)
     }
 }
 
+/* PQexecParams without parameters (the extended protocol's unnamed statement): its value or
+ * tag, or !SQLSTATE. */
+static const char *vx(PGconn *c, const char *sql)
+{
+    static char buf[512];
+    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(buf, sizeof(buf), "%s", PQgetvalue(r, 0, 0));
+    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+    else
+        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+    PQclear(r);
+    return buf;
+}
+
+static long long pinned_clients(void)
+{
+    json_t *pools = get_json(g_px->admin_port, "/pools", NULL);
+    long long n = json_integer_value(json_object_get(json_array_get(pools, 0), "clients_pinned"));
+    json_decref(pools);
+    return n;
+}
+
+/*
+ * What pins by the extended protocol's unnamed statement (pgJDBC and node-postgres with
+ * parameters send everything so) also unpins so: UNLISTEN *, pg_advisory_unlock_all() and
+ * DISCARD TEMP.  Only their simple-protocol form used to unpin, so such a client kept its
+ * server until it left.
+ */
+static void test_pins_extended(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
+    PGconn *a = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    static const char *const pairs[][3] = {
+        {"LISTEN st_x", "UNLISTEN *", "UNLISTEN"},
+        {"SELECT pg_advisory_lock(77)", "SELECT pg_advisory_unlock_all()", ""},
+        {"CREATE TEMP TABLE st_x(v int)", "DISCARD TEMP", "DISCARD TEMP"},
+    };
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        CU_ASSERT_NOT_EQUAL(vx(a, pairs[i][0])[0], '!');
+        CU_ASSERT_EQUAL(pinned_clients(), 1);
+        CU_ASSERT_STRING_EQUAL(vx(a, pairs[i][1]), pairs[i][2]);
+        long long left = pinned_clients();
+        if (left != 0)
+            fprintf(stderr, "\n    still pinned after %s", pairs[i][1]);
+        CU_ASSERT_EQUAL(left, 0);
+    }
+    PQfinish(a);
+    stop();
+}
+
 static void test_pins(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
@@ -492,6 +546,7 @@ static void register_suites(void)
         {"sql_prepare_follows", test_sql_prepare_follows},
         {"deallocate_extended", test_deallocate_extended},
         {"pins", test_pins},
+        {"pins_extended", test_pins_extended},
         {"pool_reset_text", test_pool_reset_text},
         {"pooling_stays_real", test_pooling_stays_real},
         CU_TEST_INFO_NULL,
