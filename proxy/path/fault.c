@@ -131,6 +131,19 @@ static bool query_when(const uint8_t *body, uint32_t len, enum px_chaos_when *wh
     return true;
 }
 
+/* SQLSTATEs that end the connection: PostgreSQL sends these only as FATAL (or, 57P02,
+ * just before it drops the connection), and pgwarden sends 08006 so when a server is lost.
+ * An injected one ends the client's connection too, so that a chaos test exercises the
+ * reconnect a driver and its pool really do, not a connection that goes on working. */
+static bool ends_connection(const char *sqlstate)
+{
+    static const char *const codes[] = {"57P01", "57P02", "57P03", "57P05", "25P03", "08006"};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        if (!strcmp(sqlstate, codes[i]))
+            return true;
+    return false;
+}
+
 /* Writes the injected error as the answer to the current message and fails the statement
  * on both sides. */
 static void inject_error(struct px_client *c, const struct px_chaos_action *a, bool simple,
@@ -179,6 +192,12 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
         return PX_FAULT_NONE;
     switch (a.kind) {
     case PX_CHAOS_ERROR:
+        if (ends_connection(a.sqlstate)) {
+            /* after the replies owed before it, as everything pgwarden answers */
+            px_wire_error(px_path_client_out(c), PX_SEV_FATAL, a.sqlstate, a.message, NULL);
+            px_client_fatal(c, NULL, NULL); /* closed once written; the server is reset */
+            return PX_FAULT_CLOSED;
+        }
         inject_error(c, &a, type == 'Q', when == PX_CHAOS_COMMIT);
         return PX_FAULT_ANSWERED;
     case PX_CHAOS_LATENCY: {

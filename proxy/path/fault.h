@@ -45,7 +45,7 @@ enum px_fault_verdict {
     PX_FAULT_ANSWERED,   /* an error was injected: the message is dropped */
     PX_FAULT_HOLD,       /* wait: latency, or a server reply is owed before the error */
     PX_FAULT_DISCONNECT, /* forward the message, then close the server (commit) */
-    PX_FAULT_CLOSED,     /* the server was closed (the client got its error) */
+    PX_FAULT_CLOSED,     /* the server, or the client, is closed (the client got its error) */
 };
 
 /* A client message about to go to c->server (type 'Q' or 'E'; body of len bytes).

@@ -606,6 +606,49 @@ static void test_latency(void)
 
 /* A disconnect before a statement: the client sees its connection lost (08006), the open
  * transaction is not committed, and a new connection works. */
+/*
+ * An injected SQLSTATE that PostgreSQL only sends as FATAL (57P01 here: an administrator's
+ * pg_terminate_backend) ends the connection as the real one does: FATAL, the connection
+ * closed, the open transaction rolled back; the next connection works.  It came as a plain
+ * ERROR on a connection that went on working.
+ */
+static void fatal_ends_connection(struct harness_proxy *px, const char *app, int id0)
+{
+    char rule[256], ci[64], ins[128];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"57P01\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    PGconn *c = client(px, app);
+    CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
+    snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES (%d, '%s')", id0, app);
+    PGresult *r = PQexec(c, ins);
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    /* libpq may report the FATAL and the close as one error without its fields */
+    if (sev)
+        CU_ASSERT_STRING_EQUAL(sev, "FATAL");
+    if (st)
+        CU_ASSERT_STRING_EQUAL(st, "57P01");
+    CU_ASSERT_PTR_NOT_NULL(strstr(PQerrorMessage(c), "terminating connection"));
+    PQclear(r);
+    PQclear(PQexec(c, "SELECT 1"));
+    CU_ASSERT_EQUAL(PQstatus(c), CONNECTION_BAD);
+    PQfinish(c);
+    CU_ASSERT_EQUAL(rows(app), 0);
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    snprintf(ci, sizeof ci, "application_name=%s", app);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, ci));
+    remove_rule(px, id);
+}
+
+static void test_fatal_ends_connection(void)
+{
+    fatal_ends_connection(g_txn, "e2e_fatal_txn", 60);
+    fatal_ends_connection(g_sess, "e2e_fatal_sess", 61);
+}
+
 static void test_disconnect_statement(void)
 {
     long long id = add_rule(g_sess, "{\"inject\":\"disconnect\",\"max_count\":1,"
@@ -856,6 +899,7 @@ static void register_suites(void)
         {"named_begin_in_group", test_named_begin_in_group},
         {"latency", test_latency},
         {"disconnect_statement", test_disconnect_statement},
+        {"fatal_ends_connection", test_fatal_ends_connection},
         {"disconnect_commit_session", test_disconnect_commit_session},
         {"disconnect_commit_transaction", test_disconnect_commit_transaction},
         {"disconnect_commit_extended", test_disconnect_commit_extended},
