@@ -160,8 +160,14 @@ void px_txn_commit_failed(struct px_client *c, bool simple)
 static bool need_server(struct px_client *c)
 {
     struct px_breaker_refusal why;
-    if (!px_breaker_admit(c->pool->breaker, &why))
+    if (!px_breaker_admit(c->pool->breaker, &why)) {
+        if (c->held_failed) /* a failed block refuses the statement first, as PostgreSQL does */
+            return px_local_fail_unlinked(c, "25P02",
+                                          "current transaction is aborted, commands ignored "
+                                          "until end of transaction block",
+                                          NULL);
         return px_local_fail_unlinked(c, PX_SQLSTATE_CANNOT_CONNECT_NOW, why.message, why.detail);
+    }
     if (!px_batch_join(c))
         px_pool_request_server(c->pool, c);
     return false;

@@ -403,10 +403,22 @@ static void test_postgresql_stopped(void)
     CU_ASSERT_EQUAL(PQexitPipelineMode(a), 1);
     CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 1", &ms, NULL, 0), "57P03");
     CU_ASSERT_EQUAL(PQstatus(a), CONNECTION_OK);
-    /* Inside a block: the block fails, ROLLBACK ends it. */
+    /* Inside a block: the block fails, later statements get 25P02 as in any failed block
+     * (they got 57P03 again), COMMIT answers ROLLBACK. */
     CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
     CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 1", &ms, NULL, 0), "57P03");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 2", &ms, NULL, 0), "25P02");
+    r = PQexecParams(a, "SELECT $1::int", 1, NULL, one, NULL, NULL, 0);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "25P02");
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    r = PQexec(a, "COMMIT");
+    CU_ASSERT_STRING_EQUAL(PQcmdStatus(r), "ROLLBACK");
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
+    CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 1", &ms, NULL, 0), "57P03");
     CU_ASSERT_TRUE(itu_exec_ok(a, "ROLLBACK"));
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_IDLE);
 
