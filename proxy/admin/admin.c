@@ -567,12 +567,17 @@ static void send_reply(struct px_admin_req *req, int status, const char *content
     evhttp_add_header(h, "Content-Type", content_type);
     evhttp_add_header(h, "Cache-Control", "no-store");
     evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-    if (evhttp_request_get_command(req->ev) == EVHTTP_REQ_HEAD && body) {
-        /* HEAD: the GET answer's length, no body (libevent 2.1 would send it). */
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req->ev);
+    if ((cmd == EVHTTP_REQ_HEAD || cmd == EVHTTP_REQ_CONNECT) && body) {
+        /* libevent 2.1 sets no Content-Length for these.  HEAD: the GET answer's length, no
+         * body (libevent would send it).  CONNECT (its path is never one of ours: 400): the
+         * body's length, or a client could not tell where it ends on a kept-alive
+         * connection (libevent never closes one after a CONNECT). */
         char len[32];
         snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
         evhttp_add_header(h, "Content-Length", len);
-        evbuffer_drain(body, evbuffer_get_length(body));
+        if (cmd == EVHTTP_REQ_HEAD)
+            evbuffer_drain(body, evbuffer_get_length(body));
     }
     evhttp_send_reply(req->ev, status, NULL, body);
     if (status >= 500 && status != 503) /* 503 is /health's normal answer */
