@@ -125,6 +125,42 @@ static bool is_temp_schema(const struct px_lex_token *t)
            (t->n == 7 || t->s[7] == '_');
 }
 
+/* A boolean constant PostgreSQL reads as true: TRUE, or one of its input strings. */
+static bool is_true_const(const struct px_lex_token *t)
+{
+    if (t->kind == PX_LEX_WORD)
+        return px_lex_fold_eq(t->s, t->n, "true");
+    if (t->kind != PX_LEX_STRING || t->str != PX_LEX_STR_STD || t->n < 3)
+        return false;
+    static const char *const yes[] = {"t", "true", "y", "yes", "on", "1"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+        if (px_lex_fold_eq(t->s + 1, t->n - 2, yes[i]))
+            return true;
+    return false;
+}
+
+/* After "set_config(": whether its third argument is a constant true (is_local: the
+ * setting ends with the transaction, as SET LOCAL's does).  Reads a copy of the lexer. */
+static bool set_config_is_local(const struct px_lex *at)
+{
+    struct px_lex src = *at;
+    struct px_lex_token t, third = {0};
+    int depth = 0, commas = 0, third_tokens = 0;
+    for (;;) {
+        px_lex_next(&src, &t);
+        if (t.kind == PX_LEX_END || t.kind == PX_LEX_SEMI || t.kind == PX_LEX_BAD)
+            return false;
+        if (t.kind == PX_LEX_CHAR && (*t.s == '(' || *t.s == '['))
+            depth++;
+        else if (t.kind == PX_LEX_CHAR && (*t.s == ')' || *t.s == ']') && depth-- == 0)
+            return commas == 2 && third_tokens == 1 && is_true_const(&third);
+        else if (depth == 0 && t.kind == PX_LEX_CHAR && *t.s == ',')
+            commas++;
+        else if (commas == 2 && third_tokens++ == 0)
+            third = t;
+    }
+}
+
 /* The next token of the text (PX_LEX_END, again and again, at the end). */
 static void lex_next(struct lexer *lx, struct px_lex_token *t)
 {
@@ -133,7 +169,9 @@ static void lex_next(struct lexer *lx, struct px_lex_token *t)
         if (lx->after_lock_fn) {
             note_feature(lx, "session advisory lock");
             lx->pins |= PX_SQL_PIN_ADVISORY;
-        } else if (lx->after_set_config) {
+        } else if (lx->after_set_config && !set_config_is_local(&lx->src)) {
+            /* a session-level setting made inside a query: not followed, so it pins;
+             * set_config(name, value, true) ends with its transaction, as SET LOCAL */
             note_feature(lx, "set_config()");
             lx->pins |= PX_SQL_PIN_OTHER;
         } else if (lx->after_unlock_all) {

@@ -382,6 +382,29 @@ static void test_pins_extended(void)
     stop();
 }
 
+/*
+ * set_config(name, value, true) is transaction-local, like SET LOCAL (PostgREST, Hasura and
+ * row-level-security setups set their per-request settings so in every transaction): it
+ * leaves nothing behind and pins nothing; the session form still pins.
+ */
+static void test_set_config_local(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
+    PGconn *a = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT set_config('request.claims', 'anon', true)"), "anon");
+    CU_ASSERT_STRING_EQUAL(vx(a, "SELECT current_setting('request.claims', true)"), "anon");
+    CU_ASSERT_STRING_EQUAL(v(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_EQUAL(pinned_clients(), 0);
+    CU_ASSERT_STRING_EQUAL(vx(a, "SELECT set_config('request.claims', 'x', 'on')"), "x");
+    CU_ASSERT_EQUAL(pinned_clients(), 0);
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT set_config('request.claims', 'kept', false)"), "kept");
+    CU_ASSERT_EQUAL(pinned_clients(), 1);
+    PQfinish(a);
+    stop();
+}
+
 static void test_pins(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
@@ -547,6 +570,7 @@ static void register_suites(void)
         {"deallocate_extended", test_deallocate_extended},
         {"pins", test_pins},
         {"pins_extended", test_pins_extended},
+        {"set_config_local", test_set_config_local},
         {"pool_reset_text", test_pool_reset_text},
         {"pooling_stays_real", test_pooling_stays_real},
         CU_TEST_INFO_NULL,
