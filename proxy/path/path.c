@@ -291,8 +291,9 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         case PX_LOCKS_NOT_MINE: break;
         }
     }
-    /* fault injection, for what reaches the server */
-    if (px_chaos_active() && body && (type == 'Q' || type == 'E')) {
+    /* fault injection, for what reaches the server (not pgwarden's replays: a fault there
+     * would make a retry the client never sees fail, and count an injection nobody saw) */
+    if (px_chaos_active() && body && (type == 'Q' || type == 'E') && !px_retry_replaying(c)) {
         switch (px_fault_message(c, type, body, len, server_quiescent(s))) {
         case PX_FAULT_ANSWERED: return PX_RELAY_DROP_STOP;
         case PX_FAULT_HOLD:

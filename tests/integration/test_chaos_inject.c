@@ -649,6 +649,45 @@ static void test_fatal_ends_connection(void)
     fatal_ends_connection(g_sess, "e2e_fatal_sess", 61);
 }
 
+/*
+ * pgwarden's own replay of a transaction (a real 40001, retried) is no statement of the
+ * client's: rules leave it alone.  A rule that matched the replay made it differ from
+ * what the client saw, so the client got the original error after all, and the rule
+ * counted an injection nobody saw (chaos.md's example failed its own check).
+ */
+static void replay_not_injected(struct harness_proxy *px, const char *app)
+{
+    CU_ASSERT_TRUE(itu_exec_ok(g_direct, "SELECT setval('chaos_once', 2)"));
+    char rule[256];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"every_n\":2,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    PGconn *c = client(px, app);
+    /* fails for real once (40001), replayed by pgwarden: the client sees the replay's 1 */
+    CU_ASSERT_STRING_EQUAL(run(c, "SELECT chaos_fail_once()", NULL, 0), "");
+    CU_ASSERT_EQUAL(rule_counter(px, id, "matched"), 1);
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 0);
+    /* the client's next statement is the rule's second match */
+    CU_ASSERT_STRING_EQUAL(run(c, "SELECT 1", NULL, 0), "40001");
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    PQfinish(c);
+    remove_rule(px, id);
+}
+
+static void test_replay_not_injected(void)
+{
+    CU_ASSERT_TRUE_FATAL(itu_exec_ok(
+        g_direct, "DROP SEQUENCE IF EXISTS chaos_once; CREATE SEQUENCE chaos_once;"
+                  "CREATE OR REPLACE FUNCTION chaos_fail_once() RETURNS int LANGUAGE plpgsql AS "
+                  "$$ BEGIN IF nextval('chaos_once') % 2 = 1 THEN "
+                  "RAISE EXCEPTION 'pretend conflict' USING ERRCODE = '40001'; END IF; "
+                  "RETURN 1; END $$"));
+    replay_not_injected(g_txn, "e2e_replay_txn");
+    replay_not_injected(g_sess, "e2e_replay_sess");
+}
+
 static void test_disconnect_statement(void)
 {
     long long id = add_rule(g_sess, "{\"inject\":\"disconnect\",\"max_count\":1,"
@@ -900,6 +939,7 @@ static void register_suites(void)
         {"latency", test_latency},
         {"disconnect_statement", test_disconnect_statement},
         {"fatal_ends_connection", test_fatal_ends_connection},
+        {"replay_not_injected", test_replay_not_injected},
         {"disconnect_commit_session", test_disconnect_commit_session},
         {"disconnect_commit_transaction", test_disconnect_commit_transaction},
         {"disconnect_commit_extended", test_disconnect_commit_extended},
