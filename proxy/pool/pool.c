@@ -160,8 +160,16 @@ static bool pool_configure(struct px_pool *pool, const struct px_db_config *db, 
         db->unmovable_state >= 0 ? (enum px_unmovable)db->unmovable_state : px.cfg->unmovable_state;
     /* The mode is fixed for the pool's life: a session-mode client cannot be switched to
      * transaction pooling mid-session (a changed pool_mode applies after a restart). */
+    enum px_pool_mode mode =
+        db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : px.cfg->pool_mode;
     if (first)
-        pool->mode = db->pool_mode >= 0 ? (enum px_pool_mode)db->pool_mode : px.cfg->pool_mode;
+        pool->mode = mode;
+    else if (mode != pool->mode)
+        px_warning("pool", 0, 0,
+                   "pool %s/%s: pool_mode %s takes effect after a restart (the pool stays in "
+                   "%s mode)",
+                   pool->database, pool->user, mode == PX_POOL_SESSION ? "session" : "transaction",
+                   pool->mode == PX_POOL_SESSION ? "session" : "transaction");
     return changed;
 }
 
@@ -426,6 +434,15 @@ void px_pool_server_ready(struct px_server *s)
     struct px_pool *pool = s->pool;
     if (s->state == PX_SV_LOGIN)
         pool->connect_failed = false; /* the database takes connections again */
+    if (pool_total_servers(pool) > pool->pool_size) {
+        /* A reload made the pool smaller: the surplus goes as it is freed (the waiting
+         * clients get the servers the new size keeps). */
+        if (s->opener && s->opener->launching == s)
+            s->opener->launching = NULL;
+        s->opener = NULL;
+        px_server_close(s, "pool_size lowered");
+        return;
+    }
     struct px_list *it, *tmp;
     px_list_for_each_safe(it, tmp, &pool->clients_waiting)
     {
@@ -747,6 +764,15 @@ void px_pool_reconfigure(void)
         pool->auto_created = auto_entry(db);
         if (db)
             changed = pool_configure(pool, db, &oom);
+        /* A smaller pool: idle servers beyond the size go now, busy ones as they are freed
+         * (px_pool_server_ready). */
+        struct px_list *sit, *stmp;
+        px_list_for_each_safe(sit, stmp, &pool->servers_idle)
+        {
+            if (pool_total_servers(pool) <= pool->pool_size)
+                break;
+            px_server_close(PX_CONTAINER_OF(sit, struct px_server, link), "pool_size lowered");
+        }
         if (!changed)
             continue;
         /* Servers connected to the old place: finish their sessions, never reuse. */

@@ -405,6 +405,78 @@ static void test_sighup_reload(void)
     harness_proxy_free(px);
 }
 
+/* Server backends of database pgwarden_test other than the asking connection's. */
+static int backends(PGconn *d)
+{
+    return atoi(itu_value(d, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                             "'pgwarden_test' AND backend_type = 'client backend' AND "
+                             "pid <> pg_backend_pid()"));
+}
+
+/*
+ * A reload that lowers pool_size takes effect: idle servers beyond the size go at once,
+ * busy ones as they are freed (the pool kept all of them, and used them, until a
+ * restart).  A changed pool_mode cannot apply to a running pool: the reload says so.
+ */
+static void test_reload_shrinks_pool(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "transaction",
+                                   .pool_size = 3,
+                                   .auth_type = "scram-sha-256",
+                                   .log_level = "info",
+                                   .query_wait_timeout_ms = 10000};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    PGconn *d = harness_connect_info(harness_cluster_conninfo(NULL));
+    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
+    PGconn *c[3];
+    for (int i = 0; i < 3; i++) { /* three blocks at once: three servers */
+        c[i] = harness_connect(px, "sslmode=disable");
+        CU_ASSERT_EQUAL_FATAL(PQstatus(c[i]), CONNECTION_OK);
+        CU_ASSERT_TRUE(itu_exec_ok(c[i], "BEGIN"));
+        CU_ASSERT_STRING_EQUAL(itu_value(c[i], "SELECT 1"), "1");
+    }
+    CU_ASSERT_EQUAL(backends(d), 3);
+    CU_ASSERT_TRUE(itu_exec_ok(c[0], "COMMIT")); /* one idle server */
+    struct harness_proxy_opts o2 = o;
+    o2.pool_size = 1;
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_rewrite_config(px, &o2), 0);
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(px, SIGHUP), 0);
+    int left = -1;
+    for (int i = 0; i < 100 && left != 2; i++) { /* the idle one goes at once */
+        poll(NULL, 0, 30);
+        left = backends(d);
+    }
+    CU_ASSERT_EQUAL(left, 2);
+    CU_ASSERT_TRUE(itu_exec_ok(c[1], "COMMIT"));
+    CU_ASSERT_TRUE(itu_exec_ok(c[2], "COMMIT"));
+    for (int i = 0; i < 100 && left != 1; i++) { /* and one of the two freed */
+        poll(NULL, 0, 30);
+        left = backends(d);
+    }
+    CU_ASSERT_EQUAL(left, 1);
+    for (int i = 0; i < 3; i++) /* every client still served, by the one server */
+        CU_ASSERT_STRING_EQUAL(itu_value(c[i], "SELECT 2"), "2");
+    CU_ASSERT_EQUAL(backends(d), 1);
+
+    /* the entry's own pool_mode (the [pgwarden] one is a restart key anyway) */
+    o2.db_extra = "pool_mode=session";
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_rewrite_config(px, &o2), 0);
+    CU_ASSERT_EQUAL_FATAL(harness_proxy_signal(px, SIGHUP), 0);
+    bool warned = false;
+    for (int i = 0; i < 100 && !warned; i++) {
+        warned = harness_proxy_log_contains(px, "pool_mode session takes effect after a restart");
+        if (!warned)
+            poll(NULL, 0, 50);
+    }
+    CU_ASSERT_TRUE(warned);
+    for (int i = 0; i < 3; i++)
+        PQfinish(c[i]);
+    PQfinish(d);
+    CU_ASSERT_EQUAL(harness_proxy_stop(px, 0), 0);
+    harness_proxy_free(px);
+}
+
 /*
  * A reload of an auth_file with 3000 plaintext passwords must not stall traffic: deriving
  * their SCRAM secrets (PBKDF2, ~1 ms each) waits for each user's first login.  A client
@@ -478,6 +550,7 @@ static void register_suites(void)
         {"listen_notify", test_listen_notify},
         {"startup_params_session_defaults", test_startup_params_defaults},
         {"sighup_reload", test_sighup_reload},
+        {"reload_shrinks_pool", test_reload_shrinks_pool},
         {"reload_many_users_no_stall", test_reload_many_users_no_stall},
         {"sigterm_exits_zero", test_sigterm_exits_zero},
         CU_TEST_INFO_NULL,
