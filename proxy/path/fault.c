@@ -180,6 +180,11 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
         if (c->fault_unnamed_portal == PX_FAULT_STMT_COMMIT)
             when = PX_CHAOS_COMMIT;
     }
+    /* A COMMIT outside a transaction block only gets a warning from PostgreSQL: it has
+     * nothing to fail or to lose, so commit rules leave it alone. */
+    if (when == PX_CHAOS_COMMIT && !px_txn_in_block(c) &&
+        (!c->server || c->server->txn_status != 'T'))
+        return PX_FAULT_NONE;
     struct px_chaos_ctx ctx = ctx_of(c, when);
     struct px_chaos_action a;
     if (!may_answer) {
