@@ -908,7 +908,11 @@ struct harness_proxy *harness_proxy_prepare(const struct harness_proxy_opts *opt
     px->opts = opts ? *opts : defaults;
     px->exit_status = -1;
     px->port = harness_free_port();
-    px->admin_port = px->opts.admin ? harness_free_port() : 0;
+    px->admin_port = 0;
+    /* two probes in a row may get the same free port (pgwarden then refuses to start) */
+    for (int i = 0; px->opts.admin && i < 10 && (!px->admin_port || px->admin_port == px->port);
+         i++)
+        px->admin_port = harness_free_port();
     snprintf(px->dir, sizeof(px->dir), "%s/proxy-%d", H.base, ++H.next_proxy_id);
     snprintf(px->config_path, sizeof(px->config_path), "%s/pgwarden.ini", px->dir);
     snprintf(px->auth_file_path, sizeof(px->auth_file_path), "%s/userlist.txt", px->dir);

@@ -15,6 +15,7 @@
 
 #include "cunit_main.h"
 #include "harness.h"
+#include "itest_http.h"
 #include "itest_util.h"
 
 /* The suite's pgwarden: session mode, pool of 4, client TLS allowed. */
@@ -405,12 +406,16 @@ static void test_sighup_reload(void)
     harness_proxy_free(px);
 }
 
-/* Server backends of database pgwarden_test other than the asking connection's. */
-static int backends(PGconn *d)
+/* The server connections of px's one pool (GET /pools), whatever their state. */
+static long long servers(const struct harness_proxy *px)
 {
-    return atoi(itu_value(d, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                             "'pgwarden_test' AND backend_type = 'client backend' AND "
-                             "pid <> pg_backend_pid()"));
+    json_t *pools = get_json(px->admin_port, "/pools", NULL);
+    json_t *p = json_array_get(pools, 0);
+    long long n = json_integer_value(json_object_get(p, "servers_active")) +
+                  json_integer_value(json_object_get(p, "servers_idle")) +
+                  json_integer_value(json_object_get(p, "servers_connecting"));
+    json_decref(pools);
+    return n;
 }
 
 /*
@@ -424,11 +429,10 @@ static void test_reload_shrinks_pool(void)
                                    .pool_size = 3,
                                    .auth_type = "scram-sha-256",
                                    .log_level = "info",
+                                   .admin = true,
                                    .query_wait_timeout_ms = 10000};
     struct harness_proxy *px = harness_proxy_start(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
-    PGconn *d = harness_connect_info(harness_cluster_conninfo(NULL));
-    CU_ASSERT_EQUAL_FATAL(PQstatus(d), CONNECTION_OK);
     PGconn *c[3];
     for (int i = 0; i < 3; i++) { /* three blocks at once: three servers */
         c[i] = harness_connect(px, "sslmode=disable");
@@ -436,7 +440,7 @@ static void test_reload_shrinks_pool(void)
         CU_ASSERT_TRUE(itu_exec_ok(c[i], "BEGIN"));
         CU_ASSERT_STRING_EQUAL(itu_value(c[i], "SELECT 1"), "1");
     }
-    CU_ASSERT_EQUAL(backends(d), 3);
+    CU_ASSERT_EQUAL(servers(px), 3);
     CU_ASSERT_TRUE(itu_exec_ok(c[0], "COMMIT")); /* one idle server */
     struct harness_proxy_opts o2 = o;
     o2.pool_size = 1;
@@ -445,19 +449,19 @@ static void test_reload_shrinks_pool(void)
     int left = -1;
     for (int i = 0; i < 100 && left != 2; i++) { /* the idle one goes at once */
         poll(NULL, 0, 30);
-        left = backends(d);
+        left = (int)servers(px);
     }
     CU_ASSERT_EQUAL(left, 2);
     CU_ASSERT_TRUE(itu_exec_ok(c[1], "COMMIT"));
     CU_ASSERT_TRUE(itu_exec_ok(c[2], "COMMIT"));
     for (int i = 0; i < 100 && left != 1; i++) { /* and one of the two freed */
         poll(NULL, 0, 30);
-        left = backends(d);
+        left = (int)servers(px);
     }
     CU_ASSERT_EQUAL(left, 1);
     for (int i = 0; i < 3; i++) /* every client still served, by the one server */
         CU_ASSERT_STRING_EQUAL(itu_value(c[i], "SELECT 2"), "2");
-    CU_ASSERT_EQUAL(backends(d), 1);
+    CU_ASSERT_EQUAL(servers(px), 1);
 
     /* the entry's own pool_mode (the [pgwarden] one is a restart key anyway) */
     o2.db_extra = "pool_mode=session";
@@ -472,7 +476,6 @@ static void test_reload_shrinks_pool(void)
     CU_ASSERT_TRUE(warned);
     for (int i = 0; i < 3; i++)
         PQfinish(c[i]);
-    PQfinish(d);
     CU_ASSERT_EQUAL(harness_proxy_stop(px, 0), 0);
     harness_proxy_free(px);
 }
