@@ -921,6 +921,75 @@ static void test_handover_keeps_only_needed(void)
     stop_all();
 }
 
+/* ---- 7a. a failed upgrade keeps what was held ------------------------------------------ */
+
+/* What c holds of its one lock, as pgwarden_locks() shows it: "mode token", or the
+ * command tag / error when it holds no lock. */
+static const char *held(PGconn *c)
+{
+    static char buf[600];
+    PGresult *r = PQexec(c, "SELECT * FROM pgwarden_locks()"); /* key, mode, scope, token */
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 4)
+        return itu_result_text(r); /* frees r */
+    snprintf(buf, sizeof(buf), "%s %s", PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 3));
+    PQclear(r);
+    return buf;
+}
+
+/* u holds read on instance 1, w holds write on instance 0 (compatible).  u's upgrade to
+ * write cannot be granted (w is a writer on another instance): whether it is a try (NULL),
+ * a wait that times out (55P03) or a wait cancelled (57014), u keeps its read lock, with
+ * its token, in both scopes; another client still cannot take the key exclusively. */
+static void test_failed_upgrade_keeps_read(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 4, 0));
+    PGconn *u = conn(1, NULL), *w = conn(0, NULL), *x = conn(0, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(u), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(w), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    long long tr = itu_tok(u, "SELECT pgwarden_lock('up:1', 'read')");
+    CU_ASSERT_FATAL(tr > 0);
+    CU_ASSERT(itu_tok(w, "SELECT pgwarden_lock('up:1', 'write')") > tr);
+    char want[64];
+    snprintf(want, sizeof(want), "read %lld", tr);
+
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_try_lock('up:1', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_lock('up:1', 'write', 200)"), "!55P03");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+    CU_ASSERT_FATAL(PQsendQuery(u, "SELECT pgwarden_lock('up:1', 'write', 10000)"));
+    CU_ASSERT_FALSE(ready_within(u, 200));
+    CU_ASSERT(itu_send_cancel(u));
+    CU_ASSERT(ready_within(u, 3000));
+    CU_ASSERT_STRING_EQUAL(async_value(u), "!57014");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+
+    /* the read lock is still held in PostgreSQL: once the writer goes, another client
+     * (on the writer's instance) still cannot take the key exclusively */
+    CU_ASSERT_STRING_EQUAL(itu_q(w, "SELECT pgwarden_unlock('up:1')"), "t");
+    itu_sleep_ms(100); /* the writer's release reaches PostgreSQL */
+    CU_ASSERT_STRING_EQUAL(itu_q(x, "SELECT pgwarden_try_lock('up:1', 'exclusive')"), "NULL");
+    /* and the upgrade goes through now */
+    CU_ASSERT(itu_tok(u, "SELECT pgwarden_lock('up:1', 'write', 3000)") > tr);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_unlock('up:1')"), "t");
+
+    /* transaction scope: the same */
+    CU_ASSERT(itu_tok(w, "SELECT pgwarden_lock('up:2', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "BEGIN"), "BEGIN");
+    long long tx = itu_tok(u, "SELECT pgwarden_xact_lock('up:2', 'read')");
+    CU_ASSERT(tx > 0);
+    snprintf(want, sizeof(want), "read %lld", tx);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_try_xact_lock('up:2', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+    CU_ASSERT_STRING_EQUAL(itu_q(w, "SELECT pgwarden_unlock('up:2')"), "t");
+    itu_sleep_ms(100);
+    CU_ASSERT_STRING_EQUAL(itu_q(x, "SELECT pgwarden_try_lock('up:2', 'exclusive')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(held(u), "SELECT 0");
+    PQfinish(u), PQfinish(w), PQfinish(x);
+    stop_all();
+}
+
 /* ---- 7b. other instances' holders in GET /locks ----------------------------------------- */
 
 /* The key's object in GET /locks of instance i (a new reference), or NULL. */
@@ -1031,6 +1100,7 @@ static void register_suites(void)
         {"long_chain_not_deadlock", test_long_chain_not_deadlock},
         {"remote_holders", test_remote_holders},
         {"handover_keeps_only_needed", test_handover_keeps_only_needed},
+        {"failed_upgrade_keeps_read", test_failed_upgrade_keeps_read},
         {"grant_round_trip", test_grant_round_trip},
         CU_TEST_INFO_NULL,
     };
