@@ -389,6 +389,65 @@ static void test_no_starvation(void)
     stop_all();
 }
 
+/* ---- 3a. no starvation by waiting readers ------------------------------------------------ */
+
+/* As no_starvation, but the readers on instance 0 wait (pgwarden_lock with a timeout, not
+ * try) and each holds the key until the next one has it: a reader stopped by instance 1's
+ * exclusive gate must not take a read gate of its own and pass on its next attempt. */
+static void test_no_starvation_waiting_readers(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *r[2] = {conn(0, NULL), conn(0, NULL)}, *x = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r[0]), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r[1]), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    CU_ASSERT(itu_tok(r[0], "SELECT pgwarden_lock('sw:1', 'read')") > 0);
+    CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('sw:1', 'exclusive', 6000)"));
+    CU_ASSERT_FALSE(ready_within(x, 200)); /* it waits, first in line */
+    int holder = 0, handovers = 0;
+    bool waiting = false; /* r[1 - holder] has asked for the key and waits */
+    int64_t t0 = itu_now_ms(), granted_ms = -1;
+    while (itu_now_ms() - t0 < 4000) {
+        if (ready_within(x, 0)) {
+            granted_ms = itu_now_ms() - t0;
+            break;
+        }
+        int next = 1 - holder;
+        if (!waiting) {
+            CU_ASSERT_FATAL(PQsendQuery(r[next], "SELECT pgwarden_lock('sw:1', 'read', 10000)"));
+            waiting = true;
+        }
+        /* the holder goes once the next reader has the key, or, when the next one still
+         * waits after 50 ms, goes all the same: then nobody here holds it */
+        if (ready_within(r[next], 50)) {
+            CU_ASSERT(atoll(async_value(r[next])) > 0);
+            waiting = false;
+            handovers++;
+            CU_ASSERT_STRING_EQUAL(itu_q(r[holder], "SELECT pgwarden_unlock('sw:1')"), "t");
+            holder = next;
+            continue;
+        }
+        CU_ASSERT_STRING_EQUAL(itu_q(r[holder], "SELECT pgwarden_unlock('sw:1')"), "t");
+        /* the stream drained: the exclusive request goes, then the waiting reader */
+        if (ready_within(x, 3000))
+            granted_ms = itu_now_ms() - t0;
+        if (granted_ms >= 0) {
+            long long tx = atoll(async_value(x));
+            CU_ASSERT(tx > 0);
+            CU_ASSERT_FALSE(ready_within(r[next], 100));
+            CU_ASSERT_STRING_EQUAL(itu_q(x, "SELECT pgwarden_unlock('sw:1')"), "t");
+            CU_ASSERT(ready_within(r[next], 3000));
+            CU_ASSERT(atoll(async_value(r[next])) > tx);
+        }
+        break;
+    }
+    printf("\n    exclusive granted after %lld ms, %d waiting-reader hand-overs ",
+           (long long)granted_ms, handovers);
+    CU_ASSERT(granted_ms >= 0 && granted_ms < 3000);
+    PQfinish(r[0]), PQfinish(r[1]), PQfinish(x);
+    stop_all();
+}
+
 /* ---- 3b. a waiting reader behind another instance's gate, its mode already held here ------ */
 
 static void test_reader_behind_gate(void)
@@ -402,8 +461,8 @@ static void test_reader_behind_gate(void)
     /* instance 2 waits for exclusive: it takes the exclusive gate */
     CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('g:1', 'exclusive', 10000)"));
     CU_ASSERT_FALSE(ready_within(x, 200));
-    /* a waiting reader on instance 1 stops at that gate, takes the read gate, and polls
-     * with the read mode already held by its instance */
+    /* a waiting reader on instance 1 stops at that gate (takes no gate of its own: it is
+     * not first in line) and polls with the read mode already held by its instance */
     CU_ASSERT_FATAL(PQsendQuery(r2, "SELECT pgwarden_lock('g:1', 'read', 400)"));
     CU_ASSERT(ready_within(r2, 3000));
     const char *v = async_value(r2);
@@ -1089,6 +1148,7 @@ static void register_suites(void)
         {"waits_and_tokens", test_waits_and_tokens},
         {"fifo_within_instance", test_fifo_within_instance},
         {"no_starvation", test_no_starvation},
+        {"no_starvation_waiting_readers", test_no_starvation_waiting_readers},
         {"reader_behind_gate", test_reader_behind_gate},
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
