@@ -987,6 +987,11 @@ static void conn_lost(struct ls_conn *cn, const char *why)
         n--;
     px_warning("lockspace", 0, (uint64_t)cn->index, "lock connection %d lost: %.*s", cn->index,
                (int)(n > 200 ? 200 : n), why);
+    /* Only a connection that was up can have held something or run an attempt: a failed
+     * connect or setup (PostgreSQL down, a reconnect failing) ends no wait.  Calls that
+     * came while it was down keep waiting for the reconnect within their deadline (on_poll
+     * ends them with 55P03, a try at once); a 55000 is for what was held or tried. */
+    bool was_ready = cn->state == LS_READY;
     event_del(cn->io);
     if (cn->pg)
         PQfinish(cn->pg);
@@ -1021,7 +1026,7 @@ static void conn_lost(struct ls_conn *cn, const char *why)
             for (struct ls_key *k = S.buckets[b]; k && !again; k = k->hnext) {
                 if (k->conn != cn)
                     continue;
-                if (k->pend) {
+                if (k->pend && was_ready) {
                     pend_finish(k, k->pend, PX_LOCKSPACE_LOST, 0, NULL);
                     again = true;
                 } else if (k->holds) {

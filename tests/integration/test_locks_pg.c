@@ -32,6 +32,7 @@
 static struct harness_proxy *g_px[MAXPX];
 static bool g_killed[MAXPX];                 /* stopped by the test itself (SIGKILL) */
 static const char *g_backend = "postgresql"; /* [locks] backend of the next start_n */
+static const char *g_lock_conninfo; /* backend_conninfo of the next start_n (NULL: the cluster) */
 
 static int suite_init(void)
 {
@@ -71,7 +72,9 @@ static bool start_n(int n, const char *pool_mode, int pool_size, int lock_timeou
     snprintf(tail, sizeof(tail),
              "[locks]\nbackend = %s\nbackend_conninfo = %s\nbackend_connections = 2\n"
              "lease_ms = %d\nlock_timeout_ms = %d\n",
-             g_backend, harness_cluster_conninfo("sslmode=disable"), LEASE_MS, lock_timeout_ms);
+             g_backend,
+             g_lock_conninfo ? g_lock_conninfo : harness_cluster_conninfo("sslmode=disable"),
+             LEASE_MS, lock_timeout_ms);
     for (int i = 0; i < n; i++) {
         struct harness_proxy_opts o = {.pool_mode = pool_mode,
                                        .pool_size = pool_size,
@@ -547,6 +550,41 @@ static void test_lost_connection(void)
     CU_ASSERT(itu_now_ms() - t0 < 4000);
     CU_ASSERT(harness_proxy_log_contains(g_px[0], "lock connection"));
     PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
+/* ---- 5a. PostgreSQL unreachable: new calls wait for it, never a 55000 ------------------- */
+
+/* The instance's lock space is a port where nothing listens: every (re)connect of its lock
+ * connections fails.  A new lock call waits for the reconnect within its timeout and ends
+ * with 55P03 at the timeout (not 55000 at the next failed reconnect: nothing was held); a
+ * try call fails at once with 55P03. */
+static void test_new_call_while_down(void)
+{
+    char ci[256];
+    snprintf(ci, sizeof(ci),
+             "host=127.0.0.1 port=%d dbname=pgwarden_test user=pgwarden_test connect_timeout=2",
+             harness_free_port());
+    g_lock_conninfo = ci;
+    bool started = start_n(1, "session", 2, 0);
+    g_lock_conninfo = NULL;
+    CU_ASSERT_FATAL(started);
+    PGconn *c = conn(0, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    int64_t until = itu_now_ms() + 3000;
+    while (!harness_proxy_log_contains(g_px[0], "lock connection 0 lost") && itu_now_ms() < until)
+        itu_sleep_ms(10);
+    /* reconnects fail at 0.1, 0.3, 0.7 and 1.5 s after the first: inside this wait */
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_lock('pd:1', 'read', 2000)"), "!55P03");
+    int64_t waited = itu_now_ms() - t0;
+    CU_ASSERT(waited >= 1900 && waited < 3500);
+    t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_try_lock('pd:1', 'write')"), "!55P03");
+    CU_ASSERT(itu_now_ms() - t0 < 1000);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_FALSE(harness_proxy_log_contains(g_px[0], "lost the global lock"));
+    PQfinish(c);
     stop_all();
 }
 
@@ -1152,6 +1190,7 @@ static void register_suites(void)
         {"reader_behind_gate", test_reader_behind_gate},
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
+        {"new_call_while_down", test_new_call_while_down},
         {"lost_in_transaction_session", test_lost_in_transaction_session},
         {"lost_in_transaction_transaction", test_lost_in_transaction_transaction},
         {"read_modify_write", test_read_modify_write},
