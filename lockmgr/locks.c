@@ -2,9 +2,9 @@
  * locks.c: granting and releasing locks.
  *
  * Owns: lockmgr_acquire, lockmgr_try_acquire, lockmgr_release, lockmgr_release_scope,
- * lockmgr_release_owner and the wake-up rule lm_wakeup().  The grant rules (README
- * "Grant rules") are implemented here and nowhere else: acquire_held/acquire_new decide
- * at request time, lm_wakeup decides on every change that can unblock a waiter.
+ * lockmgr_release_owner, lockmgr_hold_mark/_restore and the wake-up rule lm_wakeup().  The grant
+ * rules (README "Grant rules") are implemented here and nowhere else: acquire_held/acquire_new
+ * decide at request time, lm_wakeup decides on every change that can unblock a waiter.
  */
 #include <stdlib.h>
 
@@ -356,6 +356,50 @@ enum lockmgr_status lockmgr_release(struct lockmgr *lm, struct lockmgr_owner *o,
     if (!h || !h->smode[scope])
         return LOCKMGR_NOT_HELD;
     hold_release(lm, h, 1u << scope, now_us);
+    lm_deliver(lm);
+    return LOCKMGR_OK;
+}
+
+void lockmgr_hold_mark(const struct lockmgr *lm, const struct lockmgr_owner *o, const void *key,
+                       size_t keylen, struct lockmgr_hold_mark *mark)
+{
+    *mark = (struct lockmgr_hold_mark){0};
+    if (!args_valid(key, keylen, LOCKMGR_READ, LOCKMGR_SESSION))
+        return;
+    struct lm_key *k = lm_key_find(lm, key, keylen, lm_hash(key, keylen));
+    struct lm_hold *h = k ? lm_hold_find(k, o) : NULL;
+    if (!h)
+        return;
+    *mark = (struct lockmgr_hold_mark){.held = true,
+                                       .smode = {h->smode[0], h->smode[1]},
+                                       .token = h->token,
+                                       .since_us = h->since_us};
+}
+
+enum lockmgr_status lockmgr_hold_restore(struct lockmgr *lm, struct lockmgr_owner *o,
+                                         const void *key, size_t keylen,
+                                         const struct lockmgr_hold_mark *mark, uint64_t now_us)
+{
+    lm_cycle_forget(lm);
+    if (!args_valid(key, keylen, LOCKMGR_READ, LOCKMGR_SESSION) || !mark ||
+        mark->smode[0] > LOCKMGR_NMODES || mark->smode[1] > LOCKMGR_NMODES)
+        return LOCKMGR_INVALID;
+    if (o->wait.active)
+        return LOCKMGR_BUSY;
+    struct lm_key *k = lm_key_find(lm, key, keylen, lm_hash(key, keylen));
+    struct lm_hold *h = k ? lm_hold_find(k, o) : NULL;
+    if (!h)
+        return LOCKMGR_NOT_HELD;
+    if (!mark->held || (!mark->smode[0] && !mark->smode[1])) {
+        hold_release(lm, h, 3u, now_us); /* the grant created the hold */
+    } else {
+        h->token = mark->token;
+        h->since_us = mark->since_us;
+        bool changed = hold_set(lm, h, 0, mark->smode[0]);
+        changed |= hold_set(lm, h, 1, mark->smode[1]);
+        if (changed)
+            lm_wakeup(lm, k, now_us);
+    }
     lm_deliver(lm);
     return LOCKMGR_OK;
 }

@@ -355,8 +355,11 @@ static unsigned gates_for(enum lockmgr_mode mode)
  * The attempt for p: one statement returning (ok, token, gate taken).  ok: the gates
  * passed (unless this instance is first in line for p's mode) and every missing advisory
  * lock was taken, all or nothing (an ordered CASE; B before A, B given back when A
- * fails); token: nextval of the sequence when ok; gate taken: a failed waiting attempt
- * takes the gate of its mode.
+ * fails); token: nextval of the sequence when ok; gate taken: a waiting attempt that
+ * passed the gates but not the locks takes the gate of its mode.  One stopped by another
+ * instance's gate takes none (the inner ok is NULL then): it is not first in line, and a
+ * gate of its own would let it skip the gate check that stopped it on its next attempt
+ * (a stream of readers on one instance would pass the exclusive gate of another).
  */
 static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigned *take)
 {
@@ -369,14 +372,15 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
     *take = miss;
     k->attempt_gate = gate;
     if (sql_append(sql, &u,
-                   "SELECT ok, CASE WHEN ok THEN nextval('pgwarden_lock_token_seq') END, ") < 0)
+                   "SELECT coalesce(ok, false), CASE WHEN ok THEN "
+                   "nextval('pgwarden_lock_token_seq') END, ") < 0)
         return -1;
     if (first_in_line) {
         if (sql_append(sql, &u, "CASE WHEN ok THEN NOT pg_advisory_unlock(%lld) END",
                        advisory_id(h, 2 + p->mode)) < 0)
             return -1;
     } else if (!p->try) {
-        if (sql_append(sql, &u, "CASE WHEN NOT ok THEN pg_try_advisory_lock(%lld) END",
+        if (sql_append(sql, &u, "CASE WHEN ok IS FALSE THEN pg_try_advisory_lock(%lld) END",
                        advisory_id(h, 2 + p->mode)) < 0)
             return -1;
     } else if (sql_append(sql, &u, "NULL::boolean") < 0) {
@@ -390,7 +394,8 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
     if (k->ask_remote) {
         uint64_t id = (uint64_t)advisory_id(h, 0);
         if (sql_append(sql, &u,
-                       ", CASE WHEN NOT ok THEN (SELECT string_agg(x, E'\\n') FROM (SELECT "
+                       ", CASE WHEN ok IS NOT TRUE THEN (SELECT string_agg(x, E'\\n') FROM "
+                       "(SELECT "
                        "a.application_name || ' ' || string_agg(CASE l.objid::bigint & 7 "
                        "WHEN 0 THEN CASE l.mode WHEN 'ExclusiveLock' THEN 'A' ELSE 'a' END "
                        "WHEN 1 THEN 'B' ELSE (l.objid::bigint & 7)::text END, '') AS x "
@@ -419,7 +424,7 @@ static int build_attempt(struct ls_key *k, struct ls_pend *p, char *sql, unsigne
                 return -1;
             any = true;
         }
-        if (sql_append(sql, &u, ") THEN false") < 0)
+        if (sql_append(sql, &u, ") THEN NULL") < 0) /* stopped at a gate */
             return -1;
     }
     if (miss & LS_B_EX) {
@@ -982,6 +987,11 @@ static void conn_lost(struct ls_conn *cn, const char *why)
         n--;
     px_warning("lockspace", 0, (uint64_t)cn->index, "lock connection %d lost: %.*s", cn->index,
                (int)(n > 200 ? 200 : n), why);
+    /* Only a connection that was up can have held something or run an attempt: a failed
+     * connect or setup (PostgreSQL down, a reconnect failing) ends no wait.  Calls that
+     * came while it was down keep waiting for the reconnect within their deadline (on_poll
+     * ends them with 55P03, a try at once); a 55000 is for what was held or tried. */
+    bool was_ready = cn->state == LS_READY;
     event_del(cn->io);
     if (cn->pg)
         PQfinish(cn->pg);
@@ -1016,7 +1026,7 @@ static void conn_lost(struct ls_conn *cn, const char *why)
             for (struct ls_key *k = S.buckets[b]; k && !again; k = k->hnext) {
                 if (k->conn != cn)
                     continue;
-                if (k->pend) {
+                if (k->pend && was_ready) {
                     pend_finish(k, k->pend, PX_LOCKSPACE_LOST, 0, NULL);
                     again = true;
                 } else if (k->holds) {

@@ -85,6 +85,10 @@ struct px_client_locks {
     struct px_lockreq req;
     bool wait_simple; /* answer as a simple Query, else as an Execute */
     bool wait_try;    /* a try call waiting for its global part */
+    /* backend = postgresql: the client's hold of the key before this request, put back
+     * when the global part fails or is cancelled (a failed upgrade keeps the weaker mode
+     * held before; release_provisional) */
+    struct lockmgr_hold_mark before;
     /* What the answer needs of the call (its function, FROM form and column name), not
      * the whole parsed call: its errors, arguments and parameter types (2.8 kB) are done
      * with once the call runs. */
@@ -626,6 +630,8 @@ static bool run_call(struct px_client *c, const struct px_lockcall *call,
             return true;
         }
         uint64_t deadline = 0;
+        if (px_lockspace_active())
+            lockmgr_hold_mark(L.lm, cl->owner, req.key, req.keylen, &cl->before);
         if (try) {
             st = lockmgr_try_acquire(L.lm, cl->owner, req.key, req.keylen, req.mode, req.scope, now,
                                      &token);
@@ -757,11 +763,13 @@ static void deliver_one(struct px_client *c)
 
 /* ---- backend = postgresql: the global part of a grant (lockspace.h) ------------------- */
 
-/* Gives back the local grant of c's request (its global part failed or was cancelled). */
+/* Gives back the local grant of c's request (its global part failed or was cancelled):
+ * the client's hold of the key goes back to what it was before the request, so a failed
+ * upgrade keeps the mode held before (still held in PostgreSQL) instead of losing it. */
 static void release_provisional(struct px_client_locks *cl)
 {
     px_lockspace_releasing(L.lm, cl->owner);
-    if (lockmgr_release(L.lm, cl->owner, cl->req.key, cl->req.keylen, cl->req.scope, now_us()) !=
+    if (lockmgr_hold_restore(L.lm, cl->owner, cl->req.key, cl->req.keylen, &cl->before, now_us()) !=
         LOCKMGR_OK)
         px_debug("locks", 'C', cl->client->id, "provisional grant already gone");
     arm_timer();

@@ -32,6 +32,7 @@
 static struct harness_proxy *g_px[MAXPX];
 static bool g_killed[MAXPX];                 /* stopped by the test itself (SIGKILL) */
 static const char *g_backend = "postgresql"; /* [locks] backend of the next start_n */
+static const char *g_lock_conninfo; /* backend_conninfo of the next start_n (NULL: the cluster) */
 
 static int suite_init(void)
 {
@@ -71,7 +72,9 @@ static bool start_n(int n, const char *pool_mode, int pool_size, int lock_timeou
     snprintf(tail, sizeof(tail),
              "[locks]\nbackend = %s\nbackend_conninfo = %s\nbackend_connections = 2\n"
              "lease_ms = %d\nlock_timeout_ms = %d\n",
-             g_backend, harness_cluster_conninfo("sslmode=disable"), LEASE_MS, lock_timeout_ms);
+             g_backend,
+             g_lock_conninfo ? g_lock_conninfo : harness_cluster_conninfo("sslmode=disable"),
+             LEASE_MS, lock_timeout_ms);
     for (int i = 0; i < n; i++) {
         struct harness_proxy_opts o = {.pool_mode = pool_mode,
                                        .pool_size = pool_size,
@@ -389,6 +392,65 @@ static void test_no_starvation(void)
     stop_all();
 }
 
+/* ---- 3a. no starvation by waiting readers ------------------------------------------------ */
+
+/* As no_starvation, but the readers on instance 0 wait (pgwarden_lock with a timeout, not
+ * try) and each holds the key until the next one has it: a reader stopped by instance 1's
+ * exclusive gate must not take a read gate of its own and pass on its next attempt. */
+static void test_no_starvation_waiting_readers(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 2, 0));
+    PGconn *r[2] = {conn(0, NULL), conn(0, NULL)}, *x = conn(1, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r[0]), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(r[1]), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    CU_ASSERT(itu_tok(r[0], "SELECT pgwarden_lock('sw:1', 'read')") > 0);
+    CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('sw:1', 'exclusive', 6000)"));
+    CU_ASSERT_FALSE(ready_within(x, 200)); /* it waits, first in line */
+    int holder = 0, handovers = 0;
+    bool waiting = false; /* r[1 - holder] has asked for the key and waits */
+    int64_t t0 = itu_now_ms(), granted_ms = -1;
+    while (itu_now_ms() - t0 < 4000) {
+        if (ready_within(x, 0)) {
+            granted_ms = itu_now_ms() - t0;
+            break;
+        }
+        int next = 1 - holder;
+        if (!waiting) {
+            CU_ASSERT_FATAL(PQsendQuery(r[next], "SELECT pgwarden_lock('sw:1', 'read', 10000)"));
+            waiting = true;
+        }
+        /* the holder goes once the next reader has the key, or, when the next one still
+         * waits after 50 ms, goes all the same: then nobody here holds it */
+        if (ready_within(r[next], 50)) {
+            CU_ASSERT(atoll(async_value(r[next])) > 0);
+            waiting = false;
+            handovers++;
+            CU_ASSERT_STRING_EQUAL(itu_q(r[holder], "SELECT pgwarden_unlock('sw:1')"), "t");
+            holder = next;
+            continue;
+        }
+        CU_ASSERT_STRING_EQUAL(itu_q(r[holder], "SELECT pgwarden_unlock('sw:1')"), "t");
+        /* the stream drained: the exclusive request goes, then the waiting reader */
+        if (ready_within(x, 3000))
+            granted_ms = itu_now_ms() - t0;
+        if (granted_ms >= 0) {
+            long long tx = atoll(async_value(x));
+            CU_ASSERT(tx > 0);
+            CU_ASSERT_FALSE(ready_within(r[next], 100));
+            CU_ASSERT_STRING_EQUAL(itu_q(x, "SELECT pgwarden_unlock('sw:1')"), "t");
+            CU_ASSERT(ready_within(r[next], 3000));
+            CU_ASSERT(atoll(async_value(r[next])) > tx);
+        }
+        break;
+    }
+    printf("\n    exclusive granted after %lld ms, %d waiting-reader hand-overs ",
+           (long long)granted_ms, handovers);
+    CU_ASSERT(granted_ms >= 0 && granted_ms < 3000);
+    PQfinish(r[0]), PQfinish(r[1]), PQfinish(x);
+    stop_all();
+}
+
 /* ---- 3b. a waiting reader behind another instance's gate, its mode already held here ------ */
 
 static void test_reader_behind_gate(void)
@@ -402,8 +464,8 @@ static void test_reader_behind_gate(void)
     /* instance 2 waits for exclusive: it takes the exclusive gate */
     CU_ASSERT_FATAL(PQsendQuery(x, "SELECT pgwarden_lock('g:1', 'exclusive', 10000)"));
     CU_ASSERT_FALSE(ready_within(x, 200));
-    /* a waiting reader on instance 1 stops at that gate, takes the read gate, and polls
-     * with the read mode already held by its instance */
+    /* a waiting reader on instance 1 stops at that gate (takes no gate of its own: it is
+     * not first in line) and polls with the read mode already held by its instance */
     CU_ASSERT_FATAL(PQsendQuery(r2, "SELECT pgwarden_lock('g:1', 'read', 400)"));
     CU_ASSERT(ready_within(r2, 3000));
     const char *v = async_value(r2);
@@ -488,6 +550,41 @@ static void test_lost_connection(void)
     CU_ASSERT(itu_now_ms() - t0 < 4000);
     CU_ASSERT(harness_proxy_log_contains(g_px[0], "lock connection"));
     PQfinish(a), PQfinish(b);
+    stop_all();
+}
+
+/* ---- 5a. PostgreSQL unreachable: new calls wait for it, never a 55000 ------------------- */
+
+/* The instance's lock space is a port where nothing listens: every (re)connect of its lock
+ * connections fails.  A new lock call waits for the reconnect within its timeout and ends
+ * with 55P03 at the timeout (not 55000 at the next failed reconnect: nothing was held); a
+ * try call fails at once with 55P03. */
+static void test_new_call_while_down(void)
+{
+    char ci[256];
+    snprintf(ci, sizeof(ci),
+             "host=127.0.0.1 port=%d dbname=pgwarden_test user=pgwarden_test connect_timeout=2",
+             harness_free_port());
+    g_lock_conninfo = ci;
+    bool started = start_n(1, "session", 2, 0);
+    g_lock_conninfo = NULL;
+    CU_ASSERT_FATAL(started);
+    PGconn *c = conn(0, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    int64_t until = itu_now_ms() + 3000;
+    while (!harness_proxy_log_contains(g_px[0], "lock connection 0 lost") && itu_now_ms() < until)
+        itu_sleep_ms(10);
+    /* reconnects fail at 0.1, 0.3, 0.7 and 1.5 s after the first: inside this wait */
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_lock('pd:1', 'read', 2000)"), "!55P03");
+    int64_t waited = itu_now_ms() - t0;
+    CU_ASSERT(waited >= 1900 && waited < 3500);
+    t0 = itu_now_ms();
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT pgwarden_try_lock('pd:1', 'write')"), "!55P03");
+    CU_ASSERT(itu_now_ms() - t0 < 1000);
+    CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT * FROM pgwarden_locks()"), "SELECT 0");
+    CU_ASSERT_FALSE(harness_proxy_log_contains(g_px[0], "lost the global lock"));
+    PQfinish(c);
     stop_all();
 }
 
@@ -921,6 +1018,75 @@ static void test_handover_keeps_only_needed(void)
     stop_all();
 }
 
+/* ---- 7a. a failed upgrade keeps what was held ------------------------------------------ */
+
+/* What c holds of its one lock, as pgwarden_locks() shows it: "mode token", or the
+ * command tag / error when it holds no lock. */
+static const char *held(PGconn *c)
+{
+    static char buf[600];
+    PGresult *r = PQexec(c, "SELECT * FROM pgwarden_locks()"); /* key, mode, scope, token */
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 4)
+        return itu_result_text(r); /* frees r */
+    snprintf(buf, sizeof(buf), "%s %s", PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 3));
+    PQclear(r);
+    return buf;
+}
+
+/* u holds read on instance 1, w holds write on instance 0 (compatible).  u's upgrade to
+ * write cannot be granted (w is a writer on another instance): whether it is a try (NULL),
+ * a wait that times out (55P03) or a wait cancelled (57014), u keeps its read lock, with
+ * its token, in both scopes; another client still cannot take the key exclusively. */
+static void test_failed_upgrade_keeps_read(void)
+{
+    CU_ASSERT_FATAL(start_n(2, "session", 4, 0));
+    PGconn *u = conn(1, NULL), *w = conn(0, NULL), *x = conn(0, NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(u), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(w), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(x), CONNECTION_OK);
+    long long tr = itu_tok(u, "SELECT pgwarden_lock('up:1', 'read')");
+    CU_ASSERT_FATAL(tr > 0);
+    CU_ASSERT(itu_tok(w, "SELECT pgwarden_lock('up:1', 'write')") > tr);
+    char want[64];
+    snprintf(want, sizeof(want), "read %lld", tr);
+
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_try_lock('up:1', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_lock('up:1', 'write', 200)"), "!55P03");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+    CU_ASSERT_FATAL(PQsendQuery(u, "SELECT pgwarden_lock('up:1', 'write', 10000)"));
+    CU_ASSERT_FALSE(ready_within(u, 200));
+    CU_ASSERT(itu_send_cancel(u));
+    CU_ASSERT(ready_within(u, 3000));
+    CU_ASSERT_STRING_EQUAL(async_value(u), "!57014");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+
+    /* the read lock is still held in PostgreSQL: once the writer goes, another client
+     * (on the writer's instance) still cannot take the key exclusively */
+    CU_ASSERT_STRING_EQUAL(itu_q(w, "SELECT pgwarden_unlock('up:1')"), "t");
+    itu_sleep_ms(100); /* the writer's release reaches PostgreSQL */
+    CU_ASSERT_STRING_EQUAL(itu_q(x, "SELECT pgwarden_try_lock('up:1', 'exclusive')"), "NULL");
+    /* and the upgrade goes through now */
+    CU_ASSERT(itu_tok(u, "SELECT pgwarden_lock('up:1', 'write', 3000)") > tr);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_unlock('up:1')"), "t");
+
+    /* transaction scope: the same */
+    CU_ASSERT(itu_tok(w, "SELECT pgwarden_lock('up:2', 'write')") > 0);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "BEGIN"), "BEGIN");
+    long long tx = itu_tok(u, "SELECT pgwarden_xact_lock('up:2', 'read')");
+    CU_ASSERT(tx > 0);
+    snprintf(want, sizeof(want), "read %lld", tx);
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "SELECT pgwarden_try_xact_lock('up:2', 'write')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(held(u), want);
+    CU_ASSERT_STRING_EQUAL(itu_q(w, "SELECT pgwarden_unlock('up:2')"), "t");
+    itu_sleep_ms(100);
+    CU_ASSERT_STRING_EQUAL(itu_q(x, "SELECT pgwarden_try_lock('up:2', 'exclusive')"), "NULL");
+    CU_ASSERT_STRING_EQUAL(itu_q(u, "COMMIT"), "COMMIT");
+    CU_ASSERT_STRING_EQUAL(held(u), "SELECT 0");
+    PQfinish(u), PQfinish(w), PQfinish(x);
+    stop_all();
+}
+
 /* ---- 7b. other instances' holders in GET /locks ----------------------------------------- */
 
 /* The key's object in GET /locks of instance i (a new reference), or NULL. */
@@ -1020,9 +1186,11 @@ static void register_suites(void)
         {"waits_and_tokens", test_waits_and_tokens},
         {"fifo_within_instance", test_fifo_within_instance},
         {"no_starvation", test_no_starvation},
+        {"no_starvation_waiting_readers", test_no_starvation_waiting_readers},
         {"reader_behind_gate", test_reader_behind_gate},
         {"sigkill", test_sigkill},
         {"lost_connection", test_lost_connection},
+        {"new_call_while_down", test_new_call_while_down},
         {"lost_in_transaction_session", test_lost_in_transaction_session},
         {"lost_in_transaction_transaction", test_lost_in_transaction_transaction},
         {"read_modify_write", test_read_modify_write},
@@ -1031,6 +1199,7 @@ static void register_suites(void)
         {"long_chain_not_deadlock", test_long_chain_not_deadlock},
         {"remote_holders", test_remote_holders},
         {"handover_keeps_only_needed", test_handover_keeps_only_needed},
+        {"failed_upgrade_keeps_read", test_failed_upgrade_keeps_read},
         {"grant_round_trip", test_grant_round_trip},
         CU_TEST_INFO_NULL,
     };

@@ -186,6 +186,42 @@ static void test_upgrade_cancelled_by_release(void)
     teardown();
 }
 
+/* A grant taken back (lockmgr_hold_restore): a failed upgrade keeps the mode and token held
+ * before, in its scope; a failed first grant releases; the lower mode lets waiters in. */
+static void test_hold_restore(void)
+{
+    setup(NULL);
+    struct lockmgr_hold_mark m;
+    CU_ASSERT_EQUAL(acq(0, "k", R), LOCKMGR_OK);
+    uint64_t t0 = tok;
+    lockmgr_hold_mark(lm, ow[0], LMT_KEY("k"), &m);
+    CU_ASSERT(m.held && m.smode[SESS] == R + 1 && m.smode[XACT] == 0 && m.token == t0);
+    CU_ASSERT_EQUAL(acq(0, "k", W), LOCKMGR_OK); /* the upgrade */
+    CU_ASSERT(tok > t0);
+    CU_ASSERT_EQUAL(acq(1, "k", W), LOCKMGR_WAITING);
+    CU_ASSERT_EQUAL(lockmgr_hold_restore(lm, ow[0], LMT_KEY("k"), &m, 3), LOCKMGR_OK);
+    CU_ASSERT_EQUAL(lmt_nevents, 1); /* read and write are compatible: 1 goes */
+    CU_ASSERT_EQUAL(lmt_events[0].owner_id, 1);
+    CU_ASSERT_EQUAL(acq(0, "k", R), LOCKMGR_OK); /* still held, with its token */
+    CU_ASSERT_EQUAL(tok, t0);
+    CU_ASSERT_EQUAL(try_(2, "k", X), LOCKMGR_WOULD_BLOCK);
+    /* in the other scope: the transaction hold goes, the session read stays */
+    CU_ASSERT_EQUAL(rel(1, "k"), LOCKMGR_OK);
+    lockmgr_hold_mark(lm, ow[0], LMT_KEY("k"), &m);
+    CU_ASSERT_EQUAL(lockmgr_acquire(lm, ow[0], LMT_KEY("k"), X, XACT, 0, 1, &tok), LOCKMGR_OK);
+    CU_ASSERT_EQUAL(lockmgr_hold_restore(lm, ow[0], LMT_KEY("k"), &m, 4), LOCKMGR_OK);
+    CU_ASSERT_EQUAL(lockmgr_release(lm, ow[0], LMT_KEY("k"), XACT, 4), LOCKMGR_NOT_HELD);
+    CU_ASSERT_EQUAL(try_(2, "k", W), LOCKMGR_OK);
+    /* a first grant taken back is released */
+    lockmgr_hold_mark(lm, ow[3], LMT_KEY("k"), &m);
+    CU_ASSERT_FALSE(m.held);
+    CU_ASSERT_EQUAL(acq(3, "k", R), LOCKMGR_OK);
+    CU_ASSERT_EQUAL(lockmgr_hold_restore(lm, ow[3], LMT_KEY("k"), &m, 5), LOCKMGR_OK);
+    CU_ASSERT_EQUAL(rel(3, "k"), LOCKMGR_NOT_HELD);
+    CU_ASSERT_EQUAL(lockmgr_hold_restore(lm, ow[3], LMT_KEY("k"), &m, 5), LOCKMGR_NOT_HELD);
+    teardown();
+}
+
 static void test_try(void)
 {
     setup(NULL);
@@ -322,6 +358,7 @@ static const CU_TestInfo tests[] = {
     {"rerequest", test_rerequest},
     {"upgrade", test_upgrade},
     {"upgrade_cancelled_by_release", test_upgrade_cancelled_by_release},
+    {"hold_restore", test_hold_restore},
     {"try", test_try},
     {"scopes", test_scopes},
     {"release_owner", test_release_owner},

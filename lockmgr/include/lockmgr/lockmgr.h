@@ -166,6 +166,29 @@ lockmgr_try_acquire(struct lockmgr *lm, struct lockmgr_owner *o, const void *key
 enum lockmgr_status lockmgr_release(struct lockmgr *lm, struct lockmgr_owner *o, const void *key,
                                     size_t keylen, enum lockmgr_scope scope, uint64_t now_us);
 
+/*
+ * Taking a grant back.  For a caller whose grants have a second part that can fail after
+ * lockmgr granted (pgwarden's backend = postgresql: a grant is provisional until the lock
+ * space in PostgreSQL confirms it).  lockmgr_hold_mark records what o holds of key before
+ * a request; lockmgr_hold_restore puts exactly that back after the request was granted:
+ * a failed upgrade keeps the weaker mode (and the token) o held before, a failed first
+ * grant releases the key.  Releasing instead would drop what o held before the request.
+ */
+struct lockmgr_hold_mark {
+    bool held;        /* o held key before (in either scope) */
+    uint8_t smode[2]; /* per scope: 0 = not held, else mode + 1 */
+    uint64_t token, since_us;
+};
+/* Fills *mark with o's hold of key now.  O(holders of the key). */
+void lockmgr_hold_mark(const struct lockmgr *lm, const struct lockmgr_owner *o, const void *key,
+                       size_t keylen, struct lockmgr_hold_mark *mark);
+/* Sets o's hold of key back to *mark (taken before a grant of key to o) and wakes the
+ * waiters the lower mode lets in.  LOCKMGR_OK; LOCKMGR_NOT_HELD when o holds nothing of
+ * key; LOCKMGR_BUSY when o waits (nothing changed); LOCKMGR_INVALID. */
+enum lockmgr_status lockmgr_hold_restore(struct lockmgr *lm, struct lockmgr_owner *o,
+                                         const void *key, size_t keylen,
+                                         const struct lockmgr_hold_mark *mark, uint64_t now_us);
+
 /* Releases every lock o holds in scope (COMMIT / ROLLBACK for LOCKMGR_XACT, unlock_all for
  * LOCKMGR_SESSION).  Returns how many were released.  A wait is not affected, except as
  * described for lockmgr_release. */
