@@ -602,6 +602,30 @@ static void declare_stmt(struct lexer *lx)
     }
 }
 
+/* Reads the rest of a CREATE TEMP TABLE: whether it says ON COMMIT DROP (outside the
+ * column list and AS query's parentheses). */
+static bool drops_at_commit(struct lexer *lx)
+{
+    struct px_lex_token t;
+    int depth = 0, matched = 0; /* of "on commit drop" */
+    static const char *const words[] = {"on", "commit", "drop"};
+    for (;;) {
+        stmt_next(lx, &t);
+        if (is_stmt_end(&t))
+            return false;
+        if (is_char(&t, '('))
+            depth++;
+        else if (is_char(&t, ')'))
+            depth--;
+        if (depth == 0 && t.kind == PX_LEX_WORD && px_lex_fold_eq(t.s, t.n, words[matched]))
+            matched++;
+        else
+            matched = depth == 0 && IS_KW(&t, "on") ? 1 : 0;
+        if (matched == 3)
+            return true;
+    }
+}
+
 /* CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} [RECURSIVE] {TABLE | VIEW | ...} */
 static void create_stmt(struct lexer *lx)
 {
@@ -618,12 +642,15 @@ static void create_stmt(struct lexer *lx)
     if (!IS_KW(&t, "temp") && !IS_KW(&t, "temporary"))
         return;
     stmt_next(lx, &t);
-    if (IS_KW(&t, "view") || IS_KW(&t, "recursive"))
+    if (IS_KW(&t, "view") || IS_KW(&t, "recursive")) {
         note_feature(lx, "temporary view");
-    else if (IS_KW(&t, "sequence"))
+    } else if (IS_KW(&t, "sequence")) {
         note_feature(lx, "temporary sequence");
-    else
+    } else {
+        if (drops_at_commit(lx))
+            return; /* gone when its transaction ends: nothing outlives it */
         note_feature(lx, "temporary table");
+    }
     lx->pins |= PX_SQL_PIN_TEMP;
 }
 

@@ -378,6 +378,12 @@ static void test_pins_extended(void)
             fprintf(stderr, "\n    still pinned after %s", pairs[i][1]);
         CU_ASSERT_EQUAL(left, 0);
     }
+    /* a temporary table dropped at COMMIT leaves nothing behind: no pin */
+    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(a, "CREATE TEMP TABLE st_y(v int) ON COMMIT DROP"), "CREATE TABLE");
+    CU_ASSERT_STRING_EQUAL(v(a, "INSERT INTO st_y VALUES (1)"), "INSERT 0 1");
+    CU_ASSERT_STRING_EQUAL(v(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_EQUAL(pinned_clients(), 0);
     PQfinish(a);
     stop();
 }
