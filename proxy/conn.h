@@ -408,6 +408,8 @@ struct px_pool {
     bool connect_failed;
     uint64_t connect_failed_ms;
     char connect_error[160];
+    bool logged_in_once;   /* a server of this pool has logged in (health: a name served by *
+                              that nobody could log in to, a typo, is no sign of health) */
     bool maintain_pending; /* px_pool_maintain() runs at the next safe point */
     /* The server whose query batch may still grow (batch.h): its clients have exactly one
      * autocommit query each in flight, the last one not written yet. */

@@ -218,7 +218,10 @@ bool px_introspect_healthy(json_t **detail)
             snprintf(name, sizeof(name), "%s/%s", p->database, p->user);
             struct px_breaker_info bi;
             px_breaker_info(p->breaker, &bi);
-            const char *why = strcmp(bi.state, "closed") ? bi.last_failure : p->connect_error;
+            const char *why = strcmp(bi.state, "closed") ? bi.last_failure
+                              : p->connect_error[0]      ? p->connect_error
+                              : !p->logged_in_once       ? "no server login has succeeded"
+                                                         : "its server is unavailable";
             json_t *last = !ok ? px_json_string(why) : json_null();
             json_object_set_new(dbs, name,
                                 json_pack("{s:b, s:i, s:o, s:s}", "ok", ok, "servers_idle",

@@ -469,6 +469,7 @@ void px_pool_server_ready(struct px_server *s)
 
 void px_pool_server_logged_in(struct px_server *s)
 {
+    s->pool->logged_in_once = true;
     px_breaker_login_ok(s); /* first: a probe's success closes the breaker */
     px_pool_welcome_store(s);
     px_pool_server_ready(s);
@@ -554,16 +555,36 @@ static void note_connect_failure(struct px_server *s, struct evbuffer *error, co
  * password.  Once the breaker has opened, its own probes decide (without client traffic):
  * a successful probe logs a server in, which clears the failure too.
  */
+static bool has_servers(const struct px_pool *p)
+{
+    return p->n_idle + p->n_active + p->n_resetting > 0;
+}
+
 bool px_pool_can_serve(const struct px_pool *pool, uint64_t now)
 {
     if (!px_breaker_closed(pool->breaker))
         return false;
-    if (pool->n_idle + pool->n_active + pool->n_resetting > 0 || !pool->connect_failed)
+    if (has_servers(pool))
         return true;
+    if (pool->auto_created && !pool->logged_in_once)
+        return false; /* a name served by * that no login has reached yet (a typo: 3D000) */
     uint64_t window = HEALTH_FAILURE_MS;
     if ((uint64_t)px.cfg->server_login_retry_ms > window)
         window = (uint64_t)px.cfg->server_login_retry_ms;
-    return now - pool->connect_failed_ms >= window;
+    if (pool->connect_failed)
+        return now - pool->connect_failed_ms >= window;
+    /* No failure of its own (no recent attempt): a recent one of another pool that connects
+     * to the same server says as much, as those failures are the whole server's (refused,
+     * unreachable, too many connections, shutting down). */
+    struct px_list *it, *tmp;
+    px_list_for_each_safe(it, tmp, &px.pools)
+    {
+        const struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
+        if (p != pool && p->connect_failed && !has_servers(p) && p->port == pool->port &&
+            !strcmp(p->host, pool->host) && now - p->connect_failed_ms < window)
+            return false;
+    }
+    return true;
 }
 
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg)

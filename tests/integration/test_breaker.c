@@ -322,15 +322,18 @@ static bool drive_until_open(const struct harness_proxy *px, const char *extra, 
 static void test_postgresql_stopped(void)
 {
     const struct harness_cluster *cl = harness_cluster();
-    char sess[300];
+    char sess[300], dbs[400];
+    snprintf(
+        dbs, sizeof(dbs), "%s\n* = host=127.0.0.1 port=%d",
+        db_line(sess, sizeof(sess), "sess", cl->port, "dbname=pgwarden_test pool_mode=session"),
+        cl->port);
     struct harness_proxy_opts o = {
         .pool_mode = "transaction",
         .pool_size = 4,
         .admin = true,
         /* Every attempt reaches PostgreSQL (the pool's fast-fail would answer for it). */
         .pgwarden_extra = "server_login_retry_ms = 0",
-        .databases_extra =
-            db_line(sess, sizeof(sess), "sess", cl->port, "dbname=pgwarden_test pool_mode=session"),
+        .databases_extra = dbs,
         .tail_extra = "[breaker]\nopen_ms = 1000\nopen_max_ms = 2000"};
     struct harness_proxy *px = harness_proxy_start(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
@@ -340,6 +343,25 @@ static void test_postgresql_stopped(void)
     CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable dbname=sess"));
     CU_ASSERT_STRING_EQUAL(breaker_state(px->admin_port, "pgwarden_test"), "closed");
     CU_ASSERT_STRING_EQUAL(breaker_state(px->admin_port, "sess"), "closed");
+    /* A typo in a database name served by *: PostgreSQL refuses the login (3D000).  That
+     * pool is no sign of health, then or later (it kept /health at 200 below). */
+    PGconn *typo = harness_connect(px, "sslmode=disable dbname=typo_health");
+    CU_ASSERT_STRING_EQUAL(harness_conn_sqlstate(typo), "3D000");
+    PQfinish(typo);
+    CU_ASSERT_EQUAL(health(px->admin_port), 200);
+    char *hbody = NULL;
+    http_get(px->admin_port, "/health", &hbody);
+    json_t *hj = hbody ? json_loads(hbody, 0, NULL) : NULL;
+    free(hbody);
+    json_t *tj = json_object_get(json_object_get(hj, "databases"), "typo_health/pgwarden_test");
+    CU_ASSERT_TRUE(json_is_false(json_object_get(tj, "ok")));
+    json_decref(hj);
+    /* Another database of the same server, served by *, used once: its pool has no
+     * failure of its own when PostgreSQL goes (it made no attempt), but the others' say
+     * its server is down too. */
+    PGconn *other = harness_connect(px, "sslmode=disable dbname=postgres");
+    CU_ASSERT_STRING_EQUAL(itu_value(other, "SELECT 1"), "1");
+    PQfinish(other);
 
     CU_ASSERT_EQUAL_FATAL(pg_ctl("stop"), 0);
     int64_t t_stop = itu_now_ms();
@@ -347,6 +369,13 @@ static void test_postgresql_stopped(void)
     int64_t t_open = itu_now_ms();
     fprintf(stderr, "\n  [breaker] PostgreSQL stopped -> first 57P03: %lld ms\n",
             (long long)(t_open - t_stop));
+    hbody = NULL;
+    http_get(px->admin_port, "/health", &hbody);
+    hj = hbody ? json_loads(hbody, 0, NULL) : NULL;
+    free(hbody);
+    tj = json_object_get(json_object_get(hj, "databases"), "postgres/pgwarden_test");
+    CU_ASSERT_TRUE(json_is_false(json_object_get(tj, "ok")));
+    json_decref(hj);
 
     /* Transaction pooling: a statement fails at once, the client stays connected. */
     int64_t ms;
