@@ -15,6 +15,10 @@
  * with the number of failures in between.  px_listen_guard() gives the same treatment to a
  * listener another module owns (the admin port's).
  *
+ * Accepting is deferred (TCP_DEFER_ACCEPT, as PgBouncer's tcp_defer_accept): a PostgreSQL
+ * client speaks first, so the kernel hands a connection over with its first packet, and a
+ * client that stays silent is accepted after about a second.
+ *
  * Everything runs on the event loop thread.
  */
 #ifndef PGW_PROXY_LISTEN_H
