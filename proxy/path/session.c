@@ -129,15 +129,16 @@ bool px_session_resync(struct px_client *c)
  * an entry of the client's state, replayed on every server the client gets. */
 struct px_sstate_change {
     struct px_sstate_change *next;
-    uint8_t kind; /* enum px_sql_state, or CH_DEALLOCATE / CH_DEALLOCATE_ALL / CH_DISCARD */
-    bool reset;   /* RESET (the entry goes) rather than SET */
-    bool failed;  /* its statement got an error */
+    uint8_t kind;   /* enum px_sql_state, or CH_DEALLOCATE / CH_DEALLOCATE_ALL / CH_DISCARD */
+    bool reset;     /* RESET (the entry goes) rather than SET */
+    bool failed;    /* its statement got an error */
+    uint8_t unpins; /* CH_UNPIN: the PX_SQL_PIN_* its statement ends */
     uint32_t remaining;
     char key[PX_SQL_NAME_SIZE];
     char *sql; /* the statement's text (owned), replayed as it is */
 };
 
-enum { CH_DEALLOCATE = 100, CH_DEALLOCATE_ALL, CH_DISCARD };
+enum { CH_DEALLOCATE = 100, CH_DEALLOCATE_ALL, CH_DISCARD, CH_UNPIN };
 
 struct px_sstate {
     struct px_sstate_change *entries; /* applied, oldest change first */
@@ -236,6 +237,11 @@ static bool same_slot(const struct px_sstate_change *e, const struct px_sstate_c
 static void apply(struct px_client *c, struct px_sstate_change *ch)
 {
     struct px_sstate *st = c->sstate;
+    if (ch->kind == CH_UNPIN) { /* the state it ended is gone: nothing else changes */
+        set_pins(c, (uint8_t)(st->pins & ~ch->unpins));
+        change_free(ch);
+        return;
+    }
     for (struct px_sstate_change **pp = &st->entries; *pp;) {
         if (same_slot(*pp, ch)) {
             struct px_sstate_change *e = *pp;
@@ -266,6 +272,8 @@ static void apply(struct px_client *c, struct px_sstate_change *ch)
  * the others when their transaction commits. */
 static bool transactional(const struct px_sstate_change *ch)
 {
+    if (ch->kind == CH_UNPIN) /* session advisory locks go at once, rollback or not */
+        return ch->unpins != PX_SQL_PIN_ADVISORY;
     return ch->kind != PX_STATE_PREPARE && ch->kind != CH_DEALLOCATE &&
            ch->kind != CH_DEALLOCATE_ALL && ch->kind != CH_DISCARD;
 }
@@ -298,6 +306,26 @@ static void queue_change(struct px_client *c, struct px_sstate_change *ch)
     }
     ch->remaining = (uint32_t)c->server->pending_ready + 1;
     append(&st->pending, ch);
+}
+
+/* A statement that ends pinned state (UNLISTEN *, DISCARD TEMP, CLOSE ALL,
+ * pg_advisory_unlock_all()) unpins c once it took effect: when it succeeded, and for the
+ * transactional ones when its block committed (a DISCARD TEMP rolled back leaves the
+ * tables: the server must not go to another client). */
+static void queue_unpins(struct px_client *c, uint8_t unpins)
+{
+    if (!c->sstate || !(c->sstate->pins & unpins))
+        return;
+    const uint8_t parts[2] = {(uint8_t)(unpins & PX_SQL_PIN_ADVISORY),
+                              (uint8_t)(unpins & ~PX_SQL_PIN_ADVISORY)};
+    for (int i = 0; i < 2; i++) {
+        if (!parts[i])
+            continue;
+        struct px_sstate_change *ch = change_new(CH_UNPIN, false, NULL, NULL, 0);
+        if (ch)
+            ch->unpins = parts[i];
+        queue_change(c, ch); /* out of memory: it stays pinned */
+    }
 }
 
 static struct px_sstate_change *change_of(const struct px_sql_info *info, const char *text,
@@ -444,8 +472,8 @@ void px_session_note_sql(struct px_client *c, const struct px_sql_info *info, co
             pin(c, pins, info->session_feature ? info->session_feature : "session state");
         }
     }
-    if (info->unpins && c->sstate) /* e.g. UNLISTEN *, DISCARD TEMP */
-        set_pins(c, (uint8_t)(c->sstate->pins & ~info->unpins));
+    if (info->unpins) /* e.g. UNLISTEN *, DISCARD TEMP */
+        queue_unpins(c, info->unpins);
     if (info->kind == PX_SQL_DISCARD_ALL || info->kind == PX_SQL_DEALLOCATE_ALL) {
         /* Every statement of the server goes, and the client's too (as on a direct
          * connection).  Parse/Close still in flight keep their FIFO entries. */
@@ -479,7 +507,7 @@ void px_session_note_parse(struct px_client *c, const char *name, const struct p
             st->unnamed_end_kind = (uint8_t)info->kind;
             ch = NULL;
         }
-        /* what it clears counts when it runs, as the simple protocol's does when sent */
+        /* what it ends counts when it has run (px_session_note_execute, queue_unpins) */
         if (st)
             st->unnamed_unpins = info->unpins;
     }
@@ -508,8 +536,8 @@ void px_session_note_execute(struct px_client *c)
     struct px_sstate *st = c->sstate;
     if (!st || !st->bound_unnamed)
         return;
-    if (st->unnamed_unpins) /* only a pinned client can have any: it has a state */
-        set_pins(c, (uint8_t)(st->pins & ~st->unnamed_unpins));
+    if (st->unnamed_unpins)
+        queue_unpins(c, st->unnamed_unpins);
     if (st->unnamed_end) {
         st->last_end = st->unnamed_end_kind;
         return;

@@ -411,6 +411,56 @@ static void test_set_config_local(void)
     stop();
 }
 
+/*
+ * A statement that ends pinned state unpins only when it took effect: a DISCARD TEMP or
+ * UNLISTEN * rolled back, or refused in a failed block (25P02), leaves the state on the
+ * server, which must not go to another client (a new client read the first one's temporary
+ * table through pg_temp).  pg_advisory_unlock_all() releases at once, rollback or not.
+ */
+static void test_unpin_only_when_done(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
+    PGconn *a = conn(NULL);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(v(a, "CREATE TEMP TABLE st_secret AS SELECT 'a-private' AS s"),
+                           "SELECT 1");
+    CU_ASSERT_EQUAL(pinned_clients(), 1);
+    for (int ext = 0; ext < 2; ext++) {
+        const char *(*run)(PGconn *, const char *) = ext ? vx : v;
+        CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+        CU_ASSERT_STRING_EQUAL(run(a, "DISCARD TEMP"), "DISCARD TEMP");
+        CU_ASSERT_STRING_EQUAL(v(a, "ROLLBACK"), "ROLLBACK");
+        CU_ASSERT_EQUAL(pinned_clients(), 1);
+        CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+        CU_ASSERT_STRING_EQUAL(v(a, "SELECT 1/0"), "!22012");
+        CU_ASSERT_STRING_EQUAL(run(a, "DISCARD TEMP"), "!25P02");
+        CU_ASSERT_STRING_EQUAL(v(a, "ROLLBACK"), "ROLLBACK");
+        CU_ASSERT_EQUAL(pinned_clients(), 1);
+    }
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT s FROM pg_temp.st_secret"), "a-private");
+    CU_ASSERT_STRING_EQUAL(vx(a, "DISCARD TEMP"), "DISCARD TEMP");
+    CU_ASSERT_EQUAL(pinned_clients(), 0);
+
+    CU_ASSERT_STRING_EQUAL(v(a, "LISTEN st_z"), "LISTEN");
+    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(a, "UNLISTEN *"), "UNLISTEN");
+    CU_ASSERT_STRING_EQUAL(v(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_EQUAL(pinned_clients(), 1);
+    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(vx(a, "UNLISTEN *"), "UNLISTEN");
+    CU_ASSERT_STRING_EQUAL(v(a, "COMMIT"), "COMMIT");
+    CU_ASSERT_EQUAL(pinned_clients(), 0);
+
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT pg_advisory_lock(78)"), "");
+    CU_ASSERT_EQUAL(pinned_clients(), 1);
+    CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
+    CU_ASSERT_STRING_EQUAL(v(a, "SELECT pg_advisory_unlock_all()"), "");
+    CU_ASSERT_STRING_EQUAL(v(a, "ROLLBACK"), "ROLLBACK");
+    CU_ASSERT_EQUAL(pinned_clients(), 0); /* released all the same */
+    PQfinish(a);
+    stop();
+}
+
 static void test_pins(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(start(2, NULL));
@@ -577,6 +627,7 @@ static void register_suites(void)
         {"pins", test_pins},
         {"pins_extended", test_pins_extended},
         {"set_config_local", test_set_config_local},
+        {"unpin_only_when_done", test_unpin_only_when_done},
         {"pool_reset_text", test_pool_reset_text},
         {"pooling_stays_real", test_pooling_stays_real},
         CU_TEST_INFO_NULL,
