@@ -180,11 +180,6 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
         if (c->fault_unnamed_portal == PX_FAULT_STMT_COMMIT)
             when = PX_CHAOS_COMMIT;
     }
-    /* A COMMIT outside a transaction block only gets a warning from PostgreSQL: it has
-     * nothing to fail or to lose, so commit rules leave it alone. */
-    if (when == PX_CHAOS_COMMIT && !px_txn_in_block(c) &&
-        (!c->server || c->server->txn_status != 'T'))
-        return PX_FAULT_NONE;
     struct px_chaos_ctx ctx = ctx_of(c, when);
     struct px_chaos_action a;
     if (!may_answer) {
@@ -193,6 +188,12 @@ enum px_fault_verdict px_fault_message(struct px_client *c, char type, const uin
          * this statement: the wait costs a round trip to the server. */
         return px_chaos_matches(&ctx) ? PX_FAULT_HOLD : PX_FAULT_NONE;
     }
+    /* A COMMIT outside a transaction block only gets a warning from PostgreSQL: it has
+     * nothing to fail or to lose, so commit rules leave it alone.  (Known only now, with
+     * every reply before it in: a BEGIN pipelined ahead of it sets the status.) */
+    if (when == PX_CHAOS_COMMIT && !px_txn_in_block(c) &&
+        (!c->server || c->server->txn_status != 'T'))
+        return PX_FAULT_NONE;
     if (!px_chaos_decide(&ctx, &a)) /* logs the injection */
         return PX_FAULT_NONE;
     switch (a.kind) {

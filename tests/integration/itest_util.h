@@ -280,4 +280,35 @@ static inline long long itu_tok(PGconn *c, const char *sql)
     return t;
 }
 
+/* The next result in pipeline mode (a query's NULL end marker skipped), printed: the
+ * command tag, "!SQLSTATE", "PIPELINE_SYNC", "ROWS n", or "!timeout". */
+static inline const char *itu_pipeline_next(PGconn *c, int timeout_ms)
+{
+    static char buf[64];
+    int64_t deadline = itu_now_ms() + timeout_ms;
+    for (int nulls = 0; nulls < 2; nulls++) {
+        while (PQisBusy(c)) {
+            int64_t left = deadline - itu_now_ms();
+            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c))
+                return "!timeout";
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            continue; /* the end of the previous query's results */
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC)
+            snprintf(buf, sizeof(buf), "PIPELINE_SYNC");
+        else if (st == PGRES_FATAL_ERROR)
+            snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
+        else if (st == PGRES_TUPLES_OK)
+            snprintf(buf, sizeof(buf), "ROWS %d", PQntuples(r));
+        else
+            snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
+        PQclear(r);
+        return buf;
+    }
+    return "!none";
+}
+
 #endif

@@ -375,6 +375,38 @@ static void test_error_at_commit(void)
     commit_error(g_sess, "e2e_commit_sess", 31);
 }
 
+/* A COMMIT pipelined behind its BEGIN (libpq pipeline mode, one Sync): a commit rule hits
+ * it (deciding "outside a block" before the BEGIN's reply was in let it through). */
+static void commit_pipelined(struct harness_proxy *px, const char *app, int key)
+{
+    char rule[256], sql[128];
+    snprintf(rule, sizeof rule,
+             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
+             "\"application_name\":\"%s\"}",
+             app);
+    long long id = add_rule(px, rule);
+    PGconn *c = client(px, app);
+    snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);
+    const char *stmts[] = {"BEGIN", sql, "COMMIT"};
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(PQsendQueryParams(c, stmts[i], 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
+    const char *want[] = {"BEGIN", "INSERT 0 1", "!40001", "PIPELINE_SYNC"};
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_STRING_EQUAL(itu_pipeline_next(c, 5000), want[i]);
+    PQfinish(c);
+    CU_ASSERT_EQUAL(rows(app), 0);
+    CU_ASSERT_EQUAL(rule_counter(px, id, "injected"), 1);
+    remove_rule(px, id);
+}
+
+static void test_commit_pipelined(void)
+{
+    commit_pipelined(g_txn, "e2e_cpipe_txn", 70);
+    commit_pipelined(g_sess, "e2e_cpipe_sess", 71);
+}
+
 /* ---- named statements (drivers prepare their statements after a few uses) ------------------ */
 
 /*
@@ -945,6 +977,7 @@ static void register_suites(void)
         {"disconnect_statement", test_disconnect_statement},
         {"fatal_ends_connection", test_fatal_ends_connection},
         {"replay_not_injected", test_replay_not_injected},
+        {"commit_pipelined", test_commit_pipelined},
         {"disconnect_commit_session", test_disconnect_commit_session},
         {"disconnect_commit_transaction", test_disconnect_commit_transaction},
         {"disconnect_commit_extended", test_disconnect_commit_extended},

@@ -745,37 +745,6 @@ static size_t raw_queries(PGconn *c, const char *const *sqls, int nq, int n, uin
     }
 }
 
-/* The next result in pipeline mode (a query's NULL end marker skipped), printed: the
- * command tag, "!SQLSTATE", "PIPELINE_SYNC", "ROWS n", or "!timeout". */
-static const char *pipeline_next(PGconn *c, int timeout_ms)
-{
-    static char buf[64];
-    int64_t deadline = itu_now_ms() + timeout_ms;
-    for (int nulls = 0; nulls < 2; nulls++) {
-        while (PQisBusy(c)) {
-            int64_t left = deadline - itu_now_ms();
-            struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-            if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c))
-                return "!timeout";
-        }
-        PGresult *r = PQgetResult(c);
-        if (!r)
-            continue; /* the end of the previous query's results */
-        ExecStatusType st = PQresultStatus(r);
-        if (st == PGRES_PIPELINE_SYNC)
-            snprintf(buf, sizeof(buf), "PIPELINE_SYNC");
-        else if (st == PGRES_FATAL_ERROR)
-            snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-        else if (st == PGRES_TUPLES_OK)
-            snprintf(buf, sizeof(buf), "ROWS %d", PQntuples(r));
-        else
-            snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-        PQclear(r);
-        return buf;
-    }
-    return "!none";
-}
-
 /* Count of the messages of a type in buf[0..len). */
 static int raw_count(const uint8_t *buf, size_t len, char type)
 {
@@ -824,7 +793,7 @@ static void pipelined(const char *mode)
     CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
     const char *want[] = {"!40001", "PIPELINE_SYNC", "INSERT 0 1", "PIPELINE_SYNC"};
     for (int i = 0; i < 4; i++) {
-        const char *got = pipeline_next(c, 5000);
+        const char *got = itu_pipeline_next(c, 5000);
         if (strcmp(got, want[i]) != 0)
             fprintf(stderr, "\n    pipeline result %d: %s, want %s\n", i, got, want[i]);
         CU_ASSERT_STRING_EQUAL(got, want[i]);
@@ -1417,7 +1386,7 @@ static void begin_group_replayed(const char *mode)
     CU_ASSERT_EQUAL(PQpipelineSync(c), 1);
     const char *want[] = {"BEGIN", "ROWS 1", "PIPELINE_SYNC"};
     for (int i = 0; i < 3; i++)
-        CU_ASSERT_STRING_EQUAL(pipeline_next(c, 5000), want[i]);
+        CU_ASSERT_STRING_EQUAL(itu_pipeline_next(c, 5000), want[i]);
     CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 1);
     PQfinish(c);
     PQfinish(d);
