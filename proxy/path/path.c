@@ -185,8 +185,12 @@ static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uin
     if (c->pool->mode != PX_POOL_TRANSACTION)
         return info.kind; /* the rest follows state for transaction pooling */
     px_session_note_parse(c, name, &info, q, qlen);
-    if (info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) {
-        px_stmt_set_clear(&c->server->stmts); /* see px_session_note_sql */
+    char dealloc[PX_SQL_NAME_SIZE];
+    if ((info.drops_prepared || info.kind == PX_SQL_DISCARD_ALL) &&
+        !(!*name && px_rename_client_dealloc(c, content, clen, dealloc))) {
+        /* see px_session_note_sql; not for a client's DEALLOCATE, which pgwarden runs on
+         * a stand-in (rename.h): the server's statements stay */
+        px_stmt_set_clear(&c->server->stmts);
         c->server->stmts_uncertain = true;
     }
     return info.kind;

@@ -9,6 +9,7 @@
 #include "net/server.h"
 #include "path/expect.h"
 #include "path/rename.h"
+#include "path/session.h"
 #include "path/sqlscan.h"
 
 struct px_stmt_registry *px_rename_registry(void)
@@ -110,28 +111,44 @@ bool px_rename_client_may_add(const struct px_client *c, const char *name)
  * registry statement's: those end in digits). */
 #define DEALLOC_STAND_IN PX_STMT_PREFIX "dealloc"
 
+bool px_rename_client_dealloc(const struct px_client *c, const uint8_t *content, uint32_t clen,
+                              char name[PX_SQL_NAME_SIZE])
+{
+    const uint8_t *nul = memchr(content, '\0', clen);
+    if (!nul || (size_t)(nul - content) + 3 > clen || px_get_u16(nul + 1) != 0 ||
+        c->server->txn_status == 'E')
+        return false;
+    /* the cheap test first: every unnamed Parse comes here (a comment may come first) */
+    const uint8_t *p = content;
+    while (p < nul && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    if (nul - p < 12 || ((*p | 0x20) != 'd' && *p != '-' && *p != '/'))
+        return false;
+    struct px_sql_info info;
+    px_sql_classify((const char *)content, (size_t)(nul - content), &info);
+    if (info.kind != PX_SQL_DEALLOCATE || !px_stmt_map_get(&c->stmts, info.name))
+        return false; /* not the client's: PostgreSQL answers (26000, or an SQL PREPARE's) */
+    memcpy(name, info.name, PX_SQL_NAME_SIZE);
+    return true;
+}
+
 /*
  * An unnamed Parse of DEALLOCATE name, name a statement of the client's: how drivers send it
  * by the extended protocol (psycopg 3 evicts its prepared statements so).  The server knows
  * the statement by pgwarden's name, or not at all, and keeps it for other clients too; the
  * text PostgreSQL gets is DEALLOCATE of a throwaway statement prepared (hidden) just before,
  * so that the client gets PostgreSQL's very replies (ParseComplete ... CommandComplete
- * "DEALLOCATE", or the error of a failed block), and the statement leaves the client's map.
- * True when handled (*act set).
+ * "DEALLOCATE", or the error of a failed block).  The statement leaves the client's map
+ * when an Execute of it succeeded (session.h px_session_note_dealloc).  True when handled
+ * (*act set).
  */
 static bool dealloc_parse(struct px_client *c, struct evbuffer *out, const uint8_t *content,
                           uint32_t clen, enum px_relay_action *act)
 {
     struct px_server *s = c->server;
-    const uint8_t *nul = memchr(content, '\0', clen);
-    /* the cheap test first: every unnamed Parse comes here */
-    if (!nul || nul - content < 12 || (content[0] | 0x20) != 'd' || s->txn_status == 'E' ||
-        (size_t)(nul - content) + 3 > clen || px_get_u16(nul + 1) != 0)
+    char name[PX_SQL_NAME_SIZE];
+    if (!px_rename_client_dealloc(c, content, clen, name))
         return false;
-    struct px_sql_info info;
-    px_sql_classify((const char *)content, (size_t)(nul - content), &info);
-    if (info.kind != PX_SQL_DEALLOCATE || !px_stmt_map_get(&c->stmts, info.name))
-        return false; /* not the client's: PostgreSQL answers (26000, or an SQL PREPARE's) */
     /* contents: the text, its NUL, no parameter types */
     static const uint8_t stand_in[] = "SELECT\0\0";
     static const uint8_t text[] = "DEALLOCATE " DEALLOC_STAND_IN "\0\0";
@@ -142,7 +159,7 @@ static bool dealloc_parse(struct px_client *c, struct evbuffer *out, const uint8
         px_write_parse(out, DEALLOC_STAND_IN, stand_in, sizeof(stand_in)) < 0 ||
         !px_expect_push(s, PX_EXP_PARSE, false) || px_write_parse(out, "", text, sizeof(text)) < 0)
         return true;
-    px_stmt_map_remove(&c->stmts, info.name);
+    px_session_note_dealloc(c, name);
     *act = PX_RELAY_DROP;
     return true;
 }

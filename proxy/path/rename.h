@@ -19,6 +19,7 @@
 #include <stdbool.h>
 
 #include "conn.h"
+#include "path/sqlscan.h"
 
 enum px_relay_action px_rename_parse(struct px_client *c, struct evbuffer *out, const uint8_t *body,
                                      uint32_t len);
@@ -36,6 +37,11 @@ enum px_relay_action px_rename_target(struct px_client *c, struct evbuffer *out,
 /* Whether c may record the named statement name (it has it already, or has fewer than
  * max_client_prepared_statements); beyond, its Parse fails the client with 53400. */
 bool px_rename_client_may_add(const struct px_client *c, const char *name);
+
+/* Whether a Parse's content (query\0, parameter types) is DEALLOCATE of one of c's
+ * statements, which px_rename_parse runs as a stand-in when unnamed (name gets it). */
+bool px_rename_client_dealloc(const struct px_client *c, const uint8_t *content, uint32_t clen,
+                              char name[PX_SQL_NAME_SIZE]);
 
 /* The process-wide statement registry (created on first use; NULL when out of memory). */
 struct px_stmt_registry *px_rename_registry(void);

@@ -1288,6 +1288,9 @@ void px_retry_note_sql(struct px_client *c, const struct px_sql_info *info)
         taint(c->retry, info->session_feature ? info->session_feature : "session state");
     if (c->retry && info->outside_effect)
         taint(c->retry, info->outside_effect); /* a replay would do it twice */
+    /* a rollback gives no statement back: the replay's DEALLOCATE would find it gone */
+    if (c->retry && info->drops_prepared)
+        taint(c->retry, "DEALLOCATE or DISCARD");
 }
 
 static uint8_t risk_of(const struct px_sql_info *info)

@@ -7,6 +7,7 @@
 
 #include "base/log.h"
 #include "net/client.h"
+#include "path/prepared.h"
 #include "path/session.h"
 #include "pool/pool.h"
 
@@ -138,7 +139,7 @@ struct px_sstate_change {
     char *sql; /* the statement's text (owned), replayed as it is */
 };
 
-enum { CH_DEALLOCATE = 100, CH_DEALLOCATE_ALL, CH_DISCARD, CH_UNPIN };
+enum { CH_DEALLOCATE = 100, CH_DEALLOCATE_ALL, CH_DISCARD, CH_UNPIN, CH_DROP_STMT };
 
 struct px_sstate {
     struct px_sstate_change *entries; /* applied, oldest change first */
@@ -153,7 +154,8 @@ struct px_sstate {
     bool unnamed_end;                 /* ... or the COMMIT/ROLLBACK it is */
     uint8_t unnamed_end_kind;
     uint8_t unnamed_unpins; /* PX_SQL_PIN_* its unnamed statement clears (UNLISTEN *, ...) */
-    bool bound_unnamed;     /* its last Bind was of the unnamed statement */
+    char unnamed_dealloc[PX_SQL_NAME_SIZE]; /* ... or the statement it deallocates ("") */
+    bool bound_unnamed;                     /* its last Bind was of the unnamed statement */
 };
 
 static struct px_sstate *sstate_of(struct px_client *c)
@@ -242,6 +244,11 @@ static void apply(struct px_client *c, struct px_sstate_change *ch)
         change_free(ch);
         return;
     }
+    if (ch->kind == CH_DROP_STMT) { /* a protocol-level statement, not session state */
+        px_stmt_map_remove(&c->stmts, ch->key);
+        change_free(ch);
+        return;
+    }
     for (struct px_sstate_change **pp = &st->entries; *pp;) {
         if (same_slot(*pp, ch)) {
             struct px_sstate_change *e = *pp;
@@ -274,6 +281,8 @@ static bool transactional(const struct px_sstate_change *ch)
 {
     if (ch->kind == CH_UNPIN) /* session advisory locks go at once, rollback or not */
         return ch->unpins != PX_SQL_PIN_ADVISORY;
+    if (ch->kind == CH_DROP_STMT) /* DEALLOCATE: a rollback gives nothing back */
+        return false;
     return ch->kind != PX_STATE_PREPARE && ch->kind != CH_DEALLOCATE &&
            ch->kind != CH_DEALLOCATE_ALL && ch->kind != CH_DISCARD;
 }
@@ -508,8 +517,10 @@ void px_session_note_parse(struct px_client *c, const char *name, const struct p
             ch = NULL;
         }
         /* what it ends counts when it has run (px_session_note_execute, queue_unpins) */
-        if (st)
+        if (st) {
             st->unnamed_unpins = info->unpins;
+            st->unnamed_dealloc[0] = '\0'; /* px_session_note_dealloc comes after this */
+        }
     }
     uint8_t pins = info->pins;
     if (ch || info->state == PX_STATE_UNTRACKED)
@@ -538,6 +549,14 @@ void px_session_note_execute(struct px_client *c)
         return;
     if (st->unnamed_unpins)
         queue_unpins(c, st->unnamed_unpins);
+    if (st->unnamed_dealloc[0]) {
+        /* the client's statement goes when the DEALLOCATE succeeded (never run: it stays) */
+        struct px_sstate_change *ch = change_new(CH_DROP_STMT, false, st->unnamed_dealloc, NULL, 0);
+        if (ch) { /* out of memory: the name stays known, as if the Execute had failed */
+            ch->remaining = (uint32_t)c->server->pending_ready + 1;
+            append(&st->pending, ch);
+        }
+    }
     if (st->unnamed_end) {
         st->last_end = st->unnamed_end_kind;
         return;
@@ -547,6 +566,13 @@ void px_session_note_execute(struct px_client *c)
     const struct px_sstate_change *u = st->unnamed;
     /* a DEALLOCATE or DISCARD keeps no text (change_of) */
     queue_change(c, change_new(u->kind, u->reset, u->key, u->sql, u->sql ? strlen(u->sql) : 0));
+}
+
+void px_session_note_dealloc(struct px_client *c, const char *name)
+{
+    struct px_sstate *st = sstate_of(c);
+    if (st) /* out of memory: the name stays known (a Bind of it gets a re-prepared one) */
+        snprintf(st->unnamed_dealloc, sizeof(st->unnamed_dealloc), "%s", name);
 }
 
 void px_session_client_free(struct px_client *c)

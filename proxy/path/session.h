@@ -53,6 +53,9 @@ void px_session_note_parse(struct px_client *c, const char *name, const struct p
                            const char *text, size_t len);
 void px_session_note_bind(struct px_client *c, const char *statement);
 void px_session_note_execute(struct px_client *c);
+/* The unnamed statement just parsed deallocates the client's statement name (rename.h runs
+ * it as a stand-in): name leaves the client's map once an Execute of it succeeded. */
+void px_session_note_dealloc(struct px_client *c, const char *name);
 
 /* Replies: an ErrorResponse relayed to c; a ReadyForQuery with status. */
 void px_session_error(struct px_client *c);

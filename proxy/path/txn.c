@@ -291,6 +291,8 @@ void px_txn_idle_input(struct px_client *c)
                 }
                 struct px_sql_info info;
                 px_classify_head(c, msg + 5, len - 4, &info);
+                if (info.drops_prepared)
+                    px_retry_note_sql(c, &info); /* answered here: the retry stage sees it */
                 if (px_local_answer_unlinked(c, &info, len + 1)) {
                     c->head_sql_len = 0;
                     continue;

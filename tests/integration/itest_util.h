@@ -281,7 +281,7 @@ static inline long long itu_tok(PGconn *c, const char *sql)
 }
 
 /* The next result in pipeline mode (a query's NULL end marker skipped), printed: the
- * command tag, "!SQLSTATE", "PIPELINE_SYNC", "ROWS n", or "!timeout". */
+ * command tag, "!SQLSTATE", "PIPELINE_SYNC", "PIPELINE_ABORTED", "ROWS n", or "!timeout". */
 static inline const char *itu_pipeline_next(PGconn *c, int timeout_ms)
 {
     static char buf[64];
@@ -299,6 +299,8 @@ static inline const char *itu_pipeline_next(PGconn *c, int timeout_ms)
         ExecStatusType st = PQresultStatus(r);
         if (st == PGRES_PIPELINE_SYNC)
             snprintf(buf, sizeof(buf), "PIPELINE_SYNC");
+        else if (st == PGRES_PIPELINE_ABORTED)
+            snprintf(buf, sizeof(buf), "PIPELINE_ABORTED");
         else if (st == PGRES_FATAL_ERROR)
             snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
         else if (st == PGRES_TUPLES_OK)

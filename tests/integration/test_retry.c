@@ -950,6 +950,38 @@ static void test_outside_effect_not_replayed(void)
 }
 
 /*
+ * A transaction that deallocates a prepared statement is not replayed: a rollback gives the
+ * statement back to nobody, so the replay's DEALLOCATE would fail (26000: "differs") and
+ * the client get its error after a useless replay.  By either protocol (psycopg 3 evicts
+ * its statements with an extended-protocol DEALLOCATE inside transactions).
+ */
+static void test_dealloc_not_replayed(void)
+{
+    make_fail_once_function();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 2, NULL));
+    PGconn *c = conn(), *d = direct();
+    for (int ext = 0; ext < 2; ext++) {
+        PGresult *r = PQprepare(c, "s1", "SELECT 1", 0, NULL);
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "BEGIN"), "BEGIN");
+        r = ext ? PQexecParams(c, "DEALLOCATE s1", 0, NULL, NULL, NULL, NULL, 0)
+                : PQexec(c, "DEALLOCATE s1");
+        CU_ASSERT_EQUAL(PQresultStatus(r), PGRES_COMMAND_OK);
+        PQclear(r);
+        rt_once_arm(d);
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "SELECT rt_fail_once()"), "!40001");
+        CU_ASSERT_STRING_EQUAL(itu_q(c, "ROLLBACK"), "ROLLBACK");
+        if (getenv("PGW_TEST_DEBUG"))
+            harness_proxy_dump_log(g_px, 60);
+    }
+    CU_ASSERT_EQUAL(metric("pgwarden_retry_attempts_total", NULL), 0);
+    PQfinish(c);
+    PQfinish(d);
+    stop();
+}
+
+/*
  * A held error and a large result pipelined behind it (both in one write, as a pipelining
  * client sends them), which the client does not read yet: pgwarden keeps at most about
  * retry_buffer_bytes of it (then the client gets the error and the rest flows with the
@@ -1649,6 +1681,7 @@ static void register_suites(void)
         {"replay_notice_once", test_replay_notice_once},
         {"xact_lock_released_at_chained_commit", test_xact_lock_released_at_chained_commit},
         {"outside_effect_not_replayed", test_outside_effect_not_replayed},
+        {"dealloc_not_replayed", test_dealloc_not_replayed},
         {"notify_in_hold", test_notify_in_hold},
         {"named_parse_session", test_named_parse_session},
         {"named_parse_transaction", test_named_parse_transaction},

@@ -723,6 +723,32 @@ static void test_dealloc_extended(void)
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
 
+    /* parsed (and described) but never executed: nothing is dropped, as in PostgreSQL */
+    CU_ASSERT_TRUE(prep_ok(a, "s4", "SELECT 'a4'"));
+    PGresult *pr = PQprepare(a, "", "DEALLOCATE s4", 0, NULL);
+    CU_ASSERT_EQUAL(PQresultStatus(pr), PGRES_COMMAND_OK);
+    PQclear(pr);
+    r = exec_prep(a, "s4", NULL);
+    CU_ASSERT_TRUE(result_is(r, 1, "a4", NULL));
+    PQclear(r);
+    /* skipped behind an error in the same group: nothing dropped either */
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(a), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQsendQueryParams(a, "DEALLOCATE s4", 0, NULL, NULL, NULL, NULL, 0), 1);
+    CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+    CU_ASSERT_STRING_EQUAL(itu_pipeline_next(a, 5000), "!22012");
+    CU_ASSERT_STRING_EQUAL(itu_pipeline_next(a, 5000), "PIPELINE_ABORTED");
+    CU_ASSERT_STRING_EQUAL(itu_pipeline_next(a, 5000), "PIPELINE_SYNC");
+    CU_ASSERT_EQUAL(PQexitPipelineMode(a), 1);
+    r = exec_prep(a, "s4", NULL);
+    CU_ASSERT_TRUE(result_is(r, 1, "a4", NULL));
+    PQclear(r);
+    /* a comment first, as ORMs write them */
+    CU_ASSERT_STRING_EQUAL(exec_ext(a, "/* evict */ DEALLOCATE s4"), "DEALLOCATE");
+    r = exec_prep(a, "s4", NULL);
+    CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
+    PQclear(r);
+
     /* inside a block, and in a failed one (25P02 there, nothing dropped) */
     CU_ASSERT_TRUE(prep_ok(a, "s2", "SELECT 'a2'"));
     CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
