@@ -272,6 +272,7 @@ struct px_server {
     struct px_stream s2c;
     int pending_ready; /* ReadyForQuery replies still expected */
     bool unsynced;     /* extended-protocol messages sent since the last Sync */
+    bool read_tags;    /* the client's Query ends its block: CommandComplete is read (locks.h) */
     char txn_status;   /* last ReadyForQuery status: 'I', 'T' or 'E' */
     int reset_pending; /* ReadyForQuery replies still expected while resetting */
     /* Draining after its client left mid-request (server.c): ReadyForQuery replies the

@@ -1379,23 +1379,33 @@ void px_locks_txn_end(struct px_client *c)
     arm_timer();
 }
 
-void px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due)
+bool px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due)
 {
     struct px_client_locks *cl = c->locks;
     /* With retry on, the retry stage ends a committed block at its COMMIT's reply (a
      * COMMIT may fail with 40001 and be replayed: its locks stay while it is); a ROLLBACK
      * is never replayed. */
-    if (cl && cl->has_xact && (info->ends_rollback || (info->ends_commit && !c->retry)))
-        cl->end_at_ready = ready_due;
+    if (!cl || !cl->has_xact || !(info->ends_rollback || (info->ends_commit && !c->retry)))
+        return false;
+    cl->end_at_ready = ready_due;
+    return true;
 }
 
-void px_locks_ready(struct px_client *c, char status)
+void px_locks_complete(struct px_client *c, const char *tag)
 {
     struct px_client_locks *cl = c->locks;
-    if (!cl->end_at_ready || --cl->end_at_ready > 0)
-        return;
-    if (status != 'E') /* a statement before the end failed: the block is still open */
+    bool commit = !strcmp(tag, "COMMIT"), rollback = !strcmp(tag, "ROLLBACK");
+    /* a Query that ends the block: its COMMIT or ROLLBACK ran, whatever follows it (a new
+     * block, even one that then fails); in a group (an extended-protocol COMMIT AND CHAIN,
+     * retry off) a COMMIT says the same (a ROLLBACK tag may be a ROLLBACK TO SAVEPOINT's) */
+    if ((cl->end_at_ready && (commit || rollback)) || (commit && !c->retry))
         px_locks_txn_end(c);
+}
+
+bool px_locks_ready(struct px_client *c)
+{
+    struct px_client_locks *cl = c->locks;
+    return cl->end_at_ready && --cl->end_at_ready > 0;
 }
 
 void px_locks_client_free(struct px_client *c)

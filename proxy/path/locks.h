@@ -95,13 +95,19 @@ void px_locks_txn_end(struct px_client *c);
 
 /* A Query of c's is relayed; its reply ends with the ready_due-th ReadyForQuery from now.
  * When the text ends c's block and a new one may follow at once (COMMIT AND CHAIN,
- * ROLLBACK AND CHAIN, COMMIT; BEGIN), the block's transaction locks go at that
- * ReadyForQuery, whatever its status but 'E' (px_locks_ready). */
+ * ROLLBACK AND CHAIN, COMMIT; BEGIN), the block's transaction locks go at its COMMIT's or
+ * ROLLBACK's CommandComplete (px_locks_complete): true when the caller must read those
+ * (until px_locks_ready says it is over). */
 struct px_sql_info;
-void px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due);
+bool px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due);
 
-/* A ReadyForQuery (status) from c's server is relayed; c->locks is set. */
-void px_locks_ready(struct px_client *c, char status);
+/* A CommandComplete (tag) from c's server, read while a Query noted above is answered or
+ * inside an extended-protocol group; c->locks is set. */
+void px_locks_complete(struct px_client *c, const char *tag);
+
+/* A ReadyForQuery from c's server is relayed; c->locks is set.  True while a Query noted
+ * above is still to be answered (its tags are still to be read). */
+bool px_locks_ready(struct px_client *c);
 
 /* A CancelRequest for c: ends its lock wait with 57014.  False when c does not wait. */
 bool px_locks_cancel(struct px_client *c);

@@ -168,6 +168,15 @@ struct evbuffer *px_path_server_out(struct px_client *c)
  * next message on: c2s then stops the relay, which restarts with it. */
 static const uint8_t *relaying_table;
 
+/* A Query or Parse of c's whose text ends its block: the lock stage wants its
+ * CommandComplete tags (locks.h); for a Parse, those of the group its Sync ends. */
+static void note_block_end(struct px_client *c, const struct px_sql_info *info)
+{
+    struct px_server *s = c->server;
+    if (c->locks && px_locks_note_query(c, info, (uint32_t)s->pending_ready + 1))
+        s->read_tags = true;
+}
+
 /* A Parse's statement text, classified for the session and retry stages; its kind. */
 static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uint32_t len)
 {
@@ -182,6 +191,7 @@ static enum px_sql_kind note_parse(struct px_client *c, const uint8_t *body, uin
     px_sql_classify(q, qlen, &info);
     px_retry_note_sql(c, &info);
     px_retry_note_parse(c, name, &info);
+    note_block_end(c, &info);
     if (c->pool->mode != PX_POOL_TRANSACTION)
         return info.kind; /* the rest follows state for transaction pooling */
     px_session_note_parse(c, name, &info, q, qlen);
@@ -322,8 +332,7 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_classify_relayed(c, body, len, &info);
             px_retry_note_sql(c, &info);
-            if (c->locks)
-                px_locks_note_query(c, &info, s->pending_ready + 1);
+            note_block_end(c, &info);
             if (px_local_answer_linked(c, &info)) {
                 if (!c->begin_merge)
                     return PX_RELAY_DROP;
@@ -355,18 +364,22 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
             struct px_sql_info info;
             px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
             px_retry_note_sql(c, &info);
-            if (c->locks)
-                px_locks_note_query(c, &info, s->pending_ready + 1);
+            note_block_end(c, &info);
             if (info.kind == PX_SQL_COMMIT)
                 replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
             px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
         }
-    } else if (c->locks && body && type == 'Q') {
+    } else if (c->locks && body && (type == 'Q' || type == 'P')) {
         /* a client of the lock functions: a block ended by a chained COMMIT/ROLLBACK */
-        struct px_sql_info info;
-        px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
-        px_locks_note_query(c, &info, s->pending_ready + 1);
+        const char *name = "";
+        const uint8_t *text = body;
+        uint32_t tlen = len;
+        if (type == 'Q' || px_parse_split(body, len, &name, &text, &tlen) == 0) {
+            struct px_sql_info info;
+            px_sql_classify((const char *)text, strnlen((const char *)text, tlen), &info);
+            note_block_end(c, &info);
+        }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
         return PX_RELAY_CLOSE;
@@ -512,8 +525,7 @@ static enum px_relay_action s2c_bookkeeping(struct px_server *s, char type, cons
         server_ready(s, len ? (char)body[0] : 'I');
         if (s->client)
             px_session_ready(s->client, s->txn_status);
-        if (s->client && s->client->locks)
-            px_locks_ready(s->client, s->txn_status);
+        s->read_tags = s->client && s->client->locks && px_locks_ready(s->client);
         if (s->txn_status == 'I') {
             px_stats_transaction(s->pool);
             px_breaker_txn_done(s->pool);
@@ -599,6 +611,9 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
     case 'C':
         if (s->unsynced)
             note_complete(s, body, len);
+        if ((s->unsynced || s->read_tags) && s->client && s->client->locks && len &&
+            memchr(body, '\0', len))
+            px_locks_complete(s->client, (const char *)body);
         return PX_RELAY_FORWARD;
     case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */
     case 'E': {
@@ -696,7 +711,7 @@ void px_path_relay_server(struct px_server *s)
         enum px_relay_result r =
             px_relay_direct(&s->s2c, in, target ? target : out, target ? PX_DIRECT_NONE : d,
                             s->xid_prefix || s->begin_prefix ? s2c_prefix_see
-                            : s->unsynced                    ? s2c_group_see
+                            : s->unsynced || s->read_tags    ? s2c_group_see
                                                              : s2c_see,
                             s2c, s, SERVER_MAX_MESSAGE, &moved);
         if (target)

@@ -1167,6 +1167,20 @@ static void chained_end(const char *tail)
         CU_ASSERT_TRUE(released);
         CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
     }
+    /* the new block fails at once: the old one was committed all the same */
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('chain:k', 'write')") > 0);
+    PQclear(PQexec(a, "COMMIT; BEGIN; SELECT 1/0"));
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
+    CU_ASSERT_TRUE(free_for(b, "chain:k"));
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "ROLLBACK"), "ROLLBACK");
+    /* the extended protocol's COMMIT AND CHAIN (with retry on, the retry stage sees it) */
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
+    CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('chain:k', 'write')") > 0);
+    PQclear(PQexecParams(a, "COMMIT AND CHAIN", 0, NULL, NULL, NULL, NULL, 0));
+    CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INTRANS);
+    CU_ASSERT_TRUE(free_for(b, "chain:k"));
+    CU_ASSERT_STRING_EQUAL(itu_q(a, "COMMIT"), "COMMIT");
     CU_ASSERT_STRING_EQUAL(itu_q(a, "BEGIN"), "BEGIN");
     CU_ASSERT_STRING_EQUAL(itu_q(a, "SAVEPOINT s"), "SAVEPOINT");
     CU_ASSERT(itu_tok(a, "SELECT pgwarden_xact_lock('chain:k', 'write')") > 0);
