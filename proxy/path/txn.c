@@ -154,6 +154,25 @@ void px_txn_commit_failed(struct px_client *c, bool simple)
 
 /* ---- idle: answered, or a server is needed --------------------------------------------- */
 
+/* Whether c's next message is a simple Query that ends its block (COMMIT / ROLLBACK AND
+ * CHAIN: PostgreSQL runs those in a failed block; pgwarden cannot without a server). */
+static bool ends_block(struct px_client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    uint8_t hdr[5];
+    if (evbuffer_copyout(in, hdr, 5) != 5 || hdr[0] != 'Q')
+        return false;
+    uint32_t len = px_get_u32(hdr + 1);
+    if (len < 4 || len > PX_CLASSIFY_MAX || evbuffer_get_length(in) < (size_t)len + 1)
+        return false;
+    const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
+    struct px_sql_info info;
+    if (!msg)
+        return false;
+    px_sql_classify((const char *)msg + 5, strnlen((const char *)msg + 5, len - 4), &info);
+    return info.ends_commit || info.ends_rollback;
+}
+
 /* The one place an idle client asks for a server (or a place in another client's batch),
  * if the circuit breaker admits it; else its statement fails with 57P03 (local.h).  True
  * when its input is to be handled further (the statement was answered). */
@@ -161,7 +180,7 @@ static bool need_server(struct px_client *c)
 {
     struct px_breaker_refusal why;
     if (!px_breaker_admit(c->pool->breaker, &why)) {
-        if (c->held_failed) /* a failed block refuses the statement first, as PostgreSQL does */
+        if (c->held_failed && !ends_block(c)) /* the failed block refuses it first */
             return px_local_fail_unlinked(c, "25P02",
                                           "current transaction is aborted, commands ignored "
                                           "until end of transaction block",

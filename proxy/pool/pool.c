@@ -429,11 +429,15 @@ void px_pool_maintain(struct px_pool *pool)
     }
 }
 
+static void server_up(const struct px_pool *pool);
+
 void px_pool_server_ready(struct px_server *s)
 {
     struct px_pool *pool = s->pool;
-    if (s->state == PX_SV_LOGIN)
+    if (s->state == PX_SV_LOGIN) {
         pool->connect_failed = false; /* the database takes connections again */
+        server_up(pool);
+    }
     if (pool_total_servers(pool) > pool->pool_size) {
         /* A reload made the pool smaller: the surplus goes as it is freed (the waiting
          * clients get the servers the new size keeps). */
@@ -528,6 +532,51 @@ static bool login_failure_unavailable(struct evbuffer *error)
     return false;
 }
 
+/* Recent failures that say a whole server is down (no connection at all, or shutting
+ * down / starting up: not one role's or database's connection limit), by address: a pool
+ * that made no attempt of its own then cannot serve either (px_pool_can_serve).  A few
+ * addresses are plenty; the oldest makes room. */
+#define DOWN_SERVERS 8
+static struct {
+    uint64_t ms; /* 0: free */
+    int port;
+    char host[256];
+} down_servers[DOWN_SERVERS];
+
+static void server_down(const struct px_pool *pool, uint64_t now)
+{
+    int slot = 0;
+    for (int i = 0; i < DOWN_SERVERS; i++) {
+        if (down_servers[i].ms && down_servers[i].port == pool->port &&
+            !strcmp(down_servers[i].host, pool->host)) {
+            slot = i;
+            break;
+        }
+        if (down_servers[i].ms < down_servers[slot].ms)
+            slot = i;
+    }
+    down_servers[slot].ms = now;
+    down_servers[slot].port = pool->port;
+    snprintf(down_servers[slot].host, sizeof(down_servers[slot].host), "%s", pool->host);
+}
+
+static void server_up(const struct px_pool *pool)
+{
+    for (int i = 0; i < DOWN_SERVERS; i++)
+        if (down_servers[i].ms && down_servers[i].port == pool->port &&
+            !strcmp(down_servers[i].host, pool->host))
+            down_servers[i].ms = 0;
+}
+
+static bool server_down_since(const struct px_pool *pool, uint64_t now, uint64_t window)
+{
+    for (int i = 0; i < DOWN_SERVERS; i++)
+        if (down_servers[i].ms && now - down_servers[i].ms < window &&
+            down_servers[i].port == pool->port && !strcmp(down_servers[i].host, pool->host))
+            return true;
+    return false;
+}
+
 static void note_connect_failure(struct px_server *s, struct evbuffer *error, const char *msg)
 {
     struct px_pool *pool = s->pool;
@@ -540,6 +589,14 @@ static void note_connect_failure(struct px_server *s, struct evbuffer *error, co
     }
     pool->connect_failed = true;
     pool->connect_failed_ms = px_now_ms();
+    const char *code = NULL;
+    if (error) {
+        size_t n = evbuffer_get_length(error);
+        const char *m = (const char *)evbuffer_pullup(error, (ssize_t)n);
+        code = m && n > 5 ? px_wire_error_field(m + 5, n - 5, 'C') : NULL;
+    }
+    if (!error || (code && !strncmp(code, "57P0", 4)))
+        server_down(pool, pool->connect_failed_ms);
     snprintf(pool->connect_error, sizeof(pool->connect_error), "%s",
              msg ? msg : "server login failed");
 }
@@ -573,18 +630,9 @@ bool px_pool_can_serve(const struct px_pool *pool, uint64_t now)
         window = (uint64_t)px.cfg->server_login_retry_ms;
     if (pool->connect_failed)
         return now - pool->connect_failed_ms >= window;
-    /* No failure of its own (no recent attempt): a recent one of another pool that connects
-     * to the same server says as much, as those failures are the whole server's (refused,
-     * unreachable, too many connections, shutting down). */
-    struct px_list *it, *tmp;
-    px_list_for_each_safe(it, tmp, &px.pools)
-    {
-        const struct px_pool *p = PX_CONTAINER_OF(it, struct px_pool, link);
-        if (p != pool && p->connect_failed && !has_servers(p) && p->port == pool->port &&
-            !strcmp(p->host, pool->host) && now - p->connect_failed_ms < window)
-            return false;
-    }
-    return true;
+    /* No failure of its own (no recent attempt): one of another pool that says the whole
+     * server is down says as much for this one. */
+    return !server_down_since(pool, now, window);
 }
 
 void px_pool_server_login_failed(struct px_server *s, struct evbuffer *error, const char *msg)

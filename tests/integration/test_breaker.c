@@ -438,6 +438,8 @@ static void test_postgresql_stopped(void)
     CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 1", &ms, NULL, 0), "57P03");
     CU_ASSERT_EQUAL(PQtransactionStatus(a), PQTRANS_INERROR);
     CU_ASSERT_STRING_EQUAL(timed_exec(a, "SELECT 2", &ms, NULL, 0), "25P02");
+    /* PostgreSQL would run a chained end in the failed block: without a server, 57P03 */
+    CU_ASSERT_STRING_EQUAL(timed_exec(a, "ROLLBACK AND CHAIN", &ms, NULL, 0), "57P03");
     r = PQexecParams(a, "SELECT $1::int", 1, NULL, one, NULL, NULL, 0);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "25P02");
     PQclear(r);
