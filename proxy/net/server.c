@@ -9,6 +9,7 @@
  * An ErrorResponse during login fails the waiting clients that share the opener's
  * signature with exactly the server's error.
  */
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -192,7 +193,14 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
     if (connect_socket(s, pool) < 0) {
         /* libevent may already have reported the failure through server_event_cb (a Unix
          * socket that does not exist fails inside connect()): then s is closed already. */
-        px_warning("server", 'S', s->id, "cannot connect to %s:%d", pool->host, pool->port);
+        int err = errno;
+        /* out of descriptors or memory here is pgwarden's shortage, not the database's:
+         * the operator must see which, and the breaker must not count it */
+        bool local = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+        px_warning("server", 'S', s->id, "cannot connect to %s:%d: %s%s", pool->host, pool->port,
+                   strerror(err), local ? " (pgwarden's own limit, not the database's)" : "");
+        if (local)
+            s->login_no_credentials = true; /* "not the database's failure" (breaker.h) */
         s->opener = NULL;
         if (s->state != PX_SV_CLOSING)
             px_server_set_state(s, PX_SV_CLOSING);

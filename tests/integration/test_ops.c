@@ -294,6 +294,36 @@ static void test_out_of_fds_backs_off(void)
     CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
 }
 
+/* Out of descriptors for a new server connection: the log says why (it said only "cannot
+ * connect to HOST:PORT", a database problem to an operator) and the client gets 08001. */
+static void test_out_of_fds_for_server(void)
+{
+    struct harness_proxy_opts o = {
+        .pool_mode = "transaction", .pool_size = 2, .client_login_timeout_ms = 600000};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    PGconn *a = harness_connect(px, "sslmode=disable"), *b = harness_connect(px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
+    CU_ASSERT_STRING_EQUAL(itu_value(a, "SELECT 1"), "1"); /* a holds the one server */
+    struct rlimit rl;
+    CU_ASSERT_EQUAL_FATAL(prlimit(px->pid, RLIMIT_NOFILE, NULL, &rl), 0);
+    rl.rlim_cur = 0; /* no new descriptor at all (a free low number would still do) */
+    CU_ASSERT_EQUAL_FATAL(prlimit(px->pid, RLIMIT_NOFILE, &rl, NULL), 0);
+    PGresult *r = PQexec(b, "SELECT 2"); /* needs a second server: no descriptor left */
+    CU_ASSERT_NOT_EQUAL(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    CU_ASSERT_TRUE(harness_proxy_log_contains(px, "Too many open files (pgwarden's own limit"));
+    rl.rlim_cur = rl.rlim_max;
+    CU_ASSERT_EQUAL(prlimit(px->pid, RLIMIT_NOFILE, &rl, NULL), 0);
+    CU_ASSERT_TRUE(itu_exec_ok(a, "COMMIT"));
+    PQfinish(a);
+    PQfinish(b);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=disable"));
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
 /* ---- /health with PostgreSQL stopped ------------------------------------------------- */
 
 /* GET path on the admin port: the status (0 on failure); the body into body (cut). */
@@ -407,6 +437,7 @@ static void register_suites(void)
         {"several_listen_addresses", test_several_listen_addresses},
         {"sighup_reopens_logfile", test_sighup_reopens_logfile},
         {"out_of_fds_backs_off", test_out_of_fds_backs_off},
+        {"out_of_fds_for_server", test_out_of_fds_for_server},
         /* Last: it stops and restarts the program's PostgreSQL. */
         {"health_503_when_postgresql_stopped", test_health_503_when_postgresql_stopped},
         CU_TEST_INFO_NULL,
