@@ -25,6 +25,7 @@
 #include "pool/breaker.h"
 #include "pool/pool.h"
 #include "net/server.h"
+#include "metrics/metrics.h"
 #include "metrics/stats.h"
 
 /* ---- index by (database, user) ------------------------------------------------------ */
@@ -773,10 +774,20 @@ void px_pool_janitor(uint64_t now)
     px_list_for_each_safe(it, tmp, &px.clients_login)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (px.cfg->client_login_timeout_ms > 0 &&
-            now - c->connect_ms >= (uint64_t)px.cfg->client_login_timeout_ms)
-            px_client_fatal(c, PX_SQLSTATE_QUERY_CANCELED,
-                            "canceling authentication due to timeout");
+        if (px.cfg->client_login_timeout_ms <= 0 ||
+            now - c->connect_ms < (uint64_t)px.cfg->client_login_timeout_ms)
+            continue;
+        if (c->login_step == PX_LOGIN_TLS) {
+            /* in the TLS handshake no error can be written (PostgreSQL just closes too):
+             * waiting for one to be read would keep it 5 s beyond the timeout */
+            px_info("client", 'C', c->id,
+                    "closing: TLS handshake not done within "
+                    "client_login_timeout_ms");
+            px_stats_auth_failure(PX_MAR_TIMEOUT);
+            px_client_close(c);
+            continue;
+        }
+        px_client_fatal(c, PX_SQLSTATE_QUERY_CANCELED, "canceling authentication due to timeout");
     }
     px_list_for_each_safe(it, tmp, &px.pools)
     {

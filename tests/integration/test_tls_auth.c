@@ -643,6 +643,38 @@ static void test_client_gone_mid_handshake(void)
     stop(px);
 }
 
+/* A client that asks for TLS and then stays silent in the handshake is closed at
+ * client_login_timeout_ms, as one silent in plain text is: no error can be written there,
+ * and waiting for one to be read kept it 5 s longer. */
+static void test_tls_handshake_login_timeout(void)
+{
+    struct harness_proxy_opts o = {.pool_mode = "session",
+                                   .pool_size = 2,
+                                   .client_tls_mode = "allow",
+                                   .auth_type = "trust",
+                                   .client_login_timeout_ms = 1000};
+    struct harness_proxy *px = harness_proxy_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(px);
+    int fd = harness_raw_connect(px->port, 2000);
+    CU_ASSERT_FATAL(fd >= 0);
+    uint8_t pkt[8], answer = 0;
+    request_packet(pkt, SSL_REQUEST);
+    CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, 8, 2000), 0);
+    CU_ASSERT_EQUAL(harness_raw_recv(fd, &answer, 1, 5000, NULL), 1);
+    CU_ASSERT_EQUAL(answer, 'S');
+    int64_t t0 = itu_now_ms();
+    bool closed = false;
+    uint8_t buf[64];
+    ssize_t n = harness_raw_recv(fd, buf, sizeof(buf), 8000, &closed);
+    int64_t waited = itu_now_ms() - t0;
+    printf("\n    silent TLS client closed after %lld ms ", (long long)waited);
+    CU_ASSERT_TRUE(closed || n == 0);
+    CU_ASSERT(waited < 3000); /* 1 s, plus the janitor's tick */
+    close(fd);
+    CU_ASSERT_TRUE(itu_proxy_serves(px, "sslmode=require"));
+    CU_ASSERT_EQUAL(itu_proxy_stop_free(px), 0);
+}
+
 /* Logs in over r (trust) and runs SELECT 1; true when both were answered. */
 static bool rawc_login(struct rawc *r)
 {
@@ -884,6 +916,7 @@ static void register_suites(void)
         {"encryption_request_inside_tls", test_encryption_request_inside_tls},
         {"encryption_request_repeated", test_encryption_request_repeated},
         {"client_gone_mid_handshake", test_client_gone_mid_handshake},
+        {"tls_handshake_login_timeout", test_tls_handshake_login_timeout},
         {"client_gone_without_close_notify", test_client_gone_without_close_notify},
         {"client_reset_is_no_error", test_client_reset_is_no_error},
         {"server_gone_without_close_notify", test_server_gone_without_close_notify},
