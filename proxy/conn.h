@@ -212,6 +212,9 @@ struct px_client {
 
     uint32_t cancel_pid, cancel_key;
     struct px_client *cancel_next; /* cancel-key hash chain */
+    /* A CancelRequest connection: the forwarded cancel it waits for (cancel.h), closed
+     * when PostgreSQL has processed it. */
+    struct px_cancel_req *cancel_wait;
 
     uint64_t connect_ms;
     union {

@@ -11,6 +11,7 @@
 #include "base/log.h"
 #include "base/random.h"
 #include "net/cancel.h"
+#include "net/client.h"
 #include "net/server.h"
 
 static size_t bucket_of(uint32_t pid, uint32_t key, size_t nbuckets)
@@ -94,6 +95,7 @@ struct px_cancel_req {
     struct px_list link; /* on px.cancels */
     struct bufferevent *bev;
     struct px_server *server;
+    struct px_client *waiter; /* the client's CancelRequest connection, closed at the end */
 };
 
 /* PostgreSQL closes a cancel connection once it has signalled the backend; a connection
@@ -103,6 +105,12 @@ struct px_cancel_req {
 static void cancel_finish(struct px_cancel_req *req)
 {
     struct px_server *s = req->server;
+    if (req->waiter) {
+        struct px_client *w = req->waiter;
+        w->cancel_wait = NULL;
+        req->waiter = NULL;
+        px_client_close(w);
+    }
     px_list_remove(&req->link);
     bufferevent_free(req->bev);
     free(req);
@@ -126,14 +134,28 @@ static void cancel_read_cb(struct bufferevent *bev, void *arg)
     evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
 }
 
-void px_cancel_request(uint32_t pid, uint32_t key)
+bool px_cancel_request(uint32_t pid, uint32_t key, struct px_client *from)
 {
     struct px_client *c = lookup(pid, key);
     if (!c || c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING) {
         px_debug("cancel", 0, 0, "cancel request for no client: dropped");
-        return;
+        return false;
     }
     px_path_cancel_request(c);
+    /* forwarded now, or one already on its way to c's server: from waits for its end */
+    struct px_cancel_req *req = c->server ? c->server->cancel : NULL;
+    if (!req || req->waiter)
+        return false;
+    req->waiter = from;
+    from->cancel_wait = req;
+    return true;
+}
+
+void px_cancel_waiter_gone(struct px_client *from)
+{
+    if (from->cancel_wait)
+        from->cancel_wait->waiter = NULL;
+    from->cancel_wait = NULL;
 }
 
 void px_cancel_forward(struct px_client *c)
@@ -212,6 +234,8 @@ void px_cancel_destroy(void)
         struct px_cancel_req *req = PX_CONTAINER_OF(it, struct px_cancel_req, link);
         if (req->server)
             req->server->cancel = NULL;
+        if (req->waiter)
+            req->waiter->cancel_wait = NULL;
         px_list_remove(&req->link);
         bufferevent_free(req->bev);
         free(req);

@@ -21,8 +21,14 @@
 int px_cancel_register(struct px_client *c);
 /* Removes c from the index (no-op when not registered). */
 void px_cancel_forget(struct px_client *c);
-/* Handles a CancelRequest packet. */
-void px_cancel_request(uint32_t pid, uint32_t key);
+/* Handles a CancelRequest packet that arrived on connection from.  True when from is to
+ * stay open until PostgreSQL has processed the forwarded cancel (it then closes it, as
+ * PostgreSQL closes a cancel connection only once it has signalled the backend: libpq and
+ * asyncpg wait for that close before their next command, which an earlier close let the
+ * signal reach); false: close it now (nothing was forwarded). */
+bool px_cancel_request(uint32_t pid, uint32_t key, struct px_client *from);
+/* from (a CancelRequest connection) is closing: it waits no longer. */
+void px_cancel_waiter_gone(struct px_client *from);
 /* Sends a cancel for the query c's server runs now (c->server must be set and active);
  * dropped when one is already on its way to that server. */
 void px_cancel_forward(struct px_client *c);

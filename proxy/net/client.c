@@ -236,6 +236,7 @@ void px_client_close(struct px_client *c)
         return;
     px_debug("client", 'C', c->id, "closing");
     px_cancel_forget(c);
+    px_cancel_waiter_gone(c);
     px_path_client_leaving(c);
     if (c->launching) {
         /* The server being opened for us logs in anyway and goes idle. */
@@ -763,7 +764,10 @@ static bool startup_packet_dispatch(struct px_client *c, const char *pkt, uint32
         return false;
     }
     if (st.code == PX_CANCEL_REQUEST_CODE) {
-        px_cancel_request(st.cancel_pid, st.cancel_key);
+        if (px_cancel_request(st.cancel_pid, st.cancel_key, c)) {
+            px_reader_enable(&c->rd, false); /* nothing more to read: it waits to be closed */
+            return false;
+        }
         px_client_close(c);
         return false;
     }

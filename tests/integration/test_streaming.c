@@ -5,9 +5,11 @@
  * PQcancel of a running pg_sleep(30) answered with 57014 within 2 s.
  */
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -362,6 +364,69 @@ static void test_cancel_tls(void)
     check_cancel("sslmode=require");
 }
 
+/* The cluster's postmaster pid (data/postmaster.pid), or -1. */
+static pid_t postmaster_pid(void)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/data/postmaster.pid", harness_cluster()->dir);
+    FILE *f = fopen(path, "re");
+    long pid = -1;
+    if (f) {
+        if (fscanf(f, "%ld", &pid) != 1)
+            pid = -1;
+        fclose(f);
+    }
+    return (pid_t)pid;
+}
+
+/*
+ * libpq's PQcancel (and asyncpg) waits for the cancel connection to close before the next
+ * command: PostgreSQL closes it once it has signalled the backend.  pgwarden closed the
+ * client's cancel connection as soon as it had read it, before PostgreSQL had even the
+ * forwarded one, so a late signal could land on the client's next statement (about one in
+ * ten under load).  With PostgreSQL's postmaster stopped for 400 ms, PQcancel through
+ * pgwarden must wait for it, as it would directly.
+ */
+static void test_cancel_waits_for_postgresql(void)
+{
+    PGconn *c = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    PGcancel *cancel = PQgetCancel(c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cancel);
+    pid_t pm = postmaster_pid();
+    CU_ASSERT_FATAL(pm > 0);
+    CU_ASSERT_EQUAL_FATAL(PQsendQuery(c, "SELECT pg_sleep(5)"), 1);
+    poll(NULL, 0, 100);
+    pid_t waker = fork();
+    CU_ASSERT_FATAL(waker >= 0);
+    if (waker == 0) { /* resumes the postmaster whatever happens to the test */
+        poll(NULL, 0, 400);
+        kill(pm, SIGCONT);
+        _exit(0);
+    }
+    CU_ASSERT_EQUAL(kill(pm, SIGSTOP), 0);
+    char errbuf[256];
+    int64_t t0 = itu_now_ms();
+    CU_ASSERT_EQUAL(PQcancel(cancel, errbuf, sizeof(errbuf)), 1);
+    int64_t waited = itu_now_ms() - t0;
+    waitpid(waker, NULL, 0);
+    kill(pm, SIGCONT);
+    printf("\n    PQcancel returned after %lld ms (postmaster stopped for 400 ms) ",
+           (long long)waited);
+    CU_ASSERT(waited >= 250);
+    PGresult *r;
+    int canceled = 0;
+    while (wait_result(c, 5000) && (r = PQgetResult(c)) != NULL) {
+        const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        canceled += st && !strcmp(st, "57014");
+        PQclear(r);
+    }
+    CU_ASSERT_EQUAL(canceled, 1);
+    CU_ASSERT_STRING_EQUAL(itu_value(c, "SELECT 'next'"), "next");
+    PQfreeCancel(cancel);
+    PQfinish(c);
+}
+
 /* 300 queries sent at once in libpq's pipeline mode over TLS: they reach pgwarden as
  * several TLS records in one socket read, and the answers come back the same way from
  * PostgreSQL.  pgwarden reads with OpenSSL's read-ahead: a record read ahead but not yet
@@ -457,6 +522,7 @@ static void register_suites(void)
         {"stream_100mb_bounded_rss", test_stream_100mb_bounded_rss},
         {"cancel_pg_sleep_plain", test_cancel_plain},
         {"cancel_pg_sleep_tls", test_cancel_tls},
+        {"cancel_waits_for_postgresql", test_cancel_waits_for_postgresql},
         CU_TEST_INFO_NULL,
     };
     cunit_add_suite("streaming", suite_init, suite_cleanup, tests);
