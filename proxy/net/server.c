@@ -480,6 +480,8 @@ static void finish_reset(struct px_server *s)
 
 void px_server_cancel_finished(struct px_server *s)
 {
+    if (s->state == PX_SV_RESETTING && s->drain_ready > 0)
+        px_cancel_server(s); /* abandoned requests are still running (drain_message) */
     if (s->state == PX_SV_RESETTING && s->ready_after_cancel) {
         s->ready_after_cancel = false;
         finish_reset(s);
@@ -509,6 +511,10 @@ static bool drain_message(struct px_server *s, char type, const uint8_t *body, u
             send_reset_queries(s);
             return false;
         }
+        /* the next abandoned request runs now: cancel it too (when the cancel in flight
+         * is done: px_server_cancel_finished), not only the one that ran when the client
+         * left (a pipeline of long queries held the server for all of them) */
+        px_cancel_server(s);
     }
     return true;
 }

@@ -204,6 +204,36 @@ static void test_terminated_during_resync(void)
 /* ---- 4. a late cancel never cancels the next client's query ---------------------------- */
 
 /*
+ * A client pipelines four long queries and leaves: pgwarden cancels each abandoned query in
+ * turn while it drains the server (it cancelled only the one running when the client left,
+ * and the pool's only server then ran the other three, about 12 s, for nobody).
+ */
+static void test_abandoned_pipeline_cancelled(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(start("transaction", 1, "query_wait_timeout_ms = 30000"));
+    PGconn *a = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
+    CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(a), 1);
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_EQUAL(PQsendQueryParams(a, "SELECT pg_sleep(4)", 0, NULL, NULL, NULL, NULL, 0),
+                        1);
+        CU_ASSERT_EQUAL(PQpipelineSync(a), 1);
+    }
+    CU_ASSERT_EQUAL(PQflush(a), 0);
+    itu_sleep_ms(300);
+    PQfinish(a);
+    int64_t t0 = itu_now_ms();
+    PGconn *b = harness_connect(g_px, "sslmode=disable");
+    CU_ASSERT_EQUAL_FATAL(PQstatus(b), CONNECTION_OK);
+    CU_ASSERT_STRING_EQUAL(itu_value(b, "SELECT 'served'"), "served");
+    int64_t waited = itu_now_ms() - t0;
+    printf("\n    next client served after %lld ms ", (long long)waited);
+    CU_ASSERT(waited < 3000);
+    PQfinish(b);
+    stop();
+}
+
+/*
  * Client a runs short queries and sends a cancel just after each answer (too late: its
  * query is done); client b keeps a query running on the same single server.  Forwarded
  * late, a's cancel would hit b's query whenever the server went to b in between.
@@ -885,6 +915,7 @@ static void register_suites(void)
         {"cancel_hits_resync", test_cancel_hits_resync},
         {"terminated_during_resync", test_terminated_during_resync},
         {"late_cancel_spares_next_client", test_late_cancel_spares_next_client},
+        {"abandoned_pipeline_cancelled", test_abandoned_pipeline_cancelled},
         {"invalid_type_transaction", test_invalid_type_transaction},
         {"invalid_type_session", test_invalid_type_session},
         {"other_clients_statements", test_other_clients_statements},
