@@ -248,6 +248,13 @@ static inline const char *itu_q(PGconn *c, const char *sql)
     return itu_result_text(PQexec(c, sql));
 }
 
+/* The same through the extended protocol's unnamed statement (PQexecParams, no parameters:
+ * how drivers with parameters send everything). */
+static inline const char *itu_qx(PGconn *c, const char *sql)
+{
+    return itu_result_text(PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0));
+}
+
 /* Waits up to timeout_ms for a notification on c; returned owned (PQfreemem) or NULL. */
 static inline PGnotify *itu_wait_notify(PGconn *c, int timeout_ms)
 {

@@ -341,14 +341,21 @@ static void test_extended_txn_control(void)
 }
 
 /* when=commit: the client gets the error at COMMIT; the server rolled back. */
-static void commit_error(struct harness_proxy *px, const char *app, int key)
+/* A rule: 40001 at app's next commit, once; its id. */
+static long long commit_rule(struct harness_proxy *px, const char *app)
 {
-    char rule[256], sql[256];
+    char rule[256];
     snprintf(rule, sizeof rule,
              "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
              "\"application_name\":\"%s\"}",
              app);
-    long long id = add_rule(px, rule);
+    return add_rule(px, rule);
+}
+
+static void commit_error(struct harness_proxy *px, const char *app, int key)
+{
+    char sql[256];
+    long long id = commit_rule(px, app);
     PGconn *c = client(px, app);
     snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
     /* a COMMIT outside a block (drivers send them defensively) has nothing to fail:
@@ -379,12 +386,8 @@ static void test_error_at_commit(void)
  * it (deciding "outside a block" before the BEGIN's reply was in let it through). */
 static void commit_pipelined(struct harness_proxy *px, const char *app, int key)
 {
-    char rule[256], sql[128];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    char sql[128];
+    long long id = commit_rule(px, app);
     PGconn *c = client(px, app);
     snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
     CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);

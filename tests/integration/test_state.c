@@ -328,23 +328,6 @@ static bool notified(PGconn *c, int ms)
     }
 }
 
-/* PQexecParams without parameters (the extended protocol's unnamed statement): its value or
- * tag, or !SQLSTATE. */
-static const char *vx(PGconn *c, const char *sql)
-{
-    static char buf[512];
-    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(buf, sizeof(buf), "%s", PQgetvalue(r, 0, 0));
-    else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
-}
-
 static long long pinned_clients(void)
 {
     json_t *pools = get_json(g_px->admin_port, "/pools", NULL);
@@ -370,9 +353,9 @@ static void test_pins_extended(void)
         {"CREATE TEMP TABLE st_x(v int)", "DISCARD TEMP", "DISCARD TEMP"},
     };
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
-        CU_ASSERT_NOT_EQUAL(vx(a, pairs[i][0])[0], '!');
+        CU_ASSERT_NOT_EQUAL(itu_qx(a, pairs[i][0])[0], '!');
         CU_ASSERT_EQUAL(pinned_clients(), 1);
-        CU_ASSERT_STRING_EQUAL(vx(a, pairs[i][1]), pairs[i][2]);
+        CU_ASSERT_STRING_EQUAL(itu_qx(a, pairs[i][1]), pairs[i][2]);
         long long left = pinned_clients();
         if (left != 0)
             fprintf(stderr, "\n    still pinned after %s", pairs[i][1]);
@@ -400,10 +383,10 @@ static void test_set_config_local(void)
     CU_ASSERT_EQUAL_FATAL(PQstatus(a), CONNECTION_OK);
     CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
     CU_ASSERT_STRING_EQUAL(v(a, "SELECT set_config('request.claims', 'anon', true)"), "anon");
-    CU_ASSERT_STRING_EQUAL(vx(a, "SELECT current_setting('request.claims', true)"), "anon");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "SELECT current_setting('request.claims', true)"), "anon");
     CU_ASSERT_STRING_EQUAL(v(a, "COMMIT"), "COMMIT");
     CU_ASSERT_EQUAL(pinned_clients(), 0);
-    CU_ASSERT_STRING_EQUAL(vx(a, "SELECT set_config('request.claims', 'x', 'on')"), "x");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "SELECT set_config('request.claims', 'x', 'on')"), "x");
     CU_ASSERT_EQUAL(pinned_clients(), 0);
     CU_ASSERT_STRING_EQUAL(v(a, "SELECT set_config('request.claims', 'kept', false)"), "kept");
     CU_ASSERT_EQUAL(pinned_clients(), 1);
@@ -426,7 +409,7 @@ static void test_unpin_only_when_done(void)
                            "SELECT 1");
     CU_ASSERT_EQUAL(pinned_clients(), 1);
     for (int ext = 0; ext < 2; ext++) {
-        const char *(*run)(PGconn *, const char *) = ext ? vx : v;
+        const char *(*run)(PGconn *, const char *) = ext ? itu_qx : v;
         CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
         CU_ASSERT_STRING_EQUAL(run(a, "DISCARD TEMP"), "DISCARD TEMP");
         CU_ASSERT_STRING_EQUAL(v(a, "ROLLBACK"), "ROLLBACK");
@@ -438,7 +421,7 @@ static void test_unpin_only_when_done(void)
         CU_ASSERT_EQUAL(pinned_clients(), 1);
     }
     CU_ASSERT_STRING_EQUAL(v(a, "SELECT s FROM pg_temp.st_secret"), "a-private");
-    CU_ASSERT_STRING_EQUAL(vx(a, "DISCARD TEMP"), "DISCARD TEMP");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "DISCARD TEMP"), "DISCARD TEMP");
     CU_ASSERT_EQUAL(pinned_clients(), 0);
 
     CU_ASSERT_STRING_EQUAL(v(a, "LISTEN st_z"), "LISTEN");
@@ -447,7 +430,7 @@ static void test_unpin_only_when_done(void)
     CU_ASSERT_STRING_EQUAL(v(a, "ROLLBACK"), "ROLLBACK");
     CU_ASSERT_EQUAL(pinned_clients(), 1);
     CU_ASSERT_STRING_EQUAL(v(a, "BEGIN"), "BEGIN");
-    CU_ASSERT_STRING_EQUAL(vx(a, "UNLISTEN *"), "UNLISTEN");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "UNLISTEN *"), "UNLISTEN");
     CU_ASSERT_STRING_EQUAL(v(a, "COMMIT"), "COMMIT");
     CU_ASSERT_EQUAL(pinned_clients(), 0);
 

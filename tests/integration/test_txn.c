@@ -674,19 +674,6 @@ static void test_prepared_follow_client(void)
     txn_stop();
 }
 
-/* The tag of PQexecParams(sql) without parameters (the extended protocol), or !SQLSTATE. */
-static const char *exec_ext(PGconn *c, const char *sql)
-{
-    static char buf[64];
-    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
-    if (PQresultStatus(r) == PGRES_COMMAND_OK)
-        snprintf(buf, sizeof(buf), "%s", PQcmdStatus(r));
-    else
-        snprintf(buf, sizeof(buf), "!%s", itu_sqlstate(r));
-    PQclear(r);
-    return buf;
-}
-
 /*
  * DEALLOCATE name by the extended protocol (how psycopg 3 evicts statements, and any
  * driver that sends everything with parameters): it drops the client's statement, and only
@@ -707,15 +694,15 @@ static void test_dealloc_extended(void)
     CU_ASSERT_TRUE_FATAL(prep_ok(a, "same", "SELECT 'same'"));
     CU_ASSERT_TRUE_FATAL(prep_ok(b, "same", "SELECT 'same'"));
 
-    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s1"), "DEALLOCATE");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "DEALLOCATE s1"), "DEALLOCATE");
     PGresult *r = exec_prep(a, "s1", "x");
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
     r = exec_prep(b, "s1", "x");
     CU_ASSERT_TRUE(result_is(r, 2, "bx", "2"));
     PQclear(r);
-    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s1"), "!26000"); /* gone already */
-    CU_ASSERT_STRING_EQUAL(exec_ext(a, "deallocate prepare \"same\""), "DEALLOCATE");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "DEALLOCATE s1"), "!26000"); /* gone already */
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "deallocate prepare \"same\""), "DEALLOCATE");
     r = exec_prep(b, "same", NULL);
     CU_ASSERT_TRUE(result_is(r, 1, "same", NULL));
     PQclear(r);
@@ -744,7 +731,7 @@ static void test_dealloc_extended(void)
     CU_ASSERT_TRUE(result_is(r, 1, "a4", NULL));
     PQclear(r);
     /* a comment first, as ORMs write them */
-    CU_ASSERT_STRING_EQUAL(exec_ext(a, "/* evict */ DEALLOCATE s4"), "DEALLOCATE");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "/* evict */ DEALLOCATE s4"), "DEALLOCATE");
     r = exec_prep(a, "s4", NULL);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
     PQclear(r);
@@ -752,7 +739,7 @@ static void test_dealloc_extended(void)
     /* inside a block, and in a failed one (25P02 there, nothing dropped) */
     CU_ASSERT_TRUE(prep_ok(a, "s2", "SELECT 'a2'"));
     CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
-    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s2"), "DEALLOCATE");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "DEALLOCATE s2"), "DEALLOCATE");
     CU_ASSERT_TRUE(itu_exec_ok(a, "COMMIT"));
     r = exec_prep(a, "s2", NULL);
     CU_ASSERT_STRING_EQUAL(itu_sqlstate(r), "26000");
@@ -760,7 +747,7 @@ static void test_dealloc_extended(void)
     CU_ASSERT_TRUE(prep_ok(a, "s3", "SELECT 'a3'"));
     CU_ASSERT_TRUE(itu_exec_ok(a, "BEGIN"));
     PQclear(PQexec(a, "SELECT 1/0"));
-    CU_ASSERT_STRING_EQUAL(exec_ext(a, "DEALLOCATE s3"), "!25P02");
+    CU_ASSERT_STRING_EQUAL(itu_qx(a, "DEALLOCATE s3"), "!25P02");
     CU_ASSERT_TRUE(itu_exec_ok(a, "ROLLBACK"));
     r = exec_prep(a, "s3", NULL);
     CU_ASSERT_TRUE(result_is(r, 1, "a3", NULL));
