@@ -341,18 +341,26 @@ void px_client_fatal(struct px_client *c, const char *sqlstate, const char *msg)
     if (c->state == PX_CL_FAILING || c->state == PX_CL_CLOSING)
         return; /* one error per client */
     login_flush(c);
+    /* In the TLS handshake no error can be written (PostgreSQL just closes then too), and
+     * waiting for one to be read would hold the connection 5 s longer. */
+    bool handshaking = c->state == PX_CL_LOGIN && c->login_step == PX_LOGIN_TLS;
     if (sqlstate) {
         px_info("client", 'C', c->id, "closing with %s: %s", sqlstate, msg);
-        if (!px_client_unpark(c)) {
-            px_client_close(c); /* out of memory: no error message, just the close */
-            return;
+        if (!handshaking) {
+            if (!px_client_unpark(c)) {
+                px_client_close(c); /* out of memory: no error message, just the close */
+                return;
+            }
+            px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
+            px_stats_error_sent(c->pool, sqlstate);
         }
-        px_wire_error(bufferevent_get_output(c->bev), PX_SEV_FATAL, sqlstate, msg, NULL);
-        px_stats_error_sent(c->pool, sqlstate);
         if (c->state == PX_CL_LOGIN && strcmp(sqlstate, PX_SQLSTATE_INVALID_PASSWORD) != 0)
             px_stats_auth_failure(login_failure_reason(c, sqlstate));
     }
-    close_after_flush(c);
+    if (handshaking)
+        px_client_close(c);
+    else
+        close_after_flush(c);
 }
 
 void px_client_fatal_buffer(struct px_client *c, struct evbuffer *error)

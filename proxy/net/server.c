@@ -195,12 +195,10 @@ struct px_server *px_server_launch(struct px_pool *pool, struct px_client *opene
          * socket that does not exist fails inside connect()): then s is closed already. */
         int err = errno;
         /* out of descriptors or memory here is pgwarden's shortage, not the database's:
-         * the operator must see which, and the breaker must not count it */
+         * the operator must see which (nothing counts it against the database) */
         bool local = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
         px_warning("server", 'S', s->id, "cannot connect to %s:%d: %s%s", pool->host, pool->port,
                    strerror(err), local ? " (pgwarden's own limit, not the database's)" : "");
-        if (local)
-            s->login_no_credentials = true; /* "not the database's failure" (breaker.h) */
         s->opener = NULL;
         if (s->state != PX_SV_CLOSING)
             px_server_set_state(s, PX_SV_CLOSING);

@@ -74,9 +74,9 @@ struct px_client_locks {
     struct px_lockportal *portals;
     bool skip;     /* an error in this extended-protocol group: skip to Sync */
     bool has_xact; /* may hold transaction-scoped locks */
-    /* A Query that ends the block (COMMIT / ROLLBACK AND CHAIN, COMMIT; BEGIN, ...) was
-     * sent: the transaction locks go at the end of its reply, this many ReadyForQuery
-     * from now (0: none such). */
+    /* A Query or group that ends the block (COMMIT / ROLLBACK AND CHAIN, COMMIT; BEGIN,
+     * ...) was sent: its CommandComplete tags are read until this many ReadyForQuery from
+     * now (0: none such); its COMMIT's or ROLLBACK's ends the block (px_locks_complete). */
     uint32_t end_at_ready;
     bool lost;      /* a lock was lost with its lock connection, maybe not reported yet */
     bool lost_pass; /* ... and this extended-protocol group is a ROLLBACK: it runs */
@@ -1382,10 +1382,9 @@ void px_locks_txn_end(struct px_client *c)
 bool px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due)
 {
     struct px_client_locks *cl = c->locks;
-    /* With retry on, the retry stage ends a committed block at its COMMIT's reply (a
-     * COMMIT may fail with 40001 and be replayed: its locks stay while it is); a ROLLBACK
-     * is never replayed. */
-    if (!cl || !cl->has_xact || !(info->ends_rollback || (info->ends_commit && !c->retry)))
+    /* only a block with something to end (a COMMIT that fails, 40001 held for a replay,
+     * answers an error, not its tag: the locks stay for the replay) */
+    if (!cl || !(cl->has_xact || cl->portals) || !(info->ends_commit || info->ends_rollback))
         return false;
     cl->end_at_ready = ready_due;
     return true;
@@ -1393,12 +1392,8 @@ bool px_locks_note_query(struct px_client *c, const struct px_sql_info *info, ui
 
 void px_locks_complete(struct px_client *c, const char *tag)
 {
-    struct px_client_locks *cl = c->locks;
-    bool commit = !strcmp(tag, "COMMIT"), rollback = !strcmp(tag, "ROLLBACK");
-    /* a Query that ends the block: its COMMIT or ROLLBACK ran, whatever follows it (a new
-     * block, even one that then fails); in a group (an extended-protocol COMMIT AND CHAIN,
-     * retry off) a COMMIT says the same (a ROLLBACK tag may be a ROLLBACK TO SAVEPOINT's) */
-    if ((cl->end_at_ready && (commit || rollback)) || (commit && !c->retry))
+    /* its COMMIT or ROLLBACK ran, whatever follows it (a new block, even one that fails) */
+    if (c->locks->end_at_ready && (!strcmp(tag, "COMMIT") || !strcmp(tag, "ROLLBACK")))
         px_locks_txn_end(c);
 }
 

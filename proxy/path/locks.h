@@ -101,8 +101,8 @@ void px_locks_txn_end(struct px_client *c);
 struct px_sql_info;
 bool px_locks_note_query(struct px_client *c, const struct px_sql_info *info, uint32_t ready_due);
 
-/* A CommandComplete (tag) from c's server, read while a Query noted above is answered or
- * inside an extended-protocol group; c->locks is set. */
+/* A CommandComplete (tag) from c's server, read while a Query noted above is answered;
+ * c->locks is set. */
 void px_locks_complete(struct px_client *c, const char *tag);
 
 /* A ReadyForQuery from c's server is relayed; c->locks is set.  True while a Query noted

@@ -358,8 +358,10 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
         const uint8_t *p = memchr(body, '\0', len);
         if (p && memchr(p + 1, '\0', len - (uint32_t)(p + 1 - body)))
             px_retry_note_bind(c, (const char *)p + 1);
-    } else if (c->retry && body && (type == 'Q' || type == 'P')) {
-        /* session state a replay would create twice makes a transaction not replayable */
+    } else if ((c->retry || c->locks) && body && (type == 'Q' || type == 'P')) {
+        /* session state a replay would create twice makes a transaction not replayable;
+         * a block ended by a chained COMMIT/ROLLBACK ends its pgwarden locks (both note
+         * nothing for a client without the retry stage, or without locks) */
         if (type == 'Q') {
             struct px_sql_info info;
             px_sql_classify((const char *)body, strnlen((const char *)body, len), &info);
@@ -369,16 +371,6 @@ static enum px_relay_action c2s(void *ctx, struct evbuffer *out, char type, cons
                 replaced = px_outcome_commit_query(c, out, server_quiescent(s), body, len);
         } else if (note_parse(c, body, len) == PX_SQL_COMMIT) {
             px_outcome_commit_parse(c, out, server_quiescent(s), body, len);
-        }
-    } else if (c->locks && body && (type == 'Q' || type == 'P')) {
-        /* a client of the lock functions: a block ended by a chained COMMIT/ROLLBACK */
-        const char *name = "";
-        const uint8_t *text = body;
-        uint32_t tlen = len;
-        if (type == 'Q' || px_parse_split(body, len, &name, &text, &tlen) == 0) {
-            struct px_sql_info info;
-            px_sql_classify((const char *)text, strnlen((const char *)text, tlen), &info);
-            note_block_end(c, &info);
         }
     }
     if (c2s_bookkeeping(c, type) == PX_RELAY_CLOSE)
@@ -611,8 +603,7 @@ static enum px_relay_action s2c(void *ctx, struct evbuffer *out, char type, cons
     case 'C':
         if (s->unsynced)
             note_complete(s, body, len);
-        if ((s->unsynced || s->read_tags) && s->client && s->client->locks && len &&
-            memchr(body, '\0', len))
+        if (s->read_tags && s->client && s->client->locks && len && memchr(body, '\0', len))
             px_locks_complete(s->client, (const char *)body);
         return PX_RELAY_FORWARD;
     case 'G': s->copy_in = true; return PX_RELAY_FORWARD; /* until ReadyForQuery */

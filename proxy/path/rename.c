@@ -114,15 +114,16 @@ bool px_rename_client_may_add(const struct px_client *c, const char *name)
 bool px_rename_client_dealloc(const struct px_client *c, const uint8_t *content, uint32_t clen,
                               char name[PX_SQL_NAME_SIZE])
 {
-    const uint8_t *nul = memchr(content, '\0', clen);
-    if (!nul || (size_t)(nul - content) + 3 > clen || px_get_u16(nul + 1) != 0 ||
-        c->server->txn_status == 'E')
-        return false;
-    /* the cheap test first: every unnamed Parse comes here (a comment may come first) */
-    const uint8_t *p = content;
-    while (p < nul && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    /* the cheap test first, before the text is scanned for its end: every unnamed Parse
+     * comes here (blanks or a comment may come first) */
+    const uint8_t *p = content, *end = content + clen;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
         p++;
-    if (nul - p < 12 || ((*p | 0x20) != 'd' && *p != '-' && *p != '/'))
+    if (p == end || ((*p | 0x20) != 'd' && *p != '-' && *p != '/'))
+        return false;
+    const uint8_t *nul = memchr(p, '\0', (size_t)(end - p));
+    if (!nul || nul - p < 12 || (size_t)(nul - content) + 3 > clen || px_get_u16(nul + 1) != 0 ||
+        c->server->txn_status == 'E')
         return false;
     struct px_sql_info info;
     px_sql_classify((const char *)content, (size_t)(nul - content), &info);

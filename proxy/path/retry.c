@@ -432,19 +432,12 @@ static void out_message_end(struct px_retry *rt)
         }
         maybe_feed(rt);
         maybe_unit_end(rt);
-    } else if (t == 'C' && (rt->mode == RT_RECORD || rt->mode == RT_TAINTED)) {
+    } else if (t == 'C' && rt->mode == RT_RECORD) {
         const char *tag = (const char *)rt->out_cap;
         size_t n = rt->out_pos > 5 ? rt->out_pos - 5 : 0;
         if (n > sizeof(rt->out_cap))
             n = sizeof(rt->out_cap);
-        bool commit = n >= 7 && !memcmp(tag, "COMMIT", 7);
-        /* the block ended, also when a new one follows at once (COMMIT AND CHAIN, or
-         * COMMIT; BEGIN): its transaction-scoped pgwarden locks go now, not at the next 'I' */
-        if (commit && rt->c->locks)
-            px_locks_txn_end(rt->c);
-        if (rt->mode != RT_RECORD)
-            return;
-        if (commit)
+        if (n >= 7 && !memcmp(tag, "COMMIT", 7))
             rt->after_commit = true;
         else if (n >= 7 && !memcmp(tag, "PREPARE", 7))
             taint(rt, "PREPARE TRANSACTION");

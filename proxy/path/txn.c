@@ -154,33 +154,16 @@ void px_txn_commit_failed(struct px_client *c, bool simple)
 
 /* ---- idle: answered, or a server is needed --------------------------------------------- */
 
-/* Whether c's next message is a simple Query that ends its block (COMMIT / ROLLBACK AND
- * CHAIN: PostgreSQL runs those in a failed block; pgwarden cannot without a server). */
-static bool ends_block(struct px_client *c)
-{
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    uint8_t hdr[5];
-    if (evbuffer_copyout(in, hdr, 5) != 5 || hdr[0] != 'Q')
-        return false;
-    uint32_t len = px_get_u32(hdr + 1);
-    if (len < 4 || len > PX_CLASSIFY_MAX || evbuffer_get_length(in) < (size_t)len + 1)
-        return false;
-    const uint8_t *msg = evbuffer_pullup(in, (ssize_t)len + 1);
-    struct px_sql_info info;
-    if (!msg)
-        return false;
-    px_sql_classify((const char *)msg + 5, strnlen((const char *)msg + 5, len - 4), &info);
-    return info.ends_commit || info.ends_rollback;
-}
-
 /* The one place an idle client asks for a server (or a place in another client's batch),
- * if the circuit breaker admits it; else its statement fails with 57P03 (local.h).  True
- * when its input is to be handled further (the statement was answered). */
-static bool need_server(struct px_client *c)
+ * if the circuit breaker admits it; else its statement fails with 57P03 (local.h), or in a
+ * failed block with 25P02 unless it ends the block (ends_block: COMMIT / ROLLBACK AND
+ * CHAIN, which PostgreSQL runs there).  True when its input is to be handled further (the
+ * statement was answered). */
+static bool need_server(struct px_client *c, bool ends_block)
 {
     struct px_breaker_refusal why;
     if (!px_breaker_admit(c->pool->breaker, &why)) {
-        if (c->held_failed && !ends_block(c)) /* the failed block refuses it first */
+        if (c->held_failed && !ends_block) /* the failed block refuses it first */
             return px_local_fail_unlinked(c, "25P02",
                                           "current transaction is aborted, commands ignored "
                                           "until end of transaction block",
@@ -293,6 +276,7 @@ void px_txn_idle_input(struct px_client *c)
             c->c2s.discard = c->c2s.remaining > 0;
             continue;
         }
+        bool ends_block = false;
         if (hdr[0] == 'Q' && len <= PX_CLASSIFY_MAX) {
             if (avail < (size_t)len + 1)
                 return; /* wait for the whole query */
@@ -310,8 +294,12 @@ void px_txn_idle_input(struct px_client *c)
                 }
                 struct px_sql_info info;
                 px_classify_head(c, msg + 5, len - 4, &info);
+                ends_block = info.ends_commit || info.ends_rollback;
+                /* of what may be answered here only a DEALLOCATE matters to the retry
+                 * stage (noted before the answer, which may end the unit); the rest is
+                 * noted when relayed */
                 if (info.drops_prepared)
-                    px_retry_note_sql(c, &info); /* answered here: the retry stage sees it */
+                    px_retry_note_sql(c, &info);
                 if (px_local_answer_unlinked(c, &info, len + 1)) {
                     c->head_sql_len = 0;
                     continue;
@@ -329,7 +317,7 @@ void px_txn_idle_input(struct px_client *c)
                     continue;
             }
         }
-        if (need_server(c))
+        if (need_server(c, ends_block))
             continue;
         return;
     }

@@ -25,7 +25,6 @@
 #include "pool/breaker.h"
 #include "pool/pool.h"
 #include "net/server.h"
-#include "metrics/metrics.h"
 #include "metrics/stats.h"
 
 /* ---- index by (database, user) ------------------------------------------------------ */
@@ -544,17 +543,24 @@ static struct {
     char host[256];
 } down_servers[DOWN_SERVERS];
 
+/* The slot of pool's server address, or -1. */
+static int down_slot(const struct px_pool *pool)
+{
+    for (int i = 0; i < DOWN_SERVERS; i++)
+        if (down_servers[i].ms && down_servers[i].port == pool->port &&
+            !strcmp(down_servers[i].host, pool->host))
+            return i;
+    return -1;
+}
+
 static void server_down(const struct px_pool *pool, uint64_t now)
 {
-    int slot = 0;
-    for (int i = 0; i < DOWN_SERVERS; i++) {
-        if (down_servers[i].ms && down_servers[i].port == pool->port &&
-            !strcmp(down_servers[i].host, pool->host)) {
-            slot = i;
-            break;
-        }
-        if (down_servers[i].ms < down_servers[slot].ms)
-            slot = i;
+    int slot = down_slot(pool);
+    if (slot < 0) { /* the oldest, or a free one */
+        slot = 0;
+        for (int i = 1; i < DOWN_SERVERS; i++)
+            if (down_servers[i].ms < down_servers[slot].ms)
+                slot = i;
     }
     down_servers[slot].ms = now;
     down_servers[slot].port = pool->port;
@@ -563,19 +569,15 @@ static void server_down(const struct px_pool *pool, uint64_t now)
 
 static void server_up(const struct px_pool *pool)
 {
-    for (int i = 0; i < DOWN_SERVERS; i++)
-        if (down_servers[i].ms && down_servers[i].port == pool->port &&
-            !strcmp(down_servers[i].host, pool->host))
-            down_servers[i].ms = 0;
+    int slot = down_slot(pool);
+    if (slot >= 0)
+        down_servers[slot].ms = 0;
 }
 
 static bool server_down_since(const struct px_pool *pool, uint64_t now, uint64_t window)
 {
-    for (int i = 0; i < DOWN_SERVERS; i++)
-        if (down_servers[i].ms && now - down_servers[i].ms < window &&
-            down_servers[i].port == pool->port && !strcmp(down_servers[i].host, pool->host))
-            return true;
-    return false;
+    int slot = down_slot(pool);
+    return slot >= 0 && now - down_servers[slot].ms < window;
 }
 
 static void note_connect_failure(struct px_server *s, struct evbuffer *error, const char *msg)
@@ -583,19 +585,15 @@ static void note_connect_failure(struct px_server *s, struct evbuffer *error, co
     struct px_pool *pool = s->pool;
     if (s->login_no_credentials || !login_failure_unavailable(error))
         return;
-    if (error) {
-        size_t n = evbuffer_get_length(error);
-        const char *m = (const char *)evbuffer_pullup(error, (ssize_t)n);
-        msg = m && n > 5 ? px_wire_error_field(m + 5, n - 5, 'M') : NULL;
-    }
-    pool->connect_failed = true;
-    pool->connect_failed_ms = px_now_ms();
     const char *code = NULL;
     if (error) {
         size_t n = evbuffer_get_length(error);
         const char *m = (const char *)evbuffer_pullup(error, (ssize_t)n);
+        msg = m && n > 5 ? px_wire_error_field(m + 5, n - 5, 'M') : NULL;
         code = m && n > 5 ? px_wire_error_field(m + 5, n - 5, 'C') : NULL;
     }
+    pool->connect_failed = true;
+    pool->connect_failed_ms = px_now_ms();
     if (!error || (code && !strncmp(code, "57P0", 4)))
         server_down(pool, pool->connect_failed_ms);
     snprintf(pool->connect_error, sizeof(pool->connect_error), "%s",
@@ -774,20 +772,10 @@ void px_pool_janitor(uint64_t now)
     px_list_for_each_safe(it, tmp, &px.clients_login)
     {
         struct px_client *c = PX_CONTAINER_OF(it, struct px_client, link);
-        if (px.cfg->client_login_timeout_ms <= 0 ||
-            now - c->connect_ms < (uint64_t)px.cfg->client_login_timeout_ms)
-            continue;
-        if (c->login_step == PX_LOGIN_TLS) {
-            /* in the TLS handshake no error can be written (PostgreSQL just closes too):
-             * waiting for one to be read would keep it 5 s beyond the timeout */
-            px_info("client", 'C', c->id,
-                    "closing: TLS handshake not done within "
-                    "client_login_timeout_ms");
-            px_stats_auth_failure(PX_MAR_TIMEOUT);
-            px_client_close(c);
-            continue;
-        }
-        px_client_fatal(c, PX_SQLSTATE_QUERY_CANCELED, "canceling authentication due to timeout");
+        if (px.cfg->client_login_timeout_ms > 0 &&
+            now - c->connect_ms >= (uint64_t)px.cfg->client_login_timeout_ms)
+            px_client_fatal(c, PX_SQLSTATE_QUERY_CANCELED,
+                            "canceling authentication due to timeout");
     }
     px_list_for_each_safe(it, tmp, &px.pools)
     {

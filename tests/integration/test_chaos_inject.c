@@ -108,6 +108,14 @@ static long long add_rule(struct harness_proxy *px, const char *json)
     return id;
 }
 
+/* Adds the rule {fields, "application_name": app} to px; its id (0 on failure, printed). */
+static long long add_app_rule(struct harness_proxy *px, const char *fields, const char *app)
+{
+    char rule[512];
+    snprintf(rule, sizeof rule, "{%s,\"application_name\":\"%s\"}", fields, app);
+    return add_rule(px, rule);
+}
+
 static void remove_rule(struct harness_proxy *px, long long id)
 {
     char path[64];
@@ -230,12 +238,9 @@ static int rows(const char *note)
  * transaction works (max_count 1). */
 static void error_in_block(struct harness_proxy *px, const char *app)
 {
-    char rule[256], msg[256];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    char msg[256];
+    long long id =
+        add_app_rule(px, "\"inject\":\"error\",\"sqlstate\":\"40001\",\"max_count\":1", app);
     PGconn *c = client(px, app);
     CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
     char sql[256];
@@ -340,18 +345,14 @@ static void test_extended_txn_control(void)
     PQfinish(c);
 }
 
-/* when=commit: the client gets the error at COMMIT; the server rolled back. */
 /* A rule: 40001 at app's next commit, once; its id. */
 static long long commit_rule(struct harness_proxy *px, const char *app)
 {
-    char rule[256];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    return add_rule(px, rule);
+    return add_app_rule(
+        px, "\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1", app);
 }
 
+/* when=commit: the client gets the error at COMMIT; the server rolled back. */
 static void commit_error(struct harness_proxy *px, const char *app, int key)
 {
     char sql[256];
@@ -432,10 +433,7 @@ static void named_txn_control(struct harness_proxy *px, const char *app, int key
     prepare(c, "r", "ROLLBACK");
     prepare(c, "k", "COMMIT");
     prepare(c, "ins", ins);
-    char rule[256];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"application_name\":\"%s\"}", app);
-    long long id = add_rule(px, rule);
+    long long id = add_app_rule(px, "\"inject\":\"error\",\"sqlstate\":\"40001\"", app);
     for (int round = 0; round < 2; round++) {
         CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
         CU_ASSERT_EQUAL(PQtransactionStatus(c), PQTRANS_INTRANS);
@@ -475,10 +473,7 @@ static void named_txn_control_many(struct harness_proxy *px, const char *app)
     PGconn *c = client(px, app);
     prepare(c, "b", "BEGIN");
     prepare(c, "r", "ROLLBACK");
-    char rule[256];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"application_name\":\"%s\"}", app);
-    long long id = add_rule(px, rule);
+    long long id = add_app_rule(px, "\"inject\":\"error\",\"sqlstate\":\"40001\"", app);
     for (int i = 0; i < 40; i++) {
         char name[16];
         snprintf(name, sizeof name, "old%d", i);
@@ -506,17 +501,14 @@ static void test_named_txn_control_many(void)
 static void named_commit(struct harness_proxy *px, const char *app, int key)
 {
     PGconn *c = client(px, app);
-    char ins[160], k[16], rule[256];
+    char ins[160], k[16];
     snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES ($1::int, '%s')", app);
     snprintf(k, sizeof k, "%d", key);
     prepare(c, "b", "BEGIN");
     prepare(c, "k", "COMMIT");
     prepare(c, "ins", ins);
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    long long id = add_app_rule(
+        px, "\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1", app);
     CU_ASSERT_STRING_EQUAL(run_prepared(c, "b", NULL, NULL, 0), "");
     CU_ASSERT_STRING_EQUAL(run_prepared(c, "ins", k, NULL, 0), "");
     CU_ASSERT_STRING_EQUAL(run_prepared(c, "k", NULL, NULL, 0), "40001");
@@ -544,12 +536,9 @@ static void test_named_commit(void)
  * the client is idle afterwards; its next BEGIN works. */
 static void commit_extended(struct harness_proxy *px, const char *app, int key)
 {
-    char rule[256], sql[160];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    char sql[160];
+    long long id = add_app_rule(
+        px, "\"inject\":\"error\",\"sqlstate\":\"40001\",\"when\":\"commit\",\"max_count\":1", app);
     PGconn *c = client(px, app);
     snprintf(sql, sizeof sql, "INSERT INTO chaos_t VALUES (%d, '%s')", key, app);
     for (int i = 0; i < 2; i++) {
@@ -576,16 +565,13 @@ static void test_commit_extended(void)
 static void named_begin_in_group(struct harness_proxy *px, const char *app, int key)
 {
     PGconn *c = client(px, app);
-    char ins[160], k[16], rule[256];
+    char ins[160], k[16];
     snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES ($1::int, '%s')", app);
     snprintf(k, sizeof k, "%d", key);
     prepare(c, "b", "BEGIN");
     prepare(c, "ins", ins);
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40P01\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    long long id =
+        add_app_rule(px, "\"inject\":\"error\",\"sqlstate\":\"40P01\",\"max_count\":1", app);
     const char *v[1] = {k};
     CU_ASSERT_EQUAL_FATAL(PQenterPipelineMode(c), 1);
     CU_ASSERT_EQUAL(PQsendQueryPrepared(c, "b", 0, NULL, NULL, NULL, 0), 1);
@@ -654,12 +640,9 @@ static void test_latency(void)
  */
 static void fatal_ends_connection(struct harness_proxy *px, const char *app, int id0)
 {
-    char rule[256], ci[64], ins[128];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"57P01\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    char ci[64], ins[128];
+    long long id =
+        add_app_rule(px, "\"inject\":\"error\",\"sqlstate\":\"57P01\",\"max_count\":1", app);
     PGconn *c = client(px, app);
     CU_ASSERT_STRING_EQUAL(run(c, "BEGIN", NULL, 0), "");
     snprintf(ins, sizeof ins, "INSERT INTO chaos_t VALUES (%d, '%s')", id0, app);
@@ -698,12 +681,8 @@ static void test_fatal_ends_connection(void)
 static void replay_not_injected(struct harness_proxy *px, const char *app)
 {
     CU_ASSERT_TRUE(itu_exec_ok(g_direct, "SELECT setval('chaos_once', 2)"));
-    char rule[256];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"error\",\"sqlstate\":\"40001\",\"every_n\":2,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    long long id =
+        add_app_rule(px, "\"inject\":\"error\",\"sqlstate\":\"40001\",\"every_n\":2", app);
     PGconn *c = client(px, app);
     /* fails for real once (40001), replayed by pgwarden: the client sees the replay's 1 */
     CU_ASSERT_STRING_EQUAL(run(c, "SELECT chaos_fail_once()", NULL, 0), "");
@@ -774,12 +753,8 @@ enum how { SIMPLE, NAMED, UNNAMED };
 
 static void disconnect_commit(struct harness_proxy *px, const char *app, int key, enum how how)
 {
-    char rule[256];
-    snprintf(rule, sizeof rule,
-             "{\"inject\":\"disconnect\",\"when\":\"commit\",\"max_count\":1,"
-             "\"application_name\":\"%s\"}",
-             app);
-    long long id = add_rule(px, rule);
+    long long id =
+        add_app_rule(px, "\"inject\":\"disconnect\",\"when\":\"commit\",\"max_count\":1", app);
     double lost_before = lost_commits(px);
     PGconn *c = client(px, app);
     if (how == NAMED) { /* a driver's prepared BEGIN and COMMIT (pgJDBC, psycopg) */

@@ -347,6 +347,15 @@ static ssize_t rawc_recv(struct rawc *r, uint8_t *buf, size_t cap, const char *s
     return (ssize_t)len;
 }
 
+/* Sends an SSLRequest on fd; true when pgwarden answered 'S' (TLS next). */
+static bool ssl_request_accepted(int fd)
+{
+    uint8_t pkt[8], answer = 0;
+    request_packet(pkt, SSL_REQUEST);
+    return harness_raw_send(fd, pkt, 8, 2000) == 0 &&
+           harness_raw_recv(fd, &answer, 1, 5000, NULL) == 1 && answer == 'S';
+}
+
 /* Connects to port; with tls, negotiates TLS (no certificate check: only the protocol
  * inside matters here). */
 static bool rawc_open(struct rawc *r, int port, bool tls)
@@ -354,11 +363,7 @@ static bool rawc_open(struct rawc *r, int port, bool tls)
     *r = (struct rawc){.fd = harness_raw_connect(port, 2000)};
     if (r->fd < 0 || !tls)
         return r->fd >= 0;
-    uint8_t pkt[8], answer = 0;
-    request_packet(pkt, SSL_REQUEST);
-    bool closed;
-    if (harness_raw_send(r->fd, pkt, 8, 2000) != 0 ||
-        harness_raw_recv(r->fd, &answer, 1, 5000, &closed) != 1 || answer != 'S')
+    if (!ssl_request_accepted(r->fd))
         return false;
     r->ctx = SSL_CTX_new(TLS_client_method());
     r->ssl = r->ctx ? SSL_new(r->ctx) : NULL;
@@ -610,11 +615,7 @@ static void test_client_gone_mid_handshake(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
     int fd = harness_raw_connect(px->port, 2000);
     CU_ASSERT_FATAL(fd >= 0);
-    uint8_t pkt[8], answer = 0;
-    request_packet(pkt, SSL_REQUEST);
-    CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, 8, 2000), 0);
-    CU_ASSERT_EQUAL(harness_raw_recv(fd, &answer, 1, 5000, NULL), 1);
-    CU_ASSERT_EQUAL(answer, 'S');
+    CU_ASSERT_TRUE(ssl_request_accepted(fd));
     /* The ClientHello from an SSL object on memory BIOs: it never reads pgwarden's answer,
      * so the handshake stops there whatever the timing. */
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -657,11 +658,7 @@ static void test_tls_handshake_login_timeout(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(px);
     int fd = harness_raw_connect(px->port, 2000);
     CU_ASSERT_FATAL(fd >= 0);
-    uint8_t pkt[8], answer = 0;
-    request_packet(pkt, SSL_REQUEST);
-    CU_ASSERT_EQUAL(harness_raw_send(fd, pkt, 8, 2000), 0);
-    CU_ASSERT_EQUAL(harness_raw_recv(fd, &answer, 1, 5000, NULL), 1);
-    CU_ASSERT_EQUAL(answer, 'S');
+    CU_ASSERT_TRUE(ssl_request_accepted(fd));
     int64_t t0 = itu_now_ms();
     bool closed = false;
     uint8_t buf[64];
